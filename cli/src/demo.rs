@@ -1,0 +1,225 @@
+//! `flotilla demo`: a tour on a machine with nothing configured.
+//!
+//! Starts a daemon with the embedded local configuration in a temporary state
+//! directory, waits for its worker pool, runs synchronous, asynchronous and
+//! bulk requests against the builtin servables, prints what happened with
+//! timings, and shuts everything down again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use flotilla_client::{Client, json_to_payload};
+use flotilla_engine::state_dir::StateDir;
+use flotilla_protocol::client::TaskRequest;
+use flotilla_protocol::task::{NIL, TaskState};
+use flotilla_protocol::{Payload, TaskId};
+use serde_json::json;
+
+use crate::Failure;
+use crate::daemon_cmd::{spawn_daemon, stop};
+use crate::output::output_text;
+
+const SYNC_RUNS: usize = 200;
+const BULK_TASKS: usize = 10_000;
+
+/// Runs the demo; any failure stops the daemon before returning.
+pub fn run() -> Result<(), Failure> {
+    let tmp = tempfile::Builder::new()
+        .prefix("flotilla-demo-")
+        .tempdir()
+        .context("cannot make a temporary state directory")?;
+    let dir = StateDir::at(tmp.path());
+    let log = tmp.path().join("daemon.log");
+    println!(
+        "Flotilla demo: a daemon with the local provider, state in {}",
+        tmp.path().display()
+    );
+    let started = Instant::now();
+    let pid = spawn_daemon(None, &dir, &log, Duration::from_secs(30))?;
+    println!(
+        "  daemon started (pid {pid}) in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let result = tour(&dir);
+    let stopped = stop(dir.root(), Duration::from_secs(60));
+    if result.is_err() {
+        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+        eprintln!("daemon log ({}):\n{tail}", log.display());
+    }
+    result?;
+    stopped?;
+    println!(
+        "\ndaemon stopped; demo finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn tour(dir: &StateDir) -> Result<(), Failure> {
+    let client = Client::connect(dir.root()).map_err(Failure::from_client)?;
+    let slots = wait_for_worker(&client, Duration::from_secs(30))?;
+    println!("  worker pool connected: {slots} slots (one local block)");
+
+    println!("\n1. Synchronous runs (flotilla run): one round trip each");
+    let view = client
+        .run(
+            "echo",
+            json_to_payload(&json!({"hello": "flotilla"}))?,
+            Some(Duration::from_secs(30)),
+        )
+        .map_err(Failure::from_client)?;
+    println!(
+        "  echo {{\"hello\": \"flotilla\"}} -> {}",
+        output_text(&view).unwrap_or_default()
+    );
+    let mut latencies = Vec::with_capacity(SYNC_RUNS);
+    for _ in 0..SYNC_RUNS {
+        let t = Instant::now();
+        let v = client
+            .run(
+                "noop",
+                Payload::from_static(NIL),
+                Some(Duration::from_secs(30)),
+            )
+            .map_err(Failure::from_client)?;
+        if v.state != TaskState::Completed {
+            return Err(Failure::Other(anyhow!(
+                "noop task {} ended {}",
+                v.id,
+                v.state
+            )));
+        }
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
+    };
+    println!(
+        "  {SYNC_RUNS} × noop: p50 {:.3} ms, p99 {:.3} ms (client → daemon → worker → client)",
+        pct(0.5),
+        pct(0.99)
+    );
+
+    println!("\n2. Asynchronous submit, then fetch (flotilla submit / flotilla result)");
+    let t = Instant::now();
+    let ids = client
+        .submit(
+            [0.2, 0.3, 0.1]
+                .iter()
+                .map(|s| task("sleep", json!(s)))
+                .collect::<Result<_, _>>()?,
+        )
+        .map_err(Failure::from_client)?;
+    println!(
+        "  submitted 3 sleep tasks (0.2 s, 0.3 s, 0.1 s): ids {} in {:.2} ms",
+        ids.iter()
+            .map(TaskId::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let views = client
+        .results(&ids, Some(Duration::from_secs(30)))
+        .map_err(Failure::from_client)?;
+    for v in &views {
+        println!(
+            "  task {} {} on {} after {:.0} ms",
+            v.id,
+            v.state,
+            v.worker.as_deref().unwrap_or("-"),
+            (v.timings.finished_us.saturating_sub(v.timings.submitted_us)) as f64 / 1e3
+        );
+    }
+    println!(
+        "  all three done {:.0} ms after submission, sharing the pool's {slots} slots",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let bad = client
+        .run(
+            "sleep",
+            json_to_payload(&json!("soon"))?,
+            Some(Duration::from_secs(30)),
+        )
+        .map_err(Failure::from_client)?;
+    if bad.state != TaskState::Failed {
+        return Err(Failure::Other(anyhow!(
+            "a sleep with a bad input ended {}",
+            bad.state
+        )));
+    }
+    if let Some(flotilla_protocol::task::Outcome::Error(e)) = &bad.outcome {
+        println!("  a bad input fails only its own task: sleep \"soon\" -> failed: {e}");
+    }
+
+    println!("\n3. Bulk submit (flotilla submit --batch): {BULK_TASKS} noop tasks in one request");
+    let t = Instant::now();
+    let ids = client
+        .submit(
+            (0..BULK_TASKS)
+                .map(|_| task("noop", json!(null)))
+                .collect::<Result<_, _>>()?,
+        )
+        .map_err(Failure::from_client)?;
+    let accepted = t.elapsed();
+    let views = client
+        .results(&ids, Some(Duration::from_secs(120)))
+        .map_err(Failure::from_client)?;
+    let done = t.elapsed();
+    let completed = views
+        .iter()
+        .filter(|v| v.state == TaskState::Completed)
+        .count();
+    if completed != BULK_TASKS {
+        return Err(Failure::Other(anyhow!(
+            "only {completed} of {BULK_TASKS} bulk tasks completed"
+        )));
+    }
+    println!(
+        "  accepted and durable in {:.1} ms; all {completed} completed in {:.1} ms: {:.0} tasks/s",
+        accepted.as_secs_f64() * 1e3,
+        done.as_secs_f64() * 1e3,
+        BULK_TASKS as f64 / done.as_secs_f64()
+    );
+
+    let status = client.status().map_err(Failure::from_client)?;
+    let t = status.totals;
+    println!(
+        "\n4. Daemon status: {} worker(s), {} tasks accepted, {} completed, {} failed",
+        status.workers.len(),
+        t.accepted,
+        t.completed,
+        t.failed
+    );
+    Ok(())
+}
+
+fn task(servable: &str, input: serde_json::Value) -> anyhow::Result<TaskRequest> {
+    Ok(TaskRequest {
+        servable: servable.into(),
+        input: json_to_payload(&input)?,
+        params: Payload::new(),
+    })
+}
+
+fn wait_for_worker(client: &Client, limit: Duration) -> Result<u32, Failure> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = client.status().map_err(Failure::from_client)?;
+        if let Some(w) = status.workers.first() {
+            return Ok(w.slots);
+        }
+        if Instant::now() > deadline {
+            let why = status
+                .blocks
+                .iter()
+                .filter_map(|b| b.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(Failure::Other(anyhow!(
+                "no worker connected within {limit:?} (is flotilla-worker built next to flotilla?) {why}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,424 @@
+//! `flotilla`: run the daemon, invoke servables, inspect and cancel tasks.
+//!
+//! Exit status: 0 success; 1 a task failed (or another runtime error);
+//! 2 usage or configuration error; 3 the daemon is unreachable; 4 a result
+//! is not ready yet (still queued or running when the wait ended).
+
+mod daemon_cmd;
+mod demo;
+mod input;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::{Parser, Subcommand};
+use flotilla_client::{Client, ClientError};
+use flotilla_protocol::TaskId;
+use flotilla_protocol::client::{ApiErrorKind, TaskRequest};
+use flotilla_protocol::task::{TaskState, TaskView};
+
+/// Serve machine-learning models on clusters and supercomputers.
+///
+/// Client commands talk to the daemon of $FLOTILLA_HOME (default ~/.flotilla).
+#[derive(Parser, Debug)]
+#[command(name = "flotilla", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the daemon (foreground unless --detach).
+    Daemon {
+        /// Site file (TOML). Default: the embedded configs/local.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Start in the background, log to STATE_DIR/daemon.log, return once it answers.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop the daemon gracefully and wait until it has exited.
+    Stop {
+        /// Seconds to wait for the daemon to exit.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+    },
+    /// Invoke a servable and wait for its result.
+    Run {
+        /// NAME or NAME@VERSION.
+        servable: String,
+        /// Input as JSON (else --input-file, else stdin, else null).
+        input: Option<String>,
+        /// Read the input JSON from this file.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// Parameters as a JSON object.
+        #[arg(long)]
+        params: Option<String>,
+        /// Seconds to wait for the result (default: no limit).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Print the whole task as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit tasks without waiting; prints one task id per line.
+    Submit {
+        /// NAME or NAME@VERSION (not with --batch).
+        #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+        servable: Option<String>,
+        /// Input as JSON (else --input-file, else stdin, else null).
+        #[arg(conflicts_with = "batch")]
+        input: Option<String>,
+        /// Read the input JSON from this file.
+        #[arg(long, conflicts_with = "batch")]
+        input_file: Option<PathBuf>,
+        /// Parameters as a JSON object.
+        #[arg(long, conflicts_with = "batch")]
+        params: Option<String>,
+        /// JSON-lines file, one {"servable", "input", "params"} per line,
+        /// submitted in one request.
+        #[arg(long)]
+        batch: Option<PathBuf>,
+        /// Print the ids as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch results of tasks.
+    Result {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<TaskId>,
+        /// Wait until every task is final.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait (default: no limit).
+        #[arg(long, requires = "wait")]
+        timeout: Option<f64>,
+        /// Print tasks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon (blocks, workers, queues) or the given tasks.
+    Status {
+        /// Task ids; none for the daemon.
+        ids: Vec<TaskId>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel tasks that have not finished.
+    Cancel {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<TaskId>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a site file and print the settings in force.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Start a throw-away daemon, run requests against it, show timings.
+    Demo,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Validate a site file (default: the embedded one).
+    Check {
+        /// The file.
+        file: Option<PathBuf>,
+    },
+}
+
+/// A command that did not succeed, mapped to the documented exit status.
+#[derive(Debug)]
+pub enum Failure {
+    /// A task failed (the message was printed already) or another error.
+    Other(anyhow::Error),
+    /// A task failed; nothing more to print.
+    TaskFailed,
+    /// Usage or configuration error.
+    Usage(anyhow::Error),
+    /// The daemon cannot be reached.
+    Unreachable(anyhow::Error),
+    /// A result is not ready.
+    NotReady,
+}
+
+impl Failure {
+    /// Classifies a client error.
+    pub fn from_client(e: ClientError) -> Failure {
+        match e {
+            e if e.is_unreachable() => Failure::Unreachable(e.into()),
+            ClientError::Refused(ref api) if api.kind == ApiErrorKind::BadRequest => {
+                Failure::Usage(e.into())
+            }
+            e => Failure::Other(e.into()),
+        }
+    }
+}
+
+impl From<flotilla_client::ConvertError> for Failure {
+    fn from(e: flotilla_client::ConvertError) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.command {
+        Cmd::Daemon { .. } => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let (code, message) = match failure {
+                Failure::TaskFailed => (1, None),
+                Failure::NotReady => (4, None),
+                Failure::Other(e) => (1, Some(e)),
+                Failure::Usage(e) => (2, Some(e)),
+                Failure::Unreachable(e) => (3, Some(e)),
+            };
+            if let Some(e) = message {
+                eprintln!("flotilla: {e:#}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn seconds(s: Option<f64>) -> Result<Option<Duration>, Failure> {
+    match s {
+        None => Ok(None),
+        Some(v) if v.is_finite() && v >= 0.0 => Ok(Some(Duration::from_secs_f64(v))),
+        Some(v) => Err(Failure::Usage(anyhow!(
+            "--timeout must be a non-negative number of seconds, got {v}"
+        ))),
+    }
+}
+
+fn connect() -> Result<Client, Failure> {
+    Client::connect(&daemon_cmd::client_state_dir()?).map_err(Failure::from_client)
+}
+
+fn execute(command: Cmd) -> Result<(), Failure> {
+    match command {
+        Cmd::Daemon { config, detach } => {
+            let (cfg, name) = daemon_cmd::load_config(config.as_deref())?;
+            if detach {
+                let (dir, pid) = daemon_cmd::detached(config.as_deref(), &cfg)?;
+                println!(
+                    "daemon running (pid {pid}); state {}; log {}",
+                    dir.root().display(),
+                    dir.root().join("daemon.log").display()
+                );
+                Ok(())
+            } else {
+                daemon_cmd::foreground(cfg, &name)
+            }
+        }
+        Cmd::Stop { timeout } => {
+            let limit = seconds(Some(timeout))?.unwrap_or_default();
+            daemon_cmd::stop(&daemon_cmd::client_state_dir()?, limit)?;
+            println!("daemon stopped");
+            Ok(())
+        }
+        Cmd::Run {
+            servable,
+            input,
+            input_file,
+            params,
+            timeout,
+            json,
+        } => {
+            let input = input::read_input(input.as_deref(), input_file.as_deref())
+                .map_err(Failure::Usage)?;
+            let params = input::read_params(params.as_deref()).map_err(Failure::Usage)?;
+            let wait = seconds(timeout)?;
+            let view = connect()?
+                .run_with_params(&servable, input, params, wait)
+                .map_err(Failure::from_client)?;
+            report_results(&[view], json)
+        }
+        Cmd::Submit {
+            servable,
+            input,
+            input_file,
+            params,
+            batch,
+            json,
+        } => {
+            let tasks = match (batch, servable) {
+                (Some(file), _) => input::read_batch(&file).map_err(Failure::Usage)?,
+                (None, Some(servable)) => vec![TaskRequest {
+                    servable,
+                    input: input::read_input(input.as_deref(), input_file.as_deref())
+                        .map_err(Failure::Usage)?,
+                    params: input::read_params(params.as_deref()).map_err(Failure::Usage)?,
+                }],
+                (None, None) => {
+                    return Err(Failure::Usage(anyhow!("give a servable or --batch FILE")));
+                }
+            };
+            let ids = connect()?.submit(tasks).map_err(Failure::from_client)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!(ids.iter().map(|i| i.0).collect::<Vec<_>>())
+                );
+            } else {
+                let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
+                print!("{text}");
+            }
+            Ok(())
+        }
+        Cmd::Result {
+            ids,
+            wait,
+            timeout,
+            json,
+        } => {
+            let wait = if wait {
+                Some(seconds(timeout)?.unwrap_or(Duration::from_secs(365 * 86_400)))
+            } else {
+                None
+            };
+            let views = connect()?
+                .results(&ids, wait)
+                .map_err(Failure::from_client)?;
+            report_results(&views, json)
+        }
+        Cmd::Status { ids, json } => {
+            let client = connect()?;
+            if ids.is_empty() {
+                let status = client.status().map_err(Failure::from_client)?;
+                if json {
+                    println!("{}", output::daemon_json(&status));
+                } else {
+                    print!("{}", output::daemon_text(&status));
+                }
+            } else {
+                let views = client.task_status(&ids).map_err(Failure::from_client)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::Value::Array(views.iter().map(output::task_json).collect())
+                    );
+                } else {
+                    for v in &views {
+                        print!("{}", output::task_text(v));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Cancel { ids, json } => {
+            let states = connect()?.cancel(&ids).map_err(Failure::from_client)?;
+            if json {
+                let rows: Vec<_> = states
+                    .iter()
+                    .map(|(id, s)| serde_json::json!({"id": id.0, "state": s.as_str()}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for (id, state) in &states {
+                    match state {
+                        TaskState::Cancelled => println!("{id} cancelled"),
+                        TaskState::Unknown => println!("{id} unknown"),
+                        other => println!("{id} already {other}"),
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Config {
+            command: ConfigCmd::Check { file },
+        } => {
+            let (cfg, name) = daemon_cmd::load_config(file.as_deref())?;
+            println!("{name}: ok");
+            println!("{cfg:#?}");
+            Ok(())
+        }
+        Cmd::Demo => demo::run(),
+    }
+}
+
+/// Prints results: outputs on stdout, errors on stderr; the exit status says
+/// whether every task completed.
+fn report_results(views: &[TaskView], json: bool) -> Result<(), Failure> {
+    if json {
+        let rows: Vec<_> = views.iter().map(output::task_json).collect();
+        if rows.len() == 1 {
+            println!("{}", rows[0]);
+        } else {
+            println!("{}", serde_json::Value::Array(rows));
+        }
+    }
+    let mut failed = false;
+    let mut pending = false;
+    for v in views {
+        let prefix = if views.len() > 1 {
+            format!("{}\t", v.id)
+        } else {
+            String::new()
+        };
+        match v.state {
+            TaskState::Completed => {
+                if !json {
+                    println!("{prefix}{}", output::output_text(v).unwrap_or_default());
+                }
+            }
+            TaskState::Failed | TaskState::Cancelled => {
+                failed = true;
+                let why = match &v.outcome {
+                    Some(flotilla_protocol::task::Outcome::Error(e)) => e.clone(),
+                    _ => String::new(),
+                };
+                eprintln!("task {} {}: {why}", v.id, v.state);
+            }
+            TaskState::Queued | TaskState::Running => {
+                pending = true;
+                eprintln!(
+                    "task {} is {}; fetch it later with `flotilla result {} --wait`",
+                    v.id, v.state, v.id
+                );
+            }
+            TaskState::Unknown => {
+                failed = true;
+                eprintln!(
+                    "task {} is unknown (never submitted, or its result was fetched and has expired)",
+                    v.id
+                );
+            }
+        }
+    }
+    if failed {
+        Err(Failure::TaskFailed)
+    } else if pending {
+        Err(Failure::NotReady)
+    } else {
+        Ok(())
+    }
+}

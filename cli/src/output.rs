@@ -1,0 +1,164 @@
+//! How the CLI shows tasks and the daemon, as text or as JSON.
+
+use flotilla_client::payload_to_json;
+use flotilla_protocol::client::DaemonStatus;
+use flotilla_protocol::task::{Outcome, TaskView};
+use serde_json::{Value, json};
+
+/// A task as JSON: state, timings, and the output (decoded) or error.
+pub fn task_json(t: &TaskView) -> Value {
+    let mut v = json!({
+        "id": t.id.0,
+        "servable": t.servable,
+        "state": t.state.as_str(),
+        "attempts": t.attempts,
+        "worker": t.worker,
+        "timings_us": {
+            "submitted": t.timings.submitted_us,
+            "dispatched": t.timings.dispatched_us,
+            "finished": t.timings.finished_us,
+            "run": t.timings.run_us,
+        },
+    });
+    match &t.outcome {
+        Some(Outcome::Output(bytes)) => {
+            v["output"] =
+                payload_to_json(bytes).unwrap_or_else(|e| json!({"undecodable": e.to_string()}));
+        }
+        Some(Outcome::Error(e)) => v["error"] = json!(e),
+        None => {}
+    }
+    v
+}
+
+/// The output of a completed task as one line of JSON.
+pub fn output_text(t: &TaskView) -> Option<String> {
+    match &t.outcome {
+        Some(Outcome::Output(bytes)) => Some(
+            payload_to_json(bytes)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|e| format!("<undecodable output: {e}>")),
+        ),
+        _ => None,
+    }
+}
+
+fn ms_between(from: u64, to: u64) -> String {
+    if from == 0 || to == 0 || to < from {
+        "-".into()
+    } else {
+        format!("{:.3}", (to - from) as f64 / 1000.0)
+    }
+}
+
+/// A task status line set for people.
+pub fn task_text(t: &TaskView) -> String {
+    let mut s = format!(
+        "task {}\n  servable  {}\n  state     {}\n  attempts  {}\n  worker    {}\n",
+        t.id,
+        if t.servable.is_empty() {
+            "-"
+        } else {
+            &t.servable
+        },
+        t.state,
+        t.attempts,
+        t.worker.as_deref().unwrap_or("-"),
+    );
+    let tm = &t.timings;
+    s.push_str(&format!(
+        "  waited    {} ms (submitted to dispatched)\n  total     {} ms (submitted to finished)\n  run       {}\n",
+        ms_between(tm.submitted_us, tm.dispatched_us),
+        ms_between(tm.submitted_us, tm.finished_us),
+        if tm.run_us > 0 {
+            format!("{:.3} ms (servable time for its batch)", tm.run_us as f64 / 1000.0)
+        } else {
+            "-".into()
+        },
+    ));
+    if let Some(Outcome::Error(e)) = &t.outcome {
+        s.push_str(&format!("  error     {e}\n"));
+    }
+    s
+}
+
+/// The daemon status for people.
+pub fn daemon_text(s: &DaemonStatus) -> String {
+    let mut out = format!(
+        "daemon pid {} (release {}), up {} s{}\ninterchange {}\n",
+        s.pid,
+        s.release,
+        s.uptime_s,
+        if s.draining { ", SHUTTING DOWN" } else { "" },
+        s.interchange
+    );
+    out.push_str(&format!("\nblocks ({})\n", s.blocks.len()));
+    for b in &s.blocks {
+        out.push_str(&format!(
+            "  {:>4}  {:<10} job {:<10} workers {}\n",
+            b.id,
+            b.state,
+            b.job_id.as_deref().unwrap_or("-"),
+            b.workers
+        ));
+        if let Some(m) = &b.message {
+            for line in m.lines() {
+                out.push_str(&format!("        {line}\n"));
+            }
+        }
+    }
+    out.push_str(&format!("\nworkers ({})\n", s.workers.len()));
+    for w in &s.workers {
+        out.push_str(&format!(
+            "  {}  host {}  block {}  slots {}  running {}  seen {} ms ago\n",
+            w.id,
+            w.host,
+            w.block.map_or("-".into(), |b| b.to_string()),
+            w.slots,
+            w.running,
+            w.last_seen_ms
+        ));
+    }
+    out.push_str("\nqueues\n");
+    if s.queues.is_empty() {
+        out.push_str("  (empty)\n");
+    }
+    for q in &s.queues {
+        out.push_str(&format!(
+            "  {:<24} queued {:>8}  running {:>8}\n",
+            q.servable, q.queued, q.running
+        ));
+    }
+    let t = &s.totals;
+    out.push_str(&format!(
+        "\ntasks: {} accepted, {} completed, {} failed, {} cancelled, {} requeued after worker loss\n",
+        t.accepted, t.completed, t.failed, t.cancelled, t.requeued
+    ));
+    out
+}
+
+/// The daemon status as JSON.
+pub fn daemon_json(s: &DaemonStatus) -> Value {
+    json!({
+        "pid": s.pid,
+        "release": s.release,
+        "uptime_s": s.uptime_s,
+        "draining": s.draining,
+        "interchange": s.interchange,
+        "blocks": s.blocks.iter().map(|b| json!({
+            "id": b.id, "state": b.state, "job_id": b.job_id, "workers": b.workers, "message": b.message,
+        })).collect::<Vec<_>>(),
+        "workers": s.workers.iter().map(|w| json!({
+            "id": w.id, "block": w.block, "host": w.host, "slots": w.slots,
+            "running": w.running, "last_seen_ms": w.last_seen_ms,
+        })).collect::<Vec<_>>(),
+        "queues": s.queues.iter().map(|q| json!({
+            "servable": q.servable, "queued": q.queued, "running": q.running,
+        })).collect::<Vec<_>>(),
+        "totals": {
+            "accepted": s.totals.accepted, "completed": s.totals.completed,
+            "failed": s.totals.failed, "cancelled": s.totals.cancelled,
+            "requeued": s.totals.requeued,
+        },
+    })
+}

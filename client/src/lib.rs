@@ -1,0 +1,275 @@
+//! A blocking Rust client for a Flotilla daemon.
+//!
+//! The client speaks the daemon's API ([`flotilla_protocol::client`]) over
+//! the daemon's ipc socket. One [`Client`] is one connection; every call is a
+//! single request/reply round trip, including synchronous runs, which the
+//! daemon answers when the task has finished.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use flotilla_client::{Client, json_to_payload};
+//! let client = Client::connect_default()?;
+//! let view = client.run("echo", json_to_payload(&serde_json::json!({"x": 1}))?, None)?;
+//! println!("{:?}", view.outcome);
+//! # Ok(()) }
+//! ```
+
+mod convert;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_protocol::client::{ApiError, ClientCall, ClientReply, DaemonStatus, TaskRequest};
+use flotilla_protocol::task::{TaskState, TaskView};
+use flotilla_protocol::{
+    DEFAULT_MAX_FRAME_BYTES, FrameError, Payload, TaskId, decode, encode, paths,
+};
+use nng::options::{Options, RecvMaxSize, RecvTimeout, SendTimeout};
+use nng::{Protocol, Socket};
+
+pub use convert::{ConvertError, json_to_payload, payload_to_json};
+
+/// Time allowed for a daemon to answer a call that does not wait for tasks.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Extra time allowed beyond a call's own wait for the reply to arrive.
+const WAIT_MARGIN: Duration = Duration::from_secs(10);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon listens on the socket.
+    #[error(
+        "no daemon is running at {path} ({source}); start one with `flotilla daemon`, or set FLOTILLA_HOME to the state directory of a running one"
+    )]
+    Unreachable {
+        /// The socket path.
+        path: PathBuf,
+        /// nng's error.
+        source: nng::Error,
+    },
+    /// Neither FLOTILLA_HOME nor HOME is set.
+    #[error("cannot find the daemon: set FLOTILLA_HOME (or HOME)")]
+    NoStateDir,
+    /// The daemon did not answer in time.
+    #[error("the daemon did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection failed mid-call.
+    #[error("connection to the daemon failed: {0}")]
+    Transport(nng::Error),
+    /// The reply could not be understood (or the request not encoded).
+    #[error("protocol error: {0}")]
+    Protocol(#[from] FrameError),
+    /// The daemon refused the call.
+    #[error("the daemon refused the request: {0}")]
+    Refused(ApiError),
+    /// The daemon answered with a reply of the wrong kind.
+    #[error("unexpected reply from the daemon: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// True when the daemon could not be reached at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable { .. }
+                | ClientError::NoStateDir
+                | ClientError::Timeout(_)
+                | ClientError::Transport(_)
+        )
+    }
+}
+
+/// A connection to one daemon.
+#[derive(Debug)]
+pub struct Client {
+    socket: Socket,
+    state_dir: PathBuf,
+}
+
+impl Client {
+    /// Connects to the daemon of the default state directory
+    /// (`$FLOTILLA_HOME`, else `~/.flotilla`).
+    pub fn connect_default() -> Result<Client, ClientError> {
+        let dir = paths::default_state_dir().ok_or(ClientError::NoStateDir)?;
+        Client::connect(&dir)
+    }
+
+    /// Connects to the daemon owning `state_dir`.
+    pub fn connect(state_dir: &Path) -> Result<Client, ClientError> {
+        let path = paths::api_socket(state_dir);
+        let unreachable = |source| ClientError::Unreachable {
+            path: path.clone(),
+            source,
+        };
+        let socket = Socket::new(Protocol::Req0).map_err(unreachable)?;
+        // A held request (a synchronous run) must never be re-sent by REQ's
+        // retry timer: that would submit the task twice.
+        socket
+            .set_opt::<nng::options::protocol::reqrep::ResendTime>(None)
+            .map_err(unreachable)?;
+        socket
+            .set_opt::<RecvMaxSize>(DEFAULT_MAX_FRAME_BYTES)
+            .map_err(unreachable)?;
+        socket
+            .set_opt::<SendTimeout>(Some(DEFAULT_CALL_TIMEOUT))
+            .map_err(unreachable)?;
+        socket
+            .dial(&paths::api_url(state_dir))
+            .map_err(unreachable)?;
+        Ok(Client {
+            socket,
+            state_dir: state_dir.to_path_buf(),
+        })
+    }
+
+    /// The state directory this client talks to.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// One round trip: sends `call`, waits up to `timeout` for the reply.
+    /// A refusal ([`ClientReply::Error`]) comes back as [`ClientError::Refused`].
+    pub fn call(&self, call: &ClientCall, timeout: Duration) -> Result<ClientReply, ClientError> {
+        let bytes = encode(call)?;
+        self.socket
+            .set_opt::<RecvTimeout>(Some(timeout))
+            .map_err(ClientError::Transport)?;
+        self.socket
+            .send(nng::Message::from(&bytes[..]))
+            .map_err(|(_, e)| self.transport_error(e, timeout))?;
+        let reply = self
+            .socket
+            .recv()
+            .map_err(|e| self.transport_error(e, timeout))?;
+        match decode::<ClientReply>(reply.as_slice(), DEFAULT_MAX_FRAME_BYTES)? {
+            ClientReply::Error(e) => Err(ClientError::Refused(e)),
+            other => Ok(other),
+        }
+    }
+
+    fn transport_error(&self, e: nng::Error, timeout: Duration) -> ClientError {
+        match e {
+            nng::Error::TimedOut => ClientError::Timeout(timeout),
+            other => ClientError::Transport(other),
+        }
+    }
+
+    /// Checks the daemon answers; returns its pid.
+    pub fn ping(&self) -> Result<u32, ClientError> {
+        match self.call(&ClientCall::Ping, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::Pong { pid, .. } => Ok(pid),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Submits tasks; returns their ids once they are durable.
+    pub fn submit(&self, tasks: Vec<TaskRequest>) -> Result<Vec<TaskId>, ClientError> {
+        match self.call(
+            &ClientCall::Submit {
+                tasks,
+                wait_ms: None,
+            },
+            DEFAULT_CALL_TIMEOUT,
+        )? {
+            ClientReply::Submitted { ids } => Ok(ids),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Runs one task synchronously: returns when it is final, or with its
+    /// current state once `wait` (default: one day) passes.
+    pub fn run(
+        &self,
+        servable: &str,
+        input: Payload,
+        wait: Option<Duration>,
+    ) -> Result<TaskView, ClientError> {
+        self.run_with_params(servable, input, Payload::new(), wait)
+    }
+
+    /// [`Client::run`] with msgpack parameters.
+    pub fn run_with_params(
+        &self,
+        servable: &str,
+        input: Payload,
+        params: Payload,
+        wait: Option<Duration>,
+    ) -> Result<TaskView, ClientError> {
+        let wait = wait.unwrap_or(Duration::from_secs(86_400));
+        let call = ClientCall::Submit {
+            tasks: vec![TaskRequest {
+                servable: servable.to_owned(),
+                input,
+                params,
+            }],
+            wait_ms: Some(wait.as_millis() as u64),
+        };
+        match self.call(&call, wait + WAIT_MARGIN)? {
+            ClientReply::Results { mut tasks } if tasks.len() == 1 => Ok(tasks.remove(0)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Results of `ids`; with `wait`, blocks until all are final or the wait
+    /// passes.
+    pub fn results(
+        &self,
+        ids: &[TaskId],
+        wait: Option<Duration>,
+    ) -> Result<Vec<TaskView>, ClientError> {
+        let call = ClientCall::Results {
+            ids: ids.to_vec(),
+            wait_ms: wait.map(|w| w.as_millis() as u64),
+        };
+        let timeout = wait.map_or(DEFAULT_CALL_TIMEOUT, |w| w + WAIT_MARGIN);
+        match self.call(&call, timeout)? {
+            ClientReply::Results { tasks } => Ok(tasks),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// State of `ids`, without outputs.
+    pub fn task_status(&self, ids: &[TaskId]) -> Result<Vec<TaskView>, ClientError> {
+        match self.call(
+            &ClientCall::TaskStatus { ids: ids.to_vec() },
+            DEFAULT_CALL_TIMEOUT,
+        )? {
+            ClientReply::TaskStatus { tasks } => Ok(tasks),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The daemon's state.
+    pub fn status(&self) -> Result<DaemonStatus, ClientError> {
+        match self.call(&ClientCall::DaemonStatus, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::DaemonStatus(s) => Ok(*s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Cancels `ids`; returns each task's state afterwards.
+    pub fn cancel(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>, ClientError> {
+        match self.call(
+            &ClientCall::Cancel { ids: ids.to_vec() },
+            DEFAULT_CALL_TIMEOUT,
+        )? {
+            ClientReply::Cancelled { tasks } => Ok(tasks),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Asks the daemon to shut down gracefully.
+    pub fn stop(&self) -> Result<(), ClientError> {
+        match self.call(&ClientCall::Stop, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::Stopping => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(reply: &ClientReply) -> ClientError {
+    let text = format!("{reply:?}");
+    ClientError::Unexpected(text.chars().take(200).collect())
+}

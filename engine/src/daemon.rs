@@ -1,0 +1,341 @@
+//! The daemon process: wires sockets, store, provider and signals to the
+//! scheduling core and carries out its actions.
+//!
+//! One event loop (a tokio task) owns the [`Core`]. nng callbacks decode
+//! frames and push [`Event`]s into an unbounded channel; the store writer and
+//! the provider thread report into the same channel; a timer adds ticks and
+//! the signal handlers add [`Event::Shutdown`]. For each event the loop calls
+//! [`Core::handle`] and executes the resulting [`Action`]s: encode and send
+//! replies, queue store writes, start and cancel blocks.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, ClientReply};
+use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
+use flotilla_protocol::{FrameError, decode, encode};
+use flotilla_providers::{LocalProvider, Provider};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use crate::config::{Config, ProviderKind};
+use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo, Servables};
+use crate::launch::BlockTemplate;
+use crate::net::{Inbound, RepServer, Verdict};
+use crate::provider_runner::ProviderRunner;
+use crate::state_dir::{DaemonInfo, PidFile, StateDir, StateDirError};
+use crate::store::{Store, StoreError, StoreWriter, WriterReport};
+
+/// Most requests held at once on each socket (long-polls and waiting runs).
+const MAX_HELD_REQUESTS: usize = 100_000;
+/// Resolution of heartbeats, wait deadlines and shutdown grace.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Why the daemon could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// State directory, pid file or secret.
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A socket.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    /// Threads, runtime or signals.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being set up.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Microseconds since the Unix epoch: the core's clock.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Runs a daemon until it is stopped (SIGTERM, SIGINT or `flotilla stop`).
+/// Blocks the calling thread.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("cannot start the runtime"))?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<(), DaemonError> {
+    let dir = StateDir::resolve(config.daemon.state_dir.as_deref())?;
+    dir.create()?;
+    let _pid_file = PidFile::acquire(&dir)?;
+    // We own the directory now: leftovers of a crashed daemon are stale.
+    let _ = std::fs::remove_file(dir.api_socket());
+    let _ = std::fs::remove_file(dir.info_file());
+    let secret = dir.load_or_create_secret()?;
+
+    let store = Store::open(&dir.store())?;
+    let recovered = store.recover()?;
+    let recovered_tasks = recovered.tasks.len();
+
+    let (tx, mut rx) = unbounded_channel::<Event>();
+    let max_frame = config.daemon.max_frame_bytes;
+
+    let writer = {
+        let tx = tx.clone();
+        StoreWriter::spawn(store, move |report| {
+            let event = match report {
+                WriterReport::Durable(seq) => Event::Durable { seq },
+                WriterReport::Failed(reason) => Event::StoreFailed { reason },
+            };
+            let _ = tx.send(event);
+        })
+        .map_err(io("cannot start the store writer"))?
+    };
+
+    let api = RepServer::new(
+        "api",
+        max_frame,
+        MAX_HELD_REQUESTS,
+        api_handler(tx.clone(), max_frame),
+    )?;
+    api.listen(&dir.api_url(), 0o600)?;
+    let interchange = RepServer::new(
+        "interchange",
+        max_frame,
+        MAX_HELD_REQUESTS,
+        interchange_handler(tx.clone(), max_frame),
+    )?;
+    let address = &config.interchange.address;
+    let port = interchange.listen(&format!("tcp://{address}:{}", config.interchange.port), 0)?;
+    let interchange_url = format!("tcp://{address}:{port}");
+
+    let provider: Box<dyn Provider> = match config.provider.kind {
+        ProviderKind::Local => Box::new(LocalProvider::default()),
+    };
+    let provider = {
+        let tx = tx.clone();
+        ProviderRunner::spawn(
+            provider,
+            Duration::from_secs_f64(config.provider.poll_interval_s),
+            move |event| {
+                let _ = tx.send(Event::Block(event));
+            },
+        )
+        .map_err(io("cannot start the provider thread"))?
+    };
+    let template = BlockTemplate::new(&config, &dir, port, &secret);
+
+    let micros = |s: f64| (s * 1e6) as u64;
+    let core_config = CoreConfig {
+        heartbeat_period_us: micros(config.interchange.heartbeat_period_s),
+        heartbeat_threshold_us: micros(config.interchange.heartbeat_threshold_s),
+        shutdown_grace_us: micros(config.daemon.shutdown_grace_s),
+        result_retention_us: micros(config.daemon.result_retention_s),
+        unfetched_result_retention_us: micros(config.daemon.unfetched_result_retention_s),
+        max_attempts: config.daemon.max_attempts,
+        secret,
+        blocks: BlockPolicy {
+            init_blocks: config.provider.init_blocks,
+            min_blocks: config.provider.min_blocks,
+            max_blocks: config.provider.max_blocks,
+            max_failures: config.provider.max_block_failures,
+        },
+        pid: std::process::id(),
+        release: env!("CARGO_PKG_VERSION").to_owned(),
+        interchange: interchange_url.clone(),
+    };
+    let mut core = Core::new(core_config, Servables::builtins(), recovered, now_us());
+
+    dir.write_info(&DaemonInfo {
+        pid: std::process::id(),
+        api: dir.api_url(),
+        interchange_address: address.clone(),
+        interchange_port: port,
+    })?;
+    tracing::info!(
+        state_dir = %dir.root().display(),
+        api = %dir.api_url(),
+        interchange = %interchange_url,
+        recovered_tasks,
+        "daemon ready"
+    );
+
+    let io = Io {
+        api: &api,
+        interchange: &interchange,
+        writer: &writer,
+        provider: &provider,
+        template: &template,
+    };
+    let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let mut out = Vec::new();
+    core.start(&mut out);
+    let mut exiting = io.execute(&mut out);
+    while !exiting {
+        let event = tokio::select! {
+            Some(event) = rx.recv() => event,
+            _ = tick.tick() => Event::Tick,
+            _ = sigterm.recv() => {
+                tracing::info!(signal = "SIGTERM", "shutdown requested");
+                Event::Shutdown
+            }
+            _ = sigint.recv() => {
+                tracing::info!(signal = "SIGINT", "shutdown requested");
+                Event::Shutdown
+            }
+        };
+        core.handle(event, now_us(), &mut out);
+        exiting = io.execute(&mut out);
+    }
+
+    // Make every accepted task and result durable, release the replies that
+    // were waiting for it, and let nng deliver them before closing.
+    writer.sync();
+    core.handle(
+        Event::Durable {
+            seq: core.issued_seq(),
+        },
+        now_us(),
+        &mut out,
+    );
+    io.execute(&mut out);
+    api.drain_sends(Duration::from_secs(1));
+    interchange.drain_sends(Duration::from_secs(1));
+    drop(provider);
+    api.close();
+    interchange.close();
+    drop(writer);
+    let _ = std::fs::remove_file(dir.info_file());
+    let _ = std::fs::remove_file(dir.api_socket());
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+fn signal(
+    kind: tokio::signal::unix::SignalKind,
+) -> Result<tokio::signal::unix::Signal, DaemonError> {
+    tokio::signal::unix::signal(kind).map_err(io("cannot install a signal handler"))
+}
+
+/// The I/O side of the actions.
+struct Io<'a> {
+    api: &'a RepServer,
+    interchange: &'a RepServer,
+    writer: &'a StoreWriter,
+    provider: &'a ProviderRunner,
+    template: &'a BlockTemplate,
+}
+
+impl Io<'_> {
+    /// Carries out and clears `actions`; true once the core said `Exit`.
+    fn execute(&self, actions: &mut Vec<Action>) -> bool {
+        let mut exit = false;
+        for action in actions.drain(..) {
+            match action {
+                Action::ReplyClient { to, reply } => match encode(&reply) {
+                    Ok(bytes) => self.api.reply(to.0, &bytes, false),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode a client reply");
+                        let fallback = ClientReply::Error(ApiError {
+                            kind: ApiErrorKind::Unavailable,
+                            message: format!("the daemon could not encode its reply: {e}"),
+                        });
+                        if let Ok(bytes) = encode(&fallback) {
+                            self.api.reply(to.0, &bytes, false);
+                        }
+                    }
+                },
+                Action::ReplyWorker { to, message, close } => match encode(&message) {
+                    Ok(bytes) => self.interchange.reply(to.0, &bytes, close),
+                    Err(e) => tracing::error!(error = %e, "cannot encode a worker reply"),
+                },
+                Action::ClosePipe { pipe } => self.interchange.close_pipe(pipe),
+                Action::Persist { seq, op } => self.writer.submit(seq, op),
+                Action::SubmitBlock { block } => match self.template.job(block) {
+                    Ok(job) => self.provider.submit(block, job),
+                    Err(e) => tracing::error!(block, error = %e, "cannot start block"),
+                },
+                Action::CancelBlock { block } => self.provider.cancel(block),
+                Action::Exit => exit = true,
+            }
+        }
+        exit
+    }
+}
+
+fn api_handler(tx: UnboundedSender<Event>, max_frame: usize) -> crate::net::Handler {
+    Box::new(move |inbound| match inbound {
+        Inbound::Request { slot, pipe, bytes } => match decode::<ClientCall>(bytes, max_frame) {
+            Ok(call) => {
+                let _ = tx.send(Event::Client {
+                    from: ReplyTo(slot),
+                    call,
+                });
+                Verdict::Accept
+            }
+            Err(e) => {
+                tracing::warn!(pipe = pipe.0, len = bytes.len(), error = %e, "dropping client: bad request frame");
+                Verdict::Drop {
+                    reply: rejection_reply(&e, |message| {
+                        ClientReply::Error(ApiError {
+                            kind: ApiErrorKind::BadRequest,
+                            message,
+                        })
+                    }),
+                }
+            }
+        },
+        Inbound::PipeClosed(_) => Verdict::Accept,
+    })
+}
+
+fn interchange_handler(tx: UnboundedSender<Event>, max_frame: usize) -> crate::net::Handler {
+    let tx = Arc::new(tx);
+    Box::new(move |inbound| match inbound {
+        Inbound::Request { slot, pipe, bytes } => match decode::<WorkerMessage>(bytes, max_frame) {
+            Ok(message) => {
+                let _ = tx.send(Event::Worker {
+                    from: ReplyTo(slot),
+                    pipe,
+                    message,
+                });
+                Verdict::Accept
+            }
+            Err(e) => {
+                tracing::warn!(pipe = pipe.0, len = bytes.len(), error = %e, "dropping worker: bad frame");
+                Verdict::Drop {
+                    reply: rejection_reply(&e, |reason| DaemonMessage::Refused { reason }),
+                }
+            }
+        },
+        Inbound::PipeClosed(pipe) => {
+            let _ = tx.send(Event::PipeClosed { pipe });
+            Verdict::Accept
+        }
+    })
+}
+
+/// A last word for a peer speaking another protocol version, so it can say
+/// which side to upgrade; garbage gets no reply.
+fn rejection_reply<T: serde::Serialize>(
+    error: &FrameError,
+    make: impl FnOnce(String) -> T,
+) -> Option<Vec<u8>> {
+    match error {
+        FrameError::VersionMismatch { .. } => encode(&make(error.to_string())).ok(),
+        _ => None,
+    }
+}

@@ -1,0 +1,203 @@
+//! The client API: what the CLI, the Python client and batch scripts say to
+//! the daemon, and what it answers.
+//!
+//! The transport is request/reply: each [`ClientCall`] gets exactly one
+//! [`ClientReply`]. Calls that wait (a synchronous run, `result --wait`) are
+//! held by the daemon until their tasks finish or their wait expires, so a
+//! synchronous invocation costs one round trip.
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::{Payload, TaskId, TaskState, TaskView};
+
+/// One invocation of a servable, as a client submits it.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct TaskRequest {
+    /// `NAME` (latest version) or `NAME@VERSION`.
+    pub servable: String,
+    /// msgpack-encoded input value.
+    pub input: Payload,
+    /// msgpack-encoded parameters map; empty for none. Requests with equal
+    /// servable and parameters may be batched into one model call.
+    pub params: Payload,
+}
+
+/// A request to the daemon.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub enum ClientCall {
+    /// Liveness and version check.
+    Ping,
+    /// Accept tasks. The reply comes once all of them are durable. With
+    /// `wait_ms`, the reply is instead [`ClientReply::Results`], sent when all
+    /// tasks are final or the wait expires (tasks then show their current
+    /// state). The request is all-or-nothing: if any task is refused, none is
+    /// accepted.
+    Submit {
+        /// The tasks, in order; ids come back in the same order.
+        tasks: Vec<TaskRequest>,
+        /// Wait for the results up to this many milliseconds.
+        wait_ms: Option<u64>,
+    },
+    /// Fetch results. With `wait_ms`, the reply is held until every task is
+    /// final or the wait expires.
+    Results {
+        /// Tasks to report on.
+        ids: Vec<TaskId>,
+        /// Wait for them up to this many milliseconds.
+        wait_ms: Option<u64>,
+    },
+    /// State of the daemon: blocks, workers, queues.
+    DaemonStatus,
+    /// State of tasks, without outputs.
+    TaskStatus {
+        /// Tasks to report on.
+        ids: Vec<TaskId>,
+    },
+    /// Cancel tasks that are not final yet.
+    Cancel {
+        /// Tasks to cancel.
+        ids: Vec<TaskId>,
+    },
+    /// Shut the daemon down gracefully (as SIGTERM does).
+    Stop,
+}
+
+/// The daemon's answer to one [`ClientCall`].
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub enum ClientReply {
+    /// Answer to [`ClientCall::Ping`].
+    Pong {
+        /// Daemon process id.
+        pid: u32,
+        /// Daemon release.
+        release: String,
+    },
+    /// Tasks accepted and durable, ids in request order.
+    Submitted {
+        /// One id per submitted task.
+        ids: Vec<TaskId>,
+    },
+    /// Task views with outcomes, in request order.
+    Results {
+        /// One view per requested task.
+        tasks: Vec<TaskView>,
+    },
+    /// Task views without outcomes, in request order.
+    TaskStatus {
+        /// One view per requested task.
+        tasks: Vec<TaskView>,
+    },
+    /// Daemon state.
+    DaemonStatus(Box<DaemonStatus>),
+    /// What cancel did to each task, in request order.
+    Cancelled {
+        /// Per task: its state after the cancel.
+        tasks: Vec<(TaskId, TaskState)>,
+    },
+    /// The daemon is shutting down.
+    Stopping,
+    /// The call was refused; nothing was changed.
+    Error(ApiError),
+}
+
+/// Why the daemon refused a call.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// Machine-readable category.
+    pub kind: ApiErrorKind,
+    /// What was wrong, naming the offending input.
+    pub message: String,
+}
+
+/// Categories of [`ApiError`].
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ApiErrorKind {
+    /// The request itself is wrong (unknown servable, bad input).
+    BadRequest,
+    /// The daemon is draining and accepts no new work.
+    ShuttingDown,
+    /// The daemon cannot persist work (its store failed).
+    Unavailable,
+}
+
+/// A snapshot of the daemon for `flotilla status`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct DaemonStatus {
+    /// Daemon process id.
+    pub pid: u32,
+    /// Daemon release.
+    pub release: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// True while shutting down.
+    pub draining: bool,
+    /// Address workers dial, as `tcp://HOST:PORT`.
+    pub interchange: String,
+    /// Blocks (pilot jobs) the daemon manages.
+    pub blocks: Vec<BlockView>,
+    /// Connected workers.
+    pub workers: Vec<WorkerView>,
+    /// Queue depth per servable.
+    pub queues: Vec<QueueView>,
+    /// Counters since the daemon started.
+    pub totals: Totals,
+}
+
+/// One block (a pilot job: a worker pool acquired from a provider).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct BlockView {
+    /// Block id, unique within the daemon's life.
+    pub id: u32,
+    /// PENDING, RUNNING, COMPLETED, FAILED, …
+    pub state: String,
+    /// The provider's job id, once submitted.
+    pub job_id: Option<String>,
+    /// Workers of this block currently connected.
+    pub workers: u32,
+    /// Last message from the provider (e.g. the tail of a failed job's stderr).
+    pub message: Option<String>,
+}
+
+/// One connected worker.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct WorkerView {
+    /// Worker id (as the worker chose it).
+    pub id: String,
+    /// Block it belongs to, if the daemon started it.
+    pub block: Option<u32>,
+    /// Host it runs on.
+    pub host: String,
+    /// Concurrent batches it runs.
+    pub slots: u32,
+    /// Tasks it holds now.
+    pub running: u32,
+    /// Milliseconds since it was last heard from.
+    pub last_seen_ms: u64,
+}
+
+/// Queue depth of one servable.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct QueueView {
+    /// Servable name.
+    pub servable: String,
+    /// Tasks waiting for a worker.
+    pub queued: u64,
+    /// Tasks on workers.
+    pub running: u64,
+}
+
+/// Counters since the daemon started.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Totals {
+    /// Tasks accepted (including those recovered at start).
+    pub accepted: u64,
+    /// Tasks completed.
+    pub completed: u64,
+    /// Tasks failed.
+    pub failed: u64,
+    /// Tasks cancelled.
+    pub cancelled: u64,
+    /// Tasks put back in the queue after their worker was lost.
+    pub requeued: u64,
+}

@@ -1,0 +1,151 @@
+//! The worker interchange: how a worker joins the daemon and pulls work.
+//!
+//! A worker dials the daemon and sends [`WorkerMessage::Hello`] with the
+//! per-daemon secret. From then on it keeps one *long-poll*
+//! ([`WorkerMessage::Pull`] with `wait: true`) outstanding: the daemon answers
+//! it with [`DaemonMessage::Work`] as soon as it has work for the worker, or
+//! with an empty `Work` after one heartbeat period, which is the daemon's
+//! heartbeat. Finished results ride on a second, non-waiting `Pull` that the
+//! daemon answers at once, possibly with more work. So a busy worker costs one
+//! round trip per batch of results, and an idle one a round trip per
+//! heartbeat.
+//!
+//! Work arrives in [`WorkBatch`]es: inputs for one servable with one set of
+//! parameters, meant to be run as one model call.
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::{Outcome, Payload, TaskId};
+
+/// Identity of one batch of work, unique within a daemon's life.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[serde(transparent)]
+pub struct BatchId(pub u64);
+
+/// A worker introducing itself.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Hello {
+    /// Worker id, unique per worker process (host, pid and a random part).
+    pub worker_id: String,
+    /// Block the worker belongs to, when a provider started it.
+    pub block_id: Option<u32>,
+    /// Host name, for status output.
+    pub host: String,
+    /// Process id, for status output.
+    pub pid: u32,
+    /// How many batches it runs at once.
+    pub slots: u32,
+    /// Servables it can run.
+    pub servables: Vec<String>,
+    /// The daemon's secret, proving the worker was started by (or for) it.
+    pub secret: Payload,
+}
+
+/// The results of one batch.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct BatchResult {
+    /// The batch.
+    pub batch: BatchId,
+    /// Microseconds the servable spent on the whole batch.
+    pub run_us: u64,
+    /// One outcome per task of the batch.
+    pub outcomes: Vec<(TaskId, Outcome)>,
+}
+
+/// What a worker sends.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub enum WorkerMessage {
+    /// Join the daemon. Answered with `Welcome` or `Refused`.
+    Hello(Hello),
+    /// Report results and ask for work. With `wait`, the daemon holds the
+    /// request until it has work or a heartbeat period passes.
+    Pull {
+        /// Batches finished since the last report.
+        results: Vec<BatchResult>,
+        /// Hold the request (long-poll) instead of answering at once.
+        wait: bool,
+    },
+}
+
+/// What the daemon sends to a worker.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub enum DaemonMessage {
+    /// Registration accepted.
+    Welcome {
+        /// The daemon answers a held poll at least this often.
+        heartbeat_period_ms: u64,
+        /// Either side declares the other lost after this much silence.
+        heartbeat_threshold_ms: u64,
+    },
+    /// Registration refused (bad secret, protocol mismatch); the worker
+    /// should exit and show the reason.
+    Refused {
+        /// Why, in words for the operator.
+        reason: String,
+    },
+    /// Work to do; empty when it is only a heartbeat.
+    Work {
+        /// Batches, each to be run as one servable call.
+        batches: Vec<WorkBatch>,
+    },
+    /// The daemon does not know this worker (it restarted, or declared the
+    /// worker lost): send `Hello` again, then resend unacknowledged results.
+    Reregister,
+    /// The daemon is shutting down: exit.
+    Shutdown,
+}
+
+/// Inputs for one servable call.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct WorkBatch {
+    /// Batch id, echoed in [`BatchResult`].
+    pub id: BatchId,
+    /// Servable to run.
+    pub servable: String,
+    /// msgpack parameters shared by every input; empty for none.
+    pub params: Payload,
+    /// The inputs.
+    pub items: Vec<WorkItem>,
+}
+
+/// One input of a batch.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct WorkItem {
+    /// Task it belongs to.
+    pub task: TaskId,
+    /// msgpack input.
+    pub input: Payload,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{decode, encode};
+
+    #[test]
+    fn payloads_travel_as_msgpack_bin() {
+        let batch = WorkBatch {
+            id: BatchId(1),
+            servable: "echo".into(),
+            params: Payload::new(),
+            items: vec![WorkItem {
+                task: TaskId(9),
+                input: Payload::from(vec![7u8; 300]),
+            }],
+        };
+        let bytes = encode(&DaemonMessage::Work {
+            batches: vec![batch.clone()],
+        })
+        .unwrap();
+        // bin 16 marker followed by the 300-byte length: the payload is raw bytes.
+        assert!(bytes.windows(3).any(|w| w == [0xc5, 0x01, 0x2c]));
+        assert!(bytes.len() < 360);
+        let back: DaemonMessage = decode(&bytes, 1 << 20).unwrap();
+        assert_eq!(
+            back,
+            DaemonMessage::Work {
+                batches: vec![batch]
+            }
+        );
+    }
+}

@@ -1,0 +1,35 @@
+//! The wire protocol shared by the Flotilla daemon, its workers and its clients.
+//!
+//! Every byte that crosses a socket in Flotilla is one *frame*: a msgpack array
+//! `[protocol_version, message]` produced by [`frame::encode`] and checked by
+//! [`frame::decode`]. Carrying the version in every frame (and therefore in
+//! every hello) lets each side refuse a peer built from another release with an
+//! error that names both versions, instead of failing somewhere deep in
+//! deserialisation.
+//!
+//! The crate has three message families, one module each:
+//!
+//! * [`client`]: what the CLI, the Python client and batch scripts send to the
+//!   daemon's API socket, and the replies.
+//! * [`interchange`]: what workers and the daemon say to each other: hello,
+//!   long-poll pulls that carry finished results, and batches of work.
+//! * [`task`]: the task vocabulary both of them share (ids, states, outcomes).
+//!
+//! Payloads (servable inputs, outputs, parameters) are opaque msgpack bytes
+//! held in [`Payload`] (`bytes::Bytes`), so the daemon moves them without
+//! decoding them and clones are reference-count bumps. `bytes` serialises them
+//! as msgpack `bin`, not as arrays of integers, which is 17× faster to encode.
+//!
+//! There is no I/O here: the crate is used by processes with very different
+//! runtimes (a tokio daemon, a threaded worker, a blocking CLI).
+
+pub mod builtin;
+pub mod client;
+pub mod frame;
+pub mod interchange;
+pub mod paths;
+pub mod secret;
+pub mod task;
+
+pub use frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, PROTOCOL_VERSION, decode, encode};
+pub use task::{Payload, TaskId};

@@ -1,0 +1,326 @@
+//! The local provider: each block is a process group on this machine.
+//!
+//! This is the embedded default and what a laptop or a login node without a
+//! scheduler uses. The block's script runs under `/bin/sh` as the leader of a
+//! new process group, so cancelling the block signals every worker it started
+//! (SIGTERM, then SIGKILL after a grace period) and nothing leaks.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::{JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, tail_lines};
+
+/// How many stderr lines a failed block's message carries.
+const STDERR_TAIL_LINES: usize = 10;
+
+/// Runs blocks as local process groups.
+#[derive(Debug)]
+pub struct LocalProvider {
+    jobs: HashMap<JobId, LocalJob>,
+    cancel_grace: Duration,
+}
+
+#[derive(Debug)]
+struct LocalJob {
+    child: Child,
+    spec: JobSpec,
+    /// Set once the leader has been reaped or the job was cancelled.
+    ended: Option<JobStatus>,
+}
+
+impl Default for LocalProvider {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(5))
+    }
+}
+
+impl LocalProvider {
+    /// A provider that gives a cancelled block `cancel_grace` to exit after
+    /// SIGTERM before it is killed.
+    pub fn new(cancel_grace: Duration) -> Self {
+        LocalProvider {
+            jobs: HashMap::new(),
+            cancel_grace,
+        }
+    }
+
+    fn poll(job: &mut LocalJob, id: &JobId) -> JobStatus {
+        if let Some(done) = &job.ended {
+            return done.clone();
+        }
+        match job.child.try_wait() {
+            Ok(None) => JobStatus {
+                id: id.clone(),
+                state: JobState::Running,
+                message: None,
+            },
+            Ok(Some(exit)) => {
+                let status = if exit.success() {
+                    JobStatus {
+                        id: id.clone(),
+                        state: JobState::Completed,
+                        message: None,
+                    }
+                } else {
+                    let tail = tail_lines(&job.spec.stderr_path(), STDERR_TAIL_LINES);
+                    JobStatus {
+                        id: id.clone(),
+                        state: JobState::Failed,
+                        message: Some(match tail {
+                            Some(t) => {
+                                format!("block script ended with {exit}; stderr ends with:\n{t}")
+                            }
+                            None => format!("block script ended with {exit}; stderr was empty"),
+                        }),
+                    }
+                };
+                job.ended = Some(status.clone());
+                status
+            }
+            Err(e) => JobStatus {
+                id: id.clone(),
+                state: JobState::Unknown,
+                message: Some(format!("cannot query process: {e}")),
+            },
+        }
+    }
+
+    fn stop(&self, job: &mut LocalJob, id: &JobId) -> Result<(), ProviderError> {
+        if job.ended.is_some() {
+            return Ok(());
+        }
+        let group = Pid::from_raw(job.child.id() as i32);
+        signal_group(group, Signal::SIGTERM, id)?;
+        let deadline = Instant::now() + self.cancel_grace;
+        let mut leader_reaped = false;
+        while Instant::now() < deadline {
+            if !leader_reaped {
+                leader_reaped = matches!(job.child.try_wait(), Ok(Some(_)));
+            }
+            if leader_reaped && group_is_empty(group) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        signal_group(group, Signal::SIGKILL, id)?;
+        if !leader_reaped {
+            let _ = job.child.wait();
+        }
+        // SIGKILL is delivered asynchronously; give the kernel a moment so the
+        // block is really gone when cancel returns (zombies of reparented
+        // children may linger until init reaps them, hence the bound).
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !group_is_empty(group) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        job.ended = Some(JobStatus {
+            id: id.clone(),
+            state: JobState::Cancelled,
+            message: None,
+        });
+        Ok(())
+    }
+}
+
+fn signal_group(group: Pid, signal: Signal, id: &JobId) -> Result<(), ProviderError> {
+    match killpg(group, signal) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(ProviderError::Cancel {
+            id: id.clone(),
+            reason: format!("{signal} to process group {group}: {e}"),
+        }),
+    }
+}
+
+fn group_is_empty(group: Pid) -> bool {
+    matches!(killpg(group, None), Err(Errno::ESRCH))
+}
+
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| ProviderError::Io { path, source }
+        };
+        fs::create_dir_all(&job.work_dir).map_err(io(&job.work_dir))?;
+        let script_path = job.work_dir.join("block.sh");
+        fs::write(&script_path, &job.script).map_err(io(&script_path))?;
+        let stdout = File::create(job.stdout_path()).map_err(io(&job.stdout_path()))?;
+        let stderr = File::create(job.stderr_path()).map_err(io(&job.stderr_path()))?;
+        let child = Command::new("/bin/sh")
+            .arg(&script_path)
+            .envs(&job.env)
+            .current_dir(&job.work_dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| ProviderError::Submit {
+                name: job.name.clone(),
+                reason: format!("cannot run /bin/sh {}: {e}", script_path.display()),
+            })?;
+        let id = JobId(child.id().to_string());
+        tracing::info!(job = %id, name = %job.name, dir = %job.work_dir.display(), "local block started");
+        self.jobs.insert(
+            id.clone(),
+            LocalJob {
+                child,
+                spec: job.clone(),
+                ended: None,
+            },
+        );
+        Ok(id)
+    }
+
+    fn status(&mut self, ids: &[JobId]) -> Result<Vec<JobStatus>, ProviderError> {
+        Ok(ids
+            .iter()
+            .map(|id| match self.jobs.get_mut(id) {
+                Some(job) => Self::poll(job, id),
+                None => JobStatus {
+                    id: id.clone(),
+                    state: JobState::Missing,
+                    message: Some("not started by this provider".into()),
+                },
+            })
+            .collect())
+    }
+
+    fn cancel(&mut self, ids: &[JobId]) -> Result<(), ProviderError> {
+        let mut first_error = None;
+        for id in ids {
+            if let Some(mut job) = self.jobs.remove(id) {
+                if let Err(e) = self.stop(&mut job, id) {
+                    first_error.get_or_insert(e);
+                }
+                tracing::info!(job = %id, "local block cancelled");
+                self.jobs.insert(id.clone(), job);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for LocalProvider {
+    fn drop(&mut self) {
+        for (id, job) in &mut self.jobs {
+            if job.ended.is_none() {
+                let group = Pid::from_raw(job.child.id() as i32);
+                let _ = signal_group(group, Signal::SIGKILL, id);
+                let _ = job.child.wait();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn spec(dir: &std::path::Path, script: &str) -> JobSpec {
+        JobSpec {
+            name: "test-block".into(),
+            script: script.into(),
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+            work_dir: dir.to_path_buf(),
+        }
+    }
+
+    fn wait_terminal(p: &mut LocalProvider, id: &JobId) -> JobStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = p.status(std::slice::from_ref(id)).unwrap().remove(0);
+            if s.state.is_terminal() || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_block_runs_with_its_environment_and_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = LocalProvider::default();
+        let id = p.submit(&spec(dir.path(), "echo $GREETING")).unwrap();
+        assert_eq!(wait_terminal(&mut p, &id).state, JobState::Completed);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("stdout")).unwrap(),
+            "hi\n"
+        );
+    }
+
+    #[test]
+    fn a_failed_block_reports_its_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = LocalProvider::default();
+        let id = p
+            .submit(&spec(
+                dir.path(),
+                "echo 'cannot find the worker' >&2; exit 7",
+            ))
+            .unwrap();
+        let s = wait_terminal(&mut p, &id);
+        assert_eq!(s.state, JobState::Failed);
+        let msg = s.message.unwrap();
+        assert!(
+            msg.contains("7") && msg.contains("cannot find the worker"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn cancel_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = LocalProvider::new(Duration::from_millis(200));
+        // A child that ignores SIGTERM must still die.
+        let id = p
+            .submit(&spec(
+                dir.path(),
+                "sh -c 'trap \"\" TERM; echo $$ > child.pid; while :; do sleep 1; done' & wait",
+            ))
+            .unwrap();
+        let pid_file = dir.path().join("child.pid");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::read_to_string(&pid_file).map_or(true, |s| s.trim().is_empty()) {
+            assert!(Instant::now() < deadline, "child never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let child: i32 = fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        p.cancel(std::slice::from_ref(&id)).unwrap();
+        assert_eq!(p.status(&[id]).unwrap()[0].state, JobState::Cancelled);
+        // The grandchild is gone (or a zombie awaiting its reaper, never running).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "grandchild survived: {stat}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn unknown_jobs_are_missing() {
+        let mut p = LocalProvider::default();
+        let s = p.status(&[JobId("123456789".into())]).unwrap();
+        assert_eq!(s[0].state, JobState::Missing);
+    }
+}

@@ -1,0 +1,185 @@
+//! `flotilla-worker`: a pool of slots that runs servables for one daemon.
+//!
+//! A provider starts workers inside blocks with the daemon's address, port
+//! and block id on the command line and the secret in `FLOTILLA_SECRET`.
+//! To attach a worker by hand to a daemon on the same machine, give
+//! `--state-dir` (or nothing, for the default state directory): the address,
+//! port and secret are then read from the daemon's files.
+//!
+//! Exit status: 0 when the daemon let the worker go, 2 when it refused it or
+//! the arguments are wrong, 3 when the daemon was lost.
+
+mod builtin;
+mod executor;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use flotilla_protocol::{paths, secret};
+use serde::Deserialize;
+
+use crate::session::{Ending, SessionConfig};
+
+/// Servables this worker can run.
+pub const SERVABLES: &[&str] = &["noop", "echo", "sleep"];
+
+/// Runs servables for a Flotilla daemon.
+#[derive(Parser, Debug)]
+#[command(name = "flotilla-worker", version)]
+struct Args {
+    /// Daemon address to dial (as in its `[interchange] address`).
+    #[arg(long, env = "FLOTILLA_DAEMON_ADDRESS")]
+    address: Option<String>,
+    /// Daemon interchange port.
+    #[arg(long, env = "FLOTILLA_DAEMON_PORT")]
+    port: Option<u16>,
+    /// Read address, port and secret from this daemon state directory
+    /// (default when no address is given: $FLOTILLA_HOME or ~/.flotilla).
+    #[arg(long, env = "FLOTILLA_HOME")]
+    state_dir: Option<PathBuf>,
+    /// File holding the daemon's 32-byte secret (else FLOTILLA_SECRET, hex).
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// Block this worker belongs to (set by the provider).
+    #[arg(long)]
+    block_id: Option<u32>,
+    /// Batches run at once (default: number of cores).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Worker id (default: HOST-PID-RANDOM).
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// Exit after this many seconds without the daemon.
+    #[arg(long, default_value_t = 60.0)]
+    lost_daemon_exit_s: f64,
+}
+
+#[derive(Deserialize)]
+struct DaemonInfo {
+    interchange_address: String,
+    interchange_port: u16,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let cfg = match session_config(&args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "cannot start worker");
+            return ExitCode::from(2);
+        }
+    };
+    match session::run(&cfg) {
+        Ok(Ending::Shutdown) => {
+            tracing::info!("the daemon is shutting down; exiting");
+            ExitCode::SUCCESS
+        }
+        Ok(Ending::DaemonExited) => {
+            tracing::info!("the daemon process has exited; exiting");
+            ExitCode::SUCCESS
+        }
+        Ok(Ending::Lost(after)) => {
+            tracing::error!(silent_s = after.as_secs(), url = %cfg.url, "lost the daemon; exiting");
+            ExitCode::from(3)
+        }
+        Ok(Ending::Refused(reason)) => {
+            tracing::error!(reason = %reason, "the daemon refused this worker");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "worker failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn session_config(args: &Args) -> anyhow::Result<SessionConfig> {
+    let state_dir = args.state_dir.clone().or_else(paths::default_state_dir);
+    let (address, port) = match (&args.address, args.port) {
+        (Some(a), Some(p)) => (a.clone(), p),
+        (None, None) => {
+            let dir = state_dir
+                .as_deref()
+                .context("give --address and --port, or --state-dir of a running daemon")?;
+            let info = read_info(dir)?;
+            (info.interchange_address, info.interchange_port)
+        }
+        _ => bail!("give both --address and --port, or neither"),
+    };
+    let secret = match (&args.secret_file, std::env::var(secret::SECRET_ENV)) {
+        (Some(file), _) => read_secret(file)?,
+        (None, Ok(hex)) => secret::from_hex(&hex).context("FLOTILLA_SECRET is not a hex string")?,
+        (None, Err(_)) => {
+            let dir = state_dir
+                .as_deref()
+                .context("no secret: set FLOTILLA_SECRET, --secret-file or --state-dir")?;
+            read_secret(&paths::secret_file(dir))?
+        }
+    };
+    let slots = match args.slots {
+        Some(0) => bail!("--slots must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+    };
+    if !(args.lost_daemon_exit_s.is_finite() && args.lost_daemon_exit_s > 0.0) {
+        bail!("--lost-daemon-exit-s must be a positive number of seconds");
+    }
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    let worker_id = args.worker_id.clone().unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("{host}-{}-{:04x}", std::process::id(), nanos & 0xffff)
+    });
+    let exit_with_pid = std::env::var("FLOTILLA_EXIT_WITH_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    Ok(SessionConfig {
+        url: format!("tcp://{address}:{port}"),
+        secret,
+        worker_id,
+        block_id: args.block_id,
+        slots,
+        lost_daemon_exit: Duration::from_secs_f64(args.lost_daemon_exit_s),
+        exit_with_pid,
+        host,
+    })
+}
+
+fn read_info(dir: &Path) -> anyhow::Result<DaemonInfo> {
+    let path = paths::info_file(dir);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: cannot read (is a daemon running there?)",
+            path.display()
+        )
+    })?;
+    toml::from_str(&text).with_context(|| format!("{}: not a daemon contact file", path.display()))
+}
+
+fn read_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("{}: cannot read the secret", path.display()))?;
+    if bytes.len() != secret::SECRET_LEN {
+        bail!(
+            "{}: a secret is 32 bytes, this file has {}",
+            path.display(),
+            bytes.len()
+        );
+    }
+    Ok(bytes)
+}
