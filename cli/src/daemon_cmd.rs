@@ -43,16 +43,19 @@ pub fn detached(config_path: Option<&Path>, config: &Config) -> Result<(StateDir
         .map_err(|e| Failure::Usage(e.into()))?;
     dir.create().map_err(|e| Failure::Other(e.into()))?;
     let log = dir.root().join("daemon.log");
-    let pid = spawn_daemon(config_path, &dir, &log, Duration::from_secs(30))?;
+    let pid = spawn_daemon(config_path, &dir, &log, Duration::from_secs(30), true)?;
     Ok((dir, pid))
 }
 
-/// Spawns `flotilla daemon` for `dir` and waits up to `limit` until it answers.
+/// Spawns `flotilla daemon` for `dir` and waits up to `limit` until it
+/// answers. With `new_session` the daemon outlives the terminal; without, it
+/// shares this process's session (and its Ctrl-C).
 pub fn spawn_daemon(
     config_path: Option<&Path>,
     dir: &StateDir,
     log: &Path,
     limit: Duration,
+    new_session: bool,
 ) -> Result<u32, Failure> {
     let exe = std::env::current_exe().context("cannot find the flotilla executable")?;
     let out = OpenOptions::new()
@@ -72,15 +75,17 @@ pub fn spawn_daemon(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: setsid() is async-signal-safe and touches no memory of ours;
-    // it detaches the daemon from the terminal's session so closing the
-    // terminal does not send it SIGHUP.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
+    if new_session {
+        // SAFETY: setsid() is async-signal-safe and touches no memory of
+        // ours; it detaches the daemon from the terminal's session so closing
+        // the terminal does not send it SIGHUP.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
     }
     let mut child = cmd.spawn().context("cannot start the daemon")?;
     let pid = child.id();

@@ -35,7 +35,7 @@ pub fn run() -> Result<(), Failure> {
         tmp.path().display()
     );
     let started = Instant::now();
-    let pid = spawn_daemon(None, &dir, &log, Duration::from_secs(30))?;
+    let pid = spawn_daemon(None, &dir, &log, Duration::from_secs(30), false)?;
     println!(
         "  daemon started (pid {pid}) in {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3

@@ -357,8 +357,8 @@ fn execute(command: Cmd) -> Result<(), Failure> {
             command: ConfigCmd::Check { file },
         } => {
             let (cfg, name) = daemon_cmd::load_config(file.as_deref())?;
-            println!("{name}: ok");
-            println!("{cfg:#?}");
+            println!("# {name}: ok; the settings in force:");
+            print!("{}", cfg.to_toml());
             Ok(())
         }
         Cmd::Demo => demo::run(),

@@ -107,6 +107,9 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
             }
         }
     }
+    if let Some(why) = &s.blocks_paused {
+        out.push_str(&format!("  NOT STARTING BLOCKS: {why}\n"));
+    }
     out.push_str(&format!("\nworkers ({})\n", s.workers.len()));
     for w in &s.workers {
         out.push_str(&format!(
@@ -148,6 +151,7 @@ pub fn daemon_json(s: &DaemonStatus) -> Value {
         "blocks": s.blocks.iter().map(|b| json!({
             "id": b.id, "state": b.state, "job_id": b.job_id, "workers": b.workers, "message": b.message,
         })).collect::<Vec<_>>(),
+        "blocks_paused": s.blocks_paused,
         "workers": s.workers.iter().map(|w| json!({
             "id": w.id, "block": w.block, "host": w.host, "slots": w.slots,
             "running": w.running, "last_seen_ms": w.last_seen_ms,

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The embedded default site file.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../configs/local.toml");
@@ -18,7 +18,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../configs/local.toml");
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded configs/local.toml>";
 
 /// A whole site file.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[daemon]`: state, limits, retention.
@@ -34,7 +34,7 @@ pub struct Config {
 }
 
 /// `[daemon]`.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// State directory; unset means `$FLOTILLA_HOME`, else `~/.flotilla`.
@@ -52,7 +52,7 @@ pub struct DaemonConfig {
 }
 
 /// `[interchange]`.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct InterchangeConfig {
     /// Address to listen on and to give workers.
@@ -66,7 +66,7 @@ pub struct InterchangeConfig {
 }
 
 /// Which provider starts blocks.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderKind {
     /// Process groups on this machine.
@@ -74,7 +74,7 @@ pub enum ProviderKind {
 }
 
 /// `[provider]`.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderConfig {
     /// The provider.
@@ -92,7 +92,7 @@ pub struct ProviderConfig {
 }
 
 /// Which launcher a block uses.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum LauncherKind {
     /// Background processes of the block's shell.
@@ -100,7 +100,7 @@ pub enum LauncherKind {
 }
 
 /// `[launcher]`.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LauncherConfig {
     /// The launcher.
@@ -110,7 +110,7 @@ pub struct LauncherConfig {
 }
 
 /// `[worker]`.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
     /// Concurrent servable calls per worker; 0 = cores.
@@ -213,7 +213,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is well-formed but unusable.
-    #[error("{file}{}: `{key}`: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    #[error("{file}{}: `{key}`{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default(), if line.is_none() { " (not set: its default)" } else { "" })]
     Invalid {
         /// The file.
         file: String,
@@ -371,6 +371,11 @@ impl Config {
         Ok(())
     }
 
+    /// The settings in force, as TOML (for `flotilla config check`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
     /// `interchange.heartbeat_period_s` as a duration.
     pub fn heartbeat_period(&self) -> Duration {
         Duration::from_secs_f64(self.interchange.heartbeat_period_s)
@@ -451,6 +456,23 @@ mod tests {
             err.starts_with("s.toml:3: `interchange.heartbeat_threshold_s`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_default_in_conflict_is_named_as_such() {
+        let err = Config::parse("[provider]\ninit_blocks = 0\nmax_blocks = 0\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("s.toml: `provider.min_blocks` (not set: its default)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn settings_render_back_to_equivalent_toml() {
+        let cfg = Config::default();
+        assert_eq!(Config::parse(&cfg.to_toml(), "x").unwrap(), cfg);
     }
 
     #[test]

@@ -136,6 +136,8 @@ pub struct DaemonStatus {
     pub interchange: String,
     /// Blocks (pilot jobs) the daemon manages.
     pub blocks: Vec<BlockView>,
+    /// Why the daemon has stopped starting blocks, if it has.
+    pub blocks_paused: Option<String>,
     /// Connected workers.
     pub workers: Vec<WorkerView>,
     /// Queue depth per servable.

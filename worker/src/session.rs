@@ -174,13 +174,9 @@ impl Session<'_> {
         loop {
             self.issue_requests(poll, report)?;
             match rx.recv_timeout(Duration::from_millis(250)) {
-                Ok(Event::Done(result)) => {
-                    self.pending.push(result);
-                    // Collect whatever else finished meanwhile into one report.
-                    while let Ok(Event::Done(more)) = rx.try_recv() {
-                        self.pending.push(more);
-                    }
-                }
+                // Results finished while a report is in flight wait in
+                // `pending` and leave together in the next one.
+                Ok(Event::Done(result)) => self.pending.push(result),
                 Ok(Event::Reply(lane, result)) => {
                     let lane_state = match lane {
                         LaneName::Poll => &mut *poll,

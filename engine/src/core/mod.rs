@@ -1296,20 +1296,14 @@ impl Core {
                 running: running.get(name).copied().unwrap_or(0),
             })
             .collect();
-        let mut blocks = self.blocks.views();
-        if let Some(paused) = self.blocks.paused()
-            && let Some(last) = blocks.last_mut()
-            && last.message.is_none()
-        {
-            last.message = Some(paused.to_owned());
-        }
         DaemonStatus {
             pid: self.cfg.pid,
             release: self.cfg.release.clone(),
             uptime_s: now.saturating_sub(self.started_us) / 1_000_000,
             draining: self.draining.is_some(),
             interchange: self.cfg.interchange.clone(),
-            blocks,
+            blocks: self.blocks.views(),
+            blocks_paused: self.blocks.paused().map(str::to_owned),
             workers: self
                 .workers
                 .values()
@@ -1325,11 +1319,6 @@ impl Core {
             queues,
             totals: self.totals,
         }
-    }
-
-    /// Why block starts are paused, if they are (for `flotilla status`).
-    pub fn blocks_paused(&self) -> Option<&str> {
-        self.blocks.paused()
     }
 }
 

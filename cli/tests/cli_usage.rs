@@ -1,0 +1,82 @@
+//! The `flotilla` binary's exit codes and messages for usage and config
+//! errors (no daemon needed).
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+fn flotilla(args: &[&str], home: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .env("FLOTILLA_HOME", home)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn version_and_usage_errors() {
+    let home = tempfile::tempdir().unwrap();
+    assert_eq!(flotilla(&["--version"], home.path()).status.code(), Some(0));
+    assert_eq!(
+        flotilla(&["frobnicate"], home.path()).status.code(),
+        Some(2)
+    );
+    assert_eq!(flotilla(&["result"], home.path()).status.code(), Some(2));
+    let out = flotilla(&["result", "abc"], home.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not a task id"), "{}", stderr(&out));
+}
+
+#[test]
+fn no_daemon_is_exit_3_with_a_hint() {
+    let home = tempfile::tempdir().unwrap();
+    for args in [
+        &["status"][..],
+        &["run", "noop"],
+        &["result", "1"],
+        &["stop"],
+    ] {
+        let out = flotilla(args, home.path());
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("flotilla daemon"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn bad_input_json_is_a_usage_error_naming_the_input() {
+    let home = tempfile::tempdir().unwrap();
+    let out = flotilla(&["run", "echo", "not json"], home.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("the input argument is not valid JSON"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn config_check_names_file_line_and_key() {
+    let home = tempfile::tempdir().unwrap();
+    let out = flotilla(&["config", "check"], home.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let file = home.path().join("site.toml");
+    std::fs::write(
+        &file,
+        "[provider]\ninit_blocks = 1\nmin_blocks = 0\nmax_blocks = 0\n",
+    )
+    .unwrap();
+    let out = flotilla(&["config", "check", file.to_str().unwrap()], home.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("site.toml:2: `provider.init_blocks`"), "{err}");
+    let out = flotilla(&["daemon", "--config", file.to_str().unwrap()], home.path());
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the daemon refuses a bad site file"
+    );
+}

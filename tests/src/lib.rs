@@ -1,0 +1,304 @@
+//! A harness for end-to-end tests: real `flotilla` daemons and
+//! `flotilla-worker` processes in a throw-away state directory, talking on
+//! loopback.
+//!
+//! The binaries are the ones `cargo test --workspace` builds (the `cli` and
+//! `worker` packages have integration tests of their own, which makes cargo
+//! build their executables before any test runs). Every process a test starts
+//! is killed when its handle is dropped, so a failing test leaves nothing
+//! behind. Nothing here sleeps to synchronise: [`wait_until`] polls a
+//! condition against a deadline.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_client::Client;
+use flotilla_engine::state_dir::{DaemonInfo, StateDir};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Path of a workspace binary (`flotilla`, `flotilla-worker`).
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("FLOTILLA_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    // target/<profile>/deps/<test-exe> → target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build --workspace --bins` (or run `cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` every few milliseconds until it returns `Some`, or panics
+/// after `limit` naming `what`.
+pub fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A site file for tests: no blocks (tests start workers themselves), fast
+/// heartbeats, short grace. `extra` is appended (later keys must not repeat
+/// these tables; use [`config_with`] to override).
+pub fn test_config() -> String {
+    config_with(&[])
+}
+
+/// [`test_config`] with `(table, key, value)` overrides.
+pub fn config_with(overrides: &[(&str, &str, &str)]) -> String {
+    let mut tables: Vec<(&str, Vec<(String, String)>)> = vec![
+        ("daemon", vec![("shutdown_grace_s".into(), "10".into())]),
+        (
+            "interchange",
+            vec![
+                ("heartbeat_period_s".into(), "0.5".into()),
+                ("heartbeat_threshold_s".into(), "3".into()),
+            ],
+        ),
+        (
+            "provider",
+            vec![
+                ("init_blocks".into(), "0".into()),
+                ("min_blocks".into(), "0".into()),
+                ("poll_interval_s".into(), "0.1".into()),
+            ],
+        ),
+        ("worker", vec![("lost_daemon_exit_s".into(), "10".into())]),
+    ];
+    for (table, key, value) in overrides {
+        let entry = match tables.iter_mut().find(|(t, _)| t == table) {
+            Some(e) => e,
+            None => {
+                tables.push((table, Vec::new()));
+                tables.last_mut().unwrap()
+            }
+        };
+        entry.1.retain(|(k, _)| k != key);
+        entry.1.push(((*key).to_owned(), (*value).to_owned()));
+    }
+    let mut text = String::new();
+    for (table, keys) in tables {
+        text.push_str(&format!("[{table}]\n"));
+        for (k, v) in keys {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// A daemon under test, its state directory and the workers started for it.
+pub struct Flotilla {
+    home: tempfile::TempDir,
+    config: PathBuf,
+    daemon: Option<Child>,
+    workers: Vec<Child>,
+}
+
+impl Flotilla {
+    /// Starts a daemon with `config_toml` and waits until it answers.
+    pub fn start(config_toml: &str) -> Flotilla {
+        let home = tempfile::Builder::new()
+            .prefix("fl-e2e-")
+            .tempdir()
+            .unwrap();
+        let config = home.path().join("site.toml");
+        std::fs::write(&config, config_toml).unwrap();
+        let mut f = Flotilla {
+            home,
+            config,
+            daemon: None,
+            workers: Vec::new(),
+        };
+        f.start_daemon();
+        f
+    }
+
+    /// The state directory.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Starts the daemon (again) on the same state directory.
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(bin("flotilla"))
+            .arg("daemon")
+            .arg("--config")
+            .arg(&self.config)
+            .env("FLOTILLA_HOME", self.home())
+            .env("FLOTILLA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        wait_until(Duration::from_secs(30), "the daemon to answer", || {
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited at start ({status}):\n{}", self.log());
+            }
+            let c = Client::connect(self.home()).ok()?;
+            c.ping().ok()
+        });
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// A fresh client connection.
+    pub fn client(&self) -> Client {
+        Client::connect(self.home()).unwrap()
+    }
+
+    /// The daemon's contact file (interchange port).
+    pub fn info(&self) -> DaemonInfo {
+        StateDir::at(self.home()).read_info().unwrap()
+    }
+
+    /// The daemon's pid.
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("no daemon").id()
+    }
+
+    /// Runs the `flotilla` CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_stdin(args, None)
+    }
+
+    /// Runs the CLI with `stdin` piped in.
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin("flotilla"))
+            .args(args)
+            .env("FLOTILLA_HOME", self.home())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Starts a worker attached through the state directory; returns its pid.
+    pub fn spawn_worker(&mut self, extra: &[&str]) -> u32 {
+        let index = self.workers.len();
+        let log = std::fs::File::create(self.home().join(format!("worker-{index}.log"))).unwrap();
+        let child = Command::new(bin("flotilla-worker"))
+            .arg("--state-dir")
+            .arg(self.home())
+            .args(extra)
+            .env_remove("FLOTILLA_SECRET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.workers.push(child);
+        pid
+    }
+
+    /// The log of the `index`th worker started.
+    pub fn worker_log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.home().join(format!("worker-{index}.log"))).unwrap_or_default()
+    }
+
+    /// Waits for worker `pid` to exit; returns its status.
+    pub fn wait_worker(&mut self, pid: u32, limit: Duration) -> ExitStatus {
+        let child = self.workers.iter_mut().find(|c| c.id() == pid).unwrap();
+        wait_until(limit, "the worker to exit", || child.try_wait().unwrap())
+    }
+
+    /// SIGKILLs worker `pid`.
+    pub fn kill_worker(&mut self, pid: u32) {
+        let child = self.workers.iter_mut().find(|c| c.id() == pid).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Waits until `n` workers are registered.
+    pub fn wait_workers(&self, n: usize) {
+        let client = self.client();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{n} workers to register"),
+            || (client.status().ok()?.workers.len() == n).then_some(()),
+        );
+    }
+
+    /// SIGKILLs the daemon (no shutdown, no flush beyond what it did).
+    pub fn kill_daemon(&mut self) {
+        let mut child = self.daemon.take().expect("no daemon");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Sends `signal` to the daemon and waits for it to exit.
+    pub fn signal_daemon(&mut self, signal: Signal, limit: Duration) -> ExitStatus {
+        let mut child = self.daemon.take().expect("no daemon");
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        wait_until(limit, "the daemon to exit", || child.try_wait().unwrap())
+    }
+
+    /// Waits for a daemon stopped some other way (e.g. `flotilla stop`).
+    pub fn wait_daemon_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.daemon.take().expect("no daemon");
+        wait_until(limit, "the daemon to exit", || child.try_wait().unwrap())
+    }
+}
+
+impl Drop for Flotilla {
+    fn drop(&mut self) {
+        for child in self.workers.iter_mut().chain(self.daemon.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// True while a process with this pid exists and is not a zombie.
+pub fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
