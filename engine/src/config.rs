@@ -18,7 +18,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../configs/local.toml");
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded configs/local.toml>";
 
 /// A whole site file.
-#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[daemon]`: state, limits, retention.
@@ -176,18 +176,6 @@ impl Default for WorkerConfig {
             lost_daemon_exit_s: 60.0,
             command: None,
             init: String::new(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            daemon: DaemonConfig::default(),
-            interchange: InterchangeConfig::default(),
-            provider: ProviderConfig::default(),
-            launcher: LauncherConfig::default(),
-            worker: WorkerConfig::default(),
         }
     }
 }

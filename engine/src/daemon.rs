@@ -1,12 +1,12 @@
 //! The daemon process: wires sockets, store, provider and signals to the
 //! scheduling core and carries out its actions.
 //!
-//! One event loop (a tokio task) owns the [`Core`]. nng callbacks decode
-//! frames and push [`Event`]s into an unbounded channel; the store writer and
-//! the provider thread report into the same channel; a timer adds ticks and
-//! the signal handlers add [`Event::Shutdown`]. For each event the loop calls
-//! [`Core::handle`] and executes the resulting [`Action`]s: encode and send
-//! replies, queue store writes, start and cancel blocks.
+//! The [`Core`] lives in a [`Hub`]: nng callbacks decode frames and post
+//! [`Event`]s, the store writer and the provider thread post their reports,
+//! and a small tokio loop posts timer ticks and [`Event::Shutdown`] on
+//! SIGTERM/SIGINT. Each event is handled on the thread that posted it (see
+//! `hub.rs`), and the resulting [`Action`]s are carried out there: encode and
+//! send replies, queue store writes, start and cancel blocks.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,10 +15,10 @@ use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, ClientReply}
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
 use flotilla_protocol::{FrameError, decode, encode};
 use flotilla_providers::{LocalProvider, Provider};
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use crate::config::{Config, ProviderKind};
 use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo, Servables};
+use crate::hub::{Driver, Executor, Hub};
 use crate::launch::BlockTemplate;
 use crate::net::{Inbound, RepServer, Verdict};
 use crate::provider_runner::ProviderRunner;
@@ -83,20 +83,20 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let secret = dir.load_or_create_secret()?;
 
     let store = Store::open(&dir.store())?;
-    let recovered = store.recover()?;
+    let mut recovered = store.recover()?;
     let recovered_tasks = recovered.tasks.len();
+    let index = std::mem::take(&mut recovered.index);
 
-    let (tx, mut rx) = unbounded_channel::<Event>();
+    let hub: Arc<Hub<Io>> = Arc::new(Hub::default());
     let max_frame = config.daemon.max_frame_bytes;
 
     let writer = {
-        let tx = tx.clone();
-        StoreWriter::spawn(store, move |report| {
-            let event = match report {
+        let hub = hub.clone();
+        StoreWriter::spawn(store, index, move |report| {
+            hub.post(match report {
                 WriterReport::Durable(seq) => Event::Durable { seq },
                 WriterReport::Failed(reason) => Event::StoreFailed { reason },
-            };
-            let _ = tx.send(event);
+            });
         })
         .map_err(io("cannot start the store writer"))?
     };
@@ -105,14 +105,14 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         "api",
         max_frame,
         MAX_HELD_REQUESTS,
-        api_handler(tx.clone(), max_frame),
+        api_handler(hub.clone(), max_frame),
     )?;
     api.listen(&dir.api_url(), 0o600)?;
     let interchange = RepServer::new(
         "interchange",
         max_frame,
         MAX_HELD_REQUESTS,
-        interchange_handler(tx.clone(), max_frame),
+        interchange_handler(hub.clone(), max_frame),
     )?;
     let address = &config.interchange.address;
     let port = interchange.listen(&format!("tcp://{address}:{}", config.interchange.port), 0)?;
@@ -122,13 +122,11 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         ProviderKind::Local => Box::new(LocalProvider::default()),
     };
     let provider = {
-        let tx = tx.clone();
+        let hub = hub.clone();
         ProviderRunner::spawn(
             provider,
             Duration::from_secs_f64(config.provider.poll_interval_s),
-            move |event| {
-                let _ = tx.send(Event::Block(event));
-            },
+            move |event| hub.post(Event::Block(event)),
         )
         .map_err(io("cannot start the provider thread"))?
     };
@@ -153,7 +151,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         release: env!("CARGO_PKG_VERSION").to_owned(),
         interchange: interchange_url.clone(),
     };
-    let mut core = Core::new(core_config, Servables::builtins(), recovered, now_us());
+    let core = Core::new(core_config, Servables::builtins(), recovered, now_us());
 
     dir.write_info(&DaemonInfo {
         pid: std::process::id(),
@@ -169,55 +167,49 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         "daemon ready"
     );
 
-    let io = Io {
-        api: &api,
-        interchange: &interchange,
-        writer: &writer,
-        provider: &provider,
-        template: &template,
-    };
     let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let mut out = Vec::new();
-    core.start(&mut out);
-    let mut exiting = io.execute(&mut out);
-    while !exiting {
-        let event = tokio::select! {
-            Some(event) = rx.recv() => event,
-            _ = tick.tick() => Event::Tick,
-            _ = sigterm.recv() => {
-                tracing::info!(signal = "SIGTERM", "shutdown requested");
-                Event::Shutdown
+    let io = Io {
+        api: api.clone(),
+        interchange: interchange.clone(),
+        writer,
+        provider,
+        template,
+    };
+    let (driver, exit_now) = Driver::new(core, io);
+    hub.install(driver);
+    if !exit_now {
+        loop {
+            tokio::select! {
+                _ = tick.tick() => hub.post(Event::Tick),
+                _ = sigterm.recv() => {
+                    tracing::info!(signal = "SIGTERM", "shutdown requested");
+                    hub.post(Event::Shutdown);
+                }
+                _ = sigint.recv() => {
+                    tracing::info!(signal = "SIGINT", "shutdown requested");
+                    hub.post(Event::Shutdown);
+                }
+                () = hub.exited() => break,
             }
-            _ = sigint.recv() => {
-                tracing::info!(signal = "SIGINT", "shutdown requested");
-                Event::Shutdown
-            }
-        };
-        core.handle(event, now_us(), &mut out);
-        exiting = io.execute(&mut out);
+        }
     }
 
     // Make every accepted task and result durable, release the replies that
     // were waiting for it, and let nng deliver them before closing.
-    writer.sync();
-    core.handle(
-        Event::Durable {
-            seq: core.issued_seq(),
-        },
-        now_us(),
-        &mut out,
-    );
-    io.execute(&mut out);
-    api.drain_sends(Duration::from_secs(1));
-    interchange.drain_sends(Duration::from_secs(1));
-    drop(provider);
+    if let Some(mut driver) = hub.take() {
+        driver.io.writer.sync();
+        let seq = driver.core.issued_seq();
+        driver.handle(Event::Durable { seq });
+        api.drain_sends(Duration::from_secs(1));
+        interchange.drain_sends(Duration::from_secs(1));
+        drop(driver);
+    }
     api.close();
     interchange.close();
-    drop(writer);
     let _ = std::fs::remove_file(dir.info_file());
     let _ = std::fs::remove_file(dir.api_socket());
     tracing::info!("daemon stopped");
@@ -230,18 +222,18 @@ fn signal(
     tokio::signal::unix::signal(kind).map_err(io("cannot install a signal handler"))
 }
 
-/// The I/O side of the actions.
-struct Io<'a> {
-    api: &'a RepServer,
-    interchange: &'a RepServer,
-    writer: &'a StoreWriter,
-    provider: &'a ProviderRunner,
-    template: &'a BlockTemplate,
+/// The I/O side of the actions: sockets, store writer, provider thread.
+#[derive(Debug)]
+struct Io {
+    api: RepServer,
+    interchange: RepServer,
+    writer: StoreWriter,
+    provider: ProviderRunner,
+    template: BlockTemplate,
 }
 
-impl Io<'_> {
-    /// Carries out and clears `actions`; true once the core said `Exit`.
-    fn execute(&self, actions: &mut Vec<Action>) -> bool {
+impl Executor for Io {
+    fn execute(&mut self, actions: &mut Vec<Action>) -> bool {
         let mut exit = false;
         for action in actions.drain(..) {
             match action {
@@ -276,11 +268,11 @@ impl Io<'_> {
     }
 }
 
-fn api_handler(tx: UnboundedSender<Event>, max_frame: usize) -> crate::net::Handler {
+fn api_handler(hub: Arc<Hub<Io>>, max_frame: usize) -> crate::net::Handler {
     Box::new(move |inbound| match inbound {
         Inbound::Request { slot, pipe, bytes } => match decode::<ClientCall>(bytes, max_frame) {
             Ok(call) => {
-                let _ = tx.send(Event::Client {
+                hub.post(Event::Client {
                     from: ReplyTo(slot),
                     call,
                 });
@@ -302,12 +294,11 @@ fn api_handler(tx: UnboundedSender<Event>, max_frame: usize) -> crate::net::Hand
     })
 }
 
-fn interchange_handler(tx: UnboundedSender<Event>, max_frame: usize) -> crate::net::Handler {
-    let tx = Arc::new(tx);
+fn interchange_handler(hub: Arc<Hub<Io>>, max_frame: usize) -> crate::net::Handler {
     Box::new(move |inbound| match inbound {
         Inbound::Request { slot, pipe, bytes } => match decode::<WorkerMessage>(bytes, max_frame) {
             Ok(message) => {
-                let _ = tx.send(Event::Worker {
+                hub.post(Event::Worker {
                     from: ReplyTo(slot),
                     pipe,
                     message,
@@ -322,7 +313,7 @@ fn interchange_handler(tx: UnboundedSender<Event>, max_frame: usize) -> crate::n
             }
         },
         Inbound::PipeClosed(pipe) => {
-            let _ = tx.send(Event::PipeClosed { pipe });
+            hub.post(Event::PipeClosed { pipe });
             Verdict::Accept
         }
     })

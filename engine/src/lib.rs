@@ -8,6 +8,7 @@
 //! * [`net`]: nng REP sockets whose requests are answered later (long-polls).
 //! * [`launch`] and [`provider_runner`]: what a block runs and the thread that
 //!   asks the provider to run it.
+//! * [`hub`]: how events reach the core on the thread that brings them.
 //! * [`daemon`]: the process that wires them together.
 //!
 //! See `docs/architecture.md` for how a request travels through them.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod hub;
 pub mod launch;
 pub mod net;
 pub mod provider_runner;

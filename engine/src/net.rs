@@ -435,7 +435,9 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    fn echo_server(url: &str) -> (RepServer, mpsc::Receiver<(u32, PipeId, Vec<u8>)>, u16) {
+    type Requests = mpsc::Receiver<(u32, PipeId, Vec<u8>)>;
+
+    fn echo_server(url: &str) -> (RepServer, Requests, u16) {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let server = RepServer::new(

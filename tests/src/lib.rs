@@ -25,10 +25,15 @@ pub fn bin(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("FLOTILLA_BIN_DIR") {
         return PathBuf::from(dir).join(name);
     }
-    // target/<profile>/deps/<test-exe> → target/<profile>/<name>
+    // Tests run from target/<profile>/deps/, harness binaries from
+    // target/<profile>/: look beside the executable, then one level up.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
+    let here = exe.parent().unwrap();
+    let path = [here, here.parent().unwrap_or(here)]
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| here.join(name));
     assert!(
         path.is_file(),
         "{} is missing: build it with `cargo build --workspace --bins` (or run `cargo test --workspace`)",
@@ -148,7 +153,10 @@ impl Flotilla {
             .arg("--config")
             .arg(&self.config)
             .env("FLOTILLA_HOME", self.home())
-            .env("FLOTILLA_LOG", "info")
+            .env(
+                "FLOTILLA_LOG",
+                std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -224,6 +232,10 @@ impl Flotilla {
             .arg(self.home())
             .args(extra)
             .env_remove("FLOTILLA_SECRET")
+            .env(
+                "FLOTILLA_LOG",
+                std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -288,6 +300,11 @@ impl Drop for Flotilla {
         for child in self.workers.iter_mut().chain(self.daemon.as_mut()) {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Keep the logs of a failed test (or on request) for a post-mortem.
+        if std::thread::panicking() || std::env::var_os("FLOTILLA_TEST_KEEP").is_some() {
+            let kept = std::mem::replace(&mut self.home, tempfile::tempdir().unwrap()).keep();
+            eprintln!("state directory and logs kept in {}", kept.display());
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The worker's slots: threads that each run one batch at a time.
 
-use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
@@ -17,12 +17,14 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Starts `slots` threads; each finished batch is sent to `done`.
-    pub fn start<T: From<BatchResult> + Send + 'static>(
+    /// Starts `slots` threads; each calls `done` with every batch it
+    /// finishes, on its own thread.
+    pub fn start(
         slots: u32,
-        done: Sender<T>,
+        done: impl Fn(BatchResult) + Send + Sync + 'static,
     ) -> std::io::Result<Executor> {
         let (tx, rx) = unbounded::<WorkBatch>();
+        let done = Arc::new(done);
         for slot in 0..slots {
             let rx: Receiver<WorkBatch> = rx.clone();
             let done = done.clone();
@@ -30,9 +32,7 @@ impl Executor {
                 .name(format!("slot-{slot}"))
                 .spawn(move || {
                     for batch in rx {
-                        if done.send(T::from(run(&batch))).is_err() {
-                            return;
-                        }
+                        done(run(&batch));
                     }
                 })?;
         }

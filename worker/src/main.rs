@@ -97,6 +97,10 @@ fn main() -> ExitCode {
             tracing::error!(reason = %reason, "the daemon refused this worker");
             ExitCode::from(2)
         }
+        Ok(Ending::Failed(reason)) => {
+            tracing::error!(reason = %reason, "worker failed");
+            ExitCode::from(1)
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "worker failed");
             ExitCode::from(1)

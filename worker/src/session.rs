@@ -8,10 +8,18 @@
 //! * the *report* lane carries `Hello`, then finished results as soon as
 //!   there are any (`Pull { wait: false }`); its answer may hold more work.
 //!
+//! The session state sits behind one lock and is driven directly by whoever
+//! has news: nng's callback threads when a reply arrives (work goes straight
+//! to the slots, the next request goes straight out) and the slot threads
+//! when a batch finishes (its results go straight out if the report lane is
+//! free). No thread relays messages for another, so a request costs no
+//! wake-ups beyond the slot that runs it. The main thread only watches for
+//! the end: a shutdown, a refusal, a lost daemon.
+//!
 //! Results stay in memory until the daemon has acknowledged them, so a
 //! daemon restart or a dropped connection costs a resend, never a result.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -23,7 +31,7 @@ use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
 use crate::executor::Executor;
 
 /// How the session ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Clone)]
 pub enum Ending {
     /// The daemon said to shut down.
     Shutdown,
@@ -33,6 +41,8 @@ pub enum Ending {
     Lost(Duration),
     /// The daemon refused this worker.
     Refused(String),
+    /// The socket failed in a way retrying cannot fix.
+    Failed(String),
 }
 
 /// Everything a session needs.
@@ -62,40 +72,31 @@ enum LaneName {
     Report,
 }
 
-enum Event {
-    Reply(LaneName, Result<Message, nng::Error>),
-    Done(BatchResult),
-}
-
-impl From<BatchResult> for Event {
-    fn from(r: BatchResult) -> Self {
-        Event::Done(r)
-    }
-}
-
 struct Lane {
     ctx: Context,
     aio: Aio,
     busy: bool,
 }
 
+type SessionSlot = Arc<OnceLock<Weak<Session>>>;
+
 impl Lane {
-    fn new(socket: &Socket, name: LaneName, tx: Sender<Event>) -> anyhow::Result<Lane> {
+    fn new(socket: &Socket, name: LaneName, session: SessionSlot) -> anyhow::Result<Lane> {
         let ctx = Context::new(socket).context("cannot open an nng context")?;
         let cb_ctx = ctx.clone();
-        let aio = Aio::new(move |aio, result| match result {
-            AioResult::Send(Ok(())) => {
-                if let Err(e) = cb_ctx.recv(&aio) {
-                    let _ = tx.send(Event::Reply(name, Err(e)));
-                }
+        let aio = Aio::new(move |aio, result| {
+            let reply = match result {
+                AioResult::Send(Ok(())) => match cb_ctx.recv(&aio) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                },
+                AioResult::Send(Err((_, e))) | AioResult::Recv(Err(e)) => Err(e),
+                AioResult::Recv(Ok(msg)) => Ok(msg),
+                AioResult::Sleep(_) => return,
+            };
+            if let Some(session) = session.get().and_then(Weak::upgrade) {
+                session.on_reply(name, reply);
             }
-            AioResult::Send(Err((_, e))) | AioResult::Recv(Err(e)) => {
-                let _ = tx.send(Event::Reply(name, Err(e)));
-            }
-            AioResult::Recv(Ok(msg)) => {
-                let _ = tx.send(Event::Reply(name, Ok(msg)));
-            }
-            AioResult::Sleep(_) => {}
         })
         .context("cannot create an nng aio")?;
         Ok(Lane {
@@ -105,19 +106,41 @@ impl Lane {
         })
     }
 
-    fn send(&mut self, message: &WorkerMessage, timeout: Duration) -> anyhow::Result<()> {
-        let bytes = encode(message).context("cannot encode a message for the daemon")?;
+    fn send(&mut self, message: &WorkerMessage, timeout: Duration) -> Result<(), String> {
+        let bytes = encode(message).map_err(|e| e.to_string())?;
         self.aio
             .set_timeout(Some(timeout))
-            .context("cannot set a timeout")?;
-        match self.ctx.send(&self.aio, Message::from(&bytes[..])) {
-            Ok(()) => {
-                self.busy = true;
-                Ok(())
-            }
-            Err((_, e)) => Err(anyhow::anyhow!("cannot send to the daemon: {e}")),
-        }
+            .map_err(|e| e.to_string())?;
+        self.ctx
+            .send(&self.aio, Message::from(&bytes[..]))
+            .map_err(|(_, e)| format!("cannot send to the daemon: {e}"))?;
+        self.busy = true;
+        Ok(())
     }
+}
+
+struct State {
+    poll: Lane,
+    report: Lane,
+    registered: bool,
+    timeout: Duration,
+    pending: Vec<BatchResult>,
+    in_flight: Vec<BatchResult>,
+    last_contact: Instant,
+    ending: Option<Ending>,
+}
+
+struct Session {
+    cfg: SessionConfig,
+    state: Mutex<State>,
+    ended: Condvar,
+    executor: Executor,
+    /// Keeps the socket open for the session's life.
+    _socket: Socket,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs the worker until the daemon lets it go (or is lost).
@@ -133,83 +156,81 @@ pub fn run(cfg: &SessionConfig) -> anyhow::Result<Ending> {
     socket
         .set_opt::<nng::options::transport::tcp::NoDelay>(true)
         .context("cannot set TCP_NODELAY")?;
+
+    let slot: SessionSlot = Arc::new(OnceLock::new());
+    let poll = Lane::new(&socket, LaneName::Poll, slot.clone())?;
+    let report = Lane::new(&socket, LaneName::Report, slot.clone())?;
+    let done_slot = slot.clone();
+    let executor = Executor::start(cfg.slots, move |result| {
+        if let Some(session) = done_slot.get().and_then(Weak::upgrade) {
+            session.on_done(result);
+        }
+    })
+    .context("cannot start the slot threads")?;
+    let session = Arc::new(Session {
+        cfg: cfg.clone(),
+        state: Mutex::new(State {
+            poll,
+            report,
+            registered: false,
+            timeout: Duration::from_secs(20),
+            pending: Vec::new(),
+            in_flight: Vec::new(),
+            last_contact: Instant::now(),
+            ending: None,
+        }),
+        ended: Condvar::new(),
+        executor,
+        _socket: socket.clone(),
+    });
+    let _ = slot.set(Arc::downgrade(&session));
     socket
         .dial_async(&cfg.url)
         .with_context(|| format!("cannot dial {}", cfg.url))?;
-
-    let (tx, rx) = channel::<Event>();
-    let mut poll = Lane::new(&socket, LaneName::Poll, tx.clone())?;
-    let mut report = Lane::new(&socket, LaneName::Report, tx.clone())?;
-    let executor = Executor::start(cfg.slots, tx).context("cannot start the slot threads")?;
-    let mut session = Session {
-        cfg,
-        registered: false,
-        timeout: Duration::from_secs(20),
-        pending: Vec::new(),
-        in_flight: Vec::new(),
-        last_contact: Instant::now(),
-        executor,
-    };
-    session.run(&rx, &mut poll, &mut report)
+    Ok(session.watch())
 }
 
-struct Session<'a> {
-    cfg: &'a SessionConfig,
-    registered: bool,
-    timeout: Duration,
-    pending: Vec<BatchResult>,
-    in_flight: Vec<BatchResult>,
-    last_contact: Instant,
-    executor: Executor,
-}
-
-impl Session<'_> {
-    fn run(
-        &mut self,
-        rx: &Receiver<Event>,
-        poll: &mut Lane,
-        report: &mut Lane,
-    ) -> anyhow::Result<Ending> {
-        let mut next_pid_check = Instant::now();
+impl Session {
+    /// The main thread: (re)issues requests and waits for the end.
+    fn watch(&self) -> Ending {
+        let mut state = lock(&self.state);
         loop {
-            self.issue_requests(poll, report)?;
-            match rx.recv_timeout(Duration::from_millis(250)) {
-                // Results finished while a report is in flight wait in
-                // `pending` and leave together in the next one.
-                Ok(Event::Done(result)) => self.pending.push(result),
-                Ok(Event::Reply(lane, result)) => {
-                    let lane_state = match lane {
-                        LaneName::Poll => &mut *poll,
-                        LaneName::Report => &mut *report,
-                    };
-                    lane_state.busy = false;
-                    if let Some(ending) = self.on_reply(lane, result)? {
-                        return Ok(ending);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    anyhow::bail!("internal channel closed");
-                }
+            self.issue_requests(&mut state);
+            if let Some(ending) = state.ending.clone() {
+                return ending;
             }
-            let silent = self.last_contact.elapsed();
+            let silent = state.last_contact.elapsed();
             if silent > self.cfg.lost_daemon_exit {
-                return Ok(Ending::Lost(silent));
+                return Ending::Lost(silent);
             }
             if let Some(pid) = self.cfg.exit_with_pid
-                && Instant::now() >= next_pid_check
+                && !process_alive(pid)
             {
-                next_pid_check = Instant::now() + Duration::from_millis(500);
-                if !process_alive(pid) {
-                    return Ok(Ending::DaemonExited);
-                }
+                return Ending::DaemonExited;
             }
+            state = self
+                .ended
+                .wait_timeout(state, Duration::from_millis(250))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
     }
 
-    fn issue_requests(&mut self, poll: &mut Lane, report: &mut Lane) -> anyhow::Result<()> {
-        if !self.registered {
-            if !report.busy {
+    fn finish(&self, state: &mut State, ending: Ending) {
+        state.ending.get_or_insert(ending);
+        self.ended.notify_all();
+    }
+
+    /// Sends whatever is due: a hello, the long-poll, pending results.
+    fn issue_requests(&self, state: &mut State) {
+        if state.ending.is_some() {
+            return;
+        }
+        let timeout = state.timeout;
+        let sent = if !state.registered {
+            if state.report.busy {
+                Ok(())
+            } else {
                 let hello = WorkerMessage::Hello(Hello {
                     worker_id: self.cfg.worker_id.clone(),
                     block_id: self.cfg.block_id,
@@ -219,73 +240,105 @@ impl Session<'_> {
                     servables: crate::SERVABLES.iter().map(|s| (*s).to_owned()).collect(),
                     secret: self.cfg.secret.clone().into(),
                 });
-                report.send(&hello, self.timeout)?;
+                state.report.send(&hello, timeout)
             }
-            return Ok(());
-        }
-        if !poll.busy {
-            poll.send(
-                &WorkerMessage::Pull {
-                    results: Vec::new(),
-                    wait: true,
-                },
-                self.timeout,
-            )?;
-        }
-        if !report.busy && !self.pending.is_empty() {
-            self.in_flight = std::mem::take(&mut self.pending);
-            let message = WorkerMessage::Pull {
-                results: self.in_flight.clone(),
-                wait: false,
+        } else {
+            let poll = if state.poll.busy {
+                Ok(())
+            } else {
+                state.poll.send(
+                    &WorkerMessage::Pull {
+                        results: Vec::new(),
+                        wait: true,
+                    },
+                    timeout,
+                )
             };
-            report.send(&message, self.timeout)?;
+            poll.and_then(|()| {
+                if state.report.busy || state.pending.is_empty() {
+                    return Ok(());
+                }
+                state.in_flight = std::mem::take(&mut state.pending);
+                let message = WorkerMessage::Pull {
+                    results: state.in_flight.clone(),
+                    wait: false,
+                };
+                state.report.send(&message, timeout)
+            })
+        };
+        if let Err(e) = sent {
+            self.finish(state, Ending::Failed(e));
         }
-        Ok(())
+    }
+
+    /// A slot finished a batch.
+    fn on_done(&self, result: BatchResult) {
+        tracing::debug!(batch = result.batch.0, run_us = result.run_us, "batch done");
+        let mut state = lock(&self.state);
+        state.pending.push(result);
+        self.issue_requests(&mut state);
     }
 
     /// Puts unacknowledged results back in line to be sent again.
-    fn resend_in_flight(&mut self) {
-        if !self.in_flight.is_empty() {
-            let mut again = std::mem::take(&mut self.in_flight);
-            again.append(&mut self.pending);
-            self.pending = again;
+    fn resend_in_flight(state: &mut State) {
+        if !state.in_flight.is_empty() {
+            let mut again = std::mem::take(&mut state.in_flight);
+            again.append(&mut state.pending);
+            state.pending = again;
         }
     }
 
-    fn on_reply(
-        &mut self,
-        lane: LaneName,
-        result: Result<Message, nng::Error>,
-    ) -> anyhow::Result<Option<Ending>> {
-        let msg = match result {
-            Ok(msg) => msg,
+    /// A reply (or a failure) arrived on `lane`.
+    fn on_reply(&self, lane: LaneName, reply: Result<Message, nng::Error>) {
+        let mut state = lock(&self.state);
+        match lane {
+            LaneName::Poll => state.poll.busy = false,
+            LaneName::Report => state.report.busy = false,
+        }
+        match reply {
+            Ok(msg) => {
+                state.last_contact = Instant::now();
+                self.on_message(&mut state, lane, &msg);
+            }
             Err(e) => {
                 if lane == LaneName::Report {
-                    self.resend_in_flight();
+                    Self::resend_in_flight(&mut state);
                 }
-                if e != nng::Error::TimedOut {
-                    tracing::debug!(lane = ?lane, error = %e, "request failed; retrying");
-                } else {
-                    tracing::warn!(lane = ?lane, silent_s = self.last_contact.elapsed().as_secs(), "no answer from the daemon; retrying");
+                match e {
+                    nng::Error::Closed => return,
+                    nng::Error::TimedOut => tracing::warn!(
+                        lane = ?lane,
+                        silent_s = state.last_contact.elapsed().as_secs(),
+                        "no answer from the daemon; retrying"
+                    ),
+                    other => {
+                        tracing::debug!(lane = ?lane, error = %other, "request failed; retrying")
+                    }
                 }
-                return Ok(None);
+                // Retry from the watching thread, not in a tight loop here.
+                self.ended.notify_all();
+                return;
             }
-        };
-        self.last_contact = Instant::now();
+        }
+        self.issue_requests(&mut state);
+    }
+
+    fn on_message(&self, state: &mut State, lane: LaneName, msg: &Message) {
         let message = match decode::<DaemonMessage>(msg.as_slice(), DEFAULT_MAX_FRAME_BYTES) {
             Ok(m) => m,
             Err(e @ FrameError::VersionMismatch { .. }) => {
-                return Ok(Some(Ending::Refused(format!(
+                let reason = format!(
                     "the daemon speaks another protocol version ({e}); use the same Flotilla release for both"
-                ))));
+                );
+                return self.finish(state, Ending::Refused(reason));
             }
             Err(e) => {
                 tracing::error!(error = %e, "daemon reply not understood; registering again");
-                self.registered = false;
+                state.registered = false;
                 if lane == LaneName::Report {
-                    self.resend_in_flight();
+                    Self::resend_in_flight(state);
                 }
-                return Ok(None);
+                return;
             }
         };
         match message {
@@ -293,10 +346,10 @@ impl Session<'_> {
                 heartbeat_period_ms,
                 heartbeat_threshold_ms,
             } => {
-                self.registered = true;
+                state.registered = true;
                 // A held poll comes back within one period; allow the
                 // threshold before calling it lost.
-                self.timeout =
+                state.timeout =
                     Duration::from_millis(heartbeat_threshold_ms.max(heartbeat_period_ms + 1000));
                 tracing::info!(
                     url = %self.cfg.url,
@@ -306,29 +359,29 @@ impl Session<'_> {
                     "registered with the daemon"
                 );
             }
-            DaemonMessage::Refused { reason } => return Ok(Some(Ending::Refused(reason))),
+            DaemonMessage::Refused { reason } => self.finish(state, Ending::Refused(reason)),
             DaemonMessage::Work { batches } => {
                 if lane == LaneName::Report {
-                    self.in_flight.clear();
+                    state.in_flight.clear();
                 }
                 for batch in batches {
+                    tracing::debug!(batch = batch.id.0, servable = %batch.servable, inputs = batch.items.len(), lane = ?lane, "batch received");
                     self.executor.submit(batch);
                 }
             }
             DaemonMessage::Reregister => {
-                if self.registered {
+                if state.registered {
                     tracing::info!(
                         "the daemon does not know this worker (it restarted?); registering again"
                     );
                 }
-                self.registered = false;
+                state.registered = false;
                 if lane == LaneName::Report {
-                    self.resend_in_flight();
+                    Self::resend_in_flight(state);
                 }
             }
-            DaemonMessage::Shutdown => return Ok(Some(Ending::Shutdown)),
+            DaemonMessage::Shutdown => self.finish(state, Ending::Shutdown),
         }
-        Ok(None)
     }
 }
 

@@ -1077,6 +1077,11 @@ impl Core {
                 continue;
             }
             self.rr_cursor = key;
+            tracing::debug!(
+                worker_key = key,
+                batches = batches.len(),
+                "dispatching to a held poll"
+            );
             if let Some((to, _)) = self.workers.get_mut(&key).and_then(|w| w.held_poll.take()) {
                 out.push(Action::ReplyWorker {
                     to,

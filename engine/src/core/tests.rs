@@ -460,6 +460,7 @@ fn recovery_requeues_unfinished_tasks_and_keeps_results() {
             (TaskId(12), stored("noop"), None),
         ],
         reserved_until: 100_010,
+        ..Recovered::default()
     };
     let mut h = Harness::with(config(), recovered);
     assert_eq!(h.state(TaskId(10)), TaskState::Completed);

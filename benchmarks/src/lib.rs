@@ -1,0 +1,80 @@
+//! Shared pieces of the benchmark harnesses: percentiles and result files.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Summary statistics of a set of latencies.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    /// Median, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+    /// Mean, microseconds.
+    pub mean_us: f64,
+    /// Number of samples.
+    pub n: usize,
+}
+
+impl Latency {
+    /// Statistics of `samples` (must not be empty).
+    pub fn of(samples: &mut [Duration]) -> Latency {
+        samples.sort();
+        let pick = |p: f64| {
+            let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+            samples[i].as_secs_f64() * 1e6
+        };
+        let mean = samples.iter().map(Duration::as_secs_f64).sum::<f64>() / samples.len() as f64;
+        Latency {
+            p50_us: pick(0.50),
+            p99_us: pick(0.99),
+            mean_us: mean * 1e6,
+            n: samples.len(),
+        }
+    }
+
+    /// As JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "p50_us": round(self.p50_us),
+            "p99_us": round(self.p99_us),
+            "mean_us": round(self.mean_us),
+            "samples": self.n,
+        })
+    }
+}
+
+/// Rounds to 0.1.
+pub fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// `benchmarks/results/` of this checkout.
+pub fn results_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("results")
+}
+
+/// Writes `value` as pretty JSON to `results/NAME` and returns the path.
+pub fn write_result(name: &str, value: &serde_json::Value) -> std::io::Result<PathBuf> {
+    let dir = results_dir();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(&path, text + "\n")?;
+    Ok(path)
+}
+
+/// A short description of the machine for result files.
+pub fn machine() -> serde_json::Value {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    serde_json::json!({ "cpus": cpus, "cpu": model })
+}

@@ -1,0 +1,126 @@
+//! Where events meet the scheduling core, on whichever thread brings them.
+//!
+//! Events come from nng's callback threads (requests, closed connections),
+//! the store writer (durability), the provider thread (block states) and the
+//! daemon's timer and signal loop. Handing each one to a dedicated loop
+//! thread would cost a thread wake-up per message, which on a small login
+//! node is most of a synchronous request's latency. Instead the hub uses a
+//! combining lock: an event is put in the inbox, and whichever thread gets
+//! the core lock handles every event in the inbox (its own and any posted
+//! meanwhile) and carries out the resulting actions. A thread that finds the
+//! lock taken just leaves its event for the holder. Events are handled one
+//! at a time, in arrival order, and nobody ever waits on the core lock, so a
+//! callback that fires while its own thread holds the lock cannot deadlock.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+
+use crate::core::{Action, Core, Event};
+use crate::daemon::now_us;
+
+/// Carries out the core's actions.
+pub trait Executor {
+    /// Performs and clears `actions`; returns true once one of them was
+    /// [`Action::Exit`].
+    fn execute(&mut self, actions: &mut Vec<Action>) -> bool;
+}
+
+/// The core and what executes its actions, installed in a [`Hub`].
+#[derive(Debug)]
+pub struct Driver<X> {
+    /// The scheduling state machine.
+    pub core: Core,
+    /// Its hands.
+    pub io: X,
+    out: Vec<Action>,
+}
+
+impl<X: Executor> Driver<X> {
+    /// A driver; `core.start` actions are carried out at once.
+    pub fn new(mut core: Core, mut io: X) -> (Self, bool) {
+        let mut out = Vec::new();
+        core.start(&mut out);
+        let exit = io.execute(&mut out);
+        (Driver { core, io, out }, exit)
+    }
+
+    /// Handles one event now and carries out its actions.
+    pub fn handle(&mut self, event: Event) -> bool {
+        self.core.handle(event, now_us(), &mut self.out);
+        self.io.execute(&mut self.out)
+    }
+}
+
+/// The inbox and the core lock. See the module documentation.
+#[derive(Debug)]
+pub struct Hub<X> {
+    inbox: Mutex<VecDeque<Event>>,
+    driver: Mutex<Option<Driver<X>>>,
+    exited: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<X: Executor> Default for Hub<X> {
+    fn default() -> Self {
+        Hub {
+            inbox: Mutex::new(VecDeque::new()),
+            driver: Mutex::new(None),
+            exited: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl<X: Executor> Hub<X> {
+    /// Installs the driver; events posted before now are handled at once.
+    pub fn install(&self, driver: Driver<X>) {
+        *lock(&self.driver) = Some(driver);
+        self.drain();
+    }
+
+    /// Removes the driver (for the final shutdown steps); later events stay
+    /// in the inbox unhandled.
+    pub fn take(&self) -> Option<Driver<X>> {
+        lock(&self.driver).take()
+    }
+
+    /// Resolves once the core has asked to exit.
+    pub async fn exited(&self) {
+        self.exited.notified().await;
+    }
+
+    /// Delivers `event`: handled now on this thread, or by the thread that
+    /// holds the core.
+    pub fn post(&self, event: Event) {
+        lock(&self.inbox).push_back(event);
+        self.drain();
+    }
+
+    fn drain(&self) {
+        loop {
+            let mut guard = match self.driver.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            let Some(driver) = guard.as_mut() else {
+                return;
+            };
+            loop {
+                let next = lock(&self.inbox).pop_front();
+                let Some(event) = next else { break };
+                if driver.handle(event) {
+                    self.exited.notify_one();
+                }
+            }
+            drop(guard);
+            // An event posted after our last look, by a thread that found
+            // the lock taken, is still ours to handle.
+            if lock(&self.inbox).is_empty() {
+                return;
+            }
+        }
+    }
+}
