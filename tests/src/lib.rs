@@ -148,21 +148,12 @@ impl Flotilla {
             .append(true)
             .open(self.home().join("daemon.log"))
             .unwrap();
-        let child = Command::new(bin("flotilla"))
-            .arg("daemon")
+        let mut cmd = Command::new(bin("flotilla"));
+        cmd.arg("daemon")
             .arg("--config")
             .arg(&self.config)
-            .env("FLOTILLA_HOME", self.home())
-            .env(
-                "FLOTILLA_LOG",
-                std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
+            .env("FLOTILLA_HOME", self.home());
+        self.daemon = Some(spawn_logged(cmd, log));
         wait_until(Duration::from_secs(30), "the daemon to answer", || {
             if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited at start ({status}):\n{}", self.log());
@@ -227,20 +218,12 @@ impl Flotilla {
     pub fn spawn_worker(&mut self, extra: &[&str]) -> u32 {
         let index = self.workers.len();
         let log = std::fs::File::create(self.home().join(format!("worker-{index}.log"))).unwrap();
-        let child = Command::new(bin("flotilla-worker"))
-            .arg("--state-dir")
+        let mut cmd = Command::new(bin("flotilla-worker"));
+        cmd.arg("--state-dir")
             .arg(self.home())
             .args(extra)
-            .env_remove("FLOTILLA_SECRET")
-            .env(
-                "FLOTILLA_LOG",
-                std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .env_remove("FLOTILLA_SECRET");
+        let child = spawn_logged(cmd, log);
         let pid = child.id();
         self.workers.push(child);
         pid
@@ -307,6 +290,29 @@ impl Drop for Flotilla {
             eprintln!("state directory and logs kept in {}", kept.display());
         }
     }
+}
+
+/// Starts `cmd` with stdout and stderr going to `log`, at the log level of
+/// `FLOTILLA_TEST_LOG` (default `info`).
+fn spawn_logged(mut cmd: Command, log: std::fs::File) -> Child {
+    let level = std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into());
+    cmd.env("FLOTILLA_LOG", level)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// `n` requests for the builtin `noop` servable.
+pub fn noop_tasks(n: usize) -> Vec<flotilla_protocol::client::TaskRequest> {
+    (0..n)
+        .map(|_| flotilla_protocol::client::TaskRequest {
+            servable: "noop".into(),
+            input: flotilla_protocol::Payload::from_static(flotilla_protocol::task::NIL),
+            params: flotilla_protocol::Payload::new(),
+        })
+        .collect()
 }
 
 /// True while a process with this pid exists and is not a zombie.

@@ -12,21 +12,11 @@ use flotilla_engine::store::Store;
 use flotilla_protocol::client::TaskRequest;
 use flotilla_protocol::task::{NIL, Outcome, TaskState};
 use flotilla_protocol::{Payload, TaskId};
-use flotilla_tests::{Flotilla, config_with, process_running, test_config, wait_until};
+use flotilla_tests::{Flotilla, config_with, noop_tasks, process_running, test_config, wait_until};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn noop(n: usize) -> Vec<TaskRequest> {
-    (0..n)
-        .map(|_| TaskRequest {
-            servable: "noop".into(),
-            input: Payload::from_static(NIL),
-            params: Payload::new(),
-        })
-        .collect()
-}
 
 fn sleep_task(seconds: f64) -> TaskRequest {
     TaskRequest {
@@ -219,7 +209,7 @@ fn a_sigkilled_worker_s_tasks_are_completed_by_another_worker() {
 fn a_sigkilled_daemon_with_ten_thousand_queued_tasks_recovers_them_all_exactly_once() {
     let mut f = Flotilla::start(&test_config());
     let client = f.client();
-    let ids = client.submit(noop(10_000)).unwrap();
+    let ids = client.submit(noop_tasks(10_000)).unwrap();
     assert_eq!(ids.len(), 10_000);
     drop(client);
     // Accepted means durable: kill without any chance to flush.
@@ -237,7 +227,7 @@ fn a_sigkilled_daemon_with_ten_thousand_queued_tasks_recovers_them_all_exactly_o
     let views = client.results(&ids, Some(LONG)).unwrap();
     assert!(views.iter().all(|v| v.state == TaskState::Completed));
     // New ids never collide with recovered ones.
-    let more = client.submit(noop(1)).unwrap();
+    let more = client.submit(noop_tasks(1)).unwrap();
     assert!(more[0] > *ids.iter().max().unwrap());
     drop(client);
     let status = f.signal_daemon(Signal::SIGTERM, LONG);

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use flotilla_benchmarks::{Latency, machine, round, write_result};
 use flotilla_client::Client;
 use flotilla_protocol::Payload;
-use flotilla_protocol::client::TaskRequest;
 use flotilla_protocol::task::{NIL, TaskState};
-use flotilla_tests::{Flotilla, bin, config_with};
+use flotilla_tests::{Flotilla, bin, config_with, noop_tasks};
 
 struct Options {
     sync: usize,
@@ -56,16 +55,6 @@ fn options() -> Result<Options, String> {
         }
     }
     Ok(o)
-}
-
-fn noop_tasks(n: usize) -> Vec<TaskRequest> {
-    (0..n)
-        .map(|_| TaskRequest {
-            servable: "noop".into(),
-            input: Payload::from_static(NIL),
-            params: Payload::new(),
-        })
-        .collect()
 }
 
 fn sync_round_trips(client: &Client, n: usize) -> Result<Latency, String> {
