@@ -12,5 +12,10 @@ if ! command -v cmake >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends cmake
 fi
 
+# Python with scikit-learn for the digits servable; the demo says so plainly
+# and skips that part if it cannot be had.
+# shellcheck source=python-env.sh
+. scripts/python-env.sh || true
+
 cargo build --release -p flotilla-cli -p flotilla-worker
 exec target/release/flotilla demo

@@ -182,14 +182,125 @@ fn tour(dir: &StateDir) -> Result<(), Failure> {
         BULK_TASKS as f64 / done.as_secs_f64()
     );
 
+    println!("\n4. A published model: digits (scikit-learn), run as a warm Python process");
+    digits(&client, dir)?;
+
     let status = client.status().map_err(Failure::from_client)?;
     let t = status.totals;
     println!(
-        "\n4. Daemon status: {} worker(s), {} tasks accepted, {} completed, {} failed",
+        "\n5. Daemon status: {} worker(s), {} tasks accepted, {} completed, {} failed",
         status.workers.len(),
         t.accepted,
         t.completed,
         t.failed
+    );
+    Ok(())
+}
+
+/// The digits servable's files, embedded so the demo runs from anywhere.
+const DIGITS_FILES: &[(&str, &str)] = &[
+    (
+        "servable.toml",
+        include_str!("../../site-examples/servables/digits/servable.toml"),
+    ),
+    (
+        "serve.py",
+        include_str!("../../site-examples/servables/digits/serve.py"),
+    ),
+    (
+        "train.py",
+        include_str!("../../site-examples/servables/digits/train.py"),
+    ),
+];
+
+const PYTHON_CHECK: &str = "import flotilla_servable, msgpack, numpy, sklearn";
+
+/// Publishes and runs `digits` when Python with scikit-learn is here.
+fn digits(client: &Client, dir: &StateDir) -> Result<(), Failure> {
+    let check = std::process::Command::new("python3")
+        .args(["-c", PYTHON_CHECK])
+        .output();
+    let missing = match check {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_owned(),
+        ),
+        Err(e) => Some(format!("no python3: {e}")),
+    };
+    if let Some(why) = missing {
+        println!(
+            "  skipped: this machine has no Python 3 with scikit-learn, numpy, msgpack and the\n  flotilla_servable shim on PATH ({why}).\n  ./scripts/demo.sh sets one up in .venv."
+        );
+        return Ok(());
+    }
+    let src = dir.root().join("servables").join("digits");
+    std::fs::create_dir_all(&src).context("cannot write the digits servable")?;
+    for (name, text) in DIGITS_FILES {
+        std::fs::write(src.join(name), text).context("cannot write the digits servable")?;
+    }
+    let t = Instant::now();
+    let (id, _, bytes) = crate::servable_cmd::publish(client, &src)?;
+    println!(
+        "  trained and published {id} ({bytes} bytes of files) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json; from sklearn import datasets; d = datasets.load_digits(); \
+             print(json.dumps([d.images[:64].tolist(), d.target[:64].tolist()]))",
+        ])
+        .output()
+        .context("cannot read the digits dataset")?;
+    let data: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("cannot read the digits dataset")?;
+    let images: Vec<serde_json::Value> = data[0].as_array().cloned().unwrap_or_default();
+    let labels: Vec<serde_json::Value> = data[1].as_array().cloned().unwrap_or_default();
+    if images.len() != 64 || labels.len() != 64 {
+        return Err(Failure::Other(anyhow!(
+            "the digits dataset came back incomplete"
+        )));
+    }
+    let wait = Some(Duration::from_secs(120));
+    let t = Instant::now();
+    let first = client
+        .run("digits", json_to_payload(&images[0])?, wait)
+        .map_err(Failure::from_client)?;
+    println!(
+        "  first call (starts the Python process, loads the model): {:.0} ms -> {}",
+        t.elapsed().as_secs_f64() * 1e3,
+        output_text(&first).unwrap_or_else(|| first.state.to_string())
+    );
+    let mut one = Vec::new();
+    for image in images.iter().take(32) {
+        let t = Instant::now();
+        client
+            .run("digits", json_to_payload(image)?, wait)
+            .map_err(Failure::from_client)?;
+        one.push(t.elapsed());
+    }
+    one.sort();
+    let per_one = one[one.len() / 2].as_secs_f64() * 1e3;
+    let tasks = images
+        .iter()
+        .map(|i| task("digits", i.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let t = Instant::now();
+    let ids = client.submit(tasks).map_err(Failure::from_client)?;
+    let views = client.results(&ids, wait).map_err(Failure::from_client)?;
+    let per_batched = t.elapsed().as_secs_f64() * 1e3 / 64.0;
+    let right = views
+        .iter()
+        .zip(&labels)
+        .filter(|(v, label)| output_text(v).as_deref() == Some(label.to_string().as_str()))
+        .count();
+    println!("  one request at a time: {per_one:.2} ms per request (p50 of 32 synchronous runs)");
+    println!(
+        "  64 requests at once, batched into one model call: {per_batched:.2} ms per request; {right}/64 classified right"
     );
     Ok(())
 }

@@ -8,6 +8,7 @@ mod daemon_cmd;
 mod demo;
 mod input;
 mod output;
+mod servable_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,7 +25,7 @@ use flotilla_protocol::task::{TaskState, TaskView};
 ///
 /// Client commands talk to the daemon of $FLOTILLA_HOME (default ~/.flotilla).
 #[derive(Parser, Debug)]
-#[command(name = "flotilla", version, propagate_version = true)]
+#[command(name = "flotilla", version)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -120,6 +121,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Publish, find and inspect servables.
+    Servable {
+        #[command(subcommand)]
+        command: ServableCmd,
+    },
+    /// Chain published servables into a pipeline servable.
+    Pipeline {
+        #[command(subcommand)]
+        command: PipelineCmd,
+    },
     /// Check a site file and print the settings in force.
     Config {
         #[command(subcommand)]
@@ -127,6 +138,83 @@ enum Cmd {
     },
     /// Start a throw-away daemon, run requests against it, show timings.
     Demo,
+}
+
+#[derive(Subcommand, Debug)]
+enum ServableCmd {
+    /// Publish the servable in DIR (its servable.toml and files) as an
+    /// immutable version.
+    Publish {
+        /// Servable directory.
+        dir: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The latest version of every servable.
+    List {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One servable: NAME (latest version) or NAME@VERSION.
+    Show {
+        /// NAME or NAME@VERSION.
+        name: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every version of a servable.
+    Versions {
+        /// Servable name.
+        name: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search titles, descriptions, creators and domains, best match first.
+    Search {
+        /// Words to look for.
+        query: Vec<String>,
+        /// Only this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only this model type (sklearn, torch, pipeline, …).
+        #[arg(long)]
+        model_type: Option<String>,
+        /// Only servables with a creator whose name contains this.
+        #[arg(long)]
+        author: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove NAME@VERSION (refused while tasks for it are unfinished).
+    Remove {
+        /// NAME@VERSION.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PipelineCmd {
+    /// Publish a pipeline: step i's output is step i+1's input, chained
+    /// inside the daemon.
+    Create {
+        /// Pipeline name.
+        name: String,
+        /// Steps in order, comma-separated (NAME or NAME@VERSION; versions
+        /// are pinned now).
+        #[arg(long, value_delimiter = ',', required = true)]
+        steps: Vec<String>,
+        /// Version of the pipeline.
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+        /// Title (default: the steps).
+        #[arg(long)]
+        title: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,7 +246,14 @@ impl Failure {
     pub fn from_client(e: ClientError) -> Failure {
         match e {
             e if e.is_unreachable() => Failure::Unreachable(e.into()),
-            ClientError::Refused(ref api) if api.kind == ApiErrorKind::BadRequest => {
+            // The request named something that does not exist or conflicts
+            // with the catalog: the user's input, not a runtime failure.
+            ClientError::Refused(ref api)
+                if matches!(
+                    api.kind,
+                    ApiErrorKind::BadRequest | ApiErrorKind::NotFound | ApiErrorKind::Conflict
+                ) =>
+            {
                 Failure::Usage(e.into())
             }
             e => Failure::Other(e.into()),
@@ -353,6 +448,25 @@ fn execute(command: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Cmd::Servable { command } => servable(command),
+        Cmd::Pipeline {
+            command:
+                PipelineCmd::Create {
+                    name,
+                    steps,
+                    version,
+                    title,
+                },
+        } => {
+            let (id, created) =
+                servable_cmd::create_pipeline(&connect()?, &name, &steps, &version, title)?;
+            if created {
+                println!("created pipeline {id}");
+            } else {
+                println!("{id} already exists with the same steps");
+            }
+            Ok(())
+        }
         Cmd::Config {
             command: ConfigCmd::Check { file },
         } => {
@@ -363,6 +477,75 @@ fn execute(command: Cmd) -> Result<(), Failure> {
         }
         Cmd::Demo => demo::run(),
     }
+}
+
+fn servable(command: ServableCmd) -> Result<(), Failure> {
+    let client = connect()?;
+    match command {
+        ServableCmd::Publish { dir, json } => {
+            let dir = servable_cmd::servable_dir(dir)?;
+            let (id, created, bytes) = servable_cmd::publish(&client, &dir)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": id, "created": created, "bytes": bytes})
+                );
+            } else if created {
+                println!("published {id} ({bytes} bytes of files)");
+            } else {
+                println!("{id} is already published with the same content");
+            }
+        }
+        ServableCmd::List { json } => {
+            let list = client.list_servables().map_err(Failure::from_client)?;
+            if json {
+                println!("{}", servable_cmd::summaries_json(&list));
+            } else {
+                print!("{}", servable_cmd::summaries_text(&list, false));
+            }
+        }
+        ServableCmd::Show { name, json } => {
+            let record = client.show_servable(&name).map_err(Failure::from_client)?;
+            if json {
+                println!("{}", servable_cmd::record_json(&record)?);
+            } else {
+                print!("{}", servable_cmd::record_text(&record));
+            }
+        }
+        ServableCmd::Versions { name, json } => {
+            let versions = client
+                .servable_versions(&name)
+                .map_err(Failure::from_client)?;
+            if json {
+                println!("{}", serde_json::json!(versions));
+            } else {
+                for v in versions {
+                    println!("{name}@{v}");
+                }
+            }
+        }
+        ServableCmd::Search {
+            query,
+            domain,
+            model_type,
+            author,
+            json,
+        } => {
+            let q = servable_cmd::query(query, domain, model_type, author);
+            let hits = client.search_servables(q).map_err(Failure::from_client)?;
+            if json {
+                println!("{}", servable_cmd::summaries_json(&hits));
+            } else {
+                print!("{}", servable_cmd::summaries_text(&hits, true));
+            }
+        }
+        ServableCmd::Remove { id } => {
+            servable_cmd::exact_version(&id)?;
+            let id = client.remove_servable(&id).map_err(Failure::from_client)?;
+            println!("removed {id}");
+        }
+    }
+    Ok(())
 }
 
 /// Prints results: outputs on stdout, errors on stderr; the exit status says

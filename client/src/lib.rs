@@ -19,7 +19,10 @@ mod convert;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_protocol::client::{ApiError, ClientCall, ClientReply, DaemonStatus, TaskRequest};
+use flotilla_protocol::client::{
+    ApiError, ClientCall, ClientReply, DaemonStatus, SearchQuery, ServableSummary, TaskRequest,
+};
+use flotilla_protocol::servable::ServableRecord;
 use flotilla_protocol::task::{TaskState, TaskView};
 use flotilla_protocol::{
     DEFAULT_MAX_FRAME_BYTES, FrameError, Payload, TaskId, decode, encode, paths,
@@ -264,6 +267,70 @@ impl Client {
     pub fn stop(&self) -> Result<(), ClientError> {
         match self.call(&ClientCall::Stop, DEFAULT_CALL_TIMEOUT)? {
             ClientReply::Stopping => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl Client {
+    /// Publishes a servable version whose files are already in the object
+    /// store; returns its id and whether it is new.
+    pub fn publish(&self, record: ServableRecord) -> Result<(String, bool), ClientError> {
+        let call = ClientCall::Publish {
+            record: Box::new(record),
+        };
+        match self.call(&call, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::Published { id, created } => Ok((id, created)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The latest version of every published servable.
+    pub fn list_servables(&self) -> Result<Vec<ServableSummary>, ClientError> {
+        match self.call(&ClientCall::ListServables, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::Servables { servables } => Ok(servables),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// One servable version: `NAME` (latest) or `NAME@VERSION`.
+    pub fn show_servable(&self, name: &str) -> Result<ServableRecord, ClientError> {
+        let call = ClientCall::ShowServable {
+            name: name.to_owned(),
+        };
+        match self.call(&call, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::Servable(record) => Ok(*record),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Versions of a servable, oldest first.
+    pub fn servable_versions(&self, name: &str) -> Result<Vec<String>, ClientError> {
+        let call = ClientCall::ServableVersions {
+            name: name.to_owned(),
+        };
+        match self.call(&call, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::Versions { versions } => Ok(versions),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Searches the catalog, best match first.
+    pub fn search_servables(
+        &self,
+        query: SearchQuery,
+    ) -> Result<Vec<ServableSummary>, ClientError> {
+        match self.call(&ClientCall::SearchServables(query), DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::Servables { servables } => Ok(servables),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes `NAME@VERSION` from the catalog.
+    pub fn remove_servable(&self, id: &str) -> Result<String, ClientError> {
+        let call = ClientCall::RemoveServable { id: id.to_owned() };
+        match self.call(&call, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::Removed { id } => Ok(id),
             other => Err(unexpected(&other)),
         }
     }

@@ -240,14 +240,11 @@ impl Config {
     }
 
     fn validate(&self, text: &str, file: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| {
-            let (table, leaf) = key.split_once('.').unwrap_or(("", key));
-            ConfigError::Invalid {
-                file: file.to_owned(),
-                line: locate_key(text, table, leaf),
-                key: key.to_owned(),
-                message,
-            }
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: crate::toml_locate::locate(text, key),
+            key: key.to_owned(),
+            message,
         };
         let positive = [
             (
@@ -373,32 +370,6 @@ impl Config {
     pub fn heartbeat_threshold(&self) -> Duration {
         Duration::from_secs_f64(self.interchange.heartbeat_threshold_s)
     }
-}
-
-/// 1-based line on which `key` is set inside `[table]` (top level when
-/// `table` is empty), found by a light scan of the text.
-fn locate_key(text: &str, table: &str, key: &str) -> Option<usize> {
-    let mut current = String::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if let Some(header) = line.strip_prefix('[') {
-            current = header
-                .trim_start_matches('[')
-                .split(']')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned();
-            continue;
-        }
-        if current == table
-            && let Some(rest) = line.strip_prefix(key)
-            && rest.trim_start().starts_with('=')
-        {
-            return Some(index + 1);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

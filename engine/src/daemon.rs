@@ -17,7 +17,7 @@ use flotilla_protocol::{FrameError, decode, encode};
 use flotilla_providers::{LocalProvider, Provider};
 
 use crate::config::{Config, ProviderKind};
-use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo, Servables};
+use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo};
 use crate::hub::{Driver, Executor, Hub};
 use crate::launch::BlockTemplate;
 use crate::net::{Inbound, RepServer, Verdict};
@@ -151,7 +151,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         release: env!("CARGO_PKG_VERSION").to_owned(),
         interchange: interchange_url.clone(),
     };
-    let core = Core::new(core_config, Servables::builtins(), recovered, now_us());
+    let core = Core::new(core_config, recovered, now_us());
 
     dir.write_info(&DaemonInfo {
         pid: std::process::id(),

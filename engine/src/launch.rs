@@ -87,7 +87,15 @@ impl BlockTemplate {
         let launch = launcher
             .script(&spec)
             .map_err(|source| LaunchFailed { block, source })?;
-        let mut env = BTreeMap::from([(SECRET_ENV.to_owned(), self.secret_hex.clone())]);
+        let mut env = BTreeMap::from([
+            (SECRET_ENV.to_owned(), self.secret_hex.clone()),
+            (
+                "FLOTILLA_OBJECTS".to_owned(),
+                flotilla_protocol::paths::objects_dir(self.state_dir.root())
+                    .display()
+                    .to_string(),
+            ),
+        ]);
         if self.exit_with_daemon {
             env.insert(EXIT_WITH_PID_ENV.into(), std::process::id().to_string());
         }

@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
 
+use flotilla_protocol::servable::ServableRecord;
 use flotilla_protocol::task::{Outcome, Payload, TaskId, TaskState, TaskTimings};
 use serde::{Deserialize, Serialize};
 
@@ -143,6 +144,10 @@ pub enum StoreOp {
         /// No id below this will be handed out again.
         until: u64,
     },
+    /// Add a published servable version to the catalog.
+    PutServable(Box<ServableRecord>),
+    /// Remove `NAME@VERSION` from the catalog.
+    RemoveServable(String),
 }
 
 /// Everything read back at start-up.
@@ -154,6 +159,8 @@ pub struct Recovered {
     pub reserved_until: u64,
     /// Which chunk holds what, for the writer.
     pub index: ChunkIndex,
+    /// The servable catalog.
+    pub servables: Vec<ServableRecord>,
 }
 
 /// Which chunks hold each live task and its result, and how many live tasks
@@ -208,6 +215,7 @@ pub struct Store {
     tasks: sled::Tree,
     results: sled::Tree,
     meta: sled::Tree,
+    servables: sled::Tree,
 }
 
 impl Store {
@@ -227,12 +235,14 @@ impl Store {
         let tasks = db.open_tree("tasks").map_err(sled_err)?;
         let results = db.open_tree("results").map_err(sled_err)?;
         let meta = db.open_tree("meta").map_err(sled_err)?;
+        let servables = db.open_tree("servables").map_err(sled_err)?;
         Ok(Store {
             path: name,
             db,
             tasks,
             results,
             meta,
+            servables,
         })
     }
 
@@ -291,10 +301,22 @@ impl Store {
             }
         }
         let reserved_until = reserved_until.max(tasks.last().map_or(0, |(id, _, _)| id.0 + 1));
+        let mut servables = Vec::new();
+        for entry in self.servables.iter() {
+            let (key, value) = entry.map_err(|e| self.sled_err(e))?;
+            servables.push(
+                rmp_serde::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    tree: "servables",
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    message: e.to_string(),
+                })?,
+            );
+        }
         Ok(Recovered {
             tasks,
             reserved_until,
             index,
+            servables,
         })
     }
 
@@ -355,6 +377,16 @@ impl Store {
                 }
                 StoreOp::ReserveIds { until } => {
                     reserved = Some(reserved.map_or(*until, |r: u64| r.max(*until)));
+                }
+                StoreOp::PutServable(record) => {
+                    self.servables
+                        .insert(record.id().as_bytes(), encode(record)?)
+                        .map_err(|e| self.sled_err(e))?;
+                }
+                StoreOp::RemoveServable(id) => {
+                    self.servables
+                        .remove(id.as_bytes())
+                        .map_err(|e| self.sled_err(e))?;
                 }
             }
         }

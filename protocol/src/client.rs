@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::servable::ServableRecord;
 use crate::task::{Payload, TaskId, TaskState, TaskView};
 
 /// One invocation of a servable, as a client submits it.
@@ -60,6 +61,45 @@ pub enum ClientCall {
     },
     /// Shut the daemon down gracefully (as SIGTERM does).
     Stop,
+    /// Add a servable version to the catalog (its files must already be in
+    /// the state directory's object store).
+    Publish {
+        /// The version to publish.
+        record: Box<ServableRecord>,
+    },
+    /// The latest version of every servable.
+    ListServables,
+    /// One servable version: `NAME` (latest) or `NAME@VERSION`.
+    ShowServable {
+        /// What to show.
+        name: String,
+    },
+    /// Every version of a servable, oldest first.
+    ServableVersions {
+        /// Servable name.
+        name: String,
+    },
+    /// Free-text search over titles, descriptions, creators and domains.
+    SearchServables(SearchQuery),
+    /// Remove one version (refused while tasks for it are queued).
+    RemoveServable {
+        /// `NAME@VERSION`.
+        id: String,
+    },
+}
+
+/// A catalog search.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+pub struct SearchQuery {
+    /// Words to look for (all optional; empty lists everything that passes
+    /// the filters).
+    pub text: String,
+    /// Only servables with this domain.
+    pub domain: Option<String>,
+    /// Only servables of this model type.
+    pub model_type: Option<String>,
+    /// Only servables with a creator whose name contains this.
+    pub author: Option<String>,
 }
 
 /// The daemon's answer to one [`ClientCall`].
@@ -96,8 +136,52 @@ pub enum ClientReply {
     },
     /// The daemon is shutting down.
     Stopping,
+    /// A servable version is in the catalog (`created: false` when the same
+    /// content was already published).
+    Published {
+        /// `NAME@VERSION`.
+        id: String,
+        /// False when nothing changed.
+        created: bool,
+    },
+    /// Catalog entries (latest versions, or search hits best first).
+    Servables {
+        /// The entries.
+        servables: Vec<ServableSummary>,
+    },
+    /// One servable version.
+    Servable(Box<ServableRecord>),
+    /// Versions of a servable, oldest first.
+    Versions {
+        /// Version strings.
+        versions: Vec<String>,
+    },
+    /// A servable version was removed.
+    Removed {
+        /// `NAME@VERSION`.
+        id: String,
+    },
     /// The call was refused; nothing was changed.
     Error(ApiError),
+}
+
+/// A catalog entry in lists and search results.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct ServableSummary {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Title.
+    pub title: String,
+    /// Model type.
+    pub model_type: String,
+    /// Domains.
+    pub domains: Vec<String>,
+    /// Creator names.
+    pub creators: Vec<String>,
+    /// Search score (0 outside searches).
+    pub score: f64,
 }
 
 /// Why the daemon refused a call.
@@ -119,6 +203,11 @@ pub enum ApiErrorKind {
     ShuttingDown,
     /// The daemon cannot persist work (its store failed).
     Unavailable,
+    /// The named servable or version does not exist.
+    NotFound,
+    /// The request conflicts with the catalog (republishing a version with
+    /// other content, removing a servable in use).
+    Conflict,
 }
 
 /// A snapshot of the daemon for `flotilla status`.

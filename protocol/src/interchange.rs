@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::servable::ServableRecord;
 use crate::task::{Outcome, Payload, TaskId};
 
 /// Identity of one batch of work, unique within a daemon's life.
@@ -48,8 +49,33 @@ pub struct BatchResult {
     pub batch: BatchId,
     /// Microseconds the servable spent on the whole batch.
     pub run_us: u64,
-    /// One outcome per task of the batch.
+    /// One outcome per task of the batch (empty when `failure` is set).
     pub outcomes: Vec<(TaskId, Outcome)>,
+    /// The call failed as a whole; no input has an outcome of its own.
+    pub failure: Option<BatchFailure>,
+}
+
+/// Why a whole batch has no per-input outcomes.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct BatchFailure {
+    /// What kind of failure, which decides what the daemon does next.
+    pub kind: FailureKind,
+    /// What happened, for the task's error.
+    pub message: String,
+}
+
+/// Kinds of [`BatchFailure`].
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FailureKind {
+    /// The servable process died or broke the protocol, or its files could
+    /// not be prepared: the tasks are retried per the retry policy.
+    Crashed,
+    /// The servable rejected the call as a whole: each input is retried once
+    /// on its own, so one bad input cannot fail its neighbours.
+    Failed,
+    /// The servable cannot run here (unknown to the worker, tampered files):
+    /// the tasks fail with the message.
+    Unrunnable,
 }
 
 /// What a worker sends.
@@ -106,6 +132,9 @@ pub struct WorkBatch {
     pub params: Payload,
     /// The inputs.
     pub items: Vec<WorkItem>,
+    /// The servable's published record, sent with the first batch a worker
+    /// gets for it (builtins have none).
+    pub spec: Option<Box<ServableRecord>>,
 }
 
 /// One input of a batch.
@@ -132,6 +161,7 @@ mod tests {
                 task: TaskId(9),
                 input: Payload::from(vec![7u8; 300]),
             }],
+            spec: None,
         };
         let bytes = encode(&DaemonMessage::Work {
             batches: vec![batch.clone()],

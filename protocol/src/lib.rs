@@ -29,6 +29,8 @@ pub mod frame;
 pub mod interchange;
 pub mod paths;
 pub mod secret;
+pub mod servable;
+pub mod stdio;
 pub mod task;
 
 pub use frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, PROTOCOL_VERSION, decode, encode};

@@ -38,3 +38,9 @@ pub fn info_file(state_dir: &Path) -> PathBuf {
 pub fn secret_file(state_dir: &Path) -> PathBuf {
     state_dir.join("secret")
 }
+
+/// The object store (published servables' files, named by blake3 hash) of
+/// the daemon owning `state_dir`.
+pub fn objects_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("objects")
+}

@@ -42,6 +42,46 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `bin` directory of the Python environment servables run with
+/// (`FLOTILLA_TEST_PYTHON_BIN`, else the workspace's `.venv/bin`, which
+/// `scripts/test.sh` creates with msgpack, numpy, scikit-learn and the
+/// `flotilla_servable` shim). Panics with instructions when it is missing.
+pub fn python_bin() -> PathBuf {
+    let dir = std::env::var_os("FLOTILLA_TEST_PYTHON_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin"));
+    let python = dir.join("python3");
+    let ok = Command::new(&python)
+        .args(["-c", "import flotilla_servable, msgpack, numpy, sklearn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} cannot import flotilla_servable, msgpack, numpy and sklearn: run ./scripts/test.sh (it makes .venv) or set FLOTILLA_TEST_PYTHON_BIN",
+        python.display()
+    );
+    dir
+}
+
+/// `PATH` with the servables' Python environment first, if there is one.
+fn path_with_python() -> std::ffi::OsString {
+    let venv = std::env::var_os("FLOTILLA_TEST_PYTHON_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin"));
+    let mut parts = vec![venv];
+    if let Some(path) = std::env::var_os("PATH") {
+        parts.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(parts).unwrap_or_default()
+}
+
 /// Polls `check` every few milliseconds until it returns `Some`, or panics
 /// after `limit` naming `what`.
 pub fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
@@ -152,6 +192,7 @@ impl Flotilla {
         cmd.arg("daemon")
             .arg("--config")
             .arg(&self.config)
+            .env("PATH", path_with_python())
             .env("FLOTILLA_HOME", self.home());
         self.daemon = Some(spawn_logged(cmd, log));
         wait_until(Duration::from_secs(30), "the daemon to answer", || {
@@ -193,6 +234,7 @@ impl Flotilla {
         use std::io::Write;
         let mut child = Command::new(bin("flotilla"))
             .args(args)
+            .env("PATH", path_with_python())
             .env("FLOTILLA_HOME", self.home())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -222,6 +264,7 @@ impl Flotilla {
         cmd.arg("--state-dir")
             .arg(self.home())
             .args(extra)
+            .env("PATH", path_with_python())
             .env_remove("FLOTILLA_SECRET");
         let child = spawn_logged(cmd, log);
         let pid = child.id();

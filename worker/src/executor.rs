@@ -9,6 +9,7 @@ use flotilla_protocol::interchange::{BatchResult, WorkBatch};
 use flotilla_protocol::task::Outcome;
 
 use crate::builtin;
+use crate::exec::ExecRuntime;
 
 /// A pool of `slots` threads running batches.
 #[derive(Debug)]
@@ -17,10 +18,11 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Starts `slots` threads; each calls `done` with every batch it
-    /// finishes, on its own thread.
+    /// Starts `slots` threads running builtins and `runtime`'s servables;
+    /// each calls `done` with every batch it finishes, on its own thread.
     pub fn start(
         slots: u32,
+        runtime: Arc<ExecRuntime>,
         done: impl Fn(BatchResult) + Send + Sync + 'static,
     ) -> std::io::Result<Executor> {
         let (tx, rx) = unbounded::<WorkBatch>();
@@ -28,11 +30,12 @@ impl Executor {
         for slot in 0..slots {
             let rx: Receiver<WorkBatch> = rx.clone();
             let done = done.clone();
+            let runtime = runtime.clone();
             thread::Builder::new()
                 .name(format!("slot-{slot}"))
                 .spawn(move || {
                     for batch in rx {
-                        done(run(&batch));
+                        done(run(&batch, &runtime));
                     }
                 })?;
         }
@@ -45,25 +48,32 @@ impl Executor {
     }
 }
 
-fn run(batch: &WorkBatch) -> BatchResult {
+fn run(batch: &WorkBatch, runtime: &ExecRuntime) -> BatchResult {
     let started = Instant::now();
-    let outcomes = builtin::run_batch(&batch.servable, &batch.items).unwrap_or_else(|| {
-        let error = format!(
-            "this worker cannot run servable `{}` (it runs: {})",
-            batch.servable,
-            crate::SERVABLES.join(", ")
-        );
-        vec![Outcome::Error(error); batch.items.len()]
-    });
+    let result = match builtin::run_batch(&batch.servable, &batch.items) {
+        Some(outcomes) => Ok(outcomes),
+        None => runtime.run(batch),
+    };
     let run_us = started.elapsed().as_micros() as u64;
-    for (item, outcome) in batch.items.iter().zip(&outcomes) {
-        if let Outcome::Error(message) = outcome {
-            tracing::info!(task = item.task.0, servable = %batch.servable, error = %message, "task failed");
+    match result {
+        Ok(outcomes) => {
+            for (item, outcome) in batch.items.iter().zip(&outcomes) {
+                if let Outcome::Error(message) = outcome {
+                    tracing::info!(task = item.task.0, servable = %batch.servable, error = %message, "task failed");
+                }
+            }
+            BatchResult {
+                batch: batch.id,
+                run_us,
+                outcomes: batch.items.iter().map(|i| i.task).zip(outcomes).collect(),
+                failure: None,
+            }
         }
-    }
-    BatchResult {
-        batch: batch.id,
-        run_us,
-        outcomes: batch.items.iter().map(|i| i.task).zip(outcomes).collect(),
+        Err(failure) => BatchResult {
+            batch: batch.id,
+            run_us,
+            outcomes: Vec::new(),
+            failure: Some(failure),
+        },
     }
 }

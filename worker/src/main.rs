@@ -10,7 +10,9 @@
 //! the arguments are wrong, 3 when the daemon was lost.
 
 mod builtin;
+mod exec;
 mod executor;
+mod process;
 mod session;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +26,9 @@ use serde::Deserialize;
 
 use crate::session::{Ending, SessionConfig};
 
-/// Servables this worker can run.
-pub const SERVABLES: &[&str] = &["noop", "echo", "sleep"];
+/// Builtin servables this worker runs; it also runs any published
+/// servable whose record the daemon sends it.
+pub const BUILTINS: &[&str] = &["noop", "echo", "sleep"];
 
 /// Runs servables for a Flotilla daemon.
 #[derive(Parser, Debug)]
@@ -44,6 +47,10 @@ struct Args {
     /// File holding the daemon's 32-byte secret (else FLOTILLA_SECRET, hex).
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// The daemon's object store, where published servables' files are
+    /// (default: STATE_DIR/objects).
+    #[arg(long, env = "FLOTILLA_OBJECTS")]
+    objects_dir: Option<PathBuf>,
     /// Block this worker belongs to (set by the provider).
     #[arg(long)]
     block_id: Option<u32>,
@@ -152,7 +159,12 @@ fn session_config(args: &Args) -> anyhow::Result<SessionConfig> {
     let exit_with_pid = std::env::var("FLOTILLA_EXIT_WITH_PID")
         .ok()
         .and_then(|p| p.parse().ok());
+    let objects = args
+        .objects_dir
+        .clone()
+        .or_else(|| state_dir.as_deref().map(paths::objects_dir));
     Ok(SessionConfig {
+        objects,
         url: format!("tcp://{address}:{port}"),
         secret,
         worker_id,

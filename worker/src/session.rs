@@ -28,6 +28,7 @@ use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, FrameError, decode, encode};
 use nng::options::{Options, RecvMaxSize};
 use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
 
+use crate::exec::ExecRuntime;
 use crate::executor::Executor;
 
 /// How the session ended.
@@ -64,6 +65,8 @@ pub struct SessionConfig {
     pub exit_with_pid: Option<i32>,
     /// Host name for the hello.
     pub host: String,
+    /// The daemon's object store (published servables' files).
+    pub objects: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +138,7 @@ struct Session {
     state: Mutex<State>,
     ended: Condvar,
     executor: Executor,
+    runtime: Arc<ExecRuntime>,
     /// Keeps the socket open for the session's life.
     _socket: Socket,
 }
@@ -161,7 +165,13 @@ pub fn run(cfg: &SessionConfig) -> anyhow::Result<Ending> {
     let poll = Lane::new(&socket, LaneName::Poll, slot.clone())?;
     let report = Lane::new(&socket, LaneName::Report, slot.clone())?;
     let done_slot = slot.clone();
-    let executor = Executor::start(cfg.slots, move |result| {
+    let work_dir = std::env::temp_dir().join(format!(
+        "flotilla-worker-{}-{}",
+        std::process::id(),
+        cfg.worker_id.replace(['/', ' '], "_")
+    ));
+    let runtime = Arc::new(ExecRuntime::new(cfg.objects.clone(), work_dir));
+    let executor = Executor::start(cfg.slots, runtime.clone(), move |result| {
         if let Some(session) = done_slot.get().and_then(Weak::upgrade) {
             session.on_done(result);
         }
@@ -181,6 +191,7 @@ pub fn run(cfg: &SessionConfig) -> anyhow::Result<Ending> {
         }),
         ended: Condvar::new(),
         executor,
+        runtime,
         _socket: socket.clone(),
     });
     let _ = slot.set(Arc::downgrade(&session));
@@ -237,7 +248,11 @@ impl Session {
                     host: self.cfg.host.clone(),
                     pid: std::process::id(),
                     slots: self.cfg.slots,
-                    servables: crate::SERVABLES.iter().map(|s| (*s).to_owned()).collect(),
+                    servables: crate::BUILTINS
+                        .iter()
+                        .map(|s| (*s).to_owned())
+                        .chain(std::iter::once("*".to_owned()))
+                        .collect(),
                     secret: self.cfg.secret.clone().into(),
                 });
                 state.report.send(&hello, timeout)
@@ -365,6 +380,9 @@ impl Session {
                     state.in_flight.clear();
                 }
                 for batch in batches {
+                    if let Some(record) = &batch.spec {
+                        self.runtime.learn(record);
+                    }
                     tracing::debug!(batch = batch.id.0, servable = %batch.servable, inputs = batch.items.len(), lane = ?lane, "batch received");
                     self.executor.submit(batch);
                 }

@@ -24,29 +24,28 @@
 //!    waiting on that task.
 
 mod blocks;
+mod catalog;
+mod clients;
 mod durability;
+mod lifecycle;
 mod queues;
-mod servables;
+mod search;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use flotilla_protocol::client::{
-    ApiError, ApiErrorKind, ClientCall, ClientReply, DaemonStatus, QueueView, TaskRequest, Totals,
-    WorkerView,
-};
-use flotilla_protocol::interchange::{
-    BatchId, BatchResult, DaemonMessage, Hello, WorkBatch, WorkItem, WorkerMessage,
-};
+use flotilla_protocol::client::{ClientCall, ClientReply, Totals};
+use flotilla_protocol::interchange::{BatchId, DaemonMessage, WorkerMessage};
 use flotilla_protocol::task::{Outcome, TaskState, TaskTimings, TaskView};
 use flotilla_protocol::{Payload, TaskId};
 
 pub use blocks::{BlockEvent, BlockPolicy};
-pub use servables::{ServableInfo, Servables};
+pub use catalog::{Catalog, ServableInfo};
 
-use crate::store::{NewTask, Recovered, StoreOp, StoredResult};
+use crate::store::{Recovered, StoreOp, StoredResult};
 use blocks::Blocks;
 use durability::Durability;
 use queues::{QueueKey, Queues};
@@ -182,10 +181,18 @@ pub struct CoreConfig {
 
 #[derive(Debug)]
 struct Task {
+    /// What the client asked for (canonical name).
     servable: Arc<str>,
     params: Payload,
+    /// The input of the next call: the request's, or for a pipeline the
+    /// previous step's output.
     input: Payload,
+    /// What runs next: the servable itself, or the pipeline's current step.
+    target: Arc<str>,
     max_batch: u32,
+    /// Dispatched alone (retried input by input after a batch failed).
+    solo: bool,
+    pipeline: Option<PipelineProgress>,
     state: TaskState,
     attempts: u32,
     worker: Option<Arc<str>>,
@@ -196,12 +203,63 @@ struct Task {
     waiters: Vec<u64>,
 }
 
+#[derive(Debug, Clone)]
+struct PipelineProgress {
+    steps: Arc<[ServableInfo]>,
+    step: usize,
+}
+
 impl Task {
+    fn new(info: &ServableInfo, params: Payload, input: Payload, submitted_us: u64) -> Task {
+        let pipeline = info.steps.as_ref().map(|steps| PipelineProgress {
+            steps: steps.clone(),
+            step: 0,
+        });
+        let (target, max_batch) = match &pipeline {
+            Some(p) => (p.steps[0].name.clone(), p.steps[0].max_batch_size),
+            None => (info.name.clone(), info.max_batch_size),
+        };
+        Task {
+            servable: info.name.clone(),
+            params,
+            input,
+            target,
+            max_batch,
+            solo: false,
+            pipeline,
+            state: TaskState::Queued,
+            attempts: 0,
+            worker: None,
+            batch: None,
+            timings: TaskTimings {
+                submitted_us,
+                ..TaskTimings::default()
+            },
+            outcome: None,
+            fetched_us: None,
+            waiters: Vec::new(),
+        }
+    }
+
     fn queue_key(&self) -> QueueKey {
         QueueKey {
-            servable: self.servable.clone(),
+            servable: self.target.clone(),
             params: self.params.clone(),
+            solo: self.solo,
         }
+    }
+
+    fn queue_batch(&self) -> u32 {
+        if self.solo { 1 } else { self.max_batch }
+    }
+
+    /// True if the task needs `id` (a servable it runs or will run).
+    fn uses(&self, id: &str) -> bool {
+        &*self.target == id
+            || self
+                .pipeline
+                .as_ref()
+                .is_some_and(|p| p.steps[p.step..].iter().any(|s| &*s.name == id))
     }
 }
 
@@ -217,6 +275,8 @@ struct Worker {
     held_poll: Option<(ReplyTo, u64)>,
     batches: HashSet<BatchId>,
     tasks: u32,
+    /// Servables whose record this worker has been sent.
+    specs_sent: HashSet<Arc<str>>,
 }
 
 impl Worker {
@@ -250,7 +310,7 @@ struct Drain {
 #[derive(Debug)]
 pub struct Core {
     cfg: CoreConfig,
-    servables: Servables,
+    catalog: Catalog,
     started_us: u64,
     tasks: HashMap<TaskId, Task>,
     queues: Queues,
@@ -273,16 +333,20 @@ pub struct Core {
     finished_order: VecDeque<(u64, TaskId)>,
     fetched_order: VecDeque<(u64, TaskId)>,
     last_sweep_us: u64,
+    /// Results decided while recovering, emitted by `start`.
+    startup_results: Vec<(TaskId, StoredResult)>,
 }
 
 impl Core {
-    /// A core holding everything recovered from the store: final tasks keep
-    /// their results, unfinished ones are queued again in id order.
-    pub fn new(cfg: CoreConfig, servables: Servables, recovered: Recovered, now_us: u64) -> Self {
+    /// A core holding everything recovered from the store: the catalog,
+    /// final tasks with their results, and unfinished tasks queued again in
+    /// id order.
+    pub fn new(cfg: CoreConfig, mut recovered: Recovered, now_us: u64) -> Self {
+        let catalog = Catalog::new(std::mem::take(&mut recovered.servables));
         let mut core = Core {
             blocks: Blocks::new(cfg.blocks),
             cfg,
-            servables,
+            catalog,
             started_us: now_us,
             tasks: HashMap::with_capacity(recovered.tasks.len()),
             queues: Queues::default(),
@@ -304,32 +368,25 @@ impl Core {
             finished_order: VecDeque::new(),
             fetched_order: VecDeque::new(),
             last_sweep_us: now_us,
+            startup_results: Vec::new(),
         };
         let mut requeued = 0u64;
         for (id, stored, result) in recovered.tasks {
-            let (servable, max_batch) = match core.servables.resolve(&stored.servable) {
-                Ok(info) => (info.name, info.max_batch_size),
-                Err(_) => (Arc::from(stored.servable.as_str()), 1),
-            };
-            let mut task = Task {
-                servable,
-                params: stored.params,
-                input: stored.input,
-                max_batch,
-                state: TaskState::Queued,
-                attempts: 0,
-                worker: None,
-                batch: None,
-                timings: TaskTimings {
-                    submitted_us: stored.submitted_us,
-                    ..TaskTimings::default()
+            core.totals.accepted += 1;
+            let resolved = core.catalog.resolve(&stored.servable);
+            let info = match &resolved {
+                Ok(info) => info.clone(),
+                Err(_) => ServableInfo {
+                    name: Arc::from(stored.servable.as_str()),
+                    max_batch_size: 1,
+                    input_check: None,
+                    record: None,
+                    steps: None,
                 },
-                outcome: None,
-                fetched_us: None,
-                waiters: Vec::new(),
             };
-            match result {
-                Some(r) => {
+            let mut task = Task::new(&info, stored.params, stored.input, stored.submitted_us);
+            match (result, resolved) {
+                (Some(r), _) => {
                     task.state = r.state;
                     task.attempts = r.attempts;
                     task.worker = r.worker.map(Arc::from);
@@ -338,12 +395,22 @@ impl Core {
                     core.finished_order
                         .push_back((task.timings.finished_us, id));
                 }
-                None => {
-                    core.queues.push_back(task.queue_key(), id, task.max_batch);
+                (None, Ok(_)) => {
+                    core.queues
+                        .push_back(task.queue_key(), id, task.queue_batch());
                     requeued += 1;
                 }
+                (None, Err((_, why))) => {
+                    // Its servable was removed while the daemon was down.
+                    task.state = TaskState::Failed;
+                    task.timings.finished_us = now_us;
+                    let outcome = Outcome::Error(format!("cannot run after a restart: {why}"));
+                    task.outcome = Some(outcome.clone());
+                    core.totals.failed += 1;
+                    core.startup_results
+                        .push((id, result_record(&task, outcome)));
+                }
             }
-            core.totals.accepted += 1;
             core.tasks.insert(id, task);
         }
         if requeued > 0 {
@@ -356,8 +423,13 @@ impl Core {
         core
     }
 
-    /// Initial actions: start the configured blocks.
+    /// Initial actions: start the configured blocks, store results decided
+    /// during recovery.
     pub fn start(&mut self, out: &mut Vec<Action>) {
+        let results = std::mem::take(&mut self.startup_results);
+        if !results.is_empty() {
+            self.persist(StoreOp::PutResults(results), out);
+        }
         self.blocks.start(out);
     }
 
@@ -397,174 +469,88 @@ impl Core {
         self.durability.issued()
     }
 
-    // ----- clients -------------------------------------------------------
-
-    fn on_client(&mut self, from: ReplyTo, call: ClientCall, now: u64, out: &mut Vec<Action>) {
-        match call {
-            ClientCall::Ping => out.push(Action::ReplyClient {
-                to: from,
-                reply: ClientReply::Pong {
-                    pid: self.cfg.pid,
-                    release: self.cfg.release.clone(),
-                },
-            }),
-            ClientCall::Submit { tasks, wait_ms } => self.on_submit(from, tasks, wait_ms, now, out),
-            ClientCall::Results { ids, wait_ms } => {
-                let pending = ids
-                    .iter()
-                    .filter(|id| self.tasks.get(id).is_some_and(|t| !t.state.is_final()))
-                    .count();
-                match wait_ms {
-                    Some(ms) if pending > 0 && self.draining.is_none() => {
-                        self.add_wait(from, ids, pending, now + ms * 1000, 0);
-                    }
-                    _ => {
-                        let reply = self.results_reply(&ids, now);
-                        out.push(Action::ReplyClient { to: from, reply });
-                    }
-                }
-            }
-            ClientCall::TaskStatus { ids } => {
-                let tasks = ids.iter().map(|id| self.view(*id, false)).collect();
-                out.push(Action::ReplyClient {
-                    to: from,
-                    reply: ClientReply::TaskStatus { tasks },
-                });
-            }
-            ClientCall::DaemonStatus => out.push(Action::ReplyClient {
-                to: from,
-                reply: ClientReply::DaemonStatus(Box::new(self.status(now))),
-            }),
-            ClientCall::Cancel { ids } => self.on_cancel(from, ids, now, out),
-            ClientCall::Stop => {
-                out.push(Action::ReplyClient {
-                    to: from,
-                    reply: ClientReply::Stopping,
-                });
-                self.begin_drain(now, out);
-            }
-        }
-    }
-
-    fn refuse(&self, kind: ApiErrorKind, message: String) -> ClientReply {
-        ClientReply::Error(ApiError { kind, message })
-    }
-
-    fn on_submit(
-        &mut self,
-        from: ReplyTo,
-        requests: Vec<TaskRequest>,
-        wait_ms: Option<u64>,
-        now: u64,
-        out: &mut Vec<Action>,
-    ) {
-        let refusal = if self.draining.is_some() {
-            Some(self.refuse(
-                ApiErrorKind::ShuttingDown,
-                "the daemon is shutting down and accepts no new tasks".into(),
-            ))
-        } else if let Some(reason) = &self.store_failed {
-            Some(self.refuse(
-                ApiErrorKind::Unavailable,
-                format!("the daemon cannot store new tasks: {reason}"),
-            ))
-        } else if requests.is_empty() {
-            Some(self.refuse(ApiErrorKind::BadRequest, "no tasks in the request".into()))
-        } else {
-            None
-        };
-        if let Some(reply) = refusal {
-            out.push(Action::ReplyClient { to: from, reply });
-            return;
-        }
-        // Resolve everything first: the request is all-or-nothing.
-        let mut resolved = Vec::with_capacity(requests.len());
-        let mut last: Option<(String, ServableInfo)> = None;
-        for (index, req) in requests.iter().enumerate() {
-            let info = match &last {
-                Some((name, info)) if *name == req.servable => info.clone(),
-                _ => match self.servables.resolve(&req.servable) {
-                    Ok(info) => {
-                        last = Some((req.servable.clone(), info.clone()));
-                        info
-                    }
-                    Err(message) => {
-                        let message = if requests.len() == 1 {
-                            message
-                        } else {
-                            format!("task {} of {}: {message}", index + 1, requests.len())
-                        };
-                        let reply = self.refuse(ApiErrorKind::BadRequest, message);
-                        out.push(Action::ReplyClient { to: from, reply });
-                        return;
-                    }
-                },
-            };
-            resolved.push(info);
-        }
-        let first = self.next_task;
-        let n = requests.len() as u64;
-        self.next_task += n;
-        let mut ops = Vec::with_capacity(2);
-        if self.next_task > self.reserved_until {
-            self.reserved_until = self.next_task + ID_RESERVATION;
-            ops.push(StoreOp::ReserveIds {
-                until: self.reserved_until,
-            });
-        }
-        let mut new = Vec::with_capacity(requests.len());
-        let mut ids = Vec::with_capacity(requests.len());
-        for ((offset, req), info) in requests.into_iter().enumerate().zip(resolved) {
-            let id = TaskId(first + offset as u64);
-            let task = Task {
-                servable: info.name.clone(),
-                params: req.params,
-                input: req.input,
-                max_batch: info.max_batch_size,
-                state: TaskState::Queued,
-                attempts: 0,
-                worker: None,
-                batch: None,
-                timings: TaskTimings {
-                    submitted_us: now,
-                    ..TaskTimings::default()
-                },
-                outcome: None,
-                fetched_us: None,
-                waiters: Vec::new(),
-            };
-            new.push(NewTask {
-                id,
-                servable: info.name,
-                params: task.params.clone(),
-                input: task.input.clone(),
-                submitted_us: now,
-            });
-            self.queues.push_back(task.queue_key(), id, task.max_batch);
-            self.tasks.insert(id, task);
-            ids.push(id);
-        }
-        self.totals.accepted += n;
-        ops.push(StoreOp::PutTasks(new));
-        let mut seq = 0;
-        for op in ops {
-            seq = self.persist(op, out);
-        }
-        match wait_ms {
-            Some(ms) => {
-                let pending = ids.len();
-                self.add_wait(from, ids, pending, now + ms * 1000, seq);
-            }
-            None => self
-                .durability
-                .reply_after(seq, from, ClientReply::Submitted { ids }, out),
-        }
-    }
-
     fn persist(&mut self, op: StoreOp, out: &mut Vec<Action>) -> u64 {
         let seq = self.durability.issue();
         out.push(Action::Persist { seq, op });
         seq
+    }
+
+    fn view(&self, id: TaskId, with_outcome: bool) -> TaskView {
+        match self.tasks.get(&id) {
+            Some(t) => TaskView {
+                id,
+                servable: t.servable.to_string(),
+                state: t.state,
+                attempts: t.attempts,
+                worker: t.worker.as_deref().map(str::to_owned),
+                timings: t.timings,
+                outcome: if with_outcome {
+                    t.outcome.clone()
+                } else {
+                    None
+                },
+            },
+            None => TaskView {
+                id,
+                servable: String::new(),
+                state: TaskState::Unknown,
+                attempts: 0,
+                worker: None,
+                timings: TaskTimings::default(),
+                outcome: None,
+            },
+        }
+    }
+
+    /// Records the first final state of a task and wakes its waiters.
+    /// Returns the store record, or `None` if the task was already final.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        id: TaskId,
+        state: TaskState,
+        outcome: Outcome,
+        worker: Option<Arc<str>>,
+        run_us: u64,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) -> Option<(TaskId, StoredResult)> {
+        let task = self.tasks.get_mut(&id)?;
+        if task.state.is_final() {
+            return None;
+        }
+        task.state = state;
+        task.timings.finished_us = now;
+        if run_us > 0 {
+            task.timings.run_us = run_us;
+        }
+        if worker.is_some() {
+            task.worker = worker;
+        }
+        task.batch = None;
+        task.outcome = Some(outcome.clone());
+        let record = result_record(task, outcome);
+        let waiters = std::mem::take(&mut task.waiters);
+        match state {
+            TaskState::Completed => self.totals.completed += 1,
+            TaskState::Failed => self.totals.failed += 1,
+            TaskState::Cancelled => self.totals.cancelled += 1,
+            _ => {}
+        }
+        self.finished_order.push_back((now, id));
+        for w in waiters {
+            let done = match self.waits.get_mut(&w) {
+                Some(wait) => {
+                    wait.pending = wait.pending.saturating_sub(1);
+                    wait.pending == 0
+                }
+                None => false,
+            };
+            if done {
+                self.complete_wait(w, now, out);
+            }
+        }
+        Some((id, record))
     }
 
     fn add_wait(
@@ -620,749 +606,15 @@ impl Core {
             .collect();
         ClientReply::Results { tasks }
     }
-
-    fn view(&self, id: TaskId, with_outcome: bool) -> TaskView {
-        match self.tasks.get(&id) {
-            Some(t) => TaskView {
-                id,
-                servable: t.servable.to_string(),
-                state: t.state,
-                attempts: t.attempts,
-                worker: t.worker.as_deref().map(str::to_owned),
-                timings: t.timings,
-                outcome: if with_outcome {
-                    t.outcome.clone()
-                } else {
-                    None
-                },
-            },
-            None => TaskView {
-                id,
-                servable: String::new(),
-                state: TaskState::Unknown,
-                attempts: 0,
-                worker: None,
-                timings: TaskTimings::default(),
-                outcome: None,
-            },
-        }
-    }
-
-    fn on_cancel(&mut self, from: ReplyTo, ids: Vec<TaskId>, now: u64, out: &mut Vec<Action>) {
-        let mut records = Vec::new();
-        let mut states = Vec::with_capacity(ids.len());
-        for id in ids {
-            let state = match self.tasks.get(&id) {
-                None => TaskState::Unknown,
-                Some(t) if t.state.is_final() => t.state,
-                Some(t) => {
-                    if t.state == TaskState::Queued {
-                        let key = t.queue_key();
-                        self.queues.remove(&key, id);
-                    }
-                    let outcome = Outcome::Error("cancelled by a client".into());
-                    if let Some(r) =
-                        self.finish(id, TaskState::Cancelled, outcome, None, 0, now, out)
-                    {
-                        records.push(r);
-                    }
-                    TaskState::Cancelled
-                }
-            };
-            states.push((id, state));
-        }
-        let reply = ClientReply::Cancelled { tasks: states };
-        if records.is_empty() {
-            out.push(Action::ReplyClient { to: from, reply });
-        } else {
-            let seq = self.persist(StoreOp::PutResults(records), out);
-            self.durability.reply_after(seq, from, reply, out);
-        }
-    }
-
-    /// Records the first final state of a task and wakes its waiters.
-    /// Returns the store record, or `None` if the task was already final.
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &mut self,
-        id: TaskId,
-        state: TaskState,
-        outcome: Outcome,
-        worker: Option<Arc<str>>,
-        run_us: u64,
-        now: u64,
-        out: &mut Vec<Action>,
-    ) -> Option<(TaskId, StoredResult)> {
-        let task = self.tasks.get_mut(&id)?;
-        if task.state.is_final() {
-            return None;
-        }
-        task.state = state;
-        task.timings.finished_us = now;
-        if run_us > 0 {
-            task.timings.run_us = run_us;
-        }
-        if worker.is_some() {
-            task.worker = worker;
-        }
-        task.batch = None;
-        task.outcome = Some(outcome.clone());
-        let record = StoredResult {
-            state,
-            outcome,
-            attempts: task.attempts,
-            worker: task.worker.as_deref().map(str::to_owned),
-            timings: task.timings,
-        };
-        let waiters = std::mem::take(&mut task.waiters);
-        match state {
-            TaskState::Completed => self.totals.completed += 1,
-            TaskState::Failed => self.totals.failed += 1,
-            TaskState::Cancelled => self.totals.cancelled += 1,
-            _ => {}
-        }
-        self.finished_order.push_back((now, id));
-        for w in waiters {
-            let done = match self.waits.get_mut(&w) {
-                Some(wait) => {
-                    wait.pending = wait.pending.saturating_sub(1);
-                    wait.pending == 0
-                }
-                None => false,
-            };
-            if done {
-                self.complete_wait(w, now, out);
-            }
-        }
-        Some((id, record))
-    }
-
-    // ----- workers -------------------------------------------------------
-
-    fn on_hello(
-        &mut self,
-        from: ReplyTo,
-        pipe: PipeId,
-        hello: Hello,
-        now: u64,
-        out: &mut Vec<Action>,
-    ) {
-        if !constant_time_eq(&hello.secret, &self.cfg.secret) {
-            tracing::warn!(
-                worker = %hello.worker_id,
-                host = %hello.host,
-                pid = hello.pid,
-                pipe = pipe.0,
-                "worker refused: wrong secret"
-            );
-            out.push(Action::ReplyWorker {
-                to: from,
-                message: DaemonMessage::Refused {
-                    reason: "wrong secret: this worker was not started for this daemon (check FLOTILLA_SECRET or --secret-file)".into(),
-                },
-                close: true,
-            });
-            return;
-        }
-        if hello.slots == 0 {
-            out.push(Action::ReplyWorker {
-                to: from,
-                message: DaemonMessage::Refused {
-                    reason: "a worker needs at least one slot".into(),
-                },
-                close: true,
-            });
-            return;
-        }
-        if self.draining.is_some() {
-            out.push(Action::ReplyWorker {
-                to: from,
-                message: DaemonMessage::Shutdown,
-                close: false,
-            });
-            return;
-        }
-        let id: Arc<str> = Arc::from(hello.worker_id.as_str());
-        let key = match self.worker_keys.get(&id).copied() {
-            // The same worker process again (it reconnected): keep its batches.
-            Some(key) => {
-                if let Some(w) = self.workers.get_mut(&key) {
-                    self.worker_by_pipe.remove(&w.pipe);
-                    w.pipe = pipe;
-                    w.last_seen_us = now;
-                    if let Some((old, _)) = w.held_poll.take() {
-                        out.push(Action::ReplyWorker {
-                            to: old,
-                            message: DaemonMessage::Work { batches: vec![] },
-                            close: false,
-                        });
-                    }
-                }
-                tracing::info!(worker = %id, pipe = pipe.0, "worker reconnected");
-                key
-            }
-            None => {
-                let key = self.next_worker_key;
-                self.next_worker_key += 1;
-                tracing::info!(
-                    worker = %id,
-                    host = %hello.host,
-                    pid = hello.pid,
-                    slots = hello.slots,
-                    block = ?hello.block_id,
-                    pipe = pipe.0,
-                    "worker registered"
-                );
-                if let Some(block) = hello.block_id {
-                    self.blocks.worker_joined(block);
-                }
-                self.workers.insert(
-                    key,
-                    Worker {
-                        id: id.clone(),
-                        block: hello.block_id,
-                        host: hello.host,
-                        slots: hello.slots,
-                        servables: hello.servables,
-                        pipe,
-                        last_seen_us: now,
-                        held_poll: None,
-                        batches: HashSet::new(),
-                        tasks: 0,
-                    },
-                );
-                self.worker_keys.insert(id, key);
-                key
-            }
-        };
-        if let Some(old_key) = self.worker_by_pipe.insert(pipe, key)
-            && old_key != key
-        {
-            self.lose_worker(
-                old_key,
-                "another worker registered on its connection",
-                now,
-                out,
-            );
-            self.worker_by_pipe.insert(pipe, key);
-        }
-        out.push(Action::ReplyWorker {
-            to: from,
-            message: DaemonMessage::Welcome {
-                heartbeat_period_ms: self.cfg.heartbeat_period_us / 1000,
-                heartbeat_threshold_ms: self.cfg.heartbeat_threshold_us / 1000,
-            },
-            close: false,
-        });
-    }
-
-    fn on_pull(
-        &mut self,
-        from: ReplyTo,
-        pipe: PipeId,
-        results: Vec<BatchResult>,
-        wait: bool,
-        now: u64,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(key) = self.worker_by_pipe.get(&pipe).copied() else {
-            out.push(Action::ReplyWorker {
-                to: from,
-                message: DaemonMessage::Reregister,
-                close: false,
-            });
-            return;
-        };
-        if let Some(w) = self.workers.get_mut(&key) {
-            w.last_seen_us = now;
-        }
-        if !results.is_empty() {
-            self.record_results(key, results, now, out);
-            self.check_drain(now, out);
-        }
-        if self.draining.as_ref().is_some_and(|d| d.finished) {
-            out.push(Action::ReplyWorker {
-                to: from,
-                message: DaemonMessage::Shutdown,
-                close: false,
-            });
-            return;
-        }
-        if wait {
-            let Some(w) = self.workers.get_mut(&key) else {
-                return;
-            };
-            if let Some((old, _)) = w.held_poll.replace((from, now)) {
-                out.push(Action::ReplyWorker {
-                    to: old,
-                    message: DaemonMessage::Work { batches: vec![] },
-                    close: false,
-                });
-            }
-        } else {
-            let batches = self.fill(key, now);
-            out.push(Action::ReplyWorker {
-                to: from,
-                message: DaemonMessage::Work { batches },
-                close: false,
-            });
-        }
-    }
-
-    fn record_results(
-        &mut self,
-        key: u64,
-        results: Vec<BatchResult>,
-        now: u64,
-        out: &mut Vec<Action>,
-    ) {
-        let worker_id = self.workers.get(&key).map(|w| w.id.clone());
-        let mut records = Vec::new();
-        for result in results {
-            let owned = self
-                .batches
-                .get(&result.batch)
-                .is_some_and(|b| b.worker == key);
-            let batch = if owned {
-                self.batches.remove(&result.batch)
-            } else {
-                None
-            };
-            for (id, outcome) in result.outcomes {
-                let Some(task) = self.tasks.get(&id) else {
-                    continue;
-                };
-                if task.state.is_final() {
-                    continue;
-                }
-                if task.state == TaskState::Queued {
-                    // A late result for a task already put back in the queue.
-                    let qk = task.queue_key();
-                    self.queues.remove(&qk, id);
-                }
-                let state = if outcome.is_ok() {
-                    TaskState::Completed
-                } else {
-                    TaskState::Failed
-                };
-                if let Some(r) = self.finish(
-                    id,
-                    state,
-                    outcome,
-                    worker_id.clone(),
-                    result.run_us,
-                    now,
-                    out,
-                ) {
-                    records.push(r);
-                }
-            }
-            if let Some(batch) = batch {
-                if let Some(w) = self.workers.get_mut(&key) {
-                    w.batches.remove(&result.batch);
-                    w.tasks = w.tasks.saturating_sub(batch.tasks.len() as u32);
-                }
-                for id in batch.tasks {
-                    let missing = self
-                        .tasks
-                        .get(&id)
-                        .is_some_and(|t| !t.state.is_final() && t.batch == Some(result.batch));
-                    if missing {
-                        let outcome = Outcome::Error(format!(
-                            "worker {} returned no result for this task",
-                            worker_id.as_deref().unwrap_or("?")
-                        ));
-                        if let Some(r) = self.finish(
-                            id,
-                            TaskState::Failed,
-                            outcome,
-                            worker_id.clone(),
-                            0,
-                            now,
-                            out,
-                        ) {
-                            records.push(r);
-                        }
-                    }
-                }
-            }
-        }
-        if !records.is_empty() {
-            self.persist(StoreOp::PutResults(records), out);
-        }
-    }
-
-    /// Builds batches for `key`'s free slots from the oldest queues it can run.
-    fn fill(&mut self, key: u64, now: u64) -> Vec<WorkBatch> {
-        let mut batches = Vec::new();
-        if self.draining.is_some() || self.queues.is_empty() {
-            return batches;
-        }
-        let Some(worker) = self.workers.get(&key) else {
-            return batches;
-        };
-        let mut free = worker.free_slots();
-        let worker_id = worker.id.clone();
-        while free > 0 {
-            let Some(worker) = self.workers.get(&key) else {
-                break;
-            };
-            let Some(qk) = self
-                .queues
-                .oldest(|s| servables::worker_can_run(&worker.servables, s))
-            else {
-                break;
-            };
-            let ids = self.queues.pop_batch(&qk);
-            if ids.is_empty() {
-                break;
-            }
-            let batch_id = BatchId(self.next_batch);
-            self.next_batch += 1;
-            let mut items = Vec::with_capacity(ids.len());
-            for id in &ids {
-                if let Some(task) = self.tasks.get_mut(id) {
-                    task.state = TaskState::Running;
-                    task.attempts += 1;
-                    task.worker = Some(worker_id.clone());
-                    task.batch = Some(batch_id);
-                    task.timings.dispatched_us = now;
-                    items.push(WorkItem {
-                        task: *id,
-                        input: task.input.clone(),
-                    });
-                }
-            }
-            if let Some(w) = self.workers.get_mut(&key) {
-                w.batches.insert(batch_id);
-                w.tasks += ids.len() as u32;
-            }
-            self.batches.insert(
-                batch_id,
-                Batch {
-                    worker: key,
-                    tasks: ids,
-                },
-            );
-            batches.push(WorkBatch {
-                id: batch_id,
-                servable: qk.servable.to_string(),
-                params: qk.params.clone(),
-                items,
-            });
-            free -= 1;
-        }
-        batches
-    }
-
-    /// Gives queued work to workers that hold a long-poll, round-robin.
-    fn dispatch(&mut self, now: u64, out: &mut Vec<Action>) {
-        if self.draining.is_some() || self.queues.is_empty() {
-            return;
-        }
-        let start = self.rr_cursor;
-        let candidates: Vec<u64> = self
-            .workers
-            .range(start + 1..)
-            .chain(self.workers.range(..=start))
-            .filter(|(_, w)| w.held_poll.is_some() && w.free_slots() > 0)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in candidates {
-            if self.queues.is_empty() {
-                break;
-            }
-            let batches = self.fill(key, now);
-            if batches.is_empty() {
-                continue;
-            }
-            self.rr_cursor = key;
-            tracing::debug!(
-                worker_key = key,
-                batches = batches.len(),
-                "dispatching to a held poll"
-            );
-            if let Some((to, _)) = self.workers.get_mut(&key).and_then(|w| w.held_poll.take()) {
-                out.push(Action::ReplyWorker {
-                    to,
-                    message: DaemonMessage::Work { batches },
-                    close: false,
-                });
-            }
-        }
-    }
-
-    fn lose_worker(&mut self, key: u64, reason: &str, now: u64, out: &mut Vec<Action>) {
-        let Some(worker) = self.workers.remove(&key) else {
-            return;
-        };
-        self.worker_keys.remove(&worker.id);
-        if self.worker_by_pipe.get(&worker.pipe) == Some(&key) {
-            self.worker_by_pipe.remove(&worker.pipe);
-        }
-        if let Some((to, _)) = worker.held_poll {
-            out.push(Action::ReplyWorker {
-                to,
-                message: DaemonMessage::Reregister,
-                close: false,
-            });
-        }
-        if let Some(block) = worker.block {
-            self.blocks.worker_left(block);
-        }
-        let mut requeue: HashMap<QueueKey, (Vec<TaskId>, u32)> = HashMap::new();
-        let mut records = Vec::new();
-        let mut requeued = 0u64;
-        for batch_id in &worker.batches {
-            let Some(batch) = self.batches.remove(batch_id) else {
-                continue;
-            };
-            for id in batch.tasks {
-                let Some(task) = self.tasks.get_mut(&id) else {
-                    continue;
-                };
-                if task.state != TaskState::Running || task.batch != Some(*batch_id) {
-                    continue;
-                }
-                if task.attempts >= self.cfg.max_attempts {
-                    let outcome = Outcome::Error(format!(
-                        "the worker running this task was lost {} times (last: worker {} on {}, {reason}); giving up",
-                        task.attempts, worker.id, worker.host
-                    ));
-                    if let Some(r) = self.finish(id, TaskState::Failed, outcome, None, 0, now, out)
-                    {
-                        records.push(r);
-                    }
-                } else {
-                    task.state = TaskState::Queued;
-                    task.batch = None;
-                    let entry = requeue
-                        .entry(task.queue_key())
-                        .or_insert_with(|| (Vec::new(), task.max_batch));
-                    entry.0.push(id);
-                    requeued += 1;
-                }
-            }
-        }
-        for (qk, (ids, max_batch)) in requeue {
-            self.queues.push_front(qk, ids, max_batch);
-        }
-        self.totals.requeued += requeued;
-        tracing::warn!(
-            worker = %worker.id,
-            host = %worker.host,
-            reason,
-            requeued,
-            failed = records.len(),
-            "worker lost"
-        );
-        if !records.is_empty() {
-            self.persist(StoreOp::PutResults(records), out);
-        }
-    }
-
-    // ----- time, shutdown, retention ---------------------------------------
-
-    fn on_tick(&mut self, now: u64, out: &mut Vec<Action>) {
-        let period = self.cfg.heartbeat_period_us;
-        let threshold = self.cfg.heartbeat_threshold_us;
-        let mut lost = Vec::new();
-        for (&key, w) in &mut self.workers {
-            if let Some((to, since)) = w.held_poll
-                && now.saturating_sub(since) >= period
-            {
-                w.held_poll = None;
-                out.push(Action::ReplyWorker {
-                    to,
-                    message: DaemonMessage::Work { batches: vec![] },
-                    close: false,
-                });
-            }
-            if now.saturating_sub(w.last_seen_us) > threshold {
-                lost.push((key, w.pipe));
-            }
-        }
-        for (key, pipe) in lost {
-            self.lose_worker(key, "it missed its heartbeats", now, out);
-            out.push(Action::ClosePipe { pipe });
-        }
-        let expired: Vec<u64> = self
-            .waits
-            .iter()
-            .filter(|(_, w)| w.deadline_us <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            self.complete_wait(id, now, out);
-        }
-        if now.saturating_sub(self.last_sweep_us) >= SWEEP_PERIOD_US {
-            self.last_sweep_us = now;
-            self.sweep(now, out);
-        }
-    }
-
-    fn sweep(&mut self, now: u64, out: &mut Vec<Action>) {
-        let retention = (
-            self.cfg.result_retention_us,
-            self.cfg.unfetched_result_retention_us,
-        );
-        let mut forget = Vec::new();
-        for fetched in [true, false] {
-            let order = if fetched {
-                &mut self.fetched_order
-            } else {
-                &mut self.finished_order
-            };
-            drain_expired(order, fetched, retention, now, &mut self.tasks, &mut forget);
-        }
-        if !forget.is_empty() {
-            tracing::debug!(count = forget.len(), "forgetting expired results");
-            self.persist(StoreOp::Forget(forget), out);
-        }
-    }
-
-    fn begin_drain(&mut self, now: u64, out: &mut Vec<Action>) {
-        if self.draining.is_some() {
-            return;
-        }
-        tracing::info!(
-            running_batches = self.batches.len(),
-            queued = self.queues.len(),
-            grace_ms = self.cfg.shutdown_grace_us / 1000,
-            "shutting down: no new tasks; waiting for running batches"
-        );
-        self.draining = Some(Drain {
-            deadline_us: now + self.cfg.shutdown_grace_us,
-            finished: false,
-        });
-        // Idle long-polls get nothing more to do; release them now.
-        for w in self.workers.values_mut() {
-            if let Some((to, _)) = w.held_poll.take() {
-                out.push(Action::ReplyWorker {
-                    to,
-                    message: DaemonMessage::Work { batches: vec![] },
-                    close: false,
-                });
-            }
-        }
-    }
-
-    fn check_drain(&mut self, now: u64, out: &mut Vec<Action>) {
-        let Some(drain) = &self.draining else {
-            return;
-        };
-        if drain.finished || (!self.batches.is_empty() && now < drain.deadline_us) {
-            return;
-        }
-        if !self.batches.is_empty() {
-            tracing::warn!(
-                running_batches = self.batches.len(),
-                "grace period over; unfinished tasks will run again after a restart"
-            );
-        }
-        if let Some(d) = &mut self.draining {
-            d.finished = true;
-        }
-        for w in self.workers.values_mut() {
-            if let Some((to, _)) = w.held_poll.take() {
-                out.push(Action::ReplyWorker {
-                    to,
-                    message: DaemonMessage::Shutdown,
-                    close: false,
-                });
-            }
-        }
-        let waits: Vec<u64> = self.waits.keys().copied().collect();
-        for id in waits {
-            self.complete_wait(id, now, out);
-        }
-        self.blocks.cancel_all(out);
-        out.push(Action::Exit);
-    }
-
-    // ----- status ----------------------------------------------------------
-
-    fn status(&self, now: u64) -> DaemonStatus {
-        let mut running: BTreeMap<String, u64> = BTreeMap::new();
-        for batch in self.batches.values() {
-            if let Some(first) = batch.tasks.first().and_then(|id| self.tasks.get(id)) {
-                *running.entry(first.servable.to_string()).or_default() += batch.tasks.len() as u64;
-            }
-        }
-        let depth = self.queues.depth_by_servable();
-        let mut names: Vec<&String> = depth.keys().chain(running.keys()).collect();
-        names.sort();
-        names.dedup();
-        let queues = names
-            .into_iter()
-            .map(|name| QueueView {
-                servable: name.clone(),
-                queued: depth.get(name).copied().unwrap_or(0),
-                running: running.get(name).copied().unwrap_or(0),
-            })
-            .collect();
-        DaemonStatus {
-            pid: self.cfg.pid,
-            release: self.cfg.release.clone(),
-            uptime_s: now.saturating_sub(self.started_us) / 1_000_000,
-            draining: self.draining.is_some(),
-            interchange: self.cfg.interchange.clone(),
-            blocks: self.blocks.views(),
-            blocks_paused: self.blocks.paused().map(str::to_owned),
-            workers: self
-                .workers
-                .values()
-                .map(|w| WorkerView {
-                    id: w.id.to_string(),
-                    block: w.block,
-                    host: w.host.clone(),
-                    slots: w.slots,
-                    running: w.tasks,
-                    last_seen_ms: now.saturating_sub(w.last_seen_us) / 1000,
-                })
-                .collect(),
-            queues,
-            totals: self.totals,
-        }
-    }
 }
 
-/// Pops expired entries from one retention order (`fetched`: ordered by
-/// first fetch, else by finish time) and removes tasks whose retention is
-/// over by either rule.
-fn drain_expired(
-    order: &mut VecDeque<(u64, TaskId)>,
-    fetched: bool,
-    (fetched_ret, unfetched_ret): (u64, u64),
-    now: u64,
-    tasks: &mut HashMap<TaskId, Task>,
-    forget: &mut Vec<TaskId>,
-) {
-    let ret = if fetched { fetched_ret } else { unfetched_ret };
-    while let Some(&(at, id)) = order.front() {
-        if now.saturating_sub(at) < ret {
-            break;
-        }
-        order.pop_front();
-        let expired = tasks.get(&id).is_some_and(|t| {
-            let by_fetch = t
-                .fetched_us
-                .is_some_and(|f| now.saturating_sub(f) >= fetched_ret);
-            let by_age = now.saturating_sub(t.timings.finished_us) >= unfetched_ret;
-            t.state.is_final() && (by_fetch || by_age)
-        });
-        if expired {
-            tasks.remove(&id);
-            forget.push(id);
-        }
+/// The store record of a task's final state.
+fn result_record(task: &Task, outcome: Outcome) -> StoredResult {
+    StoredResult {
+        state: task.state,
+        outcome,
+        attempts: task.attempts,
+        worker: task.worker.as_deref().map(str::to_owned),
+        timings: task.timings,
     }
-}
-
-/// Compares secrets without an early exit, so timing does not leak how much
-/// of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

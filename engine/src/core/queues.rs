@@ -17,6 +17,8 @@ pub struct QueueKey {
     pub servable: Arc<str>,
     /// msgpack parameters (empty: none).
     pub params: Payload,
+    /// Tasks retried on their own after their batch failed as a whole.
+    pub solo: bool,
 }
 
 #[derive(Debug)]
@@ -130,6 +132,7 @@ mod tests {
         QueueKey {
             servable: Arc::from(s),
             params: Payload::new(),
+            solo: false,
         }
     }
 

@@ -2,6 +2,8 @@
 
 use super::*;
 use crate::store::StoredTask;
+use flotilla_protocol::client::{ApiError, ApiErrorKind, TaskRequest};
+use flotilla_protocol::interchange::{BatchResult, Hello, WorkBatch};
 use flotilla_protocol::task::NIL;
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -43,7 +45,7 @@ impl Harness {
     fn with(cfg: CoreConfig, recovered: Recovered) -> Self {
         let now = 1_000 * SEC;
         Harness {
-            core: Core::new(cfg, Servables::builtins(), recovered, now),
+            core: Core::new(cfg, recovered, now),
             now,
             next_slot: 0,
         }
@@ -168,6 +170,7 @@ fn all_ok(batch: &WorkBatch) -> BatchResult {
     BatchResult {
         batch: batch.id,
         run_us: 7,
+        failure: None,
         outcomes: batch
             .items
             .iter()
@@ -730,4 +733,515 @@ fn blocks_are_started_and_their_workers_counted() {
     let out = h.ev(Event::Shutdown);
     assert!(out.contains(&Action::CancelBlock { block: 0 }));
     assert!(out.contains(&Action::Exit));
+}
+
+// ----- servables, pipelines, batch failures -------------------------------
+
+use flotilla_protocol::client::SearchQuery;
+use flotilla_protocol::interchange::{BatchFailure, FailureKind};
+use flotilla_protocol::servable::{
+    Creator, FileEntry, Runtime, ServableOptions, ServableRecord, ServableSpec, TypeSpec,
+};
+
+fn spec(name: &str, version: &str) -> ServableSpec {
+    ServableSpec {
+        name: name.into(),
+        version: version.into(),
+        title: format!("The {name} model"),
+        description: String::new(),
+        creators: vec![Creator {
+            name: "Grace Hopper".into(),
+            affiliation: Some("Navy".into()),
+            orcid: None,
+        }],
+        domains: vec!["chemistry".into()],
+        license: "MIT".into(),
+        doi: None,
+        related_identifiers: vec![],
+        model_type: "sklearn".into(),
+        input: TypeSpec::Any {
+            description: String::new(),
+        },
+        output: TypeSpec::Any {
+            description: String::new(),
+        },
+        runtime: Runtime::Exec {
+            command: "python3".into(),
+            args: vec!["model.py".into()],
+            working_dir: None,
+            env: Default::default(),
+        },
+        container: None,
+        files: vec!["model.py".into()],
+        build: None,
+        options: ServableOptions {
+            max_batch_size: 8,
+            ..ServableOptions::default()
+        },
+    }
+}
+
+fn record(spec: ServableSpec) -> ServableRecord {
+    let files = spec
+        .files
+        .iter()
+        .map(|f| FileEntry {
+            path: f.clone(),
+            blake3: "ab".repeat(32),
+            size: 1,
+        })
+        .collect();
+    ServableRecord {
+        spec,
+        files,
+        published_us: 0,
+    }
+}
+
+fn pipeline(name: &str, steps: &[&str]) -> ServableRecord {
+    let mut s = spec(name, "1.0.0");
+    s.model_type = "pipeline".into();
+    s.files = vec![];
+    s.runtime = Runtime::Pipeline {
+        steps: steps.iter().map(|x| (*x).to_owned()).collect(),
+    };
+    record(s)
+}
+
+impl Harness {
+    fn publish(&mut self, record: ServableRecord) -> ClientReply {
+        let (from, mut out) = self.call(ClientCall::Publish {
+            record: Box::new(record),
+        });
+        out.extend(self.flush());
+        client_reply(&out, from).expect("a reply to publish")
+    }
+
+    fn submit_to(&mut self, servable: &str, input: Payload) -> Result<TaskId, ApiError> {
+        let (from, mut out) = self.call(ClientCall::Submit {
+            tasks: vec![TaskRequest {
+                servable: servable.into(),
+                input,
+                params: Payload::new(),
+            }],
+            wait_ms: None,
+        });
+        out.extend(self.flush());
+        match client_reply(&out, from) {
+            Some(ClientReply::Submitted { ids }) => Ok(ids[0]),
+            Some(ClientReply::Error(e)) => Err(e),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn exec_worker(&mut self, pipe: u64, name: &str, slots: u32) {
+        let from = self.slot();
+        let mut h = hello(name, slots, SECRET);
+        h.servables.push("*".into());
+        self.ev(Event::Worker {
+            from,
+            pipe: PipeId(pipe),
+            message: WorkerMessage::Hello(h),
+        });
+    }
+
+    fn result_of(&mut self, id: TaskId) -> TaskView {
+        let (from, out) = self.call(ClientCall::Results {
+            ids: vec![id],
+            wait_ms: None,
+        });
+        match client_reply(&out, from) {
+            Some(ClientReply::Results { mut tasks }) => tasks.remove(0),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn outputs(batch: &WorkBatch, f: impl Fn(&Payload) -> Outcome) -> BatchResult {
+    BatchResult {
+        batch: batch.id,
+        run_us: 10,
+        outcomes: batch.items.iter().map(|i| (i.task, f(&i.input))).collect(),
+        failure: None,
+    }
+}
+
+fn failed(batch: &WorkBatch, kind: FailureKind, message: &str) -> BatchResult {
+    BatchResult {
+        batch: batch.id,
+        run_us: 10,
+        outcomes: vec![],
+        failure: Some(BatchFailure {
+            kind,
+            message: message.into(),
+        }),
+    }
+}
+
+#[test]
+fn names_resolve_to_the_latest_version_and_versions_are_immutable() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.publish(record(spec("digits", "1.2.0"))),
+        ClientReply::Published {
+            id: "digits@1.2.0".into(),
+            created: true
+        }
+    );
+    h.publish(record(spec("digits", "1.10.0")));
+    // Same content again: accepted, nothing changes.
+    assert_eq!(
+        h.publish(record(spec("digits", "1.10.0"))),
+        ClientReply::Published {
+            id: "digits@1.10.0".into(),
+            created: false
+        }
+    );
+    // Different content under a published version: refused.
+    let mut changed = spec("digits", "1.10.0");
+    changed.title = "Another model".into();
+    match h.publish(record(changed)) {
+        ClientReply::Error(e) => {
+            assert_eq!(e.kind, ApiErrorKind::Conflict);
+            assert!(e.message.contains("new version"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Latest by semantic version, not by text: 1.10.0 > 1.2.0.
+    let id = h.submit_to("digits", Payload::from_static(NIL)).unwrap();
+    assert_eq!(h.result_of(id).servable, "digits@1.10.0");
+    let id = h
+        .submit_to("digits@1.2.0", Payload::from_static(NIL))
+        .unwrap();
+    assert_eq!(h.result_of(id).servable, "digits@1.2.0");
+    let e = h
+        .submit_to("digits@9.9.9", Payload::from_static(NIL))
+        .unwrap_err();
+    assert!(
+        e.message.contains("no version 9.9.9") && e.message.contains("1.10.0"),
+        "{e}"
+    );
+    let (from, out) = h.call(ClientCall::ServableVersions {
+        name: "digits".into(),
+    });
+    assert_eq!(
+        client_reply(&out, from),
+        Some(ClientReply::Versions {
+            versions: vec!["1.2.0".into(), "1.10.0".into()]
+        })
+    );
+}
+
+#[test]
+fn a_worker_gets_a_servable_s_record_with_its_first_batch_only() {
+    let mut h = Harness::new();
+    h.publish(record(spec("digits", "1.0.0")));
+    h.exec_worker(1, "w1", 1);
+    for round in 0..2 {
+        h.submit_to("digits", Payload::from_static(NIL)).unwrap();
+        let (poll, out) = h.poll(1);
+        let batch = work_in(&out, poll).remove(0);
+        assert_eq!(batch.servable, "digits@1.0.0");
+        assert_eq!(batch.spec.is_some(), round == 0, "round {round}");
+        h.pull(1, vec![all_ok(&batch)], false);
+    }
+    // A reconnected worker process may have lost it: it is sent again.
+    h.exec_worker(2, "w1", 1);
+    h.submit_to("digits", Payload::from_static(NIL)).unwrap();
+    let (poll, out) = h.poll(2);
+    assert!(work_in(&out, poll)[0].spec.is_some());
+}
+
+#[test]
+fn inputs_are_checked_when_the_servable_asks_and_errors_name_the_field() {
+    let mut h = Harness::new();
+    let mut s = spec("sizes", "1.0.0");
+    s.options.validate_input = true;
+    s.input = TypeSpec::List {
+        item: Box::new(TypeSpec::Integer {
+            description: String::new(),
+        }),
+        description: String::new(),
+    };
+    h.publish(record(s));
+    let good = Payload::from(rmp_serde::to_vec(&[1, 2, 3]).unwrap());
+    assert!(h.submit_to("sizes", good).is_ok());
+    let bad = Payload::from(rmp_serde::to_vec(&(1, "two", 3)).unwrap());
+    let e = h.submit_to("sizes", bad).unwrap_err();
+    assert_eq!(e.kind, ApiErrorKind::BadRequest);
+    assert_eq!(
+        e.message,
+        "sizes@1.0.0: input[1]: expected an integer, got string \"two\""
+    );
+}
+
+#[test]
+fn a_pipeline_chains_its_steps_inside_the_daemon() {
+    let mut h = Harness::new();
+    h.publish(record(spec("parse", "1.0.0")));
+    h.publish(record(spec("featurize", "1.0.0")));
+    h.publish(pipeline("enthalpy", &["parse@1.0.0", "featurize@1.0.0"]));
+    h.exec_worker(1, "w1", 2);
+    let id = h.submit_to("enthalpy", Payload::from(vec![0x01])).unwrap();
+    let plus_one = |p: &Payload| Outcome::Output(Payload::from(vec![p[0] + 1]));
+    let (poll, out) = h.poll(1);
+    let first = work_in(&out, poll);
+    assert_eq!(first[0].servable, "parse@1.0.0");
+    // The step's output becomes the next step's input; nothing is stored yet.
+    let (report, out) = h.pull(1, vec![outputs(&first[0], plus_one)], false);
+    assert!(persisted_results(&out).is_empty());
+    let second = work_in(&out, report);
+    assert_eq!(second[0].servable, "featurize@1.0.0");
+    assert_eq!(&second[0].items[0].input[..], [0x02]);
+    let (_, out) = h.pull(1, vec![outputs(&second[0], plus_one)], false);
+    assert_eq!(persisted_results(&out), [id]);
+    let view = h.result_of(id);
+    assert_eq!(view.servable, "enthalpy@1.0.0");
+    assert_eq!(
+        view.outcome,
+        Some(Outcome::Output(Payload::from(vec![0x03])))
+    );
+}
+
+#[test]
+fn a_failing_pipeline_step_is_named_in_the_error() {
+    let mut h = Harness::new();
+    h.publish(record(spec("parse", "1.0.0")));
+    h.publish(record(spec("featurize", "1.0.0")));
+    h.publish(pipeline("enthalpy", &["parse@1.0.0", "featurize@1.0.0"]));
+    h.exec_worker(1, "w1", 1);
+    let id = h.submit_to("enthalpy", Payload::from_static(NIL)).unwrap();
+    let (poll, out) = h.poll(1);
+    let batch = work_in(&out, poll);
+    h.pull(
+        1,
+        vec![outputs(&batch[0], |_| {
+            Outcome::Error("no such element: Xx".into())
+        })],
+        false,
+    );
+    match h.result_of(id).outcome {
+        Some(Outcome::Error(e)) => {
+            assert_eq!(e, "step 1 of 2 (`parse@1.0.0`) failed: no such element: Xx");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Pipelines take no parameters; unknown steps are refused at creation.
+    let (from, out) = h.call(ClientCall::Submit {
+        tasks: vec![TaskRequest {
+            servable: "enthalpy".into(),
+            input: Payload::from_static(NIL),
+            params: Payload::from(vec![0x80]),
+        }],
+        wait_ms: None,
+    });
+    assert!(matches!(
+        client_reply(&out, from),
+        Some(ClientReply::Error(_))
+    ));
+    assert!(matches!(
+        h.publish(pipeline("broken", &["nope@1.0.0"])),
+        ClientReply::Error(ApiError {
+            kind: ApiErrorKind::NotFound,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_batch_that_fails_as_a_whole_is_retried_input_by_input_once() {
+    let mut h = Harness::new();
+    h.publish(record(spec("digits", "1.0.0")));
+    h.exec_worker(1, "w1", 4);
+    let (from, mut out) = h.call(ClientCall::Submit {
+        tasks: (0..3)
+            .map(|i| TaskRequest {
+                servable: "digits".into(),
+                input: Payload::from(vec![i]),
+                params: Payload::new(),
+            })
+            .collect(),
+        wait_ms: None,
+    });
+    out.extend(h.flush());
+    let ids = match client_reply(&out, from) {
+        Some(ClientReply::Submitted { ids }) => ids,
+        other => panic!("{other:?}"),
+    };
+    let (poll, out) = h.poll(1);
+    let batch = work_in(&out, poll);
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].items.len(), 3);
+    let (report, out) = h.pull(
+        1,
+        vec![failed(
+            &batch[0],
+            FailureKind::Failed,
+            "ValueError: bad pixel",
+        )],
+        false,
+    );
+    assert!(persisted_results(&out).is_empty());
+    let solo = work_in(&out, report);
+    assert_eq!(solo.len(), 3, "one batch per input");
+    assert!(solo.iter().all(|b| b.items.len() == 1));
+    // Input 1 is the bad one: its lone call fails, the others succeed.
+    let results = solo
+        .iter()
+        .map(|b| {
+            if b.items[0].input[0] == 1 {
+                failed(b, FailureKind::Failed, "ValueError: bad pixel")
+            } else {
+                all_ok(b)
+            }
+        })
+        .collect();
+    h.pull(1, results, false);
+    assert_eq!(h.result_of(ids[0]).state, TaskState::Completed);
+    assert_eq!(h.result_of(ids[2]).state, TaskState::Completed);
+    let bad = h.result_of(ids[1]);
+    assert_eq!(bad.state, TaskState::Failed);
+    assert_eq!(
+        bad.outcome,
+        Some(Outcome::Error("ValueError: bad pixel".into()))
+    );
+}
+
+#[test]
+fn a_crashing_servable_is_retried_then_fails_with_its_last_words() {
+    let mut h = Harness::new();
+    h.publish(record(spec("digits", "1.0.0")));
+    h.exec_worker(1, "w1", 1);
+    let id = h.submit_to("digits", Payload::from_static(NIL)).unwrap();
+    let (poll, out) = h.poll(1);
+    let mut batch = work_in(&out, poll);
+    for attempt in 1..=3 {
+        let message = format!("servable process exited with signal 9 (attempt {attempt})");
+        let (report, out) = h.pull(
+            1,
+            vec![failed(&batch[0], FailureKind::Crashed, &message)],
+            false,
+        );
+        // The retry comes straight back on the report's reply.
+        batch = work_in(&out, report);
+        assert_eq!(batch.len(), usize::from(attempt < 3), "attempt {attempt}");
+    }
+    let view = h.result_of(id);
+    assert_eq!(view.state, TaskState::Failed);
+    assert_eq!(view.attempts, 3);
+    match view.outcome {
+        Some(Outcome::Error(e)) => {
+            assert!(
+                e.contains("each of 3 attempts") && e.contains("attempt 3"),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_servable_in_use_cannot_be_removed() {
+    let mut h = Harness::new();
+    h.publish(record(spec("parse", "1.0.0")));
+    let id = h.submit_to("parse", Payload::from_static(NIL)).unwrap();
+    let (from, out) = h.call(ClientCall::RemoveServable {
+        id: "parse@1.0.0".into(),
+    });
+    match client_reply(&out, from) {
+        Some(ClientReply::Error(e)) => assert!(e.message.contains("1 unfinished task"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    h.call(ClientCall::Cancel { ids: vec![id] });
+    h.publish(pipeline("chain", &["parse@1.0.0"]));
+    let (from, out) = h.call(ClientCall::RemoveServable {
+        id: "parse@1.0.0".into(),
+    });
+    match client_reply(&out, from) {
+        Some(ClientReply::Error(e)) => assert!(e.message.contains("chain@1.0.0"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let (from, mut out) = h.call(ClientCall::RemoveServable {
+        id: "chain@1.0.0".into(),
+    });
+    out.extend(h.flush());
+    assert!(matches!(
+        client_reply(&out, from),
+        Some(ClientReply::Removed { .. })
+    ));
+    assert!(out.iter().any(|a| matches!(a, Action::Persist { op: StoreOp::RemoveServable(id), .. } if id == "chain@1.0.0")));
+}
+
+#[test]
+fn search_ranks_title_over_description_and_filters() {
+    let mut h = Harness::new();
+    let mut a = spec("band-gap", "1.0.0");
+    a.title = "Band gap predictor".into();
+    a.domains = vec!["materials science".into()];
+    let mut b = spec("formation-enthalpy", "1.0.0");
+    b.description = "Predicts formation enthalpy; useful before band structure work.".into();
+    b.domains = vec!["materials science".into()];
+    let mut c = spec("digits", "1.0.0");
+    c.domains = vec!["computer vision".into()];
+    c.creators[0].name = "Yann".into();
+    for r in [a, b, c] {
+        h.publish(record(r));
+    }
+    let query = |h: &mut Harness, q: SearchQuery| {
+        let (from, out) = h.call(ClientCall::SearchServables(q));
+        match client_reply(&out, from) {
+            Some(ClientReply::Servables { servables }) => {
+                servables.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let hits = query(
+        &mut h,
+        SearchQuery {
+            text: "band".into(),
+            ..SearchQuery::default()
+        },
+    );
+    assert_eq!(hits, ["band-gap", "formation-enthalpy"]);
+    let hits = query(
+        &mut h,
+        SearchQuery {
+            domain: Some("Computer Vision".into()),
+            ..SearchQuery::default()
+        },
+    );
+    assert_eq!(hits, ["digits"]);
+    let hits = query(
+        &mut h,
+        SearchQuery {
+            text: "predictor".into(),
+            author: Some("yann".into()),
+            ..SearchQuery::default()
+        },
+    );
+    assert!(hits.is_empty());
+}
+
+#[test]
+fn after_a_restart_tasks_of_removed_servables_fail_with_a_reason() {
+    let stored = StoredTask {
+        servable: "gone@1.0.0".into(),
+        params: Payload::new(),
+        input: Payload::from_static(NIL),
+        submitted_us: 5,
+    };
+    let recovered = Recovered {
+        tasks: vec![(TaskId(3), stored, None)],
+        reserved_until: 10,
+        ..Recovered::default()
+    };
+    let mut h = Harness::with(config(), recovered);
+    let mut out = Vec::new();
+    h.core.start(&mut out);
+    assert_eq!(persisted_results(&out), [TaskId(3)]);
+    match h.result_of(TaskId(3)).outcome {
+        Some(Outcome::Error(e)) => assert!(e.contains("cannot run after a restart"), "{e}"),
+        other => panic!("{other:?}"),
+    }
 }

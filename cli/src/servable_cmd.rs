@@ -1,0 +1,357 @@
+//! `flotilla servable …` and `flotilla pipeline create`.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, anyhow};
+use flotilla_client::Client;
+use flotilla_engine::servable_spec::{self, SPEC_FILE};
+use flotilla_protocol::client::{SearchQuery, ServableSummary};
+use flotilla_protocol::paths;
+use flotilla_protocol::servable::{
+    FileEntry, Runtime, ServableOptions, ServableRecord, ServableSpec, TypeSpec,
+};
+use serde_json::json;
+
+use crate::Failure;
+
+/// Publishes the servable in `dir`: checks its spec, runs its build step,
+/// stores its files by hash, registers the version. Returns (id, created).
+pub fn publish(client: &Client, dir: &Path) -> Result<(String, bool, u64), Failure> {
+    let spec_path = dir.join(SPEC_FILE);
+    let text = fs::read_to_string(&spec_path)
+        .with_context(|| {
+            format!(
+                "{}: cannot read (is {} a servable directory?)",
+                spec_path.display(),
+                dir.display()
+            )
+        })
+        .map_err(Failure::Usage)?;
+    let spec = servable_spec::parse(&text, &spec_path.display().to_string())
+        .map_err(|e| Failure::Usage(e.into()))?;
+    if let Some(build) = &spec.build {
+        run_build(dir, &build.command, &build.args)?;
+    }
+    let objects = paths::objects_dir(client.state_dir());
+    fs::create_dir_all(&objects)
+        .with_context(|| format!("{}: cannot create", objects.display()))?;
+    let mut files = Vec::with_capacity(spec.files.len());
+    let mut bytes = 0;
+    for name in &spec.files {
+        let path = dir.join(name);
+        let (blake3, size) = store_object(&path, &objects).map_err(|e| {
+            Failure::Usage(anyhow!(
+                "{}: `files` lists `{name}`: {e:#}",
+                spec_path.display()
+            ))
+        })?;
+        bytes += size;
+        files.push(FileEntry {
+            path: name.clone(),
+            blake3,
+            size,
+        });
+    }
+    let record = ServableRecord {
+        spec,
+        files,
+        published_us: 0,
+    };
+    let (id, created) = client.publish(record).map_err(Failure::from_client)?;
+    Ok((id, created, bytes))
+}
+
+fn run_build(dir: &Path, command: &str, args: &[String]) -> Result<(), Failure> {
+    eprintln!(
+        "building: {command} {} (in {})",
+        args.join(" "),
+        dir.display()
+    );
+    let status = Command::new(command)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .with_context(|| format!("cannot run the build step `{command}`"))?;
+    if !status.success() {
+        return Err(Failure::Other(anyhow!(
+            "the build step `{command} {}` failed ({status}); nothing was published",
+            args.join(" ")
+        )));
+    }
+    Ok(())
+}
+
+/// Copies `path` into the object store under its blake3 hash (read-only);
+/// returns the hash and size.
+fn store_object(path: &Path, objects: &Path) -> anyhow::Result<(String, u64)> {
+    let mut source =
+        fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let tmp_path = objects.join(format!(".incoming-{}", std::process::id()));
+    let mut tmp = fs::File::create(&tmp_path)
+        .with_context(|| format!("cannot write {}", tmp_path.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = source
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        tmp.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", tmp_path.display()))?;
+        size += n as u64;
+    }
+    tmp.sync_all().ok();
+    drop(tmp);
+    let hash = hasher.finalize().to_hex().to_string();
+    let target = objects.join(&hash);
+    if target.exists() {
+        let _ = fs::remove_file(&tmp_path);
+    } else {
+        fs::set_permissions(&tmp_path, fs::Permissions::from_mode(0o444)).ok();
+        fs::rename(&tmp_path, &target)
+            .with_context(|| format!("cannot store {}", target.display()))?;
+    }
+    Ok((hash, size))
+}
+
+/// Makes and publishes a pipeline of `steps` (each `NAME` or
+/// `NAME@VERSION`, pinned to a version now).
+pub fn create_pipeline(
+    client: &Client,
+    name: &str,
+    steps: &[String],
+    version: &str,
+    title: Option<String>,
+) -> Result<(String, bool), Failure> {
+    if steps.is_empty() {
+        return Err(Failure::Usage(anyhow!(
+            "--steps needs at least one servable"
+        )));
+    }
+    let records = steps
+        .iter()
+        .map(|s| {
+            client.show_servable(s.trim()).map_err(|e| match e {
+                flotilla_client::ClientError::Refused(api) => {
+                    Failure::Usage(anyhow!("step `{s}`: {}", api.message))
+                }
+                other => Failure::from_client(other),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids: Vec<String> = records.iter().map(ServableRecord::id).collect();
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Err(Failure::Usage(anyhow!(
+            "--steps needs at least one servable"
+        )));
+    };
+    let mut domains: Vec<String> = Vec::new();
+    for r in &records {
+        for d in &r.spec.domains {
+            if !domains.contains(d) {
+                domains.push(d.clone());
+            }
+        }
+    }
+    let spec = ServableSpec {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        title: title.unwrap_or_else(|| format!("Pipeline: {}", ids.join(" → "))),
+        description: format!(
+            "Runs {} inside the daemon, each step's output feeding the next.",
+            ids.join(", then ")
+        ),
+        creators: first.spec.creators.clone(),
+        domains,
+        license: "NOASSERTION".into(),
+        doi: None,
+        related_identifiers: vec![],
+        model_type: "pipeline".into(),
+        input: first.spec.input.clone(),
+        output: last.spec.output.clone(),
+        runtime: Runtime::Pipeline { steps: ids },
+        container: None,
+        files: vec![],
+        build: None,
+        options: ServableOptions::default(),
+    };
+    let record = ServableRecord {
+        spec,
+        files: vec![],
+        published_us: 0,
+    };
+    servable_spec::check_record(&record).map_err(|e| Failure::Usage(e.into()))?;
+    client.publish(record).map_err(Failure::from_client)
+}
+
+/// The search query from the command line.
+pub fn query(
+    text: Vec<String>,
+    domain: Option<String>,
+    model_type: Option<String>,
+    author: Option<String>,
+) -> SearchQuery {
+    SearchQuery {
+        text: text.join(" "),
+        domain,
+        model_type,
+        author,
+    }
+}
+
+/// A table of catalog entries.
+pub fn summaries_text(list: &[ServableSummary], with_score: bool) -> String {
+    if list.is_empty() {
+        return "(no servables)\n".into();
+    }
+    let mut out = String::new();
+    for s in list {
+        let score = if with_score {
+            format!("{:>5.1}  ", s.score)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{score}{:<28} {:<10} {:<16} {}\n",
+            s.name, s.version, s.model_type, s.title
+        ));
+    }
+    out
+}
+
+/// Catalog entries as JSON.
+pub fn summaries_json(list: &[ServableSummary]) -> serde_json::Value {
+    serde_json::Value::Array(
+        list.iter()
+            .map(|s| {
+                json!({
+                    "name": s.name, "version": s.version, "title": s.title,
+                    "model_type": s.model_type, "domains": s.domains,
+                    "creators": s.creators, "score": s.score,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn type_text(t: &TypeSpec) -> String {
+    match t {
+        TypeSpec::List { item, .. } => format!("list of {}", type_text(item)),
+        TypeSpec::Dict { properties, .. } => format!(
+            "dict {{{}}}",
+            properties
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", type_text(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        TypeSpec::Ndarray { dtype, shape, .. } => format!(
+            "ndarray {dtype} [{}]",
+            shape
+                .iter()
+                .map(|d| if *d < 0 { "*".into() } else { d.to_string() })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.kind().to_owned(),
+    }
+}
+
+/// One version, for people.
+pub fn record_text(r: &ServableRecord) -> String {
+    let s = &r.spec;
+    let mut out = format!("{}  {}\n", r.id(), s.title);
+    if !s.description.is_empty() {
+        out.push_str(&format!("  {}\n", s.description));
+    }
+    out.push_str(&format!(
+        "  model type  {}\n  license     {}\n",
+        s.model_type, s.license
+    ));
+    if !s.creators.is_empty() {
+        let names: Vec<String> = s
+            .creators
+            .iter()
+            .map(|c| match (&c.affiliation, &c.orcid) {
+                (Some(a), Some(o)) => format!("{} ({a}, ORCID {o})", c.name),
+                (Some(a), None) => format!("{} ({a})", c.name),
+                (None, Some(o)) => format!("{} (ORCID {o})", c.name),
+                (None, None) => c.name.clone(),
+            })
+            .collect();
+        out.push_str(&format!("  creators    {}\n", names.join("; ")));
+    }
+    if !s.domains.is_empty() {
+        out.push_str(&format!("  domains     {}\n", s.domains.join(", ")));
+    }
+    if let Some(doi) = &s.doi {
+        out.push_str(&format!("  doi         {doi}\n"));
+    }
+    out.push_str(&format!(
+        "  input       {}\n  output      {}\n",
+        type_text(&s.input),
+        type_text(&s.output)
+    ));
+    match &s.runtime {
+        Runtime::Exec { command, args, .. } => {
+            out.push_str(&format!("  runs        {command} {}\n", args.join(" ")));
+        }
+        Runtime::Pipeline { steps } => {
+            out.push_str(&format!("  steps       {}\n", steps.join(" → ")))
+        }
+        Runtime::Builtin => {}
+    }
+    let o = &s.options;
+    out.push_str(&format!(
+        "  options     max_batch_size {}, max_batch_delay_ms {}, memoize {}, validate_input {}\n",
+        o.max_batch_size,
+        match o.max_batch_delay_ms {
+            flotilla_protocol::servable::BatchDelay::Fixed(ms) => ms.to_string(),
+            flotilla_protocol::servable::BatchDelay::Auto => "auto".into(),
+        },
+        o.memoize,
+        o.validate_input
+    ));
+    for f in &r.files {
+        out.push_str(&format!(
+            "  file        {}  {} bytes  blake3 {}\n",
+            f.path, f.size, f.blake3
+        ));
+    }
+    out
+}
+
+/// One version as JSON.
+pub fn record_json(r: &ServableRecord) -> anyhow::Result<serde_json::Value> {
+    serde_json::to_value(r).map_err(|e| anyhow!("cannot render {}: {e}", r.id()))
+}
+
+/// Checks that `dir` looks like a servable directory before anything runs.
+pub fn servable_dir(dir: PathBuf) -> Result<PathBuf, Failure> {
+    if !dir.join(SPEC_FILE).is_file() {
+        return Err(Failure::Usage(anyhow!(
+            "{} has no {SPEC_FILE}; a servable directory holds its spec and files",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+/// Fails with a usage error unless `id` is `NAME@VERSION`.
+pub fn exact_version(id: &str) -> Result<(), Failure> {
+    match id.split_once('@') {
+        Some((n, v)) if !n.is_empty() && !v.is_empty() => Ok(()),
+        _ => Err(Failure::Usage(anyhow!("say which version: `{id}@VERSION`"))),
+    }
+}

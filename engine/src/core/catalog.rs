@@ -1,0 +1,263 @@
+//! The servable catalog: builtins plus every published version.
+//!
+//! Requests name a servable as `NAME` (its latest version, by semantic-
+//! version order) or `NAME@VERSION`; the catalog resolves that once, at
+//! submission, to a canonical `NAME@VERSION` (just `NAME` for builtins) so
+//! queues, batches, memo keys and workers all agree on what a task runs.
+//! Published versions are immutable: publishing the same version again is
+//! accepted only with identical content.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use flotilla_protocol::builtin::BUILTINS;
+use flotilla_protocol::client::ApiErrorKind;
+use flotilla_protocol::servable::{Runtime, ServableRecord, TypeSpec};
+
+/// A refusal: what kind, and the message for the client.
+pub type Refusal = (ApiErrorKind, String);
+
+/// A resolved servable.
+#[derive(Clone, Debug)]
+pub struct ServableInfo {
+    /// Canonical name workers are asked to run.
+    pub name: Arc<str>,
+    /// Most inputs per model call.
+    pub max_batch_size: u32,
+    /// Declared input type, when inputs are checked at submission.
+    pub input_check: Option<Arc<TypeSpec>>,
+    /// The published record (none for builtins).
+    pub record: Option<Arc<ServableRecord>>,
+    /// For pipelines: the steps, in order.
+    pub steps: Option<Arc<[ServableInfo]>>,
+}
+
+/// Builtins and published versions.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    builtins: HashMap<String, ServableInfo>,
+    published: BTreeMap<String, BTreeMap<semver::Version, Arc<ServableRecord>>>,
+}
+
+fn not_found(message: String) -> Refusal {
+    (ApiErrorKind::NotFound, message)
+}
+
+impl Catalog {
+    /// The builtins plus `records` (as recovered from the store).
+    pub fn new(records: Vec<ServableRecord>) -> Self {
+        let builtins = BUILTINS
+            .iter()
+            .map(|b| {
+                (
+                    b.name.to_owned(),
+                    ServableInfo {
+                        name: Arc::from(b.name),
+                        max_batch_size: b.max_batch_size,
+                        input_check: None,
+                        record: None,
+                        steps: None,
+                    },
+                )
+            })
+            .collect();
+        let mut catalog = Catalog {
+            builtins,
+            published: BTreeMap::new(),
+        };
+        for record in records {
+            if let Ok(version) = semver::Version::parse(&record.spec.version) {
+                catalog
+                    .published
+                    .entry(record.spec.name.clone())
+                    .or_default()
+                    .insert(version, Arc::new(record));
+            }
+        }
+        catalog
+    }
+
+    fn find(&self, name: &str, version: Option<&str>) -> Result<&Arc<ServableRecord>, Refusal> {
+        let versions = self.published.get(name).ok_or_else(|| {
+            let mut known: Vec<&str> = self
+                .builtins
+                .keys()
+                .map(String::as_str)
+                .chain(self.published.keys().map(String::as_str))
+                .collect();
+            known.sort_unstable();
+            not_found(format!(
+                "unknown servable `{name}` (known: {}); publish it with `flotilla servable publish DIR`",
+                known.join(", ")
+            ))
+        })?;
+        match version {
+            None => versions
+                .values()
+                .next_back()
+                .ok_or_else(|| not_found(format!("servable `{name}` has no versions"))),
+            Some(v) => {
+                let parsed = semver::Version::parse(v).map_err(|e| {
+                    (
+                        ApiErrorKind::BadRequest,
+                        format!("`{name}@{v}`: `{v}` is not a semantic version: {e}"),
+                    )
+                })?;
+                versions.get(&parsed).ok_or_else(|| {
+                    let known: Vec<String> = versions.keys().map(ToString::to_string).collect();
+                    not_found(format!(
+                        "servable `{name}` has no version {v} (published: {})",
+                        known.join(", ")
+                    ))
+                })
+            }
+        }
+    }
+
+    /// The published record of `NAME` (latest) or `NAME@VERSION`.
+    pub fn record(&self, requested: &str) -> Result<Arc<ServableRecord>, Refusal> {
+        let (name, version) = split(requested);
+        self.find(name, version).cloned()
+    }
+
+    /// Resolves a requested name, or says why it cannot be served.
+    pub fn resolve(&self, requested: &str) -> Result<ServableInfo, Refusal> {
+        let (name, version) = split(requested);
+        if let Some(info) = self.builtins.get(name) {
+            return match version {
+                None => Ok(info.clone()),
+                Some(v) => Err((
+                    ApiErrorKind::BadRequest,
+                    format!(
+                        "servable `{name}` is builtin and has no versions; ask for `{name}`, not `{name}@{v}`"
+                    ),
+                )),
+            };
+        }
+        let record = self.find(name, version)?;
+        let steps = match &record.spec.runtime {
+            Runtime::Pipeline { steps } => {
+                let resolved = steps
+                    .iter()
+                    .map(|step| {
+                        self.resolve(step).map_err(|(_, why)| {
+                            (
+                                ApiErrorKind::NotFound,
+                                format!(
+                                    "pipeline `{}` uses `{step}`, which cannot be run: {why}",
+                                    record.id()
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(Arc::from(resolved))
+            }
+            _ => None,
+        };
+        let options = &record.spec.options;
+        Ok(ServableInfo {
+            name: Arc::from(record.id()),
+            max_batch_size: options.max_batch_size,
+            input_check: options
+                .validate_input
+                .then(|| Arc::new(record.spec.input.clone())),
+            record: Some(record.clone()),
+            steps,
+        })
+    }
+
+    /// Adds a version; `Ok(false)` when the same content is already there.
+    pub fn publish(&mut self, record: ServableRecord) -> Result<bool, Refusal> {
+        let version = semver::Version::parse(&record.spec.version)
+            .map_err(|e| (ApiErrorKind::BadRequest, format!("{}: {e}", record.id())))?;
+        if let Runtime::Pipeline { steps } = &record.spec.runtime {
+            for step in steps {
+                self.resolve(step)
+                    .map_err(|(kind, why)| (kind, format!("pipeline step `{step}`: {why}")))?;
+            }
+        }
+        let versions = self.published.entry(record.spec.name.clone()).or_default();
+        if let Some(existing) = versions.get(&version) {
+            return if existing.same_content(&record) {
+                Ok(false)
+            } else {
+                Err((
+                    ApiErrorKind::Conflict,
+                    format!(
+                        "{} is already published with different content; published versions never change, so publish it as a new version",
+                        record.id()
+                    ),
+                ))
+            };
+        }
+        versions.insert(version, Arc::new(record));
+        Ok(true)
+    }
+
+    /// Removes `NAME@VERSION`.
+    pub fn remove(&mut self, id: &str) -> Result<Arc<ServableRecord>, Refusal> {
+        let (name, version) = split(id);
+        let Some(version) = version else {
+            return Err((
+                ApiErrorKind::BadRequest,
+                format!("say which version to remove: `{name}@VERSION`"),
+            ));
+        };
+        let record = self.find(name, Some(version))?.clone();
+        if let Some(versions) = self.published.get_mut(name) {
+            if let Ok(v) = semver::Version::parse(version) {
+                versions.remove(&v);
+            }
+            if versions.is_empty() {
+                self.published.remove(name);
+            }
+        }
+        Ok(record)
+    }
+
+    /// Published pipelines that have `id` as a step.
+    pub fn pipelines_using(&self, id: &str) -> Vec<String> {
+        self.all()
+            .filter(|r| matches!(&r.spec.runtime, Runtime::Pipeline { steps } if steps.iter().any(|s| s == id)))
+            .map(|r| r.id())
+            .collect()
+    }
+
+    /// Every published version.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<ServableRecord>> {
+        self.published.values().flat_map(|v| v.values())
+    }
+
+    /// The latest version of every published servable.
+    pub fn latest(&self) -> impl Iterator<Item = &Arc<ServableRecord>> {
+        self.published
+            .values()
+            .filter_map(|v| v.values().next_back())
+    }
+
+    /// Versions of `name`, oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<String>, Refusal> {
+        self.find(name, None)?;
+        Ok(self
+            .published
+            .get(name)
+            .map(|v| v.keys().map(ToString::to_string).collect())
+            .unwrap_or_default())
+    }
+}
+
+fn split(requested: &str) -> (&str, Option<&str>) {
+    match requested.split_once('@') {
+        Some((n, v)) => (n, Some(v)),
+        None => (requested, None),
+    }
+}
+
+/// True if a worker advertising `offered` can run canonical servable `name`
+/// (`*` stands for every published servable).
+pub fn worker_can_run(offered: &[String], name: &str) -> bool {
+    offered
+        .iter()
+        .any(|s| s == name || (s == "*" && name.contains('@')))
+}

@@ -1,0 +1,346 @@
+//! Client calls: submissions, results, status, cancellation, the catalog.
+
+use flotilla_protocol::TaskId;
+use flotilla_protocol::client::{
+    ApiError, ApiErrorKind, ClientCall, ClientReply, SearchQuery, TaskRequest,
+};
+use flotilla_protocol::servable::ServableRecord;
+use flotilla_protocol::task::{Outcome, TaskState};
+
+use super::catalog::{Refusal, ServableInfo};
+use super::{Action, Core, ID_RESERVATION, ReplyTo, Task, search};
+use crate::store::{NewTask, StoreOp};
+
+fn refuse(kind: ApiErrorKind, message: String) -> ClientReply {
+    ClientReply::Error(ApiError { kind, message })
+}
+
+fn refusal((kind, message): Refusal) -> ClientReply {
+    refuse(kind, message)
+}
+
+impl Core {
+    pub(super) fn on_client(
+        &mut self,
+        from: ReplyTo,
+        call: ClientCall,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let reply = match call {
+            ClientCall::Ping => ClientReply::Pong {
+                pid: self.cfg.pid,
+                release: self.cfg.release.clone(),
+            },
+            ClientCall::Submit { tasks, wait_ms } => {
+                return self.on_submit(from, tasks, wait_ms, now, out);
+            }
+            ClientCall::Results { ids, wait_ms } => {
+                let pending = ids
+                    .iter()
+                    .filter(|id| self.tasks.get(id).is_some_and(|t| !t.state.is_final()))
+                    .count();
+                match wait_ms {
+                    Some(ms) if pending > 0 && self.draining.is_none() => {
+                        return self.add_wait(from, ids, pending, now + ms * 1000, 0);
+                    }
+                    _ => self.results_reply(&ids, now),
+                }
+            }
+            ClientCall::TaskStatus { ids } => ClientReply::TaskStatus {
+                tasks: ids.iter().map(|id| self.view(*id, false)).collect(),
+            },
+            ClientCall::DaemonStatus => ClientReply::DaemonStatus(Box::new(self.status(now))),
+            ClientCall::Cancel { ids } => return self.on_cancel(from, ids, now, out),
+            ClientCall::Stop => {
+                out.push(Action::ReplyClient {
+                    to: from,
+                    reply: ClientReply::Stopping,
+                });
+                return self.begin_drain(now, out);
+            }
+            ClientCall::Publish { record } => return self.on_publish(from, *record, now, out),
+            ClientCall::ListServables => ClientReply::Servables {
+                servables: self
+                    .catalog
+                    .latest()
+                    .map(|r| search::summary(r, 0.0))
+                    .collect(),
+            },
+            ClientCall::ShowServable { name } => match self.catalog.record(&name) {
+                Ok(r) => ClientReply::Servable(Box::new((*r).clone())),
+                Err(e) => refusal(e),
+            },
+            ClientCall::ServableVersions { name } => match self.catalog.versions(&name) {
+                Ok(versions) => ClientReply::Versions { versions },
+                Err(e) => refusal(e),
+            },
+            ClientCall::SearchServables(query) => self.search(&query),
+            ClientCall::RemoveServable { id } => return self.on_remove(from, &id, out),
+        };
+        out.push(Action::ReplyClient { to: from, reply });
+    }
+
+    fn search(&self, query: &SearchQuery) -> ClientReply {
+        ClientReply::Servables {
+            servables: search::search(self.catalog.latest().map(|r| &**r), query),
+        }
+    }
+
+    fn on_submit(
+        &mut self,
+        from: ReplyTo,
+        requests: Vec<TaskRequest>,
+        wait_ms: Option<u64>,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let refusal = if self.draining.is_some() {
+            Some(refuse(
+                ApiErrorKind::ShuttingDown,
+                "the daemon is shutting down and accepts no new tasks".into(),
+            ))
+        } else if let Some(reason) = &self.store_failed {
+            Some(refuse(
+                ApiErrorKind::Unavailable,
+                format!("the daemon cannot store new tasks: {reason}"),
+            ))
+        } else if requests.is_empty() {
+            Some(refuse(
+                ApiErrorKind::BadRequest,
+                "no tasks in the request".into(),
+            ))
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            out.push(Action::ReplyClient { to: from, reply });
+            return;
+        }
+        // Check everything first: the request is all-or-nothing.
+        let resolved = match self.check_requests(&requests) {
+            Ok(r) => r,
+            Err(reply) => {
+                out.push(Action::ReplyClient { to: from, reply });
+                return;
+            }
+        };
+        let first = self.next_task;
+        let n = requests.len() as u64;
+        self.next_task += n;
+        let mut seq = 0;
+        if self.next_task > self.reserved_until {
+            self.reserved_until = self.next_task + ID_RESERVATION;
+            seq = self.persist(
+                StoreOp::ReserveIds {
+                    until: self.reserved_until,
+                },
+                out,
+            );
+        }
+        let mut new = Vec::with_capacity(requests.len());
+        let mut ids = Vec::with_capacity(requests.len());
+        for ((offset, req), info) in requests.into_iter().enumerate().zip(resolved) {
+            let id = TaskId(first + offset as u64);
+            let task = Task::new(&info, req.params, req.input, now);
+            new.push(NewTask {
+                id,
+                servable: info.name,
+                params: task.params.clone(),
+                input: task.input.clone(),
+                submitted_us: now,
+            });
+            self.queues
+                .push_back(task.queue_key(), id, task.queue_batch());
+            self.tasks.insert(id, task);
+            ids.push(id);
+        }
+        self.totals.accepted += n;
+        seq = seq.max(self.persist(StoreOp::PutTasks(new), out));
+        match wait_ms {
+            Some(ms) => {
+                let pending = ids.len();
+                self.add_wait(from, ids, pending, now + ms * 1000, seq);
+            }
+            None => self
+                .durability
+                .reply_after(seq, from, ClientReply::Submitted { ids }, out),
+        }
+    }
+
+    /// Resolves every request's servable and checks inputs where the
+    /// servable asks for it; the first problem refuses the whole request.
+    fn check_requests(&self, requests: &[TaskRequest]) -> Result<Vec<ServableInfo>, ClientReply> {
+        let many = requests.len() > 1;
+        let place = |index: usize| {
+            if many {
+                format!("task {} of {}: ", index + 1, requests.len())
+            } else {
+                String::new()
+            }
+        };
+        let mut resolved: Vec<ServableInfo> = Vec::with_capacity(requests.len());
+        let mut last: Option<(&str, ServableInfo)> = None;
+        for (index, req) in requests.iter().enumerate() {
+            let info = match &last {
+                Some((name, info)) if *name == req.servable => info.clone(),
+                _ => {
+                    let info = self.catalog.resolve(&req.servable).map_err(|(kind, m)| {
+                        refuse(kind_for_submit(kind), format!("{}{m}", place(index)))
+                    })?;
+                    last = Some((&req.servable, info.clone()));
+                    info
+                }
+            };
+            if info.steps.is_some() && !req.params.is_empty() {
+                return Err(refuse(
+                    ApiErrorKind::BadRequest,
+                    format!(
+                        "{}pipeline `{}` takes no parameters",
+                        place(index),
+                        info.name
+                    ),
+                ));
+            }
+            let check = info
+                .input_check
+                .as_ref()
+                .or_else(|| info.steps.as_ref().and_then(|s| s[0].input_check.as_ref()));
+            if let Some(spec) = check
+                && let Err(e) = flotilla_protocol::servable::check_input(spec, &req.input)
+            {
+                return Err(refuse(
+                    ApiErrorKind::BadRequest,
+                    format!("{}{}: {e}", place(index), info.name),
+                ));
+            }
+            resolved.push(info);
+        }
+        Ok(resolved)
+    }
+
+    fn on_cancel(&mut self, from: ReplyTo, ids: Vec<TaskId>, now: u64, out: &mut Vec<Action>) {
+        let mut records = Vec::new();
+        let mut states = Vec::with_capacity(ids.len());
+        for id in ids {
+            let state = match self.tasks.get(&id) {
+                None => TaskState::Unknown,
+                Some(t) if t.state.is_final() => t.state,
+                Some(t) => {
+                    if t.state == TaskState::Queued {
+                        let key = t.queue_key();
+                        self.queues.remove(&key, id);
+                    }
+                    let outcome = Outcome::Error("cancelled by a client".into());
+                    if let Some(r) =
+                        self.finish(id, TaskState::Cancelled, outcome, None, 0, now, out)
+                    {
+                        records.push(r);
+                    }
+                    TaskState::Cancelled
+                }
+            };
+            states.push((id, state));
+        }
+        let reply = ClientReply::Cancelled { tasks: states };
+        if records.is_empty() {
+            out.push(Action::ReplyClient { to: from, reply });
+        } else {
+            let seq = self.persist(StoreOp::PutResults(records), out);
+            self.durability.reply_after(seq, from, reply, out);
+        }
+    }
+
+    fn on_publish(
+        &mut self,
+        from: ReplyTo,
+        mut record: ServableRecord,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
+        if let Err(e) = crate::servable_spec::check_record(&record) {
+            let reply = refuse(ApiErrorKind::BadRequest, e.to_string());
+            return out.push(Action::ReplyClient { to: from, reply });
+        }
+        record.published_us = now;
+        let id = record.id();
+        let stored = record.clone();
+        match self.catalog.publish(record) {
+            Ok(true) => {
+                tracing::info!(servable = %id, "published");
+                let seq = self.persist(StoreOp::PutServable(Box::new(stored)), out);
+                let reply = ClientReply::Published { id, created: true };
+                self.durability.reply_after(seq, from, reply, out);
+            }
+            Ok(false) => out.push(Action::ReplyClient {
+                to: from,
+                reply: ClientReply::Published { id, created: false },
+            }),
+            Err(e) => out.push(Action::ReplyClient {
+                to: from,
+                reply: refusal(e),
+            }),
+        }
+    }
+
+    fn on_remove(&mut self, from: ReplyTo, id: &str, out: &mut Vec<Action>) {
+        let record = match self.catalog.record(id) {
+            Ok(r) if id.contains('@') => r,
+            Ok(_) => {
+                let reply = refuse(
+                    ApiErrorKind::BadRequest,
+                    format!("say which version to remove: `{id}@VERSION`"),
+                );
+                return out.push(Action::ReplyClient { to: from, reply });
+            }
+            Err(e) => {
+                return out.push(Action::ReplyClient {
+                    to: from,
+                    reply: refusal(e),
+                });
+            }
+        };
+        let canonical = record.id();
+        let waiting = self
+            .tasks
+            .values()
+            .filter(|t| !t.state.is_final() && t.uses(&canonical))
+            .count();
+        let users = self.catalog.pipelines_using(&canonical);
+        let reply = if waiting > 0 {
+            refuse(
+                ApiErrorKind::Conflict,
+                format!(
+                    "{canonical} has {waiting} unfinished task(s); cancel them or wait before removing it"
+                ),
+            )
+        } else if !users.is_empty() {
+            refuse(
+                ApiErrorKind::Conflict,
+                format!(
+                    "{canonical} is a step of {}; remove those pipelines first",
+                    users.join(", ")
+                ),
+            )
+        } else {
+            match self.catalog.remove(&canonical) {
+                Ok(_) => {
+                    tracing::info!(servable = %canonical, "removed");
+                    let seq = self.persist(StoreOp::RemoveServable(canonical.clone()), out);
+                    let reply = ClientReply::Removed { id: canonical };
+                    return self.durability.reply_after(seq, from, reply, out);
+                }
+                Err(e) => refusal(e),
+            }
+        };
+        out.push(Action::ReplyClient { to: from, reply });
+    }
+}
+
+/// An unknown servable in a submission is the client's mistake.
+fn kind_for_submit(kind: ApiErrorKind) -> ApiErrorKind {
+    match kind {
+        ApiErrorKind::NotFound => ApiErrorKind::BadRequest,
+        other => other,
+    }
+}

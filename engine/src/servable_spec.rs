@@ -1,0 +1,375 @@
+//! Reading and checking `servable.toml`.
+//!
+//! The same checks run in `flotilla servable publish` (against the file, so
+//! errors name its line and key) and in the daemon (against the record it is
+//! sent, so a record from any client is held to the same rules).
+
+use std::collections::HashSet;
+
+use flotilla_protocol::builtin;
+use flotilla_protocol::servable::{
+    BatchDelay, DTYPES, MODEL_TYPES, Runtime, ServableRecord, ServableSpec, TypeSpec,
+};
+
+/// The file name a servable directory must contain.
+pub const SPEC_FILE: &str = "servable.toml";
+
+/// A spec that cannot be published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {}{message}", line.map(|l| format!(":{l}")).unwrap_or_default(), key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+pub struct SpecError {
+    /// The file (or the record's id when there is no file).
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key, when the problem is one key.
+    pub key: Option<String>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Parses and checks the text of a `servable.toml`; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<ServableSpec, SpecError> {
+    let spec: ServableSpec = toml::from_str(text).map_err(|e| SpecError {
+        file: file.to_owned(),
+        line: None,
+        key: None,
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    check(&spec).map_err(|(key, message)| SpecError {
+        file: file.to_owned(),
+        line: crate::toml_locate::locate(text, &key),
+        key: Some(key),
+        message,
+    })?;
+    Ok(spec)
+}
+
+/// Checks a record received for publication.
+pub fn check_record(record: &ServableRecord) -> Result<(), SpecError> {
+    let err = |key: Option<String>, message: String| SpecError {
+        file: record.id(),
+        line: None,
+        key,
+        message,
+    };
+    check(&record.spec).map_err(|(k, m)| err(Some(k), m))?;
+    if record.files.len() != record.spec.files.len()
+        || record
+            .files
+            .iter()
+            .zip(&record.spec.files)
+            .any(|(f, p)| f.path != *p)
+    {
+        return Err(err(
+            Some("files".into()),
+            "the hashed files do not match the files the spec lists".into(),
+        ));
+    }
+    for f in &record.files {
+        if f.blake3.len() != 64 || !f.blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err(
+                Some("files".into()),
+                format!("`{}` has no valid blake3 hash", f.path),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The part of a `NAME` that is allowed.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.len() <= 64
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+type Problem = (String, String);
+
+fn check(spec: &ServableSpec) -> Result<(), Problem> {
+    let p = |key: &str, message: String| Err((key.to_owned(), message));
+    if !valid_name(&spec.name) {
+        return p(
+            "name",
+            format!(
+                "`{}` is not a servable name: use lower-case letters, digits, '.', '_' and '-', starting with a letter or digit",
+                spec.name
+            ),
+        );
+    }
+    if builtin::find(&spec.name).is_some() {
+        return p(
+            "name",
+            format!("`{}` is a builtin servable; choose another name", spec.name),
+        );
+    }
+    if let Err(e) = semver::Version::parse(&spec.version) {
+        return p(
+            "version",
+            format!(
+                "`{}` is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.0.0): {e}",
+                spec.version
+            ),
+        );
+    }
+    if spec.title.trim().is_empty() {
+        return p("title", "must not be empty".into());
+    }
+    if spec.license.trim().is_empty() {
+        return p(
+            "license",
+            "must name a license (an SPDX identifier such as \"MIT\" or \"CC-BY-4.0\")".into(),
+        );
+    }
+    if !MODEL_TYPES.contains(&spec.model_type.as_str()) {
+        return p(
+            "model_type",
+            format!(
+                "`{}` is not a known model type (known: {})",
+                spec.model_type,
+                MODEL_TYPES.join(", ")
+            ),
+        );
+    }
+    for (i, c) in spec.creators.iter().enumerate() {
+        if c.name.trim().is_empty() {
+            return p(&format!("creators[{i}].name"), "must not be empty".into());
+        }
+        if let Some(orcid) = &c.orcid
+            && !valid_orcid(orcid)
+        {
+            return p(
+                &format!("creators[{i}].orcid"),
+                format!("`{orcid}` is not an ORCID iD (like 0000-0002-1825-0097)"),
+            );
+        }
+    }
+    check_type(&spec.input, "input")?;
+    check_type(&spec.output, "output")?;
+    match &spec.runtime {
+        Runtime::Builtin => {
+            return p(
+                "runtime.kind",
+                "builtin servables come with the worker and cannot be published; use \"exec\""
+                    .into(),
+            );
+        }
+        Runtime::Exec { command, .. } if command.trim().is_empty() => {
+            return p("runtime.command", "must name the executable to run".into());
+        }
+        Runtime::Exec { .. } if spec.model_type == "pipeline" => {
+            return p(
+                "model_type",
+                "\"pipeline\" servables are made with `flotilla pipeline create`".into(),
+            );
+        }
+        Runtime::Exec { .. } => {}
+        Runtime::Pipeline { steps } => {
+            if spec.model_type != "pipeline" {
+                return p(
+                    "model_type",
+                    "a pipeline's model_type must be \"pipeline\"".into(),
+                );
+            }
+            if steps.is_empty() {
+                return p("runtime.steps", "a pipeline needs at least one step".into());
+            }
+            for step in steps {
+                match step.split_once('@') {
+                    Some((n, v)) if valid_name(n) && semver::Version::parse(v).is_ok() => {}
+                    _ => {
+                        return p(
+                            "runtime.steps",
+                            format!("step `{step}` is not NAME@VERSION"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    for f in &spec.files {
+        let path = std::path::Path::new(f);
+        let escapes = path.is_absolute()
+            || path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
+        if f.is_empty() || escapes {
+            return p(
+                "files",
+                format!(
+                    "`{f}` must be a path inside the servable's directory (no '..', not absolute)"
+                ),
+            );
+        }
+        if !seen.insert(f) {
+            return p("files", format!("`{f}` is listed twice"));
+        }
+    }
+    let o = &spec.options;
+    if o.max_batch_size == 0 || o.max_batch_size > 1_000_000 {
+        return p(
+            "options.max_batch_size",
+            format!("must be between 1 and 1000000, got {}", o.max_batch_size),
+        );
+    }
+    if let BatchDelay::Fixed(ms) = o.max_batch_delay_ms
+        && ms > 600_000
+    {
+        return p(
+            "options.max_batch_delay_ms",
+            format!("at most 600000 ms (10 minutes), got {ms}"),
+        );
+    }
+    if o.latency_target_ms == 0 {
+        return p("options.latency_target_ms", "must be at least 1".into());
+    }
+    Ok(())
+}
+
+fn check_type(t: &TypeSpec, key: &str) -> Result<(), Problem> {
+    match t {
+        TypeSpec::List { item, .. } => check_type(item, &format!("{key}.item")),
+        TypeSpec::Dict { properties, .. } => {
+            for (name, prop) in properties {
+                check_type(prop, &format!("{key}.properties.{name}"))?;
+            }
+            Ok(())
+        }
+        TypeSpec::Ndarray { dtype, shape, .. } => {
+            if !DTYPES.contains(&dtype.as_str()) {
+                return Err((
+                    format!("{key}.dtype"),
+                    format!("`{dtype}` is not a dtype (known: {})", DTYPES.join(", ")),
+                ));
+            }
+            if let Some(bad) = shape.iter().find(|&&d| d < -1 || d == 0) {
+                return Err((
+                    format!("{key}.shape"),
+                    format!("dimension {bad} is not a length (use -1 for any length)"),
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn valid_orcid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 4
+        && parts.iter().enumerate().all(|(i, p)| {
+            p.len() == 4
+                && p.chars()
+                    .enumerate()
+                    .all(|(j, c)| c.is_ascii_digit() || (i == 3 && j == 3 && c == 'X'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "digits"
+version = "1.0.0"
+title = "Handwritten digits"
+license = "BSD-3-Clause"
+model_type = "sklearn"
+files = ["model.py", "model.pkl"]
+
+[[creators]]
+name = "Ada Lovelace"
+orcid = "0000-0002-1825-0097"
+
+[input]
+kind = "ndarray"
+dtype = "float64"
+shape = [8, 8]
+
+[output]
+kind = "integer"
+
+[runtime]
+kind = "exec"
+command = "python3"
+args = ["model.py"]
+
+[options]
+max_batch_size = 64
+max_batch_delay_ms = "auto"
+"#;
+
+    #[test]
+    fn a_good_spec_parses() {
+        let spec = parse(GOOD, "servable.toml").unwrap();
+        assert_eq!(spec.options.max_batch_size, 64);
+        assert_eq!(spec.options.max_batch_delay_ms, BatchDelay::Auto);
+        assert!(matches!(spec.input, TypeSpec::Ndarray { .. }));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let bad = GOOD.replace("version = \"1.0.0\"", "version = \"1.0\"");
+        let e = parse(&bad, "d/servable.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("d/servable.toml:3: `version`: `1.0` is not a semantic version"),
+            "{e}"
+        );
+
+        let bad = GOOD.replace("0000-0002-1825-0097", "12345");
+        let e = parse(&bad, "s.toml").unwrap_err().to_string();
+        assert!(e.starts_with("s.toml:11: `creators[0].orcid`"), "{e}");
+
+        let bad = GOOD.replace("dtype = \"float64\"", "dtype = \"double\"");
+        let e = parse(&bad, "s.toml").unwrap_err().to_string();
+        assert!(e.starts_with("s.toml:15: `input.dtype`"), "{e}");
+
+        let bad = GOOD.replace("command = \"python3\"", "command = \"\"");
+        let e = parse(&bad, "s.toml").unwrap_err().to_string();
+        assert!(e.starts_with("s.toml:23: `runtime.command`"), "{e}");
+
+        let bad = GOOD.replace("max_batch_size = 64", "max_batch_size = 0");
+        let e = parse(&bad, "s.toml").unwrap_err().to_string();
+        assert!(e.contains("`options.max_batch_size`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_refused_with_their_line() {
+        let bad = GOOD.replace(
+            "[output]\nkind = \"integer\"",
+            "[output]\nkind = \"integer\"\nunits = \"none\"",
+        );
+        let e = parse(&bad, "s.toml").unwrap_err().to_string();
+        assert!(e.contains("units"), "{e}");
+        let bad = GOOD.replace("model_type = \"sklearn\"", "model_type = \"magic\"");
+        let e = parse(&bad, "s.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("s.toml:6: `model_type`") && e.contains("sklearn"),
+            "{e}"
+        );
+        let bad = GOOD.replace(
+            "files = [\"model.py\", \"model.pkl\"]",
+            "files = [\"../secret\"]",
+        );
+        assert!(
+            parse(&bad, "s.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("inside the servable")
+        );
+    }
+
+    #[test]
+    fn builtin_names_cannot_be_taken() {
+        let bad = GOOD.replace("name = \"digits\"", "name = \"echo\"");
+        assert!(
+            parse(&bad, "s.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("builtin")
+        );
+    }
+}

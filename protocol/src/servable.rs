@@ -1,0 +1,615 @@
+//! Servables: what a published model is, and how its inputs are checked.
+//!
+//! A servable is described by a `servable.toml` in its directory (parsed and
+//! checked by the engine's `servable_spec` module, which names file, line and
+//! key in errors). The types here are what travels: the CLI sends a
+//! [`ServableRecord`] to publish, the daemon keeps it in its catalog, and a
+//! worker receives it with the first batch it runs for that servable.
+//!
+//! The metadata follows the DLHub model: DataCite-style description
+//! (creators, title, description, DOI, related identifiers), discovery fields
+//! (domains, model type), typed inputs and outputs, the runtime that executes
+//! it, the files it needs with their blake3 hashes, and serving options.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Model types the catalog knows. `pipeline` is made by `flotilla pipeline
+/// create`; `builtin` marks the servables compiled into the worker.
+pub const MODEL_TYPES: &[&str] = &[
+    "sklearn",
+    "torch",
+    "tensorflow",
+    "keras",
+    "onnx",
+    "xgboost",
+    "python-function",
+    "pipeline",
+    "builtin",
+    "other",
+];
+
+/// A servable's full description, as written in `servable.toml`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServableSpec {
+    /// Short name used in requests (`[a-z0-9][a-z0-9._-]*`).
+    pub name: String,
+    /// Semantic version (`MAJOR.MINOR.PATCH`).
+    pub version: String,
+    /// One-line title.
+    pub title: String,
+    /// What it does, for people searching the catalog.
+    #[serde(default)]
+    pub description: String,
+    /// Who made it.
+    #[serde(default)]
+    pub creators: Vec<Creator>,
+    /// Science domains (`materials science`, `chemistry`, …).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// SPDX license identifier.
+    pub license: String,
+    /// DOI of the model or its paper.
+    #[serde(default)]
+    pub doi: Option<String>,
+    /// Related works (papers, datasets).
+    #[serde(default)]
+    pub related_identifiers: Vec<RelatedIdentifier>,
+    /// One of [`MODEL_TYPES`].
+    pub model_type: String,
+    /// What a request's input must look like.
+    pub input: TypeSpec,
+    /// What an output looks like.
+    pub output: TypeSpec,
+    /// How it runs.
+    pub runtime: Runtime,
+    /// Container image to run it in (used by container launchers).
+    #[serde(default)]
+    pub container: Option<Container>,
+    /// Files it needs, relative to its directory; hashed at publish.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// A command run in its directory before the files are hashed (e.g. to
+    /// train the model).
+    #[serde(default)]
+    pub build: Option<Build>,
+    /// Serving options.
+    #[serde(default)]
+    pub options: ServableOptions,
+}
+
+/// A creator (DataCite style).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Creator {
+    /// Full name.
+    pub name: String,
+    /// Institution.
+    #[serde(default)]
+    pub affiliation: Option<String>,
+    /// ORCID iD (`0000-0002-1825-0097`).
+    #[serde(default)]
+    pub orcid: Option<String>,
+}
+
+/// A related work.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RelatedIdentifier {
+    /// DOI, URL, arXiv id, …
+    pub identifier: String,
+    /// DataCite relation (`IsDescribedBy`, `IsDerivedFrom`, …).
+    pub relation: String,
+}
+
+/// A container image.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Container {
+    /// Image reference or path.
+    pub image: String,
+}
+
+/// A build step run at publish time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    /// Executable.
+    pub command: String,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// How a servable executes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Runtime {
+    /// Compiled into the worker (`noop`, `echo`, `sleep`).
+    Builtin,
+    /// A warm subprocess speaking the stdio protocol (`docs/servable-protocol.md`).
+    Exec {
+        /// Executable (looked up on the worker's PATH if not a path).
+        command: String,
+        /// Arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// Working directory, relative to the servable's files.
+        #[serde(default)]
+        working_dir: Option<String>,
+        /// Extra environment.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    /// Other servables chained inside the daemon: step i's output is step
+    /// i+1's input.
+    Pipeline {
+        /// Steps as `NAME@VERSION`, resolved when the pipeline was created.
+        steps: Vec<String>,
+    },
+}
+
+/// How long the daemon may hold a request to fill a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchDelay {
+    /// Up to this many milliseconds after the oldest request.
+    Fixed(u64),
+    /// Adapted to the servable's measured costs within its latency target.
+    Auto,
+}
+
+impl Serialize for BatchDelay {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            BatchDelay::Fixed(ms) => s.serialize_u64(*ms),
+            BatchDelay::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchDelay {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = BatchDelay;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of milliseconds or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<BatchDelay, E> {
+                Ok(BatchDelay::Fixed(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<BatchDelay, E> {
+                u64::try_from(v)
+                    .map(BatchDelay::Fixed)
+                    .map_err(|_| E::custom("a batch delay cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BatchDelay, E> {
+                if v == "auto" {
+                    Ok(BatchDelay::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "expected a number of milliseconds or \"auto\", got \"{v}\""
+                    )))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Serving options.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServableOptions {
+    /// Answer repeated identical requests from the memo store.
+    pub memoize: bool,
+    /// Most inputs in one call.
+    pub max_batch_size: u32,
+    /// How long a request may wait for its batch to fill.
+    pub max_batch_delay_ms: BatchDelay,
+    /// Latency a request may spend waiting for a batch in `auto` mode.
+    pub latency_target_ms: u64,
+    /// Check every input against `input` at submission.
+    pub validate_input: bool,
+}
+
+impl Default for ServableOptions {
+    fn default() -> Self {
+        ServableOptions {
+            memoize: false,
+            max_batch_size: 1,
+            max_batch_delay_ms: BatchDelay::Fixed(0),
+            latency_target_ms: 100,
+            validate_input: false,
+        }
+    }
+}
+
+/// A published file and its hash.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Path relative to the servable's directory.
+    pub path: String,
+    /// blake3 of the content, lower-case hex; also its name in the object store.
+    pub blake3: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A published, immutable servable version.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ServableRecord {
+    /// The description.
+    pub spec: ServableSpec,
+    /// Its files with hashes, in the order of `spec.files`.
+    pub files: Vec<FileEntry>,
+    /// Publication time, µs since the epoch (set by the daemon).
+    pub published_us: u64,
+}
+
+impl ServableRecord {
+    /// `NAME@VERSION`.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.spec.name, self.spec.version)
+    }
+
+    /// True when both describe the same content (publication time aside).
+    pub fn same_content(&self, other: &ServableRecord) -> bool {
+        self.spec == other.spec && self.files == other.files
+    }
+}
+
+/// A type in a servable's signature (DLHub's kinds).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TypeSpec {
+    /// Any number.
+    Number {
+        /// What it means.
+        #[serde(default)]
+        description: String,
+    },
+    /// A whole number.
+    Integer {
+        /// What it means.
+        #[serde(default)]
+        description: String,
+    },
+    /// Text.
+    String {
+        /// What it means.
+        #[serde(default)]
+        description: String,
+    },
+    /// True or false.
+    Boolean {
+        /// What it means.
+        #[serde(default)]
+        description: String,
+    },
+    /// A list whose items all have one type.
+    List {
+        /// Item type.
+        item: Box<TypeSpec>,
+        /// What it means.
+        #[serde(default)]
+        description: String,
+    },
+    /// A map with named properties.
+    Dict {
+        /// Property types; every listed property is required.
+        #[serde(default)]
+        properties: BTreeMap<String, TypeSpec>,
+        /// What it means.
+        #[serde(default)]
+        description: String,
+    },
+    /// A (nested-list) array of numbers.
+    Ndarray {
+        /// `float16|32|64`, `int8|16|32|64`, `uint8|16|32|64` or `bool`.
+        dtype: String,
+        /// Length of each dimension; -1 for any length.
+        #[serde(default)]
+        shape: Vec<i64>,
+        /// What it means.
+        #[serde(default)]
+        description: String,
+    },
+    /// A file's content as bytes.
+    File {
+        /// What it means.
+        #[serde(default)]
+        description: String,
+    },
+    /// Anything.
+    Any {
+        /// What it means.
+        #[serde(default)]
+        description: String,
+    },
+}
+
+/// dtypes an `ndarray` may declare.
+pub const DTYPES: &[&str] = &[
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
+    "uint32", "uint64", "bool",
+];
+
+impl TypeSpec {
+    /// Short name of the kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TypeSpec::Number { .. } => "number",
+            TypeSpec::Integer { .. } => "integer",
+            TypeSpec::String { .. } => "string",
+            TypeSpec::Boolean { .. } => "boolean",
+            TypeSpec::List { .. } => "list",
+            TypeSpec::Dict { .. } => "dict",
+            TypeSpec::Ndarray { .. } => "ndarray",
+            TypeSpec::File { .. } => "file",
+            TypeSpec::Any { .. } => "any",
+        }
+    }
+}
+
+/// An input that does not match its declared type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct TypeMismatch {
+    /// Where, as `input`, `input.image[3][2]`, `input.composition`.
+    pub path: String,
+    /// Expected and found.
+    pub message: String,
+}
+
+/// Checks a msgpack-encoded input against `spec`.
+pub fn check_input(spec: &TypeSpec, input: &[u8]) -> Result<(), TypeMismatch> {
+    let mut reader = input;
+    let value = rmpv::decode::read_value(&mut reader).map_err(|e| TypeMismatch {
+        path: "input".into(),
+        message: format!("not a msgpack value: {e}"),
+    })?;
+    check_value(spec, &value, &mut "input".to_owned())
+}
+
+fn describe(v: &rmpv::Value) -> String {
+    use rmpv::Value as M;
+    match v {
+        M::Nil => "null".into(),
+        M::Boolean(b) => format!("boolean {b}"),
+        M::Integer(i) => format!("integer {i}"),
+        M::F32(f) => format!("number {f}"),
+        M::F64(f) => format!("number {f}"),
+        M::String(s) => format!(
+            "string \"{}\"",
+            s.as_str()
+                .unwrap_or("?")
+                .chars()
+                .take(40)
+                .collect::<String>()
+        ),
+        M::Binary(b) => format!("{} bytes", b.len()),
+        M::Array(a) => format!("a list of {}", a.len()),
+        M::Map(m) => format!("a dict of {} keys", m.len()),
+        M::Ext(..) => "an extension value".into(),
+    }
+}
+
+fn mismatch(path: &str, expected: &str, found: &rmpv::Value) -> TypeMismatch {
+    TypeMismatch {
+        path: path.to_owned(),
+        message: format!("expected {expected}, got {}", describe(found)),
+    }
+}
+
+fn check_value(spec: &TypeSpec, v: &rmpv::Value, path: &mut String) -> Result<(), TypeMismatch> {
+    use rmpv::Value as M;
+    match spec {
+        TypeSpec::Any { .. } => Ok(()),
+        TypeSpec::Number { .. } => match v {
+            M::Integer(_) | M::F32(_) | M::F64(_) => Ok(()),
+            _ => Err(mismatch(path, "a number", v)),
+        },
+        TypeSpec::Integer { .. } => match v {
+            M::Integer(_) => Ok(()),
+            M::F64(f) if f.fract() == 0.0 && f.is_finite() => Ok(()),
+            _ => Err(mismatch(path, "an integer", v)),
+        },
+        TypeSpec::String { .. } => match v {
+            M::String(_) => Ok(()),
+            _ => Err(mismatch(path, "a string", v)),
+        },
+        TypeSpec::Boolean { .. } => match v {
+            M::Boolean(_) => Ok(()),
+            _ => Err(mismatch(path, "a boolean", v)),
+        },
+        TypeSpec::File { .. } => match v {
+            M::Binary(_) | M::String(_) => Ok(()),
+            _ => Err(mismatch(path, "file content (bytes)", v)),
+        },
+        TypeSpec::List { item, .. } => match v {
+            M::Array(items) => {
+                for (i, x) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    check_value(item, x, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Err(mismatch(path, "a list", v)),
+        },
+        TypeSpec::Dict { properties, .. } => match v {
+            M::Map(entries) => {
+                for (name, prop) in properties {
+                    let found = entries
+                        .iter()
+                        .find(|(k, _)| k.as_str() == Some(name.as_str()));
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(name);
+                    match found {
+                        Some((_, value)) => check_value(prop, value, path)?,
+                        None => {
+                            return Err(TypeMismatch {
+                                path: path.clone(),
+                                message: format!("missing (expected {})", prop.kind()),
+                            });
+                        }
+                    }
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Err(mismatch(path, "a dict", v)),
+        },
+        TypeSpec::Ndarray { dtype, shape, .. } => check_array(dtype, shape, v, path),
+    }
+}
+
+fn check_array(
+    dtype: &str,
+    shape: &[i64],
+    v: &rmpv::Value,
+    path: &mut String,
+) -> Result<(), TypeMismatch> {
+    use rmpv::Value as M;
+    match shape.split_first() {
+        None => {
+            let ok = match dtype {
+                "bool" => matches!(v, M::Boolean(_)),
+                d if d.starts_with("float") => matches!(v, M::Integer(_) | M::F32(_) | M::F64(_)),
+                d if d.starts_with("uint") => v.as_u64().is_some(),
+                _ => matches!(v, M::Integer(_)),
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(mismatch(path, &format!("a {dtype} element"), v))
+            }
+        }
+        Some((&len, rest)) => {
+            let M::Array(items) = v else {
+                let dims = shape.len();
+                return Err(mismatch(
+                    path,
+                    &format!("an array with {dims} more dimension(s)"),
+                    v,
+                ));
+            };
+            if len >= 0 && items.len() as i64 != len {
+                return Err(TypeMismatch {
+                    path: path.clone(),
+                    message: format!("expected {len} elements, got {}", items.len()),
+                });
+            }
+            for (i, x) in items.iter().enumerate() {
+                let before = path.len();
+                path.push_str(&format!("[{i}]"));
+                check_array(dtype, rest, x, path)?;
+                path.truncate(before);
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mp(v: rmpv::Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, &v).unwrap();
+        out
+    }
+
+    fn arr(v: Vec<rmpv::Value>) -> rmpv::Value {
+        rmpv::Value::Array(v)
+    }
+
+    #[test]
+    fn ndarray_shape_and_dtype_errors_point_at_the_element() {
+        let spec = TypeSpec::Ndarray {
+            dtype: "float64".into(),
+            shape: vec![2, -1],
+            description: String::new(),
+        };
+        let good = arr(vec![arr(vec![1.into(), 2.5.into()]), arr(vec![3.into()])]);
+        assert!(check_input(&spec, &mp(good)).is_ok());
+        let bad = arr(vec![arr(vec![1.into()]), arr(vec![3.into(), "x".into()])]);
+        let err = check_input(&spec, &mp(bad)).unwrap_err();
+        assert_eq!(err.path, "input[1][1]");
+        assert!(err.message.contains("float64"), "{err}");
+        let short = arr(vec![arr(vec![1.into()])]);
+        assert_eq!(
+            check_input(&spec, &mp(short)).unwrap_err().to_string(),
+            "input: expected 2 elements, got 1"
+        );
+    }
+
+    #[test]
+    fn dict_properties_are_required_and_typed() {
+        let spec = TypeSpec::Dict {
+            properties: BTreeMap::from([
+                (
+                    "composition".into(),
+                    TypeSpec::String {
+                        description: String::new(),
+                    },
+                ),
+                (
+                    "counts".into(),
+                    TypeSpec::List {
+                        item: Box::new(TypeSpec::Integer {
+                            description: String::new(),
+                        }),
+                        description: String::new(),
+                    },
+                ),
+            ]),
+            description: String::new(),
+        };
+        let ok = rmpv::Value::Map(vec![
+            ("composition".into(), "SiO2".into()),
+            ("counts".into(), arr(vec![1.into(), 2.into()])),
+        ]);
+        assert!(check_input(&spec, &mp(ok)).is_ok());
+        let bad = rmpv::Value::Map(vec![
+            ("composition".into(), "SiO2".into()),
+            ("counts".into(), arr(vec![1.into(), true.into()])),
+        ]);
+        assert_eq!(
+            check_input(&spec, &mp(bad)).unwrap_err().path,
+            "input.counts[1]"
+        );
+        let missing = rmpv::Value::Map(vec![("counts".into(), arr(vec![]))]);
+        let err = check_input(&spec, &mp(missing)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "input.composition: missing (expected string)"
+        );
+    }
+
+    #[test]
+    fn batch_delay_reads_numbers_and_auto() {
+        #[derive(Deserialize)]
+        struct O {
+            d: BatchDelay,
+        }
+        let o: O =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&serde_json_like(5)).unwrap()).unwrap();
+        assert_eq!(o.d, BatchDelay::Fixed(5));
+        let o: O =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&serde_json_like("auto")).unwrap())
+                .unwrap();
+        assert_eq!(o.d, BatchDelay::Auto);
+    }
+
+    fn serde_json_like<T: Serialize>(d: T) -> BTreeMap<&'static str, T> {
+        BTreeMap::from([("d", d)])
+    }
+}

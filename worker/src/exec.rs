@@ -1,0 +1,193 @@
+//! Running published servables: their files, their warm processes.
+//!
+//! The first batch a worker gets for a servable carries its record. Before
+//! the first process starts, every file is taken from the object store,
+//! checked against its published blake3 hash (a mismatch fails the task and
+//! names the file) and linked into a directory of this worker's own. Idle
+//! processes are kept per servable, at most one per slot, and reused batch
+//! after batch; a process that dies is replaced by a fresh one on the next
+//! batch.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use flotilla_protocol::interchange::{BatchFailure, FailureKind, WorkBatch};
+use flotilla_protocol::servable::ServableRecord;
+use flotilla_protocol::stdio::Reply;
+use flotilla_protocol::task::Outcome;
+
+use crate::process::WarmProcess;
+
+/// Published servables this worker has been told about, and their processes.
+pub struct ExecRuntime {
+    objects: Option<PathBuf>,
+    work_dir: PathBuf,
+    records: Mutex<HashMap<String, Arc<ServableRecord>>>,
+    prepared: Mutex<HashMap<String, Result<PathBuf, String>>>,
+    idle: Mutex<HashMap<String, Vec<WarmProcess>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A batch's result without per-input outcomes.
+fn failure(kind: FailureKind, message: String) -> Result<Vec<Outcome>, BatchFailure> {
+    Err(BatchFailure { kind, message })
+}
+
+impl ExecRuntime {
+    /// A runtime taking files from `objects` and materialising them under
+    /// `work_dir` (which it owns and removes on drop).
+    pub fn new(objects: Option<PathBuf>, work_dir: PathBuf) -> Self {
+        ExecRuntime {
+            objects,
+            work_dir,
+            records: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Remembers a servable's record (sent with its first batch).
+    pub fn learn(&self, record: &ServableRecord) {
+        lock(&self.records)
+            .entry(record.id())
+            .or_insert_with(|| Arc::new(record.clone()));
+    }
+
+    /// Runs `batch` on a warm process of its servable.
+    pub fn run(&self, batch: &WorkBatch) -> Result<Vec<Outcome>, BatchFailure> {
+        let Some(record) = lock(&self.records).get(&batch.servable).cloned() else {
+            return failure(
+                FailureKind::Unrunnable,
+                format!(
+                    "this worker does not know servable `{}` (it runs builtins: {}, and published servables it is sent)",
+                    batch.servable,
+                    crate::BUILTINS.join(", ")
+                ),
+            );
+        };
+        let dir = match self.prepare(&record) {
+            Ok(dir) => dir,
+            Err(message) => return failure(FailureKind::Unrunnable, message),
+        };
+        let taken = lock(&self.idle).get_mut(&batch.servable).and_then(Vec::pop);
+        let mut process = match taken {
+            Some(p) => p,
+            None => match WarmProcess::start(&record, &dir) {
+                Ok(p) => p,
+                Err(broken) => return failure(FailureKind::Crashed, broken.0),
+            },
+        };
+        let tasks = batch
+            .items
+            .iter()
+            .map(|i| i.task.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let inputs: Vec<&[u8]> = batch.items.iter().map(|i| &i.input[..]).collect();
+        match process.run(&tasks, &inputs, &batch.params) {
+            Ok(reply) => {
+                lock(&self.idle)
+                    .entry(batch.servable.clone())
+                    .or_default()
+                    .push(process);
+                match reply {
+                    Reply::Outputs(outputs) => Ok(outputs
+                        .into_iter()
+                        .map(|o| match o {
+                            Ok(payload) => Outcome::Output(payload),
+                            Err(message) => Outcome::Error(message),
+                        })
+                        .collect()),
+                    Reply::Failed(message) => failure(FailureKind::Failed, message),
+                    Reply::Ready => failure(FailureKind::Crashed, "unexpected ready".into()),
+                }
+            }
+            // The process is gone (dropped here); the next batch starts anew.
+            Err(broken) => failure(FailureKind::Crashed, broken.0),
+        }
+    }
+
+    /// The servable's files, verified and linked into this worker's
+    /// directory (done once per servable; the outcome is remembered).
+    fn prepare(&self, record: &ServableRecord) -> Result<PathBuf, String> {
+        let id = record.id();
+        if let Some(done) = lock(&self.prepared).get(&id) {
+            return done.clone();
+        }
+        let outcome = self.materialise(record);
+        if let Err(e) = &outcome {
+            tracing::error!(servable = %id, error = %e, "cannot prepare servable");
+        }
+        lock(&self.prepared).insert(id, outcome.clone());
+        outcome
+    }
+
+    fn materialise(&self, record: &ServableRecord) -> Result<PathBuf, String> {
+        let id = record.id();
+        let dir = self.work_dir.join(&id);
+        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if record.files.is_empty() {
+            return Ok(dir);
+        }
+        let objects = self.objects.as_ref().ok_or_else(|| {
+            format!("{id} has files but this worker has no object store (start it with --state-dir or --objects-dir)")
+        })?;
+        for file in &record.files {
+            let source = objects.join(&file.blake3);
+            let actual = hash_file(&source).map_err(|e| {
+                format!(
+                    "file `{}` of {id} is not in the object store ({}: {e})",
+                    file.path,
+                    source.display()
+                )
+            })?;
+            if actual != file.blake3 {
+                return Err(format!(
+                    "file `{}` of {id} does not match its published hash (expected blake3 {}, found {actual}); the copy in {} was modified after publication",
+                    file.path,
+                    file.blake3,
+                    source.display()
+                ));
+            }
+            let target = dir.join(&file.path);
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            let _ = fs::remove_file(&target);
+            if fs::hard_link(&source, &target).is_err() {
+                fs::copy(&source, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+            }
+        }
+        tracing::info!(servable = %id, files = record.files.len(), dir = %dir.display(), "servable files verified");
+        Ok(dir)
+    }
+}
+
+impl Drop for ExecRuntime {
+    fn drop(&mut self) {
+        // Ask every warm process to exit before removing their files.
+        lock(&self.idle).clear();
+        let _ = fs::remove_dir_all(&self.work_dir);
+    }
+}
+
+/// blake3 of a file's content, lower-case hex.
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}

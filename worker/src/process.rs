@@ -1,0 +1,239 @@
+//! One warm servable process and the frames on its stdin and stdout.
+//!
+//! The process is started once, initialised, and then called with batch
+//! after batch. Its stderr is read by a thread of its own: every line goes to
+//! the worker's log with the ids of the tasks being run, and the last lines
+//! are kept for the error message should the process die.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use flotilla_protocol::servable::{Runtime, ServableRecord};
+use flotilla_protocol::stdio::{self, Reply};
+
+/// Lines of stderr kept for error messages.
+const STDERR_TAIL: usize = 20;
+
+/// Why talking to the process failed; it is unusable afterwards.
+#[derive(Debug)]
+pub struct Broken(pub String);
+
+/// A running servable process.
+pub struct WarmProcess {
+    servable: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: ChildStdout,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+    current_tasks: Arc<Mutex<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl WarmProcess {
+    /// Starts `record`'s command in `dir` (its materialised files) and
+    /// initialises it.
+    pub fn start(record: &ServableRecord, dir: &Path) -> Result<WarmProcess, Broken> {
+        let id = record.id();
+        let Runtime::Exec {
+            command,
+            args,
+            working_dir,
+            env,
+        } = &record.spec.runtime
+        else {
+            return Err(Broken(format!("{id} is not an exec servable")));
+        };
+        let cwd = match working_dir {
+            Some(w) => dir.join(w),
+            None => dir.to_path_buf(),
+        };
+        let mut child = Command::new(command)
+            .args(args)
+            .current_dir(&cwd)
+            .envs(env)
+            .env("FLOTILLA_SERVABLE", &id)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                Broken(format!(
+                    "cannot start `{command}` in {}: {e}",
+                    cwd.display()
+                ))
+            })?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            return Err(Broken("the servable process has no pipes".into()));
+        };
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let current_tasks = Arc::new(Mutex::new(String::from("-")));
+        let stderr_reader = {
+            let tail = stderr_tail.clone();
+            let tasks = current_tasks.clone();
+            let servable = id.clone();
+            let pid = child.id();
+            std::thread::Builder::new()
+                .name(format!("stderr-{pid}"))
+                .spawn(move || {
+                    for line in BufReader::new(stderr).lines() {
+                        let Ok(line) = line else { break };
+                        let tasks = lock(&tasks).clone();
+                        tracing::info!(servable = %servable, pid, tasks = %tasks, line = %line, "servable stderr");
+                        let mut tail = lock(&tail);
+                        if tail.len() == STDERR_TAIL {
+                            tail.pop_front();
+                        }
+                        tail.push_back(line);
+                    }
+                })
+                .map_err(|e| Broken(format!("cannot start the stderr reader: {e}")))?
+        };
+        let mut process = WarmProcess {
+            servable: id.clone(),
+            child,
+            stdin: Some(stdin),
+            stdout,
+            stderr_tail,
+            stderr_reader: Some(stderr_reader),
+            current_tasks,
+        };
+        let init = stdio::encode_init(&record.spec, &[]).map_err(Broken)?;
+        match process.call(&init)? {
+            Reply::Ready => {
+                tracing::info!(servable = %id, pid = process.child.id(), "servable process ready");
+                Ok(process)
+            }
+            Reply::Failed(message) => {
+                Err(process.died(&format!("failed to initialise: {message}")))
+            }
+            Reply::Outputs(_) => Err(process.died("answered init with outputs instead of ready")),
+        }
+    }
+
+    /// Runs one batch; `Err` means the process is gone or broke the protocol.
+    pub fn run(&mut self, tasks: &str, inputs: &[&[u8]], params: &[u8]) -> Result<Reply, Broken> {
+        *lock(&self.current_tasks) = tasks.to_owned();
+        let body = stdio::encode_run(inputs.iter().copied(), params);
+        let reply = self.call(&body);
+        *lock(&self.current_tasks) = String::from("-");
+        match reply? {
+            Reply::Outputs(outputs) if outputs.len() != inputs.len() => Err(self.died(&format!(
+                "returned {} outputs for {} inputs",
+                outputs.len(),
+                inputs.len()
+            ))),
+            Reply::Ready => Err(self.died("answered a run with ready")),
+            other => Ok(other),
+        }
+    }
+
+    fn call(&mut self, body: &[u8]) -> Result<Reply, Broken> {
+        if let Err(e) = self.write_frame(body) {
+            return Err(self.died(&format!("cannot write to it: {e}")));
+        }
+        match self.read_frame() {
+            Ok(reply) => match stdio::decode_reply(&reply) {
+                Ok(r) => Ok(r),
+                Err(e) => Err(self.died(&format!("broke the protocol: {e}"))),
+            },
+            Err(e) => Err(self.died(&e)),
+        }
+    }
+
+    fn write_frame(&mut self, body: &[u8]) -> std::io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("stdin closed"))?;
+        stdin.write_all(&stdio::header(body.len()))?;
+        stdin.write_all(body)?;
+        stdin.flush()
+    }
+
+    fn read_frame(&mut self) -> Result<Vec<u8>, String> {
+        let mut header = [0u8; 4];
+        self.stdout
+            .read_exact(&mut header)
+            .map_err(|_| "closed its stdout".to_owned())?;
+        let len = stdio::body_len(header);
+        if len > stdio::MAX_FRAME {
+            return Err(format!(
+                "sent a {len}-byte frame (the limit is {} bytes)",
+                stdio::MAX_FRAME
+            ));
+        }
+        let mut body = vec![0u8; len];
+        self.stdout
+            .read_exact(&mut body)
+            .map_err(|_| "closed its stdout in the middle of a frame".to_owned())?;
+        Ok(body)
+    }
+
+    /// Ends the process and describes its death: exit status and the last
+    /// stderr lines.
+    fn died(&mut self, what: &str) -> Broken {
+        self.stdin = None;
+        let status = match wait_briefly(&mut self.child, Duration::from_secs(2)) {
+            Some(status) => status.to_string(),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                "was killed after it stopped answering".to_owned()
+            }
+        };
+        // The reader ends when the dead process's stderr closes; give it a
+        // moment to record the last lines (a grandchild may hold it open).
+        if let Some(reader) = self.stderr_reader.take() {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let tail: Vec<String> = lock(&self.stderr_tail).iter().cloned().collect();
+        let mut message = format!("servable process of {} {what}; {status}", self.servable);
+        if tail.is_empty() {
+            message.push_str("; its stderr was empty");
+        } else {
+            message.push_str("; stderr ends with:\n");
+            message.push_str(&tail.join("\n"));
+        }
+        tracing::warn!(servable = %self.servable, pid = self.child.id(), error = %message, "servable process lost");
+        Broken(message)
+    }
+}
+
+fn wait_briefly(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => return None,
+        }
+    }
+}
+
+impl Drop for WarmProcess {
+    fn drop(&mut self) {
+        if self.write_frame(&stdio::encode_shutdown()).is_ok() {
+            self.stdin = None;
+            if wait_briefly(&mut self.child, Duration::from_secs(1)).is_some() {
+                return;
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
