@@ -131,6 +131,11 @@ enum Cmd {
         #[command(subcommand)]
         command: PipelineCmd,
     },
+    /// The memo store: results of servables with `memoize = true`.
+    Memo {
+        #[command(subcommand)]
+        command: MemoCmd,
+    },
     /// Check a site file and print the settings in force.
     Config {
         #[command(subcommand)]
@@ -214,6 +219,24 @@ enum PipelineCmd {
         /// Title (default: the steps).
         #[arg(long)]
         title: Option<String>,
+        /// Answer repeated identical requests from the memo store.
+        #[arg(long)]
+        memoize: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemoCmd {
+    /// Entries, bytes, bounds, hits and misses.
+    Stats {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop every entry, or those of one servable (all its versions).
+    Clear {
+        /// Servable name.
+        servable: Option<String>,
     },
 }
 
@@ -456,15 +479,42 @@ fn execute(command: Cmd) -> Result<(), Failure> {
                     steps,
                     version,
                     title,
+                    memoize,
                 },
         } => {
-            let (id, created) =
-                servable_cmd::create_pipeline(&connect()?, &name, &steps, &version, title)?;
+            let (id, created) = servable_cmd::create_pipeline(
+                &connect()?,
+                &name,
+                &steps,
+                &version,
+                title,
+                memoize,
+            )?;
             if created {
                 println!("created pipeline {id}");
             } else {
                 println!("{id} already exists with the same steps");
             }
+            Ok(())
+        }
+        Cmd::Memo {
+            command: MemoCmd::Stats { json },
+        } => {
+            let stats = connect()?.memo_stats().map_err(Failure::from_client)?;
+            if json {
+                println!("{}", output::memo_json(&stats));
+            } else {
+                print!("{}", output::memo_text(&stats));
+            }
+            Ok(())
+        }
+        Cmd::Memo {
+            command: MemoCmd::Clear { servable },
+        } => {
+            let removed = connect()?
+                .memo_clear(servable.as_deref())
+                .map_err(Failure::from_client)?;
+            println!("removed {removed} memo entries");
             Ok(())
         }
         Cmd::Config {

@@ -13,6 +13,7 @@ pub fn task_json(t: &TaskView) -> Value {
         "state": t.state.as_str(),
         "attempts": t.attempts,
         "worker": t.worker,
+        "memo": t.memo.map(|m| m.as_str()),
         "timings_us": {
             "submitted": t.timings.submitted_us,
             "dispatched": t.timings.dispatched_us,
@@ -76,10 +77,45 @@ pub fn task_text(t: &TaskView) -> String {
             "-".into()
         },
     ));
+    if let Some(m) = t.memo {
+        s.push_str(&format!(
+            "  memo      {} ({})\n",
+            m.as_str(),
+            match m {
+                flotilla_protocol::task::MemoUse::Stored =>
+                    "answered from the memo store; no worker ran it",
+                flotilla_protocol::task::MemoUse::Coalesced =>
+                    "shared the run of an identical request in flight",
+            }
+        ));
+    }
     if let Some(Outcome::Error(e)) = &t.outcome {
         s.push_str(&format!("  error     {e}\n"));
     }
     s
+}
+
+/// Memo store counters for people.
+pub fn memo_text(m: &flotilla_protocol::client::MemoStats) -> String {
+    let mut out = format!(
+        "memo store: {} entries ({} bytes) of at most {} entries and {} bytes\n\
+         requests: {} answered from the store, {} ran, {} shared an identical run in flight; {} entries evicted\n",
+        m.entries, m.bytes, m.max_entries, m.max_bytes, m.hits, m.misses, m.coalesced, m.evictions
+    );
+    for (name, n, b) in &m.per_servable {
+        out.push_str(&format!("  {name:<32} {n:>8} entries {b:>12} bytes\n"));
+    }
+    out
+}
+
+/// Memo store counters as JSON.
+pub fn memo_json(m: &flotilla_protocol::client::MemoStats) -> Value {
+    json!({
+        "entries": m.entries, "bytes": m.bytes,
+        "max_entries": m.max_entries, "max_bytes": m.max_bytes,
+        "hits": m.hits, "misses": m.misses, "coalesced": m.coalesced, "evictions": m.evictions,
+        "per_servable": m.per_servable.iter().map(|(n, e, b)| json!({"servable": n, "entries": e, "bytes": b})).collect::<Vec<_>>(),
+    })
 }
 
 /// The daemon status for people.

@@ -133,6 +133,7 @@ pub fn create_pipeline(
     steps: &[String],
     version: &str,
     title: Option<String>,
+    memoize: bool,
 ) -> Result<(String, bool), Failure> {
     if steps.is_empty() {
         return Err(Failure::Usage(anyhow!(
@@ -184,7 +185,10 @@ pub fn create_pipeline(
         container: None,
         files: vec![],
         build: None,
-        options: ServableOptions::default(),
+        options: ServableOptions {
+            memoize,
+            ..ServableOptions::default()
+        },
     };
     let record = ServableRecord {
         spec,

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_protocol::client::{
-    ApiError, ClientCall, ClientReply, DaemonStatus, SearchQuery, ServableSummary, TaskRequest,
+    ApiError, ClientCall, ClientReply, DaemonStatus, MemoStats, SearchQuery, ServableSummary,
+    TaskRequest,
 };
 use flotilla_protocol::servable::ServableRecord;
 use flotilla_protocol::task::{TaskState, TaskView};
@@ -331,6 +332,28 @@ impl Client {
         let call = ClientCall::RemoveServable { id: id.to_owned() };
         match self.call(&call, DEFAULT_CALL_TIMEOUT)? {
             ClientReply::Removed { id } => Ok(id),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl Client {
+    /// The memo store's size, bounds and counters.
+    pub fn memo_stats(&self) -> Result<MemoStats, ClientError> {
+        match self.call(&ClientCall::MemoStats, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::MemoStats(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Drops memo entries (of one servable, every version, or all);
+    /// returns how many.
+    pub fn memo_clear(&self, servable: Option<&str>) -> Result<u64, ClientError> {
+        let call = ClientCall::MemoClear {
+            servable: servable.map(str::to_owned),
+        };
+        match self.call(&call, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::MemoCleared { removed } => Ok(removed),
             other => Err(unexpected(&other)),
         }
     }

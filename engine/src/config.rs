@@ -9,6 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use flotilla_protocol::servable::BatchDelay;
 use serde::{Deserialize, Serialize};
 
 /// The embedded default site file.
@@ -31,6 +34,44 @@ pub struct Config {
     pub launcher: LauncherConfig,
     /// `[worker]`: what each worker looks like.
     pub worker: WorkerConfig,
+    /// `[memo]`: the memo store's bounds.
+    pub memo: MemoConfig,
+    /// `[servables.NAME]`: this site's overrides of servables' serving
+    /// options (every version of NAME; builtins too).
+    pub servables: BTreeMap<String, ServableOverride>,
+}
+
+/// `[memo]`.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoConfig {
+    /// Most entries kept.
+    pub max_entries: u64,
+    /// Most bytes kept (outputs plus per-entry overhead).
+    pub max_bytes: u64,
+}
+
+impl Default for MemoConfig {
+    fn default() -> Self {
+        MemoConfig {
+            max_entries: 100_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// `[servables.NAME]`: serving options that replace the spec's.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServableOverride {
+    /// Answer repeated identical requests from the memo store.
+    pub memoize: Option<bool>,
+    /// Most inputs in one call.
+    pub max_batch_size: Option<u32>,
+    /// Milliseconds a request may wait for its batch to fill, or "auto".
+    pub max_batch_delay_ms: Option<BatchDelay>,
+    /// The latency bound "auto" batching keeps within.
+    pub latency_target_ms: Option<u64>,
 }
 
 /// `[daemon]`.
@@ -347,6 +388,28 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if self.memo.max_entries == 0 || self.memo.max_bytes < 1024 {
+            return Err(invalid(
+                "memo.max_entries",
+                "the memo store needs room for at least one entry and 1024 bytes; to turn memoization off, leave `memoize` off".into(),
+            ));
+        }
+        for (name, o) in &self.servables {
+            if let Some(n) = o.max_batch_size
+                && !(1..=1_000_000).contains(&n)
+            {
+                return Err(invalid(
+                    &format!("servables.{name}.max_batch_size"),
+                    format!("must be between 1 and 1000000, got {n}"),
+                ));
+            }
+            if o.latency_target_ms == Some(0) {
+                return Err(invalid(
+                    &format!("servables.{name}.latency_target_ms"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
         if self.launcher.workers_per_node == 0 {
             return Err(invalid(
                 "launcher.workers_per_node",
@@ -446,6 +509,30 @@ mod tests {
     fn settings_render_back_to_equivalent_toml() {
         let cfg = Config::default();
         assert_eq!(Config::parse(&cfg.to_toml(), "x").unwrap(), cfg);
+    }
+
+    #[test]
+    fn servable_overrides_are_read_and_checked() {
+        let text = "[servables.digits]\nmemoize = true\nmax_batch_delay_ms = \"auto\"\n\n[servables.noop]\nmax_batch_size = 0\n";
+        let err = Config::parse(text, "s.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("s.toml:6: `servables.noop.max_batch_size`"),
+            "{err}"
+        );
+        let cfg = Config::parse(
+            "[servables.digits]\nmemoize = true\nmax_batch_delay_ms = 5\n",
+            "s.toml",
+        )
+        .unwrap();
+        let o = &cfg.servables["digits"];
+        assert_eq!(
+            (o.memoize, o.max_batch_delay_ms),
+            (Some(true), Some(BatchDelay::Fixed(5)))
+        );
+        let err = Config::parse("[servables.digits]\nmemoise = true\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memoise"), "{err}");
     }
 
     #[test]

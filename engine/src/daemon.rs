@@ -150,6 +150,9 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         pid: std::process::id(),
         release: env!("CARGO_PKG_VERSION").to_owned(),
         interchange: interchange_url.clone(),
+        memo_max_entries: config.memo.max_entries,
+        memo_max_bytes: config.memo.max_bytes,
+        overrides: config.servables.clone(),
     };
     let core = Core::new(core_config, recovered, now_us());
 
@@ -169,8 +172,6 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
 
     let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let io = Io {
         api: api.clone(),
@@ -182,9 +183,24 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let (driver, exit_now) = Driver::new(core, io);
     hub.install(driver);
     if !exit_now {
+        let mut next_tick = tokio::time::Instant::now() + TICK;
         loop {
+            // Tick regularly, and early when a batch's delay runs out.
+            let wake = hub
+                .wake_at()
+                .map(|at| {
+                    let wait = Duration::from_micros(at.saturating_sub(now_us()));
+                    tokio::time::Instant::now() + wait
+                })
+                .map_or(next_tick, |at| at.min(next_tick));
             tokio::select! {
-                _ = tick.tick() => hub.post(Event::Tick),
+                () = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= next_tick {
+                        next_tick = tokio::time::Instant::now() + TICK;
+                    }
+                    hub.post(Event::Tick);
+                }
+                () = hub.rearmed() => {}
                 _ = sigterm.recv() => {
                     tracing::info!(signal = "SIGTERM", "shutdown requested");
                     hub.post(Event::Shutdown);

@@ -13,6 +13,7 @@
 //! callback that fires while its own thread holds the lock cannot deadlock.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
 use crate::core::{Action, Core, Event};
@@ -57,6 +58,10 @@ pub struct Hub<X> {
     inbox: Mutex<VecDeque<Event>>,
     driver: Mutex<Option<Driver<X>>>,
     exited: tokio::sync::Notify,
+    /// When the core next wants a tick (µs since the epoch; `u64::MAX`: no
+    /// special wish), and a nudge for the timer loop when it moves earlier.
+    wake_at: AtomicU64,
+    rearm: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -69,6 +74,8 @@ impl<X: Executor> Default for Hub<X> {
             inbox: Mutex::new(VecDeque::new()),
             driver: Mutex::new(None),
             exited: tokio::sync::Notify::new(),
+            wake_at: AtomicU64::new(u64::MAX),
+            rearm: tokio::sync::Notify::new(),
         }
     }
 }
@@ -89,6 +96,19 @@ impl<X: Executor> Hub<X> {
     /// Resolves once the core has asked to exit.
     pub async fn exited(&self) {
         self.exited.notified().await;
+    }
+
+    /// When the core next wants a tick (µs since the epoch), if it said.
+    pub fn wake_at(&self) -> Option<u64> {
+        match self.wake_at.load(Ordering::Acquire) {
+            u64::MAX => None,
+            t => Some(t),
+        }
+    }
+
+    /// Resolves when the core's wake-up time moved earlier.
+    pub async fn rearmed(&self) {
+        self.rearm.notified().await;
     }
 
     /// Delivers `event`: handled now on this thread, or by the thread that
@@ -114,6 +134,10 @@ impl<X: Executor> Hub<X> {
                 if driver.handle(event) {
                     self.exited.notify_one();
                 }
+            }
+            let wish = driver.core.next_deadline().unwrap_or(u64::MAX);
+            if self.wake_at.swap(wish, Ordering::AcqRel) > wish {
+                self.rearm.notify_one();
             }
             drop(guard);
             // An event posted after our last look, by a thread that found

@@ -44,7 +44,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use flotilla_protocol::servable::ServableRecord;
-use flotilla_protocol::task::{Outcome, Payload, TaskId, TaskState, TaskTimings};
+use flotilla_protocol::task::{MemoUse, Outcome, Payload, TaskId, TaskState, TaskTimings};
 use serde::{Deserialize, Serialize};
 
 /// Metadata key of the id high-water mark.
@@ -113,6 +113,9 @@ pub struct StoredResult {
     pub worker: Option<String>,
     /// Timestamps.
     pub timings: TaskTimings,
+    /// Set when the memo store answered it.
+    #[serde(default)]
+    pub memo: Option<MemoUse>,
 }
 
 /// A new task to persist, sharing its buffers with the core.
@@ -148,6 +151,17 @@ pub enum StoreOp {
     PutServable(Box<ServableRecord>),
     /// Remove `NAME@VERSION` from the catalog.
     RemoveServable(String),
+    /// Store a memo entry.
+    PutMemo {
+        /// The request's memo key.
+        key: [u8; 32],
+        /// Canonical servable name.
+        servable: String,
+        /// The output.
+        output: Payload,
+    },
+    /// Delete memo entries (evicted or cleared).
+    RemoveMemo(Vec<[u8; 32]>),
 }
 
 /// Everything read back at start-up.
@@ -161,6 +175,8 @@ pub struct Recovered {
     pub index: ChunkIndex,
     /// The servable catalog.
     pub servables: Vec<ServableRecord>,
+    /// Memo entries: key, canonical servable name, output.
+    pub memo: Vec<([u8; 32], String, Payload)>,
 }
 
 /// Which chunks hold each live task and its result, and how many live tasks
@@ -216,6 +232,7 @@ pub struct Store {
     results: sled::Tree,
     meta: sled::Tree,
     servables: sled::Tree,
+    memo: sled::Tree,
 }
 
 impl Store {
@@ -236,6 +253,7 @@ impl Store {
         let results = db.open_tree("results").map_err(sled_err)?;
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let servables = db.open_tree("servables").map_err(sled_err)?;
+        let memo = db.open_tree("memo").map_err(sled_err)?;
         Ok(Store {
             path: name,
             db,
@@ -243,6 +261,7 @@ impl Store {
             results,
             meta,
             servables,
+            memo,
         })
     }
 
@@ -312,11 +331,26 @@ impl Store {
                 })?,
             );
         }
+        let mut memo = Vec::new();
+        for entry in self.memo.iter() {
+            let (key, value) = entry.map_err(|e| self.sled_err(e))?;
+            let Ok(key) = <[u8; 32]>::try_from(&key[..]) else {
+                continue;
+            };
+            let (servable, output): (String, Payload) =
+                rmp_serde::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    tree: "memo",
+                    key: format!("{key:?}"),
+                    message: e.to_string(),
+                })?;
+            memo.push((key, servable, output));
+        }
         Ok(Recovered {
             tasks,
             reserved_until,
             index,
             servables,
+            memo,
         })
     }
 
@@ -387,6 +421,20 @@ impl Store {
                     self.servables
                         .remove(id.as_bytes())
                         .map_err(|e| self.sled_err(e))?;
+                }
+                StoreOp::PutMemo {
+                    key,
+                    servable,
+                    output,
+                } => {
+                    self.memo
+                        .insert(key, encode(&(servable, output))?)
+                        .map_err(|e| self.sled_err(e))?;
+                }
+                StoreOp::RemoveMemo(keys) => {
+                    for key in keys {
+                        self.memo.remove(key).map_err(|e| self.sled_err(e))?;
+                    }
                 }
             }
         }
@@ -639,6 +687,7 @@ mod tests {
             attempts: 1,
             worker: Some(worker.into()),
             timings: TaskTimings::default(),
+            memo: None,
         }
     }
 

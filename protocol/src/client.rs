@@ -86,6 +86,13 @@ pub enum ClientCall {
         /// `NAME@VERSION`.
         id: String,
     },
+    /// Memo store counters.
+    MemoStats,
+    /// Drop memo entries: all, or those of one servable (every version).
+    MemoClear {
+        /// Servable name (no version), or none for everything.
+        servable: Option<String>,
+    },
 }
 
 /// A catalog search.
@@ -161,8 +168,38 @@ pub enum ClientReply {
         /// `NAME@VERSION`.
         id: String,
     },
+    /// Memo store counters.
+    MemoStats(MemoStats),
+    /// Memo entries dropped.
+    MemoCleared {
+        /// How many.
+        removed: u64,
+    },
     /// The call was refused; nothing was changed.
     Error(ApiError),
+}
+
+/// The memo store's size, bounds and counters since the daemon started.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+pub struct MemoStats {
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held (outputs plus per-entry overhead).
+    pub bytes: u64,
+    /// Bound on entries.
+    pub max_entries: u64,
+    /// Bound on bytes.
+    pub max_bytes: u64,
+    /// Requests answered from a stored result.
+    pub hits: u64,
+    /// Memoizable requests that had to run.
+    pub misses: u64,
+    /// Requests that shared an identical execution in flight.
+    pub coalesced: u64,
+    /// Entries dropped to stay within the bounds.
+    pub evictions: u64,
+    /// Entries and bytes per servable version.
+    pub per_servable: Vec<(String, u64, u64)>,
 }
 
 /// A catalog entry in lists and search results.

@@ -123,6 +123,27 @@ pub struct TaskTimings {
     pub run_us: u64,
 }
 
+/// How the memo store answered a task.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MemoUse {
+    /// Answered from a stored result of an identical earlier request; no
+    /// worker ran it.
+    Stored,
+    /// Shared the one execution of an identical request in flight at the
+    /// same time.
+    Coalesced,
+}
+
+impl MemoUse {
+    /// Lower-case name used in CLI output and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoUse::Stored => "stored",
+            MemoUse::Coalesced => "coalesced",
+        }
+    }
+}
+
 /// Everything a client may learn about one task.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub struct TaskView {
@@ -138,6 +159,8 @@ pub struct TaskView {
     pub worker: Option<String>,
     /// Timestamps.
     pub timings: TaskTimings,
+    /// Set when the memo store answered it.
+    pub memo: Option<MemoUse>,
     /// The result, once final. `None` while queued or running, and in status
     /// replies (which never carry outputs).
     pub outcome: Option<Outcome>,

@@ -272,6 +272,15 @@ impl Flotilla {
         pid
     }
 
+    /// Starts a worker with 2 slots and id `name`, and waits until it is
+    /// registered (with any workers already there).
+    pub fn spawn_worker_named(&mut self, name: &str) -> u32 {
+        let before = self.client().status().map_or(0, |s| s.workers.len());
+        let pid = self.spawn_worker(&["--slots", "2", "--worker-id", name]);
+        self.wait_workers(before + 1);
+        pid
+    }
+
     /// The log of the `index`th worker started.
     pub fn worker_log(&self, index: usize) -> String {
         std::fs::read_to_string(self.home().join(format!("worker-{index}.log"))).unwrap_or_default()

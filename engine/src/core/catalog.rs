@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use flotilla_protocol::builtin::BUILTINS;
 use flotilla_protocol::client::ApiErrorKind;
-use flotilla_protocol::servable::{Runtime, ServableRecord, TypeSpec};
+use flotilla_protocol::servable::{BatchDelay, Runtime, ServableRecord, TypeSpec};
+
+use super::queues::{BatchRule, Delay};
+use crate::config::ServableOverride;
 
 /// A refusal: what kind, and the message for the client.
 pub type Refusal = (ApiErrorKind, String);
@@ -22,8 +25,12 @@ pub type Refusal = (ApiErrorKind, String);
 pub struct ServableInfo {
     /// Canonical name workers are asked to run.
     pub name: Arc<str>,
-    /// Most inputs per model call.
-    pub max_batch_size: u32,
+    /// How its requests are batched.
+    pub batch: BatchRule,
+    /// The latency bound of adaptive batching, µs.
+    pub latency_target_us: u64,
+    /// Repeated identical requests are answered from the memo store.
+    pub memoize: bool,
     /// Declared input type, when inputs are checked at submission.
     pub input_check: Option<Arc<TypeSpec>>,
     /// The published record (none for builtins).
@@ -37,6 +44,34 @@ pub struct ServableInfo {
 pub struct Catalog {
     builtins: HashMap<String, ServableInfo>,
     published: BTreeMap<String, BTreeMap<semver::Version, Arc<ServableRecord>>>,
+    overrides: BTreeMap<String, ServableOverride>,
+}
+
+fn rule(max_batch: u32, delay: BatchDelay) -> BatchRule {
+    BatchRule {
+        max_batch,
+        delay: match delay {
+            BatchDelay::Fixed(ms) => Delay::Fixed(ms * 1000),
+            BatchDelay::Auto => Delay::Auto,
+        },
+    }
+}
+
+/// Applies the site's overrides for `name` (a servable name, no version).
+fn apply(info: &mut ServableInfo, o: Option<&ServableOverride>) {
+    let Some(o) = o else { return };
+    if let Some(m) = o.memoize {
+        info.memoize = m;
+    }
+    if let Some(n) = o.max_batch_size {
+        info.batch.max_batch = n;
+    }
+    if let Some(d) = o.max_batch_delay_ms {
+        info.batch.delay = rule(info.batch.max_batch, d).delay;
+    }
+    if let Some(ms) = o.latency_target_ms {
+        info.latency_target_us = ms * 1000;
+    }
 }
 
 fn not_found(message: String) -> Refusal {
@@ -44,26 +79,35 @@ fn not_found(message: String) -> Refusal {
 }
 
 impl Catalog {
-    /// The builtins plus `records` (as recovered from the store).
-    pub fn new(records: Vec<ServableRecord>) -> Self {
+    /// The builtins plus `records` (as recovered from the store), with the
+    /// site's serving-option `overrides` by servable name.
+    pub fn new(
+        records: Vec<ServableRecord>,
+        overrides: BTreeMap<String, ServableOverride>,
+    ) -> Self {
         let builtins = BUILTINS
             .iter()
             .map(|b| {
-                (
-                    b.name.to_owned(),
-                    ServableInfo {
-                        name: Arc::from(b.name),
-                        max_batch_size: b.max_batch_size,
-                        input_check: None,
-                        record: None,
-                        steps: None,
+                let mut info = ServableInfo {
+                    name: Arc::from(b.name),
+                    batch: BatchRule {
+                        max_batch: b.max_batch_size,
+                        delay: Delay::Fixed(0),
                     },
-                )
+                    latency_target_us: 100_000,
+                    memoize: false,
+                    input_check: None,
+                    record: None,
+                    steps: None,
+                };
+                apply(&mut info, overrides.get(b.name));
+                (b.name.to_owned(), info)
             })
             .collect();
         let mut catalog = Catalog {
             builtins,
             published: BTreeMap::new(),
+            overrides,
         };
         for record in records {
             if let Ok(version) = semver::Version::parse(&record.spec.version) {
@@ -156,15 +200,19 @@ impl Catalog {
             _ => None,
         };
         let options = &record.spec.options;
-        Ok(ServableInfo {
+        let mut info = ServableInfo {
             name: Arc::from(record.id()),
-            max_batch_size: options.max_batch_size,
+            batch: rule(options.max_batch_size, options.max_batch_delay_ms),
+            latency_target_us: options.latency_target_ms * 1000,
+            memoize: options.memoize,
             input_check: options
                 .validate_input
                 .then(|| Arc::new(record.spec.input.clone())),
             record: Some(record.clone()),
             steps,
-        })
+        };
+        apply(&mut info, self.overrides.get(name));
+        Ok(info)
     }
 
     /// Adds a version; `Ok(false)` when the same content is already there.

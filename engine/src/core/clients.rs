@@ -5,10 +5,10 @@ use flotilla_protocol::client::{
     ApiError, ApiErrorKind, ClientCall, ClientReply, SearchQuery, TaskRequest,
 };
 use flotilla_protocol::servable::ServableRecord;
-use flotilla_protocol::task::{Outcome, TaskState};
+use flotilla_protocol::task::{MemoUse, Outcome, TaskState};
 
 use super::catalog::{Refusal, ServableInfo};
-use super::{Action, Core, ID_RESERVATION, ReplyTo, Task, search};
+use super::{Action, Core, ID_RESERVATION, ReplyTo, Task, memo, search};
 use crate::store::{NewTask, StoreOp};
 
 fn refuse(kind: ApiErrorKind, message: String) -> ClientReply {
@@ -77,6 +77,10 @@ impl Core {
             },
             ClientCall::SearchServables(query) => self.search(&query),
             ClientCall::RemoveServable { id } => return self.on_remove(from, &id, out),
+            ClientCall::MemoStats => ClientReply::MemoStats(self.memo.report()),
+            ClientCall::MemoClear { servable } => {
+                return self.on_memo_clear(from, servable.as_deref(), out);
+            }
         };
         out.push(Action::ReplyClient { to: from, reply });
     }
@@ -140,27 +144,60 @@ impl Core {
         }
         let mut new = Vec::with_capacity(requests.len());
         let mut ids = Vec::with_capacity(requests.len());
+        let mut hits = Vec::new();
         for ((offset, req), info) in requests.into_iter().enumerate().zip(resolved) {
             let id = TaskId(first + offset as u64);
-            let task = Task::new(&info, req.params, req.input, now);
+            self.ensure_adaptive(&info);
+            let mut task = Task::new(&info, req.params, req.input, now);
             new.push(NewTask {
                 id,
-                servable: info.name,
+                servable: info.name.clone(),
                 params: task.params.clone(),
                 input: task.input.clone(),
                 submitted_us: now,
             });
-            self.queues
-                .push_back(task.queue_key(), id, task.queue_batch());
-            self.tasks.insert(id, task);
             ids.push(id);
+            if info.memoize {
+                let key = memo::key(&info.name, &task.input, &task.params);
+                task.memo_key = Some(key);
+                if let Some(output) = self.memo.get(&key) {
+                    self.memo.stats.hits += 1;
+                    task.memo = Some(MemoUse::Stored);
+                    self.tasks.insert(id, task);
+                    hits.push((id, output));
+                    continue;
+                }
+                self.memo.stats.misses += 1;
+            }
+            self.enqueue_or_follow(id, task, now);
         }
         self.totals.accepted += n;
         seq = seq.max(self.persist(StoreOp::PutTasks(new), out));
+        // Memo hits are final at once: no worker touches them.
+        for (id, output) in hits {
+            self.finish(
+                id,
+                TaskState::Completed,
+                Outcome::Output(output),
+                None,
+                0,
+                now,
+                out,
+            );
+        }
+        seq = seq.max(self.flush_records(out));
         match wait_ms {
             Some(ms) => {
-                let pending = ids.len();
-                self.add_wait(from, ids, pending, now + ms * 1000, seq);
+                let pending = ids
+                    .iter()
+                    .filter(|id| self.tasks.get(id).is_some_and(|t| !t.state.is_final()))
+                    .count();
+                if pending == 0 {
+                    let reply = self.results_reply(&ids, now);
+                    self.durability.reply_after(seq, from, reply, out);
+                } else {
+                    self.add_wait(from, ids, pending, now + ms * 1000, seq);
+                }
             }
             None => self
                 .durability
@@ -220,8 +257,8 @@ impl Core {
     }
 
     fn on_cancel(&mut self, from: ReplyTo, ids: Vec<TaskId>, now: u64, out: &mut Vec<Action>) {
-        let mut records = Vec::new();
         let mut states = Vec::with_capacity(ids.len());
+        let mut changed = false;
         for id in ids {
             let state = match self.tasks.get(&id) {
                 None => TaskState::Unknown,
@@ -231,22 +268,40 @@ impl Core {
                         let key = t.queue_key();
                         self.queues.remove(&key, id);
                     }
-                    let outcome = Outcome::Error("cancelled by a client".into());
-                    if let Some(r) =
-                        self.finish(id, TaskState::Cancelled, outcome, None, 0, now, out)
-                    {
-                        records.push(r);
+                    if let Some(inflight) = t.memo_key.and_then(|k| self.inflight.get_mut(&k)) {
+                        inflight.followers.retain(|f| *f != id);
                     }
+                    let outcome = Outcome::Error("cancelled by a client".into());
+                    self.finish(id, TaskState::Cancelled, outcome, None, 0, now, out);
+                    changed = true;
                     TaskState::Cancelled
                 }
             };
             states.push((id, state));
         }
         let reply = ClientReply::Cancelled { tasks: states };
-        if records.is_empty() {
+        if changed {
+            let seq = self.flush_records(out);
+            self.durability.reply_after(seq, from, reply, out);
+        } else {
+            out.push(Action::ReplyClient { to: from, reply });
+        }
+    }
+
+    fn on_memo_clear(&mut self, from: ReplyTo, servable: Option<&str>, out: &mut Vec<Action>) {
+        let removed = self.memo.clear(servable);
+        let reply = ClientReply::MemoCleared {
+            removed: removed.len() as u64,
+        };
+        tracing::info!(
+            servable = servable.unwrap_or("*"),
+            removed = removed.len(),
+            "memo cleared"
+        );
+        if removed.is_empty() {
             out.push(Action::ReplyClient { to: from, reply });
         } else {
-            let seq = self.persist(StoreOp::PutResults(records), out);
+            let seq = self.persist(StoreOp::RemoveMemo(removed), out);
             self.durability.reply_after(seq, from, reply, out);
         }
     }

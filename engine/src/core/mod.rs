@@ -23,11 +23,13 @@
 //!    wins, is written with [`StoreOp::PutResults`], and releases any client
 //!    waiting on that task.
 
+mod adaptive;
 mod blocks;
 mod catalog;
 mod clients;
 mod durability;
 mod lifecycle;
+mod memo;
 mod queues;
 mod search;
 #[cfg(test)]
@@ -39,16 +41,20 @@ use std::sync::Arc;
 
 use flotilla_protocol::client::{ClientCall, ClientReply, Totals};
 use flotilla_protocol::interchange::{BatchId, DaemonMessage, WorkerMessage};
-use flotilla_protocol::task::{Outcome, TaskState, TaskTimings, TaskView};
+use flotilla_protocol::task::{MemoUse, Outcome, TaskState, TaskTimings, TaskView};
 use flotilla_protocol::{Payload, TaskId};
 
 pub use blocks::{BlockEvent, BlockPolicy};
 pub use catalog::{Catalog, ServableInfo};
 
 use crate::store::{Recovered, StoreOp, StoredResult};
+use adaptive::Adaptive;
 use blocks::Blocks;
 use durability::Durability;
-use queues::{QueueKey, Queues};
+use memo::{Memo, MemoKey};
+use queues::{BatchRule, QueueKey, Queues};
+
+pub use memo::canonical as canonical_msgpack;
 
 /// Ids are reserved in the store in blocks of this size, so the high-water
 /// mark is written once per this many tasks, not once per task.
@@ -177,6 +183,12 @@ pub struct CoreConfig {
     pub release: String,
     /// Interchange URL, for status.
     pub interchange: String,
+    /// Memo store bound on entries.
+    pub memo_max_entries: u64,
+    /// Memo store bound on bytes.
+    pub memo_max_bytes: u64,
+    /// The site's serving-option overrides by servable name.
+    pub overrides: std::collections::BTreeMap<String, crate::config::ServableOverride>,
 }
 
 #[derive(Debug)]
@@ -189,9 +201,14 @@ struct Task {
     input: Payload,
     /// What runs next: the servable itself, or the pipeline's current step.
     target: Arc<str>,
-    max_batch: u32,
+    /// How the target batches.
+    rule: BatchRule,
     /// Dispatched alone (retried input by input after a batch failed).
     solo: bool,
+    /// Set for requests to memoizing servables.
+    memo_key: Option<MemoKey>,
+    /// How the memo store answered it, if it did.
+    memo: Option<MemoUse>,
     pipeline: Option<PipelineProgress>,
     state: TaskState,
     attempts: u32,
@@ -215,17 +232,19 @@ impl Task {
             steps: steps.clone(),
             step: 0,
         });
-        let (target, max_batch) = match &pipeline {
-            Some(p) => (p.steps[0].name.clone(), p.steps[0].max_batch_size),
-            None => (info.name.clone(), info.max_batch_size),
+        let (target, rule) = match &pipeline {
+            Some(p) => (p.steps[0].name.clone(), p.steps[0].batch),
+            None => (info.name.clone(), info.batch),
         };
         Task {
             servable: info.name.clone(),
             params,
             input,
             target,
-            max_batch,
+            rule,
             solo: false,
+            memo_key: None,
+            memo: None,
             pipeline,
             state: TaskState::Queued,
             attempts: 0,
@@ -249,8 +268,12 @@ impl Task {
         }
     }
 
-    fn queue_batch(&self) -> u32 {
-        if self.solo { 1 } else { self.max_batch }
+    fn queue_rule(&self) -> BatchRule {
+        if self.solo {
+            BatchRule::SINGLE
+        } else {
+            self.rule
+        }
     }
 
     /// True if the task needs `id` (a servable it runs or will run).
@@ -288,7 +311,16 @@ impl Worker {
 #[derive(Debug)]
 struct Batch {
     worker: u64,
+    /// The servable it runs (its adaptive controller learns from it).
+    servable: Arc<str>,
     tasks: Vec<TaskId>,
+}
+
+/// Identical memoizable requests in flight: one runs, the others wait.
+#[derive(Debug)]
+struct Inflight {
+    leader: TaskId,
+    followers: Vec<TaskId>,
 }
 
 #[derive(Debug)]
@@ -333,8 +365,13 @@ pub struct Core {
     finished_order: VecDeque<(u64, TaskId)>,
     fetched_order: VecDeque<(u64, TaskId)>,
     last_sweep_us: u64,
-    /// Results decided while recovering, emitted by `start`.
-    startup_results: Vec<(TaskId, StoredResult)>,
+    /// Results recorded but not yet handed to the store.
+    pending_records: Vec<(TaskId, StoredResult)>,
+    /// Memo entries recovered beyond today's bounds, deleted by `start`.
+    startup_memo_evictions: Vec<MemoKey>,
+    memo: Memo,
+    inflight: HashMap<MemoKey, Inflight>,
+    adaptive: HashMap<Arc<str>, Adaptive>,
 }
 
 impl Core {
@@ -342,7 +379,16 @@ impl Core {
     /// final tasks with their results, and unfinished tasks queued again in
     /// id order.
     pub fn new(cfg: CoreConfig, mut recovered: Recovered, now_us: u64) -> Self {
-        let catalog = Catalog::new(std::mem::take(&mut recovered.servables));
+        let catalog = Catalog::new(
+            std::mem::take(&mut recovered.servables),
+            cfg.overrides.clone(),
+        );
+        let mut memo = Memo::new(cfg.memo_max_entries, cfg.memo_max_bytes);
+        let mut evicted = Vec::new();
+        for (key, servable, output) in std::mem::take(&mut recovered.memo) {
+            evicted.extend(memo.insert(key, Arc::from(servable.as_str()), output));
+        }
+        memo.stats.evictions = 0;
         let mut core = Core {
             blocks: Blocks::new(cfg.blocks),
             cfg,
@@ -368,7 +414,11 @@ impl Core {
             finished_order: VecDeque::new(),
             fetched_order: VecDeque::new(),
             last_sweep_us: now_us,
-            startup_results: Vec::new(),
+            pending_records: Vec::new(),
+            memo,
+            inflight: HashMap::new(),
+            adaptive: HashMap::new(),
+            startup_memo_evictions: evicted,
         };
         let mut requeued = 0u64;
         for (id, stored, result) in recovered.tasks {
@@ -378,7 +428,9 @@ impl Core {
                 Ok(info) => info.clone(),
                 Err(_) => ServableInfo {
                     name: Arc::from(stored.servable.as_str()),
-                    max_batch_size: 1,
+                    batch: BatchRule::SINGLE,
+                    latency_target_us: 100_000,
+                    memoize: false,
                     input_check: None,
                     record: None,
                     steps: None,
@@ -388,6 +440,7 @@ impl Core {
             match (result, resolved) {
                 (Some(r), _) => {
                     task.state = r.state;
+                    task.memo = r.memo;
                     task.attempts = r.attempts;
                     task.worker = r.worker.map(Arc::from);
                     task.timings = r.timings;
@@ -395,10 +448,14 @@ impl Core {
                     core.finished_order
                         .push_back((task.timings.finished_us, id));
                 }
-                (None, Ok(_)) => {
-                    core.queues
-                        .push_back(task.queue_key(), id, task.queue_batch());
+                (None, Ok(info)) => {
+                    core.ensure_adaptive(&info);
+                    if info.memoize && info.steps.is_none() {
+                        task.memo_key = Some(memo::key(&info.name, &task.input, &task.params));
+                    }
+                    core.enqueue_or_follow(id, task, now_us);
                     requeued += 1;
+                    continue;
                 }
                 (None, Err((_, why))) => {
                     // Its servable was removed while the daemon was down.
@@ -407,7 +464,7 @@ impl Core {
                     let outcome = Outcome::Error(format!("cannot run after a restart: {why}"));
                     task.outcome = Some(outcome.clone());
                     core.totals.failed += 1;
-                    core.startup_results
+                    core.pending_records
                         .push((id, result_record(&task, outcome)));
                 }
             }
@@ -426,11 +483,22 @@ impl Core {
     /// Initial actions: start the configured blocks, store results decided
     /// during recovery.
     pub fn start(&mut self, out: &mut Vec<Action>) {
-        let results = std::mem::take(&mut self.startup_results);
-        if !results.is_empty() {
-            self.persist(StoreOp::PutResults(results), out);
+        self.flush_records(out);
+        let evicted = std::mem::take(&mut self.startup_memo_evictions);
+        if !evicted.is_empty() {
+            self.persist(StoreOp::RemoveMemo(evicted), out);
         }
         self.blocks.start(out);
+    }
+
+    /// When the core next needs a [`Event::Tick`] to send a batch whose
+    /// delay runs out (µs since the epoch), if sooner than the regular tick.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.draining.is_some() {
+            return None;
+        }
+        let adaptive = &self.adaptive;
+        self.queues.next_deadline(|s| auto_plan(adaptive, s))
     }
 
     /// Reacts to one event at time `now_us` (µs since the epoch).
@@ -462,6 +530,17 @@ impl Core {
         }
         self.dispatch(now_us, out);
         self.check_drain(now_us, out);
+        self.flush_records(out);
+    }
+
+    /// Hands results recorded during this event to the store in one write;
+    /// returns the sequence number that covers them (or the last issued).
+    fn flush_records(&mut self, out: &mut Vec<Action>) -> u64 {
+        if self.pending_records.is_empty() {
+            return self.durability.issued();
+        }
+        let records = std::mem::take(&mut self.pending_records);
+        self.persist(StoreOp::PutResults(records), out)
     }
 
     /// Last store sequence number issued (the I/O layer waits for it on exit).
@@ -484,6 +563,7 @@ impl Core {
                 attempts: t.attempts,
                 worker: t.worker.as_deref().map(str::to_owned),
                 timings: t.timings,
+                memo: t.memo,
                 outcome: if with_outcome {
                     t.outcome.clone()
                 } else {
@@ -497,13 +577,16 @@ impl Core {
                 attempts: 0,
                 worker: None,
                 timings: TaskTimings::default(),
+                memo: None,
                 outcome: None,
             },
         }
     }
 
-    /// Records the first final state of a task and wakes its waiters.
-    /// Returns the store record, or `None` if the task was already final.
+    /// Records the first final state of a task, queues its result record
+    /// for the store, feeds the memo store, settles identical requests that
+    /// were waiting on it, and wakes its waiters. Returns false if the task
+    /// was already final.
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &mut self,
@@ -514,10 +597,12 @@ impl Core {
         run_us: u64,
         now: u64,
         out: &mut Vec<Action>,
-    ) -> Option<(TaskId, StoredResult)> {
-        let task = self.tasks.get_mut(&id)?;
+    ) -> bool {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return false;
+        };
         if task.state.is_final() {
-            return None;
+            return false;
         }
         task.state = state;
         task.timings.finished_us = now;
@@ -529,8 +614,13 @@ impl Core {
         }
         task.batch = None;
         task.outcome = Some(outcome.clone());
-        let record = result_record(task, outcome);
+        self.pending_records
+            .push((id, result_record(task, outcome.clone())));
         let waiters = std::mem::take(&mut task.waiters);
+        let memo_key = task.memo_key;
+        let ran = task.memo.is_none();
+        let servable = task.servable.clone();
+        let worker = task.worker.clone();
         match state {
             TaskState::Completed => self.totals.completed += 1,
             TaskState::Failed => self.totals.failed += 1,
@@ -538,6 +628,23 @@ impl Core {
             _ => {}
         }
         self.finished_order.push_back((now, id));
+        if let Some(key) = memo_key {
+            if ran && let Outcome::Output(output) = &outcome {
+                let evicted = self.memo.insert(key, servable.clone(), output.clone());
+                self.persist(
+                    StoreOp::PutMemo {
+                        key,
+                        servable: servable.to_string(),
+                        output: output.clone(),
+                    },
+                    out,
+                );
+                if !evicted.is_empty() {
+                    self.persist(StoreOp::RemoveMemo(evicted), out);
+                }
+            }
+            self.settle_followers(id, key, state, &outcome, worker, now, out);
+        }
         for w in waiters {
             let done = match self.waits.get_mut(&w) {
                 Some(wait) => {
@@ -550,7 +657,90 @@ impl Core {
                 self.complete_wait(w, now, out);
             }
         }
-        Some((id, record))
+        true
+    }
+
+    /// The leader of identical in-flight requests finished: completed or
+    /// failed, its followers share the outcome; cancelled, the next one
+    /// takes over and runs.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_followers(
+        &mut self,
+        id: TaskId,
+        key: MemoKey,
+        state: TaskState,
+        outcome: &Outcome,
+        worker: Option<Arc<str>>,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
+        if self.inflight.get(&key).is_none_or(|i| i.leader != id) {
+            return;
+        }
+        let Some(Inflight { followers, .. }) = self.inflight.remove(&key) else {
+            return;
+        };
+        if state == TaskState::Cancelled {
+            let mut rest = followers.into_iter();
+            if let Some(next) = rest.next() {
+                self.inflight.insert(
+                    key,
+                    Inflight {
+                        leader: next,
+                        followers: rest.collect(),
+                    },
+                );
+                if let Some(task) = self.tasks.get(&next) {
+                    let (qk, rule) = (task.queue_key(), task.queue_rule());
+                    self.queues.push_back(qk, next, rule, now);
+                }
+            }
+            return;
+        }
+        for f in followers {
+            if let Some(task) = self.tasks.get_mut(&f) {
+                task.memo = Some(MemoUse::Coalesced);
+            }
+            self.memo.stats.coalesced += 1;
+            self.finish(f, state, outcome.clone(), worker.clone(), 0, now, out);
+        }
+    }
+
+    /// Makes sure servables batched in auto mode (and pipeline steps that
+    /// are) have a controller.
+    fn ensure_adaptive(&mut self, info: &ServableInfo) {
+        if info.batch.delay == queues::Delay::Auto {
+            self.adaptive
+                .entry(info.name.clone())
+                .or_insert_with(|| Adaptive::new(info.batch.max_batch, info.latency_target_us));
+        }
+        if let Some(steps) = &info.steps {
+            for step in steps.iter() {
+                self.ensure_adaptive(step);
+            }
+        }
+    }
+
+    /// Puts a new (or recovered) task where it belongs: queued, or behind an
+    /// identical memoizable request already in flight.
+    fn enqueue_or_follow(&mut self, id: TaskId, task: Task, now: u64) {
+        if let Some(key) = task.memo_key {
+            if let Some(inflight) = self.inflight.get_mut(&key) {
+                inflight.followers.push(id);
+                self.tasks.insert(id, task);
+                return;
+            }
+            self.inflight.insert(
+                key,
+                Inflight {
+                    leader: id,
+                    followers: Vec::new(),
+                },
+            );
+        }
+        let (qk, rule) = (task.queue_key(), task.queue_rule());
+        self.queues.push_back(qk, id, rule, now);
+        self.tasks.insert(id, task);
     }
 
     fn add_wait(
@@ -608,6 +798,14 @@ impl Core {
     }
 }
 
+/// (target batch size, delay µs) of `servable`'s adaptive controller; a
+/// servable with no measurements yet starts at one input, no wait.
+fn auto_plan(adaptive: &HashMap<Arc<str>, Adaptive>, servable: &str) -> (u32, u64) {
+    adaptive
+        .get(servable)
+        .map_or((1, 0), |a| (a.target(), a.delay_us()))
+}
+
 /// The store record of a task's final state.
 fn result_record(task: &Task, outcome: Outcome) -> StoredResult {
     StoredResult {
@@ -616,5 +814,6 @@ fn result_record(task: &Task, outcome: Outcome) -> StoredResult {
         attempts: task.attempts,
         worker: task.worker.as_deref().map(str::to_owned),
         timings: task.timings,
+        memo: task.memo,
     }
 }

@@ -1,9 +1,11 @@
-//! Per-servable queues of waiting tasks.
+//! Per-servable queues of waiting tasks, and when each is ready to go.
 //!
 //! Tasks wait in one FIFO per (servable, parameters) pair, because only tasks
-//! that share both can travel in one batch. The dispatcher always serves the
-//! queue whose head is the oldest task a given worker can run, so no servable
-//! starves another and order is submission order within a servable.
+//! that share both can travel in one batch. A queue is *ready* when it holds
+//! a full batch, or when its oldest task has waited the servable's batch
+//! delay; the dispatcher then serves the ready queue whose head is the oldest
+//! task a given worker can run, so no servable starves another and order is
+//! submission order within a servable.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,10 +23,61 @@ pub struct QueueKey {
     pub solo: bool,
 }
 
+/// How long a queue may hold tasks back to fill a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delay {
+    /// At most this many µs after the oldest task arrived.
+    Fixed(u64),
+    /// As the servable's adaptive controller says.
+    Auto,
+}
+
+/// A servable's batching rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchRule {
+    /// Most inputs per call.
+    pub max_batch: u32,
+    /// How long to wait for a full batch.
+    pub delay: Delay,
+}
+
+impl BatchRule {
+    /// One input per call, no waiting.
+    pub const SINGLE: BatchRule = BatchRule {
+        max_batch: 1,
+        delay: Delay::Fixed(0),
+    };
+}
+
 #[derive(Debug)]
 struct Queue {
-    ids: VecDeque<TaskId>,
-    max_batch: u32,
+    /// Task and the time it joined the queue (0: ready at once).
+    ids: VecDeque<(TaskId, u64)>,
+    rule: BatchRule,
+}
+
+impl Queue {
+    /// Batch size to wait for and the delay, given the adaptive answer.
+    fn plan(&self, servable: &str, auto: &impl Fn(&str) -> (u32, u64)) -> (usize, u64) {
+        match self.rule.delay {
+            Delay::Fixed(us) => (self.rule.max_batch.max(1) as usize, us),
+            Delay::Auto => {
+                let (target, us) = auto(servable);
+                (target.clamp(1, self.rule.max_batch.max(1)) as usize, us)
+            }
+        }
+    }
+
+    fn ready_at(&self, servable: &str, auto: &impl Fn(&str) -> (u32, u64)) -> Option<u64> {
+        let &(_, head) = self.ids.front()?;
+        let (size, delay) = self.plan(servable, auto);
+        // Requeued tasks (arrival 0) and full batches go at once.
+        if head == 0 || self.ids.len() >= size {
+            Some(0)
+        } else {
+            Some(head.saturating_add(delay))
+        }
+    }
 }
 
 /// All queues.
@@ -45,51 +98,67 @@ impl Queues {
         self.len == 0
     }
 
-    /// Appends a newly accepted task; `max_batch` is the servable's batch cap.
-    pub fn push_back(&mut self, key: QueueKey, id: TaskId, max_batch: u32) {
+    /// Appends a task that arrived at `now`.
+    pub fn push_back(&mut self, key: QueueKey, id: TaskId, rule: BatchRule, now: u64) {
         self.queues
             .entry(key)
             .or_insert_with(|| Queue {
                 ids: VecDeque::new(),
-                max_batch,
+                rule,
             })
             .ids
-            .push_back(id);
+            .push_back((id, now));
         self.len += 1;
     }
 
     /// Puts tasks back at the head of their queue (after their worker was
-    /// lost), keeping id order among them and ahead of newer tasks.
-    pub fn push_front(&mut self, key: QueueKey, mut ids: Vec<TaskId>, max_batch: u32) {
+    /// lost), in id order, ahead of newer tasks, ready at once.
+    pub fn push_front(&mut self, key: QueueKey, mut ids: Vec<TaskId>, rule: BatchRule) {
         ids.sort_unstable();
         let queue = self.queues.entry(key).or_insert_with(|| Queue {
             ids: VecDeque::new(),
-            max_batch,
+            rule,
         });
         self.len += ids.len();
         for id in ids.into_iter().rev() {
-            queue.ids.push_front(id);
+            queue.ids.push_front((id, 0));
         }
     }
 
-    /// The queue whose head is the oldest task among queues accepted by
-    /// `can_run`.
-    pub fn oldest(&self, can_run: impl Fn(&str) -> bool) -> Option<QueueKey> {
+    /// The ready queue (at `now`) whose head is the oldest task among queues
+    /// accepted by `can_run`, with the number of tasks to take from it.
+    /// `auto` gives (target size, delay µs) for servables in auto mode.
+    pub fn oldest(
+        &self,
+        now: u64,
+        can_run: impl Fn(&str) -> bool,
+        auto: impl Fn(&str) -> (u32, u64),
+    ) -> Option<(QueueKey, usize)> {
         self.queues
             .iter()
             .filter(|(key, _)| can_run(&key.servable))
-            .filter_map(|(key, q)| q.ids.front().map(|head| (head, key)))
-            .min_by_key(|(head, _)| **head)
-            .map(|(_, key)| key.clone())
+            .filter(|(key, q)| q.ready_at(&key.servable, &auto).is_some_and(|t| t <= now))
+            .filter_map(|(key, q)| q.ids.front().map(|(head, _)| (head, key, q)))
+            .min_by_key(|(head, _, _)| **head)
+            .map(|(_, key, q)| (key.clone(), q.plan(&key.servable, &auto).0))
     }
 
-    /// Takes up to the queue's batch cap of tasks from the head of `key`.
-    pub fn pop_batch(&mut self, key: &QueueKey) -> Vec<TaskId> {
+    /// When the earliest queue that is not ready yet becomes ready.
+    pub fn next_deadline(&self, auto: impl Fn(&str) -> (u32, u64)) -> Option<u64> {
+        self.queues
+            .iter()
+            .filter_map(|(key, q)| q.ready_at(&key.servable, &auto))
+            .filter(|t| *t > 0)
+            .min()
+    }
+
+    /// Takes up to `n` tasks from the head of `key`.
+    pub fn pop_batch(&mut self, key: &QueueKey, n: usize) -> Vec<TaskId> {
         let Some(queue) = self.queues.get_mut(key) else {
             return Vec::new();
         };
-        let n = (queue.max_batch.max(1) as usize).min(queue.ids.len());
-        let batch: Vec<TaskId> = queue.ids.drain(..n).collect();
+        let n = n.max(1).min(queue.ids.len());
+        let batch: Vec<TaskId> = queue.ids.drain(..n).map(|(id, _)| id).collect();
         self.len -= batch.len();
         if queue.ids.is_empty() {
             self.queues.remove(key);
@@ -103,7 +172,7 @@ impl Queues {
         let Some(queue) = self.queues.get_mut(key) else {
             return false;
         };
-        let Some(pos) = queue.ids.iter().position(|x| *x == id) else {
+        let Some(pos) = queue.ids.iter().position(|(x, _)| *x == id) else {
             return false;
         };
         queue.ids.remove(pos);
@@ -136,34 +205,84 @@ mod tests {
         }
     }
 
+    fn rule(max_batch: u32, delay_us: u64) -> BatchRule {
+        BatchRule {
+            max_batch,
+            delay: Delay::Fixed(delay_us),
+        }
+    }
+
+    const NO_AUTO: fn(&str) -> (u32, u64) = |_| (1, 0);
+
     #[test]
     fn oldest_head_wins_and_batches_respect_the_cap() {
         let mut q = Queues::default();
-        q.push_back(key("b"), TaskId(2), 2);
-        q.push_back(key("a"), TaskId(3), 2);
-        q.push_back(key("b"), TaskId(4), 2);
-        q.push_back(key("b"), TaskId(5), 2);
-        assert_eq!(q.oldest(|_| true), Some(key("b")));
-        assert_eq!(q.oldest(|s| s == "a"), Some(key("a")));
-        assert_eq!(q.pop_batch(&key("b")), [TaskId(2), TaskId(4)]);
-        assert_eq!(q.oldest(|_| true), Some(key("a")));
+        q.push_back(key("b"), TaskId(2), rule(2, 0), 0);
+        q.push_back(key("a"), TaskId(3), rule(2, 0), 0);
+        q.push_back(key("b"), TaskId(4), rule(2, 0), 0);
+        q.push_back(key("b"), TaskId(5), rule(2, 0), 0);
+        assert_eq!(q.oldest(0, |_| true, NO_AUTO), Some((key("b"), 2)));
+        assert_eq!(q.oldest(0, |s| s == "a", NO_AUTO), Some((key("a"), 2)));
+        assert_eq!(q.pop_batch(&key("b"), 2), [TaskId(2), TaskId(4)]);
+        assert_eq!(q.oldest(0, |_| true, NO_AUTO).unwrap().0, key("a"));
         assert_eq!(q.len(), 2);
     }
 
     #[test]
-    fn requeued_tasks_go_first_in_id_order() {
+    fn a_queue_waits_for_a_full_batch_or_its_delay() {
         let mut q = Queues::default();
-        q.push_back(key("a"), TaskId(10), 8);
-        q.push_front(key("a"), vec![TaskId(7), TaskId(3)], 8);
-        assert_eq!(q.pop_batch(&key("a")), [TaskId(3), TaskId(7), TaskId(10)]);
+        q.push_back(key("m"), TaskId(1), rule(3, 1_000), 100);
+        q.push_back(key("m"), TaskId(2), rule(3, 1_000), 400);
+        assert_eq!(q.oldest(500, |_| true, NO_AUTO), None, "not full, not due");
+        assert_eq!(
+            q.next_deadline(NO_AUTO),
+            Some(1_100),
+            "due 1 ms after the oldest"
+        );
+        assert!(q.oldest(1_100, |_| true, NO_AUTO).is_some());
+        q.push_back(key("m"), TaskId(3), rule(3, 1_000), 600);
+        assert_eq!(
+            q.oldest(600, |_| true, NO_AUTO),
+            Some((key("m"), 3)),
+            "full: at once"
+        );
+        assert_eq!(q.next_deadline(NO_AUTO), None);
+    }
+
+    #[test]
+    fn auto_queues_follow_their_controller() {
+        let mut q = Queues::default();
+        let auto_rule = BatchRule {
+            max_batch: 8,
+            delay: Delay::Auto,
+        };
+        for i in 0..3 {
+            q.push_back(key("m"), TaskId(i), auto_rule, 10);
+        }
+        assert_eq!(q.oldest(10, |_| true, |_| (4, 50)), None);
+        assert_eq!(q.next_deadline(|_| (4, 50)), Some(60));
+        assert_eq!(q.oldest(10, |_| true, |_| (2, 50)), Some((key("m"), 2)));
+        assert_eq!(q.oldest(60, |_| true, |_| (4, 50)), Some((key("m"), 4)));
+    }
+
+    #[test]
+    fn requeued_tasks_go_first_in_id_order_and_ready() {
+        let mut q = Queues::default();
+        q.push_back(key("a"), TaskId(10), rule(8, 1_000_000), 5);
+        q.push_front(key("a"), vec![TaskId(7), TaskId(3)], rule(8, 1_000_000));
+        assert!(q.oldest(6, |_| true, NO_AUTO).is_some());
+        assert_eq!(
+            q.pop_batch(&key("a"), 8),
+            [TaskId(3), TaskId(7), TaskId(10)]
+        );
         assert!(q.is_empty());
     }
 
     #[test]
     fn remove_keeps_counts_right() {
         let mut q = Queues::default();
-        q.push_back(key("a"), TaskId(1), 8);
-        q.push_back(key("a"), TaskId(2), 8);
+        q.push_back(key("a"), TaskId(1), rule(8, 0), 0);
+        q.push_back(key("a"), TaskId(2), rule(8, 0), 0);
         assert!(q.remove(&key("a"), TaskId(1)));
         assert!(!q.remove(&key("a"), TaskId(1)));
         assert_eq!(q.depth_by_servable()["a"], 1);

@@ -27,6 +27,9 @@ fn config() -> CoreConfig {
         pid: 1,
         release: "test".into(),
         interchange: "tcp://127.0.0.1:1".into(),
+        memo_max_entries: 1000,
+        memo_max_bytes: 1 << 20,
+        overrides: Default::default(),
     }
 }
 
@@ -455,6 +458,7 @@ fn recovery_requeues_unfinished_tasks_and_keeps_results() {
         attempts: 1,
         worker: Some("old".into()),
         timings: TaskTimings::default(),
+        memo: None,
     };
     let recovered = Recovered {
         tasks: vec![
@@ -1244,4 +1248,314 @@ fn after_a_restart_tasks_of_removed_servables_fail_with_a_reason() {
         Some(Outcome::Error(e)) => assert!(e.contains("cannot run after a restart"), "{e}"),
         other => panic!("{other:?}"),
     }
+}
+
+// ----- memo store and batching --------------------------------------------
+
+use crate::config::ServableOverride;
+use flotilla_protocol::servable::BatchDelay;
+use flotilla_protocol::task::MemoUse;
+
+fn memo_spec(name: &str, version: &str) -> ServableSpec {
+    let mut s = spec(name, version);
+    s.options.memoize = true;
+    s.options.max_batch_size = 16;
+    s
+}
+
+fn input(v: u8) -> Payload {
+    Payload::from(vec![v])
+}
+
+impl Harness {
+    fn run_sync(&mut self, servable: &str, input: Payload) -> (ReplyTo, Vec<Action>) {
+        let (from, mut out) = self.call(ClientCall::Submit {
+            tasks: vec![TaskRequest {
+                servable: servable.into(),
+                input,
+                params: Payload::new(),
+            }],
+            wait_ms: Some(60_000),
+        });
+        out.extend(self.flush());
+        (from, out)
+    }
+}
+
+fn doubled(p: &Payload) -> Outcome {
+    Outcome::Output(Payload::from(vec![p[0].wrapping_mul(2)]))
+}
+
+#[test]
+fn a_memo_hit_is_answered_without_any_worker() {
+    let mut h = Harness::new();
+    h.publish(record(memo_spec("m", "1.0.0")));
+    h.exec_worker(1, "w1", 1);
+    let (client, _) = h.run_sync("m", input(21));
+    let (poll, out) = h.poll(1);
+    let batch = work_in(&out, poll);
+    let (_, mut out) = h.pull(1, vec![outputs(&batch[0], doubled)], false);
+    out.extend(h.flush());
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::Persist {
+            op: StoreOp::PutMemo { .. },
+            ..
+        }
+    )));
+    assert!(matches!(
+        client_reply(&out, client),
+        Some(ClientReply::Results { .. })
+    ));
+    // No worker at all now.
+    h.ev(Event::PipeClosed { pipe: PipeId(1) });
+    let (client, out) = h.run_sync("m", input(21));
+    assert!(!out.iter().any(|a| matches!(a, Action::ReplyWorker { .. })));
+    match client_reply(&out, client) {
+        Some(ClientReply::Results { tasks }) => {
+            assert_eq!(tasks[0].state, TaskState::Completed);
+            assert_eq!(tasks[0].memo, Some(MemoUse::Stored));
+            assert_eq!(tasks[0].outcome, Some(Outcome::Output(input(42))));
+            assert_eq!(tasks[0].attempts, 0, "never dispatched");
+        }
+        other => panic!("{other:?}"),
+    }
+    let (from, out) = h.call(ClientCall::MemoStats);
+    match client_reply(&out, from) {
+        Some(ClientReply::MemoStats(s)) => {
+            assert_eq!((s.hits, s.misses, s.entries), (1, 1, 1));
+            assert_eq!(s.per_servable[0].0, "m@1.0.0");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn identical_requests_in_flight_run_once() {
+    let mut h = Harness::new();
+    h.publish(record(memo_spec("m", "1.0.0")));
+    let clients: Vec<ReplyTo> = (0..100).map(|_| h.run_sync("m", input(5)).0).collect();
+    assert_eq!(
+        h.core.queues.len(),
+        1,
+        "one execution queued for 100 requests"
+    );
+    h.exec_worker(1, "w1", 4);
+    let (poll, out) = h.poll(1);
+    let batches = work_in(&out, poll);
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].items.len(), 1);
+    let (_, mut out) = h.pull(1, vec![outputs(&batches[0], doubled)], false);
+    out.extend(h.flush());
+    let mut coalesced = 0;
+    for c in clients {
+        match client_reply(&out, c) {
+            Some(ClientReply::Results { tasks }) => {
+                assert_eq!(tasks[0].outcome, Some(Outcome::Output(input(10))));
+                coalesced += usize::from(tasks[0].memo == Some(MemoUse::Coalesced));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(coalesced, 99);
+    assert_eq!(h.core.memo.report().coalesced, 99);
+}
+
+#[test]
+fn a_cancelled_leader_hands_over_to_the_next_identical_request() {
+    let mut h = Harness::new();
+    h.publish(record(memo_spec("m", "1.0.0")));
+    let a = h.submit_to("m", input(1)).unwrap();
+    let b = h.submit_to("m", input(1)).unwrap();
+    h.call(ClientCall::Cancel { ids: vec![a] });
+    h.exec_worker(1, "w1", 1);
+    let (poll, out) = h.poll(1);
+    let batch = work_in(&out, poll);
+    assert_eq!(batch[0].items[0].task, b);
+    h.pull(1, vec![outputs(&batch[0], doubled)], false);
+    assert_eq!(h.result_of(b).state, TaskState::Completed);
+    assert_eq!(h.result_of(a).state, TaskState::Cancelled);
+}
+
+#[test]
+fn a_new_version_misses_and_failures_are_never_memoised() {
+    let mut h = Harness::new();
+    h.publish(record(memo_spec("m", "1.0.0")));
+    h.exec_worker(1, "w1", 1);
+    let run = |h: &mut Harness, servable: &str, f: fn(&Payload) -> Outcome| {
+        let id = h.submit_to(servable, input(3)).unwrap();
+        let (poll, out) = h.poll(1);
+        let batch = work_in(&out, poll);
+        h.pull(1, vec![outputs(&batch[0], f)], false);
+        h.result_of(id)
+    };
+    let failed = run(&mut h, "m", |_| Outcome::Error("transient".into()));
+    assert_eq!(failed.state, TaskState::Failed);
+    let ok = run(&mut h, "m", doubled);
+    assert_eq!(
+        (ok.state, ok.memo),
+        (TaskState::Completed, None),
+        "the failure was not stored"
+    );
+    h.publish(record(memo_spec("m", "2.0.0")));
+    let v2 = run(&mut h, "m", doubled);
+    assert_eq!(
+        (v2.servable.as_str(), v2.memo),
+        ("m@2.0.0", None),
+        "v1's entry is not v2's"
+    );
+    let again = h.submit_to("m@1.0.0", input(3)).unwrap();
+    assert_eq!(h.result_of(again).memo, Some(MemoUse::Stored));
+    // Clearing by name drops every version's entries.
+    let (from, mut out) = h.call(ClientCall::MemoClear {
+        servable: Some("m".into()),
+    });
+    out.extend(h.flush());
+    assert_eq!(
+        client_reply(&out, from),
+        Some(ClientReply::MemoCleared { removed: 2 })
+    );
+}
+
+#[test]
+fn eviction_keeps_the_memo_within_its_entry_bound() {
+    let mut cfg = config();
+    cfg.memo_max_entries = 2;
+    let mut h = Harness::with(cfg, Recovered::default());
+    h.publish(record(memo_spec("m", "1.0.0")));
+    h.exec_worker(1, "w1", 1);
+    let mut removed = Vec::new();
+    for v in 0..3 {
+        h.submit_to("m", input(v)).unwrap();
+        let (poll, out) = h.poll(1);
+        let batch = work_in(&out, poll);
+        let (_, out) = h.pull(1, vec![outputs(&batch[0], doubled)], false);
+        for a in out {
+            if let Action::Persist {
+                op: StoreOp::RemoveMemo(keys),
+                ..
+            } = a
+            {
+                removed.extend(keys);
+            }
+        }
+    }
+    assert_eq!(removed.len(), 1, "the oldest entry went");
+    assert_eq!(h.core.memo.report().entries, 2);
+    // Input 0 was evicted: it runs again; input 2 is still there.
+    let id = h.submit_to("m", input(2)).unwrap();
+    assert_eq!(h.result_of(id).memo, Some(MemoUse::Stored));
+    let id = h.submit_to("m", input(0)).unwrap();
+    assert_eq!(h.result_of(id).state, TaskState::Queued);
+}
+
+#[test]
+fn the_site_can_turn_memoisation_on_for_a_builtin() {
+    let mut cfg = config();
+    cfg.overrides.insert(
+        "echo".into(),
+        ServableOverride {
+            memoize: Some(true),
+            ..ServableOverride::default()
+        },
+    );
+    let mut h = Harness::with(cfg, Recovered::default());
+    h.hello(1, "w1", 1);
+    let first = h.submit_to("echo", input(9)).unwrap();
+    let (poll, out) = h.poll(1);
+    h.pull(1, vec![all_ok(&work_in(&out, poll)[0])], false);
+    assert_eq!(h.result_of(first).memo, None);
+    let second = h.submit_to("echo", input(9)).unwrap();
+    assert_eq!(h.result_of(second).memo, Some(MemoUse::Stored));
+}
+
+fn delayed_spec(max_batch: u32, delay: BatchDelay) -> ServableSpec {
+    let mut s = spec("batchy", "1.0.0");
+    s.options.max_batch_size = max_batch;
+    s.options.max_batch_delay_ms = delay;
+    s
+}
+
+#[test]
+fn a_batch_waits_for_its_delay_unless_it_fills_up() {
+    let mut h = Harness::new();
+    h.publish(record(delayed_spec(4, BatchDelay::Fixed(10))));
+    h.exec_worker(1, "w1", 2);
+    let (poll, _) = h.poll(1);
+    h.submit_to("batchy", input(1)).unwrap();
+    h.submit_to("batchy", input(2)).unwrap();
+    assert_eq!(h.core.next_deadline(), Some(h.now + 10_000));
+    let out = h.advance(5_000);
+    assert!(
+        worker_reply(&out, poll).is_none(),
+        "5 ms: still waiting for more"
+    );
+    let out = h.advance(5_000);
+    let batch = work_in(&out, poll);
+    assert_eq!(batch[0].items.len(), 2, "10 ms: sent as it is");
+    // Four at once fill a batch: no waiting.
+    let (poll, _) = h.poll(1);
+    let (_, out) = h.call(ClientCall::Submit {
+        tasks: (0..4)
+            .map(|v| TaskRequest {
+                servable: "batchy".into(),
+                input: input(v),
+                params: Payload::new(),
+            })
+            .collect(),
+        wait_ms: None,
+    });
+    assert_eq!(work_in(&out, poll)[0].items.len(), 4);
+}
+
+#[test]
+fn auto_batching_grows_while_calls_get_cheaper_per_request() {
+    let mut h = Harness::new();
+    let mut s = delayed_spec(64, BatchDelay::Auto);
+    s.options.latency_target_ms = 50;
+    h.publish(record(s));
+    h.exec_worker(1, "w1", 1);
+    let mut sizes = Vec::new();
+    for _ in 0..40 {
+        let (from, mut out) = h.call(ClientCall::Submit {
+            tasks: (0..64)
+                .map(|v| TaskRequest {
+                    servable: "batchy".into(),
+                    input: input(v),
+                    params: Payload::new(),
+                })
+                .collect(),
+            wait_ms: None,
+        });
+        out.extend(h.flush());
+        assert!(client_reply(&out, from).is_some());
+        // Drain the queue batch by batch; each call costs 2 ms + 20 µs/input.
+        let mut next: Option<WorkBatch> = None;
+        loop {
+            let batch = match next.take() {
+                Some(b) => b,
+                None if h.core.queues.is_empty() => break,
+                None => {
+                    let (poll, out) = h.poll(1);
+                    let out = if worker_reply(&out, poll).is_none() {
+                        h.advance(60_000)
+                    } else {
+                        out
+                    };
+                    work_in(&out, poll).remove(0)
+                }
+            };
+            sizes.push(batch.items.len());
+            let mut result = outputs(&batch, doubled);
+            result.run_us = 2_000 + 20 * batch.items.len() as u64;
+            let (report, out) = h.pull(1, vec![result], false);
+            next = work_in(&out, report).into_iter().next();
+        }
+    }
+    assert_eq!(sizes[0], 1, "starts with single inputs");
+    assert_eq!(
+        *sizes.last().unwrap(),
+        64,
+        "ends with full batches: {sizes:?}"
+    );
 }

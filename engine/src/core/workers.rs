@@ -9,9 +9,8 @@ use flotilla_protocol::interchange::{
 };
 use flotilla_protocol::task::{Outcome, TaskState};
 
-use super::queues::QueueKey;
+use super::queues::{BatchRule, QueueKey};
 use super::{Action, Batch, Core, PipeId, ReplyTo, Worker, catalog};
-use crate::store::StoreOp;
 
 impl Core {
     pub(super) fn on_hello(
@@ -194,8 +193,6 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         let worker_id = self.workers.get(&key).map(|w| w.id.clone());
-        let mut records = Vec::new();
-        let mut advanced = false;
         for result in results {
             let owned = self
                 .batches
@@ -212,6 +209,12 @@ impl Core {
                 w.batches.remove(&result.batch);
                 w.tasks = w.tasks.saturating_sub(batch.tasks.len() as u32);
             }
+            if let Some(batch) = &batch {
+                let size = batch.tasks.len() as u32;
+                if let Some(a) = self.adaptive.get_mut(&batch.servable) {
+                    a.observe(size, result.run_us);
+                }
+            }
             if let Some(failure) = &result.failure {
                 if let Some(batch) = batch {
                     self.batch_failed(
@@ -221,7 +224,6 @@ impl Core {
                         worker_id.as_deref(),
                         now,
                         out,
-                        &mut records,
                     );
                 }
                 continue;
@@ -239,11 +241,10 @@ impl Core {
                     self.queues.remove(&qk, id);
                 }
                 if self.advance_pipeline(id, &outcome, now) {
-                    advanced = true;
                     continue;
                 }
                 let (state, outcome) = self.final_outcome(id, outcome);
-                if let Some(r) = self.finish(
+                self.finish(
                     id,
                     state,
                     outcome,
@@ -251,9 +252,7 @@ impl Core {
                     result.run_us,
                     now,
                     out,
-                ) {
-                    records.push(r);
-                }
+                );
             }
             if let Some(batch) = batch {
                 for id in batch.tasks {
@@ -266,7 +265,7 @@ impl Core {
                             "worker {} returned no result for this task",
                             worker_id.as_deref().unwrap_or("?")
                         ));
-                        if let Some(r) = self.finish(
+                        self.finish(
                             id,
                             TaskState::Failed,
                             outcome,
@@ -274,18 +273,10 @@ impl Core {
                             0,
                             now,
                             out,
-                        ) {
-                            records.push(r);
-                        }
+                        );
                     }
                 }
             }
-        }
-        if advanced {
-            tracing::trace!("pipeline tasks moved to their next step");
-        }
-        if !records.is_empty() {
-            self.persist(StoreOp::PutResults(records), out);
         }
     }
 
@@ -308,16 +299,15 @@ impl Core {
         progress.step += 1;
         let next = &progress.steps[progress.step];
         task.target = next.name.clone();
-        task.max_batch = next.max_batch_size;
+        task.rule = next.batch;
         task.input = output.clone();
         task.solo = false;
         task.state = TaskState::Queued;
         task.batch = None;
         task.timings.run_us = 0;
         task.timings.dispatched_us = now;
-        let key = task.queue_key();
-        let batch = task.queue_batch();
-        self.queues.push_back(key, id, batch);
+        let (key, rule) = (task.queue_key(), task.queue_rule());
+        self.queues.push_back(key, id, rule, now);
         true
     }
 
@@ -351,7 +341,6 @@ impl Core {
         worker: Option<&str>,
         now: u64,
         out: &mut Vec<Action>,
-        records: &mut Vec<(TaskId, crate::store::StoredResult)>,
     ) {
         let live: Vec<TaskId> = tasks
             .into_iter()
@@ -377,7 +366,7 @@ impl Core {
             let retry = match failure.kind {
                 FailureKind::Crashed => task.attempts < self.cfg.max_attempts,
                 // Once, on its own: a lone input's failure is its own.
-                FailureKind::Failed => !task.solo && task.max_batch > 1,
+                FailureKind::Failed => !task.solo && task.rule.max_batch > 1,
                 FailureKind::Unrunnable => false,
             };
             if retry {
@@ -398,27 +387,25 @@ impl Core {
             };
             let (state, outcome) = self.final_outcome(id, Outcome::Error(message));
             let worker = worker.map(Arc::from);
-            if let Some(r) = self.finish(id, state, outcome, worker, 0, now, out) {
-                records.push(r);
-            }
+            self.finish(id, state, outcome, worker, 0, now, out);
         }
         self.requeue_front(requeue);
     }
 
     /// Puts tasks back at the head of their queues.
     fn requeue_front(&mut self, ids: Vec<TaskId>) {
-        let mut by_queue: HashMap<QueueKey, (Vec<TaskId>, u32)> = HashMap::new();
+        let mut by_queue: HashMap<QueueKey, (Vec<TaskId>, BatchRule)> = HashMap::new();
         for id in ids {
             if let Some(task) = self.tasks.get(&id) {
                 by_queue
                     .entry(task.queue_key())
-                    .or_insert_with(|| (Vec::new(), task.queue_batch()))
+                    .or_insert_with(|| (Vec::new(), task.queue_rule()))
                     .0
                     .push(id);
             }
         }
-        for (qk, (ids, max_batch)) in by_queue {
-            self.queues.push_front(qk, ids, max_batch);
+        for (qk, (ids, rule)) in by_queue {
+            self.queues.push_front(qk, ids, rule);
         }
     }
 
@@ -437,13 +424,15 @@ impl Core {
             let Some(worker) = self.workers.get(&key) else {
                 break;
             };
-            let Some(qk) = self
-                .queues
-                .oldest(|s| catalog::worker_can_run(&worker.servables, s))
-            else {
+            let adaptive = &self.adaptive;
+            let Some((qk, size)) = self.queues.oldest(
+                now,
+                |s| catalog::worker_can_run(&worker.servables, s),
+                |s| super::auto_plan(adaptive, s),
+            ) else {
                 break;
             };
-            let ids = self.queues.pop_batch(&qk);
+            let ids = self.queues.pop_batch(&qk, size);
             if ids.is_empty() {
                 break;
             }
@@ -478,6 +467,7 @@ impl Core {
                 batch_id,
                 Batch {
                     worker: key,
+                    servable: qk.servable.clone(),
                     tasks: ids,
                 },
             );
@@ -549,7 +539,7 @@ impl Core {
             self.blocks.worker_left(block);
         }
         let mut requeue = Vec::new();
-        let mut records = Vec::new();
+        let mut failed = 0u32;
         for batch_id in &worker.batches {
             let Some(batch) = self.batches.remove(batch_id) else {
                 continue;
@@ -567,9 +557,8 @@ impl Core {
                         task.attempts, worker.id, worker.host
                     ));
                     let (state, outcome) = self.final_outcome(id, outcome);
-                    if let Some(r) = self.finish(id, state, outcome, None, 0, now, out) {
-                        records.push(r);
-                    }
+                    self.finish(id, state, outcome, None, 0, now, out);
+                    failed += 1;
                 } else {
                     task.state = TaskState::Queued;
                     task.batch = None;
@@ -585,12 +574,9 @@ impl Core {
             host = %worker.host,
             reason,
             requeued,
-            failed = records.len(),
+            failed,
             "worker lost"
         );
-        if !records.is_empty() {
-            self.persist(StoreOp::PutResults(records), out);
-        }
     }
 }
 

@@ -1,0 +1,290 @@
+//! The memo store: results of memoizable servables, by request.
+//!
+//! The key is blake3 over the servable's canonical `NAME@VERSION`, the
+//! request's input and its parameters, both in *canonical* msgpack (map
+//! entries sorted, numbers in their shortest encoding), so two requests that
+//! mean the same thing share an entry whatever order their client wrote
+//! the keys in. The version is part of the key: a new version never sees an
+//! old version's results.
+//!
+//! Entries live in memory (a hit is a hash lookup inside the daemon) and are
+//! written through to the store so they survive restarts. The store is
+//! bounded by entries and by bytes; the least recently used entries go
+//! first. Only completed results enter it: failures are never memoised.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use flotilla_protocol::Payload;
+use flotilla_protocol::client::MemoStats;
+
+/// Fixed per-entry overhead counted against the byte bound (key, name,
+/// bookkeeping).
+const ENTRY_OVERHEAD: u64 = 96;
+
+/// A memo key: blake3 of the canonical request.
+pub type MemoKey = [u8; 32];
+
+/// Computes the key of a request for `servable` (canonical `NAME@VERSION`).
+pub fn key(servable: &str, input: &[u8], params: &[u8]) -> MemoKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"flotilla-memo-v1\0");
+    for part in [servable.as_bytes(), &canonical(input), &canonical(params)] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The canonical msgpack of `bytes`: map entries sorted by their encoded
+/// keys, every value re-encoded in its shortest form. Bytes that are not a
+/// single msgpack value are returned as they are.
+pub fn canonical(bytes: &[u8]) -> Vec<u8> {
+    let mut reader = bytes;
+    match rmpv::decode::read_value(&mut reader) {
+        Ok(value) if reader.is_empty() => {
+            let mut out = Vec::with_capacity(bytes.len());
+            write_canonical(&mut out, &value);
+            out
+        }
+        _ => bytes.to_vec(),
+    }
+}
+
+fn encoded(v: &rmpv::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical(&mut out, v);
+    out
+}
+
+fn write_canonical(out: &mut Vec<u8>, v: &rmpv::Value) {
+    match v {
+        rmpv::Value::Map(entries) => {
+            let mut pairs: Vec<(Vec<u8>, &rmpv::Value)> =
+                entries.iter().map(|(k, v)| (encoded(k), v)).collect();
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            let _ = rmp::encode::write_map_len(out, pairs.len() as u32);
+            for (k, v) in pairs {
+                out.extend_from_slice(&k);
+                write_canonical(out, v);
+            }
+        }
+        rmpv::Value::Array(items) => {
+            let _ = rmp::encode::write_array_len(out, items.len() as u32);
+            for item in items {
+                write_canonical(out, item);
+            }
+        }
+        // rmpv writes integers, strings and the rest in their shortest form.
+        other => {
+            let _ = rmpv::encode::write_value(out, other);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    servable: Arc<str>,
+    output: Payload,
+    tick: u64,
+}
+
+impl Entry {
+    fn bytes(&self) -> u64 {
+        self.output.len() as u64 + self.servable.len() as u64 + ENTRY_OVERHEAD
+    }
+}
+
+/// The in-memory memo store with LRU eviction.
+#[derive(Debug)]
+pub struct Memo {
+    entries: HashMap<MemoKey, Entry>,
+    lru: BTreeMap<u64, MemoKey>,
+    next_tick: u64,
+    bytes: u64,
+    max_entries: u64,
+    max_bytes: u64,
+    /// Counters reported by `flotilla memo stats`.
+    pub stats: MemoStats,
+}
+
+impl Memo {
+    /// An empty store with these bounds.
+    pub fn new(max_entries: u64, max_bytes: u64) -> Self {
+        Memo {
+            entries: HashMap::new(),
+            lru: BTreeMap::new(),
+            next_tick: 0,
+            bytes: 0,
+            max_entries,
+            max_bytes,
+            stats: MemoStats {
+                max_entries,
+                max_bytes,
+                ..MemoStats::default()
+            },
+        }
+    }
+
+    /// The stored output for `key`, marking it recently used.
+    pub fn get(&mut self, key: &MemoKey) -> Option<Payload> {
+        let tick = self.next_tick;
+        let entry = self.entries.get_mut(key)?;
+        self.lru.remove(&entry.tick);
+        entry.tick = tick;
+        self.lru.insert(tick, *key);
+        self.next_tick += 1;
+        Some(entry.output.clone())
+    }
+
+    /// Stores an output; returns the keys evicted to make room. An output
+    /// larger than the whole byte bound is not stored.
+    pub fn insert(&mut self, key: MemoKey, servable: Arc<str>, output: Payload) -> Vec<MemoKey> {
+        let entry = Entry {
+            servable,
+            output,
+            tick: self.next_tick,
+        };
+        if entry.bytes() > self.max_bytes {
+            return Vec::new();
+        }
+        self.next_tick += 1;
+        self.bytes += entry.bytes();
+        self.lru.insert(entry.tick, key);
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.lru.remove(&old.tick);
+            self.bytes -= old.bytes();
+        }
+        let mut evicted = Vec::new();
+        while self.entries.len() as u64 > self.max_entries || self.bytes > self.max_bytes {
+            let Some((_, oldest)) = self.lru.pop_first() else {
+                break;
+            };
+            if let Some(e) = self.entries.remove(&oldest) {
+                self.bytes -= e.bytes();
+            }
+            evicted.push(oldest);
+        }
+        self.stats.evictions += evicted.len() as u64;
+        evicted
+    }
+
+    /// Drops every entry, or those of servable `name` (any version);
+    /// returns their keys.
+    pub fn clear(&mut self, name: Option<&str>) -> Vec<MemoKey> {
+        let doomed: Vec<MemoKey> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                name.is_none_or(|n| {
+                    e.servable.split_once('@').map_or(&*e.servable, |(s, _)| s) == n
+                })
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &doomed {
+            if let Some(e) = self.entries.remove(k) {
+                self.lru.remove(&e.tick);
+                self.bytes -= e.bytes();
+            }
+        }
+        doomed
+    }
+
+    /// Entries held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Counters plus the current size, per servable.
+    pub fn report(&self) -> MemoStats {
+        let mut per: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for e in self.entries.values() {
+            let slot = per.entry(&e.servable).or_default();
+            slot.0 += 1;
+            slot.1 += e.bytes();
+        }
+        MemoStats {
+            entries: self.entries.len() as u64,
+            bytes: self.bytes,
+            per_servable: per
+                .into_iter()
+                .map(|(name, (n, b))| (name.to_owned(), n, b))
+                .collect(),
+            ..self.stats.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mp(v: rmpv::Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, &v).unwrap();
+        out
+    }
+
+    #[test]
+    fn keys_ignore_map_order_but_not_version_or_params() {
+        let a = mp(rmpv::Value::Map(vec![
+            ("x".into(), 1.into()),
+            ("y".into(), 2.into()),
+        ]));
+        let b = mp(rmpv::Value::Map(vec![
+            ("y".into(), 2.into()),
+            ("x".into(), 1.into()),
+        ]));
+        assert_ne!(a, b);
+        assert_eq!(key("m@1.0.0", &a, &[]), key("m@1.0.0", &b, &[]));
+        assert_ne!(key("m@1.0.0", &a, &[]), key("m@1.0.1", &a, &[]));
+        let p = mp(rmpv::Value::Map(vec![("k".into(), 3.into())]));
+        assert_ne!(key("m@1.0.0", &a, &[]), key("m@1.0.0", &a, &p));
+        // A wide encoding of 1 means the same as the short one.
+        assert_eq!(
+            key("m@1.0.0", &[0xcd, 0x00, 0x01], &[]),
+            key("m@1.0.0", &[0x01], &[])
+        );
+    }
+
+    #[test]
+    fn eviction_keeps_both_bounds_and_drops_the_least_recently_used() {
+        let name: Arc<str> = Arc::from("m@1.0.0");
+        let k = |i: u8| [i; 32];
+        let out = |n: usize| Payload::from(vec![0u8; n]);
+        let per_entry = 100 + 7 + ENTRY_OVERHEAD;
+        let mut memo = Memo::new(3, 10 * per_entry);
+        for i in 0..3 {
+            assert!(memo.insert(k(i), name.clone(), out(100)).is_empty());
+        }
+        assert!(memo.get(&k(0)).is_some(), "0 is now the most recently used");
+        assert_eq!(memo.insert(k(3), name.clone(), out(100)), [k(1)]);
+        assert_eq!(memo.len(), 3);
+        // A big entry pushes out as many as the byte bound needs.
+        let evicted = memo.insert(k(4), name.clone(), out((8 * per_entry) as usize));
+        assert_eq!(evicted, [k(2), k(0)]);
+        assert!(memo.report().bytes <= 10 * per_entry);
+        assert_eq!(memo.report().evictions, 3);
+        // Larger than the whole bound: not stored at all.
+        assert!(
+            memo.insert(k(5), name.clone(), out((11 * per_entry) as usize))
+                .is_empty()
+        );
+        assert!(memo.get(&k(5)).is_none());
+    }
+
+    #[test]
+    fn clearing_one_servable_keeps_the_others() {
+        let mut memo = Memo::new(10, 1 << 20);
+        memo.insert([1; 32], Arc::from("a@1.0.0"), Payload::new());
+        memo.insert([2; 32], Arc::from("a@2.0.0"), Payload::new());
+        memo.insert([3; 32], Arc::from("b@1.0.0"), Payload::new());
+        assert_eq!(memo.clear(Some("a")).len(), 2);
+        assert_eq!(
+            memo.report().per_servable,
+            [("b@1.0.0".to_owned(), 1, 7 + ENTRY_OVERHEAD)]
+        );
+    }
+}
