@@ -1,4 +1,8 @@
-//! Shared pieces of the benchmark harnesses: percentiles and result files.
+//! Shared pieces of the benchmark harnesses: percentiles, result files,
+//! plots, and the inputs of the example servables.
+
+pub mod inputs;
+pub mod plot;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,4 +81,46 @@ pub fn machine() -> serde_json::Value {
         })
         .unwrap_or_default();
     serde_json::json!({ "cpus": cpus, "cpu": model })
+}
+
+/// A daemon (release build, this site's `overrides` as
+/// `(table, key, value)`) with `digits`, the three formation-enthalpy steps
+/// and their pipeline published, and one worker with `slots` slots.
+pub fn examples_daemon(
+    overrides: &[(String, String, String)],
+    slots: u32,
+) -> Result<flotilla_tests::Flotilla, String> {
+    use flotilla_tests::{Flotilla, config_with, workspace};
+    let mut settings: Vec<(&str, &str, &str)> = vec![
+        ("interchange", "heartbeat_period_s", "5"),
+        ("interchange", "heartbeat_threshold_s", "20"),
+    ];
+    settings.extend(
+        overrides
+            .iter()
+            .map(|(t, k, v)| (t.as_str(), k.as_str(), v.as_str())),
+    );
+    let mut f = Flotilla::start(&config_with(&settings));
+    let examples = workspace().join("site-examples/servables");
+    for dir in [
+        "digits",
+        "formation-enthalpy/parse",
+        "formation-enthalpy/features",
+        "formation-enthalpy/model",
+    ] {
+        f.publish(&examples.join(dir))?;
+    }
+    let out = f.cli(&[
+        "pipeline",
+        "create",
+        "formation-enthalpy",
+        "--steps",
+        "formation-enthalpy-parse,formation-enthalpy-features,formation-enthalpy-model",
+    ]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    f.spawn_worker(&["--slots", &slots.to_string()]);
+    f.wait_workers(1);
+    Ok(f)
 }

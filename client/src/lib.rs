@@ -216,6 +216,23 @@ impl Client {
         }
     }
 
+    /// Submits `tasks` and waits for all of them in one round trip: returns
+    /// when every task is final, or with current states once `wait` passes.
+    pub fn run_all(
+        &self,
+        tasks: Vec<TaskRequest>,
+        wait: Duration,
+    ) -> Result<Vec<TaskView>, ClientError> {
+        let call = ClientCall::Submit {
+            tasks,
+            wait_ms: Some(wait.as_millis() as u64),
+        };
+        match self.call(&call, wait + WAIT_MARGIN)? {
+            ClientReply::Results { tasks } => Ok(tasks),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Results of `ids`; with `wait`, blocks until all are final or the wait
     /// passes.
     pub fn results(

@@ -281,6 +281,24 @@ impl Flotilla {
         pid
     }
 
+    /// Publishes a copy of the servable in `dir` (so its build step never
+    /// writes into the source tree); returns the CLI's output, or its error.
+    pub fn publish(&self, dir: &Path) -> Result<String, String> {
+        let copy = self
+            .home()
+            .join("src")
+            .join(dir.strip_prefix(workspace()).unwrap_or(dir));
+        if !copy.exists() {
+            copy_servable(dir, &copy);
+        }
+        let out = self.cli(&["servable", "publish", copy.to_str().unwrap_or_default()]);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// The log of the `index`th worker started.
     pub fn worker_log(&self, index: usize) -> String {
         std::fs::read_to_string(self.home().join(format!("worker-{index}.log"))).unwrap_or_default()
@@ -340,6 +358,17 @@ impl Drop for Flotilla {
         if std::thread::panicking() || std::env::var_os("FLOTILLA_TEST_KEEP").is_some() {
             let kept = std::mem::replace(&mut self.home, tempfile::tempdir().unwrap()).keep();
             eprintln!("state directory and logs kept in {}", kept.display());
+        }
+    }
+}
+
+/// Copies a servable's files (following links, skipping build outputs).
+pub fn copy_servable(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && path.extension().is_none_or(|e| e != "pkl") {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
         }
     }
 }

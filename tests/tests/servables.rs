@@ -13,7 +13,7 @@ use flotilla_client::{json_to_payload, payload_to_json};
 use flotilla_protocol::Payload;
 use flotilla_protocol::client::TaskRequest;
 use flotilla_protocol::task::{Outcome, TaskState};
-use flotilla_tests::{Flotilla, config_with, python_bin, test_config, workspace};
+use flotilla_tests::{Flotilla, config_with, copy_servable, python_bin, test_config, workspace};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -41,17 +41,8 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Publishes a copy of `dir` (so build steps never write into the source
-/// tree).
 fn publish(f: &Flotilla, dir: &Path) -> String {
-    let copy = f
-        .home()
-        .join("src")
-        .join(dir.strip_prefix(workspace()).unwrap_or(dir));
-    if !copy.exists() {
-        copy_dir(dir, &copy);
-    }
-    ok(&f.cli(&["servable", "publish", copy.to_str().unwrap()]))
+    f.publish(dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A Flotilla with one worker (2 slots) and the Python environment checked.
@@ -213,22 +204,11 @@ fn the_example_servables_are_published_found_and_invoked() {
     );
 }
 
-/// Copies the files of `from` (following links, skipping build outputs).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() && path.extension().is_none_or(|e| e != "pkl") {
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-}
-
 #[test]
 fn versions_are_immutable_and_resolved_by_name_or_version() {
     let f = start(&test_config());
     let dir = f.home().join("noop-copy");
-    copy_dir(&example("noop-py"), &dir);
+    copy_servable(&example("noop-py"), &dir);
     ok(&f.cli(&["servable", "publish", dir.to_str().unwrap()]));
     // Same version, other content: refused.
     let spec = dir.join("servable.toml");

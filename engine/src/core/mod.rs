@@ -54,7 +54,7 @@ use durability::Durability;
 use memo::{Memo, MemoKey};
 use queues::{BatchRule, QueueKey, Queues};
 
-pub use memo::canonical as canonical_msgpack;
+pub use memo::{canonical as canonical_msgpack, key as memo_key};
 
 /// Ids are reserved in the store in blocks of this size, so the high-water
 /// mark is written once per this many tasks, not once per task.
