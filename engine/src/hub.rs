@@ -135,7 +135,7 @@ impl<X: Executor> Hub<X> {
                     self.exited.notify_one();
                 }
             }
-            let wish = driver.core.next_deadline().unwrap_or(u64::MAX);
+            let wish = driver.core.next_deadline(now_us()).unwrap_or(u64::MAX);
             if self.wake_at.swap(wish, Ordering::AcqRel) > wish {
                 self.rearm.notify_one();
             }

@@ -210,7 +210,7 @@ pub struct ServableOptions {
     pub max_batch_size: u32,
     /// How long a request may wait for its batch to fill.
     pub max_batch_delay_ms: BatchDelay,
-    /// Latency a request may spend waiting for a batch in `auto` mode.
+    /// The bound a call must stay within in `auto` batching mode.
     pub latency_target_ms: u64,
     /// Check every input against `input` at submission.
     pub validate_input: bool,

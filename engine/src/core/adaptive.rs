@@ -20,11 +20,11 @@
 //!   that size a ceiling: the target stays below it. A call at the size just
 //!   under the ceiling that takes less than 75% of the bound lifts the
 //!   ceiling by one step again, so a model that got faster is probed upward.
-//! * **How long to wait.** A batch is sent once it reaches the target, or
-//!   when its oldest request has waited `latency_target_ms` minus the
-//!   expected duration of a call of the target size (an exponentially
-//!   weighted average of measured calls, scaled to the target), so waiting
-//!   plus the call stays within the declared bound.
+//! * **No waiting.** Like Clipper's, the controller is work-conserving: a
+//!   request is never held back while a worker slot is free. Batches form
+//!   from what queued up while the slots were busy, up to the target size;
+//!   so a lone client pays no batching delay, and a loaded servable gets
+//!   batches as large as still pay off within its latency bound.
 
 /// The controller of one servable version.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,14 +37,10 @@ pub struct Adaptive {
     ceiling: u32,
     /// (size, µs per request) measured when the target last grew.
     last: Option<(u32, f64)>,
-    /// Smoothed µs per request and fixed µs per call, from observed calls.
-    per_request_us: f64,
-    observed: bool,
 }
 
 /// Fraction of the ideal (all fixed cost) gain that counts as "falling".
 const FALLING: f64 = 0.5;
-const SMOOTHING: f64 = 0.3;
 
 impl Adaptive {
     /// A controller for a servable with this batch cap and latency bound.
@@ -56,8 +52,6 @@ impl Adaptive {
             step: (max_batch_size / 32).max(1),
             ceiling: u32::MAX,
             last: None,
-            per_request_us: 0.0,
-            observed: false,
         }
     }
 
@@ -66,24 +60,12 @@ impl Adaptive {
         self.target
     }
 
-    /// How long the oldest request may wait for a batch of the target size.
-    pub fn delay_us(&self) -> u64 {
-        let expected = (self.per_request_us * f64::from(self.target)) as u64;
-        self.latency_target_us.saturating_sub(expected)
-    }
-
     /// Learns from a call of `size` inputs that took `run_us`.
     pub fn observe(&mut self, size: u32, run_us: u64) {
         if size == 0 {
             return;
         }
         let per = run_us as f64 / f64::from(size);
-        self.per_request_us = if self.observed {
-            SMOOTHING * per + (1.0 - SMOOTHING) * self.per_request_us
-        } else {
-            per
-        };
-        self.observed = true;
         if run_us > self.latency_target_us {
             self.ceiling = self.ceiling.min(size.max(1));
             self.target = (size * 9 / 10).clamp(1, self.ceiling.saturating_sub(1).max(1));
@@ -134,7 +116,6 @@ mod tests {
             2_000 + 10 * u64::from(t) <= 50_000,
             "a call stays within 50 ms"
         );
-        assert!(a.delay_us() < 50_000);
     }
 
     #[test]

@@ -491,14 +491,15 @@ impl Core {
         self.blocks.start(out);
     }
 
-    /// When the core next needs a [`Event::Tick`] to send a batch whose
-    /// delay runs out (µs since the epoch), if sooner than the regular tick.
-    pub fn next_deadline(&self) -> Option<u64> {
+    /// When (after `now_us`) the core next needs an [`Event::Tick`] to send
+    /// a batch whose delay runs out, µs since the epoch.
+    pub fn next_deadline(&self, now_us: u64) -> Option<u64> {
         if self.draining.is_some() {
             return None;
         }
         let adaptive = &self.adaptive;
-        self.queues.next_deadline(|s| auto_plan(adaptive, s))
+        self.queues
+            .next_deadline(now_us, |s| auto_plan(adaptive, s))
     }
 
     /// Reacts to one event at time `now_us` (µs since the epoch).
@@ -798,12 +799,10 @@ impl Core {
     }
 }
 
-/// (target batch size, delay µs) of `servable`'s adaptive controller; a
-/// servable with no measurements yet starts at one input, no wait.
-fn auto_plan(adaptive: &HashMap<Arc<str>, Adaptive>, servable: &str) -> (u32, u64) {
-    adaptive
-        .get(servable)
-        .map_or((1, 0), |a| (a.target(), a.delay_us()))
+/// The target batch size of `servable`'s adaptive controller (1 before it
+/// has measured anything).
+fn auto_plan(adaptive: &HashMap<Arc<str>, Adaptive>, servable: &str) -> u32 {
+    adaptive.get(servable).map_or(1, Adaptive::target)
 }
 
 /// The store record of a task's final state.

@@ -57,18 +57,19 @@ struct Queue {
 }
 
 impl Queue {
-    /// Batch size to wait for and the delay, given the adaptive answer.
-    fn plan(&self, servable: &str, auto: &impl Fn(&str) -> (u32, u64)) -> (usize, u64) {
+    /// Batch size to take and how long to wait for it to fill; in auto
+    /// mode the controller's target, without waiting.
+    fn plan(&self, servable: &str, auto: &impl Fn(&str) -> u32) -> (usize, u64) {
         match self.rule.delay {
             Delay::Fixed(us) => (self.rule.max_batch.max(1) as usize, us),
-            Delay::Auto => {
-                let (target, us) = auto(servable);
-                (target.clamp(1, self.rule.max_batch.max(1)) as usize, us)
-            }
+            Delay::Auto => (
+                auto(servable).clamp(1, self.rule.max_batch.max(1)) as usize,
+                0,
+            ),
         }
     }
 
-    fn ready_at(&self, servable: &str, auto: &impl Fn(&str) -> (u32, u64)) -> Option<u64> {
+    fn ready_at(&self, servable: &str, auto: &impl Fn(&str) -> u32) -> Option<u64> {
         let &(_, head) = self.ids.front()?;
         let (size, delay) = self.plan(servable, auto);
         // Requeued tasks (arrival 0) and full batches go at once.
@@ -127,12 +128,12 @@ impl Queues {
 
     /// The ready queue (at `now`) whose head is the oldest task among queues
     /// accepted by `can_run`, with the number of tasks to take from it.
-    /// `auto` gives (target size, delay µs) for servables in auto mode.
+    /// `auto` gives the target batch size of servables in auto mode.
     pub fn oldest(
         &self,
         now: u64,
         can_run: impl Fn(&str) -> bool,
-        auto: impl Fn(&str) -> (u32, u64),
+        auto: impl Fn(&str) -> u32,
     ) -> Option<(QueueKey, usize)> {
         self.queues
             .iter()
@@ -143,12 +144,14 @@ impl Queues {
             .map(|(_, key, q)| (key.clone(), q.plan(&key.servable, &auto).0))
     }
 
-    /// When the earliest queue that is not ready yet becomes ready.
-    pub fn next_deadline(&self, auto: impl Fn(&str) -> (u32, u64)) -> Option<u64> {
+    /// When the earliest queue that is not ready at `now` becomes ready.
+    /// Queues ready already need no timer: a worker asking for work takes
+    /// them.
+    pub fn next_deadline(&self, now: u64, auto: impl Fn(&str) -> u32) -> Option<u64> {
         self.queues
             .iter()
             .filter_map(|(key, q)| q.ready_at(&key.servable, &auto))
-            .filter(|t| *t > 0)
+            .filter(|t| *t > now)
             .min()
     }
 
@@ -212,7 +215,7 @@ mod tests {
         }
     }
 
-    const NO_AUTO: fn(&str) -> (u32, u64) = |_| (1, 0);
+    const NO_AUTO: fn(&str) -> u32 = |_| 1;
 
     #[test]
     fn oldest_head_wins_and_batches_respect_the_cap() {
@@ -235,9 +238,14 @@ mod tests {
         q.push_back(key("m"), TaskId(2), rule(3, 1_000), 400);
         assert_eq!(q.oldest(500, |_| true, NO_AUTO), None, "not full, not due");
         assert_eq!(
-            q.next_deadline(NO_AUTO),
+            q.next_deadline(500, NO_AUTO),
             Some(1_100),
             "due 1 ms after the oldest"
+        );
+        assert_eq!(
+            q.next_deadline(1_100, NO_AUTO),
+            None,
+            "due now: no timer needed"
         );
         assert!(q.oldest(1_100, |_| true, NO_AUTO).is_some());
         q.push_back(key("m"), TaskId(3), rule(3, 1_000), 600);
@@ -246,11 +254,11 @@ mod tests {
             Some((key("m"), 3)),
             "full: at once"
         );
-        assert_eq!(q.next_deadline(NO_AUTO), None);
+        assert_eq!(q.next_deadline(600, NO_AUTO), None);
     }
 
     #[test]
-    fn auto_queues_follow_their_controller() {
+    fn auto_queues_never_wait_and_take_up_to_the_target() {
         let mut q = Queues::default();
         let auto_rule = BatchRule {
             max_batch: 8,
@@ -259,10 +267,18 @@ mod tests {
         for i in 0..3 {
             q.push_back(key("m"), TaskId(i), auto_rule, 10);
         }
-        assert_eq!(q.oldest(10, |_| true, |_| (4, 50)), None);
-        assert_eq!(q.next_deadline(|_| (4, 50)), Some(60));
-        assert_eq!(q.oldest(10, |_| true, |_| (2, 50)), Some((key("m"), 2)));
-        assert_eq!(q.oldest(60, |_| true, |_| (4, 50)), Some((key("m"), 4)));
+        assert_eq!(
+            q.oldest(10, |_| true, |_| 4),
+            Some((key("m"), 4)),
+            "ready at once"
+        );
+        assert_eq!(q.next_deadline(10, |_| 4), None);
+        assert_eq!(q.oldest(10, |_| true, |_| 2), Some((key("m"), 2)));
+        assert_eq!(
+            q.oldest(10, |_| true, |_| 50),
+            Some((key("m"), 8)),
+            "capped by max_batch"
+        );
     }
 
     #[test]

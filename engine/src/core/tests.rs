@@ -1484,7 +1484,7 @@ fn a_batch_waits_for_its_delay_unless_it_fills_up() {
     let (poll, _) = h.poll(1);
     h.submit_to("batchy", input(1)).unwrap();
     h.submit_to("batchy", input(2)).unwrap();
-    assert_eq!(h.core.next_deadline(), Some(h.now + 10_000));
+    assert_eq!(h.core.next_deadline(h.now), Some(h.now + 10_000));
     let out = h.advance(5_000);
     assert!(
         worker_reply(&out, poll).is_none(),
