@@ -456,7 +456,9 @@ impl Core {
             if let Some(w) = self.workers.get_mut(&key) {
                 w.batches.insert(batch_id);
                 w.tasks += ids.len() as u32;
-                if !w.specs_sent.contains(&qk.servable)
+                // Builtins have no record; published servables are `NAME@VERSION`.
+                if qk.servable.contains('@')
+                    && !w.specs_sent.contains(&qk.servable)
                     && let Ok(record) = self.catalog.record(&qk.servable)
                 {
                     w.specs_sent.insert(qk.servable.clone());
