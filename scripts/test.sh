@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh Debian machine or an old one: installs what
-# the tests need (cmake for nng's C library; a Python environment in .venv
-# for Python servables), builds every binary, runs every test (unit tests and
-# end-to-end tests with real processes on loopback).
+# The whole test suite, on a fresh Debian machine or an old one, as root:
+# installs what the tests need (cmake for nng's C library; Slurm, munge and
+# OpenSSH for the provider tests; a Python environment in .venv for Python
+# servables), starts a real 2-node Slurm and an sshd on 127.0.0.1
+# (tests/infra), builds every binary, runs every test (unit tests and
+# end-to-end tests with real processes on loopback), stops the cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+# A real Slurm (2 fake nodes on this host) and sshd for the provider tests.
+command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
+command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
+command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
+command -v munged >/dev/null 2>&1 || missing+=(munge)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -23,6 +32,15 @@ if [ "$FLOTILLA_PYTHON_OK" != 1 ]; then
     echo "cannot make a Python environment with msgpack, numpy and scikit-learn in .venv" >&2
     exit 1
 fi
+
+# The Slurm test cluster and sshd (tests/infra), stopped again on exit.
+if [ "$(id -u)" -ne 0 ]; then
+    echo "the provider tests start a Slurm test cluster, which needs root; run as root (CI does)" >&2
+    exit 1
+fi
+trap 'tests/infra/sshd-down.sh; tests/infra/slurm-down.sh' EXIT
+eval "$(tests/infra/slurm-up.sh 2)"
+eval "$(tests/infra/sshd-up.sh)"
 
 # End-to-end tests run the flotilla and flotilla-worker executables; build
 # them explicitly so a partial run (`cargo test -p flotilla-tests`) never

@@ -242,10 +242,11 @@ enum MemoCmd {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCmd {
-    /// Validate a site file (default: the embedded one).
+    /// Validate site files without starting anything (default: the embedded
+    /// one); prints the settings in force of a single file.
     Check {
-        /// The file.
-        file: Option<PathBuf>,
+        /// The files.
+        files: Vec<PathBuf>,
     },
 }
 
@@ -518,11 +519,31 @@ fn execute(command: Cmd) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Config {
-            command: ConfigCmd::Check { file },
+            command: ConfigCmd::Check { files },
         } => {
-            let (cfg, name) = daemon_cmd::load_config(file.as_deref())?;
-            println!("# {name}: ok; the settings in force:");
-            print!("{}", cfg.to_toml());
+            if files.len() <= 1 {
+                let (cfg, name) = daemon_cmd::load_config(files.first().map(PathBuf::as_path))?;
+                println!("# {name}: ok; the settings in force:");
+                print!("{}", cfg.to_toml());
+                return Ok(());
+            }
+            let mut bad = 0;
+            for file in &files {
+                match daemon_cmd::load_config(Some(file)) {
+                    Ok((_, name)) => println!("{name}: ok"),
+                    Err(Failure::Usage(e)) => {
+                        bad += 1;
+                        eprintln!("{e:#}");
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            if bad > 0 {
+                return Err(Failure::Usage(anyhow!(
+                    "{bad} of {} site files have errors",
+                    files.len()
+                )));
+            }
             Ok(())
         }
         Cmd::Demo => demo::run(),

@@ -80,3 +80,35 @@ fn config_check_names_file_line_and_key() {
         "the daemon refuses a bad site file"
     );
 }
+
+#[test]
+fn every_site_example_checks_and_a_broken_one_is_named() {
+    let home = tempfile::tempdir().unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../site-examples");
+    let mut files: Vec<String> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "{files:?}");
+    let args: Vec<&str> = ["config", "check"]
+        .into_iter()
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    let out = flotilla(&args, home.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let broken = home.path().join("broken.toml");
+    std::fs::write(&broken, "[provider]\nkind = \"slurm\"\nqueue = \"debug\"\n").unwrap();
+    let out = flotilla(
+        &["config", "check", &files[0], broken.to_str().unwrap()],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("broken.toml:3: `provider.queue`") && err.contains("`partition`"),
+        "{err}"
+    );
+}

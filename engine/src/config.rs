@@ -34,6 +34,8 @@ pub struct Config {
     pub launcher: LauncherConfig,
     /// `[worker]`: what each worker looks like.
     pub worker: WorkerConfig,
+    /// `[channel]`: where the provider's commands run.
+    pub channel: ChannelConfig,
     /// `[memo]`: the memo store's bounds.
     pub memo: MemoConfig,
     /// `[servables.NAME]`: this site's overrides of servables' serving
@@ -79,6 +81,7 @@ pub struct ServableOverride {
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// State directory; unset means `$FLOTILLA_HOME`, else `~/.flotilla`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
     /// Largest frame accepted on any socket.
     pub max_frame_bytes: usize,
@@ -112,6 +115,125 @@ pub struct InterchangeConfig {
 pub enum ProviderKind {
     /// Process groups on this machine.
     Local,
+    /// Slurm jobs (`sbatch`).
+    Slurm,
+    /// PBS Pro or OpenPBS jobs (`qsub`).
+    Pbspro,
+    /// Cobalt jobs (`qsub --mode script`).
+    Cobalt,
+    /// Kubernetes Deployments (`kubectl`).
+    Kubernetes,
+}
+
+impl ProviderKind {
+    /// The name used in site files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Slurm => "slurm",
+            ProviderKind::Pbspro => "pbspro",
+            ProviderKind::Cobalt => "cobalt",
+            ProviderKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// `[provider.kubernetes]`: where and how worker pods run.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Namespace of the Deployments.
+    pub namespace: String,
+    /// Worker image (required with `kind = "kubernetes"`).
+    pub image: String,
+    /// `Always`, `IfNotPresent` or `Never`.
+    pub image_pull_policy: String,
+    /// Service account of the pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// CPU request per pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_request: Option<String>,
+    /// CPU limit per pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<String>,
+    /// Memory request per pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_request: Option<String>,
+    /// Memory limit per pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
+    /// GPUs per pod.
+    pub gpus: u32,
+    /// Node labels the pods must land on.
+    pub node_selector: BTreeMap<String, String>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            namespace: "default".into(),
+            image: String::new(),
+            image_pull_policy: "IfNotPresent".into(),
+            service_account: None,
+            cpu_request: None,
+            cpu_limit: None,
+            memory_request: None,
+            memory_limit: None,
+            gpus: 0,
+            node_selector: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where scheduler commands run.
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelKind {
+    /// This machine's shell.
+    Local,
+    /// An SSH session to a login node.
+    Ssh,
+}
+
+/// `[channel]`: where the provider's commands run.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelConfig {
+    /// `local` or `ssh`.
+    pub kind: ChannelKind,
+    /// SSH host.
+    pub host: String,
+    /// SSH port.
+    pub port: u16,
+    /// SSH user (default: `$USER`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Private key file (default: the SSH agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// known_hosts file (default: `~/.ssh/known_hosts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<PathBuf>,
+    /// Refuse hosts whose key is not in known_hosts.
+    pub check_host_key: bool,
+    /// Time allowed to connect and log in.
+    pub connect_timeout_s: f64,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            kind: ChannelKind::Local,
+            host: String::new(),
+            port: 22,
+            user: None,
+            key_file: None,
+            known_hosts: None,
+            check_host_key: true,
+            connect_timeout_s: 10.0,
+        }
+    }
 }
 
 /// `[provider]`.
@@ -130,6 +252,41 @@ pub struct ProviderConfig {
     pub poll_interval_s: f64,
     /// Consecutive failed blocks before block starts are paused.
     pub max_block_failures: u32,
+    /// Limit for every scheduler command.
+    pub command_timeout_s: f64,
+    /// Nodes per block (batch schedulers).
+    pub nodes_per_block: u32,
+    /// Wall time per block, `HH:MM:SS` (batch schedulers).
+    pub walltime: String,
+    /// Slurm partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// PBS or Cobalt queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Account or project charged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Slurm quality of service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// Slurm constraint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<String>,
+    /// Whole nodes only.
+    pub exclusive: bool,
+    /// GPUs per node.
+    pub gpus_per_node: u32,
+    /// Raw directive lines added to the job script (or qsub options for
+    /// Cobalt).
+    pub scheduler_options: String,
+    /// Where block scripts and output go on the scheduler's side (default:
+    /// STATE_DIR/blocks with a local channel, `.flotilla/blocks` under the
+    /// remote home over SSH).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+    /// `[provider.kubernetes]`.
+    pub kubernetes: KubernetesConfig,
 }
 
 /// Which launcher a block uses.
@@ -159,6 +316,7 @@ pub struct WorkerConfig {
     /// A worker without its daemon for this long exits.
     pub lost_daemon_exit_s: f64,
     /// Worker executable; unset = next to `flotilla`, else PATH.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     /// Shell lines run before the workers start.
     pub init: String,
@@ -197,6 +355,19 @@ impl Default for ProviderConfig {
             max_blocks: 1,
             poll_interval_s: 1.0,
             max_block_failures: 3,
+            command_timeout_s: 60.0,
+            nodes_per_block: 1,
+            walltime: "01:00:00".into(),
+            partition: None,
+            queue: None,
+            account: None,
+            qos: None,
+            constraint: None,
+            exclusive: false,
+            gpus_per_node: 0,
+            scheduler_options: String::new(),
+            run_dir: None,
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -410,6 +581,131 @@ impl Config {
                 ));
             }
         }
+        if !(self.provider.command_timeout_s.is_finite() && self.provider.command_timeout_s > 0.0) {
+            return Err(invalid(
+                "provider.command_timeout_s",
+                format!(
+                    "must be a positive number of seconds, got {}",
+                    self.provider.command_timeout_s
+                ),
+            ));
+        }
+        if flotilla_providers::walltime_seconds(&self.provider.walltime).is_none_or(|s| s == 0) {
+            return Err(invalid(
+                "provider.walltime",
+                format!(
+                    "`{}` is not a wall time; write HH:MM:SS (or D-HH:MM:SS)",
+                    self.provider.walltime
+                ),
+            ));
+        }
+        if self.provider.nodes_per_block == 0 {
+            return Err(invalid(
+                "provider.nodes_per_block",
+                "must be at least 1".into(),
+            ));
+        }
+        let kind = self.provider.kind;
+        let only_for = |key: &str, set: bool, kinds: &[ProviderKind], use_instead: &str| {
+            if set && !kinds.contains(&kind) {
+                Err(invalid(
+                    &format!("provider.{key}"),
+                    format!(
+                        "does not apply to kind = \"{}\"{use_instead}",
+                        kind.as_str()
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        use ProviderKind::{Cobalt, Pbspro, Slurm};
+        only_for(
+            "partition",
+            self.provider.partition.is_some(),
+            &[Slurm],
+            if matches!(kind, Pbspro | Cobalt) {
+                "; PBS and Cobalt call it `queue`"
+            } else {
+                ""
+            },
+        )?;
+        only_for(
+            "queue",
+            self.provider.queue.is_some(),
+            &[Pbspro, Cobalt],
+            if kind == Slurm {
+                "; Slurm calls it `partition`"
+            } else {
+                ""
+            },
+        )?;
+        only_for("qos", self.provider.qos.is_some(), &[Slurm], "")?;
+        only_for(
+            "constraint",
+            self.provider.constraint.is_some(),
+            &[Slurm],
+            "",
+        )?;
+        only_for(
+            "account",
+            self.provider.account.is_some(),
+            &[Slurm, Pbspro, Cobalt],
+            "",
+        )?;
+        if kind == ProviderKind::Kubernetes && self.provider.kubernetes.image.trim().is_empty() {
+            return Err(invalid(
+                "provider.kubernetes.image",
+                "kind = \"kubernetes\" needs the worker image to run (an image with flotilla-worker in it)".into(),
+            ));
+        }
+        if !matches!(
+            self.provider.kubernetes.image_pull_policy.as_str(),
+            "Always" | "IfNotPresent" | "Never"
+        ) {
+            return Err(invalid(
+                "provider.kubernetes.image_pull_policy",
+                format!(
+                    "must be Always, IfNotPresent or Never, got `{}`",
+                    self.provider.kubernetes.image_pull_policy
+                ),
+            ));
+        }
+        if self.channel.kind == ChannelKind::Ssh && self.channel.host.trim().is_empty() {
+            return Err(invalid(
+                "channel.host",
+                "kind = \"ssh\" needs the login node to connect to".into(),
+            ));
+        }
+        if kind == ProviderKind::Local && self.channel.kind == ChannelKind::Ssh {
+            return Err(invalid(
+                "channel.kind",
+                "the local provider starts blocks on this machine; use a scheduler provider with an SSH channel".into(),
+            ));
+        }
+        if !(self.channel.connect_timeout_s.is_finite() && self.channel.connect_timeout_s > 0.0) {
+            return Err(invalid(
+                "channel.connect_timeout_s",
+                format!(
+                    "must be a positive number of seconds, got {}",
+                    self.channel.connect_timeout_s
+                ),
+            ));
+        }
+        // Kubernetes pods each run their own launcher; elsewhere one
+        // launcher must span the block's nodes.
+        if self.provider.nodes_per_block > 1
+            && self.launcher.kind == LauncherKind::SingleNode
+            && kind != ProviderKind::Kubernetes
+        {
+            return Err(invalid(
+                "provider.nodes_per_block",
+                format!(
+                    "is {} but launcher.kind = \"single-node\" starts workers on one node only",
+                    self.provider.nodes_per_block
+                ),
+            ));
+        }
         if self.launcher.workers_per_node == 0 {
             return Err(invalid(
                 "launcher.workers_per_node",
@@ -442,6 +738,48 @@ mod tests {
     #[test]
     fn embedded_default_documents_the_real_defaults() {
         assert_eq!(Config::embedded_default().unwrap(), Config::default());
+    }
+
+    #[test]
+    fn scheduler_keys_are_checked_against_the_provider() {
+        let err = Config::parse(
+            "[provider]\nkind = \"pbspro\"\npartition = \"debug\"\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("s.toml:3: `provider.partition`") && err.contains("`queue`"),
+            "{err}"
+        );
+        let err = Config::parse(
+            "[provider]\nkind = \"slurm\"\nwalltime = \"half an hour\"\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("s.toml:3: `provider.walltime`"), "{err}");
+        let err = Config::parse("[provider]\nkind = \"kubernetes\"\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`provider.kubernetes.image`"), "{err}");
+        let err = Config::parse(
+            "[provider]\nkind = \"slurm\"\n[channel]\nkind = \"ssh\"\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`channel.host`"), "{err}");
+        let err = Config::parse(
+            "[provider]\nkind = \"slurm\"\nnodes_per_block = 2\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("s.toml:3: `provider.nodes_per_block`"),
+            "{err}"
+        );
     }
 
     #[test]

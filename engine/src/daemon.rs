@@ -14,9 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, ClientReply};
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
 use flotilla_protocol::{FrameError, decode, encode};
-use flotilla_providers::{LocalProvider, Provider};
 
-use crate::config::{Config, ProviderKind};
+use crate::config::Config;
 use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo};
 use crate::hub::{Driver, Executor, Hub};
 use crate::launch::BlockTemplate;
@@ -118,9 +117,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let port = interchange.listen(&format!("tcp://{address}:{}", config.interchange.port), 0)?;
     let interchange_url = format!("tcp://{address}:{port}");
 
-    let provider: Box<dyn Provider> = match config.provider.kind {
-        ProviderKind::Local => Box::new(LocalProvider::default()),
-    };
+    let provider = crate::provision::provider(&config);
     let provider = {
         let hub = hub.clone();
         ProviderRunner::spawn(

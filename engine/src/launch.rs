@@ -8,7 +8,7 @@ use flotilla_launchers::{LaunchSpec, Launcher, SingleNode, shell};
 use flotilla_protocol::secret::{SECRET_ENV, to_hex};
 use flotilla_providers::JobSpec;
 
-use crate::config::{Config, LauncherKind, ProviderKind};
+use crate::config::{ChannelKind, Config, LauncherKind, ProviderKind};
 use crate::state_dir::StateDir;
 
 /// Environment variable telling a local worker to exit with the daemon.
@@ -27,7 +27,11 @@ pub struct BlockTemplate {
     workers_per_node: u32,
     launcher: LauncherKind,
     exit_with_daemon: bool,
-    state_dir: StateDir,
+    /// Blocks' run directories live below this, on the scheduler's side.
+    run_root: String,
+    /// Distinguishes this daemon's jobs from other daemons' (job names).
+    tag: String,
+    objects: String,
 }
 
 /// A block that cannot be described.
@@ -41,7 +45,18 @@ pub struct LaunchFailed {
 impl BlockTemplate {
     /// A template for blocks of a daemon listening for workers on `port`.
     pub fn new(config: &Config, state_dir: &StateDir, port: u16, secret: &[u8]) -> Self {
+        let tag = daemon_tag(state_dir);
+        let run_root = match (&config.provider.run_dir, config.channel.kind) {
+            (Some(dir), _) => format!("{}/{tag}", dir.trim_end_matches('/')),
+            (None, ChannelKind::Local) => state_dir.root().join("blocks").display().to_string(),
+            (None, ChannelKind::Ssh) => format!(".flotilla/blocks/{tag}"),
+        };
         BlockTemplate {
+            run_root,
+            objects: flotilla_protocol::paths::objects_dir(state_dir.root())
+                .display()
+                .to_string(),
+            tag,
             worker_exe: config
                 .worker
                 .command
@@ -56,7 +71,6 @@ impl BlockTemplate {
             workers_per_node: config.launcher.workers_per_node,
             launcher: config.launcher.kind,
             exit_with_daemon: config.provider.kind == ProviderKind::Local,
-            state_dir: state_dir.clone(),
         }
     }
 
@@ -89,23 +103,32 @@ impl BlockTemplate {
             .map_err(|source| LaunchFailed { block, source })?;
         let mut env = BTreeMap::from([
             (SECRET_ENV.to_owned(), self.secret_hex.clone()),
-            (
-                "FLOTILLA_OBJECTS".to_owned(),
-                flotilla_protocol::paths::objects_dir(self.state_dir.root())
-                    .display()
-                    .to_string(),
-            ),
+            ("FLOTILLA_OBJECTS".to_owned(), self.objects.clone()),
         ]);
         if self.exit_with_daemon {
             env.insert(EXIT_WITH_PID_ENV.into(), std::process::id().to_string());
         }
         Ok(JobSpec {
-            name: format!("flotilla-block-{block}"),
-            script: format!("#!/bin/sh\n{}\n{launch}", self.init),
+            name: format!("flotilla-{}-block-{block}", self.tag),
+            worker_init: self.init.clone(),
+            command: launch,
             env,
-            work_dir: self.state_dir.block_dir(block),
+            run_dir: format!("{}/{block}", self.run_root),
         })
     }
+}
+
+/// Six hex digits naming this daemon in job names, derived from its state
+/// directory, so two daemons sharing a scheduler account or a Kubernetes
+/// namespace never take each other's jobs for their own.
+pub fn daemon_tag(state_dir: &StateDir) -> String {
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(host.as_bytes());
+    hasher.update(state_dir.root().as_os_str().as_encoded_bytes());
+    hasher.finalize().to_hex()[..6].to_owned()
 }
 
 /// `flotilla-worker` beside the running executable if it is there, else
@@ -132,17 +155,46 @@ mod tests {
         let job = BlockTemplate::new(&config, &dir, 5555, &[1, 2])
             .job(7)
             .unwrap();
-        assert!(job.script.contains("module load python"));
+        assert_eq!(job.worker_init, "module load python");
         assert!(
-            job.script
+            job.command
                 .contains("'/opt/flotilla worker' --address 127.0.0.1 --port 5555 --block-id 7")
         );
-        assert!(job.script.contains("--slots 3"));
+        assert!(job.command.contains("--slots 3"));
         assert!(
-            !job.script.contains("0102"),
-            "the secret never goes into the script"
+            !job.command.contains("0102"),
+            "the secret never goes into the command"
         );
         assert_eq!(job.env[SECRET_ENV], "0102");
-        assert_eq!(job.work_dir, PathBuf::from("/tmp/fl/blocks/7"));
+        assert_eq!(job.run_dir, "/tmp/fl/blocks/7");
+        assert!(
+            job.name.starts_with("flotilla-") && job.name.ends_with("-block-7"),
+            "{}",
+            job.name
+        );
+        assert_eq!(job.name.len(), "flotilla-abcdef-block-7".len());
+    }
+
+    #[test]
+    fn remote_blocks_run_under_a_per_daemon_directory() {
+        let mut config = Config::default();
+        config.provider.kind = ProviderKind::Slurm;
+        config.channel.kind = ChannelKind::Ssh;
+        config.channel.host = "login".into();
+        let dir = StateDir::at("/tmp/fl");
+        let tag = daemon_tag(&dir);
+        let job = BlockTemplate::new(&config, &dir, 5555, &[1])
+            .job(2)
+            .unwrap();
+        assert_eq!(job.run_dir, format!(".flotilla/blocks/{tag}/2"));
+        assert!(
+            !job.env.contains_key(EXIT_WITH_PID_ENV),
+            "only local blocks die with the daemon"
+        );
+        config.provider.run_dir = Some("/scratch/me/fl/".into());
+        let job = BlockTemplate::new(&config, &dir, 5555, &[1])
+            .job(2)
+            .unwrap();
+        assert_eq!(job.run_dir, format!("/scratch/me/fl/{tag}/2"));
     }
 }

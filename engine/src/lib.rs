@@ -20,6 +20,7 @@ pub mod hub;
 pub mod launch;
 pub mod net;
 pub mod provider_runner;
+pub mod provision;
 pub mod servable_spec;
 pub mod state_dir;
 pub mod store;

@@ -7,7 +7,7 @@
 //!   api.sock                 client API, nng ipc, mode 0600
 //!   secret                   32 random bytes workers must present, mode 0600
 //!   store/                   sled database: tasks, results, metadata
-//!   blocks/N/                each block's script, stdout and stderr
+//!   blocks/N/                each local block's script, stdout and stderr
 //! ```
 
 use std::fs::{self, OpenOptions};
@@ -126,11 +126,6 @@ impl StateDir {
     /// The secret file.
     pub fn secret_file(&self) -> PathBuf {
         paths::secret_file(&self.root)
-    }
-
-    /// Working directory of block `id`.
-    pub fn block_dir(&self, id: u32) -> PathBuf {
-        self.root.join("blocks").join(id.to_string())
     }
 
     /// Reads the secret, creating it (32 random bytes, mode 0600) on first use.

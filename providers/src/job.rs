@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
 
 /// The provider's own name for a submitted block (a pid, a Slurm job id, a
 /// pod name).
@@ -18,26 +17,103 @@ impl fmt::Display for JobId {
 /// One block to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobSpec {
-    /// Human-readable job name (`flotilla-block-3`).
+    /// Job name, unique per daemon, usable as a DNS label
+    /// (`flotilla-3fa9c1-block-3`).
     pub name: String,
-    /// POSIX shell script that starts the block's workers (from a launcher).
-    pub script: String,
-    /// Extra environment for the script (secrets travel here, never in argv).
+    /// Shell lines run before the workers start (`module load …`); a
+    /// failing line fails the block.
+    pub worker_init: String,
+    /// Shell text that starts the block's workers (from a launcher).
+    pub command: String,
+    /// Extra environment for the workers (secrets travel here, never in
+    /// argv).
     pub env: BTreeMap<String, String>,
-    /// Directory for the job's script, stdout and stderr; created if missing.
-    pub work_dir: PathBuf,
+    /// Directory for the job's script, stdout and stderr, on the scheduler's
+    /// side of the channel; created if missing.
+    pub run_dir: String,
 }
 
 impl JobSpec {
+    /// A file in the run directory.
+    pub fn run_file(&self, name: &str) -> String {
+        format!("{}/{name}", self.run_dir.trim_end_matches('/'))
+    }
+
     /// Where the job's standard output goes.
-    pub fn stdout_path(&self) -> PathBuf {
-        self.work_dir.join("stdout")
+    pub fn stdout_path(&self) -> String {
+        self.run_file("stdout")
     }
 
     /// Where the job's standard error goes.
-    pub fn stderr_path(&self) -> PathBuf {
-        self.work_dir.join("stderr")
+    pub fn stderr_path(&self) -> String {
+        self.run_file("stderr")
     }
+
+    /// The part of every job script after the scheduler's directives:
+    /// environment, `worker_init` (stopping at the first failing line), then
+    /// the workers.
+    pub fn body(&self) -> String {
+        let mut s = String::new();
+        for (k, v) in &self.env {
+            s.push_str(&format!(
+                "export {k}={}\n",
+                flotilla_launchers::shell::quote(v)
+            ));
+        }
+        if !self.worker_init.trim().is_empty() {
+            s.push_str("set -e\n");
+            s.push_str(self.worker_init.trim_end());
+            s.push_str("\nset +e\n");
+        }
+        s.push_str(&self.command);
+        if !self.command.ends_with('\n') {
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// What a batch scheduler is asked for, from the site file's `[provider]`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SchedulerOptions {
+    /// Nodes per block.
+    pub nodes_per_block: u32,
+    /// Wall time per block, `HH:MM:SS`.
+    pub walltime: String,
+    /// Slurm partition.
+    pub partition: Option<String>,
+    /// PBS or Cobalt queue.
+    pub queue: Option<String>,
+    /// Account or project charged.
+    pub account: Option<String>,
+    /// Slurm quality of service.
+    pub qos: Option<String>,
+    /// Slurm constraint (node features).
+    pub constraint: Option<String>,
+    /// Whole nodes only.
+    pub exclusive: bool,
+    /// GPUs per node (0: none requested).
+    pub gpus_per_node: u32,
+    /// Raw directive lines appended after Flotilla's own.
+    pub scheduler_options: String,
+}
+
+/// Seconds in a `HH:MM:SS` (or `MM:SS`, or `D-HH:MM:SS`) wall time.
+pub fn walltime_seconds(walltime: &str) -> Option<u64> {
+    let (days, rest) = match walltime.split_once('-') {
+        Some((d, r)) => (d.parse::<u64>().ok()?, r),
+        None => (0, walltime),
+    };
+    let parts: Vec<u64> = rest
+        .split(':')
+        .map(|p| p.parse::<u64>().ok())
+        .collect::<Option<_>>()?;
+    let secs = match parts.as_slice() {
+        [h, m, s] if *m < 60 && *s < 60 => h * 3600 + m * 60 + s,
+        [m, s] if *s < 60 => m * 60 + s,
+        _ => return None,
+    };
+    Some(days * 86_400 + secs)
 }
 
 /// The life of a block, the same for every provider (Parsl's set).
@@ -108,4 +184,18 @@ pub struct JobStatus {
     /// Why it is in that state, when the provider knows (exit status and the
     /// tail of stderr for a failed job).
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walltimes_read_in_slurm_forms() {
+        assert_eq!(walltime_seconds("00:30:00"), Some(1800));
+        assert_eq!(walltime_seconds("1-02:00:00"), Some(93_600));
+        assert_eq!(walltime_seconds("45:10"), Some(2710));
+        assert_eq!(walltime_seconds("1:60:00"), None);
+        assert_eq!(walltime_seconds("soon"), None);
+    }
 }

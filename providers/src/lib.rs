@@ -6,17 +6,42 @@
 //! `status` of the blocks it holds, and `cancel`s blocks it no longer needs.
 //!
 //! Every provider reports the same [`JobState`] set, borrowed from Parsl's,
-//! so the daemon's scaling logic does not care which scheduler is behind it.
-//! Providers are plain blocking libraries with no knowledge of the daemon;
-//! the daemon calls them from a thread of their own so a slow scheduler
-//! command never stalls request handling.
+//! with the scheduler's own reason text, so the daemon's scaling logic does
+//! not care which scheduler is behind it. Providers are plain blocking
+//! libraries with no knowledge of the daemon; the daemon calls them from a
+//! thread of their own so a slow scheduler command never stalls request
+//! handling.
+//!
+//! | provider | commands | tested against |
+//! |---|---|---|
+//! | [`LocalProvider`] | fork/exec, process groups | the real thing |
+//! | [`SlurmProvider`] | `sbatch`, `squeue`, `scancel` | a real Slurm (tests/infra) and recorded output |
+//! | [`PbsProvider`] | `qsub`, `qstat -F json`, `qdel` | recorded output in PBS Pro's documented format |
+//! | [`CobaltProvider`] | `qsub`, `qstat`, `qdel` | recorded output in Cobalt's documented formats |
+//! | [`KubernetesProvider`] | `kubectl apply/get/delete` | generated manifests and recorded output |
+//!
+//! The batch-scheduler providers run their commands on a [`Channel`]: the
+//! local shell or SSH ([`SshChannel`]).
 
+pub mod channel;
+pub mod cobalt;
 mod job;
+pub mod kubernetes;
 pub mod local;
+pub mod pbs;
+mod scheduler;
+pub mod slurm;
+pub mod ssh;
 mod tail;
 
-pub use job::{JobId, JobSpec, JobState, JobStatus};
+pub use channel::{Channel, ChannelError, CommandOutput, LocalChannel};
+pub use cobalt::CobaltProvider;
+pub use job::{JobId, JobSpec, JobState, JobStatus, SchedulerOptions, walltime_seconds};
+pub use kubernetes::{KubernetesOptions, KubernetesProvider};
 pub use local::LocalProvider;
+pub use pbs::PbsProvider;
+pub use slurm::SlurmProvider;
+pub use ssh::{SshChannel, SshConfig};
 pub use tail::tail_lines;
 
 /// Something that can start, watch and stop blocks.
@@ -59,6 +84,14 @@ pub enum ProviderError {
     Cancel {
         /// The job.
         id: JobId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A scheduler command failed or timed out; the next poll retries.
+    #[error("{provider}: {reason}")]
+    Command {
+        /// Provider name.
+        provider: &'static str,
         /// What went wrong.
         reason: String,
     },

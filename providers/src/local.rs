@@ -69,7 +69,10 @@ impl LocalProvider {
                         message: None,
                     }
                 } else {
-                    let tail = tail_lines(&job.spec.stderr_path(), STDERR_TAIL_LINES);
+                    let tail = tail_lines(
+                        std::path::Path::new(&job.spec.stderr_path()),
+                        STDERR_TAIL_LINES,
+                    );
                     JobStatus {
                         id: id.clone(),
                         state: JobState::Failed,
@@ -149,19 +152,25 @@ impl Provider for LocalProvider {
     }
 
     fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
-        let io = |path: &std::path::Path| {
-            let path = path.to_path_buf();
+        let io = |path: &str| {
+            let path = std::path::PathBuf::from(path);
             move |source| ProviderError::Io { path, source }
         };
-        fs::create_dir_all(&job.work_dir).map_err(io(&job.work_dir))?;
-        let script_path = job.work_dir.join("block.sh");
-        fs::write(&script_path, &job.script).map_err(io(&script_path))?;
+        fs::create_dir_all(&job.run_dir).map_err(io(&job.run_dir))?;
+        let script_path = job.run_file("block.sh");
+        // The environment (the secret) goes to the process, not into the file.
+        let script = JobSpec {
+            env: Default::default(),
+            ..job.clone()
+        };
+        fs::write(&script_path, format!("#!/bin/sh\n{}", script.body()))
+            .map_err(io(&script_path))?;
         let stdout = File::create(job.stdout_path()).map_err(io(&job.stdout_path()))?;
         let stderr = File::create(job.stderr_path()).map_err(io(&job.stderr_path()))?;
         let child = Command::new("/bin/sh")
             .arg(&script_path)
             .envs(&job.env)
-            .current_dir(&job.work_dir)
+            .current_dir(&job.run_dir)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -169,10 +178,10 @@ impl Provider for LocalProvider {
             .spawn()
             .map_err(|e| ProviderError::Submit {
                 name: job.name.clone(),
-                reason: format!("cannot run /bin/sh {}: {e}", script_path.display()),
+                reason: format!("cannot run /bin/sh {script_path}: {e}"),
             })?;
         let id = JobId(child.id().to_string());
-        tracing::info!(job = %id, name = %job.name, dir = %job.work_dir.display(), "local block started");
+        tracing::info!(job = %id, name = %job.name, dir = %job.run_dir, "local block started");
         self.jobs.insert(
             id.clone(),
             LocalJob {
@@ -233,9 +242,10 @@ mod tests {
     fn spec(dir: &std::path::Path, script: &str) -> JobSpec {
         JobSpec {
             name: "test-block".into(),
-            script: script.into(),
+            worker_init: String::new(),
+            command: script.into(),
             env: BTreeMap::from([("GREETING".into(), "hi".into())]),
-            work_dir: dir.to_path_buf(),
+            run_dir: dir.display().to_string(),
         }
     }
 
@@ -315,6 +325,20 @@ mod tests {
             assert!(Instant::now() < deadline, "grandchild survived: {stat}");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn a_failing_worker_init_fails_the_block_with_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = LocalProvider::default();
+        let mut job = spec(dir.path(), "echo should-not-run");
+        job.worker_init = "true\nnosuchcommand-flotilla --load\necho after".into();
+        let id = p.submit(&job).unwrap();
+        let s = wait_terminal(&mut p, &id);
+        assert_eq!(s.state, JobState::Failed);
+        let msg = s.message.unwrap();
+        assert!(msg.contains("nosuchcommand-flotilla"), "{msg}");
+        assert_eq!(fs::read_to_string(dir.path().join("stdout")).unwrap(), "");
     }
 
     #[test]

@@ -159,12 +159,18 @@ pub struct Flotilla {
 impl Flotilla {
     /// Starts a daemon with `config_toml` and waits until it answers.
     pub fn start(config_toml: &str) -> Flotilla {
+        Flotilla::start_with(|_| config_toml.to_owned())
+    }
+
+    /// Starts a daemon with the site file `site(home)` makes from the test's
+    /// state directory.
+    pub fn start_with(site: impl FnOnce(&Path) -> String) -> Flotilla {
         let home = tempfile::Builder::new()
             .prefix("fl-e2e-")
             .tempdir()
             .unwrap();
         let config = home.path().join("site.toml");
-        std::fs::write(&config, config_toml).unwrap();
+        std::fs::write(&config, site(home.path())).unwrap();
         let mut f = Flotilla {
             home,
             config,

@@ -1,0 +1,256 @@
+//! Channels: where a provider's scheduler commands run.
+//!
+//! A provider talks to its scheduler through the scheduler's command-line
+//! tools (`sbatch`, `qsub`, `kubectl`), run on a [`Channel`]: the local shell
+//! when the daemon sits on the login node, or an SSH session to a login node
+//! when it does not ([`crate::ssh::SshChannel`]). Besides running commands a
+//! channel writes and reads files, because job scripts and job output live
+//! on the scheduler's side.
+//!
+//! Every command has a timeout: a hung `squeue` fails that one call (the
+//! next poll tries again), never the daemon.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a command printed and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// Exit status (-1 when killed by a signal).
+    pub status: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CommandOutput {
+    /// True for exit status 0.
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+
+    /// stderr, else stdout, trimmed: the text to show when a command failed.
+    pub fn complaint(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        text.trim().to_owned()
+    }
+}
+
+/// A channel operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The command did not finish in time (it was killed).
+    #[error("`{command}` on {channel} did not finish within {after:?}")]
+    Timeout {
+        /// The channel.
+        channel: String,
+        /// The command.
+        command: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The command could not be started.
+    #[error("cannot run `{command}` on {channel}: {reason}")]
+    Start {
+        /// The channel.
+        channel: String,
+        /// The command.
+        command: String,
+        /// Why.
+        reason: String,
+    },
+    /// Connecting, authenticating or talking to the remote side failed.
+    #[error("{channel}: {reason}")]
+    Connection {
+        /// The channel.
+        channel: String,
+        /// Why.
+        reason: String,
+    },
+    /// A file could not be written or read.
+    #[error("{channel}: {path}: {reason}")]
+    File {
+        /// The channel.
+        channel: String,
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Somewhere to run scheduler commands and keep job files.
+pub trait Channel: Send {
+    /// How to name it in messages (`local shell`, `ssh alice@login1:22`).
+    fn name(&self) -> String;
+
+    /// Runs `command` with `sh -c`, killing it after `timeout`.
+    fn run(&mut self, command: &str, timeout: Duration) -> Result<CommandOutput, ChannelError>;
+
+    /// Writes `contents` to `path` with permissions `mode`, creating parent
+    /// directories.
+    fn write_file(&mut self, path: &str, contents: &[u8], mode: u32) -> Result<(), ChannelError>;
+
+    /// Reads the file at `path`.
+    fn read_file(&mut self, path: &str) -> Result<Vec<u8>, ChannelError>;
+}
+
+/// The local shell.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalChannel;
+
+impl Channel for LocalChannel {
+    fn name(&self) -> String {
+        "local shell".into()
+    }
+
+    fn run(&mut self, command: &str, timeout: Duration) -> Result<CommandOutput, ChannelError> {
+        let start_error = |reason: String| ChannelError::Start {
+            channel: self.name(),
+            command: command.to_owned(),
+            reason,
+        };
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| start_error(e.to_string()))?;
+        let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+            let _ = child.kill();
+            return Err(start_error("no pipes".into()));
+        };
+        let out_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Ok(None) => {
+                    // Kill the whole group: the command and anything it started.
+                    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                    let _ = child.wait();
+                    return Err(ChannelError::Timeout {
+                        channel: self.name(),
+                        command: command.to_owned(),
+                        after: timeout,
+                    });
+                }
+                Err(e) => return Err(start_error(e.to_string())),
+            }
+        };
+        Ok(CommandOutput {
+            status: status.code().unwrap_or(-1),
+            stdout: out_reader.join().unwrap_or_default(),
+            stderr: err_reader.join().unwrap_or_default(),
+        })
+    }
+
+    fn write_file(&mut self, path: &str, contents: &[u8], mode: u32) -> Result<(), ChannelError> {
+        use std::os::unix::fs::PermissionsExt;
+        let file_error = |reason: String| ChannelError::File {
+            channel: "local shell".into(),
+            path: path.to_owned(),
+            reason,
+        };
+        let p = std::path::Path::new(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| file_error(e.to_string()))?;
+        }
+        std::fs::write(p, contents).map_err(|e| file_error(e.to_string()))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| file_error(e.to_string()))
+    }
+
+    fn read_file(&mut self, path: &str) -> Result<Vec<u8>, ChannelError> {
+        std::fs::read(path).map_err(|e| ChannelError::File {
+            channel: self.name(),
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The last `max_lines` non-empty lines of a file on `channel` (at most its
+/// last 8 KiB), or `None` if it cannot be read or is empty.
+pub fn tail(channel: &mut dyn Channel, path: &str, max_lines: usize) -> Option<String> {
+    let bytes = channel.read_file(path).ok()?;
+    let start = bytes.len().saturating_sub(8 * 1024);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return None;
+    }
+    Some(lines[lines.len().saturating_sub(max_lines)..].join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_commands_and_keeps_both_streams() {
+        let out = LocalChannel
+            .run("echo out; echo err >&2; exit 3", Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            (out.status, out.stdout.as_str(), out.stderr.as_str()),
+            (3, "out\n", "err\n")
+        );
+        assert_eq!(out.complaint(), "err");
+    }
+
+    #[test]
+    fn a_hung_command_times_out_and_is_killed_with_its_children() {
+        let started = Instant::now();
+        let err = LocalChannel
+            .run("sleep 30 & sleep 30", Duration::from_millis(200))
+            .unwrap_err();
+        assert!(matches!(err, ChannelError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn files_are_written_with_their_mode_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/script.sh");
+        let p = path.to_str().unwrap();
+        LocalChannel.write_file(p, b"#!/bin/sh\n", 0o700).unwrap();
+        assert_eq!(LocalChannel.read_file(p).unwrap(), b"#!/bin/sh\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::write(dir.path().join("err"), "a\n\nb\nc\n").unwrap();
+        assert_eq!(
+            tail(
+                &mut LocalChannel,
+                dir.path().join("err").to_str().unwrap(),
+                2
+            )
+            .as_deref(),
+            Some("b\nc")
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! What the batch-scheduler providers share: writing the job script,
+//! submitting it, and explaining a block's end with its stderr.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::channel::{Channel, CommandOutput, tail};
+use crate::{JobId, JobSpec, JobState, JobStatus, ProviderError};
+
+/// Lines of a failed block's stderr shown to the user.
+const STDERR_TAIL_LINES: usize = 10;
+
+/// A channel with a command timeout, and the jobs a provider submitted.
+pub struct Scheduler {
+    /// Where commands run.
+    pub channel: Box<dyn Channel>,
+    /// Limit for every scheduler command.
+    pub timeout: Duration,
+    /// Jobs submitted, with their specs (for run directories).
+    pub jobs: HashMap<JobId, JobSpec>,
+    /// Provider name, for messages.
+    pub name: &'static str,
+}
+
+impl Scheduler {
+    /// A scheduler driver on `channel`.
+    pub fn new(name: &'static str, channel: Box<dyn Channel>, timeout: Duration) -> Self {
+        Scheduler {
+            channel,
+            timeout,
+            jobs: HashMap::new(),
+            name,
+        }
+    }
+
+    /// Runs a scheduler command; channel failures (timeouts included) are
+    /// errors of this call only.
+    pub fn run(&mut self, command: &str) -> Result<CommandOutput, ProviderError> {
+        self.channel
+            .run(command, self.timeout)
+            .map_err(|e| ProviderError::Command {
+                provider: self.name,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes `script` as the job's `block.sh` (mode 0700: it holds the
+    /// secret) and runs `submit` with `{script}` replaced by its path;
+    /// returns the command's stdout.
+    pub fn submit(
+        &mut self,
+        job: &JobSpec,
+        file: &str,
+        script: &str,
+        submit: &str,
+    ) -> Result<String, ProviderError> {
+        let path = job.run_file(file);
+        self.channel
+            .write_file(&path, script.as_bytes(), 0o700)
+            .map_err(|e| ProviderError::Submit {
+                name: job.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let command = submit.replace("{script}", &flotilla_launchers::shell::quote(&path));
+        let out = self.run(&command)?;
+        if !out.success() {
+            return Err(ProviderError::Submit {
+                name: job.name.clone(),
+                reason: format!(
+                    "`{command}` failed (exit {}): {}",
+                    out.status,
+                    out.complaint()
+                ),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// For a block that ended badly, adds the tail of its stderr (read from
+    /// `stderr_file` in its run directory) to the status message.
+    pub fn explain(&mut self, mut status: JobStatus, stderr_file: &str) -> JobStatus {
+        let bad = matches!(
+            status.state,
+            JobState::Failed | JobState::Timeout | JobState::Missing | JobState::Cancelled
+        );
+        if !bad {
+            return status;
+        }
+        let Some(path) = self.jobs.get(&status.id).map(|j| j.run_file(stderr_file)) else {
+            return status;
+        };
+        if let Some(t) = tail(self.channel.as_mut(), &path, STDERR_TAIL_LINES) {
+            let head = status
+                .message
+                .take()
+                .unwrap_or_else(|| status.state.to_string());
+            status.message = Some(format!("{head}; stderr ends with:\n{t}"));
+        }
+        status
+    }
+}
+
+/// `#PREFIX flag` lines for each set option, then the raw lines.
+pub fn directives(prefix: &str, flags: &[Option<String>], raw: &str) -> String {
+    let mut s = String::new();
+    for f in flags.iter().flatten() {
+        s.push_str(&format!("#{prefix} {f}\n"));
+    }
+    for line in raw.lines().filter(|l| !l.trim().is_empty()) {
+        s.push_str(line.trim());
+        s.push('\n');
+    }
+    s
+}

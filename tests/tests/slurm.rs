@@ -1,0 +1,296 @@
+//! End-to-end tests against a real Slurm, locally and over SSH.
+//!
+//! They need the test cluster and sshd of `tests/infra/` (`./scripts/test.sh`
+//! starts both and exports `SLURM_CONF` and `FLOTILLA_TEST_SSH_*`); without
+//! them they fail and say how to start them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_engine::launch::daemon_tag;
+use flotilla_engine::state_dir::StateDir;
+use flotilla_protocol::Payload;
+use flotilla_protocol::task::{NIL, TaskState};
+use flotilla_tests::{Flotilla, bin, config_with, wait_until};
+use nix::sys::signal::Signal;
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn slurm_conf() -> String {
+    std::env::var("SLURM_CONF").unwrap_or_else(|_| {
+        panic!("SLURM_CONF is not set: start the test cluster with `eval \"$(tests/infra/slurm-up.sh 2)\"` (./scripts/test.sh does)")
+    })
+}
+
+fn ssh_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the test sshd with `eval \"$(tests/infra/sshd-up.sh)\"` (./scripts/test.sh does)")
+    })
+}
+
+fn run(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Cancels every Slurm job of a daemon's state directory when dropped, so a
+/// failed test leaves no job behind.
+struct JobsOf(String);
+
+impl JobsOf {
+    fn new(f: &Flotilla) -> Self {
+        JobsOf(format!("flotilla-{}-", daemon_tag(&StateDir::at(f.home()))))
+    }
+
+    /// (job id, state code) of this daemon's jobs.
+    fn jobs(&self) -> Vec<(String, String)> {
+        run("squeue -t all -h -o '%i %t %j'")
+            .lines()
+            .filter_map(|l| {
+                let mut p = l.split_whitespace();
+                let (id, state, name) = (p.next()?, p.next()?, p.next()?);
+                name.starts_with(&self.0)
+                    .then(|| (id.to_owned(), state.to_owned()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for JobsOf {
+    fn drop(&mut self) {
+        for (id, _) in self.jobs() {
+            run(&format!("scancel {id}"));
+        }
+    }
+}
+
+fn slurm_site(extra: &[(&str, &str, &str)]) -> String {
+    slurm_conf();
+    let worker = format!("\"{}\"", bin("flotilla-worker").display());
+    let mut settings = vec![
+        ("provider", "kind", "\"slurm\""),
+        ("provider", "partition", "\"debug\""),
+        ("provider", "walltime", "\"00:10:00\""),
+        ("provider", "init_blocks", "1"),
+        ("provider", "min_blocks", "1"),
+        ("provider", "max_blocks", "1"),
+        ("provider", "poll_interval_s", "0.5"),
+        ("worker", "slots", "2"),
+        ("worker", "command", worker.as_str()),
+    ];
+    settings.extend_from_slice(extra);
+    config_with(&settings)
+}
+
+fn noop_completes(f: &Flotilla) {
+    let view = f
+        .client()
+        .run("noop", Payload::from_static(NIL), Some(LONG))
+        .unwrap();
+    assert_eq!(view.state, TaskState::Completed);
+}
+
+#[test]
+fn the_daemon_runs_its_workers_inside_a_slurm_job() {
+    let mut f = Flotilla::start(&slurm_site(&[]));
+    let jobs = JobsOf::new(&f);
+    f.wait_workers(1);
+    noop_completes(&f);
+    let status = f.client().status().unwrap();
+    let job = status.blocks[0].job_id.clone().unwrap();
+    assert_eq!(status.blocks[0].state, "RUNNING");
+    assert_eq!(
+        jobs.jobs(),
+        [(job.clone(), "R".to_owned())],
+        "the block is that Slurm job"
+    );
+    // The job script carries the request.
+    let script = std::fs::read_to_string(f.home().join("blocks/0/block.sh")).unwrap();
+    assert!(
+        script.contains("#SBATCH --partition=debug") && script.contains("#SBATCH --time=00:10:00"),
+        "{script}"
+    );
+    // Stopping the daemon cancels the block.
+    assert!(f.signal_daemon(Signal::SIGTERM, LONG).success());
+    wait_until(LONG, "the job to be cancelled", || {
+        jobs.jobs()
+            .iter()
+            .all(|(_, s)| s == "CA" || s == "CD")
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_block_cancelled_from_outside_is_noticed_and_replaced() {
+    let f = Flotilla::start(&slurm_site(&[]));
+    let jobs = JobsOf::new(&f);
+    f.wait_workers(1);
+    let first = f.client().status().unwrap().blocks[0]
+        .job_id
+        .clone()
+        .unwrap();
+    run(&format!("scancel {first}"));
+    let client = f.client();
+    let status = wait_until(LONG, "a replacement block with a worker", || {
+        let s = client.status().ok()?;
+        let replaced = s.blocks.len() == 2 && s.blocks[0].state == "CANCELLED";
+        let serving = s.workers.iter().any(|w| w.block == Some(1));
+        (replaced && serving).then_some(s)
+    });
+    assert_ne!(status.blocks[1].job_id.as_deref(), Some(first.as_str()));
+    noop_completes(&f);
+    drop(jobs);
+}
+
+#[test]
+fn a_block_that_fails_at_start_is_reported_with_its_stderr() {
+    let f = Flotilla::start(&slurm_site(&[
+        ("worker", "init", "\"nosuchcommand-flotilla-init --load\""),
+        ("provider", "max_block_failures", "1"),
+    ]));
+    let _jobs = JobsOf::new(&f);
+    let client = f.client();
+    let started = std::time::Instant::now();
+    let block = wait_until(LONG, "the block to fail", || {
+        let s = client.status().ok()?;
+        s.blocks.first().filter(|b| b.state == "FAILED").cloned()
+    });
+    let message = block.message.unwrap();
+    assert!(
+        message.contains("nosuchcommand-flotilla-init"),
+        "stderr tail: {message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "noticed within a few polls"
+    );
+    assert!(client.status().unwrap().blocks_paused.is_some());
+}
+
+fn ssh_site(extra: &[(&str, &str, &str)], home: &str) -> String {
+    let host = "\"127.0.0.1\"".to_owned();
+    let port = ssh_env("FLOTILLA_TEST_SSH_PORT");
+    let user = format!("\"{}\"", ssh_env("FLOTILLA_TEST_SSH_USER"));
+    let key = format!("\"{}\"", ssh_env("FLOTILLA_TEST_SSH_KEY"));
+    let known = format!("\"{}\"", ssh_env("FLOTILLA_TEST_SSH_KNOWN_HOSTS"));
+    let run_dir = format!("\"{home}/remote-blocks\"");
+    let mut settings: Vec<(&str, &str, &str)> = vec![
+        ("channel", "kind", "\"ssh\""),
+        ("channel", "host", host.as_str()),
+        ("channel", "port", port.as_str()),
+        ("channel", "user", user.as_str()),
+        ("channel", "key_file", key.as_str()),
+        ("channel", "known_hosts", known.as_str()),
+        ("provider", "run_dir", run_dir.as_str()),
+    ];
+    settings.extend_from_slice(extra);
+    slurm_site(&settings)
+}
+
+#[test]
+fn the_same_flow_works_over_ssh() {
+    let mut f = Flotilla::start_with(|home| ssh_site(&[], home.to_str().unwrap()));
+    let jobs = JobsOf::new(&f);
+    f.wait_workers(1);
+    noop_completes(&f);
+    assert!(f.log().contains("ssh session open"));
+    // The job script was written through SFTP under the run directory.
+    let tag = daemon_tag(&StateDir::at(f.home()));
+    let script = f.home().join("remote-blocks").join(&tag).join("0/block.sh");
+    assert!(script.is_file(), "{}", script.display());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&script).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "the script holds the secret");
+    // Cancelling goes over SSH too.
+    assert!(f.signal_daemon(Signal::SIGTERM, LONG).success());
+    wait_until(LONG, "the job to be cancelled", || {
+        jobs.jobs()
+            .iter()
+            .all(|(_, s)| s == "CA" || s == "CD")
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_failing_block_s_stderr_is_read_back_over_ssh() {
+    let f = Flotilla::start_with(|home| {
+        ssh_site(
+            &[
+                ("worker", "init", "\"nosuchcommand-over-ssh\""),
+                ("provider", "max_block_failures", "1"),
+            ],
+            home.to_str().unwrap(),
+        )
+    });
+    let _jobs = JobsOf::new(&f);
+    let client = f.client();
+    let block = wait_until(LONG, "the block to fail", || {
+        client
+            .status()
+            .ok()?
+            .blocks
+            .first()
+            .filter(|b| b.state == "FAILED")
+            .cloned()
+    });
+    assert!(block.message.unwrap().contains("nosuchcommand-over-ssh"));
+}
+
+#[test]
+fn an_unknown_host_key_is_refused_with_advice() {
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let known = format!("\"{}\"", empty.path().display());
+    let f = Flotilla::start_with(|home| {
+        ssh_site(
+            &[
+                ("channel", "known_hosts", known.as_str()),
+                ("provider", "max_block_failures", "1"),
+            ],
+            home.to_str().unwrap(),
+        )
+    });
+    let client = f.client();
+    let block = wait_until(LONG, "the block to fail", || {
+        client
+            .status()
+            .ok()?
+            .blocks
+            .first()
+            .filter(|b| b.state == "FAILED")
+            .cloned()
+    });
+    let message = block.message.unwrap();
+    assert!(
+        message.contains("not in") && message.contains("ssh-keyscan"),
+        "{message}"
+    );
+}
+
+#[test]
+fn the_two_node_test_cluster_runs_one_rank_per_node() {
+    slurm_conf();
+    let nodes: usize = run("sinfo -h -o %D").trim().parse().unwrap_or(0);
+    assert!(
+        nodes >= 2,
+        "the test cluster has {nodes} node(s); start it with `tests/infra/slurm-up.sh 2`"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ranks");
+    let id = run(&format!(
+        "sbatch --parsable -N2 -o {} --wrap 'srun -N2 -n2 printenv SLURMD_NODENAME'",
+        out.display()
+    ));
+    let id = id.trim().to_owned();
+    wait_until(LONG, "the 2-node job to finish", || {
+        (run(&format!("squeue -h -t all -j {id} -o %t")).trim() == "CD").then_some(())
+    });
+    let mut ranks: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ranks.sort();
+    assert_eq!(ranks, ["n1", "n2"]);
+}
