@@ -165,6 +165,11 @@ impl Flotilla {
     /// Starts a daemon with the site file `site(home)` makes from the test's
     /// state directory.
     pub fn start_with(site: impl FnOnce(&Path) -> String) -> Flotilla {
+        Flotilla::start_with_path(site, None)
+    }
+
+    /// [`Flotilla::start_with`], with `first` ahead on the daemon's `PATH`.
+    pub fn start_with_path(site: impl FnOnce(&Path) -> String, first: Option<&Path>) -> Flotilla {
         let home = tempfile::Builder::new()
             .prefix("fl-e2e-")
             .tempdir()
@@ -177,7 +182,7 @@ impl Flotilla {
             daemon: None,
             workers: Vec::new(),
         };
-        f.start_daemon();
+        f.start_daemon_with_path(first);
         f
     }
 
@@ -188,17 +193,29 @@ impl Flotilla {
 
     /// Starts the daemon (again) on the same state directory.
     pub fn start_daemon(&mut self) {
+        self.start_daemon_with_path(None);
+    }
+
+    /// Starts the daemon with `first` ahead of everything on its `PATH` (to
+    /// shadow a command with a stand-in).
+    pub fn start_daemon_with_path(&mut self, first: Option<&Path>) {
         assert!(self.daemon.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.home().join("daemon.log"))
             .unwrap();
+        let mut path = path_with_python();
+        if let Some(dir) = first {
+            let mut parts = vec![dir.to_path_buf()];
+            parts.extend(std::env::split_paths(&path));
+            path = std::env::join_paths(parts).unwrap_or_default();
+        }
         let mut cmd = Command::new(bin("flotilla"));
         cmd.arg("daemon")
             .arg("--config")
             .arg(&self.config)
-            .env("PATH", path_with_python())
+            .env("PATH", path)
             .env("FLOTILLA_HOME", self.home());
         self.daemon = Some(spawn_logged(cmd, log));
         wait_until(Duration::from_secs(30), "the daemon to answer", || {

@@ -294,3 +294,37 @@ fn the_two_node_test_cluster_runs_one_rank_per_node() {
     ranks.sort();
     assert_eq!(ranks, ["n1", "n2"]);
 }
+
+#[test]
+fn a_hung_scheduler_command_never_blocks_the_daemon() {
+    // A stand-in `squeue` that hangs; sbatch and scancel are the real ones.
+    let fake = tempfile::tempdir().unwrap();
+    let squeue = fake.path().join("squeue");
+    std::fs::write(&squeue, "#!/bin/sh\nsleep 60\n").unwrap();
+    std::fs::set_permissions(&squeue, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut f = Flotilla::start_with_path(
+        |_| slurm_site(&[("provider", "command_timeout_s", "1")]),
+        Some(fake.path()),
+    );
+    let jobs = JobsOf::new(&f);
+    // The block's worker connects and serves while every poll hangs.
+    f.wait_workers(1);
+    let client = f.client();
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        noop_completes(&f);
+        client.status().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(900),
+            "answered while squeue hangs"
+        );
+    }
+    wait_until(LONG, "a poll to time out", || {
+        f.log().contains("did not finish within 1s").then_some(())
+    });
+    // Shutdown is not held up either.
+    let t = std::time::Instant::now();
+    assert!(f.signal_daemon(Signal::SIGTERM, LONG).success());
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    drop(jobs);
+}
