@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine or an old one, as root:
 # installs what the tests need (cmake for nng's C library; Slurm, munge and
-# OpenSSH for the provider tests; a Python environment in .venv for Python
+# OpenSSH for the provider tests; Podman with runc, Charliecloud and a static
+# busybox for the container tests; a Python environment in .venv for Python
 # servables), starts a real 2-node Slurm and an sshd on 127.0.0.1
 # (tests/infra), builds every binary, runs every test (unit tests and
 # end-to-end tests with real processes on loopback), stops the cluster.
@@ -17,6 +18,12 @@ command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
 command -v munged >/dev/null 2>&1 || missing+=(munge)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+# Container runtimes for the launcher tests, and a static busybox for their
+# minimal image.
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+command -v ch-run >/dev/null 2>&1 || missing+=(charliecloud-runtime)
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || missing+=(busybox-static)
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -38,6 +45,8 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "the provider tests start a Slurm test cluster, which needs root; run as root (CI does)" >&2
     exit 1
 fi
+# Charliecloud's ch-run insists on $USER, which a root shell may lack.
+export USER="${USER:-$(id -un)}"
 trap 'tests/infra/sshd-down.sh; tests/infra/slurm-down.sh' EXIT
 eval "$(tests/infra/slurm-up.sh 2)"
 eval "$(tests/infra/sshd-up.sh)"

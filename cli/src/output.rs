@@ -148,8 +148,14 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
     }
     out.push_str(&format!("\nworkers ({})\n", s.workers.len()));
     for w in &s.workers {
+        let placed = match (&w.node, w.rank) {
+            (Some(node), Some(rank)) => format!("  node {node}  rank {rank}"),
+            (Some(node), None) => format!("  node {node}"),
+            (None, Some(rank)) => format!("  rank {rank}"),
+            (None, None) => String::new(),
+        };
         out.push_str(&format!(
-            "  {}  host {}  block {}  slots {}  running {}  seen {} ms ago\n",
+            "  {}  host {}  block {}{placed}  slots {}  running {}  seen {} ms ago\n",
             w.id,
             w.host,
             w.block.map_or("-".into(), |b| b.to_string()),
@@ -189,7 +195,7 @@ pub fn daemon_json(s: &DaemonStatus) -> Value {
         })).collect::<Vec<_>>(),
         "blocks_paused": s.blocks_paused,
         "workers": s.workers.iter().map(|w| json!({
-            "id": w.id, "block": w.block, "host": w.host, "slots": w.slots,
+            "id": w.id, "block": w.block, "host": w.host, "pid": w.pid, "node": w.node, "rank": w.rank, "slots": w.slots,
             "running": w.running, "last_seen_ms": w.last_seen_ms,
         })).collect::<Vec<_>>(),
         "queues": s.queues.iter().map(|q| json!({

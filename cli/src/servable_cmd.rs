@@ -88,7 +88,8 @@ fn run_build(dir: &Path, command: &str, args: &[String]) -> Result<(), Failure> 
     Ok(())
 }
 
-/// Copies `path` into the object store under its blake3 hash (read-only);
+/// Copies `path` into the object store under its blake3 hash (read-only,
+/// and executable when the source is, so a servable can ship a program);
 /// returns the hash and size.
 fn store_object(path: &Path, objects: &Path) -> anyhow::Result<(String, u64)> {
     let mut source =
@@ -115,10 +116,18 @@ fn store_object(path: &Path, objects: &Path) -> anyhow::Result<(String, u64)> {
     drop(tmp);
     let hash = hasher.finalize().to_hex().to_string();
     let target = objects.join(&hash);
+    let executable = source
+        .metadata()
+        .is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+    let mode = if executable { 0o555 } else { 0o444 };
     if target.exists() {
         let _ = fs::remove_file(&tmp_path);
+        // The same bytes published before as data: now also a program.
+        if executable {
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode)).ok();
+        }
     } else {
-        fs::set_permissions(&tmp_path, fs::Permissions::from_mode(0o444)).ok();
+        fs::set_permissions(&tmp_path, fs::Permissions::from_mode(mode)).ok();
         fs::rename(&tmp_path, &target)
             .with_context(|| format!("cannot store {}", target.display()))?;
     }

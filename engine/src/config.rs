@@ -14,6 +14,13 @@ use std::collections::BTreeMap;
 use flotilla_protocol::servable::BatchDelay;
 use serde::{Deserialize, Serialize};
 
+mod launch;
+
+pub use launch::{
+    ContainerConfig, GpuVendor, LauncherConfig, LauncherKind, MpiFlavorConfig, RuntimeKind,
+    WORKER_MOUNT, WorkerSource,
+};
+
 /// The embedded default site file.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../configs/local.toml");
 
@@ -32,6 +39,8 @@ pub struct Config {
     pub provider: ProviderConfig,
     /// `[launcher]`: how a block starts its workers.
     pub launcher: LauncherConfig,
+    /// `[container]`: the image workers (or servables) run in.
+    pub container: ContainerConfig,
     /// `[worker]`: what each worker looks like.
     pub worker: WorkerConfig,
     /// `[channel]`: where the provider's commands run.
@@ -99,8 +108,11 @@ pub struct DaemonConfig {
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct InterchangeConfig {
-    /// Address to listen on and to give workers.
-    pub address: String,
+    /// Addresses workers dial: `"auto"`, an interface name, an address or
+    /// host name (optionally with a forwarded port), or a list of them.
+    pub address: crate::advertise::AddressSetting,
+    /// Local addresses to listen on; empty: the advertised ones.
+    pub bind: Vec<String>,
     /// TCP port; 0 picks a free one.
     pub port: u16,
     /// Longest the daemon holds a worker's poll.
@@ -289,24 +301,6 @@ pub struct ProviderConfig {
     pub kubernetes: KubernetesConfig,
 }
 
-/// Which launcher a block uses.
-#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum LauncherKind {
-    /// Background processes of the block's shell.
-    SingleNode,
-}
-
-/// `[launcher]`.
-#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LauncherConfig {
-    /// The launcher.
-    pub kind: LauncherKind,
-    /// Worker processes per node.
-    pub workers_per_node: u32,
-}
-
 /// `[worker]`.
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -315,6 +309,9 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// A worker without its daemon for this long exits.
     pub lost_daemon_exit_s: f64,
+    /// How long a starting worker tries the daemon's addresses before it
+    /// gives up and reports why each failed.
+    pub connect_timeout_s: f64,
     /// Worker executable; unset = next to `flotilla`, else PATH.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
@@ -338,7 +335,8 @@ impl Default for DaemonConfig {
 impl Default for InterchangeConfig {
     fn default() -> Self {
         InterchangeConfig {
-            address: "127.0.0.1".into(),
+            address: crate::advertise::AddressSetting::One("127.0.0.1".into()),
+            bind: Vec::new(),
             port: 0,
             heartbeat_period_s: 5.0,
             heartbeat_threshold_s: 20.0,
@@ -372,20 +370,12 @@ impl Default for ProviderConfig {
     }
 }
 
-impl Default for LauncherConfig {
-    fn default() -> Self {
-        LauncherConfig {
-            kind: LauncherKind::SingleNode,
-            workers_per_node: 1,
-        }
-    }
-}
-
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             slots: 0,
             lost_daemon_exit_s: 60.0,
+            connect_timeout_s: 10.0,
             command: None,
             init: String::new(),
         }
@@ -494,6 +484,11 @@ impl Config {
                 self.worker.lost_daemon_exit_s,
                 false,
             ),
+            (
+                "worker.connect_timeout_s",
+                self.worker.connect_timeout_s,
+                false,
+            ),
         ];
         for (key, value, zero_ok) in positive {
             let ok = value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0));
@@ -528,11 +523,27 @@ impl Config {
         if self.daemon.max_attempts == 0 {
             return Err(invalid("daemon.max_attempts", "must be at least 1".into()));
         }
-        if self.interchange.address.trim().is_empty() {
+        let entries = self.interchange.address.entries();
+        if entries.is_empty() {
             return Err(invalid(
                 "interchange.address",
-                "must name an address workers can reach, e.g. \"127.0.0.1\" or the login node's interconnect address".into(),
+                "must name at least one address workers can reach, e.g. \"127.0.0.1\", \"auto\" or the login node's high-speed interface (\"hsn0\")".into(),
             ));
+        }
+        for entry in entries {
+            if entry.trim() != "auto"
+                && let Err(e) = flotilla_protocol::address::Endpoint::parse(entry)
+            {
+                return Err(invalid("interchange.address", e.to_string()));
+            }
+        }
+        for b in &self.interchange.bind {
+            if b.trim().parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    "interchange.bind",
+                    format!("`{b}` is not an IP address (\"0.0.0.0\" listens on every interface)"),
+                ));
+            }
         }
         let p = &self.provider;
         if p.min_blocks > p.max_blocks {
@@ -695,7 +706,7 @@ impl Config {
         // Kubernetes pods each run their own launcher; elsewhere one
         // launcher must span the block's nodes.
         if self.provider.nodes_per_block > 1
-            && self.launcher.kind == LauncherKind::SingleNode
+            && !self.launcher.kind.spans_nodes()
             && kind != ProviderKind::Kubernetes
         {
             return Err(invalid(
@@ -706,11 +717,11 @@ impl Config {
                 ),
             ));
         }
-        if self.launcher.workers_per_node == 0 {
-            return Err(invalid(
-                "launcher.workers_per_node",
-                "must be at least 1".into(),
-            ));
+        if let Some((key, message)) = self.launcher.problem() {
+            return Err(invalid(key, message));
+        }
+        if let Some((key, message)) = self.container.problem() {
+            return Err(invalid(&key, message));
         }
         Ok(())
     }
@@ -780,6 +791,71 @@ mod tests {
             err.starts_with("s.toml:3: `provider.nodes_per_block`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn interchange_addresses_are_checked_entry_by_entry() {
+        let c = Config::parse(
+            "[interchange]\naddress = [\"hsn0\", \"login1:7000\", \"auto\"]\nbind = [\"0.0.0.0\"]\n",
+            "s.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.interchange.address.entries(),
+            ["hsn0", "login1:7000", "auto"]
+        );
+        let err = Config::parse("[interchange]\naddress = [\"login1:http\"]\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("s.toml:2: `interchange.address`")
+                && err.contains("`http` is not a port"),
+            "{err}"
+        );
+        let err = Config::parse("[interchange]\naddress = []\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least one address"), "{err}");
+        let err = Config::parse("[interchange]\nbind = [\"eth0\"]\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.toml:2: `interchange.bind`"), "{err}");
+    }
+
+    #[test]
+    fn launcher_and_container_settings_are_checked() {
+        let cases = [
+            ("[launcher]\nkind = \"wrapped\"\n", "`launcher.prefix`"),
+            (
+                "[launcher]\nkind = \"mpiexec\"\nnodefile = \"\"\n",
+                "`launcher.nodefile`",
+            ),
+            ("[launcher]\nkind = \"qsub\"\n", "unknown variant `qsub`"),
+            ("[container]\nimage = \"x.sif\"\n", "runtime = \"none\""),
+            (
+                "[container]\nruntime = \"podman\"\nbinds = [\"data:/data\"]\n",
+                "`container.binds[0]`",
+            ),
+            (
+                "[container]\nruntime = \"custom\"\ntemplate = \"run {image}\"\n",
+                "`container.template`",
+            ),
+            (
+                "[container]\nruntime = \"custom\"\ntemplate = \"run {img} {command}\"\n",
+                "unknown placeholder {img}",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(text, "s.toml").unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        // A multi-node launcher lifts the one-node limit.
+        let c = Config::parse(
+            "[provider]\nkind = \"slurm\"\nnodes_per_block = 4\n[launcher]\nkind = \"srun\"\n",
+            "s.toml",
+        )
+        .unwrap();
+        assert_eq!(c.launcher.kind, LauncherKind::Srun);
     }
 
     #[test]

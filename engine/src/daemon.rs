@@ -41,6 +41,9 @@ pub enum DaemonError {
     /// A socket.
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    /// `[interchange] address` cannot be used on this machine.
+    #[error(transparent)]
+    Address(#[from] crate::advertise::AdvertiseError),
     /// Threads, runtime or signals.
     #[error("{what}: {source}")]
     Io {
@@ -113,9 +116,25 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         MAX_HELD_REQUESTS,
         interchange_handler(hub.clone(), max_frame),
     )?;
-    let address = &config.interchange.address;
-    let port = interchange.listen(&format!("tcp://{address}:{}", config.interchange.port), 0)?;
-    let interchange_url = format!("tcp://{address}:{port}");
+    let plan = crate::advertise::plan(
+        &config.interchange.address.entries(),
+        &config.interchange.bind,
+        &crate::advertise::local_interfaces(),
+        crate::advertise::resolve,
+    )?;
+    let mut port = config.interchange.port;
+    for ip in &plan.listen {
+        // The first listener picks the port (0: any free one); the others
+        // share it, so every advertised address has the same port.
+        port = interchange.listen(&crate::advertise::listen_url(*ip, port), 0)?;
+    }
+    let addresses = plan.advertised();
+    let interchange_url = plan
+        .advertise
+        .iter()
+        .map(|e| format!("tcp://{}", e.with_port(port)))
+        .collect::<Vec<_>>()
+        .join(", ");
 
     let provider = crate::provision::provider(&config);
     let provider = {
@@ -127,7 +146,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         )
         .map_err(io("cannot start the provider thread"))?
     };
-    let template = BlockTemplate::new(&config, &dir, port, &secret);
+    let template = BlockTemplate::new(&config, &dir, &addresses, port, &secret);
 
     let micros = |s: f64| (s * 1e6) as u64;
     let core_config = CoreConfig {
@@ -156,7 +175,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     dir.write_info(&DaemonInfo {
         pid: std::process::id(),
         api: dir.api_url(),
-        interchange_address: address.clone(),
+        interchange_address: addresses.clone(),
         interchange_port: port,
     })?;
     tracing::info!(

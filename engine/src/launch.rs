@@ -2,30 +2,43 @@
 //! with the daemon's address and secret in its environment.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use flotilla_launchers::{LaunchSpec, Launcher, SingleNode, shell};
+use flotilla_launchers::{
+    BLOCK_ENV, Bind, Container, Gpus, Inner, LaunchSpec, NODE_ENV, RANK_ENV, shell,
+};
 use flotilla_protocol::secret::{SECRET_ENV, to_hex};
 use flotilla_providers::JobSpec;
 
-use crate::config::{ChannelKind, Config, LauncherKind, ProviderKind};
+use crate::config::{
+    ChannelKind, Config, ContainerConfig, LauncherConfig, ProviderKind, RuntimeKind, WORKER_MOUNT,
+    WorkerSource,
+};
 use crate::state_dir::StateDir;
 
 /// Environment variable telling a local worker to exit with the daemon.
 pub const EXIT_WITH_PID_ENV: &str = "FLOTILLA_EXIT_WITH_PID";
 
+/// Environment variable naming the daemon's object store.
+pub const OBJECTS_ENV: &str = "FLOTILLA_OBJECTS";
+
 /// Everything needed to write any block's job.
 #[derive(Clone, Debug)]
 pub struct BlockTemplate {
     worker_exe: String,
-    address: String,
+    /// The daemon's advertised addresses, comma-joined.
+    addresses: String,
     port: u16,
     secret_hex: String,
     slots: u32,
     lost_daemon_exit_s: f64,
+    connect_timeout_s: f64,
     init: String,
     workers_per_node: u32,
-    launcher: LauncherKind,
+    nodes: u32,
+    launcher: LauncherConfig,
+    container: ContainerConfig,
+    gpus: Gpus,
     exit_with_daemon: bool,
     /// Blocks' run directories live below this, on the scheduler's side.
     run_root: String,
@@ -43,8 +56,15 @@ pub struct LaunchFailed {
 }
 
 impl BlockTemplate {
-    /// A template for blocks of a daemon listening for workers on `port`.
-    pub fn new(config: &Config, state_dir: &StateDir, port: u16, secret: &[u8]) -> Self {
+    /// A template for blocks of a daemon that workers reach at `addresses`
+    /// (comma-joined entries) on `port`.
+    pub fn new(
+        config: &Config,
+        state_dir: &StateDir,
+        addresses: &str,
+        port: u16,
+        secret: &[u8],
+    ) -> Self {
         let tag = daemon_tag(state_dir);
         let run_root = match (&config.provider.run_dir, config.channel.kind) {
             (Some(dir), _) => format!("{}/{tag}", dir.trim_end_matches('/')),
@@ -62,48 +82,89 @@ impl BlockTemplate {
                 .command
                 .clone()
                 .unwrap_or_else(default_worker_exe),
-            address: config.interchange.address.clone(),
+            addresses: addresses.to_owned(),
             port,
             secret_hex: to_hex(secret),
             slots: config.worker.slots,
             lost_daemon_exit_s: config.worker.lost_daemon_exit_s,
+            connect_timeout_s: config.worker.connect_timeout_s,
             init: config.worker.init.clone(),
             workers_per_node: config.launcher.workers_per_node,
-            launcher: config.launcher.kind,
+            // Each Kubernetes pod runs its own launcher on its own node.
+            nodes: match config.provider.kind {
+                ProviderKind::Kubernetes => 1,
+                _ => config.provider.nodes_per_block,
+            },
+            launcher: config.launcher.clone(),
+            container: config.container.clone(),
+            gpus: config
+                .container
+                .gpus(config.provider.gpus_per_node > 0 || config.provider.kubernetes.gpus > 0),
             exit_with_daemon: config.provider.kind == ProviderKind::Local,
         }
     }
 
     /// The job for block `block`.
     pub fn job(&self, block: u32) -> Result<JobSpec, LaunchFailed> {
+        let failed = |source| LaunchFailed { block, source };
+        let pool = self.container.pool_container(self.gpus);
+        let exe = match (&pool, self.container.worker) {
+            (None, _) => self.worker_exe.clone(),
+            (Some(_), WorkerSource::Image) => self.container.worker_path.clone(),
+            (Some(_), WorkerSource::Host) => {
+                let name = Path::new(&self.worker_exe)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!("{WORKER_MOUNT}/{name}")
+            }
+        };
         let mut words = vec![
-            self.worker_exe.clone(),
+            exe,
             "--address".into(),
-            self.address.clone(),
+            self.addresses.clone(),
             "--port".into(),
             self.port.to_string(),
             "--block-id".into(),
             block.to_string(),
             "--lost-daemon-exit-s".into(),
             self.lost_daemon_exit_s.to_string(),
+            "--connect-timeout-s".into(),
+            self.connect_timeout_s.to_string(),
         ];
         if self.slots > 0 {
             words.extend(["--slots".into(), self.slots.to_string()]);
         }
+        if pool.is_none() {
+            words.extend(self.servable_container_args());
+        }
+        let (worker_command, copy_setup) = match pool {
+            None => (shell::join(&words), String::new()),
+            Some(container) => {
+                let invocation = self
+                    .pool_container(container)
+                    .map_err(failed)?
+                    .invocation(Inner {
+                        command: &words,
+                        pass_env: &self.forwarded_env(),
+                        workdir: None,
+                        interactive: false,
+                    })
+                    .map_err(failed)?;
+                (invocation.command_line(), invocation.setup())
+            }
+        };
         let spec = LaunchSpec {
-            worker_command: shell::join(&words),
+            worker_command,
+            copy_setup,
             workers_per_node: self.workers_per_node,
-            nodes: 1,
+            nodes: self.nodes,
+            block_id: block,
         };
-        let launcher: &dyn Launcher = match self.launcher {
-            LauncherKind::SingleNode => &SingleNode,
-        };
-        let launch = launcher
-            .script(&spec)
-            .map_err(|source| LaunchFailed { block, source })?;
+        let launch = self.launcher.launcher().script(&spec).map_err(failed)?;
         let mut env = BTreeMap::from([
             (SECRET_ENV.to_owned(), self.secret_hex.clone()),
-            ("FLOTILLA_OBJECTS".to_owned(), self.objects.clone()),
+            (OBJECTS_ENV.to_owned(), self.objects.clone()),
         ]);
         if self.exit_with_daemon {
             env.insert(EXIT_WITH_PID_ENV.into(), std::process::id().to_string());
@@ -115,6 +176,83 @@ impl BlockTemplate {
             env,
             run_dir: format!("{}/{block}", self.run_root),
         })
+    }
+
+    /// The pool's container with what the worker needs bound in: its own
+    /// executable (unless the image has one), the object store and the
+    /// blocks' directory, at the same paths.
+    fn pool_container(
+        &self,
+        mut container: Container,
+    ) -> Result<Container, flotilla_launchers::LaunchError> {
+        let mut binds = Vec::new();
+        if self.container.worker == WorkerSource::Host {
+            let dir = Path::new(&self.worker_exe)
+                .parent()
+                .filter(|d| d.is_absolute())
+                .ok_or_else(|| {
+                    flotilla_launchers::LaunchError::Container(format!(
+                        "worker = \"host\" bind-mounts the worker executable, so it needs an absolute path, not `{}`; set [worker] command, or worker = \"image\"",
+                        self.worker_exe
+                    ))
+                })?;
+            binds.push(Bind {
+                host: dir.display().to_string(),
+                container: WORKER_MOUNT.into(),
+                read_only: true,
+            });
+        }
+        for dir in [&self.objects, &self.run_root] {
+            if Path::new(dir).is_absolute() {
+                binds.push(Bind::same(dir, dir == &self.objects));
+            }
+        }
+        binds.append(&mut container.binds);
+        container.binds = binds;
+        Ok(container)
+    }
+
+    /// The variables a containerised worker needs from outside.
+    fn forwarded_env(&self) -> Vec<&'static str> {
+        let mut names = vec![
+            SECRET_ENV,
+            OBJECTS_ENV,
+            RANK_ENV,
+            NODE_ENV,
+            BLOCK_ENV,
+            "FLOTILLA_LOG",
+        ];
+        if self.exit_with_daemon {
+            names.push(EXIT_WITH_PID_ENV);
+        }
+        names
+    }
+
+    /// Worker options telling it to start servables that name an image in
+    /// that image, when the site has a runtime and pools run on the host.
+    fn servable_container_args(&self) -> Vec<String> {
+        let c = &self.container;
+        let Some(runtime) = c.runtime.runtime() else {
+            return Vec::new();
+        };
+        debug_assert!(c.runtime != RuntimeKind::None);
+        let mut args = vec!["--container-runtime".to_owned(), runtime.name().to_owned()];
+        if let Some(command) = &c.command {
+            args.extend(["--container-command".into(), command.clone()]);
+        }
+        for b in &c.binds {
+            args.extend(["--container-bind".into(), b.clone()]);
+        }
+        for o in &c.options {
+            args.push(format!("--container-option={o}"));
+        }
+        if !c.template.is_empty() {
+            args.extend(["--container-template".into(), c.template.clone()]);
+        }
+        if self.gpus != Gpus::None {
+            args.extend(["--gpus".into(), self.gpus.name().into()]);
+        }
+        args
     }
 }
 
@@ -152,13 +290,15 @@ mod tests {
         config.worker.slots = 3;
         config.worker.init = "module load python".into();
         let dir = StateDir::at("/tmp/fl");
-        let job = BlockTemplate::new(&config, &dir, 5555, &[1, 2])
+        let job = BlockTemplate::new(&config, &dir, "127.0.0.1", 5555, &[1, 2])
             .job(7)
             .unwrap();
         assert_eq!(job.worker_init, "module load python");
         assert!(
             job.command
-                .contains("'/opt/flotilla worker' --address 127.0.0.1 --port 5555 --block-id 7")
+                .contains("'/opt/flotilla worker' --address 127.0.0.1 --port 5555 --block-id 7"),
+            "{}",
+            job.command
         );
         assert!(job.command.contains("--slots 3"));
         assert!(
@@ -183,7 +323,7 @@ mod tests {
         config.channel.host = "login".into();
         let dir = StateDir::at("/tmp/fl");
         let tag = daemon_tag(&dir);
-        let job = BlockTemplate::new(&config, &dir, 5555, &[1])
+        let job = BlockTemplate::new(&config, &dir, "10.0.0.1,login1:7000", 5555, &[1])
             .job(2)
             .unwrap();
         assert_eq!(job.run_dir, format!(".flotilla/blocks/{tag}/2"));
@@ -192,9 +332,109 @@ mod tests {
             "only local blocks die with the daemon"
         );
         config.provider.run_dir = Some("/scratch/me/fl/".into());
-        let job = BlockTemplate::new(&config, &dir, 5555, &[1])
+        let job = BlockTemplate::new(&config, &dir, "10.0.0.1,login1:7000", 5555, &[1])
             .job(2)
             .unwrap();
         assert_eq!(job.run_dir, format!("/scratch/me/fl/{tag}/2"));
+    }
+
+    #[test]
+    fn srun_blocks_span_their_nodes() {
+        let mut config = Config::default();
+        config.provider.kind = ProviderKind::Slurm;
+        config.provider.nodes_per_block = 2;
+        config.launcher.kind = crate::config::LauncherKind::Srun;
+        config.launcher.workers_per_node = 2;
+        let dir = StateDir::at("/tmp/fl");
+        let job = BlockTemplate::new(&config, &dir, "10.0.0.1,login1:7000", 5555, &[1])
+            .job(3)
+            .unwrap();
+        assert!(
+            job.command
+                .contains("exec srun --nodes=2 --ntasks=4 --ntasks-per-node=2 sh -c "),
+            "{}",
+            job.command
+        );
+        assert!(
+            job.command
+                .contains("--address 10.0.0.1,login1:7000 --port 5555 --block-id 3")
+        );
+        assert!(
+            job.command
+                .starts_with("FLOTILLA_BLOCK_ID=3; export FLOTILLA_BLOCK_ID\n")
+        );
+    }
+
+    #[test]
+    fn pools_in_an_image_get_the_host_worker_and_their_environment() {
+        let mut config = Config::default();
+        config.worker.command = Some("/opt/fl/bin/flotilla-worker".into());
+        config.container.runtime = RuntimeKind::Podman;
+        config.container.image = "localhost/flotilla:test".into();
+        let dir = StateDir::at("/tmp/fl");
+        let job = BlockTemplate::new(&config, &dir, "127.0.0.1", 5555, &[1])
+            .job(0)
+            .unwrap();
+        let c = &job.command;
+        assert!(
+            c.contains("podman run --rm --network=host --pid=host -v /opt/fl/bin:/opt/flotilla/bin:ro -v /tmp/fl/objects:/tmp/fl/objects:ro -v /tmp/fl/blocks:/tmp/fl/blocks -e FLOTILLA_SECRET -e FLOTILLA_OBJECTS -e FLOTILLA_WORKER_RANK"),
+            "{c}"
+        );
+        assert!(
+            c.contains(
+                "localhost/flotilla:test /opt/flotilla/bin/flotilla-worker --address 127.0.0.1"
+            ),
+            "{c}"
+        );
+        assert!(!c.contains("--container-runtime"), "{c}");
+
+        config.container.worker = WorkerSource::Image;
+        config.container.worker_path = "/usr/local/bin/flotilla-worker".into();
+        config.container.runtime = RuntimeKind::Apptainer;
+        config.container.image = "/images/fl.sif".into();
+        let job = BlockTemplate::new(&config, &dir, "127.0.0.1", 5555, &[1])
+            .job(0)
+            .unwrap();
+        assert!(
+            job.command
+                .contains("APPTAINERENV_FLOTILLA_SECRET=\"${FLOTILLA_SECRET:-}\"; export APPTAINERENV_FLOTILLA_SECRET"),
+            "{}",
+            job.command
+        );
+        assert!(
+            job.command
+                .contains("/images/fl.sif /usr/local/bin/flotilla-worker --address")
+        );
+        assert!(!job.command.contains("/opt/flotilla/bin"));
+    }
+
+    #[test]
+    fn a_host_worker_needs_an_absolute_path_to_bind() {
+        let mut config = Config::default();
+        config.worker.command = Some("flotilla-worker".into());
+        config.container.runtime = RuntimeKind::Charliecloud;
+        config.container.image = "/var/tmp/img".into();
+        let err = BlockTemplate::new(&config, &StateDir::at("/tmp/fl"), "127.0.0.1", 1, &[1])
+            .job(0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs an absolute path"), "{err}");
+    }
+
+    #[test]
+    fn without_a_pool_image_servable_images_use_the_site_runtime() {
+        let mut config = Config::default();
+        config.container.runtime = RuntimeKind::Apptainer;
+        config.container.binds = vec!["/scratch".into()];
+        config.provider.gpus_per_node = 1;
+        let job = BlockTemplate::new(&config, &StateDir::at("/tmp/fl"), "127.0.0.1", 1, &[1])
+            .job(0)
+            .unwrap();
+        assert!(
+            job.command
+                .contains("--container-runtime apptainer --container-bind /scratch --gpus nvidia"),
+            "{}",
+            job.command
+        );
     }
 }

@@ -13,6 +13,7 @@
 //!
 //! See `docs/architecture.md` for how a request travels through them.
 
+pub mod advertise;
 pub mod config;
 pub mod core;
 pub mod daemon;

@@ -86,11 +86,15 @@ impl StateDir {
         StateDir { root: root.into() }
     }
 
-    /// Creates the directory (mode 0700) if it is missing.
+    /// Creates the directory (mode 0700) and its object store if missing.
     pub fn create(&self) -> Result<(), StateDirError> {
         fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
         fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
-            .map_err(io_err(&self.root))
+            .map_err(io_err(&self.root))?;
+        // Workers (and the containers they run in) bind or read it before
+        // anything is published.
+        let objects = paths::objects_dir(&self.root);
+        fs::create_dir_all(&objects).map_err(io_err(&objects))
     }
 
     /// The directory itself.

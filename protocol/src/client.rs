@@ -296,6 +296,12 @@ pub struct WorkerView {
     pub block: Option<u32>,
     /// Host it runs on.
     pub host: String,
+    /// Its process id (as seen on its host).
+    pub pid: u32,
+    /// Node name as the scheduler knows it, when the launcher said.
+    pub node: Option<String>,
+    /// Rank within its block, when the launcher said.
+    pub rank: Option<u32>,
     /// Concurrent batches it runs.
     pub slots: u32,
     /// Tasks it holds now.

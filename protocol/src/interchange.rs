@@ -32,6 +32,11 @@ pub struct Hello {
     pub block_id: Option<u32>,
     /// Host name, for status output.
     pub host: String,
+    /// Node name as the scheduler knows it (`SLURMD_NODENAME`), when the
+    /// launcher said.
+    pub node: Option<String>,
+    /// Rank within the block (0-based), when the launcher said.
+    pub rank: Option<u32>,
     /// Process id, for status output.
     pub pid: u32,
     /// How many batches it runs at once.
@@ -83,6 +88,13 @@ pub enum FailureKind {
 pub enum WorkerMessage {
     /// Join the daemon. Answered with `Welcome` or `Refused`.
     Hello(Hello),
+    /// Is this the right daemon? Answered with `ProbeOk`, or `Refused` for
+    /// a wrong secret; registers nothing, so a worker can ask every address
+    /// it was given at once and keep the first that answers.
+    Probe {
+        /// The daemon's secret, as in `Hello`.
+        secret: Payload,
+    },
     /// Report results and ask for work. With `wait`, the daemon holds the
     /// request until it has work or a heartbeat period passes.
     Pull {
@@ -96,6 +108,8 @@ pub enum WorkerMessage {
 /// What the daemon sends to a worker.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub enum DaemonMessage {
+    /// The probe reached the right daemon.
+    ProbeOk,
     /// Registration accepted.
     Welcome {
         /// The daemon answers a held poll at least this often.

@@ -264,9 +264,14 @@ fn a_worker_with_a_wrong_secret_is_refused_while_the_daemon_keeps_serving() {
         "intruder",
     ]);
     let status = f.wait_worker(intruder, LONG);
-    assert_eq!(status.code(), Some(2), "refused workers exit 2");
+    assert_eq!(
+        status.code(),
+        Some(4),
+        "a worker no address accepts exits 4"
+    );
     assert!(
-        f.worker_log(1).contains("wrong secret"),
+        f.worker_log(1)
+            .contains("refused by the daemon there: wrong secret"),
         "{}",
         f.worker_log(1)
     );
@@ -320,7 +325,10 @@ fn a_malformed_frame_on_either_socket_drops_only_that_peer() {
         );
         // Well-formed msgpack of the wrong shape.
         assert_eq!(
-            send_raw(url, &[0x92, 0x01, 0x2a]),
+            send_raw(
+                url,
+                &[0x92, flotilla_protocol::PROTOCOL_VERSION as u8, 0x2a]
+            ),
             None,
             "{url}: wrong shape"
         );

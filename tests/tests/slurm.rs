@@ -328,3 +328,47 @@ fn a_hung_scheduler_command_never_blocks_the_daemon() {
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     drop(jobs);
 }
+
+#[test]
+fn the_srun_launcher_puts_one_pool_on_each_node() {
+    let f = Flotilla::start(&slurm_site(&[
+        ("provider", "nodes_per_block", "2"),
+        ("launcher", "kind", "\"srun\""),
+    ]));
+    let jobs = JobsOf::new(&f);
+    f.wait_workers(2);
+    let status = f.client().status().unwrap();
+    let mut placed: Vec<(Option<u32>, Option<String>, Option<u32>)> = status
+        .workers
+        .iter()
+        .map(|w| (w.rank, w.node.clone(), w.block))
+        .collect();
+    placed.sort();
+    assert_eq!(
+        placed,
+        [
+            (Some(0), Some("n1".to_owned()), Some(0)),
+            (Some(1), Some("n2".to_owned()), Some(0)),
+        ],
+        "one pool per node of the one block, each with its own rank"
+    );
+    assert_eq!(jobs.jobs().len(), 1, "both pools are one Slurm job");
+    let script = std::fs::read_to_string(f.home().join("blocks/0/block.sh")).unwrap();
+    assert!(
+        script.contains("#SBATCH --nodes=2")
+            && script.contains("srun --nodes=2 --ntasks=2 --ntasks-per-node=1"),
+        "{script}"
+    );
+    // Both pools serve.
+    let client = f.client();
+    let views = client
+        .run_all(flotilla_tests::noop_tasks(200), LONG)
+        .unwrap();
+    assert!(views.iter().all(|v| v.state == TaskState::Completed));
+    let out = f.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("node n1  rank 0") && text.contains("node n2  rank 1"),
+        "{text}"
+    );
+}

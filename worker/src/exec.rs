@@ -19,11 +19,14 @@ use flotilla_protocol::servable::ServableRecord;
 use flotilla_protocol::stdio::Reply;
 use flotilla_protocol::task::Outcome;
 
+use flotilla_launchers::Container;
+
 use crate::process::WarmProcess;
 
 /// Published servables this worker has been told about, and their processes.
 pub struct ExecRuntime {
     objects: Option<PathBuf>,
+    containers: Option<Container>,
     work_dir: PathBuf,
     records: Mutex<HashMap<String, Arc<ServableRecord>>>,
     prepared: Mutex<HashMap<String, Result<PathBuf, String>>>,
@@ -41,10 +44,12 @@ fn failure(kind: FailureKind, message: String) -> Result<Vec<Outcome>, BatchFail
 
 impl ExecRuntime {
     /// A runtime taking files from `objects` and materialising them under
-    /// `work_dir` (which it owns and removes on drop).
-    pub fn new(objects: Option<PathBuf>, work_dir: PathBuf) -> Self {
+    /// `work_dir` (which it owns and removes on drop); servables that name
+    /// an image run in it through `containers` when the site has a runtime.
+    pub fn new(objects: Option<PathBuf>, work_dir: PathBuf, containers: Option<Container>) -> Self {
         ExecRuntime {
             objects,
+            containers,
             work_dir,
             records: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
@@ -78,7 +83,7 @@ impl ExecRuntime {
         let taken = lock(&self.idle).get_mut(&batch.servable).and_then(Vec::pop);
         let mut process = match taken {
             Some(p) => p,
-            None => match WarmProcess::start(&record, &dir) {
+            None => match WarmProcess::start(&record, &dir, self.container_for(&record)) {
                 Ok(p) => p,
                 Err(broken) => return failure(FailureKind::Crashed, broken.0),
             },
@@ -111,6 +116,20 @@ impl ExecRuntime {
             // The process is gone (dropped here); the next batch starts anew.
             Err(broken) => failure(FailureKind::Crashed, broken.0),
         }
+    }
+
+    /// The container `record`'s processes run in: its image with the
+    /// site's runtime, or none (no image, or no runtime here).
+    fn container_for(&self, record: &ServableRecord) -> Option<Container> {
+        let image = &record.spec.container.as_ref()?.image;
+        let Some(site) = &self.containers else {
+            tracing::warn!(servable = %record.id(), image = %image, "the servable names an image but this worker has no container runtime; running it on the host");
+            return None;
+        };
+        Some(Container {
+            image: image.clone(),
+            ..site.clone()
+        })
     }
 
     /// The servable's files, verified and linked into this worker's

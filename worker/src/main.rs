@@ -6,10 +6,15 @@
 //! `--state-dir` (or nothing, for the default state directory): the address,
 //! port and secret are then read from the daemon's files.
 //!
+//! The daemon may advertise several addresses (`--address a,b,c`); they are
+//! all tried at once and the first that answers wins (see [`connect`]).
+//!
 //! Exit status: 0 when the daemon let the worker go, 2 when it refused it or
-//! the arguments are wrong, 3 when the daemon was lost.
+//! the arguments are wrong, 3 when the daemon was lost, 4 when no address
+//! reached it (with one line per address saying why).
 
 mod builtin;
+mod connect;
 mod exec;
 mod executor;
 mod process;
@@ -21,6 +26,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use flotilla_launchers::{Bind, Container, ContainerRuntime, Gpus, NODE_ENV, RANK_ENV};
+use flotilla_protocol::address::Endpoint;
 use flotilla_protocol::{paths, secret};
 use serde::Deserialize;
 
@@ -34,7 +41,7 @@ pub const BUILTINS: &[&str] = &["noop", "echo", "sleep"];
 #[derive(Parser, Debug)]
 #[command(name = "flotilla-worker", version)]
 struct Args {
-    /// Daemon address to dial (as in its `[interchange] address`).
+    /// Daemon addresses to try, comma-separated (`HOST` or `HOST:PORT`).
     #[arg(long, env = "FLOTILLA_DAEMON_ADDRESS")]
     address: Option<String>,
     /// Daemon interchange port.
@@ -63,6 +70,29 @@ struct Args {
     /// Exit after this many seconds without the daemon.
     #[arg(long, default_value_t = 60.0)]
     lost_daemon_exit_s: f64,
+    /// Give up reaching the daemon after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout_s: f64,
+    /// Run servables that name a container image in it with this runtime
+    /// (apptainer, singularity, shifter, podman, docker, charliecloud,
+    /// custom).
+    #[arg(long)]
+    container_runtime: Option<String>,
+    /// The runtime's executable, when not the usual one.
+    #[arg(long)]
+    container_command: Option<String>,
+    /// Extra bind for servable containers, `HOST[:CONTAINER[:ro]]`.
+    #[arg(long)]
+    container_bind: Vec<String>,
+    /// Extra runtime option for servable containers.
+    #[arg(long, allow_hyphen_values = true)]
+    container_option: Vec<String>,
+    /// `--container-runtime custom`: the command template.
+    #[arg(long)]
+    container_template: Option<String>,
+    /// GPUs to make visible in servable containers: nvidia or amd.
+    #[arg(long)]
+    gpus: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -72,22 +102,50 @@ struct DaemonInfo {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal as _;
+    let filter = std::env::var("FLOTILLA_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Block output goes to files that end up in error messages.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
-    let cfg = match session_config(&args) {
-        Ok(cfg) => cfg,
+    let (cfg, endpoints, port, timeout) = match session_config(&args) {
+        Ok(parts) => parts,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "cannot start worker");
             return ExitCode::from(2);
         }
     };
-    match session::run(&cfg) {
+    let connected = match connect::connect(
+        &endpoints,
+        port,
+        &cfg.secret,
+        timeout,
+        connect::worker_socket,
+    ) {
+        Ok(c) => c,
+        Err(unreachable) => {
+            // The report is the worker's last words: the block's stderr
+            // tail, which the daemon shows as the block's failure reason.
+            tracing::error!(
+                addresses = unreachable.tried.len(),
+                "cannot reach the daemon"
+            );
+            eprint!("{unreachable}");
+            return ExitCode::from(4);
+        }
+    };
+    let cfg = SessionConfig {
+        url: connected.url.clone(),
+        ..cfg
+    };
+    match session::run(&cfg, connected.socket) {
         Ok(Ending::Shutdown) => {
             tracing::info!("the daemon is shutting down; exiting");
             ExitCode::SUCCESS
@@ -115,7 +173,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn session_config(args: &Args) -> anyhow::Result<SessionConfig> {
+/// The session's settings, the addresses to try, the default port and the
+/// connect timeout.
+type Settings = (SessionConfig, Vec<Endpoint>, u16, Duration);
+
+fn session_config(args: &Args) -> anyhow::Result<Settings> {
     let state_dir = args.state_dir.clone().or_else(paths::default_state_dir);
     let (address, port) = match (&args.address, args.port) {
         (Some(a), Some(p)) => (a.clone(), p),
@@ -128,6 +190,13 @@ fn session_config(args: &Args) -> anyhow::Result<SessionConfig> {
         }
         _ => bail!("give both --address and --port, or neither"),
     };
+    let endpoints = Endpoint::parse_list(&address).context("--address")?;
+    if endpoints.is_empty() {
+        bail!("--address names no address");
+    }
+    if !(args.connect_timeout_s.is_finite() && args.connect_timeout_s > 0.0) {
+        bail!("--connect-timeout-s must be a positive number of seconds");
+    }
     let secret = match (&args.secret_file, std::env::var(secret::SECRET_ENV)) {
         (Some(file), _) => read_secret(file)?,
         (None, Ok(hex)) => secret::from_hex(&hex).context("FLOTILLA_SECRET is not a hex string")?,
@@ -163,9 +232,23 @@ fn session_config(args: &Args) -> anyhow::Result<SessionConfig> {
         .objects_dir
         .clone()
         .or_else(|| state_dir.as_deref().map(paths::objects_dir));
-    Ok(SessionConfig {
+    let rank = match std::env::var(RANK_ENV) {
+        Ok(r) if !r.trim().is_empty() => Some(
+            r.trim()
+                .parse()
+                .with_context(|| format!("{RANK_ENV}=`{r}` is not a rank"))?,
+        ),
+        _ => None,
+    };
+    let node = std::env::var(NODE_ENV)
+        .ok()
+        .filter(|n| !n.trim().is_empty());
+    let session = SessionConfig {
         objects,
-        url: format!("tcp://{address}:{port}"),
+        containers: servable_containers(args)?,
+        url: String::new(),
+        node,
+        rank,
         secret,
         worker_id,
         block_id: args.block_id,
@@ -173,7 +256,47 @@ fn session_config(args: &Args) -> anyhow::Result<SessionConfig> {
         lost_daemon_exit: Duration::from_secs_f64(args.lost_daemon_exit_s),
         exit_with_pid,
         host,
-    })
+    };
+    Ok((
+        session,
+        endpoints,
+        port,
+        Duration::from_secs_f64(args.connect_timeout_s),
+    ))
+}
+
+/// How servables that name an image are run, from the `--container-*`
+/// options.
+fn servable_containers(args: &Args) -> anyhow::Result<Option<Container>> {
+    let Some(name) = &args.container_runtime else {
+        return Ok(None);
+    };
+    let runtime = ContainerRuntime::from_name(name).with_context(|| {
+        let known: Vec<&str> = ContainerRuntime::ALL.iter().map(|r| r.name()).collect();
+        format!(
+            "--container-runtime `{name}`: use one of {}",
+            known.join(", ")
+        )
+    })?;
+    let binds = args
+        .container_bind
+        .iter()
+        .map(|b| Bind::parse(b))
+        .collect::<Result<_, _>>()
+        .context("--container-bind")?;
+    Ok(Some(Container {
+        runtime,
+        image: String::new(),
+        command: args.container_command.clone(),
+        binds,
+        options: args.container_option.clone(),
+        gpus: match &args.gpus {
+            None => Gpus::None,
+            Some(name) => Gpus::from_name(name)
+                .with_context(|| format!("--gpus `{name}`: use nvidia, amd or none"))?,
+        },
+        template: args.container_template.clone().unwrap_or_default(),
+    }))
 }
 
 fn read_info(dir: &Path) -> anyhow::Result<DaemonInfo> {

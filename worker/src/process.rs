@@ -12,6 +12,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use flotilla_launchers::{Bind, Container, Inner};
 use flotilla_protocol::servable::{Runtime, ServableRecord};
 use flotilla_protocol::stdio::{self, Reply};
 
@@ -38,9 +39,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl WarmProcess {
-    /// Starts `record`'s command in `dir` (its materialised files) and
-    /// initialises it.
-    pub fn start(record: &ServableRecord, dir: &Path) -> Result<WarmProcess, Broken> {
+    /// Starts `record`'s command in `dir` (its materialised files), inside
+    /// `container` when given, and initialises it.
+    pub fn start(
+        record: &ServableRecord,
+        dir: &Path,
+        container: Option<Container>,
+    ) -> Result<WarmProcess, Broken> {
         let id = record.id();
         let Runtime::Exec {
             command,
@@ -55,19 +60,48 @@ impl WarmProcess {
             Some(w) => dir.join(w),
             None => dir.to_path_buf(),
         };
-        let mut child = Command::new(command)
-            .args(args)
+        let mut vars = env.clone();
+        vars.insert("FLOTILLA_SERVABLE".into(), id.clone());
+        vars.insert("PYTHONUNBUFFERED".into(), "1".into());
+        let mut argv = vec![command.clone()];
+        argv.extend(args.iter().cloned());
+        let mut runtime_env = Vec::new();
+        if let Some(mut container) = container {
+            // The servable's files at the same path inside, and its working
+            // directory there.
+            let dir_text = dir.display().to_string();
+            container.binds.push(Bind::same(&dir_text, false));
+            let cwd_text = cwd.display().to_string();
+            let names: Vec<&str> = vars.keys().map(String::as_str).collect();
+            let invocation = container
+                .invocation(Inner {
+                    command: &argv,
+                    pass_env: &names,
+                    workdir: Some(&cwd_text),
+                    interactive: true,
+                })
+                .map_err(|e| Broken(format!("cannot run {id} in {}: {e}", container.image)))?;
+            for (name, source) in &invocation.env {
+                if let Some(value) = vars.get(source) {
+                    runtime_env.push((name.clone(), value.clone()));
+                }
+            }
+            tracing::info!(servable = %id, image = %container.image, runtime = container.runtime.name(), "starting the servable in its container");
+            argv = invocation.argv;
+        }
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
             .current_dir(&cwd)
-            .envs(env)
-            .env("FLOTILLA_SERVABLE", &id)
-            .env("PYTHONUNBUFFERED", "1")
+            .envs(&vars)
+            .envs(runtime_env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| {
                 Broken(format!(
-                    "cannot start `{command}` in {}: {e}",
+                    "cannot start `{}` in {}: {e}",
+                    argv[0],
                     cwd.display()
                 ))
             })?;

@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use flotilla_protocol::interchange::{BatchResult, DaemonMessage, Hello, WorkerMessage};
 use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, FrameError, decode, encode};
-use nng::options::{Options, RecvMaxSize};
-use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
+use nng::{Aio, AioResult, Context, Message, Socket};
 
 use crate::exec::ExecRuntime;
 use crate::executor::Executor;
@@ -65,8 +64,14 @@ pub struct SessionConfig {
     pub exit_with_pid: Option<i32>,
     /// Host name for the hello.
     pub host: String,
+    /// Node name from the launcher.
+    pub node: Option<String>,
+    /// Rank within the block from the launcher.
+    pub rank: Option<u32>,
     /// The daemon's object store (published servables' files).
     pub objects: Option<std::path::PathBuf>,
+    /// How servables that name an image are run (no runtime: on the host).
+    pub containers: Option<flotilla_launchers::Container>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,20 +152,9 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Runs the worker until the daemon lets it go (or is lost).
-pub fn run(cfg: &SessionConfig) -> anyhow::Result<Ending> {
-    let socket = Socket::new(Protocol::Req0).context("cannot create the worker socket")?;
-    // Long-polls are held on purpose; REQ's resend timer would duplicate them.
-    socket
-        .set_opt::<nng::options::protocol::reqrep::ResendTime>(None)
-        .context("cannot disable request resends")?;
-    socket
-        .set_opt::<RecvMaxSize>(DEFAULT_MAX_FRAME_BYTES)
-        .context("cannot set the frame cap")?;
-    socket
-        .set_opt::<nng::options::transport::tcp::NoDelay>(true)
-        .context("cannot set TCP_NODELAY")?;
-
+/// Runs the worker on `socket` (connected to the daemon, see
+/// [`crate::connect`]) until the daemon lets it go (or is lost).
+pub fn run(cfg: &SessionConfig, socket: Socket) -> anyhow::Result<Ending> {
     let slot: SessionSlot = Arc::new(OnceLock::new());
     let poll = Lane::new(&socket, LaneName::Poll, slot.clone())?;
     let report = Lane::new(&socket, LaneName::Report, slot.clone())?;
@@ -170,7 +164,11 @@ pub fn run(cfg: &SessionConfig) -> anyhow::Result<Ending> {
         std::process::id(),
         cfg.worker_id.replace(['/', ' '], "_")
     ));
-    let runtime = Arc::new(ExecRuntime::new(cfg.objects.clone(), work_dir));
+    let runtime = Arc::new(ExecRuntime::new(
+        cfg.objects.clone(),
+        work_dir,
+        cfg.containers.clone(),
+    ));
     let executor = Executor::start(cfg.slots, runtime.clone(), move |result| {
         if let Some(session) = done_slot.get().and_then(Weak::upgrade) {
             session.on_done(result);
@@ -195,9 +193,6 @@ pub fn run(cfg: &SessionConfig) -> anyhow::Result<Ending> {
         _socket: socket.clone(),
     });
     let _ = slot.set(Arc::downgrade(&session));
-    socket
-        .dial_async(&cfg.url)
-        .with_context(|| format!("cannot dial {}", cfg.url))?;
     Ok(session.watch())
 }
 
@@ -246,6 +241,8 @@ impl Session {
                     worker_id: self.cfg.worker_id.clone(),
                     block_id: self.cfg.block_id,
                     host: self.cfg.host.clone(),
+                    node: self.cfg.node.clone(),
+                    rank: self.cfg.rank,
                     pid: std::process::id(),
                     slots: self.cfg.slots,
                     servables: crate::BUILTINS
@@ -399,6 +396,9 @@ impl Session {
                 }
             }
             DaemonMessage::Shutdown => self.finish(state, Ending::Shutdown),
+            DaemonMessage::ProbeOk => {
+                tracing::debug!("a late probe answer; ignored");
+            }
         }
     }
 }

@@ -45,22 +45,51 @@ fn bad_arguments_exit_2_with_a_reason() {
 }
 
 #[test]
-fn a_worker_without_a_daemon_gives_up_after_its_limit() {
+fn a_worker_without_a_daemon_reports_every_address_and_exits() {
     // Port 9 (discard) on loopback: nothing listens.
     let secret = "00".repeat(32);
     let started = Instant::now();
     let out = worker(
         &[
             "--address",
-            "127.0.0.1",
+            "127.0.0.1,127.0.0.1:19",
             "--port",
             "9",
-            "--lost-daemon-exit-s",
-            "0.5",
+            "--connect-timeout-s",
+            "2",
         ],
         Some(&secret),
     );
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("lost the daemon"));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    let report: Vec<&str> = err
+        .lines()
+        .skip_while(|l| !l.starts_with("flotilla-worker: cannot reach the daemon"))
+        .collect();
+    assert_eq!(report.len(), 3, "{err}");
+    assert!(report[0].contains("any of its 2 addresses"), "{err}");
+    assert!(
+        report[1].starts_with("  127.0.0.1:9: connection refused"),
+        "{err}"
+    );
+    assert!(
+        report[2].starts_with("  127.0.0.1:19: connection refused"),
+        "{err}"
+    );
     assert!(started.elapsed().as_secs() < 10);
+}
+
+#[test]
+fn bad_addresses_are_named() {
+    let secret = "00".repeat(32);
+    let out = worker(
+        &["--address", "10.0.0.1:http", "--port", "9"],
+        Some(&secret),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`10.0.0.1:http` is not an address"),
+        "{}",
+        stderr(&out)
+    );
 }

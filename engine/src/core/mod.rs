@@ -291,6 +291,9 @@ struct Worker {
     id: Arc<str>,
     block: Option<u32>,
     host: String,
+    pid: u32,
+    node: Option<String>,
+    rank: Option<u32>,
     slots: u32,
     servables: Vec<String>,
     pipe: PipeId,
@@ -512,6 +515,7 @@ impl Core {
                 message,
             } => match message {
                 WorkerMessage::Hello(hello) => self.on_hello(from, pipe, hello, now_us, out),
+                WorkerMessage::Probe { secret } => self.on_probe(from, &secret, out),
                 WorkerMessage::Pull { results, wait } => {
                     self.on_pull(from, pipe, results, wait, now_us, out);
                 }

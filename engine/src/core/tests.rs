@@ -141,6 +141,8 @@ fn hello(worker: &str, slots: u32, secret: &[u8]) -> Hello {
         worker_id: worker.into(),
         block_id: None,
         host: "localhost".into(),
+        node: None,
+        rank: None,
         pid: 42,
         slots,
         servables: vec!["noop".into(), "echo".into(), "sleep".into()],
@@ -428,6 +430,50 @@ fn a_worker_with_the_wrong_secret_is_refused_and_others_are_served() {
     h.hello(1, "w1", 1);
     let (poll, out) = h.poll(1);
     assert_eq!(work_in(&out, poll).len(), 1);
+}
+
+#[test]
+fn probes_check_the_secret_and_register_nothing() {
+    let mut h = Harness::new();
+    let secret = h.core.cfg.secret.clone();
+    let from = h.slot();
+    let out = h.ev(Event::Worker {
+        from,
+        pipe: PipeId(3),
+        message: WorkerMessage::Probe {
+            secret: Payload::copy_from_slice(&secret),
+        },
+    });
+    assert_eq!(
+        out,
+        [Action::ReplyWorker {
+            to: from,
+            message: DaemonMessage::ProbeOk,
+            close: false
+        }]
+    );
+    assert!(h.core.workers.is_empty());
+    let from = h.slot();
+    let out = h.ev(Event::Worker {
+        from,
+        pipe: PipeId(4),
+        message: WorkerMessage::Probe {
+            secret: Payload::from_static(b"guess"),
+        },
+    });
+    match out.as_slice() {
+        [
+            Action::ReplyWorker {
+                message: DaemonMessage::Refused { reason },
+                close: true,
+                ..
+            },
+        ] => assert!(reason.contains("wrong secret"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // The probed connection then registers like any other.
+    h.hello(3, "w1", 1);
+    assert_eq!(h.core.workers.len(), 1);
 }
 
 #[test]

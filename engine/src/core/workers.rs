@@ -12,7 +12,28 @@ use flotilla_protocol::task::{Outcome, TaskState};
 use super::queues::{BatchRule, QueueKey};
 use super::{Action, Batch, Core, PipeId, ReplyTo, Worker, catalog};
 
+/// Why a worker with another daemon's secret is turned away.
+const WRONG_SECRET: &str = "wrong secret: this worker was not started for this daemon (check FLOTILLA_SECRET or --secret-file)";
+
 impl Core {
+    /// A worker asks whether this is its daemon before registering.
+    pub(super) fn on_probe(&mut self, from: ReplyTo, secret: &[u8], out: &mut Vec<Action>) {
+        let message = if constant_time_eq(secret, &self.cfg.secret) {
+            DaemonMessage::ProbeOk
+        } else {
+            tracing::warn!(slot = from.0, "worker refused: wrong secret (probe)");
+            DaemonMessage::Refused {
+                reason: WRONG_SECRET.into(),
+            }
+        };
+        let close = message != DaemonMessage::ProbeOk;
+        out.push(Action::ReplyWorker {
+            to: from,
+            message,
+            close,
+        });
+    }
+
     pub(super) fn on_hello(
         &mut self,
         from: ReplyTo,
@@ -32,7 +53,7 @@ impl Core {
             out.push(Action::ReplyWorker {
                 to: from,
                 message: DaemonMessage::Refused {
-                    reason: "wrong secret: this worker was not started for this daemon (check FLOTILLA_SECRET or --secret-file)".into(),
+                    reason: WRONG_SECRET.into(),
                 },
                 close: true,
             });
@@ -85,6 +106,8 @@ impl Core {
                     pid = hello.pid,
                     slots = hello.slots,
                     block = ?hello.block_id,
+                    rank = ?hello.rank,
+                    node = ?hello.node,
                     pipe = pipe.0,
                     "worker registered"
                 );
@@ -97,6 +120,9 @@ impl Core {
                         id: id.clone(),
                         block: hello.block_id,
                         host: hello.host,
+                        pid: hello.pid,
+                        node: hello.node,
+                        rank: hello.rank,
                         slots: hello.slots,
                         servables: hello.servables,
                         pipe,
