@@ -1,11 +1,19 @@
 # Sourced by test.sh and demo.sh: makes .venv with what Python servables need
-# (msgpack, numpy, scikit-learn and the flotilla_servable shim from
-# clients/python) and puts it first on PATH. Quick when it already exists.
-# Sets FLOTILLA_PYTHON_OK=1 when the environment works.
+# (msgpack, numpy, scikit-learn and the flotilla_servable shim) and the Python
+# client (the flotilla package with pynng), both from clients/python, and
+# puts it first on PATH. With FLOTILLA_PYTHON_TESTS=1 it also installs what
+# the Python client's tests need (pytest, and Parsl for the workflow
+# example). Quick when it already exists. Sets FLOTILLA_PYTHON_OK=1 when the
+# environment works.
 
 venv="$PWD/.venv"
 FLOTILLA_PYTHON_OK=0
-check='import flotilla_servable, msgpack, numpy, sklearn'
+check='import flotilla, flotilla_servable, msgpack, numpy, sklearn, pynng'
+packages="msgpack numpy scikit-learn pynng"
+if [ "${FLOTILLA_PYTHON_TESTS:-0}" = 1 ]; then
+    check="$check, pytest, parsl"
+    packages="$packages pytest parsl"
+fi
 if ! "$venv/bin/python3" -c "$check" >/dev/null 2>&1; then
     if command -v python3 >/dev/null 2>&1; then
         if ! python3 -m venv "$venv" >/dev/null 2>&1; then
@@ -15,8 +23,12 @@ if ! "$venv/bin/python3" -c "$check" >/dev/null 2>&1; then
             $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv python3-pip >/dev/null
             python3 -m venv "$venv"
         fi
-        echo "installing into .venv: msgpack numpy scikit-learn flotilla_servable"
-        "$venv/bin/pip" install -q --disable-pip-version-check msgpack numpy scikit-learn ./clients/python
+        # clients/python was once the distribution `flotilla-servable`; it is
+        # now `flotilla`, which ships both packages.
+        "$venv/bin/pip" uninstall -q -y flotilla-servable >/dev/null 2>&1 || true
+        echo "installing into .venv: $packages, and clients/python (flotilla, flotilla_servable)"
+        # shellcheck disable=SC2086
+        "$venv/bin/pip" install -q --disable-pip-version-check $packages ./clients/python
     fi
 fi
 if "$venv/bin/python3" -c "$check" >/dev/null 2>&1; then

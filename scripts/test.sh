@@ -56,3 +56,13 @@ eval "$(tests/infra/sshd-up.sh)"
 # meets stale ones.
 cargo build --workspace --bins
 cargo test --workspace "$@"
+
+# The Python client (clients/python): the shared protocol vectors, and tests
+# that drive a real daemon and workers built above (run, futures, map over
+# 10,000 inputs, errors, the catalog, the examples).
+FLOTILLA_PYTHON_TESTS=1 . scripts/python-env.sh
+if [ "$FLOTILLA_PYTHON_OK" != 1 ]; then
+    echo "cannot install the Python client's test dependencies (pytest, parsl) into .venv" >&2
+    exit 1
+fi
+FLOTILLA_BIN_DIR="$PWD/target/debug" .venv/bin/python -m pytest clients/python/tests -q

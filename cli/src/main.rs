@@ -136,6 +136,20 @@ enum Cmd {
         #[command(subcommand)]
         command: MemoCmd,
     },
+    /// Block and worker events (submitted, running, lost, left, …).
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// Print as JSON, one event per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Worker pools.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCmd,
+    },
     /// Check a site file and print the settings in force.
     Config {
         #[command(subcommand)]
@@ -222,6 +236,15 @@ enum PipelineCmd {
         /// Answer repeated identical requests from the memo store.
         #[arg(long)]
         memoize: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolCmd {
+    /// Start blocks again in a pool paused after failed blocks.
+    Resume {
+        /// The pool (`[provider] pool`, "default" unless set).
+        name: String,
     },
 }
 
@@ -516,6 +539,38 @@ fn execute(command: Cmd) -> Result<(), Failure> {
                 .memo_clear(servable.as_deref())
                 .map_err(Failure::from_client)?;
             println!("removed {removed} memo entries");
+            Ok(())
+        }
+        Cmd::Events { follow, json } => {
+            let client = connect()?;
+            let mut after = 0;
+            loop {
+                let wait = follow.then_some(Duration::from_secs(30));
+                let events = client.events(after, wait).map_err(Failure::from_client)?;
+                let mut text = String::new();
+                for e in &events {
+                    after = after.max(e.seq);
+                    text.push_str(&if json {
+                        format!("{}\n", output::event_json(e))
+                    } else {
+                        output::event_text(e)
+                    });
+                }
+                print!("{text}");
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                if !follow {
+                    return Ok(());
+                }
+            }
+        }
+        Cmd::Pool {
+            command: PoolCmd::Resume { name },
+        } => {
+            connect()?
+                .resume_pool(&name)
+                .map_err(Failure::from_client)?;
+            println!("pool {name} resumed");
             Ok(())
         }
         Cmd::Config {

@@ -118,6 +118,49 @@ pub fn memo_json(m: &flotilla_protocol::client::MemoStats) -> Value {
     })
 }
 
+/// `1h02m`, `3m05s`, `42s`.
+fn duration(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// One event for people.
+pub fn event_text(e: &flotilla_protocol::client::EventView) -> String {
+    let when = chrono_like(e.at_us);
+    let mut who = String::new();
+    if let Some(b) = e.block {
+        who.push_str(&format!(" block {b}"));
+    }
+    if let Some(w) = &e.worker {
+        who.push_str(&format!(" worker {w}"));
+    }
+    format!("{when} {:<18}{who}: {}\n", e.kind, e.message)
+}
+
+/// One event as JSON.
+pub fn event_json(e: &flotilla_protocol::client::EventView) -> Value {
+    json!({
+        "seq": e.seq, "at_us": e.at_us, "kind": e.kind, "block": e.block,
+        "worker": e.worker, "message": e.message,
+    })
+}
+
+/// UTC `HH:MM:SS.mmm` of µs since the epoch.
+fn chrono_like(us: u64) -> String {
+    let ms = us / 1000;
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3600 % 24,
+        s / 60 % 60,
+        s % 60,
+        ms % 1000
+    )
+}
+
 /// The daemon status for people.
 pub fn daemon_text(s: &DaemonStatus) -> String {
     let mut out = format!(
@@ -128,10 +171,33 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
         if s.draining { ", SHUTTING DOWN" } else { "" },
         s.interchange
     );
+    for p in &s.pools {
+        out.push_str(&format!(
+            "\npool {} ({}): {} blocks live, {} wanted, {}..{} allowed, {} submitted so far{}\n",
+            p.name,
+            p.provider,
+            p.active,
+            p.wanted,
+            p.min_blocks,
+            p.max_blocks,
+            p.submitted,
+            p.paused
+                .as_deref()
+                .map(|why| format!("\n  PAUSED: {why}"))
+                .unwrap_or_default()
+        ));
+    }
     out.push_str(&format!("\nblocks ({})\n", s.blocks.len()));
     for b in &s.blocks {
+        let mut extra = format!("  age {}", duration(b.age_s));
+        if let Some(left) = b.walltime_left_s {
+            extra.push_str(&format!("  walltime left {}", duration(left)));
+        }
+        if let Some(idle) = b.idle_s {
+            extra.push_str(&format!("  idle {}", duration(idle)));
+        }
         out.push_str(&format!(
-            "  {:>4}  {:<10} job {:<10} workers {}\n",
+            "  {:>4}  {:<10} job {:<10} workers {}{extra}\n",
             b.id,
             b.state,
             b.job_id.as_deref().unwrap_or("-"),
@@ -192,8 +258,14 @@ pub fn daemon_json(s: &DaemonStatus) -> Value {
         "interchange": s.interchange,
         "blocks": s.blocks.iter().map(|b| json!({
             "id": b.id, "state": b.state, "job_id": b.job_id, "workers": b.workers, "message": b.message,
+            "age_s": b.age_s, "walltime_left_s": b.walltime_left_s, "idle_s": b.idle_s,
         })).collect::<Vec<_>>(),
         "blocks_paused": s.blocks_paused,
+        "pools": s.pools.iter().map(|p| json!({
+            "name": p.name, "provider": p.provider, "wanted": p.wanted, "active": p.active,
+            "min_blocks": p.min_blocks, "max_blocks": p.max_blocks, "submitted": p.submitted,
+            "paused": p.paused,
+        })).collect::<Vec<_>>(),
         "workers": s.workers.iter().map(|w| json!({
             "id": w.id, "block": w.block, "host": w.host, "pid": w.pid, "node": w.node, "rank": w.rank, "slots": w.slots,
             "running": w.running, "last_seen_ms": w.last_seen_ms,

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_protocol::client::{
-    ApiError, ClientCall, ClientReply, DaemonStatus, MemoStats, SearchQuery, ServableSummary,
-    TaskRequest,
+    ApiError, ClientCall, ClientReply, DaemonStatus, EventView, MemoStats, SearchQuery,
+    ServableSummary, TaskRequest,
 };
 use flotilla_protocol::servable::ServableRecord;
 use flotilla_protocol::task::{TaskState, TaskView};
@@ -355,6 +355,35 @@ impl Client {
 }
 
 impl Client {
+    /// Block and worker events after sequence number `after`, oldest
+    /// first; with `wait`, blocks until there is one or the wait passes.
+    pub fn events(
+        &self,
+        after: u64,
+        wait: Option<Duration>,
+    ) -> Result<Vec<EventView>, ClientError> {
+        let call = ClientCall::Events {
+            after,
+            wait_ms: wait.map(|w| w.as_millis() as u64),
+        };
+        let limit = wait.unwrap_or_default() + DEFAULT_CALL_TIMEOUT;
+        match self.call(&call, limit)? {
+            ClientReply::Events { events } => Ok(events),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Lets a pool paused after failed blocks start blocks again.
+    pub fn resume_pool(&self, name: &str) -> Result<(), ClientError> {
+        let call = ClientCall::ResumePool {
+            name: name.to_owned(),
+        };
+        match self.call(&call, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::PoolResumed { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The memo store's size, bounds and counters.
     pub fn memo_stats(&self) -> Result<MemoStats, ClientError> {
         match self.call(&ClientCall::MemoStats, DEFAULT_CALL_TIMEOUT)? {

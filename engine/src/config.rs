@@ -83,6 +83,9 @@ pub struct ServableOverride {
     pub max_batch_delay_ms: Option<BatchDelay>,
     /// The latency bound "auto" batching keeps within.
     pub latency_target_ms: Option<u64>,
+    /// Dispatches before worker losses fail a task (default:
+    /// `[daemon] max_attempts`).
+    pub max_attempts: Option<u32>,
 }
 
 /// `[daemon]`.
@@ -102,6 +105,10 @@ pub struct DaemonConfig {
     pub unfetched_result_retention_s: f64,
     /// Dispatches per task before worker losses fail it.
     pub max_attempts: u32,
+    /// After a restart with blocks still running, tasks that were running
+    /// wait this long for their workers to reconnect and claim them before
+    /// they are queued again.
+    pub recovery_grace_s: f64,
 }
 
 /// `[interchange]`.
@@ -264,12 +271,35 @@ pub struct ProviderConfig {
     pub poll_interval_s: f64,
     /// Consecutive failed blocks before block starts are paused.
     pub max_block_failures: u32,
+    /// The pool's name (`flotilla pool resume NAME`).
+    pub pool: String,
+    /// How often the scaling strategy runs.
+    pub strategy_period_s: f64,
+    /// Worker slots requested per outstanding task (0 to 1).
+    pub parallelism: f64,
+    /// An idle block beyond `min_blocks` is cancelled after this long.
+    pub max_idle_s: f64,
+    /// No block is cancelled for being idle before it is this old.
+    pub min_block_lifetime_s: f64,
+    /// No block is requested for more work this soon after a cancel.
+    pub cooldown_s: f64,
+    /// A running block none of whose workers connected within this long is
+    /// cancelled and counted as a failure.
+    pub block_connect_timeout_s: f64,
+    /// Workers stop taking tasks and leave this long before their job's
+    /// wall time ends.
+    pub walltime_margin_s: f64,
+    /// A block with less wall time left than this no longer counts as
+    /// capacity: a replacement is requested while work is queued.
+    pub replace_ahead_s: f64,
     /// Limit for every scheduler command.
     pub command_timeout_s: f64,
     /// Nodes per block (batch schedulers).
     pub nodes_per_block: u32,
-    /// Wall time per block, `HH:MM:SS` (batch schedulers).
-    pub walltime: String,
+    /// Wall time per block, `HH:MM:SS`: batch schedulers get it (default
+    /// 01:00:00); the local provider enforces it only when it is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub walltime: Option<String>,
     /// Slurm partition.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
@@ -327,7 +357,8 @@ impl Default for DaemonConfig {
             shutdown_grace_s: 30.0,
             result_retention_s: 600.0,
             unfetched_result_retention_s: 7.0 * 24.0 * 3600.0,
-            max_attempts: 5,
+            max_attempts: 3,
+            recovery_grace_s: 10.0,
         }
     }
 }
@@ -353,9 +384,18 @@ impl Default for ProviderConfig {
             max_blocks: 1,
             poll_interval_s: 1.0,
             max_block_failures: 3,
+            pool: "default".into(),
+            strategy_period_s: 1.0,
+            parallelism: 1.0,
+            max_idle_s: 120.0,
+            min_block_lifetime_s: 60.0,
+            cooldown_s: 30.0,
+            block_connect_timeout_s: 600.0,
+            walltime_margin_s: 60.0,
+            replace_ahead_s: 300.0,
             command_timeout_s: 60.0,
             nodes_per_block: 1,
-            walltime: "01:00:00".into(),
+            walltime: None,
             partition: None,
             queue: None,
             account: None,
@@ -480,6 +520,38 @@ impl Config {
                 false,
             ),
             (
+                "provider.strategy_period_s",
+                self.provider.strategy_period_s,
+                false,
+            ),
+            ("provider.max_idle_s", self.provider.max_idle_s, true),
+            (
+                "provider.min_block_lifetime_s",
+                self.provider.min_block_lifetime_s,
+                true,
+            ),
+            ("provider.cooldown_s", self.provider.cooldown_s, true),
+            (
+                "provider.block_connect_timeout_s",
+                self.provider.block_connect_timeout_s,
+                false,
+            ),
+            (
+                "provider.walltime_margin_s",
+                self.provider.walltime_margin_s,
+                true,
+            ),
+            (
+                "provider.replace_ahead_s",
+                self.provider.replace_ahead_s,
+                true,
+            ),
+            (
+                "daemon.recovery_grace_s",
+                self.daemon.recovery_grace_s,
+                true,
+            ),
+            (
                 "worker.lost_daemon_exit_s",
                 self.worker.lost_daemon_exit_s,
                 false,
@@ -564,6 +636,29 @@ impl Config {
                 ),
             ));
         }
+        if !(0.0..=1.0).contains(&p.parallelism) {
+            return Err(invalid(
+                "provider.parallelism",
+                format!(
+                    "is {}; it is the share of a worker slot asked per outstanding task, between 0 and 1",
+                    p.parallelism
+                ),
+            ));
+        }
+        if p.pool.trim().is_empty() {
+            return Err(invalid("provider.pool", "must name the pool".into()));
+        }
+        if let Some(wall) = self.block_walltime_s()
+            && p.walltime_margin_s * 2.0 >= wall as f64
+        {
+            return Err(invalid(
+                "provider.walltime_margin_s",
+                format!(
+                    "is {} s but a block's wall time is {} s; workers would leave before doing half of it",
+                    p.walltime_margin_s, wall
+                ),
+            ));
+        }
         if p.max_block_failures == 0 {
             return Err(invalid(
                 "provider.max_block_failures",
@@ -601,13 +696,12 @@ impl Config {
                 ),
             ));
         }
-        if flotilla_providers::walltime_seconds(&self.provider.walltime).is_none_or(|s| s == 0) {
+        if let Some(w) = &self.provider.walltime
+            && flotilla_providers::walltime_seconds(w).is_none_or(|s| s == 0)
+        {
             return Err(invalid(
                 "provider.walltime",
-                format!(
-                    "`{}` is not a wall time; write HH:MM:SS (or D-HH:MM:SS)",
-                    self.provider.walltime
-                ),
+                format!("`{w}` is not a wall time; write HH:MM:SS (or D-HH:MM:SS)"),
             ));
         }
         if self.provider.nodes_per_block == 0 {
@@ -729,6 +823,30 @@ impl Config {
     /// The settings in force, as TOML (for `flotilla config check`).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// The wall time batch schedulers are asked for.
+    pub fn scheduler_walltime(&self) -> String {
+        self.provider
+            .walltime
+            .clone()
+            .unwrap_or_else(|| "01:00:00".into())
+    }
+
+    /// The wall time each block lives, when something enforces one: the
+    /// batch scheduler, or the local provider when `walltime` is set.
+    pub fn block_walltime_s(&self) -> Option<u64> {
+        match self.provider.kind {
+            ProviderKind::Slurm | ProviderKind::Pbspro | ProviderKind::Cobalt => {
+                flotilla_providers::walltime_seconds(&self.scheduler_walltime())
+            }
+            ProviderKind::Local => self
+                .provider
+                .walltime
+                .as_deref()
+                .and_then(flotilla_providers::walltime_seconds),
+            ProviderKind::Kubernetes => None,
+        }
     }
 
     /// `interchange.heartbeat_period_s` as a duration.

@@ -15,7 +15,7 @@ use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, ClientReply}
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
 use flotilla_protocol::{FrameError, decode, encode};
 
-use crate::config::Config;
+use crate::config::{Config, ProviderKind};
 use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo};
 use crate::hub::{Driver, Executor, Hub};
 use crate::launch::BlockTemplate;
@@ -122,11 +122,30 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         &crate::advertise::local_interfaces(),
         crate::advertise::resolve,
     )?;
+    // With port 0, the port of the last run if it is free: workers of
+    // blocks that outlived a crash redial it.
+    let remembered = dir.root().join("interchange.port");
     let mut port = config.interchange.port;
-    for ip in &plan.listen {
-        // The first listener picks the port (0: any free one); the others
-        // share it, so every advertised address has the same port.
-        port = interchange.listen(&crate::advertise::listen_url(*ip, port), 0)?;
+    let last = std::fs::read_to_string(&remembered)
+        .ok()
+        .and_then(|p| p.trim().parse::<u16>().ok());
+    for (i, ip) in plan.listen.iter().enumerate() {
+        // The first listener picks the port; the others share it, so every
+        // advertised address has the same port.
+        let url = |p| crate::advertise::listen_url(*ip, p);
+        port = match (i, port, last) {
+            (0, 0, Some(last)) => match interchange.listen(&url(last), 0) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(port = last, error = %e, "the last run's interchange port is taken; workers from before cannot reconnect");
+                    interchange.listen(&url(0), 0)?
+                }
+            },
+            _ => interchange.listen(&url(port), 0)?,
+        };
+    }
+    if let Err(e) = std::fs::write(&remembered, port.to_string()) {
+        tracing::warn!(path = %remembered.display(), error = %e, "cannot remember the interchange port");
     }
     let addresses = plan.advertised();
     let interchange_url = plan
@@ -156,13 +175,10 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         result_retention_us: micros(config.daemon.result_retention_s),
         unfetched_result_retention_us: micros(config.daemon.unfetched_result_retention_s),
         max_attempts: config.daemon.max_attempts,
+        walltime_margin_us: micros(config.provider.walltime_margin_s),
+        recovery_grace_us: micros(config.daemon.recovery_grace_s),
         secret,
-        blocks: BlockPolicy {
-            init_blocks: config.provider.init_blocks,
-            min_blocks: config.provider.min_blocks,
-            max_blocks: config.provider.max_blocks,
-            max_failures: config.provider.max_block_failures,
-        },
+        blocks: block_policy(&config),
         pid: std::process::id(),
         release: env!("CARGO_PKG_VERSION").to_owned(),
         interchange: interchange_url.clone(),
@@ -248,6 +264,38 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// The pool's scaling settings from the site file.
+fn block_policy(config: &Config) -> BlockPolicy {
+    let micros = |s: f64| (s * 1e6) as u64;
+    let p = &config.provider;
+    BlockPolicy {
+        pool: p.pool.clone(),
+        provider: p.kind.as_str().to_owned(),
+        init_blocks: p.init_blocks,
+        min_blocks: p.min_blocks,
+        max_blocks: p.max_blocks,
+        max_failures: p.max_block_failures,
+        workers_per_block: config.launcher.workers_per_node
+            * match p.kind {
+                // One launcher per pod, each on its own node.
+                ProviderKind::Kubernetes => p.nodes_per_block,
+                _ if config.launcher.kind.spans_nodes() => p.nodes_per_block,
+                _ => 1,
+            },
+        slots_per_worker: (config.worker.slots > 0).then_some(config.worker.slots),
+        parallelism: p.parallelism,
+        strategy_period_us: micros(p.strategy_period_s),
+        max_idle_us: micros(p.max_idle_s),
+        min_lifetime_us: micros(p.min_block_lifetime_s),
+        cooldown_us: micros(p.cooldown_s),
+        connect_timeout_us: micros(p.block_connect_timeout_s),
+        walltime_us: config
+            .block_walltime_s()
+            .map(|s| s.saturating_mul(1_000_000)),
+        replace_ahead_us: micros(p.replace_ahead_s),
+    }
+}
+
 fn signal(
     kind: tokio::signal::unix::SignalKind,
 ) -> Result<tokio::signal::unix::Signal, DaemonError> {
@@ -290,9 +338,13 @@ impl Executor for Io {
                 Action::Persist { seq, op } => self.writer.submit(seq, op),
                 Action::SubmitBlock { block } => match self.template.job(block) {
                     Ok(job) => self.provider.submit(block, job),
-                    Err(e) => tracing::error!(block, error = %e, "cannot start block"),
+                    Err(e) => {
+                        tracing::error!(block, error = %e, "cannot start block");
+                        self.provider.refuse(block, e.to_string());
+                    }
                 },
                 Action::CancelBlock { block } => self.provider.cancel(block),
+                Action::AdoptBlock { block, job } => self.provider.adopt(block, job),
                 Action::Exit => exit = true,
             }
         }

@@ -40,7 +40,7 @@ impl<X: Executor> Driver<X> {
     /// A driver; `core.start` actions are carried out at once.
     pub fn new(mut core: Core, mut io: X) -> (Self, bool) {
         let mut out = Vec::new();
-        core.start(&mut out);
+        core.start(now_us(), &mut out);
         let exit = io.execute(&mut out);
         (Driver { core, io, out }, exit)
     }

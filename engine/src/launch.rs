@@ -19,6 +19,9 @@ use crate::state_dir::StateDir;
 /// Environment variable telling a local worker to exit with the daemon.
 pub const EXIT_WITH_PID_ENV: &str = "FLOTILLA_EXIT_WITH_PID";
 
+/// Environment variable holding when the block's job ends (Unix seconds).
+pub const JOB_END_ENV: &str = "FLOTILLA_JOB_END";
+
 /// Environment variable naming the daemon's object store.
 pub const OBJECTS_ENV: &str = "FLOTILLA_OBJECTS";
 
@@ -33,6 +36,9 @@ pub struct BlockTemplate {
     slots: u32,
     lost_daemon_exit_s: f64,
     connect_timeout_s: f64,
+    /// Each block's wall time, when something enforces one.
+    walltime_s: Option<u64>,
+    walltime_margin_s: f64,
     init: String,
     workers_per_node: u32,
     nodes: u32,
@@ -88,6 +94,8 @@ impl BlockTemplate {
             slots: config.worker.slots,
             lost_daemon_exit_s: config.worker.lost_daemon_exit_s,
             connect_timeout_s: config.worker.connect_timeout_s,
+            walltime_s: config.block_walltime_s(),
+            walltime_margin_s: config.provider.walltime_margin_s,
             init: config.worker.init.clone(),
             workers_per_node: config.launcher.workers_per_node,
             // Each Kubernetes pod runs its own launcher on its own node.
@@ -135,6 +143,12 @@ impl BlockTemplate {
         if self.slots > 0 {
             words.extend(["--slots".into(), self.slots.to_string()]);
         }
+        if self.walltime_s.is_some() {
+            words.extend([
+                "--walltime-margin-s".into(),
+                self.walltime_margin_s.to_string(),
+            ]);
+        }
         if pool.is_none() {
             words.extend(self.servable_container_args());
         }
@@ -161,7 +175,14 @@ impl BlockTemplate {
             nodes: self.nodes,
             block_id: block,
         };
-        let launch = self.launcher.launcher().script(&spec).map_err(failed)?;
+        let mut launch = self.launcher.launcher().script(&spec).map_err(failed)?;
+        if let Some(walltime) = self.walltime_s {
+            // When the job ends, from the scheduler if it says, else from
+            // the wall time counted from now (the job's start).
+            launch = format!(
+                "{JOB_END_ENV}=\"${{SLURM_JOB_END_TIME:-$(( $(date +%s) + {walltime} ))}}\"; export {JOB_END_ENV}\n{launch}"
+            );
+        }
         let mut env = BTreeMap::from([
             (SECRET_ENV.to_owned(), self.secret_hex.clone()),
             (OBJECTS_ENV.to_owned(), self.objects.clone()),
@@ -220,6 +241,7 @@ impl BlockTemplate {
             RANK_ENV,
             NODE_ENV,
             BLOCK_ENV,
+            JOB_END_ENV,
             "FLOTILLA_LOG",
         ];
         if self.exit_with_daemon {
@@ -360,9 +382,13 @@ mod tests {
                 .contains("--address 10.0.0.1,login1:7000 --port 5555 --block-id 3")
         );
         assert!(
+            job.command.starts_with(
+                "FLOTILLA_JOB_END=\"${SLURM_JOB_END_TIME:-$(( $(date +%s) + 3600 ))}\"; export FLOTILLA_JOB_END\nFLOTILLA_BLOCK_ID=3; export FLOTILLA_BLOCK_ID\n"
+            ),
+            "{}",
             job.command
-                .starts_with("FLOTILLA_BLOCK_ID=3; export FLOTILLA_BLOCK_ID\n")
         );
+        assert!(job.command.contains("--walltime-margin-s 60"));
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::core::BlockEvent;
 enum Command {
     Submit { block: u32, job: Box<JobSpec> },
     Cancel { block: u32 },
+    Adopt { block: u32, job: JobId },
+    Refuse { block: u32, reason: String },
 }
 
 /// Handle to the provider thread. Dropping it waits for the thread to finish
@@ -55,6 +57,20 @@ impl ProviderRunner {
     /// Asks the provider to cancel block `block`.
     pub fn cancel(&self, block: u32) {
         self.send(Command::Cancel { block });
+    }
+
+    /// Watches `job`, submitted as block `block` by an earlier daemon.
+    pub fn adopt(&self, block: u32, job: String) {
+        self.send(Command::Adopt {
+            block,
+            job: JobId(job),
+        });
+    }
+
+    /// Reports block `block` as not started (its job could not even be
+    /// written), in order with the other reports.
+    pub fn refuse(&self, block: u32, reason: String) {
+        self.send(Command::Refuse { block, reason });
     }
 
     fn send(&self, command: Command) {
@@ -111,6 +127,15 @@ fn run(
                         message,
                     });
                 }
+            }
+            Ok(Command::Adopt { block, job }) => {
+                tracing::info!(block, job = %job, "watching a block from before the restart");
+                live.insert(block, (job, JobState::Unknown));
+                // Learn its state now, not a poll interval from now.
+                next_poll = Instant::now();
+            }
+            Ok(Command::Refuse { block, reason }) => {
+                report(BlockEvent::SubmitFailed { block, reason });
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,

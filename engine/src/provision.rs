@@ -37,7 +37,7 @@ pub fn provider(config: &Config) -> Box<dyn Provider> {
     let timeout = Duration::from_secs_f64(p.command_timeout_s);
     let options = SchedulerOptions {
         nodes_per_block: p.nodes_per_block,
-        walltime: p.walltime.clone(),
+        walltime: config.scheduler_walltime(),
         partition: p.partition.clone(),
         queue: p.queue.clone(),
         account: p.account.clone(),
@@ -48,7 +48,10 @@ pub fn provider(config: &Config) -> Box<dyn Provider> {
         scheduler_options: p.scheduler_options.clone(),
     };
     match p.kind {
-        ProviderKind::Local => Box::new(LocalProvider::default()),
+        ProviderKind::Local => Box::new(
+            LocalProvider::default()
+                .with_walltime(config.block_walltime_s().map(Duration::from_secs)),
+        ),
         ProviderKind::Slurm => Box::new(SlurmProvider::new(channel(config), options, timeout)),
         ProviderKind::Pbspro => Box::new(PbsProvider::new(channel(config), options, timeout)),
         ProviderKind::Cobalt => Box::new(CobaltProvider::new(channel(config), options, timeout)),

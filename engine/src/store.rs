@@ -162,6 +162,24 @@ pub enum StoreOp {
     },
     /// Delete memo entries (evicted or cleared).
     RemoveMemo(Vec<[u8; 32]>),
+    /// Record (or update) a live block, so a restarted daemon adopts it
+    /// instead of submitting another.
+    PutBlock(BlockRecord),
+    /// Forget a block that ended.
+    RemoveBlock(u32),
+}
+
+/// A block the provider accepted, as stored.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BlockRecord {
+    /// Block id.
+    pub id: u32,
+    /// The provider's job id.
+    pub job: String,
+    /// When it was submitted (µs since the epoch).
+    pub submitted_us: u64,
+    /// When it started running, once known.
+    pub running_since_us: Option<u64>,
 }
 
 /// Everything read back at start-up.
@@ -177,6 +195,10 @@ pub struct Recovered {
     pub servables: Vec<ServableRecord>,
     /// Memo entries: key, canonical servable name, output.
     pub memo: Vec<([u8; 32], String, Payload)>,
+    /// Blocks that were live when the daemon last stopped.
+    pub blocks: Vec<BlockRecord>,
+    /// The next block id never handed out.
+    pub next_block: u32,
 }
 
 /// Which chunks hold each live task and its result, and how many live tasks
@@ -233,7 +255,11 @@ pub struct Store {
     meta: sled::Tree,
     servables: sled::Tree,
     memo: sled::Tree,
+    blocks: sled::Tree,
 }
+
+/// Meta key of the next block id.
+const NEXT_BLOCK_KEY: &[u8] = b"next_block_id";
 
 impl Store {
     /// Opens (creating if needed) the database at `path`. Fails if another
@@ -254,7 +280,9 @@ impl Store {
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let servables = db.open_tree("servables").map_err(sled_err)?;
         let memo = db.open_tree("memo").map_err(sled_err)?;
+        let blocks = db.open_tree("blocks").map_err(sled_err)?;
         Ok(Store {
+            blocks,
             path: name,
             db,
             tasks,
@@ -345,12 +373,32 @@ impl Store {
                 })?;
             memo.push((key, servable, output));
         }
+        let mut blocks = Vec::new();
+        for entry in self.blocks.iter() {
+            let (key, value) = entry.map_err(|e| self.sled_err(e))?;
+            let record: BlockRecord =
+                rmp_serde::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    tree: "blocks",
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    message: e.to_string(),
+                })?;
+            blocks.push(record);
+        }
+        let next_block = self
+            .meta
+            .get(NEXT_BLOCK_KEY)
+            .map_err(|e| self.sled_err(e))?
+            .and_then(|v| decode_u64(&v))
+            .unwrap_or(0) as u32;
+        let next_block = blocks.iter().map(|b| b.id + 1).fold(next_block, u32::max);
         Ok(Recovered {
             tasks,
             reserved_until,
             index,
             servables,
             memo,
+            blocks,
+            next_block,
         })
     }
 
@@ -435,6 +483,28 @@ impl Store {
                     for key in keys {
                         self.memo.remove(key).map_err(|e| self.sled_err(e))?;
                     }
+                }
+                StoreOp::PutBlock(record) => {
+                    self.blocks
+                        .insert(record.id.to_be_bytes(), encode(record)?)
+                        .map_err(|e| self.sled_err(e))?;
+                    let next = u64::from(record.id) + 1;
+                    let stored = self
+                        .meta
+                        .get(NEXT_BLOCK_KEY)
+                        .map_err(|e| self.sled_err(e))?
+                        .and_then(|v| decode_u64(&v))
+                        .unwrap_or(0);
+                    if next > stored {
+                        self.meta
+                            .insert(NEXT_BLOCK_KEY, &next.to_be_bytes())
+                            .map_err(|e| self.sled_err(e))?;
+                    }
+                }
+                StoreOp::RemoveBlock(id) => {
+                    self.blocks
+                        .remove(id.to_be_bytes())
+                        .map_err(|e| self.sled_err(e))?;
                 }
             }
         }

@@ -28,6 +28,19 @@ pub struct TaskRequest {
 pub enum ClientCall {
     /// Liveness and version check.
     Ping,
+    /// Block and worker events after sequence number `after`; with
+    /// `wait_ms`, held until there is one or the wait passes.
+    Events {
+        /// Last sequence number already seen (0: from the oldest kept).
+        after: u64,
+        /// Longest to hold the request when there is nothing new.
+        wait_ms: Option<u64>,
+    },
+    /// Start submitting blocks again for a pool paused after failures.
+    ResumePool {
+        /// The pool.
+        name: String,
+    },
     /// Accept tasks. The reply comes once all of them are durable. With
     /// `wait_ms`, the reply is instead [`ClientReply::Results`], sent when all
     /// tasks are final or the wait expires (tasks then show their current
@@ -143,6 +156,16 @@ pub enum ClientReply {
     },
     /// The daemon is shutting down.
     Stopping,
+    /// Events, oldest first.
+    Events {
+        /// The events.
+        events: Vec<EventView>,
+    },
+    /// The pool was resumed.
+    PoolResumed {
+        /// The pool.
+        name: String,
+    },
     /// A servable version is in the catalog (`created: false` when the same
     /// content was already published).
     Published {
@@ -264,6 +287,8 @@ pub struct DaemonStatus {
     pub blocks: Vec<BlockView>,
     /// Why the daemon has stopped starting blocks, if it has.
     pub blocks_paused: Option<String>,
+    /// The worker pools and their scaling state.
+    pub pools: Vec<PoolView>,
     /// Connected workers.
     pub workers: Vec<WorkerView>,
     /// Queue depth per servable.
@@ -285,6 +310,50 @@ pub struct BlockView {
     pub workers: u32,
     /// Last message from the provider (e.g. the tail of a failed job's stderr).
     pub message: Option<String>,
+    /// Seconds since it was submitted.
+    pub age_s: u64,
+    /// Seconds of wall time left, once it runs.
+    pub walltime_left_s: Option<u64>,
+    /// Seconds since one of its workers last ran a task (while running).
+    pub idle_s: Option<u64>,
+}
+
+/// One worker pool: a provider and the scaling strategy that feeds it.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct PoolView {
+    /// Pool name (`flotilla pool resume NAME`).
+    pub name: String,
+    /// The provider kind.
+    pub provider: String,
+    /// Blocks wanted by the strategy at its last run.
+    pub wanted: u32,
+    /// Blocks live (pending or running, not being cancelled).
+    pub active: u32,
+    /// Fewest and most blocks.
+    pub min_blocks: u32,
+    /// Most blocks.
+    pub max_blocks: u32,
+    /// Blocks submitted since the daemon started.
+    pub submitted: u32,
+    /// Why the pool is paused, if it is.
+    pub paused: Option<String>,
+}
+
+/// Something that happened to a block or a worker.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct EventView {
+    /// Sequence number, increasing; ask for events after it.
+    pub seq: u64,
+    /// When (µs since the epoch).
+    pub at_us: u64,
+    /// What kind (`block-submitted`, `worker-lost`, …).
+    pub kind: String,
+    /// The block concerned, if any.
+    pub block: Option<u32>,
+    /// The worker concerned, if any.
+    pub worker: Option<String>,
+    /// Details in words.
+    pub message: String,
 }
 
 /// One connected worker.

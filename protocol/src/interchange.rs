@@ -45,6 +45,13 @@ pub struct Hello {
     pub servables: Vec<String>,
     /// The daemon's secret, proving the worker was started by (or for) it.
     pub secret: Payload,
+    /// When the worker's job ends (Unix seconds), if it knows: the daemon
+    /// sends it no task that would not finish in time.
+    pub ends_at_unix_s: Option<u64>,
+    /// Batches it is running or holds results for, when it registers again
+    /// (after a daemon restart): the daemon keeps them assigned to it
+    /// instead of running them a second time elsewhere.
+    pub running: Vec<(BatchId, Vec<TaskId>)>,
 }
 
 /// The results of one batch.
@@ -94,6 +101,12 @@ pub enum WorkerMessage {
     Probe {
         /// The daemon's secret, as in `Hello`.
         secret: Payload,
+    },
+    /// The worker is leaving on its own (its job's wall time is nearly
+    /// over) with nothing running: not a loss.
+    Leave {
+        /// Why, for the daemon's log and event stream.
+        reason: String,
     },
     /// Report results and ask for work. With `wait`, the daemon holds the
     /// request until it has work or a heartbeat period passes.

@@ -214,6 +214,10 @@ pub struct ServableOptions {
     pub latency_target_ms: u64,
     /// Check every input against `input` at submission.
     pub validate_input: bool,
+    /// Longest one call may take, in seconds, if the author knows: a worker
+    /// whose job ends sooner is not given it (otherwise the daemon learns
+    /// the duration from history).
+    pub max_duration_s: Option<u64>,
 }
 
 impl Default for ServableOptions {
@@ -224,6 +228,7 @@ impl Default for ServableOptions {
             max_batch_delay_ms: BatchDelay::Fixed(0),
             latency_target_ms: 100,
             validate_input: false,
+            max_duration_s: None,
         }
     }
 }

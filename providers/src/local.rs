@@ -25,12 +25,14 @@ const STDERR_TAIL_LINES: usize = 10;
 pub struct LocalProvider {
     jobs: HashMap<JobId, LocalJob>,
     cancel_grace: Duration,
+    walltime: Option<Duration>,
 }
 
 #[derive(Debug)]
 struct LocalJob {
     child: Child,
     spec: JobSpec,
+    started: Instant,
     /// Set once the leader has been reaped or the job was cancelled.
     ended: Option<JobStatus>,
 }
@@ -48,6 +50,43 @@ impl LocalProvider {
         LocalProvider {
             jobs: HashMap::new(),
             cancel_grace,
+            walltime: None,
+        }
+    }
+
+    /// Ends every block after `walltime`, as a batch scheduler would (its
+    /// process group gets SIGTERM, then SIGKILL after the cancel grace), so
+    /// wall-time handling behaves the same on a laptop as on a cluster.
+    pub fn with_walltime(mut self, walltime: Option<Duration>) -> Self {
+        self.walltime = walltime;
+        self
+    }
+
+    /// Ends jobs that outlived the wall time.
+    fn enforce_walltime(&mut self) {
+        let Some(limit) = self.walltime else {
+            return;
+        };
+        let expired: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.ended.is_none() && j.started.elapsed() >= limit)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            let Some(mut job) = self.jobs.remove(&id) else {
+                continue;
+            };
+            tracing::info!(job = %id, walltime_s = limit.as_secs(), "local block reached its wall time");
+            if let Err(e) = self.stop(&mut job, &id) {
+                tracing::warn!(job = %id, error = %e, "cannot end a block at its wall time");
+            }
+            job.ended = Some(JobStatus {
+                id: id.clone(),
+                state: JobState::Timeout,
+                message: Some(format!("wall time of {} s reached", limit.as_secs())),
+            });
+            self.jobs.insert(id, job);
         }
     }
 
@@ -187,6 +226,7 @@ impl Provider for LocalProvider {
             LocalJob {
                 child,
                 spec: job.clone(),
+                started: Instant::now(),
                 ended: None,
             },
         );
@@ -194,6 +234,7 @@ impl Provider for LocalProvider {
     }
 
     fn status(&mut self, ids: &[JobId]) -> Result<Vec<JobStatus>, ProviderError> {
+        self.enforce_walltime();
         Ok(ids
             .iter()
             .map(|id| match self.jobs.get_mut(id) {

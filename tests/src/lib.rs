@@ -98,7 +98,8 @@ pub fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Opt
     }
 }
 
-/// A site file for tests: no blocks (tests start workers themselves), fast
+/// A site file for tests: no blocks, even for queued work (tests start
+/// workers themselves; `max_blocks` lets a test's pool scale), fast
 /// heartbeats, short grace. `extra` is appended (later keys must not repeat
 /// these tables; use [`config_with`] to override).
 pub fn test_config() -> String {
@@ -121,6 +122,7 @@ pub fn config_with(overrides: &[(&str, &str, &str)]) -> String {
             vec![
                 ("init_blocks".into(), "0".into()),
                 ("min_blocks".into(), "0".into()),
+                ("max_blocks".into(), "0".into()),
                 ("poll_interval_s".into(), "0.1".into()),
             ],
         ),
@@ -417,6 +419,34 @@ pub fn noop_tasks(n: usize) -> Vec<flotilla_protocol::client::TaskRequest> {
             params: flotilla_protocol::Payload::new(),
         })
         .collect()
+}
+
+/// `n` requests for the builtin `sleep` servable, `seconds` each.
+pub fn sleep_tasks(n: usize, seconds: f64) -> Vec<flotilla_protocol::client::TaskRequest> {
+    let input = flotilla_client::json_to_payload(&serde_json::json!(seconds)).unwrap();
+    (0..n)
+        .map(|_| flotilla_protocol::client::TaskRequest {
+            servable: "sleep".into(),
+            input: input.clone(),
+            params: flotilla_protocol::Payload::new(),
+        })
+        .collect()
+}
+
+impl Flotilla {
+    /// Every event the daemon still keeps.
+    pub fn events(&self) -> Vec<flotilla_protocol::client::EventView> {
+        self.client().events(0, None).unwrap()
+    }
+
+    /// The kinds of the events about `block`, in order.
+    pub fn block_history(&self, block: u32) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.block == Some(block))
+            .map(|e| format!("{} {}", e.kind, e.message))
+            .collect()
+    }
 }
 
 /// True while a process with this pid exists and is not a zombie.

@@ -417,6 +417,7 @@ fn the_local_provider_starts_a_worker_pool_and_cancels_it_at_shutdown() {
     let config = config_with(&[
         ("provider", "init_blocks", "1"),
         ("provider", "min_blocks", "1"),
+        ("provider", "max_blocks", "1"),
         ("worker", "slots", "2"),
         (
             "worker",
@@ -449,6 +450,7 @@ fn a_block_that_cannot_start_workers_is_reported_not_retried_forever() {
     let config = config_with(&[
         ("provider", "init_blocks", "1"),
         ("provider", "min_blocks", "1"),
+        ("provider", "max_blocks", "1"),
         ("provider", "max_block_failures", "2"),
         ("worker", "command", "\"/nonexistent/flotilla-worker\""),
     ]);

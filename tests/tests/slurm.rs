@@ -372,3 +372,161 @@ fn the_srun_launcher_puts_one_pool_on_each_node() {
         "{text}"
     );
 }
+
+fn live(s: &flotilla_protocol::client::DaemonStatus) -> usize {
+    s.blocks
+        .iter()
+        .filter(|b| matches!(b.state.as_str(), "PENDING" | "RUNNING" | "UNKNOWN"))
+        .count()
+}
+
+#[test]
+fn queued_work_scales_slurm_blocks_out_to_max_and_idle_ones_back_in() {
+    let f = Flotilla::start(&slurm_site(&[
+        ("provider", "init_blocks", "0"),
+        ("provider", "min_blocks", "0"),
+        ("provider", "max_blocks", "2"),
+        ("provider", "strategy_period_s", "0.5"),
+        ("provider", "max_idle_s", "3"),
+        ("provider", "min_block_lifetime_s", "2"),
+        ("provider", "cooldown_s", "30"),
+    ]));
+    let jobs = JobsOf::new(&f);
+    let client = f.client();
+    let ids = client
+        .submit(flotilla_tests::sleep_tasks(300, 0.02))
+        .unwrap();
+    wait_until(LONG, "two blocks with workers", || {
+        (client.status().ok()?.workers.len() == 2).then_some(())
+    });
+    let views = client.results(&ids, Some(LONG)).unwrap();
+    assert!(views.iter().all(|v| v.state == TaskState::Completed));
+    let after = wait_until(LONG, "both blocks to be given back", || {
+        let s = client.status().ok()?;
+        (live(&s) == 0).then_some(s)
+    });
+    assert_eq!(after.pools[0].submitted, 2, "{:?}", after.blocks);
+    assert_eq!(
+        jobs.jobs().len(),
+        2,
+        "exactly the two jobs needed: {:?}",
+        jobs.jobs()
+    );
+}
+
+#[test]
+fn scancel_of_a_running_block_loses_no_task() {
+    let f = Flotilla::start(&slurm_site(&[("provider", "strategy_period_s", "0.5")]));
+    let _jobs = JobsOf::new(&f);
+    f.wait_workers(1);
+    let client = f.client();
+    let ids = client.submit(flotilla_tests::sleep_tasks(40, 0.5)).unwrap();
+    wait_until(LONG, "some tasks done", || {
+        let s = client.status().ok()?;
+        (s.totals.completed >= 6).then_some(())
+    });
+    let job = client.status().unwrap().blocks[0].job_id.clone().unwrap();
+    let cancelled_at = std::time::SystemTime::now();
+    run(&format!("scancel {job}"));
+    let views = client.results(&ids, Some(LONG)).unwrap();
+    assert!(
+        views.iter().all(|v| v.state == TaskState::Completed),
+        "{views:?}"
+    );
+    let status = client.status().unwrap();
+    assert!(status.totals.requeued > 0, "the block had tasks running");
+    assert_eq!(status.totals.failed, 0);
+    // How long from the scancel to the lost worker's tasks being requeued.
+    let since = cancelled_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let lost = f
+        .events()
+        .into_iter()
+        .find(|e| e.kind == "worker-lost" && e.block == Some(0))
+        .expect("block 0's worker was lost");
+    let after_ms = lost.at_us.saturating_sub(since) / 1000;
+    eprintln!(
+        "scancel -> tasks requeued: {after_ms} ms ({})",
+        lost.message
+    );
+    assert!(after_ms < 3000, "{after_ms} ms");
+}
+
+#[test]
+fn a_block_with_a_one_minute_walltime_drains_before_slurm_ends_it() {
+    let f = Flotilla::start(&slurm_site(&[
+        ("provider", "walltime", "\"00:01:00\""),
+        ("provider", "walltime_margin_s", "15"),
+        ("provider", "replace_ahead_s", "25"),
+        ("provider", "strategy_period_s", "0.5"),
+    ]));
+    let _jobs = JobsOf::new(&f);
+    f.wait_workers(1);
+    let client = f.client();
+    // 60 s of work for 2 slots, more than the block's 45 s before its margin.
+    let ids = client.submit(flotilla_tests::sleep_tasks(60, 2.0)).unwrap();
+    let views = client
+        .results(&ids, Some(Duration::from_secs(240)))
+        .unwrap();
+    for v in &views {
+        assert_eq!(v.state, TaskState::Completed, "{v:?}");
+        assert_eq!(v.attempts, 1, "interrupted: {v:?}");
+    }
+    assert_eq!(client.status().unwrap().totals.requeued, 0);
+    let events = f.events();
+    let left = events
+        .iter()
+        .find(|e| e.kind == "worker-left" && e.block == Some(0))
+        .expect("block 0's worker left before the wall time");
+    let replaced = events
+        .iter()
+        .find(|e| e.kind == "block-requested" && e.block == Some(1))
+        .expect("a replacement block");
+    assert!(
+        replaced.seq < left.seq,
+        "replacement asked for ahead of time"
+    );
+    let first = f.block_history(0);
+    assert!(
+        !first.iter().any(|e| e.contains("TIMEOUT")),
+        "Slurm never had to kill it: {first:?}"
+    );
+}
+
+#[test]
+fn a_sigkilled_daemon_adopts_its_live_slurm_block_and_finishes_everything() {
+    let mut f = Flotilla::start(&slurm_site(&[("provider", "strategy_period_s", "0.5")]));
+    let jobs = JobsOf::new(&f);
+    f.wait_workers(1);
+    let client = f.client();
+    let ids = client.submit(flotilla_tests::sleep_tasks(60, 0.4)).unwrap();
+    wait_until(LONG, "some tasks done", || {
+        let s = client.status().ok()?;
+        (s.totals.completed >= 10).then_some(())
+    });
+    let before = jobs.jobs();
+    assert_eq!(before.len(), 1);
+    f.kill_daemon();
+    f.start_daemon();
+    let client = f.client();
+    let views = client.results(&ids, Some(LONG)).unwrap();
+    assert!(
+        views.iter().all(|v| v.state == TaskState::Completed),
+        "{views:?}"
+    );
+    let status = client.status().unwrap();
+    assert_eq!(
+        status.pools[0].submitted, 0,
+        "no block submitted after the restart"
+    );
+    assert_eq!(jobs.jobs().len(), 1, "still the one job: {:?}", jobs.jobs());
+    assert_eq!(jobs.jobs()[0].0, before[0].0);
+    assert!(
+        f.events().iter().any(|e| e.kind == "block-adopted"),
+        "{:?}",
+        f.events()
+    );
+    assert_eq!(status.totals.requeued, 0, "nothing was lost");
+}

@@ -30,12 +30,18 @@ pub struct ExecRuntime {
     work_dir: PathBuf,
     records: Mutex<HashMap<String, Arc<ServableRecord>>>,
     prepared: Mutex<HashMap<String, Result<PathBuf, String>>>,
+    /// Held while a servable's files are materialised, so two slots that
+    /// get their first batch at once never write the same directory.
+    preparing: Mutex<()>,
     idle: Mutex<HashMap<String, Vec<WarmProcess>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// Numbers the temporary names files are materialised under.
+static FRESH_NAMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A batch's result without per-input outcomes.
 fn failure(kind: FailureKind, message: String) -> Result<Vec<Outcome>, BatchFailure> {
@@ -53,6 +59,7 @@ impl ExecRuntime {
             work_dir,
             records: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
+            preparing: Mutex::new(()),
             idle: Mutex::new(HashMap::new()),
         }
     }
@@ -139,6 +146,10 @@ impl ExecRuntime {
         if let Some(done) = lock(&self.prepared).get(&id) {
             return done.clone();
         }
+        let _preparing = lock(&self.preparing);
+        if let Some(done) = lock(&self.prepared).get(&id) {
+            return done.clone();
+        }
         let outcome = self.materialise(record);
         if let Err(e) = &outcome {
             tracing::error!(servable = %id, error = %e, "cannot prepare servable");
@@ -178,10 +189,23 @@ impl ExecRuntime {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
             }
-            let _ = fs::remove_file(&target);
-            if fs::hard_link(&source, &target).is_err() {
-                fs::copy(&source, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+            // Link (or copy) under a fresh name, then rename over the target:
+            // writing through an existing target could write through a link
+            // into the object store itself.
+            let fresh = target.with_file_name(format!(
+                ".{}.{}.{}.tmp",
+                target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                std::process::id(),
+                FRESH_NAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            let _ = fs::remove_file(&fresh);
+            if fs::hard_link(&source, &fresh).is_err() {
+                fs::copy(&source, &fresh).map_err(|e| format!("{}: {e}", fresh.display()))?;
             }
+            fs::rename(&fresh, &target).map_err(|e| format!("{}: {e}", target.display()))?;
         }
         tracing::info!(servable = %id, files = record.files.len(), dir = %dir.display(), "servable files verified");
         Ok(dir)
@@ -209,4 +233,80 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_protocol::servable::{
+        FileEntry, Runtime, ServableOptions, ServableRecord, ServableSpec, TypeSpec,
+    };
+
+    fn record(blake3: &str) -> ServableRecord {
+        let any = TypeSpec::Any {
+            description: String::new(),
+        };
+        ServableRecord {
+            spec: ServableSpec {
+                name: "raced".into(),
+                version: "1.0.0".into(),
+                title: "Raced".into(),
+                description: String::new(),
+                creators: vec![],
+                domains: vec![],
+                license: "MIT".into(),
+                doi: None,
+                related_identifiers: vec![],
+                model_type: "python-function".into(),
+                input: any.clone(),
+                output: any,
+                runtime: Runtime::Exec {
+                    command: "python3".into(),
+                    args: vec!["serve.py".into()],
+                    working_dir: None,
+                    env: Default::default(),
+                },
+                container: None,
+                files: vec!["serve.py".into()],
+                build: None,
+                options: ServableOptions::default(),
+            },
+            files: vec![FileEntry {
+                path: "serve.py".into(),
+                blake3: blake3.into(),
+                size: 11,
+            }],
+            published_us: 0,
+        }
+    }
+
+    #[test]
+    fn slots_preparing_the_same_servable_at_once_never_touch_the_object_store() {
+        let root = std::env::temp_dir().join(format!("flotilla-exec-test-{}", std::process::id()));
+        let objects = root.join("objects");
+        fs::create_dir_all(&objects).unwrap();
+        let content = b"print('hi')";
+        let hash = blake3::hash(content).to_hex().to_string();
+        fs::write(objects.join(&hash), content).unwrap();
+        let record = record(&hash);
+        for round in 0..20 {
+            let runtime = ExecRuntime::new(
+                Some(objects.clone()),
+                root.join(format!("work-{round}")),
+                None,
+            );
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        let dir = runtime.prepare(&record).unwrap();
+                        assert_eq!(fs::read(dir.join("serve.py")).unwrap(), content);
+                    });
+                }
+            });
+            // Preparing again over files that are already there is harmless too.
+            runtime.materialise(&record).unwrap();
+            assert_eq!(fs::read(objects.join(&hash)).unwrap(), content);
+        }
+        let _ = fs::remove_dir_all(&root);
+    }
 }

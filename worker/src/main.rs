@@ -73,6 +73,13 @@ struct Args {
     /// Give up reaching the daemon after this many seconds.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout_s: f64,
+    /// When this worker's job ends, in Unix seconds (the block script sets
+    /// it from the wall time, or Slurm's SLURM_JOB_END_TIME).
+    #[arg(long, env = "FLOTILLA_JOB_END")]
+    job_end: Option<u64>,
+    /// Take no task and leave this many seconds before the job ends.
+    #[arg(long, default_value_t = 60.0)]
+    walltime_margin_s: f64,
     /// Run servables that name a container image in it with this runtime
     /// (apptainer, singularity, shifter, podman, docker, charliecloud,
     /// custom).
@@ -157,6 +164,10 @@ fn main() -> ExitCode {
         Ok(Ending::Lost(after)) => {
             tracing::error!(silent_s = after.as_secs(), url = %cfg.url, "lost the daemon; exiting");
             ExitCode::from(3)
+        }
+        Ok(Ending::WalltimeOver) => {
+            tracing::info!("the job's wall time is over; left the daemon");
+            ExitCode::SUCCESS
         }
         Ok(Ending::Refused(reason)) => {
             tracing::error!(reason = %reason, "the daemon refused this worker");
@@ -243,7 +254,12 @@ fn session_config(args: &Args) -> anyhow::Result<Settings> {
     let node = std::env::var(NODE_ENV)
         .ok()
         .filter(|n| !n.trim().is_empty());
+    if !(args.walltime_margin_s.is_finite() && args.walltime_margin_s >= 0.0) {
+        bail!("--walltime-margin-s must be a number of seconds, 0 or more");
+    }
     let session = SessionConfig {
+        job_end_unix_s: args.job_end,
+        walltime_margin: Duration::from_secs_f64(args.walltime_margin_s),
         objects,
         containers: servable_containers(args)?,
         url: String::new(),

@@ -23,7 +23,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use flotilla_protocol::interchange::{BatchResult, DaemonMessage, Hello, WorkerMessage};
+use flotilla_protocol::TaskId;
+use flotilla_protocol::interchange::{BatchId, BatchResult, DaemonMessage, Hello, WorkerMessage};
 use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, FrameError, decode, encode};
 use nng::{Aio, AioResult, Context, Message, Socket};
 
@@ -41,6 +42,8 @@ pub enum Ending {
     Lost(Duration),
     /// The daemon refused this worker.
     Refused(String),
+    /// Its job's wall time is nearly over: it finished its tasks and left.
+    WalltimeOver,
     /// The socket failed in a way retrying cannot fix.
     Failed(String),
 }
@@ -72,6 +75,10 @@ pub struct SessionConfig {
     pub objects: Option<std::path::PathBuf>,
     /// How servables that name an image are run (no runtime: on the host).
     pub containers: Option<flotilla_launchers::Container>,
+    /// When the worker's job ends (Unix seconds), if known.
+    pub job_end_unix_s: Option<u64>,
+    /// The worker stops taking tasks and leaves this long before the end.
+    pub walltime_margin: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +141,13 @@ struct State {
     timeout: Duration,
     pending: Vec<BatchResult>,
     in_flight: Vec<BatchResult>,
+    /// Batches received whose results the daemon has not acknowledged yet
+    /// (told to a restarted daemon in the hello, so they stay ours).
+    unacked: std::collections::BTreeMap<BatchId, Vec<TaskId>>,
+    /// The job's end is near: no more polls; leave once idle.
+    leaving: bool,
+    /// `Leave` was sent.
+    left: bool,
     last_contact: Instant,
     ending: Option<Ending>,
 }
@@ -184,6 +198,9 @@ pub fn run(cfg: &SessionConfig, socket: Socket) -> anyhow::Result<Ending> {
             timeout: Duration::from_secs(20),
             pending: Vec::new(),
             in_flight: Vec::new(),
+            unacked: std::collections::BTreeMap::new(),
+            leaving: false,
+            left: false,
             last_contact: Instant::now(),
             ending: None,
         }),
@@ -214,6 +231,21 @@ impl Session {
             {
                 return Ending::DaemonExited;
             }
+            if let Some(end) = self.cfg.job_end_unix_s {
+                let now = unix_now();
+                let margin = self.cfg.walltime_margin.as_secs();
+                if now >= end {
+                    return Ending::WalltimeOver;
+                }
+                if !state.leaving && now + margin >= end {
+                    tracing::info!(
+                        ends_in_s = end - now,
+                        running_batches = state.unacked.len(),
+                        "the job's wall time is nearly over: taking no more tasks, leaving once idle"
+                    );
+                    state.leaving = true;
+                }
+            }
             state = self
                 .ended
                 .wait_timeout(state, Duration::from_millis(250))
@@ -237,7 +269,10 @@ impl Session {
             if state.report.busy {
                 Ok(())
             } else {
+                let running = state.unacked.iter().map(|(b, t)| (*b, t.clone())).collect();
                 let hello = WorkerMessage::Hello(Hello {
+                    ends_at_unix_s: self.cfg.job_end_unix_s,
+                    running,
                     worker_id: self.cfg.worker_id.clone(),
                     block_id: self.cfg.block_id,
                     host: self.cfg.host.clone(),
@@ -254,8 +289,22 @@ impl Session {
                 });
                 state.report.send(&hello, timeout)
             }
+        } else if state.leaving && state.unacked.is_empty() && state.pending.is_empty() {
+            // Idle at the end of the job: say goodbye (once).
+            if state.left || state.report.busy {
+                Ok(())
+            } else {
+                state.left = true;
+                let leave = WorkerMessage::Leave {
+                    reason: format!(
+                        "its job's wall time ends within {} s",
+                        self.cfg.walltime_margin.as_secs()
+                    ),
+                };
+                state.report.send(&leave, timeout)
+            }
         } else {
-            let poll = if state.poll.busy {
+            let poll = if state.poll.busy || state.leaving {
                 Ok(())
             } else {
                 state.poll.send(
@@ -374,9 +423,14 @@ impl Session {
             DaemonMessage::Refused { reason } => self.finish(state, Ending::Refused(reason)),
             DaemonMessage::Work { batches } => {
                 if lane == LaneName::Report {
-                    state.in_flight.clear();
+                    for acked in std::mem::take(&mut state.in_flight) {
+                        state.unacked.remove(&acked.batch);
+                    }
                 }
                 for batch in batches {
+                    state
+                        .unacked
+                        .insert(batch.id, batch.items.iter().map(|i| i.task).collect());
                     if let Some(record) = &batch.spec {
                         self.runtime.learn(record);
                     }
@@ -395,12 +449,19 @@ impl Session {
                     Self::resend_in_flight(state);
                 }
             }
+            DaemonMessage::Shutdown if state.left => self.finish(state, Ending::WalltimeOver),
             DaemonMessage::Shutdown => self.finish(state, Ending::Shutdown),
             DaemonMessage::ProbeOk => {
                 tracing::debug!("a late probe answer; ignored");
             }
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn process_alive(pid: i32) -> bool {

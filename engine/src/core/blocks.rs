@@ -1,30 +1,97 @@
-//! Blocks: the worker pools the daemon acquires from its provider.
+//! Blocks: the worker pool's pilot jobs, and the strategy that sizes it.
 //!
-//! This is the scaling policy in its simplest useful form: start
-//! `init_blocks`, keep at least `min_blocks` alive by replacing blocks that
-//! end, never hold more than `max_blocks`. A block that ends before any of its
-//! workers connected is a failure; after `max_block_failures` of those in a
-//! row the daemon stops starting blocks (instead of churning through the
-//! scheduler) and says why in `flotilla status`.
+//! Every `strategy_period` the strategy compares the work outstanding
+//! (queued and running tasks) with the slots the live blocks bring, and asks
+//! for blocks or gives them back:
+//!
+//! * wanted = ⌈outstanding × parallelism ÷ slots per block⌉, at least one
+//!   while anything is outstanding, kept within `min_blocks..=max_blocks`;
+//! * more blocks are submitted when fewer are live than wanted; pending
+//!   blocks count as live, so a burst never asks for a block twice;
+//! * when more are live than wanted, pending blocks that never connected go
+//!   first (newest first), then blocks idle for `max_idle`; none is
+//!   cancelled younger than `min_block_lifetime`, none is requested within
+//!   `cooldown` of a cancel, and `min_blocks` always stay;
+//! * a block whose wall time ends within `replace_ahead` no longer counts
+//!   while work is queued, so its replacement starts before it ends (and it
+//!   does not count against `max_blocks` either: it is leaving);
+//! * a running block none of whose workers connected within
+//!   `connect_timeout` is cancelled; it and blocks that end before any
+//!   worker connected are failures, and after `max_failures` in a row the
+//!   pool is paused (no block starts) until it is resumed.
+//!
+//! Nothing here does I/O: it turns provider reports, worker arrivals and the
+//! core's demand figures into actions, events for `flotilla events`, and
+//! block records for the store (so a restarted daemon adopts its blocks).
 
 use std::collections::BTreeMap;
 
-use flotilla_protocol::client::BlockView;
+use flotilla_protocol::client::{BlockView, PoolView};
 use flotilla_providers::JobState;
 
 use super::Action;
+use crate::store::{BlockRecord, StoreOp};
 
-/// Limits from `[provider]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The pool's settings, from `[provider]` and `[launcher]`, in µs.
+#[derive(Clone, Debug, PartialEq)]
 pub struct BlockPolicy {
+    /// Pool name.
+    pub pool: String,
+    /// Provider kind, for status.
+    pub provider: String,
     /// Blocks started with the daemon.
     pub init_blocks: u32,
     /// Fewest blocks kept alive.
     pub min_blocks: u32,
     /// Most blocks held at once.
     pub max_blocks: u32,
-    /// Consecutive failed blocks before starts are paused.
+    /// Consecutive failed blocks before the pool is paused.
     pub max_failures: u32,
+    /// Workers each block starts (nodes × workers per node).
+    pub workers_per_block: u32,
+    /// Slots per worker, when configured (else learned from workers).
+    pub slots_per_worker: Option<u32>,
+    /// Slots requested per outstanding task.
+    pub parallelism: f64,
+    /// Strategy period.
+    pub strategy_period_us: u64,
+    /// Idle time after which a block beyond `min_blocks` is cancelled.
+    pub max_idle_us: u64,
+    /// Youngest age at which a block may be cancelled for scaling in.
+    pub min_lifetime_us: u64,
+    /// No scale-out this soon after a scale-in cancel.
+    pub cooldown_us: u64,
+    /// A running block with no worker after this long is a failure.
+    pub connect_timeout_us: u64,
+    /// A block's wall time, when its provider enforces one.
+    pub walltime_us: Option<u64>,
+    /// Replace blocks with less wall time left than this.
+    pub replace_ahead_us: u64,
+}
+
+impl BlockPolicy {
+    /// A pool that never starts a block: for a core driven without a
+    /// provider (benchmarks, embedding).
+    pub fn no_blocks() -> Self {
+        BlockPolicy {
+            pool: "none".into(),
+            provider: "none".into(),
+            init_blocks: 0,
+            min_blocks: 0,
+            max_blocks: 0,
+            max_failures: 1,
+            workers_per_block: 1,
+            slots_per_worker: None,
+            parallelism: 0.0,
+            strategy_period_us: 1_000_000,
+            max_idle_us: 0,
+            min_lifetime_us: 0,
+            cooldown_us: 0,
+            connect_timeout_us: u64::MAX,
+            walltime_us: None,
+            replace_ahead_us: 0,
+        }
+    }
 }
 
 /// What the provider side reports about a block.
@@ -55,6 +122,28 @@ pub enum BlockEvent {
     },
 }
 
+/// The work the strategy sizes the pool for.
+#[derive(Clone, Debug, Default)]
+pub struct Demand {
+    /// Tasks waiting for a worker.
+    pub queued: u64,
+    /// Tasks on workers.
+    pub running: u64,
+    /// Tasks running per block.
+    pub busy: BTreeMap<u32, u32>,
+}
+
+/// Something for `flotilla events`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// Kind (`block-submitted`, …).
+    pub kind: &'static str,
+    /// The block.
+    pub block: Option<u32>,
+    /// Details.
+    pub message: String,
+}
+
 #[derive(Debug)]
 struct Block {
     state: JobState,
@@ -63,9 +152,26 @@ struct Block {
     ever_connected: bool,
     message: Option<String>,
     cancelling: bool,
+    submitted_us: u64,
+    running_since_us: Option<u64>,
+    /// Since when its workers are expected (running, or adopted running):
+    /// the connect timeout counts from here.
+    expected_since_us: Option<u64>,
+    last_busy_us: u64,
 }
 
-/// The block table and its policy.
+impl Block {
+    fn live(&self) -> bool {
+        !self.state.is_terminal() && !self.cancelling
+    }
+
+    fn time_left_us(&self, walltime_us: Option<u64>, now: u64) -> Option<u64> {
+        let since = self.running_since_us?;
+        Some(walltime_us?.saturating_sub(now.saturating_sub(since)))
+    }
+}
+
+/// The block table and its strategy.
 #[derive(Debug)]
 pub struct Blocks {
     policy: BlockPolicy,
@@ -74,39 +180,113 @@ pub struct Blocks {
     consecutive_failures: u32,
     paused: Option<String>,
     stopping: bool,
+    /// No scale-out before this (a cancel's cooldown).
+    cooldown_until_us: u64,
+    last_strategy_us: u64,
+    wanted: u32,
+    submitted: u32,
+    learned_slots: Option<u32>,
+    /// Blocks taken over from before a restart.
+    adopted: Vec<u32>,
+    notes: Vec<Note>,
+    store_ops: Vec<StoreOp>,
 }
 
 impl Blocks {
-    /// An empty table under `policy`.
-    pub fn new(policy: BlockPolicy) -> Self {
+    /// An empty table under `policy`; block ids start at `next_id`.
+    pub fn new(policy: BlockPolicy, next_id: u32) -> Self {
         Blocks {
             policy,
             blocks: BTreeMap::new(),
-            next_id: 0,
+            next_id,
             consecutive_failures: 0,
             paused: None,
             stopping: false,
+            cooldown_until_us: 0,
+            last_strategy_us: 0,
+            wanted: 0,
+            submitted: 0,
+            learned_slots: None,
+            adopted: Vec::new(),
+            notes: Vec::new(),
+            store_ops: Vec::new(),
         }
     }
 
-    /// Starts the initial blocks.
-    pub fn start(&mut self, out: &mut Vec<Action>) {
-        let want = self.policy.init_blocks.max(self.policy.min_blocks);
-        while self.active() < want {
-            self.submit(out);
+    /// Takes back blocks a previous daemon left running: they are polled
+    /// again, count as live, and their workers are expected back.
+    pub fn adopt(&mut self, records: Vec<BlockRecord>, now: u64, out: &mut Vec<Action>) {
+        for r in records {
+            self.next_id = self.next_id.max(r.id + 1);
+            self.adopted.push(r.id);
+            self.note(
+                "block-adopted",
+                Some(r.id),
+                format!("job {} from before the restart", r.job),
+            );
+            out.push(Action::AdoptBlock {
+                block: r.id,
+                job: r.job.clone(),
+            });
+            self.blocks.insert(
+                r.id,
+                Block {
+                    state: JobState::Unknown,
+                    job: Some(r.job),
+                    workers: 0,
+                    ever_connected: false,
+                    message: None,
+                    cancelling: false,
+                    submitted_us: r.submitted_us,
+                    expected_since_us: r.running_since_us.map(|_| now),
+                    running_since_us: r.running_since_us,
+                    last_busy_us: now,
+                },
+            );
         }
     }
 
-    fn active(&self) -> u32 {
+    /// Whether every adopted block still alive has all its workers back
+    /// (then nothing more will be claimed after a restart).
+    pub fn adopted_settled(&self) -> bool {
+        self.adopted.iter().all(|id| {
+            self.blocks
+                .get(id)
+                .is_none_or(|b| !b.live() || b.workers >= self.policy.workers_per_block)
+        })
+    }
+
+    /// Starts the initial blocks (beyond those adopted).
+    pub fn start(&mut self, now: u64, out: &mut Vec<Action>) {
+        let want = self
+            .policy
+            .init_blocks
+            .max(self.policy.min_blocks)
+            .min(self.policy.max_blocks);
+        while self.active(now, false) < want && self.paused.is_none() {
+            self.submit(now, "initial block", out);
+        }
+        self.last_strategy_us = now;
+    }
+
+    /// Live blocks that count as capacity (with `queued_work`, blocks about
+    /// to reach their wall time do not).
+    fn active(&self, now: u64, queued_work: bool) -> u32 {
         self.blocks
             .values()
-            .filter(|b| !b.state.is_terminal() && !b.cancelling)
+            .filter(|b| b.live() && !(queued_work && self.ending(b, now)))
             .count() as u32
     }
 
-    fn submit(&mut self, out: &mut Vec<Action>) {
+    fn ending(&self, b: &Block, now: u64) -> bool {
+        b.time_left_us(self.policy.walltime_us, now)
+            .is_some_and(|left| left < self.policy.replace_ahead_us)
+    }
+
+    fn submit(&mut self, now: u64, why: &str, out: &mut Vec<Action>) {
         let id = self.next_id;
         self.next_id += 1;
+        self.submitted += 1;
         self.blocks.insert(
             id,
             Block {
@@ -116,53 +296,131 @@ impl Blocks {
                 ever_connected: false,
                 message: None,
                 cancelling: false,
+                submitted_us: now,
+                running_since_us: None,
+                expected_since_us: None,
+                last_busy_us: now,
             },
         );
-        tracing::info!(block = id, "starting block");
+        tracing::info!(block = id, reason = why, "starting block");
+        self.note("block-requested", Some(id), why.to_owned());
         out.push(Action::SubmitBlock { block: id });
     }
 
-    /// Applies a provider report.
-    pub fn on_event(&mut self, event: BlockEvent, out: &mut Vec<Action>) {
+    fn cancel(&mut self, id: u32, why: String, out: &mut Vec<Action>) {
+        let Some(b) = self.blocks.get_mut(&id) else {
+            return;
+        };
+        if !b.live() {
+            return;
+        }
+        b.cancelling = true;
+        tracing::info!(block = id, reason = %why, "cancelling block");
+        self.note("block-cancelled", Some(id), why);
+        out.push(Action::CancelBlock { block: id });
+    }
+
+    fn note(&mut self, kind: &'static str, block: Option<u32>, message: String) {
+        self.notes.push(Note {
+            kind,
+            block,
+            message,
+        });
+    }
+
+    /// Events since the last call.
+    pub fn take_notes(&mut self) -> Vec<Note> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// Store writes since the last call.
+    pub fn take_store_ops(&mut self) -> Vec<StoreOp> {
+        std::mem::take(&mut self.store_ops)
+    }
+
+    fn record(&mut self, id: u32) {
+        if let Some(b) = self.blocks.get(&id)
+            && let Some(job) = &b.job
+        {
+            self.store_ops.push(StoreOp::PutBlock(BlockRecord {
+                id,
+                job: job.clone(),
+                submitted_us: b.submitted_us,
+                running_since_us: b.running_since_us,
+            }));
+        }
+    }
+
+    /// Applies a provider report; returns the block if it just ended (its
+    /// workers are gone with it).
+    pub fn on_event(&mut self, event: BlockEvent, now: u64) -> Option<u32> {
         match event {
             BlockEvent::Submitted { block, job } => {
                 if let Some(b) = self.blocks.get_mut(&block) {
                     tracing::info!(block, job = %job, "block submitted");
-                    b.job = Some(job);
+                    b.job = Some(job.clone());
+                    self.note("block-submitted", Some(block), format!("job {job}"));
+                    self.record(block);
                 }
+                None
             }
             BlockEvent::SubmitFailed { block, reason } => {
                 tracing::error!(block, reason = %reason, "block could not be started");
                 if let Some(b) = self.blocks.get_mut(&block) {
                     b.state = JobState::Failed;
-                    b.message = Some(reason);
+                    b.message = Some(reason.clone());
                 }
+                self.note("block-failed", Some(block), reason);
                 self.failed(block);
-                self.replenish(out);
+                None
             }
             BlockEvent::State {
                 block,
                 state,
                 message,
             } => {
-                let Some(b) = self.blocks.get_mut(&block) else {
-                    return;
-                };
+                let b = self.blocks.get_mut(&block)?;
                 if b.state == state {
-                    return;
+                    return None;
                 }
                 tracing::info!(block, from = %b.state, to = %state, message = message.as_deref().unwrap_or(""), "block state");
+                let was_terminal = b.state.is_terminal();
                 b.state = state;
                 if message.is_some() {
-                    b.message = message;
+                    b.message = message.clone();
                 }
-                if state.is_terminal() && !b.cancelling {
-                    let failed = !b.ever_connected || state != JobState::Completed;
-                    if failed && !b.ever_connected {
-                        self.failed(block);
-                    }
-                    self.replenish(out);
+                let mut record = false;
+                if state == JobState::Running && b.running_since_us.is_none() {
+                    b.running_since_us = Some(now);
+                    b.last_busy_us = now;
+                    record = true;
                 }
+                if state == JobState::Running && b.expected_since_us.is_none() {
+                    b.expected_since_us = Some(now);
+                }
+                let cancelling = b.cancelling;
+                let ever_connected = b.ever_connected;
+                let detail = message.unwrap_or_default();
+                self.note(
+                    "block-state",
+                    Some(block),
+                    if detail.is_empty() {
+                        state.to_string()
+                    } else {
+                        format!("{state}: {detail}")
+                    },
+                );
+                if record {
+                    self.record(block);
+                }
+                if !state.is_terminal() || was_terminal {
+                    return None;
+                }
+                self.store_ops.push(StoreOp::RemoveBlock(block));
+                if !cancelling && !ever_connected {
+                    self.failed(block);
+                }
+                Some(block)
             }
         }
     }
@@ -176,32 +434,65 @@ impl Blocks {
                 .and_then(|b| b.message.clone())
                 .unwrap_or_else(|| "no message from the provider".into());
             let reason = format!(
-                "{} blocks in a row ended before any worker connected; not starting more. Last block {block}: {last}",
-                self.consecutive_failures
+                "{} blocks in a row failed (ended or timed out before any worker connected); not starting more until `flotilla pool resume {}`. Last block {block}: {last}",
+                self.consecutive_failures, self.policy.pool
             );
-            tracing::error!(reason = %reason, "block starts paused");
+            tracing::error!(pool = %self.policy.pool, reason = %reason, "pool paused");
+            self.note("pool-paused", Some(block), reason.clone());
             self.paused = Some(reason);
         }
     }
 
-    fn replenish(&mut self, out: &mut Vec<Action>) {
-        if self.stopping || self.paused.is_some() {
-            return;
-        }
-        while self.active() < self.policy.min_blocks.min(self.policy.max_blocks) {
-            self.submit(out);
-        }
+    /// True when `block` ended by its scheduler's doing (cancelled from
+    /// outside, out of wall time, forgotten) rather than because its
+    /// processes exited: a worker that died just before could not help it.
+    pub fn ended_by_scheduler(&self, block: u32) -> bool {
+        self.blocks.get(&block).is_some_and(|b| {
+            matches!(
+                b.state,
+                JobState::Cancelled | JobState::Timeout | JobState::Missing
+            )
+        })
     }
 
-    /// A worker of `block` registered.
-    pub fn worker_joined(&mut self, block: u32) {
+    /// Starts blocks again after a pause.
+    pub fn resume(&mut self, name: &str) -> Result<(), String> {
+        if name != self.policy.pool {
+            return Err(format!(
+                "no pool `{name}` (this daemon's pool is `{}`)",
+                self.policy.pool
+            ));
+        }
+        if self.paused.take().is_none() {
+            return Err(format!("pool `{name}` is not paused"));
+        }
+        self.consecutive_failures = 0;
+        tracing::info!(pool = name, "pool resumed");
+        self.note("pool-resumed", None, format!("pool `{name}` resumed"));
+        Ok(())
+    }
+
+    /// A worker of `block` registered with `slots` slots.
+    pub fn worker_joined(&mut self, block: u32, slots: u32, now: u64) {
+        if self.policy.slots_per_worker.is_none() {
+            self.learned_slots = Some(self.learned_slots.map_or(slots, |s| s.max(slots)));
+        }
+        let mut record = false;
         if let Some(b) = self.blocks.get_mut(&block) {
             b.workers += 1;
             b.ever_connected = true;
-            if b.state == JobState::Pending {
+            if matches!(b.state, JobState::Pending | JobState::Unknown) {
                 b.state = JobState::Running;
             }
+            if b.running_since_us.is_none() {
+                b.running_since_us = Some(now);
+                b.last_busy_us = now;
+                record = true;
+            }
             self.consecutive_failures = 0;
+        }
+        if record {
+            self.record(block);
         }
     }
 
@@ -212,24 +503,174 @@ impl Blocks {
         }
     }
 
-    /// Cancels every live block (shutdown).
-    pub fn cancel_all(&mut self, out: &mut Vec<Action>) {
-        self.stopping = true;
-        for (&id, b) in &mut self.blocks {
-            if !b.state.is_terminal() && !b.cancelling {
-                b.cancelling = true;
-                out.push(Action::CancelBlock { block: id });
+    /// Whether the strategy is due.
+    pub fn strategy_due(&self, now: u64) -> bool {
+        now.saturating_sub(self.last_strategy_us) >= self.policy.strategy_period_us
+    }
+
+    /// Runs the strategy against `demand`.
+    pub fn strategize(&mut self, demand: &Demand, now: u64, out: &mut Vec<Action>) {
+        self.last_strategy_us = now;
+        if self.stopping {
+            return;
+        }
+        for (&id, &busy) in &demand.busy {
+            if busy > 0
+                && let Some(b) = self.blocks.get_mut(&id)
+            {
+                b.last_busy_us = now;
             }
+        }
+        self.enforce_connect_timeout(now, out);
+        let p = &self.policy;
+        let slots = p.workers_per_block.max(1)
+            * p.slots_per_worker
+                .or(self.learned_slots)
+                .unwrap_or(1)
+                .max(1);
+        let outstanding = demand.queued + demand.running;
+        let mut wanted = if outstanding == 0 || p.parallelism <= 0.0 {
+            0
+        } else {
+            ((outstanding as f64 * p.parallelism) / f64::from(slots))
+                .ceil()
+                .max(1.0)
+                .min(f64::from(u32::MAX)) as u32
+        };
+        wanted = wanted.clamp(p.min_blocks.min(p.max_blocks), p.max_blocks);
+        self.wanted = wanted;
+        let queued = demand.queued > 0;
+        let active = self.active(now, queued);
+        if wanted > active {
+            let cooling = now < self.cooldown_until_us && active >= p.min_blocks;
+            if self.paused.is_none() && !cooling {
+                for _ in active..wanted {
+                    let why = if self
+                        .blocks
+                        .values()
+                        .any(|b| b.live() && self.ending(b, now))
+                    {
+                        "replacing a block near its wall time"
+                    } else if active < self.policy.min_blocks {
+                        "keeping min_blocks"
+                    } else {
+                        "queued work"
+                    };
+                    self.submit(now, why, out);
+                }
+            }
+        } else if wanted < active {
+            self.scale_in(
+                active - wanted.max(self.policy.min_blocks),
+                demand,
+                now,
+                out,
+            );
         }
     }
 
-    /// Why block starts are paused, if they are.
+    fn scale_in(&mut self, mut excess: u32, demand: &Demand, now: u64, out: &mut Vec<Action>) {
+        let p = &self.policy;
+        let old_enough = |b: &Block| now.saturating_sub(b.submitted_us) >= p.min_lifetime_us;
+        // Pending blocks that never connected first, newest first.
+        let mut pending: Vec<u32> = self
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.live() && b.workers == 0 && !b.ever_connected && old_enough(b))
+            .map(|(&id, _)| id)
+            .collect();
+        pending.reverse();
+        let idle: Vec<u32> = self
+            .blocks
+            .iter()
+            .filter(|(id, b)| {
+                b.live()
+                    && b.ever_connected
+                    && demand.busy.get(id).copied().unwrap_or(0) == 0
+                    && now.saturating_sub(b.last_busy_us) >= p.max_idle_us
+                    && old_enough(b)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in pending.into_iter().chain(idle) {
+            if excess == 0 {
+                break;
+            }
+            let why = match self.blocks.get(&id) {
+                Some(b) if b.ever_connected => format!(
+                    "idle for {} s",
+                    now.saturating_sub(b.last_busy_us) / 1_000_000
+                ),
+                _ => "no longer needed before it started".to_owned(),
+            };
+            self.cancel(id, why, out);
+            self.cooldown_until_us = now + self.policy.cooldown_us;
+            excess -= 1;
+        }
+    }
+
+    fn enforce_connect_timeout(&mut self, now: u64, out: &mut Vec<Action>) {
+        let limit = self.policy.connect_timeout_us;
+        let late: Vec<u32> = self
+            .blocks
+            .iter()
+            .filter(|(_, b)| {
+                b.live()
+                    && !b.ever_connected
+                    && b.expected_since_us
+                        .is_some_and(|since| now.saturating_sub(since) >= limit)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in late {
+            let why = format!(
+                "running for {} s and none of its workers connected (block_connect_timeout_s)",
+                limit / 1_000_000
+            );
+            if let Some(b) = self.blocks.get_mut(&id) {
+                b.message = Some(why.clone());
+            }
+            self.cancel(id, why, out);
+            self.failed(id);
+        }
+    }
+
+    /// Cancels every live block (shutdown).
+    pub fn cancel_all(&mut self, out: &mut Vec<Action>) {
+        self.stopping = true;
+        let live: Vec<u32> = self
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.live())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in live {
+            self.cancel(id, "the daemon is shutting down".into(), out);
+        }
+    }
+
+    /// Why the pool is paused, if it is.
     pub fn paused(&self) -> Option<&str> {
         self.paused.as_deref()
     }
 
+    /// The pool for `flotilla status`.
+    pub fn pool_view(&self, now: u64) -> PoolView {
+        PoolView {
+            name: self.policy.pool.clone(),
+            provider: self.policy.provider.clone(),
+            wanted: self.wanted,
+            active: self.active(now, false),
+            min_blocks: self.policy.min_blocks,
+            max_blocks: self.policy.max_blocks,
+            submitted: self.submitted,
+            paused: self.paused.clone(),
+        }
+    }
+
     /// Rows for `flotilla status`.
-    pub fn views(&self) -> Vec<BlockView> {
+    pub fn views(&self, now: u64) -> Vec<BlockView> {
+        let secs = |us: u64| us / 1_000_000;
         self.blocks
             .iter()
             .map(|(&id, b)| BlockView {
@@ -242,8 +683,22 @@ impl Blocks {
                 job_id: b.job.clone(),
                 workers: b.workers,
                 message: b.message.clone(),
+                age_s: secs(now.saturating_sub(b.submitted_us)),
+                walltime_left_s: if b.state.is_terminal() {
+                    None
+                } else {
+                    b.time_left_us(self.policy.walltime_us, now).map(secs)
+                },
+                idle_s: (b.live() && b.ever_connected)
+                    .then(|| secs(now.saturating_sub(b.last_busy_us))),
             })
             .collect()
+    }
+
+    /// The blocks submitted since start.
+    #[cfg(test)]
+    pub fn submitted(&self) -> u32 {
+        self.submitted
     }
 }
 
@@ -251,12 +706,26 @@ impl Blocks {
 mod tests {
     use super::*;
 
+    const S: u64 = 1_000_000;
+
     fn policy(init: u32, min: u32, max: u32) -> BlockPolicy {
         BlockPolicy {
+            pool: "default".into(),
+            provider: "local".into(),
             init_blocks: init,
             min_blocks: min,
             max_blocks: max,
             max_failures: 3,
+            workers_per_block: 1,
+            slots_per_worker: Some(4),
+            parallelism: 1.0,
+            strategy_period_us: S,
+            max_idle_us: 10 * S,
+            min_lifetime_us: 5 * S,
+            cooldown_us: 20 * S,
+            connect_timeout_us: 30 * S,
+            walltime_us: None,
+            replace_ahead_us: 60 * S,
         }
     }
 
@@ -269,71 +738,277 @@ mod tests {
             .collect()
     }
 
-    fn ended(b: &mut Blocks, block: u32, state: JobState, out: &mut Vec<Action>) {
+    fn cancelled(out: &[Action]) -> Vec<u32> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::CancelBlock { block } => Some(*block),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ended(b: &mut Blocks, block: u32, state: JobState, now: u64) -> Option<u32> {
         b.on_event(
             BlockEvent::State {
                 block,
                 state,
                 message: Some("boom".into()),
             },
-            out,
+            now,
+        )
+    }
+
+    fn run(b: &mut Blocks, id: u32, now: u64) {
+        b.on_event(
+            BlockEvent::Submitted {
+                block: id,
+                job: format!("j{id}"),
+            },
+            now,
         );
+        b.worker_joined(id, 4, now);
+    }
+
+    fn demand(queued: u64, running: u64, busy: &[(u32, u32)]) -> Demand {
+        Demand {
+            queued,
+            running,
+            busy: busy.iter().copied().collect(),
+        }
     }
 
     #[test]
-    fn starts_init_blocks_and_replaces_a_lost_one() {
-        let mut b = Blocks::new(policy(2, 2, 3));
+    fn scales_out_to_what_the_queue_needs_and_no_further() {
+        let mut b = Blocks::new(policy(0, 0, 5), 0);
         let mut out = Vec::new();
-        b.start(&mut out);
-        assert_eq!(submitted(&out), [0, 1]);
-        b.worker_joined(0);
+        b.start(0, &mut out);
+        assert!(out.is_empty());
+        // 10 tasks, 4 slots per block: 3 blocks.
+        b.strategize(&demand(10, 0, &[]), S, &mut out);
+        assert_eq!(submitted(&out), [0, 1, 2]);
+        // Still pending: asking again submits nothing more.
         out.clear();
-        ended(&mut b, 0, JobState::Failed, &mut out);
-        assert_eq!(submitted(&out), [2]);
+        b.strategize(&demand(10, 0, &[]), 2 * S, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // A flood asks for the rest, up to max_blocks.
+        b.strategize(&demand(1000, 0, &[]), 3 * S, &mut out);
+        assert_eq!(submitted(&out), [3, 4]);
+        assert_eq!(b.submitted(), 5);
     }
 
     #[test]
-    fn blocks_that_never_connect_pause_starts_after_the_limit() {
-        let mut b = Blocks::new(policy(1, 1, 1));
+    fn parallelism_scales_the_request() {
+        let mut p = policy(0, 0, 10);
+        p.parallelism = 0.5;
+        let mut b = Blocks::new(p, 0);
         let mut out = Vec::new();
-        b.start(&mut out);
+        b.strategize(&demand(16, 0, &[]), S, &mut out);
+        assert_eq!(submitted(&out).len(), 2, "16 tasks × 0.5 ÷ 4 slots");
+    }
+
+    #[test]
+    fn idle_blocks_go_back_to_min_blocks_after_max_idle_but_not_before_min_lifetime() {
+        let mut b = Blocks::new(policy(0, 1, 3), 0);
+        let mut out = Vec::new();
+        b.strategize(&demand(12, 0, &[]), 0, &mut out);
         for id in 0..3 {
+            run(&mut b, id, S);
+        }
+        out.clear();
+        // Busy until 4 s, then nothing outstanding.
+        b.strategize(&demand(0, 3, &[(0, 1), (1, 1), (2, 1)]), 4 * S, &mut out);
+        b.strategize(&demand(0, 0, &[]), 10 * S, &mut out);
+        assert!(cancelled(&out).is_empty(), "idle for only 6 s");
+        b.strategize(&demand(0, 0, &[]), 14 * S, &mut out);
+        assert_eq!(cancelled(&out).len(), 2, "down to min_blocks");
+        let views = b.views(14 * S);
+        assert_eq!(views.iter().filter(|v| v.state == "CANCELLING").count(), 2);
+        // The cooldown: new work within 20 s uses the remaining block only.
+        out.clear();
+        b.strategize(&demand(12, 0, &[]), 20 * S, &mut out);
+        assert!(submitted(&out).is_empty(), "{out:?}");
+        b.strategize(&demand(12, 0, &[]), 35 * S, &mut out);
+        assert_eq!(submitted(&out).len(), 2);
+    }
+
+    #[test]
+    fn pending_blocks_no_longer_needed_are_cancelled_newest_first() {
+        let mut b = Blocks::new(policy(0, 0, 3), 0);
+        let mut out = Vec::new();
+        b.strategize(&demand(12, 0, &[]), 0, &mut out);
+        run(&mut b, 0, S);
+        out.clear();
+        // The work fit in block 0 after all.
+        b.strategize(&demand(0, 2, &[(0, 2)]), 6 * S, &mut out);
+        assert_eq!(cancelled(&out), [2, 1]);
+        assert_eq!(b.pool_view(6 * S).wanted, 1);
+    }
+
+    #[test]
+    fn a_block_near_its_wall_time_is_replaced_while_work_is_queued() {
+        let mut p = policy(1, 1, 1);
+        p.walltime_us = Some(100 * S);
+        let mut b = Blocks::new(p, 0);
+        let mut out = Vec::new();
+        b.start(0, &mut out);
+        run(&mut b, 0, 0);
+        out.clear();
+        b.strategize(&demand(10, 4, &[(0, 4)]), 30 * S, &mut out);
+        assert!(out.is_empty(), "70 s left, more than replace_ahead");
+        b.strategize(&demand(10, 4, &[(0, 4)]), 45 * S, &mut out);
+        assert_eq!(submitted(&out), [1], "55 s left: replace it now");
+        assert_eq!(b.views(45 * S)[0].walltime_left_s, Some(55));
+        // Without queued work there is nothing to replace it for.
+        let mut p = policy(1, 1, 1);
+        p.walltime_us = Some(100 * S);
+        let mut b = Blocks::new(p, 0);
+        b.start(0, &mut out);
+        run(&mut b, 0, 0);
+        out.clear();
+        b.strategize(&demand(0, 1, &[(0, 1)]), 45 * S, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn blocks_that_never_connect_fail_and_pause_the_pool_until_resumed() {
+        let mut b = Blocks::new(policy(1, 1, 1), 0);
+        let mut out = Vec::new();
+        b.start(0, &mut out);
+        for id in 0..3 {
+            assert_eq!(ended(&mut b, id, JobState::Failed, S), Some(id));
             out.clear();
-            ended(&mut b, id, JobState::Failed, &mut out);
+            b.strategize(&demand(0, 0, &[]), (id as u64 + 2) * S, &mut out);
         }
         assert!(submitted(&out).is_empty(), "{out:?}");
-        let reason = b.paused().unwrap();
+        let reason = b.paused().unwrap().to_owned();
         assert!(
             reason.contains("3 blocks in a row") && reason.contains("boom"),
             "{reason}"
         );
+        assert!(b.resume("other").is_err());
+        b.resume("default").unwrap();
+        assert!(b.resume("default").unwrap_err().contains("not paused"));
+        b.strategize(&demand(0, 0, &[]), 10 * S, &mut out);
+        assert_eq!(submitted(&out), [3]);
+    }
+
+    #[test]
+    fn a_running_block_without_workers_times_out_as_a_failure() {
+        let mut b = Blocks::new(policy(1, 1, 1), 0);
+        let mut out = Vec::new();
+        b.start(0, &mut out);
+        b.on_event(
+            BlockEvent::State {
+                block: 0,
+                state: JobState::Running,
+                message: None,
+            },
+            S,
+        );
+        out.clear();
+        b.strategize(&demand(0, 0, &[]), 20 * S, &mut out);
+        assert!(out.is_empty());
+        b.strategize(&demand(0, 0, &[]), 31 * S, &mut out);
+        assert_eq!(cancelled(&out), [0]);
+        assert!(
+            b.views(31 * S)[0]
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("none of its workers connected")
+        );
+        assert_eq!(submitted(&out), [1], "replaced at once to keep min_blocks");
     }
 
     #[test]
     fn a_worker_connecting_resets_the_failure_count() {
-        let mut b = Blocks::new(policy(1, 1, 1));
+        let mut b = Blocks::new(policy(1, 1, 1), 0);
         let mut out = Vec::new();
-        b.start(&mut out);
-        ended(&mut b, 0, JobState::Failed, &mut out);
-        ended(&mut b, 1, JobState::Failed, &mut out);
-        b.worker_joined(2);
-        ended(&mut b, 2, JobState::Completed, &mut out);
+        b.start(0, &mut out);
+        ended(&mut b, 0, JobState::Failed, S);
+        b.strategize(&demand(0, 0, &[]), 2 * S, &mut out);
+        ended(&mut b, 1, JobState::Failed, 3 * S);
+        b.strategize(&demand(0, 0, &[]), 4 * S, &mut out);
+        b.worker_joined(2, 4, 5 * S);
+        ended(&mut b, 2, JobState::Completed, 6 * S);
+        b.strategize(&demand(0, 0, &[]), 7 * S, &mut out);
+        ended(&mut b, 3, JobState::Failed, 8 * S);
         out.clear();
-        ended(&mut b, 3, JobState::Failed, &mut out);
+        b.strategize(&demand(0, 0, &[]), 9 * S, &mut out);
         assert!(b.paused().is_none());
         assert_eq!(submitted(&out), [4]);
     }
 
     #[test]
-    fn cancelled_blocks_are_not_replaced() {
-        let mut b = Blocks::new(policy(1, 1, 1));
+    fn cancelled_blocks_are_not_replaced_during_shutdown() {
+        let mut b = Blocks::new(policy(1, 1, 1), 0);
         let mut out = Vec::new();
-        b.start(&mut out);
-        out.clear();
+        b.start(0, &mut out);
         b.cancel_all(&mut out);
-        assert!(matches!(out[..], [Action::CancelBlock { block: 0 }]));
+        assert_eq!(cancelled(&out), [0]);
         out.clear();
-        ended(&mut b, 0, JobState::Cancelled, &mut out);
-        assert!(out.is_empty());
+        ended(&mut b, 0, JobState::Cancelled, S);
+        b.strategize(&demand(5, 0, &[]), 2 * S, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn adopted_blocks_count_as_live_and_are_polled_again() {
+        let mut b = Blocks::new(policy(1, 1, 2), 0);
+        let mut out = Vec::new();
+        b.adopt(
+            vec![BlockRecord {
+                id: 7,
+                job: "4242".into(),
+                submitted_us: 0,
+                running_since_us: Some(S),
+            }],
+            10 * S,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            [Action::AdoptBlock {
+                block: 7,
+                job: "4242".into()
+            }]
+        );
+        out.clear();
+        b.start(10 * S, &mut out);
+        assert!(submitted(&out).is_empty(), "the adopted block is the min");
+        b.worker_joined(7, 4, 11 * S);
+        b.strategize(&demand(8, 0, &[]), 12 * S, &mut out);
+        assert_eq!(submitted(&out), [8], "ids continue after adopted ones");
+    }
+
+    #[test]
+    fn block_records_follow_submission_start_and_end() {
+        let mut b = Blocks::new(policy(1, 1, 1), 0);
+        let mut out = Vec::new();
+        b.start(0, &mut out);
+        run(&mut b, 0, S);
+        let ops = b.take_store_ops();
+        assert!(
+            matches!(
+                ops.as_slice(),
+                [
+                    StoreOp::PutBlock(BlockRecord {
+                        id: 0,
+                        running_since_us: None,
+                        ..
+                    }),
+                    StoreOp::PutBlock(BlockRecord {
+                        id: 0,
+                        running_since_us: Some(_),
+                        ..
+                    })
+                ]
+            ),
+            "{ops:?}"
+        );
+        ended(&mut b, 0, JobState::Completed, 2 * S);
+        assert_eq!(b.take_store_ops(), [StoreOp::RemoveBlock(0)]);
+        let kinds: Vec<&str> = b.take_notes().iter().map(|n| n.kind).collect();
+        assert_eq!(kinds, ["block-requested", "block-submitted", "block-state"]);
     }
 }

@@ -51,6 +51,17 @@ impl Core {
                 tasks: ids.iter().map(|id| self.view(*id, false)).collect(),
             },
             ClientCall::DaemonStatus => ClientReply::DaemonStatus(Box::new(self.status(now))),
+            ClientCall::Events { after, wait_ms } => {
+                let wait = wait_ms.map(|ms| ms.saturating_mul(1000));
+                return self.events.query(from, after, wait, now, out);
+            }
+            ClientCall::ResumePool { name } => match self.blocks.resume(&name) {
+                Ok(()) => {
+                    self.run_strategy(now, out);
+                    ClientReply::PoolResumed { name }
+                }
+                Err(message) => refuse(ApiErrorKind::NotFound, message),
+            },
             ClientCall::Cancel { ids } => return self.on_cancel(from, ids, now, out),
             ClientCall::Stop => {
                 out.push(Action::ReplyClient {

@@ -42,6 +42,13 @@ impl Core {
         for id in expired {
             self.complete_wait(id, now, out);
         }
+        self.events.expire(now, out);
+        if !self.held.is_empty() && now >= self.hold_until_us {
+            self.release_held(now);
+        }
+        if self.blocks.strategy_due(now) {
+            self.run_strategy(now, out);
+        }
         if now.saturating_sub(self.last_sweep_us) >= SWEEP_PERIOD_US {
             self.last_sweep_us = now;
             self.sweep(now, out);
@@ -154,8 +161,9 @@ impl Core {
             uptime_s: now.saturating_sub(self.started_us) / 1_000_000,
             draining: self.draining.is_some(),
             interchange: self.cfg.interchange.clone(),
-            blocks: self.blocks.views(),
+            blocks: self.blocks.views(now),
             blocks_paused: self.blocks.paused().map(str::to_owned),
+            pools: vec![self.blocks.pool_view(now)],
             workers: self
                 .workers
                 .values()

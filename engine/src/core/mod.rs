@@ -28,6 +28,7 @@ mod blocks;
 mod catalog;
 mod clients;
 mod durability;
+mod events;
 mod lifecycle;
 mod memo;
 mod queues;
@@ -44,13 +45,14 @@ use flotilla_protocol::interchange::{BatchId, DaemonMessage, WorkerMessage};
 use flotilla_protocol::task::{MemoUse, Outcome, TaskState, TaskTimings, TaskView};
 use flotilla_protocol::{Payload, TaskId};
 
-pub use blocks::{BlockEvent, BlockPolicy};
+pub use blocks::{BlockEvent, BlockPolicy, Demand};
 pub use catalog::{Catalog, ServableInfo};
 
 use crate::store::{Recovered, StoreOp, StoredResult};
 use adaptive::Adaptive;
 use blocks::Blocks;
 use durability::Durability;
+use events::EventLog;
 use memo::{Memo, MemoKey};
 use queues::{BatchRule, QueueKey, Queues};
 
@@ -154,6 +156,13 @@ pub enum Action {
         /// Block id.
         block: u32,
     },
+    /// Watch block `block`, submitted by an earlier daemon as `job`.
+    AdoptBlock {
+        /// Block id.
+        block: u32,
+        /// The provider's job id.
+        job: String,
+    },
     /// Shutdown is complete: flush the store and exit.
     Exit,
 }
@@ -173,6 +182,11 @@ pub struct CoreConfig {
     pub unfetched_result_retention_us: u64,
     /// Dispatches before worker losses fail a task.
     pub max_attempts: u32,
+    /// Workers take no task that would end within this of their job's end.
+    pub walltime_margin_us: u64,
+    /// After a restart with live blocks, how long recovered tasks wait for
+    /// their workers to claim them.
+    pub recovery_grace_us: u64,
     /// The secret workers must present.
     pub secret: Vec<u8>,
     /// Block policy.
@@ -212,6 +226,8 @@ struct Task {
     pipeline: Option<PipelineProgress>,
     state: TaskState,
     attempts: u32,
+    /// Why each earlier attempt ended without a result (worker losses).
+    losses: Vec<String>,
     worker: Option<Arc<str>>,
     batch: Option<BatchId>,
     timings: TaskTimings,
@@ -248,6 +264,7 @@ impl Task {
             pipeline,
             state: TaskState::Queued,
             attempts: 0,
+            losses: Vec::new(),
             worker: None,
             batch: None,
             timings: TaskTimings {
@@ -294,11 +311,15 @@ struct Worker {
     pid: u32,
     node: Option<String>,
     rank: Option<u32>,
+    /// When its job ends (µs since the epoch), if it said.
+    ends_at_us: Option<u64>,
     slots: u32,
     servables: Vec<String>,
     pipe: PipeId,
     last_seen_us: u64,
     held_poll: Option<(ReplyTo, u64)>,
+    /// A suspect task's batch it runs alone: no other work until it ends.
+    isolating: Option<BatchId>,
     batches: HashSet<BatchId>,
     tasks: u32,
     /// Servables whose record this worker has been sent.
@@ -307,6 +328,9 @@ struct Worker {
 
 impl Worker {
     fn free_slots(&self) -> u32 {
+        if self.isolating.is_some() {
+            return 0;
+        }
         self.slots.saturating_sub(self.batches.len() as u32)
     }
 }
@@ -375,6 +399,48 @@ pub struct Core {
     memo: Memo,
     inflight: HashMap<MemoKey, Inflight>,
     adaptive: HashMap<Arc<str>, Adaptive>,
+    /// Block and worker events for `flotilla events`.
+    events: EventLog,
+    /// Blocks recovered from the store, adopted by `start`.
+    adopt: Vec<crate::store::BlockRecord>,
+    /// Recovered tasks waiting for reconnecting workers to claim them.
+    held: Vec<TaskId>,
+    /// Tasks that were running when their worker died: each runs alone on
+    /// an otherwise idle worker, so a task that kills its worker takes no
+    /// innocent neighbour with it and is recognised as the poison it is.
+    /// (With the block their worker belonged to: if that block turns out
+    /// to have been ended by its scheduler, they are innocent after all.)
+    suspects: VecDeque<(TaskId, Option<u32>)>,
+    /// When `held` tasks are queued regardless.
+    hold_until_us: u64,
+    /// How long a call of each servable takes, learned.
+    durations: HashMap<Arc<str>, CallDuration>,
+}
+
+/// A running estimate of a servable call's duration (µs): mean and mean
+/// deviation, exponentially weighted.
+#[derive(Debug, Clone, Copy, Default)]
+struct CallDuration {
+    mean: f64,
+    dev: f64,
+}
+
+impl CallDuration {
+    fn observe(&mut self, us: u64) {
+        let x = us as f64;
+        if self.mean == 0.0 {
+            self.mean = x;
+            return;
+        }
+        let err = x - self.mean;
+        self.mean += 0.25 * err;
+        self.dev += 0.25 * (err.abs() - self.dev);
+    }
+
+    /// A pessimistic guess: the mean plus twice the deviation.
+    fn estimate_us(&self) -> u64 {
+        (self.mean + 2.0 * self.dev) as u64
+    }
 }
 
 impl Core {
@@ -382,6 +448,8 @@ impl Core {
     /// final tasks with their results, and unfinished tasks queued again in
     /// id order.
     pub fn new(cfg: CoreConfig, mut recovered: Recovered, now_us: u64) -> Self {
+        let adopt = std::mem::take(&mut recovered.blocks);
+        let hold = !adopt.is_empty();
         let catalog = Catalog::new(
             std::mem::take(&mut recovered.servables),
             cfg.overrides.clone(),
@@ -393,7 +461,13 @@ impl Core {
         }
         memo.stats.evictions = 0;
         let mut core = Core {
-            blocks: Blocks::new(cfg.blocks),
+            blocks: Blocks::new(cfg.blocks.clone(), recovered.next_block),
+            events: EventLog::default(),
+            adopt,
+            held: Vec::new(),
+            suspects: VecDeque::new(),
+            hold_until_us: now_us.saturating_add(cfg.recovery_grace_us),
+            durations: HashMap::new(),
             cfg,
             catalog,
             started_us: now_us,
@@ -405,7 +479,9 @@ impl Core {
             next_worker_key: 1,
             rr_cursor: 0,
             batches: HashMap::new(),
-            next_batch: 1,
+            // Batch ids from the clock: a worker that reconnects after a
+            // restart holds ids no new batch will have.
+            next_batch: now_us.max(1),
             next_task: recovered.reserved_until.max(1),
             reserved_until: recovered.reserved_until,
             waits: HashMap::new(),
@@ -456,7 +532,14 @@ impl Core {
                     if info.memoize && info.steps.is_none() {
                         task.memo_key = Some(memo::key(&info.name, &task.input, &task.params));
                     }
-                    core.enqueue_or_follow(id, task, now_us);
+                    if hold {
+                        // Its worker may still be running it: let it claim
+                        // the task when it reconnects.
+                        core.tasks.insert(id, task);
+                        core.held.push(id);
+                    } else {
+                        core.enqueue_or_follow(id, task, now_us);
+                    }
                     requeued += 1;
                     continue;
                 }
@@ -483,15 +566,26 @@ impl Core {
         core
     }
 
-    /// Initial actions: start the configured blocks, store results decided
-    /// during recovery.
-    pub fn start(&mut self, out: &mut Vec<Action>) {
+    /// Initial actions: adopt the blocks an earlier daemon left running,
+    /// start the configured blocks, store results decided during recovery.
+    pub fn start(&mut self, now_us: u64, out: &mut Vec<Action>) {
         self.flush_records(out);
         let evicted = std::mem::take(&mut self.startup_memo_evictions);
         if !evicted.is_empty() {
             self.persist(StoreOp::RemoveMemo(evicted), out);
         }
-        self.blocks.start(out);
+        let adopt = std::mem::take(&mut self.adopt);
+        if !adopt.is_empty() {
+            tracing::info!(
+                blocks = adopt.len(),
+                held_tasks = self.held.len(),
+                grace_ms = self.cfg.recovery_grace_us / 1000,
+                "adopting blocks from before the restart; their workers may claim the tasks they run"
+            );
+        }
+        self.blocks.adopt(adopt, now_us, out);
+        self.blocks.start(now_us, out);
+        self.after_event(now_us, out);
     }
 
     /// When (after `now_us`) the core next needs an [`Event::Tick`] to send
@@ -501,8 +595,13 @@ impl Core {
             return None;
         }
         let adaptive = &self.adaptive;
-        self.queues
-            .next_deadline(now_us, |s| auto_plan(adaptive, s))
+        let batch = self
+            .queues
+            .next_deadline(now_us, |s| auto_plan(adaptive, s));
+        match (batch, self.events.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Reacts to one event at time `now_us` (µs since the epoch).
@@ -516,6 +615,7 @@ impl Core {
             } => match message {
                 WorkerMessage::Hello(hello) => self.on_hello(from, pipe, hello, now_us, out),
                 WorkerMessage::Probe { secret } => self.on_probe(from, &secret, out),
+                WorkerMessage::Leave { reason } => self.on_leave(from, pipe, &reason, now_us, out),
                 WorkerMessage::Pull { results, wait } => {
                     self.on_pull(from, pipe, results, wait, now_us, out);
                 }
@@ -529,13 +629,122 @@ impl Core {
             Event::StoreFailed { reason } => {
                 self.store_failed = Some(reason);
             }
-            Event::Block(ev) => self.blocks.on_event(ev, out),
+            Event::Block(ev) => {
+                if let Some(block) = self.blocks.on_event(ev, now_us) {
+                    self.block_ended(block, now_us, out);
+                }
+                self.run_strategy(now_us, out);
+            }
             Event::Tick => self.on_tick(now_us, out),
             Event::Shutdown => self.begin_drain(now_us, out),
         }
+        if !self.held.is_empty() && self.blocks.adopted_settled() {
+            // Every worker of the adopted blocks is back (or they ended):
+            // nothing more will be claimed.
+            self.release_held(now_us);
+        }
         self.dispatch(now_us, out);
         self.check_drain(now_us, out);
+        self.after_event(now_us, out);
         self.flush_records(out);
+    }
+
+    /// Carries the block table's news out: events for `flotilla events`,
+    /// block records for the store.
+    fn after_event(&mut self, now: u64, out: &mut Vec<Action>) {
+        for note in self.blocks.take_notes() {
+            self.events
+                .push(now, note.kind, note.block, None, note.message, out);
+        }
+        for op in self.blocks.take_store_ops() {
+            self.persist(op, out);
+        }
+    }
+
+    /// Records an event about a worker.
+    fn worker_event(
+        &mut self,
+        now: u64,
+        kind: &str,
+        block: Option<u32>,
+        worker: &str,
+        message: String,
+        out: &mut Vec<Action>,
+    ) {
+        self.events
+            .push(now, kind, block, Some(worker), message, out);
+    }
+
+    /// The work outstanding, for the scaling strategy.
+    fn demand(&self) -> Demand {
+        let mut busy = std::collections::BTreeMap::new();
+        let mut running = 0u64;
+        for w in self.workers.values() {
+            running += u64::from(w.tasks);
+            if let Some(block) = w.block {
+                *busy.entry(block).or_insert(0) += w.tasks;
+            }
+        }
+        Demand {
+            queued: (self.queues.len() + self.held.len() + self.suspects.len()) as u64,
+            running,
+            busy,
+        }
+    }
+
+    /// Runs the scaling strategy now.
+    fn run_strategy(&mut self, now: u64, out: &mut Vec<Action>) {
+        if self.draining.is_some() {
+            return;
+        }
+        let demand = self.demand();
+        self.blocks.strategize(&demand, now, out);
+    }
+
+    /// A block ended: its workers are gone with it, whether or not their
+    /// connections have said so yet.
+    fn block_ended(&mut self, block: u32, now: u64, out: &mut Vec<Action>) {
+        let gone: Vec<(u64, PipeId)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.block == Some(block))
+            .map(|(&k, w)| (k, w.pipe))
+            .collect();
+        for (key, pipe) in gone {
+            self.lose_worker(key, &format!("its block {block} ended"), now, out);
+            out.push(Action::ClosePipe { pipe });
+        }
+        // Workers whose connection dropped just before the scheduler's word
+        // came did not die of their tasks: those go back to the queue. A
+        // block that merely failed or completed may have ended because its
+        // worker died (a local block is its worker), so its suspects stay.
+        if !self.blocks.ended_by_scheduler(block) {
+            return;
+        }
+        let (innocent, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.suspects)
+            .into_iter()
+            .partition(|(_, b)| *b == Some(block));
+        self.suspects = rest.into();
+        self.requeue_front(innocent.into_iter().map(|(id, _)| id).collect());
+    }
+
+    /// Queues the recovered tasks no reconnecting worker claimed.
+    fn release_held(&mut self, now: u64) {
+        let held = std::mem::take(&mut self.held);
+        let mut released = 0u64;
+        for id in held {
+            let unclaimed = self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.state == TaskState::Queued && t.batch.is_none());
+            if unclaimed && let Some(task) = self.tasks.remove(&id) {
+                self.enqueue_or_follow(id, task, now);
+                released += 1;
+            }
+        }
+        if released > 0 {
+            tracing::info!(released, "recovered tasks nobody claimed are queued again");
+        }
     }
 
     /// Hands results recorded during this event to the store in one write;
@@ -557,6 +766,33 @@ impl Core {
         let seq = self.durability.issue();
         out.push(Action::Persist { seq, op });
         seq
+    }
+
+    /// The longest a call of `servable` is expected to take (µs): its
+    /// declared bound, else what history says (0 when unknown).
+    fn expected_duration_us(&self, servable: &str) -> u64 {
+        let declared = self
+            .catalog
+            .record(servable)
+            .ok()
+            .and_then(|r| r.spec.options.max_duration_s)
+            .map_or(0, |s| s.saturating_mul(1_000_000));
+        let learned = self
+            .durations
+            .get(servable)
+            .map_or(0, CallDuration::estimate_us);
+        declared.max(learned)
+    }
+
+    /// Dispatches before worker losses fail a task of `servable`.
+    fn max_attempts_for(&self, servable: &str) -> u32 {
+        let name = servable.split('@').next().unwrap_or(servable);
+        self.cfg
+            .overrides
+            .get(name)
+            .and_then(|o| o.max_attempts)
+            .unwrap_or(self.cfg.max_attempts)
+            .max(1)
     }
 
     fn view(&self, id: TaskId, with_outcome: bool) -> TaskView {

@@ -99,6 +99,19 @@ impl Queues {
         self.len == 0
     }
 
+    /// The servables with tasks waiting.
+    pub fn servables(&self) -> Vec<std::sync::Arc<str>> {
+        let mut names: Vec<_> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.ids.is_empty())
+            .map(|(k, _)| k.servable.clone())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// Appends a task that arrived at `now`.
     pub fn push_back(&mut self, key: QueueKey, id: TaskId, rule: BatchRule, now: u64) {
         self.queues

@@ -17,19 +17,37 @@ fn config() -> CoreConfig {
         result_retention_us: 600 * SEC,
         unfetched_result_retention_us: 3600 * SEC,
         max_attempts: 3,
+        walltime_margin_us: 10 * SEC,
+        recovery_grace_us: 5 * SEC,
         secret: SECRET.to_vec(),
-        blocks: BlockPolicy {
-            init_blocks: 0,
-            min_blocks: 0,
-            max_blocks: 1,
-            max_failures: 3,
-        },
+        blocks: policy(0, 0, 1),
         pid: 1,
         release: "test".into(),
         interchange: "tcp://127.0.0.1:1".into(),
         memo_max_entries: 1000,
         memo_max_bytes: 1 << 20,
         overrides: Default::default(),
+    }
+}
+
+fn policy(init: u32, min: u32, max: u32) -> BlockPolicy {
+    BlockPolicy {
+        pool: "default".into(),
+        provider: "local".into(),
+        init_blocks: init,
+        min_blocks: min,
+        max_blocks: max,
+        max_failures: 3,
+        workers_per_block: 1,
+        slots_per_worker: None,
+        parallelism: 1.0,
+        strategy_period_us: SEC,
+        max_idle_us: 60 * SEC,
+        min_lifetime_us: 0,
+        cooldown_us: 0,
+        connect_timeout_us: 600 * SEC,
+        walltime_us: None,
+        replace_ahead_us: 60 * SEC,
     }
 }
 
@@ -147,6 +165,8 @@ fn hello(worker: &str, slots: u32, secret: &[u8]) -> Hello {
         slots,
         servables: vec!["noop".into(), "echo".into(), "sleep".into()],
         secret: Payload::copy_from_slice(secret),
+        ends_at_unix_s: None,
+        running: Vec::new(),
     }
 }
 
@@ -309,16 +329,24 @@ fn a_lost_worker_s_tasks_are_completed_by_another() {
         worker_reply(&out, poll2).is_none(),
         "nothing left to give w2"
     );
-    // w1 dies: its connection closes.
+    // w1 dies: its connection closes. Either task may have killed it, so
+    // each now runs alone on an otherwise idle worker.
     let out = h.ev(Event::PipeClosed { pipe: PipeId(1) });
-    let batches = work_in(&out, poll2);
-    let got: Vec<TaskId> = batches
-        .iter()
-        .flat_map(|b| b.items.iter().map(|i| i.task))
-        .collect();
-    assert_eq!(got, ids, "requeued in order, to w2");
-    let (_, out) = h.pull(2, batches.iter().map(all_ok).collect(), false);
-    assert_eq!(persisted_results(&out), ids);
+    let mut got = Vec::new();
+    let mut batches = work_in(&out, poll2);
+    for _ in 0..2 {
+        assert_eq!(batches.len(), 1, "one suspect at a time");
+        assert_eq!(batches[0].items.len(), 1);
+        got.push(batches[0].items[0].task);
+        let (_, out) = h.pull(2, vec![all_ok(&batches[0])], false);
+        assert_eq!(persisted_results(&out), [batches[0].items[0].task]);
+        let (poll, out) = h.poll(2);
+        batches = match worker_reply(&out, poll) {
+            Some(DaemonMessage::Work { batches }) => batches,
+            _ => Vec::new(),
+        };
+    }
+    assert_eq!(got, ids, "in order, to w2");
     let (from, out) = h.call(ClientCall::Results {
         ids: ids.clone(),
         wait_ms: None,
@@ -333,6 +361,36 @@ fn a_lost_worker_s_tasks_are_completed_by_another() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_task_that_kills_its_worker_does_not_take_its_neighbours_with_it() {
+    let mut h = Harness::new();
+    let ids = h.submit("sleep", 2);
+    // A worker with two slots runs both and dies.
+    h.hello(1, "w1", 2);
+    let (poll, out) = h.poll(1);
+    assert_eq!(work_in(&out, poll).len(), 2);
+    h.ev(Event::PipeClosed { pipe: PipeId(1) });
+    // Each suspect now runs alone on its own idle worker.
+    h.hello(2, "w2", 2);
+    let (poll2, out) = h.poll(2);
+    let on_w2 = work_in(&out, poll2);
+    assert_eq!(on_w2.len(), 1);
+    assert_eq!(on_w2[0].items[0].task, ids[0]);
+    h.hello(3, "w3", 2);
+    let (poll3, out) = h.poll(3);
+    let on_w3 = work_in(&out, poll3);
+    assert_eq!(on_w3[0].items[0].task, ids[1]);
+    // The first kills w2 again; the second completes on w3.
+    h.ev(Event::PipeClosed { pipe: PipeId(2) });
+    h.pull(3, vec![all_ok(&on_w3[0])], false);
+    assert_eq!(h.state(ids[1]), TaskState::Completed);
+    h.hello(4, "w4", 2);
+    let (poll4, out) = h.poll(4);
+    assert_eq!(work_in(&out, poll4)[0].items[0].task, ids[0]);
+    h.ev(Event::PipeClosed { pipe: PipeId(4) });
+    assert_eq!(h.state(ids[0]), TaskState::Failed);
 }
 
 #[test]
@@ -369,7 +427,7 @@ fn a_late_result_for_a_requeued_task_takes_it_out_of_the_queue() {
     let (poll, out) = h.poll(1);
     let batch = work_in(&out, poll);
     h.advance(21 * SEC);
-    assert_eq!(h.core.queues.len(), 1);
+    assert_eq!(h.state(ids[0]), TaskState::Queued);
     h.hello(2, "w1", 1);
     let (_, out) = h.pull(2, vec![all_ok(&batch[0])], false);
     assert_eq!(persisted_results(&out), ids);
@@ -396,7 +454,15 @@ fn tasks_fail_after_max_attempts_worker_losses() {
         Some(ClientReply::Results { tasks }) => {
             assert_eq!(tasks[0].state, TaskState::Failed);
             match &tasks[0].outcome {
-                Some(Outcome::Error(m)) => assert!(m.contains("lost 3 times"), "{m}"),
+                Some(Outcome::Error(m)) => {
+                    assert!(m.starts_with("poison task"), "{m}");
+                    for attempt in 1..=3 {
+                        assert!(
+                            m.contains(&format!("attempt {attempt}: worker w{attempt} on localhost was lost (its connection closed)")),
+                            "{m}"
+                        );
+                    }
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -749,15 +815,10 @@ fn workers_only_get_servables_they_offer() {
 #[test]
 fn blocks_are_started_and_their_workers_counted() {
     let mut cfg = config();
-    cfg.blocks = BlockPolicy {
-        init_blocks: 1,
-        min_blocks: 1,
-        max_blocks: 1,
-        max_failures: 3,
-    };
+    cfg.blocks = policy(1, 1, 1);
     let mut h = Harness::with(cfg, Recovered::default());
     let mut out = Vec::new();
-    h.core.start(&mut out);
+    h.core.start(h.now, &mut out);
     assert_eq!(out, [Action::SubmitBlock { block: 0 }]);
     h.ev(Event::Block(BlockEvent::Submitted {
         block: 0,
@@ -1288,7 +1349,7 @@ fn after_a_restart_tasks_of_removed_servables_fail_with_a_reason() {
     };
     let mut h = Harness::with(config(), recovered);
     let mut out = Vec::new();
-    h.core.start(&mut out);
+    h.core.start(h.now, &mut out);
     assert_eq!(persisted_results(&out), [TaskId(3)]);
     match h.result_of(TaskId(3)).outcome {
         Some(Outcome::Error(e)) => assert!(e.contains("cannot run after a restart"), "{e}"),
@@ -1604,4 +1665,370 @@ fn auto_batching_grows_while_calls_get_cheaper_per_request() {
         64,
         "ends with full batches: {sizes:?}"
     );
+}
+
+// ----- scaling, wall time, faults, restarts with live blocks ----------------
+
+fn in_block(worker: &str, slots: u32, block: u32) -> Hello {
+    let mut h = hello(worker, slots, SECRET);
+    h.block_id = Some(block);
+    h
+}
+
+fn register(h: &mut Harness, pipe: u64, hello: Hello) -> Vec<Action> {
+    let from = h.slot();
+    h.ev(Event::Worker {
+        from,
+        pipe: PipeId(pipe),
+        message: WorkerMessage::Hello(hello),
+    })
+}
+
+fn submitted_blocks(out: &[Action]) -> Vec<u32> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::SubmitBlock { block } => Some(*block),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sleep_request(seconds: f64) -> TaskRequest {
+    TaskRequest {
+        servable: "sleep".into(),
+        input: Payload::from(rmp_serde::to_vec(&seconds).unwrap()),
+        params: Payload::new(),
+    }
+}
+
+#[test]
+fn queued_work_asks_for_blocks_at_the_next_strategy_run() {
+    let mut cfg = config();
+    cfg.blocks = policy(0, 0, 4);
+    cfg.blocks.slots_per_worker = Some(2);
+    let mut h = Harness::with(cfg, Recovered::default());
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    assert!(submitted_blocks(&out).is_empty());
+    h.submit("noop", 5);
+    let out = h.advance(SEC);
+    assert_eq!(
+        submitted_blocks(&out),
+        [0, 1, 2],
+        "5 tasks, 2 slots a block"
+    );
+    let out = h.advance(SEC);
+    assert!(submitted_blocks(&out).is_empty(), "pending blocks count");
+}
+
+#[test]
+fn a_block_that_ends_loses_its_workers_and_requeues_their_tasks_at_once() {
+    let mut cfg = config();
+    cfg.blocks = policy(1, 1, 1);
+    let mut h = Harness::with(cfg, Recovered::default());
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    h.ev(Event::Block(BlockEvent::Submitted {
+        block: 0,
+        job: "77".into(),
+    }));
+    register(&mut h, 1, in_block("w1", 1, 0));
+    let ids = h.submit("sleep", 1);
+    let (poll, out) = h.poll(1);
+    assert_eq!(work_in(&out, poll).len(), 1);
+    // The scheduler killed the job; the TCP connection has not noticed.
+    let out = h.ev(Event::Block(BlockEvent::State {
+        block: 0,
+        state: flotilla_providers::JobState::Cancelled,
+        message: Some("scancel".into()),
+    }));
+    assert!(out.contains(&Action::ClosePipe { pipe: PipeId(1) }));
+    assert_eq!(h.state(ids[0]), TaskState::Queued);
+    assert_eq!(submitted_blocks(&out), [1], "replaced to keep min_blocks");
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::Persist {
+            op: StoreOp::RemoveBlock(0),
+            ..
+        }
+    )));
+    // And a worker of the replacement gets the task.
+    register(&mut h, 2, in_block("w2", 1, 1));
+    let (poll, out) = h.poll(2);
+    assert_eq!(work_in(&out, poll)[0].items[0].task, ids[0]);
+}
+
+#[test]
+fn a_worker_near_the_end_of_its_job_gets_only_tasks_that_fit() {
+    let mut h = Harness::new();
+    // 60 s left before its job ends; the margin is 10 s.
+    let mut hi = hello("w1", 1, SECRET);
+    hi.ends_at_unix_s = Some(h.now / SEC + 60);
+    register(&mut h, 1, hi);
+    // Teach the daemon that a sleep call takes 40 s.
+    let (from, mut out) = h.call(ClientCall::Submit {
+        tasks: vec![sleep_request(40.0)],
+        wait_ms: None,
+    });
+    out.extend(h.flush());
+    assert!(client_reply(&out, from).is_some());
+    let (poll, out) = h.poll(1);
+    let batch = work_in(&out, poll).remove(0);
+    h.now += 40 * SEC;
+    let mut result = all_ok(&batch);
+    result.run_us = 40 * SEC;
+    h.pull(1, vec![result], false);
+    // 20 s left, 10 s of margin: a 40 s call does not fit any more.
+    h.submit("sleep", 1);
+    let (poll, out) = h.poll(1);
+    assert!(
+        worker_reply(&out, poll).is_none(),
+        "held, not given the task"
+    );
+    // A worker with time to spare takes it.
+    h.hello(2, "w2", 1);
+    let (poll, out) = h.poll(2);
+    assert_eq!(work_in(&out, poll).len(), 1);
+}
+
+#[test]
+fn a_worker_that_leaves_at_its_wall_time_is_not_a_loss() {
+    let mut h = Harness::new();
+    h.hello(1, "w1", 1);
+    let from = h.slot();
+    let out = h.ev(Event::Worker {
+        from,
+        pipe: PipeId(1),
+        message: WorkerMessage::Leave {
+            reason: "wall time ends in 10 s".into(),
+        },
+    });
+    assert_eq!(worker_reply(&out, from), Some(DaemonMessage::Shutdown));
+    assert!(h.core.workers.is_empty());
+    let (from, out) = h.call(ClientCall::Events {
+        after: 0,
+        wait_ms: None,
+    });
+    match client_reply(&out, from) {
+        Some(ClientReply::Events { events }) => {
+            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+            assert_eq!(kinds, ["worker-registered", "worker-left"]);
+            assert_eq!(events[1].message, "wall time ends in 10 s");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_restart_with_live_blocks_adopts_them_and_lets_workers_claim_their_tasks() {
+    let stored = |n: u64| {
+        (
+            TaskId(n),
+            StoredTask {
+                servable: "sleep".into(),
+                params: Payload::new(),
+                input: Payload::from_static(NIL),
+                submitted_us: 5,
+            },
+            None,
+        )
+    };
+    let recovered = Recovered {
+        tasks: vec![stored(1), stored(2), stored(3)],
+        reserved_until: 10,
+        blocks: vec![crate::store::BlockRecord {
+            id: 4,
+            job: "555".into(),
+            submitted_us: 1,
+            running_since_us: Some(2),
+        }],
+        next_block: 5,
+        ..Recovered::default()
+    };
+    let mut cfg = config();
+    cfg.blocks = policy(1, 1, 2);
+    // Two workers per block: one coming back does not settle it.
+    cfg.blocks.workers_per_block = 2;
+    let mut h = Harness::with(cfg, recovered);
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    assert!(out.contains(&Action::AdoptBlock {
+        block: 4,
+        job: "555".into()
+    }));
+    assert!(
+        submitted_blocks(&out).is_empty(),
+        "the adopted block is kept"
+    );
+    // Its worker comes back still running task 2 (batch 9 of the old daemon).
+    let mut hi = in_block("w1", 3, 4);
+    hi.running = vec![(BatchId(9), vec![TaskId(2)])];
+    register(&mut h, 1, hi);
+    assert_eq!(h.state(TaskId(2)), TaskState::Running);
+    // Nothing else is dispatched during the grace period...
+    let (poll, out) = h.poll(1);
+    assert!(worker_reply(&out, poll).is_none());
+    // ...then the unclaimed tasks are queued and dispatched.
+    h.advance(6 * SEC);
+    let (poll, out) = h.poll(1);
+    let batches = work_in(&out, poll);
+    let mut given: Vec<TaskId> = batches
+        .iter()
+        .flat_map(|b| b.items.iter().map(|i| i.task))
+        .collect();
+    given.sort();
+    assert_eq!(given, [TaskId(1), TaskId(3)]);
+    // The old batch's result is accepted.
+    let result = BatchResult {
+        batch: BatchId(9),
+        run_us: 5,
+        outcomes: vec![(TaskId(2), Outcome::Output(Payload::from_static(NIL)))],
+        failure: None,
+    };
+    h.pull(1, vec![result], false);
+    assert_eq!(h.state(TaskId(2)), TaskState::Completed);
+}
+
+#[test]
+fn a_paused_pool_is_resumed_by_name() {
+    let mut cfg = config();
+    cfg.blocks = policy(1, 1, 1);
+    let mut h = Harness::with(cfg, Recovered::default());
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    for block in 0..3 {
+        h.ev(Event::Block(BlockEvent::SubmitFailed {
+            block,
+            reason: "sbatch: error: invalid account".into(),
+        }));
+    }
+    let (from, out) = h.call(ClientCall::DaemonStatus);
+    match client_reply(&out, from) {
+        Some(ClientReply::DaemonStatus(s)) => {
+            let paused = s.pools[0].paused.as_deref().unwrap();
+            assert!(paused.contains("invalid account"), "{paused}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let (from, out) = h.call(ClientCall::ResumePool {
+        name: "nope".into(),
+    });
+    assert!(matches!(
+        client_reply(&out, from),
+        Some(ClientReply::Error(ApiError {
+            kind: ApiErrorKind::NotFound,
+            ..
+        }))
+    ));
+    let (from, out) = h.call(ClientCall::ResumePool {
+        name: "default".into(),
+    });
+    assert_eq!(
+        client_reply(&out, from),
+        Some(ClientReply::PoolResumed {
+            name: "default".into()
+        })
+    );
+    assert_eq!(submitted_blocks(&out), [3]);
+}
+
+#[test]
+fn recovered_tasks_are_queued_at_once_when_the_adopted_blocks_are_gone() {
+    let recovered = Recovered {
+        tasks: vec![(
+            TaskId(1),
+            StoredTask {
+                servable: "noop".into(),
+                params: Payload::new(),
+                input: Payload::from_static(NIL),
+                submitted_us: 5,
+            },
+            None,
+        )],
+        reserved_until: 10,
+        blocks: vec![crate::store::BlockRecord {
+            id: 0,
+            job: "123".into(),
+            submitted_us: 1,
+            running_since_us: Some(2),
+        }],
+        next_block: 1,
+        ..Recovered::default()
+    };
+    let mut h = Harness::with(config(), recovered);
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    h.hello(1, "w1", 1);
+    let (poll, out) = h.poll(1);
+    assert!(
+        worker_reply(&out, poll).is_none(),
+        "held for the grace period"
+    );
+    // The provider no longer knows the job (a local block dies with its
+    // daemon): nobody can claim the task, so it is queued now.
+    let out = h.ev(Event::Block(BlockEvent::State {
+        block: 0,
+        state: flotilla_providers::JobState::Missing,
+        message: None,
+    }));
+    assert_eq!(work_in(&out, poll)[0].items[0].task, TaskId(1));
+}
+
+#[test]
+fn tasks_of_a_block_the_scheduler_ended_are_not_suspects() {
+    let mut cfg = config();
+    cfg.blocks = policy(1, 1, 2);
+    let mut h = Harness::with(cfg, Recovered::default());
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    h.ev(Event::Block(BlockEvent::Submitted {
+        block: 0,
+        job: "9".into(),
+    }));
+    register(&mut h, 1, in_block("w1", 2, 0));
+    h.submit("sleep", 2);
+    let (poll, out) = h.poll(1);
+    assert_eq!(work_in(&out, poll).len(), 2);
+    // scancel: the connection drops first, the scheduler's word follows.
+    h.ev(Event::PipeClosed { pipe: PipeId(1) });
+    assert_eq!(h.core.suspects.len(), 2);
+    h.ev(Event::Block(BlockEvent::State {
+        block: 0,
+        state: flotilla_providers::JobState::Cancelled,
+        message: None,
+    }));
+    assert!(h.core.suspects.is_empty());
+    // Both go to the next worker together, not one at a time.
+    h.hello(2, "w2", 2);
+    let (poll, out) = h.poll(2);
+    assert_eq!(work_in(&out, poll).len(), 2);
+}
+
+#[test]
+fn tasks_of_a_block_that_failed_with_its_worker_stay_suspects() {
+    let mut cfg = config();
+    cfg.blocks = policy(1, 1, 2);
+    let mut h = Harness::with(cfg, Recovered::default());
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    h.ev(Event::Block(BlockEvent::Submitted {
+        block: 0,
+        job: "9".into(),
+    }));
+    register(&mut h, 1, in_block("w1", 2, 0));
+    h.submit("sleep", 2);
+    let (poll, out) = h.poll(1);
+    assert_eq!(work_in(&out, poll).len(), 2);
+    // A task killed the worker, and a block that is just its worker ended
+    // with it: that is no excuse for the tasks it ran.
+    h.ev(Event::PipeClosed { pipe: PipeId(1) });
+    h.ev(Event::Block(BlockEvent::State {
+        block: 0,
+        state: flotilla_providers::JobState::Failed,
+        message: Some("killed by signal 9".into()),
+    }));
+    assert_eq!(h.core.suspects.len(), 2);
+    h.hello(2, "w2", 2);
+    let (poll, out) = h.poll(2);
+    assert_eq!(work_in(&out, poll).len(), 1, "one suspect at a time");
 }

@@ -112,8 +112,20 @@ impl Core {
                     "worker registered"
                 );
                 if let Some(block) = hello.block_id {
-                    self.blocks.worker_joined(block);
+                    self.blocks.worker_joined(block, hello.slots, now);
                 }
+                let placed = match (&hello.node, hello.rank) {
+                    (Some(node), Some(rank)) => format!(" on node {node} as rank {rank}"),
+                    _ => format!(" on {}", hello.host),
+                };
+                self.worker_event(
+                    now,
+                    "worker-registered",
+                    hello.block_id,
+                    &hello.worker_id,
+                    format!("{} slots{placed}", hello.slots),
+                    out,
+                );
                 self.workers.insert(
                     key,
                     Worker {
@@ -123,11 +135,13 @@ impl Core {
                         pid: hello.pid,
                         node: hello.node,
                         rank: hello.rank,
+                        ends_at_us: hello.ends_at_unix_s.map(|s| s.saturating_mul(1_000_000)),
                         slots: hello.slots,
                         servables: hello.servables,
                         pipe,
                         last_seen_us: now,
                         held_poll: None,
+                        isolating: None,
                         batches: HashSet::new(),
                         tasks: 0,
                         specs_sent: HashSet::new(),
@@ -137,6 +151,7 @@ impl Core {
                 key
             }
         };
+        self.claim_running(key, hello.running, now);
         if let Some(old_key) = self.worker_by_pipe.insert(pipe, key)
             && old_key != key
         {
@@ -156,6 +171,91 @@ impl Core {
             },
             close: false,
         });
+    }
+
+    /// A worker that registers again (after a daemon restart) still runs
+    /// the batches in `running`: they stay its, instead of running a second
+    /// time elsewhere. Batches this daemon already knows are left alone.
+    fn claim_running(&mut self, key: u64, running: Vec<(BatchId, Vec<TaskId>)>, now: u64) {
+        let Some(worker_id) = self.workers.get(&key).map(|w| w.id.clone()) else {
+            return;
+        };
+        let mut claimed = 0usize;
+        for (batch_id, ids) in running {
+            if self.batches.contains_key(&batch_id) {
+                continue;
+            }
+            let mut mine = Vec::new();
+            let mut servable = None;
+            for id in ids {
+                let Some(task) = self.tasks.get_mut(&id) else {
+                    continue;
+                };
+                if task.state != TaskState::Queued {
+                    continue;
+                }
+                if !self.held.contains(&id) {
+                    let qk = task.queue_key();
+                    self.queues.remove(&qk, id);
+                }
+                task.state = TaskState::Running;
+                task.attempts += 1;
+                task.worker = Some(worker_id.clone());
+                task.batch = Some(batch_id);
+                task.timings.dispatched_us = now;
+                servable.get_or_insert_with(|| task.target.clone());
+                mine.push(id);
+            }
+            let Some(servable) = servable else {
+                continue;
+            };
+            claimed += mine.len();
+            if let Some(w) = self.workers.get_mut(&key) {
+                w.batches.insert(batch_id);
+                w.tasks += mine.len() as u32;
+            }
+            self.batches.insert(
+                batch_id,
+                Batch {
+                    worker: key,
+                    servable,
+                    tasks: mine,
+                },
+            );
+        }
+        if claimed > 0 {
+            self.held.retain(|id| {
+                self.tasks
+                    .get(id)
+                    .is_some_and(|t| t.state == TaskState::Queued)
+            });
+            tracing::info!(worker = %worker_id, tasks = claimed, "a reconnecting worker still runs tasks from before the restart");
+        }
+    }
+
+    /// A worker leaves on its own (its wall time is nearly over).
+    pub(super) fn on_leave(
+        &mut self,
+        from: ReplyTo,
+        pipe: PipeId,
+        reason: &str,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
+        out.push(Action::ReplyWorker {
+            to: from,
+            message: DaemonMessage::Shutdown,
+            close: false,
+        });
+        let Some(key) = self.worker_by_pipe.get(&pipe).copied() else {
+            return;
+        };
+        let Some((id, block)) = self.workers.get(&key).map(|w| (w.id.clone(), w.block)) else {
+            return;
+        };
+        tracing::info!(worker = %id, reason, "worker left");
+        self.worker_event(now, "worker-left", block, &id, reason.to_owned(), out);
+        self.lose_worker(key, &format!("it left ({reason})"), now, out);
     }
 
     pub(super) fn on_pull(
@@ -233,12 +333,21 @@ impl Core {
                 && let Some(w) = self.workers.get_mut(&key)
             {
                 w.batches.remove(&result.batch);
+                if w.isolating == Some(result.batch) {
+                    w.isolating = None;
+                }
                 w.tasks = w.tasks.saturating_sub(batch.tasks.len() as u32);
             }
             if let Some(batch) = &batch {
                 let size = batch.tasks.len() as u32;
                 if let Some(a) = self.adaptive.get_mut(&batch.servable) {
                     a.observe(size, result.run_us);
+                }
+                if result.failure.is_none() {
+                    self.durations
+                        .entry(batch.servable.clone())
+                        .or_default()
+                        .observe(result.run_us);
                 }
             }
             if let Some(failure) = &result.failure {
@@ -389,8 +498,15 @@ impl Core {
             let Some(task) = self.tasks.get_mut(&id) else {
                 continue;
             };
+            let max_attempts = {
+                let servable = task.servable.clone();
+                self.max_attempts_for(&servable)
+            };
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             let retry = match failure.kind {
-                FailureKind::Crashed => task.attempts < self.cfg.max_attempts,
+                FailureKind::Crashed => task.attempts < max_attempts,
                 // Once, on its own: a lone input's failure is its own.
                 FailureKind::Failed => !task.solo && task.rule.max_batch > 1,
                 FailureKind::Unrunnable => false,
@@ -419,7 +535,7 @@ impl Core {
     }
 
     /// Puts tasks back at the head of their queues.
-    fn requeue_front(&mut self, ids: Vec<TaskId>) {
+    pub(super) fn requeue_front(&mut self, ids: Vec<TaskId>) {
         let mut by_queue: HashMap<QueueKey, (Vec<TaskId>, BatchRule)> = HashMap::new();
         for id in ids {
             if let Some(task) = self.tasks.get(&id) {
@@ -446,6 +562,23 @@ impl Core {
         };
         let mut free = worker.free_slots();
         let worker_id = worker.id.clone();
+        // Time left before the worker must leave, if its job has an end.
+        let time_left = worker.ends_at_us.map(|end| {
+            end.saturating_sub(self.cfg.walltime_margin_us)
+                .saturating_sub(now)
+        });
+        let fits: HashMap<Arc<str>, bool> = match time_left {
+            None => HashMap::new(),
+            Some(left) => self
+                .queues
+                .servables()
+                .into_iter()
+                .map(|s| {
+                    let ok = left > 0 && self.expected_duration_us(&s) <= left;
+                    (s, ok)
+                })
+                .collect(),
+        };
         while free > 0 {
             let Some(worker) = self.workers.get(&key) else {
                 break;
@@ -453,7 +586,10 @@ impl Core {
             let adaptive = &self.adaptive;
             let Some((qk, size)) = self.queues.oldest(
                 now,
-                |s| catalog::worker_can_run(&worker.servables, s),
+                |s| {
+                    catalog::worker_can_run(&worker.servables, s)
+                        && fits.get(s).copied().unwrap_or(true)
+                },
                 |s| super::auto_plan(adaptive, s),
             ) else {
                 break;
@@ -462,58 +598,139 @@ impl Core {
             if ids.is_empty() {
                 break;
             }
-            let batch_id = BatchId(self.next_batch);
-            self.next_batch += 1;
-            let mut items = Vec::with_capacity(ids.len());
-            for id in &ids {
-                if let Some(task) = self.tasks.get_mut(id) {
-                    task.state = TaskState::Running;
-                    task.attempts += 1;
-                    task.worker = Some(worker_id.clone());
-                    task.batch = Some(batch_id);
-                    task.timings.dispatched_us = now;
-                    items.push(WorkItem {
-                        task: *id,
-                        input: task.input.clone(),
-                    });
-                }
-            }
-            let mut spec = None;
-            if let Some(w) = self.workers.get_mut(&key) {
-                w.batches.insert(batch_id);
-                w.tasks += ids.len() as u32;
-                // Builtins have no record; published servables are `NAME@VERSION`.
-                if qk.servable.contains('@')
-                    && !w.specs_sent.contains(&qk.servable)
-                    && let Ok(record) = self.catalog.record(&qk.servable)
-                {
-                    w.specs_sent.insert(qk.servable.clone());
-                    spec = Some(Box::new((*record).clone()));
-                }
-            }
-            self.batches.insert(
-                batch_id,
-                Batch {
-                    worker: key,
-                    servable: qk.servable.clone(),
-                    tasks: ids,
-                },
-            );
-            batches.push(WorkBatch {
-                id: batch_id,
-                servable: qk.servable.to_string(),
-                params: qk.params.clone(),
-                items,
-                spec,
-            });
+            batches.push(self.build_batch(key, &worker_id, &qk, ids, now));
             free -= 1;
         }
         batches
     }
 
+    /// One batch of `ids` (just taken from queue `qk`) for worker `key`.
+    fn build_batch(
+        &mut self,
+        key: u64,
+        worker_id: &Arc<str>,
+        qk: &QueueKey,
+        ids: Vec<TaskId>,
+        now: u64,
+    ) -> WorkBatch {
+        let batch_id = BatchId(self.next_batch);
+        self.next_batch += 1;
+        let mut items = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(task) = self.tasks.get_mut(id) {
+                task.state = TaskState::Running;
+                task.attempts += 1;
+                task.worker = Some(worker_id.clone());
+                task.batch = Some(batch_id);
+                task.timings.dispatched_us = now;
+                items.push(WorkItem {
+                    task: *id,
+                    input: task.input.clone(),
+                });
+            }
+        }
+        let mut spec = None;
+        if let Some(w) = self.workers.get_mut(&key) {
+            w.batches.insert(batch_id);
+            w.tasks += ids.len() as u32;
+            // Builtins have no record; published servables are `NAME@VERSION`.
+            if qk.servable.contains('@')
+                && !w.specs_sent.contains(&qk.servable)
+                && let Ok(record) = self.catalog.record(&qk.servable)
+            {
+                w.specs_sent.insert(qk.servable.clone());
+                spec = Some(Box::new((*record).clone()));
+            }
+        }
+        self.batches.insert(
+            batch_id,
+            Batch {
+                worker: key,
+                servable: qk.servable.clone(),
+                tasks: ids,
+            },
+        );
+        WorkBatch {
+            id: batch_id,
+            servable: qk.servable.to_string(),
+            params: qk.params.clone(),
+            items,
+            spec,
+        }
+    }
+
+    /// Gives a suspect task, alone, to an idle worker holding a long-poll.
+    fn dispatch_suspects(&mut self, now: u64, out: &mut Vec<Action>) {
+        self.suspects.retain(|(id, _)| {
+            self.tasks
+                .get(id)
+                .is_some_and(|t| t.state == TaskState::Queued)
+        });
+        if self.suspects.is_empty() {
+            return;
+        }
+        let idle: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.held_poll.is_some() && w.batches.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            let Some(worker) = self.workers.get(&key) else {
+                continue;
+            };
+            let left = worker.ends_at_us.map(|end| {
+                end.saturating_sub(self.cfg.walltime_margin_us)
+                    .saturating_sub(now)
+            });
+            let pick = self.suspects.iter().position(|(id, _)| {
+                self.tasks.get(id).is_some_and(|t| {
+                    catalog::worker_can_run(&worker.servables, &t.target)
+                        && left.is_none_or(|l| self.expected_duration_us(&t.target) <= l)
+                })
+            });
+            let Some(pos) = pick else {
+                continue;
+            };
+            let Some((id, _)) = self.suspects.remove(pos) else {
+                continue;
+            };
+            let Some(task) = self.tasks.get(&id) else {
+                continue;
+            };
+            let (qk, rule) = (task.queue_key(), task.queue_rule());
+            // Through the head of its queue, alone, so the batch is built
+            // like any other.
+            self.queues.push_front(qk.clone(), vec![id], rule);
+            let ids = self.queues.pop_batch(&qk, 1);
+            let worker_id = worker.id.clone();
+            let batch = self.build_batch(key, &worker_id, &qk, ids, now);
+            let batch_id = batch.id;
+            let batches = vec![batch];
+            tracing::info!(task = %id, worker_key = key, "running a suspect task alone");
+            if let Some(w) = self.workers.get_mut(&key) {
+                w.isolating = Some(batch_id);
+                if let Some((to, _)) = w.held_poll.take() {
+                    out.push(Action::ReplyWorker {
+                        to,
+                        message: DaemonMessage::Work { batches },
+                        close: false,
+                    });
+                }
+            }
+            if self.suspects.is_empty() {
+                break;
+            }
+        }
+    }
+
     /// Gives queued work to workers that hold a long-poll, round-robin.
     pub(super) fn dispatch(&mut self, now: u64, out: &mut Vec<Action>) {
-        if self.draining.is_some() || self.queues.is_empty() {
+        if self.draining.is_some() {
+            return;
+        }
+        self.dispatch_suspects(now, out);
+        if self.queues.is_empty() {
             return;
         }
         let start = self.rr_cursor;
@@ -566,7 +783,22 @@ impl Core {
         if let Some(block) = worker.block {
             self.blocks.worker_left(block);
         }
+        if !reason.starts_with("it left") {
+            self.worker_event(
+                now,
+                "worker-lost",
+                worker.block,
+                &worker.id,
+                format!("{reason}; {} tasks were running", worker.tasks),
+                out,
+            );
+        }
+        let left_on_its_own = reason.starts_with("it left");
+        // The worker process died (rather than its block ending or it
+        // leaving): any of its tasks may have killed it.
+        let died = !left_on_its_own && !reason.starts_with("its block");
         let mut requeue = Vec::new();
+        let mut suspects = Vec::new();
         let mut failed = 0u32;
         for batch_id in &worker.batches {
             let Some(batch) = self.batches.remove(batch_id) else {
@@ -579,10 +811,31 @@ impl Core {
                 if task.state != TaskState::Running || task.batch != Some(*batch_id) {
                     continue;
                 }
-                if task.attempts >= self.cfg.max_attempts {
+                if left_on_its_own {
+                    // Not the task's doing: this attempt does not count.
+                    task.attempts = task.attempts.saturating_sub(1);
+                } else {
+                    task.losses.push(format!(
+                        "attempt {}: worker {} on {}{} was lost ({reason})",
+                        task.attempts,
+                        worker.id,
+                        worker.node.as_deref().unwrap_or(&worker.host),
+                        worker
+                            .block
+                            .map(|b| format!(", block {b}"))
+                            .unwrap_or_default()
+                    ));
+                }
+                let servable = task.servable.clone();
+                let max_attempts = self.max_attempts_for(&servable);
+                let Some(task) = self.tasks.get_mut(&id) else {
+                    continue;
+                };
+                if task.attempts >= max_attempts {
                     let outcome = Outcome::Error(format!(
-                        "the worker running this task was lost {} times (last: worker {} on {}, {reason}); giving up",
-                        task.attempts, worker.id, worker.host
+                        "poison task: its worker was lost on each of its {} attempts, so it is not retried again: {}",
+                        task.attempts,
+                        task.losses.join("; ")
                     ));
                     let (state, outcome) = self.final_outcome(id, outcome);
                     self.finish(id, state, outcome, None, 0, now, out);
@@ -590,11 +843,18 @@ impl Core {
                 } else {
                     task.state = TaskState::Queued;
                     task.batch = None;
-                    requeue.push(id);
+                    if died {
+                        suspects.push(id);
+                    } else {
+                        requeue.push(id);
+                    }
                 }
             }
         }
-        let requeued = requeue.len() as u64;
+        suspects.sort_unstable();
+        let requeued = (requeue.len() + suspects.len()) as u64;
+        self.suspects
+            .extend(suspects.into_iter().map(|id| (id, worker.block)));
         self.requeue_front(requeue);
         self.totals.requeued += requeued;
         tracing::warn!(

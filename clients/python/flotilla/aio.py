@@ -1,0 +1,294 @@
+"""``AsyncClient``: the client for asyncio code (notebooks, async workflows).
+
+Every call is a coroutine; any number can be in flight on one client. This
+is also the implementation behind the blocking :class:`~flotilla.Client`,
+which runs it on a private event loop.
+"""
+
+import asyncio
+import collections
+import weakref
+
+from . import home as home_dir
+from . import mapping, messages
+from .errors import ProtocolError, ShuttingDown
+from .futures import AsyncTaskFuture, settle
+from .outcome import value_of
+from .payload import encode_input, encode_params
+from .servables import AsyncServables
+from .transport import Connection
+from .views import TaskState
+
+__all__ = ["AsyncClient", "DEFAULT_CALL_TIMEOUT"]
+
+#: Seconds allowed for the daemon to answer a call that does not wait for
+#: tasks (the Rust client's default too).
+DEFAULT_CALL_TIMEOUT = 30.0
+#: Extra seconds allowed beyond a held call's own wait for its reply.
+WAIT_MARGIN = 10.0
+#: The longest wait asked of the daemon in one call; longer waits repeat it.
+LONGEST_WAIT_S = 86400.0
+#: Most results one client waits for at once for futures (each wait is one
+#: request the daemon holds); more futures queue for a turn.
+MAX_HELD_WAITS = 1024
+#: A held wait answered this much sooner than asked means the daemon is
+#: draining (it answers waits at once then).
+_EARLY_S = 1.0
+
+
+def _wait_ms(seconds):
+    return int(max(0.0, seconds) * 1000)
+
+
+def _only(items, what):
+    """The one item of a reply about one task."""
+    if len(items) != 1:
+        raise ProtocolError("the daemon answered one %s with %d" % (what, len(items)))
+    return items[0]
+
+
+def _servable_name(name):
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(
+            "the servable is named by a non-empty string (NAME or NAME@VERSION), got %r" % (name,)
+        )
+    return name
+
+
+class AsyncClient:
+    """A connection to a Flotilla daemon, for asyncio code.
+
+    ``home`` is the daemon's state directory; by default ``$FLOTILLA_HOME``,
+    else ``~/.flotilla``, as for the ``flotilla`` CLI. Connecting fails at
+    once with :class:`~flotilla.errors.DaemonNotRunning` if no daemon is
+    there. ``call_timeout`` bounds calls that do not wait for tasks.
+
+    Use it as ``async with AsyncClient() as client: ...`` or call
+    :meth:`close` when done.
+    """
+
+    def __init__(self, home=None, call_timeout=DEFAULT_CALL_TIMEOUT):
+        #: The daemon's state directory.
+        self.home = home_dir.state_dir(home)
+        self.call_timeout = call_timeout
+        self._connection = Connection(home_dir.api_url(self.home), home_dir.api_socket(self.home))
+        self._held = weakref.WeakKeyDictionary()  # event loop -> semaphore
+        self._background = set()
+        #: Catalog calls: ``search``, ``show``, ``list``, ``versions``.
+        self.servables = AsyncServables(self)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Closes the connection; calls in flight end with an error."""
+        self._connection.close()
+
+    async def _call(self, frame, wait_s=None):
+        """One round trip; ``wait_s`` is how long the daemon may hold it."""
+        timeout = self.call_timeout if wait_s is None else wait_s + WAIT_MARGIN
+        return messages.decode_reply(await self._connection.request(frame, timeout))
+
+    def _spawn(self, coro, loop=None):
+        """Runs ``coro`` in the background on ``loop`` (default: the running
+        one), keeping it referenced until done."""
+        task = (loop or asyncio.get_running_loop()).create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def ping(self):
+        """Checks that the daemon answers; returns its process id."""
+        pid, _release = (await self._call(messages.ping())).as_pong()
+        return pid
+
+    async def run(self, name, input=None, params=None, timeout=None):
+        """Runs servable ``name`` on ``input`` and returns its output.
+
+        ``name`` is ``NAME`` (latest version) or ``NAME@VERSION``; ``params``
+        a dict of the servable's parameters. Waits for the task to finish,
+        at most ``timeout`` seconds when given (then raises
+        :class:`~flotilla.errors.Timeout`, whose ``task_id`` lets you fetch
+        the result later). A failed task raises
+        :class:`~flotilla.errors.TaskFailed` with the servable's message.
+        """
+        request = [_servable_name(name), encode_input(input), encode_params(params)]
+        wait_s = LONGEST_WAIT_S if timeout is None else min(float(timeout), LONGEST_WAIT_S)
+        reply = await self._call(messages.submit([request], _wait_ms(wait_s)), wait_s)
+        view = _only(reply.as_results(), "task's result")
+        if not view.is_final and timeout is None:
+            view = _only(await self._wait_views([view.id], None), "task's result")
+        return value_of(view, timeout)
+
+    async def _submit_ids(self, requests):
+        return (await self._call(messages.submit(requests, None))).as_submitted()
+
+    async def submit(self, name, input=None, params=None):
+        """Submits one task and returns an :class:`AsyncTaskFuture` for its
+        output, once the daemon has stored the task durably.
+
+        ``await future`` gives the output (or raises as :meth:`run` does);
+        ``future.task_id`` is its id on the daemon.
+        """
+        name = _servable_name(name)
+        request = [name, encode_input(input), encode_params(params)]
+        task_id = _only(await self._submit_ids([request]), "submission's ids")
+        future = AsyncTaskFuture(self, task_id, name, asyncio.get_running_loop())
+        waiter = self._spawn(self._final_view(task_id))
+
+        def done(task):
+            if task.cancelled():
+                return
+            if task.exception() is not None:
+                if not future.done():
+                    future.set_exception(task.exception())
+                return
+            settle(future, task.result(), asyncio.Future.cancel)
+
+        waiter.add_done_callback(done)
+        future.add_done_callback(lambda f: waiter.cancel() if f.cancelled() else None)
+        return future
+
+    async def _final_view(self, task_id):
+        """Waits (with no limit) until ``task_id`` is final; returns its view.
+        At most :data:`MAX_HELD_WAITS` such waits are held at once."""
+        loop = asyncio.get_running_loop()
+        held = self._held.get(loop)
+        if held is None:
+            held = self._held[loop] = asyncio.Semaphore(MAX_HELD_WAITS)
+        async with held:
+            return _only(await self._wait_views([task_id], None), "task's result")
+
+    async def _wait_views(self, ids, deadline):
+        """Views of ``ids`` once all are final, or at ``deadline`` (loop time;
+        ``None``: no limit). Each round is one call the daemon holds."""
+        loop = asyncio.get_running_loop()
+        latest = {}
+        pending = list(dict.fromkeys(ids))
+        while pending:
+            if deadline is None:
+                wait_s = LONGEST_WAIT_S
+            else:
+                wait_s = min(deadline - loop.time(), LONGEST_WAIT_S)
+                if wait_s <= 0:
+                    break
+            started = loop.time()
+            views = (
+                await self._call(messages.results(pending, _wait_ms(wait_s)), wait_s)
+            ).as_results()
+            for view in views:
+                latest[view.id] = view
+            still = [
+                i
+                for i in pending
+                if not latest[i].is_final and latest[i].state is not TaskState.UNKNOWN
+            ]
+            if still and loop.time() - started < wait_s - _EARLY_S:
+                view = latest[still[0]]
+                raise ShuttingDown(
+                    "the daemon is shutting down; task %d (%s) is still %s: fetch its result with "
+                    "result(%d) once the daemon runs again"
+                    % (view.id, view.servable, view.state.value, view.id)
+                )
+            pending = still
+        return [latest[i] for i in ids]
+
+    async def result(self, task_id, timeout=None):
+        """The output of a submitted task, waiting until it is finished (at
+        most ``timeout`` seconds when given); raises as :meth:`run` does."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + float(timeout)
+        view = _only(await self._wait_views([task_id], deadline), "task's result")
+        return value_of(view, timeout)
+
+    async def status(self, task_id):
+        """The task's :class:`~flotilla.views.TaskView`: state, attempts,
+        worker and timings (no output; see :meth:`result`)."""
+        views = (await self._call(messages.task_status([task_id]))).as_task_status()
+        return _only(views, "task's status")
+
+    async def cancel(self, task_id):
+        """Cancels a task that has not finished; returns its
+        :class:`~flotilla.views.TaskState` afterwards (``CANCELLED``, or the
+        state it had already reached)."""
+        states = (await self._call(messages.cancel([task_id]))).as_cancelled()
+        return _only(states, "cancel")[1]
+
+    def _cancel_in_background(self, task_id, loop):
+        """Asks the daemon to cancel ``task_id`` without waiting for it; the
+        request runs on ``loop``."""
+
+        async def cancel():
+            try:
+                await self.cancel(task_id)
+            except Exception:  # best effort: the caller is no longer waiting
+                pass
+
+        self._spawn(cancel(), loop)
+
+    async def _cancel_ids(self, ids):
+        """Cancels ``ids`` (a collection read now, on the loop), best effort."""
+        ids = sorted(ids)
+        if ids:
+            try:
+                await self._call(messages.cancel(ids))
+            except Exception:  # best effort: map is being abandoned
+                pass
+
+    async def map(
+        self,
+        name,
+        inputs,
+        params=None,
+        chunk=mapping.DEFAULT_CHUNK,
+        window=mapping.DEFAULT_WINDOW,
+        timeout=None,
+        return_exceptions=False,
+    ):
+        """Runs servable ``name`` on every input; an async generator of the
+        outputs, in input order.
+
+        ``inputs`` is any iterable or async iterable; it is read ``chunk``
+        inputs at a time, each chunk one request, with at most ``window``
+        chunks submitted and unfinished at once. ``params`` apply to every
+        input. ``timeout`` bounds the whole map, in seconds. A failed task
+        raises :class:`~flotilla.errors.TaskFailed` when its turn comes (the
+        rest are then cancelled), unless ``return_exceptions`` puts the
+        exception in the output's place. Leaving the loop early cancels the
+        tasks still running when the generator is closed: wrap it in
+        ``contextlib.aclosing`` (or call ``aclose()``) for that to happen at
+        once rather than when it is garbage-collected.
+        """
+        mapping.check_shape(chunk, window)
+        name = _servable_name(name)
+        params_bytes = encode_params(params)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + float(timeout)
+        runs = mapping.ChunkRuns(self)
+        running = collections.deque()
+        source = mapping.achunks(inputs, name, params_bytes, chunk).__aiter__()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(running) < window:
+                    try:
+                        requests = await source.__anext__()
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                    frame = mapping.submit_frame(requests)
+                    running.append(asyncio.ensure_future(runs.run(frame, deadline)))
+                if not running:
+                    return
+                views = await running.popleft()
+                for value in mapping.outputs(views, return_exceptions, timeout):
+                    yield value
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+            await runs.abandon()

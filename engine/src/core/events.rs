@@ -1,0 +1,154 @@
+//! The block and worker event stream behind `flotilla events`: a bounded
+//! log with sequence numbers, and long-polls waiting for what comes next.
+
+use std::collections::VecDeque;
+
+use flotilla_protocol::client::{ClientReply, EventView};
+
+use super::{Action, ReplyTo};
+
+/// Events kept for late readers.
+const KEPT: usize = 10_000;
+
+#[derive(Debug)]
+struct EventWait {
+    to: ReplyTo,
+    after: u64,
+    deadline_us: u64,
+}
+
+/// The log.
+#[derive(Debug, Default)]
+pub(super) struct EventLog {
+    events: VecDeque<EventView>,
+    last_seq: u64,
+    waits: Vec<EventWait>,
+}
+
+impl EventLog {
+    /// Appends an event and answers every reader waiting for one.
+    pub(super) fn push(
+        &mut self,
+        now: u64,
+        kind: &str,
+        block: Option<u32>,
+        worker: Option<&str>,
+        message: String,
+        out: &mut Vec<Action>,
+    ) {
+        self.last_seq += 1;
+        if self.events.len() == KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back(EventView {
+            seq: self.last_seq,
+            at_us: now,
+            kind: kind.to_owned(),
+            block,
+            worker: worker.map(str::to_owned),
+            message,
+        });
+        for wait in std::mem::take(&mut self.waits) {
+            let events = self.after(wait.after);
+            out.push(Action::ReplyClient {
+                to: wait.to,
+                reply: ClientReply::Events { events },
+            });
+        }
+    }
+
+    fn after(&self, seq: u64) -> Vec<EventView> {
+        self.events
+            .iter()
+            .filter(|e| e.seq > seq)
+            .cloned()
+            .collect()
+    }
+
+    /// Answers a reader: at once if there is something after `after` (or no
+    /// wait was asked for), else when the next event comes or the wait ends.
+    pub(super) fn query(
+        &mut self,
+        to: ReplyTo,
+        after: u64,
+        wait_us: Option<u64>,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let events = self.after(after);
+        match wait_us {
+            Some(wait) if events.is_empty() => self.waits.push(EventWait {
+                to,
+                after,
+                deadline_us: now.saturating_add(wait),
+            }),
+            _ => out.push(Action::ReplyClient {
+                to,
+                reply: ClientReply::Events { events },
+            }),
+        }
+    }
+
+    /// Answers readers whose wait is over (with nothing).
+    pub(super) fn expire(&mut self, now: u64, out: &mut Vec<Action>) {
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waits)
+            .into_iter()
+            .partition(|w| w.deadline_us <= now);
+        self.waits = keep;
+        for wait in due {
+            out.push(Action::ReplyClient {
+                to: wait.to,
+                reply: ClientReply::Events { events: Vec::new() },
+            });
+        }
+    }
+
+    /// The earliest wait deadline, for the timer.
+    pub(super) fn next_deadline(&self) -> Option<u64> {
+        self.waits.iter().map(|w| w.deadline_us).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events_in(out: &[Action]) -> Vec<Vec<u64>> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::ReplyClient {
+                    reply: ClientReply::Events { events },
+                    ..
+                } => Some(events.iter().map(|e| e.seq).collect()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readers_get_what_is_new_at_once_or_when_it_comes() {
+        let mut log = EventLog::default();
+        let mut out = Vec::new();
+        log.push(
+            1,
+            "block-submitted",
+            Some(0),
+            None,
+            "job 1".into(),
+            &mut out,
+        );
+        log.query(ReplyTo(1), 0, Some(5), 2, &mut out);
+        assert_eq!(events_in(&out), [vec![1]]);
+        out.clear();
+        log.query(ReplyTo(2), 1, Some(5), 2, &mut out);
+        assert!(out.is_empty(), "held");
+        log.push(3, "worker-lost", None, Some("w1"), "gone".into(), &mut out);
+        assert_eq!(events_in(&out), [vec![2]]);
+        out.clear();
+        log.query(ReplyTo(3), 2, Some(5), 4, &mut out);
+        log.expire(8, &mut out);
+        assert!(out.is_empty());
+        log.expire(9, &mut out);
+        assert_eq!(events_in(&out), [Vec::<u64>::new()]);
+    }
+}
