@@ -3,8 +3,10 @@
 # client (the flotilla package with pynng), both from clients/python, and
 # puts it first on PATH. With FLOTILLA_PYTHON_TESTS=1 it also installs what
 # the Python client's tests need (pytest, and Parsl for the workflow
-# example). Quick when it already exists. Sets FLOTILLA_PYTHON_OK=1 when the
-# environment works.
+# example). With FLOTILLA_BENCH_PEERS=1 it also installs the engines the
+# `peers` benchmark compares against (Parsl and Dask's distributed). Quick
+# when it already exists. Sets FLOTILLA_PYTHON_OK=1 when the environment
+# works.
 
 venv="$PWD/.venv"
 FLOTILLA_PYTHON_OK=0
@@ -13,6 +15,10 @@ packages="msgpack numpy scikit-learn pynng"
 if [ "${FLOTILLA_PYTHON_TESTS:-0}" = 1 ]; then
     check="$check, pytest, parsl"
     packages="$packages pytest parsl"
+fi
+if [ "${FLOTILLA_BENCH_PEERS:-0}" = 1 ]; then
+    check="$check, parsl, dask, distributed"
+    packages="$packages parsl dask[distributed]"
 fi
 if ! "$venv/bin/python3" -c "$check" >/dev/null 2>&1; then
     if command -v python3 >/dev/null 2>&1; then

@@ -3,6 +3,7 @@
 
 pub mod inputs;
 pub mod plot;
+pub mod simworkers;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -123,4 +124,44 @@ pub fn examples_daemon(
     f.spawn_worker(&["--slots", &slots.to_string()]);
     f.wait_workers(1);
     Ok(f)
+}
+
+/// Today's date in UTC as `YYYY-MM-DD`, for result files.
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_date((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01.
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    // Count from 0000-03-01 so leap days fall at the end of each year, in
+    // 400-year eras of 146,097 days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_date;
+
+    #[test]
+    fn civil_dates_match_known_days() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(11_016), (2000, 2, 29));
+        assert_eq!(civil_date(20_418), (2025, 11, 26));
+        assert_eq!(civil_date(20_783), (2026, 11, 26));
+        assert_eq!(civil_date(-1), (1969, 12, 31));
+    }
 }

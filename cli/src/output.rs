@@ -19,6 +19,9 @@ pub fn task_json(t: &TaskView) -> Value {
             "dispatched": t.timings.dispatched_us,
             "finished": t.timings.finished_us,
             "run": t.timings.run_us,
+            "worker_received": t.timings.worker_received_us,
+            "worker_sent": t.timings.worker_sent_us,
+            "result_received": t.timings.result_received_us,
         },
     });
     match &t.outcome {
@@ -77,6 +80,14 @@ pub fn task_text(t: &TaskView) -> String {
             "-".into()
         },
     ));
+    if tm.worker_received_us > 0 && tm.worker_sent_us >= tm.worker_received_us {
+        s.push_str(&format!(
+            "  path      {} ms to the worker, {} ms in the worker, {} ms back\n",
+            ms_between(tm.dispatched_us, tm.worker_received_us),
+            ms_between(tm.worker_received_us, tm.worker_sent_us),
+            ms_between(tm.worker_sent_us, tm.result_received_us),
+        ));
+    }
     if let Some(m) = t.memo {
         s.push_str(&format!(
             "  memo      {} ({})\n",

@@ -61,6 +61,15 @@ pub struct BatchResult {
     pub batch: BatchId,
     /// Microseconds the servable spent on the whole batch.
     pub run_us: u64,
+    /// When the worker received the batch (µs since the Unix epoch, the
+    /// worker's clock): with `sent_us` and the daemon's own stamps it splits
+    /// a request's time between network, worker and servable.
+    #[serde(default)]
+    pub received_us: u64,
+    /// When the worker sent this result (µs since the Unix epoch, the
+    /// worker's clock; stamped again if it is resent).
+    #[serde(default)]
+    pub sent_us: u64,
     /// One outcome per task of the batch (empty when `failure` is set).
     pub outcomes: Vec<(TaskId, Outcome)>,
     /// The call failed as a whole; no input has an outcome of its own.

@@ -121,6 +121,18 @@ pub struct TaskTimings {
     /// Time the servable spent on the batch that held this task, as the worker
     /// measured it (0 if unknown).
     pub run_us: u64,
+    /// The worker received the batch that held this task (worker's clock;
+    /// 0 if unknown).
+    #[serde(default)]
+    pub worker_received_us: u64,
+    /// The worker sent that batch's result (worker's clock; 0 if unknown).
+    #[serde(default)]
+    pub worker_sent_us: u64,
+    /// The daemon received the result from the worker (0 if not yet); the
+    /// result is recorded at `finished_us`, after its duplicates and memo
+    /// bookkeeping.
+    #[serde(default)]
+    pub result_received_us: u64,
 }
 
 /// How the memo store answered a task.

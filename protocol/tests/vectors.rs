@@ -90,6 +90,7 @@ fn timings(submitted_us: u64, dispatched_us: u64, finished_us: u64, run_us: u64)
         dispatched_us,
         finished_us,
         run_us,
+        ..TaskTimings::default()
     }
 }
 
@@ -100,12 +101,17 @@ fn completed_view() -> TaskView {
         state: TaskState::Completed,
         attempts: 1,
         worker: Some("host-1.4242".into()),
-        timings: timings(
-            1_764_000_000_000_000,
-            1_764_000_000_000_150,
-            1_764_000_000_000_900,
-            12,
-        ),
+        timings: TaskTimings {
+            worker_received_us: 1_764_000_000_000_300,
+            worker_sent_us: 1_764_000_000_000_500,
+            result_received_us: 1_764_000_000_000_700,
+            ..timings(
+                1_764_000_000_000_000,
+                1_764_000_000_000_150,
+                1_764_000_000_000_900,
+                12,
+            )
+        },
         memo: None,
         outcome: Some(Outcome::Output(mp(map(vec![("x", 1.into())])))),
     }

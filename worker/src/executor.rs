@@ -14,7 +14,7 @@ use crate::exec::ExecRuntime;
 /// A pool of `slots` threads running batches.
 #[derive(Debug)]
 pub struct Executor {
-    tx: crossbeam_channel::Sender<WorkBatch>,
+    tx: crossbeam_channel::Sender<(WorkBatch, u64)>,
 }
 
 impl Executor {
@@ -25,30 +25,31 @@ impl Executor {
         runtime: Arc<ExecRuntime>,
         done: impl Fn(BatchResult) + Send + Sync + 'static,
     ) -> std::io::Result<Executor> {
-        let (tx, rx) = unbounded::<WorkBatch>();
+        let (tx, rx) = unbounded::<(WorkBatch, u64)>();
         let done = Arc::new(done);
         for slot in 0..slots {
-            let rx: Receiver<WorkBatch> = rx.clone();
+            let rx: Receiver<(WorkBatch, u64)> = rx.clone();
             let done = done.clone();
             let runtime = runtime.clone();
             thread::Builder::new()
                 .name(format!("slot-{slot}"))
                 .spawn(move || {
-                    for batch in rx {
-                        done(run(&batch, &runtime));
+                    for (batch, received_us) in rx {
+                        done(run(&batch, received_us, &runtime));
                     }
                 })?;
         }
         Ok(Executor { tx })
     }
 
-    /// Queues a batch for the next free slot.
-    pub fn submit(&self, batch: WorkBatch) {
-        let _ = self.tx.send(batch);
+    /// Queues a batch, received at `received_us` (µs since the Unix epoch),
+    /// for the next free slot.
+    pub fn submit(&self, batch: WorkBatch, received_us: u64) {
+        let _ = self.tx.send((batch, received_us));
     }
 }
 
-fn run(batch: &WorkBatch, runtime: &ExecRuntime) -> BatchResult {
+fn run(batch: &WorkBatch, received_us: u64, runtime: &ExecRuntime) -> BatchResult {
     let started = Instant::now();
     let result = match builtin::run_batch(&batch.servable, &batch.items) {
         Some(outcomes) => Ok(outcomes),
@@ -65,6 +66,8 @@ fn run(batch: &WorkBatch, runtime: &ExecRuntime) -> BatchResult {
             BatchResult {
                 batch: batch.id,
                 run_us,
+                received_us,
+                sent_us: 0,
                 outcomes: batch.items.iter().map(|i| i.task).zip(outcomes).collect(),
                 failure: None,
             }
@@ -72,6 +75,8 @@ fn run(batch: &WorkBatch, runtime: &ExecRuntime) -> BatchResult {
         Err(failure) => BatchResult {
             batch: batch.id,
             run_us,
+            received_us,
+            sent_us: 0,
             outcomes: Vec::new(),
             failure: Some(failure),
         },

@@ -320,6 +320,10 @@ impl Session {
                     return Ok(());
                 }
                 state.in_flight = std::mem::take(&mut state.pending);
+                let sent_us = unix_now_us();
+                for result in &mut state.in_flight {
+                    result.sent_us = sent_us;
+                }
                 let message = WorkerMessage::Pull {
                     results: state.in_flight.clone(),
                     wait: false,
@@ -422,6 +426,7 @@ impl Session {
             }
             DaemonMessage::Refused { reason } => self.finish(state, Ending::Refused(reason)),
             DaemonMessage::Work { batches } => {
+                let received_us = unix_now_us();
                 if lane == LaneName::Report {
                     for acked in std::mem::take(&mut state.in_flight) {
                         state.unacked.remove(&acked.batch);
@@ -435,7 +440,7 @@ impl Session {
                         self.runtime.learn(record);
                     }
                     tracing::debug!(batch = batch.id.0, servable = %batch.servable, inputs = batch.items.len(), lane = ?lane, "batch received");
-                    self.executor.submit(batch);
+                    self.executor.submit(batch, received_us);
                 }
             }
             DaemonMessage::Reregister => {
@@ -456,6 +461,13 @@ impl Session {
             }
         }
     }
+}
+
+/// Microseconds since the Unix epoch, for the timestamps results carry.
+fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn unix_now() -> u64 {

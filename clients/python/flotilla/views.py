@@ -70,6 +70,12 @@ class TaskTimings:
     finished_us: int
     #: Time the servable spent on the batch that held the task.
     run_us: int
+    #: The worker received the batch that held the task (worker's clock).
+    worker_received_us: int = 0
+    #: The worker sent that batch's result (worker's clock).
+    worker_sent_us: int = 0
+    #: The daemon received the result from the worker.
+    result_received_us: int = 0
 
 
 @dataclass  # not frozen: map builds one per task, and frozen ones cost 5x more

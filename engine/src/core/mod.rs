@@ -37,7 +37,7 @@ mod search;
 mod tests;
 mod workers;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use flotilla_protocol::client::{ClientCall, ClientReply, Totals};
@@ -411,6 +411,10 @@ pub struct Core {
     /// (With the block their worker belonged to: if that block turns out
     /// to have been ended by its scheduler, they are innocent after all.)
     suspects: VecDeque<(TaskId, Option<u32>)>,
+    /// Workers that may hold a long-poll with a free slot: every worker
+    /// that does is here (others are dropped when dispatch meets them), so
+    /// dispatch looks at the few that can take work, not at every worker.
+    ready: BTreeSet<u64>,
     /// When `held` tasks are queued regardless.
     hold_until_us: u64,
     /// How long a call of each servable takes, learned.
@@ -466,6 +470,7 @@ impl Core {
             adopt,
             held: Vec::new(),
             suspects: VecDeque::new(),
+            ready: BTreeSet::new(),
             hold_until_us: now_us.saturating_add(cfg.recovery_grace_us),
             durations: HashMap::new(),
             cfg,

@@ -195,6 +195,8 @@ fn all_ok(batch: &WorkBatch) -> BatchResult {
     BatchResult {
         batch: batch.id,
         run_us: 7,
+        received_us: 0,
+        sent_us: 0,
         failure: None,
         outcomes: batch
             .items
@@ -972,6 +974,8 @@ fn outputs(batch: &WorkBatch, f: impl Fn(&Payload) -> Outcome) -> BatchResult {
     BatchResult {
         batch: batch.id,
         run_us: 10,
+        received_us: 0,
+        sent_us: 0,
         outcomes: batch.items.iter().map(|i| (i.task, f(&i.input))).collect(),
         failure: None,
     }
@@ -981,6 +985,8 @@ fn failed(batch: &WorkBatch, kind: FailureKind, message: &str) -> BatchResult {
     BatchResult {
         batch: batch.id,
         run_us: 10,
+        received_us: 0,
+        sent_us: 0,
         outcomes: vec![],
         failure: Some(BatchFailure {
             kind,
@@ -1882,6 +1888,8 @@ fn a_restart_with_live_blocks_adopts_them_and_lets_workers_claim_their_tasks() {
     let result = BatchResult {
         batch: BatchId(9),
         run_us: 5,
+        received_us: 0,
+        sent_us: 0,
         outcomes: vec![(TaskId(2), Outcome::Output(Payload::from_static(NIL)))],
         failure: None,
     };
@@ -2031,4 +2039,28 @@ fn tasks_of_a_block_that_failed_with_its_worker_stay_suspects() {
     h.hello(2, "w2", 2);
     let (poll, out) = h.poll(2);
     assert_eq!(work_in(&out, poll).len(), 1, "one suspect at a time");
+}
+
+#[test]
+fn a_busy_worker_holding_its_poll_gets_work_again_when_a_slot_frees() {
+    let mut h = Harness::new();
+    h.hello(1, "busy", 1);
+    h.hello(2, "other", 1);
+    h.submit("sleep", 3);
+    let (p1, out) = h.poll(1);
+    let first = work_in(&out, p1);
+    assert_eq!(first.len(), 1);
+    let (p2, out) = h.poll(2);
+    assert_eq!(work_in(&out, p2).len(), 1);
+    // Busy and waiting on a long-poll: dispatch passes it over (and forgets
+    // it) while the third task waits.
+    let (held, out) = h.poll(1);
+    assert!(worker_reply(&out, held).is_none(), "{out:#?}");
+    // Its result frees the slot: the third task goes to it at once.
+    let (report, out) = h.pull(1, vec![all_ok(&first[0])], false);
+    let batches = |to| match worker_reply(&out, to) {
+        Some(DaemonMessage::Work { batches }) => batches.len(),
+        _ => 0,
+    };
+    assert_eq!(batches(held) + batches(report), 1, "{out:#?}");
 }

@@ -1,6 +1,7 @@
 //! Workers: registration, pulls, results, dispatch, loss.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use flotilla_protocol::TaskId;
@@ -294,6 +295,7 @@ impl Core {
             let Some(w) = self.workers.get_mut(&key) else {
                 return;
             };
+            self.ready.insert(key);
             if let Some((old, _)) = w.held_poll.replace((from, now)) {
                 out.push(Action::ReplyWorker {
                     to: old,
@@ -336,6 +338,7 @@ impl Core {
                 if w.isolating == Some(result.batch) {
                     w.isolating = None;
                 }
+                self.ready.insert(key);
                 w.tasks = w.tasks.saturating_sub(batch.tasks.len() as u32);
             }
             if let Some(batch) = &batch {
@@ -364,12 +367,15 @@ impl Core {
                 continue;
             }
             for (id, outcome) in result.outcomes {
-                let Some(task) = self.tasks.get(&id) else {
+                let Some(task) = self.tasks.get_mut(&id) else {
                     continue;
                 };
                 if task.state.is_final() {
                     continue;
                 }
+                task.timings.worker_received_us = result.received_us;
+                task.timings.worker_sent_us = result.sent_us;
+                task.timings.result_received_us = now;
                 if task.state == TaskState::Queued {
                     // A late result for a task already put back in the queue.
                     let qk = task.queue_key();
@@ -659,6 +665,32 @@ impl Core {
         }
     }
 
+    /// Workers holding a long-poll with a free slot, round-robin from the
+    /// one after `cursor`; forgets the ones in `ready` that no longer are.
+    fn ready_workers(&mut self, cursor: u64) -> Vec<u64> {
+        let mut found = Vec::new();
+        let mut stale = Vec::new();
+        for &key in self
+            .ready
+            .range((Bound::Excluded(cursor), Bound::Unbounded))
+            .chain(self.ready.range(..=cursor))
+        {
+            let can_take = self
+                .workers
+                .get(&key)
+                .is_some_and(|w| w.held_poll.is_some() && w.free_slots() > 0);
+            if can_take {
+                found.push(key);
+            } else {
+                stale.push(key);
+            }
+        }
+        for key in stale {
+            self.ready.remove(&key);
+        }
+        found
+    }
+
     /// Gives a suspect task, alone, to an idle worker holding a long-poll.
     fn dispatch_suspects(&mut self, now: u64, out: &mut Vec<Action>) {
         self.suspects.retain(|(id, _)| {
@@ -670,10 +702,9 @@ impl Core {
             return;
         }
         let idle: Vec<u64> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.held_poll.is_some() && w.batches.is_empty())
-            .map(|(k, _)| *k)
+            .ready_workers(0)
+            .into_iter()
+            .filter(|k| self.workers.get(k).is_some_and(|w| w.batches.is_empty()))
             .collect();
         for key in idle {
             let Some(worker) = self.workers.get(&key) else {
@@ -733,14 +764,7 @@ impl Core {
         if self.queues.is_empty() {
             return;
         }
-        let start = self.rr_cursor;
-        let candidates: Vec<u64> = self
-            .workers
-            .range(start + 1..)
-            .chain(self.workers.range(..=start))
-            .filter(|(_, w)| w.held_poll.is_some() && w.free_slots() > 0)
-            .map(|(k, _)| *k)
-            .collect();
+        let candidates = self.ready_workers(self.rr_cursor);
         for key in candidates {
             if self.queues.is_empty() {
                 break;

@@ -13,14 +13,15 @@
 //! the store acknowledgement it waits for) and encoding the reply, without
 //! the sockets, by driving the daemon's core directly.
 //!
-//! Usage: `fig4-memo [--requests N] [--distinct K]`; writes
-//! `benchmarks/results/fig4-memo.{json,png}`.
+//! Usage: `bench-memo [--quick] [--requests N] [--distinct K]`; writes
+//! `benchmarks/results/memo.{json,png}`. `--quick` is 100 requests over 10
+//! distinct inputs.
 
 use std::time::{Duration, Instant};
 
 use flotilla_benchmarks::plot::grouped_bars;
 use flotilla_benchmarks::{
-    Latency, examples_daemon, inputs, machine, results_dir, round, write_result,
+    Latency, examples_daemon, inputs, machine, results_dir, round, today, write_result,
 };
 use flotilla_client::json_to_payload;
 use flotilla_engine::config::ServableOverride;
@@ -37,7 +38,7 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fig4-memo: {e}");
+            eprintln!("bench-memo: {e}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -49,6 +50,11 @@ fn options() -> Result<(usize, usize), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--quick" {
+            requests = 100;
+            distinct = 10;
+            continue;
+        }
         let value: usize = it
             .next()
             .ok_or_else(|| format!("{flag} needs a value"))?
@@ -57,7 +63,11 @@ fn options() -> Result<(usize, usize), String> {
         match flag.as_str() {
             "--requests" => requests = value.max(1),
             "--distinct" => distinct = value.max(1),
-            other => return Err(format!("unknown option {other}")),
+            other => {
+                return Err(format!(
+                    "unknown option {other}; usage: bench-memo [--quick] [--requests N] [--distinct K]"
+                ));
+            }
         }
     }
     Ok((requests, distinct))
@@ -261,7 +271,7 @@ fn run() -> Result<(), String> {
             .collect::<Result<_, _>>()?
     };
     println!(
-        "fig4: {requests} synchronous requests per servable over {distinct} distinct inputs ({:.0}% repeats)",
+        "memo: {requests} synchronous requests per servable over {distinct} distinct inputs ({:.0}% repeats)",
         100.0 * (1.0 - distinct as f64 / requests as f64)
     );
     let off = workload(false, requests, distinct, &pools)?;
@@ -290,7 +300,7 @@ fn run() -> Result<(), String> {
         );
         values.push(vec![off.total_s, on.total_s]);
     }
-    let png = results_dir().join("fig4-memo.png");
+    let png = results_dir().join("memo.png");
     grouped_bars(
         &png,
         &format!("Completion time of {requests} requests, {distinct} distinct (Fig. 4)"),
@@ -303,14 +313,15 @@ fn run() -> Result<(), String> {
         &values,
     )?;
     let path = write_result(
-        "fig4-memo.json",
+        "memo.json",
         &json!({
-            "benchmark": "fig4-memo",
+            "benchmark": "memo",
+            "date": today(),
             "machine": machine(),
             "setup": format!("release build; daemon + 1 worker with 1 slot; one client, {requests} synchronous requests in sequence cycling over {distinct} distinct inputs; memo off vs on in two daemon runs"),
             "memo_hit_in_daemon": hit.json(),
             "servables": report,
-            "plot": "fig4-memo.png",
+            "plot": "memo.png",
         }),
     )
     .map_err(|e| e.to_string())?;

@@ -8,13 +8,15 @@
 //! all b requests in one model call (each servable allows 1024 inputs per
 //! call here and does not wait to fill batches).
 //!
-//! Usage: `fig5-batching [--max-batch N]`; writes
-//! `benchmarks/results/fig5-batching.{json,png}`.
+//! Usage: `bench-batching [--quick] [--max-batch N]`; writes
+//! `benchmarks/results/batching.{json,png}`. `--quick` stops at batches of 64.
 
 use std::time::{Duration, Instant};
 
 use flotilla_benchmarks::plot::{Series, log_log_lines};
-use flotilla_benchmarks::{examples_daemon, inputs, machine, results_dir, round, write_result};
+use flotilla_benchmarks::{
+    examples_daemon, inputs, machine, results_dir, round, today, write_result,
+};
 use flotilla_client::{Client, json_to_payload};
 use flotilla_protocol::Payload;
 use flotilla_protocol::client::TaskRequest;
@@ -27,7 +29,7 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fig5-batching: {e}");
+            eprintln!("bench-batching: {e}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -37,8 +39,9 @@ fn options() -> Result<usize, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [] => Ok(1024),
+        [flag] if flag == "--quick" => Ok(64),
         [flag, n] if flag == "--max-batch" => n.parse().map_err(|e| format!("--max-batch: {e}")),
-        _ => Err("usage: fig5-batching [--max-batch N]".into()),
+        _ => Err("usage: bench-batching [--quick] [--max-batch N]".into()),
     }
 }
 
@@ -124,7 +127,7 @@ fn run() -> Result<(), String> {
     let sizes: Vec<usize> = std::iter::successors(Some(1usize), |b| Some(b * 2))
         .take_while(|b| *b <= max_batch)
         .collect();
-    println!("fig5: time per request vs batch size (1 worker, 1 slot, memo off)");
+    println!("batching: time per request vs batch size (1 worker, 1 slot, memo off)");
     let mut series = Vec::new();
     let mut report = serde_json::Map::new();
     for servable in SERVABLES {
@@ -154,7 +157,7 @@ fn run() -> Result<(), String> {
             points,
         });
     }
-    let png = results_dir().join("fig5-batching.png");
+    let png = results_dir().join("batching.png");
     log_log_lines(
         &png,
         "Time per request vs batch size (Fig. 5)",
@@ -163,13 +166,14 @@ fn run() -> Result<(), String> {
         &series,
     )?;
     let path = write_result(
-        "fig5-batching.json",
+        "batching.json",
         &json!({
-            "benchmark": "fig5-batching",
+            "benchmark": "batching",
+            "date": today(),
             "machine": machine(),
             "setup": "release build; daemon + 1 worker with 1 slot; each batch is one submit of b requests (distinct inputs, memo off) waited for in one round trip; median of 3-25 repetitions",
             "servables": report,
-            "plot": "fig5-batching.png",
+            "plot": "batching.png",
         }),
     )
     .map_err(|e| e.to_string())?;
