@@ -22,6 +22,7 @@ pub fn task_json(t: &TaskView) -> Value {
             "worker_received": t.timings.worker_received_us,
             "worker_sent": t.timings.worker_sent_us,
             "result_received": t.timings.result_received_us,
+            "replied": t.timings.replied_us,
         },
     });
     match &t.outcome {

@@ -133,6 +133,10 @@ pub struct TaskTimings {
     /// bookkeeping.
     #[serde(default)]
     pub result_received_us: u64,
+    /// The daemon released the reply that carries this view: once what the
+    /// reply promises was durable (0 in views not sent as a held reply).
+    #[serde(default)]
+    pub replied_us: u64,
 }
 
 /// How the memo store answered a task.

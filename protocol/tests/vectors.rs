@@ -105,6 +105,7 @@ fn completed_view() -> TaskView {
             worker_received_us: 1_764_000_000_000_300,
             worker_sent_us: 1_764_000_000_000_500,
             result_received_us: 1_764_000_000_000_700,
+            replied_us: 1_764_000_000_000_950,
             ..timings(
                 1_764_000_000_000_000,
                 1_764_000_000_000_150,

@@ -181,8 +181,55 @@ fn signal_group(group: Pid, signal: Signal, id: &JobId) -> Result<(), ProviderEr
     }
 }
 
+/// True when no live process is left in `group`.
+///
+/// A zombie keeps its group alive for kill(2) until its parent reaps it. The
+/// block's processes are reparented to init when the leader exits, and some
+/// inits (in containers, in micro-VMs) reap late or never; waiting for them
+/// would stretch every cancel to the full grace period. So where `/proc` can
+/// tell, only members that are not zombies count.
 fn group_is_empty(group: Pid) -> bool {
-    matches!(killpg(group, None), Err(Errno::ESRCH))
+    if matches!(killpg(group, None), Err(Errno::ESRCH)) {
+        return true;
+    }
+    live_members(group) == Some(0)
+}
+
+/// How many processes of `group` are not zombies, from `/proc`; `None`
+/// where `/proc` cannot be read.
+fn live_members(group: Pid) -> Option<usize> {
+    let entries = fs::read_dir("/proc").ok()?;
+    let mut live = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // A process may vanish between the listing and the read.
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some((state, pgrp)) = parse_stat(&stat)
+            && pgrp == group.as_raw()
+            && !matches!(state, 'Z' | 'X')
+        {
+            live += 1;
+        }
+    }
+    Some(live)
+}
+
+/// The state letter and process group of a `/proc/PID/stat` line. The
+/// command name in parentheses may itself hold spaces and parentheses, so
+/// the fields are read after the last `)`.
+fn parse_stat(stat: &str) -> Option<(char, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, pgrp))
 }
 
 impl Provider for LocalProvider {
@@ -330,6 +377,45 @@ mod tests {
             msg.contains("7") && msg.contains("cannot find the worker"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn stat_lines_are_read_after_the_command_name() {
+        let line = "4242 (a (weird) name) Z 1 4200 4200 0 -1 4194308 0 0";
+        assert_eq!(parse_stat(line), Some(('Z', 4200)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_group_with_only_zombies_left_counts_as_empty() {
+        // The leader's child exits and is never reaped (the leader execs a
+        // program that does not wait): a zombie in the group.
+        let mut leader = Command::new("/bin/sh")
+            .args(["-c", "(exit 0) & exec sleep 30"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = Pid::from_raw(leader.id() as i32);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while live_members(group) != Some(1) || !has_zombie(group) {
+            assert!(Instant::now() < deadline, "no zombie appeared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!group_is_empty(group), "the leader is alive");
+        leader.kill().unwrap();
+        leader.wait().unwrap();
+        // Whoever reaps the reparented zombie, and whenever: the group is
+        // empty now.
+        assert!(group_is_empty(group));
+    }
+
+    fn has_zombie(group: Pid) -> bool {
+        fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            fs::read_to_string(e.path().join("stat"))
+                .ok()
+                .and_then(|s| parse_stat(&s))
+                .is_some_and(|(state, pgrp)| state == 'Z' && pgrp == group.as_raw())
+        })
     }
 
     #[test]

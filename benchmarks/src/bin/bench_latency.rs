@@ -14,7 +14,8 @@
 //! | worker | received | sent the result, less the servable's time |
 //! | servable | the worker's measure of the model call | |
 //! | worker → daemon | worker sent | daemon received the result |
-//! | daemon → client | daemon received the result | client has the reply (record, durable flush, reply) |
+//! | record + flush | daemon received the result | the reply released, its result durable |
+//! | daemon → client | reply released | client has it |
 //!
 //! The parts add up to the round trip the client sees. All processes share
 //! one clock here; across hosts the network parts would include clock skew.
@@ -32,13 +33,14 @@ use flotilla_protocol::task::{TaskState, TaskView};
 use serde_json::{Value, json};
 
 /// The parts of a request, in path order.
-const PARTS: [&str; 7] = [
+const PARTS: [&str; 8] = [
     "client → daemon",
     "daemon queue",
     "daemon → worker",
     "worker",
     "servable",
     "worker → daemon",
+    "record + flush",
     "daemon → client",
 ];
 
@@ -96,9 +98,15 @@ fn unix_us() -> u64 {
 
 /// One request's parts in µs (signed: clocks are read in different
 /// processes, so a part of a few µs can come out slightly negative).
-fn parts(sent: u64, received: u64, v: &TaskView) -> Result<[f64; 7], String> {
+fn parts(sent: u64, received: u64, v: &TaskView) -> Result<[f64; 8], String> {
     let t = &v.timings;
-    if t.worker_received_us == 0 || t.worker_sent_us == 0 || t.result_received_us == 0 {
+    let stamps = [
+        t.worker_received_us,
+        t.worker_sent_us,
+        t.result_received_us,
+        t.replied_us,
+    ];
+    if stamps.contains(&0) {
         return Err(format!(
             "task {} carries no worker timestamps ({t:?}); are the worker and daemon from this build?",
             v.id
@@ -113,7 +121,8 @@ fn parts(sent: u64, received: u64, v: &TaskView) -> Result<[f64; 7], String> {
         in_worker - t.run_us as f64,
         t.run_us as f64,
         d(t.worker_sent_us, t.result_received_us),
-        d(t.result_received_us, received),
+        d(t.result_received_us, t.replied_us),
+        d(t.replied_us, received),
     ])
 }
 

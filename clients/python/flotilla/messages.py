@@ -58,7 +58,7 @@ __all__ = [
 #: Version of the message family; the daemon refuses other versions by name.
 #: Must equal ``PROTOCOL_VERSION`` in ``protocol/src/frame.rs`` (the shared
 #: test vectors check it).
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: The daemon's default cap on one message (``[daemon] max_frame_bytes``).
 DEFAULT_MAX_FRAME_BYTES = 64 << 20
@@ -318,8 +318,8 @@ def task_view(value):
         raise ProtocolError(
             "unknown task state or memo use (%r, %r) in the daemon's reply" % (state, memo)
         ) from None
-    if not isinstance(timings, (tuple, list)) or len(timings) != 7:
-        _fields(timings, 7, "TaskTimings")
+    if not isinstance(timings, (tuple, list)) or len(timings) != 8:
+        _fields(timings, 8, "TaskTimings")
     return TaskView(
         task_id, servable, state, attempts, worker, TaskTimings(*timings), memo, output, error
     )

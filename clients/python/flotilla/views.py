@@ -76,6 +76,8 @@ class TaskTimings:
     worker_sent_us: int = 0
     #: The daemon received the result from the worker.
     result_received_us: int = 0
+    #: The daemon released the reply carrying this view (once durable).
+    replied_us: int = 0
 
 
 @dataclass  # not frozen: map builds one per task, and frozen ones cost 5x more

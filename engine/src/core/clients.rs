@@ -205,14 +205,15 @@ impl Core {
                     .count();
                 if pending == 0 {
                     let reply = self.results_reply(&ids, now);
-                    self.durability.reply_after(seq, from, reply, out);
+                    self.durability.reply_after(seq, from, reply, now, out);
                 } else {
                     self.add_wait(from, ids, pending, now + ms * 1000, seq);
                 }
             }
-            None => self
-                .durability
-                .reply_after(seq, from, ClientReply::Submitted { ids }, out),
+            None => {
+                self.durability
+                    .reply_after(seq, from, ClientReply::Submitted { ids }, now, out)
+            }
         }
     }
 
@@ -293,7 +294,7 @@ impl Core {
         let reply = ClientReply::Cancelled { tasks: states };
         if changed {
             let seq = self.flush_records(out);
-            self.durability.reply_after(seq, from, reply, out);
+            self.durability.reply_after(seq, from, reply, now, out);
         } else {
             out.push(Action::ReplyClient { to: from, reply });
         }
@@ -313,7 +314,7 @@ impl Core {
             out.push(Action::ReplyClient { to: from, reply });
         } else {
             let seq = self.persist(StoreOp::RemoveMemo(removed), out);
-            self.durability.reply_after(seq, from, reply, out);
+            self.durability.reply_after(seq, from, reply, 0, out);
         }
     }
 
@@ -336,7 +337,7 @@ impl Core {
                 tracing::info!(servable = %id, "published");
                 let seq = self.persist(StoreOp::PutServable(Box::new(stored)), out);
                 let reply = ClientReply::Published { id, created: true };
-                self.durability.reply_after(seq, from, reply, out);
+                self.durability.reply_after(seq, from, reply, now, out);
             }
             Ok(false) => out.push(Action::ReplyClient {
                 to: from,
@@ -394,7 +395,7 @@ impl Core {
                     tracing::info!(servable = %canonical, "removed");
                     let seq = self.persist(StoreOp::RemoveServable(canonical.clone()), out);
                     let reply = ClientReply::Removed { id: canonical };
-                    return self.durability.reply_after(seq, from, reply, out);
+                    return self.durability.reply_after(seq, from, reply, 0, out);
                 }
                 Err(e) => refusal(e),
             }

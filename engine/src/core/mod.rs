@@ -630,7 +630,7 @@ impl Core {
                     self.lose_worker(key, "its connection closed", now_us, out);
                 }
             }
-            Event::Durable { seq } => self.durability.advance(seq, out),
+            Event::Durable { seq } => self.durability.advance(seq, now_us, out),
             Event::StoreFailed { reason } => {
                 self.store_failed = Some(reason);
             }
@@ -1022,7 +1022,7 @@ impl Core {
         if let Some(wait) = self.waits.remove(&wait_id) {
             let reply = self.results_reply(&wait.ids, now);
             self.durability
-                .reply_after(wait.min_seq, wait.to, reply, out);
+                .reply_after(wait.min_seq, wait.to, reply, now, out);
         }
     }
 

@@ -1982,8 +1982,9 @@ fn recovered_tasks_are_queued_at_once_when_the_adopted_blocks_are_gone() {
     assert_eq!(work_in(&out, poll)[0].items[0].task, TaskId(1));
 }
 
-#[test]
-fn tasks_of_a_block_the_scheduler_ended_are_not_suspects() {
+/// A daemon with one block (0) whose worker (pipe 1, 2 slots) runs two
+/// sleep tasks.
+fn block_0_running_two_sleeps() -> Harness {
     let mut cfg = config();
     cfg.blocks = policy(1, 1, 2);
     let mut h = Harness::with(cfg, Recovered::default());
@@ -1997,6 +1998,12 @@ fn tasks_of_a_block_the_scheduler_ended_are_not_suspects() {
     h.submit("sleep", 2);
     let (poll, out) = h.poll(1);
     assert_eq!(work_in(&out, poll).len(), 2);
+    h
+}
+
+#[test]
+fn tasks_of_a_block_the_scheduler_ended_are_not_suspects() {
+    let mut h = block_0_running_two_sleeps();
     // scancel: the connection drops first, the scheduler's word follows.
     h.ev(Event::PipeClosed { pipe: PipeId(1) });
     assert_eq!(h.core.suspects.len(), 2);
@@ -2014,19 +2021,7 @@ fn tasks_of_a_block_the_scheduler_ended_are_not_suspects() {
 
 #[test]
 fn tasks_of_a_block_that_failed_with_its_worker_stay_suspects() {
-    let mut cfg = config();
-    cfg.blocks = policy(1, 1, 2);
-    let mut h = Harness::with(cfg, Recovered::default());
-    let mut out = Vec::new();
-    h.core.start(h.now, &mut out);
-    h.ev(Event::Block(BlockEvent::Submitted {
-        block: 0,
-        job: "9".into(),
-    }));
-    register(&mut h, 1, in_block("w1", 2, 0));
-    h.submit("sleep", 2);
-    let (poll, out) = h.poll(1);
-    assert_eq!(work_in(&out, poll).len(), 2);
+    let mut h = block_0_running_two_sleeps();
     // A task killed the worker, and a block that is just its worker ended
     // with it: that is no excuse for the tasks it ran.
     h.ev(Event::PipeClosed { pipe: PipeId(1) });
