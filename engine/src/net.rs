@@ -33,6 +33,10 @@ const GROW_STEP: usize = 32;
 /// Grow when fewer idle slots than this remain.
 const LOW_WATER: usize = 4;
 
+/// How long a peer that is being dropped keeps its connection after its
+/// last reply was sent, so the reply reaches it before the close does.
+const CLOSE_LINGER: Duration = Duration::from_millis(200);
+
 /// Something a peer did.
 #[derive(Debug)]
 pub enum Inbound<'a> {
@@ -92,6 +96,8 @@ struct Slot {
     aio: Aio,
     request_pipe: Mutex<Option<Pipe>>,
     close_after_send: Mutex<Option<Pipe>>,
+    /// A pipe to close once the slot's linger sleep ends.
+    lingering: Mutex<Option<Pipe>>,
 }
 
 #[derive(Default)]
@@ -242,7 +248,7 @@ impl RepServer {
     pub fn close_pipe(&self, pipe: PipeId) {
         let found = lock(&self.shared.pipes).pipes.get(&pipe).copied();
         if let Some(p) = found {
-            p.close();
+            close_pipe(p);
         }
     }
 
@@ -323,7 +329,7 @@ impl Shared {
                     Verdict::Drop { reply: Some(bytes) } => send(self, &slot, &bytes, true),
                     Verdict::Drop { reply: None } => {
                         if let Some(p) = pipe {
-                            p.close();
+                            close_pipe(p);
                         }
                         rearm(self, ctx, aio);
                     }
@@ -347,12 +353,43 @@ impl Shared {
                 if let Some(slot) = self.slot(index)
                     && let Some(p) = lock(&slot.close_after_send).take()
                 {
-                    p.close();
+                    // A sent reply may still sit in the pipe's queue or the
+                    // socket: closing now can lose it (the peer sees a reset
+                    // instead of its refusal), so the pipe lingers first.
+                    *lock(&slot.lingering) = Some(p);
+                    if aio.sleep(CLOSE_LINGER).is_ok() {
+                        return;
+                    }
+                    if let Some(p) = lock(&slot.lingering).take() {
+                        close_pipe(p);
+                    }
                 }
                 rearm(self, ctx, aio);
             }
-            AioResult::Sleep(_) => {}
+            AioResult::Sleep(_) => {
+                if let Some(slot) = self.slot(index)
+                    && let Some(p) = lock(&slot.lingering).take()
+                {
+                    close_pipe(p);
+                }
+                rearm(self, ctx, aio);
+            }
         }
+    }
+}
+
+/// Closes `pipe`, whatever became of it meanwhile.
+///
+/// `nng::Pipe::close` panics when the pipe is already gone (`NNG_ENOENT`),
+/// which is what happens whenever the peer hangs up first; a panic on one of
+/// nng's callback threads would take the daemon down with it. The C call
+/// reports that case as an error code, and either way the pipe is closed.
+fn close_pipe(pipe: Pipe) {
+    // SAFETY: `nng_pipe_close` takes a pipe id by value and looks it up;
+    // an id that no longer names a pipe only makes it return NNG_ENOENT.
+    let code = unsafe { nng::ffi::nng_pipe_close(pipe.nng_pipe()) };
+    if code != 0 {
+        tracing::debug!(code, "pipe was already closed");
     }
 }
 
@@ -414,6 +451,7 @@ fn grow(shared: &Arc<Shared>) -> Result<(), nng::Error> {
             aio,
             request_pipe: Mutex::new(None),
             close_after_send: Mutex::new(None),
+            lingering: Mutex::new(None),
         });
         slots.push(slot.clone());
         fresh.push(slot);
@@ -519,5 +557,20 @@ mod tests {
             rx.try_recv().is_err(),
             "the oversized frame was not delivered"
         );
+    }
+
+    #[test]
+    fn a_dropped_peer_gets_its_last_reply_before_the_close() {
+        let (_server, _rx, port) = echo_server("tcp://127.0.0.1:0");
+        let url = format!("tcp://127.0.0.1:{port}");
+        for _ in 0..200 {
+            let bad = client(&url);
+            // As workers do: no resend, so a reply lost to the close is
+            // an error here, not a silent retry.
+            bad.set_opt::<nng::options::protocol::reqrep::ResendTime>(None)
+                .unwrap();
+            bad.send(Message::from(&b"bad"[..])).unwrap();
+            assert_eq!(bad.recv().unwrap().as_slice(), b"bye");
+        }
     }
 }
