@@ -49,6 +49,22 @@ impl Latency {
     }
 }
 
+/// The median of `values` (the upper one of an even count; NaN when
+/// empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Microseconds since the Unix epoch, the clock the protocol's timestamps
+/// use.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Rounds to 0.1.
 pub fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
@@ -128,11 +144,32 @@ pub fn examples_daemon(
 
 /// Today's date in UTC as `YYYY-MM-DD`, for result files.
 pub fn today() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (y, m, d) = civil_date((secs / 86_400) as i64);
+    date_of(unix_seconds())
+}
+
+/// Now in UTC as `YYYY-MM-DDTHH:MM:SSZ`, for result files.
+pub fn utc_timestamp() -> String {
+    let secs = unix_seconds();
+    let rest = secs.rem_euclid(86_400);
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        date_of(secs),
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// The UTC date of a Unix time as `YYYY-MM-DD`.
+fn date_of(unix_secs: i64) -> String {
+    let (y, m, d) = civil_date(unix_secs.div_euclid(86_400));
     format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The proleptic Gregorian date `days` after 1970-01-01.

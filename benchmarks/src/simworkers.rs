@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::unix_us;
 use anyhow::{Context as _, bail};
 use flotilla_protocol::interchange::{BatchResult, DaemonMessage, Hello, WorkerMessage};
 use flotilla_protocol::task::{NIL, Outcome};
@@ -110,12 +111,6 @@ pub struct SimPool {
     shared: Arc<Shared>,
     started: Instant,
     dialled: Duration,
-}
-
-fn unix_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Shared {

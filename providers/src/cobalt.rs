@@ -199,21 +199,14 @@ impl Provider for CobaltProvider {
     fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
         let script = format!("#!/bin/bash\n{}", job.body());
         let command = qsub_command(job, &self.options);
-        let out = self.sched.submit(job, "block.sh", &script, &command)?;
-        let id = parse_qsub(&out).ok_or_else(|| ProviderError::Submit {
-            name: job.name.clone(),
-            reason: format!("qsub printed no job id: {out:?}"),
-        })?;
-        self.sched.jobs.insert(id.clone(), job.clone());
-        Ok(id)
+        self.sched.submit_script(job, &script, &command, parse_qsub)
     }
 
     fn status(&mut self, ids: &[JobId]) -> Result<Vec<JobStatus>, ProviderError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let list: Vec<&str> = ids.iter().map(|i| i.0.as_str()).collect();
-        let out = self.sched.run(&format!("qstat {}", list.join(" ")))?;
+        let out = self.sched.run_on("qstat", ids, " ")?;
         let found = status_from(ids, &out).map_err(|reason| ProviderError::Command {
             provider: "cobalt",
             reason,
@@ -250,18 +243,9 @@ impl Provider for CobaltProvider {
     }
 
     fn cancel(&mut self, ids: &[JobId]) -> Result<(), ProviderError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<&str> = ids.iter().map(|i| i.0.as_str()).collect();
-        let out = self.sched.run(&format!("qdel {}", list.join(" ")))?;
-        if !out.success() && !out.complaint().to_lowercase().contains("no jobs") {
-            return Err(ProviderError::Cancel {
-                id: ids[0].clone(),
-                reason: out.complaint(),
-            });
-        }
-        Ok(())
+        self.sched.cancel("qdel", ids, |out| {
+            out.complaint().to_lowercase().contains("no jobs")
+        })
     }
 }
 

@@ -161,52 +161,24 @@ impl Provider for PbsProvider {
 
     fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
         let script = script(job, &self.options);
-        let out = self
-            .sched
-            .submit(job, "block.sh", &script, "qsub {script}")?;
-        let id = parse_qsub(&out).ok_or_else(|| ProviderError::Submit {
-            name: job.name.clone(),
-            reason: format!("qsub printed no job id: {out:?}"),
-        })?;
-        self.sched.jobs.insert(id.clone(), job.clone());
-        Ok(id)
+        self.sched
+            .submit_script(job, &script, "qsub {script}", parse_qsub)
     }
 
     fn status(&mut self, ids: &[JobId]) -> Result<Vec<JobStatus>, ProviderError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let list: Vec<&str> = ids.iter().map(|i| i.0.as_str()).collect();
-        let out = self
-            .sched
-            .run(&format!("qstat -f -F json -x {}", list.join(" ")))?;
-        let statuses = parse_qstat(ids, &out).map_err(|reason| ProviderError::Command {
-            provider: "pbspro",
-            reason,
-        })?;
-        Ok(statuses
-            .into_iter()
-            .map(|s| self.sched.explain(s, "stderr"))
-            .collect())
+        self.sched
+            .statuses("qstat -f -F json -x", ids, " ", parse_qstat)
     }
 
     fn cancel(&mut self, ids: &[JobId]) -> Result<(), ProviderError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<&str> = ids.iter().map(|i| i.0.as_str()).collect();
-        let out = self.sched.run(&format!("qdel {}", list.join(" ")))?;
         // Deleting a job that already finished is not an error.
-        let harmless = out.stderr.lines().all(|l| {
-            l.trim().is_empty() || l.contains("Unknown Job Id") || l.contains("Job has finished")
-        });
-        if !out.success() && !harmless {
-            return Err(ProviderError::Cancel {
-                id: ids[0].clone(),
-                reason: out.complaint(),
-            });
-        }
-        Ok(())
+        self.sched.cancel("qdel", ids, |out| {
+            out.stderr.lines().all(|l| {
+                l.trim().is_empty()
+                    || l.contains("Unknown Job Id")
+                    || l.contains("Job has finished")
+            })
+        })
     }
 }
 

@@ -76,6 +76,83 @@ impl Scheduler {
         Ok(out.stdout)
     }
 
+    /// Submits `script` as the job's `block.sh` with `command` (see
+    /// [`Scheduler::submit`]), reads the job id from its output with
+    /// `parse`, and remembers the job; the error names the submit tool when
+    /// its output holds no id.
+    pub fn submit_script(
+        &mut self,
+        job: &JobSpec,
+        script: &str,
+        command: &str,
+        parse: impl Fn(&str) -> Option<JobId>,
+    ) -> Result<JobId, ProviderError> {
+        let out = self.submit(job, "block.sh", script, command)?;
+        let tool = command.split_whitespace().next().unwrap_or(command);
+        let id = parse(&out).ok_or_else(|| ProviderError::Submit {
+            name: job.name.clone(),
+            reason: format!("{tool} printed no job id: {out:?}"),
+        })?;
+        self.jobs.insert(id.clone(), job.clone());
+        Ok(id)
+    }
+
+    /// Runs `command` with the ids appended, joined by `separator` (one
+    /// call for every job, as the schedulers take them).
+    pub fn run_on(
+        &mut self,
+        command: &str,
+        ids: &[JobId],
+        separator: &str,
+    ) -> Result<CommandOutput, ProviderError> {
+        let list: Vec<&str> = ids.iter().map(|i| i.0.as_str()).collect();
+        self.run(&format!("{command} {}", list.join(separator)))
+    }
+
+    /// The states of `ids` from one `command` (see [`Scheduler::run_on`])
+    /// read by `parse`, blocks that ended badly explained by their stderr.
+    pub fn statuses(
+        &mut self,
+        command: &str,
+        ids: &[JobId],
+        separator: &str,
+        parse: impl Fn(&[JobId], &CommandOutput) -> Result<Vec<JobStatus>, String>,
+    ) -> Result<Vec<JobStatus>, ProviderError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self.run_on(command, ids, separator)?;
+        let statuses = parse(ids, &out).map_err(|reason| ProviderError::Command {
+            provider: self.name,
+            reason,
+        })?;
+        Ok(statuses
+            .into_iter()
+            .map(|s| self.explain(s, "stderr"))
+            .collect())
+    }
+
+    /// Cancels `ids` with `command` (see [`Scheduler::run_on`]); a failure
+    /// `harmless` accepts (the jobs had already ended) is not an error.
+    pub fn cancel(
+        &mut self,
+        command: &str,
+        ids: &[JobId],
+        harmless: impl Fn(&CommandOutput) -> bool,
+    ) -> Result<(), ProviderError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let out = self.run_on(command, ids, " ")?;
+        if !out.success() && !harmless(&out) {
+            return Err(ProviderError::Cancel {
+                id: ids[0].clone(),
+                reason: out.complaint(),
+            });
+        }
+        Ok(())
+    }
+
     /// For a block that ended badly, adds the tail of its stderr (read from
     /// `stderr_file` in its run directory) to the status message.
     pub fn explain(&mut self, mut status: JobStatus, stderr_file: &str) -> JobStatus {

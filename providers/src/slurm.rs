@@ -140,49 +140,17 @@ impl Provider for SlurmProvider {
 
     fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
         let script = script(job, &self.options);
-        let out = self
-            .sched
-            .submit(job, "block.sh", &script, "sbatch --parsable {script}")?;
-        let id = parse_sbatch(&out).ok_or_else(|| ProviderError::Submit {
-            name: job.name.clone(),
-            reason: format!("sbatch printed no job id: {out:?}"),
-        })?;
-        self.sched.jobs.insert(id.clone(), job.clone());
-        Ok(id)
+        self.sched
+            .submit_script(job, &script, "sbatch --parsable {script}", parse_sbatch)
     }
 
     fn status(&mut self, ids: &[JobId]) -> Result<Vec<JobStatus>, ProviderError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let list: Vec<&str> = ids.iter().map(|i| i.0.as_str()).collect();
-        let out = self.sched.run(&format!(
-            "squeue -t all -h -o '%i %t %r' -j {}",
-            list.join(",")
-        ))?;
-        let statuses = parse_squeue(ids, &out).map_err(|reason| ProviderError::Command {
-            provider: "slurm",
-            reason,
-        })?;
-        Ok(statuses
-            .into_iter()
-            .map(|s| self.sched.explain(s, "stderr"))
-            .collect())
+        self.sched
+            .statuses("squeue -t all -h -o '%i %t %r' -j", ids, ",", parse_squeue)
     }
 
     fn cancel(&mut self, ids: &[JobId]) -> Result<(), ProviderError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<&str> = ids.iter().map(|i| i.0.as_str()).collect();
-        let out = self.sched.run(&format!("scancel {}", list.join(" ")))?;
-        if !out.success() {
-            return Err(ProviderError::Cancel {
-                id: ids[0].clone(),
-                reason: out.complaint(),
-            });
-        }
-        Ok(())
+        self.sched.cancel("scancel", ids, |_| false)
     }
 }
 

@@ -459,3 +459,54 @@ pub fn process_running(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// The Slurm jobs of one daemon's state directory, all cancelled when this
+/// is dropped, so a failed test or benchmark leaves no job behind.
+pub struct SlurmJobs(String);
+
+impl SlurmJobs {
+    /// The jobs of `f`'s daemon (by the name prefix it gives its blocks).
+    pub fn of(f: &Flotilla) -> Self {
+        let tag = flotilla_engine::launch::daemon_tag(&StateDir::at(f.home()));
+        SlurmJobs(format!("flotilla-{tag}-"))
+    }
+
+    /// (job id, state code) of the daemon's jobs; none when `squeue` cannot
+    /// run.
+    pub fn jobs(&self) -> Vec<(String, String)> {
+        let Ok(out) = Command::new("squeue")
+            .args(["-t", "all", "-h", "-o", "%i %t %j"])
+            .output()
+        else {
+            return Vec::new();
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut p = l.split_whitespace();
+                let (id, state, name) = (p.next()?, p.next()?, p.next()?);
+                name.starts_with(&self.0)
+                    .then(|| (id.to_owned(), state.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Waits (up to a minute and a half) until every job of the daemon is
+    /// cancelled or completed.
+    pub fn wait_all_ended(&self) {
+        wait_until(Duration::from_secs(90), "the jobs to be cancelled", || {
+            self.jobs()
+                .iter()
+                .all(|(_, s)| s == "CA" || s == "CD")
+                .then_some(())
+        });
+    }
+}
+
+impl Drop for SlurmJobs {
+    fn drop(&mut self) {
+        for (id, _) in self.jobs() {
+            let _ = Command::new("scancel").arg(&id).status();
+        }
+    }
+}

@@ -13,7 +13,7 @@ use flotilla_engine::launch::daemon_tag;
 use flotilla_engine::state_dir::StateDir;
 use flotilla_protocol::Payload;
 use flotilla_protocol::task::{NIL, TaskState};
-use flotilla_tests::{Flotilla, bin, config_with, wait_until};
+use flotilla_tests::{Flotilla, SlurmJobs, bin, config_with, wait_until};
 use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -33,37 +33,6 @@ fn ssh_env(name: &str) -> String {
 fn run(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Cancels every Slurm job of a daemon's state directory when dropped, so a
-/// failed test leaves no job behind.
-struct JobsOf(String);
-
-impl JobsOf {
-    fn new(f: &Flotilla) -> Self {
-        JobsOf(format!("flotilla-{}-", daemon_tag(&StateDir::at(f.home()))))
-    }
-
-    /// (job id, state code) of this daemon's jobs.
-    fn jobs(&self) -> Vec<(String, String)> {
-        run("squeue -t all -h -o '%i %t %j'")
-            .lines()
-            .filter_map(|l| {
-                let mut p = l.split_whitespace();
-                let (id, state, name) = (p.next()?, p.next()?, p.next()?);
-                name.starts_with(&self.0)
-                    .then(|| (id.to_owned(), state.to_owned()))
-            })
-            .collect()
-    }
-}
-
-impl Drop for JobsOf {
-    fn drop(&mut self) {
-        for (id, _) in self.jobs() {
-            run(&format!("scancel {id}"));
-        }
-    }
 }
 
 fn slurm_site(extra: &[(&str, &str, &str)]) -> String {
@@ -95,7 +64,7 @@ fn noop_completes(f: &Flotilla) {
 #[test]
 fn the_daemon_runs_its_workers_inside_a_slurm_job() {
     let mut f = Flotilla::start(&slurm_site(&[]));
-    let jobs = JobsOf::new(&f);
+    let jobs = SlurmJobs::of(&f);
     f.wait_workers(1);
     noop_completes(&f);
     let status = f.client().status().unwrap();
@@ -114,18 +83,13 @@ fn the_daemon_runs_its_workers_inside_a_slurm_job() {
     );
     // Stopping the daemon cancels the block.
     assert!(f.signal_daemon(Signal::SIGTERM, LONG).success());
-    wait_until(LONG, "the job to be cancelled", || {
-        jobs.jobs()
-            .iter()
-            .all(|(_, s)| s == "CA" || s == "CD")
-            .then_some(())
-    });
+    jobs.wait_all_ended();
 }
 
 #[test]
 fn a_block_cancelled_from_outside_is_noticed_and_replaced() {
     let f = Flotilla::start(&slurm_site(&[]));
-    let jobs = JobsOf::new(&f);
+    let jobs = SlurmJobs::of(&f);
     f.wait_workers(1);
     let first = f.client().status().unwrap().blocks[0]
         .job_id
@@ -150,7 +114,7 @@ fn a_block_that_fails_at_start_is_reported_with_its_stderr() {
         ("worker", "init", "\"nosuchcommand-flotilla-init --load\""),
         ("provider", "max_block_failures", "1"),
     ]));
-    let _jobs = JobsOf::new(&f);
+    let _jobs = SlurmJobs::of(&f);
     let client = f.client();
     let started = std::time::Instant::now();
     let block = wait_until(LONG, "the block to fail", || {
@@ -192,7 +156,7 @@ fn ssh_site(extra: &[(&str, &str, &str)], home: &str) -> String {
 #[test]
 fn the_same_flow_works_over_ssh() {
     let mut f = Flotilla::start_with(|home| ssh_site(&[], home.to_str().unwrap()));
-    let jobs = JobsOf::new(&f);
+    let jobs = SlurmJobs::of(&f);
     f.wait_workers(1);
     noop_completes(&f);
     assert!(f.log().contains("ssh session open"));
@@ -205,12 +169,7 @@ fn the_same_flow_works_over_ssh() {
     assert_eq!(mode & 0o777, 0o700, "the script holds the secret");
     // Cancelling goes over SSH too.
     assert!(f.signal_daemon(Signal::SIGTERM, LONG).success());
-    wait_until(LONG, "the job to be cancelled", || {
-        jobs.jobs()
-            .iter()
-            .all(|(_, s)| s == "CA" || s == "CD")
-            .then_some(())
-    });
+    jobs.wait_all_ended();
 }
 
 #[test]
@@ -224,7 +183,7 @@ fn a_failing_block_s_stderr_is_read_back_over_ssh() {
             home.to_str().unwrap(),
         )
     });
-    let _jobs = JobsOf::new(&f);
+    let _jobs = SlurmJobs::of(&f);
     let client = f.client();
     let block = wait_until(LONG, "the block to fail", || {
         client
@@ -306,7 +265,7 @@ fn a_hung_scheduler_command_never_blocks_the_daemon() {
         |_| slurm_site(&[("provider", "command_timeout_s", "1")]),
         Some(fake.path()),
     );
-    let jobs = JobsOf::new(&f);
+    let jobs = SlurmJobs::of(&f);
     // The block's worker connects and serves while every poll hangs.
     f.wait_workers(1);
     let client = f.client();
@@ -335,7 +294,7 @@ fn the_srun_launcher_puts_one_pool_on_each_node() {
         ("provider", "nodes_per_block", "2"),
         ("launcher", "kind", "\"srun\""),
     ]));
-    let jobs = JobsOf::new(&f);
+    let jobs = SlurmJobs::of(&f);
     f.wait_workers(2);
     let status = f.client().status().unwrap();
     let mut placed: Vec<(Option<u32>, Option<String>, Option<u32>)> = status
@@ -391,7 +350,7 @@ fn queued_work_scales_slurm_blocks_out_to_max_and_idle_ones_back_in() {
         ("provider", "min_block_lifetime_s", "2"),
         ("provider", "cooldown_s", "30"),
     ]));
-    let jobs = JobsOf::new(&f);
+    let jobs = SlurmJobs::of(&f);
     let client = f.client();
     let ids = client
         .submit(flotilla_tests::sleep_tasks(300, 0.02))
@@ -417,7 +376,7 @@ fn queued_work_scales_slurm_blocks_out_to_max_and_idle_ones_back_in() {
 #[test]
 fn scancel_of_a_running_block_loses_no_task() {
     let f = Flotilla::start(&slurm_site(&[("provider", "strategy_period_s", "0.5")]));
-    let _jobs = JobsOf::new(&f);
+    let _jobs = SlurmJobs::of(&f);
     f.wait_workers(1);
     let client = f.client();
     let ids = client.submit(flotilla_tests::sleep_tasks(40, 0.5)).unwrap();
@@ -462,7 +421,7 @@ fn a_block_with_a_one_minute_walltime_drains_before_slurm_ends_it() {
         ("provider", "replace_ahead_s", "25"),
         ("provider", "strategy_period_s", "0.5"),
     ]));
-    let _jobs = JobsOf::new(&f);
+    let _jobs = SlurmJobs::of(&f);
     f.wait_workers(1);
     let client = f.client();
     // 60 s of work for 2 slots, more than the block's 45 s before its margin.
@@ -498,7 +457,7 @@ fn a_block_with_a_one_minute_walltime_drains_before_slurm_ends_it() {
 #[test]
 fn a_sigkilled_daemon_adopts_its_live_slurm_block_and_finishes_everything() {
     let mut f = Flotilla::start(&slurm_site(&[("provider", "strategy_period_s", "0.5")]));
-    let jobs = JobsOf::new(&f);
+    let jobs = SlurmJobs::of(&f);
     f.wait_workers(1);
     let client = f.client();
     let ids = client.submit(flotilla_tests::sleep_tasks(60, 0.4)).unwrap();

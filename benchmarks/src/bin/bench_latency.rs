@@ -23,10 +23,12 @@
 //! Usage: `bench-latency [--quick] [--requests N]`. Writes
 //! `benchmarks/results/latency.{json,png}`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flotilla_benchmarks::plot::{Segment, stacked_bars};
-use flotilla_benchmarks::{inputs, machine, results_dir, round, today, write_result};
+use flotilla_benchmarks::{
+    inputs, machine, median, results_dir, round, today, unix_us, write_result,
+};
 use flotilla_client::{Client, json_to_payload};
 use flotilla_protocol::Payload;
 use flotilla_protocol::task::{TaskState, TaskView};
@@ -90,12 +92,6 @@ fn options() -> Result<Options, String> {
     Ok(o)
 }
 
-fn unix_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// One request's parts in µs (signed: clocks are read in different
 /// processes, so a part of a few µs can come out slightly negative).
 fn parts(sent: u64, received: u64, v: &TaskView) -> Result<[f64; 8], String> {
@@ -124,11 +120,6 @@ fn parts(sent: u64, received: u64, v: &TaskView) -> Result<[f64; 8], String> {
         d(t.result_received_us, t.replied_us),
         d(t.replied_us, received),
     ])
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn measure(client: &Client, servable: &str, inputs: &[Payload], n: usize) -> Result<Value, String> {
@@ -162,9 +153,10 @@ fn measure(client: &Client, servable: &str, inputs: &[Payload], n: usize) -> Res
         .iter()
         .map(|c| c.iter().sum::<f64>() / c.len() as f64)
         .collect();
-    let medians: Vec<f64> = columns.iter_mut().map(|c| median(c)).collect();
+    let medians: Vec<f64> = columns.iter().map(|c| median(c)).collect();
     let total_mean = totals.iter().sum::<f64>() / totals.len() as f64;
-    let total_p50 = median(&mut totals);
+    totals.sort_by(f64::total_cmp);
+    let total_p50 = median(&totals);
     let total_p99 = totals[((totals.len() - 1) as f64 * 0.99).round() as usize];
     let part_json: serde_json::Map<String, Value> = PARTS
         .iter()

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use flotilla_benchmarks::plot::{Panel, Series, log_log_panels};
 use flotilla_benchmarks::simworkers::{SimConfig, SimPool};
-use flotilla_benchmarks::{machine, results_dir, round, write_result};
+use flotilla_benchmarks::{machine, median, results_dir, round, write_result};
 use flotilla_client::{Client, json_to_payload};
 use flotilla_engine::state_dir::StateDir;
 use flotilla_protocol::Payload;
@@ -177,12 +177,6 @@ fn bulk(client: &Client, tasks: Vec<TaskRequest>) -> anyhow::Result<Bulk> {
         accepted,
         workers_used,
     })
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Rounds to 4 decimals.
@@ -432,30 +426,6 @@ fn ceiling(points: &[Value]) -> Value {
     })
 }
 
-/// Now as `YYYY-MM-DDTHH:MM:SSZ`.
-fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -536,7 +506,7 @@ fn run() -> anyhow::Result<()> {
             "benchmark": "scaling",
             "figure": "DLHub paper, Fig. 6",
             "machine": machine(),
-            "date": utc_now(),
+            "date": flotilla_benchmarks::utc_timestamp(),
             "mode": if o.quick { "quick" } else { "full" },
             "duration_s": round(started.elapsed().as_secs_f64()),
             "setup": "release build; fresh daemon per point (durable sled queue, no blocks); loopback TCP; memo off; max_batch_size 1 and no batching delay for noop and sleep; heartbeat period 5 s, threshold 30 s",

@@ -16,16 +16,14 @@
 //! `benchmarks/results/slurm.{json,png}`.
 
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use flotilla_benchmarks::plot::{Segment, stacked_bars};
-use flotilla_benchmarks::{machine, results_dir, round, today, write_result};
-use flotilla_engine::launch::daemon_tag;
-use flotilla_engine::state_dir::StateDir;
+use flotilla_benchmarks::{machine, median, results_dir, round, today, unix_us, write_result};
 use flotilla_protocol::Payload;
 use flotilla_protocol::client::EventView;
 use flotilla_protocol::task::{NIL, TaskState};
-use flotilla_tests::{Flotilla, bin, config_with};
+use flotilla_tests::{Flotilla, SlurmJobs, bin, config_with};
 use serde_json::{Value, json};
 
 /// The phases of a cold start, in order.
@@ -73,12 +71,6 @@ fn options() -> Result<(bool, usize), String> {
     Ok((quick, rounds))
 }
 
-fn unix_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 fn site(slurm: bool) -> String {
     let worker = format!("\"{}\"", bin("flotilla-worker").display());
     let mut settings = vec![
@@ -99,30 +91,12 @@ fn site(slurm: bool) -> String {
     config_with(&settings)
 }
 
-/// Cancels the daemon's Slurm jobs, whatever happened to the round.
-struct JobsOf(String);
-
-impl Drop for JobsOf {
-    fn drop(&mut self) {
-        let listed = Command::new("squeue").args(["-h", "-o", "%i %j"]).output();
-        let Ok(out) = listed else { return };
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let mut parts = line.split_whitespace();
-            if let (Some(id), Some(name)) = (parts.next(), parts.next())
-                && name.starts_with(&self.0)
-            {
-                let _ = Command::new("scancel").arg(id).status();
-            }
-        }
-    }
-}
-
 /// One cold start: the phase boundaries in ms after the daemon was spawned.
 fn cold_start(slurm: bool) -> Result<[f64; 3], String> {
     let t0 = unix_us();
     let started = Instant::now();
     let f = Flotilla::start(&site(slurm));
-    let _jobs = JobsOf(format!("flotilla-{}-", daemon_tag(&StateDir::at(f.home()))));
+    let _jobs = SlurmJobs::of(&f);
     let view = f
         .client()
         .run(
@@ -166,11 +140,6 @@ fn print_round(slurm: bool, marks: &[f64; 3], total: Duration) {
     );
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn run() -> Result<(), String> {
     let (quick, rounds) = options()?;
     if std::env::var_os("SLURM_CONF").is_none() {
@@ -200,7 +169,7 @@ fn run() -> Result<(), String> {
             .map(|(_, m)| m)
             .collect();
         let marks: Vec<f64> = (0..PHASES.len())
-            .map(|i| median(mine.iter().map(|m| m[i]).collect()))
+            .map(|i| median(&mine.iter().map(|m| m[i]).collect::<Vec<_>>()))
             .collect();
         let parts: Vec<f64> = marks
             .iter()
@@ -230,7 +199,7 @@ fn run() -> Result<(), String> {
         rows.push(json!({
             "provider": name,
             "first_result_ms": {
-                "median": round(median(totals.clone())),
+                "median": round(median(&totals)),
                 "min": round(totals.iter().copied().fold(f64::INFINITY, f64::min)),
                 "max": round(totals.iter().copied().fold(0.0, f64::max)),
             },

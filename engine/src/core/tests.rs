@@ -1727,17 +1727,24 @@ fn queued_work_asks_for_blocks_at_the_next_strategy_run() {
     assert!(submitted_blocks(&out).is_empty(), "pending blocks count");
 }
 
-#[test]
-fn a_block_that_ends_loses_its_workers_and_requeues_their_tasks_at_once() {
+/// A started daemon with `blocks` whose first block (0) the provider has
+/// submitted as `job`.
+fn started_with_block_0(blocks: BlockPolicy, job: &str) -> Harness {
     let mut cfg = config();
-    cfg.blocks = policy(1, 1, 1);
+    cfg.blocks = blocks;
     let mut h = Harness::with(cfg, Recovered::default());
     let mut out = Vec::new();
     h.core.start(h.now, &mut out);
     h.ev(Event::Block(BlockEvent::Submitted {
         block: 0,
-        job: "77".into(),
+        job: job.into(),
     }));
+    h
+}
+
+#[test]
+fn a_block_that_ends_loses_its_workers_and_requeues_their_tasks_at_once() {
+    let mut h = started_with_block_0(policy(1, 1, 1), "77");
     register(&mut h, 1, in_block("w1", 1, 0));
     let ids = h.submit("sleep", 1);
     let (poll, out) = h.poll(1);
@@ -1985,15 +1992,7 @@ fn recovered_tasks_are_queued_at_once_when_the_adopted_blocks_are_gone() {
 /// A daemon with one block (0) whose worker (pipe 1, 2 slots) runs two
 /// sleep tasks.
 fn block_0_running_two_sleeps() -> Harness {
-    let mut cfg = config();
-    cfg.blocks = policy(1, 1, 2);
-    let mut h = Harness::with(cfg, Recovered::default());
-    let mut out = Vec::new();
-    h.core.start(h.now, &mut out);
-    h.ev(Event::Block(BlockEvent::Submitted {
-        block: 0,
-        job: "9".into(),
-    }));
+    let mut h = started_with_block_0(policy(1, 1, 2), "9");
     register(&mut h, 1, in_block("w1", 2, 0));
     h.submit("sleep", 2);
     let (poll, out) = h.poll(1);
