@@ -287,8 +287,13 @@ class AsyncClient:
                 for value in mapping.outputs(views, return_exceptions, timeout):
                     yield value
         finally:
-            for task in running:
-                task.cancel()
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
+            # The daemon cancels the tasks first; the waits it holds for them
+            # are then answered, so the chunks still running end by
+            # themselves. Cancelling a receive nng holds is not relied on:
+            # pynng does not always see it complete (pynng issue 128), and
+            # the map would hang on it.
             await runs.abandon()
+            if running:
+                _done, stuck = await asyncio.wait(running, timeout=mapping.ABANDON_WAIT_S)
+                for task in stuck:
+                    task.cancel()

@@ -21,8 +21,6 @@ from .servables import Servables
 
 __all__ = ["Client"]
 
-#: Seconds an abandoned ``map`` waits for its unfinished tasks to be cancelled.
-_ABANDON_TIMEOUT = 10.0
 
 
 class Client:
@@ -59,8 +57,10 @@ class Client:
     def close(self):
         """Closes the connection and stops the client's thread. Futures not
         yet done stay unresolved; their tasks go on running on the daemon."""
-        self._loop.close()
+        # The connection first: calls still in flight end at once with an
+        # error, so the loop's thread never waits on a receive nng holds.
         self._core.close()
+        self._loop.close()
 
     def _check_process(self):
         if os.getpid() != self._pid:
@@ -200,9 +200,11 @@ class Client:
     def _abandon(self, running, runs):
         """Stops waiting for the ``running`` chunks and cancels the tasks the
         map left unfinished."""
-        for future in running:
-            future.cancel()
         try:
-            self._loop.submit(runs.abandon()).result(_ABANDON_TIMEOUT)
+            self._loop.submit(runs.abandon()).result(mapping.ABANDON_WAIT_S)
         except Exception:  # best effort: the map is being abandoned anyway
             pass
+        # Cancelled on the daemon, the chunks' waits are being answered; a
+        # chunk cancelled here only stops being waited for.
+        for future in running:
+            future.cancel()

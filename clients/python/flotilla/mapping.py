@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_CHUNK",
     "DEFAULT_WINDOW",
     "MAX_CHUNK_BYTES",
+    "ABANDON_WAIT_S",
     "check_shape",
     "chunks",
     "achunks",
@@ -33,6 +34,10 @@ DEFAULT_WINDOW = 4
 #: A chunk is closed early once its encoded inputs reach this many bytes, so
 #: big inputs never make a request exceed the daemon's message limit.
 MAX_CHUNK_BYTES = 8 << 20
+
+#: Seconds an abandoned ``map`` waits for its unfinished tasks to be
+#: cancelled, and then for the waits on them to be answered.
+ABANDON_WAIT_S = 10.0
 
 
 def check_shape(chunk, window):

@@ -39,7 +39,7 @@ max_blocks = 1
 poll_interval_s = 0.1
 
 [worker]
-slots = 2
+slots = {slots}
 lost_daemon_exit_s = 10
 command = "{worker}"
 """
@@ -140,13 +140,14 @@ def _kill_worker(pid):
         pass
 
 
-def start_daemon(home):
-    """Starts a daemon on state directory ``home``; returns it once a task
-    has run (so its worker is connected)."""
+def start_daemon(home, slots=2):
+    """Starts a daemon on state directory ``home`` whose one worker has
+    ``slots`` slots; returns it once a task has run (so its worker is
+    connected)."""
     from flotilla import Client
 
     site = home / "site.toml"
-    site.write_text(SITE.format(worker=bin_path("flotilla-worker")))
+    site.write_text(SITE.format(worker=bin_path("flotilla-worker"), slots=slots))
     env = _environment(home)
     log_path = home / "daemon.log"
     with open(log_path, "ab") as log:
@@ -203,6 +204,17 @@ def daemon(tmp_path_factory):
 def own_daemon(tmp_path_factory):
     """A daemon of the test's own, for tests that stop it."""
     d = start_daemon(tmp_path_factory.mktemp("flotilla-own"))
+    try:
+        yield d
+    finally:
+        stop_daemon(d)
+
+
+@pytest.fixture
+def wide_daemon(tmp_path_factory):
+    """A daemon of the test's own whose worker has six slots: enough to run
+    every task a test keeps in flight at once, whatever order they arrive in."""
+    d = start_daemon(tmp_path_factory.mktemp("flotilla-wide"), slots=6)
     try:
         yield d
     finally:
