@@ -234,11 +234,6 @@ impl Session {
         self.ending.as_ref()
     }
 
-    /// The configuration it was made with.
-    pub fn config(&self) -> &SessionConfig {
-        &self.cfg
-    }
-
     /// Feeds one event; returns what to do, in order.
     pub fn handle(&mut self, event: Event<'_>, now: Now) -> Vec<Action> {
         let mut out = Vec::new();
