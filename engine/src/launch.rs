@@ -302,6 +302,24 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_parses_back_what_its_block_is_told() {
+        let mut config = Config::default();
+        config.worker.slots = 2;
+        let template =
+            BlockTemplate::new(&config, &StateDir::at("/tmp/fl"), "127.0.0.1", 5555, &[1]);
+        let job = template.job(4).unwrap();
+        let told = template.worker_args(4);
+        assert_eq!(job.env, told.to_env());
+        let argv = told.to_argv();
+        assert!(job.command.contains(&argv.join(" ")), "{}", job.command);
+        let parsed = WorkerArgs::parse(argv, |name| job.env.get(name).cloned()).unwrap();
+        assert_eq!(parsed, told);
+        assert_eq!(parsed.block_id, Some(4));
+        assert_eq!(parsed.secret_hex.as_deref(), Some("01"));
+        assert_eq!(parsed.exit_with_pid, Some(std::process::id() as i32));
+    }
+
+    #[test]
     fn remote_blocks_run_under_a_per_daemon_directory() {
         let mut config = Config::default();
         config.provider.kind = ProviderKind::Slurm;
