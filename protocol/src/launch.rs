@@ -113,98 +113,141 @@ pub mod flag {
     pub const VERSION: &str = "--version";
 }
 
-/// Every option with its value's name and what it does, for `--help`.
-pub const USAGE: &[(&str, &str, &str)] = &[
+/// One of the worker's options, for `--help` and for the parser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionUsage {
+    /// The option, as written (one of [`flag`]).
+    pub flag: &'static str,
+    /// What its value is, in a word.
+    pub value: &'static str,
+    /// The variable it falls back to, if any.
+    pub env: Option<&'static str>,
+    /// What it does.
+    pub help: &'static str,
+}
+
+/// Every option of the worker, for `--help`.
+pub const USAGE: &[OptionUsage] = &[
+    OptionUsage {
+        flag: flag::ADDRESS,
+        value: "LIST",
+        env: Some(DAEMON_ADDRESS_ENV),
+        help: "daemon addresses to try, comma-separated (HOST or HOST:PORT)",
+    },
+    OptionUsage {
+        flag: flag::PORT,
+        value: "PORT",
+        env: Some(DAEMON_PORT_ENV),
+        help: "daemon interchange port",
+    },
+    OptionUsage {
+        flag: flag::STATE_DIR,
+        value: "DIR",
+        env: Some(HOME_ENV),
+        help: "read address, port and secret from this daemon state directory (default when no address is given: the default state directory, ~/.flotilla)",
+    },
+    OptionUsage {
+        flag: flag::SECRET_FILE,
+        value: "FILE",
+        env: None,
+        help: "file holding the daemon's 32-byte secret (else the hex secret in the environment)",
+    },
+    OptionUsage {
+        flag: flag::OBJECTS_DIR,
+        value: "DIR",
+        env: Some(OBJECTS_ENV),
+        help: "the daemon's object store, where published servables' files are (default: STATE_DIR/objects)",
+    },
+    OptionUsage {
+        flag: flag::BLOCK_ID,
+        value: "N",
+        env: None,
+        help: "block this worker belongs to (set by the provider)",
+    },
+    OptionUsage {
+        flag: flag::SLOTS,
+        value: "N",
+        env: None,
+        help: "batches run at once (default: number of cores)",
+    },
+    OptionUsage {
+        flag: flag::WORKER_ID,
+        value: "ID",
+        env: None,
+        help: "worker id (default: HOST-PID-RANDOM)",
+    },
+    OptionUsage {
+        flag: flag::LOST_DAEMON_EXIT_S,
+        value: "S",
+        env: None,
+        help: "exit after this many seconds without the daemon (default: 60)",
+    },
+    OptionUsage {
+        flag: flag::CONNECT_TIMEOUT_S,
+        value: "S",
+        env: None,
+        help: "give up reaching the daemon after this many seconds (default: 10)",
+    },
+    OptionUsage {
+        flag: flag::JOB_END,
+        value: "UNIX_S",
+        env: Some(JOB_END_ENV),
+        help: "when this worker's job ends, in Unix seconds (the block script sets it from the wall time, or Slurm's SLURM_JOB_END_TIME)",
+    },
+    OptionUsage {
+        flag: flag::WALLTIME_MARGIN_S,
+        value: "S",
+        env: None,
+        help: "take no task and leave this many seconds before the job ends (default: 60)",
+    },
+    OptionUsage {
+        flag: flag::CONTAINER_RUNTIME,
+        value: "NAME",
+        env: None,
+        help: "run servables that name a container image in it with this runtime (apptainer, singularity, shifter, podman, docker, charliecloud, custom)",
+    },
+    OptionUsage {
+        flag: flag::CONTAINER_COMMAND,
+        value: "PATH",
+        env: None,
+        help: "the runtime's executable, when not the usual one",
+    },
+    OptionUsage {
+        flag: flag::CONTAINER_BIND,
+        value: "HOST[:CONTAINER[:ro]]",
+        env: None,
+        help: "extra bind for servable containers (repeatable)",
+    },
+    OptionUsage {
+        flag: flag::CONTAINER_OPTION,
+        value: "OPTION",
+        env: None,
+        help: "extra runtime option for servable containers (repeatable)",
+    },
+    OptionUsage {
+        flag: flag::CONTAINER_TEMPLATE,
+        value: "TEMPLATE",
+        env: None,
+        help: "--container-runtime custom: the command template",
+    },
+    OptionUsage {
+        flag: flag::GPUS,
+        value: "KIND",
+        env: None,
+        help: "GPUs to make visible in servable containers: nvidia or amd",
+    },
+];
+
+/// The variables the worker reads that no option stands for, for `--help`.
+pub const ENV_USAGE: &[(&str, &str)] = &[
     (
-        flag::ADDRESS,
-        "LIST",
-        "daemon addresses to try, comma-separated (HOST or HOST:PORT) [env: FLOTILLA_DAEMON_ADDRESS]",
+        SECRET_ENV,
+        "the daemon's secret, hex (unless --secret-file)",
     ),
-    (
-        flag::PORT,
-        "PORT",
-        "daemon interchange port [env: FLOTILLA_DAEMON_PORT]",
-    ),
-    (
-        flag::STATE_DIR,
-        "DIR",
-        "read address, port and secret from this daemon state directory (default when no address is given: $FLOTILLA_HOME or ~/.flotilla) [env: FLOTILLA_HOME]",
-    ),
-    (
-        flag::SECRET_FILE,
-        "FILE",
-        "file holding the daemon's 32-byte secret (else FLOTILLA_SECRET, hex)",
-    ),
-    (
-        flag::OBJECTS_DIR,
-        "DIR",
-        "the daemon's object store, where published servables' files are (default: STATE_DIR/objects) [env: FLOTILLA_OBJECTS]",
-    ),
-    (
-        flag::BLOCK_ID,
-        "N",
-        "block this worker belongs to (set by the provider)",
-    ),
-    (
-        flag::SLOTS,
-        "N",
-        "batches run at once (default: number of cores)",
-    ),
-    (
-        flag::WORKER_ID,
-        "ID",
-        "worker id (default: HOST-PID-RANDOM)",
-    ),
-    (
-        flag::LOST_DAEMON_EXIT_S,
-        "S",
-        "exit after this many seconds without the daemon [default: 60]",
-    ),
-    (
-        flag::CONNECT_TIMEOUT_S,
-        "S",
-        "give up reaching the daemon after this many seconds [default: 10]",
-    ),
-    (
-        flag::JOB_END,
-        "UNIX_S",
-        "when this worker's job ends, in Unix seconds (the block script sets it from the wall time, or Slurm's SLURM_JOB_END_TIME) [env: FLOTILLA_JOB_END]",
-    ),
-    (
-        flag::WALLTIME_MARGIN_S,
-        "S",
-        "take no task and leave this many seconds before the job ends [default: 60]",
-    ),
-    (
-        flag::CONTAINER_RUNTIME,
-        "NAME",
-        "run servables that name a container image in it with this runtime (apptainer, singularity, shifter, podman, docker, charliecloud, custom)",
-    ),
-    (
-        flag::CONTAINER_COMMAND,
-        "PATH",
-        "the runtime's executable, when not the usual one",
-    ),
-    (
-        flag::CONTAINER_BIND,
-        "HOST[:CONTAINER[:ro]]",
-        "extra bind for servable containers (repeatable)",
-    ),
-    (
-        flag::CONTAINER_OPTION,
-        "OPTION",
-        "extra runtime option for servable containers (repeatable)",
-    ),
-    (
-        flag::CONTAINER_TEMPLATE,
-        "TEMPLATE",
-        "--container-runtime custom: the command template",
-    ),
-    (
-        flag::GPUS,
-        "KIND",
-        "GPUs to make visible in servable containers: nvidia or amd",
-    ),
+    (RANK_ENV, "rank within the block (set by the launcher)"),
+    (NODE_ENV, "node name (set by the launcher)"),
+    (EXIT_WITH_PID_ENV, "exit when this process is gone"),
+    (LOG_ENV, "log filter (default: info)"),
 ];
 
 /// How a worker is started: everything its command line and environment
@@ -485,7 +528,7 @@ impl WorkerArgs {
 
 /// The option constant for `name`, if it is one of the worker's.
 fn flag_named(name: &str) -> Option<&'static str> {
-    USAGE.iter().map(|(f, _, _)| *f).find(|f| *f == name)
+    USAGE.iter().map(|o| o.flag).find(|f| *f == name)
 }
 
 /// How to reach a running daemon: the contact file ([`CONTACT_FILE`]) it

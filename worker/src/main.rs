@@ -22,7 +22,7 @@ use flotilla_launchers::{Bind, Container, ContainerRuntime, Gpus};
 use flotilla_protocol::address::Endpoint;
 use flotilla_protocol::launch::{
     ArgsError, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_LOST_DAEMON_EXIT_S, DEFAULT_WALLTIME_MARGIN_S,
-    DaemonInfo, LOG_ENV, SECRET_ENV, USAGE, WorkerArgs, flag,
+    DaemonInfo, ENV_USAGE, LOG_ENV, SECRET_ENV, USAGE, WorkerArgs, flag,
 };
 use flotilla_protocol::{paths, secret};
 use flotilla_worker::session::{Ending, SessionConfig};
@@ -101,14 +101,24 @@ fn usage() -> String {
     let mut text = String::from(
         "Runs servables for a Flotilla daemon.\n\nUsage: flotilla-worker [OPTIONS]\n\nOptions:\n",
     );
-    for (name, value, help) in USAGE {
-        text.push_str(&format!("  {name} <{value}>\n          {help}\n"));
+    for option in USAGE {
+        text.push_str(&format!(
+            "  {} <{}>\n          {}",
+            option.flag, option.value, option.help
+        ));
+        if let Some(var) = option.env {
+            text.push_str(&format!(" [env: {var}]"));
+        }
+        text.push('\n');
     }
     text.push_str(&format!(
-        "  {}\n          print help\n  {}\n          print version\n",
+        "  {}\n          print help\n  {}\n          print version\n\nEnvironment:\n",
         flag::HELP,
         flag::VERSION
     ));
+    for (var, help) in ENV_USAGE {
+        text.push_str(&format!("  {var}\n          {help}\n"));
+    }
     text
 }
 

@@ -99,8 +99,12 @@ fn help_lists_every_option_of_the_launch_contract() {
     let out = worker(&["--help"], None);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let help = String::from_utf8_lossy(&out.stdout);
-    for (name, _, _) in USAGE {
-        assert!(help.contains(name), "{name} missing from {help}");
+    for option in USAGE {
+        assert!(
+            help.contains(option.flag),
+            "{} missing from {help}",
+            option.flag
+        );
     }
     let out = worker(&["--version"], None);
     assert_eq!(out.status.code(), Some(0));

@@ -159,15 +159,24 @@ fn bad_command_lines_say_why() {
 
 #[test]
 fn every_option_has_a_usage_line_and_parses() {
-    for (name, _, help) in USAGE {
-        assert!(name.starts_with("--") && !help.is_empty());
-        let value = match *name {
+    for option in USAGE {
+        let name = option.flag;
+        assert!(name.starts_with("--") && !option.help.is_empty());
+        let value = match name {
             flag::PORT | flag::BLOCK_ID | flag::SLOTS | flag::JOB_END => "1",
             flag::LOST_DAEMON_EXIT_S | flag::CONNECT_TIMEOUT_S | flag::WALLTIME_MARGIN_S => "1.5",
             _ => "x",
         };
-        let parsed = WorkerArgs::parse([*name, value], no_env).unwrap();
+        let parsed = WorkerArgs::parse([name, value], no_env).unwrap();
         assert_ne!(parsed, WorkerArgs::default(), "{name}");
+        // An option with a variable falls back to it.
+        if let Some(var) = option.env {
+            let from_env = WorkerArgs::parse(Vec::<String>::new(), |v| {
+                (v == var).then(|| value.to_owned())
+            })
+            .unwrap();
+            assert_ne!(from_env, WorkerArgs::default(), "{var}");
+        }
     }
 }
 
