@@ -3,30 +3,34 @@
 //!
 //! Each simulated worker is its own nng REQ socket with one TCP connection to
 //! the daemon's interchange (the daemon tells workers apart by connection),
-//! and speaks the real worker protocol of
-//! [`flotilla_protocol::interchange`]: `Hello` with the daemon's secret, then
-//! a long-poll (`Pull { wait: true }`) always outstanding. A batch is
-//! "run" at once: every item gets `Outcome::Output(nil)`, and the results ride
-//! on the next long-poll, as one slot of a real worker whose servable costs
-//! nothing would send them.
+//! and runs the real worker's conversation: the same
+//! [`flotilla_worker::session::Session`] state machine, with its two request
+//! lanes (the long-poll and the report lane), its `Hello` with the daemon's
+//! secret and its re-registration. Only the slot is simulated: a batch is
+//! "run" at once, every item getting `Outcome::Output(nil)`, as one slot of a
+//! real worker whose servable costs nothing would answer.
 //!
-//! Nothing here has a thread per connection: every socket has one context and
-//! one asynchronous I/O handle whose callback, on nng's own threads, is a
-//! small state machine (sent → wait for the reply → decode → send the next
-//! request). Callbacks only count; the caller watches the counters against
-//! its own deadlines.
+//! Nothing here has a thread per connection: every lane has one context and
+//! one asynchronous I/O handle whose callback, on nng's own threads, feeds the
+//! reply to the session and carries out what it says (send the next request,
+//! "run" the batch). Callbacks only count; the caller watches the counters
+//! against its own deadlines. No timer ticks the sessions: a request that
+//! fails or times out fails that simulated worker instead of being retried.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::unix_us;
 use anyhow::{Context as _, bail};
-use flotilla_protocol::interchange::{BatchResult, DaemonMessage, Hello, WorkerMessage};
+use flotilla_protocol::interchange::{BatchResult, WorkBatch};
 use flotilla_protocol::task::{NIL, Outcome};
-use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, Payload, decode, encode};
-use nng::options::Options;
-use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
+use flotilla_protocol::{Payload, encode};
+use flotilla_worker::connect::worker_socket;
+use flotilla_worker::session::{
+    Action, Ending, Event, Lane, LaneError, Notice, Now, Session, SessionConfig,
+};
+use nng::{Aio, AioResult, Context, Message, Socket};
 
 /// How errors are kept: the first few, verbatim.
 const KEPT_ERRORS: usize = 5;
@@ -42,6 +46,7 @@ pub struct SimConfig {
     pub count: usize,
     /// Longest wait for any one reply (a long-poll comes back within one
     /// heartbeat period); a reply later than this fails that connection.
+    /// It replaces the session's own request timeouts.
     pub reply_timeout: Duration,
     /// Prefix of the worker ids (`PREFIX-N`), unique per daemon.
     pub id_prefix: String,
@@ -72,13 +77,21 @@ struct Shared {
     closing: AtomicBool,
 }
 
-/// One simulated worker: its socket, its request context, and the
-/// configuration its messages need.
+/// One lane's nng context and its asynchronous I/O handle.
+struct LaneIo {
+    ctx: Context,
+    aio: Aio,
+}
+
+/// One simulated worker: its socket, its session and its lanes.
 struct Conn {
     index: usize,
     socket: Socket,
-    ctx: Context,
-    hello: Vec<u8>,
+    session: Mutex<Session>,
+    /// Set once, right after the connection is made (the lanes' callbacks
+    /// need the connection first).
+    lanes: OnceLock<[LaneIo; 2]>,
+    reply_timeout: Duration,
     shared: Arc<Shared>,
     started: Instant,
 }
@@ -92,7 +105,7 @@ pub struct SimStats {
     pub tasks: u64,
     /// Batches answered.
     pub batches: u64,
-    /// Empty `Work` replies (the daemon's heartbeats).
+    /// Empty `Work` answers to the long-poll (the daemon's heartbeats).
     pub heartbeats: u64,
     /// `Reregister` answers (the daemon forgot a worker).
     pub reregistered: u64,
@@ -107,7 +120,7 @@ pub struct SimStats {
 /// A set of simulated workers connected to one daemon. Dropping it closes
 /// every connection.
 pub struct SimPool {
-    conns: Vec<(Arc<Conn>, Aio)>,
+    conns: Vec<Arc<Conn>>,
     shared: Arc<Shared>,
     started: Instant,
     dialled: Duration,
@@ -126,131 +139,152 @@ impl Shared {
     }
 }
 
+/// A slot whose servable costs nothing: every input's output is nil.
+fn run_at_once(batch: &WorkBatch, received_us: u64) -> BatchResult {
+    BatchResult {
+        batch: batch.id,
+        run_us: 0,
+        received_us,
+        sent_us: 0,
+        outcomes: batch
+            .items
+            .iter()
+            .map(|i| (i.task, Outcome::Output(Payload::from_static(NIL))))
+            .collect(),
+        failure: None,
+    }
+}
+
 impl Conn {
-    /// Sends `bytes` as this connection's next request.
-    fn send(&self, aio: &Aio, bytes: &[u8]) {
-        if let Err((_, e)) = self.ctx.send(aio, Message::from(bytes)) {
-            self.shared.fail(self.index, format!("cannot send: {e}"));
+    fn now(&self) -> Now {
+        Now {
+            since_start: self.started.elapsed(),
+            unix_us: unix_us(),
         }
     }
 
-    fn send_message(&self, aio: &Aio, message: &WorkerMessage) {
-        match encode(message) {
-            Ok(bytes) => self.send(aio, &bytes),
-            Err(e) => self.shared.fail(self.index, format!("cannot encode: {e}")),
+    /// A lane's callback: a request went out (wait for its reply), or its
+    /// reply or failure came.
+    fn on_lane(&self, lane: Lane, aio: &Aio, result: AioResult) {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return;
         }
-    }
-
-    /// The callback: one step of the state machine.
-    fn on_event(&self, aio: Aio, result: AioResult) {
         match result {
             AioResult::Send(Ok(())) => {
-                if let Err(e) = self.ctx.recv(&aio) {
+                if let Some(io) = self.lane(lane)
+                    && let Err(e) = io.ctx.recv(aio)
+                {
                     self.shared.fail(self.index, format!("cannot receive: {e}"));
                 }
             }
-            AioResult::Send(Err((_, e))) => {
-                if e != nng::Error::Closed {
-                    self.shared.fail(self.index, format!("send failed: {e}"));
-                }
-            }
-            AioResult::Recv(Err(e)) => {
-                if e != nng::Error::Closed {
+            AioResult::Send(Err((_, e))) | AioResult::Recv(Err(e)) => {
+                let error = match e {
+                    nng::Error::Closed => LaneError::Closed,
+                    nng::Error::TimedOut => LaneError::TimedOut,
+                    other => LaneError::Other(other.to_string()),
+                };
+                if error != LaneError::Closed {
                     self.shared
                         .fail(self.index, format!("no reply from the daemon: {e}"));
                 }
+                self.feed(Event::LaneFailed { lane, error });
             }
-            AioResult::Recv(Ok(msg)) => self.on_reply(&aio, &msg),
+            AioResult::Recv(Ok(msg)) => self.feed(Event::Reply {
+                lane,
+                frame: msg.as_slice(),
+            }),
             AioResult::Sleep(_) => {}
         }
     }
 
-    fn on_reply(&self, aio: &Aio, msg: &Message) {
-        if self.shared.closing.load(Ordering::Acquire) {
-            return;
+    fn lane(&self, lane: Lane) -> Option<&LaneIo> {
+        let [poll, report] = self.lanes.get()?;
+        Some(match lane {
+            Lane::Poll => poll,
+            Lane::Report => report,
+        })
+    }
+
+    /// Feeds `event` to the session and carries out what it says.
+    fn feed(&self, event: Event<'_>) {
+        let now = self.now();
+        let actions = self
+            .session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .handle(event, now);
+        for action in actions {
+            self.perform(action);
         }
-        let message = match decode::<DaemonMessage>(msg.as_slice(), DEFAULT_MAX_FRAME_BYTES) {
-            Ok(m) => m,
-            Err(e) => return self.shared.fail(self.index, format!("bad reply: {e}")),
-        };
-        let poll = |results: Vec<BatchResult>| WorkerMessage::Pull {
-            results,
-            wait: true,
-        };
-        match message {
-            DaemonMessage::Welcome { .. } => {
+    }
+
+    fn perform(&self, action: Action) {
+        match action {
+            Action::Send { lane, message, .. } => {
+                let sent = match (self.lane(lane), encode(&message)) {
+                    (None, _) => Err("the lane is not open".to_owned()),
+                    (_, Err(e)) => Err(format!("cannot encode: {e}")),
+                    (Some(io), Ok(bytes)) => io
+                        .aio
+                        .set_timeout(Some(self.reply_timeout))
+                        .map_err(|e| format!("cannot set the timeout: {e}"))
+                        .and_then(|()| {
+                            io.ctx
+                                .send(&io.aio, Message::from(&bytes[..]))
+                                .map_err(|(_, e)| format!("cannot send: {e}"))
+                        }),
+                };
+                if let Err(reason) = sent {
+                    self.feed(Event::SendFailed { lane, reason });
+                }
+            }
+            Action::Run { batch, received_us } => {
+                self.shared.batches.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .tasks
+                    .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+                self.feed(Event::BatchDone(run_at_once(&batch, received_us)));
+            }
+            Action::Notify(Notice::Registered { .. }) => {
                 let now = self.shared.registered.fetch_add(1, Ordering::AcqRel) + 1;
                 if now == self.shared.count {
                     let us = self.started.elapsed().as_micros() as u64;
                     self.shared.all_registered_us.store(us, Ordering::Release);
                 }
-                self.send_message(aio, &poll(Vec::new()));
             }
-            DaemonMessage::Work { batches } if batches.is_empty() => {
+            Action::Notify(Notice::Heartbeat) => {
                 self.shared.heartbeats.fetch_add(1, Ordering::Relaxed);
-                self.send_message(aio, &poll(Vec::new()));
             }
-            DaemonMessage::Work { batches } => {
-                let received_us = unix_us();
-                let mut tasks = 0u64;
-                let mut results = Vec::with_capacity(batches.len());
-                for batch in batches {
-                    tasks += batch.items.len() as u64;
-                    results.push(BatchResult {
-                        batch: batch.id,
-                        run_us: 0,
-                        received_us,
-                        sent_us: 0,
-                        outcomes: batch
-                            .items
-                            .iter()
-                            .map(|i| (i.task, Outcome::Output(Payload::from_static(NIL))))
-                            .collect(),
-                        failure: None,
-                    });
-                }
-                self.shared
-                    .batches
-                    .fetch_add(results.len() as u64, Ordering::Relaxed);
-                self.shared.tasks.fetch_add(tasks, Ordering::Relaxed);
-                let sent_us = unix_us();
-                for r in &mut results {
-                    r.sent_us = sent_us;
-                }
-                self.send_message(aio, &poll(results));
-            }
-            DaemonMessage::Reregister => {
+            Action::Notify(Notice::ReregisterAsked) => {
                 self.shared.reregistered.fetch_add(1, Ordering::Relaxed);
-                self.send(aio, &self.hello);
             }
-            DaemonMessage::Shutdown => {
+            // A failed request already failed this simulated worker.
+            Action::TickSoon => {}
+            Action::End(Ending::Shutdown) => {
                 self.shared.shutdowns.fetch_add(1, Ordering::Relaxed);
             }
-            DaemonMessage::Refused { reason } => {
+            Action::End(Ending::Refused(reason)) => {
                 self.shared.fail(self.index, format!("refused: {reason}"));
             }
-            DaemonMessage::ProbeOk => {
-                self.shared
-                    .fail(self.index, "unexpected ProbeOk".to_owned());
-            }
+            Action::End(other) => self.shared.fail(self.index, format!("ended: {other:?}")),
         }
     }
 }
 
-/// A REQ socket set up as the real worker sets up its own.
-fn worker_socket() -> anyhow::Result<Socket> {
-    let socket = Socket::new(Protocol::Req0).context("cannot create a REQ socket")?;
-    // Long-polls are held on purpose; REQ's resend timer would duplicate them.
-    socket
-        .set_opt::<nng::options::protocol::reqrep::ResendTime>(None)
-        .context("cannot disable request resends")?;
-    socket
-        .set_opt::<nng::options::RecvMaxSize>(DEFAULT_MAX_FRAME_BYTES)
-        .context("cannot set the frame cap")?;
-    socket
-        .set_opt::<nng::options::transport::tcp::NoDelay>(true)
-        .context("cannot set TCP_NODELAY")?;
-    Ok(socket)
+/// A lane of `conn`, its callback feeding `conn`'s session (through a weak
+/// link: the connection owns its lanes).
+fn lane_io(conn: &Arc<Conn>, lane: Lane) -> anyhow::Result<LaneIo> {
+    let index = conn.index;
+    let ctx = Context::new(&conn.socket)
+        .with_context(|| format!("simulated worker {index}: cannot open a context"))?;
+    let link: Weak<Conn> = Arc::downgrade(conn);
+    let aio = Aio::new(move |aio, result| {
+        if let Some(conn) = link.upgrade() {
+            conn.on_lane(lane, &aio, result);
+        }
+    })
+    .with_context(|| format!("simulated worker {index}: cannot create an aio"))?;
+    Ok(LaneIo { ctx, aio })
 }
 
 impl SimPool {
@@ -313,37 +347,43 @@ impl SimPool {
                     cfg.count, cfg.url
                 )
             })?;
-            let ctx = Context::new(&socket)
-                .with_context(|| format!("simulated worker {index}: cannot open a context"))?;
-            let hello = encode(&WorkerMessage::Hello(Hello {
-                worker_id: format!("{}-{index}", cfg.id_prefix),
-                block_id: None,
-                host: host.clone(),
-                node: None,
-                rank: None,
-                pid: std::process::id(),
-                slots: 1,
-                servables: vec!["noop".to_owned()],
-                secret: cfg.secret.clone().into(),
-                ends_at_unix_s: None,
-                running: Vec::new(),
-            }))
-            .context("cannot encode the hello")?;
+            let session = Session::new(
+                SessionConfig {
+                    secret: cfg.secret.clone(),
+                    worker_id: format!("{}-{index}", cfg.id_prefix),
+                    block_id: None,
+                    host: host.clone(),
+                    node: None,
+                    rank: None,
+                    pid: std::process::id(),
+                    slots: 1,
+                    servables: vec!["noop".to_owned()],
+                    lost_daemon_exit: cfg.reply_timeout,
+                    job_end_unix_s: None,
+                    walltime_margin: Duration::ZERO,
+                },
+                Now {
+                    since_start: started.elapsed(),
+                    unix_us: unix_us(),
+                },
+            );
             let conn = Arc::new(Conn {
                 index,
                 socket,
-                ctx,
-                hello,
+                session: Mutex::new(session),
+                lanes: OnceLock::new(),
+                reply_timeout: cfg.reply_timeout,
                 shared: shared.clone(),
                 started,
             });
-            let in_callback = conn.clone();
-            let aio = Aio::new(move |aio, result| in_callback.on_event(aio, result))
-                .with_context(|| format!("simulated worker {index}: cannot create an aio"))?;
-            aio.set_timeout(Some(cfg.reply_timeout))
-                .with_context(|| format!("simulated worker {index}: cannot set the timeout"))?;
-            conn.send(&aio, &conn.hello);
-            pool.conns.push((conn, aio));
+            let lanes = [Lane::Poll, Lane::Report].map(|lane| lane_io(&conn, lane));
+            let [poll, report] = lanes;
+            let lanes = [poll?, report?];
+            let _ = conn.lanes.set(lanes);
+            // The hello goes out at once; nng holds it until the
+            // connection is up.
+            conn.feed(Event::Tick);
+            pool.conns.push(conn);
         }
         pool.dialled = started.elapsed();
         Ok(pool)
@@ -422,12 +462,14 @@ impl Drop for SimPool {
         // means no callback is running when the last handle goes: an aio
         // freed from inside its own callback would wait for itself.
         self.shared.closing.store(true, Ordering::Release);
-        for (conn, _) in &self.conns {
+        for conn in &self.conns {
             conn.socket.close();
         }
-        for (_, aio) in &self.conns {
-            aio.cancel();
-            aio.wait();
+        for conn in &self.conns {
+            for io in conn.lanes.get().into_iter().flatten() {
+                io.aio.cancel();
+                io.aio.wait();
+            }
         }
         self.conns.clear();
     }

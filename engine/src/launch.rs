@@ -1,13 +1,11 @@
 //! What a block runs: the worker command, wrapped by the configured launcher,
 //! with the daemon's address and secret in its environment.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use flotilla_launchers::{
-    BLOCK_ENV, Bind, Container, Gpus, Inner, LaunchSpec, NODE_ENV, RANK_ENV, shell,
-};
-use flotilla_protocol::secret::{SECRET_ENV, to_hex};
+use flotilla_launchers::{Bind, Container, Gpus, Inner, LaunchSpec, shell};
+use flotilla_protocol::launch::{BLOCK_ENV_VARS, WorkerArgs};
+use flotilla_protocol::secret::to_hex;
 use flotilla_providers::JobSpec;
 
 use crate::config::{
@@ -16,14 +14,7 @@ use crate::config::{
 };
 use crate::state_dir::StateDir;
 
-/// Environment variable telling a local worker to exit with the daemon.
-pub const EXIT_WITH_PID_ENV: &str = "FLOTILLA_EXIT_WITH_PID";
-
-/// Environment variable holding when the block's job ends (Unix seconds).
-pub const JOB_END_ENV: &str = "FLOTILLA_JOB_END";
-
-/// Environment variable naming the daemon's object store.
-pub const OBJECTS_ENV: &str = "FLOTILLA_OBJECTS";
+pub use flotilla_protocol::launch::{EXIT_WITH_PID_ENV, JOB_END_ENV, OBJECTS_ENV};
 
 /// Everything needed to write any block's job.
 #[derive(Clone, Debug)]
@@ -127,31 +118,11 @@ impl BlockTemplate {
                 format!("{WORKER_MOUNT}/{name}")
             }
         };
-        let mut words = vec![
-            exe,
-            "--address".into(),
-            self.addresses.clone(),
-            "--port".into(),
-            self.port.to_string(),
-            "--block-id".into(),
-            block.to_string(),
-            "--lost-daemon-exit-s".into(),
-            self.lost_daemon_exit_s.to_string(),
-            "--connect-timeout-s".into(),
-            self.connect_timeout_s.to_string(),
-        ];
-        if self.slots > 0 {
-            words.extend(["--slots".into(), self.slots.to_string()]);
-        }
-        if self.walltime_s.is_some() {
-            words.extend([
-                "--walltime-margin-s".into(),
-                self.walltime_margin_s.to_string(),
-            ]);
-        }
+        let mut args = self.worker_args(block);
         if pool.is_none() {
-            words.extend(self.servable_container_args());
+            self.servable_container_args(&mut args);
         }
+        let words: Vec<String> = std::iter::once(exe).chain(args.to_argv()).collect();
         let (worker_command, copy_setup) = match pool {
             None => (shell::join(&words), String::new()),
             Some(container) => {
@@ -183,18 +154,11 @@ impl BlockTemplate {
                 "{JOB_END_ENV}=\"${{SLURM_JOB_END_TIME:-$(( $(date +%s) + {walltime} ))}}\"; export {JOB_END_ENV}\n{launch}"
             );
         }
-        let mut env = BTreeMap::from([
-            (SECRET_ENV.to_owned(), self.secret_hex.clone()),
-            (OBJECTS_ENV.to_owned(), self.objects.clone()),
-        ]);
-        if self.exit_with_daemon {
-            env.insert(EXIT_WITH_PID_ENV.into(), std::process::id().to_string());
-        }
         Ok(JobSpec {
             name: format!("flotilla-{}-block-{block}", self.tag),
             worker_init: self.init.clone(),
             command: launch,
-            env,
+            env: args.to_env(),
             run_dir: format!("{}/{block}", self.run_root),
         })
     }
@@ -233,17 +197,27 @@ impl BlockTemplate {
         Ok(container)
     }
 
+    /// What block `block`'s workers are told, on their command line and in
+    /// their environment (the secret never goes on the command line).
+    fn worker_args(&self, block: u32) -> WorkerArgs {
+        WorkerArgs {
+            address: Some(self.addresses.clone()),
+            port: Some(self.port),
+            block_id: Some(block),
+            lost_daemon_exit_s: Some(self.lost_daemon_exit_s),
+            connect_timeout_s: Some(self.connect_timeout_s),
+            slots: (self.slots > 0).then_some(self.slots),
+            walltime_margin_s: self.walltime_s.map(|_| self.walltime_margin_s),
+            secret_hex: Some(self.secret_hex.clone()),
+            objects_dir: Some(PathBuf::from(&self.objects)),
+            exit_with_pid: self.exit_with_daemon.then(|| std::process::id() as i32),
+            ..WorkerArgs::default()
+        }
+    }
+
     /// The variables a containerised worker needs from outside.
     fn forwarded_env(&self) -> Vec<&'static str> {
-        let mut names = vec![
-            SECRET_ENV,
-            OBJECTS_ENV,
-            RANK_ENV,
-            NODE_ENV,
-            BLOCK_ENV,
-            JOB_END_ENV,
-            "FLOTILLA_LOG",
-        ];
+        let mut names = BLOCK_ENV_VARS.to_vec();
         if self.exit_with_daemon {
             names.push(EXIT_WITH_PID_ENV);
         }
@@ -252,29 +226,18 @@ impl BlockTemplate {
 
     /// Worker options telling it to start servables that name an image in
     /// that image, when the site has a runtime and pools run on the host.
-    fn servable_container_args(&self) -> Vec<String> {
+    fn servable_container_args(&self, args: &mut WorkerArgs) {
         let c = &self.container;
         let Some(runtime) = c.runtime.runtime() else {
-            return Vec::new();
+            return;
         };
         debug_assert!(c.runtime != RuntimeKind::None);
-        let mut args = vec!["--container-runtime".to_owned(), runtime.name().to_owned()];
-        if let Some(command) = &c.command {
-            args.extend(["--container-command".into(), command.clone()]);
-        }
-        for b in &c.binds {
-            args.extend(["--container-bind".into(), b.clone()]);
-        }
-        for o in &c.options {
-            args.push(format!("--container-option={o}"));
-        }
-        if !c.template.is_empty() {
-            args.extend(["--container-template".into(), c.template.clone()]);
-        }
-        if self.gpus != Gpus::None {
-            args.extend(["--gpus".into(), self.gpus.name().into()]);
-        }
-        args
+        args.container_runtime = Some(runtime.name().to_owned());
+        args.container_command = c.command.clone();
+        args.container_binds = c.binds.clone();
+        args.container_options = c.options.clone();
+        args.container_template = (!c.template.is_empty()).then(|| c.template.clone());
+        args.gpus = (self.gpus != Gpus::None).then(|| self.gpus.name().to_owned());
     }
 }
 
@@ -304,6 +267,7 @@ fn default_worker_exe() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_protocol::secret::SECRET_ENV;
 
     #[test]
     fn job_carries_address_secret_and_block() {
@@ -335,6 +299,24 @@ mod tests {
             job.name
         );
         assert_eq!(job.name.len(), "flotilla-abcdef-block-7".len());
+    }
+
+    #[test]
+    fn a_worker_parses_back_what_its_block_is_told() {
+        let mut config = Config::default();
+        config.worker.slots = 2;
+        let template =
+            BlockTemplate::new(&config, &StateDir::at("/tmp/fl"), "127.0.0.1", 5555, &[1]);
+        let job = template.job(4).unwrap();
+        let told = template.worker_args(4);
+        assert_eq!(job.env, told.to_env());
+        let argv = told.to_argv();
+        assert!(job.command.contains(&argv.join(" ")), "{}", job.command);
+        let parsed = WorkerArgs::parse(argv, |name| job.env.get(name).cloned()).unwrap();
+        assert_eq!(parsed, told);
+        assert_eq!(parsed.block_id, Some(4));
+        assert_eq!(parsed.secret_hex.as_deref(), Some("01"));
+        assert_eq!(parsed.exit_with_pid, Some(std::process::id() as i32));
     }
 
     #[test]

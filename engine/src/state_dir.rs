@@ -15,8 +15,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use flotilla_protocol::paths;
 
 pub use flotilla_protocol::paths::HOME_ENV;
@@ -169,7 +167,7 @@ impl StateDir {
     pub fn read_info(&self) -> Result<DaemonInfo, StateDirError> {
         let path = self.info_file();
         let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-        toml::from_str(&text).map_err(|e| StateDirError::Corrupt {
+        DaemonInfo::from_toml(&text).map_err(|e| StateDirError::Corrupt {
             path,
             message: e.to_string(),
         })
@@ -178,28 +176,19 @@ impl StateDir {
     /// Writes the contact file atomically (write to a temporary, rename).
     pub fn write_info(&self, info: &DaemonInfo) -> Result<(), StateDirError> {
         let path = self.info_file();
-        let text = toml::to_string(info).map_err(|e| StateDirError::Corrupt {
+        let text = info.to_toml().map_err(|e| StateDirError::Corrupt {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let tmp = self.root.join("daemon.toml.tmp");
+        let tmp = path.with_extension("toml.tmp");
         fs::write(&tmp, text).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_err(&path))
     }
 }
 
-/// How to reach a running daemon; written to `daemon.toml` once it listens.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct DaemonInfo {
-    /// Daemon pid.
-    pub pid: u32,
-    /// Client API URL (`ipc://…/api.sock`).
-    pub api: String,
-    /// Address workers dial.
-    pub interchange_address: String,
-    /// Port workers dial.
-    pub interchange_port: u16,
-}
+/// How to reach a running daemon; written to the contact file once it
+/// listens (its format is the launch contract's).
+pub use flotilla_protocol::launch::DaemonInfo;
 
 /// Ownership of a state directory by one daemon process.
 ///

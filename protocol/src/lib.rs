@@ -15,6 +15,10 @@
 //!   long-poll pulls that carry finished results, and batches of work.
 //! * [`task`]: the task vocabulary both of them share (ids, states, outcomes).
 //!
+//! [`launch`] is how a worker is started: its options, its environment and
+//! the daemon's contact file, for the daemon that writes them and the worker
+//! that reads them.
+//!
 //! Payloads (servable inputs, outputs, parameters) are opaque msgpack bytes
 //! held in [`Payload`] (`bytes::Bytes`), so the daemon moves them without
 //! decoding them and clones are reference-count bumps. `bytes` serialises them
@@ -28,6 +32,7 @@ pub mod builtin;
 pub mod client;
 pub mod frame;
 pub mod interchange;
+pub mod launch;
 pub mod paths;
 pub mod secret;
 pub mod servable;

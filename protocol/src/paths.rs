@@ -29,9 +29,10 @@ pub fn api_url(state_dir: &Path) -> String {
     format!("ipc://{}", api_socket(state_dir).display())
 }
 
-/// The contact file (`daemon.toml`) of the daemon owning `state_dir`.
+/// The contact file ([`crate::launch::CONTACT_FILE`]) of the daemon owning
+/// `state_dir`.
 pub fn info_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("daemon.toml")
+    state_dir.join(crate::launch::CONTACT_FILE)
 }
 
 /// The secret file of the daemon owning `state_dir`.

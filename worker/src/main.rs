@@ -13,116 +13,41 @@
 //! the arguments are wrong, 3 when the daemon was lost, 4 when no address
 //! reached it (with one line per address saying why).
 
-mod builtin;
-mod connect;
-mod exec;
-mod executor;
-mod process;
-mod session;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Parser;
-use flotilla_launchers::{Bind, Container, ContainerRuntime, Gpus, NODE_ENV, RANK_ENV};
+use flotilla_launchers::{Bind, Container, ContainerRuntime, Gpus};
 use flotilla_protocol::address::Endpoint;
+use flotilla_protocol::launch::{
+    ArgsError, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_LOST_DAEMON_EXIT_S, DEFAULT_WALLTIME_MARGIN_S,
+    DaemonInfo, ENV_USAGE, LOG_ENV, SECRET_ENV, USAGE, WorkerArgs, flag,
+};
 use flotilla_protocol::{paths, secret};
-use serde::Deserialize;
-
-use crate::session::{Ending, SessionConfig};
-
-/// Builtin servables this worker runs; it also runs any published
-/// servable whose record the daemon sends it.
-pub const BUILTINS: &[&str] = &["noop", "echo", "sleep"];
-
-/// Runs servables for a Flotilla daemon.
-#[derive(Parser, Debug)]
-#[command(name = "flotilla-worker", version)]
-struct Args {
-    /// Daemon addresses to try, comma-separated (`HOST` or `HOST:PORT`).
-    #[arg(long, env = "FLOTILLA_DAEMON_ADDRESS")]
-    address: Option<String>,
-    /// Daemon interchange port.
-    #[arg(long, env = "FLOTILLA_DAEMON_PORT")]
-    port: Option<u16>,
-    /// Read address, port and secret from this daemon state directory
-    /// (default when no address is given: $FLOTILLA_HOME or ~/.flotilla).
-    #[arg(long, env = "FLOTILLA_HOME")]
-    state_dir: Option<PathBuf>,
-    /// File holding the daemon's 32-byte secret (else FLOTILLA_SECRET, hex).
-    #[arg(long)]
-    secret_file: Option<PathBuf>,
-    /// The daemon's object store, where published servables' files are
-    /// (default: STATE_DIR/objects).
-    #[arg(long, env = "FLOTILLA_OBJECTS")]
-    objects_dir: Option<PathBuf>,
-    /// Block this worker belongs to (set by the provider).
-    #[arg(long)]
-    block_id: Option<u32>,
-    /// Batches run at once (default: number of cores).
-    #[arg(long)]
-    slots: Option<u32>,
-    /// Worker id (default: HOST-PID-RANDOM).
-    #[arg(long)]
-    worker_id: Option<String>,
-    /// Exit after this many seconds without the daemon.
-    #[arg(long, default_value_t = 60.0)]
-    lost_daemon_exit_s: f64,
-    /// Give up reaching the daemon after this many seconds.
-    #[arg(long, default_value_t = 10.0)]
-    connect_timeout_s: f64,
-    /// When this worker's job ends, in Unix seconds (the block script sets
-    /// it from the wall time, or Slurm's SLURM_JOB_END_TIME).
-    #[arg(long, env = "FLOTILLA_JOB_END")]
-    job_end: Option<u64>,
-    /// Take no task and leave this many seconds before the job ends.
-    #[arg(long, default_value_t = 60.0)]
-    walltime_margin_s: f64,
-    /// Run servables that name a container image in it with this runtime
-    /// (apptainer, singularity, shifter, podman, docker, charliecloud,
-    /// custom).
-    #[arg(long)]
-    container_runtime: Option<String>,
-    /// The runtime's executable, when not the usual one.
-    #[arg(long)]
-    container_command: Option<String>,
-    /// Extra bind for servable containers, `HOST[:CONTAINER[:ro]]`.
-    #[arg(long)]
-    container_bind: Vec<String>,
-    /// Extra runtime option for servable containers.
-    #[arg(long, allow_hyphen_values = true)]
-    container_option: Vec<String>,
-    /// `--container-runtime custom`: the command template.
-    #[arg(long)]
-    container_template: Option<String>,
-    /// GPUs to make visible in servable containers: nvidia or amd.
-    #[arg(long)]
-    gpus: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct DaemonInfo {
-    interchange_address: String,
-    interchange_port: u16,
-}
+use flotilla_worker::session::{Ending, SessionConfig};
+use flotilla_worker::shell::WorkerConfig;
+use flotilla_worker::{BUILTINS, connect, shell};
 
 fn main() -> ExitCode {
-    use std::io::IsTerminal as _;
-    let filter = std::env::var("FLOTILLA_LOG")
-        .ok()
-        .filter(|f| !f.trim().is_empty())
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Block output goes to files that end up in error messages.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let args = Args::parse();
-    let (cfg, endpoints, port, timeout) = match session_config(&args) {
+    init_logging();
+    let args = match WorkerArgs::parse(std::env::args_os().skip(1), |name| std::env::var(name).ok())
+    {
+        Ok(args) => args,
+        Err(ArgsError::HelpRequested) => {
+            print!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        Err(ArgsError::VersionRequested) => {
+            println!("flotilla-worker {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start worker");
+            return ExitCode::from(2);
+        }
+    };
+    let (cfg, endpoints, port, timeout) = match worker_config(&args) {
         Ok(parts) => parts,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "cannot start worker");
@@ -132,7 +57,7 @@ fn main() -> ExitCode {
     let connected = match connect::connect(
         &endpoints,
         port,
-        &cfg.secret,
+        &cfg.session.secret,
         timeout,
         connect::worker_socket,
     ) {
@@ -148,11 +73,58 @@ fn main() -> ExitCode {
             return ExitCode::from(4);
         }
     };
-    let cfg = SessionConfig {
+    let cfg = WorkerConfig {
         url: connected.url.clone(),
         ..cfg
     };
-    match session::run(&cfg, connected.socket) {
+    exit_status(shell::run(&cfg, connected.socket), &cfg.url)
+}
+
+/// Logs to stderr with the filter of [`LOG_ENV`] (default `info`).
+fn init_logging() {
+    use std::io::IsTerminal as _;
+    let filter = std::env::var(LOG_ENV)
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Block output goes to files that end up in error messages.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// `--help`: every option of the launch contract.
+fn usage() -> String {
+    let mut text = String::from(
+        "Runs servables for a Flotilla daemon.\n\nUsage: flotilla-worker [OPTIONS]\n\nOptions:\n",
+    );
+    for option in USAGE {
+        text.push_str(&format!(
+            "  {} <{}>\n          {}",
+            option.flag, option.value, option.help
+        ));
+        if let Some(var) = option.env {
+            text.push_str(&format!(" [env: {var}]"));
+        }
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "  {}\n          print help\n  {}\n          print version\n\nEnvironment:\n",
+        flag::HELP,
+        flag::VERSION
+    ));
+    for (var, help) in ENV_USAGE {
+        text.push_str(&format!("  {var}\n          {help}\n"));
+    }
+    text
+}
+
+/// The exit status for how the session ended (see the crate docs).
+fn exit_status(ended: anyhow::Result<Ending>, url: &str) -> ExitCode {
+    match ended {
         Ok(Ending::Shutdown) => {
             tracing::info!("the daemon is shutting down; exiting");
             ExitCode::SUCCESS
@@ -162,7 +134,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Ending::Lost(after)) => {
-            tracing::error!(silent_s = after.as_secs(), url = %cfg.url, "lost the daemon; exiting");
+            tracing::error!(silent_s = after.as_secs(), url = %url, "lost the daemon; exiting");
             ExitCode::from(3)
         }
         Ok(Ending::WalltimeOver) => {
@@ -184,48 +156,80 @@ fn main() -> ExitCode {
     }
 }
 
-/// The session's settings, the addresses to try, the default port and the
+/// The worker's settings, the addresses to try, the default port and the
 /// connect timeout.
-type Settings = (SessionConfig, Vec<Endpoint>, u16, Duration);
+type Settings = (WorkerConfig, Vec<Endpoint>, u16, Duration);
 
-fn session_config(args: &Args) -> anyhow::Result<Settings> {
+/// A positive, finite number of seconds given as `name`.
+fn seconds(value: f64, name: &str, zero_ok: bool) -> anyhow::Result<Duration> {
+    if !(value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0))) {
+        if zero_ok {
+            bail!("{name} must be a number of seconds, 0 or more");
+        }
+        bail!("{name} must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
     let state_dir = args.state_dir.clone().or_else(paths::default_state_dir);
     let (address, port) = match (&args.address, args.port) {
         (Some(a), Some(p)) => (a.clone(), p),
         (None, None) => {
-            let dir = state_dir
-                .as_deref()
-                .context("give --address and --port, or --state-dir of a running daemon")?;
+            let dir = state_dir.as_deref().with_context(|| {
+                format!(
+                    "give {} and {}, or {} of a running daemon",
+                    flag::ADDRESS,
+                    flag::PORT,
+                    flag::STATE_DIR
+                )
+            })?;
             let info = read_info(dir)?;
             (info.interchange_address, info.interchange_port)
         }
-        _ => bail!("give both --address and --port, or neither"),
+        _ => bail!("give both {} and {}, or neither", flag::ADDRESS, flag::PORT),
     };
-    let endpoints = Endpoint::parse_list(&address).context("--address")?;
+    let endpoints = Endpoint::parse_list(&address).context(flag::ADDRESS)?;
     if endpoints.is_empty() {
-        bail!("--address names no address");
+        bail!("{} names no address", flag::ADDRESS);
     }
-    if !(args.connect_timeout_s.is_finite() && args.connect_timeout_s > 0.0) {
-        bail!("--connect-timeout-s must be a positive number of seconds");
-    }
-    let secret = match (&args.secret_file, std::env::var(secret::SECRET_ENV)) {
+    let connect_timeout = seconds(
+        args.connect_timeout_s.unwrap_or(DEFAULT_CONNECT_TIMEOUT_S),
+        flag::CONNECT_TIMEOUT_S,
+        false,
+    )?;
+    let secret = match (&args.secret_file, &args.secret_hex) {
         (Some(file), _) => read_secret(file)?,
-        (None, Ok(hex)) => secret::from_hex(&hex).context("FLOTILLA_SECRET is not a hex string")?,
-        (None, Err(_)) => {
-            let dir = state_dir
-                .as_deref()
-                .context("no secret: set FLOTILLA_SECRET, --secret-file or --state-dir")?;
+        (None, Some(hex)) => {
+            secret::from_hex(hex).with_context(|| format!("{SECRET_ENV} is not a hex string"))?
+        }
+        (None, None) => {
+            let dir = state_dir.as_deref().with_context(|| {
+                format!(
+                    "no secret: set {SECRET_ENV}, {} or {}",
+                    flag::SECRET_FILE,
+                    flag::STATE_DIR
+                )
+            })?;
             read_secret(&paths::secret_file(dir))?
         }
     };
     let slots = match args.slots {
-        Some(0) => bail!("--slots must be at least 1"),
+        Some(0) => bail!("{} must be at least 1", flag::SLOTS),
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
     };
-    if !(args.lost_daemon_exit_s.is_finite() && args.lost_daemon_exit_s > 0.0) {
-        bail!("--lost-daemon-exit-s must be a positive number of seconds");
-    }
+    let lost_daemon_exit = seconds(
+        args.lost_daemon_exit_s
+            .unwrap_or(DEFAULT_LOST_DAEMON_EXIT_S),
+        flag::LOST_DAEMON_EXIT_S,
+        false,
+    )?;
+    let walltime_margin = seconds(
+        args.walltime_margin_s.unwrap_or(DEFAULT_WALLTIME_MARGIN_S),
+        flag::WALLTIME_MARGIN_S,
+        true,
+    )?;
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -236,80 +240,67 @@ fn session_config(args: &Args) -> anyhow::Result<Settings> {
             .map_or(0, |d| d.subsec_nanos());
         format!("{host}-{}-{:04x}", std::process::id(), nanos & 0xffff)
     });
-    let exit_with_pid = std::env::var("FLOTILLA_EXIT_WITH_PID")
-        .ok()
-        .and_then(|p| p.parse().ok());
-    let objects = args
-        .objects_dir
-        .clone()
-        .or_else(|| state_dir.as_deref().map(paths::objects_dir));
-    let rank = match std::env::var(RANK_ENV) {
-        Ok(r) if !r.trim().is_empty() => Some(
-            r.trim()
-                .parse()
-                .with_context(|| format!("{RANK_ENV}=`{r}` is not a rank"))?,
-        ),
-        _ => None,
-    };
-    let node = std::env::var(NODE_ENV)
-        .ok()
-        .filter(|n| !n.trim().is_empty());
-    if !(args.walltime_margin_s.is_finite() && args.walltime_margin_s >= 0.0) {
-        bail!("--walltime-margin-s must be a number of seconds, 0 or more");
-    }
     let session = SessionConfig {
         job_end_unix_s: args.job_end,
-        walltime_margin: Duration::from_secs_f64(args.walltime_margin_s),
-        objects,
-        containers: servable_containers(args)?,
-        url: String::new(),
-        node,
-        rank,
+        walltime_margin,
+        node: args.node.clone(),
+        rank: args.rank,
         secret,
         worker_id,
         block_id: args.block_id,
+        pid: std::process::id(),
         slots,
-        lost_daemon_exit: Duration::from_secs_f64(args.lost_daemon_exit_s),
-        exit_with_pid,
+        servables: BUILTINS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(std::iter::once("*".to_owned()))
+            .collect(),
+        lost_daemon_exit,
         host,
     };
-    Ok((
+    let worker = WorkerConfig {
         session,
-        endpoints,
-        port,
-        Duration::from_secs_f64(args.connect_timeout_s),
-    ))
+        url: String::new(),
+        exit_with_pid: args.exit_with_pid,
+        objects: args
+            .objects_dir
+            .clone()
+            .or_else(|| state_dir.as_deref().map(paths::objects_dir)),
+        containers: servable_containers(args)?,
+    };
+    Ok((worker, endpoints, port, connect_timeout))
 }
 
 /// How servables that name an image are run, from the `--container-*`
 /// options.
-fn servable_containers(args: &Args) -> anyhow::Result<Option<Container>> {
+fn servable_containers(args: &WorkerArgs) -> anyhow::Result<Option<Container>> {
     let Some(name) = &args.container_runtime else {
         return Ok(None);
     };
     let runtime = ContainerRuntime::from_name(name).with_context(|| {
         let known: Vec<&str> = ContainerRuntime::ALL.iter().map(|r| r.name()).collect();
         format!(
-            "--container-runtime `{name}`: use one of {}",
+            "{} `{name}`: use one of {}",
+            flag::CONTAINER_RUNTIME,
             known.join(", ")
         )
     })?;
     let binds = args
-        .container_bind
+        .container_binds
         .iter()
         .map(|b| Bind::parse(b))
         .collect::<Result<_, _>>()
-        .context("--container-bind")?;
+        .context(flag::CONTAINER_BIND)?;
     Ok(Some(Container {
         runtime,
         image: String::new(),
         command: args.container_command.clone(),
         binds,
-        options: args.container_option.clone(),
+        options: args.container_options.clone(),
         gpus: match &args.gpus {
             None => Gpus::None,
             Some(name) => Gpus::from_name(name)
-                .with_context(|| format!("--gpus `{name}`: use nvidia, amd or none"))?,
+                .with_context(|| format!("{} `{name}`: use nvidia, amd or none", flag::GPUS))?,
         },
         template: args.container_template.clone().unwrap_or_default(),
     }))
@@ -323,7 +314,8 @@ fn read_info(dir: &Path) -> anyhow::Result<DaemonInfo> {
             path.display()
         )
     })?;
-    toml::from_str(&text).with_context(|| format!("{}: not a daemon contact file", path.display()))
+    DaemonInfo::from_toml(&text)
+        .with_context(|| format!("{}: not a daemon contact file", path.display()))
 }
 
 fn read_secret(path: &Path) -> anyhow::Result<Vec<u8>> {

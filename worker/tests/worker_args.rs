@@ -5,14 +5,14 @@
 use std::process::{Command, Output};
 use std::time::Instant;
 
+use flotilla_protocol::launch::{HOME_ENV, SECRET_ENV, USAGE};
+
 fn worker(args: &[&str], secret: Option<&str>) -> Output {
     let home = std::env::temp_dir().join("flotilla-worker-args-no-daemon");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla-worker"));
-    cmd.args(args)
-        .env("FLOTILLA_HOME", &home)
-        .env_remove("FLOTILLA_SECRET");
+    cmd.args(args).env(HOME_ENV, &home).env_remove(SECRET_ENV);
     if let Some(s) = secret {
-        cmd.env("FLOTILLA_SECRET", s);
+        cmd.env(SECRET_ENV, s);
     }
     cmd.output().unwrap()
 }
@@ -34,7 +34,7 @@ fn bad_arguments_exit_2_with_a_reason() {
     assert_eq!(out.status.code(), Some(2));
     let out = worker(&["--address", "127.0.0.1", "--port", "9"], Some("xyz"));
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("FLOTILLA_SECRET"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(SECRET_ENV), "{}", stderr(&out));
     let out = worker(&[], None);
     assert_eq!(
         out.status.code(),
@@ -89,6 +89,30 @@ fn bad_addresses_are_named() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("`10.0.0.1:http` is not an address"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn help_lists_every_option_of_the_launch_contract() {
+    let out = worker(&["--help"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in USAGE {
+        assert!(
+            help.contains(option.flag),
+            "{} missing from {help}",
+            option.flag
+        );
+    }
+    let out = worker(&["--version"], None);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("flotilla-worker "));
+    let out = worker(&["--no-such-option", "1"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--no-such-option"),
         "{}",
         stderr(&out)
     );

@@ -1,0 +1,533 @@
+//! Scenario tests of the worker session: events in, actions out, no I/O.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use flotilla_protocol::interchange::WorkItem;
+use flotilla_protocol::task::{NIL, Outcome};
+use flotilla_protocol::{PROTOCOL_VERSION, Payload, encode};
+
+const SEC: u64 = 1_000_000;
+/// The Unix time the tests start at (seconds).
+const T0: u64 = 1_800_000_000;
+
+/// A pattern for `Action::Send { lane, message, .. }`.
+macro_rules! send {
+    ($lane:pat, $message:pat) => {
+        Action::Send {
+            lane: $lane,
+            message: $message,
+            ..
+        }
+    };
+}
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        secret: b"0123456789abcdef0123456789abcdef".to_vec(),
+        worker_id: "w1".into(),
+        block_id: Some(3),
+        host: "node1".into(),
+        node: None,
+        rank: Some(0),
+        pid: 42,
+        slots: 2,
+        servables: vec!["noop".into(), "*".into()],
+        lost_daemon_exit: Duration::from_secs(60),
+        job_end_unix_s: None,
+        walltime_margin: Duration::from_secs(60),
+    }
+}
+
+/// Drives a session and keeps its clock.
+struct Harness {
+    session: Session,
+    elapsed: Duration,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(config())
+    }
+
+    fn with(cfg: SessionConfig) -> Self {
+        let session = Session::new(
+            cfg,
+            Now {
+                since_start: Duration::ZERO,
+                unix_us: T0 * SEC,
+            },
+        );
+        Harness {
+            session,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            since_start: self.elapsed,
+            unix_us: T0 * SEC + self.elapsed.as_micros() as u64,
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.elapsed += by;
+    }
+
+    fn ev(&mut self, event: Event<'_>) -> Vec<Action> {
+        let now = self.now();
+        self.session.handle(event, now)
+    }
+
+    fn tick(&mut self) -> Vec<Action> {
+        self.ev(Event::Tick)
+    }
+
+    fn reply(&mut self, lane: Lane, message: &DaemonMessage) -> Vec<Action> {
+        let frame = encode(message).unwrap();
+        self.ev(Event::Reply {
+            lane,
+            frame: &frame,
+        })
+    }
+
+    fn done(&mut self, batch: u64) -> Vec<Action> {
+        self.ev(Event::BatchDone(result(batch)))
+    }
+
+    /// Hello, welcome: registered, the long-poll out.
+    fn registered() -> Self {
+        let mut h = Harness::new();
+        h.register();
+        h
+    }
+
+    fn register(&mut self) {
+        let hello = self.tick();
+        assert!(
+            matches!(&hello[..], [send!(Lane::Report, WorkerMessage::Hello(_))]),
+            "{hello:?}"
+        );
+        let welcomed = self.reply(Lane::Report, &welcome());
+        assert_eq!(
+            welcomed[0],
+            Action::Notify(Notice::Registered {
+                heartbeat_period_ms: 5000
+            })
+        );
+        assert_eq!(welcomed[1..], [poll(Duration::from_secs(20))]);
+    }
+}
+
+fn welcome() -> DaemonMessage {
+    DaemonMessage::Welcome {
+        heartbeat_period_ms: 5000,
+        heartbeat_threshold_ms: 20_000,
+    }
+}
+
+fn poll(timeout: Duration) -> Action {
+    Action::Send {
+        lane: Lane::Poll,
+        message: WorkerMessage::Pull {
+            results: Vec::new(),
+            wait: true,
+        },
+        timeout,
+    }
+}
+
+fn batch(id: u64, tasks: &[u64]) -> WorkBatch {
+    WorkBatch {
+        id: BatchId(id),
+        servable: "noop".into(),
+        params: Payload::new(),
+        items: tasks
+            .iter()
+            .map(|t| WorkItem {
+                task: TaskId(*t),
+                input: Payload::from_static(NIL),
+            })
+            .collect(),
+        spec: None,
+    }
+}
+
+fn work(batches: Vec<WorkBatch>) -> DaemonMessage {
+    DaemonMessage::Work { batches }
+}
+
+fn result(id: u64) -> BatchResult {
+    BatchResult {
+        batch: BatchId(id),
+        run_us: 7,
+        received_us: 1,
+        sent_us: 0,
+        outcomes: vec![(TaskId(id * 10), Outcome::Output(Payload::from_static(NIL)))],
+        failure: None,
+    }
+}
+
+/// The batch ids of the results a report carries.
+fn reported(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            send!(
+                Lane::Report,
+                WorkerMessage::Pull {
+                    results,
+                    wait: false
+                }
+            ) => Some(results.iter().map(|r| r.batch.0).collect()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn hello_running(actions: &[Action]) -> Vec<(BatchId, Vec<TaskId>)> {
+    match actions
+        .iter()
+        .find(|a| matches!(a, send!(Lane::Report, WorkerMessage::Hello(_))))
+    {
+        Some(send!(_, WorkerMessage::Hello(hello))) => hello.running.clone(),
+        _ => panic!("no hello in {actions:?}"),
+    }
+}
+
+#[test]
+fn the_hello_goes_first_and_the_poll_only_after_the_welcome() {
+    let mut h = Harness::new();
+    let actions = h.tick();
+    let [send!(Lane::Report, WorkerMessage::Hello(hello))] = &actions[..] else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(hello.worker_id, "w1");
+    assert_eq!(hello.block_id, Some(3));
+    assert_eq!((hello.pid, hello.slots), (42, 2));
+    assert_eq!(hello.servables, ["noop", "*"]);
+    assert_eq!(&hello.secret[..], &config().secret[..]);
+    assert!(hello.running.is_empty());
+    // Until the welcome, nothing else goes out, however often it ticks.
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.tick(), []);
+    assert_eq!(h.done(1), [], "a result waits for the registration");
+    let welcomed = h.reply(Lane::Report, &welcome());
+    // The welcome's threshold is the timeout from now on; the result that
+    // waited goes out with the first poll.
+    assert_eq!(welcomed[1], poll(Duration::from_secs(20)));
+    assert_eq!(reported(&welcomed), [1]);
+    assert_eq!(h.tick(), [], "both lanes are busy");
+}
+
+#[test]
+fn work_on_the_poll_lane_goes_to_the_slots_and_a_new_poll_goes_out() {
+    let mut h = Harness::registered();
+    h.advance(Duration::from_millis(3));
+    let actions = h.reply(
+        Lane::Poll,
+        &work(vec![batch(1, &[10, 11]), batch(2, &[12])]),
+    );
+    let received_us = T0 * SEC + 3000;
+    assert_eq!(
+        actions,
+        [
+            Action::Run {
+                batch: batch(1, &[10, 11]),
+                received_us
+            },
+            Action::Run {
+                batch: batch(2, &[12]),
+                received_us
+            },
+            poll(Duration::from_secs(20)),
+        ]
+    );
+}
+
+#[test]
+fn an_empty_answer_to_the_poll_is_a_heartbeat_and_polls_again() {
+    let mut h = Harness::registered();
+    h.advance(Duration::from_secs(5));
+    assert_eq!(
+        h.reply(Lane::Poll, &work(vec![])),
+        [
+            Action::Notify(Notice::Heartbeat),
+            poll(Duration::from_secs(20))
+        ]
+    );
+    // Heartbeats keep the daemon from being declared lost.
+    for _ in 0..20 {
+        h.advance(Duration::from_secs(5));
+        h.reply(Lane::Poll, &work(vec![]));
+    }
+    assert_eq!(h.tick(), []);
+}
+
+#[test]
+fn results_go_out_at_once_when_the_report_lane_is_free_else_with_the_next_report() {
+    let mut h = Harness::registered();
+    h.reply(
+        Lane::Poll,
+        &work(vec![batch(1, &[10]), batch(2, &[20]), batch(3, &[30])]),
+    );
+    h.advance(Duration::from_millis(5));
+    let first = h.done(1);
+    assert_eq!(reported(&first), [1]);
+    let [send!(Lane::Report, WorkerMessage::Pull { results, .. })] = &first[..] else {
+        panic!("{first:?}");
+    };
+    assert_eq!(results[0].sent_us, T0 * SEC + 5000, "stamped when sent");
+    // The report lane is busy: the next results wait for its answer.
+    assert_eq!(h.done(2), []);
+    assert_eq!(h.done(3), []);
+    // The answer acknowledges batch 1 and may carry more work.
+    let answered = h.reply(Lane::Report, &work(vec![batch(4, &[40])]));
+    assert!(matches!(answered[0], Action::Run { ref batch, .. } if batch.id == BatchId(4)));
+    assert_eq!(reported(&answered), [2, 3]);
+    // Once every report is answered nothing is left to resend.
+    assert_eq!(h.reply(Lane::Report, &work(vec![])), []);
+    h.session.registered = false;
+    let hello = h.tick();
+    assert_eq!(hello_running(&hello), [(BatchId(4), vec![TaskId(40)])]);
+}
+
+#[test]
+fn unacknowledged_results_are_resent_after_a_failed_request() {
+    let mut h = Harness::registered();
+    h.reply(Lane::Poll, &work(vec![batch(1, &[10])]));
+    assert_eq!(reported(&h.done(1)), [1]);
+    // The connection drops: the report gets no answer.
+    h.advance(Duration::from_secs(20));
+    let failed = h.ev(Event::LaneFailed {
+        lane: Lane::Report,
+        error: LaneError::TimedOut,
+    });
+    assert_eq!(failed, [Action::TickSoon], "retried from the timer");
+    let poll_failed = h.ev(Event::LaneFailed {
+        lane: Lane::Poll,
+        error: LaneError::Other("connection reset".into()),
+    });
+    assert_eq!(poll_failed, [Action::TickSoon]);
+    // The retry sends the poll again and the same result again, stamped anew.
+    h.advance(Duration::from_secs(1));
+    let retried = h.tick();
+    assert_eq!(retried[0], poll(Duration::from_secs(20)));
+    assert_eq!(reported(&retried), [1]);
+    let [_, send!(_, WorkerMessage::Pull { results, .. })] = &retried[..] else {
+        panic!("{retried:?}");
+    };
+    assert_eq!(results[0].sent_us, T0 * SEC + 21 * SEC);
+    // A closed socket is the end of the session, not something to retry.
+    assert_eq!(
+        h.ev(Event::LaneFailed {
+            lane: Lane::Poll,
+            error: LaneError::Closed
+        }),
+        []
+    );
+}
+
+#[test]
+fn a_restarted_daemon_gets_a_new_hello_listing_running_batches_then_the_results() {
+    let mut h = Harness::registered();
+    h.reply(
+        Lane::Poll,
+        &work(vec![batch(1, &[10]), batch(2, &[20, 21])]),
+    );
+    assert_eq!(reported(&h.done(2)), [2]);
+    // The daemon restarted and does not know the worker.
+    let asked = h.reply(Lane::Report, &DaemonMessage::Reregister);
+    assert_eq!(asked[0], Action::Notify(Notice::ReregisterAsked));
+    assert_eq!(
+        hello_running(&asked),
+        [
+            (BatchId(1), vec![TaskId(10)]),
+            (BatchId(2), vec![TaskId(20), TaskId(21)])
+        ],
+        "the running batch and the unacknowledged one stay this worker's"
+    );
+    // The poll lane's answer says the same: nothing new goes out.
+    assert_eq!(h.reply(Lane::Poll, &DaemonMessage::Reregister)[1..], []);
+    let welcomed = h.reply(Lane::Report, &welcome());
+    assert_eq!(welcomed[1], poll(Duration::from_secs(20)));
+    assert_eq!(reported(&welcomed), [2], "the result is sent again");
+}
+
+#[test]
+fn a_reregister_on_the_poll_lane_sends_the_hello_when_the_report_lane_is_free() {
+    let mut h = Harness::registered();
+    let actions = h.reply(Lane::Poll, &DaemonMessage::Reregister);
+    assert_eq!(actions[0], Action::Notify(Notice::ReregisterAsked));
+    assert!(
+        matches!(
+            &actions[1..],
+            [send!(Lane::Report, WorkerMessage::Hello(_))]
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(h.tick(), [], "no poll before the welcome");
+}
+
+#[test]
+fn a_refusal_ends_the_session_with_its_reason() {
+    let mut h = Harness::new();
+    h.tick();
+    let reason = "wrong secret".to_owned();
+    let ended = h.reply(
+        Lane::Report,
+        &DaemonMessage::Refused {
+            reason: reason.clone(),
+        },
+    );
+    assert_eq!(ended, [Action::End(Ending::Refused(reason.clone()))]);
+    assert_eq!(h.session.ending(), Some(&Ending::Refused(reason)));
+    // Nothing happens after the end.
+    assert_eq!(h.tick(), []);
+    assert_eq!(h.done(1), []);
+}
+
+#[test]
+fn a_daemon_of_another_release_is_a_refusal_that_says_so() {
+    let mut h = Harness::new();
+    h.tick();
+    let frame = rmp_serde::to_vec(&(PROTOCOL_VERSION + 1, "welcome")).unwrap();
+    let ended = h.ev(Event::Reply {
+        lane: Lane::Report,
+        frame: &frame,
+    });
+    let [Action::End(Ending::Refused(reason))] = &ended[..] else {
+        panic!("{ended:?}");
+    };
+    assert!(reason.contains("another protocol version"), "{reason}");
+}
+
+#[test]
+fn a_reply_that_is_not_a_frame_makes_the_worker_register_again() {
+    let mut h = Harness::registered();
+    h.reply(Lane::Poll, &work(vec![batch(1, &[10])]));
+    assert_eq!(reported(&h.done(1)), [1]);
+    let garbage = h.ev(Event::Reply {
+        lane: Lane::Report,
+        frame: b"\xc1 not msgpack",
+    });
+    assert!(
+        matches!(&garbage[..], [send!(Lane::Report, WorkerMessage::Hello(_))]),
+        "{garbage:?}"
+    );
+    assert_eq!(hello_running(&garbage), [(BatchId(1), vec![TaskId(10)])]);
+    let welcomed = h.reply(Lane::Report, &welcome());
+    assert_eq!(
+        reported(&welcomed),
+        [1],
+        "the result the garbage answered is sent again"
+    );
+}
+
+#[test]
+fn silence_longer_than_the_limit_ends_with_lost() {
+    let mut h = Harness::registered();
+    h.advance(Duration::from_secs(59));
+    assert_eq!(h.tick(), []);
+    // Any reply counts as contact.
+    h.reply(Lane::Poll, &work(vec![]));
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.tick(), []);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.tick(),
+        [Action::End(Ending::Lost(Duration::from_secs(61)))]
+    );
+    // A daemon that never answers the hello is lost the same way.
+    let mut h = Harness::new();
+    h.tick();
+    h.advance(Duration::from_secs(61));
+    assert_eq!(
+        h.tick(),
+        [Action::End(Ending::Lost(Duration::from_secs(61)))]
+    );
+}
+
+#[test]
+fn near_the_walltime_it_takes_no_work_finishes_its_batches_then_leaves() {
+    let mut h = Harness::with(SessionConfig {
+        job_end_unix_s: Some(T0 + 600),
+        lost_daemon_exit: Duration::from_secs(3600),
+        ..config()
+    });
+    let hello = h.tick();
+    let [send!(_, WorkerMessage::Hello(sent))] = &hello[..] else {
+        panic!("{hello:?}");
+    };
+    assert_eq!(sent.ends_at_unix_s, Some(T0 + 600), "the daemon is told");
+    h.reply(Lane::Report, &welcome());
+    h.reply(Lane::Poll, &work(vec![batch(1, &[10])]));
+    // The margin starts: no more polls, the running batch goes on.
+    h.advance(Duration::from_secs(540));
+    assert_eq!(h.tick(), []);
+    assert_eq!(
+        h.reply(Lane::Poll, &work(vec![])),
+        [Action::Notify(Notice::Heartbeat)]
+    );
+    assert_eq!(reported(&h.done(1)), [1]);
+    // Acknowledged, nothing running: say goodbye, once.
+    let left = h.reply(Lane::Report, &work(vec![]));
+    assert_eq!(
+        left,
+        [Action::Send {
+            lane: Lane::Report,
+            message: WorkerMessage::Leave {
+                reason: "its job's wall time ends within 60 s".into()
+            },
+            timeout: Duration::from_secs(20),
+        }]
+    );
+    assert_eq!(h.tick(), []);
+    assert_eq!(
+        h.reply(Lane::Report, &DaemonMessage::Shutdown),
+        [Action::End(Ending::WalltimeOver)]
+    );
+}
+
+#[test]
+fn at_the_job_end_it_goes_even_with_work_running() {
+    let mut h = Harness::with(SessionConfig {
+        job_end_unix_s: Some(T0 + 100),
+        walltime_margin: Duration::from_secs(10),
+        lost_daemon_exit: Duration::from_secs(3600),
+        ..config()
+    });
+    h.register();
+    h.reply(Lane::Poll, &work(vec![batch(1, &[10])]));
+    h.advance(Duration::from_secs(100));
+    assert_eq!(h.tick(), [Action::End(Ending::WalltimeOver)]);
+}
+
+#[test]
+fn a_shutdown_message_ends_the_session() {
+    let mut h = Harness::registered();
+    assert_eq!(
+        h.reply(Lane::Poll, &DaemonMessage::Shutdown),
+        [Action::End(Ending::Shutdown)]
+    );
+    assert_eq!(h.reply(Lane::Report, &work(vec![batch(1, &[1])])), []);
+}
+
+#[test]
+fn a_request_the_socket_cannot_take_fails_the_session() {
+    let mut h = Harness::new();
+    h.tick();
+    assert_eq!(
+        h.ev(Event::SendFailed {
+            lane: Lane::Report,
+            reason: "cannot send".into()
+        }),
+        [Action::End(Ending::Failed("cannot send".into()))]
+    );
+    let mut h = Harness::registered();
+    assert_eq!(
+        h.ev(Event::DaemonExited),
+        [Action::End(Ending::DaemonExited)]
+    );
+}
