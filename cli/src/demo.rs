@@ -1,7 +1,7 @@
 //! `flotilla demo`: a tour on a machine with nothing configured.
 //!
 //! Starts a daemon with the embedded local configuration in a temporary state
-//! directory, waits for its worker pool, runs synchronous, asynchronous and
+//! directory, waits for its workers, runs synchronous, asynchronous and
 //! bulk requests against the builtin servables, prints what happened with
 //! timings, and shuts everything down again.
 
@@ -58,7 +58,7 @@ pub fn run() -> Result<(), Failure> {
 fn tour(dir: &StateDir) -> Result<(), Failure> {
     let client = Client::connect(dir.root()).map_err(Failure::from_client)?;
     let slots = wait_for_worker(&client, Duration::from_secs(30))?;
-    println!("  worker pool connected: {slots} slots (one local block)");
+    println!("  workers connected: {slots} slots (one local block)");
 
     println!("\n1. Synchronous runs (flotilla run): one round trip each");
     let view = client
@@ -132,7 +132,7 @@ fn tour(dir: &StateDir) -> Result<(), Failure> {
         );
     }
     println!(
-        "  all three done {:.0} ms after submission, sharing the pool's {slots} slots",
+        "  all three done {:.0} ms after submission, sharing the block's {slots} slots",
         t.elapsed().as_secs_f64() * 1e3
     );
     let bad = client
