@@ -13,8 +13,8 @@ use toml::Spanned;
 
 use super::ConfigError;
 
-/// Seconds longer than this (about 31 years) are refused as a typo; they
-/// would also overflow the durations they become.
+/// Seconds longer than this (about 31 years) are refused as a typo, long
+/// before they could overflow the durations they become.
 const MAX_SECONDS: f64 = 1.0e9;
 
 /// The site file under check.
