@@ -13,6 +13,30 @@ use flotilla_engine::state_dir::{StateDir, is_live_daemon};
 
 use crate::Failure;
 
+/// `flotilla daemon`: runs the daemon of `--config FILE` (or the embedded
+/// default) here, or with `detach` in the background.
+pub fn daemon(config_path: Option<&Path>, detach: bool) -> Result<(), Failure> {
+    let (config, name) = load_config(config_path)?;
+    if !detach {
+        return foreground(config, &name);
+    }
+    let (dir, pid) = detached(config_path, &config)?;
+    println!(
+        "daemon running (pid {pid}); state {}; log {}",
+        dir.root().display(),
+        dir.root().join("daemon.log").display()
+    );
+    Ok(())
+}
+
+/// `flotilla stop`: stops the daemon, waiting up to `timeout` seconds.
+pub fn stop_command(timeout: f64) -> Result<(), Failure> {
+    let limit = crate::task_cmd::seconds(Some(timeout))?.unwrap_or_default();
+    stop(&client_state_dir()?, limit)?;
+    println!("daemon stopped");
+    Ok(())
+}
+
 /// Loads `--config FILE`, or the embedded default.
 pub fn load_config(path: Option<&Path>) -> Result<(Config, String), Failure> {
     match path {

@@ -1,7 +1,7 @@
 //! `flotilla demo`: a tour on a machine with nothing configured.
 //!
 //! Starts a daemon with the embedded local configuration in a temporary state
-//! directory, waits for its worker pool, runs synchronous, asynchronous and
+//! directory, waits for its workers, runs synchronous, asynchronous and
 //! bulk requests against the builtin servables, prints what happened with
 //! timings, and shuts everything down again.
 
@@ -55,11 +55,32 @@ pub fn run() -> Result<(), Failure> {
     Ok(())
 }
 
+/// Every step of the demo against the daemon of `dir`.
 fn tour(dir: &StateDir) -> Result<(), Failure> {
     let client = Client::connect(dir.root()).map_err(Failure::from_client)?;
     let slots = wait_for_worker(&client, Duration::from_secs(30))?;
-    println!("  worker pool connected: {slots} slots (one local block)");
+    println!("  workers connected: {slots} slots (one local block)");
+    synchronous_runs(&client)?;
+    submit_then_fetch(&client, slots)?;
+    bulk_submit(&client)?;
 
+    println!("\n4. A published model: digits (scikit-learn), run as a warm Python process");
+    digits(&client, dir)?;
+
+    let status = client.status().map_err(Failure::from_client)?;
+    let t = status.totals;
+    println!(
+        "\n5. Daemon status: {} worker(s), {} tasks accepted, {} completed, {} failed",
+        status.workers.len(),
+        t.accepted,
+        t.completed,
+        t.failed
+    );
+    Ok(())
+}
+
+/// Step 1: `run` round trips, with their latency.
+fn synchronous_runs(client: &Client) -> Result<(), Failure> {
     println!("\n1. Synchronous runs (flotilla run): one round trip each");
     let view = client
         .run(
@@ -100,7 +121,12 @@ fn tour(dir: &StateDir) -> Result<(), Failure> {
         pct(0.5),
         pct(0.99)
     );
+    Ok(())
+}
 
+/// Step 2: tasks submitted together share the `slots`; a bad input fails
+/// only its own task.
+fn submit_then_fetch(client: &Client, slots: u32) -> Result<(), Failure> {
     println!("\n2. Asynchronous submit, then fetch (flotilla submit / flotilla result)");
     let t = Instant::now();
     let ids = client
@@ -132,7 +158,7 @@ fn tour(dir: &StateDir) -> Result<(), Failure> {
         );
     }
     println!(
-        "  all three done {:.0} ms after submission, sharing the pool's {slots} slots",
+        "  all three done {:.0} ms after submission, sharing the block's {slots} slots",
         t.elapsed().as_secs_f64() * 1e3
     );
     let bad = client
@@ -151,7 +177,11 @@ fn tour(dir: &StateDir) -> Result<(), Failure> {
     if let Some(flotilla_protocol::task::Outcome::Error(e)) = &bad.outcome {
         println!("  a bad input fails only its own task: sleep \"soon\" -> failed: {e}");
     }
+    Ok(())
+}
 
+/// Step 3: many tasks in one request.
+fn bulk_submit(client: &Client) -> Result<(), Failure> {
     println!("\n3. Bulk submit (flotilla submit --batch): {BULK_TASKS} noop tasks in one request");
     let t = Instant::now();
     let ids = client
@@ -180,19 +210,6 @@ fn tour(dir: &StateDir) -> Result<(), Failure> {
         accepted.as_secs_f64() * 1e3,
         done.as_secs_f64() * 1e3,
         BULK_TASKS as f64 / done.as_secs_f64()
-    );
-
-    println!("\n4. A published model: digits (scikit-learn), run as a warm Python process");
-    digits(&client, dir)?;
-
-    let status = client.status().map_err(Failure::from_client)?;
-    let t = status.totals;
-    println!(
-        "\n5. Daemon status: {} worker(s), {} tasks accepted, {} completed, {} failed",
-        status.workers.len(),
-        t.accepted,
-        t.completed,
-        t.failed
     );
     Ok(())
 }

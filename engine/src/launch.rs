@@ -106,7 +106,7 @@ impl BlockTemplate {
     /// The job for block `block`.
     pub fn job(&self, block: u32) -> Result<JobSpec, LaunchFailed> {
         let failed = |source| LaunchFailed { block, source };
-        let pool = self.container.pool_container(self.gpus);
+        let pool = self.container.workers_container(self.gpus);
         let exe = match (&pool, self.container.worker) {
             (None, _) => self.worker_exe.clone(),
             (Some(_), WorkerSource::Image) => self.container.worker_path.clone(),

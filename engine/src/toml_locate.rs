@@ -1,8 +1,10 @@
 //! Finding the line a TOML key is on, for error messages.
 //!
 //! Parsers report type and syntax errors with positions, but checks made
-//! after parsing ("min_blocks exceeds max_blocks", "not a semantic version")
-//! only know the key. This light scanner finds it again in the text.
+//! after parsing ("not a semantic version") only know the key. This light
+//! scanner finds it again in the text. (Site files need no scanning: their
+//! raw sections keep each value's place as they are parsed, see
+//! [`crate::config`].)
 
 /// 1-based line where `path` is set. `path` is dotted (`provider.min_blocks`,
 /// `runtime.command`) and may index arrays of tables (`creators[1].orcid`);

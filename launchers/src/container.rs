@@ -1,8 +1,8 @@
 //! Container wrappers: the command line that runs a command inside an image
 //! with the site's container runtime.
 //!
-//! The same wrapper serves two uses: a whole worker pool in an image (the
-//! launcher puts the wrapped worker command in each copy), and one
+//! The same wrapper serves two uses: every worker of a block in an image
+//! (the launcher puts the wrapped worker command in each copy), and one
 //! servable's process in its own image (the worker starts the wrapped
 //! command). So a wrapper is built as an argument vector plus the variables
 //! to set for the runtime, and the launcher's shell form is derived from it.

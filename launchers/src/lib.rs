@@ -3,8 +3,9 @@
 //! container runtime.
 //!
 //! A provider acquires nodes (a block); inside the block's job script a
-//! launcher starts the worker pools: a shell loop of background processes on
-//! one node, or `srun`, `mpiexec` or `aprun` across many. Launchers only
+//! launcher starts the block's workers, `workers_per_node` on each of its
+//! nodes: a shell loop of background processes on one node, or `srun`,
+//! `mpiexec` or `aprun` across many. Launchers only
 //! write shell text and container wrappers only build command lines: nothing
 //! here runs anything, so the same text serves a local process group, a batch
 //! script or a Kubernetes pod, and every launcher is testable by reading its

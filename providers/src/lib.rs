@@ -1,27 +1,35 @@
-//! Providers acquire compute for worker pools, one *block* at a time.
+//! Providers acquire compute for a pool, one *block* at a time.
 //!
-//! A block is the unit a provider hands out: a local process group, a Slurm or
-//! PBS job, a Kubernetes pod. The daemon asks a provider to `submit` a block
-//! (a shell script that starts the block's workers through a launcher), polls
-//! `status` of the blocks it holds, and `cancel`s blocks it no longer needs.
+//! A block is the unit a provider hands out, and the workers one job script
+//! starts: a local process group, a Slurm, PBS or Cobalt job of
+//! `nodes_per_block` nodes, or a Kubernetes Deployment of `nodes_per_block`
+//! pods, each pod running the block's script. The daemon asks a provider to
+//! `submit` a block (a shell script that starts the block's workers through
+//! a launcher), polls `status` of the blocks it holds, and `cancel`s blocks
+//! it no longer needs; which blocks to hold is the pool's scaling strategy,
+//! in the daemon, not here.
 //!
-//! Every provider reports the same [`JobState`] set, borrowed from Parsl's,
-//! with the scheduler's own reason text, so the daemon's scaling logic does
-//! not care which scheduler is behind it. Providers are plain blocking
-//! libraries with no knowledge of the daemon; the daemon calls them from a
-//! thread of their own so a slow scheduler command never stalls request
-//! handling.
+//! Every provider reports the same [`JobState`] set, with the scheduler's
+//! own reason text, so the daemon's scaling logic does not care which
+//! scheduler is behind it. Providers are plain blocking libraries with no
+//! knowledge of the daemon; the daemon calls them from a thread of their own
+//! so a slow scheduler command never stalls request handling.
 //!
-//! | provider | commands | tested against |
-//! |---|---|---|
-//! | [`LocalProvider`] | fork/exec, process groups | the real thing |
-//! | [`SlurmProvider`] | `sbatch`, `squeue`, `scancel` | a real Slurm (tests/infra) and recorded output |
-//! | [`PbsProvider`] | `qsub`, `qstat -F json`, `qdel` | recorded output in PBS Pro's documented format |
-//! | [`CobaltProvider`] | `qsub`, `qstat`, `qdel` | recorded output in Cobalt's documented formats |
-//! | [`KubernetesProvider`] | `kubectl apply/get/delete` | generated manifests and recorded output |
+//! | provider | a block is | commands | tested against |
+//! |---|---|---|---|
+//! | [`LocalProvider`] | a process group | fork/exec | the real thing |
+//! | [`SlurmProvider`] | a job | `sbatch`, `squeue`, `scancel` | a real Slurm (tests/infra) and recorded output |
+//! | [`PbsProvider`] | a job | `qsub`, `qstat -F json`, `qdel` | recorded output in PBS Pro's documented format |
+//! | [`CobaltProvider`] | a job | `qsub`, `qstat`, `qdel` | recorded output in Cobalt's documented formats |
+//! | [`KubernetesProvider`] | a Deployment of pods | `kubectl apply/get/delete` | generated manifests and recorded output |
 //!
-//! The batch-scheduler providers run their commands on a [`Channel`]: the
-//! local shell or SSH ([`SshChannel`]).
+//! Modules: one per provider ([`local`], [`slurm`], [`pbs`], [`cobalt`],
+//! [`kubernetes`]); [`channel`] and [`ssh`], where every provider but the
+//! local one runs its commands (this machine's shell, or one reused SSH
+//! session to a login node); and, private, the job script and states every
+//! provider shares (`job`), the submit, query and cancel steps the
+//! command-driven providers share (`scheduler`), and reading the end of a
+//! block's output (`tail`).
 
 pub mod channel;
 pub mod cobalt;

@@ -1,0 +1,259 @@
+//! The command line: every command, subcommand and flag of `flotilla`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use flotilla_protocol::TaskId;
+
+/// Serve machine-learning models on clusters and supercomputers.
+///
+/// Client commands talk to the daemon of $FLOTILLA_HOME (default ~/.flotilla).
+#[derive(Parser, Debug)]
+#[command(name = "flotilla", version)]
+pub(crate) struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub(crate) command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Cmd {
+    /// Run the daemon (foreground unless --detach).
+    Daemon {
+        /// Site file (TOML). Default: the embedded configs/local.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Start in the background, log to STATE_DIR/daemon.log, return once it answers.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop the daemon gracefully and wait until it has exited.
+    Stop {
+        /// Seconds to wait for the daemon to exit.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+    },
+    /// Invoke a servable and wait for its result.
+    Run {
+        /// NAME or NAME@VERSION.
+        servable: String,
+        /// Input as JSON (else --input-file, else stdin, else null).
+        input: Option<String>,
+        /// Read the input JSON from this file.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// Parameters as a JSON object.
+        #[arg(long)]
+        params: Option<String>,
+        /// Seconds to wait for the result (default: no limit).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Print the whole task as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit tasks without waiting; prints one task id per line.
+    Submit {
+        /// NAME or NAME@VERSION (not with --batch).
+        #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+        servable: Option<String>,
+        /// Input as JSON (else --input-file, else stdin, else null).
+        #[arg(conflicts_with = "batch")]
+        input: Option<String>,
+        /// Read the input JSON from this file.
+        #[arg(long, conflicts_with = "batch")]
+        input_file: Option<PathBuf>,
+        /// Parameters as a JSON object.
+        #[arg(long, conflicts_with = "batch")]
+        params: Option<String>,
+        /// JSON-lines file, one {"servable", "input", "params"} per line,
+        /// submitted in one request.
+        #[arg(long)]
+        batch: Option<PathBuf>,
+        /// Print the ids as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch results of tasks.
+    Result {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<TaskId>,
+        /// Wait until every task is final.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait (default: no limit).
+        #[arg(long, requires = "wait")]
+        timeout: Option<f64>,
+        /// Print tasks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon (blocks, workers, queues) or the given tasks.
+    Status {
+        /// Task ids; none for the daemon.
+        ids: Vec<TaskId>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel tasks that have not finished.
+    Cancel {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<TaskId>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish, find and inspect servables.
+    Servable {
+        #[command(subcommand)]
+        command: ServableCmd,
+    },
+    /// Chain published servables into a pipeline servable.
+    Pipeline {
+        #[command(subcommand)]
+        command: PipelineCmd,
+    },
+    /// The memo store: results of servables with `memoize = true`.
+    Memo {
+        #[command(subcommand)]
+        command: MemoCmd,
+    },
+    /// Block and worker events (submitted, running, lost, left, …).
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// Print as JSON, one event per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pools: the blocks one scaling strategy keeps (`[provider] pool`).
+    Pool {
+        #[command(subcommand)]
+        command: PoolCmd,
+    },
+    /// Check a site file and print the settings in force.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Start a throw-away daemon, run requests against it, show timings.
+    Demo,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ServableCmd {
+    /// Publish the servable in DIR (its servable.toml and files) as an
+    /// immutable version.
+    Publish {
+        /// Servable directory.
+        dir: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The latest version of every servable.
+    List {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One servable: NAME (latest version) or NAME@VERSION.
+    Show {
+        /// NAME or NAME@VERSION.
+        name: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every version of a servable.
+    Versions {
+        /// Servable name.
+        name: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search titles, descriptions, creators and domains, best match first.
+    Search {
+        /// Words to look for.
+        query: Vec<String>,
+        /// Only this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only this model type (sklearn, torch, pipeline, …).
+        #[arg(long)]
+        model_type: Option<String>,
+        /// Only servables with a creator whose name contains this.
+        #[arg(long)]
+        author: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove NAME@VERSION (refused while tasks for it are unfinished).
+    Remove {
+        /// NAME@VERSION.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PipelineCmd {
+    /// Publish a pipeline: step i's output is step i+1's input, chained
+    /// inside the daemon.
+    Create {
+        /// Pipeline name.
+        name: String,
+        /// Steps in order, comma-separated (NAME or NAME@VERSION; versions
+        /// are pinned now).
+        #[arg(long, value_delimiter = ',', required = true)]
+        steps: Vec<String>,
+        /// Version of the pipeline.
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+        /// Title (default: the steps).
+        #[arg(long)]
+        title: Option<String>,
+        /// Answer repeated identical requests from the memo store.
+        #[arg(long)]
+        memoize: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PoolCmd {
+    /// Start blocks again in a pool paused after failed blocks.
+    Resume {
+        /// The pool (`[provider] pool`, "default" unless set).
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum MemoCmd {
+    /// Entries, bytes, bounds, hits and misses.
+    Stats {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop every entry, or those of one servable (all its versions).
+    Clear {
+        /// Servable name.
+        servable: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ConfigCmd {
+    /// Validate site files without starting anything (default: the embedded
+    /// one); prints the settings in force of a single file.
+    Check {
+        /// The files.
+        files: Vec<PathBuf>,
+    },
+}

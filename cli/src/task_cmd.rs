@@ -1,0 +1,199 @@
+//! `flotilla run`, `submit`, `result`, `status` and `cancel`: tasks and the
+//! daemon's state.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use flotilla_protocol::TaskId;
+use flotilla_protocol::client::TaskRequest;
+use flotilla_protocol::task::{TaskState, TaskView};
+
+use crate::{Failure, connect, input, output};
+
+/// How long `result --wait` waits when no `--timeout` is given: in effect,
+/// until the tasks are final.
+const WAIT_FOREVER: Duration = Duration::from_secs(365 * 86_400);
+
+/// `--timeout` as a duration, refused unless a non-negative number.
+pub fn seconds(s: Option<f64>) -> Result<Option<Duration>, Failure> {
+    match s {
+        None => Ok(None),
+        Some(v) if v.is_finite() && v >= 0.0 => Ok(Some(Duration::from_secs_f64(v))),
+        Some(v) => Err(Failure::Usage(anyhow!(
+            "--timeout must be a non-negative number of seconds, got {v}"
+        ))),
+    }
+}
+
+/// What `flotilla run` and `submit` send: a servable and its input and
+/// parameters, each from the command line, a file or stdin.
+pub struct Request<'a> {
+    /// NAME or NAME@VERSION.
+    pub servable: String,
+    /// Input JSON from the command line.
+    pub input: Option<&'a str>,
+    /// File holding the input JSON.
+    pub input_file: Option<&'a Path>,
+    /// Parameters JSON.
+    pub params: Option<&'a str>,
+}
+
+impl Request<'_> {
+    /// The task request, with input and parameters read and parsed.
+    fn task(self) -> Result<TaskRequest, Failure> {
+        Ok(TaskRequest {
+            servable: self.servable,
+            input: input::read_input(self.input, self.input_file).map_err(Failure::Usage)?,
+            params: input::read_params(self.params).map_err(Failure::Usage)?,
+        })
+    }
+}
+
+/// `flotilla run`: one task, waited for.
+pub fn run(request: Request, timeout: Option<f64>, json: bool) -> Result<(), Failure> {
+    let task = request.task()?;
+    let wait = seconds(timeout)?;
+    let view = connect()?
+        .run_with_params(&task.servable, task.input, task.params, wait)
+        .map_err(Failure::from_client)?;
+    report_results(&[view], json)
+}
+
+/// `flotilla submit`: one task, or a JSON-lines batch, not waited for.
+pub fn submit(request: Option<Request>, batch: Option<PathBuf>, json: bool) -> Result<(), Failure> {
+    let tasks = match (batch, request) {
+        (Some(file), _) => input::read_batch(&file).map_err(Failure::Usage)?,
+        (None, Some(request)) => vec![request.task()?],
+        (None, None) => return Err(Failure::Usage(anyhow!("give a servable or --batch FILE"))),
+    };
+    let ids = connect()?.submit(tasks).map_err(Failure::from_client)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!(ids.iter().map(|i| i.0).collect::<Vec<_>>())
+        );
+    } else {
+        let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
+        print!("{text}");
+    }
+    Ok(())
+}
+
+/// `flotilla result`: results of tasks, waited for with `--wait`.
+pub fn result(ids: &[TaskId], wait: bool, timeout: Option<f64>, json: bool) -> Result<(), Failure> {
+    let wait = if wait {
+        Some(seconds(timeout)?.unwrap_or(WAIT_FOREVER))
+    } else {
+        None
+    };
+    let views = connect()?
+        .results(ids, wait)
+        .map_err(Failure::from_client)?;
+    report_results(&views, json)
+}
+
+/// `flotilla status`: the daemon, or the given tasks.
+pub fn status(ids: &[TaskId], json: bool) -> Result<(), Failure> {
+    let client = connect()?;
+    if ids.is_empty() {
+        let status = client.status().map_err(Failure::from_client)?;
+        if json {
+            println!("{}", output::daemon_json(&status));
+        } else {
+            print!("{}", output::daemon_text(&status));
+        }
+        return Ok(());
+    }
+    let views = client.task_status(ids).map_err(Failure::from_client)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::Value::Array(views.iter().map(output::task_json).collect())
+        );
+    } else {
+        for v in &views {
+            print!("{}", output::task_text(v));
+        }
+    }
+    Ok(())
+}
+
+/// `flotilla cancel`: cancels tasks that have not finished.
+pub fn cancel(ids: &[TaskId], json: bool) -> Result<(), Failure> {
+    let states = connect()?.cancel(ids).map_err(Failure::from_client)?;
+    if json {
+        let rows: Vec<_> = states
+            .iter()
+            .map(|(id, s)| serde_json::json!({"id": id.0, "state": s.as_str()}))
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    for (id, state) in &states {
+        match state {
+            TaskState::Cancelled => println!("{id} cancelled"),
+            TaskState::Unknown => println!("{id} unknown"),
+            other => println!("{id} already {other}"),
+        }
+    }
+    Ok(())
+}
+
+/// Prints results: outputs on stdout, errors on stderr; the exit status says
+/// whether every task completed.
+fn report_results(views: &[TaskView], json: bool) -> Result<(), Failure> {
+    if json {
+        let rows: Vec<_> = views.iter().map(output::task_json).collect();
+        if rows.len() == 1 {
+            println!("{}", rows[0]);
+        } else {
+            println!("{}", serde_json::Value::Array(rows));
+        }
+    }
+    let mut failed = false;
+    let mut pending = false;
+    for v in views {
+        let prefix = if views.len() > 1 {
+            format!("{}\t", v.id)
+        } else {
+            String::new()
+        };
+        match v.state {
+            TaskState::Completed => {
+                if !json {
+                    println!("{prefix}{}", output::output_text(v).unwrap_or_default());
+                }
+            }
+            TaskState::Failed | TaskState::Cancelled => {
+                failed = true;
+                let why = match &v.outcome {
+                    Some(flotilla_protocol::task::Outcome::Error(e)) => e.clone(),
+                    _ => String::new(),
+                };
+                eprintln!("task {} {}: {why}", v.id, v.state);
+            }
+            TaskState::Queued | TaskState::Running => {
+                pending = true;
+                eprintln!(
+                    "task {} is {}; fetch it later with `flotilla result {} --wait`",
+                    v.id, v.state, v.id
+                );
+            }
+            TaskState::Unknown => {
+                failed = true;
+                eprintln!(
+                    "task {} is unknown (never submitted, or its result was fetched and has expired)",
+                    v.id
+                );
+            }
+        }
+    }
+    if failed {
+        Err(Failure::TaskFailed)
+    } else if pending {
+        Err(Failure::NotReady)
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! `[daemon]`: state, limits, retention.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::ConfigError;
+use super::site::{Seconds, Site};
+
+/// `[daemon]`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// State directory; unset means `$FLOTILLA_HOME`, else `~/.flotilla`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// Largest frame accepted on any socket.
+    pub max_frame_bytes: usize,
+    /// Time running tasks get to finish on shutdown.
+    pub shutdown_grace_s: f64,
+    /// Retention of a result after its first fetch.
+    pub result_retention_s: f64,
+    /// Retention of a result nobody fetched.
+    pub unfetched_result_retention_s: f64,
+    /// Dispatches per task before worker losses fail it.
+    pub max_attempts: u32,
+    /// After a restart with blocks still running, tasks that were running
+    /// wait this long for their workers to reconnect and claim them before
+    /// they are queued again.
+    pub recovery_grace_s: f64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            state_dir: None,
+            max_frame_bytes: flotilla_protocol::DEFAULT_MAX_FRAME_BYTES,
+            shutdown_grace_s: 30.0,
+            result_retention_s: 600.0,
+            unfetched_result_retention_s: 7.0 * 24.0 * 3600.0,
+            max_attempts: 3,
+            recovery_grace_s: 10.0,
+        }
+    }
+}
+
+/// `[daemon]` as written: any key may be missing.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default, expecting = "struct DaemonConfig")]
+pub(crate) struct RawDaemon {
+    state_dir: Option<Spanned<PathBuf>>,
+    max_frame_bytes: Option<Spanned<usize>>,
+    shutdown_grace_s: Option<Spanned<f64>>,
+    result_retention_s: Option<Spanned<f64>>,
+    unfetched_result_retention_s: Option<Spanned<f64>>,
+    max_attempts: Option<Spanned<u32>>,
+    recovery_grace_s: Option<Spanned<f64>>,
+}
+
+/// The smallest frame limit that still carries a worker's registration.
+const MIN_FRAME_BYTES: usize = 4096;
+
+impl RawDaemon {
+    /// The settings in force, or what is wrong with them.
+    pub(crate) fn check(self, site: &mut Site) -> Result<DaemonConfig, ConfigError> {
+        let d = DaemonConfig::default();
+        let mut s = site.section("daemon");
+        let state_dir = s.opt("state_dir", self.state_dir);
+        let shutdown_grace_s = s.seconds(
+            "shutdown_grace_s",
+            self.shutdown_grace_s,
+            d.shutdown_grace_s,
+            Seconds::NonNegative,
+        )?;
+        let result_retention_s = s.seconds(
+            "result_retention_s",
+            self.result_retention_s,
+            d.result_retention_s,
+            Seconds::NonNegative,
+        )?;
+        let unfetched_result_retention_s = s.seconds(
+            "unfetched_result_retention_s",
+            self.unfetched_result_retention_s,
+            d.unfetched_result_retention_s,
+            Seconds::NonNegative,
+        )?;
+        let recovery_grace_s = s.seconds(
+            "recovery_grace_s",
+            self.recovery_grace_s,
+            d.recovery_grace_s,
+            Seconds::NonNegative,
+        )?;
+        let max_frame_bytes = s.or("max_frame_bytes", self.max_frame_bytes, d.max_frame_bytes);
+        if max_frame_bytes < MIN_FRAME_BYTES {
+            return Err(s.invalid(
+                "max_frame_bytes",
+                format!("must be at least {MIN_FRAME_BYTES} bytes, got {max_frame_bytes}"),
+            ));
+        }
+        let max_attempts = s.at_least_one("max_attempts", self.max_attempts, d.max_attempts)?;
+        Ok(DaemonConfig {
+            state_dir,
+            max_frame_bytes,
+            shutdown_grace_s,
+            result_retention_s,
+            unfetched_result_retention_s,
+            max_attempts,
+            recovery_grace_s,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn limits_are_read_and_checked() {
+        let c = Config::parse(
+            "[daemon]\nmax_attempts = 5\nshutdown_grace_s = 0\n",
+            "d.toml",
+        )
+        .unwrap();
+        assert_eq!((c.daemon.max_attempts, c.daemon.shutdown_grace_s), (5, 0.0));
+        let err = Config::parse("[daemon]\nmax_frame_bytes = 100\n", "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("d.toml:2: `daemon.max_frame_bytes`: must be at least 4096"),
+            "{err}"
+        );
+        let err = Config::parse("[daemon]\n\nresult_retention_s = -1\n", "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "d.toml:3: `daemon.result_retention_s`: must be a non-negative number of seconds, got -1"
+        );
+    }
+}

@@ -1,0 +1,477 @@
+//! `[provider]`: where blocks come from, how many, and how the pool of them
+//! scales.
+//!
+//! The keys every provider reads are checked here. What only some kinds
+//! read or demand lives in each kind's module under `provider/`, behind
+//! [`ProviderRules`]; [`ProviderKind::rules`] is the one place that ties a
+//! kind to its rules.
+
+mod cobalt;
+mod kubernetes;
+mod local;
+mod pbspro;
+mod slurm;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+pub use kubernetes::KubernetesConfig;
+pub(crate) use kubernetes::RawKubernetes;
+
+use super::site::{Seconds, Section, Site};
+use super::{Config, ConfigError};
+
+/// Which provider starts blocks.
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// Process groups on this machine.
+    Local,
+    /// Slurm jobs (`sbatch`).
+    Slurm,
+    /// PBS Pro or OpenPBS jobs (`qsub`).
+    Pbspro,
+    /// Cobalt jobs (`qsub --mode script`).
+    Cobalt,
+    /// Kubernetes Deployments (`kubectl`), one per block.
+    Kubernetes,
+}
+
+impl ProviderKind {
+    /// The name used in site files.
+    pub fn as_str(self) -> &'static str {
+        self.rules().name()
+    }
+
+    /// What this kind reads from the site file and demands of it.
+    pub(crate) fn rules(self) -> &'static dyn ProviderRules {
+        match self {
+            ProviderKind::Local => &local::Local,
+            ProviderKind::Slurm => &slurm::Slurm,
+            ProviderKind::Pbspro => &pbspro::Pbspro,
+            ProviderKind::Cobalt => &cobalt::Cobalt,
+            ProviderKind::Kubernetes => &kubernetes::Kubernetes,
+        }
+    }
+}
+
+/// `[provider]` keys that only some batch schedulers read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SchedulerKey {
+    /// Slurm's partition.
+    Partition,
+    /// PBS's or Cobalt's queue.
+    Queue,
+    /// Slurm's quality of service.
+    Qos,
+    /// Slurm's node constraint.
+    Constraint,
+    /// The account or project charged.
+    Account,
+}
+
+impl SchedulerKey {
+    /// Every key, in the order they are checked.
+    const ALL: [SchedulerKey; 5] = [
+        SchedulerKey::Partition,
+        SchedulerKey::Queue,
+        SchedulerKey::Qos,
+        SchedulerKey::Constraint,
+        SchedulerKey::Account,
+    ];
+
+    /// The key's name in `[provider]`.
+    fn name(self) -> &'static str {
+        match self {
+            SchedulerKey::Partition => "partition",
+            SchedulerKey::Queue => "queue",
+            SchedulerKey::Qos => "qos",
+            SchedulerKey::Constraint => "constraint",
+            SchedulerKey::Account => "account",
+        }
+    }
+
+    /// Whether `provider` sets it.
+    fn is_set(self, provider: &ProviderConfig) -> bool {
+        match self {
+            SchedulerKey::Partition => provider.partition.is_some(),
+            SchedulerKey::Queue => provider.queue.is_some(),
+            SchedulerKey::Qos => provider.qos.is_some(),
+            SchedulerKey::Constraint => provider.constraint.is_some(),
+            SchedulerKey::Account => provider.account.is_some(),
+        }
+    }
+}
+
+/// What one provider kind reads from the site file and demands of it.
+pub(crate) trait ProviderRules: Sync {
+    /// The name site files use (`kind = "slurm"`).
+    fn name(&self) -> &'static str;
+
+    /// Whether this kind reads `key`; setting a key it does not read is an
+    /// error.
+    fn reads(&self, key: SchedulerKey) -> bool {
+        let _ = key;
+        false
+    }
+
+    /// A hint for `key` set with this kind though it does not read it,
+    /// such as the name this scheduler has for the same thing.
+    fn hint(&self, key: SchedulerKey) -> Option<&'static str> {
+        let _ = key;
+        None
+    }
+
+    /// The wall time each block lives, in seconds, when something enforces
+    /// one, given `[provider] walltime` as written.
+    fn block_walltime_s(&self, walltime: Option<&str>) -> Option<u64>;
+
+    /// Whether each node of a block runs a launcher of its own, so the
+    /// launcher need not span the block's nodes.
+    fn launcher_per_node(&self) -> bool {
+        false
+    }
+
+    /// Checks of this kind's own, once every section is typed.
+    fn check(&self, config: &Config, site: &Site) -> Result<(), ConfigError> {
+        let _ = (config, site);
+        Ok(())
+    }
+}
+
+/// The wall time batch schedulers get when `[provider] walltime` is unset.
+pub(crate) const DEFAULT_SCHEDULER_WALLTIME: &str = "01:00:00";
+
+/// A batch scheduler's blocks live the wall time they asked for.
+fn scheduler_walltime_s(walltime: Option<&str>) -> Option<u64> {
+    flotilla_providers::walltime_seconds(walltime.unwrap_or(DEFAULT_SCHEDULER_WALLTIME))
+}
+
+/// `[provider]`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    /// The provider.
+    pub kind: ProviderKind,
+    /// Blocks started with the daemon.
+    pub init_blocks: u32,
+    /// Fewest blocks kept alive.
+    pub min_blocks: u32,
+    /// Most blocks held at once.
+    pub max_blocks: u32,
+    /// Block state polling period.
+    pub poll_interval_s: f64,
+    /// Consecutive failed blocks before block starts are paused.
+    pub max_block_failures: u32,
+    /// The pool's name (`flotilla pool resume NAME`): the pool is the set
+    /// of blocks this scaling strategy keeps.
+    pub pool: String,
+    /// How often the scaling strategy runs.
+    pub strategy_period_s: f64,
+    /// Worker slots requested per outstanding task (0 to 1).
+    pub parallelism: f64,
+    /// An idle block beyond `min_blocks` is cancelled after this long.
+    pub max_idle_s: f64,
+    /// No block is cancelled for being idle before it is this old.
+    pub min_block_lifetime_s: f64,
+    /// No block is requested for more work this soon after a cancel.
+    pub cooldown_s: f64,
+    /// A running block none of whose workers connected within this long is
+    /// cancelled and counted as a failure.
+    pub block_connect_timeout_s: f64,
+    /// Workers stop taking tasks and leave this long before their job's
+    /// wall time ends.
+    pub walltime_margin_s: f64,
+    /// A block with less wall time left than this no longer counts as
+    /// capacity: a replacement is requested while work is queued.
+    pub replace_ahead_s: f64,
+    /// Limit for every scheduler command.
+    pub command_timeout_s: f64,
+    /// Nodes per block (batch schedulers); pods per block (Kubernetes).
+    pub nodes_per_block: u32,
+    /// Wall time per block, `HH:MM:SS`: batch schedulers get it (default
+    /// 01:00:00); the local provider enforces it only when it is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub walltime: Option<String>,
+    /// Slurm partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// PBS or Cobalt queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Account or project charged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Slurm quality of service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// Slurm constraint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<String>,
+    /// Whole nodes only.
+    pub exclusive: bool,
+    /// GPUs per node.
+    pub gpus_per_node: u32,
+    /// Raw directive lines added to the job script (or qsub options for
+    /// Cobalt).
+    pub scheduler_options: String,
+    /// Where block scripts and output go on the scheduler's side (default:
+    /// STATE_DIR/blocks with a local channel, `.flotilla/blocks` under the
+    /// remote home over SSH).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+    /// `[provider.kubernetes]`.
+    pub kubernetes: KubernetesConfig,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            kind: ProviderKind::Local,
+            init_blocks: 1,
+            min_blocks: 1,
+            max_blocks: 1,
+            poll_interval_s: 1.0,
+            max_block_failures: 3,
+            pool: "default".into(),
+            strategy_period_s: 1.0,
+            parallelism: 1.0,
+            max_idle_s: 120.0,
+            min_block_lifetime_s: 60.0,
+            cooldown_s: 30.0,
+            block_connect_timeout_s: 600.0,
+            walltime_margin_s: 60.0,
+            replace_ahead_s: 300.0,
+            command_timeout_s: 60.0,
+            nodes_per_block: 1,
+            walltime: None,
+            partition: None,
+            queue: None,
+            account: None,
+            qos: None,
+            constraint: None,
+            exclusive: false,
+            gpus_per_node: 0,
+            scheduler_options: String::new(),
+            run_dir: None,
+            kubernetes: KubernetesConfig::default(),
+        }
+    }
+}
+
+/// `[provider]` as written: any key may be missing.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default, expecting = "struct ProviderConfig")]
+pub(crate) struct RawProvider {
+    kind: Option<Spanned<ProviderKind>>,
+    init_blocks: Option<Spanned<u32>>,
+    min_blocks: Option<Spanned<u32>>,
+    max_blocks: Option<Spanned<u32>>,
+    poll_interval_s: Option<Spanned<f64>>,
+    max_block_failures: Option<Spanned<u32>>,
+    pool: Option<Spanned<String>>,
+    strategy_period_s: Option<Spanned<f64>>,
+    parallelism: Option<Spanned<f64>>,
+    max_idle_s: Option<Spanned<f64>>,
+    min_block_lifetime_s: Option<Spanned<f64>>,
+    cooldown_s: Option<Spanned<f64>>,
+    block_connect_timeout_s: Option<Spanned<f64>>,
+    walltime_margin_s: Option<Spanned<f64>>,
+    replace_ahead_s: Option<Spanned<f64>>,
+    command_timeout_s: Option<Spanned<f64>>,
+    nodes_per_block: Option<Spanned<u32>>,
+    walltime: Option<Spanned<String>>,
+    partition: Option<Spanned<String>>,
+    queue: Option<Spanned<String>>,
+    account: Option<Spanned<String>>,
+    qos: Option<Spanned<String>>,
+    constraint: Option<Spanned<String>>,
+    exclusive: Option<Spanned<bool>>,
+    gpus_per_node: Option<Spanned<u32>>,
+    scheduler_options: Option<Spanned<String>>,
+    run_dir: Option<Spanned<String>>,
+    kubernetes: Option<RawKubernetes>,
+}
+
+impl RawProvider {
+    /// The settings in force, or what is wrong with them. The checks of
+    /// the kind's own ([`ProviderRules::check`]) run once every section is
+    /// typed.
+    pub(crate) fn check(self, site: &mut Site) -> Result<ProviderConfig, ConfigError> {
+        let d = ProviderConfig::default();
+        let mut s = site.section("provider");
+        let kind = s.or("kind", self.kind, d.kind);
+        let settings = ProviderConfig {
+            kind,
+            init_blocks: s.or("init_blocks", self.init_blocks, d.init_blocks),
+            min_blocks: s.or("min_blocks", self.min_blocks, d.min_blocks),
+            max_blocks: s.or("max_blocks", self.max_blocks, d.max_blocks),
+            poll_interval_s: s.seconds(
+                "poll_interval_s",
+                self.poll_interval_s,
+                d.poll_interval_s,
+                Seconds::Positive,
+            )?,
+            max_block_failures: s.at_least_one(
+                "max_block_failures",
+                self.max_block_failures,
+                d.max_block_failures,
+            )?,
+            pool: s.or("pool", self.pool, d.pool),
+            strategy_period_s: s.seconds(
+                "strategy_period_s",
+                self.strategy_period_s,
+                d.strategy_period_s,
+                Seconds::Positive,
+            )?,
+            parallelism: s.or("parallelism", self.parallelism, d.parallelism),
+            max_idle_s: s.seconds(
+                "max_idle_s",
+                self.max_idle_s,
+                d.max_idle_s,
+                Seconds::NonNegative,
+            )?,
+            min_block_lifetime_s: s.seconds(
+                "min_block_lifetime_s",
+                self.min_block_lifetime_s,
+                d.min_block_lifetime_s,
+                Seconds::NonNegative,
+            )?,
+            cooldown_s: s.seconds(
+                "cooldown_s",
+                self.cooldown_s,
+                d.cooldown_s,
+                Seconds::NonNegative,
+            )?,
+            block_connect_timeout_s: s.seconds(
+                "block_connect_timeout_s",
+                self.block_connect_timeout_s,
+                d.block_connect_timeout_s,
+                Seconds::Positive,
+            )?,
+            walltime_margin_s: s.seconds(
+                "walltime_margin_s",
+                self.walltime_margin_s,
+                d.walltime_margin_s,
+                Seconds::NonNegative,
+            )?,
+            replace_ahead_s: s.seconds(
+                "replace_ahead_s",
+                self.replace_ahead_s,
+                d.replace_ahead_s,
+                Seconds::NonNegative,
+            )?,
+            command_timeout_s: s.seconds(
+                "command_timeout_s",
+                self.command_timeout_s,
+                d.command_timeout_s,
+                Seconds::Positive,
+            )?,
+            nodes_per_block: s.at_least_one(
+                "nodes_per_block",
+                self.nodes_per_block,
+                d.nodes_per_block,
+            )?,
+            walltime: s.opt("walltime", self.walltime),
+            partition: s.opt("partition", self.partition),
+            queue: s.opt("queue", self.queue),
+            account: s.opt("account", self.account),
+            qos: s.opt("qos", self.qos),
+            constraint: s.opt("constraint", self.constraint),
+            exclusive: s.or("exclusive", self.exclusive, d.exclusive),
+            gpus_per_node: s.or("gpus_per_node", self.gpus_per_node, d.gpus_per_node),
+            scheduler_options: s.or(
+                "scheduler_options",
+                self.scheduler_options,
+                d.scheduler_options,
+            ),
+            run_dir: s.opt("run_dir", self.run_dir),
+            kubernetes: self
+                .kubernetes
+                .unwrap_or_default()
+                .check(&mut s.table("kubernetes"))?,
+        };
+        settings.check_scaling(&s)?;
+        settings.check_walltime(&s)?;
+        settings.check_scheduler_keys(&s)?;
+        Ok(settings)
+    }
+}
+
+impl ProviderConfig {
+    /// Block counts and the share of a slot asked per task.
+    fn check_scaling(&self, s: &Section) -> Result<(), ConfigError> {
+        if self.min_blocks > self.max_blocks {
+            return Err(s.invalid(
+                "min_blocks",
+                format!(
+                    "is {} but max_blocks is {}; min_blocks must not exceed max_blocks",
+                    self.min_blocks, self.max_blocks
+                ),
+            ));
+        }
+        if self.init_blocks > self.max_blocks {
+            return Err(s.invalid(
+                "init_blocks",
+                format!(
+                    "is {} but max_blocks is {}; init_blocks must not exceed max_blocks",
+                    self.init_blocks, self.max_blocks
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.parallelism) {
+            return Err(s.invalid(
+                "parallelism",
+                format!(
+                    "is {}; it is the share of a worker slot asked per outstanding task, between 0 and 1",
+                    self.parallelism
+                ),
+            ));
+        }
+        if self.pool.trim().is_empty() {
+            return Err(s.invalid("pool", "must name the pool"));
+        }
+        Ok(())
+    }
+
+    /// `walltime` is a wall time, and workers get more than half of it.
+    fn check_walltime(&self, s: &Section) -> Result<(), ConfigError> {
+        if let Some(w) = &self.walltime
+            && flotilla_providers::walltime_seconds(w).is_none_or(|s| s == 0)
+        {
+            return Err(s.invalid(
+                "walltime",
+                format!("`{w}` is not a wall time; write HH:MM:SS (or D-HH:MM:SS)"),
+            ));
+        }
+        if let Some(wall) = self.kind.rules().block_walltime_s(self.walltime.as_deref())
+            && self.walltime_margin_s * 2.0 >= wall as f64
+        {
+            return Err(s.invalid(
+                "walltime_margin_s",
+                format!(
+                    "is {} s but a block's wall time is {wall} s; workers would leave before doing half of it",
+                    self.walltime_margin_s
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// No scheduler key is set that this kind does not read.
+    fn check_scheduler_keys(&self, s: &Section) -> Result<(), ConfigError> {
+        let rules = self.kind.rules();
+        for key in SchedulerKey::ALL {
+            if key.is_set(self) && !rules.reads(key) {
+                let hint = rules
+                    .hint(key)
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default();
+                return Err(s.invalid(
+                    key.name(),
+                    format!("does not apply to kind = \"{}\"{hint}", rules.name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! `[servables.NAME]`: this site's overrides of servables' serving options.
+
+use std::collections::BTreeMap;
+
+use flotilla_protocol::servable::BatchDelay;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::ConfigError;
+use super::site::Site;
+
+/// `[servables.NAME]`: serving options that replace the spec's.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServableOverride {
+    /// Answer repeated identical requests from the memo store.
+    pub memoize: Option<bool>,
+    /// Most inputs in one call.
+    pub max_batch_size: Option<u32>,
+    /// Milliseconds a request may wait for its batch to fill, or "auto".
+    pub max_batch_delay_ms: Option<BatchDelay>,
+    /// The latency bound "auto" batching keeps within.
+    pub latency_target_ms: Option<u64>,
+    /// Dispatches before worker losses fail a task (default:
+    /// `[daemon] max_attempts`).
+    pub max_attempts: Option<u32>,
+}
+
+/// `[servables.NAME]` as written.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, expecting = "struct ServableOverride")]
+pub(crate) struct RawServableOverride {
+    memoize: Option<Spanned<bool>>,
+    max_batch_size: Option<Spanned<u32>>,
+    max_batch_delay_ms: Option<Spanned<BatchDelay>>,
+    latency_target_ms: Option<Spanned<u64>>,
+    max_attempts: Option<Spanned<u32>>,
+}
+
+/// The largest batch a servable may be given.
+const MAX_BATCH_SIZE: u32 = 1_000_000;
+
+impl RawServableOverride {
+    /// The override of servable `name`, or what is wrong with it.
+    fn check(self, name: &str, site: &mut Site) -> Result<ServableOverride, ConfigError> {
+        let mut s = site.section(&format!("servables.{name}"));
+        let max_batch_size = s.opt("max_batch_size", self.max_batch_size);
+        if let Some(n) = max_batch_size
+            && !(1..=MAX_BATCH_SIZE).contains(&n)
+        {
+            return Err(s.invalid(
+                "max_batch_size",
+                format!("must be between 1 and {MAX_BATCH_SIZE}, got {n}"),
+            ));
+        }
+        let latency_target_ms = s.opt("latency_target_ms", self.latency_target_ms);
+        if latency_target_ms == Some(0) {
+            return Err(s.invalid("latency_target_ms", "must be at least 1"));
+        }
+        Ok(ServableOverride {
+            memoize: s.opt("memoize", self.memoize),
+            max_batch_size,
+            max_batch_delay_ms: s.opt("max_batch_delay_ms", self.max_batch_delay_ms),
+            latency_target_ms,
+            max_attempts: s.opt("max_attempts", self.max_attempts),
+        })
+    }
+}
+
+/// Checks every `[servables.NAME]` table, in name order.
+pub(crate) fn check(
+    raw: BTreeMap<String, RawServableOverride>,
+    site: &mut Site,
+) -> Result<BTreeMap<String, ServableOverride>, ConfigError> {
+    raw.into_iter()
+        .map(|(name, o)| Ok((name.clone(), o.check(&name, site)?)))
+        .collect()
+}

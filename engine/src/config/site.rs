@@ -1,0 +1,200 @@
+//! The file being checked: where each key it sets is, and errors that point
+//! there.
+//!
+//! The raw sections keep every value together with its place in the text
+//! ([`Spanned`]). Taking a value out of its raw section records the line it
+//! is on under its dotted key, so a check made later, even one across
+//! sections, names the line by the key alone; a key the file does not set
+//! has no line, and its error says the default is in force.
+
+use std::collections::HashMap;
+
+use toml::Spanned;
+
+use super::ConfigError;
+
+/// Seconds longer than this (about 31 years) are refused as a typo, long
+/// before they could overflow the durations they become.
+const MAX_SECONDS: f64 = 1.0e9;
+
+/// The site file under check.
+#[derive(Debug)]
+pub(crate) struct Site<'a> {
+    /// The file's name, as errors show it.
+    file: &'a str,
+    /// The file's text.
+    text: &'a str,
+    /// Line of every key taken so far that the file sets, by dotted key.
+    lines: HashMap<String, usize>,
+}
+
+/// Which durations a `_s` key accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seconds {
+    /// More than zero.
+    Positive,
+    /// Zero or more.
+    NonNegative,
+}
+
+impl<'a> Site<'a> {
+    /// A file named `file` (in errors) whose text is `text`.
+    pub(crate) fn new(file: &'a str, text: &'a str) -> Self {
+        Site {
+            file,
+            text,
+            lines: HashMap::new(),
+        }
+    }
+
+    /// The section `[prefix]` of this file.
+    pub(crate) fn section<'s>(&'s mut self, prefix: &str) -> Section<'s, 'a> {
+        Section {
+            site: self,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// A value of `key` as the file sets it (recording its line), or `None`.
+    pub(crate) fn take<T>(&mut self, key: &str, raw: Option<Spanned<T>>) -> Option<T> {
+        let raw = raw?;
+        let line = self.line_at(raw.span().start);
+        self.lines.insert(key.to_owned(), line);
+        Some(raw.into_inner())
+    }
+
+    /// 1-based line of a byte offset in the text.
+    fn line_at(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// Where the file sets `key`, if it does (and the key was taken).
+    pub(crate) fn line(&self, key: &str) -> Option<usize> {
+        self.lines.get(key).copied()
+    }
+
+    /// Every key taken so far that the file sets, with its line.
+    #[cfg(test)]
+    pub(crate) fn located(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.lines.iter().map(|(k, l)| (k.as_str(), *l))
+    }
+
+    /// `key`'s value is unusable: `message` says why and how to fix it.
+    pub(crate) fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.invalid_at(key, self.line(key), message)
+    }
+
+    /// Like [`Site::invalid`], for a key (an entry of a list) whose line is
+    /// that of another key.
+    pub(crate) fn invalid_at(
+        &self,
+        key: &str,
+        line: Option<usize>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line,
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One `[section]` of the file under check: keys named relative to it.
+#[derive(Debug)]
+pub(crate) struct Section<'s, 'a> {
+    site: &'s mut Site<'a>,
+    prefix: String,
+}
+
+impl<'a> Section<'_, 'a> {
+    /// The dotted key of `name` in this section.
+    pub(crate) fn key(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+
+    /// `name`'s value as the file sets it, or `None`.
+    pub(crate) fn opt<T>(&mut self, name: &str, raw: Option<Spanned<T>>) -> Option<T> {
+        let key = self.key(name);
+        self.site.take(&key, raw)
+    }
+
+    /// `name`'s value, or `default` when the file does not set it.
+    pub(crate) fn or<T>(&mut self, name: &str, raw: Option<Spanned<T>>, default: T) -> T {
+        self.opt(name, raw).unwrap_or(default)
+    }
+
+    /// A duration in seconds, or `default`, refused unless finite and in
+    /// the range `accepts` allows.
+    pub(crate) fn seconds(
+        &mut self,
+        name: &str,
+        raw: Option<Spanned<f64>>,
+        default: f64,
+        accepts: Seconds,
+    ) -> Result<f64, ConfigError> {
+        let value = self.or(name, raw, default);
+        let zero_ok = accepts == Seconds::NonNegative;
+        let in_range = value > 0.0 || (zero_ok && value == 0.0);
+        if value.is_finite() && in_range && value <= MAX_SECONDS {
+            return Ok(value);
+        }
+        let which = if zero_ok { "non-negative" } else { "positive" };
+        Err(self.invalid(
+            name,
+            format!("must be a {which} number of seconds, got {value}"),
+        ))
+    }
+
+    /// A count that must be at least 1.
+    pub(crate) fn at_least_one(
+        &mut self,
+        name: &str,
+        raw: Option<Spanned<u32>>,
+        default: u32,
+    ) -> Result<u32, ConfigError> {
+        let value = self.or(name, raw, default);
+        if value == 0 {
+            return Err(self.invalid(name, "must be at least 1"));
+        }
+        Ok(value)
+    }
+
+    /// Where the file sets `name` of this section, if it does.
+    pub(crate) fn line(&self, name: &str) -> Option<usize> {
+        self.site.line(&self.key(name))
+    }
+
+    /// `name`'s value is unusable.
+    pub(crate) fn invalid(&self, name: &str, message: impl Into<String>) -> ConfigError {
+        self.site.invalid(&self.key(name), message)
+    }
+
+    /// `entry` (such as `binds[2]`) is unusable; it is on the line of the
+    /// list `name`.
+    pub(crate) fn invalid_entry(
+        &self,
+        name: &str,
+        entry: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        self.site
+            .invalid_at(&self.key(entry), self.line(name), message)
+    }
+
+    /// A nested table of this section (`[provider.kubernetes]`).
+    pub(crate) fn table<'t>(&'t mut self, name: &str) -> Section<'t, 'a> {
+        let prefix = self.key(name);
+        // Reborrow the site for the nested section's lifetime.
+        Section {
+            site: &mut *self.site,
+            prefix,
+        }
+    }
+}
