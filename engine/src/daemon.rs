@@ -9,7 +9,7 @@
 //! send replies, queue store writes, start and cancel blocks.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, ClientReply};
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
@@ -17,7 +17,8 @@ use flotilla_protocol::{FrameError, decode, encode};
 
 use crate::config::{Config, ProviderKind};
 use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo};
-use crate::hub::{Driver, Executor, Hub};
+use crate::clock::now_us;
+use crate::hub::{ActionRunner, Driver, Hub};
 use crate::launch::BlockTemplate;
 use crate::net::{Inbound, RepServer, Verdict};
 use crate::provider_runner::ProviderRunner;
@@ -58,13 +59,6 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
     move |source| DaemonError::Io { what, source }
 }
 
-/// Microseconds since the Unix epoch: the core's clock.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// Runs a daemon until it is stopped (SIGTERM, SIGINT or `flotilla stop`).
 /// Blocks the calling thread.
 pub fn run(config: Config) -> Result<(), DaemonError> {
@@ -85,9 +79,8 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let secret = dir.load_or_create_secret()?;
 
     let store = Store::open(&dir.store())?;
-    let mut recovered = store.recover()?;
+    let (recovered, index) = store.recover_indexed()?;
     let recovered_tasks = recovered.tasks.len();
-    let index = std::mem::take(&mut recovered.index);
 
     let hub: Arc<Hub<Io>> = Arc::new(Hub::default());
     let max_frame = config.daemon.max_frame_bytes;
@@ -312,7 +305,7 @@ struct Io {
     template: BlockTemplate,
 }
 
-impl Executor for Io {
+impl ActionRunner for Io {
     fn execute(&mut self, actions: &mut Vec<Action>) -> bool {
         let mut exit = false;
         for action in actions.drain(..) {

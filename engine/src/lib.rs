@@ -14,6 +14,7 @@
 //! See `docs/architecture.md` for how a request travels through them.
 
 pub mod advertise;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod daemon;

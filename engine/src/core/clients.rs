@@ -4,12 +4,12 @@ use flotilla_protocol::TaskId;
 use flotilla_protocol::client::{
     ApiError, ApiErrorKind, ClientCall, ClientReply, SearchQuery, TaskRequest,
 };
-use flotilla_protocol::servable::ServableRecord;
+use flotilla_protocol::servable::{ANY_SERVABLE_WIRE, ServableRecord, ServableRef};
 use flotilla_protocol::task::{MemoUse, Outcome, TaskState};
 
 use super::catalog::{Refusal, ServableInfo};
 use super::{Action, Core, ID_RESERVATION, ReplyTo, Task, memo, search};
-use crate::store::{NewTask, StoreOp};
+use super::records::{NewTask, StoreOp};
 
 fn refuse(kind: ApiErrorKind, message: String) -> ClientReply {
     ClientReply::Error(ApiError { kind, message })
@@ -306,7 +306,7 @@ impl Core {
             removed: removed.len() as u64,
         };
         tracing::info!(
-            servable = servable.unwrap_or("*"),
+            servable = servable.unwrap_or(ANY_SERVABLE_WIRE),
             removed = removed.len(),
             "memo cleared"
         );
@@ -352,7 +352,7 @@ impl Core {
 
     fn on_remove(&mut self, from: ReplyTo, id: &str, out: &mut Vec<Action>) {
         let record = match self.catalog.record(id) {
-            Ok(r) if id.contains('@') => r,
+            Ok(r) if matches!(ServableRef::parse(id), Ok(ServableRef::Exact { .. })) => r,
             Ok(_) => {
                 let reply = refuse(
                     ApiErrorKind::BadRequest,

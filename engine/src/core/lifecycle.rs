@@ -7,7 +7,7 @@ use flotilla_protocol::client::{DaemonStatus, QueueView, WorkerView};
 use flotilla_protocol::interchange::DaemonMessage;
 
 use super::{Action, Core, Drain, SWEEP_PERIOD_US, Task};
-use crate::store::StoreOp;
+use super::records::StoreOp;
 
 impl Core {
     pub(super) fn on_tick(&mut self, now: u64, out: &mut Vec<Action>) {

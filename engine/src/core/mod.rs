@@ -28,10 +28,12 @@ mod blocks;
 mod catalog;
 mod clients;
 mod durability;
-mod events;
+mod event_log;
+mod io;
 mod lifecycle;
 mod memo;
 mod queues;
+pub mod records;
 mod search;
 #[cfg(test)]
 mod tests;
@@ -40,19 +42,21 @@ mod workers;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use flotilla_protocol::client::{ClientCall, ClientReply, Totals};
-use flotilla_protocol::interchange::{BatchId, DaemonMessage, WorkerMessage};
+use flotilla_protocol::client::{ClientReply, Totals};
+use flotilla_protocol::interchange::{BatchId, WorkerMessage};
 use flotilla_protocol::task::{MemoUse, Outcome, TaskState, TaskTimings, TaskView};
+use flotilla_protocol::servable::ServableRef;
 use flotilla_protocol::{Payload, TaskId};
 
 pub use blocks::{BlockEvent, BlockPolicy, Demand};
+pub use io::{Action, Event, PipeId, ReplyTo};
 pub use catalog::{Catalog, ServableInfo};
 
-use crate::store::{Recovered, StoreOp, StoredResult};
+use records::{BlockRecord, Recovered, StoreOp, StoredResult};
 use adaptive::Adaptive;
 use blocks::Blocks;
 use durability::Durability;
-use events::EventLog;
+use event_log::EventLog;
 use memo::{Memo, MemoKey};
 use queues::{BatchRule, QueueKey, Queues};
 
@@ -64,108 +68,6 @@ const ID_RESERVATION: u64 = 100_000;
 
 /// Retention sweeps run at most this often (µs).
 const SWEEP_PERIOD_US: u64 = 1_000_000;
-
-/// A pending request on one of the daemon's reply sockets (its context slot).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ReplyTo(pub u32);
-
-/// One connection of a worker, as the I/O layer numbers them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PipeId(pub u64);
-
-/// Something that happened, for the core to react to.
-#[derive(Debug)]
-pub enum Event {
-    /// A client request arrived.
-    Client {
-        /// Where the reply goes.
-        from: ReplyTo,
-        /// The request.
-        call: ClientCall,
-    },
-    /// A worker message arrived.
-    Worker {
-        /// Where the reply goes.
-        from: ReplyTo,
-        /// Connection it came on.
-        pipe: PipeId,
-        /// The message.
-        message: WorkerMessage,
-    },
-    /// A worker connection closed.
-    PipeClosed {
-        /// The connection.
-        pipe: PipeId,
-    },
-    /// Store writes up to `seq` are durable.
-    Durable {
-        /// Highest durable sequence number.
-        seq: u64,
-    },
-    /// The store failed; accept no more work.
-    StoreFailed {
-        /// What failed.
-        reason: String,
-    },
-    /// The provider reported on a block.
-    Block(BlockEvent),
-    /// Time passed (heartbeats, deadlines, retention).
-    Tick,
-    /// Shut down gracefully (SIGTERM, SIGINT).
-    Shutdown,
-}
-
-/// Something the I/O layer must do.
-#[derive(Debug, PartialEq)]
-pub enum Action {
-    /// Answer a client request.
-    ReplyClient {
-        /// The request.
-        to: ReplyTo,
-        /// The answer.
-        reply: ClientReply,
-    },
-    /// Answer a worker request; with `close`, close its connection once sent.
-    ReplyWorker {
-        /// The request.
-        to: ReplyTo,
-        /// The answer.
-        message: DaemonMessage,
-        /// Close the connection after sending.
-        close: bool,
-    },
-    /// Drop a worker connection.
-    ClosePipe {
-        /// The connection.
-        pipe: PipeId,
-    },
-    /// Write to the store; report [`Event::Durable`] once flushed.
-    Persist {
-        /// Sequence number of this write.
-        seq: u64,
-        /// The write.
-        op: StoreOp,
-    },
-    /// Start block `block` through the provider.
-    SubmitBlock {
-        /// Block id.
-        block: u32,
-    },
-    /// Cancel block `block`.
-    CancelBlock {
-        /// Block id.
-        block: u32,
-    },
-    /// Watch block `block`, submitted by an earlier daemon as `job`.
-    AdoptBlock {
-        /// Block id.
-        block: u32,
-        /// The provider's job id.
-        job: String,
-    },
-    /// Shutdown is complete: flush the store and exit.
-    Exit,
-}
 
 /// Settings the core needs, in the core's units (microseconds).
 #[derive(Clone, Debug)]
@@ -314,7 +216,7 @@ struct Worker {
     /// When its job ends (µs since the epoch), if it said.
     ends_at_us: Option<u64>,
     slots: u32,
-    servables: Vec<String>,
+    servables: Vec<ServableRef>,
     pipe: PipeId,
     last_seen_us: u64,
     held_poll: Option<(ReplyTo, u64)>,
@@ -402,7 +304,7 @@ pub struct Core {
     /// Block and worker events for `flotilla events`.
     events: EventLog,
     /// Blocks recovered from the store, adopted by `start`.
-    adopt: Vec<crate::store::BlockRecord>,
+    adopt: Vec<BlockRecord>,
     /// Recovered tasks waiting for reconnecting workers to claim them.
     held: Vec<TaskId>,
     /// Tasks that were running when their worker died: each runs alone on
@@ -791,10 +693,11 @@ impl Core {
 
     /// Dispatches before worker losses fail a task of `servable`.
     fn max_attempts_for(&self, servable: &str) -> u32 {
-        let name = servable.split('@').next().unwrap_or(servable);
+        let parsed = ServableRef::parse(servable);
+        let name = parsed.as_ref().ok().and_then(ServableRef::name);
         self.cfg
             .overrides
-            .get(name)
+            .get(name.unwrap_or(servable))
             .and_then(|o| o.max_attempts)
             .unwrap_or(self.cfg.max_attempts)
             .max(1)

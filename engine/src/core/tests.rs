@@ -1,9 +1,9 @@
 //! Scenario tests of the scheduling core: events in, actions out, no I/O.
 
 use super::*;
-use crate::store::StoredTask;
-use flotilla_protocol::client::{ApiError, ApiErrorKind, TaskRequest};
-use flotilla_protocol::interchange::{BatchResult, Hello, WorkBatch};
+use super::records::StoredTask;
+use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, TaskRequest};
+use flotilla_protocol::interchange::{BatchResult, DaemonMessage, Hello, WorkBatch};
 use flotilla_protocol::task::NIL;
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -1849,7 +1849,7 @@ fn a_restart_with_live_blocks_adopts_them_and_lets_workers_claim_their_tasks() {
     let recovered = Recovered {
         tasks: vec![stored(1), stored(2), stored(3)],
         reserved_until: 10,
-        blocks: vec![crate::store::BlockRecord {
+        blocks: vec![BlockRecord {
             id: 4,
             job: "555".into(),
             submitted_us: 1,
@@ -1961,7 +1961,7 @@ fn recovered_tasks_are_queued_at_once_when_the_adopted_blocks_are_gone() {
             None,
         )],
         reserved_until: 10,
-        blocks: vec![crate::store::BlockRecord {
+        blocks: vec![BlockRecord {
             id: 0,
             job: "123".into(),
             submitted_us: 1,

@@ -8,6 +8,7 @@ use flotilla_protocol::TaskId;
 use flotilla_protocol::interchange::{
     BatchFailure, BatchId, BatchResult, DaemonMessage, FailureKind, Hello, WorkBatch, WorkItem,
 };
+use flotilla_protocol::servable::ServableRef;
 use flotilla_protocol::task::{Outcome, TaskState};
 
 use super::queues::{BatchRule, QueueKey};
@@ -138,7 +139,7 @@ impl Core {
                         rank: hello.rank,
                         ends_at_us: hello.ends_at_unix_s.map(|s| s.saturating_mul(1_000_000)),
                         slots: hello.slots,
-                        servables: hello.servables,
+                        servables: offers(&id, &hello.servables),
                         pipe,
                         last_seen_us: now,
                         held_poll: None,
@@ -590,10 +591,11 @@ impl Core {
                 break;
             };
             let adaptive = &self.adaptive;
+            let catalog = &self.catalog;
             let Some((qk, size)) = self.queues.oldest(
                 now,
                 |s| {
-                    catalog::worker_can_run(&worker.servables, s)
+                    catalog::worker_can_run(catalog, &worker.servables, s)
                         && fits.get(s).copied().unwrap_or(true)
                 },
                 |s| super::auto_plan(adaptive, s),
@@ -639,8 +641,8 @@ impl Core {
         if let Some(w) = self.workers.get_mut(&key) {
             w.batches.insert(batch_id);
             w.tasks += ids.len() as u32;
-            // Builtins have no record; published servables are `NAME@VERSION`.
-            if qk.servable.contains('@')
+            // Builtins have no record to send.
+            if !self.catalog.is_builtin(&qk.servable)
                 && !w.specs_sent.contains(&qk.servable)
                 && let Ok(record) = self.catalog.record(&qk.servable)
             {
@@ -716,7 +718,7 @@ impl Core {
             });
             let pick = self.suspects.iter().position(|(id, _)| {
                 self.tasks.get(id).is_some_and(|t| {
-                    catalog::worker_can_run(&worker.servables, &t.target)
+                    catalog::worker_can_run(&self.catalog, &worker.servables, &t.target)
                         && left.is_none_or(|l| self.expected_duration_us(&t.target) <= l)
                 })
             });
@@ -890,6 +892,21 @@ impl Core {
             "worker lost"
         );
     }
+}
+
+/// The servables a worker's `Hello` offers, read once; an entry that names
+/// nothing could never match a task and is left out.
+fn offers(worker: &str, listed: &[String]) -> Vec<ServableRef> {
+    listed
+        .iter()
+        .filter_map(|s| match ServableRef::parse(s) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(worker, offered = %s, error = %e, "ignoring a servable the worker offers");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Compares secrets without an early exit, so timing does not leak how much
