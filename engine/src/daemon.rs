@@ -15,9 +15,9 @@ use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, ClientReply}
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
 use flotilla_protocol::{FrameError, decode, encode};
 
+use crate::clock::now_us;
 use crate::config::{Config, ProviderKind};
 use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo};
-use crate::clock::now_us;
 use crate::hub::{ActionRunner, Driver, Hub};
 use crate::launch::BlockTemplate;
 use crate::net::{Inbound, RepServer, Verdict};

@@ -16,8 +16,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
-use crate::core::{Action, Core, Event};
 use crate::clock::now_us;
+use crate::core::{Action, Core, Event};
 
 /// Carries out the core's actions (the daemon's sockets, store writer and
 /// provider thread; a recorder in tests).

@@ -144,8 +144,7 @@ impl Catalog {
         match ServableRef::parse(requested) {
             Ok(ServableRef::Latest(name)) => Ok((name, None)),
             Ok(ServableRef::Exact { name, version }) => Ok((name, Some(version))),
-            Ok(ServableRef::Any)
-            | Err(ServableRefError::Empty | ServableRefError::NoName(_)) => {
+            Ok(ServableRef::Any) | Err(ServableRefError::Empty | ServableRefError::NoName(_)) => {
                 Err(self.unknown(requested))
             }
             Err(e @ ServableRefError::NoVersion(_)) => {
@@ -155,10 +154,7 @@ impl Catalog {
     }
 
     fn find(&self, name: &str, version: Option<&str>) -> Result<&Arc<ServableRecord>, Refusal> {
-        let versions = self
-            .published
-            .get(name)
-            .ok_or_else(|| self.unknown(name))?;
+        let versions = self.published.get(name).ok_or_else(|| self.unknown(name))?;
         match version {
             None => versions
                 .values()

@@ -1,10 +1,14 @@
 //! Scenario tests of the scheduling core: events in, actions out, no I/O.
 
+use super::records::{Recovered, StoredResult, StoredTask};
 use super::*;
-use super::records::StoredTask;
+use flotilla_protocol::client::ClientReply;
 use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, TaskRequest};
-use flotilla_protocol::interchange::{BatchResult, DaemonMessage, Hello, WorkBatch};
-use flotilla_protocol::task::NIL;
+use flotilla_protocol::interchange::{
+    BatchId, BatchResult, DaemonMessage, Hello, WorkBatch, WorkerMessage,
+};
+use flotilla_protocol::task::{NIL, Outcome, TaskState, TaskTimings, TaskView};
+use flotilla_protocol::{Payload, TaskId};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 const SEC: u64 = 1_000_000;
@@ -264,7 +268,7 @@ fn a_bad_task_refuses_the_whole_request_and_names_it() {
         other => panic!("{other:?}"),
     }
     assert!(!out.iter().any(|a| matches!(a, Action::Persist { .. })));
-    assert!(h.core.queues.is_empty());
+    assert!(h.core.sched.queues.is_empty());
 }
 
 #[test]
@@ -418,7 +422,7 @@ fn the_first_result_wins_and_late_duplicates_are_ignored() {
         persisted_results(&out).is_empty(),
         "w2's result is a duplicate"
     );
-    assert_eq!(h.core.totals.completed, 1);
+    assert_eq!(h.core.tasks.totals().completed, 1);
 }
 
 #[test]
@@ -433,7 +437,7 @@ fn a_late_result_for_a_requeued_task_takes_it_out_of_the_queue() {
     h.hello(2, "w1", 1);
     let (_, out) = h.pull(2, vec![all_ok(&batch[0])], false);
     assert_eq!(persisted_results(&out), ids);
-    assert!(h.core.queues.is_empty());
+    assert!(h.core.sched.queues.is_empty());
 }
 
 #[test]
@@ -1449,7 +1453,7 @@ fn identical_requests_in_flight_run_once() {
     h.publish(record(memo_spec("m", "1.0.0")));
     let clients: Vec<ReplyTo> = (0..100).map(|_| h.run_sync("m", input(5)).0).collect();
     assert_eq!(
-        h.core.queues.len(),
+        h.core.sched.queues.len(),
         1,
         "one execution queued for 100 requests"
     );
@@ -1471,7 +1475,7 @@ fn identical_requests_in_flight_run_once() {
         }
     }
     assert_eq!(coalesced, 99);
-    assert_eq!(h.core.memo.report().coalesced, 99);
+    assert_eq!(h.core.memo.store.report().coalesced, 99);
 }
 
 #[test]
@@ -1554,7 +1558,7 @@ fn eviction_keeps_the_memo_within_its_entry_bound() {
         }
     }
     assert_eq!(removed.len(), 1, "the oldest entry went");
-    assert_eq!(h.core.memo.report().entries, 2);
+    assert_eq!(h.core.memo.store.report().entries, 2);
     // Input 0 was evicted: it runs again; input 2 is still there.
     let id = h.submit_to("m", input(2)).unwrap();
     assert_eq!(h.result_of(id).memo, Some(MemoUse::Stored));
@@ -1647,7 +1651,7 @@ fn auto_batching_grows_while_calls_get_cheaper_per_request() {
         loop {
             let batch = match next.take() {
                 Some(b) => b,
-                None if h.core.queues.is_empty() => break,
+                None if h.core.sched.queues.is_empty() => break,
                 None => {
                     let (poll, out) = h.poll(1);
                     let out = if worker_reply(&out, poll).is_none() {
@@ -2005,13 +2009,13 @@ fn tasks_of_a_block_the_scheduler_ended_are_not_suspects() {
     let mut h = block_0_running_two_sleeps();
     // scancel: the connection drops first, the scheduler's word follows.
     h.ev(Event::PipeClosed { pipe: PipeId(1) });
-    assert_eq!(h.core.suspects.len(), 2);
+    assert_eq!(h.core.recovery.suspects.len(), 2);
     h.ev(Event::Block(BlockEvent::State {
         block: 0,
         state: flotilla_providers::JobState::Cancelled,
         message: None,
     }));
-    assert!(h.core.suspects.is_empty());
+    assert!(h.core.recovery.suspects.is_empty());
     // Both go to the next worker together, not one at a time.
     h.hello(2, "w2", 2);
     let (poll, out) = h.poll(2);
@@ -2029,7 +2033,7 @@ fn tasks_of_a_block_that_failed_with_its_worker_stay_suspects() {
         state: flotilla_providers::JobState::Failed,
         message: Some("killed by signal 9".into()),
     }));
-    assert_eq!(h.core.suspects.len(), 2);
+    assert_eq!(h.core.recovery.suspects.len(), 2);
     h.hello(2, "w2", 2);
     let (poll, out) = h.poll(2);
     assert_eq!(work_in(&out, poll).len(), 1, "one suspect at a time");
