@@ -2062,3 +2062,46 @@ fn a_busy_worker_holding_its_poll_gets_work_again_when_a_slot_frees() {
     };
     assert_eq!(batches(held) + batches(report), 1, "{out:#?}");
 }
+
+#[test]
+fn each_loss_reason_counts_attempts_and_makes_suspects_as_it_should() {
+    // (reason, attempts counted, becomes a suspect)
+    let cases = [
+        (
+            LossReason::Left {
+                reason: "walltime".into(),
+            },
+            0,
+            false,
+        ),
+        (LossReason::ConnectionClosed, 1, true),
+        (LossReason::HeartbeatSilence, 1, true),
+        (LossReason::BlockEnded { block: BlockId(0) }, 1, false),
+        (LossReason::Replaced, 1, true),
+    ];
+    for (reason, attempts, suspect) in cases {
+        let mut h = Harness::new();
+        let ids = h.submit("noop", 1);
+        h.hello(1, "w1", 1);
+        let (poll, out) = h.poll(1);
+        assert_eq!(work_in(&out, poll).len(), 1, "{reason}");
+        let key = h.core.workers.by_id("w1").expect("registered");
+        let mut out = Vec::new();
+        h.core.lose_worker(key, reason.clone(), h.now, &mut out);
+        assert!(h.core.workers.is_empty(), "{reason}");
+        let task = h.core.tasks.get(&ids[0]).expect("kept");
+        assert!(task.is_queued(), "{reason}");
+        assert_eq!(task.attempts(), attempts, "{reason}");
+        assert_eq!(task.losses.len(), attempts as usize, "{reason}");
+        if let Some(note) = task.losses.first() {
+            assert_eq!(
+                note,
+                &format!("attempt 1: worker w1 on localhost was lost ({reason})")
+            );
+        }
+        let suspects = h.core.recovery.suspects.len();
+        assert_eq!(suspects, usize::from(suspect), "{reason}");
+        assert_eq!(h.core.sched.queues.len(), usize::from(!suspect), "{reason}");
+        assert_eq!(h.core.tasks.totals().requeued, 1, "{reason}");
+    }
+}
