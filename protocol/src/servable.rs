@@ -557,8 +557,11 @@ pub enum ServableRefError {
     #[error("`{0}` has no servable name before `@`")]
     NoName(String),
     /// `NAME@` with nothing after it.
-    #[error("`{0}` has no version after `@`")]
-    NoVersion(String),
+    #[error("`{name}@` has no version after `@`")]
+    NoVersion {
+        /// The name written before `@`.
+        name: String,
+    },
 }
 
 impl ServableRef {
@@ -573,7 +576,9 @@ impl ServableRef {
         match s.split_once('@') {
             None => Ok(ServableRef::Latest(s.to_owned())),
             Some(("", _)) => Err(ServableRefError::NoName(s.to_owned())),
-            Some((_, "")) => Err(ServableRefError::NoVersion(s.to_owned())),
+            Some((name, "")) => Err(ServableRefError::NoVersion {
+                name: name.to_owned(),
+            }),
             Some((name, version)) => Ok(ServableRef::Exact {
                 name: name.to_owned(),
                 version: version.to_owned(),
@@ -756,14 +761,9 @@ mod tests {
             ServableRef::parse("@1.0.0"),
             Err(ServableRefError::NoName("@1.0.0".into()))
         );
-        assert_eq!(
-            ServableRef::parse("m@"),
-            Err(ServableRefError::NoVersion("m@".into()))
-        );
-        assert_eq!(
-            ServableRefError::NoVersion("m@".into()).to_string(),
-            "`m@` has no version after `@`"
-        );
+        let no_version = ServableRefError::NoVersion { name: "m".into() };
+        assert_eq!(ServableRef::parse("m@"), Err(no_version.clone()));
+        assert_eq!(no_version.to_string(), "`m@` has no version after `@`");
     }
 
     #[test]

@@ -138,18 +138,17 @@ impl Catalog {
         ))
     }
 
-    /// Reads a requested reference: a name, or a name and version. The
-    /// wildcard and a missing name name nothing the catalog knows.
+    /// Reads a requested reference: a name, and a version when one is
+    /// written. The wildcard names nothing the catalog knows; a missing name
+    /// is an unknown (empty) one, and a missing version one that is not a
+    /// semantic version, as `find` says.
     fn named(&self, requested: &str) -> Result<(String, Option<String>), Refusal> {
         match ServableRef::parse(requested) {
             Ok(ServableRef::Latest(name)) => Ok((name, None)),
             Ok(ServableRef::Exact { name, version }) => Ok((name, Some(version))),
-            Ok(ServableRef::Any) | Err(ServableRefError::Empty | ServableRefError::NoName(_)) => {
-                Err(self.unknown(requested))
-            }
-            Err(e @ ServableRefError::NoVersion(_)) => {
-                Err((ApiErrorKind::BadRequest, e.to_string()))
-            }
+            Ok(ServableRef::Any) => Err(self.unknown(requested)),
+            Err(ServableRefError::Empty | ServableRefError::NoName(_)) => Err(self.unknown("")),
+            Err(ServableRefError::NoVersion { name }) => Ok((name, Some(String::new()))),
         }
     }
 
