@@ -171,8 +171,7 @@ impl Core {
                 }
                 self.memo.store.stats.misses += 1;
             }
-            self.tasks.enqueue(id, task);
-            self.place(id, now);
+            self.enqueue_and_place(id, task, now);
         }
         self.tasks.count_accepted(n);
         seq = seq.max(self.persist(StoreOp::PutTasks(new), out));

@@ -97,9 +97,7 @@ fn build_batch(
     let batch_id = d.batches.next_id();
     let mut items = Vec::with_capacity(ids.len());
     for &id in &ids {
-        if d.tasks.assign(id, batch_id, worker_id, now)
-            && let Some(task) = d.tasks.get(&id)
-        {
+        if let Some(task) = d.tasks.assign(id, batch_id, worker_id, now) {
             items.push(WorkItem {
                 task: id,
                 input: task.input.clone(),

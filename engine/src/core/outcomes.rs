@@ -2,14 +2,17 @@
 //! identical requests in flight, waiting clients), and where a task goes
 //! when it is new or released.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use flotilla_protocol::TaskId;
 use flotilla_protocol::client::ClientReply;
 use flotilla_protocol::task::{MemoUse, Outcome};
 
+use super::memo::MemoKey;
+use super::queues::Queues;
 use super::records::StoreOp;
-use super::tasks::Ending;
+use super::tasks::{Ending, Task};
 use super::{Action, Core, Inflight, ReplyTo, Wait};
 
 impl Core {
@@ -79,7 +82,7 @@ impl Core {
     fn settle_followers(
         &mut self,
         id: TaskId,
-        key: super::MemoKey,
+        key: MemoKey,
         ending: Ending,
         outcome: &Outcome,
         worker: Option<Arc<str>>,
@@ -135,29 +138,31 @@ impl Core {
         }
     }
 
-    /// Puts a queued task that is in the table (new, or recovered) where it
-    /// belongs: in its queue, or behind an identical memoizable request
-    /// already in flight.
+    /// Puts a queued task already in the table (one held for its worker
+    /// after a restart, now released) where it belongs; see [`place_in`].
     pub(super) fn place(&mut self, id: TaskId, now: u64) {
-        let Some(task) = self.tasks.get(&id) else {
-            return;
-        };
-        if let Some(key) = task.memo_key {
-            if let Some(inflight) = self.memo.inflight.get_mut(&key) {
-                inflight.followers.push(id);
-                return;
-            }
-            self.memo.inflight.insert(
-                key,
-                Inflight {
-                    leader: id,
-                    followers: Vec::new(),
-                },
+        if let Some(task) = self.tasks.get(&id) {
+            place_in(
+                &mut self.memo.inflight,
+                &mut self.sched.queues,
+                id,
+                task,
+                now,
             );
         }
-        self.sched
-            .queues
-            .push_back(task.queue_key(), id, task.queue_rule(), now);
+    }
+
+    /// Adds a new task and puts it where it belongs; see [`place_in`].
+    pub(super) fn enqueue_and_place(&mut self, id: TaskId, task: Task, now: u64) {
+        if let Some(task) = self.tasks.enqueue(id, task) {
+            place_in(
+                &mut self.memo.inflight,
+                &mut self.sched.queues,
+                id,
+                task,
+                now,
+            );
+        }
     }
 
     /// A client waits (until `deadline_us`) for `pending` of `ids` to end;
@@ -208,4 +213,29 @@ impl Core {
             .collect();
         ClientReply::Results { tasks }
     }
+}
+
+/// Puts queued task `id` in its queue, or behind an identical memoizable
+/// request already in flight (making it the leader when there is none).
+fn place_in(
+    inflight: &mut HashMap<MemoKey, Inflight>,
+    queues: &mut Queues,
+    id: TaskId,
+    task: &Task,
+    now: u64,
+) {
+    if let Some(key) = task.memo_key {
+        if let Some(running) = inflight.get_mut(&key) {
+            running.followers.push(id);
+            return;
+        }
+        inflight.insert(
+            key,
+            Inflight {
+                leader: id,
+                followers: Vec::new(),
+            },
+        );
+    }
+    queues.push_back(task.queue_key(), id, task.queue_rule(), now);
 }

@@ -125,13 +125,13 @@ impl Core {
                 if info.memoize && info.steps.is_none() {
                     task.memo_key = Some(memo::key(&info.name, &task.input, &task.params));
                 }
-                self.tasks.enqueue(id, task);
                 if hold {
                     // Its worker may still be running it: let it claim the
                     // task when it reconnects.
+                    self.tasks.enqueue(id, task);
                     self.recovery.held.push(id);
                 } else {
-                    self.place(id, now);
+                    self.enqueue_and_place(id, task, now);
                 }
                 true
             }

@@ -10,6 +10,7 @@
 //! a final task cannot run again. The protocol's [`TaskState`] is derived
 //! from the phase for views and records.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -336,17 +337,15 @@ impl TaskTable {
         self.totals.requeued += n;
     }
 
-    /// Adds a new task (queued); false if the id is taken.
-    pub(super) fn enqueue(&mut self, id: TaskId, task: Task) -> bool {
-        if self.tasks.contains_key(&id) {
-            return false;
+    /// Adds a new task (queued); none if the id is taken, else the task.
+    pub(super) fn enqueue(&mut self, id: TaskId, task: Task) -> Option<&Task> {
+        match self.tasks.entry(id) {
+            Entry::Occupied(_) => None,
+            Entry::Vacant(slot) => Some(slot.insert(Task {
+                phase: Phase::Queued,
+                ..task
+            })),
         }
-        let task = Task {
-            phase: Phase::Queued,
-            ..task
-        };
-        self.tasks.insert(id, task);
-        true
     }
 
     /// Adds a task recovered from the store with its result.
@@ -365,19 +364,17 @@ impl TaskTable {
     }
 
     /// Queued → running `batch` on `worker`: one more attempt. Refused
-    /// (false) unless the task is queued.
+    /// (none) unless the task is queued; else the task, for its input.
     pub(super) fn assign(
         &mut self,
         id: TaskId,
         batch: BatchId,
         worker: &Arc<str>,
         now: u64,
-    ) -> bool {
-        let Some(task) = self.tasks.get_mut(&id) else {
-            return false;
-        };
+    ) -> Option<&Task> {
+        let task = self.tasks.get_mut(&id)?;
         if !task.is_queued() {
-            return false;
+            return None;
         }
         task.phase = Phase::Running {
             batch,
@@ -386,7 +383,7 @@ impl TaskTable {
         task.attempts += 1;
         task.last_worker = Some(worker.clone());
         task.timings.dispatched_us = now;
-        true
+        Some(task)
     }
 
     /// Running `batch` → queued again, the attempt counted or forgiven.
@@ -603,7 +600,7 @@ mod tests {
     fn table_with(id: TaskId) -> TaskTable {
         let mut table = TaskTable::new(0, 1);
         let task = Task::new(&info(), Payload::new(), Payload::new(), 1);
-        assert!(table.enqueue(id, task));
+        assert!(table.enqueue(id, task).is_some());
         table
     }
 
@@ -616,7 +613,7 @@ mod tests {
         let id = TaskId(1);
         let mut t = table_with(id);
         assert_eq!(t.get(&id).unwrap().state(), TaskState::Queued);
-        assert!(t.assign(id, BatchId(7), &worker(), 10));
+        assert!(t.assign(id, BatchId(7), &worker(), 10).is_some());
         let task = t.get(&id).unwrap();
         assert_eq!(task.state(), TaskState::Running);
         assert!(task.runs_in(BatchId(7)));
@@ -629,7 +626,7 @@ mod tests {
         assert_eq!(t.totals().completed, 1);
         // Final is final: nothing moves it again.
         assert!(t.finish(id, Ending::Failed, out, None, 0, 30).is_none());
-        assert!(!t.assign(id, BatchId(8), &worker(), 30));
+        assert!(t.assign(id, BatchId(8), &worker(), 30).is_none());
         assert!(!t.requeue(id, BatchId(7), Attempt::Counts));
         assert!(t.advance(id, &Payload::new(), 30).is_none());
         assert_eq!(t.get(&id).unwrap().state(), TaskState::Completed);
@@ -644,14 +641,17 @@ mod tests {
             !t.requeue(id, BatchId(7), Attempt::Counts),
             "queued: no batch"
         );
-        assert!(t.assign(id, BatchId(7), &worker(), 10));
-        assert!(!t.assign(id, BatchId(8), &worker(), 11), "already running");
+        assert!(t.assign(id, BatchId(7), &worker(), 10).is_some());
+        assert!(
+            t.assign(id, BatchId(8), &worker(), 11).is_none(),
+            "already running"
+        );
         assert!(!t.requeue(id, BatchId(8), Attempt::Counts), "another batch");
         assert!(t.requeue(id, BatchId(7), Attempt::Counts));
         let task = t.get(&id).unwrap();
         assert!(task.is_queued());
         assert_eq!(task.attempts(), 1, "a counted attempt stays");
-        assert!(t.assign(id, BatchId(9), &worker(), 12));
+        assert!(t.assign(id, BatchId(9), &worker(), 12).is_some());
         assert!(t.requeue(id, BatchId(9), Attempt::Forgiven));
         assert_eq!(t.get(&id).unwrap().attempts(), 1, "a forgiven one does not");
         // The view still names the worker that ran it last.
@@ -671,7 +671,7 @@ mod tests {
         assert!(t.view(id, true).outcome.is_some());
         assert!(t.view(id, false).outcome.is_none());
         let other = TaskId(2);
-        assert!(!t.assign(other, BatchId(1), &worker(), 5));
+        assert!(t.assign(other, BatchId(1), &worker(), 5).is_none());
         assert!(
             t.finish(
                 other,
@@ -685,7 +685,7 @@ mod tests {
         );
         assert_eq!(t.view(other, false).state, TaskState::Unknown);
         let task = Task::new(&info(), Payload::new(), Payload::new(), 1);
-        assert!(!t.enqueue(id, task), "ids are not reused");
+        assert!(t.enqueue(id, task).is_none(), "ids are not reused");
     }
 
     #[test]
