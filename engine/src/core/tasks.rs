@@ -338,13 +338,13 @@ impl TaskTable {
     }
 
     /// Adds a new task (queued); none if the id is taken, else the task.
+    /// A task outside the table is always queued: only [`Task::new`] makes
+    /// one, and only the table moves a phase.
     pub(super) fn enqueue(&mut self, id: TaskId, task: Task) -> Option<&Task> {
+        debug_assert!(task.is_queued());
         match self.tasks.entry(id) {
             Entry::Occupied(_) => None,
-            Entry::Vacant(slot) => Some(slot.insert(Task {
-                phase: Phase::Queued,
-                ..task
-            })),
+            Entry::Vacant(slot) => Some(slot.insert(task)),
         }
     }
 
