@@ -60,6 +60,7 @@ mod workers;
 use std::collections::HashMap;
 
 use flotilla_protocol::TaskId;
+use flotilla_protocol::interchange::WorkBatch;
 use flotilla_protocol::servable::ServableRef;
 
 pub use blocks::{BlockEvent, BlockPolicy, Demand};
@@ -298,7 +299,7 @@ impl Core {
     }
 
     /// Batches for worker `key`'s free slots, now (none while draining).
-    fn fill(&mut self, key: WorkerKey, now: u64) -> Vec<flotilla_protocol::interchange::WorkBatch> {
+    fn fill(&mut self, key: WorkerKey, now: u64) -> Vec<WorkBatch> {
         if self.life.draining.is_some() {
             return Vec::new();
         }
