@@ -17,6 +17,7 @@ use flotilla_protocol::interchange::BatchId;
 use flotilla_protocol::servable::ServableRef;
 
 use super::io::{PipeId, ReplyTo};
+use super::tasks::Attempt;
 
 /// A worker as the core numbers it (its process id may register again
 /// under the same key after a reconnect).
@@ -69,6 +70,16 @@ impl LossReason {
         !matches!(self, LossReason::Left { .. })
     }
 
+    /// What the attempt of each task it ran comes to.
+    pub(super) fn attempt(&self) -> Attempt {
+        if self.counts_attempts() {
+            Attempt::Counts
+        } else {
+            // Not the task's doing: this attempt does not count.
+            Attempt::Forgiven
+        }
+    }
+
     /// True if the worker process may have died of one of its tasks, so its
     /// tasks run alone next ("suspects"): not when it left or its block
     /// ended.
@@ -96,6 +107,15 @@ impl fmt::Display for LossReason {
             LossReason::Replaced => f.write_str("another worker registered on its connection"),
         }
     }
+}
+
+/// A worker taken out of the table, and why.
+#[derive(Debug)]
+pub(super) struct Lost {
+    /// The worker as it was.
+    pub(super) worker: Worker,
+    /// Why it is gone.
+    pub(super) reason: LossReason,
 }
 
 /// One registered worker.
@@ -295,15 +315,16 @@ impl WorkerTable {
             .collect()
     }
 
-    /// Removes worker `key` (its batches are the caller's to settle).
-    pub(super) fn remove(&mut self, key: WorkerKey) -> Option<Worker> {
+    /// Removes worker `key` for `reason`; its batches are the caller's to
+    /// settle, as the reason says.
+    pub(super) fn lose(&mut self, key: WorkerKey, reason: LossReason) -> Option<Lost> {
         let worker = self.workers.remove(&key)?;
         self.by_id.remove(&worker.id);
         if self.by_pipe.get(&worker.pipe) == Some(&key) {
             self.by_pipe.remove(&worker.pipe);
         }
         self.ready.remove(&key);
-        Some(worker)
+        Some(Lost { worker, reason })
     }
 
     /// Worker `key` waits for work on `to`; returns the long-poll it held
@@ -525,7 +546,12 @@ mod tests {
         let b = t.register(registration("b", 1), PipeId(2), 6);
         assert_eq!(t.bind_pipe(PipeId(2), b), Some(a), "a was on that pipe");
         assert_eq!(t.in_block(BlockId(3)), [(a, PipeId(2)), (b, PipeId(2))]);
-        assert!(t.remove(a).is_some());
+        let lost = t.lose(a, LossReason::ConnectionClosed).expect("known");
+        assert_eq!(
+            (&*lost.worker.id, lost.reason),
+            ("a", LossReason::ConnectionClosed)
+        );
+        assert!(t.lose(a, LossReason::ConnectionClosed).is_none(), "gone");
         assert_eq!(t.by_pipe(PipeId(2)), Some(b), "b keeps the pipe");
         assert_eq!(t.by_id("a"), None);
         assert_eq!(t.len(), 1);

@@ -12,7 +12,7 @@ use flotilla_protocol::task::Outcome;
 
 use super::batches::Batch;
 use super::tasks::{Attempt, Ending};
-use super::worker_table::{BlockId, LossReason, Registration, Worker, WorkerKey};
+use super::worker_table::{BlockId, LossReason, Lost, Registration, Worker, WorkerKey};
 use super::{Action, Core, PipeId, ReplyTo};
 
 /// Why a worker with another daemon's secret is turned away.
@@ -469,9 +469,10 @@ impl Core {
         now: u64,
         out: &mut Vec<Action>,
     ) {
-        let Some(worker) = self.workers.remove(key) else {
+        let Some(lost) = self.workers.lose(key, reason) else {
             return;
         };
+        let Lost { worker, reason } = &lost;
         if let Some(to) = worker.held_poll() {
             out.push(Action::ReplyWorker {
                 to,
@@ -486,39 +487,29 @@ impl Core {
             let message = format!("{reason}; {} tasks were running", worker.tasks());
             self.worker_event(now, "worker-lost", worker.block, &worker.id, message, out);
         }
-        let lost = self.settle_lost_batches(&worker, &reason, now, out);
-        let requeued = (lost.requeue.len() + lost.suspects.len()) as u64;
+        let tasks = self.settle_lost_batches(&lost, now, out);
+        let requeued = (tasks.requeue.len() + tasks.suspects.len()) as u64;
         self.recovery
             .suspects
-            .extend(lost.suspects.into_iter().map(|id| (id, worker.block)));
-        self.sched.requeue_front(&self.tasks, lost.requeue);
+            .extend(tasks.suspects.into_iter().map(|id| (id, worker.block)));
+        self.sched.requeue_front(&self.tasks, tasks.requeue);
         self.tasks.count_requeued(requeued);
         tracing::warn!(
             worker = %worker.id,
             host = %worker.host,
             reason = %reason,
             requeued,
-            failed = lost.failed,
+            failed = tasks.failed,
             "worker lost"
         );
     }
 
     /// The tasks of a lost worker's batches: each back to the queue, a
     /// suspect, or failed after its last attempt.
-    fn settle_lost_batches(
-        &mut self,
-        worker: &Worker,
-        reason: &LossReason,
-        now: u64,
-        out: &mut Vec<Action>,
-    ) -> LostTasks {
-        let mut lost = LostTasks::default();
-        let attempt = if reason.counts_attempts() {
-            Attempt::Counts
-        } else {
-            // Not the task's doing: this attempt does not count.
-            Attempt::Forgiven
-        };
+    fn settle_lost_batches(&mut self, lost: &Lost, now: u64, out: &mut Vec<Action>) -> LostTasks {
+        let Lost { worker, reason } = lost;
+        let mut settled = LostTasks::default();
+        let attempt = reason.attempt();
         for &batch_id in worker.batches() {
             let Some(batch) = self.batches.remove(&batch_id) else {
                 continue;
@@ -545,16 +536,16 @@ impl Core {
                     ));
                     let (ending, outcome) = self.final_outcome(id, outcome);
                     self.finish(id, ending, outcome, None, 0, now, out);
-                    lost.failed += 1;
+                    settled.failed += 1;
                 } else if reason.may_be_task_fault() {
-                    lost.suspects.push(id);
+                    settled.suspects.push(id);
                 } else {
-                    lost.requeue.push(id);
+                    settled.requeue.push(id);
                 }
             }
         }
-        lost.suspects.sort_unstable();
-        lost
+        settled.suspects.sort_unstable();
+        settled
     }
 }
 
