@@ -12,7 +12,7 @@ use flotilla_engine::servable_spec::{self, SPEC_FILE};
 use flotilla_protocol::client::{SearchQuery, ServableSummary};
 use flotilla_protocol::paths;
 use flotilla_protocol::servable::{
-    FileEntry, Runtime, ServableOptions, ServableRecord, ServableSpec, TypeSpec,
+    FileEntry, Runtime, ServableOptions, ServableRecord, ServableRef, ServableSpec, TypeSpec,
 };
 use serde_json::json;
 
@@ -363,8 +363,8 @@ pub fn servable_dir(dir: PathBuf) -> Result<PathBuf, Failure> {
 
 /// Fails with a usage error unless `id` is `NAME@VERSION`.
 pub fn exact_version(id: &str) -> Result<(), Failure> {
-    match id.split_once('@') {
-        Some((n, v)) if !n.is_empty() && !v.is_empty() => Ok(()),
+    match ServableRef::parse(id) {
+        Ok(ServableRef::Exact { .. }) => Ok(()),
         _ => Err(Failure::Usage(anyhow!("say which version: `{id}@VERSION`"))),
     }
 }

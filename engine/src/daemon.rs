@@ -9,20 +9,21 @@
 //! send replies, queue store writes, start and cancel blocks.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, ClientReply};
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
 use flotilla_protocol::{FrameError, decode, encode};
 
+use crate::clock::now_us;
 use crate::config::{Config, ProviderKind};
 use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo};
-use crate::hub::{Driver, Executor, Hub};
+use crate::hub::{ActionRunner, Driver, Hub};
 use crate::launch::BlockTemplate;
 use crate::net::{Inbound, RepServer, Verdict};
 use crate::provider_runner::ProviderRunner;
 use crate::state_dir::{DaemonInfo, PidFile, StateDir, StateDirError};
-use crate::store::{Store, StoreError, StoreWriter, WriterReport};
+use crate::store::{ChunkIndex, Store, StoreError, StoreWriter, WriterReport};
 
 /// Most requests held at once on each socket (long-polls and waiting runs).
 const MAX_HELD_REQUESTS: usize = 100_000;
@@ -58,13 +59,6 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
     move |source| DaemonError::Io { what, source }
 }
 
-/// Microseconds since the Unix epoch: the core's clock.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// Runs a daemon until it is stopped (SIGTERM, SIGINT or `flotilla stop`).
 /// Blocks the calling thread.
 pub fn run(config: Config) -> Result<(), DaemonError> {
@@ -85,24 +79,96 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let secret = dir.load_or_create_secret()?;
 
     let store = Store::open(&dir.store())?;
-    let mut recovered = store.recover()?;
+    let (recovered, index) = store.recover_indexed()?;
     let recovered_tasks = recovered.tasks.len();
-    let index = std::mem::take(&mut recovered.index);
 
     let hub: Arc<Hub<Io>> = Arc::new(Hub::default());
-    let max_frame = config.daemon.max_frame_bytes;
+    let writer = spawn_writer(&hub, store, index)?;
+    let sockets = open_sockets(&config, &dir, &hub)?;
+    let provider = spawn_provider(&config, &hub)?;
+    let template = BlockTemplate::new(&config, &dir, &sockets.addresses, sockets.port, &secret);
+    let core_config = core_config(&config, secret, sockets.interchange_url.clone());
+    let core = Core::new(core_config, recovered, now_us());
 
-    let writer = {
-        let hub = hub.clone();
-        StoreWriter::spawn(store, index, move |report| {
-            hub.post(match report {
-                WriterReport::Durable(seq) => Event::Durable { seq },
-                WriterReport::Failed(reason) => Event::StoreFailed { reason },
-            });
-        })
-        .map_err(io("cannot start the store writer"))?
+    dir.write_info(&DaemonInfo {
+        pid: std::process::id(),
+        api: dir.api_url(),
+        interchange_address: sockets.addresses.clone(),
+        interchange_port: sockets.port,
+    })?;
+    tracing::info!(
+        state_dir = %dir.root().display(),
+        api = %dir.api_url(),
+        interchange = %sockets.interchange_url,
+        recovered_tasks,
+        "daemon ready"
+    );
+
+    let signals = Signals::install()?;
+    let io = Io {
+        api: sockets.api.clone(),
+        interchange: sockets.interchange.clone(),
+        writer,
+        provider,
+        template,
     };
+    let (driver, exit_now) = Driver::new(core, io);
+    hub.install(driver);
+    if !exit_now {
+        run_until_exit(&hub, signals).await;
+    }
+    shut_down(&hub, &sockets, &dir);
+    Ok(())
+}
 
+/// Starts the store writer; its reports become events.
+fn spawn_writer(
+    hub: &Arc<Hub<Io>>,
+    store: Store,
+    index: ChunkIndex,
+) -> Result<StoreWriter, DaemonError> {
+    let hub = hub.clone();
+    StoreWriter::spawn(store, index, move |report| {
+        hub.post(match report {
+            WriterReport::Durable(seq) => Event::Durable { seq },
+            WriterReport::Failed(reason) => Event::StoreFailed { reason },
+        });
+    })
+    .map_err(io("cannot start the store writer"))
+}
+
+/// Starts the provider thread; its block reports become events.
+fn spawn_provider(config: &Config, hub: &Arc<Hub<Io>>) -> Result<ProviderRunner, DaemonError> {
+    let provider = crate::provision::provider(config);
+    let hub = hub.clone();
+    ProviderRunner::spawn(
+        provider,
+        Duration::from_secs_f64(config.provider.poll_interval_s),
+        move |event| hub.post(Event::Block(event)),
+    )
+    .map_err(io("cannot start the provider thread"))
+}
+
+/// The daemon's listening sockets and where workers reach the interchange.
+struct Sockets {
+    api: RepServer,
+    interchange: RepServer,
+    /// The interchange port (every advertised address has it).
+    port: u16,
+    /// Addresses advertised to workers (comma-separated).
+    addresses: String,
+    /// The interchange URLs, for status and logs.
+    interchange_url: String,
+}
+
+/// Opens the client API socket and the interchange on every planned
+/// address.
+fn open_sockets(
+    config: &Config,
+    dir: &StateDir,
+    hub: &Arc<Hub<Io>>,
+) -> Result<Sockets, DaemonError> {
+    let max_frame = config.daemon.max_frame_bytes;
     let api = RepServer::new(
         "api",
         max_frame,
@@ -122,10 +188,34 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         &crate::advertise::local_interfaces(),
         crate::advertise::resolve,
     )?;
-    // With port 0, the port of the last run if it is free: workers of
-    // blocks that outlived a crash redial it.
+    let port = listen_interchange(&interchange, &plan, config.interchange.port, dir)?;
+    let addresses = plan.advertised();
+    let interchange_url = plan
+        .advertise
+        .iter()
+        .map(|e| format!("tcp://{}", e.with_port(port)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Sockets {
+        api,
+        interchange,
+        port,
+        addresses,
+        interchange_url,
+    })
+}
+
+/// Listens on every address of `plan`; returns the port. With port 0, the
+/// port of the last run if it is free: workers of blocks that outlived a
+/// crash redial it.
+fn listen_interchange(
+    interchange: &RepServer,
+    plan: &crate::advertise::Plan,
+    configured: u16,
+    dir: &StateDir,
+) -> Result<u16, DaemonError> {
     let remembered = dir.root().join("interchange.port");
-    let mut port = config.interchange.port;
+    let mut port = configured;
     let last = std::fs::read_to_string(&remembered)
         .ok()
         .and_then(|p| p.trim().parse::<u16>().ok());
@@ -147,28 +237,13 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = std::fs::write(&remembered, port.to_string()) {
         tracing::warn!(path = %remembered.display(), error = %e, "cannot remember the interchange port");
     }
-    let addresses = plan.advertised();
-    let interchange_url = plan
-        .advertise
-        .iter()
-        .map(|e| format!("tcp://{}", e.with_port(port)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    Ok(port)
+}
 
-    let provider = crate::provision::provider(&config);
-    let provider = {
-        let hub = hub.clone();
-        ProviderRunner::spawn(
-            provider,
-            Duration::from_secs_f64(config.provider.poll_interval_s),
-            move |event| hub.post(Event::Block(event)),
-        )
-        .map_err(io("cannot start the provider thread"))?
-    };
-    let template = BlockTemplate::new(&config, &dir, &addresses, port, &secret);
-
+/// The core's settings from the site file, in microseconds.
+fn core_config(config: &Config, secret: Vec<u8>, interchange: String) -> CoreConfig {
     let micros = |s: f64| (s * 1e6) as u64;
-    let core_config = CoreConfig {
+    CoreConfig {
         heartbeat_period_us: micros(config.interchange.heartbeat_period_s),
         heartbeat_threshold_us: micros(config.interchange.heartbeat_threshold_s),
         shutdown_grace_us: micros(config.daemon.shutdown_grace_s),
@@ -178,90 +253,80 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         walltime_margin_us: micros(config.provider.walltime_margin_s),
         recovery_grace_us: micros(config.daemon.recovery_grace_s),
         secret,
-        blocks: block_policy(&config),
+        blocks: block_policy(config),
         pid: std::process::id(),
         release: env!("CARGO_PKG_VERSION").to_owned(),
-        interchange: interchange_url.clone(),
+        interchange,
         memo_max_entries: config.memo.max_entries,
         memo_max_bytes: config.memo.max_bytes,
         overrides: config.servables.clone(),
-    };
-    let core = Core::new(core_config, recovered, now_us());
+    }
+}
 
-    dir.write_info(&DaemonInfo {
-        pid: std::process::id(),
-        api: dir.api_url(),
-        interchange_address: addresses.clone(),
-        interchange_port: port,
-    })?;
-    tracing::info!(
-        state_dir = %dir.root().display(),
-        api = %dir.api_url(),
-        interchange = %interchange_url,
-        recovered_tasks,
-        "daemon ready"
-    );
+/// The signals that stop the daemon.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
 
-    let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
+impl Signals {
+    fn install() -> Result<Signals, DaemonError> {
+        Ok(Signals {
+            term: signal(tokio::signal::unix::SignalKind::terminate())?,
+            int: signal(tokio::signal::unix::SignalKind::interrupt())?,
+        })
+    }
+}
 
-    let io = Io {
-        api: api.clone(),
-        interchange: interchange.clone(),
-        writer,
-        provider,
-        template,
-    };
-    let (driver, exit_now) = Driver::new(core, io);
-    hub.install(driver);
-    if !exit_now {
-        let mut next_tick = tokio::time::Instant::now() + TICK;
-        loop {
-            // Tick regularly, and early when a batch's delay runs out.
-            let wake = hub
-                .wake_at()
-                .map(|at| {
-                    let wait = Duration::from_micros(at.saturating_sub(now_us()));
-                    tokio::time::Instant::now() + wait
-                })
-                .map_or(next_tick, |at| at.min(next_tick));
-            tokio::select! {
-                () = tokio::time::sleep_until(wake) => {
-                    if tokio::time::Instant::now() >= next_tick {
-                        next_tick = tokio::time::Instant::now() + TICK;
-                    }
-                    hub.post(Event::Tick);
+/// Posts timer ticks (regularly, and early when a batch's delay runs out)
+/// and a shutdown on SIGTERM or SIGINT, until the core asks to exit.
+async fn run_until_exit(hub: &Hub<Io>, mut signals: Signals) {
+    let mut next_tick = tokio::time::Instant::now() + TICK;
+    loop {
+        let wake = hub
+            .wake_at()
+            .map(|at| {
+                let wait = Duration::from_micros(at.saturating_sub(now_us()));
+                tokio::time::Instant::now() + wait
+            })
+            .map_or(next_tick, |at| at.min(next_tick));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= next_tick {
+                    next_tick = tokio::time::Instant::now() + TICK;
                 }
-                () = hub.rearmed() => {}
-                _ = sigterm.recv() => {
-                    tracing::info!(signal = "SIGTERM", "shutdown requested");
-                    hub.post(Event::Shutdown);
-                }
-                _ = sigint.recv() => {
-                    tracing::info!(signal = "SIGINT", "shutdown requested");
-                    hub.post(Event::Shutdown);
-                }
-                () = hub.exited() => break,
+                hub.post(Event::Tick);
             }
+            () = hub.rearmed() => {}
+            _ = signals.term.recv() => {
+                tracing::info!(signal = "SIGTERM", "shutdown requested");
+                hub.post(Event::Shutdown);
+            }
+            _ = signals.int.recv() => {
+                tracing::info!(signal = "SIGINT", "shutdown requested");
+                hub.post(Event::Shutdown);
+            }
+            () = hub.exited() => break,
         }
     }
+}
 
-    // Make every accepted task and result durable, release the replies that
-    // were waiting for it, and let nng deliver them before closing.
+/// Makes every accepted task and result durable, releases the replies that
+/// were waiting for it, lets nng deliver them, and closes up.
+fn shut_down(hub: &Hub<Io>, sockets: &Sockets, dir: &StateDir) {
     if let Some(mut driver) = hub.take() {
         driver.io.writer.sync();
         let seq = driver.core.issued_seq();
         driver.handle(Event::Durable { seq });
-        api.drain_sends(Duration::from_secs(1));
-        interchange.drain_sends(Duration::from_secs(1));
+        sockets.api.drain_sends(Duration::from_secs(1));
+        sockets.interchange.drain_sends(Duration::from_secs(1));
         drop(driver);
     }
-    api.close();
-    interchange.close();
+    sockets.api.close();
+    sockets.interchange.close();
     let _ = std::fs::remove_file(dir.info_file());
     let _ = std::fs::remove_file(dir.api_socket());
     tracing::info!("daemon stopped");
-    Ok(())
 }
 
 /// The pool's scaling settings from the site file.
@@ -312,7 +377,7 @@ struct Io {
     template: BlockTemplate,
 }
 
-impl Executor for Io {
+impl ActionRunner for Io {
     fn execute(&mut self, actions: &mut Vec<Action>) -> bool {
         let mut exit = false;
         for action in actions.drain(..) {

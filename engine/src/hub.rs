@@ -16,11 +16,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
+use crate::clock::now_us;
 use crate::core::{Action, Core, Event};
-use crate::daemon::now_us;
 
-/// Carries out the core's actions.
-pub trait Executor {
+/// Carries out the core's actions (the daemon's sockets, store writer and
+/// provider thread; a recorder in tests).
+pub trait ActionRunner {
     /// Performs and clears `actions`; returns true once one of them was
     /// [`Action::Exit`].
     fn execute(&mut self, actions: &mut Vec<Action>) -> bool;
@@ -36,7 +37,7 @@ pub struct Driver<X> {
     out: Vec<Action>,
 }
 
-impl<X: Executor> Driver<X> {
+impl<X: ActionRunner> Driver<X> {
     /// A driver; `core.start` actions are carried out at once.
     pub fn new(mut core: Core, mut io: X) -> (Self, bool) {
         let mut out = Vec::new();
@@ -68,7 +69,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<X: Executor> Default for Hub<X> {
+impl<X: ActionRunner> Default for Hub<X> {
     fn default() -> Self {
         Hub {
             inbox: Mutex::new(VecDeque::new()),
@@ -80,7 +81,7 @@ impl<X: Executor> Default for Hub<X> {
     }
 }
 
-impl<X: Executor> Hub<X> {
+impl<X: ActionRunner> Hub<X> {
     /// Installs the driver; events posted before now are handled at once.
     pub fn install(&self, driver: Driver<X>) {
         *lock(&self.driver) = Some(driver);

@@ -1,19 +1,26 @@
 //! The Flotilla daemon as a library.
 //!
-//! * [`config`]: the TOML site file and its checks.
+//! * [`config`]: the TOML site file and its checks; [`toml_locate`] finds
+//!   the line of a key for its error messages.
 //! * [`state_dir`]: the state directory, pid file, secret, contact file.
-//! * [`store`]: the durable sled store and its group-commit writer.
-//! * [`core`]: the scheduling state machine (no I/O): queues, batching,
-//!   dispatch, heartbeats, requeue, shutdown, blocks.
+//! * [`store`]: the durable sled store and its group-commit writer; it lays
+//!   out the records the core defines (`core::records`).
+//! * [`core`]: the scheduling state machine (no I/O): typed tables of tasks,
+//!   workers and batches, queues and batching, dispatch, heartbeats,
+//!   requeue, memoization, the catalog, blocks, shutdown.
+//! * [`servable_spec`]: reading and checking `servable.toml`.
 //! * [`net`]: nng REP sockets whose requests are answered later (long-polls).
+//! * [`advertise`]: the addresses workers dial and the daemon listens on.
 //! * [`launch`] and [`provider_runner`]: what a block runs and the thread that
-//!   asks the provider to run it.
+//!   asks the provider to run it; [`provision`] picks the provider.
 //! * [`hub`]: how events reach the core on the thread that brings them.
+//! * [`clock`]: the core's clock.
 //! * [`daemon`]: the process that wires them together.
 //!
 //! See `docs/architecture.md` for how a request travels through them.
 
 pub mod advertise;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod daemon;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use flotilla_protocol::builtin;
 use flotilla_protocol::servable::{
-    BatchDelay, DTYPES, MODEL_TYPES, Runtime, ServableRecord, ServableSpec, TypeSpec,
+    BatchDelay, DTYPES, MODEL_TYPES, Runtime, ServableRecord, ServableRef, ServableSpec, TypeSpec,
 };
 
 /// The file name a servable directory must contain.
@@ -177,8 +177,9 @@ fn check(spec: &ServableSpec) -> Result<(), Problem> {
                 return p("runtime.steps", "a pipeline needs at least one step".into());
             }
             for step in steps {
-                match step.split_once('@') {
-                    Some((n, v)) if valid_name(n) && semver::Version::parse(v).is_ok() => {}
+                match ServableRef::parse(step) {
+                    Ok(ServableRef::Exact { name, version })
+                        if valid_name(&name) && semver::Version::parse(&version).is_ok() => {}
                     _ => {
                         return p(
                             "runtime.steps",

@@ -1,8 +1,8 @@
 //! The durable store: tasks and results in sled, written by one thread with
 //! group commit.
 //!
-//! Layout (three sled trees, big-endian u64 keys so iteration is in order and
-//! inserts are sequential):
+//! Layout (six sled trees; tasks and results have big-endian u64 keys so
+//! iteration is in order and inserts are sequential):
 //!
 //! * `tasks`: accepted tasks in *chunks*: one record per (part of a) submit
 //!   request, keyed by its first task id, holding up to [`TASKS_PER_CHUNK`]
@@ -14,7 +14,12 @@
 //!   final. The core never persists a second result for a task, so there is
 //!   exactly one.
 //! * `meta`: the task-id high-water mark, so ids are never reused even after
-//!   old tasks are forgotten.
+//!   old tasks are forgotten, and the next block id.
+//! * `servables`: the published catalog, one record per `NAME@VERSION`.
+//! * `memo`: memoized outputs by their 32-byte request key (with the
+//!   servable that produced them).
+//! * `blocks`: live blocks by id, so a restarted daemon adopts them instead
+//!   of submitting more.
 //!
 //! Chunks keep the sled cost per task near zero: a bulk submit of 100,000
 //! tasks is about 25 inserts, not 100,000 (sled manages roughly 100–200k
@@ -26,6 +31,9 @@
 //! queue in id order. That makes execution at-least-once.
 //!
 //! ## Durability
+//!
+//! The records themselves ([`StoreOp`], [`Recovered`] and what they carry)
+//! are the core's (`core::records`); this module only lays them out.
 //!
 //! The scheduling core never writes: it emits [`StoreOp`]s with increasing
 //! sequence numbers. [`StoreWriter`] applies everything queued since its last
@@ -39,13 +47,15 @@
 //! background sync (every 500 ms) bounds what can be lost to roughly the last
 //! half second of accepted tasks and results.
 
-use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
 
-use flotilla_protocol::servable::ServableRecord;
-use flotilla_protocol::task::{MemoUse, Outcome, Payload, TaskId, TaskState, TaskTimings};
-use serde::{Deserialize, Serialize};
+use flotilla_protocol::task::{Payload, TaskId};
+use serde::Serialize;
+
+pub use crate::core::records::{
+    BlockRecord, NewTask, Recovered, StoreOp, StoredResult, StoredTask,
+};
 
 /// Metadata key of the id high-water mark.
 const RESERVED_KEY: &[u8] = b"task_ids_reserved_until";
@@ -79,126 +89,12 @@ pub enum StoreError {
     },
 }
 
-/// A task as stored.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct StoredTask {
-    /// Servable requested.
-    pub servable: String,
-    /// msgpack parameters.
-    pub params: Payload,
-    /// msgpack input.
-    pub input: Payload,
-    /// Acceptance time, µs since the epoch.
-    pub submitted_us: u64,
-}
-
 #[derive(Serialize)]
 struct StoredTaskRef<'a> {
     servable: &'a str,
     params: &'a Payload,
     input: &'a Payload,
     submitted_us: u64,
-}
-
-/// A task's one and only result record.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct StoredResult {
-    /// Completed, Failed or Cancelled.
-    pub state: TaskState,
-    /// Output or error (a cancelled task carries an error saying so).
-    pub outcome: Outcome,
-    /// Dispatches it took.
-    pub attempts: u32,
-    /// Worker that produced it.
-    pub worker: Option<String>,
-    /// Timestamps.
-    pub timings: TaskTimings,
-    /// Set when the memo store answered it.
-    #[serde(default)]
-    pub memo: Option<MemoUse>,
-}
-
-/// A new task to persist, sharing its buffers with the core.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NewTask {
-    /// Id.
-    pub id: TaskId,
-    /// Servable requested.
-    pub servable: Arc<str>,
-    /// msgpack parameters.
-    pub params: Payload,
-    /// msgpack input.
-    pub input: Payload,
-    /// Acceptance time.
-    pub submitted_us: u64,
-}
-
-/// One change to the store, as the scheduling core asks for it.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StoreOp {
-    /// Insert newly accepted tasks.
-    PutTasks(Vec<NewTask>),
-    /// Insert result records.
-    PutResults(Vec<(TaskId, StoredResult)>),
-    /// Delete tasks and their results (retention expired).
-    Forget(Vec<TaskId>),
-    /// Raise the id high-water mark.
-    ReserveIds {
-        /// No id below this will be handed out again.
-        until: u64,
-    },
-    /// Add a published servable version to the catalog.
-    PutServable(Box<ServableRecord>),
-    /// Remove `NAME@VERSION` from the catalog.
-    RemoveServable(String),
-    /// Store a memo entry.
-    PutMemo {
-        /// The request's memo key.
-        key: [u8; 32],
-        /// Canonical servable name.
-        servable: String,
-        /// The output.
-        output: Payload,
-    },
-    /// Delete memo entries (evicted or cleared).
-    RemoveMemo(Vec<[u8; 32]>),
-    /// Record (or update) a live block, so a restarted daemon adopts it
-    /// instead of submitting another.
-    PutBlock(BlockRecord),
-    /// Forget a block that ended.
-    RemoveBlock(u32),
-}
-
-/// A block the provider accepted, as stored.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct BlockRecord {
-    /// Block id.
-    pub id: u32,
-    /// The provider's job id.
-    pub job: String,
-    /// When it was submitted (µs since the epoch).
-    pub submitted_us: u64,
-    /// When it started running, once known.
-    pub running_since_us: Option<u64>,
-}
-
-/// Everything read back at start-up.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    /// All stored tasks in id order, each with its result if it has one.
-    pub tasks: Vec<(TaskId, StoredTask, Option<StoredResult>)>,
-    /// Id high-water mark.
-    pub reserved_until: u64,
-    /// Which chunk holds what, for the writer.
-    pub index: ChunkIndex,
-    /// The servable catalog.
-    pub servables: Vec<ServableRecord>,
-    /// Memo entries: key, canonical servable name, output.
-    pub memo: Vec<([u8; 32], String, Payload)>,
-    /// Blocks that were live when the daemon last stopped.
-    pub blocks: Vec<BlockRecord>,
-    /// The next block id never handed out.
-    pub next_block: u32,
 }
 
 /// Which chunks hold each live task and its result, and how many live tasks
@@ -302,6 +198,12 @@ impl Store {
 
     /// Reads every task and result.
     pub fn recover(&self) -> Result<Recovered, StoreError> {
+        self.recover_indexed().map(|(recovered, _)| recovered)
+    }
+
+    /// Reads every task and result, with the chunk index the writer needs
+    /// to keep forgetting tasks after a restart.
+    pub fn recover_indexed(&self) -> Result<(Recovered, ChunkIndex), StoreError> {
         let reserved_until = match self.meta.get(RESERVED_KEY).map_err(|e| self.sled_err(e))? {
             Some(v) => decode_u64(&v).ok_or_else(|| StoreError::Corrupt {
                 tree: "meta",
@@ -391,15 +293,15 @@ impl Store {
             .and_then(|v| decode_u64(&v))
             .unwrap_or(0) as u32;
         let next_block = blocks.iter().map(|b| b.id + 1).fold(next_block, u32::max);
-        Ok(Recovered {
+        let recovered = Recovered {
             tasks,
             reserved_until,
-            index,
             servables,
             memo,
             blocks,
             next_block,
-        })
+        };
+        Ok((recovered, index))
     }
 
     /// Number of tasks with a result record (for tests and diagnostics).
@@ -739,6 +641,8 @@ fn writer_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_protocol::task::{Outcome, TaskState, TaskTimings};
+    use std::sync::Arc;
 
     fn new_task(id: u64) -> NewTask {
         NewTask {
@@ -849,10 +753,9 @@ mod tests {
         assert_eq!((store.tasks.len(), store.results.len()), (1, 1));
         // A forgotten task stays gone after a restart, and recovery rebuilds
         // the index so forgetting keeps working.
-        let rec = store.recover().unwrap();
+        let (rec, mut index) = store.recover_indexed().unwrap();
         let ids: Vec<_> = rec.tasks.iter().map(|t| (t.0, t.2.is_some())).collect();
         assert_eq!(ids, [(TaskId(1), true)]);
-        let mut index = rec.index;
         store
             .apply(&[StoreOp::Forget(vec![TaskId(1)])], &mut index)
             .unwrap();

@@ -522,6 +522,119 @@ fn check_array(
     }
 }
 
+/// How a worker's `Hello` spells "every published servable" in its list of
+/// servables it can run (the wire format of that list stays plain strings).
+pub const ANY_SERVABLE_WIRE: &str = "*";
+
+/// A reference to a servable, as requests, pipeline steps and workers write
+/// it: `NAME` (a builtin, or the latest published version), `NAME@VERSION`
+/// (one published version), or [`ANY_SERVABLE_WIRE`] (every published
+/// servable; only a worker says that). Parse it once with
+/// [`ServableRef::parse`] instead of splitting strings; [`fmt::Display`]
+/// writes it back in the same spelling.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ServableRef {
+    /// `NAME`: a builtin, or the latest published version of `NAME`.
+    Latest(String),
+    /// `NAME@VERSION`: one published version.
+    Exact {
+        /// The servable's name.
+        name: String,
+        /// Its version, as written (checked as semver where it is looked up).
+        version: String,
+    },
+    /// Every published servable (a worker's wildcard).
+    Any,
+}
+
+/// Why a string is not a servable reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServableRefError {
+    /// Nothing was written.
+    #[error("no servable named")]
+    Empty,
+    /// `@VERSION` with nothing before it.
+    #[error("`{0}` has no servable name before `@`")]
+    NoName(String),
+    /// `NAME@` with nothing after it.
+    #[error("`{name}@` has no version after `@`")]
+    NoVersion {
+        /// The name written before `@`.
+        name: String,
+    },
+}
+
+impl ServableRef {
+    /// Reads `NAME`, `NAME@VERSION` or `*`.
+    pub fn parse(s: &str) -> Result<ServableRef, ServableRefError> {
+        if s.is_empty() {
+            return Err(ServableRefError::Empty);
+        }
+        if s == ANY_SERVABLE_WIRE {
+            return Ok(ServableRef::Any);
+        }
+        match s.split_once('@') {
+            None => Ok(ServableRef::Latest(s.to_owned())),
+            Some(("", _)) => Err(ServableRefError::NoName(s.to_owned())),
+            Some((name, "")) => Err(ServableRefError::NoVersion {
+                name: name.to_owned(),
+            }),
+            Some((name, version)) => Ok(ServableRef::Exact {
+                name: name.to_owned(),
+                version: version.to_owned(),
+            }),
+        }
+    }
+
+    /// The servable's name (none for the wildcard).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            ServableRef::Latest(name) | ServableRef::Exact { name, .. } => Some(name),
+            ServableRef::Any => None,
+        }
+    }
+
+    /// The version, when one is named.
+    pub fn version(&self) -> Option<&str> {
+        match self {
+            ServableRef::Exact { version, .. } => Some(version),
+            _ => None,
+        }
+    }
+
+    /// True if this reference, written out, is exactly `id` (a canonical
+    /// `NAME` or `NAME@VERSION`). The wildcard spells no one servable, so it
+    /// is never true for it. Allocates nothing: dispatch asks it often.
+    pub fn spells(&self, id: &str) -> bool {
+        match self {
+            ServableRef::Latest(name) => id == name,
+            ServableRef::Exact { name, version } => id
+                .strip_prefix(name.as_str())
+                .and_then(|rest| rest.strip_prefix('@'))
+                .is_some_and(|v| v == version),
+            ServableRef::Any => false,
+        }
+    }
+}
+
+impl std::str::FromStr for ServableRef {
+    type Err = ServableRefError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ServableRef::parse(s)
+    }
+}
+
+impl fmt::Display for ServableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServableRef::Latest(name) => f.write_str(name),
+            ServableRef::Exact { name, version } => write!(f, "{name}@{version}"),
+            ServableRef::Any => f.write_str(ANY_SERVABLE_WIRE),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,5 +729,53 @@ mod tests {
 
     fn serde_json_like<T: Serialize>(d: T) -> BTreeMap<&'static str, T> {
         BTreeMap::from([("d", d)])
+    }
+
+    #[test]
+    fn servable_refs_parse_and_print_back() {
+        for (text, parsed) in [
+            ("noop", ServableRef::Latest("noop".into())),
+            (
+                "bandgap@1.2.0",
+                ServableRef::Exact {
+                    name: "bandgap".into(),
+                    version: "1.2.0".into(),
+                },
+            ),
+            ("*", ServableRef::Any),
+        ] {
+            assert_eq!(ServableRef::parse(text), Ok(parsed.clone()), "{text}");
+            assert_eq!(text.parse::<ServableRef>(), Ok(parsed.clone()));
+            assert_eq!(parsed.to_string(), text);
+        }
+        assert_eq!(ServableRef::Any.to_string(), ANY_SERVABLE_WIRE);
+        let exact = ServableRef::parse("m@1.0.0").unwrap();
+        assert_eq!((exact.name(), exact.version()), (Some("m"), Some("1.0.0")));
+        assert_eq!(ServableRef::Any.name(), None);
+    }
+
+    #[test]
+    fn malformed_servable_refs_say_what_is_missing() {
+        assert_eq!(ServableRef::parse(""), Err(ServableRefError::Empty));
+        assert_eq!(
+            ServableRef::parse("@1.0.0"),
+            Err(ServableRefError::NoName("@1.0.0".into()))
+        );
+        let no_version = ServableRefError::NoVersion { name: "m".into() };
+        assert_eq!(ServableRef::parse("m@"), Err(no_version.clone()));
+        assert_eq!(no_version.to_string(), "`m@` has no version after `@`");
+    }
+
+    #[test]
+    fn a_reference_spells_only_its_own_id() {
+        let exact = ServableRef::parse("m@1.0.0").unwrap();
+        assert!(exact.spells("m@1.0.0"));
+        assert!(!exact.spells("m@1.0.01"));
+        assert!(!exact.spells("m"));
+        assert!(!exact.spells("mm@1.0.0"));
+        let latest = ServableRef::parse("noop").unwrap();
+        assert!(latest.spells("noop"));
+        assert!(!latest.spells("noop@1.0.0"));
+        assert!(!ServableRef::Any.spells("*"));
     }
 }

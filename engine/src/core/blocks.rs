@@ -30,7 +30,7 @@ use flotilla_protocol::client::{BlockView, PoolView};
 use flotilla_providers::JobState;
 
 use super::Action;
-use crate::store::{BlockRecord, StoreOp};
+use super::records::{BlockRecord, StoreOp};
 
 /// The pool's settings, from `[provider]` and `[launcher]`, in µs.
 #[derive(Clone, Debug, PartialEq)]

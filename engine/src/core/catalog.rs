@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use flotilla_protocol::builtin::BUILTINS;
 use flotilla_protocol::client::ApiErrorKind;
-use flotilla_protocol::servable::{BatchDelay, Runtime, ServableRecord, TypeSpec};
+use flotilla_protocol::servable::{
+    BatchDelay, Runtime, ServableRecord, ServableRef, ServableRefError, TypeSpec,
+};
 
 use super::queues::{BatchRule, Delay};
 use crate::config::ServableOverride;
@@ -121,20 +123,37 @@ impl Catalog {
         catalog
     }
 
+    /// The refusal for a name nobody knows.
+    fn unknown(&self, name: &str) -> Refusal {
+        let mut known: Vec<&str> = self
+            .builtins
+            .keys()
+            .map(String::as_str)
+            .chain(self.published.keys().map(String::as_str))
+            .collect();
+        known.sort_unstable();
+        not_found(format!(
+            "unknown servable `{name}` (known: {}); publish it with `flotilla servable publish DIR`",
+            known.join(", ")
+        ))
+    }
+
+    /// Reads a requested reference: a name, and a version when one is
+    /// written. The wildcard names nothing the catalog knows; a missing name
+    /// is an unknown (empty) one, and a missing version one that is not a
+    /// semantic version, as `find` says.
+    fn named(&self, requested: &str) -> Result<(String, Option<String>), Refusal> {
+        match ServableRef::parse(requested) {
+            Ok(ServableRef::Latest(name)) => Ok((name, None)),
+            Ok(ServableRef::Exact { name, version }) => Ok((name, Some(version))),
+            Ok(ServableRef::Any) => Err(self.unknown(requested)),
+            Err(ServableRefError::Empty | ServableRefError::NoName(_)) => Err(self.unknown("")),
+            Err(ServableRefError::NoVersion { name }) => Ok((name, Some(String::new()))),
+        }
+    }
+
     fn find(&self, name: &str, version: Option<&str>) -> Result<&Arc<ServableRecord>, Refusal> {
-        let versions = self.published.get(name).ok_or_else(|| {
-            let mut known: Vec<&str> = self
-                .builtins
-                .keys()
-                .map(String::as_str)
-                .chain(self.published.keys().map(String::as_str))
-                .collect();
-            known.sort_unstable();
-            not_found(format!(
-                "unknown servable `{name}` (known: {}); publish it with `flotilla servable publish DIR`",
-                known.join(", ")
-            ))
-        })?;
+        let versions = self.published.get(name).ok_or_else(|| self.unknown(name))?;
         match version {
             None => versions
                 .values()
@@ -160,13 +179,19 @@ impl Catalog {
 
     /// The published record of `NAME` (latest) or `NAME@VERSION`.
     pub fn record(&self, requested: &str) -> Result<Arc<ServableRecord>, Refusal> {
-        let (name, version) = split(requested);
-        self.find(name, version).cloned()
+        let (name, version) = self.named(requested)?;
+        self.find(&name, version.as_deref()).cloned()
+    }
+
+    /// True if `name` is a builtin (builtins have no published record).
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.builtins.contains_key(name)
     }
 
     /// Resolves a requested name, or says why it cannot be served.
     pub fn resolve(&self, requested: &str) -> Result<ServableInfo, Refusal> {
-        let (name, version) = split(requested);
+        let (name, version) = self.named(requested)?;
+        let (name, version) = (name.as_str(), version.as_deref());
         if let Some(info) = self.builtins.get(name) {
             return match version {
                 None => Ok(info.clone()),
@@ -245,7 +270,8 @@ impl Catalog {
 
     /// Removes `NAME@VERSION`.
     pub fn remove(&mut self, id: &str) -> Result<Arc<ServableRecord>, Refusal> {
-        let (name, version) = split(id);
+        let (name, version) = self.named(id)?;
+        let (name, version) = (name.as_str(), version.as_deref());
         let Some(version) = version else {
             return Err((
                 ApiErrorKind::BadRequest,
@@ -295,17 +321,12 @@ impl Catalog {
     }
 }
 
-fn split(requested: &str) -> (&str, Option<&str>) {
-    match requested.split_once('@') {
-        Some((n, v)) => (n, Some(v)),
-        None => (requested, None),
-    }
-}
-
-/// True if a worker advertising `offered` can run canonical servable `name`
-/// (`*` stands for every published servable).
-pub fn worker_can_run(offered: &[String], name: &str) -> bool {
-    offered
-        .iter()
-        .any(|s| s == name || (s == "*" && name.contains('@')))
+/// True if a worker offering `offered` can run canonical servable `name`
+/// (the wildcard stands for every published servable, that is, every one
+/// that is not a builtin).
+pub fn worker_can_run(catalog: &Catalog, offered: &[ServableRef], name: &str) -> bool {
+    offered.iter().any(|s| match s {
+        ServableRef::Any => !catalog.is_builtin(name),
+        named => named.spells(name),
+    })
 }

@@ -4,12 +4,13 @@ use flotilla_protocol::TaskId;
 use flotilla_protocol::client::{
     ApiError, ApiErrorKind, ClientCall, ClientReply, SearchQuery, TaskRequest,
 };
-use flotilla_protocol::servable::ServableRecord;
+use flotilla_protocol::servable::{ANY_SERVABLE_WIRE, ServableRecord, ServableRef};
 use flotilla_protocol::task::{MemoUse, Outcome, TaskState};
 
 use super::catalog::{Refusal, ServableInfo};
-use super::{Action, Core, ID_RESERVATION, ReplyTo, Task, memo, search};
-use crate::store::{NewTask, StoreOp};
+use super::records::{NewTask, StoreOp};
+use super::tasks::{Ending, Task};
+use super::{Action, Core, ID_RESERVATION, ReplyTo, memo, search};
 
 fn refuse(kind: ApiErrorKind, message: String) -> ClientReply {
     ClientReply::Error(ApiError { kind, message })
@@ -36,26 +37,23 @@ impl Core {
                 return self.on_submit(from, tasks, wait_ms, now, out);
             }
             ClientCall::Results { ids, wait_ms } => {
-                let pending = ids
-                    .iter()
-                    .filter(|id| self.tasks.get(id).is_some_and(|t| !t.state.is_final()))
-                    .count();
+                let pending = self.tasks.unfinished(&ids);
                 match wait_ms {
-                    Some(ms) if pending > 0 && self.draining.is_none() => {
+                    Some(ms) if pending > 0 && self.life.draining.is_none() => {
                         return self.add_wait(from, ids, pending, now + ms * 1000, 0);
                     }
                     _ => self.results_reply(&ids, now),
                 }
             }
             ClientCall::TaskStatus { ids } => ClientReply::TaskStatus {
-                tasks: ids.iter().map(|id| self.view(*id, false)).collect(),
+                tasks: ids.iter().map(|id| self.tasks.view(*id, false)).collect(),
             },
             ClientCall::DaemonStatus => ClientReply::DaemonStatus(Box::new(self.status(now))),
             ClientCall::Events { after, wait_ms } => {
                 let wait = wait_ms.map(|ms| ms.saturating_mul(1000));
-                return self.events.query(from, after, wait, now, out);
+                return self.fleet.events.query(from, after, wait, now, out);
             }
-            ClientCall::ResumePool { name } => match self.blocks.resume(&name) {
+            ClientCall::ResumePool { name } => match self.fleet.blocks.resume(&name) {
                 Ok(()) => {
                     self.run_strategy(now, out);
                     ClientReply::PoolResumed { name }
@@ -88,7 +86,7 @@ impl Core {
             },
             ClientCall::SearchServables(query) => self.search(&query),
             ClientCall::RemoveServable { id } => return self.on_remove(from, &id, out),
-            ClientCall::MemoStats => ClientReply::MemoStats(self.memo.report()),
+            ClientCall::MemoStats => ClientReply::MemoStats(self.memo.store.report()),
             ClientCall::MemoClear { servable } => {
                 return self.on_memo_clear(from, servable.as_deref(), out);
             }
@@ -110,12 +108,12 @@ impl Core {
         now: u64,
         out: &mut Vec<Action>,
     ) {
-        let refusal = if self.draining.is_some() {
+        let refusal = if self.life.draining.is_some() {
             Some(refuse(
                 ApiErrorKind::ShuttingDown,
                 "the daemon is shutting down and accepts no new tasks".into(),
             ))
-        } else if let Some(reason) = &self.store_failed {
+        } else if let Some(reason) = &self.replies.store_failed {
             Some(refuse(
                 ApiErrorKind::Unavailable,
                 format!("the daemon cannot store new tasks: {reason}"),
@@ -140,25 +138,18 @@ impl Core {
                 return;
             }
         };
-        let first = self.next_task;
         let n = requests.len() as u64;
-        self.next_task += n;
+        let (first, reserve) = self.tasks.allocate(n, ID_RESERVATION);
         let mut seq = 0;
-        if self.next_task > self.reserved_until {
-            self.reserved_until = self.next_task + ID_RESERVATION;
-            seq = self.persist(
-                StoreOp::ReserveIds {
-                    until: self.reserved_until,
-                },
-                out,
-            );
+        if let Some(until) = reserve {
+            seq = self.persist(StoreOp::ReserveIds { until }, out);
         }
         let mut new = Vec::with_capacity(requests.len());
         let mut ids = Vec::with_capacity(requests.len());
         let mut hits = Vec::new();
         for ((offset, req), info) in requests.into_iter().enumerate().zip(resolved) {
             let id = TaskId(first + offset as u64);
-            self.ensure_adaptive(&info);
+            self.sched.ensure_adaptive(&info);
             let mut task = Task::new(&info, req.params, req.input, now);
             new.push(NewTask {
                 id,
@@ -171,24 +162,24 @@ impl Core {
             if info.memoize {
                 let key = memo::key(&info.name, &task.input, &task.params);
                 task.memo_key = Some(key);
-                if let Some(output) = self.memo.get(&key) {
-                    self.memo.stats.hits += 1;
+                if let Some(output) = self.memo.store.get(&key) {
+                    self.memo.store.stats.hits += 1;
                     task.memo = Some(MemoUse::Stored);
-                    self.tasks.insert(id, task);
+                    self.tasks.enqueue(id, task);
                     hits.push((id, output));
                     continue;
                 }
-                self.memo.stats.misses += 1;
+                self.memo.store.stats.misses += 1;
             }
-            self.enqueue_or_follow(id, task, now);
+            self.enqueue_and_place(id, task, now);
         }
-        self.totals.accepted += n;
+        self.tasks.count_accepted(n);
         seq = seq.max(self.persist(StoreOp::PutTasks(new), out));
         // Memo hits are final at once: no worker touches them.
         for (id, output) in hits {
             self.finish(
                 id,
-                TaskState::Completed,
+                Ending::Completed,
                 Outcome::Output(output),
                 None,
                 0,
@@ -199,20 +190,21 @@ impl Core {
         seq = seq.max(self.flush_records(out));
         match wait_ms {
             Some(ms) => {
-                let pending = ids
-                    .iter()
-                    .filter(|id| self.tasks.get(id).is_some_and(|t| !t.state.is_final()))
-                    .count();
+                let pending = self.tasks.unfinished(&ids);
                 if pending == 0 {
                     let reply = self.results_reply(&ids, now);
-                    self.durability.reply_after(seq, from, reply, now, out);
+                    self.replies
+                        .durability
+                        .reply_after(seq, from, reply, now, out);
                 } else {
                     self.add_wait(from, ids, pending, now + ms * 1000, seq);
                 }
             }
             None => {
-                self.durability
-                    .reply_after(seq, from, ClientReply::Submitted { ids }, now, out)
+                let reply = ClientReply::Submitted { ids };
+                self.replies
+                    .durability
+                    .reply_after(seq, from, reply, now, out)
             }
         }
     }
@@ -274,17 +266,17 @@ impl Core {
         for id in ids {
             let state = match self.tasks.get(&id) {
                 None => TaskState::Unknown,
-                Some(t) if t.state.is_final() => t.state,
+                Some(t) if t.is_final() => t.state(),
                 Some(t) => {
-                    if t.state == TaskState::Queued {
-                        let key = t.queue_key();
-                        self.queues.remove(&key, id);
+                    if t.is_queued() {
+                        self.sched.queues.remove(&t.queue_key(), id);
                     }
-                    if let Some(inflight) = t.memo_key.and_then(|k| self.inflight.get_mut(&k)) {
+                    if let Some(inflight) = t.memo_key.and_then(|k| self.memo.inflight.get_mut(&k))
+                    {
                         inflight.followers.retain(|f| *f != id);
                     }
                     let outcome = Outcome::Error("cancelled by a client".into());
-                    self.finish(id, TaskState::Cancelled, outcome, None, 0, now, out);
+                    self.finish(id, Ending::Cancelled, outcome, None, 0, now, out);
                     changed = true;
                     TaskState::Cancelled
                 }
@@ -294,19 +286,21 @@ impl Core {
         let reply = ClientReply::Cancelled { tasks: states };
         if changed {
             let seq = self.flush_records(out);
-            self.durability.reply_after(seq, from, reply, now, out);
+            self.replies
+                .durability
+                .reply_after(seq, from, reply, now, out);
         } else {
             out.push(Action::ReplyClient { to: from, reply });
         }
     }
 
     fn on_memo_clear(&mut self, from: ReplyTo, servable: Option<&str>, out: &mut Vec<Action>) {
-        let removed = self.memo.clear(servable);
+        let removed = self.memo.store.clear(servable);
         let reply = ClientReply::MemoCleared {
             removed: removed.len() as u64,
         };
         tracing::info!(
-            servable = servable.unwrap_or("*"),
+            servable = servable.unwrap_or(ANY_SERVABLE_WIRE),
             removed = removed.len(),
             "memo cleared"
         );
@@ -314,7 +308,9 @@ impl Core {
             out.push(Action::ReplyClient { to: from, reply });
         } else {
             let seq = self.persist(StoreOp::RemoveMemo(removed), out);
-            self.durability.reply_after(seq, from, reply, 0, out);
+            self.replies
+                .durability
+                .reply_after(seq, from, reply, 0, out);
         }
     }
 
@@ -337,7 +333,9 @@ impl Core {
                 tracing::info!(servable = %id, "published");
                 let seq = self.persist(StoreOp::PutServable(Box::new(stored)), out);
                 let reply = ClientReply::Published { id, created: true };
-                self.durability.reply_after(seq, from, reply, now, out);
+                self.replies
+                    .durability
+                    .reply_after(seq, from, reply, now, out);
             }
             Ok(false) => out.push(Action::ReplyClient {
                 to: from,
@@ -352,7 +350,7 @@ impl Core {
 
     fn on_remove(&mut self, from: ReplyTo, id: &str, out: &mut Vec<Action>) {
         let record = match self.catalog.record(id) {
-            Ok(r) if id.contains('@') => r,
+            Ok(r) if matches!(ServableRef::parse(id), Ok(ServableRef::Exact { .. })) => r,
             Ok(_) => {
                 let reply = refuse(
                     ApiErrorKind::BadRequest,
@@ -370,8 +368,8 @@ impl Core {
         let canonical = record.id();
         let waiting = self
             .tasks
-            .values()
-            .filter(|t| !t.state.is_final() && t.uses(&canonical))
+            .iter()
+            .filter(|t| !t.is_final() && t.uses(&canonical))
             .count();
         let users = self.catalog.pipelines_using(&canonical);
         let reply = if waiting > 0 {
@@ -395,7 +393,10 @@ impl Core {
                     tracing::info!(servable = %canonical, "removed");
                     let seq = self.persist(StoreOp::RemoveServable(canonical.clone()), out);
                     let reply = ClientReply::Removed { id: canonical };
-                    return self.durability.reply_after(seq, from, reply, 0, out);
+                    return self
+                        .replies
+                        .durability
+                        .reply_after(seq, from, reply, 0, out);
                 }
                 Err(e) => refusal(e),
             }

@@ -1,39 +1,31 @@
 //! Time and life: heartbeats, wait deadlines, retention, shutdown, status.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 
-use flotilla_protocol::TaskId;
 use flotilla_protocol::client::{DaemonStatus, QueueView, WorkerView};
 use flotilla_protocol::interchange::DaemonMessage;
 
-use super::{Action, Core, Drain, SWEEP_PERIOD_US, Task};
-use crate::store::StoreOp;
+use super::records::StoreOp;
+use super::worker_table::LossReason;
+use super::{Action, Core, Drain, SWEEP_PERIOD_US};
 
 impl Core {
     pub(super) fn on_tick(&mut self, now: u64, out: &mut Vec<Action>) {
         let period = self.cfg.heartbeat_period_us;
         let threshold = self.cfg.heartbeat_threshold_us;
-        let mut lost = Vec::new();
-        for (&key, w) in &mut self.workers {
-            if let Some((to, since)) = w.held_poll
-                && now.saturating_sub(since) >= period
-            {
-                w.held_poll = None;
-                out.push(Action::ReplyWorker {
-                    to,
-                    message: DaemonMessage::Work { batches: vec![] },
-                    close: false,
-                });
-            }
-            if now.saturating_sub(w.last_seen_us) > threshold {
-                lost.push((key, w.pipe));
-            }
+        for to in self.workers.take_stale_polls(now, period) {
+            out.push(Action::ReplyWorker {
+                to,
+                message: DaemonMessage::Work { batches: vec![] },
+                close: false,
+            });
         }
-        for (key, pipe) in lost {
-            self.lose_worker(key, "it missed its heartbeats", now, out);
+        for (key, pipe) in self.workers.silent(now, threshold) {
+            self.lose_worker(key, LossReason::HeartbeatSilence, now, out);
             out.push(Action::ClosePipe { pipe });
         }
         let expired: Vec<u64> = self
+            .replies
             .waits
             .iter()
             .filter(|(_, w)| w.deadline_us <= now)
@@ -42,33 +34,25 @@ impl Core {
         for id in expired {
             self.complete_wait(id, now, out);
         }
-        self.events.expire(now, out);
-        if !self.held.is_empty() && now >= self.hold_until_us {
+        self.fleet.events.expire(now, out);
+        if !self.recovery.held.is_empty() && now >= self.recovery.hold_until_us {
             self.release_held(now);
         }
-        if self.blocks.strategy_due(now) {
+        if self.fleet.blocks.strategy_due(now) {
             self.run_strategy(now, out);
         }
-        if now.saturating_sub(self.last_sweep_us) >= SWEEP_PERIOD_US {
-            self.last_sweep_us = now;
+        if now.saturating_sub(self.life.last_sweep_us) >= SWEEP_PERIOD_US {
+            self.life.last_sweep_us = now;
             self.sweep(now, out);
         }
     }
 
     pub(super) fn sweep(&mut self, now: u64, out: &mut Vec<Action>) {
-        let retention = (
+        let forget = self.tasks.sweep(
+            now,
             self.cfg.result_retention_us,
             self.cfg.unfetched_result_retention_us,
         );
-        let mut forget = Vec::new();
-        for fetched in [true, false] {
-            let order = if fetched {
-                &mut self.fetched_order
-            } else {
-                &mut self.finished_order
-            };
-            drain_expired(order, fetched, retention, now, &mut self.tasks, &mut forget);
-        }
         if !forget.is_empty() {
             tracing::debug!(count = forget.len(), "forgetting expired results");
             self.persist(StoreOp::Forget(forget), out);
@@ -76,33 +60,31 @@ impl Core {
     }
 
     pub(super) fn begin_drain(&mut self, now: u64, out: &mut Vec<Action>) {
-        if self.draining.is_some() {
+        if self.life.draining.is_some() {
             return;
         }
         tracing::info!(
             running_batches = self.batches.len(),
-            queued = self.queues.len(),
+            queued = self.sched.queues.len(),
             grace_ms = self.cfg.shutdown_grace_us / 1000,
             "shutting down: no new tasks; waiting for running batches"
         );
-        self.draining = Some(Drain {
+        self.life.draining = Some(Drain {
             deadline_us: now + self.cfg.shutdown_grace_us,
             finished: false,
         });
         // Idle long-polls get nothing more to do; release them now.
-        for w in self.workers.values_mut() {
-            if let Some((to, _)) = w.held_poll.take() {
-                out.push(Action::ReplyWorker {
-                    to,
-                    message: DaemonMessage::Work { batches: vec![] },
-                    close: false,
-                });
-            }
+        for to in self.workers.take_all_polls() {
+            out.push(Action::ReplyWorker {
+                to,
+                message: DaemonMessage::Work { batches: vec![] },
+                close: false,
+            });
         }
     }
 
     pub(super) fn check_drain(&mut self, now: u64, out: &mut Vec<Action>) {
-        let Some(drain) = &self.draining else {
+        let Some(drain) = &self.life.draining else {
             return;
         };
         if drain.finished || (!self.batches.is_empty() && now < drain.deadline_us) {
@@ -114,23 +96,21 @@ impl Core {
                 "grace period over; unfinished tasks will run again after a restart"
             );
         }
-        if let Some(d) = &mut self.draining {
+        if let Some(d) = &mut self.life.draining {
             d.finished = true;
         }
-        for w in self.workers.values_mut() {
-            if let Some((to, _)) = w.held_poll.take() {
-                out.push(Action::ReplyWorker {
-                    to,
-                    message: DaemonMessage::Shutdown,
-                    close: false,
-                });
-            }
+        for to in self.workers.take_all_polls() {
+            out.push(Action::ReplyWorker {
+                to,
+                message: DaemonMessage::Shutdown,
+                close: false,
+            });
         }
-        let waits: Vec<u64> = self.waits.keys().copied().collect();
+        let waits: Vec<u64> = self.replies.waits.keys().copied().collect();
         for id in waits {
             self.complete_wait(id, now, out);
         }
-        self.blocks.cancel_all(out);
+        self.fleet.blocks.cancel_all(out);
         out.push(Action::Exit);
     }
 
@@ -138,12 +118,12 @@ impl Core {
 
     pub(super) fn status(&self, now: u64) -> DaemonStatus {
         let mut running: BTreeMap<String, u64> = BTreeMap::new();
-        for batch in self.batches.values() {
+        for batch in self.batches.iter() {
             if let Some(first) = batch.tasks.first().and_then(|id| self.tasks.get(id)) {
                 *running.entry(first.target.to_string()).or_default() += batch.tasks.len() as u64;
             }
         }
-        let depth = self.queues.depth_by_servable();
+        let depth = self.sched.queues.depth_by_servable();
         let mut names: Vec<&String> = depth.keys().chain(running.keys()).collect();
         names.sort();
         names.dedup();
@@ -158,60 +138,29 @@ impl Core {
         DaemonStatus {
             pid: self.cfg.pid,
             release: self.cfg.release.clone(),
-            uptime_s: now.saturating_sub(self.started_us) / 1_000_000,
-            draining: self.draining.is_some(),
+            uptime_s: now.saturating_sub(self.life.started_us) / 1_000_000,
+            draining: self.life.draining.is_some(),
             interchange: self.cfg.interchange.clone(),
-            blocks: self.blocks.views(now),
-            blocks_paused: self.blocks.paused().map(str::to_owned),
-            pools: vec![self.blocks.pool_view(now)],
+            blocks: self.fleet.blocks.views(now),
+            blocks_paused: self.fleet.blocks.paused().map(str::to_owned),
+            pools: vec![self.fleet.blocks.pool_view(now)],
             workers: self
                 .workers
-                .values()
-                .map(|w| WorkerView {
+                .iter()
+                .map(|(_, w)| WorkerView {
                     id: w.id.to_string(),
-                    block: w.block,
+                    block: w.block.map(|b| b.0),
                     host: w.host.clone(),
                     pid: w.pid,
                     node: w.node.clone(),
                     rank: w.rank,
                     slots: w.slots,
-                    running: w.tasks,
+                    running: w.tasks(),
                     last_seen_ms: now.saturating_sub(w.last_seen_us) / 1000,
                 })
                 .collect(),
             queues,
-            totals: self.totals,
-        }
-    }
-}
-
-/// Pops expired entries from one retention order (`fetched`: ordered by
-/// first fetch, else by finish time) and removes tasks whose retention is
-/// over by either rule.
-fn drain_expired(
-    order: &mut VecDeque<(u64, TaskId)>,
-    fetched: bool,
-    (fetched_ret, unfetched_ret): (u64, u64),
-    now: u64,
-    tasks: &mut HashMap<TaskId, Task>,
-    forget: &mut Vec<TaskId>,
-) {
-    let ret = if fetched { fetched_ret } else { unfetched_ret };
-    while let Some(&(at, id)) = order.front() {
-        if now.saturating_sub(at) < ret {
-            break;
-        }
-        order.pop_front();
-        let expired = tasks.get(&id).is_some_and(|t| {
-            let by_fetch = t
-                .fetched_us
-                .is_some_and(|f| now.saturating_sub(f) >= fetched_ret);
-            let by_age = now.saturating_sub(t.timings.finished_us) >= unfetched_ret;
-            t.state.is_final() && (by_fetch || by_age)
-        });
-        if expired {
-            tasks.remove(&id);
-            forget.push(id);
+            totals: self.tasks.totals(),
         }
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use flotilla_protocol::Payload;
 use flotilla_protocol::client::MemoStats;
+use flotilla_protocol::servable::ServableRef;
 
 /// Fixed per-entry overhead counted against the byte bound (key, name,
 /// bookkeeping).
@@ -177,7 +178,7 @@ impl Memo {
             .iter()
             .filter(|(_, e)| {
                 name.is_none_or(|n| {
-                    e.servable.split_once('@').map_or(&*e.servable, |(s, _)| s) == n
+                    ServableRef::parse(&e.servable).is_ok_and(|r| r.name() == Some(n))
                 })
             })
             .map(|(k, _)| *k)

@@ -1,10 +1,14 @@
 //! Scenario tests of the scheduling core: events in, actions out, no I/O.
 
+use super::records::{Recovered, StoredResult, StoredTask};
 use super::*;
-use crate::store::StoredTask;
-use flotilla_protocol::client::{ApiError, ApiErrorKind, TaskRequest};
-use flotilla_protocol::interchange::{BatchResult, Hello, WorkBatch};
-use flotilla_protocol::task::NIL;
+use flotilla_protocol::client::ClientReply;
+use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, TaskRequest};
+use flotilla_protocol::interchange::{
+    BatchId, BatchResult, DaemonMessage, Hello, WorkBatch, WorkerMessage,
+};
+use flotilla_protocol::task::{NIL, Outcome, TaskState, TaskTimings, TaskView};
+use flotilla_protocol::{Payload, TaskId};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 const SEC: u64 = 1_000_000;
@@ -264,7 +268,7 @@ fn a_bad_task_refuses_the_whole_request_and_names_it() {
         other => panic!("{other:?}"),
     }
     assert!(!out.iter().any(|a| matches!(a, Action::Persist { .. })));
-    assert!(h.core.queues.is_empty());
+    assert!(h.core.sched.queues.is_empty());
 }
 
 #[test]
@@ -418,7 +422,7 @@ fn the_first_result_wins_and_late_duplicates_are_ignored() {
         persisted_results(&out).is_empty(),
         "w2's result is a duplicate"
     );
-    assert_eq!(h.core.totals.completed, 1);
+    assert_eq!(h.core.tasks.totals().completed, 1);
 }
 
 #[test]
@@ -433,7 +437,7 @@ fn a_late_result_for_a_requeued_task_takes_it_out_of_the_queue() {
     h.hello(2, "w1", 1);
     let (_, out) = h.pull(2, vec![all_ok(&batch[0])], false);
     assert_eq!(persisted_results(&out), ids);
-    assert!(h.core.queues.is_empty());
+    assert!(h.core.sched.queues.is_empty());
 }
 
 #[test]
@@ -1449,7 +1453,7 @@ fn identical_requests_in_flight_run_once() {
     h.publish(record(memo_spec("m", "1.0.0")));
     let clients: Vec<ReplyTo> = (0..100).map(|_| h.run_sync("m", input(5)).0).collect();
     assert_eq!(
-        h.core.queues.len(),
+        h.core.sched.queues.len(),
         1,
         "one execution queued for 100 requests"
     );
@@ -1471,7 +1475,7 @@ fn identical_requests_in_flight_run_once() {
         }
     }
     assert_eq!(coalesced, 99);
-    assert_eq!(h.core.memo.report().coalesced, 99);
+    assert_eq!(h.core.memo.store.report().coalesced, 99);
 }
 
 #[test]
@@ -1554,7 +1558,7 @@ fn eviction_keeps_the_memo_within_its_entry_bound() {
         }
     }
     assert_eq!(removed.len(), 1, "the oldest entry went");
-    assert_eq!(h.core.memo.report().entries, 2);
+    assert_eq!(h.core.memo.store.report().entries, 2);
     // Input 0 was evicted: it runs again; input 2 is still there.
     let id = h.submit_to("m", input(2)).unwrap();
     assert_eq!(h.result_of(id).memo, Some(MemoUse::Stored));
@@ -1647,7 +1651,7 @@ fn auto_batching_grows_while_calls_get_cheaper_per_request() {
         loop {
             let batch = match next.take() {
                 Some(b) => b,
-                None if h.core.queues.is_empty() => break,
+                None if h.core.sched.queues.is_empty() => break,
                 None => {
                     let (poll, out) = h.poll(1);
                     let out = if worker_reply(&out, poll).is_none() {
@@ -1849,7 +1853,7 @@ fn a_restart_with_live_blocks_adopts_them_and_lets_workers_claim_their_tasks() {
     let recovered = Recovered {
         tasks: vec![stored(1), stored(2), stored(3)],
         reserved_until: 10,
-        blocks: vec![crate::store::BlockRecord {
+        blocks: vec![BlockRecord {
             id: 4,
             job: "555".into(),
             submitted_us: 1,
@@ -1961,7 +1965,7 @@ fn recovered_tasks_are_queued_at_once_when_the_adopted_blocks_are_gone() {
             None,
         )],
         reserved_until: 10,
-        blocks: vec![crate::store::BlockRecord {
+        blocks: vec![BlockRecord {
             id: 0,
             job: "123".into(),
             submitted_us: 1,
@@ -2005,13 +2009,13 @@ fn tasks_of_a_block_the_scheduler_ended_are_not_suspects() {
     let mut h = block_0_running_two_sleeps();
     // scancel: the connection drops first, the scheduler's word follows.
     h.ev(Event::PipeClosed { pipe: PipeId(1) });
-    assert_eq!(h.core.suspects.len(), 2);
+    assert_eq!(h.core.recovery.suspects.len(), 2);
     h.ev(Event::Block(BlockEvent::State {
         block: 0,
         state: flotilla_providers::JobState::Cancelled,
         message: None,
     }));
-    assert!(h.core.suspects.is_empty());
+    assert!(h.core.recovery.suspects.is_empty());
     // Both go to the next worker together, not one at a time.
     h.hello(2, "w2", 2);
     let (poll, out) = h.poll(2);
@@ -2029,7 +2033,7 @@ fn tasks_of_a_block_that_failed_with_its_worker_stay_suspects() {
         state: flotilla_providers::JobState::Failed,
         message: Some("killed by signal 9".into()),
     }));
-    assert_eq!(h.core.suspects.len(), 2);
+    assert_eq!(h.core.recovery.suspects.len(), 2);
     h.hello(2, "w2", 2);
     let (poll, out) = h.poll(2);
     assert_eq!(work_in(&out, poll).len(), 1, "one suspect at a time");
@@ -2057,4 +2061,47 @@ fn a_busy_worker_holding_its_poll_gets_work_again_when_a_slot_frees() {
         _ => 0,
     };
     assert_eq!(batches(held) + batches(report), 1, "{out:#?}");
+}
+
+#[test]
+fn each_loss_reason_counts_attempts_and_makes_suspects_as_it_should() {
+    // (reason, attempts counted, becomes a suspect)
+    let cases = [
+        (
+            LossReason::Left {
+                reason: "walltime".into(),
+            },
+            0,
+            false,
+        ),
+        (LossReason::ConnectionClosed, 1, true),
+        (LossReason::HeartbeatSilence, 1, true),
+        (LossReason::BlockEnded { block: BlockId(0) }, 1, false),
+        (LossReason::Replaced, 1, true),
+    ];
+    for (reason, attempts, suspect) in cases {
+        let mut h = Harness::new();
+        let ids = h.submit("noop", 1);
+        h.hello(1, "w1", 1);
+        let (poll, out) = h.poll(1);
+        assert_eq!(work_in(&out, poll).len(), 1, "{reason}");
+        let key = h.core.workers.by_id("w1").expect("registered");
+        let mut out = Vec::new();
+        h.core.lose_worker(key, reason.clone(), h.now, &mut out);
+        assert!(h.core.workers.is_empty(), "{reason}");
+        let task = h.core.tasks.get(&ids[0]).expect("kept");
+        assert!(task.is_queued(), "{reason}");
+        assert_eq!(task.attempts(), attempts, "{reason}");
+        assert_eq!(task.losses.len(), attempts as usize, "{reason}");
+        if let Some(note) = task.losses.first() {
+            assert_eq!(
+                note,
+                &format!("attempt 1: worker w1 on localhost was lost ({reason})")
+            );
+        }
+        let suspects = h.core.recovery.suspects.len();
+        assert_eq!(suspects, usize::from(suspect), "{reason}");
+        assert_eq!(h.core.sched.queues.len(), usize::from(!suspect), "{reason}");
+        assert_eq!(h.core.tasks.totals().requeued, 1, "{reason}");
+    }
 }

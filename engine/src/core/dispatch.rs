@@ -1,0 +1,228 @@
+//! Dispatch: giving queued tasks to workers, as functions over the tables
+//! they need, borrowed apart from the rest of the core.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use flotilla_protocol::TaskId;
+use flotilla_protocol::interchange::{DaemonMessage, WorkBatch, WorkItem};
+
+use super::batches::{Batch, BatchTable};
+use super::catalog::{self, Catalog};
+use super::io::Action;
+use super::queues::QueueKey;
+use super::scheduling::{Scheduling, auto_plan};
+use super::tasks::TaskTable;
+use super::worker_table::{BlockId, WorkerKey, WorkerTable};
+
+/// Tasks that were running when their worker died, each with its worker's
+/// block: each runs alone on an otherwise idle worker, so a task that kills
+/// its worker takes no innocent neighbour with it and is recognised as the
+/// poison it is.
+pub(super) type Suspects = VecDeque<(TaskId, Option<BlockId>)>;
+
+/// The tables dispatch changes, and what it reads.
+pub(super) struct Dispatch<'a> {
+    pub(super) tasks: &'a mut TaskTable,
+    pub(super) workers: &'a mut WorkerTable,
+    pub(super) batches: &'a mut BatchTable,
+    pub(super) sched: &'a mut Scheduling,
+    pub(super) catalog: &'a Catalog,
+    /// Workers take no task that would end within this of their job's end.
+    pub(super) walltime_margin_us: u64,
+}
+
+/// Builds batches for `key`'s free slots from the oldest queues it can run.
+pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBatch> {
+    let mut batches = Vec::new();
+    if d.sched.queues.is_empty() {
+        return batches;
+    }
+    let Some(worker) = d.workers.get(key) else {
+        return batches;
+    };
+    let mut free = worker.free_slots();
+    let worker_id = worker.id.clone();
+    // Time left before the worker must leave, if its job has an end.
+    let fits: HashMap<Arc<str>, bool> = match worker.time_left(d.walltime_margin_us, now) {
+        None => HashMap::new(),
+        Some(left) => d
+            .sched
+            .queues
+            .servables()
+            .into_iter()
+            .map(|s| {
+                let ok = left > 0 && d.sched.expected_duration_us(d.catalog, &s) <= left;
+                (s, ok)
+            })
+            .collect(),
+    };
+    while free > 0 {
+        let Some(worker) = d.workers.get(key) else {
+            break;
+        };
+        let adaptive = &d.sched.adaptive;
+        let catalog = d.catalog;
+        let Some((qk, size)) = d.sched.queues.oldest(
+            now,
+            |s| {
+                catalog::worker_can_run(catalog, &worker.servables, s)
+                    && fits.get(s).copied().unwrap_or(true)
+            },
+            |s| auto_plan(adaptive, s),
+        ) else {
+            break;
+        };
+        let ids = d.sched.queues.pop_batch(&qk, size);
+        if ids.is_empty() {
+            break;
+        }
+        batches.push(build_batch(d, key, &worker_id, &qk, ids, false, now));
+        free -= 1;
+    }
+    batches
+}
+
+/// One batch of `ids` (just taken from queue `qk`) for worker `key`; with
+/// `isolating`, the worker takes nothing else until it ends.
+fn build_batch(
+    d: &mut Dispatch<'_>,
+    key: WorkerKey,
+    worker_id: &Arc<str>,
+    qk: &QueueKey,
+    ids: Vec<TaskId>,
+    isolating: bool,
+    now: u64,
+) -> WorkBatch {
+    let batch_id = d.batches.next_id();
+    let mut items = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        if let Some(task) = d.tasks.assign(id, batch_id, worker_id, now) {
+            items.push(WorkItem {
+                task: id,
+                input: task.input.clone(),
+            });
+        }
+    }
+    let mut spec = None;
+    d.workers
+        .add_batch(key, batch_id, ids.len() as u32, isolating);
+    if let Some(w) = d.workers.get_mut(key)
+        // Builtins have no record to send.
+        && !d.catalog.is_builtin(&qk.servable)
+        && !w.specs_sent.contains(&qk.servable)
+        && let Ok(record) = d.catalog.record(&qk.servable)
+    {
+        w.specs_sent.insert(qk.servable.clone());
+        spec = Some(Box::new((*record).clone()));
+    }
+    d.batches.insert(
+        batch_id,
+        Batch {
+            worker: key,
+            servable: qk.servable.clone(),
+            tasks: ids,
+        },
+    );
+    WorkBatch {
+        id: batch_id,
+        servable: qk.servable.to_string(),
+        params: qk.params.clone(),
+        items,
+        spec,
+    }
+}
+
+/// Gives a suspect task, alone, to an idle worker holding a long-poll.
+fn dispatch_suspects(
+    d: &mut Dispatch<'_>,
+    suspects: &mut Suspects,
+    now: u64,
+    out: &mut Vec<Action>,
+) {
+    suspects.retain(|(id, _)| d.tasks.get(id).is_some_and(|t| t.is_queued()));
+    if suspects.is_empty() {
+        return;
+    }
+    let idle: Vec<WorkerKey> = d
+        .workers
+        .ready_workers(WorkerTable::first_cursor())
+        .into_iter()
+        .filter(|&k| d.workers.get(k).is_some_and(|w| w.is_idle()))
+        .collect();
+    for key in idle {
+        let Some(worker) = d.workers.get(key) else {
+            continue;
+        };
+        let left = worker.time_left(d.walltime_margin_us, now);
+        let pick = suspects.iter().position(|(id, _)| {
+            d.tasks.get(id).is_some_and(|t| {
+                catalog::worker_can_run(d.catalog, &worker.servables, &t.target)
+                    && left.is_none_or(|l| d.sched.expected_duration_us(d.catalog, &t.target) <= l)
+            })
+        });
+        let worker_id = worker.id.clone();
+        let Some((id, _)) = pick.and_then(|pos| suspects.remove(pos)) else {
+            continue;
+        };
+        let Some(task) = d.tasks.get(&id) else {
+            continue;
+        };
+        let (qk, rule) = (task.queue_key(), task.queue_rule());
+        // Through the head of its queue, alone, so the batch is built like
+        // any other.
+        d.sched.queues.push_front(qk.clone(), vec![id], rule);
+        let ids = d.sched.queues.pop_batch(&qk, 1);
+        let batch = build_batch(d, key, &worker_id, &qk, ids, true, now);
+        tracing::info!(task = %id, worker_key = %key, "running a suspect task alone");
+        if let Some(to) = d.workers.take_poll(key) {
+            out.push(Action::ReplyWorker {
+                to,
+                message: DaemonMessage::Work {
+                    batches: vec![batch],
+                },
+                close: false,
+            });
+        }
+        if suspects.is_empty() {
+            break;
+        }
+    }
+}
+
+/// Gives queued work (suspects first, each alone) to workers that hold a
+/// long-poll, round-robin.
+pub(super) fn dispatch(
+    d: &mut Dispatch<'_>,
+    suspects: &mut Suspects,
+    now: u64,
+    out: &mut Vec<Action>,
+) {
+    dispatch_suspects(d, suspects, now, out);
+    if d.sched.queues.is_empty() {
+        return;
+    }
+    let candidates = d.workers.ready_workers(d.workers.cursor());
+    for key in candidates {
+        if d.sched.queues.is_empty() {
+            break;
+        }
+        let batches = fill(d, key, now);
+        if batches.is_empty() {
+            continue;
+        }
+        d.workers.advance_cursor(key);
+        tracing::debug!(
+            worker_key = %key,
+            batches = batches.len(),
+            "dispatching to a held poll"
+        );
+        if let Some(to) = d.workers.take_poll(key) {
+            out.push(Action::ReplyWorker {
+                to,
+                message: DaemonMessage::Work { batches },
+                close: false,
+            });
+        }
+    }
+}

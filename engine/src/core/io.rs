@@ -1,0 +1,110 @@
+//! The core's interface to the world: the [`Event`]s it reacts to and the
+//! [`Action`]s it asks the I/O layer to carry out.
+
+use flotilla_protocol::client::{ClientCall, ClientReply};
+use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
+
+use super::blocks::BlockEvent;
+use super::records::StoreOp;
+
+/// A pending request on one of the daemon's reply sockets (its context slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReplyTo(pub u32);
+
+/// One connection of a worker, as the I/O layer numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PipeId(pub u64);
+
+/// Something that happened, for the core to react to.
+#[derive(Debug)]
+pub enum Event {
+    /// A client request arrived.
+    Client {
+        /// Where the reply goes.
+        from: ReplyTo,
+        /// The request.
+        call: ClientCall,
+    },
+    /// A worker message arrived.
+    Worker {
+        /// Where the reply goes.
+        from: ReplyTo,
+        /// Connection it came on.
+        pipe: PipeId,
+        /// The message.
+        message: WorkerMessage,
+    },
+    /// A worker connection closed.
+    PipeClosed {
+        /// The connection.
+        pipe: PipeId,
+    },
+    /// Store writes up to `seq` are durable.
+    Durable {
+        /// Highest durable sequence number.
+        seq: u64,
+    },
+    /// The store failed; accept no more work.
+    StoreFailed {
+        /// What failed.
+        reason: String,
+    },
+    /// The provider reported on a block.
+    Block(BlockEvent),
+    /// Time passed (heartbeats, deadlines, retention).
+    Tick,
+    /// Shut down gracefully (SIGTERM, SIGINT).
+    Shutdown,
+}
+
+/// Something the I/O layer must do.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Answer a client request.
+    ReplyClient {
+        /// The request.
+        to: ReplyTo,
+        /// The answer.
+        reply: ClientReply,
+    },
+    /// Answer a worker request; with `close`, close its connection once sent.
+    ReplyWorker {
+        /// The request.
+        to: ReplyTo,
+        /// The answer.
+        message: DaemonMessage,
+        /// Close the connection after sending.
+        close: bool,
+    },
+    /// Drop a worker connection.
+    ClosePipe {
+        /// The connection.
+        pipe: PipeId,
+    },
+    /// Write to the store; report [`Event::Durable`] once flushed.
+    Persist {
+        /// Sequence number of this write.
+        seq: u64,
+        /// The write.
+        op: StoreOp,
+    },
+    /// Start block `block` through the provider.
+    SubmitBlock {
+        /// Block id.
+        block: u32,
+    },
+    /// Cancel block `block`.
+    CancelBlock {
+        /// Block id.
+        block: u32,
+    },
+    /// Watch block `block`, submitted by an earlier daemon as `job`.
+    AdoptBlock {
+        /// Block id.
+        block: u32,
+        /// The provider's job id.
+        job: String,
+    },
+    /// Shutdown is complete: flush the store and exit.
+    Exit,
+}
