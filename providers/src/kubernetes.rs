@@ -333,6 +333,7 @@ impl Provider for KubernetesProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_protocol::launch::SECRET_ENV;
 
     fn options() -> KubernetesOptions {
         KubernetesOptions {
@@ -355,7 +356,7 @@ mod tests {
             name: "flotilla-ab12cd-block-2".into(),
             worker_init: String::new(),
             command: "exec flotilla-worker --block-id 2".into(),
-            env: [("FLOTILLA_SECRET".to_owned(), "00ff".to_owned())].into(),
+            env: [(SECRET_ENV.to_owned(), "00ff".to_owned())].into(),
             run_dir: "/tmp/fl/blocks/2".into(),
         }
     }
