@@ -4,8 +4,8 @@
 //! `flotilla/block=NAME`; each pod runs the worker image with the block's
 //! script as its command, the resources, service account, pull policy and
 //! node selector of the site file. A Deployment (rather than a Job) puts a
-//! crashed worker pod back, which is what a pool of long-running workers
-//! wants; cancelling deletes it.
+//! crashed worker pod back, which is what long-running workers want;
+//! cancelling deletes it.
 //!
 //! Flotilla drives the cluster with `kubectl` on a channel rather than
 //! through the API with a client library: `kubectl` reads the user's own
@@ -43,7 +43,9 @@ pub struct KubernetesOptions {
     pub image_pull_policy: String,
     /// Service account of the pods.
     pub service_account: Option<String>,
-    /// Pods (workers) per block.
+    /// Pods per block: the block's nodes (`nodes_per_block`). Each pod
+    /// runs the block's script, whose launcher starts `workers_per_node`
+    /// workers in it.
     pub pods_per_block: u32,
     /// CPU request, e.g. `"2"`.
     pub cpu_request: Option<String>,
