@@ -10,6 +10,7 @@ use anyhow::{Context, anyhow};
 use flotilla_client::Client;
 use flotilla_engine::config::{Config, DEFAULT_CONFIG_NAME};
 use flotilla_engine::state_dir::{StateDir, is_live_daemon};
+use flotilla_protocol::launch::HOME_ENV;
 
 use crate::Failure;
 
@@ -161,5 +162,5 @@ pub fn stop(state_dir: &Path, limit: Duration) -> Result<(), Failure> {
 /// The state directory client commands talk to.
 pub fn client_state_dir() -> Result<PathBuf, Failure> {
     flotilla_protocol::paths::default_state_dir()
-        .ok_or_else(|| Failure::Usage(anyhow!("set FLOTILLA_HOME (or HOME) to find the daemon")))
+        .ok_or_else(|| Failure::Usage(anyhow!("set {HOME_ENV} (or HOME) to find the daemon")))
 }

@@ -20,6 +20,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use flotilla_client::Client;
+use flotilla_protocol::launch::LOG_ENV;
 
 use args::{Cli, Cmd};
 pub use failure::Failure;
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+            tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)

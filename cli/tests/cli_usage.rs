@@ -5,10 +5,12 @@
 
 use std::process::{Command, Output};
 
+use flotilla_protocol::launch::HOME_ENV;
+
 fn flotilla(args: &[&str], home: &std::path::Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args(args)
-        .env("FLOTILLA_HOME", home)
+        .env(HOME_ENV, home)
         .output()
         .unwrap()
 }

@@ -33,11 +33,12 @@ pub enum StateDirError {
         source: std::io::Error,
     },
     /// Neither a configured directory, `$FLOTILLA_HOME` nor `$HOME` exists.
-    #[error("no state directory: set [daemon] state_dir, FLOTILLA_HOME or HOME")]
+    #[error("no state directory: set [daemon] state_dir, {home} or HOME", home = HOME_ENV)]
     NoHome,
     /// Another daemon owns this state directory.
     #[error(
-        "a daemon is already running with state directory {dir} (pid {pid}); stop it with `flotilla stop` or use another FLOTILLA_HOME"
+        "a daemon is already running with state directory {dir} (pid {pid}); stop it with `flotilla stop` or use another {home}",
+        home = HOME_ENV
     )]
     AlreadyRunning {
         /// The directory.
@@ -281,6 +282,24 @@ pub fn is_live_daemon(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_the_state_directory_variable() {
+        assert_eq!(
+            StateDirError::NoHome.to_string(),
+            "no state directory: set [daemon] state_dir, FLOTILLA_HOME or HOME"
+        );
+        let running = StateDirError::AlreadyRunning {
+            dir: "/srv/fl".into(),
+            pid: 7,
+        };
+        assert!(
+            running
+                .to_string()
+                .ends_with("or use another FLOTILLA_HOME"),
+            "{running}"
+        );
+    }
 
     #[test]
     fn secret_is_created_once_with_mode_0600() {

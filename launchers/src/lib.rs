@@ -24,12 +24,15 @@ pub use container::{Bind, Container, ContainerRuntime, Gpus, Inner, Invocation};
 pub use multi_node::{Aprun, MpiFlavor, Mpiexec, Simple, Srun, Wrapped};
 pub use single_node::SingleNode;
 
-/// Environment variable holding a copy's rank within its block (0-based).
-pub const RANK_ENV: &str = "FLOTILLA_WORKER_RANK";
-/// Environment variable holding the name of the node a copy runs on.
-pub const NODE_ENV: &str = "FLOTILLA_NODE_NAME";
-/// Environment variable holding the block id.
-pub const BLOCK_ENV: &str = "FLOTILLA_BLOCK_ID";
+// The variables every copy sees (its rank within the block, 0-based; the
+// node it runs on; its block), as the worker's launch contract names them.
+pub use flotilla_protocol::launch::{BLOCK_ENV, NODE_ENV, RANK_ENV};
+
+/// A shell expression for the name of the node a copy runs on: what
+/// [`NODE_ENV`] already says (a pod sets it), else the host name.
+fn node_name_or_host() -> String {
+    format!("\"${{{NODE_ENV}:-$(uname -n)}}\"")
+}
 
 /// What one block should run: `workers_per_node` copies of `worker_command`
 /// on each of `nodes` nodes.

@@ -7,7 +7,7 @@
 //! and `exec`s the worker.
 
 use crate::shell::quote;
-use crate::{LaunchError, LaunchSpec, Launcher};
+use crate::{LaunchError, LaunchSpec, Launcher, node_name_or_host};
 
 /// A copy's rank as any common parallel launcher reports it (Slurm, PMI,
 /// Cray PALS, Open MPI, PMIx, ALPS), else 0.
@@ -184,7 +184,7 @@ impl Launcher for Simple {
         Ok(format!(
             "{}{}\n",
             spec.preamble(),
-            spec.copy_body(ANY_RANK, "\"${FLOTILLA_NODE_NAME:-$(uname -n)}\"")
+            spec.copy_body(ANY_RANK, &node_name_or_host())
         ))
     }
 }
@@ -424,6 +424,28 @@ mod tests {
         assert!(script.contains("exec env WRAPPED=yes sh -c "), "{script}");
         let out = run(&script, &[("PMI_RANK", "5")]);
         assert!(sorted_lines(&out)[0].starts_with("5@"), "{out:?}");
+    }
+
+    #[test]
+    fn simple_exports_the_contract_names_and_keeps_a_node_name_already_set() {
+        let script = Simple.script(&spec(1, 1)).unwrap();
+        assert!(
+            script.starts_with("FLOTILLA_BLOCK_ID=9; export FLOTILLA_BLOCK_ID\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains(
+                "FLOTILLA_NODE_NAME=\"${FLOTILLA_NODE_NAME:-$(uname -n)}\"; \
+                 export FLOTILLA_WORKER_RANK FLOTILLA_NODE_NAME; "
+            ),
+            "{script}"
+        );
+        let out = run(&script, &[("FLOTILLA_NODE_NAME", "pod-a")]);
+        let lines = sorted_lines(&out);
+        assert!(
+            lines.len() == 1 && lines[0].ends_with("@pod-a#9"),
+            "{out:?}"
+        );
     }
 
     #[test]

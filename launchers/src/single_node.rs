@@ -1,6 +1,6 @@
 //! The single-node launcher: N background copies of the worker on this node.
 
-use crate::{LaunchError, LaunchSpec, Launcher};
+use crate::{LaunchError, LaunchSpec, Launcher, node_name_or_host};
 
 /// Starts `workers_per_node` copies of the worker as background processes of
 /// the block's shell and waits for all of them. The block fails when every
@@ -13,9 +13,6 @@ pub struct SingleNode {
     /// so one bad copy does not take its healthy siblings' work with it).
     pub fail_on_any: bool,
 }
-
-/// How a copy on this node learns the node's name.
-const NODE_EXPR: &str = "\"${FLOTILLA_NODE_NAME:-$(uname -n)}\"";
 
 impl Launcher for SingleNode {
     fn name(&self) -> &'static str {
@@ -33,7 +30,7 @@ impl Launcher for SingleNode {
         let mut s = spec.preamble();
         let n = spec.workers_per_node;
         if n == 1 {
-            s.push_str(&spec.copy_body("0", NODE_EXPR));
+            s.push_str(&spec.copy_body("0", &node_name_or_host()));
             s.push('\n');
             return Ok(s);
         }
@@ -59,7 +56,7 @@ impl Launcher for SingleNode {
              \x20 exit \"$status\"\n\
              fi\n\
              exit 0\n",
-            body = spec.copy_body("$rank", NODE_EXPR),
+            body = spec.copy_body("$rank", &node_name_or_host()),
         ));
         Ok(s)
     }

@@ -287,7 +287,8 @@ pub struct DaemonStatus {
     pub blocks: Vec<BlockView>,
     /// Why the daemon has stopped starting blocks, if it has.
     pub blocks_paused: Option<String>,
-    /// The worker pools and their scaling state.
+    /// The pools (blocks of one provider under one scaling strategy) and
+    /// their scaling state.
     pub pools: Vec<PoolView>,
     /// Connected workers.
     pub workers: Vec<WorkerView>,
@@ -297,7 +298,8 @@ pub struct DaemonStatus {
     pub totals: Totals,
 }
 
-/// One block (a pilot job: a worker pool acquired from a provider).
+/// One block (a pilot job: nodes acquired from a provider, running the
+/// block's workers).
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub struct BlockView {
     /// Block id, unique within the daemon's life.
@@ -318,7 +320,8 @@ pub struct BlockView {
     pub idle_s: Option<u64>,
 }
 
-/// One worker pool: a provider and the scaling strategy that feeds it.
+/// One pool: the blocks of one provider and the scaling strategy that
+/// sizes them.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub struct PoolView {
     /// Pool name (`flotilla pool resume NAME`).

@@ -4,8 +4,8 @@
 //! `flotilla/block=NAME`; each pod runs the worker image with the block's
 //! script as its command, the resources, service account, pull policy and
 //! node selector of the site file. A Deployment (rather than a Job) puts a
-//! crashed worker pod back, which is what a pool of long-running workers
-//! wants; cancelling deletes it.
+//! crashed worker pod back, which is what long-running workers want;
+//! cancelling deletes it.
 //!
 //! Flotilla drives the cluster with `kubectl` on a channel rather than
 //! through the API with a client library: `kubectl` reads the user's own
@@ -43,7 +43,9 @@ pub struct KubernetesOptions {
     pub image_pull_policy: String,
     /// Service account of the pods.
     pub service_account: Option<String>,
-    /// Pods (workers) per block.
+    /// Pods per block: the block's nodes (`nodes_per_block`). Each pod
+    /// runs the block's script, whose launcher starts `workers_per_node`
+    /// workers in it.
     pub pods_per_block: u32,
     /// CPU request, e.g. `"2"`.
     pub cpu_request: Option<String>,
@@ -333,6 +335,7 @@ impl Provider for KubernetesProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_protocol::launch::SECRET_ENV;
 
     fn options() -> KubernetesOptions {
         KubernetesOptions {
@@ -355,7 +358,7 @@ mod tests {
             name: "flotilla-ab12cd-block-2".into(),
             worker_init: String::new(),
             command: "exec flotilla-worker --block-id 2".into(),
-            env: [("FLOTILLA_SECRET".to_owned(), "00ff".to_owned())].into(),
+            env: [(SECRET_ENV.to_owned(), "00ff".to_owned())].into(),
             run_dir: "/tmp/fl/blocks/2".into(),
         }
     }

@@ -158,6 +158,7 @@ impl Provider for SlurmProvider {
 mod tests {
     use super::*;
     use crate::channel::CommandOutput;
+    use flotilla_protocol::launch::SECRET_ENV;
 
     fn out(status: i32, stdout: &str, stderr: &str) -> CommandOutput {
         CommandOutput {
@@ -177,7 +178,7 @@ mod tests {
             name: "flotilla-ab12cd-block-3".into(),
             worker_init: "module load python".into(),
             command: "exec flotilla-worker --block-id 3".into(),
-            env: [("FLOTILLA_SECRET".to_owned(), "00ff".to_owned())].into(),
+            env: [(SECRET_ENV.to_owned(), "00ff".to_owned())].into(),
             run_dir: "/scratch/fl/block-3".into(),
         };
         let o = SchedulerOptions {

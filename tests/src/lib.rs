@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_client::Client;
 use flotilla_engine::state_dir::{DaemonInfo, StateDir};
+use flotilla_protocol::launch::{HOME_ENV, LOG_ENV, SECRET_ENV, flag};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -218,7 +219,7 @@ impl Flotilla {
             .arg("--config")
             .arg(&self.config)
             .env("PATH", path)
-            .env("FLOTILLA_HOME", self.home());
+            .env(HOME_ENV, self.home());
         self.daemon = Some(spawn_logged(cmd, log));
         wait_until(Duration::from_secs(30), "the daemon to answer", || {
             if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
@@ -260,7 +261,7 @@ impl Flotilla {
         let mut child = Command::new(bin("flotilla"))
             .args(args)
             .env("PATH", path_with_python())
-            .env("FLOTILLA_HOME", self.home())
+            .env(HOME_ENV, self.home())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -286,11 +287,11 @@ impl Flotilla {
         let index = self.workers.len();
         let log = std::fs::File::create(self.home().join(format!("worker-{index}.log"))).unwrap();
         let mut cmd = Command::new(bin("flotilla-worker"));
-        cmd.arg("--state-dir")
+        cmd.arg(flag::STATE_DIR)
             .arg(self.home())
             .args(extra)
             .env("PATH", path_with_python())
-            .env_remove("FLOTILLA_SECRET");
+            .env_remove(SECRET_ENV);
         let child = spawn_logged(cmd, log);
         let pid = child.id();
         self.workers.push(child);
@@ -301,7 +302,7 @@ impl Flotilla {
     /// registered (with any workers already there).
     pub fn spawn_worker_named(&mut self, name: &str) -> u32 {
         let before = self.client().status().map_or(0, |s| s.workers.len());
-        let pid = self.spawn_worker(&["--slots", "2", "--worker-id", name]);
+        let pid = self.spawn_worker(&[flag::SLOTS, "2", flag::WORKER_ID, name]);
         self.wait_workers(before + 1);
         pid
     }
@@ -402,7 +403,7 @@ pub fn copy_servable(from: &Path, to: &Path) {
 /// `FLOTILLA_TEST_LOG` (default `info`).
 fn spawn_logged(mut cmd: Command, log: std::fs::File) -> Child {
     let level = std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into());
-    cmd.env("FLOTILLA_LOG", level)
+    cmd.env(LOG_ENV, level)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)

@@ -33,6 +33,7 @@ use flotilla_client::{Client, json_to_payload};
 use flotilla_engine::state_dir::StateDir;
 use flotilla_protocol::Payload;
 use flotilla_protocol::client::TaskRequest;
+use flotilla_protocol::launch::LOG_ENV;
 use flotilla_protocol::paths;
 use flotilla_protocol::task::TaskState;
 use flotilla_tests::{Flotilla, config_with, sleep_tasks};
@@ -439,7 +440,7 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+            tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)

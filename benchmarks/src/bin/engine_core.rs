@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use flotilla_benchmarks::{Latency, machine, round, write_result};
 use flotilla_client::Client;
 use flotilla_protocol::Payload;
+use flotilla_protocol::launch::HOME_ENV;
 use flotilla_protocol::task::{NIL, TaskState};
 use flotilla_tests::{Flotilla, bin, config_with, noop_tasks};
 
@@ -119,7 +120,7 @@ fn cli_runs(f: &Flotilla, n: usize) -> Result<Latency, String> {
         let t = Instant::now();
         let out = Command::new(&exe)
             .args(["run", "noop"])
-            .env("FLOTILLA_HOME", f.home())
+            .env(HOME_ENV, f.home())
             .output()
             .map_err(|e| e.to_string())?;
         samples.push(t.elapsed());
