@@ -35,7 +35,7 @@ use nng::{Aio, AioResult, Context, Message, Socket};
 /// How errors are kept: the first few, verbatim.
 const KEPT_ERRORS: usize = 5;
 
-/// What a [`SimPool`] needs to connect.
+/// What a [`SimWorkers`] needs to connect.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     /// `tcp://HOST:PORT` of the daemon's interchange.
@@ -64,7 +64,7 @@ pub struct SimConfig {
 struct Shared {
     count: usize,
     registered: AtomicUsize,
-    /// Microseconds after the pool's start at which the last worker was
+    /// Microseconds after the workers' start at which the last worker was
     /// welcomed (0 until all are).
     all_registered_us: AtomicU64,
     tasks: AtomicU64,
@@ -119,7 +119,7 @@ pub struct SimStats {
 
 /// A set of simulated workers connected to one daemon. Dropping it closes
 /// every connection.
-pub struct SimPool {
+pub struct SimWorkers {
     conns: Vec<Arc<Conn>>,
     shared: Arc<Shared>,
     started: Instant,
@@ -287,23 +287,23 @@ fn lane_io(conn: &Arc<Conn>, lane: Lane) -> anyhow::Result<LaneIo> {
     Ok(LaneIo { ctx, aio })
 }
 
-impl SimPool {
+impl SimWorkers {
     /// Opens `cfg.count` connections, at most `cfg.window` of them
     /// registering at once, and sends each one's `Hello` at once (nng holds
     /// it until the connection is up). The first connection is dialled
     /// synchronously, so an unreachable daemon is reported with nng's own
     /// error; the others in the background. Returns once every connection
-    /// is open; [`SimPool::wait_registered`] waits for the last `Welcome`.
+    /// is open; [`SimWorkers::wait_registered`] waits for the last `Welcome`.
     /// Fails on the first connection that fails, naming it and the error,
     /// or when `cfg.register_limit` passes.
-    pub fn connect(cfg: &SimConfig) -> anyhow::Result<SimPool> {
+    pub fn connect(cfg: &SimConfig) -> anyhow::Result<SimWorkers> {
         let shared = Arc::new(Shared {
             count: cfg.count,
             ..Shared::default()
         });
         let started = Instant::now();
         let deadline = started + cfg.register_limit;
-        let mut pool = SimPool {
+        let mut sim = SimWorkers {
             conns: Vec::with_capacity(cfg.count),
             shared: shared.clone(),
             started,
@@ -313,7 +313,7 @@ impl SimPool {
         for index in 0..cfg.count {
             // Wait for room in the window (bounded by the deadline).
             loop {
-                let stats = pool.stats();
+                let stats = sim.stats();
                 if stats.failed > 0 {
                     bail!(
                         "{} of {} simulated workers failed while registering: {}",
@@ -383,10 +383,10 @@ impl SimPool {
             // The hello goes out at once; nng holds it until the
             // connection is up.
             conn.feed(Event::Tick);
-            pool.conns.push(conn);
+            sim.conns.push(conn);
         }
-        pool.dialled = started.elapsed();
-        Ok(pool)
+        sim.dialled = started.elapsed();
+        Ok(sim)
     }
 
     /// How long opening every connection took (from the first dial to the
@@ -455,7 +455,7 @@ impl SimPool {
     }
 }
 
-impl Drop for SimPool {
+impl Drop for SimWorkers {
     fn drop(&mut self) {
         // Pending operations end with `Closed`, which the callbacks ignore
         // (they start nothing new). Waiting for each aio before dropping it

@@ -44,7 +44,8 @@ const WAIT_MARGIN: Duration = Duration::from_secs(10);
 pub enum ClientError {
     /// No daemon listens on the socket.
     #[error(
-        "no daemon is running at {path} ({source}); start one with `flotilla daemon`, or set FLOTILLA_HOME to the state directory of a running one"
+        "no daemon is running at {path} ({source}); start one with `flotilla daemon`, or set {home} to the state directory of a running one",
+        home = flotilla_protocol::launch::HOME_ENV
     )]
     Unreachable {
         /// The socket path.
@@ -52,8 +53,8 @@ pub enum ClientError {
         /// nng's error.
         source: nng::Error,
     },
-    /// Neither FLOTILLA_HOME nor HOME is set.
-    #[error("cannot find the daemon: set FLOTILLA_HOME (or HOME)")]
+    /// Neither [`flotilla_protocol::launch::HOME_ENV`] nor HOME is set.
+    #[error("cannot find the daemon: set {home} (or HOME)", home = flotilla_protocol::launch::HOME_ENV)]
     NoStateDir,
     /// The daemon did not answer in time.
     #[error("the daemon did not answer within {0:?}")]

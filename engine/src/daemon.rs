@@ -419,10 +419,14 @@ impl ActionRunner for Io {
 
 fn api_handler(hub: Arc<Hub<Io>>, max_frame: usize) -> crate::net::Handler {
     Box::new(move |inbound| match inbound {
-        Inbound::Request { slot, pipe, bytes } => match decode::<ClientCall>(bytes, max_frame) {
+        Inbound::Request {
+            receiver,
+            pipe,
+            bytes,
+        } => match decode::<ClientCall>(bytes, max_frame) {
             Ok(call) => {
                 hub.post(Event::Client {
-                    from: ReplyTo(slot),
+                    from: ReplyTo(receiver),
                     call,
                 });
                 Verdict::Accept
@@ -445,10 +449,14 @@ fn api_handler(hub: Arc<Hub<Io>>, max_frame: usize) -> crate::net::Handler {
 
 fn interchange_handler(hub: Arc<Hub<Io>>, max_frame: usize) -> crate::net::Handler {
     Box::new(move |inbound| match inbound {
-        Inbound::Request { slot, pipe, bytes } => match decode::<WorkerMessage>(bytes, max_frame) {
+        Inbound::Request {
+            receiver,
+            pipe,
+            bytes,
+        } => match decode::<WorkerMessage>(bytes, max_frame) {
             Ok(message) => {
                 hub.post(Event::Worker {
-                    from: ReplyTo(slot),
+                    from: ReplyTo(receiver),
                     pipe,
                     message,
                 });

@@ -106,8 +106,8 @@ impl BlockTemplate {
     /// The job for block `block`.
     pub fn job(&self, block: u32) -> Result<JobSpec, LaunchFailed> {
         let failed = |source| LaunchFailed { block, source };
-        let pool = self.container.workers_container(self.gpus);
-        let exe = match (&pool, self.container.worker) {
+        let workers_container = self.container.workers_container(self.gpus);
+        let exe = match (&workers_container, self.container.worker) {
             (None, _) => self.worker_exe.clone(),
             (Some(_), WorkerSource::Image) => self.container.worker_path.clone(),
             (Some(_), WorkerSource::Host) => {
@@ -119,15 +119,15 @@ impl BlockTemplate {
             }
         };
         let mut args = self.worker_args(block);
-        if pool.is_none() {
+        if workers_container.is_none() {
             self.servable_container_args(&mut args);
         }
         let words: Vec<String> = std::iter::once(exe).chain(args.to_argv()).collect();
-        let (worker_command, copy_setup) = match pool {
+        let (worker_command, copy_setup) = match workers_container {
             None => (shell::join(&words), String::new()),
             Some(container) => {
                 let invocation = self
-                    .pool_container(container)
+                    .with_worker_binds(container)
                     .map_err(failed)?
                     .invocation(Inner {
                         command: &words,
@@ -163,10 +163,10 @@ impl BlockTemplate {
         })
     }
 
-    /// The pool's container with what the worker needs bound in: its own
+    /// The workers' container with what the worker needs bound in: its own
     /// executable (unless the image has one), the object store and the
     /// blocks' directory, at the same paths.
-    fn pool_container(
+    fn with_worker_binds(
         &self,
         mut container: Container,
     ) -> Result<Container, flotilla_launchers::LaunchError> {
@@ -225,7 +225,7 @@ impl BlockTemplate {
     }
 
     /// Worker options telling it to start servables that name an image in
-    /// that image, when the site has a runtime and pools run on the host.
+    /// that image, when the site has a runtime and the workers run on the host.
     fn servable_container_args(&self, args: &mut WorkerArgs) {
         let c = &self.container;
         let Some(runtime) = c.runtime.runtime() else {
@@ -374,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn pools_in_an_image_get_the_host_worker_and_their_environment() {
+    fn workers_in_an_image_get_the_host_worker_and_their_environment() {
         let mut config = Config::default();
         config.worker.command = Some("/opt/fl/bin/flotilla-worker".into());
         config.container.runtime = RuntimeKind::Podman;
@@ -430,7 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn without_a_pool_image_servable_images_use_the_site_runtime() {
+    fn without_a_workers_image_servable_images_use_the_site_runtime() {
         let mut config = Config::default();
         config.container.runtime = RuntimeKind::Apptainer;
         config.container.binds = vec!["/scratch".into()];

@@ -4,10 +4,10 @@
 //! request/reply where the reply may come much later: a synchronous run is
 //! answered when its task finishes, a worker's long-poll when there is work.
 //! nng contexts give exactly that: each context holds one request until it is
-//! answered. The server keeps a pool of contexts ("slots") receiving in the
-//! background, grows it when nearly all are holding requests, and hands each
-//! request to a handler together with its slot number; [`RepServer::reply`]
-//! later answers that slot.
+//! answered. The server keeps a growing set of contexts (its "receivers")
+//! receiving in the background, adds more when nearly all are holding
+//! requests, and hands each request to a handler together with its receiver's
+//! number; [`RepServer::reply`] later answers through that receiver.
 //!
 //! Everything runs on nng's own threads through async I/O callbacks, so the
 //! daemon needs no thread per connection. The handler must be quick: it
@@ -28,9 +28,9 @@ use nng::{Aio, AioResult, Context, Message, Pipe, PipeEvent, Protocol, Socket};
 
 use crate::core::PipeId;
 
-/// Slots created up front and each time the pool grows.
+/// Receivers created up front and each time the server adds more.
 const GROW_STEP: usize = 32;
-/// Grow when fewer idle slots than this remain.
+/// Add receivers when fewer idle ones than this remain.
 const LOW_WATER: usize = 4;
 
 /// How long a peer that is being dropped keeps its connection after its
@@ -40,10 +40,10 @@ const CLOSE_LINGER: Duration = Duration::from_millis(200);
 /// Something a peer did.
 #[derive(Debug)]
 pub enum Inbound<'a> {
-    /// A request on `slot`, answerable with [`RepServer::reply`].
+    /// A request held by `receiver`, answerable with [`RepServer::reply`].
     Request {
-        /// The slot holding the request.
-        slot: u32,
+        /// The receiver holding the request.
+        receiver: u32,
         /// The connection it came on.
         pipe: PipeId,
         /// The raw frame.
@@ -91,12 +91,14 @@ pub enum NetError {
     },
 }
 
-struct Slot {
+/// One nng context with its I/O handle: it receives a request, holds it
+/// until it is answered, then receives the next.
+struct Receiver {
     ctx: Context,
     aio: Aio,
     request_pipe: Mutex<Option<Pipe>>,
     close_after_send: Mutex<Option<Pipe>>,
-    /// A pipe to close once the slot's linger sleep ends.
+    /// A pipe to close once the receiver's linger sleep ends.
     lingering: Mutex<Option<Pipe>>,
 }
 
@@ -123,16 +125,16 @@ impl PipeTable {
 struct Shared {
     name: &'static str,
     socket: Socket,
-    slots: RwLock<Vec<Arc<Slot>>>,
+    receivers: RwLock<Vec<Arc<Receiver>>>,
     idle: AtomicUsize,
     sending: AtomicUsize,
-    max_slots: usize,
+    max_receivers: usize,
     closing: AtomicBool,
     pipes: Mutex<PipeTable>,
     handler: Handler,
 }
 
-/// A REP socket with a growing pool of request slots. Cheap to clone.
+/// A REP socket with a growing set of receivers. Cheap to clone.
 #[derive(Clone)]
 pub struct RepServer {
     shared: Arc<Shared>,
@@ -156,11 +158,11 @@ fn nng_err<'a>(what: &'static str, url: &'a str) -> impl FnOnce(nng::Error) -> N
 
 impl RepServer {
     /// A server named `name` (for logs) that refuses frames over
-    /// `max_frame` bytes at the socket and holds at most `max_slots` requests.
+    /// `max_frame` bytes at the socket and holds at most `max_receivers` requests.
     pub fn new(
         name: &'static str,
         max_frame: usize,
-        max_slots: usize,
+        max_receivers: usize,
         handler: Handler,
     ) -> Result<RepServer, NetError> {
         let socket =
@@ -171,10 +173,10 @@ impl RepServer {
         let shared = Arc::new(Shared {
             name,
             socket,
-            slots: RwLock::new(Vec::new()),
+            receivers: RwLock::new(Vec::new()),
             idle: AtomicUsize::new(0),
             sending: AtomicUsize::new(0),
-            max_slots: max_slots.max(GROW_STEP),
+            max_receivers: max_receivers.max(GROW_STEP),
             closing: AtomicBool::new(false),
             pipes: Mutex::new(PipeTable::default()),
             handler,
@@ -188,7 +190,7 @@ impl RepServer {
                 }
             })
             .map_err(nng_err("cannot watch connections of", name))?;
-        grow(&shared).map_err(nng_err("cannot create request slots for", name))?;
+        grow(&shared).map_err(nng_err("cannot create receivers for", name))?;
         Ok(RepServer { shared })
     }
 
@@ -233,15 +235,19 @@ impl RepServer {
         Ok(port)
     }
 
-    /// Answers the request held by `slot`; with `close`, closes the peer's
+    /// Answers the request held by `receiver`; with `close`, closes the peer's
     /// connection once the reply is sent.
-    pub fn reply(&self, slot: u32, bytes: &[u8], close: bool) {
+    pub fn reply(&self, receiver: u32, bytes: &[u8], close: bool) {
         let shared = &self.shared;
-        let Some(s) = shared.slot(slot) else {
-            tracing::error!(server = shared.name, slot, "reply to an unknown slot");
+        let Some(r) = shared.receiver(receiver) else {
+            tracing::error!(
+                server = shared.name,
+                receiver,
+                "reply to an unknown receiver"
+            );
             return;
         };
-        send(shared, &s, bytes, close);
+        send(shared, &r, bytes, close);
     }
 
     /// Closes a connection (the peer sees it drop).
@@ -272,8 +278,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn slot(&self, index: u32) -> Option<Arc<Slot>> {
-        self.slots
+    fn receiver(&self, index: u32) -> Option<Arc<Receiver>> {
+        self.receivers
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(index as usize)
@@ -311,22 +317,22 @@ impl Shared {
                 if self.idle.load(Ordering::Acquire) < LOW_WATER
                     && let Err(e) = grow(self)
                 {
-                    tracing::warn!(server = self.name, error = %e, "cannot add request slots");
+                    tracing::warn!(server = self.name, error = %e, "cannot add receivers");
                 }
                 let pipe = msg.pipe();
                 let pipe_id = pipe.map_or(PipeId(0), |p| lock(&self.pipes).id_of(p));
-                let Some(slot) = self.slot(index) else {
+                let Some(receiver) = self.receiver(index) else {
                     return;
                 };
-                *lock(&slot.request_pipe) = pipe;
+                *lock(&receiver.request_pipe) = pipe;
                 let verdict = (self.handler)(Inbound::Request {
-                    slot: index,
+                    receiver: index,
                     pipe: pipe_id,
                     bytes: msg.as_slice(),
                 });
                 match verdict {
                     Verdict::Accept => {}
-                    Verdict::Drop { reply: Some(bytes) } => send(self, &slot, &bytes, true),
+                    Verdict::Drop { reply: Some(bytes) } => send(self, &receiver, &bytes, true),
                     Verdict::Drop { reply: None } => {
                         if let Some(p) = pipe {
                             close_pipe(p);
@@ -350,25 +356,25 @@ impl Shared {
                 {
                     tracing::debug!(server = self.name, error = %e, "reply not sent");
                 }
-                if let Some(slot) = self.slot(index)
-                    && let Some(p) = lock(&slot.close_after_send).take()
+                if let Some(receiver) = self.receiver(index)
+                    && let Some(p) = lock(&receiver.close_after_send).take()
                 {
                     // A sent reply may still sit in the pipe's queue or the
                     // socket: closing now can lose it (the peer sees a reset
                     // instead of its refusal), so the pipe lingers first.
-                    *lock(&slot.lingering) = Some(p);
+                    *lock(&receiver.lingering) = Some(p);
                     if aio.sleep(CLOSE_LINGER).is_ok() {
                         return;
                     }
-                    if let Some(p) = lock(&slot.lingering).take() {
+                    if let Some(p) = lock(&receiver.lingering).take() {
                         close_pipe(p);
                     }
                 }
                 rearm(self, ctx, aio);
             }
             AioResult::Sleep(_) => {
-                if let Some(slot) = self.slot(index)
-                    && let Some(p) = lock(&slot.lingering).take()
+                if let Some(receiver) = self.receiver(index)
+                    && let Some(p) = lock(&receiver.lingering).take()
                 {
                     close_pipe(p);
                 }
@@ -393,16 +399,16 @@ fn close_pipe(pipe: Pipe) {
     }
 }
 
-fn send(shared: &Arc<Shared>, slot: &Slot, bytes: &[u8], close: bool) {
+fn send(shared: &Arc<Shared>, receiver: &Receiver, bytes: &[u8], close: bool) {
     if close {
-        *lock(&slot.close_after_send) = *lock(&slot.request_pipe);
+        *lock(&receiver.close_after_send) = *lock(&receiver.request_pipe);
     }
     shared.sending.fetch_add(1, Ordering::AcqRel);
-    if let Err((_, e)) = slot.ctx.send(&slot.aio, Message::from(bytes)) {
+    if let Err((_, e)) = receiver.ctx.send(&receiver.aio, Message::from(bytes)) {
         shared.sending.fetch_sub(1, Ordering::AcqRel);
         if !shared.closing.load(Ordering::Acquire) {
             tracing::warn!(server = shared.name, error = %e, "cannot send reply");
-            rearm(shared, &slot.ctx, &slot.aio);
+            rearm(shared, &receiver.ctx, &receiver.aio);
         }
     }
 }
@@ -417,27 +423,30 @@ fn rearm(shared: &Shared, ctx: &Context, aio: &Aio) {
     }
 }
 
-/// Adds up to [`GROW_STEP`] receiving slots, within the pool's limit.
+/// Adds up to [`GROW_STEP`] receivers, within the server's limit.
 fn grow(shared: &Arc<Shared>) -> Result<(), nng::Error> {
-    let mut slots = shared
-        .slots
+    let mut receivers = shared
+        .receivers
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if shared.idle.load(Ordering::Acquire) >= LOW_WATER && !slots.is_empty() {
+    if shared.idle.load(Ordering::Acquire) >= LOW_WATER && !receivers.is_empty() {
         return Ok(());
     }
-    let room = shared.max_slots.saturating_sub(slots.len()).min(GROW_STEP);
+    let room = shared
+        .max_receivers
+        .saturating_sub(receivers.len())
+        .min(GROW_STEP);
     if room == 0 {
         tracing::warn!(
             server = shared.name,
-            slots = slots.len(),
-            "all request slots are busy; new requests wait"
+            receivers = receivers.len(),
+            "all receivers are busy; new requests wait"
         );
         return Ok(());
     }
     let mut fresh = Vec::with_capacity(room);
     for _ in 0..room {
-        let index = slots.len() as u32;
+        let index = receivers.len() as u32;
         let ctx = Context::new(&shared.socket)?;
         let weak: Weak<Shared> = Arc::downgrade(shared);
         let cb_ctx = ctx.clone();
@@ -446,24 +455,24 @@ fn grow(shared: &Arc<Shared>) -> Result<(), nng::Error> {
                 shared.on_aio(index, &cb_ctx, &aio, result);
             }
         })?;
-        let slot = Arc::new(Slot {
+        let receiver = Arc::new(Receiver {
             ctx,
             aio,
             request_pipe: Mutex::new(None),
             close_after_send: Mutex::new(None),
             lingering: Mutex::new(None),
         });
-        slots.push(slot.clone());
-        fresh.push(slot);
+        receivers.push(receiver.clone());
+        fresh.push(receiver);
     }
     tracing::debug!(
         server = shared.name,
-        slots = slots.len(),
-        "request slots added"
+        receivers = receivers.len(),
+        "receivers added"
     );
-    drop(slots);
-    for slot in fresh {
-        rearm(shared, &slot.ctx, &slot.aio);
+    drop(receivers);
+    for receiver in fresh {
+        rearm(shared, &receiver.ctx, &receiver.aio);
     }
     Ok(())
 }
@@ -486,8 +495,12 @@ mod tests {
                 Inbound::Request { bytes, .. } if bytes == b"bad" => Verdict::Drop {
                     reply: Some(b"bye".to_vec()),
                 },
-                Inbound::Request { slot, pipe, bytes } => {
-                    let _ = lock(&tx).send((slot, pipe, bytes.to_vec()));
+                Inbound::Request {
+                    receiver,
+                    pipe,
+                    bytes,
+                } => {
+                    let _ = lock(&tx).send((receiver, pipe, bytes.to_vec()));
                     Verdict::Accept
                 }
                 Inbound::PipeClosed(_) => Verdict::Accept,
@@ -519,10 +532,10 @@ mod tests {
         for _ in 0..100 {
             held.push(rx.recv_timeout(Duration::from_secs(10)).unwrap());
         }
-        // More requests than the initial pool: the pool grew.
+        // More requests than the initial receivers: the server added more.
         assert!(held.iter().map(|h| h.0).max().unwrap() >= GROW_STEP as u32);
-        for (slot, _, bytes) in &held {
-            server.reply(*slot, bytes, false);
+        for (receiver, _, bytes) in &held {
+            server.reply(*receiver, bytes, false);
         }
         for (i, c) in clients.iter().enumerate() {
             let back = c.recv().unwrap();
@@ -549,9 +562,9 @@ mod tests {
         big.send(Message::from(&vec![0u8; 4096][..])).unwrap();
         let good = client(&url);
         good.send(Message::from(&b"ok"[..])).unwrap();
-        let (slot, _, bytes) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (receiver, _, bytes) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(bytes, b"ok");
-        server.reply(slot, b"fine", false);
+        server.reply(receiver, b"fine", false);
         assert_eq!(good.recv().unwrap().as_slice(), b"fine");
         assert!(
             rx.try_recv().is_err(),

@@ -88,8 +88,24 @@ pub fn valid_name(name: &str) -> bool {
 
 type Problem = (String, String);
 
+/// The first problem with `spec`, if any, by key.
 fn check(spec: &ServableSpec) -> Result<(), Problem> {
-    let p = |key: &str, message: String| Err((key.to_owned(), message));
+    check_identity(spec)?;
+    check_creators(spec)?;
+    check_type(&spec.input, "input")?;
+    check_type(&spec.output, "output")?;
+    check_runtime(spec)?;
+    check_files(&spec.files)?;
+    check_options(spec)
+}
+
+/// A problem at `key`.
+fn p(key: &str, message: String) -> Result<(), Problem> {
+    Err((key.to_owned(), message))
+}
+
+/// Name, version, title, license and model type.
+fn check_identity(spec: &ServableSpec) -> Result<(), Problem> {
     if !valid_name(&spec.name) {
         return p(
             "name",
@@ -133,6 +149,11 @@ fn check(spec: &ServableSpec) -> Result<(), Problem> {
             ),
         );
     }
+    Ok(())
+}
+
+/// Every creator has a name, and an ORCID iD if one is given.
+fn check_creators(spec: &ServableSpec) -> Result<(), Problem> {
     for (i, c) in spec.creators.iter().enumerate() {
         if c.name.trim().is_empty() {
             return p(&format!("creators[{i}].name"), "must not be empty".into());
@@ -146,8 +167,11 @@ fn check(spec: &ServableSpec) -> Result<(), Problem> {
             );
         }
     }
-    check_type(&spec.input, "input")?;
-    check_type(&spec.output, "output")?;
+    Ok(())
+}
+
+/// Only exec commands and pipelines of exact servable versions publish.
+fn check_runtime(spec: &ServableSpec) -> Result<(), Problem> {
     match &spec.runtime {
         Runtime::Builtin => {
             return p(
@@ -190,8 +214,13 @@ fn check(spec: &ServableSpec) -> Result<(), Problem> {
             }
         }
     }
+    Ok(())
+}
+
+/// Listed files are distinct relative paths that stay in the directory.
+fn check_files(files: &[String]) -> Result<(), Problem> {
     let mut seen = HashSet::new();
-    for f in &spec.files {
+    for f in files {
         let path = std::path::Path::new(f);
         let escapes = path.is_absolute()
             || path
@@ -209,6 +238,11 @@ fn check(spec: &ServableSpec) -> Result<(), Problem> {
             return p("files", format!("`{f}` is listed twice"));
         }
     }
+    Ok(())
+}
+
+/// Batching and latency options within their bounds.
+fn check_options(spec: &ServableSpec) -> Result<(), Problem> {
     let o = &spec.options;
     if o.max_batch_size == 0 || o.max_batch_size > 1_000_000 {
         return p(

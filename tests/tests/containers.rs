@@ -181,7 +181,7 @@ impl Drop for Podman {
 }
 
 #[test]
-fn a_worker_pool_runs_inside_podman_and_serves() {
+fn a_blocks_workers_run_inside_podman_and_serve() {
     let podman = Podman::new();
     let root = minimal_rootfs(podman.dir.path());
     let image = "localhost/flotilla-test-worker:latest";
@@ -230,7 +230,7 @@ fn a_worker_pool_runs_inside_podman_and_serves() {
 }
 
 #[test]
-fn a_worker_pool_runs_inside_charliecloud_and_serves() {
+fn a_blocks_workers_run_inside_charliecloud_and_serve() {
     require("ch-run", "charliecloud-runtime");
     let scratch = tempfile::Builder::new().prefix("fl-ch-").tempdir().unwrap();
     let root = minimal_rootfs(scratch.path());

@@ -413,7 +413,7 @@ fn stop_command_and_one_daemon_per_state_directory() {
 }
 
 #[test]
-fn the_local_provider_starts_a_worker_pool_and_cancels_it_at_shutdown() {
+fn the_local_provider_starts_a_blocks_workers_and_cancels_them_at_shutdown() {
     let config = config_with(&[
         ("provider", "init_blocks", "1"),
         ("provider", "min_blocks", "1"),

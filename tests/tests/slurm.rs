@@ -289,7 +289,7 @@ fn a_hung_scheduler_command_never_blocks_the_daemon() {
 }
 
 #[test]
-fn the_srun_launcher_puts_one_pool_on_each_node() {
+fn the_srun_launcher_starts_the_workers_of_each_node() {
     let f = Flotilla::start(&slurm_site(&[
         ("provider", "nodes_per_block", "2"),
         ("launcher", "kind", "\"srun\""),
@@ -309,16 +309,20 @@ fn the_srun_launcher_puts_one_pool_on_each_node() {
             (Some(0), Some("n1".to_owned()), Some(0)),
             (Some(1), Some("n2".to_owned()), Some(0)),
         ],
-        "one pool per node of the one block, each with its own rank"
+        "one worker per node of the one block, each with its own rank"
     );
-    assert_eq!(jobs.jobs().len(), 1, "both pools are one Slurm job");
+    assert_eq!(
+        jobs.jobs().len(),
+        1,
+        "both nodes' workers are one Slurm job"
+    );
     let script = std::fs::read_to_string(f.home().join("blocks/0/block.sh")).unwrap();
     assert!(
         script.contains("#SBATCH --nodes=2")
             && script.contains("srun --nodes=2 --ntasks=2 --ntasks-per-node=1"),
         "{script}"
     );
-    // Both pools serve.
+    // The workers of both nodes serve.
     let client = f.client();
     let views = client
         .run_all(flotilla_tests::noop_tasks(200), LONG)

@@ -11,7 +11,7 @@ use flotilla_protocol::task::Outcome;
 use crate::builtin;
 use crate::exec::ExecRuntime;
 
-/// A pool of `slots` threads running batches.
+/// `slots` threads, one per slot, running batches.
 #[derive(Debug)]
 pub struct Executor {
     tx: crossbeam_channel::Sender<(WorkBatch, u64)>,

@@ -1,4 +1,4 @@
-//! `flotilla-worker`: a pool of slots that runs servables for one daemon.
+//! `flotilla-worker`: runs servables for one daemon, a fixed number of calls (slots) at a time.
 //!
 //! A provider starts workers inside blocks with the daemon's address, port
 //! and block id on the command line and the secret in `FLOTILLA_SECRET`.

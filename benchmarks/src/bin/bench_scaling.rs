@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use flotilla_benchmarks::plot::{Panel, Series, log_log_panels};
-use flotilla_benchmarks::simworkers::{SimConfig, SimPool};
+use flotilla_benchmarks::simworkers::{SimConfig, SimWorkers};
 use flotilla_benchmarks::{machine, median, results_dir, round, write_result};
 use flotilla_client::{Client, json_to_payload};
 use flotilla_engine::state_dir::StateDir;
@@ -276,9 +276,8 @@ fn cpu_delta(
     (rows.iter().map(|r| r.1).sum(), rows)
 }
 
-/// Part 2 at `m` simulated workers.
-fn sim_point(o: &Options, m: usize) -> anyhow::Result<Value> {
-    let f = Flotilla::start(&site());
+/// Opens `m` simulated worker connections to `f`'s daemon with its secret.
+fn connect_sim_workers(f: &Flotilla, m: usize) -> anyhow::Result<SimWorkers> {
     let info = StateDir::at(f.home())
         .read_info()
         .context("cannot read the daemon's contact file")?;
@@ -289,7 +288,7 @@ fn sim_point(o: &Options, m: usize) -> anyhow::Result<Value> {
         "tcp://{}:{}",
         info.interchange_address, info.interchange_port
     );
-    let pool = SimPool::connect(&SimConfig {
+    SimWorkers::connect(&SimConfig {
         url,
         secret,
         count: m,
@@ -297,21 +296,79 @@ fn sim_point(o: &Options, m: usize) -> anyhow::Result<Value> {
         id_prefix: format!("sim{m}"),
         window: REGISTER_WINDOW,
         register_limit: Duration::from_secs(300),
-    })?;
-    let dial = pool.dial_time();
-    let registered = pool.wait_registered(Duration::from_secs(300))?;
-    let client = f.client();
+    })
+}
+
+/// Waits until the daemon's status lists `m` workers.
+fn wait_listed(client: &Client, m: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let seen = client.status().context("status")?.workers.len();
         if seen == m {
-            break;
+            return Ok(());
         }
         if Instant::now() >= deadline {
             bail!("the daemon lists {seen} workers, not {m}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// One timed run of `tasks` on `m` simulated workers: its rate and the CPU
+/// the daemon (`daemon`) and this process spent, thread by thread.
+fn sim_run(
+    client: &Client,
+    sim: &SimWorkers,
+    m: usize,
+    daemon: u32,
+    tasks: Vec<TaskRequest>,
+) -> anyhow::Result<Value> {
+    let me = std::process::id();
+    let count = tasks.len();
+    let before = (thread_cpu(daemon), thread_cpu(me), sim.stats());
+    let run = bulk(client, tasks).with_context(|| format!("{m} simulated workers"))?;
+    let after = (thread_cpu(daemon), thread_cpu(me), sim.stats());
+    let secs = run.elapsed.as_secs_f64();
+    let (daemon_cpu, daemon_threads) = cpu_delta(&before.0, &after.0);
+    let (bench_cpu, bench_threads) = cpu_delta(&before.1, &after.1);
+    let rate = count as f64 / secs;
+    println!(
+        "  M = {m:>5}: {rate:>8.0} tasks/s ({secs:.3} s; {} workers used; CPU: daemon {:.0}%, simulator+client {:.0}%)",
+        run.workers_used,
+        daemon_cpu / secs * 100.0,
+        bench_cpu / secs * 100.0
+    );
+    let threads = |rows: &[(String, f64)]| -> Value {
+        rows.iter()
+            .take(6)
+            .map(|(k, v)| (k.clone(), json!(r4(*v))))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    Ok(json!({
+        "elapsed_s": r4(secs),
+        "tasks_per_s": rate.round(),
+        "accept_ms": round(run.accepted.as_secs_f64() * 1e3),
+        "workers_used": run.workers_used,
+        "daemon_cpu_s": r4(daemon_cpu),
+        "daemon_cpu_share": r4(daemon_cpu / secs),
+        "daemon_cpu_by_thread_s": threads(&daemon_threads),
+        "bench_cpu_s": r4(bench_cpu),
+        "bench_cpu_share": r4(bench_cpu / secs),
+        "bench_cpu_by_thread_s": threads(&bench_threads),
+        "tasks_answered": after.2.tasks - before.2.tasks,
+        "heartbeats": after.2.heartbeats - before.2.heartbeats,
+    }))
+}
+
+/// Part 2 at `m` simulated workers.
+fn sim_point(o: &Options, m: usize) -> anyhow::Result<Value> {
+    let f = Flotilla::start(&site());
+    let sim = connect_sim_workers(&f, m)?;
+    let dial = sim.dial_time();
+    let registered = sim.wait_registered(Duration::from_secs(300))?;
+    let client = f.client();
+    wait_listed(&client, m)?;
     tracing::info!(
         workers = m,
         dial_s = dial.as_secs_f64(),
@@ -322,46 +379,12 @@ fn sim_point(o: &Options, m: usize) -> anyhow::Result<Value> {
     bulk(&client, noop_requests(0, warm)?).context("warm-up")?;
 
     let daemon = f.daemon_pid();
-    let me = std::process::id();
     let mut runs = Vec::new();
     for rep in 0..o.sim_repeat {
         let tasks = noop_requests(warm + rep * o.sim_tasks, o.sim_tasks)?;
-        let before = (thread_cpu(daemon), thread_cpu(me), pool.stats());
-        let run = bulk(&client, tasks).with_context(|| format!("{m} simulated workers"))?;
-        let after = (thread_cpu(daemon), thread_cpu(me), pool.stats());
-        let secs = run.elapsed.as_secs_f64();
-        let (daemon_cpu, daemon_threads) = cpu_delta(&before.0, &after.0);
-        let (bench_cpu, bench_threads) = cpu_delta(&before.1, &after.1);
-        let rate = o.sim_tasks as f64 / secs;
-        println!(
-            "  M = {m:>5}: {rate:>8.0} tasks/s ({secs:.3} s; {} workers used; CPU: daemon {:.0}%, simulator+client {:.0}%)",
-            run.workers_used,
-            daemon_cpu / secs * 100.0,
-            bench_cpu / secs * 100.0
-        );
-        let threads = |rows: &[(String, f64)]| -> Value {
-            rows.iter()
-                .take(6)
-                .map(|(k, v)| (k.clone(), json!(r4(*v))))
-                .collect::<serde_json::Map<_, _>>()
-                .into()
-        };
-        runs.push(json!({
-            "elapsed_s": r4(secs),
-            "tasks_per_s": rate.round(),
-            "accept_ms": round(run.accepted.as_secs_f64() * 1e3),
-            "workers_used": run.workers_used,
-            "daemon_cpu_s": r4(daemon_cpu),
-            "daemon_cpu_share": r4(daemon_cpu / secs),
-            "daemon_cpu_by_thread_s": threads(&daemon_threads),
-            "bench_cpu_s": r4(bench_cpu),
-            "bench_cpu_share": r4(bench_cpu / secs),
-            "bench_cpu_by_thread_s": threads(&bench_threads),
-            "tasks_answered": after.2.tasks - before.2.tasks,
-            "heartbeats": after.2.heartbeats - before.2.heartbeats,
-        }));
+        runs.push(sim_run(&client, &sim, m, daemon, tasks)?);
     }
-    let stats = pool.stats();
+    let stats = sim.stats();
     if stats.failed > 0 {
         bail!(
             "{} simulated workers failed: {}",
@@ -384,7 +407,7 @@ fn sim_point(o: &Options, m: usize) -> anyhow::Result<Value> {
         .cloned()
         .unwrap_or(Value::Null);
     drop(client);
-    drop(pool);
+    drop(sim);
     drop(f);
     Ok(json!({
         "workers": m,

@@ -1,7 +1,7 @@
 //! Daemon start to first result through a real Slurm.
 //!
-//! Each round starts a fresh daemon (release build) whose pool is one Slurm
-//! block of one node running `flotilla-worker` with 2 slots, and runs one
+//! Each round starts a fresh daemon (release build) whose one block is a Slurm
+//! job of one node running `flotilla-worker` with 2 slots, and runs one
 //! `noop` as soon as the daemon answers; the clock stops when its result is
 //! back. The daemon's event stream splits that time into: the daemon up
 //! with its first block submitted (it submits at start, before it answers

@@ -7,7 +7,8 @@ use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
 use super::blocks::BlockEvent;
 use super::records::StoreOp;
 
-/// A pending request on one of the daemon's reply sockets (its context slot).
+/// A pending request on one of the daemon's reply sockets (the number of
+/// the socket's receiver that holds it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReplyTo(pub u32);
 

@@ -202,9 +202,9 @@ impl Memo {
     pub fn report(&self) -> MemoStats {
         let mut per: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for e in self.entries.values() {
-            let slot = per.entry(&e.servable).or_default();
-            slot.0 += 1;
-            slot.1 += e.bytes();
+            let counts = per.entry(&e.servable).or_default();
+            counts.0 += 1;
+            counts.1 += e.bytes();
         }
         MemoStats {
             entries: self.entries.len() as u64,

@@ -55,11 +55,11 @@ fn policy(init: u32, min: u32, max: u32) -> BlockPolicy {
     }
 }
 
-/// Drives a core and keeps the clock and the reply slots.
+/// Drives a core and keeps the clock and numbers the pending requests.
 struct Harness {
     core: Core,
     now: u64,
-    next_slot: u32,
+    next_reply_to: u32,
 }
 
 impl Harness {
@@ -72,13 +72,13 @@ impl Harness {
         Harness {
             core: Core::new(cfg, recovered, now),
             now,
-            next_slot: 0,
+            next_reply_to: 0,
         }
     }
 
-    fn slot(&mut self) -> ReplyTo {
-        self.next_slot += 1;
-        ReplyTo(self.next_slot)
+    fn reply_to(&mut self) -> ReplyTo {
+        self.next_reply_to += 1;
+        ReplyTo(self.next_reply_to)
     }
 
     fn ev(&mut self, event: Event) -> Vec<Action> {
@@ -99,7 +99,7 @@ impl Harness {
     }
 
     fn call(&mut self, call: ClientCall) -> (ReplyTo, Vec<Action>) {
-        let from = self.slot();
+        let from = self.reply_to();
         let out = self.ev(Event::Client { from, call });
         (from, out)
     }
@@ -118,7 +118,7 @@ impl Harness {
     }
 
     fn hello(&mut self, pipe: u64, worker: &str, slots: u32) -> Vec<Action> {
-        let from = self.slot();
+        let from = self.reply_to();
         self.ev(Event::Worker {
             from,
             pipe: PipeId(pipe),
@@ -126,13 +126,13 @@ impl Harness {
         })
     }
 
-    /// Sends a long-poll and returns (its slot, the actions).
+    /// Sends a long-poll and returns (where its reply goes, the actions).
     fn poll(&mut self, pipe: u64) -> (ReplyTo, Vec<Action>) {
         self.pull(pipe, vec![], true)
     }
 
     fn pull(&mut self, pipe: u64, results: Vec<BatchResult>, wait: bool) -> (ReplyTo, Vec<Action>) {
-        let from = self.slot();
+        let from = self.reply_to();
         let out = self.ev(Event::Worker {
             from,
             pipe: PipeId(pipe),
@@ -479,7 +479,7 @@ fn tasks_fail_after_max_attempts_worker_losses() {
 #[test]
 fn a_worker_with_the_wrong_secret_is_refused_and_others_are_served() {
     let mut h = Harness::new();
-    let from = h.slot();
+    let from = h.reply_to();
     let out = h.ev(Event::Worker {
         from,
         pipe: PipeId(9),
@@ -508,7 +508,7 @@ fn a_worker_with_the_wrong_secret_is_refused_and_others_are_served() {
 fn probes_check_the_secret_and_register_nothing() {
     let mut h = Harness::new();
     let secret = h.core.cfg.secret.clone();
-    let from = h.slot();
+    let from = h.reply_to();
     let out = h.ev(Event::Worker {
         from,
         pipe: PipeId(3),
@@ -525,7 +525,7 @@ fn probes_check_the_secret_and_register_nothing() {
         }]
     );
     assert!(h.core.workers.is_empty());
-    let from = h.slot();
+    let from = h.reply_to();
     let out = h.ev(Event::Worker {
         from,
         pipe: PipeId(4),
@@ -795,7 +795,7 @@ fn work_is_spread_round_robin_over_polling_workers() {
 fn workers_only_get_servables_they_offer() {
     let mut h = Harness::new();
     h.submit("sleep", 1);
-    let from = h.slot();
+    let from = h.reply_to();
     let mut only_noop = hello("w1", 1, SECRET);
     only_noop.servables = vec!["noop".into()];
     h.ev(Event::Worker {
@@ -830,7 +830,7 @@ fn blocks_are_started_and_their_workers_counted() {
         block: 0,
         job: "4242".into(),
     }));
-    let from = h.slot();
+    let from = h.reply_to();
     let mut hi = hello("w1", 2, SECRET);
     hi.block_id = Some(0);
     h.ev(Event::Worker {
@@ -952,7 +952,7 @@ impl Harness {
     }
 
     fn exec_worker(&mut self, pipe: u64, name: &str, slots: u32) {
-        let from = self.slot();
+        let from = self.reply_to();
         let mut h = hello(name, slots, SECRET);
         h.servables.push("*".into());
         self.ev(Event::Worker {
@@ -1686,7 +1686,7 @@ fn in_block(worker: &str, slots: u32, block: u32) -> Hello {
 }
 
 fn register(h: &mut Harness, pipe: u64, hello: Hello) -> Vec<Action> {
-    let from = h.slot();
+    let from = h.reply_to();
     h.ev(Event::Worker {
         from,
         pipe: PipeId(pipe),
@@ -1812,7 +1812,7 @@ fn a_worker_near_the_end_of_its_job_gets_only_tasks_that_fit() {
 fn a_worker_that_leaves_at_its_wall_time_is_not_a_loss() {
     let mut h = Harness::new();
     h.hello(1, "w1", 1);
-    let from = h.slot();
+    let from = h.reply_to();
     let out = h.ev(Event::Worker {
         from,
         pipe: PipeId(1),

@@ -7,6 +7,7 @@ use flotilla_protocol::TaskId;
 use flotilla_protocol::interchange::{
     BatchFailure, BatchId, BatchResult, DaemonMessage, FailureKind, Hello, WorkerMessage,
 };
+use flotilla_protocol::launch::{SECRET_ENV, flag};
 use flotilla_protocol::servable::ServableRef;
 use flotilla_protocol::task::Outcome;
 
@@ -16,7 +17,12 @@ use super::worker_table::{BlockId, LossReason, Lost, Registration, Worker, Worke
 use super::{Action, Core, PipeId, ReplyTo};
 
 /// Why a worker with another daemon's secret is turned away.
-const WRONG_SECRET: &str = "wrong secret: this worker was not started for this daemon (check FLOTILLA_SECRET or --secret-file)";
+fn wrong_secret() -> String {
+    format!(
+        "wrong secret: this worker was not started for this daemon (check {SECRET_ENV} or {})",
+        flag::SECRET_FILE
+    )
+}
 
 /// An empty answer to a long-poll.
 fn no_work(to: ReplyTo) -> Action {
@@ -52,9 +58,9 @@ impl Core {
         let message = if constant_time_eq(secret, &self.cfg.secret) {
             DaemonMessage::ProbeOk
         } else {
-            tracing::warn!(slot = from.0, "worker refused: wrong secret (probe)");
+            tracing::warn!(reply_to = from.0, "worker refused: wrong secret (probe)");
             DaemonMessage::Refused {
-                reason: WRONG_SECRET.into(),
+                reason: wrong_secret(),
             }
         };
         let close = message != DaemonMessage::ProbeOk;
@@ -76,7 +82,7 @@ impl Core {
                 pipe = pipe.0,
                 "worker refused: wrong secret"
             );
-            let reason = WRONG_SECRET.into();
+            let reason = wrong_secret();
             return Some((DaemonMessage::Refused { reason }, true));
         }
         if hello.slots == 0 {
