@@ -346,11 +346,11 @@ fn typed<T: std::str::FromStr>(
 }
 
 /// Stores `value` in a single-valued option.
-fn once<T>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), ArgsError> {
-    if slot.is_some() {
+fn once<T>(field: &mut Option<T>, name: &'static str, value: T) -> Result<(), ArgsError> {
+    if field.is_some() {
         return Err(ArgsError::Repeated(name));
     }
-    *slot = Some(value);
+    *field = Some(value);
     Ok(())
 }
 

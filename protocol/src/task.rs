@@ -181,3 +181,20 @@ pub struct TaskView {
     /// replies (which never carry outputs).
     pub outcome: Option<Outcome>,
 }
+
+impl TaskView {
+    /// The view of a task the daemon does not know (never submitted, or
+    /// forgotten after its retention).
+    pub fn unknown(id: TaskId) -> TaskView {
+        TaskView {
+            id,
+            servable: String::new(),
+            state: TaskState::Unknown,
+            attempts: 0,
+            worker: None,
+            timings: TaskTimings::default(),
+            memo: None,
+            outcome: None,
+        }
+    }
+}

@@ -178,16 +178,7 @@ fn cancelled_view() -> TaskView {
 }
 
 fn unknown_view() -> TaskView {
-    TaskView {
-        id: TaskId(999),
-        servable: String::new(),
-        state: TaskState::Unknown,
-        attempts: 0,
-        worker: None,
-        timings: TaskTimings::default(),
-        memo: None,
-        outcome: None,
-    }
+    TaskView::unknown(TaskId(999))
 }
 
 fn running_view() -> TaskView {

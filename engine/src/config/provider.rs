@@ -48,8 +48,8 @@ impl ProviderKind {
         match self {
             ProviderKind::Local => &local::Local,
             ProviderKind::Slurm => &slurm::Slurm,
-            ProviderKind::Pbspro => &pbspro::Pbspro,
-            ProviderKind::Cobalt => &cobalt::Cobalt,
+            ProviderKind::Pbspro => &pbspro::PBSPRO,
+            ProviderKind::Cobalt => &cobalt::COBALT,
             ProviderKind::Kubernetes => &kubernetes::Kubernetes,
         }
     }
@@ -145,6 +145,31 @@ pub(crate) const DEFAULT_SCHEDULER_WALLTIME: &str = "01:00:00";
 /// A batch scheduler's blocks live the wall time they asked for.
 fn scheduler_walltime_s(walltime: Option<&str>) -> Option<u64> {
     flotilla_providers::walltime_seconds(walltime.unwrap_or(DEFAULT_SCHEDULER_WALLTIME))
+}
+
+/// The rules of schedulers with queues (PBS Pro, Cobalt): they read
+/// `queue` and `account`, and a `partition` is pointed at `queue`.
+struct QueueScheduler {
+    /// The name site files use.
+    name: &'static str,
+}
+
+impl ProviderRules for QueueScheduler {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn reads(&self, key: SchedulerKey) -> bool {
+        matches!(key, SchedulerKey::Queue | SchedulerKey::Account)
+    }
+
+    fn hint(&self, key: SchedulerKey) -> Option<&'static str> {
+        (key == SchedulerKey::Partition).then_some("PBS and Cobalt call it `queue`")
+    }
+
+    fn block_walltime_s(&self, walltime: Option<&str>) -> Option<u64> {
+        scheduler_walltime_s(walltime)
+    }
 }
 
 /// `[provider]`.

@@ -1,4 +1,4 @@
-//! Blocks: the worker pool's pilot jobs, and the strategy that sizes it.
+//! Blocks: the pilot jobs of the pool, and the strategy that sizes it.
 //!
 //! Every `strategy_period` the strategy compares the work outstanding
 //! (queued and running tasks) with the slots the live blocks bring, and asks

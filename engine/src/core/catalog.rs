@@ -41,6 +41,26 @@ pub struct ServableInfo {
     pub steps: Option<Arc<[ServableInfo]>>,
 }
 
+impl ServableInfo {
+    /// A servable with no published record (a builtin, or one a restart
+    /// can no longer resolve): batched by `batch`, the default latency
+    /// target, no memo and no input check.
+    pub fn plain(name: Arc<str>, batch: BatchRule) -> ServableInfo {
+        ServableInfo {
+            name,
+            batch,
+            latency_target_us: DEFAULT_LATENCY_TARGET_US,
+            memoize: false,
+            input_check: None,
+            record: None,
+            steps: None,
+        }
+    }
+}
+
+/// The latency bound of adaptive batching for servables that set none, µs.
+const DEFAULT_LATENCY_TARGET_US: u64 = 100_000;
+
 /// Builtins and published versions.
 #[derive(Clone, Debug)]
 pub struct Catalog {
@@ -90,18 +110,13 @@ impl Catalog {
         let builtins = BUILTINS
             .iter()
             .map(|b| {
-                let mut info = ServableInfo {
-                    name: Arc::from(b.name),
-                    batch: BatchRule {
+                let mut info = ServableInfo::plain(
+                    Arc::from(b.name),
+                    BatchRule {
                         max_batch: b.max_batch_size,
                         delay: Delay::Fixed(0),
                     },
-                    latency_target_us: 100_000,
-                    memoize: false,
-                    input_check: None,
-                    record: None,
-                    steps: None,
-                };
+                );
                 apply(&mut info, overrides.get(b.name));
                 (b.name.to_owned(), info)
             })

@@ -42,7 +42,7 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
         return batches;
     };
     let mut free = worker.free_slots();
-    let worker_id = worker.id.clone();
+    let worker_id = worker.about.id.clone();
     // Time left before the worker must leave, if its job has an end.
     let fits: HashMap<Arc<str>, bool> = match worker.time_left(d.walltime_margin_us, now) {
         None => HashMap::new(),
@@ -66,7 +66,7 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
         let Some((qk, size)) = d.sched.queues.oldest(
             now,
             |s| {
-                catalog::worker_can_run(catalog, &worker.servables, s)
+                catalog::worker_can_run(catalog, &worker.about.servables, s)
                     && fits.get(s).copied().unwrap_or(true)
             },
             |s| auto_plan(adaptive, s),
@@ -157,11 +157,11 @@ fn dispatch_suspects(
         let left = worker.time_left(d.walltime_margin_us, now);
         let pick = suspects.iter().position(|(id, _)| {
             d.tasks.get(id).is_some_and(|t| {
-                catalog::worker_can_run(d.catalog, &worker.servables, &t.target)
+                catalog::worker_can_run(d.catalog, &worker.about.servables, &t.target)
                     && left.is_none_or(|l| d.sched.expected_duration_us(d.catalog, &t.target) <= l)
             })
         });
-        let worker_id = worker.id.clone();
+        let worker_id = worker.about.id.clone();
         let Some((id, _)) = pick.and_then(|pos| suspects.remove(pos)) else {
             continue;
         };

@@ -148,13 +148,13 @@ impl Core {
                 .workers
                 .iter()
                 .map(|(_, w)| WorkerView {
-                    id: w.id.to_string(),
-                    block: w.block.map(|b| b.0),
-                    host: w.host.clone(),
-                    pid: w.pid,
-                    node: w.node.clone(),
-                    rank: w.rank,
-                    slots: w.slots,
+                    id: w.about.id.to_string(),
+                    block: w.about.block.map(|b| b.0),
+                    host: w.about.host.clone(),
+                    pid: w.about.pid,
+                    node: w.about.node.clone(),
+                    rank: w.about.rank,
+                    slots: w.about.slots,
                     running: w.tasks(),
                     last_seen_ms: now.saturating_sub(w.last_seen_us) / 1000,
                 })

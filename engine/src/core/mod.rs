@@ -341,7 +341,7 @@ impl Core {
         let mut running = 0u64;
         for (_, w) in self.workers.iter() {
             running += u64::from(w.tasks());
-            if let Some(block) = w.block {
+            if let Some(block) = w.about.block {
                 *busy.entry(block.0).or_insert(0) += w.tasks();
             }
         }

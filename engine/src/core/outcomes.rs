@@ -154,14 +154,8 @@ impl Core {
 
     /// Adds a new task and puts it where it belongs; see [`place_in`].
     pub(super) fn enqueue_and_place(&mut self, id: TaskId, task: Task, now: u64) {
-        if let Some(task) = self.tasks.enqueue(id, task) {
-            place_in(
-                &mut self.memo.inflight,
-                &mut self.sched.queues,
-                id,
-                task,
-                now,
-            );
+        if self.tasks.enqueue(id, task).is_some() {
+            self.place(id, now);
         }
     }
 

@@ -104,15 +104,7 @@ impl Core {
         let resolved = self.catalog.resolve(&stored.servable);
         let info = match &resolved {
             Ok(info) => info.clone(),
-            Err(_) => ServableInfo {
-                name: Arc::from(stored.servable.as_str()),
-                batch: BatchRule::SINGLE,
-                latency_target_us: 100_000,
-                memoize: false,
-                input_check: None,
-                record: None,
-                steps: None,
-            },
+            Err(_) => ServableInfo::plain(Arc::from(stored.servable.as_str()), BatchRule::SINGLE),
         };
         let mut task = Task::new(&info, stored.params, stored.input, stored.submitted_us);
         match (result, resolved) {

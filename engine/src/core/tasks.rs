@@ -344,7 +344,7 @@ impl TaskTable {
         debug_assert!(task.is_queued());
         match self.tasks.entry(id) {
             Entry::Occupied(_) => None,
-            Entry::Vacant(slot) => Some(slot.insert(task)),
+            Entry::Vacant(vacant) => Some(vacant.insert(task)),
         }
     }
 
@@ -532,16 +532,7 @@ impl TaskTable {
                     _ => None,
                 },
             },
-            None => TaskView {
-                id,
-                servable: String::new(),
-                state: TaskState::Unknown,
-                attempts: 0,
-                worker: None,
-                timings: TaskTimings::default(),
-                memo: None,
-                outcome: None,
-            },
+            None => TaskView::unknown(id),
         }
     }
 
@@ -583,18 +574,13 @@ mod tests {
     use crate::core::queues::Delay;
 
     fn info() -> ServableInfo {
-        ServableInfo {
-            name: Arc::from("noop"),
-            batch: BatchRule {
+        ServableInfo::plain(
+            Arc::from("noop"),
+            BatchRule {
                 max_batch: 4,
                 delay: Delay::Fixed(0),
             },
-            latency_target_us: 100_000,
-            memoize: false,
-            input_check: None,
-            record: None,
-            steps: None,
-        }
+        )
     }
 
     fn table_with(id: TaskId) -> TaskTable {

@@ -121,17 +121,8 @@ pub(super) struct Lost {
 /// One registered worker.
 #[derive(Debug)]
 pub(super) struct Worker {
-    pub(super) id: Arc<str>,
-    pub(super) block: Option<BlockId>,
-    pub(super) host: String,
-    pub(super) pid: u32,
-    pub(super) node: Option<String>,
-    pub(super) rank: Option<u32>,
-    /// When its job ends (µs since the epoch), if it said.
-    pub(super) ends_at_us: Option<u64>,
-    pub(super) slots: u32,
-    /// What it can run.
-    pub(super) servables: Vec<ServableRef>,
+    /// What it said about itself when it registered.
+    pub(super) about: Registration,
     pub(super) pipe: PipeId,
     pub(super) last_seen_us: u64,
     /// Servables whose record this worker has been sent.
@@ -152,8 +143,10 @@ pub(super) struct Registration {
     pub(super) pid: u32,
     pub(super) node: Option<String>,
     pub(super) rank: Option<u32>,
+    /// When its job ends (µs since the epoch), if it said.
     pub(super) ends_at_us: Option<u64>,
     pub(super) slots: u32,
+    /// What it can run.
     pub(super) servables: Vec<ServableRef>,
 }
 
@@ -163,7 +156,7 @@ impl Worker {
         if self.isolating.is_some() {
             return 0;
         }
-        self.slots.saturating_sub(self.batches.len() as u32)
+        self.about.slots.saturating_sub(self.batches.len() as u32)
     }
 
     /// Tasks running on it.
@@ -189,7 +182,8 @@ impl Worker {
     /// Microseconds left before it must stop taking work (its job's end
     /// less `margin`), if its job has an end.
     pub(super) fn time_left(&self, margin: u64, now: u64) -> Option<u64> {
-        self.ends_at_us
+        self.about
+            .ends_at_us
             .map(|end| end.saturating_sub(margin).saturating_sub(now))
     }
 }
@@ -231,15 +225,7 @@ impl WorkerTable {
         self.workers.insert(
             key,
             Worker {
-                id: r.id,
-                block: r.block,
-                host: r.host,
-                pid: r.pid,
-                node: r.node,
-                rank: r.rank,
-                ends_at_us: r.ends_at_us,
-                slots: r.slots,
-                servables: r.servables,
+                about: r,
                 pipe,
                 last_seen_us: now,
                 specs_sent: HashSet::new(),
@@ -310,7 +296,7 @@ impl WorkerTable {
     pub(super) fn in_block(&self, block: BlockId) -> Vec<(WorkerKey, PipeId)> {
         self.workers
             .iter()
-            .filter(|(_, w)| w.block == Some(block))
+            .filter(|(_, w)| w.about.block == Some(block))
             .map(|(&k, w)| (k, w.pipe))
             .collect()
     }
@@ -319,7 +305,7 @@ impl WorkerTable {
     /// settle, as the reason says.
     pub(super) fn lose(&mut self, key: WorkerKey, reason: LossReason) -> Option<Lost> {
         let worker = self.workers.remove(&key)?;
-        self.by_id.remove(&worker.id);
+        self.by_id.remove(&worker.about.id);
         if self.by_pipe.get(&worker.pipe) == Some(&key) {
             self.by_pipe.remove(&worker.pipe);
         }
@@ -548,7 +534,7 @@ mod tests {
         assert_eq!(t.in_block(BlockId(3)), [(a, PipeId(2)), (b, PipeId(2))]);
         let lost = t.lose(a, LossReason::ConnectionClosed).expect("known");
         assert_eq!(
-            (&*lost.worker.id, lost.reason),
+            (&*lost.worker.about.id, lost.reason),
             ("a", LossReason::ConnectionClosed)
         );
         assert!(t.lose(a, LossReason::ConnectionClosed).is_none(), "gone");

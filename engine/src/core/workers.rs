@@ -193,7 +193,7 @@ impl Core {
     /// the batches in `running`: they stay its, instead of running a second
     /// time elsewhere. Batches this daemon already knows are left alone.
     fn claim_running(&mut self, key: WorkerKey, running: Vec<(BatchId, Vec<TaskId>)>, now: u64) {
-        let Some(worker_id) = self.workers.get(key).map(|w| w.id.clone()) else {
+        let Some(worker_id) = self.workers.get(key).map(|w| w.about.id.clone()) else {
             return;
         };
         let mut claimed = 0usize;
@@ -259,7 +259,11 @@ impl Core {
         let Some(key) = self.workers.by_pipe(pipe) else {
             return;
         };
-        let Some((id, block)) = self.workers.get(key).map(|w| (w.id.clone(), w.block)) else {
+        let Some((id, block)) = self
+            .workers
+            .get(key)
+            .map(|w| (w.about.id.clone(), w.about.block))
+        else {
             return;
         };
         tracing::info!(worker = %id, reason, "worker left");
@@ -321,7 +325,7 @@ impl Core {
         now: u64,
         out: &mut Vec<Action>,
     ) {
-        let worker_id = self.workers.get(key).map(|w| w.id.clone());
+        let worker_id = self.workers.get(key).map(|w| w.about.id.clone());
         for result in results {
             let batch = self.batches.take_if_on(&result.batch, key);
             if let Some(batch) = &batch {
@@ -486,23 +490,33 @@ impl Core {
                 close: false,
             });
         }
-        if let Some(block) = worker.block {
+        if let Some(block) = worker.about.block {
             self.fleet.blocks.worker_left(block.0);
         }
         if reason.is_loss_event() {
             let message = format!("{reason}; {} tasks were running", worker.tasks());
-            self.worker_event(now, "worker-lost", worker.block, &worker.id, message, out);
+            self.worker_event(
+                now,
+                "worker-lost",
+                worker.about.block,
+                &worker.about.id,
+                message,
+                out,
+            );
         }
         let tasks = self.settle_lost_batches(&lost, now, out);
         let requeued = (tasks.requeue.len() + tasks.suspects.len()) as u64;
-        self.recovery
-            .suspects
-            .extend(tasks.suspects.into_iter().map(|id| (id, worker.block)));
+        self.recovery.suspects.extend(
+            tasks
+                .suspects
+                .into_iter()
+                .map(|id| (id, worker.about.block)),
+        );
         self.sched.requeue_front(&self.tasks, tasks.requeue);
         self.tasks.count_requeued(requeued);
         tracing::warn!(
-            worker = %worker.id,
-            host = %worker.host,
+            worker = %worker.about.id,
+            host = %worker.about.host,
             reason = %reason,
             requeued,
             failed = tasks.failed,
@@ -570,9 +584,10 @@ struct LostTasks {
 fn loss_note(attempt: u32, worker: &Worker, reason: &LossReason) -> String {
     format!(
         "attempt {attempt}: worker {} on {}{} was lost ({reason})",
-        worker.id,
-        worker.node.as_deref().unwrap_or(&worker.host),
+        worker.about.id,
+        worker.about.node.as_deref().unwrap_or(&worker.about.host),
         worker
+            .about
             .block
             .map(|b| format!(", block {b}"))
             .unwrap_or_default()

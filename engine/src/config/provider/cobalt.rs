@@ -1,27 +1,9 @@
 //! `kind = "cobalt"`: blocks are Cobalt jobs.
 
-use super::{ProviderRules, SchedulerKey, scheduler_walltime_s};
+use super::QueueScheduler;
 
-/// Cobalt's rules.
-pub(super) struct Cobalt;
-
-impl ProviderRules for Cobalt {
-    fn name(&self) -> &'static str {
-        "cobalt"
-    }
-
-    fn reads(&self, key: SchedulerKey) -> bool {
-        matches!(key, SchedulerKey::Queue | SchedulerKey::Account)
-    }
-
-    fn hint(&self, key: SchedulerKey) -> Option<&'static str> {
-        (key == SchedulerKey::Partition).then_some("PBS and Cobalt call it `queue`")
-    }
-
-    fn block_walltime_s(&self, walltime: Option<&str>) -> Option<u64> {
-        scheduler_walltime_s(walltime)
-    }
-}
+/// Cobalt's rules: a scheduler with queues.
+pub(super) const COBALT: QueueScheduler = QueueScheduler { name: "cobalt" };
 
 #[cfg(test)]
 mod tests {

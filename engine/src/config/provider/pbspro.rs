@@ -1,27 +1,9 @@
 //! `kind = "pbspro"`: blocks are PBS Pro or OpenPBS jobs.
 
-use super::{ProviderRules, SchedulerKey, scheduler_walltime_s};
+use super::QueueScheduler;
 
-/// PBS's rules.
-pub(super) struct Pbspro;
-
-impl ProviderRules for Pbspro {
-    fn name(&self) -> &'static str {
-        "pbspro"
-    }
-
-    fn reads(&self, key: SchedulerKey) -> bool {
-        matches!(key, SchedulerKey::Queue | SchedulerKey::Account)
-    }
-
-    fn hint(&self, key: SchedulerKey) -> Option<&'static str> {
-        (key == SchedulerKey::Partition).then_some("PBS and Cobalt call it `queue`")
-    }
-
-    fn block_walltime_s(&self, walltime: Option<&str>) -> Option<u64> {
-        scheduler_walltime_s(walltime)
-    }
-}
+/// PBS's rules: a scheduler with queues.
+pub(super) const PBSPRO: QueueScheduler = QueueScheduler { name: "pbspro" };
 
 #[cfg(test)]
 mod tests {
