@@ -100,14 +100,14 @@ fn check(spec: &ServableSpec) -> Result<(), Problem> {
 }
 
 /// A problem at `key`.
-fn p(key: &str, message: String) -> Result<(), Problem> {
+fn problem(key: &str, message: String) -> Result<(), Problem> {
     Err((key.to_owned(), message))
 }
 
 /// Name, version, title, license and model type.
 fn check_identity(spec: &ServableSpec) -> Result<(), Problem> {
     if !valid_name(&spec.name) {
-        return p(
+        return problem(
             "name",
             format!(
                 "`{}` is not a servable name: use lower-case letters, digits, '.', '_' and '-', starting with a letter or digit",
@@ -116,13 +116,13 @@ fn check_identity(spec: &ServableSpec) -> Result<(), Problem> {
         );
     }
     if builtin::find(&spec.name).is_some() {
-        return p(
+        return problem(
             "name",
             format!("`{}` is a builtin servable; choose another name", spec.name),
         );
     }
     if let Err(e) = semver::Version::parse(&spec.version) {
-        return p(
+        return problem(
             "version",
             format!(
                 "`{}` is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.0.0): {e}",
@@ -131,16 +131,16 @@ fn check_identity(spec: &ServableSpec) -> Result<(), Problem> {
         );
     }
     if spec.title.trim().is_empty() {
-        return p("title", "must not be empty".into());
+        return problem("title", "must not be empty".into());
     }
     if spec.license.trim().is_empty() {
-        return p(
+        return problem(
             "license",
             "must name a license (an SPDX identifier such as \"MIT\" or \"CC-BY-4.0\")".into(),
         );
     }
     if !MODEL_TYPES.contains(&spec.model_type.as_str()) {
-        return p(
+        return problem(
             "model_type",
             format!(
                 "`{}` is not a known model type (known: {})",
@@ -156,12 +156,12 @@ fn check_identity(spec: &ServableSpec) -> Result<(), Problem> {
 fn check_creators(spec: &ServableSpec) -> Result<(), Problem> {
     for (i, c) in spec.creators.iter().enumerate() {
         if c.name.trim().is_empty() {
-            return p(&format!("creators[{i}].name"), "must not be empty".into());
+            return problem(&format!("creators[{i}].name"), "must not be empty".into());
         }
         if let Some(orcid) = &c.orcid
             && !valid_orcid(orcid)
         {
-            return p(
+            return problem(
                 &format!("creators[{i}].orcid"),
                 format!("`{orcid}` is not an ORCID iD (like 0000-0002-1825-0097)"),
             );
@@ -174,17 +174,17 @@ fn check_creators(spec: &ServableSpec) -> Result<(), Problem> {
 fn check_runtime(spec: &ServableSpec) -> Result<(), Problem> {
     match &spec.runtime {
         Runtime::Builtin => {
-            return p(
+            return problem(
                 "runtime.kind",
                 "builtin servables come with the worker and cannot be published; use \"exec\""
                     .into(),
             );
         }
         Runtime::Exec { command, .. } if command.trim().is_empty() => {
-            return p("runtime.command", "must name the executable to run".into());
+            return problem("runtime.command", "must name the executable to run".into());
         }
         Runtime::Exec { .. } if spec.model_type == "pipeline" => {
-            return p(
+            return problem(
                 "model_type",
                 "\"pipeline\" servables are made with `flotilla pipeline create`".into(),
             );
@@ -192,20 +192,20 @@ fn check_runtime(spec: &ServableSpec) -> Result<(), Problem> {
         Runtime::Exec { .. } => {}
         Runtime::Pipeline { steps } => {
             if spec.model_type != "pipeline" {
-                return p(
+                return problem(
                     "model_type",
                     "a pipeline's model_type must be \"pipeline\"".into(),
                 );
             }
             if steps.is_empty() {
-                return p("runtime.steps", "a pipeline needs at least one step".into());
+                return problem("runtime.steps", "a pipeline needs at least one step".into());
             }
             for step in steps {
                 match ServableRef::parse(step) {
                     Ok(ServableRef::Exact { name, version })
                         if valid_name(&name) && semver::Version::parse(&version).is_ok() => {}
                     _ => {
-                        return p(
+                        return problem(
                             "runtime.steps",
                             format!("step `{step}` is not NAME@VERSION"),
                         );
@@ -227,7 +227,7 @@ fn check_files(files: &[String]) -> Result<(), Problem> {
                 .components()
                 .any(|c| !matches!(c, std::path::Component::Normal(_)));
         if f.is_empty() || escapes {
-            return p(
+            return problem(
                 "files",
                 format!(
                     "`{f}` must be a path inside the servable's directory (no '..', not absolute)"
@@ -235,7 +235,7 @@ fn check_files(files: &[String]) -> Result<(), Problem> {
             );
         }
         if !seen.insert(f) {
-            return p("files", format!("`{f}` is listed twice"));
+            return problem("files", format!("`{f}` is listed twice"));
         }
     }
     Ok(())
@@ -245,7 +245,7 @@ fn check_files(files: &[String]) -> Result<(), Problem> {
 fn check_options(spec: &ServableSpec) -> Result<(), Problem> {
     let o = &spec.options;
     if o.max_batch_size == 0 || o.max_batch_size > 1_000_000 {
-        return p(
+        return problem(
             "options.max_batch_size",
             format!("must be between 1 and 1000000, got {}", o.max_batch_size),
         );
@@ -253,13 +253,13 @@ fn check_options(spec: &ServableSpec) -> Result<(), Problem> {
     if let BatchDelay::Fixed(ms) = o.max_batch_delay_ms
         && ms > 600_000
     {
-        return p(
+        return problem(
             "options.max_batch_delay_ms",
             format!("at most 600000 ms (10 minutes), got {ms}"),
         );
     }
     if o.latency_target_ms == 0 {
-        return p("options.latency_target_ms", "must be at least 1".into());
+        return problem("options.latency_target_ms", "must be at least 1".into());
     }
     Ok(())
 }
