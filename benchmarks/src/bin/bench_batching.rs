@@ -49,7 +49,7 @@ fn options() -> Result<usize, String> {
 fn per_request_us(
     client: &Client,
     servable: &str,
-    pool: &[Payload],
+    payloads: &[Payload],
     b: usize,
 ) -> Result<f64, String> {
     let reps = (2048 / b).clamp(3, 25);
@@ -58,7 +58,7 @@ fn per_request_us(
         let tasks: Vec<TaskRequest> = (0..b)
             .map(|i| TaskRequest {
                 servable: servable.into(),
-                input: pool[(rep * b + i) % pool.len()].clone(),
+                input: payloads[(rep * b + i) % payloads.len()].clone(),
                 params: Payload::new(),
             })
             .collect();
@@ -113,7 +113,7 @@ fn run() -> Result<(), String> {
     .collect();
     let f = examples_daemon(&overrides, 1)?;
     let client = f.client();
-    let pool = |servable: &str| -> Result<Vec<Payload>, String> {
+    let payloads_of = |servable: &str| -> Result<Vec<Payload>, String> {
         let values: Vec<Value> = match servable {
             "noop" => (0..max_batch).map(|i| json!(i)).collect(),
             "digits" => inputs::digit_images(max_batch.min(1797))?,
@@ -131,11 +131,11 @@ fn run() -> Result<(), String> {
     let mut series = Vec::new();
     let mut report = serde_json::Map::new();
     for servable in SERVABLES {
-        let pool = pool(servable)?;
-        per_request_us(&client, servable, &pool, 1)?; // warm the process up
+        let payloads = payloads_of(servable)?;
+        per_request_us(&client, servable, &payloads, 1)?; // warm the process up
         let mut points = Vec::new();
         for &b in &sizes {
-            let us = per_request_us(&client, servable, &pool, b)?;
+            let us = per_request_us(&client, servable, &payloads, b)?;
             println!(
                 "  {servable:<20} batch {b:>5}: {:>9.3} ms per request",
                 us / 1e3

@@ -83,7 +83,7 @@ fn workload(
     memo: bool,
     requests: usize,
     distinct: usize,
-    pools: &[Vec<Payload>],
+    payloads: &[Vec<Payload>],
 ) -> Result<Vec<RunResult>, String> {
     // Only memoization differs between the runs; no request waits for a
     // batch to fill.
@@ -113,10 +113,10 @@ fn workload(
     let client = f.client();
     let wait = Some(Duration::from_secs(120));
     let mut results = Vec::new();
-    for (servable, pool) in SERVABLES.iter().zip(pools) {
+    for (servable, payloads) in SERVABLES.iter().zip(payloads) {
         // Warm the servable's process up with an input outside the workload.
         client
-            .run(servable, pool[distinct % pool.len()].clone(), wait)
+            .run(servable, payloads[distinct % payloads.len()].clone(), wait)
             .map_err(|e| e.to_string())?;
         let mut all = Vec::with_capacity(requests);
         let mut hits = Vec::new();
@@ -124,7 +124,7 @@ fn workload(
         for i in 0..requests {
             let t = Instant::now();
             let view = client
-                .run(servable, pool[i % distinct].clone(), wait)
+                .run(servable, payloads[i % distinct].clone(), wait)
                 .map_err(|e| e.to_string())?;
             let took = t.elapsed();
             if view.state != TaskState::Completed {
@@ -257,7 +257,7 @@ fn run() -> Result<(), String> {
         "memo hit inside the daemon (decode, core, store ack, encode): p50 {:.1} µs  p99 {:.1} µs",
         hit.p50_us, hit.p99_us
     );
-    let pools: Vec<Vec<Payload>> = {
+    let payloads: Vec<Vec<Payload>> = {
         let digits = inputs::digit_images(distinct + 1)?;
         let formulas = inputs::formulas(distinct + 1);
         let ints: Vec<Value> = (0..=distinct).map(|i| json!(i)).collect();
@@ -274,8 +274,8 @@ fn run() -> Result<(), String> {
         "memo: {requests} synchronous requests per servable over {distinct} distinct inputs ({:.0}% repeats)",
         100.0 * (1.0 - distinct as f64 / requests as f64)
     );
-    let off = workload(false, requests, distinct, &pools)?;
-    let on = workload(true, requests, distinct, &pools)?;
+    let off = workload(false, requests, distinct, &payloads)?;
+    let on = workload(true, requests, distinct, &payloads)?;
     let mut report = serde_json::Map::new();
     let mut values = Vec::new();
     for ((servable, off), on) in SERVABLES.iter().zip(&off).zip(&on) {
