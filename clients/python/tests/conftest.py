@@ -26,7 +26,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 #: A site file for tests: fast heartbeats, one local block of one worker.
 SITE = """\
 [daemon]
-shutdown_grace_s = 5
+shutdown_grace_s = {grace}
 
 [interchange]
 heartbeat_period_s = 0.5
@@ -140,14 +140,14 @@ def _kill_worker(pid):
         pass
 
 
-def start_daemon(home, slots=2):
+def start_daemon(home, slots=2, grace=5):
     """Starts a daemon on state directory ``home`` whose one worker has
-    ``slots`` slots; returns it once a task has run (so its worker is
-    connected)."""
+    ``slots`` slots and whose running batches get ``grace`` seconds to end
+    on a stop; returns it once a task has run (so its worker is connected)."""
     from flotilla import Client
 
     site = home / "site.toml"
-    site.write_text(SITE.format(worker=bin_path("flotilla-worker"), slots=slots))
+    site.write_text(SITE.format(worker=bin_path("flotilla-worker"), slots=slots, grace=grace))
     env = _environment(home)
     log_path = home / "daemon.log"
     with open(log_path, "ab") as log:
@@ -202,8 +202,9 @@ def daemon(tmp_path_factory):
 
 @pytest.fixture
 def own_daemon(tmp_path_factory):
-    """A daemon of the test's own, for tests that stop it."""
-    d = start_daemon(tmp_path_factory.mktemp("flotilla-own"))
+    """A daemon of the test's own, for tests that stop it; its running
+    batches get 30 s to end on a stop."""
+    d = start_daemon(tmp_path_factory.mktemp("flotilla-own"), grace=30)
     try:
         yield d
     finally:
@@ -217,6 +218,31 @@ def wide_daemon(tmp_path_factory):
     d = start_daemon(tmp_path_factory.mktemp("flotilla-wide"), slots=6)
     try:
         yield d
+    finally:
+        stop_daemon(d)
+
+
+#: Seconds a blocking task sleeps: longer than any test runs, so it is still
+#: running whenever a test looks, however loaded the machine.
+BLOCKER_S = 3600
+
+
+@pytest.fixture
+def busy_client(tmp_path_factory):
+    """A client of a daemon of the test's own whose worker's two slots are
+    both running a task that outlasts the test, so whatever the test submits
+    stays queued until the test acts on it. Yields ``(client, daemon)``."""
+    from flotilla import Client, TaskState
+
+    d = start_daemon(tmp_path_factory.mktemp("flotilla-busy"))
+    try:
+        with Client(d.home) as c:
+            blockers = [c.submit("sleep", BLOCKER_S) for _ in range(2)]
+            wait_until(
+                "both blockers to run",
+                lambda: all(c.status(b.task_id).state is TaskState.RUNNING for b in blockers),
+            )
+            yield c, d
     finally:
         stop_daemon(d)
 
