@@ -44,7 +44,8 @@ fn a_dead_address_does_not_slow_the_good_one() {
     f.wait_workers(1);
     let took = started.elapsed();
     assert!(
-        took < Duration::from_secs(5),
+        // Well under the probe time-out: the silent address was not waited for.
+        took < Duration::from_secs(20),
         "registered after {took:?}, the probe timeout is 30 s"
     );
     let view = f

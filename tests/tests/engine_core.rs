@@ -356,7 +356,9 @@ fn sigterm_lets_running_tasks_finish_then_exits_cleanly() {
     let worker = f.spawn_worker(&["--slots", "1"]);
     f.wait_workers(1);
     let client = f.client();
-    let running = client.submit(vec![sleep_task(1.0)]).unwrap();
+    // Still running when the signal comes however loaded the machine is,
+    // and done well within the 10 s grace.
+    let running = client.submit(vec![sleep_task(4.0)]).unwrap();
     wait_until(LONG, "the task to start", || {
         (client.task_status(&running).ok()?[0].state == TaskState::Running).then_some(())
     });
