@@ -111,14 +111,23 @@ def test_closing_async_map_cancels_the_tasks_still_running(wide_daemon):
     the chunks reach the daemon in, and the long ones are still running when
     the map is closed: none can end on its own first."""
     daemon = wide_daemon
+    before = daemon.status()["totals"]
+
+    def accepted():
+        return daemon.status()["totals"]["accepted"] - before["accepted"]
 
     async def main():
         async with AsyncClient(daemon.home) as client:
             results = client.map("sleep", [0, 0] + [3600] * 10, chunk=2, window=3)
             assert await results.__anext__() is None
+            # The window's later chunks go out on this loop: close once the
+            # second one has, so there is something to cancel.
+            deadline = asyncio.get_running_loop().time() + 30
+            while accepted() < 4:
+                assert asyncio.get_running_loop().time() < deadline, "chunk 2 was not accepted"
+                await asyncio.sleep(0.01)
             await results.aclose()
 
-    before = daemon.status()["totals"]
     run(main())
     after = daemon.status()["totals"]
     submitted = after["accepted"] - before["accepted"]

@@ -2,6 +2,7 @@
 from a generator, failures in place, and early exits that cancel the rest."""
 
 import pytest
+from conftest import wait_until
 from flotilla import Client, errors
 
 
@@ -60,14 +61,21 @@ def test_closing_map_early_cancels_the_tasks_still_running(wide_daemon):
     runs, and the long ones cannot end on their own before the close."""
     daemon = wide_daemon
     before = daemon.status()["totals"]
+
+    def accepted():
+        return daemon.status()["totals"]["accepted"] - before["accepted"]
+
     with Client(daemon.home) as client:
         results = client.map("sleep", [0, 0] + [3600] * 10, chunk=2, window=3)
         assert next(results) is None
+        # The window's later chunks go out in the background: close once the
+        # second one has, so there is something to cancel.
+        wait_until("the second chunk to be accepted", lambda: accepted() >= 4)
         results.close()
     after = daemon.status()["totals"]
     submitted = after["accepted"] - before["accepted"]
-    # At least the second chunk had gone out; chunks not yet sent never are,
-    # and every task sent beyond the first chunk was cancelled, not left to run.
+    # Chunks not yet sent never are, and every task sent beyond the first
+    # chunk was cancelled, not left to run.
     assert 4 <= submitted <= 6
     assert after["completed"] - before["completed"] == 2
     assert after["cancelled"] - before["cancelled"] == submitted - 2
