@@ -67,11 +67,18 @@ impl LocalProvider {
         let Some(limit) = self.walltime else {
             return;
         };
+        // A block whose process already exited ended on its own, however
+        // late this look comes (a busy provider thread may poll after the
+        // limit): the poll reports how it ended.
         let expired: Vec<JobId> = self
             .jobs
-            .iter()
-            .filter(|(_, j)| j.ended.is_none() && j.started.elapsed() >= limit)
-            .map(|(id, _)| id.clone())
+            .iter_mut()
+            .filter_map(|(id, j)| {
+                let over = j.ended.is_none()
+                    && j.started.elapsed() >= limit
+                    && matches!(j.child.try_wait(), Ok(None));
+                over.then(|| id.clone())
+            })
             .collect();
         for id in expired {
             let Some(mut job) = self.jobs.remove(&id) else {
@@ -377,6 +384,34 @@ mod tests {
             msg.contains("7") && msg.contains("cannot find the worker"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_block_still_running_at_its_wall_time_is_ended_as_timed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = LocalProvider::default().with_walltime(Some(Duration::from_millis(100)));
+        let id = p.submit(&spec(dir.path(), "exec sleep 30")).unwrap();
+        let s = wait_terminal(&mut p, &id);
+        assert_eq!(s.state, JobState::Timeout, "{s:?}");
+    }
+
+    #[test]
+    fn a_block_that_ended_before_its_wall_time_completed_however_late_it_is_looked_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = Duration::from_millis(100);
+        let mut p = LocalProvider::default().with_walltime(Some(limit));
+        let id = p.submit(&spec(dir.path(), "true")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let job = p.jobs.get_mut(&id).unwrap();
+            if matches!(job.child.try_wait(), Ok(Some(_))) && job.started.elapsed() >= limit {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the block did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The first look comes after the limit, as from a busy provider thread.
+        assert_eq!(wait_terminal(&mut p, &id).state, JobState::Completed);
     }
 
     #[test]
