@@ -128,16 +128,23 @@ def test_one_client_serves_many_threads(client):
     assert results == [[[n, i] for i in range(25)] for n in range(8)]
 
 
-def test_the_blocking_client_refuses_calls_from_its_own_callbacks(client):
+def test_the_blocking_client_refuses_calls_from_its_own_callbacks(busy_client):
+    # The task stays queued behind the blockers, so its future is not done
+    # when the callback is added (a callback added to a done future runs at
+    # once in the caller's thread, where calls are allowed); a cancel from
+    # elsewhere then completes it on the client's own thread.
+    busy, daemon = busy_client
     seen = []
 
     def callback(future):
         try:
-            client.run("noop")
+            busy.run("noop", timeout=5)
         except errors.FlotillaError as exc:
             seen.append(str(exc))
 
-    client.submit("noop").add_done_callback(callback)
+    queued = busy.submit("sleep", 0)
+    queued.add_done_callback(callback)
+    daemon.cli("cancel", queued.task_id)
     wait_until("the callback", lambda: seen)
     assert "cannot be called from a future's callback" in seen[0]
 
