@@ -188,7 +188,8 @@ fn open_sockets(
         &crate::advertise::local_interfaces(),
         crate::advertise::resolve,
     )?;
-    let port = listen_interchange(&interchange, &plan, config.interchange.port, dir)?;
+    let remembered = dir.root().join("interchange.port");
+    let port = listen_interchange(&interchange, &plan, config.interchange.port, &remembered)?;
     let addresses = plan.advertised();
     let interchange_url = plan
         .advertise
@@ -205,37 +206,74 @@ fn open_sockets(
     })
 }
 
-/// Listens on every address of `plan`; returns the port. With port 0, the
-/// port of the last run if it is free: workers of blocks that outlived a
-/// crash redial it.
+/// How many ports the daemon tries when one the system picked on the first
+/// address is taken on another.
+const PORT_ATTEMPTS: usize = 16;
+
+/// Listens on every address of `plan` with one port; returns it. With port
+/// 0, the port of the last run if it is free (workers of blocks that
+/// outlived a crash redial it), else one the system picks on the first
+/// address; a picked port can be taken on another address (by an outgoing
+/// connection's local end, say), and then the daemon tries another.
 fn listen_interchange(
     interchange: &RepServer,
     plan: &crate::advertise::Plan,
     configured: u16,
-    dir: &StateDir,
+    remembered: &std::path::Path,
 ) -> Result<u16, DaemonError> {
-    let remembered = dir.root().join("interchange.port");
-    let mut port = configured;
-    let last = std::fs::read_to_string(&remembered)
+    let last = std::fs::read_to_string(remembered)
         .ok()
         .and_then(|p| p.trim().parse::<u16>().ok());
-    for (i, ip) in plan.listen.iter().enumerate() {
-        // The first listener picks the port; the others share it, so every
-        // advertised address has the same port.
-        let url = |p| crate::advertise::listen_url(*ip, p);
-        port = match (i, port, last) {
-            (0, 0, Some(last)) => match interchange.listen(&url(last), 0) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(port = last, error = %e, "the last run's interchange port is taken; workers from before cannot reconnect");
-                    interchange.listen(&url(0), 0)?
-                }
-            },
-            _ => interchange.listen(&url(port), 0)?,
+    let mut wanted = match (configured, last) {
+        (0, Some(last)) => last,
+        _ => configured,
+    };
+    let mut picked = 0;
+    let port = loop {
+        let error = match listen_everywhere(interchange, plan, wanted) {
+            Ok(port) => break port,
+            Err(e) => e,
         };
-    }
-    if let Err(e) = std::fs::write(&remembered, port.to_string()) {
+        if configured != 0 {
+            return Err(error.into());
+        }
+        if wanted != 0 {
+            tracing::warn!(port = wanted, error = %error, "the last run's interchange port is taken; workers from before cannot reconnect");
+            wanted = 0;
+            continue;
+        }
+        picked += 1;
+        if picked >= PORT_ATTEMPTS {
+            return Err(error.into());
+        }
+        tracing::debug!(error = %error, attempt = picked, "a picked interchange port is taken on another address; trying another");
+    };
+    if let Err(e) = std::fs::write(remembered, port.to_string()) {
         tracing::warn!(path = %remembered.display(), error = %e, "cannot remember the interchange port");
+    }
+    Ok(port)
+}
+
+/// Listens on every address of `plan` with `port` (0: the first address
+/// picks one, the others share it, so every advertised address has the
+/// same port). On failure nothing stays open.
+fn listen_everywhere(
+    interchange: &RepServer,
+    plan: &crate::advertise::Plan,
+    mut port: u16,
+) -> Result<u16, crate::net::NetError> {
+    let mut open = Vec::with_capacity(plan.listen.len());
+    for ip in &plan.listen {
+        match interchange.listen(&crate::advertise::listen_url(*ip, port), 0) {
+            Ok(listening) => {
+                port = listening.port;
+                open.push(listening);
+            }
+            Err(e) => {
+                open.into_iter().for_each(crate::net::Listening::close);
+                return Err(e);
+            }
+        }
     }
     Ok(port)
 }
@@ -485,5 +523,69 @@ fn rejection_reply<T: serde::Serialize>(
     match error {
         FrameError::VersionMismatch { .. } => encode(&make(error.to_string())).ok(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+
+    use super::*;
+    use crate::advertise::Plan;
+    use crate::net::Verdict;
+
+    fn server() -> RepServer {
+        RepServer::new(
+            "test",
+            1 << 20,
+            64,
+            Box::new(|_| Verdict::Drop { reply: None }),
+        )
+        .expect("an nng socket")
+    }
+
+    /// Two loopback addresses: Linux answers on all of 127/8.
+    fn two_addresses() -> Plan {
+        Plan {
+            advertise: Vec::new(),
+            listen: vec![
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_port_taken_on_a_later_address_closes_the_earlier_ones_and_another_port_is_used() {
+        let taken = TcpListener::bind("127.0.0.2:0").expect("a port on 127.0.0.2");
+        let port = taken.local_addr().expect("its address").port();
+        let server = server();
+
+        assert!(listen_everywhere(&server, &two_addresses(), port).is_err());
+        TcpListener::bind(("127.0.0.1", port))
+            .expect("the listener on the first address was closed again");
+
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let remembered = dir.path().join("interchange.port");
+        std::fs::write(&remembered, port.to_string()).expect("the last run's port");
+        let chosen = listen_interchange(&server, &two_addresses(), 0, &remembered)
+            .expect("another port, free on both addresses");
+        assert_ne!(chosen, port);
+        for ip in ["127.0.0.1", "127.0.0.2"] {
+            TcpStream::connect((ip, chosen)).expect("listening on every address");
+        }
+        assert_eq!(
+            std::fs::read_to_string(&remembered).expect("remembered"),
+            chosen.to_string()
+        );
+    }
+
+    #[test]
+    fn a_configured_port_that_is_taken_is_an_error() {
+        let taken = TcpListener::bind("127.0.0.2:0").expect("a port on 127.0.0.2");
+        let port = taken.local_addr().expect("its address").port();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let remembered = dir.path().join("interchange.port");
+        assert!(listen_interchange(&server(), &two_addresses(), port, &remembered).is_err());
     }
 }

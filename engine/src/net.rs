@@ -91,6 +91,22 @@ pub enum NetError {
     },
 }
 
+/// An address a server listens on. Dropping it keeps the listener (it
+/// lives as long as the socket); [`Listening::close`] stops it.
+#[derive(Debug)]
+pub struct Listening {
+    /// The TCP port bound, or 0 for ipc.
+    pub port: u16,
+    listener: nng::Listener,
+}
+
+impl Listening {
+    /// Stops listening here; connections already accepted stay.
+    pub fn close(self) {
+        self.listener.close();
+    }
+}
+
 /// One nng context with its I/O handle: it receives a request, holds it
 /// until it is answered, then receives the next.
 struct Receiver {
@@ -195,9 +211,9 @@ impl RepServer {
     }
 
     /// Listens on `url` (`ipc://PATH` or `tcp://HOST:PORT`). For ipc, the
-    /// socket file gets mode `ipc_mode`. Returns the TCP port actually bound
-    /// (useful with port 0), or 0 for ipc.
-    pub fn listen(&self, url: &str, ipc_mode: u32) -> Result<u16, NetError> {
+    /// socket file gets mode `ipc_mode`. The result tells the TCP port
+    /// actually bound (useful with port 0), or 0 for ipc.
+    pub fn listen(&self, url: &str, ipc_mode: u32) -> Result<Listening, NetError> {
         let builder = nng::ListenerBuilder::new(&self.shared.socket, url)
             .map_err(nng_err("cannot listen on", url))?;
         let is_tcp = url.starts_with("tcp://");
@@ -229,10 +245,8 @@ impl RepServer {
             }
             0
         };
-        // `Listener` is a plain handle: it lives as long as the socket.
-        let _ = listener;
         tracing::info!(server = self.shared.name, url, port, "listening");
-        Ok(port)
+        Ok(Listening { port, listener })
     }
 
     /// Answers the request held by `receiver`; with `close`, closes the peer's
@@ -507,7 +521,7 @@ mod tests {
             }),
         )
         .unwrap();
-        let port = server.listen(url, 0o600).unwrap();
+        let port = server.listen(url, 0o600).unwrap().port;
         (server, rx, port)
     }
 
