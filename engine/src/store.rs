@@ -101,9 +101,9 @@ struct StoredTaskRef<'a> {
 /// each chunk still has, so forgetting tasks can delete emptied chunks.
 #[derive(Debug, Default)]
 pub struct ChunkIndex {
-    chunks_of: std::collections::HashMap<TaskId, (u64, Option<u64>)>,
-    live_tasks: std::collections::HashMap<u64, u32>,
-    live_results: std::collections::HashMap<u64, u32>,
+    chunks_of: rustc_hash::FxHashMap<TaskId, (u64, Option<u64>)>,
+    live_tasks: rustc_hash::FxHashMap<u64, u32>,
+    live_results: rustc_hash::FxHashMap<u64, u32>,
     next_result_chunk: u64,
 }
 
@@ -127,7 +127,7 @@ impl ChunkIndex {
         let Some((task_chunk, result_chunk)) = self.chunks_of.remove(&id) else {
             return (None, None);
         };
-        let drop_one = |live: &mut std::collections::HashMap<u64, u32>, chunk: u64| {
+        let drop_one = |live: &mut rustc_hash::FxHashMap<u64, u32>, chunk: u64| {
             let count = live.entry(chunk).or_default();
             *count = count.saturating_sub(1);
             (*count == 0).then(|| {

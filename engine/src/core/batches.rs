@@ -1,6 +1,6 @@
 //! The batches running on workers, by id.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use flotilla_protocol::TaskId;
@@ -22,7 +22,7 @@ pub(super) struct Batch {
 /// Running batches and the next batch id.
 #[derive(Debug)]
 pub(super) struct BatchTable {
-    running: HashMap<BatchId, Batch>,
+    running: FxHashMap<BatchId, Batch>,
     next: u64,
 }
 
@@ -31,7 +31,7 @@ impl BatchTable {
     /// reconnects after a restart holds ids no new batch will have).
     pub(super) fn new(first: u64) -> Self {
         BatchTable {
-            running: HashMap::new(),
+            running: FxHashMap::default(),
             next: first.max(1),
         }
     }

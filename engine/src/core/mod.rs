@@ -154,7 +154,7 @@ struct Wait {
 /// they promise.
 #[derive(Debug)]
 struct Replies {
-    waits: HashMap<u64, Wait>,
+    waits: rustc_hash::FxHashMap<u64, Wait>,
     next_wait: u64,
     durability: Durability,
     /// Results recorded but not yet handed to the store.

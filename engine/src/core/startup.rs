@@ -61,7 +61,7 @@ impl Core {
                 startup_evictions: evicted,
             },
             replies: Replies {
-                waits: HashMap::new(),
+                waits: rustc_hash::FxHashMap::default(),
                 next_wait: 1,
                 durability: Durability::default(),
                 pending_records: Vec::new(),

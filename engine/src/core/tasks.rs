@@ -10,8 +10,10 @@
 //! a final task cannot run again. The protocol's [`TaskState`] is derived
 //! from the phase for views and records.
 
+use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use flotilla_protocol::client::Totals;
@@ -260,7 +262,7 @@ pub(super) struct Finished {
 /// Every task, plus the orders results expire in, task ids and totals.
 #[derive(Debug, Default)]
 pub(super) struct TaskTable {
-    tasks: HashMap<TaskId, Task>,
+    tasks: FxHashMap<TaskId, Task>,
     /// Final tasks by the time they ended.
     finished_order: VecDeque<(u64, TaskId)>,
     /// Final tasks by their first fetch.
@@ -275,7 +277,7 @@ impl TaskTable {
     /// store says was handed out before).
     pub(super) fn new(reserved_until: u64, capacity: usize) -> Self {
         TaskTable {
-            tasks: HashMap::with_capacity(capacity),
+            tasks: FxHashMap::with_capacity_and_hasher(capacity, Default::default()),
             next_id: reserved_until.max(1),
             reserved_until,
             ..TaskTable::default()

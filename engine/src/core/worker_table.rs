@@ -9,6 +9,8 @@
 //! it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -130,7 +132,7 @@ pub(super) struct Worker {
     held_poll: Option<(ReplyTo, u64)>,
     /// A suspect task's batch it runs alone: no other work until it ends.
     isolating: Option<BatchId>,
-    batches: HashSet<BatchId>,
+    batches: FxHashSet<BatchId>,
     tasks: u32,
 }
 
@@ -193,7 +195,7 @@ impl Worker {
 pub(super) struct WorkerTable {
     workers: BTreeMap<WorkerKey, Worker>,
     by_id: HashMap<Arc<str>, WorkerKey>,
-    by_pipe: HashMap<PipeId, WorkerKey>,
+    by_pipe: FxHashMap<PipeId, WorkerKey>,
     next_key: u64,
     /// Workers that may hold a long-poll with a free slot: every worker
     /// that does is here (others are dropped when dispatch meets them), so
@@ -208,7 +210,7 @@ impl Default for WorkerTable {
         WorkerTable {
             workers: BTreeMap::new(),
             by_id: HashMap::new(),
-            by_pipe: HashMap::new(),
+            by_pipe: FxHashMap::default(),
             next_key: 1,
             ready: BTreeSet::new(),
             cursor: WorkerKey(0),
@@ -231,7 +233,7 @@ impl WorkerTable {
                 specs_sent: HashSet::new(),
                 held_poll: None,
                 isolating: None,
-                batches: HashSet::new(),
+                batches: FxHashSet::default(),
                 tasks: 0,
             },
         );
