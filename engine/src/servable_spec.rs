@@ -34,7 +34,7 @@ pub fn parse(text: &str, file: &str) -> Result<ServableSpec, SpecError> {
         file: file.to_owned(),
         line: None,
         key: None,
-        message: e.to_string().trim_end().to_owned(),
+        message: crate::toml_locate::parse_error(text, &e),
     })?;
     check(&spec).map_err(|(key, message)| SpecError {
         file: file.to_owned(),
