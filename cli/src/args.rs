@@ -1,9 +1,33 @@
 //! The command line: every command, subcommand and flag of `flotilla`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use flotilla_protocol::TaskId;
+use flotilla_protocol::client::MAX_WAIT_MS;
+
+/// A number of seconds from the command line: finite, not negative, at
+/// most the longest wait the daemon takes; refused by clap, naming the
+/// option, before anything runs.
+pub(crate) fn seconds(text: &str) -> Result<Duration, String> {
+    let max_s = MAX_WAIT_MS / 1000;
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!(
+            "must be a non-negative number of seconds, got {text}"
+        ));
+    }
+    if value > max_s as f64 {
+        return Err(format!(
+            "must be at most {max_s} seconds (ten years), got {text}"
+        ));
+    }
+    Duration::try_from_secs_f64(value).map_err(|e| format!("{text}: {e}"))
+}
 
 /// Serve machine-learning models on clusters and supercomputers.
 ///
@@ -30,8 +54,8 @@ pub(crate) enum Cmd {
     /// Stop the daemon gracefully and wait until it has exited.
     Stop {
         /// Seconds to wait for the daemon to exit.
-        #[arg(long, default_value_t = 120.0)]
-        timeout: f64,
+        #[arg(long, default_value = "120", value_parser = seconds)]
+        timeout: Duration,
     },
     /// Invoke a servable and wait for its result.
     Run {
@@ -46,8 +70,8 @@ pub(crate) enum Cmd {
         #[arg(long)]
         params: Option<String>,
         /// Seconds to wait for the result (default: no limit).
-        #[arg(long)]
-        timeout: Option<f64>,
+        #[arg(long, value_parser = seconds)]
+        timeout: Option<Duration>,
         /// Print the whole task as JSON.
         #[arg(long)]
         json: bool,
@@ -83,8 +107,8 @@ pub(crate) enum Cmd {
         #[arg(long)]
         wait: bool,
         /// Seconds to wait with --wait (default: no limit).
-        #[arg(long, requires = "wait")]
-        timeout: Option<f64>,
+        #[arg(long, requires = "wait", value_parser = seconds)]
+        timeout: Option<Duration>,
         /// Print tasks as JSON.
         #[arg(long)]
         json: bool,
@@ -256,4 +280,30 @@ pub(crate) enum ConfigCmd {
         /// The files.
         files: Vec<PathBuf>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_refused_out_of_range_naming_the_option() {
+        assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(seconds("0"), Ok(Duration::ZERO));
+        for bad in ["1e300", "inf", "NaN", "-1", "soon", "315360001"] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
+        for args in [
+            ["flotilla", "run", "echo", "1", "--timeout", "1e300"].as_slice(),
+            ["flotilla", "result", "1", "--wait", "--timeout", "inf"].as_slice(),
+            ["flotilla", "stop", "--timeout=-3"].as_slice(),
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err().to_string();
+            assert!(e.contains("--timeout"), "{args:?}: {e}");
+        }
+        let cli = Cli::try_parse_from(["flotilla", "stop"]).unwrap();
+        assert!(
+            matches!(cli.command, Cmd::Stop { timeout } if timeout == Duration::from_secs(120))
+        );
+    }
 }

@@ -31,9 +31,8 @@ pub fn daemon(config_path: Option<&Path>, detach: bool) -> Result<(), Failure> {
 }
 
 /// `flotilla stop`: stops the daemon, waiting up to `timeout` seconds.
-pub fn stop_command(timeout: f64) -> Result<(), Failure> {
-    let limit = crate::task_cmd::seconds(Some(timeout))?.unwrap_or_default();
-    stop(&client_state_dir()?, limit)?;
+pub fn stop_command(timeout: Duration) -> Result<(), Failure> {
+    stop(&client_state_dir()?, timeout)?;
     println!("daemon stopped");
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use flotilla_client::Client;
 use flotilla_engine::servable_spec::{self, SPEC_FILE};
 use flotilla_protocol::client::{SearchQuery, ServableSummary};
@@ -42,8 +42,7 @@ pub fn publish(client: &Client, dir: &Path) -> Result<(String, bool, u64), Failu
     let mut files = Vec::with_capacity(spec.files.len());
     let mut bytes = 0;
     for name in &spec.files {
-        let path = dir.join(name);
-        let (blake3, size) = store_object(&path, &objects).map_err(|e| {
+        let (blake3, size) = store_object(dir, name, &objects).map_err(|e| {
             Failure::Usage(anyhow!(
                 "{}: `files` lists `{name}`: {e:#}",
                 spec_path.display()
@@ -88,50 +87,133 @@ fn run_build(dir: &Path, command: &str, args: &[String]) -> Result<(), Failure> 
     Ok(())
 }
 
-/// Copies `path` into the object store under its blake3 hash (read-only,
-/// and executable when the source is, so a servable can ship a program);
-/// returns the hash and size.
-fn store_object(path: &Path, objects: &Path) -> anyhow::Result<(String, u64)> {
-    let mut source =
-        fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let tmp_path = objects.join(format!(".incoming-{}", std::process::id()));
-    let mut tmp = fs::File::create(&tmp_path)
-        .with_context(|| format!("cannot write {}", tmp_path.display()))?;
+/// Opens the file `name` of the servable directory `dir` for reading.
+/// Refused: a path that a link takes outside the directory (publishing
+/// would copy a file from elsewhere), and anything that is not a regular
+/// file (a named pipe would block publishing forever, a device would copy
+/// without end, a directory is not a file).
+fn open_listed(dir: &Path, name: &str) -> anyhow::Result<fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let path = dir.join(name);
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if !real.starts_with(&root) {
+        bail!(
+            "{} leads to {}, outside the servable's directory; copy the file in instead of linking to it",
+            path.display(),
+            real.display()
+        );
+    }
+    // Not blocking on a named pipe, not following a link swapped in since.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW | nix::libc::O_NOCTTY)
+        .open(&real)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let kind = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .file_type();
+    let what = if kind.is_file() {
+        return Ok(file);
+    } else if kind.is_dir() {
+        "a directory (list the files in it)"
+    } else if kind.is_fifo() {
+        "a named pipe"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    bail!(
+        "{} is {what}; only regular files can be published",
+        path.display()
+    )
+}
+
+/// Copies the file `name` of `dir` into the object store under its blake3
+/// hash (read-only, and executable when the source is, so a servable can
+/// ship a program); returns the hash and size. An object already stored
+/// under that hash is kept only if its content still has it: one modified
+/// since is replaced, so publishing again repairs the store.
+fn store_object(dir: &Path, name: &str, objects: &Path) -> anyhow::Result<(String, u64)> {
+    let path = dir.join(name);
+    let mut source = open_listed(dir, name)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".incoming-")
+        .tempfile_in(objects)
+        .with_context(|| format!("cannot write in {}", objects.display()))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut size = 0u64;
     loop {
-        let n = source
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let n = match source.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
         tmp.write_all(&buf[..n])
-            .with_context(|| format!("cannot write {}", tmp_path.display()))?;
+            .with_context(|| format!("cannot write {}", tmp.path().display()))?;
         size += n as u64;
     }
-    tmp.sync_all().ok();
-    drop(tmp);
+    tmp.as_file().sync_all().ok();
     let hash = hasher.finalize().to_hex().to_string();
     let target = objects.join(&hash);
     let executable = source
         .metadata()
         .is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
     let mode = if executable { 0o555 } else { 0o444 };
-    if target.exists() {
-        let _ = fs::remove_file(&tmp_path);
+    if stored_intact(&target, &hash) {
         // The same bytes published before as data: now also a program.
         if executable {
             fs::set_permissions(&target, fs::Permissions::from_mode(mode)).ok();
         }
-    } else {
-        fs::set_permissions(&tmp_path, fs::Permissions::from_mode(mode)).ok();
-        fs::rename(&tmp_path, &target)
-            .with_context(|| format!("cannot store {}", target.display()))?;
+        return Ok((hash, size));
     }
+    if target.exists() {
+        tracing::warn!(object = %target.display(), "a stored object no longer matches its hash; replacing it");
+    }
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode)).ok();
+    tmp.persist(&target)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot store {}", target.display()))?;
     Ok((hash, size))
+}
+
+/// Whether the object at `target` is a regular file whose content has the
+/// blake3 hash `hash`.
+fn stored_intact(target: &Path, hash: &str) -> bool {
+    let Ok(meta) = fs::symlink_metadata(target) else {
+        return false;
+    };
+    if !meta.is_file() {
+        return false;
+    }
+    let Ok(mut file) = fs::File::open(target) else {
+        return false;
+    };
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+            }
+            Err(_) => return false,
+        }
+    }
+    hasher.finalize().to_hex().as_str() == hash
 }
 
 /// Makes and publishes a pipeline of `steps` (each `NAME` or
@@ -366,5 +448,69 @@ pub fn exact_version(id: &str) -> Result<(), Failure> {
     match ServableRef::parse(id) {
         Ok(ServableRef::Exact { .. }) => Ok(()),
         _ => Err(Failure::Usage(anyhow!("say which version: `{id}@VERSION`"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A servable directory with `serve.py`, and an object store beside it.
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("servable");
+        let objects = root.path().join("objects");
+        fs::create_dir_all(&dir).unwrap();
+        fs::create_dir_all(&objects).unwrap();
+        fs::write(dir.join("serve.py"), "print('hi')\n").unwrap();
+        (root, dir, objects)
+    }
+
+    #[test]
+    fn a_link_out_of_the_directory_is_refused() {
+        let (root, dir, objects) = setup();
+        let secret = root.path().join("secret.txt");
+        fs::write(&secret, "not for publishing").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("data.txt")).unwrap();
+        let e = format!(
+            "{:#}",
+            store_object(&dir, "data.txt", &objects).unwrap_err()
+        );
+        assert!(e.contains("outside the servable's directory"), "{e}");
+        assert_eq!(fs::read_dir(&objects).unwrap().count(), 0, "nothing stored");
+        // A link that stays inside is the file it points to.
+        std::os::unix::fs::symlink("serve.py", dir.join("alias.py")).unwrap();
+        store_object(&dir, "alias.py", &objects).unwrap();
+    }
+
+    #[test]
+    fn a_named_pipe_is_refused_at_once() {
+        let (_root, dir, objects) = setup();
+        nix::unistd::mkfifo(&dir.join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = format!("{:#}", store_object(&dir, "pipe", &objects).unwrap_err());
+        assert!(e.contains("is a named pipe"), "{e}");
+        fs::create_dir(dir.join("sub")).unwrap();
+        let e = format!("{:#}", store_object(&dir, "sub", &objects).unwrap_err());
+        assert!(e.contains("is a directory"), "{e}");
+    }
+
+    #[test]
+    fn publishing_again_repairs_a_modified_object() {
+        let (_root, dir, objects) = setup();
+        let (hash, _) = store_object(&dir, "serve.py", &objects).unwrap();
+        let object = objects.join(&hash);
+        fs::set_permissions(&object, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&object, "import os\nos.system('echo pwned')\n").unwrap();
+        let (again, _) = store_object(&dir, "serve.py", &objects).unwrap();
+        assert_eq!(again, hash);
+        assert_eq!(fs::read_to_string(&object).unwrap(), "print('hi')\n");
+        let mode = fs::metadata(&object).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o444);
+        let leftovers: Vec<_> = fs::read_dir(&objects)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

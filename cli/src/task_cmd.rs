@@ -15,17 +15,6 @@ use crate::{Failure, connect, input, output};
 /// until the tasks are final.
 const WAIT_FOREVER: Duration = Duration::from_secs(365 * 86_400);
 
-/// `--timeout` as a duration, refused unless a non-negative number.
-pub fn seconds(s: Option<f64>) -> Result<Option<Duration>, Failure> {
-    match s {
-        None => Ok(None),
-        Some(v) if v.is_finite() && v >= 0.0 => Ok(Some(Duration::from_secs_f64(v))),
-        Some(v) => Err(Failure::Usage(anyhow!(
-            "--timeout must be a non-negative number of seconds, got {v}"
-        ))),
-    }
-}
-
 /// What `flotilla run` and `submit` send: a servable and its input and
 /// parameters, each from the command line, a file or stdin.
 pub struct Request<'a> {
@@ -51,9 +40,8 @@ impl Request<'_> {
 }
 
 /// `flotilla run`: one task, waited for.
-pub fn run(request: Request, timeout: Option<f64>, json: bool) -> Result<(), Failure> {
+pub fn run(request: Request, wait: Option<Duration>, json: bool) -> Result<(), Failure> {
     let task = request.task()?;
-    let wait = seconds(timeout)?;
     let view = connect()?
         .run_with_params(&task.servable, task.input, task.params, wait)
         .map_err(Failure::from_client)?;
@@ -81,9 +69,14 @@ pub fn submit(request: Option<Request>, batch: Option<PathBuf>, json: bool) -> R
 }
 
 /// `flotilla result`: results of tasks, waited for with `--wait`.
-pub fn result(ids: &[TaskId], wait: bool, timeout: Option<f64>, json: bool) -> Result<(), Failure> {
+pub fn result(
+    ids: &[TaskId],
+    wait: bool,
+    timeout: Option<Duration>,
+    json: bool,
+) -> Result<(), Failure> {
     let wait = if wait {
-        Some(seconds(timeout)?.unwrap_or(WAIT_FOREVER))
+        Some(timeout.unwrap_or(WAIT_FOREVER))
     } else {
         None
     };

@@ -31,6 +31,7 @@ mod memo;
 mod provider;
 mod servables;
 mod site;
+mod strings;
 mod worker;
 
 pub use channel::{ChannelConfig, ChannelKind};
@@ -130,9 +131,11 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: file.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: crate::toml_locate::parse_error(text, &e),
         })?;
-        raw.check(&mut Site::new(file, text))
+        let mut site = Site::new(file, text);
+        strings::check(text, &site)?;
+        raw.check(&mut site)
     }
 
     /// The settings in force, as TOML (for `flotilla config check`).
@@ -159,13 +162,23 @@ impl Config {
 
     /// `interchange.heartbeat_period_s` as a duration.
     pub fn heartbeat_period(&self) -> Duration {
-        Duration::from_secs_f64(self.interchange.heartbeat_period_s)
+        duration(self.interchange.heartbeat_period_s)
     }
 
     /// `interchange.heartbeat_threshold_s` as a duration.
     pub fn heartbeat_threshold(&self) -> Duration {
-        Duration::from_secs_f64(self.interchange.heartbeat_threshold_s)
+        duration(self.interchange.heartbeat_threshold_s)
     }
+}
+
+/// A setting in seconds as a duration, without panicking whatever the
+/// number: a checked file's are in range, but settings can be built in
+/// code too. Negative and NaN become zero, too large the longest duration.
+pub fn duration(seconds: f64) -> Duration {
+    if seconds.is_nan() || seconds <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -297,6 +310,133 @@ mod tests {
             }
         }
         assert!(checked > 0, "no site examples in {}", dir.display());
+    }
+
+    #[test]
+    fn durations_never_panic() {
+        assert_eq!(duration(1.5), Duration::from_millis(1500));
+        assert_eq!(duration(1e300), Duration::MAX);
+        assert_eq!(duration(f64::INFINITY), Duration::MAX);
+        assert_eq!(duration(f64::NAN), Duration::ZERO);
+        assert_eq!(duration(-3.0), Duration::ZERO);
+    }
+
+    /// Every number a site file gives has a range, checked with the file
+    /// so that nothing overflows or exhausts resources later.
+    #[test]
+    fn numbers_out_of_range_are_refused_naming_the_key() {
+        let cases = [
+            (
+                "[provider]\ncommand_timeout_s = 1e300\n",
+                "s.toml:2: `provider.command_timeout_s`: must be at most 1e9 seconds (about 31 years), got 1e300",
+            ),
+            (
+                "[launcher]\nworkers_per_node = 1000000\n",
+                "s.toml:2: `launcher.workers_per_node`: must be at most 1024, got 1000000",
+            ),
+            (
+                "[provider]\nkind = \"slurm\"\nwalltime = \"99999999999999999:00:00\"\n",
+                "s.toml:3: `provider.walltime`: `99999999999999999:00:00` is not a wall time",
+            ),
+            (
+                "[provider]\nkind = \"slurm\"\nwalltime = \"9999:00:00\"\n",
+                "s.toml:3: `provider.walltime`: `9999:00:00` is 35996400 s; a block may ask for at most",
+            ),
+            (
+                "[provider]\nmax_blocks = 4000000000\n",
+                "s.toml:2: `provider.max_blocks`: must be at most 10000",
+            ),
+            (
+                "[worker]\nslots = 100000\n",
+                "s.toml:2: `worker.slots`: must be at most 4096",
+            ),
+            (
+                "[daemon]\nmax_frame_bytes = 100000000000\n",
+                "s.toml:2: `daemon.max_frame_bytes`: must be at most",
+            ),
+            (
+                "[servables.x]\nmax_attempts = 1000000\n",
+                "s.toml:2: `servables.x.max_attempts`: must be between 1 and 100",
+            ),
+            (
+                "[memo]\nmax_bytes = 18446744073709551615\n",
+                "s.toml:2: `memo.max_bytes`: must be at most",
+            ),
+            (
+                "[channel]\nport = 0\n",
+                "s.toml:2: `channel.port`: must be at least 1",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(text, "s.toml").unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn scheduler_values_have_the_shape_of_their_field() {
+        let cases = [
+            (
+                "[provider]\nkind = \"slurm\"\naccount = \"m1 --x\"\n",
+                "s.toml:3: `provider.account`: `m1 --x` holds ' '",
+            ),
+            (
+                "[provider]\nkind = \"pbspro\"\nqueue = \"q;touch X\"\n",
+                "s.toml:3: `provider.queue`",
+            ),
+            (
+                "[provider]\nkind = \"slurm\"\nscheduler_options = \"\"\"\n#SBATCH -x\ntouch X\n\"\"\"\n",
+                "s.toml:3: `provider.scheduler_options`: line 2 `touch X` is not a directive",
+            ),
+            (
+                "[provider]\nkind = \"slurm\"\nrun_dir = \"/scratch/my runs\"\n",
+                "s.toml:3: `provider.run_dir`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(text, "s.toml").unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{text}: {err}");
+        }
+    }
+
+    /// A key set in an inline table, a multi-line one or under a dotted
+    /// key is named with its line, never as "not set".
+    #[test]
+    fn keys_set_in_inline_tables_are_named_with_their_line() {
+        let cases = [
+            (
+                "provider = {\n  min_blocks = 3,\n  max_blocks = 2,\n}\n",
+                "s.toml:2: `provider.min_blocks`",
+            ),
+            (
+                "channel = { kind = \"ssh\", host = \" \" }\n",
+                "s.toml:1: `channel.host`: kind",
+            ),
+            (
+                "servables.x = { latency_target_ms = 0 }\n",
+                "s.toml:1: `servables.x.latency_target_ms`",
+            ),
+            (
+                "[provider]\nkind = \"kubernetes\"\nkubernetes = { image = \" \" }\n",
+                "s.toml:3: `provider.kubernetes.image`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(text, "s.toml").unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{text}: {err}");
+            assert!(!err.contains("not set"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_huge_unterminated_line_gives_a_short_error() {
+        let text = format!("[provider]\npool = \"{}", "x".repeat(10 << 20));
+        let err = Config::parse(&text, "s.toml").unwrap_err().to_string();
+        assert!(err.len() < 2000, "{} bytes", err.len());
+        assert!(
+            err.starts_with("s.toml: TOML parse error at line 2"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub fn channel(config: &Config) -> Box<dyn Channel> {
             key_file: c.key_file.clone(),
             known_hosts: c.known_hosts.clone(),
             check_host_key: c.check_host_key,
-            connect_timeout: Duration::from_secs_f64(c.connect_timeout_s),
+            connect_timeout: crate::config::duration(c.connect_timeout_s),
         })),
     }
 }
@@ -34,7 +34,7 @@ pub fn channel(config: &Config) -> Box<dyn Channel> {
 /// The provider `[provider]` describes, on its channel.
 pub fn provider(config: &Config) -> Box<dyn Provider> {
     let p = &config.provider;
-    let timeout = Duration::from_secs_f64(p.command_timeout_s);
+    let timeout = crate::config::duration(p.command_timeout_s);
     let options = SchedulerOptions {
         nodes_per_block: p.nodes_per_block,
         walltime: config.scheduler_walltime(),

@@ -34,7 +34,7 @@ pub fn parse(text: &str, file: &str) -> Result<ServableSpec, SpecError> {
         file: file.to_owned(),
         line: None,
         key: None,
-        message: e.to_string().trim_end().to_owned(),
+        message: crate::toml_locate::parse_error(text, &e),
     })?;
     check(&spec).map_err(|(key, message)| SpecError {
         file: file.to_owned(),
@@ -189,6 +189,10 @@ fn check_runtime(spec: &ServableSpec) -> Result<(), Problem> {
                 "\"pipeline\" servables are made with `flotilla pipeline create`".into(),
             );
         }
+        Runtime::Exec {
+            working_dir: Some(dir),
+            ..
+        } => check_working_dir(dir, &spec.files)?,
         Runtime::Exec { .. } => {}
         Runtime::Pipeline { steps } => {
             if spec.model_type != "pipeline" {
@@ -213,6 +217,41 @@ fn check_runtime(spec: &ServableSpec) -> Result<(), Problem> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// A working directory is one of the servable's own: `.`, or a directory
+/// that holds at least one of its listed files (so it exists once the
+/// files are in place), never a path outside them.
+fn check_working_dir(dir: &str, files: &[String]) -> Result<(), Problem> {
+    let path = std::path::Path::new(dir);
+    let inside = !dir.is_empty()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+    if !inside {
+        return problem(
+            "runtime.working_dir",
+            format!("`{dir}` must be a directory inside the servable's files (relative, no '..')"),
+        );
+    }
+    let normal: std::path::PathBuf = path
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect();
+    let holds_a_file = normal.as_os_str().is_empty()
+        || files
+            .iter()
+            .any(|f| std::path::Path::new(f).starts_with(&normal) && *f != normal);
+    if !holds_a_file {
+        return problem(
+            "runtime.working_dir",
+            format!("`{dir}` holds none of the files the spec lists, so it would not exist"),
+        );
     }
     Ok(())
 }
@@ -395,6 +434,31 @@ max_batch_delay_ms = "auto"
                 .to_string()
                 .contains("inside the servable")
         );
+    }
+
+    #[test]
+    fn working_dirs_stay_among_the_servables_files() {
+        let with = |dir: &str| {
+            GOOD.replace(
+                "args = [\"model.py\"]",
+                &format!("args = [\"model.py\"]\nworking_dir = \"{dir}\""),
+            )
+        };
+        for bad in ["/", "/tmp", "..", "a/../..", "data", ""] {
+            let e = parse(&with(bad), "s.toml").unwrap_err().to_string();
+            assert!(
+                e.starts_with("s.toml:25: `runtime.working_dir`"),
+                "{bad}: {e}"
+            );
+        }
+        for good in [".", "./"] {
+            parse(&with(good), "s.toml").unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let nested = with("model").replace(
+            "files = [\"model.py\", \"model.pkl\"]",
+            "files = [\"model/model.py\", \"model.pkl\"]",
+        );
+        parse(&nested, "s.toml").unwrap();
     }
 
     #[test]

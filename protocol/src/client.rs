@@ -23,6 +23,11 @@ pub struct TaskRequest {
     pub params: Payload,
 }
 
+/// The longest wait a request may ask for (`wait_ms`): ten years, far
+/// beyond any real wait and far from overflowing a clock; a longer one is
+/// refused.
+pub const MAX_WAIT_MS: u64 = 10 * 365 * 86_400 * 1000;
+
 /// A request to the daemon.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub enum ClientCall {

@@ -59,6 +59,11 @@ pub const BLOCK_ENV_VARS: [&str; 7] = [
     LOG_ENV,
 ];
 
+/// The variables of [`BLOCK_ENV_VARS`] that carry a credential: a worker
+/// takes them out of its own environment once read, and no process it
+/// starts (a servable's above all) inherits them.
+pub const CREDENTIAL_ENV_VARS: [&str; 1] = [SECRET_ENV];
+
 /// The name of the contact file in a daemon's state directory.
 pub const CONTACT_FILE: &str = "daemon.toml";
 

@@ -168,7 +168,12 @@ impl Channel for LocalChannel {
         })
     }
 
+    /// Writes the file under a fresh name created with `mode` from the
+    /// start (never readable by others, even for a moment: job scripts
+    /// hold the secret), then renames it over `path`, which replaces a
+    /// link there rather than writing through it.
     fn write_file(&mut self, path: &str, contents: &[u8], mode: u32) -> Result<(), ChannelError> {
+        use std::io::Write;
         use std::os::unix::fs::PermissionsExt;
         let file_error = |reason: String| ChannelError::File {
             channel: "local shell".into(),
@@ -176,12 +181,27 @@ impl Channel for LocalChannel {
             reason,
         };
         let p = std::path::Path::new(path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| file_error(e.to_string()))?;
-        }
-        std::fs::write(p, contents).map_err(|e| file_error(e.to_string()))?;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| file_error(e.to_string()))
+        let parent = match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => std::path::Path::new("."),
+        };
+        std::fs::create_dir_all(parent).map_err(|e| file_error(e.to_string()))?;
+        let mut file = tempfile::Builder::new()
+            .prefix(".flotilla-")
+            .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(mode))
+            .tempfile_in(parent)
+            .map_err(|e| file_error(e.to_string()))?;
+        // The umask may have taken bits `mode` asks for; it cannot have
+        // added any.
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| file_error(e.to_string()))?;
+        file.write_all(contents)
+            .map_err(|e| file_error(e.to_string()))?;
+        file.persist(p)
+            .map_err(|e| file_error(e.error.to_string()))?;
+        Ok(())
     }
 
     fn read_file(&mut self, path: &str) -> Result<Vec<u8>, ChannelError> {
@@ -209,6 +229,49 @@ pub fn tail(channel: &mut dyn Channel, path: &str, max_lines: usize) -> Option<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The script is never readable by others, not even between its
+    /// creation and a chmod: the file is created private. A thread looks
+    /// at every file in the directory while scripts are written.
+    #[test]
+    fn a_script_is_created_private_from_the_start() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let done = AtomicBool::new(false);
+        let seen_open = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    for entry in std::fs::read_dir(dir.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                    {
+                        if let Ok(meta) = entry.metadata()
+                            && meta.permissions().mode() & 0o077 != 0
+                        {
+                            seen_open.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+            let path = dir.path().join("block.sh");
+            // Large enough that writing takes a while after the create.
+            let contents = vec![b'x'; 4 << 20];
+            for _ in 0..20 {
+                let _ = std::fs::remove_file(&path);
+                LocalChannel
+                    .write_file(path.to_str().unwrap(), &contents, 0o700)
+                    .unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        assert!(
+            !seen_open.load(Ordering::Relaxed),
+            "a script was readable by others"
+        );
+    }
 
     #[test]
     fn runs_commands_and_keeps_both_streams() {
@@ -242,6 +305,14 @@ mod tests {
         assert_eq!(LocalChannel.read_file(p).unwrap(), b"#!/bin/sh\n");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+        // Written again over a link, the link is replaced, not followed.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        LocalChannel.write_file(p, b"secret", 0o700).unwrap();
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"untouched");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
         std::fs::write(dir.path().join("err"), "a\n\nb\nc\n").unwrap();
         assert_eq!(
             tail(

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::channel::{Channel, CommandOutput};
 use crate::scheduler::Scheduler;
+use crate::site_values;
 use crate::{
     JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, SchedulerOptions,
     walltime_seconds,
@@ -66,26 +67,30 @@ pub fn qsub_command(job: &JobSpec, o: &SchedulerOptions) -> String {
     if let Some(a) = &o.account {
         cmd.push_str(&format!(" -A {}", quote(a)));
     }
-    for line in o
-        .scheduler_options
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-    {
+    // Each word of the options is one argument, quoted: nothing in them
+    // reaches the shell as syntax.
+    for word in o.scheduler_options.split_whitespace() {
         cmd.push(' ');
-        cmd.push_str(line);
+        cmd.push_str(&quote(word));
     }
     cmd.push_str(" {script}");
     cmd
 }
 
-/// The job id in `qsub`'s output.
-pub fn parse_qsub(stdout: &str) -> Option<JobId> {
+/// The job id in `qsub`'s output (its last line that is a number), or
+/// why it holds none.
+pub fn parse_qsub(stdout: &str) -> Result<JobId, String> {
     stdout
         .lines()
         .map(str::trim)
-        .rfind(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_digit()))
+        .rfind(|l| site_values::valid_cobalt_id(l))
         .map(|l| JobId(l.to_owned()))
+        .ok_or_else(|| {
+            format!(
+                "qsub printed no job id: `{}`",
+                site_values::shown(stdout.trim())
+            )
+        })
 }
 
 /// A Cobalt state word as a [`JobState`].
@@ -197,6 +202,7 @@ impl Provider for CobaltProvider {
     }
 
     fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+        Scheduler::check_values(job, &self.options, false)?;
         let script = format!("#!/bin/bash\n{}", job.body());
         let command = qsub_command(job, &self.options);
         self.sched.submit_script(job, &script, &command, parse_qsub)
@@ -279,8 +285,8 @@ mod tests {
     #[test]
     fn qsub_prints_the_id_after_any_warnings() {
         let out = "Job routed to queue \"debug-cache-quad\".\nMemory mode set to cache quad for queue debug-cache-quad\n368154\n";
-        assert_eq!(parse_qsub(out), Some(JobId("368154".into())));
-        assert_eq!(parse_qsub("qsub: error\n"), None);
+        assert_eq!(parse_qsub(out), Ok(JobId("368154".into())));
+        assert!(parse_qsub("qsub: error\n").is_err());
     }
 
     #[test]

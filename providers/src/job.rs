@@ -98,22 +98,26 @@ pub struct SchedulerOptions {
     pub scheduler_options: String,
 }
 
-/// Seconds in a `HH:MM:SS` (or `MM:SS`, or `D-HH:MM:SS`) wall time.
+/// Seconds in a `HH:MM:SS` (or `MM:SS`, or `D-HH:MM:SS`) wall time;
+/// `None` for anything else, a number that is not plain digits included,
+/// and for a total too large to count.
 pub fn walltime_seconds(walltime: &str) -> Option<u64> {
+    let number = |p: &str| {
+        (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u64>().ok())
+            .flatten()
+    };
     let (days, rest) = match walltime.split_once('-') {
-        Some((d, r)) => (d.parse::<u64>().ok()?, r),
+        Some((d, r)) => (number(d)?, r),
         None => (0, walltime),
     };
-    let parts: Vec<u64> = rest
-        .split(':')
-        .map(|p| p.parse::<u64>().ok())
-        .collect::<Option<_>>()?;
+    let parts: Vec<u64> = rest.split(':').map(number).collect::<Option<_>>()?;
     let secs = match parts.as_slice() {
-        [h, m, s] if *m < 60 && *s < 60 => h * 3600 + m * 60 + s,
-        [m, s] if *s < 60 => m * 60 + s,
+        [h, m, s] if *m < 60 && *s < 60 => h.checked_mul(3600)?.checked_add(m * 60 + s)?,
+        [m, s] if *s < 60 => m.checked_mul(60)?.checked_add(*s)?,
         _ => return None,
     };
-    Some(days * 86_400 + secs)
+    days.checked_mul(86_400)?.checked_add(secs)
 }
 
 /// The life of a block, the same for every provider (Parsl's set).
@@ -197,5 +201,13 @@ mod tests {
         assert_eq!(walltime_seconds("45:10"), Some(2710));
         assert_eq!(walltime_seconds("1:60:00"), None);
         assert_eq!(walltime_seconds("soon"), None);
+        assert_eq!(walltime_seconds("+1:00:00"), None);
+    }
+
+    #[test]
+    fn walltimes_too_large_to_count_are_refused_not_wrapped() {
+        assert_eq!(walltime_seconds("99999999999999999:00:00"), None);
+        assert_eq!(walltime_seconds("999999999999999999-00:00:00"), None);
+        assert_eq!(walltime_seconds("9999999999999999999:00"), None);
     }
 }

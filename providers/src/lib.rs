@@ -29,7 +29,8 @@
 //! session to a login node); and, private, the job script and states every
 //! provider shares (`job`), the submit, query and cancel steps the
 //! command-driven providers share (`scheduler`), and reading the end of a
-//! block's output (`tail`).
+//! block's output (`tail`); and [`site_values`], the shapes of the site
+//! values that reach a job script and of the job ids schedulers print.
 
 pub mod channel;
 pub mod cobalt;
@@ -38,6 +39,7 @@ pub mod kubernetes;
 pub mod local;
 pub mod pbs;
 mod scheduler;
+pub mod site_values;
 pub mod slurm;
 pub mod ssh;
 mod tail;
@@ -48,6 +50,7 @@ pub use job::{JobId, JobSpec, JobState, JobStatus, SchedulerOptions, walltime_se
 pub use kubernetes::{KubernetesOptions, KubernetesProvider};
 pub use local::LocalProvider;
 pub use pbs::PbsProvider;
+pub use site_values::BadValue;
 pub use slurm::SlurmProvider;
 pub use ssh::{SshChannel, SshConfig};
 pub use tail::tail_lines;

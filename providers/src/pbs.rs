@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::channel::{Channel, CommandOutput};
 use crate::scheduler::{Scheduler, directives};
+use crate::site_values;
 use crate::{JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, SchedulerOptions};
 
 /// Blocks as PBS Pro jobs.
@@ -68,10 +69,13 @@ pub fn script(job: &JobSpec, o: &SchedulerOptions) -> String {
     )
 }
 
-/// The job id `qsub` printed.
-pub fn parse_qsub(stdout: &str) -> Option<JobId> {
-    let id = stdout.lines().map(str::trim).find(|l| !l.is_empty())?;
-    (!id.contains(char::is_whitespace)).then(|| JobId(id.to_owned()))
+/// The job id `qsub` printed (its first line), or why it is none: the id
+/// goes into `qstat` and `qdel` commands, so it must have a job id's shape.
+pub fn parse_qsub(stdout: &str) -> Result<JobId, String> {
+    let Some(id) = stdout.lines().map(str::trim).find(|l| !l.is_empty()) else {
+        return Err("qsub printed no job id".into());
+    };
+    site_values::job_id("qsub", id, site_values::valid_pbs_id)
 }
 
 fn finished(exit: Option<i64>) -> JobState {
@@ -160,6 +164,7 @@ impl Provider for PbsProvider {
     }
 
     fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+        Scheduler::check_values(job, &self.options, true)?;
         let script = script(job, &self.options);
         self.sched
             .submit_script(job, &script, "qsub {script}", parse_qsub)
@@ -302,9 +307,9 @@ mod tests {
     fn qsub_output_and_the_script() {
         assert_eq!(
             parse_qsub("1234.polaris-pbs-01\n"),
-            Some(JobId("1234.polaris-pbs-01".into()))
+            Ok(JobId("1234.polaris-pbs-01".into()))
         );
-        assert_eq!(parse_qsub(""), None);
+        assert_eq!(parse_qsub(""), Err("qsub printed no job id".into()));
         let job = JobSpec {
             name: "flotilla-ab12cd-block-0".into(),
             worker_init: String::new(),

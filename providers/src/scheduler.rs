@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::channel::{Channel, CommandOutput, tail};
-use crate::{JobId, JobSpec, JobState, JobStatus, ProviderError};
+use crate::site_values::check_path;
+use crate::{JobId, JobSpec, JobState, JobStatus, ProviderError, SchedulerOptions};
 
 /// Lines of a failed block's stderr shown to the user.
 const STDERR_TAIL_LINES: usize = 10;
@@ -76,36 +77,55 @@ impl Scheduler {
         Ok(out.stdout)
     }
 
+    /// Checks that `options` and the job's run directory have the shapes
+    /// a job script can carry (see [`crate::site_values`]), so no value
+    /// breaks out of its directive whatever checked it before.
+    pub fn check_values(
+        job: &JobSpec,
+        options: &SchedulerOptions,
+        directive_lines: bool,
+    ) -> Result<(), ProviderError> {
+        let bad = |e: crate::BadValue| ProviderError::Submit {
+            name: job.name.clone(),
+            reason: e.to_string(),
+        };
+        options.check(directive_lines).map_err(bad)?;
+        check_path("run_dir", &job.run_dir).map_err(bad)
+    }
+
     /// Submits `script` as the job's `block.sh` with `command` (see
     /// [`Scheduler::submit`]), reads the job id from its output with
     /// `parse`, and remembers the job; the error names the submit tool when
-    /// its output holds no id.
+    /// its output holds no id, or says why what it holds is not one.
     pub fn submit_script(
         &mut self,
         job: &JobSpec,
         script: &str,
         command: &str,
-        parse: impl Fn(&str) -> Option<JobId>,
+        parse: impl Fn(&str) -> Result<JobId, String>,
     ) -> Result<JobId, ProviderError> {
         let out = self.submit(job, "block.sh", script, command)?;
-        let tool = command.split_whitespace().next().unwrap_or(command);
-        let id = parse(&out).ok_or_else(|| ProviderError::Submit {
+        let id = parse(&out).map_err(|reason| ProviderError::Submit {
             name: job.name.clone(),
-            reason: format!("{tool} printed no job id: {out:?}"),
+            reason,
         })?;
         self.jobs.insert(id.clone(), job.clone());
         Ok(id)
     }
 
-    /// Runs `command` with the ids appended, joined by `separator` (one
-    /// call for every job, as the schedulers take them).
+    /// Runs `command` with the ids appended, each quoted for the shell,
+    /// joined by `separator` (one call for every job, as the schedulers
+    /// take them).
     pub fn run_on(
         &mut self,
         command: &str,
         ids: &[JobId],
         separator: &str,
     ) -> Result<CommandOutput, ProviderError> {
-        let list: Vec<&str> = ids.iter().map(|i| i.0.as_str()).collect();
+        let list: Vec<String> = ids
+            .iter()
+            .map(|i| flotilla_launchers::shell::quote(&i.0))
+            .collect();
         self.run(&format!("{command} {}", list.join(separator)))
     }
 
@@ -188,4 +208,118 @@ pub fn directives(prefix: &str, flags: &[Option<String>], raw: &str) -> String {
         s.push('\n');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::channel::ChannelError;
+    use crate::{PbsProvider, Provider, SlurmProvider};
+
+    /// A channel that records what it is asked and answers every command
+    /// with `stdout`.
+    struct Recording {
+        log: Arc<Mutex<Vec<String>>>,
+        stdout: String,
+    }
+
+    impl Channel for Recording {
+        fn name(&self) -> String {
+            "recording".into()
+        }
+
+        fn run(&mut self, command: &str, _: Duration) -> Result<CommandOutput, ChannelError> {
+            self.log.lock().unwrap().push(command.to_owned());
+            Ok(CommandOutput {
+                status: 0,
+                stdout: self.stdout.clone(),
+                stderr: String::new(),
+            })
+        }
+
+        fn write_file(&mut self, path: &str, _: &[u8], _: u32) -> Result<(), ChannelError> {
+            self.log.lock().unwrap().push(format!("write {path}"));
+            Ok(())
+        }
+
+        fn read_file(&mut self, path: &str) -> Result<Vec<u8>, ChannelError> {
+            Err(ChannelError::File {
+                channel: self.name(),
+                path: path.to_owned(),
+                reason: "none".into(),
+            })
+        }
+    }
+
+    fn recording(stdout: &str) -> (Box<dyn Channel>, Arc<Mutex<Vec<String>>>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let channel = Recording {
+            log: log.clone(),
+            stdout: stdout.to_owned(),
+        };
+        (Box::new(channel), log)
+    }
+
+    fn job() -> JobSpec {
+        JobSpec {
+            name: "flotilla-ab12cd-block-0".into(),
+            worker_init: String::new(),
+            command: "exec flotilla-worker".into(),
+            env: Default::default(),
+            run_dir: "/scratch/fl/block-0".into(),
+        }
+    }
+
+    #[test]
+    fn a_value_that_breaks_out_of_its_directive_submits_nothing() {
+        let (channel, log) = recording("1\n");
+        let options = SchedulerOptions {
+            walltime: "00:10:00".into(),
+            partition: Some("debug\ntouch X".into()),
+            ..SchedulerOptions::default()
+        };
+        let mut slurm = SlurmProvider::new(channel, options, Duration::from_secs(5));
+        let e = slurm.submit(&job()).unwrap_err().to_string();
+        assert!(
+            e.contains("`partition`") && e.contains("debug\\ntouch X"),
+            "{e}"
+        );
+        assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+
+        let (channel, log) = recording("1\n");
+        let options = SchedulerOptions {
+            walltime: "00:10:00".into(),
+            scheduler_options: "#PBS -l x=y\ntouch X".into(),
+            ..SchedulerOptions::default()
+        };
+        let mut pbs = PbsProvider::new(channel, options, Duration::from_secs(5));
+        let e = pbs.submit(&job()).unwrap_err().to_string();
+        assert!(e.contains("`scheduler_options`"), "{e}");
+        assert!(log.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_job_id_that_is_not_one_never_reaches_a_command() {
+        let (channel, log) = recording("12.srv;touch X\n");
+        let options = SchedulerOptions {
+            walltime: "00:10:00".into(),
+            ..SchedulerOptions::default()
+        };
+        let mut pbs = PbsProvider::new(channel, options, Duration::from_secs(5));
+        let e = pbs.submit(&job()).unwrap_err().to_string();
+        assert!(e.contains("qsub printed `12.srv;touch X`"), "{e}");
+        // Only the script was written and qsub run; nothing used the id.
+        assert_eq!(log.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn ids_are_quoted_in_the_commands_they_go_into() {
+        let (channel, log) = recording("");
+        let mut sched = Scheduler::new("test", channel, Duration::from_secs(5));
+        let ids = [JobId("7".into()), JobId("8;touch X".into())];
+        sched.run_on("scancel", &ids, " ").unwrap();
+        assert_eq!(log.lock().unwrap()[0], "scancel 7 '8;touch X'");
+    }
 }

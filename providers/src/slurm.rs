@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::channel::Channel;
 use crate::scheduler::{Scheduler, directives};
+use crate::site_values;
 use crate::{JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, SchedulerOptions};
 
 /// Blocks as Slurm jobs.
@@ -66,11 +67,14 @@ pub fn script(job: &JobSpec, o: &SchedulerOptions) -> String {
     )
 }
 
-/// The job id in `sbatch --parsable` output (`123` or `123;cluster`).
-pub fn parse_sbatch(stdout: &str) -> Option<JobId> {
-    let id = stdout.trim().split(';').next()?.trim();
-    (!id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        .then(|| JobId(id.to_owned()))
+/// The job id in `sbatch --parsable` output (`123` or `123;cluster`), or
+/// why the output holds none.
+pub fn parse_sbatch(stdout: &str) -> Result<JobId, String> {
+    let id = stdout.trim().split(';').next().unwrap_or_default().trim();
+    if id.is_empty() {
+        return Err("sbatch printed no job id".into());
+    }
+    site_values::job_id("sbatch", id, site_values::valid_slurm_id)
 }
 
 /// A Slurm state code (`squeue %t`) and reason as a [`JobState`].
@@ -139,6 +143,7 @@ impl Provider for SlurmProvider {
     }
 
     fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+        Scheduler::check_values(job, &self.options, true)?;
         let script = script(job, &self.options);
         self.sched
             .submit_script(job, &script, "sbatch --parsable {script}", parse_sbatch)
@@ -208,13 +213,10 @@ mod tests {
 
     #[test]
     fn sbatch_ids_are_read_with_or_without_a_cluster() {
-        assert_eq!(parse_sbatch("1\n"), Some(JobId("1".into())));
-        assert_eq!(
-            parse_sbatch("4242;perlmutter\n"),
-            Some(JobId("4242".into()))
-        );
-        assert_eq!(parse_sbatch("Submitted batch job 6\n"), None);
-        assert_eq!(parse_sbatch(""), None);
+        assert_eq!(parse_sbatch("1\n"), Ok(JobId("1".into())));
+        assert_eq!(parse_sbatch("4242;perlmutter\n"), Ok(JobId("4242".into())));
+        assert!(parse_sbatch("Submitted batch job 6\n").is_err());
+        assert_eq!(parse_sbatch(""), Err("sbatch printed no job id".into()));
     }
 
     #[test]

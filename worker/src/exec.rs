@@ -3,7 +3,9 @@
 //! The first batch a worker gets for a servable carries its record. Before
 //! the first process starts, every file is taken from the object store,
 //! checked against its published blake3 hash (a mismatch fails the task and
-//! names the file) and linked into a directory of this worker's own. Idle
+//! names the file; the next batch checks again, so a store repaired by
+//! publishing again is used) and linked into a private directory of this
+//! worker's own (made afresh, mode 0700, never one that existed). Idle
 //! processes are kept per servable, at most one per slot, and reused batch
 //! after batch; a process that dies is replaced by a fresh one on the next
 //! batch.
@@ -20,6 +22,7 @@ use flotilla_protocol::stdio::Reply;
 use flotilla_protocol::task::Outcome;
 
 use flotilla_launchers::Container;
+use tempfile::TempDir;
 
 use crate::process::WarmProcess;
 
@@ -27,9 +30,13 @@ use crate::process::WarmProcess;
 pub struct ExecRuntime {
     objects: Option<PathBuf>,
     containers: Option<Container>,
-    work_dir: PathBuf,
+    /// Removed (with everything in it) when the runtime is dropped, after
+    /// its processes.
+    work_dir: TempDir,
     records: Mutex<HashMap<String, Arc<ServableRecord>>>,
-    prepared: Mutex<HashMap<String, Result<PathBuf, String>>>,
+    /// Servables whose files are in place; a failed preparation is not
+    /// remembered, so the next batch tries again.
+    prepared: Mutex<HashMap<String, PathBuf>>,
     /// Held while a servable's files are materialised, so two slots that
     /// get their first batch at once never write the same directory.
     preparing: Mutex<()>,
@@ -48,11 +55,39 @@ fn failure(kind: FailureKind, message: String) -> Result<Vec<Outcome>, BatchFail
     Err(BatchFailure { kind, message })
 }
 
+/// A new private directory for a worker's servable files under `parent`
+/// (the system's temporary directory): created with `mkdtemp` semantics,
+/// under a name no one can guess, mode 0700, so no other user can have
+/// made it first or look into it. A directory that exists is never used.
+pub fn private_work_dir(parent: &Path, worker_id: &str) -> std::io::Result<TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let id: String = worker_id
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("flotilla-worker-{id}-"))
+        .rand_bytes(12)
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)?;
+    // The umask can take bits away, never add any; make it exactly 0700.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
 impl ExecRuntime {
     /// A runtime taking files from `objects` and materialising them under
-    /// `work_dir` (which it owns and removes on drop); servables that name
-    /// an image run in it through `containers` when the site has a runtime.
-    pub fn new(objects: Option<PathBuf>, work_dir: PathBuf, containers: Option<Container>) -> Self {
+    /// `work_dir` (see [`private_work_dir`]; removed on drop); servables
+    /// that name an image run in it through `containers` when the site has
+    /// a runtime.
+    pub fn new(objects: Option<PathBuf>, work_dir: TempDir, containers: Option<Container>) -> Self {
         ExecRuntime {
             objects,
             containers,
@@ -140,27 +175,33 @@ impl ExecRuntime {
     }
 
     /// The servable's files, verified and linked into this worker's
-    /// directory (done once per servable; the outcome is remembered).
+    /// directory. Done once per servable when it succeeds; a failure (a
+    /// file missing or not matching its hash) is tried again by the next
+    /// batch, since publishing again repairs the object store.
     fn prepare(&self, record: &ServableRecord) -> Result<PathBuf, String> {
         let id = record.id();
         if let Some(done) = lock(&self.prepared).get(&id) {
-            return done.clone();
+            return Ok(done.clone());
         }
         let _preparing = lock(&self.preparing);
         if let Some(done) = lock(&self.prepared).get(&id) {
-            return done.clone();
+            return Ok(done.clone());
         }
-        let outcome = self.materialise(record);
-        if let Err(e) = &outcome {
-            tracing::error!(servable = %id, error = %e, "cannot prepare servable");
+        match self.materialise(record) {
+            Ok(dir) => {
+                lock(&self.prepared).insert(id, dir.clone());
+                Ok(dir)
+            }
+            Err(e) => {
+                tracing::error!(servable = %id, error = %e, "cannot prepare servable");
+                Err(e)
+            }
         }
-        lock(&self.prepared).insert(id, outcome.clone());
-        outcome
     }
 
     fn materialise(&self, record: &ServableRecord) -> Result<PathBuf, String> {
         let id = record.id();
-        let dir = self.work_dir.join(&id);
+        let dir = self.work_dir.path().join(&id);
         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if record.files.is_empty() {
             return Ok(dir);
@@ -214,9 +255,9 @@ impl ExecRuntime {
 
 impl Drop for ExecRuntime {
     fn drop(&mut self) {
-        // Ask every warm process to exit before removing their files.
+        // Ask every warm process to exit before their files are removed
+        // (with `work_dir`, dropped after this).
         lock(&self.idle).clear();
-        let _ = fs::remove_dir_all(&self.work_dir);
     }
 }
 
@@ -282,19 +323,16 @@ mod tests {
 
     #[test]
     fn slots_preparing_the_same_servable_at_once_never_touch_the_object_store() {
-        let root = std::env::temp_dir().join(format!("flotilla-exec-test-{}", std::process::id()));
-        let objects = root.join("objects");
+        let root = tempfile::tempdir().unwrap();
+        let objects = root.path().join("objects");
         fs::create_dir_all(&objects).unwrap();
         let content = b"print('hi')";
         let hash = blake3::hash(content).to_hex().to_string();
         fs::write(objects.join(&hash), content).unwrap();
         let record = record(&hash);
         for round in 0..20 {
-            let runtime = ExecRuntime::new(
-                Some(objects.clone()),
-                root.join(format!("work-{round}")),
-                None,
-            );
+            let work = private_work_dir(root.path(), &format!("w{round}")).unwrap();
+            let runtime = ExecRuntime::new(Some(objects.clone()), work, None);
             std::thread::scope(|s| {
                 for _ in 0..4 {
                     s.spawn(|| {
@@ -307,6 +345,54 @@ mod tests {
             runtime.materialise(&record).unwrap();
             assert_eq!(fs::read(objects.join(&hash)).unwrap(), content);
         }
-        let _ = fs::remove_dir_all(&root);
+    }
+
+    /// Another user could pre-create the old, predictable name
+    /// (`flotilla-worker-<pid>-<id>`) open to everyone; the directory is
+    /// never that one, nor any that exists, and it is private.
+    #[test]
+    fn the_work_dir_is_private_and_never_one_that_existed() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let planted = parent
+            .path()
+            .join(format!("flotilla-worker-{}-w", std::process::id()));
+        fs::create_dir(&planted).unwrap();
+        fs::set_permissions(&planted, fs::Permissions::from_mode(0o777)).unwrap();
+        // Kept alive together: each must be new while the others exist.
+        let mut kept: Vec<TempDir> = Vec::new();
+        for _ in 0..20 {
+            let dir = private_work_dir(parent.path(), "w").unwrap();
+            assert_ne!(dir.path(), planted);
+            assert!(
+                kept.iter().all(|k| k.path() != dir.path()),
+                "a directory was reused"
+            );
+            let mode = fs::metadata(dir.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", dir.path().display());
+            kept.push(dir);
+        }
+        assert!(fs::read_dir(&planted).unwrap().next().is_none());
+    }
+
+    /// A file that failed its check is checked again by the next batch:
+    /// once the object store holds the right bytes again, the servable
+    /// runs.
+    #[test]
+    fn a_failed_check_is_not_remembered() {
+        let root = tempfile::tempdir().unwrap();
+        let objects = root.path().join("objects");
+        fs::create_dir_all(&objects).unwrap();
+        let content = b"print('hi')";
+        let hash = blake3::hash(content).to_hex().to_string();
+        fs::write(objects.join(&hash), b"tampered").unwrap();
+        let work = private_work_dir(root.path(), "w").unwrap();
+        let runtime = ExecRuntime::new(Some(objects.clone()), work, None);
+        let record = record(&hash);
+        let e = runtime.prepare(&record).unwrap_err();
+        assert!(e.contains("does not match its published hash"), "{e}");
+        fs::write(objects.join(&hash), content).unwrap();
+        let dir = runtime.prepare(&record).unwrap();
+        assert_eq!(fs::read(dir.join("serve.py")).unwrap(), content);
     }
 }

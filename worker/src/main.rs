@@ -21,8 +21,8 @@ use anyhow::{Context, bail};
 use flotilla_launchers::{Bind, Container, ContainerRuntime, Gpus};
 use flotilla_protocol::address::Endpoint;
 use flotilla_protocol::launch::{
-    ArgsError, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_LOST_DAEMON_EXIT_S, DEFAULT_WALLTIME_MARGIN_S,
-    DaemonInfo, ENV_USAGE, LOG_ENV, SECRET_ENV, USAGE, WorkerArgs, flag,
+    ArgsError, CREDENTIAL_ENV_VARS, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_LOST_DAEMON_EXIT_S,
+    DEFAULT_WALLTIME_MARGIN_S, DaemonInfo, ENV_USAGE, LOG_ENV, SECRET_ENV, USAGE, WorkerArgs, flag,
 };
 use flotilla_protocol::{paths, secret};
 use flotilla_worker::session::{Ending, SessionConfig};
@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    forget_credentials();
     let (cfg, endpoints, port, timeout) = match worker_config(&args) {
         Ok(parts) => parts,
         Err(e) => {
@@ -78,6 +79,17 @@ fn main() -> ExitCode {
         ..cfg
     };
     exit_status(shell::run(&cfg, connected.socket), &cfg.url)
+}
+
+/// Takes every credential out of this process's environment once the
+/// arguments have read them, so nothing the worker starts inherits them.
+fn forget_credentials() {
+    for name in CREDENTIAL_ENV_VARS {
+        // SAFETY: called from `main` before the worker starts any thread
+        // (logging writes from the calling thread), so nothing reads or
+        // writes the environment concurrently.
+        unsafe { std::env::remove_var(name) };
+    }
 }
 
 /// Logs to stderr with the filter of [`LOG_ENV`] (default `info`).
@@ -160,15 +172,25 @@ fn exit_status(ended: anyhow::Result<Ending>, url: &str) -> ExitCode {
 /// connect timeout.
 type Settings = (WorkerConfig, Vec<Endpoint>, u16, Duration);
 
-/// A positive, finite number of seconds given as `name`.
+/// The most slots a worker may run.
+const MAX_SLOTS: u32 = 4_096;
+
+/// The most seconds any option takes (about 31 years).
+const MAX_SECONDS: f64 = 1.0e9;
+
+/// A positive (or, with `zero_ok`, non-negative), finite number of seconds
+/// up to [`MAX_SECONDS`] given as `name`.
 fn seconds(value: f64, name: &str, zero_ok: bool) -> anyhow::Result<Duration> {
     if !(value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0))) {
         if zero_ok {
-            bail!("{name} must be a number of seconds, 0 or more");
+            bail!("{name} must be a number of seconds, 0 or more, got {value}");
         }
-        bail!("{name} must be a positive number of seconds");
+        bail!("{name} must be a positive number of seconds, got {value}");
     }
-    Ok(Duration::from_secs_f64(value))
+    if value > MAX_SECONDS {
+        bail!("{name} must be at most {MAX_SECONDS:e} seconds, got {value:e}");
+    }
+    Duration::try_from_secs_f64(value).with_context(|| format!("{name}: {value} seconds"))
 }
 
 fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
@@ -216,6 +238,7 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
     };
     let slots = match args.slots {
         Some(0) => bail!("{} must be at least 1", flag::SLOTS),
+        Some(n) if n > MAX_SLOTS => bail!("{} must be at most {MAX_SLOTS}, got {n}", flag::SLOTS),
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
     };

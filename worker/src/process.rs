@@ -5,14 +5,16 @@
 //! the worker's log with the ids of the tasks being run, and the last lines
 //! are kept for the error message should the process die.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Component, Path};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use flotilla_launchers::{Bind, Container, Inner};
+use flotilla_protocol::launch::CREDENTIAL_ENV_VARS;
 use flotilla_protocol::servable::{Runtime, ServableRecord};
 use flotilla_protocol::stdio::{self, Reply};
 
@@ -57,7 +59,12 @@ impl WarmProcess {
             return Err(Broken(format!("{id} is not an exec servable")));
         };
         let cwd = match working_dir {
-            Some(w) => dir.join(w),
+            Some(w) if inside(w) => dir.join(w),
+            Some(w) => {
+                return Err(Broken(format!(
+                    "{id}: working_dir `{w}` is not a directory inside the servable's files"
+                )));
+            }
             None => dir.to_path_buf(),
         };
         let mut vars = env.clone();
@@ -92,7 +99,8 @@ impl WarmProcess {
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
             .current_dir(&cwd)
-            .envs(&vars)
+            .env_clear()
+            .envs(servable_environment(std::env::vars_os(), &vars))
             .envs(runtime_env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -248,6 +256,33 @@ impl WarmProcess {
     }
 }
 
+/// Whether `path` names a place inside a directory: relative, with no
+/// `..` (a servable's working directory, checked again here whatever
+/// checked it before).
+fn inside(path: &str) -> bool {
+    Path::new(path)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// The environment a servable process starts with, built for it: the
+/// worker's own (`inherited`) without any variable that carries a
+/// credential ([`CREDENTIAL_ENV_VARS`]), then the servable's variables
+/// (`vars`). A servable never sees the daemon's secret.
+fn servable_environment(
+    inherited: impl Iterator<Item = (OsString, OsString)>,
+    vars: &BTreeMap<String, String>,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = inherited
+        .filter(|(name, _)| !CREDENTIAL_ENV_VARS.iter().any(|c| name == c))
+        .collect();
+    env.extend(
+        vars.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    env
+}
+
 fn wait_briefly(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
@@ -269,5 +304,33 @@ impl Drop for WarmProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_protocol::launch::SECRET_ENV;
+
+    #[test]
+    fn a_servable_never_inherits_a_credential() {
+        let inherited = [
+            ("PATH", "/usr/bin"),
+            (SECRET_ENV, "00ff"),
+            ("HOME", "/home/a"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let vars: BTreeMap<String, String> =
+            [("FLOTILLA_SERVABLE".to_owned(), "x@1.0.0".to_owned())].into();
+        let env = servable_environment(inherited, &vars);
+        let names: Vec<&str> = env.iter().filter_map(|(k, _)| k.to_str()).collect();
+        assert_eq!(names, ["PATH", "HOME", "FLOTILLA_SERVABLE"]);
+    }
+
+    #[test]
+    fn working_dirs_stay_inside_the_files() {
+        assert!(inside("model") && inside("a/b") && inside("."));
+        assert!(!inside("/") && !inside("../x") && !inside("a/../../b"));
     }
 }

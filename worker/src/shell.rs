@@ -129,11 +129,8 @@ pub fn run(cfg: &WorkerConfig, socket: Socket) -> anyhow::Result<Ending> {
     let poll = LaneIo::new(&socket, Lane::Poll, link.clone())?;
     let report = LaneIo::new(&socket, Lane::Report, link.clone())?;
     let done_link = link.clone();
-    let work_dir = std::env::temp_dir().join(format!(
-        "flotilla-worker-{}-{}",
-        std::process::id(),
-        cfg.session.worker_id.replace(['/', ' '], "_")
-    ));
+    let work_dir = crate::exec::private_work_dir(&std::env::temp_dir(), &cfg.session.worker_id)
+        .context("cannot create the worker's private directory")?;
     let runtime = Arc::new(ExecRuntime::new(
         cfg.objects.clone(),
         work_dir,

@@ -44,6 +44,31 @@ fn bad_arguments_exit_2_with_a_reason() {
     );
 }
 
+/// Numbers out of range are refused with the option's name, never a panic.
+#[test]
+fn numbers_out_of_range_exit_2_naming_the_option() {
+    let secret = "00".repeat(32);
+    for (flag, value) in [
+        ("--lost-daemon-exit-s", "1e300"),
+        ("--connect-timeout-s", "1e300"),
+        ("--walltime-margin-s", "inf"),
+        ("--slots", "1000000"),
+    ] {
+        let out = worker(
+            &["--address", "127.0.0.1", "--port", "9", flag, value],
+            Some(&secret),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{flag} {value}: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(flag), "{flag}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}
+
 #[test]
 fn a_worker_without_a_daemon_reports_every_address_and_exits() {
     // Port 9 (discard) on loopback: nothing listens.

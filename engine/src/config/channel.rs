@@ -84,7 +84,7 @@ impl RawChannel {
         Ok(ChannelConfig {
             kind,
             host,
-            port: s.or("port", self.port, d.port),
+            port: s.count("port", self.port, d.port, 1, u16::MAX)?,
             user: s.opt("user", self.user),
             key_file: s.opt("key_file", self.key_file),
             known_hosts: s.opt("known_hosts", self.known_hosts),

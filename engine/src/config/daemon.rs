@@ -60,6 +60,12 @@ pub(crate) struct RawDaemon {
 /// The smallest frame limit that still carries a worker's registration.
 const MIN_FRAME_BYTES: usize = 4096;
 
+/// The largest frame limit: a frame is held in memory whole, on both sides.
+const MAX_FRAME_BYTES: usize = 1 << 30;
+
+/// Most dispatches of one task.
+const MAX_ATTEMPTS: u32 = 100;
+
 impl RawDaemon {
     /// The settings in force, or what is wrong with them.
     pub(crate) fn check(self, site: &mut Site) -> Result<DaemonConfig, ConfigError> {
@@ -97,7 +103,18 @@ impl RawDaemon {
                 format!("must be at least {MIN_FRAME_BYTES} bytes, got {max_frame_bytes}"),
             ));
         }
-        let max_attempts = s.at_least_one("max_attempts", self.max_attempts, d.max_attempts)?;
+        if max_frame_bytes > MAX_FRAME_BYTES {
+            return Err(s.invalid(
+                "max_frame_bytes",
+                format!("must be at most {MAX_FRAME_BYTES} bytes, got {max_frame_bytes}"),
+            ));
+        }
+        let max_attempts = s.at_least_one(
+            "max_attempts",
+            self.max_attempts,
+            d.max_attempts,
+            MAX_ATTEMPTS,
+        )?;
         Ok(DaemonConfig {
             state_dir,
             max_frame_bytes,

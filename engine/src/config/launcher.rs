@@ -157,6 +157,9 @@ impl LauncherConfig {
     }
 }
 
+/// Most workers one node may run.
+const MAX_WORKERS_PER_NODE: u32 = 1_024;
+
 /// `[launcher]` as written: any key may be missing.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, default, expecting = "struct LauncherConfig")]
@@ -181,6 +184,7 @@ impl RawLauncher {
                 "workers_per_node",
                 self.workers_per_node,
                 d.workers_per_node,
+                MAX_WORKERS_PER_NODE,
             )?,
             options: s.or("options", self.options, d.options),
             mpi_flavor: s.or("mpi_flavor", self.mpi_flavor, d.mpi_flavor),

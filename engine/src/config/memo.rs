@@ -35,13 +35,25 @@ pub(crate) struct RawMemo {
 /// The smallest memo store worth having.
 const MIN_BYTES: u64 = 1024;
 
+/// Most entries the memo store may be asked to hold.
+const MAX_ENTRIES: u64 = 1_000_000_000;
+
+/// Most bytes the memo store may be asked to hold (1 TiB).
+const MAX_BYTES: u64 = 1 << 40;
+
 impl RawMemo {
     /// The settings in force, or what is wrong with them.
     pub(crate) fn check(self, site: &mut Site) -> Result<MemoConfig, ConfigError> {
         let d = MemoConfig::default();
         let mut s = site.section("memo");
-        let max_entries = s.or("max_entries", self.max_entries, d.max_entries);
-        let max_bytes = s.or("max_bytes", self.max_bytes, d.max_bytes);
+        let max_entries = s.count(
+            "max_entries",
+            self.max_entries,
+            d.max_entries,
+            0,
+            MAX_ENTRIES,
+        )?;
+        let max_bytes = s.count("max_bytes", self.max_bytes, d.max_bytes, 0, MAX_BYTES)?;
         if max_entries == 0 || max_bytes < MIN_BYTES {
             let key = if max_entries == 0 {
                 "max_entries"

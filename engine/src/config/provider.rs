@@ -12,6 +12,7 @@ mod local;
 mod pbspro;
 mod slurm;
 
+use flotilla_providers::site_values;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -20,6 +21,18 @@ pub(crate) use kubernetes::RawKubernetes;
 
 use super::site::{Seconds, Section, Site};
 use super::{Config, ConfigError};
+
+/// Most blocks a pool may start with, keep or hold.
+const MAX_BLOCKS: u32 = 10_000;
+
+/// Most consecutive failed blocks before starts are paused.
+const MAX_BLOCK_FAILURES: u32 = 1_000;
+
+/// Most nodes (or pods) one block may ask for.
+const MAX_NODES_PER_BLOCK: u32 = 100_000;
+
+/// Most GPUs per node a block may ask for.
+pub(crate) const MAX_GPUS_PER_NODE: u32 = 64;
 
 /// Which provider starts blocks.
 #[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,9 +340,15 @@ impl RawProvider {
         let kind = s.or("kind", self.kind, d.kind);
         let settings = ProviderConfig {
             kind,
-            init_blocks: s.or("init_blocks", self.init_blocks, d.init_blocks),
-            min_blocks: s.or("min_blocks", self.min_blocks, d.min_blocks),
-            max_blocks: s.or("max_blocks", self.max_blocks, d.max_blocks),
+            init_blocks: s.count(
+                "init_blocks",
+                self.init_blocks,
+                d.init_blocks,
+                0,
+                MAX_BLOCKS,
+            )?,
+            min_blocks: s.count("min_blocks", self.min_blocks, d.min_blocks, 0, MAX_BLOCKS)?,
+            max_blocks: s.count("max_blocks", self.max_blocks, d.max_blocks, 0, MAX_BLOCKS)?,
             poll_interval_s: s.seconds(
                 "poll_interval_s",
                 self.poll_interval_s,
@@ -340,6 +359,7 @@ impl RawProvider {
                 "max_block_failures",
                 self.max_block_failures,
                 d.max_block_failures,
+                MAX_BLOCK_FAILURES,
             )?,
             pool: s.or("pool", self.pool, d.pool),
             strategy_period_s: s.seconds(
@@ -395,6 +415,7 @@ impl RawProvider {
                 "nodes_per_block",
                 self.nodes_per_block,
                 d.nodes_per_block,
+                MAX_NODES_PER_BLOCK,
             )?,
             walltime: s.opt("walltime", self.walltime),
             partition: s.opt("partition", self.partition),
@@ -403,7 +424,13 @@ impl RawProvider {
             qos: s.opt("qos", self.qos),
             constraint: s.opt("constraint", self.constraint),
             exclusive: s.or("exclusive", self.exclusive, d.exclusive),
-            gpus_per_node: s.or("gpus_per_node", self.gpus_per_node, d.gpus_per_node),
+            gpus_per_node: s.count(
+                "gpus_per_node",
+                self.gpus_per_node,
+                d.gpus_per_node,
+                0,
+                MAX_GPUS_PER_NODE,
+            )?,
             scheduler_options: s.or(
                 "scheduler_options",
                 self.scheduler_options,
@@ -418,6 +445,7 @@ impl RawProvider {
         settings.check_scaling(&s)?;
         settings.check_walltime(&s)?;
         settings.check_scheduler_keys(&s)?;
+        settings.check_scheduler_values(&s)?;
         Ok(settings)
     }
 }
@@ -458,15 +486,13 @@ impl ProviderConfig {
         Ok(())
     }
 
-    /// `walltime` is a wall time, and workers get more than half of it.
+    /// `walltime` is a wall time a block may ask for, and workers get more
+    /// than half of it.
     fn check_walltime(&self, s: &Section) -> Result<(), ConfigError> {
         if let Some(w) = &self.walltime
-            && flotilla_providers::walltime_seconds(w).is_none_or(|s| s == 0)
+            && let Err(e) = site_values::check_walltime(w)
         {
-            return Err(s.invalid(
-                "walltime",
-                format!("`{w}` is not a wall time; write HH:MM:SS (or D-HH:MM:SS)"),
-            ));
+            return Err(s.invalid("walltime", e.reason));
         }
         if let Some(wall) = self.kind.rules().block_walltime_s(self.walltime.as_deref())
             && self.walltime_margin_s * 2.0 >= wall as f64
@@ -478,6 +504,38 @@ impl ProviderConfig {
                     self.walltime_margin_s
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Every value that reaches a job script or a scheduler command has
+    /// the shape of its field (see [`flotilla_providers::site_values`]):
+    /// directives cannot be quoted, so the shape is what keeps a value
+    /// inside its line.
+    fn check_scheduler_values(&self, s: &Section) -> Result<(), ConfigError> {
+        let fields: [(&Option<String>, site_values::Check); 5] = [
+            (&self.partition, site_values::check_partition),
+            (&self.queue, site_values::check_queue),
+            (&self.account, site_values::check_account),
+            (&self.qos, site_values::check_qos),
+            (&self.constraint, site_values::check_constraint),
+        ];
+        for (value, check) in fields {
+            if let Some(Err(e)) = value.as_deref().map(check) {
+                return Err(s.invalid(e.field, e.reason));
+            }
+        }
+        let directive_lines = matches!(self.kind, ProviderKind::Slurm | ProviderKind::Pbspro);
+        if directive_lines
+            && let Err(e) = site_values::check_directive_lines(&self.scheduler_options)
+        {
+            return Err(s.invalid(e.field, e.reason));
+        }
+        if self.kind != ProviderKind::Local
+            && let Some(dir) = &self.run_dir
+            && let Err(e) = site_values::check_path("run_dir", dir)
+        {
+            return Err(s.invalid(e.field, e.reason));
         }
         Ok(())
     }

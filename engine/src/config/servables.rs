@@ -40,6 +40,15 @@ pub(crate) struct RawServableOverride {
 /// The largest batch a servable may be given.
 const MAX_BATCH_SIZE: u32 = 1_000_000;
 
+/// The longest latency target (an hour).
+const MAX_LATENCY_TARGET_MS: u64 = 3_600_000;
+
+/// The longest batch delay, as a servable's own spec allows (10 minutes).
+const MAX_BATCH_DELAY_MS: u64 = 600_000;
+
+/// Most dispatches of one task.
+const MAX_ATTEMPTS: u32 = 100;
+
 impl RawServableOverride {
     /// The override of servable `name`, or what is wrong with it.
     fn check(self, name: &str, site: &mut Site) -> Result<ServableOverride, ConfigError> {
@@ -54,15 +63,38 @@ impl RawServableOverride {
             ));
         }
         let latency_target_ms = s.opt("latency_target_ms", self.latency_target_ms);
-        if latency_target_ms == Some(0) {
-            return Err(s.invalid("latency_target_ms", "must be at least 1"));
+        if let Some(ms) = latency_target_ms
+            && !(1..=MAX_LATENCY_TARGET_MS).contains(&ms)
+        {
+            return Err(s.invalid(
+                "latency_target_ms",
+                format!("must be between 1 and {MAX_LATENCY_TARGET_MS}, got {ms}"),
+            ));
+        }
+        let max_batch_delay_ms = s.opt("max_batch_delay_ms", self.max_batch_delay_ms);
+        if let Some(BatchDelay::Fixed(ms)) = max_batch_delay_ms
+            && ms > MAX_BATCH_DELAY_MS
+        {
+            return Err(s.invalid(
+                "max_batch_delay_ms",
+                format!("must be at most {MAX_BATCH_DELAY_MS} (10 minutes), got {ms}"),
+            ));
+        }
+        let max_attempts = s.opt("max_attempts", self.max_attempts);
+        if let Some(n) = max_attempts
+            && !(1..=MAX_ATTEMPTS).contains(&n)
+        {
+            return Err(s.invalid(
+                "max_attempts",
+                format!("must be between 1 and {MAX_ATTEMPTS}, got {n}"),
+            ));
         }
         Ok(ServableOverride {
             memoize: s.opt("memoize", self.memoize),
             max_batch_size,
-            max_batch_delay_ms: s.opt("max_batch_delay_ms", self.max_batch_delay_ms),
+            max_batch_delay_ms,
             latency_target_ms,
-            max_attempts: s.opt("max_attempts", self.max_attempts),
+            max_attempts,
         })
     }
 }

@@ -58,13 +58,13 @@ impl<'a> Site<'a> {
     /// A value of `key` as the file sets it (recording its line), or `None`.
     pub(crate) fn take<T>(&mut self, key: &str, raw: Option<Spanned<T>>) -> Option<T> {
         let raw = raw?;
-        let line = self.line_at(raw.span().start);
+        let line = self.line_of(raw.span().start);
         self.lines.insert(key.to_owned(), line);
         Some(raw.into_inner())
     }
 
     /// 1-based line of a byte offset in the text.
-    fn line_at(&self, offset: usize) -> usize {
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
         self.text.as_bytes()[..end]
             .iter()
@@ -145,6 +145,12 @@ impl<'a> Section<'_, 'a> {
         if value.is_finite() && in_range && value <= MAX_SECONDS {
             return Ok(value);
         }
+        if value.is_finite() && value > MAX_SECONDS {
+            return Err(self.invalid(
+                name,
+                format!("must be at most {MAX_SECONDS:e} seconds (about 31 years), got {value:e}"),
+            ));
+        }
         let which = if zero_ok { "non-negative" } else { "positive" };
         Err(self.invalid(
             name,
@@ -152,16 +158,37 @@ impl<'a> Section<'_, 'a> {
         ))
     }
 
-    /// A count that must be at least 1.
+    /// A count from 1 to `max`.
     pub(crate) fn at_least_one(
         &mut self,
         name: &str,
         raw: Option<Spanned<u32>>,
         default: u32,
+        max: u32,
     ) -> Result<u32, ConfigError> {
+        self.count(name, raw, default, 1, max)
+    }
+
+    /// A number from `min` to `max`, or `default`: every number a site
+    /// file gives has a range, so a typo of a few digits too many is
+    /// refused here instead of exhausting something later.
+    pub(crate) fn count<T>(
+        &mut self,
+        name: &str,
+        raw: Option<Spanned<T>>,
+        default: T,
+        min: T,
+        max: T,
+    ) -> Result<T, ConfigError>
+    where
+        T: Copy + PartialOrd + std::fmt::Display,
+    {
         let value = self.or(name, raw, default);
-        if value == 0 {
-            return Err(self.invalid(name, "must be at least 1"));
+        if value < min {
+            return Err(self.invalid(name, format!("must be at least {min}, got {value}")));
+        }
+        if value > max {
+            return Err(self.invalid(name, format!("must be at most {max}, got {value}")));
         }
         Ok(value)
     }

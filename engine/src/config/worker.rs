@@ -35,6 +35,9 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Most concurrent servable calls one worker may run.
+const MAX_SLOTS: u32 = 4_096;
+
 /// `[worker]` as written: any key may be missing.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, default, expecting = "struct WorkerConfig")]
@@ -52,7 +55,7 @@ impl RawWorker {
         let d = WorkerConfig::default();
         let mut s = site.section("worker");
         Ok(WorkerConfig {
-            slots: s.or("slots", self.slots, d.slots),
+            slots: s.count("slots", self.slots, d.slots, 0, MAX_SLOTS)?,
             lost_daemon_exit_s: s.seconds(
                 "lost_daemon_exit_s",
                 self.lost_daemon_exit_s,

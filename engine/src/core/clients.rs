@@ -2,7 +2,7 @@
 
 use flotilla_protocol::TaskId;
 use flotilla_protocol::client::{
-    ApiError, ApiErrorKind, ClientCall, ClientReply, SearchQuery, TaskRequest,
+    ApiError, ApiErrorKind, ClientCall, ClientReply, MAX_WAIT_MS, SearchQuery, TaskRequest,
 };
 use flotilla_protocol::servable::{ANY_SERVABLE_WIRE, ServableRecord, ServableRef};
 use flotilla_protocol::task::{MemoUse, Outcome, TaskState};
@@ -20,6 +20,28 @@ fn refusal((kind, message): Refusal) -> ClientReply {
     refuse(kind, message)
 }
 
+/// A refusal for a call whose `wait_ms` is longer than any wait taken
+/// ([`MAX_WAIT_MS`]).
+fn wait_out_of_range(call: &ClientCall) -> Option<ClientReply> {
+    let wait_ms = match call {
+        ClientCall::Submit { wait_ms, .. }
+        | ClientCall::Results { wait_ms, .. }
+        | ClientCall::Events { wait_ms, .. } => (*wait_ms)?,
+        _ => return None,
+    };
+    (wait_ms > MAX_WAIT_MS).then(|| {
+        refuse(
+            ApiErrorKind::BadRequest,
+            format!("wait_ms must be at most {MAX_WAIT_MS} (ten years), got {wait_ms}"),
+        )
+    })
+}
+
+/// The time `wait_ms` after `now` (µs), saturating.
+fn deadline(now: u64, wait_ms: u64) -> u64 {
+    now.saturating_add(wait_ms.saturating_mul(1000))
+}
+
 impl Core {
     pub(super) fn on_client(
         &mut self,
@@ -28,6 +50,10 @@ impl Core {
         now: u64,
         out: &mut Vec<Action>,
     ) {
+        if let Some(reply) = wait_out_of_range(&call) {
+            out.push(Action::ReplyClient { to: from, reply });
+            return;
+        }
         let reply = match call {
             ClientCall::Ping => ClientReply::Pong {
                 pid: self.cfg.pid,
@@ -40,7 +66,7 @@ impl Core {
                 let pending = self.tasks.unfinished(&ids);
                 match wait_ms {
                     Some(ms) if pending > 0 && self.life.draining.is_none() => {
-                        return self.add_wait(from, ids, pending, now + ms * 1000, 0);
+                        return self.add_wait(from, ids, pending, deadline(now, ms), 0);
                     }
                     _ => self.results_reply(&ids, now),
                 }
@@ -197,7 +223,7 @@ impl Core {
                         .durability
                         .reply_after(seq, from, reply, now, out);
                 } else {
-                    self.add_wait(from, ids, pending, now + ms * 1000, seq);
+                    self.add_wait(from, ids, pending, deadline(now, ms), seq);
                 }
             }
             None => {

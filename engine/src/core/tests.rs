@@ -731,6 +731,43 @@ fn a_result_wait_expires_with_the_current_states() {
     }
 }
 
+/// A wait longer than any taken is refused with a message naming it; it
+/// once wrapped the deadline (and panicked in a debug build).
+#[test]
+fn a_wait_out_of_range_is_refused_not_wrapped() {
+    let mut h = Harness::new();
+    let ids = h.submit("sleep", 1);
+    for call in [
+        ClientCall::Results {
+            ids: ids.clone(),
+            wait_ms: Some(u64::MAX),
+        },
+        ClientCall::Submit {
+            tasks: vec![request("echo")],
+            wait_ms: Some(u64::MAX),
+        },
+        ClientCall::Events {
+            after: 0,
+            wait_ms: Some(u64::MAX),
+        },
+    ] {
+        let (from, out) = h.call(call);
+        match client_reply(&out, from) {
+            Some(ClientReply::Error(e)) => {
+                assert_eq!(e.kind, ApiErrorKind::BadRequest);
+                assert!(e.message.starts_with("wait_ms must be at most"), "{e:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The longest wait taken is held, not answered at once.
+    let (from, out) = h.call(ClientCall::Results {
+        ids,
+        wait_ms: Some(flotilla_protocol::client::MAX_WAIT_MS),
+    });
+    assert!(client_reply(&out, from).is_none());
+}
+
 #[test]
 fn fetched_results_are_forgotten_after_the_retention_period() {
     let mut h = Harness::new();

@@ -103,7 +103,7 @@ impl RawKubernetes {
             cpu_limit: s.opt("cpu_limit", self.cpu_limit),
             memory_request: s.opt("memory_request", self.memory_request),
             memory_limit: s.opt("memory_limit", self.memory_limit),
-            gpus: s.or("gpus", self.gpus, d.gpus),
+            gpus: s.count("gpus", self.gpus, d.gpus, 0, super::MAX_GPUS_PER_NODE)?,
             node_selector: s.or("node_selector", self.node_selector, d.node_selector),
         })
     }
