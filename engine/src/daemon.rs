@@ -196,11 +196,7 @@ fn raise_open_file_limit() -> u64 {
 fn interchange_pipe_limit(open_files: u64) -> usize {
     let limit = open_files.saturating_sub(FD_RESERVE).max(FD_RESERVE);
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    tracing::info!(
-        open_files,
-        worker_connections = limit,
-        "descriptor budget"
-    );
+    tracing::info!(open_files, worker_connections = limit, "descriptor budget");
     limit
 }
 

@@ -171,10 +171,8 @@ mod tests {
 
     #[test]
     fn frames_are_never_parts_and_bad_parts_are_named() {
-        let frame = crate::encode(&crate::interchange::WorkerMessage::Leave {
-            reason: "x".into(),
-        })
-        .unwrap();
+        let frame = crate::encode(&crate::interchange::WorkerMessage::Leave { reason: "x".into() })
+            .unwrap();
         assert!(!is_part(&frame));
         assert!(!is_part(ACK) || ACK.len() < HEADER_BYTES);
         assert_eq!(parse(&MAGIC), Err(PartError::Short(4)));

@@ -374,7 +374,10 @@ mod tests {
         t.register(b);
         let due = t.overdue(t0 + Duration::from_secs(12), HELLO_DEADLINE);
         assert_eq!(due, vec![(a, 1)]);
-        assert!(t.overdue(t0 + Duration::from_secs(9), HELLO_DEADLINE).is_empty());
+        assert!(
+            t.overdue(t0 + Duration::from_secs(9), HELLO_DEADLINE)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -199,13 +199,18 @@ fn a_peer_flooding_requests_without_reading_is_dropped_and_others_carry_on() {
     while sent < 100_000 && flood.request(sent, b"pull") {
         sent += 1;
     }
-    assert!(flood.closed_by_server(), "the flooding peer was not dropped");
+    assert!(
+        flood.closed_by_server(),
+        "the flooding peer was not dropped"
+    );
     // Only what the cap allows reached the handler; nothing was answered.
     let held: Vec<_> = rx.try_iter().collect();
     assert!(held.len() <= MAX_OUTSTANDING_UNREGISTERED, "{held:?}");
-    wait_until(Duration::from_secs(10), "the flood's connection to go", || {
-        server.connections().0 == 0
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the flood's connection to go",
+        || server.connections().0 == 0,
+    );
     let good = client(&format!("tcp://127.0.0.1:{port}"));
     good.send(Message::from(&b"ok"[..])).unwrap();
     let (receiver, _, bytes) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -213,7 +218,6 @@ fn a_peer_flooding_requests_without_reading_is_dropped_and_others_carry_on() {
     server.reply(receiver, b"fine", false);
     assert_eq!(good.recv().unwrap().as_slice(), b"fine");
 }
-
 
 #[test]
 fn unregistered_peers_are_capped_and_must_register_in_time() {
@@ -314,7 +318,10 @@ fn parts_are_joined_for_registered_peers_only() {
     for p in &peers {
         assert_eq!(p.recv().unwrap().len(), 8);
     }
-    assert!(rx.try_recv().is_err(), "the whole frame and the stray part were kept");
+    assert!(
+        rx.try_recv().is_err(),
+        "the whole frame and the stray part were kept"
+    );
 }
 
 #[test]
