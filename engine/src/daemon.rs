@@ -541,3 +541,23 @@ fn rejection_reply<T: serde::Serialize>(
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_raised_and_a_reserve_kept_from_workers() {
+        use nix::sys::resource::{Resource, getrlimit};
+        let (before, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let soft = raise_open_file_limit();
+        let (now, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, now);
+        assert!(soft >= before);
+        // Raised to the hard limit unless that is unlimited and refused.
+        assert!(soft == hard || hard == nix::sys::resource::RLIM_INFINITY);
+        assert_eq!(interchange_pipe_limit(20_000), 20_000 - FD_RESERVE as usize);
+        // However small the limit, some workers can connect.
+        assert_eq!(interchange_pipe_limit(300), FD_RESERVE as usize);
+    }
+}
