@@ -176,13 +176,20 @@ fn raise_open_file_limit() -> u64 {
             return FD_RESERVE * 4;
         }
     };
-    if soft >= hard {
+    // "Unlimited" is refused above the kernel's own cap (fs.nr_open, a
+    // million by default): ask for that much.
+    let target = if hard == nix::sys::resource::RLIM_INFINITY {
+        1 << 20
+    } else {
+        hard
+    };
+    if soft >= target {
         return soft;
     }
-    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
         Ok(()) => {
-            tracing::debug!(from = soft, to = hard, "raised the open-file limit");
-            hard
+            tracing::debug!(from = soft, to = target, "raised the open-file limit");
+            target
         }
         Err(e) => {
             tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
@@ -554,7 +561,7 @@ mod tests {
         let (now, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
         assert_eq!(soft, now);
         assert!(soft >= before);
-        // Raised to the hard limit unless that is unlimited and refused.
+        // Raised to the hard limit, or a million if that is unlimited.
         assert!(soft == hard || hard == nix::sys::resource::RLIM_INFINITY);
         assert_eq!(interchange_pipe_limit(20_000), 20_000 - FD_RESERVE as usize);
         // However small the limit, some workers can connect.
