@@ -20,13 +20,16 @@ use crate::config::{Config, ProviderKind};
 use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo};
 use crate::hub::{ActionRunner, Driver, Hub};
 use crate::launch::BlockTemplate;
-use crate::net::{Inbound, RepServer, Verdict};
+use crate::net::{Inbound, PeerLimits, RepServer, Verdict};
 use crate::provider_runner::ProviderRunner;
 use crate::state_dir::{DaemonInfo, PidFile, StateDir, StateDirError};
 use crate::store::{ChunkIndex, Store, StoreError, StoreWriter, WriterReport};
 
 /// Most requests held at once on each socket (long-polls and waiting runs).
 const MAX_HELD_REQUESTS: usize = 100_000;
+/// File descriptors kept free of worker connections, for the client API,
+/// the store, block scripts and nng itself.
+pub const FD_RESERVE: u64 = 256;
 /// Resolution of heartbeats, wait deadlines and shutdown grace.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -84,7 +87,8 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
 
     let hub: Arc<Hub<Io>> = Arc::new(Hub::default());
     let writer = spawn_writer(&hub, store, index)?;
-    let sockets = open_sockets(&config, &dir, &hub)?;
+    let max_pipes = interchange_pipe_limit(raise_open_file_limit());
+    let sockets = open_sockets(&config, &dir, &hub, max_pipes)?;
     let provider = spawn_provider(&config, &hub)?;
     let template = BlockTemplate::new(&config, &dir, &sockets.addresses, sockets.port, &secret);
     let core_config = core_config(&config, secret, sockets.interchange_url.clone());
@@ -161,25 +165,74 @@ struct Sockets {
     interchange_url: String,
 }
 
+/// Raises the soft limit on open files to the hard one (a worker
+/// connection is a descriptor); returns the soft limit now in force.
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return FD_RESERVE * 4;
+        }
+    };
+    // "Unlimited" is refused above the kernel's own cap (fs.nr_open, a
+    // million by default): ask for that much.
+    let target = if hard == nix::sys::resource::RLIM_INFINITY {
+        1 << 20
+    } else {
+        hard
+    };
+    if soft >= target {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => {
+            tracing::debug!(from = soft, to = target, "raised the open-file limit");
+            target
+        }
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            soft
+        }
+    }
+}
+
+/// Worker connections the interchange may hold with `open_files`
+/// descriptors, keeping [`FD_RESERVE`] for everything else.
+fn interchange_pipe_limit(open_files: u64) -> usize {
+    let limit = open_files.saturating_sub(FD_RESERVE).max(FD_RESERVE);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    tracing::info!(open_files, worker_connections = limit, "descriptor budget");
+    limit
+}
+
 /// Opens the client API socket and the interchange on every planned
-/// address.
+/// address; the interchange holds at most `max_pipes` connections.
 fn open_sockets(
     config: &Config,
     dir: &StateDir,
     hub: &Arc<Hub<Io>>,
+    max_pipes: usize,
 ) -> Result<Sockets, DaemonError> {
     let max_frame = config.daemon.max_frame_bytes;
     let api = RepServer::new(
         "api",
-        max_frame,
         MAX_HELD_REQUESTS,
+        PeerLimits::trusted(max_frame),
+        Vec::new(),
         api_handler(hub.clone(), max_frame),
     )?;
     api.listen(&dir.api_url(), 0o600)?;
+    // A part of a large request on a connection that is not registered
+    // (the daemon restarted, or the connection was replaced): the worker
+    // registers again and resends.
+    let register_first = encode(&DaemonMessage::Reregister).unwrap_or_default();
     let interchange = RepServer::new(
         "interchange",
-        max_frame,
         MAX_HELD_REQUESTS,
+        PeerLimits::interchange(max_frame, max_pipes),
+        register_first,
         interchange_handler(hub.clone(), max_frame),
     )?;
     let plan = crate::advertise::plan(
@@ -434,7 +487,15 @@ impl ActionRunner for Io {
                     }
                 },
                 Action::ReplyWorker { to, message, close } => match encode(&message) {
-                    Ok(bytes) => self.interchange.reply(to.0, &bytes, close),
+                    Ok(bytes) => {
+                        // The core welcomes only a worker that proved it
+                        // knows the secret: its connection gets the
+                        // registered limits.
+                        if matches!(message, DaemonMessage::Welcome { .. }) {
+                            self.interchange.register(to.0);
+                        }
+                        self.interchange.reply(to.0, &bytes, close);
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot encode a worker reply"),
                 },
                 Action::ClosePipe { pipe } => self.interchange.close_pipe(pipe),
@@ -537,8 +598,9 @@ mod tests {
     fn server() -> RepServer {
         RepServer::new(
             "test",
-            1 << 20,
             64,
+            crate::net::PeerLimits::trusted(1 << 20),
+            Vec::new(),
             Box::new(|_| Verdict::Drop { reply: None }),
         )
         .expect("an nng socket")
@@ -587,5 +649,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let remembered = dir.path().join("interchange.port");
         assert!(listen_interchange(&server(), &two_addresses(), port, &remembered).is_err());
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_and_a_reserve_kept_from_workers() {
+        use nix::sys::resource::{Resource, getrlimit};
+        let (before, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let soft = raise_open_file_limit();
+        let (now, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, now);
+        assert!(soft >= before);
+        // Raised to the hard limit, or a million if that is unlimited.
+        assert!(soft == hard || hard == nix::sys::resource::RLIM_INFINITY);
+        assert_eq!(interchange_pipe_limit(20_000), 20_000 - FD_RESERVE as usize);
+        // However small the limit, some workers can connect.
+        assert_eq!(interchange_pipe_limit(300), FD_RESERVE as usize);
     }
 }

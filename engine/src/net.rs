@@ -1,4 +1,5 @@
-//! An nng REP server whose requests can be answered later, from anywhere.
+//! An nng REP server whose requests can be answered later, from anywhere,
+//! and that no peer can take down.
 //!
 //! Both daemon sockets (the client API and the worker interchange) need
 //! request/reply where the reply may come much later: a synchronous run is
@@ -17,14 +18,33 @@
 //! worker's connection closes and can close one itself. A request the handler
 //! rejects (malformed, oversized, another protocol version) drops that one
 //! connection; the server and every other peer carry on.
+//!
+//! What a peer may do is bounded by [`PeerLimits`] (see [`peers`]): until it
+//! registered (the daemon said `Welcome` on its connection, see
+//! [`RepServer::register`]) a peer may send frames of at most
+//! [`flotilla_protocol::parts::PREAUTH_FRAME_BYTES`], have
+//! [`peers::MAX_OUTSTANDING_UNREGISTERED`] requests outstanding, share the
+//! server with at most [`peers::MAX_UNREGISTERED`] other such connections and
+//! must register within [`peers::HELLO_DEADLINE`]; a registered one gets more
+//! room, and may send larger requests in parts, which the server joins
+//! before its handler sees them ([`reassembly`]). A connection over its
+//! limits is dropped, never the server. Every reply gets
+//! [`peers::SEND_TIMEOUT`] to be handed to its connection; a peer that does
+//! not read its replies loses its connection instead of holding receivers.
 
-use std::collections::HashMap;
+pub mod peers;
+pub mod reassembly;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use flotilla_protocol::parts;
 use nng::options::{Options, RecvMaxSize};
 use nng::{Aio, AioResult, Context, Message, Pipe, PipeEvent, Protocol, Socket};
+
+pub use peers::PeerLimits;
+use peers::{Admission, PartOutcome, PipeTable};
 
 use crate::core::PipeId;
 
@@ -33,9 +53,21 @@ const GROW_STEP: usize = 32;
 /// Add receivers when fewer idle ones than this remain.
 const LOW_WATER: usize = 4;
 
+/// Room over a server's frame cap for the header nng puts before a request
+/// (the REQ side's request id) and counts against the socket's cap.
+const NNG_HEADER_SLACK: usize = 64;
+
 /// How long a peer that is being dropped keeps its connection after its
 /// last reply was sent, so the reply reaches it before the close does.
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
+
+/// How often connections that have not registered are checked against
+/// their deadline.
+const SWEEP_PERIOD: Duration = Duration::from_millis(500);
+
+/// Refused connections and dropped peers are logged at most this often
+/// (with a count), so a flood cannot flood the log too.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(5);
 
 /// Something a peer did.
 #[derive(Debug)]
@@ -112,41 +144,50 @@ impl Listening {
 struct Receiver {
     ctx: Context,
     aio: Aio,
-    request_pipe: Mutex<Option<Pipe>>,
+    /// The request held: its connection, as nng and the table know it.
+    request: Mutex<Option<(Pipe, PipeId)>>,
     close_after_send: Mutex<Option<Pipe>>,
     /// A pipe to close once the receiver's linger sleep ends.
     lingering: Mutex<Option<Pipe>>,
 }
 
+/// Counts refusals between two log lines.
 #[derive(Default)]
-struct PipeTable {
-    ids: HashMap<Pipe, PipeId>,
-    pipes: HashMap<PipeId, Pipe>,
-    next: u64,
+struct RefusalLog {
+    since_last: u64,
+    last: Option<Instant>,
 }
 
-impl PipeTable {
-    fn id_of(&mut self, pipe: Pipe) -> PipeId {
-        if let Some(id) = self.ids.get(&pipe) {
-            return *id;
+impl RefusalLog {
+    /// Counts one; returns how many to report when a line is due.
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        self.since_last += 1;
+        let due = self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_PERIOD);
+        if !due {
+            return None;
         }
-        self.next += 1;
-        let id = PipeId(self.next);
-        self.ids.insert(pipe, id);
-        self.pipes.insert(id, pipe);
-        id
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since_last))
     }
 }
 
 struct Shared {
     name: &'static str,
     socket: Socket,
+    limits: PeerLimits,
     receivers: RwLock<Vec<Arc<Receiver>>>,
     idle: AtomicUsize,
     sending: AtomicUsize,
     max_receivers: usize,
     closing: AtomicBool,
-    pipes: Mutex<PipeTable>,
+    pipes: Mutex<PipeTable<Pipe>>,
+    refusals: Mutex<RefusalLog>,
+    /// Wakes the deadline sweep (none for a trusted server).
+    sweeper: Mutex<Option<Aio>>,
+    /// The reply to a part from a peer that has not registered.
+    unregistered_part_reply: Vec<u8>,
     handler: Handler,
 }
 
@@ -173,28 +214,37 @@ fn nng_err<'a>(what: &'static str, url: &'a str) -> impl FnOnce(nng::Error) -> N
 }
 
 impl RepServer {
-    /// A server named `name` (for logs) that refuses frames over
-    /// `max_frame` bytes at the socket and holds at most `max_receivers` requests.
+    /// A server named `name` (for logs) that holds at most `max_receivers`
+    /// requests and bounds its peers by `limits`. A part (see
+    /// [`flotilla_protocol::parts`]) from a peer that has not registered is
+    /// answered with `unregistered_part_reply` (the interchange's "register
+    /// first") and not kept.
     pub fn new(
         name: &'static str,
-        max_frame: usize,
         max_receivers: usize,
+        limits: PeerLimits,
+        unregistered_part_reply: Vec<u8>,
         handler: Handler,
     ) -> Result<RepServer, NetError> {
         let socket =
             Socket::new(Protocol::Rep0).map_err(nng_err("cannot create socket for", name))?;
         socket
-            .set_opt::<RecvMaxSize>(max_frame)
+            .set_opt::<RecvMaxSize>(limits.frame_cap.saturating_add(NNG_HEADER_SLACK))
             .map_err(nng_err("cannot set the frame cap on", name))?;
+        let guarded = !limits.trusted;
         let shared = Arc::new(Shared {
             name,
             socket,
+            limits,
             receivers: RwLock::new(Vec::new()),
             idle: AtomicUsize::new(0),
             sending: AtomicUsize::new(0),
             max_receivers: max_receivers.max(GROW_STEP),
             closing: AtomicBool::new(false),
             pipes: Mutex::new(PipeTable::default()),
+            refusals: Mutex::new(RefusalLog::default()),
+            sweeper: Mutex::new(None),
+            unregistered_part_reply,
             handler,
         });
         let weak = Arc::downgrade(&shared);
@@ -207,6 +257,9 @@ impl RepServer {
             })
             .map_err(nng_err("cannot watch connections of", name))?;
         grow(&shared).map_err(nng_err("cannot create receivers for", name))?;
+        if guarded {
+            start_sweeper(&shared).map_err(nng_err("cannot start the deadline sweep of", name))?;
+        }
         Ok(RepServer { shared })
     }
 
@@ -264,12 +317,30 @@ impl RepServer {
         send(shared, &r, bytes, close);
     }
 
+    /// Marks the connection of the request held by `receiver` as registered
+    /// (its peer proved who it is): the registered limits apply to it from
+    /// now on. Call it before replying to that request.
+    pub fn register(&self, receiver: u32) {
+        let Some(r) = self.shared.receiver(receiver) else {
+            return;
+        };
+        let request = *lock(&r.request);
+        if let Some((_, id)) = request {
+            lock(&self.shared.pipes).register(id);
+        }
+    }
+
     /// Closes a connection (the peer sees it drop).
     pub fn close_pipe(&self, pipe: PipeId) {
-        let found = lock(&self.shared.pipes).pipes.get(&pipe).copied();
+        let found = lock(&self.shared.pipes).pipe(pipe);
         if let Some(p) = found {
             close_pipe(p);
         }
+    }
+
+    /// Connections held, and how many of them have not registered.
+    pub fn connections(&self) -> (usize, usize) {
+        lock(&self.shared.pipes).counts()
     }
 
     /// Waits up to `limit` for replies already handed to nng to be sent.
@@ -283,6 +354,9 @@ impl RepServer {
     /// Stops the server: no more requests are taken; pending ones are dropped.
     pub fn close(&self) {
         self.shared.closing.store(true, Ordering::Release);
+        if let Some(aio) = lock(&self.shared.sweeper).as_ref() {
+            aio.cancel();
+        }
         self.shared.socket.close();
     }
 }
@@ -300,21 +374,39 @@ impl Shared {
             .cloned()
     }
 
+    /// Logs a refused connection or a dropped peer, at a bounded rate.
+    fn log_refusal(&self, pipe: Option<PipeId>, why: &str) {
+        if let Some(count) = lock(&self.refusals).note(Instant::now()) {
+            let (connections, unregistered) = lock(&self.pipes).counts();
+            tracing::warn!(
+                server = self.name,
+                pipe = pipe.map(|p| p.0),
+                count,
+                connections,
+                unregistered,
+                "dropping a peer: {why}"
+            );
+        }
+    }
+
     fn on_pipe(&self, pipe: Pipe, event: PipeEvent) {
         match event {
-            PipeEvent::AddPost => {
-                let id = lock(&self.pipes).id_of(pipe);
-                tracing::debug!(server = self.name, pipe = id.0, "connection opened");
+            PipeEvent::AddPre => {
+                let admitted = lock(&self.pipes).admit(pipe, Instant::now(), &self.limits);
+                match admitted {
+                    Ok(id) => {
+                        tracing::debug!(server = self.name, pipe = id.0, "connection opened");
+                    }
+                    Err(refusal) => {
+                        // Closed before the socket sees it: nng drops it,
+                        // and no other event about it reaches the handler.
+                        close_pipe(pipe);
+                        self.log_refusal(None, refusal.as_str());
+                    }
+                }
             }
             PipeEvent::RemovePost => {
-                let removed = {
-                    let mut table = lock(&self.pipes);
-                    let id = table.ids.remove(&pipe);
-                    if let Some(id) = id {
-                        table.pipes.remove(&id);
-                    }
-                    id
-                };
+                let removed = lock(&self.pipes).remove(pipe);
                 if let Some(id) = removed {
                     tracing::debug!(server = self.name, pipe = id.0, "connection closed");
                     let _ = (self.handler)(Inbound::PipeClosed(id));
@@ -324,36 +416,28 @@ impl Shared {
         }
     }
 
+    /// Closes the connections that did not register in time.
+    fn sweep(&self, now: Instant) {
+        let overdue = lock(&self.pipes).overdue(now, self.limits.hello_deadline);
+        for (id, pipe) in overdue {
+            close_pipe(pipe);
+            self.log_refusal(Some(id), "it did not register in time");
+        }
+    }
+
     fn on_aio(self: &Arc<Self>, index: u32, ctx: &Context, aio: &Aio, result: AioResult) {
         match result {
-            AioResult::Recv(Ok(mut msg)) => {
+            AioResult::Recv(Ok(msg)) => {
                 self.idle.fetch_sub(1, Ordering::AcqRel);
                 if self.idle.load(Ordering::Acquire) < LOW_WATER
                     && let Err(e) = grow(self)
                 {
                     tracing::warn!(server = self.name, error = %e, "cannot add receivers");
                 }
-                let pipe = msg.pipe();
-                let pipe_id = pipe.map_or(PipeId(0), |p| lock(&self.pipes).id_of(p));
                 let Some(receiver) = self.receiver(index) else {
                     return;
                 };
-                *lock(&receiver.request_pipe) = pipe;
-                let verdict = (self.handler)(Inbound::Request {
-                    receiver: index,
-                    pipe: pipe_id,
-                    bytes: msg.as_slice(),
-                });
-                match verdict {
-                    Verdict::Accept => {}
-                    Verdict::Drop { reply: Some(bytes) } => send(self, &receiver, &bytes, true),
-                    Verdict::Drop { reply: None } => {
-                        if let Some(p) = pipe {
-                            close_pipe(p);
-                        }
-                        rearm(self, ctx, aio);
-                    }
-                }
+                self.on_request(index, &receiver, msg);
             }
             AioResult::Recv(Err(nng::Error::Closed)) => {}
             AioResult::Recv(Err(e)) => {
@@ -363,29 +447,7 @@ impl Shared {
                     rearm(self, ctx, aio);
                 }
             }
-            AioResult::Send(result) => {
-                self.sending.fetch_sub(1, Ordering::AcqRel);
-                if let Err((_, e)) = result
-                    && !self.closing.load(Ordering::Acquire)
-                {
-                    tracing::debug!(server = self.name, error = %e, "reply not sent");
-                }
-                if let Some(receiver) = self.receiver(index)
-                    && let Some(p) = lock(&receiver.close_after_send).take()
-                {
-                    // A sent reply may still sit in the pipe's queue or the
-                    // socket: closing now can lose it (the peer sees a reset
-                    // instead of its refusal), so the pipe lingers first.
-                    *lock(&receiver.lingering) = Some(p);
-                    if aio.sleep(CLOSE_LINGER).is_ok() {
-                        return;
-                    }
-                    if let Some(p) = lock(&receiver.lingering).take() {
-                        close_pipe(p);
-                    }
-                }
-                rearm(self, ctx, aio);
-            }
+            AioResult::Send(result) => self.on_sent(index, ctx, aio, result),
             AioResult::Sleep(_) => {
                 if let Some(receiver) = self.receiver(index)
                     && let Some(p) = lock(&receiver.lingering).take()
@@ -396,6 +458,147 @@ impl Shared {
             }
         }
     }
+
+    /// A request arrived on `receiver`: admit it, join it if it is a part,
+    /// and hand it to the handler.
+    fn on_request(self: &Arc<Self>, index: u32, receiver: &Receiver, mut msg: Message) {
+        let Some(pipe) = msg.pipe() else {
+            return rearm(self, &receiver.ctx, &receiver.aio);
+        };
+        let admission = lock(&self.pipes).begin_request(pipe, &self.limits);
+        let (id, registered) = match admission {
+            Admission::Admitted { id, registered } => (id, registered),
+            // Its connection closed meanwhile: nobody to answer.
+            Admission::Unknown => return rearm(self, &receiver.ctx, &receiver.aio),
+            Admission::OverCap {
+                id,
+                outstanding,
+                registered,
+            } => {
+                close_pipe(pipe);
+                self.log_refusal(
+                    Some(id),
+                    &format!(
+                        "{outstanding} requests outstanding on one connection ({})",
+                        if registered {
+                            "registered"
+                        } else {
+                            "not registered"
+                        }
+                    ),
+                );
+                return rearm(self, &receiver.ctx, &receiver.aio);
+            }
+        };
+        *lock(&receiver.request) = Some((pipe, id));
+        let bytes = msg.as_slice();
+        if !parts::is_part(bytes) {
+            return self.dispatch(index, receiver, pipe, id, bytes);
+        }
+        let outcome = match parts::parse(bytes) {
+            Ok(part) => lock(&self.pipes).add_part(id, part, &self.limits),
+            Err(e) => {
+                self.log_refusal(Some(id), &format!("a bad part: {e}"));
+                return self.drop_request(receiver, Some(pipe));
+            }
+        };
+        match outcome {
+            PartOutcome::More => send(self, receiver, parts::ACK, false),
+            PartOutcome::Whole(frame) => self.dispatch(index, receiver, pipe, id, &frame),
+            PartOutcome::Unregistered => {
+                tracing::debug!(
+                    server = self.name,
+                    pipe = id.0,
+                    registered,
+                    "a part from a connection that has not registered"
+                );
+                send(self, receiver, &self.unregistered_part_reply, false);
+            }
+            PartOutcome::Refused(e) => {
+                self.log_refusal(Some(id), &format!("a bad part: {e}"));
+                self.drop_request(receiver, Some(pipe));
+            }
+        }
+    }
+
+    /// Hands a whole request to the handler and does what it says.
+    fn dispatch(
+        self: &Arc<Self>,
+        index: u32,
+        receiver: &Receiver,
+        pipe: Pipe,
+        id: PipeId,
+        bytes: &[u8],
+    ) {
+        let verdict = (self.handler)(Inbound::Request {
+            receiver: index,
+            pipe: id,
+            bytes,
+        });
+        match verdict {
+            Verdict::Accept => {}
+            Verdict::Drop { reply: Some(bytes) } => send(self, receiver, &bytes, true),
+            Verdict::Drop { reply: None } => self.drop_request(receiver, Some(pipe)),
+        }
+    }
+
+    /// Gives up the request `receiver` holds, closing `pipe` if given.
+    fn drop_request(self: &Arc<Self>, receiver: &Receiver, pipe: Option<Pipe>) {
+        if let Some(p) = pipe {
+            close_pipe(p);
+        }
+        finish_request(self, receiver);
+        rearm(self, &receiver.ctx, &receiver.aio);
+    }
+
+    /// A reply went out (or could not): the request is over.
+    fn on_sent(
+        self: &Arc<Self>,
+        index: u32,
+        ctx: &Context,
+        aio: &Aio,
+        result: Result<(), (Message, nng::Error)>,
+    ) {
+        self.sending.fetch_sub(1, Ordering::AcqRel);
+        let Some(receiver) = self.receiver(index) else {
+            return;
+        };
+        let request = finish_request(self, &receiver);
+        if let Err((_, e)) = result
+            && !self.closing.load(Ordering::Acquire)
+        {
+            tracing::debug!(server = self.name, error = %e, "reply not sent");
+            if e == nng::Error::TimedOut
+                && let Some((pipe, id)) = request
+            {
+                // Its earlier replies are still not taken: it does not read.
+                close_pipe(pipe);
+                self.log_refusal(Some(id), "it does not take its replies");
+            }
+        }
+        if let Some(p) = lock(&receiver.close_after_send).take() {
+            // A sent reply may still sit in the pipe's queue or the
+            // socket: closing now can lose it (the peer sees a reset
+            // instead of its refusal), so the pipe lingers first.
+            *lock(&receiver.lingering) = Some(p);
+            if aio.sleep(CLOSE_LINGER).is_ok() {
+                return;
+            }
+            if let Some(p) = lock(&receiver.lingering).take() {
+                close_pipe(p);
+            }
+        }
+        rearm(self, ctx, aio);
+    }
+}
+
+/// Ends the request `receiver` holds, in its connection's count; returns it.
+fn finish_request(shared: &Shared, receiver: &Receiver) -> Option<(Pipe, PipeId)> {
+    let request = lock(&receiver.request).take();
+    if let Some((_, id)) = request {
+        lock(&shared.pipes).end_request(id);
+    }
+    request
 }
 
 /// Closes `pipe`, whatever became of it meanwhile.
@@ -415,11 +618,17 @@ fn close_pipe(pipe: Pipe) {
 
 fn send(shared: &Arc<Shared>, receiver: &Receiver, bytes: &[u8], close: bool) {
     if close {
-        *lock(&receiver.close_after_send) = *lock(&receiver.request_pipe);
+        *lock(&receiver.close_after_send) = lock(&receiver.request).map(|(p, _)| p);
+    }
+    // Bounds the wait behind earlier replies to the same peer; receiving
+    // again clears it.
+    if let Err(e) = receiver.aio.set_timeout(Some(shared.limits.send_timeout)) {
+        tracing::debug!(server = shared.name, error = %e, "cannot set the send timeout");
     }
     shared.sending.fetch_add(1, Ordering::AcqRel);
     if let Err((_, e)) = receiver.ctx.send(&receiver.aio, Message::from(bytes)) {
         shared.sending.fetch_sub(1, Ordering::AcqRel);
+        finish_request(shared, receiver);
         if !shared.closing.load(Ordering::Acquire) {
             tracing::warn!(server = shared.name, error = %e, "cannot send reply");
             rearm(shared, &receiver.ctx, &receiver.aio);
@@ -431,10 +640,35 @@ fn rearm(shared: &Shared, ctx: &Context, aio: &Aio) {
     if shared.closing.load(Ordering::Acquire) {
         return;
     }
+    // A receiver waits for requests as long as it takes.
+    let _ = aio.set_timeout(None);
     shared.idle.fetch_add(1, Ordering::AcqRel);
     if ctx.recv(aio).is_err() {
         shared.idle.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Starts the timer that closes connections past their deadline to
+/// register: an nng sleep that re-arms itself, so no thread waits for it.
+fn start_sweeper(shared: &Arc<Shared>) -> Result<(), nng::Error> {
+    let weak: Weak<Shared> = Arc::downgrade(shared);
+    let aio = Aio::new(move |aio, result| {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        if shared.closing.load(Ordering::Acquire) {
+            return;
+        }
+        if matches!(result, AioResult::Sleep(Ok(()))) {
+            shared.sweep(Instant::now());
+        }
+        if let Err(e) = aio.sleep(SWEEP_PERIOD) {
+            tracing::error!(server = shared.name, error = %e, "the deadline sweep stopped");
+        }
+    })?;
+    aio.sleep(SWEEP_PERIOD)?;
+    *lock(&shared.sweeper) = Some(aio);
+    Ok(())
 }
 
 /// Adds up to [`GROW_STEP`] receivers, within the server's limit.
@@ -472,7 +706,7 @@ fn grow(shared: &Arc<Shared>) -> Result<(), nng::Error> {
         let receiver = Arc::new(Receiver {
             ctx,
             aio,
-            request_pipe: Mutex::new(None),
+            request: Mutex::new(None),
             close_after_send: Mutex::new(None),
             lingering: Mutex::new(None),
         });
@@ -492,112 +726,4 @@ fn grow(shared: &Arc<Shared>) -> Result<(), nng::Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::mpsc;
-
-    type Requests = mpsc::Receiver<(u32, PipeId, Vec<u8>)>;
-
-    fn echo_server(url: &str) -> (RepServer, Requests, u16) {
-        let (tx, rx) = mpsc::channel();
-        let tx = Mutex::new(tx);
-        let server = RepServer::new(
-            "test",
-            1024,
-            10_000,
-            Box::new(move |inbound| match inbound {
-                Inbound::Request { bytes, .. } if bytes == b"bad" => Verdict::Drop {
-                    reply: Some(b"bye".to_vec()),
-                },
-                Inbound::Request {
-                    receiver,
-                    pipe,
-                    bytes,
-                } => {
-                    let _ = lock(&tx).send((receiver, pipe, bytes.to_vec()));
-                    Verdict::Accept
-                }
-                Inbound::PipeClosed(_) => Verdict::Accept,
-            }),
-        )
-        .unwrap();
-        let port = server.listen(url, 0o600).unwrap().port;
-        (server, rx, port)
-    }
-
-    fn client(url: &str) -> Socket {
-        let s = Socket::new(Protocol::Req0).unwrap();
-        s.set_opt::<nng::options::RecvTimeout>(Some(Duration::from_secs(10)))
-            .unwrap();
-        s.dial(url).unwrap();
-        s
-    }
-
-    #[test]
-    fn holds_many_requests_and_answers_them_later() {
-        let (server, rx, port) = echo_server("tcp://127.0.0.1:0");
-        assert!(port > 0);
-        let url = format!("tcp://127.0.0.1:{port}");
-        let clients: Vec<Socket> = (0..100).map(|_| client(&url)).collect();
-        for (i, c) in clients.iter().enumerate() {
-            c.send(Message::from(&i.to_le_bytes()[..])).unwrap();
-        }
-        let mut held = Vec::new();
-        for _ in 0..100 {
-            held.push(rx.recv_timeout(Duration::from_secs(10)).unwrap());
-        }
-        // More requests than the initial receivers: the server added more.
-        assert!(held.iter().map(|h| h.0).max().unwrap() >= GROW_STEP as u32);
-        for (receiver, _, bytes) in &held {
-            server.reply(*receiver, bytes, false);
-        }
-        for (i, c) in clients.iter().enumerate() {
-            let back = c.recv().unwrap();
-            assert_eq!(back.as_slice(), &i.to_le_bytes()[..]);
-        }
-    }
-
-    #[test]
-    fn a_rejected_peer_is_dropped_and_others_carry_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("ipc://{}/t.sock", dir.path().display());
-        let (server, rx, _) = echo_server(&url);
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("t.sock"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let bad = client(&url);
-        bad.send(Message::from(&b"bad"[..])).unwrap();
-        assert_eq!(bad.recv().unwrap().as_slice(), b"bye");
-        // Oversized frames never reach the handler.
-        let big = client(&url);
-        big.send(Message::from(&vec![0u8; 4096][..])).unwrap();
-        let good = client(&url);
-        good.send(Message::from(&b"ok"[..])).unwrap();
-        let (receiver, _, bytes) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(bytes, b"ok");
-        server.reply(receiver, b"fine", false);
-        assert_eq!(good.recv().unwrap().as_slice(), b"fine");
-        assert!(
-            rx.try_recv().is_err(),
-            "the oversized frame was not delivered"
-        );
-    }
-
-    #[test]
-    fn a_dropped_peer_gets_its_last_reply_before_the_close() {
-        let (_server, _rx, port) = echo_server("tcp://127.0.0.1:0");
-        let url = format!("tcp://127.0.0.1:{port}");
-        for _ in 0..200 {
-            let bad = client(&url);
-            // As workers do: no resend, so a reply lost to the close is
-            // an error here, not a silent retry.
-            bad.set_opt::<nng::options::protocol::reqrep::ResendTime>(None)
-                .unwrap();
-            bad.send(Message::from(&b"bad"[..])).unwrap();
-            assert_eq!(bad.recv().unwrap().as_slice(), b"bye");
-        }
-    }
-}
+mod tests;

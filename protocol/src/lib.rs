@@ -15,6 +15,9 @@
 //!   long-poll pulls that carry finished results, and batches of work.
 //! * [`task`]: the task vocabulary both of them share (ids, states, outcomes).
 //!
+//! [`parts`] is how a registered worker sends a request larger than the
+//! daemon takes from a peer that has not registered.
+//!
 //! [`launch`] is how a worker is started: its options, its environment and
 //! the daemon's contact file, for the daemon that writes them and the worker
 //! that reads them.
@@ -33,6 +36,7 @@ pub mod client;
 pub mod frame;
 pub mod interchange;
 pub mod launch;
+pub mod parts;
 pub mod paths;
 pub mod secret;
 pub mod servable;

@@ -9,11 +9,12 @@
 //! no wake-ups beyond the slot that runs it. The main thread only ticks the
 //! session's timer and waits for the end.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use flotilla_protocol::encode;
+use flotilla_protocol::{encode, parts};
 use nng::{Aio, AioResult, Context, Message, Socket};
 
 use crate::exec::ExecRuntime;
@@ -39,43 +40,78 @@ pub struct WorkerConfig {
 }
 
 /// An nng context and its aio: one request at a time.
+///
+/// A request larger than the daemon takes from a peer it has not registered
+/// ([`parts::PREAUTH_FRAME_BYTES`]) goes out in parts (see
+/// [`flotilla_protocol::parts`]): the first part is sent, and each
+/// acknowledgement sends the next, until the reply to the last part, the
+/// answer to the whole request, goes to the session. Parts are this lane's
+/// business only; the session sees one request and one reply.
 struct LaneIo {
     ctx: Context,
     aio: Aio,
+    /// Which of this worker's requests the daemon joins parts into.
+    stream: u32,
+    /// Parts of the current request still to send, in order.
+    parts: Arc<Mutex<VecDeque<Vec<u8>>>>,
 }
 
 /// Where callbacks created before the shell find it once it exists.
 type ShellLink = Arc<OnceLock<Weak<Shell>>>;
 
+/// What became of a lane's request: the daemon's reply, or why none came.
+type LaneOutcome = Result<Message, LaneError>;
+
 impl LaneIo {
-    fn new(socket: &Socket, lane: Lane, link: ShellLink) -> anyhow::Result<LaneIo> {
+    /// A lane on `socket` whose outcomes go to `deliver` (on nng's threads).
+    fn new(
+        socket: &Socket,
+        lane: Lane,
+        deliver: impl Fn(LaneOutcome) + Send + Sync + 'static,
+    ) -> anyhow::Result<LaneIo> {
         let ctx = Context::new(socket).context("cannot open an nng context")?;
         let cb_ctx = ctx.clone();
+        let parts: Arc<Mutex<VecDeque<Vec<u8>>>> = Arc::default();
+        let cb_parts = parts.clone();
         let aio = Aio::new(move |aio, result| {
             let event = match result {
                 AioResult::Send(Ok(())) => match cb_ctx.recv(&aio) {
                     Ok(()) => return,
-                    Err(e) => Err(e),
+                    Err(e) => Err(lane_error(e)),
                 },
-                AioResult::Send(Err((_, e))) | AioResult::Recv(Err(e)) => Err(e),
+                AioResult::Send(Err((_, e))) | AioResult::Recv(Err(e)) => Err(lane_error(e)),
+                AioResult::Recv(Ok(msg)) if msg.as_slice() == parts::ACK => {
+                    let next = lock_parts(&cb_parts).pop_front();
+                    match next {
+                        Some(part) => match cb_ctx.send(&aio, Message::from(&part[..])) {
+                            Ok(()) => return,
+                            Err((_, e)) => Err(lane_error(e)),
+                        },
+                        None => Err(LaneError::Other(
+                            "the daemon acknowledged a part that was not sent".into(),
+                        )),
+                    }
+                }
                 AioResult::Recv(Ok(msg)) => Ok(msg),
                 AioResult::Sleep(_) => return,
             };
-            if let Some(shell) = link.get().and_then(Weak::upgrade) {
-                match event {
-                    Ok(msg) => shell.feed(Event::Reply {
-                        lane,
-                        frame: msg.as_slice(),
-                    }),
-                    Err(e) => shell.feed(Event::LaneFailed {
-                        lane,
-                        error: lane_error(e),
-                    }),
-                }
-            }
+            // A reply before the last part (the daemon asks the worker to
+            // register again) or a failure ends the request: its other
+            // parts are not sent.
+            lock_parts(&cb_parts).clear();
+            deliver(event);
         })
         .context("cannot create an nng aio")?;
-        Ok(LaneIo { ctx, aio })
+        let stream = match lane {
+            Lane::Poll => 0,
+            Lane::Report => 1,
+        };
+        Ok(LaneIo {
+            ctx,
+            aio,
+            stream,
+            parts,
+        })
     }
 
     fn send(
@@ -87,10 +123,41 @@ impl LaneIo {
         self.aio
             .set_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
+        let first = {
+            let mut pending = lock_parts(&self.parts);
+            pending.clear();
+            if bytes.len() <= parts::PREAUTH_FRAME_BYTES {
+                bytes
+            } else {
+                pending.extend(parts::split(
+                    &bytes,
+                    self.stream,
+                    parts::PREAUTH_FRAME_BYTES,
+                ));
+                pending.pop_front().unwrap_or_default()
+            }
+        };
         self.ctx
-            .send(&self.aio, Message::from(&bytes[..]))
+            .send(&self.aio, Message::from(&first[..]))
             .map_err(|(_, e)| format!("cannot send to the daemon: {e}"))
     }
+}
+
+/// Hands a lane's outcome to the shell, once it exists.
+fn deliver(link: &ShellLink, lane: Lane, outcome: LaneOutcome) {
+    if let Some(shell) = link.get().and_then(Weak::upgrade) {
+        match outcome {
+            Ok(msg) => shell.feed(Event::Reply {
+                lane,
+                frame: msg.as_slice(),
+            }),
+            Err(error) => shell.feed(Event::LaneFailed { lane, error }),
+        }
+    }
+}
+
+fn lock_parts(m: &Mutex<VecDeque<Vec<u8>>>) -> MutexGuard<'_, VecDeque<Vec<u8>>> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn lane_error(e: nng::Error) -> LaneError {
@@ -126,8 +193,13 @@ fn lock(m: &Mutex<Session>) -> MutexGuard<'_, Session> {
 /// [`crate::connect`]) until the daemon lets it go (or is lost).
 pub fn run(cfg: &WorkerConfig, socket: Socket) -> anyhow::Result<Ending> {
     let link: ShellLink = Arc::new(OnceLock::new());
-    let poll = LaneIo::new(&socket, Lane::Poll, link.clone())?;
-    let report = LaneIo::new(&socket, Lane::Report, link.clone())?;
+    let (poll_link, report_link) = (link.clone(), link.clone());
+    let poll = LaneIo::new(&socket, Lane::Poll, move |outcome| {
+        deliver(&poll_link, Lane::Poll, outcome);
+    })?;
+    let report = LaneIo::new(&socket, Lane::Report, move |outcome| {
+        deliver(&report_link, Lane::Report, outcome);
+    })?;
     let done_link = link.clone();
     let work_dir = crate::exec::private_work_dir(&std::env::temp_dir(), &cfg.session.worker_id)
         .context("cannot create the worker's private directory")?;
@@ -248,4 +320,125 @@ fn process_alive(pid: i32) -> bool {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
         Err(nix::errno::Errno::ESRCH)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_protocol::interchange::{BatchId, BatchResult, WorkerMessage};
+    use flotilla_protocol::task::Outcome;
+    use nng::Protocol;
+    use nng::options::Options;
+    use std::sync::mpsc;
+
+    /// A stand-in daemon: joins parts as the real one does, acknowledging
+    /// each but the last, and answers every whole request with its size;
+    /// with `refuse_at`, answers that part "no" instead. Reports each whole
+    /// request.
+    fn fake_daemon(refuse_at: Option<usize>) -> (String, mpsc::Receiver<Vec<u8>>) {
+        let socket = Socket::new(Protocol::Rep0).unwrap();
+        let listener = nng::ListenerBuilder::new(&socket, "tcp://127.0.0.1:0")
+            .unwrap()
+            .start()
+            .unwrap();
+        let port = listener
+            .get_opt::<nng::options::transport::tcp::BoundPort>()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut joined = Vec::new();
+            let mut seen = 0;
+            while let Ok(msg) = socket.recv() {
+                let bytes = msg.as_slice();
+                assert!(bytes.len() <= parts::PREAUTH_FRAME_BYTES);
+                if !parts::is_part(bytes) {
+                    let _ = tx.send(bytes.to_vec());
+                    let _ = socket.send(&bytes.len().to_le_bytes()[..]);
+                    continue;
+                }
+                seen += 1;
+                if refuse_at == Some(seen) {
+                    let _ = socket.send(&b"no"[..]);
+                    continue;
+                }
+                let part = parts::parse(bytes).unwrap();
+                if part.first {
+                    joined.clear();
+                }
+                joined.extend_from_slice(part.data);
+                if part.last {
+                    let whole = std::mem::take(&mut joined);
+                    let _ = socket.send(&whole.len().to_le_bytes()[..]);
+                    let _ = tx.send(whole);
+                } else {
+                    let _ = socket.send(parts::ACK);
+                }
+            }
+        });
+        (format!("tcp://127.0.0.1:{port}"), rx)
+    }
+
+    fn lane(url: &str) -> (LaneIo, mpsc::Receiver<Result<Vec<u8>, LaneError>>, Socket) {
+        let socket = crate::connect::worker_socket().unwrap();
+        socket.dial(url).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let io = LaneIo::new(&socket, Lane::Report, move |outcome| {
+            let _ = tx
+                .lock()
+                .unwrap()
+                .send(outcome.map(|m| m.as_slice().to_vec()));
+        })
+        .unwrap();
+        (io, rx, socket)
+    }
+
+    fn results(bytes: usize) -> WorkerMessage {
+        WorkerMessage::Pull {
+            results: vec![BatchResult {
+                batch: BatchId(1),
+                run_us: 1,
+                received_us: 0,
+                sent_us: 0,
+                outcomes: vec![(
+                    flotilla_protocol::TaskId(1),
+                    Outcome::Output(vec![9u8; bytes].into()),
+                )],
+                failure: None,
+            }],
+            wait: false,
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    #[test]
+    fn a_request_over_the_cap_goes_in_parts_and_one_reply_comes_back() {
+        let (url, whole) = fake_daemon(None);
+        let (io, replies, _socket) = lane(&url);
+        for size in [100, 3 * parts::PREAUTH_FRAME_BYTES + 5] {
+            let message = results(size);
+            let encoded = encode(&message).unwrap();
+            io.send(&message, WAIT).unwrap();
+            let reply = replies.recv_timeout(WAIT).unwrap().unwrap();
+            assert_eq!(reply, encoded.len().to_le_bytes());
+            assert_eq!(whole.recv_timeout(WAIT).unwrap(), encoded);
+        }
+        assert!(replies.try_recv().is_err(), "one reply per request");
+    }
+
+    #[test]
+    fn a_reply_instead_of_an_acknowledgement_ends_the_request() {
+        let (url, whole) = fake_daemon(Some(2));
+        let (io, replies, _socket) = lane(&url);
+        io.send(&results(3 * parts::PREAUTH_FRAME_BYTES), WAIT)
+            .unwrap();
+        assert_eq!(replies.recv_timeout(WAIT).unwrap().unwrap(), b"no");
+        assert!(lock_parts(&io.parts).is_empty(), "the rest is not sent");
+        // The lane is free again: the next request goes out whole.
+        let small = results(10);
+        io.send(&small, WAIT).unwrap();
+        replies.recv_timeout(WAIT).unwrap().unwrap();
+        assert_eq!(whole.recv_timeout(WAIT).unwrap(), encode(&small).unwrap());
+    }
 }
