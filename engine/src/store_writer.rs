@@ -412,4 +412,91 @@ mod tests {
             .collect();
         assert_eq!(ids, [1, 4]);
     }
+
+    /// A tmpfs mounted for a test, lazily unmounted when dropped.
+    struct Tmpfs(std::path::PathBuf);
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    fn mount_tmpfs(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+
+    #[test]
+    fn a_write_that_fails_in_sled_fails_every_later_batch_and_the_writer_still_closes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let Some(_tmpfs) = mount_tmpfs(&tmp.path().join("fs"), "4m") else {
+            println!("skipped: cannot mount a tmpfs here (needs root)");
+            return;
+        };
+        let path = tmp.path().join("fs/store");
+        let store = Store::open(&path).unwrap();
+        let (report, rx) = reports();
+        // No room check: the disk fills under sled itself.
+        let writer = StoreWriter::spawn_with_room(
+            store,
+            ChunkIndex::default(),
+            Box::new(|_| Ok(())),
+            report,
+        )
+        .unwrap();
+        let big = |id: u64| NewTask {
+            input: Payload::from(vec![0x5a; 1 << 20]),
+            ..new_task(id)
+        };
+        let mut failed_at = None;
+        for seq in 1..=16 {
+            writer.submit(seq, StoreOp::PutTasks(vec![big(seq)]));
+            let settled = writer
+                .sync(LIMIT)
+                .expect("a failed write must not hang the writer");
+            if settled.failed.is_some() {
+                failed_at = Some(seq);
+                break;
+            }
+        }
+        let failed_at = failed_at.expect("a 4 MiB file system cannot hold 16 MiB");
+        let mut saw_failure = false;
+        while let Ok(report) = rx.try_recv() {
+            if let WriterReport::Failed { through, reason } = report {
+                assert_eq!(through, failed_at);
+                assert!(reason.contains("restart"), "{reason}");
+                saw_failure = true;
+            }
+        }
+        assert!(saw_failure);
+        // Later batches fail at once, whatever their size.
+        writer.submit(100, StoreOp::PutTasks(vec![new_task(100)]));
+        let settled = writer.sync(LIMIT).expect("no hang after a failure");
+        assert_eq!(settled.failed.unwrap().0, 100);
+        assert_eq!(
+            rx.recv_timeout(LIMIT).unwrap(),
+            WriterReport::Failed {
+                through: 100,
+                reason: settled_reason(&writer)
+            }
+        );
+        // Closing does not wait on sled's final flush, which never ends.
+        let started = std::time::Instant::now();
+        drop(writer);
+        assert!(started.elapsed() < CLOSE_LIMIT, "{:?}", started.elapsed());
+    }
+
+    fn settled_reason(writer: &StoreWriter) -> String {
+        writer.sync(LIMIT).unwrap().failed.unwrap().1
+    }
 }
