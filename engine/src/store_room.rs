@@ -77,6 +77,8 @@ impl Room {
     }
 
     /// Bytes available to unprivileged writers, if the file system says.
+    // The field types are narrower than u64 on some platforms.
+    #[allow(clippy::useless_conversion)]
     fn free(&self) -> Option<u64> {
         match nix::sys::statvfs::statvfs(&self.path) {
             Ok(s) => {
