@@ -334,8 +334,11 @@ fn shut_down(hub: &Hub<Io>, sockets: &Sockets, dir: &StateDir) -> Result<(), Dae
         match driver.io.writer.sync(FINAL_WRITE_LIMIT) {
             Some(settled) => {
                 // Reports posted while the hub was being taken are lost:
-                // the barrier's answer carries them.
-                if let Some((through, reason)) = settled.failed {
+                // the barrier's answer carries them. A failure the core
+                // heard of (it heard of writes after it) is settled.
+                if let Some((through, reason)) = settled.failed
+                    && through > driver.core.durable_seq()
+                {
                     driver.handle(Event::StoreFailed { through, reason });
                 }
                 driver.handle(Event::Durable {

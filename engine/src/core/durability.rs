@@ -46,6 +46,11 @@ impl Durability {
         self.issued
     }
 
+    /// The last sequence number reported durable.
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
     /// True when everything up to `seq` is durable.
     pub fn is_durable(&self, seq: u64) -> bool {
         seq <= self.durable

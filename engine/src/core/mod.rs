@@ -279,6 +279,11 @@ impl Core {
         self.replies.durability.issued()
     }
 
+    /// Last store sequence number the core heard was durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.replies.durability.durable()
+    }
+
     /// The dispatch tables, borrowed apart from the rest of the core.
     fn dispatcher(&mut self) -> (Dispatch<'_>, &mut Suspects) {
         let d = Dispatch {
