@@ -165,6 +165,22 @@ impl Drop for Tmpfs {
     }
 }
 
+/// `n` noop tasks, each with a msgpack `bin` input of `bytes` bytes: big
+/// enough that storing them needs fresh pages on the file system.
+fn big_tasks(n: usize, bytes: usize) -> Vec<flotilla_protocol::client::TaskRequest> {
+    let mut input = vec![0xc6];
+    input.extend_from_slice(&(bytes as u32).to_be_bytes());
+    input.resize(5 + bytes, 0x5a);
+    let input = flotilla_protocol::Payload::from(input);
+    noop_tasks(n)
+        .into_iter()
+        .map(|mut t| {
+            t.input = input.clone();
+            t
+        })
+        .collect()
+}
+
 /// Fills the file system under `dir` with one file; returns its path.
 fn fill(dir: &Path) -> PathBuf {
     use std::io::Write;
@@ -200,7 +216,10 @@ fn a_full_disk_is_refused_promptly_recovered_from_and_stop_still_finishes() {
 
     // The submit whose write does not fit is answered at once, with why.
     let started = Instant::now();
-    let err = client.submit(noop_tasks(3)).unwrap_err().to_string();
+    let err = client
+        .submit(big_tasks(3, 1 << 20))
+        .unwrap_err()
+        .to_string();
     let took = started.elapsed();
     assert!(err.contains("no space left"), "{err}");
     assert!(took < Duration::from_secs(10), "answered after {took:?}");
