@@ -276,11 +276,30 @@ fn a_full_disk_is_refused_promptly_recovered_from_and_stop_still_finishes() {
 
     // What was acknowledged is stored: a restarted daemon has it.
     f.start_daemon();
-    let views = f.client().task_status(&ids).unwrap();
+    let client = f.client();
+    let views = client.task_status(&ids).unwrap();
     assert!(
         views
             .iter()
             .all(|v| v.state == flotilla_protocol::task::TaskState::Queued),
         "{views:?}"
+    );
+
+    // Shutting down finishes also while the disk is full and a write was
+    // refused (the same path as `flotilla stop`, by signal).
+    let _filler = fill(&store);
+    let err = client
+        .submit(big_tasks(1, 1 << 20))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no space left"), "{err}");
+    drop(client);
+    let started = Instant::now();
+    let status = f.signal_daemon(nix::sys::signal::Signal::SIGTERM, LONG);
+    assert!(status.success(), "{status}\n{}", f.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "shutdown took {:?}",
+        started.elapsed()
     );
 }
