@@ -22,7 +22,7 @@ use crate::hub::{ActionRunner, Driver, Hub};
 use crate::launch::BlockTemplate;
 use crate::net::{Inbound, PeerLimits, RepServer, Verdict};
 use crate::provider_runner::ProviderRunner;
-use crate::state_dir::{DaemonInfo, PidFile, StateDir, StateDirError};
+use crate::state_dir::{DaemonInfo, StateDir, StateDirError, StateLock};
 use crate::store::{ChunkIndex, Store, StoreError, StoreWriter, WriterReport};
 
 /// Most requests held at once on each socket (long-polls and waiting runs).
@@ -32,6 +32,8 @@ const MAX_HELD_REQUESTS: usize = 100_000;
 pub const FD_RESERVE: u64 = 256;
 /// Resolution of heartbeats, wait deadlines and shutdown grace.
 const TICK: Duration = Duration::from_millis(50);
+/// Longest shutdown waits for the store's last writes.
+const FINAL_WRITE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,14 @@ pub enum DaemonError {
     /// `[interchange] address` cannot be used on this machine.
     #[error(transparent)]
     Address(#[from] crate::advertise::AdvertiseError),
+    /// The store's last writes did not finish at shutdown.
+    #[error(
+        "the store did not finish its last writes within {limit_s} s of shutdown; requests that waited on them were answered with an error"
+    )]
+    UnfinishedWrites {
+        /// The limit, in seconds.
+        limit_s: u64,
+    },
     /// Threads, runtime or signals.
     #[error("{what}: {source}")]
     Io {
@@ -75,10 +85,13 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 async fn serve(config: Config) -> Result<(), DaemonError> {
     let dir = StateDir::resolve(config.daemon.state_dir.as_deref())?;
     dir.create()?;
-    let _pid_file = PidFile::acquire(&dir)?;
+    // Nothing in the directory is judged or touched before this: a second
+    // daemon must fail here without disturbing the one that owns it.
+    let _owner = StateLock::acquire(&dir)?;
     // We own the directory now: leftovers of a crashed daemon are stale.
     let _ = std::fs::remove_file(dir.api_socket());
     let _ = std::fs::remove_file(dir.info_file());
+    dir.create_objects()?;
     let secret = dir.load_or_create_secret()?;
 
     let store = Store::open(&dir.store())?;
@@ -121,8 +134,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     if !exit_now {
         run_until_exit(&hub, signals).await;
     }
-    shut_down(&hub, &sockets, &dir);
-    Ok(())
+    shut_down(&hub, &sockets, &dir)
 }
 
 /// Starts the store writer; its reports become events.
@@ -135,7 +147,8 @@ fn spawn_writer(
     StoreWriter::spawn(store, index, move |report| {
         hub.post(match report {
             WriterReport::Durable(seq) => Event::Durable { seq },
-            WriterReport::Failed(reason) => Event::StoreFailed { reason },
+            WriterReport::Failed { through, reason } => Event::StoreFailed { through, reason },
+            WriterReport::Recovered => Event::StoreRecovered,
         });
     })
     .map_err(io("cannot start the store writer"))
@@ -402,13 +415,43 @@ async fn run_until_exit(hub: &Hub<Io>, mut signals: Signals) {
     }
 }
 
-/// Makes every accepted task and result durable, releases the replies that
-/// were waiting for it, lets nng deliver them, and closes up.
-fn shut_down(hub: &Hub<Io>, sockets: &Sockets, dir: &StateDir) {
+/// Waits (bounded) for the store's last writes, releases the replies that
+/// were waiting for them (or answers them with the store's error: nothing
+/// is acknowledged that was not stored), lets nng deliver them, and closes
+/// up.
+fn shut_down(hub: &Hub<Io>, sockets: &Sockets, dir: &StateDir) -> Result<(), DaemonError> {
+    let mut outcome = Ok(());
     if let Some(mut driver) = hub.take() {
-        driver.io.writer.sync();
-        let seq = driver.core.issued_seq();
-        driver.handle(Event::Durable { seq });
+        match driver.io.writer.sync(FINAL_WRITE_LIMIT) {
+            Some(settled) => {
+                // Reports posted while the hub was being taken are lost:
+                // the barrier's answer carries them. A failure the core
+                // heard of (it heard of writes after it) is settled.
+                if let Some((through, reason)) = settled.failed
+                    && through > driver.core.durable_seq()
+                {
+                    driver.handle(Event::StoreFailed { through, reason });
+                }
+                driver.handle(Event::Durable {
+                    seq: settled.durable,
+                });
+            }
+            None => {
+                let limit_s = FINAL_WRITE_LIMIT.as_secs();
+                tracing::error!(
+                    limit_s,
+                    "the store did not finish its last writes; exiting without them"
+                );
+                let through = driver.core.issued_seq();
+                driver.handle(Event::StoreFailed {
+                    through,
+                    reason: format!(
+                        "the store did not finish writing within {limit_s} s of shutdown"
+                    ),
+                });
+                outcome = Err(DaemonError::UnfinishedWrites { limit_s });
+            }
+        }
         sockets.api.drain_sends(Duration::from_secs(1));
         sockets.interchange.drain_sends(Duration::from_secs(1));
         drop(driver);
@@ -418,6 +461,7 @@ fn shut_down(hub: &Hub<Io>, sockets: &Sockets, dir: &StateDir) {
     let _ = std::fs::remove_file(dir.info_file());
     let _ = std::fs::remove_file(dir.api_socket());
     tracing::info!("daemon stopped");
+    outcome
 }
 
 /// The pool's scaling settings from the site file.

@@ -32,4 +32,6 @@ pub mod provision;
 pub mod servable_spec;
 pub mod state_dir;
 pub mod store;
+mod store_room;
+mod store_writer;
 pub mod toml_locate;

@@ -1,19 +1,26 @@
 //! The daemon's state directory and the small files in it.
 //!
 //! ```text
-//! $FLOTILLA_HOME/            mode 0700
-//!   daemon.pid               pid of the running daemon (stale ones are detected)
+//! $FLOTILLA_HOME/            mode 0700 when the daemon creates it (an existing
+//!                            directory keeps the mode its owner gave it)
+//!   daemon.lock              held (flock) by the running daemon, mode 0600
+//!   daemon.pid               pid of the running daemon
 //!   daemon.toml              how to reach it: API socket, interchange address
 //!   api.sock                 client API, nng ipc, mode 0600
 //!   secret                   32 random bytes workers must present, mode 0600
+//!                            (refused if group or others may read it)
 //!   store/                   sled database: tasks, results, metadata
 //!   blocks/N/                each local block's script, stdout and stderr
 //! ```
 
-use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use flotilla_protocol::paths;
 
@@ -35,16 +42,29 @@ pub enum StateDirError {
     /// Neither a configured directory, `$FLOTILLA_HOME` nor `$HOME` exists.
     #[error("no state directory: set [daemon] state_dir, {home} or HOME", home = HOME_ENV)]
     NoHome,
-    /// Another daemon owns this state directory.
+    /// Another daemon owns this state directory (holds its lock).
     #[error(
-        "a daemon is already running with state directory {dir} (pid {pid}); stop it with `flotilla stop` or use another {home}",
+        "a daemon is already running with state directory {dir} ({holder}); stop it with `flotilla stop` or use another {home}",
+        dir = .dir.display(),
+        holder = .pid.map_or_else(|| "pid not yet recorded".to_owned(), |p| format!("pid {p}")),
         home = HOME_ENV
     )]
     AlreadyRunning {
         /// The directory.
         dir: PathBuf,
-        /// The running daemon's pid.
-        pid: i32,
+        /// The running daemon's pid, if it has recorded it yet.
+        pid: Option<i32>,
+    },
+    /// A file holding a credential may be read by other users.
+    #[error(
+        "{path}: group or others may access it (mode {mode:04o}); run `chmod 600 {path}` (and consider making a new secret)",
+        path = .path.display()
+    )]
+    InsecureMode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// A file has unexpected content.
     #[error("{path}: {message}")]
@@ -71,12 +91,14 @@ pub struct StateDir {
 
 impl StateDir {
     /// The directory to use: `configured`, else `$FLOTILLA_HOME`, else
-    /// `~/.flotilla`.
+    /// `~/.flotilla`, made absolute (against the current directory), so that
+    /// block scripts and workers started elsewhere find the same files.
     pub fn resolve(configured: Option<&Path>) -> Result<StateDir, StateDirError> {
         let root = match configured {
             Some(p) => p.to_path_buf(),
             None => paths::default_state_dir().ok_or(StateDirError::NoHome)?,
         };
+        let root = std::path::absolute(&root).map_err(io_err(&root))?;
         Ok(StateDir { root })
     }
 
@@ -85,13 +107,36 @@ impl StateDir {
         StateDir { root: root.into() }
     }
 
-    /// Creates the directory (mode 0700) and its object store if missing.
+    /// Creates the directory, mode 0700, if it is missing (its parents with
+    /// the default mode). An existing directory is left as it is: it may be
+    /// a home directory whose mode is its owner's choice.
     pub fn create(&self) -> Result<(), StateDirError> {
-        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
-        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
-            .map_err(io_err(&self.root))?;
-        // Workers (and the containers they run in) bind or read it before
-        // anything is published.
+        if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        match DirBuilder::new().mode(0o700).create(&self.root) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && self.root.is_dir() => {
+                let mode = fs::metadata(&self.root)
+                    .map_err(io_err(&self.root))?
+                    .permissions()
+                    .mode();
+                if mode & 0o022 != 0 {
+                    tracing::warn!(
+                        path = %self.root.display(),
+                        mode = format!("{:04o}", mode & 0o7777),
+                        "the state directory is writable by group or others"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => Err(io_err(&self.root)(e)),
+        }
+    }
+
+    /// Creates the object store if it is missing. Workers (and the
+    /// containers they run in) bind or read it before anything is published.
+    pub fn create_objects(&self) -> Result<(), StateDirError> {
         let objects = paths::objects_dir(&self.root);
         fs::create_dir_all(&objects).map_err(io_err(&objects))
     }
@@ -121,6 +166,12 @@ impl StateDir {
         self.root.join("daemon.pid")
     }
 
+    /// The lock file whose exclusive lock makes a daemon the directory's
+    /// owner.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("daemon.lock")
+    }
+
     /// The file describing how to reach the running daemon.
     pub fn info_file(&self) -> PathBuf {
         paths::info_file(&self.root)
@@ -131,10 +182,12 @@ impl StateDir {
         paths::secret_file(&self.root)
     }
 
-    /// Reads the secret, creating it (32 random bytes, mode 0600) on first use.
+    /// Reads the secret, creating it (32 random bytes, mode 0600) on first
+    /// use. An existing secret that is not a regular file of this user's,
+    /// or that group or others may access, is refused.
     pub fn load_or_create_secret(&self) -> Result<Vec<u8>, StateDirError> {
         let path = self.secret_file();
-        match fs::read(&path) {
+        match read_private(&path) {
             Ok(bytes) if bytes.len() == SECRET_LEN => return Ok(bytes),
             Ok(bytes) => {
                 return Err(StateDirError::Corrupt {
@@ -145,13 +198,14 @@ impl StateDir {
                     ),
                 });
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&path)(e)),
+            Err(StateDirError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         let mut secret = vec![0u8; SECRET_LEN];
         fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut secret))
             .map_err(io_err(Path::new("/dev/urandom")))?;
+        // O_EXCL: never through a link someone left in its place.
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -191,63 +245,156 @@ impl StateDir {
 /// listens (its format is the launch contract's).
 pub use flotilla_protocol::launch::DaemonInfo;
 
-/// Ownership of a state directory by one daemon process.
-///
-/// Created with `O_EXCL`; a leftover file whose process is gone (or is no
-/// longer a Flotilla daemon) is stale and replaced. Removed on drop.
-#[derive(Debug)]
-pub struct PidFile {
-    path: PathBuf,
+/// Reads a file that must be private to this user: a regular file (not
+/// followed through a link), owned by this user, with no access for group
+/// or others.
+fn read_private(path: &Path) -> Result<Vec<u8>, StateDirError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err(path))?;
+    let meta = file.metadata().map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(StateDirError::Corrupt {
+            path: path.to_path_buf(),
+            message: "is not a regular file".into(),
+        });
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(StateDirError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!("belongs to uid {}, not to this user", meta.uid()),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(StateDirError::InsecureMode {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_err(path))?;
+    Ok(bytes)
 }
 
-impl PidFile {
-    /// Claims `dir` for this process.
-    pub fn acquire(dir: &StateDir) -> Result<PidFile, StateDirError> {
-        let path = dir.pid_file();
-        for _ in 0..3 {
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&path)
-            {
-                Ok(mut file) => {
-                    writeln!(file, "{}", std::process::id()).map_err(io_err(&path))?;
-                    return Ok(PidFile { path });
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    let text = fs::read_to_string(&path).unwrap_or_default();
-                    match text.trim().parse::<i32>() {
-                        Ok(pid) if pid > 0 && is_live_daemon(pid) => {
-                            return Err(StateDirError::AlreadyRunning {
-                                dir: dir.root().to_path_buf(),
-                                pid,
-                            });
-                        }
-                        _ => {
-                            tracing::warn!(path = %path.display(), content = text.trim(), "removing stale pid file");
-                            match fs::remove_file(&path) {
-                                Ok(()) => {}
-                                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                                Err(e) => return Err(io_err(&path)(e)),
-                            }
-                        }
-                    }
-                }
-                Err(e) => return Err(io_err(&path)(e)),
-            }
+/// How long a second daemon waits for the first to record its pid in the
+/// lock file (it does so right after taking the lock).
+const HOLDER_PID_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Ownership of a state directory by one daemon process: an exclusive
+/// `flock` on `daemon.lock`, and the pid file.
+///
+/// The lock is taken before anything in the directory is judged or
+/// touched, so a second daemon fails without disturbing the first. The
+/// kernel drops the lock when the process ends however it ends (SIGKILL
+/// included), so there is never a stale owner to detect; the lock file's
+/// descriptor is close-on-exec, so blocks the daemon starts do not inherit
+/// it. The pid file is informational and removed on drop.
+#[derive(Debug)]
+pub struct StateLock {
+    pid_file: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl StateLock {
+    /// Claims `dir` for this process, or says which daemon owns it.
+    pub fn acquire(dir: &StateDir) -> Result<StateLock, StateDirError> {
+        let path = dir.lock_file();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        if !file.metadata().map_err(io_err(&path))?.is_file() {
+            return Err(StateDirError::Corrupt {
+                path,
+                message: "is not a regular file".into(),
+            });
         }
-        Err(StateDirError::Corrupt {
-            path,
-            message: "another process keeps recreating the pid file".into(),
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((file, Errno::EWOULDBLOCK)) => {
+                return Err(StateDirError::AlreadyRunning {
+                    dir: dir.root().to_path_buf(),
+                    pid: holder_pid(&file, HOLDER_PID_PATIENCE),
+                });
+            }
+            Err((_, errno)) => return Err(io_err(&path)(errno.into())),
+        };
+        let pid = std::process::id();
+        lock.set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| writeln!(lock, "{pid}"))
+            .map_err(io_err(&path))?;
+        let pid_file = write_pid_file(dir, pid)?;
+        Ok(StateLock {
+            pid_file,
+            _lock: lock,
         })
     }
 }
 
-impl Drop for PidFile {
+impl Drop for StateLock {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        // Before the lock goes (field drop order): the next owner writes its
+        // own.
+        let _ = fs::remove_file(&self.pid_file);
     }
+}
+
+/// The pid the lock's holder wrote into the lock file, waiting up to
+/// `patience` for a holder that has only just taken it.
+fn holder_pid(file: &File, patience: Duration) -> Option<i32> {
+    use std::os::unix::fs::FileExt;
+    let deadline = Instant::now() + patience;
+    loop {
+        let mut buf = [0u8; 32];
+        let pid = file
+            .read_at(&mut buf, 0)
+            .ok()
+            .and_then(|n| std::str::from_utf8(&buf[..n]).ok())
+            .and_then(|text| text.trim().parse::<i32>().ok())
+            .filter(|pid| *pid > 0);
+        if pid.is_some() || Instant::now() >= deadline {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Writes `pid` to the pid file, replacing one an earlier daemon left (the
+/// caller holds the lock, so any existing one is stale); never through a
+/// link.
+fn write_pid_file(dir: &StateDir, pid: u32) -> Result<PathBuf, StateDirError> {
+    let path = dir.pid_file();
+    match fs::read_to_string(&path) {
+        Ok(old) => {
+            tracing::info!(path = %path.display(), content = old.trim(), "replacing the pid file of an earlier daemon");
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "replacing an unreadable pid file")
+        }
+    }
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&path)(e)),
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    writeln!(file, "{pid}").map_err(io_err(&path))?;
+    Ok(path)
 }
 
 /// True if `pid` is alive and looks like a Flotilla daemon (its command line
@@ -291,8 +438,9 @@ mod tests {
         );
         let running = StateDirError::AlreadyRunning {
             dir: "/srv/fl".into(),
-            pid: 7,
+            pid: Some(7),
         };
+        assert!(running.to_string().contains("/srv/fl (pid 7)"), "{running}");
         assert!(
             running
                 .to_string()
@@ -320,24 +468,115 @@ mod tests {
     }
 
     #[test]
-    fn stale_pid_file_is_replaced_and_removed_on_drop() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = StateDir::at(tmp.path());
-        // A pid that cannot be a live process.
-        fs::write(dir.pid_file(), "2147483646\n").unwrap();
-        let pid = PidFile::acquire(&dir).unwrap();
-        let text = fs::read_to_string(dir.pid_file()).unwrap();
-        assert_eq!(text.trim(), std::process::id().to_string());
-        drop(pid);
-        assert!(!dir.pid_file().exists());
-    }
-
-    #[test]
-    fn garbage_pid_file_is_stale() {
+    fn a_pid_file_left_by_a_crash_is_replaced_and_removed_on_drop() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::at(tmp.path());
         fs::write(dir.pid_file(), "not a pid").unwrap();
-        assert!(PidFile::acquire(&dir).is_ok());
+        let lock = StateLock::acquire(&dir).unwrap();
+        let text = fs::read_to_string(dir.pid_file()).unwrap();
+        assert_eq!(text.trim(), std::process::id().to_string());
+        drop(lock);
+        assert!(!dir.pid_file().exists());
+        // The lock went with it: the directory can be claimed again.
+        drop(StateLock::acquire(&dir).unwrap());
+    }
+
+    #[test]
+    fn a_second_claim_fails_naming_the_owner_and_touches_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path());
+        let _owner = StateLock::acquire(&dir).unwrap();
+        // What the owner made: a second claim must leave all of it alone,
+        // even a pid file that does not name a live daemon.
+        fs::write(dir.pid_file(), "2147483646\n").unwrap();
+        fs::write(dir.api_socket(), "").unwrap();
+        fs::write(dir.info_file(), "").unwrap();
+        let err = StateLock::acquire(&dir).unwrap_err();
+        let own_pid = std::process::id() as i32;
+        match &err {
+            StateDirError::AlreadyRunning { dir: d, pid } => {
+                assert_eq!(d, tmp.path());
+                assert_eq!(*pid, Some(own_pid));
+            }
+            other => panic!("{other}"),
+        }
+        let message = err.to_string();
+        assert!(message.contains(&format!("pid {own_pid}")), "{message}");
+        assert!(
+            message.contains(&tmp.path().display().to_string()),
+            "{message}"
+        );
+        assert_eq!(fs::read_to_string(dir.pid_file()).unwrap(), "2147483646\n");
+        assert!(dir.api_socket().exists() && dir.info_file().exists());
+    }
+
+    #[test]
+    fn the_lock_file_is_private_and_never_followed_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path().join("state"));
+        dir.create().unwrap();
+        drop(StateLock::acquire(&dir).unwrap());
+        let mode = fs::metadata(dir.lock_file()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        fs::remove_file(dir.lock_file()).unwrap();
+        let target = tmp.path().join("elsewhere");
+        fs::write(&target, "untouched").unwrap();
+        std::os::unix::fs::symlink(&target, dir.lock_file()).unwrap();
+        assert!(StateLock::acquire(&dir).is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
+    }
+
+    #[test]
+    fn only_a_directory_it_creates_is_made_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let existing = tmp.path().join("home");
+        fs::create_dir(&existing).unwrap();
+        fs::set_permissions(&existing, fs::Permissions::from_mode(0o755)).unwrap();
+        StateDir::at(&existing).create().unwrap();
+        let mode = fs::metadata(&existing).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755, "an existing directory keeps its mode");
+
+        let fresh = tmp.path().join("a/b/state");
+        StateDir::at(&fresh).create().unwrap();
+        let mode = fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_secret_others_may_read_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path());
+        let secret = dir.load_or_create_secret().unwrap();
+        fs::set_permissions(dir.secret_file(), fs::Permissions::from_mode(0o644)).unwrap();
+        let err = dir.load_or_create_secret().unwrap_err();
+        assert!(
+            matches!(err, StateDirError::InsecureMode { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        fs::set_permissions(dir.secret_file(), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(dir.load_or_create_secret().unwrap(), secret);
+    }
+
+    #[test]
+    fn a_secret_behind_a_link_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path().join("state"));
+        dir.create().unwrap();
+        let target = tmp.path().join("elsewhere");
+        fs::write(&target, [7u8; SECRET_LEN]).unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&target, dir.secret_file()).unwrap();
+        assert!(dir.load_or_create_secret().is_err());
+    }
+
+    #[test]
+    fn a_relative_state_directory_is_made_absolute() {
+        let dir = StateDir::resolve(Some(Path::new("relhome"))).unwrap();
+        assert!(dir.root().is_absolute(), "{}", dir.root().display());
+        assert_eq!(dir.root(), std::env::current_dir().unwrap().join("relhome"));
+        assert!(dir.api_url().starts_with("ipc:///"));
     }
 
     #[test]

@@ -47,24 +47,19 @@
 //! background sync (every 500 ms) bounds what can be lost to roughly the last
 //! half second of accepted tasks and results.
 
-use std::sync::mpsc;
-use std::thread;
-
 use flotilla_protocol::task::{Payload, TaskId};
 use serde::Serialize;
 
 pub use crate::core::records::{
     BlockRecord, NewTask, Recovered, StoreOp, StoredResult, StoredTask,
 };
+pub use crate::store_writer::{Settled, StoreWriter, WriterReport};
 
 /// Metadata key of the id high-water mark.
 const RESERVED_KEY: &[u8] = b"task_ids_reserved_until";
 
 /// Most tasks in one `tasks` record.
 pub const TASKS_PER_CHUNK: usize = 4096;
-
-/// Most ops applied between two flushes, bounding the latency of a flush.
-const MAX_OPS_PER_FLUSH: usize = 4096;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -484,6 +479,11 @@ impl Store {
         Ok(())
     }
 
+    /// The database directory.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// Makes everything applied so far durable (see the module docs).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(|e| self.sled_err(e))
@@ -525,117 +525,6 @@ fn contiguous_chunks(tasks: &[NewTask]) -> Vec<&[NewTask]> {
         }
     }
     chunks
-}
-
-/// What the writer thread reports.
-#[derive(Debug)]
-pub enum WriterReport {
-    /// Every op with a sequence number up to this one is durable.
-    Durable(u64),
-    /// The store failed; nothing after the last `Durable` is safe.
-    Failed(String),
-}
-
-enum WriterMsg {
-    Op(u64, StoreOp),
-    Barrier(mpsc::Sender<()>),
-}
-
-/// The group-commit writer: owns the only thread that writes to the store.
-#[derive(Debug)]
-pub struct StoreWriter {
-    tx: mpsc::Sender<WriterMsg>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl StoreWriter {
-    /// Starts the writer on `store` with the chunk `index` from recovery;
-    /// `report` is called from the writer thread after every flush.
-    pub fn spawn(
-        store: Store,
-        index: ChunkIndex,
-        report: impl Fn(WriterReport) + Send + 'static,
-    ) -> std::io::Result<StoreWriter> {
-        let (tx, rx) = mpsc::channel::<WriterMsg>();
-        let thread = thread::Builder::new()
-            .name("flotilla-store".into())
-            .spawn(move || writer_loop(&store, index, &rx, &report))?;
-        Ok(StoreWriter {
-            tx,
-            thread: Some(thread),
-        })
-    }
-
-    /// Queues `op` as sequence number `seq` (numbers must increase).
-    pub fn submit(&self, seq: u64, op: StoreOp) {
-        if self.tx.send(WriterMsg::Op(seq, op)).is_err() {
-            tracing::error!(seq, "store writer is gone; op dropped");
-        }
-    }
-
-    /// Blocks until everything submitted before this call is flushed.
-    pub fn sync(&self) {
-        let (tx, rx) = mpsc::channel();
-        if self.tx.send(WriterMsg::Barrier(tx)).is_ok() {
-            let _ = rx.recv();
-        }
-    }
-}
-
-impl Drop for StoreWriter {
-    fn drop(&mut self) {
-        let (tx, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.tx, tx));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn writer_loop(
-    store: &Store,
-    mut index: ChunkIndex,
-    rx: &mpsc::Receiver<WriterMsg>,
-    report: &dyn Fn(WriterReport),
-) {
-    let mut ops = Vec::new();
-    let mut barriers = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut last_seq = None;
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Op(seq, op) => {
-                    last_seq = Some(seq);
-                    ops.push(op);
-                }
-                WriterMsg::Barrier(done) => barriers.push(done),
-            }
-            if ops.len() < MAX_OPS_PER_FLUSH {
-                next = rx.try_recv().ok();
-            }
-        }
-        let outcome = store.apply(&ops, &mut index).and_then(|()| store.flush());
-        ops.clear();
-        match outcome {
-            Ok(()) => {
-                if let Some(seq) = last_seq {
-                    report(WriterReport::Durable(seq));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store write failed; no further work is accepted");
-                report(WriterReport::Failed(e.to_string()));
-                for b in barriers.drain(..) {
-                    let _ = b.send(());
-                }
-                return;
-            }
-        }
-        for b in barriers.drain(..) {
-            let _ = b.send(());
-        }
-    }
 }
 
 #[cfg(test)]
@@ -763,27 +652,5 @@ mod tests {
         let rec = store.recover().unwrap();
         assert!(rec.tasks.is_empty());
         assert_eq!(rec.reserved_until, 0, "no tasks, no reservation written");
-    }
-
-    #[test]
-    fn writer_reports_durable_sequence_and_syncs() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (tx, rx) = mpsc::channel();
-        let writer = StoreWriter::spawn(store.clone(), ChunkIndex::default(), move |r| {
-            let _ = tx.send(r);
-        })
-        .unwrap();
-        for seq in 1..=50 {
-            writer.submit(seq, StoreOp::PutTasks(vec![new_task(seq)]));
-        }
-        writer.sync();
-        let mut last = 0;
-        while let Ok(WriterReport::Durable(seq)) = rx.try_recv() {
-            assert!(seq > last);
-            last = seq;
-        }
-        assert_eq!(last, 50);
-        assert_eq!(store.recover().unwrap().tasks.len(), 50);
     }
 }

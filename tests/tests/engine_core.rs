@@ -411,7 +411,10 @@ fn stop_command_and_one_daemon_per_state_directory() {
     // A stale pid file (a crashed daemon) does not block the next start.
     std::fs::write(f.home().join("daemon.pid"), "2147483646\n").unwrap();
     f.start_daemon();
-    assert!(f.log().contains("removing stale pid file"));
+    assert!(
+        f.log()
+            .contains("replacing the pid file of an earlier daemon")
+    );
 }
 
 #[test]

@@ -45,11 +45,16 @@ pub enum Event {
         /// Highest durable sequence number.
         seq: u64,
     },
-    /// The store failed; accept no more work.
+    /// Store writes up to `through` that were not yet durable were not
+    /// stored; refuse new tasks until [`Event::StoreRecovered`].
     StoreFailed {
-        /// What failed.
+        /// The last sequence number of the failed write.
+        through: u64,
+        /// Why, in words for the clients whose requests it held.
         reason: String,
     },
+    /// After a failure, the store writes again.
+    StoreRecovered,
     /// The provider reported on a block.
     Block(BlockEvent),
     /// Time passed (heartbeats, deadlines, retention).

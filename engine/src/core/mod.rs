@@ -51,6 +51,7 @@ pub mod records;
 mod scheduling;
 mod search;
 mod startup;
+mod store_trouble;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -159,7 +160,8 @@ struct Replies {
     durability: Durability,
     /// Results recorded but not yet handed to the store.
     pending_records: Vec<(TaskId, StoredResult)>,
-    /// Set once the store failed: no new work is accepted.
+    /// Why the store cannot write, while it cannot: no new tasks are
+    /// accepted.
     store_failed: Option<String>,
 }
 
@@ -248,9 +250,10 @@ impl Core {
                 }
             }
             Event::Durable { seq } => self.replies.durability.advance(seq, now_us, out),
-            Event::StoreFailed { reason } => {
-                self.replies.store_failed = Some(reason);
+            Event::StoreFailed { through, reason } => {
+                self.on_store_failed(through, reason, now_us, out);
             }
+            Event::StoreRecovered => self.on_store_recovered(out),
             Event::Block(ev) => {
                 if let Some(block) = self.fleet.blocks.on_event(ev, now_us) {
                     self.block_ended(BlockId(block), now_us, out);
@@ -274,6 +277,11 @@ impl Core {
     /// Last store sequence number issued (the I/O layer waits for it on exit).
     pub fn issued_seq(&self) -> u64 {
         self.replies.durability.issued()
+    }
+
+    /// Last store sequence number the core heard was durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.replies.durability.durable()
     }
 
     /// The dispatch tables, borrowed apart from the rest of the core.
@@ -412,6 +420,11 @@ impl Core {
 
     fn persist(&mut self, op: StoreOp, out: &mut Vec<Action>) -> u64 {
         let seq = self.replies.durability.issue();
+        if let StoreOp::PutTasks(new) = &op {
+            // Withdrawn if this write fails (see `store_trouble.rs`).
+            let ids = new.iter().map(|t| t.id).collect();
+            self.replies.durability.track_tasks(seq, ids);
+        }
         out.push(Action::Persist { seq, op });
         seq
     }

@@ -297,6 +297,12 @@ impl TaskTable {
         (first, reserve)
     }
 
+    /// Ids below this are reserved (the high-water mark the store should
+    /// hold).
+    pub(super) fn reserved_until(&self) -> u64 {
+        self.reserved_until
+    }
+
     /// The task `id`.
     pub(super) fn get(&self, id: &TaskId) -> Option<&Task> {
         self.tasks.get(id)

@@ -2142,3 +2142,113 @@ fn each_loss_reason_counts_attempts_and_makes_suspects_as_it_should() {
         assert_eq!(h.core.tasks.totals().requeued, 1, "{reason}");
     }
 }
+
+// --- The store failing and recovering -------------------------------------
+
+fn unavailable(out: &[Action], to: ReplyTo) -> String {
+    match client_reply(out, to) {
+        Some(ClientReply::Error(e)) if e.kind == ApiErrorKind::Unavailable => e.message,
+        other => panic!("expected an Unavailable error, got {other:?}"),
+    }
+}
+
+const NO_ROOM: &str = "no space left for the store: 0.0 MiB free";
+
+#[test]
+fn a_submit_whose_write_fails_is_answered_at_once_and_its_tasks_withdrawn() {
+    let mut h = Harness::new();
+    let stored = h.submit("noop", 1);
+    h.hello(1, "w1", 1);
+    let (poll, _) = h.poll(1);
+    let (from, out) = h.call(ClientCall::Submit {
+        tasks: vec![request("echo"), request("echo")],
+        wait_ms: None,
+    });
+    assert!(client_reply(&out, from).is_none(), "held until durable");
+    let through = h.core.issued_seq();
+    let out = h.ev(Event::StoreFailed {
+        through,
+        reason: NO_ROOM.into(),
+    });
+    let message = unavailable(&out, from);
+    assert!(
+        message.starts_with("not accepted") && message.contains(NO_ROOM),
+        "{message}"
+    );
+    // Withdrawn wherever they were: none is queued or left to run, so a
+    // worker's later result for one is ignored.
+    assert_eq!(h.state(TaskId(2)), TaskState::Cancelled);
+    assert_eq!(h.state(TaskId(3)), TaskState::Cancelled);
+    assert!(h.core.sched.queues.is_empty());
+    // The task stored before is untouched.
+    assert_ne!(h.state(stored[0]), TaskState::Cancelled);
+
+    // Until the store writes again, new tasks are refused at once.
+    let (refused, out) = h.call(ClientCall::Submit {
+        tasks: vec![request("noop")],
+        wait_ms: None,
+    });
+    assert!(unavailable(&out, refused).contains(NO_ROOM));
+    assert!(!out.iter().any(|a| matches!(a, Action::Persist { .. })));
+
+    // A late confirmation of earlier writes releases nothing of the failed
+    // request, and the worker's poll is still served.
+    let out = h.flush();
+    assert!(client_reply(&out, from).is_none());
+    let _ = poll;
+
+    let out = h.ev(Event::StoreRecovered);
+    let reserved: Vec<_> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Persist {
+                op: StoreOp::ReserveIds { until },
+                ..
+            } => Some(*until),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reserved.len(), 1, "the id reservation is written again");
+    let ids = h.submit("noop", 1);
+    assert!(ids[0].0 > 3, "ids are never reused: {ids:?}");
+}
+
+#[test]
+fn a_run_whose_write_fails_gets_the_error_not_the_results() {
+    let mut h = Harness::new();
+    h.hello(1, "w1", 1);
+    let (poll, _) = h.poll(1);
+    let (client, out) = h.call(ClientCall::Submit {
+        tasks: vec![request("echo")],
+        wait_ms: Some(10_000),
+    });
+    let batches = work_in(&out, poll);
+    // The worker finishes before the store has answered.
+    let (_, out) = h.pull(1, vec![all_ok(&batches[0])], false);
+    assert!(client_reply(&out, client).is_none(), "not yet durable");
+    let through = h.core.issued_seq();
+    let out = h.ev(Event::StoreFailed {
+        through,
+        reason: NO_ROOM.into(),
+    });
+    let message = unavailable(&out, client);
+    assert!(message.contains(NO_ROOM), "{message}");
+    assert!(client_reply(&h.flush(), client).is_none(), "answered once");
+}
+
+#[test]
+fn a_run_withdrawn_while_it_waits_is_answered_with_the_error() {
+    let mut h = Harness::new();
+    let (client, out) = h.call(ClientCall::Submit {
+        tasks: vec![request("echo")],
+        wait_ms: Some(10_000),
+    });
+    assert!(client_reply(&out, client).is_none());
+    let through = h.core.issued_seq();
+    let out = h.ev(Event::StoreFailed {
+        through,
+        reason: NO_ROOM.into(),
+    });
+    assert!(unavailable(&out, client).starts_with("not accepted"));
+    assert_eq!(h.state(TaskId(1)), TaskState::Cancelled);
+}
