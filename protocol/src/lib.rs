@@ -31,6 +31,7 @@ pub mod address;
 pub mod builtin;
 pub mod client;
 pub mod frame;
+pub mod handshake;
 pub mod interchange;
 pub mod launch;
 pub mod paths;

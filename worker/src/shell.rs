@@ -63,8 +63,9 @@ impl LaneIo {
             };
             if let Some(shell) = link.get().and_then(Weak::upgrade) {
                 match event {
-                    Ok(msg) => shell.feed(Event::Reply {
+                    Ok(mut msg) => shell.feed(Event::Reply {
                         lane,
+                        pipe: msg.pipe().map(pipe_key),
                         frame: msg.as_slice(),
                     }),
                     Err(e) => shell.feed(Event::LaneFailed {
@@ -91,6 +92,14 @@ impl LaneIo {
             .send(&self.aio, Message::from(&bytes[..]))
             .map_err(|(_, e)| format!("cannot send to the daemon: {e}"))
     }
+}
+
+/// A number that tells `pipe` (one connection) apart from the others.
+fn pipe_key(pipe: nng::Pipe) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    pipe.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn lane_error(e: nng::Error) -> LaneError {

@@ -17,7 +17,10 @@ use super::records::{Recovered, StoreOp, StoredResult, StoredTask};
 use super::scheduling::Scheduling;
 use super::tasks::{Task, TaskTable};
 use super::worker_table::WorkerTable;
-use super::{Action, Core, CoreConfig, Fleet, Life, Memoization, Recovery, Replies};
+use super::handshake::Handshakes;
+use super::workers::REFUSALS_LOGGED_PER_SECOND;
+use crate::peer_text::RateLimit;
+use super::{Action, Admission, Core, CoreConfig, Fleet, Life, Memoization, Recovery, Replies};
 
 impl Core {
     /// A core holding everything recovered from the store: the catalog,
@@ -46,6 +49,10 @@ impl Core {
                 held: Vec::new(),
                 hold_until_us: now_us.saturating_add(cfg.recovery_grace_us),
                 suspects: VecDeque::new(),
+            },
+            admission: Admission {
+                handshakes: Handshakes::new(&cfg.secret, &cfg.handshake_seed),
+                refusal_log: RateLimit::new(REFUSALS_LOGGED_PER_SECOND),
             },
             cfg,
             catalog,

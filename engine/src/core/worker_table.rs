@@ -148,6 +148,8 @@ pub(super) struct Registration {
     pub(super) slots: u32,
     /// What it can run.
     pub(super) servables: Vec<ServableRef>,
+    /// The largest frame it accepts: no `Work` reply to it is larger.
+    pub(super) max_frame_bytes: usize,
 }
 
 impl Worker {
@@ -450,6 +452,7 @@ mod tests {
             ends_at_us: None,
             slots,
             servables: vec![ServableRef::Any],
+            max_frame_bytes: 1 << 20,
         }
     }
 
