@@ -28,7 +28,6 @@ pub mod entropy;
 pub mod hub;
 pub mod launch;
 pub mod net;
-pub mod peer_text;
 pub mod provider_runner;
 pub mod provision;
 pub mod servable_spec;

@@ -77,7 +77,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, Fr
                 peer,
                 ours: PROTOCOL_VERSION,
             }),
-            _ => Err(FrameError::Malformed(err.to_string())),
+            // The message may quote the peer's bytes: bounded and escaped.
+            _ => Err(FrameError::Malformed(
+                crate::peer_text::shown(&err.to_string()).to_string(),
+            )),
         },
     }
 }

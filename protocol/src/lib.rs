@@ -35,6 +35,7 @@ pub mod handshake;
 pub mod interchange;
 pub mod launch;
 pub mod paths;
+pub mod peer_text;
 pub mod secret;
 pub mod servable;
 pub mod stdio;

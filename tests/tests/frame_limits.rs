@@ -50,9 +50,10 @@ fn inputs_that_together_exceed_the_workers_limit_all_complete() {
     // The only slot is busy while the inputs queue behind it, so they would
     // all go out together when it frees.
     let busy = client.submit(sleep_tasks(1, 1.5)).unwrap();
-    let ids: Vec<TaskId> = client
-        .submit((0..4).map(|_| echo(25_000)).collect())
-        .unwrap();
+    // One request each: together they would not fit in one request either.
+    let ids: Vec<TaskId> = (0..4)
+        .flat_map(|_| client.submit(vec![echo(25_000)]).unwrap())
+        .collect();
     let views = client
         .results(&ids, Some(Duration::from_secs(60)))
         .unwrap();

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use flotilla_protocol::address::Endpoint;
 use flotilla_protocol::handshake::{self, HandshakeKey, Nonce, NonceSource};
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
+use flotilla_protocol::peer_text::shown;
 use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, FrameError, Payload, decode, encode};
 use nng::options::{Options, RecvTimeout, SendTimeout};
 use nng::{Protocol, Socket};
@@ -27,6 +28,28 @@ pub struct Connected {
     pub socket: Socket,
     /// `tcp://HOST:PORT` it dialled.
     pub url: String,
+    /// The probe the daemon there answered with a valid proof: the
+    /// session's first hello answers its challenge.
+    pub proven: Proven,
+}
+
+/// A probe answered with a valid proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proven {
+    /// The worker's nonce of the probe.
+    pub worker_nonce: Nonce,
+    /// The daemon's nonce from its answer (its challenge for the hello).
+    pub daemon_nonce: Nonce,
+    /// The connection the answer came over (see [`pipe_key`]).
+    pub pipe: Option<u64>,
+}
+
+/// A number that tells `pipe` (one connection) apart from the others.
+pub fn pipe_key(pipe: nng::Pipe) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    pipe.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Why no address worked: one line per address.
@@ -192,23 +215,25 @@ fn probe(
         nng::Error::TimedOut => unanswered(),
         other => format!("cannot send the probe: {other}"),
     })?;
-    let reply = socket.recv().map_err(|e| match e {
+    let mut reply = socket.recv().map_err(|e| match e {
         nng::Error::TimedOut => unanswered(),
         other => format!("no reply to the probe: {other}"),
     })?;
-    match decode::<DaemonMessage>(reply.as_slice(), DEFAULT_MAX_FRAME_BYTES) {
+    let pipe = reply.pipe().map(pipe_key);
+    let proven = match decode::<DaemonMessage>(reply.as_slice(), DEFAULT_MAX_FRAME_BYTES) {
         Ok(DaemonMessage::ProbeOk {
             nonce: daemon_nonce,
             proof,
-        }) => {
-            let proven = handshake::nonce(&daemon_nonce)
-                .is_some_and(|daemon_nonce| key.check_daemon(&nonce, &daemon_nonce, &proof));
-            if !proven {
-                return Err(UNPROVEN.to_owned());
-            }
-        }
+        }) => match handshake::nonce(&daemon_nonce) {
+            Some(daemon_nonce) if key.check_daemon(&nonce, &daemon_nonce, &proof) => Proven {
+                worker_nonce: nonce,
+                daemon_nonce,
+                pipe,
+            },
+            _ => return Err(UNPROVEN.to_owned()),
+        },
         Ok(DaemonMessage::Refused { reason }) => {
-            return Err(format!("refused by the daemon there: {reason}"));
+            return Err(format!("refused by the daemon there: {}", shown(&reason)));
         }
         Ok(_) => return Err(UNPROVEN.to_owned()),
         Err(e @ FrameError::VersionMismatch { .. }) => {
@@ -217,12 +242,16 @@ fn probe(
             ));
         }
         Err(e) => return Err(format!("the answer is not Flotilla's protocol: {e}")),
-    }
+    };
     socket
         .set_opt::<SendTimeout>(None)
         .and_then(|()| socket.set_opt::<RecvTimeout>(None))
         .map_err(|e| format!("cannot configure the socket: {e}"))?;
-    Ok(Connected { socket, url })
+    Ok(Connected {
+        socket,
+        url,
+        proven,
+    })
 }
 
 /// Why an address that answers without a valid proof is not used.

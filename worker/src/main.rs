@@ -81,7 +81,10 @@ fn main() -> ExitCode {
         url: connected.url.clone(),
         ..cfg
     };
-    exit_status(shell::run(&cfg, connected.socket), &cfg.url)
+    exit_status(
+        shell::run(&cfg, connected.socket, connected.proven),
+        &cfg.url,
+    )
 }
 
 /// Logs to stderr with the filter of [`LOG_ENV`] (default `info`).

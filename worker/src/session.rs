@@ -38,6 +38,7 @@ use flotilla_protocol::interchange::{
     BatchId, BatchResult, DaemonMessage, Hello, WorkBatch, WorkerMessage,
 };
 use flotilla_protocol::launch::{MAX_FRAME_BYTES_ENV, flag};
+use flotilla_protocol::peer_text::shown;
 use flotilla_protocol::{FrameError, Payload, TaskId, decode};
 
 /// How long a request may wait for its reply before the daemon says how
@@ -281,6 +282,20 @@ impl Session {
             last_contact: now.since_start,
             ending: None,
         }
+    }
+
+    /// The session of a worker whose probe (carrying `worker_nonce`) the
+    /// daemon already answered with a valid proof and `daemon_nonce`, over
+    /// connection `pipe` (see [`crate::connect`]): its first hello answers
+    /// that challenge, without probing again.
+    pub fn proven(mut self, worker_nonce: Nonce, daemon_nonce: Nonce, pipe: Option<u64>) -> Session {
+        self.registration = Registration::Verified {
+            worker_nonce,
+            daemon_nonce,
+        };
+        self.trusted_pipe = pipe;
+        self.verified = true;
+        self
     }
 
     /// How the session ended, once it has.
@@ -590,7 +605,7 @@ impl Session {
                 DaemonMessage::ProbeOk { nonce, proof } => {
                     self.on_probe_answer(worker_nonce, pipe, &nonce, &proof, out)
                 }
-                DaemonMessage::Refused { reason } => self.finish(Ending::Refused(reason), out),
+                DaemonMessage::Refused { reason } => self.finish(refused(&reason), out),
                 other => self.distrust(
                     &format!(
                         "it answered the probe with {} instead of a proof that it knows the daemon's secret",
@@ -621,7 +636,7 @@ impl Session {
                     heartbeat_period_ms,
                 }));
             }
-            DaemonMessage::Refused { reason } => self.finish(Ending::Refused(reason), out),
+            DaemonMessage::Refused { reason } => self.finish(refused(&reason), out),
             DaemonMessage::Work { batches } => self.on_work(lane, batches, now, out),
             DaemonMessage::Reregister => {
                 if self.registration == Registration::Registered {
@@ -656,7 +671,7 @@ impl Session {
     /// the daemon's address: the worker registers again, proof first.
     fn on_unverified(&mut self, lane: Lane, message: DaemonMessage, out: &mut Vec<Action>) {
         if let DaemonMessage::Refused { reason } = message {
-            return self.finish(Ending::Refused(reason), out);
+            return self.finish(refused(&reason), out);
         }
         if self.verified {
             tracing::warn!(
@@ -699,6 +714,12 @@ impl Session {
             });
         }
     }
+}
+
+/// The end for a refusal: its reason as the peer gave it, bounded and
+/// escaped (it goes to the log and the block's stderr tail).
+fn refused(reason: &str) -> Ending {
+    Ending::Refused(shown(reason).to_string())
 }
 
 /// A daemon message's kind, for logs and reasons (never its contents).

@@ -65,7 +65,7 @@ impl LaneIo {
                 match event {
                     Ok(mut msg) => shell.feed(Event::Reply {
                         lane,
-                        pipe: msg.pipe().map(pipe_key),
+                        pipe: msg.pipe().map(crate::connect::pipe_key),
                         frame: msg.as_slice(),
                     }),
                     Err(e) => shell.feed(Event::LaneFailed {
@@ -92,14 +92,6 @@ impl LaneIo {
             .send(&self.aio, Message::from(&bytes[..]))
             .map_err(|(_, e)| format!("cannot send to the daemon: {e}"))
     }
-}
-
-/// A number that tells `pipe` (one connection) apart from the others.
-fn pipe_key(pipe: nng::Pipe) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    pipe.hash(&mut hasher);
-    hasher.finish()
 }
 
 fn lane_error(e: nng::Error) -> LaneError {
@@ -132,8 +124,13 @@ fn lock(m: &Mutex<Session>) -> MutexGuard<'_, Session> {
 }
 
 /// Runs the worker on `socket` (connected to the daemon, see
-/// [`crate::connect`]) until the daemon lets it go (or is lost).
-pub fn run(cfg: &WorkerConfig, socket: Socket) -> anyhow::Result<Ending> {
+/// [`crate::connect`]) until the daemon lets it go (or is lost); its first
+/// hello answers the challenge of the probe `proven`.
+pub fn run(
+    cfg: &WorkerConfig,
+    socket: Socket,
+    proven: crate::connect::Proven,
+) -> anyhow::Result<Ending> {
     let link: ShellLink = Arc::new(OnceLock::new());
     let poll = LaneIo::new(&socket, Lane::Poll, link.clone())?;
     let report = LaneIo::new(&socket, Lane::Report, link.clone())?;
@@ -155,7 +152,11 @@ pub fn run(cfg: &WorkerConfig, socket: Socket) -> anyhow::Result<Ending> {
     })
     .context("cannot start the slot threads")?;
     let started = Instant::now();
-    let session = Session::new(cfg.session.clone(), now(started));
+    let session = Session::new(cfg.session.clone(), now(started)).proven(
+        proven.worker_nonce,
+        proven.daemon_nonce,
+        proven.pipe,
+    );
     let shell = Arc::new(Shell {
         url: cfg.url.clone(),
         worker_id: cfg.session.worker_id.clone(),

@@ -16,7 +16,7 @@ use super::scheduling::{Scheduling, auto_plan};
 use super::tasks::{Task, TaskTable};
 use super::work_size;
 use super::worker_table::{BlockId, WorkerKey, WorkerTable};
-use crate::peer_text;
+use flotilla_protocol::peer_text;
 
 /// Tasks that were running when their worker died, each with its worker's
 /// block: each runs alone on an otherwise idle worker, so a task that kills

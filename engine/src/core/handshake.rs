@@ -17,7 +17,7 @@ use flotilla_protocol::interchange::Hello;
 pub(super) const CHALLENGE_TTL_US: u64 = 30_000_000;
 
 /// Most nonces issued and not yet used or expired.
-pub(super) const MAX_OUTSTANDING: usize = 16_384;
+pub(super) const MAX_OUTSTANDING: usize = 65_536;
 
 /// Why a probe or a hello is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -208,7 +208,7 @@ struct Drain {
 #[derive(Debug)]
 struct Admission {
     handshakes: handshake::Handshakes,
-    refusal_log: crate::peer_text::RateLimit,
+    refusal_log: flotilla_protocol::peer_text::RateLimit,
 }
 
 /// The daemon's own life.

@@ -19,7 +19,7 @@ use super::tasks::{Task, TaskTable};
 use super::worker_table::WorkerTable;
 use super::handshake::Handshakes;
 use super::workers::REFUSALS_LOGGED_PER_SECOND;
-use crate::peer_text::RateLimit;
+use flotilla_protocol::peer_text::RateLimit;
 use super::{Action, Admission, Core, CoreConfig, Fleet, Life, Memoization, Recovery, Replies};
 
 impl Core {

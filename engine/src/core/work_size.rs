@@ -34,12 +34,6 @@ pub(super) fn item_size(input: usize) -> usize {
     ITEM_OVERHEAD + input
 }
 
-/// The size of a frame carrying one batch of `servable` with one input
-/// (the smallest frame a task can ever be sent in).
-pub(super) fn single_input_frame(servable: &str, params: usize, input: usize) -> usize {
-    FRAME_OVERHEAD + batch_size(servable, params, None) + item_size(input)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,9 +81,7 @@ mod tests {
             // And not wildly above it either.
             assert!(estimate - encoded < 3 * (BATCH_OVERHEAD + items * ITEM_OVERHEAD));
         }
-        assert_eq!(
-            single_input_frame("echo", 0, 10),
-            FRAME_OVERHEAD + BATCH_OVERHEAD + 4 + ITEM_OVERHEAD + 10
-        );
+        assert_eq!(batch_size("echo", 3, None), BATCH_OVERHEAD + 4 + 3);
+        assert_eq!(item_size(10), ITEM_OVERHEAD + 10);
     }
 }

@@ -13,7 +13,7 @@ use flotilla_protocol::{Payload, TaskId};
 
 use super::batches::Batch;
 use super::handshake::HandshakeError;
-use crate::peer_text::{check_field, shown};
+use flotilla_protocol::peer_text::{check_field, shown};
 use super::tasks::{Attempt, Ending};
 use super::worker_table::{BlockId, LossReason, Lost, Registration, Worker, WorkerKey};
 use super::{Action, Core, PipeId, ReplyTo};

@@ -689,3 +689,18 @@ fn a_frame_over_the_workers_cap_ends_the_session_saying_so() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_session_whose_daemon_proved_itself_while_connecting_says_hello_at_once() {
+    let mut h = Harness::new();
+    h.session = Session::new(config(), h.now()).proven([1; 32], [2; 32], Some(5));
+    let hello = h.tick();
+    let [send!(Lane::Report, WorkerMessage::Hello(sent))] = &hello[..] else {
+        panic!("{hello:?}");
+    };
+    assert!(HandshakeKey::from_secret(SECRET).check_worker(&[1; 32], &[2; 32], sent));
+    // Replies over another connection are not acted on.
+    let other = h.reply_on(Lane::Report, Some(6), &welcome());
+    assert!(!trusts(&other));
+    assert!(!matches!(other.first(), Some(Action::Notify(Notice::Registered { .. }))));
+}

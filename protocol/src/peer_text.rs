@@ -1,5 +1,5 @@
-//! Text that came from a peer, made safe for the daemon's log; and the
-//! checks a worker's identifying fields must pass.
+//! Text that came from a peer, made safe for a log (the daemon's, or a
+//! worker's); and the checks a worker's identifying fields must pass.
 //!
 //! Anything a peer sends (a worker id, a host name, a leave reason, a
 //! failure message) may hold newlines that forge log lines, terminal escape
