@@ -15,6 +15,10 @@ pub const PROTOCOL_VERSION: u32 = 4;
 /// Default cap on one frame: 64 MiB (`[daemon] max_frame_bytes` overrides it).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 20;
 
+/// The smallest frame cap either side may have: it still carries a
+/// worker's registration.
+pub const MIN_FRAME_BYTES: usize = 4096;
+
 /// Why a frame could not be produced or understood.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {

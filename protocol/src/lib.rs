@@ -41,5 +41,7 @@ pub mod servable;
 pub mod stdio;
 pub mod task;
 
-pub use frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, PROTOCOL_VERSION, decode, encode};
+pub use frame::{
+    DEFAULT_MAX_FRAME_BYTES, FrameError, MIN_FRAME_BYTES, PROTOCOL_VERSION, decode, encode,
+};
 pub use task::{Payload, TaskId};

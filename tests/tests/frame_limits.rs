@@ -54,9 +54,7 @@ fn inputs_that_together_exceed_the_workers_limit_all_complete() {
     let ids: Vec<TaskId> = (0..4)
         .flat_map(|_| client.submit(vec![echo(25_000)]).unwrap())
         .collect();
-    let views = client
-        .results(&ids, Some(Duration::from_secs(60)))
-        .unwrap();
+    let views = client.results(&ids, Some(Duration::from_secs(60))).unwrap();
     for view in &views {
         assert_eq!(view.state, TaskState::Completed, "{view:?}");
         match &view.outcome {
@@ -64,7 +62,9 @@ fn inputs_that_together_exceed_the_workers_limit_all_complete() {
             other => panic!("{other:?}"),
         }
     }
-    let busy = client.results(&busy, Some(Duration::from_secs(30))).unwrap();
+    let busy = client
+        .results(&busy, Some(Duration::from_secs(30)))
+        .unwrap();
     assert_eq!(busy[0].state, TaskState::Completed);
     // Nothing was lost on the way: the worker never dropped its connection.
     let log = f.worker_log(0);

@@ -429,9 +429,8 @@ mod tests {
         // Knows another secret: its proof does not check out.
         let (_impostor, impostor_port) = proving_daemon(b"another secret");
         // Answers the probe with work, as if it were registered.
-        let (_eager, eager_port) = fake_daemon(
-            encode(&DaemonMessage::Work { batches: vec![] }).unwrap(),
-        );
+        let (_eager, eager_port) =
+            fake_daemon(encode(&DaemonMessage::Work { batches: vec![] }).unwrap());
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();
         let silent_port = silent.local_addr().unwrap().port();
         let dead_port = free_port();
@@ -475,7 +474,10 @@ mod tests {
         );
         assert!(lines[4].contains("another release"), "{report}");
         for line in &lines[5..7] {
-            assert!(line.contains("cannot prove it knows this worker's secret"), "{report}");
+            assert!(
+                line.contains("cannot prove it knows this worker's secret"),
+                "{report}"
+            );
         }
         assert!(err.waited < Duration::from_secs(3), "{:?}", err.waited);
     }

@@ -20,12 +20,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use flotilla_launchers::{Bind, Container, ContainerRuntime, Gpus};
 use flotilla_protocol::address::Endpoint;
+use flotilla_protocol::handshake::NonceSource;
 use flotilla_protocol::launch::{
     ArgsError, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_LOST_DAEMON_EXIT_S, DEFAULT_WALLTIME_MARGIN_S,
     DaemonInfo, ENV_USAGE, LOG_ENV, SECRET_ENV, USAGE, WorkerArgs, flag,
 };
-use flotilla_protocol::handshake::NonceSource;
-use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, paths, secret};
+use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, MIN_FRAME_BYTES, paths, secret};
 use flotilla_worker::session::{Ending, SessionConfig};
 use flotilla_worker::shell::WorkerConfig;
 use flotilla_worker::{BUILTINS, connect, shell};
@@ -332,9 +332,6 @@ fn servable_containers(args: &WorkerArgs) -> anyhow::Result<Option<Container>> {
         template: args.container_template.clone().unwrap_or_default(),
     }))
 }
-
-/// The smallest frame cap a worker may have (as for the daemon).
-const MIN_FRAME_BYTES: usize = 4096;
 
 /// 32 random bytes from the operating system, for the handshake nonces.
 fn random_seed() -> anyhow::Result<[u8; 32]> {

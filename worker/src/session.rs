@@ -288,7 +288,12 @@ impl Session {
     /// daemon already answered with a valid proof and `daemon_nonce`, over
     /// connection `pipe` (see [`crate::connect`]): its first hello answers
     /// that challenge, without probing again.
-    pub fn proven(mut self, worker_nonce: Nonce, daemon_nonce: Nonce, pipe: Option<u64>) -> Session {
+    pub fn proven(
+        mut self,
+        worker_nonce: Nonce,
+        daemon_nonce: Nonce,
+        pipe: Option<u64>,
+    ) -> Session {
         self.registration = Registration::Verified {
             worker_nonce,
             daemon_nonce,

@@ -351,7 +351,10 @@ mod tests {
         assert_eq!(batch, [TaskId(1)]);
         assert!(q.pop_batch_within(&key("a"), 10, |_| false).is_empty());
         assert_eq!(q.len(), 3);
-        assert_eq!(q.pop_batch_within(&key("a"), 2, |_| true), [TaskId(2), TaskId(3)]);
+        assert_eq!(
+            q.pop_batch_within(&key("a"), 2, |_| true),
+            [TaskId(2), TaskId(3)]
+        );
         assert_eq!(q.pop_batch_within(&key("a"), 2, |_| true), [TaskId(4)]);
         assert!(q.is_empty());
     }

@@ -5,21 +5,21 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use flotilla_protocol::TaskId;
+use flotilla_protocol::peer_text::RateLimit;
 
 use super::batches::BatchTable;
 use super::blocks::Blocks;
 use super::catalog::{Catalog, ServableInfo};
 use super::durability::Durability;
 use super::event_log::EventLog;
+use super::handshake::Handshakes;
 use super::memo::{self, Memo};
 use super::queues::BatchRule;
 use super::records::{Recovered, StoreOp, StoredResult, StoredTask};
 use super::scheduling::Scheduling;
 use super::tasks::{Task, TaskTable};
 use super::worker_table::WorkerTable;
-use super::handshake::Handshakes;
 use super::workers::REFUSALS_LOGGED_PER_SECOND;
-use flotilla_protocol::peer_text::RateLimit;
 use super::{Action, Admission, Core, CoreConfig, Fleet, Life, Memoization, Recovery, Replies};
 
 impl Core {

@@ -136,7 +136,8 @@ impl Harness {
         let (daemon_nonce, _, worker_nonce) = self.probe(pipe);
         hi.challenge = daemon_nonce.clone();
         let daemon_nonce = nonce(&daemon_nonce).unwrap();
-        let proof = HandshakeKey::from_secret(secret).worker_proof(&worker_nonce, &daemon_nonce, &hi);
+        let proof =
+            HandshakeKey::from_secret(secret).worker_proof(&worker_nonce, &daemon_nonce, &hi);
         hi.proof = Payload::copy_from_slice(&proof);
         hi
     }
@@ -585,7 +586,11 @@ fn probes_prove_the_daemon_knows_the_secret_and_register_nothing() {
     let (daemon_nonce, proof, worker_nonce) = h.probe(PipeId(3));
     let daemon_nonce = nonce(&daemon_nonce).unwrap();
     assert!(HandshakeKey::from_secret(SECRET).check_daemon(&worker_nonce, &daemon_nonce, &proof));
-    assert!(!HandshakeKey::from_secret(b"guess").check_daemon(&worker_nonce, &daemon_nonce, &proof));
+    assert!(!HandshakeKey::from_secret(b"guess").check_daemon(
+        &worker_nonce,
+        &daemon_nonce,
+        &proof
+    ));
     assert!(h.core.workers.is_empty());
     // Nothing of the secret in the answer.
     let (again, proof2, _) = h.probe(PipeId(3));
@@ -663,9 +668,15 @@ fn outstanding_challenges_are_bounded() {
 fn a_malformed_hello_is_refused_with_its_reason() {
     let mut h = Harness::new();
     let cases: [(&str, fn(&mut Hello)); 6] = [
-        ("worker id holds the control", |hi| hi.worker_id = "w\nINFO worker registered".into()),
-        ("host is 4000000 bytes long", |hi| hi.host = "h".repeat(4_000_000)),
-        ("node holds the control", |hi| hi.node = Some("n\x1b[2J".into())),
+        ("worker id holds the control", |hi| {
+            hi.worker_id = "w\nINFO worker registered".into()
+        }),
+        ("host is 4000000 bytes long", |hi| {
+            hi.host = "h".repeat(4_000_000)
+        }),
+        ("node holds the control", |hi| {
+            hi.node = Some("n\x1b[2J".into())
+        }),
         ("at least one slot", |hi| hi.slots = 0),
         ("the worker id is empty", |hi| hi.worker_id = String::new()),
         ("frames of at most 100 bytes", |hi| hi.max_frame_bytes = 100),
@@ -2309,7 +2320,10 @@ fn an_input_too_large_for_a_worker_waits_for_one_that_takes_it() {
     register(&mut h, 1, small);
     let ids = submit_sized(&mut h, &[150_000]);
     let (poll, out) = h.poll(1);
-    assert!(worker_reply(&out, poll).is_none(), "not sent to the small one");
+    assert!(
+        worker_reply(&out, poll).is_none(),
+        "not sent to the small one"
+    );
     register(&mut h, 2, hello("large", 1));
     let (poll, out) = h.poll(2);
     let batches = work_in(&out, poll);

@@ -7,13 +7,13 @@ use flotilla_protocol::interchange::{
     BatchFailure, BatchId, BatchResult, DaemonMessage, FailureKind, Hello, WorkerMessage,
 };
 use flotilla_protocol::launch::{SECRET_ENV, flag};
+use flotilla_protocol::peer_text::{check_field, shown};
 use flotilla_protocol::servable::ServableRef;
 use flotilla_protocol::task::Outcome;
-use flotilla_protocol::{Payload, TaskId};
+use flotilla_protocol::{MIN_FRAME_BYTES, Payload, TaskId};
 
 use super::batches::Batch;
 use super::handshake::HandshakeError;
-use flotilla_protocol::peer_text::{check_field, shown};
 use super::tasks::{Attempt, Ending};
 use super::worker_table::{BlockId, LossReason, Lost, Registration, Worker, WorkerKey};
 use super::{Action, Core, PipeId, ReplyTo};
@@ -65,17 +65,14 @@ fn check_hello(hello: &Hello) -> Result<(), String> {
     if hello.slots == 0 {
         return Err("a worker needs at least one slot".into());
     }
-    if hello.max_frame_bytes < MIN_WORKER_FRAME_BYTES {
+    if hello.max_frame_bytes < MIN_FRAME_BYTES as u64 {
         return Err(format!(
-            "the worker accepts frames of at most {} bytes; at least {MIN_WORKER_FRAME_BYTES} are needed",
+            "the worker accepts frames of at most {} bytes; at least {MIN_FRAME_BYTES} are needed",
             hello.max_frame_bytes
         ));
     }
     Ok(())
 }
-
-/// The smallest frame limit a worker may announce (as for the daemon's).
-const MIN_WORKER_FRAME_BYTES: u64 = 4096;
 
 /// An empty answer to a long-poll.
 fn no_work(to: ReplyTo) -> Action {
@@ -170,7 +167,12 @@ impl Core {
     /// Why `hello` is not taken, as the reply to send (and whether to close
     /// the connection after it). Its proof is checked (and its challenge
     /// used up) first: nothing else it says counts before that.
-    fn refuse_hello(&mut self, hello: &Hello, pipe: PipeId, now: u64) -> Option<(DaemonMessage, bool)> {
+    fn refuse_hello(
+        &mut self,
+        hello: &Hello,
+        pipe: PipeId,
+        now: u64,
+    ) -> Option<(DaemonMessage, bool)> {
         let refusal = match self.admission.handshakes.redeem(hello, now) {
             Err(HandshakeError::WrongProof) => Some(wrong_secret()),
             Err(e) => Some(e.to_string()),

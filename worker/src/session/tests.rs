@@ -418,7 +418,10 @@ fn a_reregister_on_the_poll_lane_sends_the_hello_when_the_report_lane_is_free() 
     );
     assert_eq!(h.tick(), [], "no poll before the welcome");
     let hello = h.prove(&actions);
-    assert!(matches!(&hello[..], [send!(Lane::Report, WorkerMessage::Hello(_))]));
+    assert!(matches!(
+        &hello[..],
+        [send!(Lane::Report, WorkerMessage::Hello(_))]
+    ));
 }
 
 #[test]
@@ -591,12 +594,9 @@ fn a_request_the_socket_cannot_take_fails_the_session() {
 
 /// True if `actions` send a hello or run anything.
 fn trusts(actions: &[Action]) -> bool {
-    actions.iter().any(|a| {
-        matches!(
-            a,
-            Action::Run { .. } | send!(_, WorkerMessage::Hello(_))
-        )
-    })
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Run { .. } | send!(_, WorkerMessage::Hello(_))))
 }
 
 fn untrusted(actions: &[Action]) -> String {
@@ -621,7 +621,11 @@ fn a_daemon_without_a_valid_proof_is_sent_no_hello_and_its_work_is_not_run() {
 
 #[test]
 fn a_peer_that_answers_the_probe_with_anything_but_a_proof_is_not_trusted() {
-    for answer in [work(vec![batch(1, &[10])]), welcome(), DaemonMessage::Reregister] {
+    for answer in [
+        work(vec![batch(1, &[10])]),
+        welcome(),
+        DaemonMessage::Reregister,
+    ] {
         let mut h = Harness::new();
         h.tick();
         let answered = h.reply(Lane::Report, &answer);
@@ -658,7 +662,10 @@ fn a_reply_over_a_new_connection_is_not_acted_on_until_the_daemon_proves_itself_
     let again = impostor.reply_on(Lane::Poll, Some(2), &work(vec![]));
     untrusted(&impostor.prove_with(&again, Some(2), b"guess"));
     let hello = h.prove_with(&actions, Some(2), SECRET);
-    assert!(matches!(&hello[..], [send!(Lane::Report, WorkerMessage::Hello(_))]));
+    assert!(matches!(
+        &hello[..],
+        [send!(Lane::Report, WorkerMessage::Hello(_))]
+    ));
     let welcomed = h.reply_on(Lane::Report, Some(2), &welcome());
     assert_eq!(welcomed[1], poll(Duration::from_secs(20)));
     let ran = h.reply_on(Lane::Poll, Some(2), &work(vec![batch(2, &[20])]));
@@ -685,7 +692,8 @@ fn a_frame_over_the_workers_cap_ends_the_session_saying_so() {
         panic!("{ended:?}");
     };
     assert!(
-        reason.contains(&format!("a frame of {} bytes", frame.len())) && reason.contains("cap of 1048576 bytes"),
+        reason.contains(&format!("a frame of {} bytes", frame.len()))
+            && reason.contains("cap of 1048576 bytes"),
         "{reason}"
     );
 }
@@ -702,5 +710,8 @@ fn a_session_whose_daemon_proved_itself_while_connecting_says_hello_at_once() {
     // Replies over another connection are not acted on.
     let other = h.reply_on(Lane::Report, Some(6), &welcome());
     assert!(!trusts(&other));
-    assert!(!matches!(other.first(), Some(Action::Notify(Notice::Registered { .. }))));
+    assert!(!matches!(
+        other.first(),
+        Some(Action::Notify(Notice::Registered { .. }))
+    ));
 }
