@@ -39,12 +39,10 @@ pub fn is_unsafe_char(c: char) -> bool {
 
 impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut chars = 0usize;
-        for c in self.0.chars() {
-            if chars == MAX_SHOWN_CHARS {
+        for (shown_so_far, c) in self.0.chars().enumerate() {
+            if shown_so_far == MAX_SHOWN_CHARS {
                 return write!(f, "… ({} bytes in all)", self.0.len());
             }
-            chars += 1;
             if c == '\\' || is_unsafe_char(c) {
                 write!(f, "{}", c.escape_default())?;
             } else {

@@ -587,7 +587,7 @@ impl Session {
 
     /// True if a reply over `pipe` comes from the daemon that proved
     /// itself.
-    fn from_verified(&self, pipe: Option<u64>) -> bool {
+    fn trusts_reply_over(&self, pipe: Option<u64>) -> bool {
         self.verified
             && match (pipe, self.trusted_pipe) {
                 (Some(p), Some(t)) => p == t,
@@ -620,7 +620,7 @@ impl Session {
                 ),
             };
         }
-        if !self.from_verified(pipe) {
+        if !self.trusts_reply_over(pipe) {
             return self.on_unverified(lane, message, out);
         }
         match message {

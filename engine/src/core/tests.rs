@@ -664,10 +664,13 @@ fn outstanding_challenges_are_bounded() {
     assert_eq!(h.core.workers.len(), 1);
 }
 
+/// What a malformed hello's refusal says, and how the hello is spoiled.
+type Spoiled = (&'static str, fn(&mut Hello));
+
 #[test]
 fn a_malformed_hello_is_refused_with_its_reason() {
     let mut h = Harness::new();
-    let cases: [(&str, fn(&mut Hello)); 6] = [
+    let cases: [Spoiled; 6] = [
         ("worker id holds the control", |hi| {
             hi.worker_id = "w\nINFO worker registered".into()
         }),
