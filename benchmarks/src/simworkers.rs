@@ -191,6 +191,8 @@ impl Conn {
             }
             AioResult::Recv(Ok(msg)) => self.feed(Event::Reply {
                 lane,
+                // One connection per simulated worker.
+                pipe: None,
                 frame: msg.as_slice(),
             }),
             AioResult::Sleep(_) => {}
@@ -350,6 +352,8 @@ impl SimWorkers {
             let session = Session::new(
                 SessionConfig {
                     secret: cfg.secret.clone(),
+                    nonce_seed: sim_seed(index),
+                    max_frame_bytes: flotilla_protocol::DEFAULT_MAX_FRAME_BYTES,
                     worker_id: format!("{}-{index}", cfg.id_prefix),
                     block_id: None,
                     host: host.clone(),
@@ -473,4 +477,13 @@ impl Drop for SimWorkers {
         }
         self.conns.clear();
     }
+}
+
+/// A seed for simulated worker `index`'s handshake nonces: distinct per
+/// worker and per run (unpredictability does not matter here).
+fn sim_seed(index: usize) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&unix_us().to_le_bytes());
+    seed[8..16].copy_from_slice(&(index as u64).to_le_bytes());
+    seed
 }

@@ -33,6 +33,8 @@ impl Failure {
             {
                 Failure::Usage(e.into())
             }
+            // Refused input, only found out before it was sent.
+            e @ ClientError::TooLarge { .. } => Failure::Usage(e.into()),
             e => Failure::Other(e.into()),
         }
     }

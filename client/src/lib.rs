@@ -71,6 +71,15 @@ pub enum ClientError {
     /// The daemon answered with a reply of the wrong kind.
     #[error("unexpected reply from the daemon: {0}")]
     Unexpected(String),
+    /// The request is larger than the daemon accepts: it was not sent (the
+    /// daemon would drop it unanswered).
+    #[error("{what} exceeds the daemon's frame limit of {limit} bytes ([daemon] max_frame_bytes)")]
+    TooLarge {
+        /// What is too large, with its size (`input of N bytes`).
+        what: String,
+        /// The daemon's limit.
+        limit: usize,
+    },
 }
 
 impl ClientError {
@@ -91,6 +100,33 @@ impl ClientError {
 pub struct Client {
     socket: Socket,
     state_dir: PathBuf,
+    /// The daemon's frame limit: no larger request is sent.
+    max_frame_bytes: usize,
+}
+
+/// The daemon's frame limit, from its contact file (the default when the
+/// file does not say, or cannot be read: the call itself then reports why).
+fn daemon_frame_limit(state_dir: &Path) -> usize {
+    std::fs::read_to_string(paths::info_file(state_dir))
+        .ok()
+        .and_then(|text| flotilla_protocol::launch::DaemonInfo::from_toml(&text).ok())
+        .and_then(|info| info.max_frame_bytes)
+        .and_then(|limit| usize::try_from(limit).ok())
+        .unwrap_or(DEFAULT_MAX_FRAME_BYTES)
+}
+
+/// What a request of `size` encoded bytes that is too large holds, in
+/// words: the input, when it is one task's.
+fn too_large(call: &ClientCall, size: usize) -> String {
+    match call {
+        ClientCall::Submit { tasks, .. } if tasks.len() == 1 => {
+            format!("input of {} bytes", tasks[0].input.len())
+        }
+        ClientCall::Submit { tasks, .. } => {
+            format!("request of {size} bytes ({} tasks)", tasks.len())
+        }
+        _ => format!("request of {size} bytes"),
+    }
 }
 
 impl Client {
@@ -114,8 +150,9 @@ impl Client {
         socket
             .set_opt::<nng::options::protocol::reqrep::ResendTime>(None)
             .map_err(unreachable)?;
+        let max_frame_bytes = daemon_frame_limit(state_dir);
         socket
-            .set_opt::<RecvMaxSize>(DEFAULT_MAX_FRAME_BYTES)
+            .set_opt::<RecvMaxSize>(max_frame_bytes.max(DEFAULT_MAX_FRAME_BYTES))
             .map_err(unreachable)?;
         socket
             .set_opt::<SendTimeout>(Some(DEFAULT_CALL_TIMEOUT))
@@ -126,6 +163,7 @@ impl Client {
         Ok(Client {
             socket,
             state_dir: state_dir.to_path_buf(),
+            max_frame_bytes,
         })
     }
 
@@ -138,6 +176,12 @@ impl Client {
     /// A refusal ([`ClientReply::Error`]) comes back as [`ClientError::Refused`].
     pub fn call(&self, call: &ClientCall, timeout: Duration) -> Result<ClientReply, ClientError> {
         let bytes = encode(call)?;
+        if bytes.len() > self.max_frame_bytes {
+            return Err(ClientError::TooLarge {
+                what: too_large(call, bytes.len()),
+                limit: self.max_frame_bytes,
+            });
+        }
         self.socket
             .set_opt::<RecvTimeout>(Some(timeout))
             .map_err(ClientError::Transport)?;
@@ -148,7 +192,10 @@ impl Client {
             .socket
             .recv()
             .map_err(|e| self.transport_error(e, timeout))?;
-        match decode::<ClientReply>(reply.as_slice(), DEFAULT_MAX_FRAME_BYTES)? {
+        match decode::<ClientReply>(
+            reply.as_slice(),
+            self.max_frame_bytes.max(DEFAULT_MAX_FRAME_BYTES),
+        )? {
             ClientReply::Error(e) => Err(ClientError::Refused(e)),
             other => Ok(other),
         }
@@ -409,4 +456,62 @@ impl Client {
 fn unexpected(reply: &ClientReply) -> ClientError {
     let text = format!("{reply:?}");
     ClientError::Unexpected(text.chars().take(200).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state directory whose contact file says `limit`; no daemon.
+    fn state_dir_with_limit(limit: Option<u64>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let info = flotilla_protocol::launch::DaemonInfo {
+            pid: 1,
+            api: paths::api_url(dir.path()),
+            interchange_address: "127.0.0.1".into(),
+            interchange_port: 1,
+            max_frame_bytes: limit,
+        };
+        std::fs::write(paths::info_file(dir.path()), info.to_toml().unwrap()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn an_input_over_the_daemons_limit_is_refused_before_it_is_sent() {
+        let dir = state_dir_with_limit(Some(10_000));
+        // Something to connect to, that never answers: nothing must reach it.
+        let daemon = Socket::new(Protocol::Rep0).unwrap();
+        daemon.listen(&paths::api_url(dir.path())).unwrap();
+        let client = Client::connect(dir.path()).unwrap();
+        let err = client
+            .run("echo", Payload::from(vec![0u8; 20_000]), None)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "input of 20000 bytes exceeds the daemon's frame limit of 10000 bytes ([daemon] max_frame_bytes)"
+        );
+        assert!(!err.is_unreachable());
+        let many = (0..3)
+            .map(|_| TaskRequest {
+                servable: "echo".into(),
+                input: Payload::from(vec![0u8; 4_000]),
+                params: Payload::new(),
+            })
+            .collect();
+        let err = client.submit(many).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::TooLarge { what, limit: 10_000 } if what.ends_with("(3 tasks)")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn without_a_contact_file_the_default_limit_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(daemon_frame_limit(dir.path()), DEFAULT_MAX_FRAME_BYTES);
+        let dir = state_dir_with_limit(None);
+        assert_eq!(daemon_frame_limit(dir.path()), DEFAULT_MAX_FRAME_BYTES);
+        let dir = state_dir_with_limit(Some(1 << 27));
+        assert_eq!(daemon_frame_limit(dir.path()), 1 << 27);
+    }
 }

@@ -104,7 +104,8 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let sockets = open_sockets(&config, &dir, &hub, max_pipes)?;
     let provider = spawn_provider(&config, &hub)?;
     let template = BlockTemplate::new(&config, &dir, &sockets.addresses, sockets.port, &secret);
-    let core_config = core_config(&config, secret, sockets.interchange_url.clone());
+    let seed = crate::entropy::random_seed().map_err(io("/dev/urandom"))?;
+    let core_config = core_config(&config, secret, seed, sockets.interchange_url.clone());
     let core = Core::new(core_config, recovered, now_us());
 
     dir.write_info(&DaemonInfo {
@@ -112,6 +113,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         api: dir.api_url(),
         interchange_address: sockets.addresses.clone(),
         interchange_port: sockets.port,
+        max_frame_bytes: Some(config.daemon.max_frame_bytes as u64),
     })?;
     tracing::info!(
         state_dir = %dir.root().display(),
@@ -345,7 +347,12 @@ fn listen_everywhere(
 }
 
 /// The core's settings from the site file, in microseconds.
-fn core_config(config: &Config, secret: Vec<u8>, interchange: String) -> CoreConfig {
+fn core_config(
+    config: &Config,
+    secret: Vec<u8>,
+    handshake_seed: [u8; 32],
+    interchange: String,
+) -> CoreConfig {
     let micros = |s: f64| (s * 1e6) as u64;
     CoreConfig {
         heartbeat_period_us: micros(config.interchange.heartbeat_period_s),
@@ -357,6 +364,8 @@ fn core_config(config: &Config, secret: Vec<u8>, interchange: String) -> CoreCon
         walltime_margin_us: micros(config.provider.walltime_margin_s),
         recovery_grace_us: micros(config.daemon.recovery_grace_s),
         secret,
+        handshake_seed,
+        max_frame_bytes: config.daemon.max_frame_bytes,
         blocks: block_policy(config),
         pid: std::process::id(),
         release: env!("CARGO_PKG_VERSION").to_owned(),

@@ -42,6 +42,8 @@ pub struct BlockTemplate {
     /// Distinguishes this daemon's jobs from other daemons' (job names).
     tag: String,
     objects: String,
+    /// `[daemon] max_frame_bytes`: workers accept frames this large.
+    max_frame_bytes: usize,
 }
 
 /// A block that cannot be described.
@@ -69,6 +71,7 @@ impl BlockTemplate {
             (None, ChannelKind::Ssh) => format!(".flotilla/blocks/{tag}"),
         };
         BlockTemplate {
+            max_frame_bytes: config.daemon.max_frame_bytes,
             run_root,
             objects: flotilla_protocol::paths::objects_dir(state_dir.root())
                 .display()
@@ -211,6 +214,7 @@ impl BlockTemplate {
             secret_hex: Some(self.secret_hex.clone()),
             objects_dir: Some(PathBuf::from(&self.objects)),
             exit_with_pid: self.exit_with_daemon.then(|| std::process::id() as i32),
+            max_frame_bytes: Some(self.max_frame_bytes),
             ..WorkerArgs::default()
         }
     }
@@ -316,6 +320,8 @@ mod tests {
         assert_eq!(parsed, told);
         assert_eq!(parsed.block_id, Some(4));
         assert_eq!(parsed.secret_hex.as_deref(), Some("01"));
+        // Workers accept the frames the daemon may send them.
+        assert_eq!(parsed.max_frame_bytes, Some(config.daemon.max_frame_bytes));
         assert_eq!(parsed.exit_with_pid, Some(std::process::id() as i32));
     }
 

@@ -24,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod entropy;
 pub mod hub;
 pub mod launch;
 pub mod net;

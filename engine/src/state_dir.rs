@@ -588,6 +588,7 @@ mod tests {
             api: dir.api_url(),
             interchange_address: "127.0.0.1".into(),
             interchange_port: 5555,
+            max_frame_bytes: None,
         };
         dir.write_info(&info).unwrap();
         assert_eq!(dir.read_info().unwrap(), info);

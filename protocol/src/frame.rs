@@ -15,6 +15,10 @@ pub const PROTOCOL_VERSION: u32 = 4;
 /// Default cap on one frame: 64 MiB (`[daemon] max_frame_bytes` overrides it).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 20;
 
+/// The smallest frame cap either side may have: it still carries a
+/// worker's registration.
+pub const MIN_FRAME_BYTES: usize = 4096;
+
 /// Why a frame could not be produced or understood.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -77,7 +81,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, Fr
                 peer,
                 ours: PROTOCOL_VERSION,
             }),
-            _ => Err(FrameError::Malformed(err.to_string())),
+            // The message may quote the peer's bytes: bounded and escaped.
+            _ => Err(FrameError::Malformed(
+                crate::peer_text::shown(&err.to_string()).to_string(),
+            )),
         },
     }
 }

@@ -1,7 +1,9 @@
 //! The worker interchange: how a worker joins the daemon and pulls work.
 //!
-//! A worker dials the daemon and sends [`WorkerMessage::Hello`] with the
-//! per-daemon secret. From then on it keeps one *long-poll*
+//! A worker dials the daemon, makes it prove that it knows the per-daemon
+//! secret ([`WorkerMessage::Probe`], see [`crate::handshake`]) and then
+//! sends [`WorkerMessage::Hello`] with a proof of its own; the secret never
+//! crosses the wire. From then on it keeps one *long-poll*
 //! ([`WorkerMessage::Pull`] with `wait: true`) outstanding: the daemon answers
 //! it with [`DaemonMessage::Work`] as soon as it has work for the worker, or
 //! with an empty `Work` after one heartbeat period, which is the daemon's
@@ -43,8 +45,15 @@ pub struct Hello {
     pub slots: u32,
     /// Servables it can run.
     pub servables: Vec<String>,
-    /// The daemon's secret, proving the worker was started by (or for) it.
-    pub secret: Payload,
+    /// The daemon's nonce from its `ProbeOk` (single use).
+    pub challenge: Payload,
+    /// The worker's proof that it knows the daemon's secret: a MAC over
+    /// both nonces and every other field of this hello (see
+    /// [`crate::handshake`]).
+    pub proof: Payload,
+    /// Largest frame the worker accepts: the daemon sends it no `Work`
+    /// reply larger than this.
+    pub max_frame_bytes: u64,
     /// When the worker's job ends (Unix seconds), if it knows: the daemon
     /// sends it no task that would not finish in time.
     pub ends_at_unix_s: Option<u64>,
@@ -104,12 +113,14 @@ pub enum FailureKind {
 pub enum WorkerMessage {
     /// Join the daemon. Answered with `Welcome` or `Refused`.
     Hello(Hello),
-    /// Is this the right daemon? Answered with `ProbeOk`, or `Refused` for
-    /// a wrong secret; registers nothing, so a worker can ask every address
-    /// it was given at once and keep the first that answers.
+    /// Is this the right daemon? Answered with `ProbeOk` (which carries the
+    /// daemon's proof, for the worker to check) or `Refused`; registers
+    /// nothing, so a worker can ask every address it was given at once and
+    /// keep the first that proves it knows the secret.
     Probe {
-        /// The daemon's secret, as in `Hello`.
-        secret: Payload,
+        /// A fresh random nonce of the worker's
+        /// ([`crate::handshake::NONCE_LEN`] bytes).
+        nonce: Payload,
     },
     /// The worker is leaving on its own (its job's wall time is nearly
     /// over) with nothing running: not a loss.
@@ -130,8 +141,15 @@ pub enum WorkerMessage {
 /// What the daemon sends to a worker.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub enum DaemonMessage {
-    /// The probe reached the right daemon.
-    ProbeOk,
+    /// The answer to a probe: the daemon's proof that it knows the secret,
+    /// and the nonce the worker's `Hello` must carry.
+    ProbeOk {
+        /// A fresh nonce of the daemon's, valid for one `Hello` and for a
+        /// short time.
+        nonce: Payload,
+        /// MAC over both nonces (see [`crate::handshake`]).
+        proof: Payload,
+    },
     /// Registration accepted.
     Welcome {
         /// The daemon answers a held poll at least this often.
@@ -139,7 +157,7 @@ pub enum DaemonMessage {
         /// Either side declares the other lost after this much silence.
         heartbeat_threshold_ms: u64,
     },
-    /// Registration refused (bad secret, protocol mismatch); the worker
+    /// Registration refused (bad proof, protocol mismatch); the worker
     /// should exit and show the reason.
     Refused {
         /// Why, in words for the operator.

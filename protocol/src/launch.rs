@@ -46,6 +46,9 @@ pub const NODE_ENV: &str = "FLOTILLA_NODE_NAME";
 pub const BLOCK_ENV: &str = "FLOTILLA_BLOCK_ID";
 /// The worker's log filter (`tracing` syntax, e.g. `debug`).
 pub const LOG_ENV: &str = "FLOTILLA_LOG";
+/// The largest frame the worker accepts from the daemon
+/// (`--max-frame-bytes`).
+pub const MAX_FRAME_BYTES_ENV: &str = "FLOTILLA_MAX_FRAME_BYTES";
 
 /// The variables a block's job sets for its workers, in the order a
 /// container wrapper passes them through.
@@ -112,6 +115,8 @@ pub mod flag {
     pub const CONTAINER_TEMPLATE: &str = "--container-template";
     /// GPUs to make visible in servable containers.
     pub const GPUS: &str = "--gpus";
+    /// Largest frame the worker accepts from the daemon.
+    pub const MAX_FRAME_BYTES: &str = "--max-frame-bytes";
     /// Print the usage and exit.
     pub const HELP: &str = "--help";
     /// Print the version and exit.
@@ -241,6 +246,12 @@ pub const USAGE: &[OptionUsage] = &[
         env: None,
         help: "GPUs to make visible in servable containers: nvidia or amd",
     },
+    OptionUsage {
+        flag: flag::MAX_FRAME_BYTES,
+        value: "BYTES",
+        env: Some(MAX_FRAME_BYTES_ENV),
+        help: "largest frame accepted from the daemon, announced to it so that it sends nothing larger (default: the daemon's contact file, else 64 MiB)",
+    },
 ];
 
 /// The variables the worker reads that no option stands for, for `--help`.
@@ -296,6 +307,9 @@ pub struct WorkerArgs {
     pub container_template: Option<String>,
     /// GPUs for servable containers (argv).
     pub gpus: Option<String>,
+    /// Largest frame accepted from the daemon (argv, or
+    /// [`MAX_FRAME_BYTES_ENV`]).
+    pub max_frame_bytes: Option<usize>,
     /// The daemon's secret, hex ([`SECRET_ENV`]; never on the command
     /// line, which other users can read).
     pub secret_hex: Option<String>,
@@ -396,6 +410,11 @@ impl WorkerArgs {
         }
         put(w, flag::CONTAINER_TEMPLATE, self.container_template.clone());
         put(w, flag::GPUS, self.gpus.clone());
+        put(
+            w,
+            flag::MAX_FRAME_BYTES,
+            self.max_frame_bytes.map(|b| b.to_string()),
+        );
         std::mem::take(w)
     }
 
@@ -493,6 +512,10 @@ impl WorkerArgs {
             }
             flag::CONTAINER_TEMPLATE => once(&mut self.container_template, name, value),
             flag::GPUS => once(&mut self.gpus, name, value),
+            flag::MAX_FRAME_BYTES => {
+                let bytes = typed(name, &value, "a number of bytes")?;
+                once(&mut self.max_frame_bytes, name, bytes)
+            }
             other => Err(ArgsError::Unknown(other.to_owned())),
         }
     }
@@ -518,6 +541,12 @@ impl WorkerArgs {
             && let Some(end) = var(JOB_END_ENV)
         {
             self.job_end = Some(typed(JOB_END_ENV, &end, "a Unix time")?);
+        }
+        if self.max_frame_bytes.is_none()
+            && let Some(bytes) = var(MAX_FRAME_BYTES_ENV)
+        {
+            let bytes = typed(MAX_FRAME_BYTES_ENV, &bytes, "a number of bytes")?;
+            self.max_frame_bytes = Some(bytes);
         }
         self.secret_hex = var(SECRET_ENV);
         // Only local blocks set it; anything else is not a process to
@@ -549,6 +578,11 @@ pub struct DaemonInfo {
     pub interchange_address: String,
     /// Port workers dial.
     pub interchange_port: u16,
+    /// The daemon's frame limit (`[daemon] max_frame_bytes`): clients send
+    /// no larger request, workers attached by hand accept frames this
+    /// large. Absent in files of older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<u64>,
 }
 
 /// A contact file that cannot be written or read: why, in the TOML

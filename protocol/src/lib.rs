@@ -34,14 +34,18 @@ pub mod address;
 pub mod builtin;
 pub mod client;
 pub mod frame;
+pub mod handshake;
 pub mod interchange;
 pub mod launch;
 pub mod parts;
 pub mod paths;
+pub mod peer_text;
 pub mod secret;
 pub mod servable;
 pub mod stdio;
 pub mod task;
 
-pub use frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, PROTOCOL_VERSION, decode, encode};
+pub use frame::{
+    DEFAULT_MAX_FRAME_BYTES, FrameError, MIN_FRAME_BYTES, PROTOCOL_VERSION, decode, encode,
+};
 pub use task::{Payload, TaskId};

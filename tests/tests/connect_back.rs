@@ -106,7 +106,9 @@ fn a_worker_that_reaches_no_address_fails_its_block_with_one_line_per_address() 
         "cannot reach the daemon at any of its 3 addresses".to_owned(),
         format!("127.0.0.1:{dead}: connection refused"),
         format!("127.0.0.1:{silent_port}: connected, but no daemon answered"),
-        format!("127.0.0.1:{other_port}: refused by the daemon there: wrong secret"),
+        format!(
+            "127.0.0.1:{other_port}: something answers there but cannot prove it knows this worker's secret"
+        ),
     ];
     for line in &expect {
         assert!(

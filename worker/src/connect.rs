@@ -1,5 +1,7 @@
 //! Finding the daemon: every advertised address is tried at once, and the
-//! first that answers a probe with our secret wins.
+//! first that answers a probe with a valid proof that it knows our secret
+//! wins (see [`flotilla_protocol::handshake`]; the secret itself is never
+//! sent).
 //!
 //! Login nodes are multi-homed and the address a compute node can route to
 //! is not always the first one anybody thinks of. Trying them one after the
@@ -13,8 +15,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use flotilla_protocol::address::Endpoint;
+use flotilla_protocol::handshake::{self, HandshakeKey, Nonce, NonceSource};
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
-use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, FrameError, decode, encode};
+use flotilla_protocol::peer_text::shown;
+use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, FrameError, Payload, decode, encode};
 use nng::options::{Options, RecvTimeout, SendTimeout};
 use nng::{Protocol, Socket};
 
@@ -24,6 +28,28 @@ pub struct Connected {
     pub socket: Socket,
     /// `tcp://HOST:PORT` it dialled.
     pub url: String,
+    /// The probe the daemon there answered with a valid proof: the
+    /// session's first hello answers its challenge.
+    pub proven: Proven,
+}
+
+/// A probe answered with a valid proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proven {
+    /// The worker's nonce of the probe.
+    pub worker_nonce: Nonce,
+    /// The daemon's nonce from its answer (its challenge for the hello).
+    pub daemon_nonce: Nonce,
+    /// The connection the answer came over (see [`pipe_key`]).
+    pub pipe: Option<u64>,
+}
+
+/// A number that tells `pipe` (one connection) apart from the others.
+pub fn pipe_key(pipe: nng::Pipe) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    pipe.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Why no address worked: one line per address.
@@ -52,11 +78,12 @@ impl std::fmt::Display for Unreachable {
 }
 
 /// Tries every endpoint at once for at most `timeout`; `socket` makes a
-/// fresh, configured socket.
+/// fresh, configured socket. Probe nonces come from `nonces`.
 pub fn connect(
     endpoints: &[Endpoint],
     default_port: u16,
     secret: &[u8],
+    nonces: &mut NonceSource,
     timeout: Duration,
     socket: impl Fn() -> anyhow::Result<Socket>,
 ) -> Result<Connected, Unreachable> {
@@ -70,12 +97,13 @@ pub fn connect(
     for (i, address) in addresses.iter().enumerate() {
         let thread_tx = tx.clone();
         let address = address.clone();
-        let secret = secret.to_vec();
+        let key = HandshakeKey::from_secret(secret);
+        let nonce = nonces.next_nonce();
         let made = socket().map_err(|e| format!("{e:#}"));
         let spawned = std::thread::Builder::new()
             .name(format!("probe-{i}"))
             .spawn(move || {
-                let outcome = made.and_then(|s| probe(s, &address, &secret, deadline));
+                let outcome = made.and_then(|s| probe(s, &address, &key, nonce, deadline));
                 // The receiver is gone once a winner is chosen; dropping the
                 // socket here closes a losing connection.
                 let _ = thread_tx.send((i, outcome));
@@ -138,8 +166,8 @@ pub fn connect(
     })
 }
 
-/// Dials `address`, then asks the daemon there whether it knows our
-/// secret.
+/// Dials `address`, then asks the daemon there to prove that it knows our
+/// secret (the probe carries `nonce`; the answer must carry a valid proof).
 ///
 /// The dial is nng's own: a bare TCP check first would cost the daemon's
 /// listener a pause per probe (it backs off after a connection that closes
@@ -149,7 +177,8 @@ pub fn connect(
 fn probe(
     socket: Socket,
     address: &str,
-    secret: &[u8],
+    key: &HandshakeKey,
+    nonce: Nonce,
     deadline: Instant,
 ) -> Result<Connected, String> {
     let left = || deadline.saturating_duration_since(Instant::now());
@@ -179,36 +208,54 @@ fn probe(
         .and_then(|()| socket.set_opt::<RecvTimeout>(timeout))
         .map_err(|e| format!("cannot configure the socket: {e}"))?;
     let message = encode(&WorkerMessage::Probe {
-        secret: secret.to_vec().into(),
+        nonce: Payload::copy_from_slice(&nonce),
     })
     .map_err(|e| e.to_string())?;
     socket.send(&message[..]).map_err(|(_, e)| match e {
         nng::Error::TimedOut => unanswered(),
         other => format!("cannot send the probe: {other}"),
     })?;
-    let reply = socket.recv().map_err(|e| match e {
+    let mut reply = socket.recv().map_err(|e| match e {
         nng::Error::TimedOut => unanswered(),
         other => format!("no reply to the probe: {other}"),
     })?;
-    match decode::<DaemonMessage>(reply.as_slice(), DEFAULT_MAX_FRAME_BYTES) {
-        Ok(DaemonMessage::ProbeOk) => {}
+    let pipe = reply.pipe().map(pipe_key);
+    let proven = match decode::<DaemonMessage>(reply.as_slice(), DEFAULT_MAX_FRAME_BYTES) {
+        Ok(DaemonMessage::ProbeOk {
+            nonce: daemon_nonce,
+            proof,
+        }) => match handshake::nonce(&daemon_nonce) {
+            Some(daemon_nonce) if key.check_daemon(&nonce, &daemon_nonce, &proof) => Proven {
+                worker_nonce: nonce,
+                daemon_nonce,
+                pipe,
+            },
+            _ => return Err(UNPROVEN.to_owned()),
+        },
         Ok(DaemonMessage::Refused { reason }) => {
-            return Err(format!("refused by the daemon there: {reason}"));
+            return Err(format!("refused by the daemon there: {}", shown(&reason)));
         }
-        Ok(other) => return Err(format!("unexpected answer to the probe: {other:?}")),
+        Ok(_) => return Err(UNPROVEN.to_owned()),
         Err(e @ FrameError::VersionMismatch { .. }) => {
             return Err(format!(
                 "a daemon of another release answers there ({e}); use the same Flotilla release for both"
             ));
         }
         Err(e) => return Err(format!("the answer is not Flotilla's protocol: {e}")),
-    }
+    };
     socket
         .set_opt::<SendTimeout>(None)
         .and_then(|()| socket.set_opt::<RecvTimeout>(None))
         .map_err(|e| format!("cannot configure the socket: {e}"))?;
-    Ok(Connected { socket, url })
+    Ok(Connected {
+        socket,
+        url,
+        proven,
+    })
 }
+
+/// Why an address that answers without a valid proof is not used.
+const UNPROVEN: &str = "something answers there but cannot prove it knows this worker's secret (another daemon, or an impostor): not registering there";
 
 fn dial_reason(e: nng::Error) -> String {
     match e {
@@ -248,8 +295,19 @@ fn classify_silence(address: &str, timeout_s: f64) -> String {
     }
 }
 
-/// A REQ socket set up for the worker's session.
+/// A REQ socket set up for the worker's session, accepting frames of the
+/// default size ([`DEFAULT_MAX_FRAME_BYTES`]).
 pub fn worker_socket() -> anyhow::Result<Socket> {
+    worker_socket_with_cap(DEFAULT_MAX_FRAME_BYTES)
+}
+
+/// A REQ socket set up for the worker's session that accepts frames of up
+/// to `max_frame_bytes` (the worker's announced cap).
+///
+/// The socket itself takes frames up to twice that, so that one just over
+/// the cap reaches the session, which says what happened (its size, the
+/// cap) instead of the connection dropping without a word.
+pub fn worker_socket_with_cap(max_frame_bytes: usize) -> anyhow::Result<Socket> {
     use anyhow::Context as _;
     let socket = Socket::new(Protocol::Req0).context("cannot create the worker socket")?;
     // Long-polls are held on purpose; REQ's resend timer would duplicate them.
@@ -257,7 +315,7 @@ pub fn worker_socket() -> anyhow::Result<Socket> {
         .set_opt::<nng::options::protocol::reqrep::ResendTime>(None)
         .context("cannot disable request resends")?;
     socket
-        .set_opt::<nng::options::RecvMaxSize>(DEFAULT_MAX_FRAME_BYTES)
+        .set_opt::<nng::options::RecvMaxSize>(max_frame_bytes.saturating_mul(2))
         .context("cannot set the frame cap")?;
     socket
         .set_opt::<nng::options::transport::tcp::NoDelay>(true)
@@ -276,6 +334,11 @@ mod tests {
 
     /// A REP socket answering every request with `answer`.
     fn fake_daemon(answer: Vec<u8>) -> (Socket, u16) {
+        answering(move |_| answer.clone())
+    }
+
+    /// A REP socket answering every request with what `answer` makes of it.
+    fn answering(answer: impl Fn(&[u8]) -> Vec<u8> + Send + 'static) -> (Socket, u16) {
         let socket = Socket::new(Protocol::Rep0).unwrap();
         let listener = nng::ListenerBuilder::new(&socket, "tcp://127.0.0.1:0")
             .unwrap()
@@ -286,13 +349,34 @@ mod tests {
             .unwrap();
         let s = socket.clone();
         std::thread::spawn(move || {
-            while let Ok(_request) = s.recv() {
-                if s.send(&answer[..]).is_err() {
+            while let Ok(request) = s.recv() {
+                if s.send(&answer(request.as_slice())[..]).is_err() {
                     break;
                 }
             }
         });
         (socket, port)
+    }
+
+    /// A daemon that knows `secret`: answers probes with a valid proof.
+    fn proving_daemon(secret: &'static [u8]) -> (Socket, u16) {
+        answering(move |request| {
+            let Ok(WorkerMessage::Probe { nonce }) = decode(request, 1 << 20) else {
+                panic!("not a probe");
+            };
+            let daemon_nonce = [9u8; 32];
+            let proof = HandshakeKey::from_secret(secret)
+                .daemon_proof(&handshake::nonce(&nonce).unwrap(), &daemon_nonce);
+            encode(&DaemonMessage::ProbeOk {
+                nonce: Payload::copy_from_slice(&daemon_nonce),
+                proof: Payload::copy_from_slice(&proof),
+            })
+            .unwrap()
+        })
+    }
+
+    fn nonces() -> NonceSource {
+        NonceSource::new(&[1; 32], "test")
     }
 
     fn free_port() -> u16 {
@@ -305,7 +389,7 @@ mod tests {
 
     #[test]
     fn a_dead_address_does_not_delay_a_good_one() {
-        let (_daemon, port) = fake_daemon(encode(&DaemonMessage::ProbeOk).unwrap());
+        let (_daemon, port) = proving_daemon(b"s");
         // Accepts connections but never speaks.
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();
         let silent_port = silent.local_addr().unwrap().port();
@@ -318,6 +402,7 @@ mod tests {
             ],
             port,
             b"s",
+            &mut nonces(),
             Duration::from_secs(10),
             worker_socket,
         )
@@ -341,6 +426,11 @@ mod tests {
         );
         let newer = rmp_serde::to_vec(&(flotilla_protocol::PROTOCOL_VERSION + 1, "hello")).unwrap();
         let (_newer, newer_port) = fake_daemon(newer);
+        // Knows another secret: its proof does not check out.
+        let (_impostor, impostor_port) = proving_daemon(b"another secret");
+        // Answers the probe with work, as if it were registered.
+        let (_eager, eager_port) =
+            fake_daemon(encode(&DaemonMessage::Work { batches: vec![] }).unwrap());
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();
         let silent_port = silent.local_addr().unwrap().port();
         let dead_port = free_port();
@@ -350,9 +440,12 @@ mod tests {
                 ep(&format!("127.0.0.1:{silent_port}")),
                 ep(&format!("127.0.0.1:{other_port}")),
                 ep(&format!("127.0.0.1:{newer_port}")),
+                ep(&format!("127.0.0.1:{impostor_port}")),
+                ep(&format!("127.0.0.1:{eager_port}")),
             ],
             1,
             b"s",
+            &mut nonces(),
             Duration::from_millis(1500),
             worker_socket,
         ) {
@@ -362,7 +455,7 @@ mod tests {
         let report = err.to_string();
         let lines: Vec<&str> = report.lines().collect();
         assert!(
-            lines[0].contains("cannot reach the daemon at any of its 4 addresses"),
+            lines[0].contains("cannot reach the daemon at any of its 6 addresses"),
             "{report}"
         );
         assert!(
@@ -380,6 +473,12 @@ mod tests {
             "{report}"
         );
         assert!(lines[4].contains("another release"), "{report}");
+        for line in &lines[5..7] {
+            assert!(
+                line.contains("cannot prove it knows this worker's secret"),
+                "{report}"
+            );
+        }
         assert!(err.waited < Duration::from_secs(3), "{:?}", err.waited);
     }
 }

@@ -20,11 +20,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use flotilla_launchers::{Bind, Container, ContainerRuntime, Gpus};
 use flotilla_protocol::address::Endpoint;
+use flotilla_protocol::handshake::NonceSource;
 use flotilla_protocol::launch::{
     ArgsError, CREDENTIAL_ENV_VARS, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_LOST_DAEMON_EXIT_S,
     DEFAULT_WALLTIME_MARGIN_S, DaemonInfo, ENV_USAGE, LOG_ENV, SECRET_ENV, USAGE, WorkerArgs, flag,
 };
-use flotilla_protocol::{paths, secret};
+use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, MIN_FRAME_BYTES, paths, secret};
 use flotilla_worker::session::{Ending, SessionConfig};
 use flotilla_worker::shell::WorkerConfig;
 use flotilla_worker::{BUILTINS, connect, shell};
@@ -55,12 +56,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut nonces = NonceSource::new(&cfg.session.nonce_seed, "worker connect");
+    let cap = cfg.session.max_frame_bytes;
     let connected = match connect::connect(
         &endpoints,
         port,
         &cfg.session.secret,
+        &mut nonces,
         timeout,
-        connect::worker_socket,
+        || connect::worker_socket_with_cap(cap),
     ) {
         Ok(c) => c,
         Err(unreachable) => {
@@ -78,7 +82,10 @@ fn main() -> ExitCode {
         url: connected.url.clone(),
         ..cfg
     };
-    exit_status(shell::run(&cfg, connected.socket), &cfg.url)
+    exit_status(
+        shell::run(&cfg, connected.socket, connected.proven),
+        &cfg.url,
+    )
 }
 
 /// Takes every credential out of this process's environment once the
@@ -157,6 +164,10 @@ fn exit_status(ended: anyhow::Result<Ending>, url: &str) -> ExitCode {
             tracing::error!(reason = %reason, "the daemon refused this worker");
             ExitCode::from(2)
         }
+        Ok(Ending::Untrusted(reason)) => {
+            tracing::error!(url = %url, reason = %reason, "not the daemon this worker belongs to; exiting");
+            ExitCode::from(2)
+        }
         Ok(Ending::Failed(reason)) => {
             tracing::error!(reason = %reason, "worker failed");
             ExitCode::from(1)
@@ -195,6 +206,7 @@ fn seconds(value: f64, name: &str, zero_ok: bool) -> anyhow::Result<Duration> {
 
 fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
     let state_dir = args.state_dir.clone().or_else(paths::default_state_dir);
+    let mut daemon_frame_limit = None;
     let (address, port) = match (&args.address, args.port) {
         (Some(a), Some(p)) => (a.clone(), p),
         (None, None) => {
@@ -207,6 +219,7 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
                 )
             })?;
             let info = read_info(dir)?;
+            daemon_frame_limit = info.max_frame_bytes;
             (info.interchange_address, info.interchange_port)
         }
         _ => bail!("give both {} and {}, or neither", flag::ADDRESS, flag::PORT),
@@ -263,7 +276,21 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
             .map_or(0, |d| d.subsec_nanos());
         format!("{host}-{}-{:04x}", std::process::id(), nanos & 0xffff)
     });
+    // Given, else the daemon's own limit (attached through its state
+    // directory), else the default.
+    let max_frame_bytes = args
+        .max_frame_bytes
+        .or_else(|| daemon_frame_limit.and_then(|b| usize::try_from(b).ok()))
+        .unwrap_or(DEFAULT_MAX_FRAME_BYTES);
+    if max_frame_bytes < MIN_FRAME_BYTES {
+        bail!(
+            "{} must be at least {MIN_FRAME_BYTES} bytes",
+            flag::MAX_FRAME_BYTES
+        );
+    }
     let session = SessionConfig {
+        nonce_seed: random_seed()?,
+        max_frame_bytes,
         job_end_unix_s: args.job_end,
         walltime_margin,
         node: args.node.clone(),
@@ -327,6 +354,16 @@ fn servable_containers(args: &WorkerArgs) -> anyhow::Result<Option<Container>> {
         },
         template: args.container_template.clone().unwrap_or_default(),
     }))
+}
+
+/// 32 random bytes from the operating system, for the handshake nonces.
+fn random_seed() -> anyhow::Result<[u8; 32]> {
+    use std::io::Read as _;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .context("cannot read /dev/urandom for the handshake nonces")?;
+    Ok(seed)
 }
 
 fn read_info(dir: &Path) -> anyhow::Result<DaemonInfo> {

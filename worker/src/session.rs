@@ -18,17 +18,28 @@
 //! threads), or the simulated workers of the benchmarks; the tests below
 //! feed it by hand.
 //!
+//! Before it registers, the worker makes the daemon prove that it knows the
+//! secret (see [`flotilla_protocol::handshake`]): a `Probe` with a fresh
+//! nonce, whose `ProbeOk` must carry a valid proof, and only then the
+//! `Hello` with the worker's own proof. An answer without a valid proof
+//! ends the session; nothing it sent is run. Replies are only acted on when
+//! they come over the connection the proof came over: nng redials a dropped
+//! connection by itself, and whoever answers at the daemon's address then
+//! has to prove itself again.
+//!
 //! Results stay in memory until the daemon has acknowledged them, so a
 //! daemon restart or a dropped connection costs a resend, never a result.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flotilla_protocol::TaskId;
+use flotilla_protocol::handshake::{self, HandshakeKey, Nonce, NonceSource};
 use flotilla_protocol::interchange::{
     BatchId, BatchResult, DaemonMessage, Hello, WorkBatch, WorkerMessage,
 };
-use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, FrameError, decode};
+use flotilla_protocol::launch::{MAX_FRAME_BYTES_ENV, flag};
+use flotilla_protocol::peer_text::shown;
+use flotilla_protocol::{FrameError, Payload, TaskId, decode};
 
 /// How long a request may wait for its reply before the daemon says how
 /// long it holds a long-poll (in its `Welcome`).
@@ -49,13 +60,22 @@ pub enum Ending {
     WalltimeOver,
     /// The socket failed in a way retrying cannot fix.
     Failed(String),
+    /// Whoever answered did not prove it knows the daemon's secret: it was
+    /// sent no hello and nothing it sent was run.
+    Untrusted(String),
 }
 
 /// What the session needs to know about its worker.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// The daemon's secret.
+    /// The daemon's secret (never sent: the handshake proves it).
     pub secret: Vec<u8>,
+    /// Random bytes, fresh for each worker process, from which the
+    /// handshake nonces are drawn.
+    pub nonce_seed: [u8; 32],
+    /// The largest frame this worker accepts (its socket's cap), announced
+    /// in the hello so that the daemon sends nothing larger.
+    pub max_frame_bytes: usize,
     /// This worker's id.
     pub worker_id: String,
     /// Block it belongs to.
@@ -120,6 +140,9 @@ pub enum Event<'a> {
     Reply {
         /// The lane that got the reply.
         lane: Lane,
+        /// The connection it came over, if the transport says (any number
+        /// that tells connections apart).
+        pipe: Option<u64>,
         /// The reply as it came off the wire.
         frame: &'a [u8],
     },
@@ -186,13 +209,41 @@ pub enum Action {
     End(Ending),
 }
 
+/// How far the worker is with registering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Registration {
+    /// A probe is due (at the start, when asked to register again, after a
+    /// failed attempt).
+    Unverified,
+    /// The probe carrying this nonce is out.
+    Probing(Nonce),
+    /// The daemon proved itself; the hello is due.
+    Verified {
+        /// The worker's nonce of the probe.
+        worker_nonce: Nonce,
+        /// The daemon's nonce from its answer.
+        daemon_nonce: Nonce,
+    },
+    /// The hello is out.
+    Greeting,
+    /// Welcomed.
+    Registered,
+}
+
 /// The state of one worker's conversation with its daemon.
 #[derive(Debug)]
 pub struct Session {
     cfg: SessionConfig,
+    key: HandshakeKey,
+    nonces: NonceSource,
     poll_busy: bool,
     report_busy: bool,
-    registered: bool,
+    registration: Registration,
+    /// The connection the daemon's proof came over (`None` until then, or
+    /// when the transport does not tell connections apart).
+    trusted_pipe: Option<u64>,
+    /// The daemon has proved itself on the current connection.
+    verified: bool,
     timeout: Duration,
     /// Results not sent yet.
     pending: Vec<BatchResult>,
@@ -214,10 +265,14 @@ impl Session {
     /// clock.
     pub fn new(cfg: SessionConfig, now: Now) -> Session {
         Session {
+            key: HandshakeKey::from_secret(&cfg.secret),
+            nonces: NonceSource::new(&cfg.nonce_seed, "worker probes"),
             cfg,
             poll_busy: false,
             report_busy: false,
-            registered: false,
+            registration: Registration::Unverified,
+            trusted_pipe: None,
+            verified: false,
             timeout: FIRST_REQUEST_TIMEOUT,
             pending: Vec::new(),
             in_flight: Vec::new(),
@@ -227,6 +282,25 @@ impl Session {
             last_contact: now.since_start,
             ending: None,
         }
+    }
+
+    /// The session of a worker whose probe (carrying `worker_nonce`) the
+    /// daemon already answered with a valid proof and `daemon_nonce`, over
+    /// connection `pipe` (see [`crate::connect`]): its first hello answers
+    /// that challenge, without probing again.
+    pub fn proven(
+        mut self,
+        worker_nonce: Nonce,
+        daemon_nonce: Nonce,
+        pipe: Option<u64>,
+    ) -> Session {
+        self.registration = Registration::Verified {
+            worker_nonce,
+            daemon_nonce,
+        };
+        self.trusted_pipe = pipe;
+        self.verified = true;
+        self
     }
 
     /// How the session ended, once it has.
@@ -242,10 +316,10 @@ impl Session {
         }
         match event {
             Event::Tick => self.on_tick(now, &mut out),
-            Event::Reply { lane, frame } => {
+            Event::Reply { lane, pipe, frame } => {
                 self.free(lane);
                 self.last_contact = now.since_start;
-                self.on_frame(lane, frame, now, &mut out);
+                self.on_frame(lane, pipe, frame, now, &mut out);
                 self.issue_requests(now, &mut out);
             }
             Event::LaneFailed { lane, error } => self.on_lane_failed(lane, error, now, &mut out),
@@ -307,6 +381,13 @@ impl Session {
         self.free(lane);
         if lane == Lane::Report {
             self.resend_in_flight();
+            if matches!(
+                self.registration,
+                Registration::Probing(_) | Registration::Greeting
+            ) {
+                // Start over with a fresh probe.
+                self.registration = Registration::Unverified;
+            }
         }
         match error {
             LaneError::Closed => return,
@@ -340,10 +421,9 @@ impl Session {
         if self.ending.is_some() {
             return;
         }
-        if !self.registered {
+        if self.registration != Registration::Registered {
             if !self.report_busy {
-                let hello = self.hello();
-                self.send(Lane::Report, hello, out);
+                self.next_registration_step(out);
             }
         } else if self.leaving && self.unacked.is_empty() && self.pending.is_empty() {
             // Idle at the end of the job: say goodbye (once).
@@ -377,9 +457,33 @@ impl Session {
         }
     }
 
-    fn hello(&self) -> WorkerMessage {
+    /// Sends the probe or the hello, whichever is due.
+    fn next_registration_step(&mut self, out: &mut Vec<Action>) {
+        match self.registration {
+            Registration::Unverified => {
+                let nonce = self.nonces.next_nonce();
+                self.registration = Registration::Probing(nonce);
+                let probe = WorkerMessage::Probe {
+                    nonce: Payload::copy_from_slice(&nonce),
+                };
+                self.send(Lane::Report, probe, out);
+            }
+            Registration::Verified {
+                worker_nonce,
+                daemon_nonce,
+            } => {
+                self.registration = Registration::Greeting;
+                let hello = self.hello(&worker_nonce, &daemon_nonce);
+                self.send(Lane::Report, WorkerMessage::Hello(hello), out);
+            }
+            Registration::Probing(_) | Registration::Greeting | Registration::Registered => {}
+        }
+    }
+
+    /// The hello for the daemon's challenge, with this worker's proof.
+    fn hello(&self, worker_nonce: &Nonce, daemon_nonce: &Nonce) -> Hello {
         let cfg = &self.cfg;
-        WorkerMessage::Hello(Hello {
+        let mut hello = Hello {
             ends_at_unix_s: cfg.job_end_unix_s,
             running: self.unacked.iter().map(|(b, t)| (*b, t.clone())).collect(),
             worker_id: cfg.worker_id.clone(),
@@ -390,8 +494,47 @@ impl Session {
             pid: cfg.pid,
             slots: cfg.slots,
             servables: cfg.servables.clone(),
-            secret: cfg.secret.clone().into(),
-        })
+            challenge: Payload::copy_from_slice(daemon_nonce),
+            proof: Payload::new(),
+            max_frame_bytes: cfg.max_frame_bytes as u64,
+        };
+        let proof = self.key.worker_proof(worker_nonce, daemon_nonce, &hello);
+        hello.proof = Payload::copy_from_slice(&proof);
+        hello
+    }
+
+    /// Checks the daemon's answer to the probe carrying `worker_nonce`.
+    fn on_probe_answer(
+        &mut self,
+        worker_nonce: Nonce,
+        pipe: Option<u64>,
+        nonce: &[u8],
+        proof: &[u8],
+        out: &mut Vec<Action>,
+    ) {
+        let daemon_nonce = handshake::nonce(nonce);
+        match daemon_nonce {
+            Some(daemon_nonce) if self.key.check_daemon(&worker_nonce, &daemon_nonce, proof) => {
+                self.registration = Registration::Verified {
+                    worker_nonce,
+                    daemon_nonce,
+                };
+                self.trusted_pipe = pipe;
+                self.verified = true;
+            }
+            _ => self.distrust(
+                "it answered the probe without a valid proof that it knows the daemon's secret",
+                out,
+            ),
+        }
+    }
+
+    /// Ends the session: whoever answers is not this worker's daemon.
+    fn distrust(&mut self, why: &str, out: &mut Vec<Action>) {
+        let reason = format!(
+            "{why} (another daemon's address, or an impostor): it was sent no hello and nothing it sent was run"
+        );
+        self.finish(Ending::Untrusted(reason), out);
     }
 
     /// Puts unacknowledged results back in line to be sent again.
@@ -403,18 +546,38 @@ impl Session {
         }
     }
 
-    fn on_frame(&mut self, lane: Lane, frame: &[u8], now: Now, out: &mut Vec<Action>) {
-        match decode::<DaemonMessage>(frame, DEFAULT_MAX_FRAME_BYTES) {
-            Ok(message) => self.on_message(lane, message, now, out),
+    fn on_frame(
+        &mut self,
+        lane: Lane,
+        pipe: Option<u64>,
+        frame: &[u8],
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        match decode::<DaemonMessage>(frame, self.cfg.max_frame_bytes) {
+            Ok(message) => self.on_message(lane, pipe, message, now, out),
             Err(e @ FrameError::VersionMismatch { .. }) => {
                 let reason = format!(
                     "the daemon speaks another protocol version ({e}); use the same Flotilla release for both"
                 );
                 self.finish(Ending::Refused(reason), out);
             }
+            Err(FrameError::TooLarge { len, max }) => {
+                tracing::error!(
+                    size = len,
+                    cap = max,
+                    "the daemon sent a frame larger than this worker accepts; raise the worker's cap with {} or {MAX_FRAME_BYTES_ENV}",
+                    flag::MAX_FRAME_BYTES
+                );
+                let reason = format!(
+                    "the daemon sent a frame of {len} bytes, more than this worker's cap of {max} bytes ({} or {MAX_FRAME_BYTES_ENV})",
+                    flag::MAX_FRAME_BYTES
+                );
+                self.finish(Ending::Failed(reason), out);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "daemon reply not understood; registering again");
-                self.registered = false;
+                self.registration = Registration::Unverified;
                 if lane == Lane::Report {
                     self.resend_in_flight();
                 }
@@ -422,13 +585,54 @@ impl Session {
         }
     }
 
-    fn on_message(&mut self, lane: Lane, message: DaemonMessage, now: Now, out: &mut Vec<Action>) {
+    /// True if a reply over `pipe` comes from the daemon that proved
+    /// itself.
+    fn trusts_reply_over(&self, pipe: Option<u64>) -> bool {
+        self.verified
+            && match (pipe, self.trusted_pipe) {
+                (Some(p), Some(t)) => p == t,
+                _ => true,
+            }
+    }
+
+    fn on_message(
+        &mut self,
+        lane: Lane,
+        pipe: Option<u64>,
+        message: DaemonMessage,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        if let (Lane::Report, Registration::Probing(worker_nonce)) = (lane, self.registration) {
+            // The answer to the probe: a proof, or a refusal; anything else
+            // comes from something that is not a daemon of ours.
+            return match message {
+                DaemonMessage::ProbeOk { nonce, proof } => {
+                    self.on_probe_answer(worker_nonce, pipe, &nonce, &proof, out)
+                }
+                DaemonMessage::Refused { reason } => self.finish(refused(&reason), out),
+                other => self.distrust(
+                    &format!(
+                        "it answered the probe with {} instead of a proof that it knows the daemon's secret",
+                        message_kind(&other)
+                    ),
+                    out,
+                ),
+            };
+        }
+        if !self.trusts_reply_over(pipe) {
+            return self.on_unverified(lane, message, out);
+        }
         match message {
             DaemonMessage::Welcome {
                 heartbeat_period_ms,
                 heartbeat_threshold_ms,
             } => {
-                self.registered = true;
+                if self.registration != Registration::Greeting {
+                    tracing::debug!("a welcome without a hello outstanding; ignored");
+                    return;
+                }
+                self.registration = Registration::Registered;
                 // A held poll comes back within one period; allow the
                 // threshold before calling it lost.
                 self.timeout =
@@ -437,43 +641,101 @@ impl Session {
                     heartbeat_period_ms,
                 }));
             }
-            DaemonMessage::Refused { reason } => self.finish(Ending::Refused(reason), out),
-            DaemonMessage::Work { batches } => {
-                if lane == Lane::Report {
-                    for acked in std::mem::take(&mut self.in_flight) {
-                        self.unacked.remove(&acked.batch);
-                    }
-                } else if batches.is_empty() {
-                    out.push(Action::Notify(Notice::Heartbeat));
-                }
-                for batch in batches {
-                    self.unacked
-                        .insert(batch.id, batch.items.iter().map(|i| i.task).collect());
-                    tracing::debug!(batch = batch.id.0, servable = %batch.servable, inputs = batch.items.len(), lane = ?lane, "batch received");
-                    out.push(Action::Run {
-                        batch,
-                        received_us: now.unix_us,
-                    });
-                }
-            }
+            DaemonMessage::Refused { reason } => self.finish(refused(&reason), out),
+            DaemonMessage::Work { batches } => self.on_work(lane, batches, now, out),
             DaemonMessage::Reregister => {
-                if self.registered {
+                if self.registration == Registration::Registered {
                     tracing::info!(
                         "the daemon does not know this worker (it restarted?); registering again"
                     );
                 }
                 out.push(Action::Notify(Notice::ReregisterAsked));
-                self.registered = false;
+                self.restart_registration();
                 if lane == Lane::Report {
                     self.resend_in_flight();
                 }
             }
             DaemonMessage::Shutdown if self.left => self.finish(Ending::WalltimeOver, out),
             DaemonMessage::Shutdown => self.finish(Ending::Shutdown, out),
-            DaemonMessage::ProbeOk => {
+            DaemonMessage::ProbeOk { .. } => {
                 tracing::debug!("a late probe answer; ignored");
             }
         }
+    }
+
+    /// Registration starts over with a probe, unless an attempt is already
+    /// under way (its answer then carries on).
+    fn restart_registration(&mut self) {
+        if self.registration == Registration::Registered {
+            self.registration = Registration::Unverified;
+        }
+    }
+
+    /// A reply from a connection the daemon has not proved itself on: it
+    /// is not acted on. A reply from a new connection means nng redialled
+    /// the daemon's address: the worker registers again, proof first.
+    fn on_unverified(&mut self, lane: Lane, message: DaemonMessage, out: &mut Vec<Action>) {
+        if let DaemonMessage::Refused { reason } = message {
+            return self.finish(refused(&reason), out);
+        }
+        if self.verified {
+            tracing::warn!(
+                lane = ?lane,
+                "the connection to the daemon changed; registering again once the daemon proves itself"
+            );
+            self.verified = false;
+            self.trusted_pipe = None;
+            if !matches!(self.registration, Registration::Probing(_)) {
+                self.registration = Registration::Unverified;
+            }
+        } else {
+            tracing::warn!(
+                lane = ?lane,
+                answer = message_kind(&message),
+                "ignoring a reply from a peer that has not proved it knows the daemon's secret"
+            );
+        }
+        if lane == Lane::Report {
+            self.resend_in_flight();
+        }
+    }
+
+    /// Work from the verified daemon: into the slots.
+    fn on_work(&mut self, lane: Lane, batches: Vec<WorkBatch>, now: Now, out: &mut Vec<Action>) {
+        if lane == Lane::Report {
+            for acked in std::mem::take(&mut self.in_flight) {
+                self.unacked.remove(&acked.batch);
+            }
+        } else if batches.is_empty() {
+            out.push(Action::Notify(Notice::Heartbeat));
+        }
+        for batch in batches {
+            self.unacked
+                .insert(batch.id, batch.items.iter().map(|i| i.task).collect());
+            tracing::debug!(batch = batch.id.0, servable = %batch.servable, inputs = batch.items.len(), lane = ?lane, "batch received");
+            out.push(Action::Run {
+                batch,
+                received_us: now.unix_us,
+            });
+        }
+    }
+}
+
+/// The end for a refusal: its reason as the peer gave it, bounded and
+/// escaped (it goes to the log and the block's stderr tail).
+fn refused(reason: &str) -> Ending {
+    Ending::Refused(shown(reason).to_string())
+}
+
+/// A daemon message's kind, for logs and reasons (never its contents).
+fn message_kind(message: &DaemonMessage) -> &'static str {
+    match message {
+        DaemonMessage::ProbeOk { .. } => "a probe answer",
+        DaemonMessage::Welcome { .. } => "a welcome",
+        DaemonMessage::Refused { .. } => "a refusal",
+        DaemonMessage::Work { .. } => "work",
+        DaemonMessage::Reregister => "a request to register again",
+        DaemonMessage::Shutdown => "a shutdown",
     }
 }
 

@@ -147,8 +147,9 @@ impl LaneIo {
 fn deliver(link: &ShellLink, lane: Lane, outcome: LaneOutcome) {
     if let Some(shell) = link.get().and_then(Weak::upgrade) {
         match outcome {
-            Ok(msg) => shell.feed(Event::Reply {
+            Ok(mut msg) => shell.feed(Event::Reply {
                 lane,
+                pipe: msg.pipe().map(crate::connect::pipe_key),
                 frame: msg.as_slice(),
             }),
             Err(error) => shell.feed(Event::LaneFailed { lane, error }),
@@ -190,8 +191,13 @@ fn lock(m: &Mutex<Session>) -> MutexGuard<'_, Session> {
 }
 
 /// Runs the worker on `socket` (connected to the daemon, see
-/// [`crate::connect`]) until the daemon lets it go (or is lost).
-pub fn run(cfg: &WorkerConfig, socket: Socket) -> anyhow::Result<Ending> {
+/// [`crate::connect`]) until the daemon lets it go (or is lost); its first
+/// hello answers the challenge of the probe `proven`.
+pub fn run(
+    cfg: &WorkerConfig,
+    socket: Socket,
+    proven: crate::connect::Proven,
+) -> anyhow::Result<Ending> {
     let link: ShellLink = Arc::new(OnceLock::new());
     let (poll_link, report_link) = (link.clone(), link.clone());
     let poll = LaneIo::new(&socket, Lane::Poll, move |outcome| {
@@ -215,7 +221,11 @@ pub fn run(cfg: &WorkerConfig, socket: Socket) -> anyhow::Result<Ending> {
     })
     .context("cannot start the slot threads")?;
     let started = Instant::now();
-    let session = Session::new(cfg.session.clone(), now(started));
+    let session = Session::new(cfg.session.clone(), now(started)).proven(
+        proven.worker_nonce,
+        proven.daemon_nonce,
+        proven.pipe,
+    );
     let shell = Arc::new(Shell {
         url: cfg.url.clone(),
         worker_id: cfg.session.worker_id.clone(),

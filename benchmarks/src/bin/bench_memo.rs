@@ -177,6 +177,8 @@ fn in_daemon_hit(samples: usize) -> Result<Latency, String> {
         walltime_margin_us: 0,
         recovery_grace_us: 0,
         secret: vec![0; 32],
+        handshake_seed: [0; 32],
+        max_frame_bytes: flotilla_protocol::DEFAULT_MAX_FRAME_BYTES,
         blocks: BlockPolicy::no_blocks(),
         pid: std::process::id(),
         release: "bench".into(),

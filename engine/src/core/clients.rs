@@ -10,7 +10,7 @@ use flotilla_protocol::task::{MemoUse, Outcome, TaskState};
 use super::catalog::{Refusal, ServableInfo};
 use super::records::{NewTask, StoreOp};
 use super::tasks::{Ending, Task};
-use super::{Action, Core, ID_RESERVATION, ReplyTo, memo, search};
+use super::{Action, Core, ID_RESERVATION, ReplyTo, memo, search, work_size};
 
 fn refuse(kind: ApiErrorKind, message: String) -> ClientReply {
     ClientReply::Error(ApiError { kind, message })
@@ -247,18 +247,36 @@ impl Core {
             }
         };
         let mut resolved: Vec<ServableInfo> = Vec::with_capacity(requests.len());
-        let mut last: Option<(&str, ServableInfo)> = None;
+        let mut last: Option<(&str, ServableInfo, usize)> = None;
         for (index, req) in requests.iter().enumerate() {
-            let info = match &last {
-                Some((name, info)) if *name == req.servable => info.clone(),
+            let (info, room) = match &last {
+                Some((name, info, room)) if *name == req.servable => (info.clone(), *room),
                 _ => {
                     let info = self.catalog.resolve(&req.servable).map_err(|(kind, m)| {
                         refuse(kind_for_submit(kind), format!("{}{m}", place(index)))
                     })?;
-                    last = Some((&req.servable, info.clone()));
-                    info
+                    let room = self.room_for_one_input(&info);
+                    last = Some((&req.servable, info.clone(), room));
+                    (info, room)
                 }
             };
+            let size = work_size::item_size(req.input.len()) + req.params.len();
+            if size > room {
+                return Err(refuse(
+                    ApiErrorKind::BadRequest,
+                    format!(
+                        "{}input of {} bytes{} exceeds the daemon's frame limit of {} bytes ([daemon] max_frame_bytes): no worker could be sent it",
+                        place(index),
+                        req.input.len(),
+                        if req.params.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (with {} bytes of parameters)", req.params.len())
+                        },
+                        self.cfg.max_frame_bytes
+                    ),
+                ));
+            }
             if info.steps.is_some() && !req.params.is_empty() {
                 return Err(refuse(
                     ApiErrorKind::BadRequest,
@@ -284,6 +302,18 @@ impl Core {
             resolved.push(info);
         }
         Ok(resolved)
+    }
+
+    /// Bytes left for one input and its parameters in the largest `Work`
+    /// frame any worker can be sent (`[daemon] max_frame_bytes`), with the
+    /// batch around it and the servable's record that goes with a worker's
+    /// first batch of it.
+    fn room_for_one_input(&self, info: &ServableInfo) -> usize {
+        let first = info.steps.as_ref().and_then(|s| s.first()).unwrap_or(info);
+        let batch = work_size::batch_size(&first.name, 0, first.record.as_deref());
+        self.cfg
+            .max_frame_bytes
+            .saturating_sub(work_size::FRAME_OVERHEAD + batch)
     }
 
     fn on_cancel(&mut self, from: ReplyTo, ids: Vec<TaskId>, now: u64, out: &mut Vec<Action>) {

@@ -6,14 +6,17 @@ use std::sync::Arc;
 
 use flotilla_protocol::TaskId;
 use flotilla_protocol::interchange::{DaemonMessage, WorkBatch, WorkItem};
+use flotilla_protocol::servable::ServableRecord;
 
 use super::batches::{Batch, BatchTable};
 use super::catalog::{self, Catalog};
 use super::io::Action;
 use super::queues::QueueKey;
 use super::scheduling::{Scheduling, auto_plan};
-use super::tasks::TaskTable;
+use super::tasks::{Task, TaskTable};
+use super::work_size;
 use super::worker_table::{BlockId, WorkerKey, WorkerTable};
+use flotilla_protocol::peer_text;
 
 /// Tasks that were running when their worker died, each with its worker's
 /// block: each runs alone on an otherwise idle worker, so a task that kills
@@ -57,6 +60,11 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
             })
             .collect(),
     };
+    // Room left in the reply for this worker, which drops larger frames.
+    let mut room = worker
+        .about
+        .max_frame_bytes
+        .saturating_sub(work_size::FRAME_OVERHEAD);
     while free > 0 {
         let Some(worker) = d.workers.get(key) else {
             break;
@@ -73,14 +81,53 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
         ) else {
             break;
         };
-        let ids = d.sched.queues.pop_batch(&qk, size);
+        let spec = spec_to_send(d, key, &qk.servable);
+        let overhead = work_size::batch_size(&qk.servable, qk.params.len(), spec.as_deref());
+        let mut budget = room.saturating_sub(overhead);
+        let tasks = &*d.tasks;
+        let ids = d.sched.queues.pop_batch_within(&qk, size, |id| {
+            let input = tasks.get(&id).map_or(0, |t| t.input.len());
+            match budget.checked_sub(work_size::item_size(input)) {
+                Some(left) => {
+                    budget = left;
+                    true
+                }
+                None => false,
+            }
+        });
         if ids.is_empty() {
+            // The next input does not fit in what is left of this reply:
+            // it goes first in a later one. If this reply is still empty,
+            // the input is too large for this worker at all.
+            if batches.is_empty() {
+                tracing::debug!(
+                    worker = %peer_text::shown(&worker_id),
+                    servable = %qk.servable,
+                    max_frame_bytes = room + work_size::FRAME_OVERHEAD,
+                    "the next input is too large for this worker's frame limit"
+                );
+            }
             break;
         }
+        room = budget;
         batches.push(build_batch(d, key, &worker_id, &qk, ids, false, now));
         free -= 1;
     }
     batches
+}
+
+/// The servable's record if worker `key` has not been sent it yet (it goes
+/// with the next batch); builtins have none.
+fn spec_to_send(
+    d: &Dispatch<'_>,
+    key: WorkerKey,
+    servable: &Arc<str>,
+) -> Option<Arc<ServableRecord>> {
+    let worker = d.workers.get(key)?;
+    if d.catalog.is_builtin(servable) || worker.specs_sent.contains(servable) {
+        return None;
+    }
+    d.catalog.record(servable).ok()
 }
 
 /// One batch of `ids` (just taken from queue `qk`) for worker `key`; with
@@ -133,6 +180,16 @@ fn build_batch(
     }
 }
 
+/// True if `task`, alone (with its servable's record if worker `key` has
+/// not had it yet), fits in a frame of `max_frame_bytes`.
+fn suspect_fits(d: &Dispatch<'_>, key: WorkerKey, task: &Task, max_frame_bytes: usize) -> bool {
+    let spec = spec_to_send(d, key, &task.target);
+    let frame = work_size::FRAME_OVERHEAD
+        + work_size::batch_size(&task.target, task.params.len(), spec.as_deref())
+        + work_size::item_size(task.input.len());
+    frame <= max_frame_bytes
+}
+
 /// Gives a suspect task, alone, to an idle worker holding a long-poll.
 fn dispatch_suspects(
     d: &mut Dispatch<'_>,
@@ -159,6 +216,7 @@ fn dispatch_suspects(
             d.tasks.get(id).is_some_and(|t| {
                 catalog::worker_can_run(d.catalog, &worker.about.servables, &t.target)
                     && left.is_none_or(|l| d.sched.expected_duration_us(d.catalog, &t.target) <= l)
+                    && suspect_fits(d, key, t, worker.about.max_frame_bytes)
             })
         });
         let worker_id = worker.about.id.clone();

@@ -42,6 +42,7 @@ mod clients;
 mod dispatch;
 mod durability;
 mod event_log;
+mod handshake;
 mod io;
 mod lifecycle;
 mod memo;
@@ -55,6 +56,7 @@ mod store_trouble;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod work_size;
 mod worker_table;
 mod workers;
 
@@ -107,8 +109,14 @@ pub struct CoreConfig {
     /// After a restart with live blocks, how long recovered tasks wait for
     /// their workers to claim them.
     pub recovery_grace_us: u64,
-    /// The secret workers must present.
+    /// The secret workers must prove they know (it never crosses the wire).
     pub secret: Vec<u8>,
+    /// Random bytes, fresh at each start, from which the daemon's handshake
+    /// nonces are drawn (the core itself has no source of randomness).
+    pub handshake_seed: [u8; 32],
+    /// `[daemon] max_frame_bytes`: the largest frame any worker can be
+    /// sent, so an input that makes a larger one is refused at submission.
+    pub max_frame_bytes: usize,
     /// Block policy.
     pub blocks: BlockPolicy,
     /// Daemon pid, for status.
@@ -197,6 +205,14 @@ struct Drain {
     finished: bool,
 }
 
+/// Workers on their way in: outstanding handshakes, and the rate at which
+/// refusals are logged.
+#[derive(Debug)]
+struct Admission {
+    handshakes: handshake::Handshakes,
+    refusal_log: flotilla_protocol::peer_text::RateLimit,
+}
+
 /// The daemon's own life.
 #[derive(Debug)]
 struct Life {
@@ -218,6 +234,7 @@ pub struct Core {
     replies: Replies,
     fleet: Fleet,
     recovery: Recovery,
+    admission: Admission,
     life: Life,
 }
 

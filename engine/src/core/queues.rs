@@ -182,6 +182,34 @@ impl Queues {
         batch
     }
 
+    /// Takes up to `n` tasks from the head of `key`'s queue, stopping before
+    /// the first one `fits` refuses (`fits` is asked once per task, in
+    /// order, and may keep a running total). Empty if the head itself does
+    /// not fit.
+    pub fn pop_batch_within(
+        &mut self,
+        key: &QueueKey,
+        n: usize,
+        mut fits: impl FnMut(TaskId) -> bool,
+    ) -> Vec<TaskId> {
+        let Some(queue) = self.queues.get_mut(key) else {
+            return Vec::new();
+        };
+        let limit = n.max(1).min(queue.ids.len());
+        let take = queue
+            .ids
+            .iter()
+            .take(limit)
+            .take_while(|(id, _)| fits(*id))
+            .count();
+        let batch: Vec<TaskId> = queue.ids.drain(..take).map(|(id, _)| id).collect();
+        self.len -= batch.len();
+        if queue.ids.is_empty() {
+            self.queues.remove(key);
+        }
+        batch
+    }
+
     /// Removes one task (cancelled, or finished by a late result) wherever it
     /// is in `key`'s queue. Linear, but only used on those rare paths.
     pub fn remove(&mut self, key: &QueueKey, id: TaskId) -> bool {
@@ -304,6 +332,30 @@ mod tests {
             q.pop_batch(&key("a"), 8),
             [TaskId(3), TaskId(7), TaskId(10)]
         );
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_batch_within_a_budget_stops_at_the_first_input_that_does_not_fit() {
+        let mut q = Queues::default();
+        for id in 1..=4 {
+            q.push_back(key("a"), TaskId(id), rule(10, 0), 0);
+        }
+        let mut left = 25u64;
+        let sizes = |id: TaskId| id.0 * 10;
+        let batch = q.pop_batch_within(&key("a"), 10, |id| {
+            let fits = sizes(id) <= left;
+            left = left.saturating_sub(sizes(id));
+            fits
+        });
+        assert_eq!(batch, [TaskId(1)]);
+        assert!(q.pop_batch_within(&key("a"), 10, |_| false).is_empty());
+        assert_eq!(q.len(), 3);
+        assert_eq!(
+            q.pop_batch_within(&key("a"), 2, |_| true),
+            [TaskId(2), TaskId(3)]
+        );
+        assert_eq!(q.pop_batch_within(&key("a"), 2, |_| true), [TaskId(4)]);
         assert!(q.is_empty());
     }
 

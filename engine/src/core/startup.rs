@@ -5,19 +5,22 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use flotilla_protocol::TaskId;
+use flotilla_protocol::peer_text::RateLimit;
 
 use super::batches::BatchTable;
 use super::blocks::Blocks;
 use super::catalog::{Catalog, ServableInfo};
 use super::durability::Durability;
 use super::event_log::EventLog;
+use super::handshake::Handshakes;
 use super::memo::{self, Memo};
 use super::queues::BatchRule;
 use super::records::{Recovered, StoreOp, StoredResult, StoredTask};
 use super::scheduling::Scheduling;
 use super::tasks::{Task, TaskTable};
 use super::worker_table::WorkerTable;
-use super::{Action, Core, CoreConfig, Fleet, Life, Memoization, Recovery, Replies};
+use super::workers::REFUSALS_LOGGED_PER_SECOND;
+use super::{Action, Admission, Core, CoreConfig, Fleet, Life, Memoization, Recovery, Replies};
 
 impl Core {
     /// A core holding everything recovered from the store: the catalog,
@@ -46,6 +49,10 @@ impl Core {
                 held: Vec::new(),
                 hold_until_us: now_us.saturating_add(cfg.recovery_grace_us),
                 suspects: VecDeque::new(),
+            },
+            admission: Admission {
+                handshakes: Handshakes::new(&cfg.secret, &cfg.handshake_seed),
+                refusal_log: RateLimit::new(REFUSALS_LOGGED_PER_SECOND),
             },
             cfg,
             catalog,

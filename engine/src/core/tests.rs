@@ -24,6 +24,8 @@ fn config() -> CoreConfig {
         walltime_margin_us: 10 * SEC,
         recovery_grace_us: 5 * SEC,
         secret: SECRET.to_vec(),
+        handshake_seed: [9; 32],
+        max_frame_bytes: 1 << 20,
         blocks: policy(0, 0, 1),
         pid: 1,
         release: "test".into(),
@@ -60,6 +62,8 @@ struct Harness {
     core: Core,
     now: u64,
     next_reply_to: u32,
+    /// Worker nonces of the probes it makes.
+    nonces: flotilla_protocol::handshake::NonceSource,
 }
 
 impl Harness {
@@ -73,6 +77,7 @@ impl Harness {
             core: Core::new(cfg, recovered, now),
             now,
             next_reply_to: 0,
+            nonces: flotilla_protocol::handshake::NonceSource::new(&[3; 32], "test worker"),
         }
     }
 
@@ -81,10 +86,60 @@ impl Harness {
         ReplyTo(self.next_reply_to)
     }
 
+    /// Feeds `event`. A hello without a proof is first signed with the
+    /// daemon's secret after a probe on its pipe, as a real worker does.
     fn ev(&mut self, event: Event) -> Vec<Action> {
+        let event = match event {
+            Event::Worker {
+                from,
+                pipe,
+                message: WorkerMessage::Hello(hi),
+            } if hi.proof.is_empty() => Event::Worker {
+                from,
+                pipe,
+                message: WorkerMessage::Hello(self.signed(pipe, hi, SECRET)),
+            },
+            other => other,
+        };
         let mut out = Vec::new();
         self.core.handle(event, self.now, &mut out);
         out
+    }
+
+    /// Probes on `pipe` and returns the daemon's nonce and proof, and the
+    /// worker nonce sent.
+    fn probe(&mut self, pipe: PipeId) -> (Payload, Payload, [u8; 32]) {
+        let worker_nonce = self.nonces.next_nonce();
+        let from = self.reply_to();
+        let mut out = Vec::new();
+        let probe = WorkerMessage::Probe {
+            nonce: Payload::copy_from_slice(&worker_nonce),
+        };
+        self.core.handle(
+            Event::Worker {
+                from,
+                pipe,
+                message: probe,
+            },
+            self.now,
+            &mut out,
+        );
+        match worker_reply(&out, from) {
+            Some(DaemonMessage::ProbeOk { nonce, proof }) => (nonce, proof, worker_nonce),
+            other => panic!("expected ProbeOk, got {other:?}"),
+        }
+    }
+
+    /// `hi` with a challenge from a probe on `pipe`, signed with `secret`.
+    fn signed(&mut self, pipe: PipeId, mut hi: Hello, secret: &[u8]) -> Hello {
+        use flotilla_protocol::handshake::{HandshakeKey, nonce};
+        let (daemon_nonce, _, worker_nonce) = self.probe(pipe);
+        hi.challenge = daemon_nonce.clone();
+        let daemon_nonce = nonce(&daemon_nonce).unwrap();
+        let proof =
+            HandshakeKey::from_secret(secret).worker_proof(&worker_nonce, &daemon_nonce, &hi);
+        hi.proof = Payload::copy_from_slice(&proof);
+        hi
     }
 
     fn advance(&mut self, us: u64) -> Vec<Action> {
@@ -122,7 +177,7 @@ impl Harness {
         self.ev(Event::Worker {
             from,
             pipe: PipeId(pipe),
-            message: WorkerMessage::Hello(hello(worker, slots, SECRET)),
+            message: WorkerMessage::Hello(hello(worker, slots)),
         })
     }
 
@@ -158,7 +213,8 @@ fn request(servable: &str) -> TaskRequest {
     }
 }
 
-fn hello(worker: &str, slots: u32, secret: &[u8]) -> Hello {
+/// A hello the harness signs when it is sent (see [`Harness::ev`]).
+fn hello(worker: &str, slots: u32) -> Hello {
     Hello {
         worker_id: worker.into(),
         block_id: None,
@@ -168,7 +224,9 @@ fn hello(worker: &str, slots: u32, secret: &[u8]) -> Hello {
         pid: 42,
         slots,
         servables: vec!["noop".into(), "echo".into(), "sleep".into()],
-        secret: Payload::copy_from_slice(secret),
+        challenge: Payload::new(),
+        proof: Payload::new(),
+        max_frame_bytes: 1 << 20,
         ends_at_unix_s: None,
         running: Vec::new(),
     }
@@ -476,25 +534,42 @@ fn tasks_fail_after_max_attempts_worker_losses() {
     }
 }
 
-#[test]
-fn a_worker_with_the_wrong_secret_is_refused_and_others_are_served() {
-    let mut h = Harness::new();
-    let from = h.reply_to();
-    let out = h.ev(Event::Worker {
-        from,
-        pipe: PipeId(9),
-        message: WorkerMessage::Hello(hello("intruder", 4, b"guess")),
-    });
-    match out.as_slice() {
+/// The reason of a refusal that closes the connection, from `out`.
+fn refusal(out: &[Action]) -> String {
+    match out {
         [
             Action::ReplyWorker {
                 message: DaemonMessage::Refused { reason },
                 close: true,
                 ..
             },
-        ] => assert!(reason.contains("wrong secret")),
-        other => panic!("{other:?}"),
+        ] => reason.clone(),
+        other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// Sends `hi` as it is (signed or not) on `pipe`.
+fn send_hello(h: &mut Harness, pipe: u64, hi: Hello) -> Vec<Action> {
+    let from = h.reply_to();
+    let mut out = Vec::new();
+    h.core.handle(
+        Event::Worker {
+            from,
+            pipe: PipeId(pipe),
+            message: WorkerMessage::Hello(hi),
+        },
+        h.now,
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn a_worker_with_the_wrong_secret_is_refused_and_others_are_served() {
+    let mut h = Harness::new();
+    let intruder = h.signed(PipeId(9), hello("intruder", 4), b"guess");
+    let reason = refusal(&send_hello(&mut h, 9, intruder));
+    assert!(reason.contains("wrong secret"), "{reason}");
     // Its pulls are not served.
     let (p, out) = h.pull(9, vec![], true);
     assert_eq!(worker_reply(&out, p), Some(DaemonMessage::Reregister));
@@ -505,47 +580,123 @@ fn a_worker_with_the_wrong_secret_is_refused_and_others_are_served() {
 }
 
 #[test]
-fn probes_check_the_secret_and_register_nothing() {
+fn probes_prove_the_daemon_knows_the_secret_and_register_nothing() {
+    use flotilla_protocol::handshake::{HandshakeKey, nonce};
     let mut h = Harness::new();
-    let secret = h.core.cfg.secret.clone();
-    let from = h.reply_to();
-    let out = h.ev(Event::Worker {
-        from,
-        pipe: PipeId(3),
-        message: WorkerMessage::Probe {
-            secret: Payload::copy_from_slice(&secret),
-        },
-    });
-    assert_eq!(
-        out,
-        [Action::ReplyWorker {
-            to: from,
-            message: DaemonMessage::ProbeOk,
-            close: false
-        }]
-    );
+    let (daemon_nonce, proof, worker_nonce) = h.probe(PipeId(3));
+    let daemon_nonce = nonce(&daemon_nonce).unwrap();
+    assert!(HandshakeKey::from_secret(SECRET).check_daemon(&worker_nonce, &daemon_nonce, &proof));
+    assert!(!HandshakeKey::from_secret(b"guess").check_daemon(
+        &worker_nonce,
+        &daemon_nonce,
+        &proof
+    ));
     assert!(h.core.workers.is_empty());
+    // Nothing of the secret in the answer.
+    let (again, proof2, _) = h.probe(PipeId(3));
+    assert_ne!(again.as_ref(), &daemon_nonce[..], "a fresh nonce per probe");
+    assert!(!proof2.windows(8).any(|w| SECRET.windows(8).any(|s| s == w)));
+    // A probe with a malformed nonce is refused.
     let from = h.reply_to();
     let out = h.ev(Event::Worker {
         from,
         pipe: PipeId(4),
         message: WorkerMessage::Probe {
-            secret: Payload::from_static(b"guess"),
+            nonce: Payload::from_static(b"short"),
         },
     });
-    match out.as_slice() {
-        [
-            Action::ReplyWorker {
-                message: DaemonMessage::Refused { reason },
-                close: true,
-                ..
-            },
-        ] => assert!(reason.contains("wrong secret"), "{reason}"),
-        other => panic!("{other:?}"),
-    }
+    assert!(refusal(&out).contains("not 32"), "{out:?}");
     // The probed connection then registers like any other.
     h.hello(3, "w1", 1);
     assert_eq!(h.core.workers.len(), 1);
+}
+
+#[test]
+fn a_replayed_or_late_or_unasked_hello_is_refused() {
+    let mut h = Harness::new();
+    let hi = h.signed(PipeId(1), hello("w1", 1), SECRET);
+    let out = send_hello(&mut h, 1, hi.clone());
+    assert!(matches!(
+        out.as_slice(),
+        [Action::ReplyWorker {
+            message: DaemonMessage::Welcome { .. },
+            ..
+        }]
+    ));
+    // The same hello again, on another connection: its challenge is used.
+    let reason = refusal(&send_hello(&mut h, 2, hi));
+    assert!(reason.contains("replayed"), "{reason}");
+    assert_eq!(h.core.workers.len(), 1);
+    // A hello whose challenge the daemon never issued.
+    let mut forged = h.signed(PipeId(3), hello("w3", 1), SECRET);
+    forged.challenge = Payload::from(vec![0u8; 32]);
+    assert!(refusal(&send_hello(&mut h, 3, forged)).contains("no outstanding challenge"));
+    // A hello signed in time but sent too late.
+    let late = h.signed(PipeId(4), hello("w4", 1), SECRET);
+    h.now += handshake::CHALLENGE_TTL_US + SEC;
+    let reason = refusal(&send_hello(&mut h, 4, late));
+    assert!(reason.contains("expired"), "{reason}");
+    // A signed hello whose fields were changed on the way.
+    let mut changed = h.signed(PipeId(5), hello("w5", 1), SECRET);
+    changed.slots = 100;
+    assert!(refusal(&send_hello(&mut h, 5, changed)).contains("wrong secret"));
+    assert_eq!(h.core.workers.len(), 1);
+}
+
+#[test]
+fn outstanding_challenges_are_bounded() {
+    let mut h = Harness::new();
+    for _ in 0..handshake::MAX_OUTSTANDING {
+        h.probe(PipeId(1));
+    }
+    let from = h.reply_to();
+    let out = h.ev(Event::Worker {
+        from,
+        pipe: PipeId(2),
+        message: WorkerMessage::Probe {
+            nonce: Payload::from(vec![1u8; 32]),
+        },
+    });
+    assert!(refusal(&out).contains("too many workers are registering"));
+    // Once they expire there is room again.
+    h.now += handshake::CHALLENGE_TTL_US + SEC;
+    h.hello(3, "w1", 1);
+    assert_eq!(h.core.workers.len(), 1);
+}
+
+/// What a malformed hello's refusal says, and how the hello is spoiled.
+type Spoiled = (&'static str, fn(&mut Hello));
+
+#[test]
+fn a_malformed_hello_is_refused_with_its_reason() {
+    let mut h = Harness::new();
+    let cases: [Spoiled; 6] = [
+        ("worker id holds the control", |hi| {
+            hi.worker_id = "w\nINFO worker registered".into()
+        }),
+        ("host is 4000000 bytes long", |hi| {
+            hi.host = "h".repeat(4_000_000)
+        }),
+        ("node holds the control", |hi| {
+            hi.node = Some("n\x1b[2J".into())
+        }),
+        ("at least one slot", |hi| hi.slots = 0),
+        ("the worker id is empty", |hi| hi.worker_id = String::new()),
+        ("frames of at most 100 bytes", |hi| hi.max_frame_bytes = 100),
+    ];
+    for (pipe, (expected, spoil)) in cases.into_iter().enumerate() {
+        let mut hi = hello("w", 1);
+        spoil(&mut hi);
+        let out = h.ev(Event::Worker {
+            from: ReplyTo(1000 + pipe as u32),
+            pipe: PipeId(pipe as u64),
+            message: WorkerMessage::Hello(hi),
+        });
+        let reason = refusal(&out);
+        assert!(reason.contains(expected), "{expected}: {reason}");
+        assert!(reason.len() < 300, "{reason}");
+    }
+    assert!(h.core.workers.is_empty());
 }
 
 #[test]
@@ -833,7 +984,7 @@ fn workers_only_get_servables_they_offer() {
     let mut h = Harness::new();
     h.submit("sleep", 1);
     let from = h.reply_to();
-    let mut only_noop = hello("w1", 1, SECRET);
+    let mut only_noop = hello("w1", 1);
     only_noop.servables = vec!["noop".into()];
     h.ev(Event::Worker {
         from,
@@ -868,7 +1019,7 @@ fn blocks_are_started_and_their_workers_counted() {
         job: "4242".into(),
     }));
     let from = h.reply_to();
-    let mut hi = hello("w1", 2, SECRET);
+    let mut hi = hello("w1", 2);
     hi.block_id = Some(0);
     h.ev(Event::Worker {
         from,
@@ -990,7 +1141,7 @@ impl Harness {
 
     fn exec_worker(&mut self, pipe: u64, name: &str, slots: u32) {
         let from = self.reply_to();
-        let mut h = hello(name, slots, SECRET);
+        let mut h = hello(name, slots);
         h.servables.push("*".into());
         self.ev(Event::Worker {
             from,
@@ -1717,7 +1868,7 @@ fn auto_batching_grows_while_calls_get_cheaper_per_request() {
 // ----- scaling, wall time, faults, restarts with live blocks ----------------
 
 fn in_block(worker: &str, slots: u32, block: u32) -> Hello {
-    let mut h = hello(worker, slots, SECRET);
+    let mut h = hello(worker, slots);
     h.block_id = Some(block);
     h
 }
@@ -1816,7 +1967,7 @@ fn a_block_that_ends_loses_its_workers_and_requeues_their_tasks_at_once() {
 fn a_worker_near_the_end_of_its_job_gets_only_tasks_that_fit() {
     let mut h = Harness::new();
     // 60 s left before its job ends; the margin is 10 s.
-    let mut hi = hello("w1", 1, SECRET);
+    let mut hi = hello("w1", 1);
     hi.ends_at_unix_s = Some(h.now / SEC + 60);
     register(&mut h, 1, hi);
     // Teach the daemon that a sleep call takes 40 s.
@@ -2251,4 +2402,105 @@ fn a_run_withdrawn_while_it_waits_is_answered_with_the_error() {
     });
     assert!(unavailable(&out, client).starts_with("not accepted"));
     assert_eq!(h.state(TaskId(1)), TaskState::Cancelled);
+}
+
+// ----- frame sizes -----------------------------------------------------------
+
+fn sized_request(bytes: usize) -> TaskRequest {
+    TaskRequest {
+        servable: "echo".into(),
+        input: Payload::from(vec![0xc0u8; bytes]),
+        params: Payload::new(),
+    }
+}
+
+fn submit_sized(h: &mut Harness, sizes: &[usize]) -> Vec<TaskId> {
+    let (from, mut out) = h.call(ClientCall::Submit {
+        tasks: sizes.iter().map(|&n| sized_request(n)).collect(),
+        wait_ms: None,
+    });
+    out.extend(h.flush());
+    match client_reply(&out, from) {
+        Some(ClientReply::Submitted { ids }) => ids,
+        other => panic!("expected Submitted, got {other:?}"),
+    }
+}
+
+/// The encoded size of a `Work` reply, as the worker would receive it.
+fn frame_len(batches: &[WorkBatch]) -> usize {
+    flotilla_protocol::encode(&DaemonMessage::Work {
+        batches: batches.to_vec(),
+    })
+    .unwrap()
+    .len()
+}
+
+#[test]
+fn work_replies_never_exceed_the_workers_frame_limit() {
+    let mut h = Harness::new();
+    let mut hi = hello("w1", 3);
+    hi.max_frame_bytes = 100_000;
+    register(&mut h, 1, hi);
+    // Three inputs that together are larger than the worker accepts, for a
+    // servable that would batch them all together.
+    let ids = submit_sized(&mut h, &[40_000, 40_000, 40_000]);
+    let (poll, out) = h.poll(1);
+    let first = work_in(&out, poll);
+    assert!(frame_len(&first) <= 100_000, "{}", frame_len(&first));
+    let sent: usize = first.iter().map(|b| b.items.len()).sum();
+    assert_eq!(sent, 2, "two fit, the third waits for the next reply");
+    // The third comes on the next request, alone in its reply.
+    let (report, out) = h.pull(1, vec![], false);
+    let second = work_in(&out, report);
+    assert!(frame_len(&second) <= 100_000);
+    let mut all: Vec<TaskId> = first
+        .iter()
+        .chain(&second)
+        .flat_map(|b| b.items.iter().map(|i| i.task))
+        .collect();
+    all.sort();
+    assert_eq!(all, ids);
+}
+
+#[test]
+fn an_input_too_large_for_a_worker_waits_for_one_that_takes_it() {
+    let mut h = Harness::new();
+    let mut small = hello("small", 1);
+    small.max_frame_bytes = 100_000;
+    register(&mut h, 1, small);
+    let ids = submit_sized(&mut h, &[150_000]);
+    let (poll, out) = h.poll(1);
+    assert!(
+        worker_reply(&out, poll).is_none(),
+        "not sent to the small one"
+    );
+    register(&mut h, 2, hello("large", 1));
+    let (poll, out) = h.poll(2);
+    let batches = work_in(&out, poll);
+    assert_eq!(batches[0].items[0].task, ids[0]);
+}
+
+#[test]
+fn an_input_larger_than_any_worker_accepts_is_refused_at_submission() {
+    let mut h = Harness::new();
+    let limit = h.core.cfg.max_frame_bytes;
+    let (from, out) = h.call(ClientCall::Submit {
+        tasks: vec![sized_request(10), sized_request(limit)],
+        wait_ms: None,
+    });
+    match client_reply(&out, from) {
+        Some(ClientReply::Error(ApiError {
+            kind: ApiErrorKind::BadRequest,
+            message,
+        })) => assert_eq!(
+            message,
+            format!(
+                "task 2 of 2: input of {limit} bytes exceeds the daemon's frame limit of {limit} bytes ([daemon] max_frame_bytes): no worker could be sent it"
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Nothing of the request was taken; an input that fits is.
+    assert_eq!(h.core.tasks.len(), 0);
+    submit_sized(&mut h, &[limit - 1024]);
 }

@@ -150,6 +150,8 @@ pub(super) struct Registration {
     pub(super) slots: u32,
     /// What it can run.
     pub(super) servables: Vec<ServableRef>,
+    /// The largest frame it accepts: no `Work` reply to it is larger.
+    pub(super) max_frame_bytes: usize,
 }
 
 impl Worker {
@@ -452,6 +454,7 @@ mod tests {
             ends_at_us: None,
             slots,
             servables: vec![ServableRef::Any],
+            max_frame_bytes: 1 << 20,
         }
     }
 

@@ -3,18 +3,36 @@
 
 use std::sync::Arc;
 
-use flotilla_protocol::TaskId;
 use flotilla_protocol::interchange::{
     BatchFailure, BatchId, BatchResult, DaemonMessage, FailureKind, Hello, WorkerMessage,
 };
 use flotilla_protocol::launch::{SECRET_ENV, flag};
+use flotilla_protocol::peer_text::{check_field, shown};
 use flotilla_protocol::servable::ServableRef;
 use flotilla_protocol::task::Outcome;
+use flotilla_protocol::{MIN_FRAME_BYTES, Payload, TaskId};
 
 use super::batches::Batch;
+use super::handshake::HandshakeError;
 use super::tasks::{Attempt, Ending};
 use super::worker_table::{BlockId, LossReason, Lost, Registration, Worker, WorkerKey};
 use super::{Action, Core, PipeId, ReplyTo};
+
+/// At most this many refused probes and hellos are logged per second; the
+/// rest are counted and the count logged with the next one.
+pub(super) const REFUSALS_LOGGED_PER_SECOND: u32 = 10;
+
+/// Longest worker id a hello may carry, in bytes.
+const MAX_WORKER_ID: usize = 200;
+
+/// Longest host or node name a hello may carry, in bytes.
+const MAX_HOST: usize = 255;
+
+/// Longest servable name a hello may offer, in bytes.
+const MAX_SERVABLE_NAME: usize = 200;
+
+/// Most servables a hello may offer.
+const MAX_OFFERED: usize = 4096;
 
 /// Why a worker with another daemon's secret is turned away.
 fn wrong_secret() -> String {
@@ -22,6 +40,38 @@ fn wrong_secret() -> String {
         "wrong secret: this worker was not started for this daemon (check {SECRET_ENV} or {})",
         flag::SECRET_FILE
     )
+}
+
+/// Checks what a hello says about its worker before any of it is used or
+/// logged: the reason for the refusal, if it is malformed.
+fn check_hello(hello: &Hello) -> Result<(), String> {
+    check_field("worker id", &hello.worker_id, MAX_WORKER_ID)?;
+    if hello.worker_id.is_empty() {
+        return Err("the worker id is empty".into());
+    }
+    check_field("host", &hello.host, MAX_HOST)?;
+    if let Some(node) = &hello.node {
+        check_field("node", node, MAX_HOST)?;
+    }
+    if hello.servables.len() > MAX_OFFERED {
+        return Err(format!(
+            "the hello offers {} servables; at most {MAX_OFFERED} are allowed",
+            hello.servables.len()
+        ));
+    }
+    for name in &hello.servables {
+        check_field("an offered servable name", name, MAX_SERVABLE_NAME)?;
+    }
+    if hello.slots == 0 {
+        return Err("a worker needs at least one slot".into());
+    }
+    if hello.max_frame_bytes < MIN_FRAME_BYTES as u64 {
+        return Err(format!(
+            "the worker accepts frames of at most {} bytes; at least {MIN_FRAME_BYTES} are needed",
+            hello.max_frame_bytes
+        ));
+    }
+    Ok(())
 }
 
 /// An empty answer to a long-poll.
@@ -45,7 +95,7 @@ impl Core {
     ) {
         match message {
             WorkerMessage::Hello(hello) => self.on_hello(from, pipe, hello, now, out),
-            WorkerMessage::Probe { secret } => self.on_probe(from, &secret, out),
+            WorkerMessage::Probe { nonce } => self.on_probe(from, pipe, &nonce, now, out),
             WorkerMessage::Leave { reason } => self.on_leave(from, pipe, &reason, now, out),
             WorkerMessage::Pull { results, wait } => {
                 self.on_pull(from, pipe, results, wait, now, out);
@@ -53,17 +103,28 @@ impl Core {
         }
     }
 
-    /// A worker asks whether this is its daemon before registering.
-    fn on_probe(&mut self, from: ReplyTo, secret: &[u8], out: &mut Vec<Action>) {
-        let message = if constant_time_eq(secret, &self.cfg.secret) {
-            DaemonMessage::ProbeOk
-        } else {
-            tracing::warn!(reply_to = from.0, "worker refused: wrong secret (probe)");
-            DaemonMessage::Refused {
-                reason: wrong_secret(),
+    /// A worker asks this daemon to prove it knows the secret, before it
+    /// registers: the answer is the proof and a nonce for its hello.
+    fn on_probe(
+        &mut self,
+        from: ReplyTo,
+        pipe: PipeId,
+        nonce: &[u8],
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let message = match self.admission.handshakes.probe(nonce, now) {
+            Ok((nonce, proof)) => DaemonMessage::ProbeOk {
+                nonce: Payload::copy_from_slice(&nonce),
+                proof: Payload::copy_from_slice(&proof),
+            },
+            Err(e) => {
+                let reason = e.to_string();
+                self.log_refusal(pipe, None, "probe", &reason, now);
+                DaemonMessage::Refused { reason }
             }
         };
-        let close = message != DaemonMessage::ProbeOk;
+        let close = matches!(message, DaemonMessage::Refused { .. });
         out.push(Action::ReplyWorker {
             to: from,
             message,
@@ -71,22 +132,54 @@ impl Core {
         });
     }
 
-    /// Why `hello` is not taken, as the reply to send (and whether to close
-    /// the connection after it).
-    fn refuse_hello(&self, hello: &Hello, pipe: PipeId) -> Option<(DaemonMessage, bool)> {
-        if !constant_time_eq(&hello.secret, &self.cfg.secret) {
-            tracing::warn!(
-                worker = %hello.worker_id,
-                host = %hello.host,
-                pid = hello.pid,
+    /// Logs a refused probe or hello, at most
+    /// [`REFUSALS_LOGGED_PER_SECOND`] a second (by the core's clock).
+    fn log_refusal(
+        &mut self,
+        pipe: PipeId,
+        hello: Option<&Hello>,
+        what: &str,
+        reason: &str,
+        now: u64,
+    ) {
+        let Some(suppressed) = self.admission.refusal_log.admit(now) else {
+            return;
+        };
+        match hello {
+            Some(h) => tracing::warn!(
+                worker = %shown(&h.worker_id),
+                host = %shown(&h.host),
+                pid = h.pid,
                 pipe = pipe.0,
-                "worker refused: wrong secret"
-            );
-            let reason = wrong_secret();
-            return Some((DaemonMessage::Refused { reason }, true));
+                reason = %shown(reason),
+                suppressed,
+                "worker refused ({what})"
+            ),
+            None => tracing::warn!(
+                pipe = pipe.0,
+                reason = %shown(reason),
+                suppressed,
+                "worker refused ({what})"
+            ),
         }
-        if hello.slots == 0 {
-            let reason = "a worker needs at least one slot".into();
+    }
+
+    /// Why `hello` is not taken, as the reply to send (and whether to close
+    /// the connection after it). Its proof is checked (and its challenge
+    /// used up) first: nothing else it says counts before that.
+    fn refuse_hello(
+        &mut self,
+        hello: &Hello,
+        pipe: PipeId,
+        now: u64,
+    ) -> Option<(DaemonMessage, bool)> {
+        let refusal = match self.admission.handshakes.redeem(hello, now) {
+            Err(HandshakeError::WrongProof) => Some(wrong_secret()),
+            Err(e) => Some(e.to_string()),
+            Ok(()) => check_hello(hello).err(),
+        };
+        if let Some(reason) = refusal {
+            self.log_refusal(pipe, Some(hello), "hello", &reason, now);
             return Some((DaemonMessage::Refused { reason }, true));
         }
         if self.life.draining.is_some() {
@@ -103,7 +196,7 @@ impl Core {
         now: u64,
         out: &mut Vec<Action>,
     ) {
-        if let Some((message, close)) = self.refuse_hello(&hello, pipe) {
+        if let Some((message, close)) = self.refuse_hello(&hello, pipe, now) {
             out.push(Action::ReplyWorker {
                 to: from,
                 message,
@@ -118,7 +211,10 @@ impl Core {
                 if let Some(old) = self.workers.reconnect(key, pipe, now) {
                     out.push(no_work(old));
                 }
-                tracing::info!(worker = %hello.worker_id, pipe = pipe.0, "worker reconnected");
+                if let Some(w) = self.workers.get_mut(key) {
+                    w.about.max_frame_bytes = frame_limit(hello.max_frame_bytes);
+                }
+                tracing::info!(worker = %shown(&hello.worker_id), pipe = pipe.0, "worker reconnected");
                 key
             }
             None => self.register(hello, pipe, now, out),
@@ -148,13 +244,14 @@ impl Core {
     ) -> WorkerKey {
         let id: Arc<str> = Arc::from(hello.worker_id.as_str());
         tracing::info!(
-            worker = %id,
-            host = %hello.host,
+            worker = %shown(&id),
+            host = %shown(&hello.host),
             pid = hello.pid,
             slots = hello.slots,
             block = ?hello.block_id,
             rank = ?hello.rank,
-            node = ?hello.node,
+            node = ?hello.node.as_deref().map(shown),
+            max_frame_bytes = hello.max_frame_bytes,
             pipe = pipe.0,
             "worker registered"
         );
@@ -185,6 +282,7 @@ impl Core {
             ends_at_us: hello.ends_at_unix_s.map(|s| s.saturating_mul(1_000_000)),
             slots: hello.slots,
             servables,
+            max_frame_bytes: frame_limit(hello.max_frame_bytes),
         };
         self.workers.register(registration, pipe, now)
     }
@@ -238,7 +336,7 @@ impl Core {
             self.recovery
                 .held
                 .retain(|id| tasks.get(id).is_some_and(|t| t.is_queued()));
-            tracing::info!(worker = %worker_id, tasks = claimed, "a reconnecting worker still runs tasks from before the restart");
+            tracing::info!(worker = %shown(&worker_id), tasks = claimed, "a reconnecting worker still runs tasks from before the restart");
         }
     }
 
@@ -266,9 +364,10 @@ impl Core {
         else {
             return;
         };
-        tracing::info!(worker = %id, reason, "worker left");
-        self.worker_event(now, "worker-left", block, &id, reason.to_owned(), out);
-        let reason = reason.to_owned();
+        // The peer's words, bounded and escaped wherever they go on.
+        let reason = shown(reason).to_string();
+        tracing::info!(worker = %shown(&id), reason = %reason, "worker left");
+        self.worker_event(now, "worker-left", block, &id, reason.clone(), out);
         self.lose_worker(key, LossReason::Left { reason }, now, out);
     }
 
@@ -425,10 +524,10 @@ impl Core {
             .collect();
         tracing::warn!(
             batch = batch.0,
-            worker = worker.unwrap_or("?"),
+            worker = %shown(worker.unwrap_or("?")),
             kind = ?failure.kind,
             tasks = live.len(),
-            message = %failure.message,
+            message = %shown(&failure.message),
             "batch failed as a whole"
         );
         let mut requeue = Vec::new();
@@ -515,9 +614,9 @@ impl Core {
         self.sched.requeue_front(&self.tasks, tasks.requeue);
         self.tasks.count_requeued(requeued);
         tracing::warn!(
-            worker = %worker.about.id,
-            host = %worker.about.host,
-            reason = %reason,
+            worker = %shown(&worker.about.id),
+            host = %shown(&worker.about.host),
+            reason = %shown(&reason.to_string()),
             requeued,
             failed = tasks.failed,
             "worker lost"
@@ -594,6 +693,11 @@ fn loss_note(attempt: u32, worker: &Worker, reason: &LossReason) -> String {
     )
 }
 
+/// The frame limit a worker announced, as the daemon's own counting type.
+fn frame_limit(announced: u64) -> usize {
+    usize::try_from(announced).unwrap_or(usize::MAX)
+}
+
 /// The servables a worker's `Hello` offers, read once; an entry that names
 /// nothing could never match a task and is left out.
 fn offers(worker: &str, listed: &[String]) -> Vec<ServableRef> {
@@ -602,18 +706,9 @@ fn offers(worker: &str, listed: &[String]) -> Vec<ServableRef> {
         .filter_map(|s| match ServableRef::parse(s) {
             Ok(r) => Some(r),
             Err(e) => {
-                tracing::warn!(worker, offered = %s, error = %e, "ignoring a servable the worker offers");
+                tracing::warn!(worker = %shown(worker), offered = %shown(s), error = %shown(&e.to_string()), "ignoring a servable the worker offers");
                 None
             }
         })
         .collect()
-}
-
-/// Compares secrets without an early exit, so timing does not leak how much
-/// of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -52,6 +52,7 @@ fn options_round_trip_through_argv_and_env() {
         container_options: vec!["--security-opt=label=disable".into(), "-q".into()],
         container_template: Some("{runtime} run {image} {command}".into()),
         gpus: Some("nvidia".into()),
+        max_frame_bytes: Some(128 << 20),
         secret_hex: Some("ab".repeat(32)),
         exit_with_pid: Some(1),
         rank: Some(7),
@@ -163,7 +164,9 @@ fn every_option_has_a_usage_line_and_parses() {
         let name = option.flag;
         assert!(name.starts_with("--") && !option.help.is_empty());
         let value = match name {
-            flag::PORT | flag::BLOCK_ID | flag::SLOTS | flag::JOB_END => "1",
+            flag::PORT | flag::BLOCK_ID | flag::SLOTS | flag::JOB_END | flag::MAX_FRAME_BYTES => {
+                "1"
+            }
             flag::LOST_DAEMON_EXIT_S | flag::CONNECT_TIMEOUT_S | flag::WALLTIME_MARGIN_S => "1.5",
             _ => "x",
         };
@@ -187,11 +190,15 @@ fn the_contact_file_round_trips() {
         api: "ipc:///tmp/fl/api.sock".into(),
         interchange_address: "10.0.0.1,login1:7000".into(),
         interchange_port: 5555,
+        max_frame_bytes: Some(1 << 20),
     };
     let text = info.to_toml().unwrap();
     assert!(text.contains("interchange_port = 5555"), "{text}");
     assert_eq!(DaemonInfo::from_toml(&text).unwrap(), info);
     assert!(DaemonInfo::from_toml("pid = 1").is_err());
+    // A file without the frame limit (an older daemon's) still reads.
+    let old = text.replace("max_frame_bytes = 1048576\n", "");
+    assert_eq!(DaemonInfo::from_toml(&old).unwrap().max_frame_bytes, None);
     assert_eq!(
         crate::paths::info_file(std::path::Path::new("/s")),
         std::path::Path::new("/s").join(CONTACT_FILE)

@@ -3,11 +3,13 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use flotilla_protocol::handshake::{self, HandshakeKey};
 use flotilla_protocol::interchange::WorkItem;
 use flotilla_protocol::task::{NIL, Outcome};
 use flotilla_protocol::{PROTOCOL_VERSION, Payload, encode};
 
 const SEC: u64 = 1_000_000;
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 /// The Unix time the tests start at (seconds).
 const T0: u64 = 1_800_000_000;
 
@@ -24,7 +26,9 @@ macro_rules! send {
 
 fn config() -> SessionConfig {
     SessionConfig {
-        secret: b"0123456789abcdef0123456789abcdef".to_vec(),
+        secret: SECRET.to_vec(),
+        nonce_seed: [4; 32],
+        max_frame_bytes: 1 << 20,
         worker_id: "w1".into(),
         block_id: Some(3),
         host: "node1".into(),
@@ -85,11 +89,41 @@ impl Harness {
     }
 
     fn reply(&mut self, lane: Lane, message: &DaemonMessage) -> Vec<Action> {
+        self.reply_on(lane, None, message)
+    }
+
+    fn reply_on(&mut self, lane: Lane, pipe: Option<u64>, message: &DaemonMessage) -> Vec<Action> {
         let frame = encode(message).unwrap();
         self.ev(Event::Reply {
             lane,
+            pipe,
             frame: &frame,
         })
+    }
+
+    /// Answers the probe among `actions` as the daemon does (over `pipe`,
+    /// knowing `secret`); returns what the session does next.
+    fn prove_with(&mut self, actions: &[Action], pipe: Option<u64>, secret: &[u8]) -> Vec<Action> {
+        let Some(nonce) = actions.iter().find_map(|a| match a {
+            send!(Lane::Report, WorkerMessage::Probe { nonce }) => Some(nonce.clone()),
+            _ => None,
+        }) else {
+            panic!("no probe in {actions:?}");
+        };
+        let worker_nonce = handshake::nonce(&nonce).unwrap();
+        let daemon_nonce = [8u8; 32];
+        let proof = HandshakeKey::from_secret(secret).daemon_proof(&worker_nonce, &daemon_nonce);
+        let answer = DaemonMessage::ProbeOk {
+            nonce: Payload::copy_from_slice(&daemon_nonce),
+            proof: Payload::copy_from_slice(&proof),
+        };
+        self.reply_on(Lane::Report, pipe, &answer)
+    }
+
+    /// [`Harness::prove_with`] the daemon's secret, over no pipe in
+    /// particular.
+    fn prove(&mut self, actions: &[Action]) -> Vec<Action> {
+        self.prove_with(actions, None, SECRET)
     }
 
     fn done(&mut self, batch: u64) -> Vec<Action> {
@@ -104,7 +138,8 @@ impl Harness {
     }
 
     fn register(&mut self) {
-        let hello = self.tick();
+        let probe = self.tick();
+        let hello = self.prove(&probe);
         assert!(
             matches!(&hello[..], [send!(Lane::Report, WorkerMessage::Hello(_))]),
             "{hello:?}"
@@ -197,9 +232,14 @@ fn hello_running(actions: &[Action]) -> Vec<(BatchId, Vec<TaskId>)> {
 }
 
 #[test]
-fn the_hello_goes_first_and_the_poll_only_after_the_welcome() {
+fn the_probe_goes_first_then_the_hello_and_the_poll_only_after_the_welcome() {
     let mut h = Harness::new();
-    let actions = h.tick();
+    let probe = h.tick();
+    let [send!(Lane::Report, WorkerMessage::Probe { nonce })] = &probe[..] else {
+        panic!("{probe:?}");
+    };
+    let worker_nonce = handshake::nonce(nonce).unwrap();
+    let actions = h.prove(&probe);
     let [send!(Lane::Report, WorkerMessage::Hello(hello))] = &actions[..] else {
         panic!("{actions:?}");
     };
@@ -207,8 +247,14 @@ fn the_hello_goes_first_and_the_poll_only_after_the_welcome() {
     assert_eq!(hello.block_id, Some(3));
     assert_eq!((hello.pid, hello.slots), (42, 2));
     assert_eq!(hello.servables, ["noop", "*"]);
-    assert_eq!(&hello.secret[..], &config().secret[..]);
+    assert_eq!(hello.max_frame_bytes, 1 << 20);
     assert!(hello.running.is_empty());
+    // The hello proves the secret without carrying it.
+    assert_eq!(&hello.challenge[..], &[8u8; 32]);
+    let key = HandshakeKey::from_secret(SECRET);
+    assert!(key.check_worker(&worker_nonce, &[8; 32], hello));
+    let wire = encode(&WorkerMessage::Hello(hello.clone())).unwrap();
+    assert!(!wire.windows(SECRET.len()).any(|w| w == SECRET));
     // Until the welcome, nothing else goes out, however often it ticks.
     h.advance(Duration::from_secs(1));
     assert_eq!(h.tick(), []);
@@ -288,8 +334,9 @@ fn results_go_out_at_once_when_the_report_lane_is_free_else_with_the_next_report
     assert_eq!(reported(&answered), [2, 3]);
     // Once every report is answered nothing is left to resend.
     assert_eq!(h.reply(Lane::Report, &work(vec![])), []);
-    h.session.registered = false;
-    let hello = h.tick();
+    h.session.registration = Registration::Unverified;
+    let probe = h.tick();
+    let hello = h.prove(&probe);
     assert_eq!(hello_running(&hello), [(BatchId(4), vec![TaskId(40)])]);
 }
 
@@ -340,8 +387,10 @@ fn a_restarted_daemon_gets_a_new_hello_listing_running_batches_then_the_results(
     // The daemon restarted and does not know the worker.
     let asked = h.reply(Lane::Report, &DaemonMessage::Reregister);
     assert_eq!(asked[0], Action::Notify(Notice::ReregisterAsked));
+    // It makes the daemon prove itself again before the hello.
+    let hello = h.prove(&asked);
     assert_eq!(
-        hello_running(&asked),
+        hello_running(&hello),
         [
             (BatchId(1), vec![TaskId(10)]),
             (BatchId(2), vec![TaskId(20), TaskId(21)])
@@ -363,11 +412,16 @@ fn a_reregister_on_the_poll_lane_sends_the_hello_when_the_report_lane_is_free() 
     assert!(
         matches!(
             &actions[1..],
-            [send!(Lane::Report, WorkerMessage::Hello(_))]
+            [send!(Lane::Report, WorkerMessage::Probe { .. })]
         ),
         "{actions:?}"
     );
     assert_eq!(h.tick(), [], "no poll before the welcome");
+    let hello = h.prove(&actions);
+    assert!(matches!(
+        &hello[..],
+        [send!(Lane::Report, WorkerMessage::Hello(_))]
+    ));
 }
 
 #[test]
@@ -395,6 +449,7 @@ fn a_daemon_of_another_release_is_a_refusal_that_says_so() {
     let frame = rmp_serde::to_vec(&(PROTOCOL_VERSION + 1, "welcome")).unwrap();
     let ended = h.ev(Event::Reply {
         lane: Lane::Report,
+        pipe: None,
         frame: &frame,
     });
     let [Action::End(Ending::Refused(reason))] = &ended[..] else {
@@ -410,13 +465,15 @@ fn a_reply_that_is_not_a_frame_makes_the_worker_register_again() {
     assert_eq!(reported(&h.done(1)), [1]);
     let garbage = h.ev(Event::Reply {
         lane: Lane::Report,
+        pipe: None,
         frame: b"\xc1 not msgpack",
     });
+    let hello = h.prove(&garbage);
     assert!(
-        matches!(&garbage[..], [send!(Lane::Report, WorkerMessage::Hello(_))]),
-        "{garbage:?}"
+        matches!(&hello[..], [send!(Lane::Report, WorkerMessage::Hello(_))]),
+        "{hello:?}"
     );
-    assert_eq!(hello_running(&garbage), [(BatchId(1), vec![TaskId(10)])]);
+    assert_eq!(hello_running(&hello), [(BatchId(1), vec![TaskId(10)])]);
     let welcomed = h.reply(Lane::Report, &welcome());
     assert_eq!(
         reported(&welcomed),
@@ -456,7 +513,8 @@ fn near_the_walltime_it_takes_no_work_finishes_its_batches_then_leaves() {
         lost_daemon_exit: Duration::from_secs(3600),
         ..config()
     });
-    let hello = h.tick();
+    let probe = h.tick();
+    let hello = h.prove(&probe);
     let [send!(_, WorkerMessage::Hello(sent))] = &hello[..] else {
         panic!("{hello:?}");
     };
@@ -530,4 +588,130 @@ fn a_request_the_socket_cannot_take_fails_the_session() {
         h.ev(Event::DaemonExited),
         [Action::End(Ending::DaemonExited)]
     );
+}
+
+// ----- the daemon proves itself -----------------------------------------------
+
+/// True if `actions` send a hello or run anything.
+fn trusts(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Run { .. } | send!(_, WorkerMessage::Hello(_))))
+}
+
+fn untrusted(actions: &[Action]) -> String {
+    match actions {
+        [Action::End(Ending::Untrusted(reason))] => reason.clone(),
+        other => panic!("expected the session to end untrusted, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_daemon_without_a_valid_proof_is_sent_no_hello_and_its_work_is_not_run() {
+    let mut h = Harness::new();
+    let probe = h.tick();
+    let answered = h.prove_with(&probe, None, b"not the daemon's secret");
+    let reason = untrusted(&answered);
+    assert!(reason.contains("without a valid proof"), "{reason}");
+    assert!(reason.contains("nothing it sent was run"), "{reason}");
+    // Whatever it sends next is not acted on.
+    assert!(!trusts(&h.reply(Lane::Poll, &work(vec![batch(1, &[10])]))));
+    assert!(!trusts(&h.tick()));
+}
+
+#[test]
+fn a_peer_that_answers_the_probe_with_anything_but_a_proof_is_not_trusted() {
+    for answer in [
+        work(vec![batch(1, &[10])]),
+        welcome(),
+        DaemonMessage::Reregister,
+    ] {
+        let mut h = Harness::new();
+        h.tick();
+        let answered = h.reply(Lane::Report, &answer);
+        assert!(!trusts(&answered), "{answered:?}");
+        assert!(untrusted(&answered).contains("instead of a proof"));
+    }
+    // A malformed proof too.
+    let mut h = Harness::new();
+    h.tick();
+    let bad = DaemonMessage::ProbeOk {
+        nonce: Payload::from_static(b"short"),
+        proof: Payload::new(),
+    };
+    assert!(untrusted(&h.reply(Lane::Report, &bad)).contains("without a valid proof"));
+}
+
+#[test]
+fn a_reply_over_a_new_connection_is_not_acted_on_until_the_daemon_proves_itself_again() {
+    let mut h = Harness::new();
+    let probe = h.tick();
+    h.prove_with(&probe, Some(1), SECRET);
+    h.reply_on(Lane::Report, Some(1), &welcome());
+    // nng redialled the daemon's address: someone else answers the poll.
+    let actions = h.reply_on(Lane::Poll, Some(2), &work(vec![batch(1, &[10])]));
+    assert!(!trusts(&actions), "{actions:?}");
+    let [send!(Lane::Report, WorkerMessage::Probe { .. })] = &actions[..] else {
+        panic!("expected a new probe: {actions:?}");
+    };
+    // An impostor there cannot prove itself; the real daemon can.
+    let mut impostor = Harness::new();
+    let probe = impostor.tick();
+    impostor.prove_with(&probe, Some(1), SECRET);
+    impostor.reply_on(Lane::Report, Some(1), &welcome());
+    let again = impostor.reply_on(Lane::Poll, Some(2), &work(vec![]));
+    untrusted(&impostor.prove_with(&again, Some(2), b"guess"));
+    let hello = h.prove_with(&actions, Some(2), SECRET);
+    assert!(matches!(
+        &hello[..],
+        [send!(Lane::Report, WorkerMessage::Hello(_))]
+    ));
+    let welcomed = h.reply_on(Lane::Report, Some(2), &welcome());
+    assert_eq!(welcomed[1], poll(Duration::from_secs(20)));
+    let ran = h.reply_on(Lane::Poll, Some(2), &work(vec![batch(2, &[20])]));
+    assert!(matches!(ran[0], Action::Run { .. }));
+}
+
+#[test]
+fn a_frame_over_the_workers_cap_ends_the_session_saying_so() {
+    let mut h = Harness::registered();
+    let big = work(vec![WorkBatch {
+        items: vec![WorkItem {
+            task: TaskId(1),
+            input: Payload::from(vec![0u8; 2 << 20]),
+        }],
+        ..batch(1, &[])
+    }]);
+    let frame = encode(&big).unwrap();
+    let ended = h.ev(Event::Reply {
+        lane: Lane::Poll,
+        pipe: None,
+        frame: &frame,
+    });
+    let [Action::End(Ending::Failed(reason))] = &ended[..] else {
+        panic!("{ended:?}");
+    };
+    assert!(
+        reason.contains(&format!("a frame of {} bytes", frame.len()))
+            && reason.contains("cap of 1048576 bytes"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_session_whose_daemon_proved_itself_while_connecting_says_hello_at_once() {
+    let mut h = Harness::new();
+    h.session = Session::new(config(), h.now()).proven([1; 32], [2; 32], Some(5));
+    let hello = h.tick();
+    let [send!(Lane::Report, WorkerMessage::Hello(sent))] = &hello[..] else {
+        panic!("{hello:?}");
+    };
+    assert!(HandshakeKey::from_secret(SECRET).check_worker(&[1; 32], &[2; 32], sent));
+    // Replies over another connection are not acted on.
+    let other = h.reply_on(Lane::Report, Some(6), &welcome());
+    assert!(!trusts(&other));
+    assert!(!matches!(
+        other.first(),
+        Some(Action::Notify(Notice::Registered { .. }))
+    ));
 }

@@ -1,0 +1,219 @@
+//! The worker–daemon handshake: each side proves it knows the daemon's
+//! secret without the secret ever crossing the wire.
+//!
+//! 1. The worker sends [`WorkerMessage::Probe`] with a fresh random nonce.
+//! 2. The daemon answers [`DaemonMessage::ProbeOk`] with a fresh nonce of
+//!    its own and a proof: a keyed BLAKE3 MAC over both nonces under the
+//!    label [`DAEMON_LABEL`]. The worker checks it and registers with, or
+//!    runs work from, nothing that fails the check.
+//! 3. The worker sends [`WorkerMessage::Hello`] carrying the daemon's nonce
+//!    and its own proof: the same MAC under [`WORKER_LABEL`], over both
+//!    nonces and every field of the hello. The daemon checks it against the
+//!    worker nonce it saw in the probe, and takes each of its nonces once.
+//!
+//! The MAC key is derived from the secret with [`blake3::derive_key`], so the
+//! secret itself is never used as a key anywhere else. Labels keep a daemon's
+//! proof from ever passing as a worker's. The link itself is not encrypted:
+//! that comes with the secure interchange.
+//!
+//! [`WorkerMessage::Probe`]: crate::interchange::WorkerMessage::Probe
+//! [`WorkerMessage::Hello`]: crate::interchange::WorkerMessage::Hello
+//! [`DaemonMessage::ProbeOk`]: crate::interchange::DaemonMessage::ProbeOk
+
+use crate::interchange::Hello;
+use crate::task::Payload;
+
+/// Length of a handshake nonce in bytes.
+pub const NONCE_LEN: usize = 32;
+
+/// Length of a proof (a BLAKE3 MAC) in bytes.
+pub const PROOF_LEN: usize = 32;
+
+/// A handshake nonce.
+pub type Nonce = [u8; NONCE_LEN];
+
+/// A handshake proof.
+pub type Proof = [u8; PROOF_LEN];
+
+/// Context string of the key derivation (BLAKE3's `derive_key`): names the
+/// application, the purpose and a version, as BLAKE3 asks.
+const KEY_CONTEXT: &str = "flotilla 2026-12 worker-daemon handshake v1";
+
+/// What the daemon's proof is about.
+pub const DAEMON_LABEL: &[u8] = b"flotilla handshake: daemon\0";
+
+/// What the worker's proof is about.
+pub const WORKER_LABEL: &[u8] = b"flotilla handshake: worker\0";
+
+/// The MAC key both sides derive from the daemon's secret.
+#[derive(Clone)]
+pub struct HandshakeKey([u8; 32]);
+
+impl std::fmt::Debug for HandshakeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandshakeKey(..)")
+    }
+}
+
+impl HandshakeKey {
+    /// The key for `secret`.
+    pub fn from_secret(secret: &[u8]) -> HandshakeKey {
+        HandshakeKey(blake3::derive_key(KEY_CONTEXT, secret))
+    }
+
+    /// The daemon's proof for the nonce pair.
+    pub fn daemon_proof(&self, worker_nonce: &Nonce, daemon_nonce: &Nonce) -> Proof {
+        let mut mac = blake3::Hasher::new_keyed(&self.0);
+        mac.update(DAEMON_LABEL);
+        mac.update(worker_nonce);
+        mac.update(daemon_nonce);
+        *mac.finalize().as_bytes()
+    }
+
+    /// The worker's proof for the nonce pair and `hello` (every field but
+    /// its `proof`, which it is).
+    pub fn worker_proof(&self, worker_nonce: &Nonce, daemon_nonce: &Nonce, hello: &Hello) -> Proof {
+        let mut mac = blake3::Hasher::new_keyed(&self.0);
+        mac.update(WORKER_LABEL);
+        mac.update(worker_nonce);
+        mac.update(daemon_nonce);
+        let unsigned = Hello {
+            proof: Payload::new(),
+            ..hello.clone()
+        };
+        // The encoding is deterministic, and the hasher cannot fail to
+        // take bytes; a hello that cannot be encoded gets a proof no one
+        // can match (the label alone differs from any real input).
+        if rmp_serde::encode::write(&mut mac, &unsigned).is_err() {
+            return [0; PROOF_LEN];
+        }
+        *mac.finalize().as_bytes()
+    }
+
+    /// True if `proof` is the daemon's proof for the nonce pair (compared
+    /// in constant time).
+    pub fn check_daemon(&self, worker_nonce: &Nonce, daemon_nonce: &Nonce, proof: &[u8]) -> bool {
+        same_proof(&self.daemon_proof(worker_nonce, daemon_nonce), proof)
+    }
+
+    /// True if `hello.proof` is the worker's proof for the nonce pair and
+    /// the hello (compared in constant time).
+    pub fn check_worker(&self, worker_nonce: &Nonce, daemon_nonce: &Nonce, hello: &Hello) -> bool {
+        same_proof(
+            &self.worker_proof(worker_nonce, daemon_nonce, hello),
+            &hello.proof,
+        )
+    }
+}
+
+/// Compares a proof with what was received, in constant time (BLAKE3's
+/// `Hash` equality is constant-time); a wrong length is simply wrong.
+fn same_proof(expected: &Proof, received: &[u8]) -> bool {
+    let Ok(received) = <[u8; PROOF_LEN]>::try_from(received) else {
+        return false;
+    };
+    blake3::Hash::from_bytes(*expected) == blake3::Hash::from_bytes(received)
+}
+
+/// `bytes` as a nonce, if it has the right length.
+pub fn nonce(bytes: &[u8]) -> Option<Nonce> {
+    <Nonce>::try_from(bytes).ok()
+}
+
+/// A stream of unpredictable nonces from one random seed: BLAKE3 keyed by
+/// the seed over a counter, so its owner stays deterministic (a test seeds
+/// it with a constant) and does no I/O of its own; the process that owns
+/// it seeds it from the operating system's randomness.
+#[derive(Clone)]
+pub struct NonceSource {
+    key: [u8; 32],
+    counter: u64,
+}
+
+impl std::fmt::Debug for NonceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonceSource")
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NonceSource {
+    /// A source for `purpose` from `seed`: sources of one seed with
+    /// different purposes never give the same nonce.
+    pub fn new(seed: &[u8; 32], purpose: &str) -> NonceSource {
+        let mut derive = blake3::Hasher::new_keyed(seed);
+        derive.update(b"flotilla nonce source\0");
+        derive.update(purpose.as_bytes());
+        NonceSource {
+            key: *derive.finalize().as_bytes(),
+            counter: 0,
+        }
+    }
+
+    /// The next nonce.
+    pub fn next_nonce(&mut self) -> Nonce {
+        self.counter += 1;
+        *blake3::keyed_hash(&self.key, &self.counter.to_le_bytes()).as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            worker_id: "w1".into(),
+            block_id: Some(3),
+            host: "node7".into(),
+            node: None,
+            rank: None,
+            pid: 42,
+            slots: 2,
+            servables: vec!["echo".into()],
+            challenge: Payload::from(vec![2u8; NONCE_LEN]),
+            proof: Payload::new(),
+            max_frame_bytes: 1 << 20,
+            ends_at_unix_s: None,
+            running: vec![],
+        }
+    }
+
+    #[test]
+    fn each_side_checks_the_others_proof() {
+        let key = HandshakeKey::from_secret(b"secret");
+        let (wn, dn) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
+        let proof = key.daemon_proof(&wn, &dn);
+        assert!(key.check_daemon(&wn, &dn, &proof));
+        // Another secret, other nonces, a truncated proof: all refused.
+        assert!(!HandshakeKey::from_secret(b"other").check_daemon(&wn, &dn, &proof));
+        assert!(!key.check_daemon(&dn, &wn, &proof));
+        assert!(!key.check_daemon(&wn, &dn, &proof[..31]));
+
+        let mut h = hello();
+        h.proof = Payload::copy_from_slice(&key.worker_proof(&wn, &dn, &h));
+        assert!(key.check_worker(&wn, &dn, &h));
+        // A daemon's proof never passes as a worker's.
+        let mut forged = h.clone();
+        forged.proof = Payload::copy_from_slice(&proof);
+        assert!(!key.check_worker(&wn, &dn, &forged));
+        // The proof covers the hello's fields.
+        let mut changed = h.clone();
+        changed.slots = 64;
+        assert!(!key.check_worker(&wn, &dn, &changed));
+    }
+
+    #[test]
+    fn nonce_sources_differ_by_seed_purpose_and_draw() {
+        let mut a = NonceSource::new(&[7; 32], "a");
+        let mut b = NonceSource::new(&[7; 32], "b");
+        let mut c = NonceSource::new(&[8; 32], "a");
+        let first = a.next_nonce();
+        assert_ne!(first, a.next_nonce());
+        assert_ne!(first, b.next_nonce());
+        assert_ne!(first, c.next_nonce());
+        assert_eq!(first, NonceSource::new(&[7; 32], "a").next_nonce());
+        assert!(!format!("{a:?}").contains("key"));
+    }
+}
