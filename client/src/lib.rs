@@ -39,6 +39,14 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra time allowed beyond a call's own wait for the reply to arrive.
 const WAIT_MARGIN: Duration = Duration::from_secs(10);
 
+/// A wait cut to the longest the daemon accepts, so no arithmetic on it
+/// overflows (a caller's `Duration::MAX` means "as long as you can").
+fn capped(wait: Duration) -> Duration {
+    wait.min(Duration::from_millis(
+        flotilla_protocol::client::MAX_WAIT_MS,
+    ))
+}
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -249,7 +257,7 @@ impl Client {
         params: Payload,
         wait: Option<Duration>,
     ) -> Result<TaskView, ClientError> {
-        let wait = wait.unwrap_or(Duration::from_secs(86_400));
+        let wait = capped(wait.unwrap_or(Duration::from_secs(86_400)));
         let call = ClientCall::Submit {
             tasks: vec![TaskRequest {
                 servable: servable.to_owned(),
@@ -271,6 +279,7 @@ impl Client {
         tasks: Vec<TaskRequest>,
         wait: Duration,
     ) -> Result<Vec<TaskView>, ClientError> {
+        let wait = capped(wait);
         let call = ClientCall::Submit {
             tasks,
             wait_ms: Some(wait.as_millis() as u64),
@@ -288,6 +297,7 @@ impl Client {
         ids: &[TaskId],
         wait: Option<Duration>,
     ) -> Result<Vec<TaskView>, ClientError> {
+        let wait = wait.map(capped);
         let call = ClientCall::Results {
             ids: ids.to_vec(),
             wait_ms: wait.map(|w| w.as_millis() as u64),
@@ -329,11 +339,20 @@ impl Client {
         }
     }
 
-    /// Asks the daemon to shut down gracefully.
+    /// Asks the daemon to shut down gracefully. A daemon with nothing left
+    /// to do closes its socket at once, which can reset the connection
+    /// before its answer is read: that counts as stopping too (callers wait
+    /// for the process to end in any case).
     pub fn stop(&self) -> Result<(), ClientError> {
-        match self.call(&ClientCall::Stop, DEFAULT_CALL_TIMEOUT)? {
-            ClientReply::Stopping => Ok(()),
-            other => Err(unexpected(&other)),
+        match self.call(&ClientCall::Stop, DEFAULT_CALL_TIMEOUT) {
+            Ok(ClientReply::Stopping) => Ok(()),
+            Ok(other) => Err(unexpected(&other)),
+            Err(ClientError::Transport(
+                nng::Error::ConnectionReset
+                | nng::Error::ConnectionAborted
+                | nng::Error::ConnectionShutdown,
+            )) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 }
@@ -410,6 +429,7 @@ impl Client {
         after: u64,
         wait: Option<Duration>,
     ) -> Result<Vec<EventView>, ClientError> {
+        let wait = wait.map(capped);
         let call = ClientCall::Events {
             after,
             wait_ms: wait.map(|w| w.as_millis() as u64),
@@ -461,6 +481,15 @@ fn unexpected(reply: &ClientReply) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_wait_is_the_daemons_and_adding_a_margin_cannot_overflow() {
+        let longest = Duration::from_millis(flotilla_protocol::client::MAX_WAIT_MS);
+        assert_eq!(capped(Duration::MAX), longest);
+        assert_eq!(capped(Duration::from_secs(5)), Duration::from_secs(5));
+        assert!(capped(Duration::MAX).checked_add(WAIT_MARGIN).is_some());
+        assert!(u64::try_from(capped(Duration::MAX).as_millis()).is_ok());
+    }
 
     /// A state directory whose contact file says `limit`; no daemon.
     fn state_dir_with_limit(limit: Option<u64>) -> tempfile::TempDir {

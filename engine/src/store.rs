@@ -554,6 +554,24 @@ mod tests {
         }
     }
 
+    /// Opens the store at `path` once the last one there is gone: sled's
+    /// background threads can hold its file lock a moment after the
+    /// database is dropped (seen under CPU load).
+    fn open_once_released(path: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Store::open(path) {
+                Ok(store) => return store,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("cannot open the store again: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn tasks_and_results_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -572,7 +590,7 @@ mod tests {
                 .unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = open_once_released(dir.path());
         let rec = store.recover().unwrap();
         assert_eq!(rec.reserved_until, 100);
         let ids: Vec<_> = rec.tasks.iter().map(|t| t.0.0).collect();
