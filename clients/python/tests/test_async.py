@@ -134,3 +134,23 @@ def test_closing_async_map_cancels_the_tasks_still_running(wide_daemon):
     assert 4 <= submitted <= 6
     assert after["completed"] - before["completed"] == 2
     assert after["cancelled"] - before["cancelled"] == submitted - 2
+
+
+def test_a_wait_whose_deadline_passed_before_it_began_still_returns_every_view(daemon):
+    # A slow submit (a loaded machine) can use up a short timeout before the
+    # first look at the tasks; the views must still come back, not-final
+    # ones included, for the caller to raise its Timeout.
+    async def main():
+        async with AsyncClient(daemon.home) as client:
+            done = await client.submit("echo", 1)
+            await done
+            slow = await client.submit("sleep", 30)
+            ids = [done.task_id, slow.task_id]
+            past = asyncio.get_running_loop().time() - 1
+            views = await client._wait_views(ids, past)
+            assert [v.id for v in views] == ids
+            assert views[0].state is TaskState.COMPLETED
+            assert not views[1].is_final
+            await client.cancel(slow.task_id)
+
+    run(main())
