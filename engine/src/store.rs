@@ -528,12 +528,13 @@ fn contiguous_chunks(tasks: &[NewTask]) -> Vec<&[NewTask]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use flotilla_protocol::task::{Outcome, TaskState, TaskTimings};
     use std::sync::Arc;
 
-    fn new_task(id: u64) -> NewTask {
+    /// A `noop` task with id `id`, for the store's tests and the writer's.
+    pub(crate) fn new_task(id: u64) -> NewTask {
         NewTask {
             id: TaskId(id),
             servable: Arc::from("noop"),

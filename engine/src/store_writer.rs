@@ -292,21 +292,12 @@ impl<R: Fn(WriterReport)> Writer<R> {
 mod tests {
     use super::*;
     use crate::store::NewTask;
-    use flotilla_protocol::task::{Payload, TaskId};
+    use crate::store::tests::new_task;
+    use flotilla_protocol::task::Payload;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     const LIMIT: Duration = Duration::from_secs(30);
-
-    fn new_task(id: u64) -> NewTask {
-        NewTask {
-            id: TaskId(id),
-            servable: Arc::from("noop"),
-            params: Payload::new(),
-            input: Payload::from_static(&[0xc0]),
-            submitted_us: 1000 + id,
-        }
-    }
 
     fn reports() -> (
         impl Fn(WriterReport) + Send + 'static,

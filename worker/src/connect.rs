@@ -339,14 +339,7 @@ mod tests {
 
     /// A REP socket answering every request with what `answer` makes of it.
     fn answering(answer: impl Fn(&[u8]) -> Vec<u8> + Send + 'static) -> (Socket, u16) {
-        let socket = Socket::new(Protocol::Rep0).unwrap();
-        let listener = nng::ListenerBuilder::new(&socket, "tcp://127.0.0.1:0")
-            .unwrap()
-            .start()
-            .unwrap();
-        let port = listener
-            .get_opt::<nng::options::transport::tcp::BoundPort>()
-            .unwrap();
+        let (socket, port) = crate::test_support::rep_on_loopback();
         let s = socket.clone();
         std::thread::spawn(move || {
             while let Ok(request) = s.recv() {

@@ -17,3 +17,23 @@ pub mod shell;
 /// Builtin servables this worker runs; it also runs any published
 /// servable whose record the daemon sends it.
 pub const BUILTINS: &[&str] = &["noop", "echo", "sleep"];
+
+#[cfg(test)]
+mod test_support {
+    use nng::options::Options;
+    use nng::{Protocol, Socket};
+
+    /// A REP socket listening on a free loopback port, standing in for a
+    /// daemon; returns it and the port.
+    pub(crate) fn rep_on_loopback() -> (Socket, u16) {
+        let socket = Socket::new(Protocol::Rep0).unwrap();
+        let listener = nng::ListenerBuilder::new(&socket, "tcp://127.0.0.1:0")
+            .unwrap()
+            .start()
+            .unwrap();
+        let port = listener
+            .get_opt::<nng::options::transport::tcp::BoundPort>()
+            .unwrap();
+        (socket, port)
+    }
+}

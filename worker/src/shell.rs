@@ -337,8 +337,6 @@ mod tests {
     use super::*;
     use flotilla_protocol::interchange::{BatchId, BatchResult, WorkerMessage};
     use flotilla_protocol::task::Outcome;
-    use nng::Protocol;
-    use nng::options::Options;
     use std::sync::mpsc;
 
     /// A stand-in daemon: joins parts as the real one does, acknowledging
@@ -346,14 +344,7 @@ mod tests {
     /// with `refuse_at`, answers that part "no" instead. Reports each whole
     /// request.
     fn fake_daemon(refuse_at: Option<usize>) -> (String, mpsc::Receiver<Vec<u8>>) {
-        let socket = Socket::new(Protocol::Rep0).unwrap();
-        let listener = nng::ListenerBuilder::new(&socket, "tcp://127.0.0.1:0")
-            .unwrap()
-            .start()
-            .unwrap();
-        let port = listener
-            .get_opt::<nng::options::transport::tcp::BoundPort>()
-            .unwrap();
+        let (socket, port) = crate::test_support::rep_on_loopback();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut joined = Vec::new();
