@@ -170,7 +170,11 @@ fn exit_code(lower: &str) -> Option<i64> {
     digits.parse().ok()
 }
 
-fn status_from(ids: &[JobId], out: &CommandOutput) -> Result<Vec<Option<JobStatus>>, String> {
+/// The states of `ids` from `qstat`'s output, `None` for a job it does
+/// not list (the provider then settles it from its `.cobaltlog`). Public
+/// for the fuzz targets, which feed it arbitrary scheduler output.
+#[doc(hidden)]
+pub fn status_from(ids: &[JobId], out: &CommandOutput) -> Result<Vec<Option<JobStatus>>, String> {
     if !out.success()
         && !out.stdout.contains("JobID")
         && !out.stderr.to_lowercase().contains("no matching")

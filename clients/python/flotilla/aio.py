@@ -11,7 +11,7 @@ import weakref
 
 from . import home as home_dir
 from . import mapping, messages
-from .errors import ProtocolError, ShuttingDown
+from .errors import ConnectionLost, ProtocolError, ShuttingDown, Timeout
 from .futures import AsyncTaskFuture, settle
 from .outcome import value_of
 from .payload import encode_input, encode_params
@@ -19,7 +19,7 @@ from .servables import AsyncServables
 from .transport import Connection
 from .views import TaskState
 
-__all__ = ["AsyncClient", "DEFAULT_CALL_TIMEOUT"]
+__all__ = ["AsyncClient", "DEFAULT_CALL_TIMEOUT", "DEFAULT_RECONNECT_PATIENCE"]
 
 #: Seconds allowed for the daemon to answer a call that does not wait for
 #: tasks (the Rust client's default too).
@@ -34,10 +34,63 @@ MAX_HELD_WAITS = 1024
 #: A held wait answered this much sooner than asked means the daemon is
 #: draining (it answers waits at once then).
 _EARLY_S = 1.0
+#: Seconds a wait for tasks (futures, ``result``, ``map``) keeps trying when
+#: its daemon goes away (stops, restarts, the connection breaks) before it
+#: gives up; task ids are durable, so a daemon that comes back answers.
+DEFAULT_RECONNECT_PATIENCE = 60.0
+#: First pause between attempts to reach a daemon that went away; each
+#: attempt doubles it, up to :data:`_RETRY_PAUSE_MAX_S`.
+_RETRY_PAUSE_S = 0.1
+_RETRY_PAUSE_MAX_S = 1.0
 
 
 def _wait_ms(seconds):
     return int(max(0.0, seconds) * 1000)
+
+
+def _patience(seconds):
+    """``reconnect_patience`` checked: a finite number of seconds, 0 or more."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError("reconnect_patience must be a number of seconds, got %r" % (seconds,))
+    if not 0 <= seconds < float("inf"):
+        raise ValueError("reconnect_patience must be 0 or more seconds, got %r" % (seconds,))
+    return float(seconds)
+
+
+class _Outage:
+    """A wait for tasks whose daemon went away: since when (loop time), the
+    error that ended its last attempt, and whether the daemon could not be
+    reached at all (rather than answering that it is shutting down)."""
+
+    def __init__(self, error, since):
+        self.error = error
+        self.since = since
+        self.unreachable = isinstance(error, ConnectionLost)
+        self._pause = _RETRY_PAUSE_S
+
+    def next_pause(self):
+        """Seconds to pause before the next attempt (growing)."""
+        pause = self._pause
+        self._pause = min(self._pause * 2, _RETRY_PAUSE_MAX_S)
+        return pause
+
+    def given_up(self, tried_s, socket_path):
+        """The error to raise after trying for ``tried_s`` seconds to reach
+        the daemon at ``socket_path`` again."""
+        if self.unreachable:
+            error = ConnectionLost(
+                "the daemon at %s went away while tasks were awaited (%s) and did not answer "
+                "again in %.1f s of trying (the client's reconnect_patience); the daemon keeps "
+                "the tasks: fetch their results once it runs again"
+                % (socket_path, self.error, tried_s)
+            )
+        else:
+            error = ShuttingDown(
+                "%s (waited %.1f s for it to run again: the client's reconnect_patience)"
+                % (self.error.message, tried_s)
+            )
+        error.__cause__ = self.error
+        return error
 
 
 def _only(items, what):
@@ -63,14 +116,27 @@ class AsyncClient:
     once with :class:`~flotilla.errors.DaemonNotRunning` if no daemon is
     there. ``call_timeout`` bounds calls that do not wait for tasks.
 
+    Waits for tasks (futures, :meth:`result`, :meth:`map`) outlive a
+    daemon restart: when the daemon goes away they try to reach it again
+    for up to ``reconnect_patience`` seconds (0: not at all) and carry on
+    waiting once it answers; past that they raise the error that ended the
+    wait, saying how long they tried.
+
     Use it as ``async with AsyncClient() as client: ...`` or call
     :meth:`close` when done.
     """
 
-    def __init__(self, home=None, call_timeout=DEFAULT_CALL_TIMEOUT):
+    def __init__(
+        self,
+        home=None,
+        call_timeout=DEFAULT_CALL_TIMEOUT,
+        reconnect_patience=DEFAULT_RECONNECT_PATIENCE,
+    ):
         #: The daemon's state directory.
         self.home = home_dir.state_dir(home)
         self.call_timeout = call_timeout
+        #: Seconds a wait for tasks tries to reach a daemon that went away.
+        self.reconnect_patience = _patience(reconnect_patience)
         self._connection = Connection(home_dir.api_url(self.home), home_dir.api_socket(self.home))
         self._held = weakref.WeakKeyDictionary()  # event loop -> semaphore
         self._background = set()
@@ -87,9 +153,11 @@ class AsyncClient:
         """Closes the connection; calls in flight end with an error."""
         self._connection.close()
 
-    async def _call(self, frame, wait_s=None):
-        """One round trip; ``wait_s`` is how long the daemon may hold it."""
-        timeout = self.call_timeout if wait_s is None else wait_s + WAIT_MARGIN
+    async def _call(self, frame, wait_s=None, timeout=None):
+        """One round trip; ``wait_s`` is how long the daemon may hold it,
+        ``timeout`` (seconds) replaces the limit that follows from it."""
+        if timeout is None:
+            timeout = self.call_timeout if wait_s is None else wait_s + WAIT_MARGIN
         return messages.decode_reply(await self._connection.request(frame, timeout))
 
     def _spawn(self, coro, loop=None):
@@ -125,6 +193,24 @@ class AsyncClient:
 
     async def _submit_ids(self, requests):
         return (await self._call(messages.submit(requests, None))).as_submitted()
+
+    async def _submit_patiently(self, frame):
+        """Submits the ``Submit`` ``frame`` and returns the ids. A daemon
+        shutting down refuses it having stored nothing, so it is asked
+        again once it runs again (for :attr:`reconnect_patience` seconds);
+        a connection lost in the middle is raised, since the daemon may
+        have stored the tasks."""
+        loop = asyncio.get_running_loop()
+        outage = None
+        while True:
+            if outage is not None:
+                await self._reach_again(outage, None)
+            started = loop.time()
+            try:
+                return (await self._call(frame)).as_submitted()
+            except ShuttingDown as exc:
+                outage = outage or _Outage(exc, started)
+                outage.error, outage.unreachable = exc, False
 
     async def submit(self, name, input=None, params=None):
         """Submits one task and returns an :class:`AsyncTaskFuture` for its
@@ -164,41 +250,87 @@ class AsyncClient:
 
     async def _wait_views(self, ids, deadline):
         """Views of ``ids`` once all are final, or at ``deadline`` (loop time;
-        ``None``: no limit). Each round is one call the daemon holds."""
+        ``None``: no limit). Each round is one call the daemon holds. A
+        daemon that goes away (a broken connection, or waits answered at
+        once because it is shutting down) is tried again for
+        :attr:`reconnect_patience` seconds."""
         loop = asyncio.get_running_loop()
         latest = {}
         pending = list(dict.fromkeys(ids))
+        outage = None
         while pending:
             if deadline is None:
                 wait_s = LONGEST_WAIT_S
             else:
                 wait_s = min(deadline - loop.time(), LONGEST_WAIT_S)
                 if wait_s <= 0:
+                    if outage is not None:
+                        raise self._give_up(outage)
                     if all(i in latest for i in pending):
                         break
                     # The deadline passed before a first look (a slow
                     # submit): one look without waiting, so every id has a view.
                     wait_s = 0.0
+            if outage is not None:
+                await self._reach_again(outage, deadline)
             started = loop.time()
-            views = (
-                await self._call(messages.results(pending, _wait_ms(wait_s)), wait_s)
-            ).as_results()
-            for view in views:
+            try:
+                reply = await self._call(messages.results(pending, _wait_ms(wait_s)), wait_s)
+            except ConnectionLost as exc:
+                outage = outage or _Outage(exc, started)
+                outage.unreachable = True
+                continue
+            for view in reply.as_results():
                 latest[view.id] = view
-            still = [
+            pending = [
                 i
                 for i in pending
                 if not latest[i].is_final and latest[i].state is not TaskState.UNKNOWN
             ]
-            if still and loop.time() - started < wait_s - _EARLY_S:
-                view = latest[still[0]]
-                raise ShuttingDown(
+            if pending and loop.time() - started < wait_s - _EARLY_S:
+                view = latest[pending[0]]
+                stopping = ShuttingDown(
                     "the daemon is shutting down; task %d (%s) is still %s: fetch its result with "
                     "result(%d) once the daemon runs again"
                     % (view.id, view.servable, view.state.value, view.id)
                 )
-            pending = still
+                outage = outage or _Outage(stopping, started)
+                outage.error, outage.unreachable = stopping, False
+                continue
+            outage = None
         return [latest[i] for i in ids]
+
+    async def _reach_again(self, outage, deadline):
+        """Returns once the daemon of a wait that lost it answers again;
+        raises the error that ended the wait (saying how long it tried) when
+        :attr:`reconnect_patience`, or the wait's own ``deadline``, runs
+        out first."""
+        loop = asyncio.get_running_loop()
+        give_up = outage.since + self.reconnect_patience
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        while True:
+            left = give_up - loop.time()
+            if left <= 0:
+                raise self._give_up(outage)
+            await asyncio.sleep(min(outage.next_pause(), left))
+            left = give_up - loop.time()
+            if left <= 0:
+                continue
+            try:
+                await self._call(messages.ping(), timeout=left)
+                return
+            except (ConnectionLost, Timeout):
+                outage.unreachable = True
+
+    def _give_up(self, outage):
+        """The error a wait that lost its daemon ends with: the one that
+        ended it (unchanged when the client was not to try again), saying
+        how long the client tried."""
+        if self.reconnect_patience == 0:
+            return outage.error
+        tried_s = asyncio.get_running_loop().time() - outage.since
+        return outage.given_up(tried_s, self._connection.socket_path)
 
     async def result(self, task_id, timeout=None):
         """The output of a submitted task, waiting until it is finished (at

@@ -12,7 +12,13 @@ import concurrent.futures
 import os
 
 from . import mapping
-from .aio import DEFAULT_CALL_TIMEOUT, AsyncClient, _only, _servable_name
+from .aio import (
+    DEFAULT_CALL_TIMEOUT,
+    DEFAULT_RECONNECT_PATIENCE,
+    AsyncClient,
+    _only,
+    _servable_name,
+)
 from .errors import FlotillaError
 from .futures import TaskFuture, settle
 from .loop import LoopThread
@@ -31,13 +37,28 @@ class Client:
     once with :class:`~flotilla.errors.DaemonNotRunning` if no daemon is
     there. ``call_timeout`` bounds calls that do not wait for tasks.
 
+    Waits for tasks (futures, :meth:`result`, :meth:`map`) outlive a daemon
+    restart: when the daemon goes away they try to reach it again for up to
+    ``reconnect_patience`` seconds (default
+    :data:`~flotilla.aio.DEFAULT_RECONNECT_PATIENCE`; 0: not at all) and
+    carry on waiting once it answers (task ids are durable); past that they
+    raise the error that ended the wait
+    (:class:`~flotilla.errors.ConnectionLost`, or
+    :class:`~flotilla.errors.ShuttingDown` if the daemon kept answering
+    that it is stopping), saying how long they tried.
+
     A client may be shared by threads. It belongs to the process that made
     it: after a fork, make a new one in the child. Use it as ``with
     Client() as client: ...`` or call :meth:`close` when done.
     """
 
-    def __init__(self, home=None, call_timeout=DEFAULT_CALL_TIMEOUT):
-        self._core = AsyncClient(home, call_timeout)
+    def __init__(
+        self,
+        home=None,
+        call_timeout=DEFAULT_CALL_TIMEOUT,
+        reconnect_patience=DEFAULT_RECONNECT_PATIENCE,
+    ):
+        self._core = AsyncClient(home, call_timeout, reconnect_patience)
         self._pid = os.getpid()
         self._loop = LoopThread()
         #: The daemon's state directory.

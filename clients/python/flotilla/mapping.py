@@ -129,8 +129,9 @@ class ChunkRuns:
     the daemon accepts it until its results are in, so that an abandoned
     ``map`` (closed early, failed, timed out) can cancel exactly the tasks
     it left behind; a submission is never interrupted half way, so if the
-    daemon accepted it, its ids are known. Created anywhere; its coroutines
-    run on the client's loop.
+    daemon accepted it, its ids are known. Waits and refused submissions
+    outlive a daemon restart (see ``AsyncClient.reconnect_patience``).
+    Created anywhere; its coroutines run on the client's loop.
     """
 
     def __init__(self, client):
@@ -157,7 +158,7 @@ class ChunkRuns:
         async with self._order:  # asyncio's locks are granted first come, first served
             if self._abandoned:
                 return []  # not sent: the map no longer wants it
-            ids = (await self._client._call(frame)).as_submitted()
+            ids = await self._client._submit_patiently(frame)
         self._in_flight.update(ids)
         return ids
 

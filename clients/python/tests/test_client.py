@@ -156,7 +156,9 @@ def test_result_of_an_unknown_task_says_so(client):
 
 
 def test_a_stopping_daemon_ends_waits_with_shutting_down(own_daemon):
-    with Client(own_daemon.home) as client:
+    # A client that is not to wait for the daemon to come back (waits that
+    # outlive a restart are in test_restart.py).
+    with Client(own_daemon.home, reconnect_patience=0) as client:
         # The blockers run long enough for the stop to arrive while they
         # still hold both slots (so the third task is still queued then),
         # and end well within the daemon's grace period.

@@ -170,6 +170,11 @@ def test_bad_arguments_are_refused_before_sending(tmp_path):
                 client.map("echo", [1], chunk=0)
             with pytest.raises(errors.RequestTooLarge, match="over the daemon's"):
                 client.run("echo", b"x" * (messages.DEFAULT_MAX_FRAME_BYTES + 1))
+        for patience in (-1, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="reconnect_patience must be 0 or more"):
+                Client(tmp_path, reconnect_patience=patience)
+        with pytest.raises(TypeError, match="reconnect_patience must be a number"):
+            AsyncClient(tmp_path, reconnect_patience="60")
     finally:
         socket.close()
 

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Fuzzing (cargo-fuzz, fuzz/): one target per decoder that reads bytes from
+# a peer or a file: client API and interchange frames, servable stdio
+# replies, typed inputs, servable.toml, site TOML, scheduler outputs.
+#
+#   scripts/fuzz.sh short      every target for 5 s on the checked-in corpus
+#                              (what CI runs)
+#   scripts/fuzz.sh long N     every target for N s, one after another, then
+#                              a table of executions, time and exec/s
+#   scripts/fuzz.sh build      build the targets only
+#
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz
+# --locked`). The checked-in corpus (fuzz/corpus/TARGET) is only read: what
+# libFuzzer finds goes to a temporary directory that is removed afterwards.
+# A crash, a hang (-timeout) or an allocation over the frame cap leaves its
+# input in fuzz/artifacts/TARGET/ and makes the script exit 1 once every
+# target has run; reproduce it with
+# `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/FILE`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() {
+    sed -n '6,11p' "$0" >&2
+    exit 2
+}
+
+mode="${1:-}"
+case "$mode" in
+short) seconds=5 ;;
+long)
+    seconds="${2:-}"
+    [[ "$seconds" =~ ^[0-9]+$ ]] && [ "$seconds" -gt 0 ] || usage
+    ;;
+build) seconds=0 ;;
+*) usage ;;
+esac
+
+# One allocation of the default frame cap (64 MiB, DEFAULT_MAX_FRAME_BYTES)
+# or more is a failure: every input here is far smaller, so such an
+# allocation could only come from a length a peer wrote. The memory limit
+# is that cap above what a target uses at rest (about 100 MiB under ASan,
+# with a small quarantine so freed memory does not count against it).
+MALLOC_LIMIT_MB=64
+RSS_LIMIT_MB=256
+# Longest one input may take before it counts as a hang.
+HANG_S=10
+export ASAN_OPTIONS="${ASAN_OPTIONS:-quarantine_size_mb=16:detect_leaks=0}"
+
+# Debug assertions (and so overflow checks) on, as in the test builds.
+cargo +nightly fuzz build --debug-assertions
+[ "$mode" = build ] && exit 0
+
+triple="$(rustc +nightly -vV | sed -n 's/^host: //p')"
+bin_dir="fuzz/target/$triple/release"
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+
+failed=()
+report=()
+for target in $(cargo +nightly fuzz list); do
+    mkdir -p "$scratch/$target" "fuzz/artifacts/$target"
+    log="$scratch/$target.log"
+    echo "== $target: ${seconds} s"
+    status=0
+    # The scratch directory comes first: libFuzzer writes new inputs there,
+    # and only reads the checked-in corpus after it.
+    "$bin_dir/$target" \
+        -max_total_time="$seconds" \
+        -timeout="$HANG_S" \
+        -rss_limit_mb="$RSS_LIMIT_MB" \
+        -malloc_limit_mb="$MALLOC_LIMIT_MB" \
+        -artifact_prefix="fuzz/artifacts/$target/" \
+        -print_final_stats=1 \
+        "$scratch/$target" "fuzz/corpus/$target" >"$log" 2>&1 || status=$?
+    runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"
+    rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")"
+    rss="$(sed -n 's/^stat::peak_rss_mb: *//p' "$log")"
+    if [ "$status" -ne 0 ]; then
+        tail -n 40 "$log"
+        failed+=("$target (exit $status)")
+    fi
+    report+=("$(printf '%-16s %12s runs %6s s %8s exec/s %6s MiB peak rss %s' \
+        "$target" "${runs:-?}" "$seconds" "${rate:-?}" "${rss:-?}" \
+        "$([ "$status" -eq 0 ] && echo ok || echo FAILED)")")
+done
+
+printf '%s\n' "${report[@]}"
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "fuzzing found problems in: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
+    exit 1
+fi
