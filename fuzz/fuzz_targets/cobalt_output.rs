@@ -4,16 +4,15 @@
 #![no_main]
 
 use flotilla_fuzz::{command_output, job_ids};
-use flotilla_providers::cobalt;
+use flotilla_providers::{cobalt, site_values};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let out = command_output(data);
-    if let Some(id) = cobalt::parse_qsub(&out.stdout) {
-        assert!(
-            !id.0.is_empty() && id.0.bytes().all(|b| b.is_ascii_digit()),
-            "{id:?}"
-        );
+    // An accepted job id has the shape the provider checks before it
+    // puts one into a scheduler command.
+    if let Ok(id) = cobalt::parse_qsub(&out.stdout) {
+        assert!(site_values::valid_cobalt_id(&id.0), "{id:?}");
     }
     let ids = job_ids(&out.stdout);
     if let Ok(statuses) = cobalt::status_from(&ids, &out) {

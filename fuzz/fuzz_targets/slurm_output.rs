@@ -4,16 +4,15 @@
 #![no_main]
 
 use flotilla_fuzz::{command_output, job_ids};
-use flotilla_providers::slurm;
+use flotilla_providers::{site_values, slurm};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let out = command_output(data);
-    if let Some(id) = slurm::parse_sbatch(&out.stdout) {
-        assert!(
-            !id.0.is_empty() && !id.0.contains(char::is_whitespace),
-            "{id:?}"
-        );
+    // An accepted job id has the shape the provider checks before it
+    // puts one into a scheduler command.
+    if let Ok(id) = slurm::parse_sbatch(&out.stdout) {
+        assert!(site_values::valid_slurm_id(&id.0), "{id:?}");
     }
     let ids = job_ids(&out.stdout);
     if let Ok(statuses) = slurm::parse_squeue(&ids, &out) {
