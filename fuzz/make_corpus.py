@@ -110,7 +110,9 @@ def worker_message():
         4242,
         2,
         ["*", "digits@1.0.0", "noop"],
+        b"\x03" * 32,
         b"\x01" * 32,
+        64 << 20,
         1_796_003_600,
         [[7, [11, 12]]],
     ]
@@ -131,7 +133,7 @@ def worker_message():
 
 
 def daemon_message():
-    write("daemon_message", "probe-ok", frame("ProbeOk"))
+    write("daemon_message", "probe-ok", frame({"ProbeOk": [b"\x03" * 32, b"\x04" * 32]}))
     write("daemon_message", "welcome", frame({"Welcome": [500, 3000]}))
     write("daemon_message", "refused", frame({"Refused": ["wrong secret"]}))
     write("daemon_message", "reregister", frame("Reregister"))
