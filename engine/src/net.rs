@@ -191,16 +191,38 @@ struct Shared {
     handler: Handler,
 }
 
-/// A REP socket with a growing set of receivers. Cheap to clone.
+/// A REP socket with a growing set of receivers. Cheap to clone; the
+/// server stops when its last clone is dropped.
 #[derive(Clone)]
 pub struct RepServer {
+    owner: Arc<Owner>,
+}
+
+/// What the clones of a server share; its drop stops the server.
+///
+/// nng runs every callback on its own threads, and each callback holds the
+/// server (upgraded from a weak reference) and its own aio while it runs.
+/// Were the last reference dropped there, the server's aios would be freed
+/// from their own callbacks, which waits for those callbacks to finish: the
+/// thread waits for itself, and with it nng's shared threads, so every other
+/// socket in the process stalls. The owner's drop therefore stops all of
+/// the server's I/O first, on the thread that drops it, waiting for running
+/// callbacks; after that no callback runs or holds the server, and the rest
+/// is freed right here.
+struct Owner {
     shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.stop();
+    }
 }
 
 impl std::fmt::Debug for RepServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RepServer")
-            .field("name", &self.shared.name)
+            .field("name", &self.owner.shared.name)
             .finish()
     }
 }
@@ -260,14 +282,16 @@ impl RepServer {
         if guarded {
             start_sweeper(&shared).map_err(nng_err("cannot start the deadline sweep of", name))?;
         }
-        Ok(RepServer { shared })
+        Ok(RepServer {
+            owner: Arc::new(Owner { shared }),
+        })
     }
 
     /// Listens on `url` (`ipc://PATH` or `tcp://HOST:PORT`). For ipc, the
     /// socket file gets mode `ipc_mode`. The result tells the TCP port
     /// actually bound (useful with port 0), or 0 for ipc.
     pub fn listen(&self, url: &str, ipc_mode: u32) -> Result<Listening, NetError> {
-        let builder = nng::ListenerBuilder::new(&self.shared.socket, url)
+        let builder = nng::ListenerBuilder::new(&self.owner.shared.socket, url)
             .map_err(nng_err("cannot listen on", url))?;
         let is_tcp = url.starts_with("tcp://");
         if is_tcp {
@@ -298,14 +322,14 @@ impl RepServer {
             }
             0
         };
-        tracing::info!(server = self.shared.name, url, port, "listening");
+        tracing::info!(server = self.owner.shared.name, url, port, "listening");
         Ok(Listening { port, listener })
     }
 
     /// Answers the request held by `receiver`; with `close`, closes the peer's
     /// connection once the reply is sent.
     pub fn reply(&self, receiver: u32, bytes: &[u8], close: bool) {
-        let shared = &self.shared;
+        let shared = &self.owner.shared;
         let Some(r) = shared.receiver(receiver) else {
             tracing::error!(
                 server = shared.name,
@@ -321,18 +345,18 @@ impl RepServer {
     /// (its peer proved who it is): the registered limits apply to it from
     /// now on. Call it before replying to that request.
     pub fn register(&self, receiver: u32) {
-        let Some(r) = self.shared.receiver(receiver) else {
+        let Some(r) = self.owner.shared.receiver(receiver) else {
             return;
         };
         let request = *lock(&r.request);
         if let Some((_, id)) = request {
-            lock(&self.shared.pipes).register(id);
+            lock(&self.owner.shared.pipes).register(id);
         }
     }
 
     /// Closes a connection (the peer sees it drop).
     pub fn close_pipe(&self, pipe: PipeId) {
-        let found = lock(&self.shared.pipes).pipe(pipe);
+        let found = lock(&self.owner.shared.pipes).pipe(pipe);
         if let Some(p) = found {
             close_pipe(p);
         }
@@ -340,24 +364,24 @@ impl RepServer {
 
     /// Connections held, and how many of them have not registered.
     pub fn connections(&self) -> (usize, usize) {
-        lock(&self.shared.pipes).counts()
+        lock(&self.owner.shared.pipes).counts()
     }
 
     /// Waits up to `limit` for replies already handed to nng to be sent.
     pub fn drain_sends(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while self.shared.sending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        while self.owner.shared.sending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
 
     /// Stops the server: no more requests are taken; pending ones are dropped.
     pub fn close(&self) {
-        self.shared.closing.store(true, Ordering::Release);
-        if let Some(aio) = lock(&self.shared.sweeper).as_ref() {
+        self.owner.shared.closing.store(true, Ordering::Release);
+        if let Some(aio) = lock(&self.owner.shared.sweeper).as_ref() {
             aio.cancel();
         }
-        self.shared.socket.close();
+        self.owner.shared.socket.close();
     }
 }
 
@@ -366,6 +390,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Stops all of the server's I/O and waits for its callbacks to finish;
+    /// none runs after this returns. Must not be called from one of them.
+    fn stop(&self) {
+        self.closing.store(true, Ordering::Release);
+        if let Some(aio) = lock(&self.sweeper).as_ref() {
+            stop_aio(aio);
+        }
+        // Closes every connection and context; nng has run the last
+        // connection callback when this returns.
+        self.socket.close();
+        // A callback that was growing the set may add receivers until it
+        // is stopped: stop until no new ones appear.
+        let mut stopped = 0;
+        loop {
+            let fresh: Vec<Arc<Receiver>> = self
+                .receivers
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .skip(stopped)
+                .cloned()
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            stopped += fresh.len();
+            for receiver in fresh {
+                stop_aio(&receiver.aio);
+            }
+        }
+    }
+
     fn receiver(&self, index: u32) -> Option<Arc<Receiver>> {
         self.receivers
             .read()
@@ -581,7 +637,7 @@ impl Shared {
             // socket: closing now can lose it (the peer sees a reset
             // instead of its refusal), so the pipe lingers first.
             *lock(&receiver.lingering) = Some(p);
-            if aio.sleep(CLOSE_LINGER).is_ok() {
+            if !self.closing.load(Ordering::Acquire) && aio.sleep(CLOSE_LINGER).is_ok() {
                 return;
             }
             if let Some(p) = lock(&receiver.lingering).take() {
@@ -599,6 +655,15 @@ fn finish_request(shared: &Shared, receiver: &Receiver) -> Option<(Pipe, PipeId)
         lock(&shared.pipes).end_request(id);
     }
     request
+}
+
+/// Cancels what `aio` is doing, waits for its callback to finish and
+/// refuses it new work: after this, no callback of it runs.
+fn stop_aio(aio: &Aio) {
+    // SAFETY: the handle is valid for as long as `aio` lives, and
+    // `nng_aio_stop` only cancels, waits and marks the aio stopped; the
+    // wrapper's state is updated by the callback the cancellation runs.
+    unsafe { nng::ffi::nng_aio_stop(aio.nng_aio()) };
 }
 
 /// Closes `pipe`, whatever became of it meanwhile.
@@ -677,7 +742,9 @@ fn grow(shared: &Arc<Shared>) -> Result<(), nng::Error> {
         .receivers
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if shared.idle.load(Ordering::Acquire) >= LOW_WATER && !receivers.is_empty() {
+    if shared.closing.load(Ordering::Acquire)
+        || (shared.idle.load(Ordering::Acquire) >= LOW_WATER && !receivers.is_empty())
+    {
         return Ok(());
     }
     let room = shared

@@ -153,6 +153,8 @@ impl RawPeer {
     fn connect(port: u16) -> RawPeer {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // A server that stops reading fails the test, not hangs it.
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"\0SP\0\0\x30\0\0").unwrap();
         let mut header = [0u8; 8];
         s.read_exact(&mut header).unwrap();
@@ -349,4 +351,29 @@ fn a_peer_that_does_not_read_its_replies_is_dropped() {
     wait_until(Duration::from_secs(20), "the peer to be dropped", || {
         server.connections().0 == 0
     });
+}
+
+#[test]
+fn servers_dropped_while_their_callbacks_run_stop_cleanly() {
+    // Each round drops a server right after its reply went out, while
+    // nng may still be running the reply's callback: were the server freed
+    // from that callback, nng's threads would wait for themselves and every
+    // socket in the process would stall. A stall fails the test at its
+    // deadline instead of hanging it.
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        for round in 0..1_000u32 {
+            let (server, rx, port) = server_with("tcp://127.0.0.1:0", guarded(1 << 20));
+            let c = client(&format!("tcp://127.0.0.1:{port}"));
+            c.send(Message::from(&round.to_le_bytes()[..])).unwrap();
+            let (receiver, _, _) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            server.reply(receiver, b"ok", false);
+            assert_eq!(c.recv().unwrap().as_slice(), b"ok");
+            drop(server);
+        }
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(300))
+        .expect("dropping servers stalled nng");
 }
