@@ -7,6 +7,9 @@
 #                              (what CI runs)
 #   scripts/fuzz.sh long N     every target for N s, one after another, then
 #                              a table of executions, time and exec/s
+#   scripts/fuzz.sh runs R [TARGET...]
+#                              every target (or those named) until it has
+#                              executed R inputs, then the same table
 #   scripts/fuzz.sh build      build the targets only
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz
@@ -20,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '6,11p' "$0" >&2
+    sed -n '6,13p' "$0" >&2
     exit 2
 }
 
@@ -31,9 +34,20 @@ long)
     seconds="${2:-}"
     [[ "$seconds" =~ ^[0-9]+$ ]] && [ "$seconds" -gt 0 ] || usage
     ;;
+runs)
+    runs_wanted="${2:-}"
+    [[ "$runs_wanted" =~ ^[0-9]+$ ]] && [ "$runs_wanted" -gt 0 ] || usage
+    shift 2
+    only=("$@")
+    ;;
 build) seconds=0 ;;
 *) usage ;;
 esac
+if [ "$mode" = runs ]; then
+    limit=(-runs="$runs_wanted")
+else
+    limit=(-max_total_time="$seconds")
+fi
 
 # One allocation of the default frame cap (64 MiB, DEFAULT_MAX_FRAME_BYTES)
 # or more is a failure: every input here is far smaller, so such an
@@ -59,21 +73,25 @@ trap 'rm -rf "$scratch"' EXIT
 
 failed=()
 report=()
-for target in $(cargo +nightly fuzz list); do
+targets=("${only[@]:-}")
+[ -n "${targets[0]}" ] || mapfile -t targets < <(cargo +nightly fuzz list)
+for target in "${targets[@]}"; do
     mkdir -p "$scratch/$target" "fuzz/artifacts/$target"
     log="$scratch/$target.log"
-    echo "== $target: ${seconds} s"
+    echo "== $target: ${limit[*]}"
     status=0
+    started=$SECONDS
     # The scratch directory comes first: libFuzzer writes new inputs there,
     # and only reads the checked-in corpus after it.
     "$bin_dir/$target" \
-        -max_total_time="$seconds" \
+        "${limit[@]}" \
         -timeout="$HANG_S" \
         -rss_limit_mb="$RSS_LIMIT_MB" \
         -malloc_limit_mb="$MALLOC_LIMIT_MB" \
         -artifact_prefix="fuzz/artifacts/$target/" \
         -print_final_stats=1 \
         "$scratch/$target" "fuzz/corpus/$target" >"$log" 2>&1 || status=$?
+    took=$((SECONDS - started))
     runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")"
     rss="$(sed -n 's/^stat::peak_rss_mb: *//p' "$log")"
@@ -82,7 +100,7 @@ for target in $(cargo +nightly fuzz list); do
         failed+=("$target (exit $status)")
     fi
     report+=("$(printf '%-16s %12s runs %6s s %8s exec/s %6s MiB peak rss %s' \
-        "$target" "${runs:-?}" "$seconds" "${rate:-?}" "${rss:-?}" \
+        "$target" "${runs:-?}" "$took" "${rate:-?}" "${rss:-?}" \
         "$([ "$status" -eq 0 ] && echo ok || echo FAILED)")")
 done
 
