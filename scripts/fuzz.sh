@@ -28,6 +28,7 @@ usage() {
 }
 
 mode="${1:-}"
+only=()
 case "$mode" in
 short) seconds=5 ;;
 long)
@@ -74,8 +75,11 @@ trap 'rm -rf "$scratch"' EXIT
 
 failed=()
 report=()
-targets=("${only[@]:-}")
-[ -n "${targets[0]}" ] || mapfile -t targets < <(cargo +nightly fuzz list)
+if [ "${#only[@]}" -gt 0 ]; then
+    targets=("${only[@]}")
+else
+    mapfile -t targets < <(cargo +nightly fuzz list)
+fi
 for target in "${targets[@]}"; do
     mkdir -p "$scratch/$target" "fuzz/artifacts/$target"
     log="$scratch/$target.log"

@@ -375,13 +375,11 @@ impl RepServer {
         }
     }
 
-    /// Stops the server: no more requests are taken; pending ones are dropped.
+    /// Stops the server: no more requests are taken; pending ones are
+    /// dropped, and callbacks still running are waited for. Not from the
+    /// handler.
     pub fn close(&self) {
-        self.owner.shared.closing.store(true, Ordering::Release);
-        if let Some(aio) = lock(&self.owner.shared.sweeper).as_ref() {
-            aio.cancel();
-        }
-        self.owner.shared.socket.close();
+        self.owner.shared.stop();
     }
 }
 
