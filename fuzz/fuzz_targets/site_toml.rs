@@ -8,6 +8,9 @@
 use flotilla_engine::config::Config;
 use libfuzzer_sys::fuzz_target;
 
+// Linked for its allocator, which aborts at the frame cap.
+use flotilla_fuzz as _;
+
 const FILE: &str = "site.toml";
 
 fuzz_target!(|data: &[u8]| {

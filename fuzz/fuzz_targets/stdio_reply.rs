@@ -8,6 +8,9 @@
 use flotilla_protocol::stdio::{self, Reply};
 use libfuzzer_sys::fuzz_target;
 
+// Linked for its allocator, which aborts at the frame cap.
+use flotilla_fuzz as _;
+
 fuzz_target!(|data: &[u8]| {
     if let Some(header) = data.first_chunk::<4>() {
         let len = stdio::body_len(*header);

@@ -10,6 +10,9 @@ use std::sync::LazyLock;
 use flotilla_protocol::servable::{TypeSpec, check_input};
 use libfuzzer_sys::fuzz_target;
 
+// Linked for its allocator, which aborts at the frame cap.
+use flotilla_fuzz as _;
+
 fn ndarray(dtype: &str, shape: &[i64]) -> TypeSpec {
     TypeSpec::Ndarray {
         dtype: dtype.to_owned(),

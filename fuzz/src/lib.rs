@@ -3,15 +3,71 @@
 //! than one buffer (a command's exit status, stdout and stderr).
 //!
 //! A failed assertion here is a finding: libFuzzer saves the input under
-//! `fuzz/artifacts/<target>/`.
+//! `fuzz/artifacts/<target>/`. So is one allocation at or over the default
+//! frame cap: every target links this crate, whose allocator aborts on it.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Debug;
+use std::io::Write;
 
 use flotilla_protocol::servable::ServableRef;
 use flotilla_protocol::{decode, encode};
 use flotilla_providers::{CommandOutput, JobId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+/// The largest single allocation a target may make: below the default
+/// frame cap (64 MiB, `DEFAULT_MAX_FRAME_BYTES`). Every fuzz input is far
+/// smaller, so a larger allocation could only come from a length a peer or
+/// a file wrote, which is what a decoder must never trust.
+pub const ALLOCATION_CAP_BYTES: usize = 64 << 20;
+
+/// The system allocator, except that an allocation of
+/// [`ALLOCATION_CAP_BYTES`] or more aborts, so libFuzzer keeps the input
+/// as a crash. libFuzzer's own `-malloc_limit_mb` needs a sanitizer's
+/// malloc hooks; this holds in builds without one too (`FUZZ_SANITIZER=none`
+/// in `scripts/fuzz.sh`), which run several times faster.
+pub struct CappedAllocator;
+
+impl CappedAllocator {
+    fn check(size: usize) {
+        if size >= ALLOCATION_CAP_BYTES {
+            // No allocation here: stderr is unbuffered and its lock static.
+            let _ = std::io::stderr()
+                .write_all(b"flotilla-fuzz: an allocation reached the frame cap (64 MiB)\n");
+            std::process::abort();
+        }
+    }
+}
+
+// SAFETY: every call is passed to `System` unchanged once its size is checked.
+unsafe impl GlobalAlloc for CappedAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::check(layout.size());
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Self::check(layout.size());
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::check(new_size);
+        // SAFETY: as for `alloc`; `ptr` and `layout` come from this allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` and `layout` come from this allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CappedAllocator = CappedAllocator;
 
 /// Asserts that a message a decoder accepted encodes again, and that the
 /// encoding decodes to the same message: nothing a peer sends is accepted
