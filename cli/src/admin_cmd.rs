@@ -58,10 +58,14 @@ pub fn events(follow: bool, json: bool) -> Result<(), Failure> {
 
 /// Runs one `flotilla pool` subcommand.
 pub fn pool(command: PoolCmd) -> Result<(), Failure> {
-    let PoolCmd::Resume { name } = command;
-    connect()?
-        .resume_pool(&name)
-        .map_err(Failure::from_client)?;
-    println!("pool {name} resumed");
-    Ok(())
+    match command {
+        PoolCmd::Resume { name } => {
+            connect()?
+                .resume_pool(&name)
+                .map_err(Failure::from_client)?;
+            println!("pool {name} resumed");
+            Ok(())
+        }
+        PoolCmd::Preview { config, block } => crate::preview_cmd::preview(config.as_deref(), block),
+    }
 }

@@ -255,6 +255,16 @@ pub(crate) enum PoolCmd {
         /// The pool (`[provider] pool`, "default" unless set).
         name: String,
     },
+    /// Print the submit command and the job script a block of the site
+    /// would get, without submitting anything (the secret is redacted).
+    Preview {
+        /// Site file (TOML). Default: the embedded configs/local.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The block's number.
+        #[arg(long, default_value = "0")]
+        block: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]

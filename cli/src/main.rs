@@ -13,6 +13,7 @@ mod demo;
 mod failure;
 mod input;
 mod output;
+mod preview_cmd;
 mod servable_cmd;
 mod task_cmd;
 

@@ -95,6 +95,15 @@ fn every_site_example_checks_and_a_broken_one_is_named() {
         .collect();
     files.sort();
     assert!(files.len() >= 7, "{files:?}");
+    // Sites whose containers bind-mount the host's worker need its absolute
+    // path: the one beside `flotilla`, as a daemon started from it would.
+    let worker =
+        std::path::Path::new(env!("CARGO_BIN_EXE_flotilla")).with_file_name("flotilla-worker");
+    assert!(
+        worker.is_file(),
+        "{} is missing: build the workspace's binaries first (scripts/test.sh does)",
+        worker.display()
+    );
     let args: Vec<&str> = ["config", "check"]
         .into_iter()
         .chain(files.iter().map(String::as_str))
@@ -112,5 +121,70 @@ fn every_site_example_checks_and_a_broken_one_is_named() {
     assert!(
         err.contains("broken.toml:3: `provider.queue`") && err.contains("`partition`"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_block_the_site_cannot_describe_fails_the_check_not_the_daemon() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("site.toml");
+    std::fs::write(
+        &file,
+        "[provider]\nkind = \"slurm\"\n[container]\nruntime = \"apptainer\"\nimage = \"/i.sif\"\n[worker]\ncommand = \"flotilla-worker\"\n",
+    )
+    .unwrap();
+    let out = flotilla(&["config", "check", file.to_str().unwrap()], home.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("site.toml: cannot write the job for block 0")
+            && err.contains("needs an absolute path, not `flotilla-worker`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pool_preview_prints_the_submit_command_and_script_without_the_secret() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("site.toml");
+    std::fs::write(
+        &file,
+        "[interchange]\naddress = \"127.0.0.1\"\nport = 7000\n[provider]\nkind = \"slurm\"\npartition = \"gpu\"\n[worker]\ncommand = \"/sw/flotilla-worker\"\n",
+    )
+    .unwrap();
+    let out = flotilla(
+        &[
+            "pool",
+            "preview",
+            "--config",
+            file.to_str().unwrap(),
+            "--block",
+            "3",
+        ],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The home given is the state directory itself.
+    let run_dir = home.path().join("blocks/3");
+    assert!(
+        text.contains(&format!(
+            "sbatch --parsable {}/block.sh\n",
+            run_dir.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("#SBATCH --partition=gpu\n"), "{text}");
+    assert!(
+        text.contains("exec /sw/flotilla-worker --address 127.0.0.1 --port 7000 --block-id 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("export FLOTILLA_SECRET='<redacted>'"),
+        "{text}"
+    );
+    assert!(
+        !home.path().join("blocks").exists(),
+        "a preview creates nothing"
     );
 }

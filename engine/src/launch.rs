@@ -46,6 +46,22 @@ pub struct BlockTemplate {
     max_frame_bytes: usize,
 }
 
+/// What a block's job depends on beyond the site file: where the daemon
+/// runs and how workers reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockSite {
+    /// Distinguishes this daemon's jobs from other daemons' (see
+    /// [`daemon_tag`]).
+    pub tag: String,
+    /// The worker executable the block runs (`[worker] command`, or the
+    /// default beside the daemon's own executable).
+    pub worker_exe: String,
+    /// The daemon's advertised addresses, comma-joined.
+    pub addresses: String,
+    /// The interchange port.
+    pub port: u16,
+}
+
 /// A block that cannot be described.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write the job for block {block}: {source}")]
@@ -64,7 +80,29 @@ impl BlockTemplate {
         port: u16,
         secret: &[u8],
     ) -> Self {
-        let tag = daemon_tag(state_dir);
+        let worker_exe = config
+            .worker
+            .command
+            .clone()
+            .unwrap_or_else(default_worker_exe);
+        let site = BlockSite {
+            tag: daemon_tag(state_dir),
+            worker_exe,
+            addresses: addresses.to_owned(),
+            port,
+        };
+        Self::for_site(config, state_dir, &site, secret)
+    }
+
+    /// A template for blocks of a daemon at `site` (what `new` works out
+    /// from the machine it runs on, given instead: previews and tests).
+    pub fn for_site(
+        config: &Config,
+        state_dir: &StateDir,
+        site: &BlockSite,
+        secret: &[u8],
+    ) -> Self {
+        let tag = site.tag.clone();
         let run_root = match (&config.provider.run_dir, config.channel.kind) {
             (Some(dir), _) => format!("{}/{tag}", dir.trim_end_matches('/')),
             (None, ChannelKind::Local) => state_dir.root().join("blocks").display().to_string(),
@@ -77,13 +115,9 @@ impl BlockTemplate {
                 .display()
                 .to_string(),
             tag,
-            worker_exe: config
-                .worker
-                .command
-                .clone()
-                .unwrap_or_else(default_worker_exe),
-            addresses: addresses.to_owned(),
-            port,
+            worker_exe: site.worker_exe.clone(),
+            addresses: site.addresses.clone(),
+            port: site.port,
             secret_hex: to_hex(secret),
             slots: config.worker.slots,
             lost_daemon_exit_s: config.worker.lost_daemon_exit_s,
@@ -260,7 +294,7 @@ pub fn daemon_tag(state_dir: &StateDir) -> String {
 
 /// `flotilla-worker` beside the running executable if it is there, else
 /// whatever `flotilla-worker` the PATH finds.
-fn default_worker_exe() -> String {
+pub fn default_worker_exe() -> String {
     std::env::current_exe()
         .ok()
         .map(|exe| exe.with_file_name("flotilla-worker"))

@@ -28,6 +28,7 @@ pub mod entropy;
 pub mod hub;
 pub mod launch;
 pub mod net;
+pub mod preview;
 pub mod provider_runner;
 pub mod provision;
 pub mod servable_spec;

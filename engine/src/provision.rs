@@ -43,6 +43,8 @@ pub fn provider(config: &Config) -> Box<dyn Provider> {
         account: p.account.clone(),
         qos: p.qos.clone(),
         constraint: p.constraint.clone(),
+        select_resources: p.select_resources.clone(),
+        place: p.place.clone(),
         exclusive: p.exclusive,
         gpus_per_node: p.gpus_per_node,
         scheduler_options: p.scheduler_options.clone(),

@@ -306,10 +306,17 @@ impl Container {
                 for name in inner.pass_env {
                     argv.extend(["-e".into(), (*name).to_owned()]);
                 }
+                // NERSC's podman-hpc exposes the node's GPUs with its own
+                // `--gpu` (its hooks), not through CDI.
+                let podman_hpc = self
+                    .command
+                    .as_deref()
+                    .is_some_and(|c| c.rsplit('/').next() == Some("podman-hpc"));
                 match (self.gpus, self.runtime) {
                     (Gpus::Nvidia, ContainerRuntime::Docker) => {
                         argv.extend(words(&["--gpus", "all"]));
                     }
+                    (Gpus::Nvidia, _) if podman_hpc => argv.push("--gpu".into()),
                     (Gpus::Nvidia, _) => argv.extend(words(&["--device", "nvidia.com/gpu=all"])),
                     (Gpus::Amd, _) => {
                         argv.extend(words(&["--device", "/dev/kfd", "--device", "/dev/dri"]));
@@ -475,6 +482,21 @@ mod tests {
     }
 
     #[test]
+    fn podman_hpc_exposes_gpus_with_its_own_flag() {
+        let cmd = worker();
+        let mut c = container(ContainerRuntime::Podman, "myrepo/flotilla-models:1.0");
+        c.gpus = Gpus::Nvidia;
+        c.command = Some("podman-hpc".into());
+        let line = c.invocation(inner(&cmd, &[])).unwrap().command_line();
+        assert!(line.starts_with("podman-hpc run "), "{line}");
+        assert!(line.contains(" --gpu "), "{line}");
+        assert!(!line.contains("nvidia.com/gpu"), "{line}");
+        c.command = Some("podman".into());
+        let line = c.invocation(inner(&cmd, &[])).unwrap().command_line();
+        assert!(line.contains("--device nvidia.com/gpu=all"), "{line}");
+    }
+
+    #[test]
     fn podman_and_docker_run_on_the_host_network_with_env_by_name() {
         let cmd = worker();
         let c = container(ContainerRuntime::Podman, "localhost/flotilla:test");
@@ -502,13 +524,6 @@ mod tests {
             line.contains(" --gpus all -w /work --shm-size=1g flotilla:1 "),
             "{line}"
         );
-
-        let mut c = container(ContainerRuntime::Podman, "img");
-        c.gpus = Gpus::Nvidia;
-        c.command = Some("podman-hpc".into());
-        let line = c.invocation(inner(&cmd, &[])).unwrap().command_line();
-        assert!(line.starts_with("podman-hpc run "), "{line}");
-        assert!(line.contains("--device nvidia.com/gpu=all img "), "{line}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::channel::{Channel, CommandOutput};
 use crate::scheduler::Scheduler;
 use crate::site_values;
 use crate::{
-    JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, SchedulerOptions,
+    JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, SchedulerOptions, Submission,
     walltime_seconds,
 };
 
@@ -205,11 +205,19 @@ impl Provider for CobaltProvider {
         "cobalt"
     }
 
-    fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+    fn prepare(&self, job: &JobSpec) -> Result<Submission, ProviderError> {
         Scheduler::check_values(job, &self.options, false)?;
-        let script = format!("#!/bin/bash\n{}", job.body());
-        let command = qsub_command(job, &self.options);
-        self.sched.submit_script(job, &script, &command, parse_qsub)
+        Ok(Submission::file(
+            "block.sh",
+            format!("#!/bin/bash\n{}", job.body()),
+            &qsub_command(job, &self.options),
+        ))
+    }
+
+    fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+        let s = self.prepare(job)?;
+        self.sched
+            .submit_script(job, &s.contents, &s.command, parse_qsub)
     }
 
     fn status(&mut self, ids: &[JobId]) -> Result<Vec<JobStatus>, ProviderError> {

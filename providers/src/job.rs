@@ -73,6 +73,50 @@ impl JobSpec {
     }
 }
 
+/// What submitting a block does, before it is done: the file written into
+/// the block's run directory and the command that submits it. Providers
+/// submit exactly this, so `flotilla block preview` shows what a site
+/// will receive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    /// The file's name in the run directory (`block.sh`, `block.json`).
+    pub file: String,
+    /// Its contents.
+    pub contents: String,
+    /// The submit command, with `{script}` where the file's path goes.
+    pub command: String,
+    /// Environment given to the started process rather than written into
+    /// the file (the local provider keeps the secret out of its file).
+    pub env: BTreeMap<String, String>,
+}
+
+impl Submission {
+    /// A file submitted with `command`, everything else in the file.
+    pub fn file(file: &str, contents: String, command: &str) -> Self {
+        Submission {
+            file: file.to_owned(),
+            contents,
+            command: command.to_owned(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    /// The command as it runs for `job`: the file's path, quoted for the
+    /// shell, in place of `{script}`.
+    pub fn command_line(&self, job: &JobSpec) -> String {
+        submit_command(job, &self.file, &self.command)
+    }
+}
+
+/// `command` with the path of `job`'s run file `file`, quoted for the
+/// shell, in place of `{script}`.
+pub fn submit_command(job: &JobSpec, file: &str, command: &str) -> String {
+    command.replace(
+        "{script}",
+        &flotilla_launchers::shell::quote(&job.run_file(file)),
+    )
+}
+
 /// What a batch scheduler is asked for, from the site file's `[provider]`.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SchedulerOptions {
@@ -90,6 +134,11 @@ pub struct SchedulerOptions {
     pub qos: Option<String>,
     /// Slurm constraint (node features).
     pub constraint: Option<String>,
+    /// PBS resources added to each chunk of the select statement
+    /// (`system=polaris`).
+    pub select_resources: Option<String>,
+    /// PBS placement (`scatter`, `pack`).
+    pub place: Option<String>,
     /// Whole nodes only.
     pub exclusive: bool,
     /// GPUs per node (0: none requested).

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::channel::{Channel, CommandOutput};
 use crate::scheduler::Scheduler;
-use crate::{JobId, JobSpec, JobState, JobStatus, Provider, ProviderError};
+use crate::{JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, Submission};
 
 /// Label that ties pods and Deployments to their block.
 pub const BLOCK_LABEL: &str = "flotilla/block";
@@ -284,14 +284,22 @@ impl Provider for KubernetesProvider {
         "kubernetes"
     }
 
-    fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+    fn prepare(&self, job: &JobSpec) -> Result<Submission, ProviderError> {
         let manifest = manifest(job, &self.options);
         let text = serde_json::to_string_pretty(&manifest).map_err(|e| ProviderError::Submit {
             name: job.name.clone(),
             reason: e.to_string(),
         })?;
-        let command = self.kubectl("apply -f {script}");
-        self.sched.submit(job, "block.json", &text, &command)?;
+        Ok(Submission::file(
+            "block.json",
+            text,
+            &self.kubectl("apply -f {script}"),
+        ))
+    }
+
+    fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+        let s = self.prepare(job)?;
+        self.sched.submit(job, &s.file, &s.contents, &s.command)?;
         let id = JobId(job.name.clone());
         self.sched.jobs.insert(id.clone(), job.clone());
         Ok(id)

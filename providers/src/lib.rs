@@ -46,7 +46,9 @@ mod tail;
 
 pub use channel::{Channel, ChannelError, CommandOutput, LocalChannel};
 pub use cobalt::CobaltProvider;
-pub use job::{JobId, JobSpec, JobState, JobStatus, SchedulerOptions, walltime_seconds};
+pub use job::{
+    JobId, JobSpec, JobState, JobStatus, SchedulerOptions, Submission, walltime_seconds,
+};
 pub use kubernetes::{KubernetesOptions, KubernetesProvider};
 pub use local::LocalProvider;
 pub use pbs::PbsProvider;
@@ -59,6 +61,10 @@ pub use tail::tail_lines;
 pub trait Provider: Send {
     /// Short name used in configuration (`kind = "local"`).
     fn name(&self) -> &'static str;
+
+    /// What submitting `job` would write and run, without doing it; the
+    /// error is the one `submit` would give for a job it cannot describe.
+    fn prepare(&self, job: &JobSpec) -> Result<Submission, ProviderError>;
 
     /// Starts a block running `job.script`; returns the provider's job id.
     fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError>;

@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use crate::{JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, tail_lines};
+use crate::{JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, Submission, tail_lines};
 
 /// How many stderr lines a failed block's message carries.
 const STDERR_TAIL_LINES: usize = 10;
@@ -244,20 +244,31 @@ impl Provider for LocalProvider {
         "local"
     }
 
+    fn prepare(&self, job: &JobSpec) -> Result<Submission, ProviderError> {
+        // The environment (the secret) goes to the process, not into the file.
+        let script = JobSpec {
+            env: Default::default(),
+            ..job.clone()
+        };
+        Ok(Submission {
+            env: job.env.clone(),
+            ..Submission::file(
+                "block.sh",
+                format!("#!/bin/sh\n{}", script.body()),
+                "/bin/sh {script}",
+            )
+        })
+    }
+
     fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
         let io = |path: &str| {
             let path = std::path::PathBuf::from(path);
             move |source| ProviderError::Io { path, source }
         };
         fs::create_dir_all(&job.run_dir).map_err(io(&job.run_dir))?;
-        let script_path = job.run_file("block.sh");
-        // The environment (the secret) goes to the process, not into the file.
-        let script = JobSpec {
-            env: Default::default(),
-            ..job.clone()
-        };
-        fs::write(&script_path, format!("#!/bin/sh\n{}", script.body()))
-            .map_err(io(&script_path))?;
+        let submission = self.prepare(job)?;
+        let script_path = job.run_file(&submission.file);
+        fs::write(&script_path, &submission.contents).map_err(io(&script_path))?;
         let stdout = File::create(job.stdout_path()).map_err(io(&job.stdout_path()))?;
         let stderr = File::create(job.stderr_path()).map_err(io(&job.stderr_path()))?;
         let child = Command::new("/bin/sh")

@@ -19,7 +19,9 @@ use std::time::Duration;
 use crate::channel::{Channel, CommandOutput};
 use crate::scheduler::{Scheduler, directives};
 use crate::site_values;
-use crate::{JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, SchedulerOptions};
+use crate::{
+    JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, SchedulerOptions, Submission,
+};
 
 /// Blocks as PBS Pro jobs.
 pub struct PbsProvider {
@@ -52,13 +54,25 @@ pub fn script(job: &JobSpec, o: &SchedulerOptions) -> String {
     if o.gpus_per_node > 0 {
         select.push_str(&format!(":ngpus={}", o.gpus_per_node));
     }
+    if let Some(resources) = &o.select_resources {
+        select.push(':');
+        select.push_str(resources);
+    }
+    // Whole nodes are PBS's `excl` sharing, added to the placement asked
+    // for (scatter unless one is).
+    let place = match (&o.place, o.exclusive) {
+        (Some(place), true) if !place.contains("excl") => Some(format!("{place}:excl")),
+        (Some(place), _) => Some(place.clone()),
+        (None, true) => Some("scatter:excl".to_owned()),
+        (None, false) => None,
+    };
     let flags = [
         Some(format!("-N {}", job.name)),
         Some(format!("-o {}", job.stdout_path())),
         Some(format!("-e {}", job.stderr_path())),
         Some(format!("-l {select}")),
         Some(format!("-l walltime={}", o.walltime)),
-        o.exclusive.then(|| "-l place=scatter:excl".to_owned()),
+        place.map(|p| format!("-l place={p}")),
         o.queue.as_ref().map(|q| format!("-q {q}")),
         o.account.as_ref().map(|a| format!("-A {a}")),
     ];
@@ -163,11 +177,19 @@ impl Provider for PbsProvider {
         "pbspro"
     }
 
-    fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+    fn prepare(&self, job: &JobSpec) -> Result<Submission, ProviderError> {
         Scheduler::check_values(job, &self.options, true)?;
-        let script = script(job, &self.options);
+        Ok(Submission::file(
+            "block.sh",
+            script(job, &self.options),
+            "qsub {script}",
+        ))
+    }
+
+    fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+        let s = self.prepare(job)?;
         self.sched
-            .submit_script(job, &script, "qsub {script}", parse_qsub)
+            .submit_script(job, &s.contents, &s.command, parse_qsub)
     }
 
     fn status(&mut self, ids: &[JobId]) -> Result<Vec<JobStatus>, ProviderError> {
@@ -335,5 +357,38 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("#PBS -l select=2:ngpus=4\n#PBS -l walltime=01:00:00\n#PBS -l place=scatter:excl\n#PBS -q debug\n#PBS -A myproject\n#PBS -l filesystems=home:eagle\n"), "{s}");
+    }
+
+    #[test]
+    fn select_resources_join_each_chunk_and_placement_keeps_exclusive() {
+        let job = JobSpec {
+            name: "flotilla-ab12cd-block-0".into(),
+            worker_init: String::new(),
+            command: "exec flotilla-worker".into(),
+            env: Default::default(),
+            run_dir: "/home/a/.flotilla/blocks/0".into(),
+        };
+        let polaris = SchedulerOptions {
+            nodes_per_block: 2,
+            walltime: "01:00:00".into(),
+            select_resources: Some("system=polaris".into()),
+            place: Some("scatter".into()),
+            ..SchedulerOptions::default()
+        };
+        let s = script(&job, &polaris);
+        assert!(
+            s.contains("#PBS -l select=2:system=polaris\n#PBS -l walltime=01:00:00\n#PBS -l place=scatter\n"),
+            "{s}"
+        );
+        let whole_nodes = SchedulerOptions {
+            exclusive: true,
+            ..polaris.clone()
+        };
+        assert!(script(&job, &whole_nodes).contains("#PBS -l place=scatter:excl\n"));
+        let bad = SchedulerOptions {
+            place: Some("scatter\n#PBS -q other".into()),
+            ..polaris
+        };
+        assert!(bad.check(true).is_err());
     }
 }

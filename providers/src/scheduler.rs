@@ -62,7 +62,7 @@ impl Scheduler {
                 name: job.name.clone(),
                 reason: e.to_string(),
             })?;
-        let command = submit.replace("{script}", &flotilla_launchers::shell::quote(&path));
+        let command = crate::job::submit_command(job, file, submit);
         let out = self.run(&command)?;
         if !out.success() {
             return Err(ProviderError::Submit {

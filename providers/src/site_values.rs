@@ -103,6 +103,17 @@ pub fn check_constraint(value: &str) -> Result<(), BadValue> {
     name_like("constraint", value, "._-&|[]*:,()!", "constraint")
 }
 
+/// Checks PBS resources for each select chunk: `name=value` pairs joined
+/// by `:` (`system=polaris`, `mem=64gb:host=x1`).
+pub fn check_select_resources(value: &str) -> Result<(), BadValue> {
+    name_like("select_resources", value, "._-=:", "PBS resource list")
+}
+
+/// Checks a PBS placement (`scatter`, `pack:excl`, `vscatter:shared`).
+pub fn check_place(value: &str) -> Result<(), BadValue> {
+    name_like("place", value, ":", "PBS placement")
+}
+
 /// Checks a wall time: `HH:MM:SS`, `MM:SS` or `D-HH:MM:SS`, more than zero
 /// and at most [`MAX_WALLTIME_S`].
 pub fn check_walltime(value: &str) -> Result<(), BadValue> {
@@ -176,12 +187,14 @@ impl SchedulerOptions {
     /// command-line options (Cobalt).
     pub fn check(&self, directive_lines: bool) -> Result<(), BadValue> {
         check_walltime(&self.walltime)?;
-        let checks: [(&Option<String>, Check); 5] = [
+        let checks: [(&Option<String>, Check); 7] = [
             (&self.partition, check_partition),
             (&self.queue, check_queue),
             (&self.account, check_account),
             (&self.qos, check_qos),
             (&self.constraint, check_constraint),
+            (&self.select_resources, check_select_resources),
+            (&self.place, check_place),
         ];
         for (value, check) in checks {
             if let Some(v) = value {

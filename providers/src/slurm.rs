@@ -18,7 +18,9 @@ use std::time::Duration;
 use crate::channel::Channel;
 use crate::scheduler::{Scheduler, directives};
 use crate::site_values;
-use crate::{JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, SchedulerOptions};
+use crate::{
+    JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, SchedulerOptions, Submission,
+};
 
 /// Blocks as Slurm jobs.
 pub struct SlurmProvider {
@@ -142,11 +144,19 @@ impl Provider for SlurmProvider {
         "slurm"
     }
 
-    fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+    fn prepare(&self, job: &JobSpec) -> Result<Submission, ProviderError> {
         Scheduler::check_values(job, &self.options, true)?;
-        let script = script(job, &self.options);
+        Ok(Submission::file(
+            "block.sh",
+            script(job, &self.options),
+            "sbatch --parsable {script}",
+        ))
+    }
+
+    fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
+        let s = self.prepare(job)?;
         self.sched
-            .submit_script(job, &script, "sbatch --parsable {script}", parse_sbatch)
+            .submit_script(job, &s.contents, &s.command, parse_sbatch)
     }
 
     fn status(&mut self, ids: &[JobId]) -> Result<Vec<JobStatus>, ProviderError> {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::ConfigError;
-use super::provider::ProviderConfig;
+use super::provider::{ProviderConfig, ProviderKind};
 use super::site::{Section, Site};
 
 /// Which launcher a block uses.
@@ -137,12 +137,17 @@ impl LauncherConfig {
 
     /// Whether this launcher can start the workers of one of `provider`'s
     /// blocks: a block of several nodes needs a launcher that spans them,
-    /// unless each node runs its own launcher (Kubernetes pods).
+    /// unless each node runs its own launcher (Kubernetes pods); and a
+    /// launcher tied to a scheduler (`srun` to Slurm, `aprun` to ALPS under
+    /// PBS or Cobalt, a node file to the scheduler that writes it) only
+    /// under that scheduler, or under the local provider (a daemon inside
+    /// an allocation).
     pub(crate) fn check_fits(
         &self,
         provider: &ProviderConfig,
         site: &Site,
     ) -> Result<(), ConfigError> {
+        self.check_scheduler(provider.kind, site)?;
         let nodes = provider.nodes_per_block;
         if nodes > 1 && !self.kind.spans_nodes() && !provider.kind.rules().launcher_per_node() {
             return Err(site.invalid(
@@ -154,6 +159,52 @@ impl LauncherConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl LauncherConfig {
+    fn check_scheduler(&self, provider: ProviderKind, site: &Site) -> Result<(), ConfigError> {
+        use ProviderKind::{Cobalt, Local, Pbspro, Slurm};
+        let hint = match provider {
+            Slurm => " (under Slurm, kind = \"srun\" starts workers on the job's nodes)",
+            _ => "",
+        };
+        let refuse = |key: &str, why: String| {
+            Err(site.invalid(
+                key,
+                format!("{why}, but provider.kind = \"{}\"{hint}", provider.as_str()),
+            ))
+        };
+        match self.kind {
+            LauncherKind::Srun if !matches!(provider, Slurm | Local) => refuse(
+                "launcher.kind",
+                "kind = \"srun\" starts workers inside a Slurm job".into(),
+            ),
+            LauncherKind::Aprun if !matches!(provider, Pbspro | Cobalt | Local) => refuse(
+                "launcher.kind",
+                "kind = \"aprun\" starts workers inside an ALPS (PBS or Cobalt) job".into(),
+            ),
+            LauncherKind::Mpiexec => {
+                let written_by = [("PBS_NODEFILE", Pbspro), ("COBALT_NODEFILE", Cobalt)];
+                for (variable, scheduler) in written_by {
+                    if self.nodefile.contains(variable)
+                        && provider != scheduler
+                        && provider != Local
+                    {
+                        return refuse(
+                            "launcher.nodefile",
+                            format!(
+                                "is \"{}\", which only {} jobs set",
+                                self.nodefile,
+                                scheduler.as_str()
+                            ),
+                        );
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -251,6 +302,45 @@ mod tests {
             assert_eq!(c.launcher.launcher().name(), kind.as_str());
             let err = Config::parse(invalid, "s.toml").unwrap_err().to_string();
             assert!(err.starts_with(error), "{invalid}: {err}");
+        }
+    }
+
+    #[test]
+    fn launchers_tied_to_another_scheduler_are_refused() {
+        let refused = [
+            (
+                "[provider]\nkind = \"pbspro\"\n[launcher]\nkind = \"srun\"\n",
+                "s.toml:4: `launcher.kind`: kind = \"srun\" starts workers inside a Slurm job, but provider.kind = \"pbspro\"",
+            ),
+            (
+                "[provider]\nkind = \"slurm\"\n[launcher]\nkind = \"aprun\"\n",
+                "s.toml:4: `launcher.kind`: kind = \"aprun\" starts workers inside an ALPS",
+            ),
+            (
+                "[provider]\nkind = \"slurm\"\n[launcher]\nkind = \"mpiexec\"\n",
+                "s.toml: `launcher.nodefile` (not set: its default): is \"$PBS_NODEFILE\", which only pbspro jobs set, but provider.kind = \"slurm\" (under Slurm, kind = \"srun\"",
+            ),
+            (
+                "[provider]\nkind = \"pbspro\"\n[launcher]\nkind = \"mpiexec\"\nnodefile = \"$COBALT_NODEFILE\"\n",
+                "s.toml:5: `launcher.nodefile`: is \"$COBALT_NODEFILE\", which only cobalt jobs set",
+            ),
+        ];
+        for (text, error) in refused {
+            let err = Config::parse(text, "s.toml").unwrap_err().to_string();
+            assert!(err.starts_with(error), "{text}: {err}");
+        }
+        let fitting = [
+            "[provider]\nkind = \"slurm\"\n[launcher]\nkind = \"srun\"\n",
+            "[launcher]\nkind = \"srun\"\n",
+            "[provider]\nkind = \"cobalt\"\n[launcher]\nkind = \"aprun\"\n",
+            "[provider]\nkind = \"cobalt\"\n[launcher]\nkind = \"mpiexec\"\nnodefile = \"$COBALT_NODEFILE\"\n",
+            "[provider]\nkind = \"slurm\"\n[launcher]\nkind = \"mpiexec\"\nnodefile = \"$HOME/hosts\"\n",
+            "[launcher]\nkind = \"mpiexec\"\n",
+        ];
+        for text in fitting {
+            if let Err(e) = Config::parse(text, "s.toml") {
+                panic!("{text}: {e}");
+            }
         }
     }
 

@@ -81,16 +81,22 @@ pub(crate) enum SchedulerKey {
     Constraint,
     /// The account or project charged.
     Account,
+    /// PBS's resources for each select chunk.
+    SelectResources,
+    /// PBS's placement.
+    Place,
 }
 
 impl SchedulerKey {
     /// Every key, in the order they are checked.
-    const ALL: [SchedulerKey; 5] = [
+    const ALL: [SchedulerKey; 7] = [
         SchedulerKey::Partition,
         SchedulerKey::Queue,
         SchedulerKey::Qos,
         SchedulerKey::Constraint,
         SchedulerKey::Account,
+        SchedulerKey::SelectResources,
+        SchedulerKey::Place,
     ];
 
     /// The key's name in `[provider]`.
@@ -101,6 +107,8 @@ impl SchedulerKey {
             SchedulerKey::Qos => "qos",
             SchedulerKey::Constraint => "constraint",
             SchedulerKey::Account => "account",
+            SchedulerKey::SelectResources => "select_resources",
+            SchedulerKey::Place => "place",
         }
     }
 
@@ -112,6 +120,8 @@ impl SchedulerKey {
             SchedulerKey::Qos => provider.qos.is_some(),
             SchedulerKey::Constraint => provider.constraint.is_some(),
             SchedulerKey::Account => provider.account.is_some(),
+            SchedulerKey::SelectResources => provider.select_resources.is_some(),
+            SchedulerKey::Place => provider.place.is_some(),
         }
     }
 }
@@ -161,10 +171,13 @@ fn scheduler_walltime_s(walltime: Option<&str>) -> Option<u64> {
 }
 
 /// The rules of schedulers with queues (PBS Pro, Cobalt): they read
-/// `queue` and `account`, and a `partition` is pointed at `queue`.
+/// `queue` and `account`, and a `partition` is pointed at `queue`; PBS also
+/// reads `select_resources` and `place`.
 struct QueueScheduler {
     /// The name site files use.
     name: &'static str,
+    /// Whether it takes PBS's select and placement.
+    pbs: bool,
 }
 
 impl ProviderRules for QueueScheduler {
@@ -174,6 +187,7 @@ impl ProviderRules for QueueScheduler {
 
     fn reads(&self, key: SchedulerKey) -> bool {
         matches!(key, SchedulerKey::Queue | SchedulerKey::Account)
+            || self.pbs && matches!(key, SchedulerKey::SelectResources | SchedulerKey::Place)
     }
 
     fn hint(&self, key: SchedulerKey) -> Option<&'static str> {
@@ -245,6 +259,12 @@ pub struct ProviderConfig {
     /// Slurm constraint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub constraint: Option<String>,
+    /// PBS resources added to each select chunk (`system=polaris`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub select_resources: Option<String>,
+    /// PBS placement (`scatter`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub place: Option<String>,
     /// Whole nodes only.
     pub exclusive: bool,
     /// GPUs per node.
@@ -287,6 +307,8 @@ impl Default for ProviderConfig {
             account: None,
             qos: None,
             constraint: None,
+            select_resources: None,
+            place: None,
             exclusive: false,
             gpus_per_node: 0,
             scheduler_options: String::new(),
@@ -323,6 +345,8 @@ pub(crate) struct RawProvider {
     account: Option<Spanned<String>>,
     qos: Option<Spanned<String>>,
     constraint: Option<Spanned<String>>,
+    select_resources: Option<Spanned<String>>,
+    place: Option<Spanned<String>>,
     exclusive: Option<Spanned<bool>>,
     gpus_per_node: Option<Spanned<u32>>,
     scheduler_options: Option<Spanned<String>>,
@@ -423,6 +447,8 @@ impl RawProvider {
             account: s.opt("account", self.account),
             qos: s.opt("qos", self.qos),
             constraint: s.opt("constraint", self.constraint),
+            select_resources: s.opt("select_resources", self.select_resources),
+            place: s.opt("place", self.place),
             exclusive: s.or("exclusive", self.exclusive, d.exclusive),
             gpus_per_node: s.count(
                 "gpus_per_node",
@@ -513,12 +539,14 @@ impl ProviderConfig {
     /// directives cannot be quoted, so the shape is what keeps a value
     /// inside its line.
     fn check_scheduler_values(&self, s: &Section) -> Result<(), ConfigError> {
-        let fields: [(&Option<String>, site_values::Check); 5] = [
+        let fields: [(&Option<String>, site_values::Check); 7] = [
             (&self.partition, site_values::check_partition),
             (&self.queue, site_values::check_queue),
             (&self.account, site_values::check_account),
             (&self.qos, site_values::check_qos),
             (&self.constraint, site_values::check_constraint),
+            (&self.select_resources, site_values::check_select_resources),
+            (&self.place, site_values::check_place),
         ];
         for (value, check) in fields {
             if let Some(Err(e)) = value.as_deref().map(check) {

@@ -3,7 +3,10 @@
 use super::QueueScheduler;
 
 /// Cobalt's rules: a scheduler with queues.
-pub(super) const COBALT: QueueScheduler = QueueScheduler { name: "cobalt" };
+pub(super) const COBALT: QueueScheduler = QueueScheduler {
+    name: "cobalt",
+    pbs: false,
+};
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,10 @@
 use super::QueueScheduler;
 
 /// PBS's rules: a scheduler with queues.
-pub(super) const PBSPRO: QueueScheduler = QueueScheduler { name: "pbspro" };
+pub(super) const PBSPRO: QueueScheduler = QueueScheduler {
+    name: "pbspro",
+    pbs: true,
+};
 
 #[cfg(test)]
 mod tests {
