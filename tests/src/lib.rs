@@ -151,6 +151,55 @@ pub fn config_with(overrides: &[(&str, &str, &str)]) -> String {
     text
 }
 
+/// `site-examples/NAME.toml` mapped onto this machine's test systems by
+/// `tests/site-overrides/NAME.toml`: its tables are merged over the
+/// example's, and its top-level `remove` list drops dotted keys (settings
+/// the test systems lack, such as a facility's account). The override file
+/// says why each change is needed, so what a test runs stays the example.
+pub fn site_example_for_tests(name: &str) -> String {
+    let read = |path: PathBuf| -> toml::Table {
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let mut site = read(workspace().join(format!("site-examples/{name}.toml")));
+    let mut overrides = read(workspace().join(format!("tests/site-overrides/{name}.toml")));
+    let remove = overrides.remove("remove");
+    merge_tables(&mut site, overrides);
+    for key in remove
+        .iter()
+        .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+    {
+        let key = key
+            .as_str()
+            .unwrap_or_else(|| panic!("remove: {key} is not a string"));
+        let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+        let mut at = &mut site;
+        for part in table.split('.').filter(|p| !p.is_empty()) {
+            at = at
+                .get_mut(part)
+                .and_then(toml::Value::as_table_mut)
+                .unwrap_or_else(|| panic!("remove: {key}: no table {part}"));
+        }
+        assert!(at.remove(leaf).is_some(), "remove: {key} is not set");
+    }
+    toml::to_string(&site).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn merge_tables(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => {
+                merge_tables(mine, theirs);
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
 /// A daemon under test, its state directory and the workers started for it.
 pub struct Flotilla {
     home: tempfile::TempDir,

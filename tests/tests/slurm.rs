@@ -13,7 +13,7 @@ use flotilla_engine::launch::daemon_tag;
 use flotilla_engine::state_dir::StateDir;
 use flotilla_protocol::Payload;
 use flotilla_protocol::task::{NIL, TaskState};
-use flotilla_tests::{Flotilla, SlurmJobs, bin, config_with, wait_until};
+use flotilla_tests::{Flotilla, SlurmJobs, bin, config_with, site_example_for_tests, wait_until};
 use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -492,4 +492,38 @@ fn a_sigkilled_daemon_adopts_its_live_slurm_block_and_finishes_everything() {
         f.events()
     );
     assert_eq!(status.totals.requeued, 0, "nothing was lost");
+}
+
+/// A site example's blocks, mapped onto the test cluster by its override
+/// file, start workers on both nodes that serve a request; its job script
+/// is the one its checked-in preview shows, names aside.
+fn site_example_serves(name: &str) {
+    slurm_conf();
+    let mut f = Flotilla::start(&site_example_for_tests(name));
+    let jobs = SlurmJobs::of(&f);
+    let client = f.client();
+    wait_until(LONG, "a worker on each of the block's two nodes", || {
+        let s = client.status().ok()?;
+        let nodes: std::collections::BTreeSet<_> =
+            s.workers.iter().map(|w| w.node.clone()).collect();
+        (s.workers.len() == 2 && nodes.len() == 2).then_some(())
+    });
+    noop_completes(&f);
+    let script = std::fs::read_to_string(f.home().join("blocks/0/block.sh")).unwrap();
+    assert!(
+        script.contains("#SBATCH --partition=debug") && script.contains("exec srun --nodes=2"),
+        "{script}"
+    );
+    assert!(f.signal_daemon(Signal::SIGTERM, LONG).success());
+    jobs.wait_all_ended();
+}
+
+#[test]
+fn the_perlmutter_example_serves_on_the_test_cluster() {
+    site_example_serves("perlmutter");
+}
+
+#[test]
+fn the_frontier_example_serves_on_the_test_cluster() {
+    site_example_serves("frontier");
 }
