@@ -325,6 +325,16 @@ mod tests {
         );
     }
 
+    fn block_zero() -> JobSpec {
+        JobSpec {
+            name: "flotilla-ab12cd-block-0".into(),
+            worker_init: String::new(),
+            command: "exec flotilla-worker".into(),
+            env: Default::default(),
+            run_dir: "/home/a/.flotilla/blocks/0".into(),
+        }
+    }
+
     #[test]
     fn qsub_output_and_the_script() {
         assert_eq!(
@@ -332,13 +342,7 @@ mod tests {
             Ok(JobId("1234.polaris-pbs-01".into()))
         );
         assert_eq!(parse_qsub(""), Err("qsub printed no job id".into()));
-        let job = JobSpec {
-            name: "flotilla-ab12cd-block-0".into(),
-            worker_init: String::new(),
-            command: "exec flotilla-worker".into(),
-            env: Default::default(),
-            run_dir: "/home/a/.flotilla/blocks/0".into(),
-        };
+        let job = block_zero();
         let o = SchedulerOptions {
             nodes_per_block: 2,
             walltime: "01:00:00".into(),
@@ -361,13 +365,7 @@ mod tests {
 
     #[test]
     fn select_resources_join_each_chunk_and_placement_keeps_exclusive() {
-        let job = JobSpec {
-            name: "flotilla-ab12cd-block-0".into(),
-            worker_init: String::new(),
-            command: "exec flotilla-worker".into(),
-            env: Default::default(),
-            run_dir: "/home/a/.flotilla/blocks/0".into(),
-        };
+        let job = block_zero();
         let polaris = SchedulerOptions {
             nodes_per_block: 2,
             walltime: "01:00:00".into(),
