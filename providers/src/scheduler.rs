@@ -65,13 +65,11 @@ impl Scheduler {
         let command = submit.replace("{script}", &flotilla_launchers::shell::quote(&path));
         let out = self.run(&command)?;
         if !out.success() {
-            return Err(ProviderError::Submit {
+            return Err(ProviderError::Refused {
                 name: job.name.clone(),
-                reason: format!(
-                    "`{command}` failed (exit {}): {}",
-                    out.status,
-                    out.complaint()
-                ),
+                command,
+                status: out.status,
+                message: out.complaint(),
             });
         }
         Ok(out.stdout)
@@ -216,13 +214,16 @@ mod tests {
 
     use super::*;
     use crate::channel::ChannelError;
-    use crate::{PbsProvider, Provider, SlurmProvider};
+    use crate::{PbsProvider, Provider, RefusedBy, SlurmProvider};
 
     /// A channel that records what it is asked and answers every command
-    /// with `stdout`.
+    /// with `stdout`, or with `refusal` (an exit status and stderr), or
+    /// fails as an unreachable host would when `unreachable`.
     struct Recording {
         log: Arc<Mutex<Vec<String>>>,
         stdout: String,
+        refusal: Option<(i32, String)>,
+        unreachable: bool,
     }
 
     impl Channel for Recording {
@@ -232,10 +233,18 @@ mod tests {
 
         fn run(&mut self, command: &str, _: Duration) -> Result<CommandOutput, ChannelError> {
             self.log.lock().unwrap().push(command.to_owned());
+            if self.unreachable {
+                return Err(ChannelError::Timeout {
+                    channel: self.name(),
+                    command: command.to_owned(),
+                    after: Duration::from_secs(5),
+                });
+            }
+            let (status, stderr) = self.refusal.clone().unwrap_or_default();
             Ok(CommandOutput {
-                status: 0,
+                status,
                 stdout: self.stdout.clone(),
-                stderr: String::new(),
+                stderr,
             })
         }
 
@@ -258,8 +267,94 @@ mod tests {
         let channel = Recording {
             log: log.clone(),
             stdout: stdout.to_owned(),
+            refusal: None,
+            unreachable: false,
         };
         (Box::new(channel), log)
+    }
+
+    /// A channel whose every command exits with `status` and `stderr`.
+    fn refusing(status: i32, stderr: &str) -> Box<dyn Channel> {
+        Box::new(Recording {
+            log: Arc::default(),
+            stdout: String::new(),
+            refusal: Some((status, stderr.to_owned())),
+            unreachable: false,
+        })
+    }
+
+    fn options() -> SchedulerOptions {
+        SchedulerOptions {
+            walltime: "00:10:00".into(),
+            ..SchedulerOptions::default()
+        }
+    }
+
+    // What sbatch prints when a QOS's MaxSubmitJobsPerUser is reached, as
+    // users of such sites report it.
+    const SBATCH_QOS_LIMIT: &str = "sbatch: error: QOSMaxSubmitJobPerUserLimit\nsbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)\n";
+
+    // PBS Pro's qsub on a queue with a per-user limit such as ALCF's
+    // debug queue (the message from the issue this answers).
+    const QSUB_QUEUE_LIMIT: &str = "qsub: would exceed queue generic's per-user limit\n";
+
+    #[test]
+    fn a_scheduler_that_says_no_is_a_refusal_with_its_own_words() {
+        let mut slurm = SlurmProvider::new(
+            refusing(1, SBATCH_QOS_LIMIT),
+            options(),
+            Duration::from_secs(5),
+        );
+        let e = slurm.submit(&job()).unwrap_err();
+        let (by, message) = e.refusal().unwrap();
+        assert_eq!(by, RefusedBy::Scheduler);
+        assert!(message.starts_with("sbatch: error: QOSMaxSubmitJobPerUserLimit"));
+        assert!(message.ends_with("time limits)"), "trimmed: {message:?}");
+        assert!(e.to_string().contains("exit 1"), "{e}");
+
+        let mut pbs = PbsProvider::new(
+            refusing(1, QSUB_QUEUE_LIMIT),
+            options(),
+            Duration::from_secs(5),
+        );
+        let e = pbs.submit(&job()).unwrap_err();
+        assert_eq!(
+            e.refusal(),
+            Some((
+                RefusedBy::Scheduler,
+                "qsub: would exceed queue generic's per-user limit"
+            ))
+        );
+    }
+
+    #[test]
+    fn an_unreachable_scheduler_is_a_refusal_by_the_channel() {
+        let channel = Box::new(Recording {
+            log: Arc::default(),
+            stdout: String::new(),
+            refusal: None,
+            unreachable: true,
+        });
+        let mut slurm = SlurmProvider::new(channel, options(), Duration::from_secs(5));
+        let e = slurm.submit(&job()).unwrap_err();
+        let (by, message) = e.refusal().unwrap();
+        assert_eq!(by, RefusedBy::Channel);
+        assert!(message.contains("did not finish"), "{message}");
+    }
+
+    #[test]
+    fn a_broken_block_is_no_refusal() {
+        // A value that would break out of its directive: retrying cannot
+        // help, so it counts as a failed block.
+        let (channel, _) = recording("1\n");
+        let mut o = options();
+        o.partition = Some("debug\ntouch X".into());
+        let mut slurm = SlurmProvider::new(channel, o, Duration::from_secs(5));
+        assert!(slurm.submit(&job()).unwrap_err().refusal().is_none());
+        // An answer without a job id.
+        let (channel, _) = recording("no id here\n");
+        let mut pbs = PbsProvider::new(channel, options(), Duration::from_secs(5));
+        assert!(pbs.submit(&job()).unwrap_err().refusal().is_none());
     }
 
     fn job() -> JobSpec {
