@@ -294,6 +294,11 @@ mod tests {
     // users of such sites report it.
     const SBATCH_QOS_LIMIT: &str = "sbatch: error: QOSMaxSubmitJobPerUserLimit\nsbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)\n";
 
+    // Recorded from Slurm 22.05 (the test cluster, EnforcePartLimits=ALL):
+    // `sbatch -N2` into a partition of MaxNodes=1, exit 1.
+    const SBATCH_PARTITION_MAX_NODES: &str =
+        "sbatch: error: Batch job submission failed: Node count specification invalid\n";
+
     // PBS Pro's qsub on a queue with a per-user limit such as ALCF's
     // debug queue (the message from the issue this answers).
     const QSUB_QUEUE_LIMIT: &str = "qsub: would exceed queue generic's per-user limit\n";
@@ -311,6 +316,20 @@ mod tests {
         assert!(message.starts_with("sbatch: error: QOSMaxSubmitJobPerUserLimit"));
         assert!(message.ends_with("time limits)"), "trimmed: {message:?}");
         assert!(e.to_string().contains("exit 1"), "{e}");
+
+        let mut slurm = SlurmProvider::new(
+            refusing(1, SBATCH_PARTITION_MAX_NODES),
+            options(),
+            Duration::from_secs(5),
+        );
+        let e = slurm.submit(&job()).unwrap_err();
+        assert_eq!(
+            e.refusal(),
+            Some((
+                RefusedBy::Scheduler,
+                "sbatch: error: Batch job submission failed: Node count specification invalid"
+            ))
+        );
 
         let mut pbs = PbsProvider::new(
             refusing(1, QSUB_QUEUE_LIMIT),

@@ -666,7 +666,7 @@ impl Blocks {
         }
         let mut count = need.min(self.room());
         if let Some(backoff) = &self.backoff {
-            if !backoff.next_try_us.is_some_and(|t| now >= t) {
+            if backoff.next_try_us.is_none_or(|t| now < t) {
                 return;
             }
             count = count.min(1);
