@@ -75,7 +75,7 @@ impl ProviderError {
     pub fn refusal(&self) -> Option<(RefusedBy, &str)> {
         match self {
             ProviderError::Refused { message, .. } => Some((RefusedBy::Scheduler, message)),
-            ProviderError::Command { reason, .. } => Some((RefusedBy::Channel, reason)),
+            ProviderError::Unreachable { reason, .. } => Some((RefusedBy::Channel, reason)),
             _ => None,
         }
     }
@@ -138,7 +138,16 @@ pub enum ProviderError {
         /// What went wrong.
         reason: String,
     },
-    /// A scheduler command failed or timed out; the next poll retries.
+    /// The scheduler could not be asked: the channel could not reach it,
+    /// or a command did not finish in time. A later try may succeed.
+    #[error("{provider}: {reason}")]
+    Unreachable {
+        /// Provider name.
+        provider: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A scheduler command failed; the next poll retries.
     #[error("{provider}: {reason}")]
     Command {
         /// Provider name.

@@ -37,12 +37,10 @@ impl Scheduler {
     /// Runs a scheduler command; channel failures (timeouts included) are
     /// errors of this call only.
     pub fn run(&mut self, command: &str) -> Result<CommandOutput, ProviderError> {
+        let name = self.name;
         self.channel
             .run(command, self.timeout)
-            .map_err(|e| ProviderError::Command {
-                provider: self.name,
-                reason: e.to_string(),
-            })
+            .map_err(|e| channel_trouble(name, &e))
     }
 
     /// Writes `script` as the job's `block.sh` (mode 0700: it holds the
@@ -56,11 +54,18 @@ impl Scheduler {
         submit: &str,
     ) -> Result<String, ProviderError> {
         let path = job.run_file(file);
+        let provider = self.name;
         self.channel
             .write_file(&path, script.as_bytes(), 0o700)
-            .map_err(|e| ProviderError::Submit {
-                name: job.name.clone(),
-                reason: e.to_string(),
+            .map_err(|e| {
+                if e.is_transient() {
+                    channel_trouble(provider, &e)
+                } else {
+                    ProviderError::Submit {
+                        name: job.name.clone(),
+                        reason: e.to_string(),
+                    }
+                }
             })?;
         let command = submit.replace("{script}", &flotilla_launchers::shell::quote(&path));
         let out = self.run(&command)?;
@@ -195,6 +200,17 @@ impl Scheduler {
     }
 }
 
+/// A channel failure as a provider error: [`ProviderError::Unreachable`]
+/// when a later try may succeed by itself, else [`ProviderError::Command`].
+fn channel_trouble(provider: &'static str, e: &crate::ChannelError) -> ProviderError {
+    let reason = e.to_string();
+    if e.is_transient() {
+        ProviderError::Unreachable { provider, reason }
+    } else {
+        ProviderError::Command { provider, reason }
+    }
+}
+
 /// `#PREFIX flag` lines for each set option, then the raw lines.
 pub fn directives(prefix: &str, flags: &[Option<String>], raw: &str) -> String {
     let mut s = String::new();
@@ -250,6 +266,12 @@ mod tests {
 
         fn write_file(&mut self, path: &str, _: &[u8], _: u32) -> Result<(), ChannelError> {
             self.log.lock().unwrap().push(format!("write {path}"));
+            if self.unreachable {
+                return Err(ChannelError::Unreachable {
+                    channel: self.name(),
+                    reason: "cannot connect: Connection refused (os error 111)".into(),
+                });
+            }
             Ok(())
         }
 
@@ -358,7 +380,76 @@ mod tests {
         let e = slurm.submit(&job()).unwrap_err();
         let (by, message) = e.refusal().unwrap();
         assert_eq!(by, RefusedBy::Channel);
-        assert!(message.contains("did not finish"), "{message}");
+        assert!(message.contains("Connection refused"), "{message}");
+    }
+
+    #[test]
+    fn a_submit_command_that_times_out_is_a_refusal_by_the_channel() {
+        struct Hangs;
+        impl Channel for Hangs {
+            fn name(&self) -> String {
+                "hangs".into()
+            }
+            fn run(
+                &mut self,
+                command: &str,
+                after: Duration,
+            ) -> Result<CommandOutput, ChannelError> {
+                Err(ChannelError::Timeout {
+                    channel: self.name(),
+                    command: command.to_owned(),
+                    after,
+                })
+            }
+            fn write_file(&mut self, _: &str, _: &[u8], _: u32) -> Result<(), ChannelError> {
+                Ok(())
+            }
+            fn read_file(&mut self, path: &str) -> Result<Vec<u8>, ChannelError> {
+                Err(ChannelError::File {
+                    channel: self.name(),
+                    path: path.to_owned(),
+                    reason: "none".into(),
+                })
+            }
+        }
+        let mut pbs = PbsProvider::new(Box::new(Hangs), options(), Duration::from_secs(5));
+        let e = pbs.submit(&job()).unwrap_err();
+        let (by, message) = e.refusal().unwrap();
+        assert_eq!(by, RefusedBy::Channel);
+        assert!(message.contains("did not finish within 5s"), "{message}");
+    }
+
+    #[test]
+    fn a_channel_that_cannot_write_the_script_for_good_is_no_refusal() {
+        // A host key or login refused, a full disk: only a person fixes it.
+        struct NoWrite;
+        impl Channel for NoWrite {
+            fn name(&self) -> String {
+                "nowrite".into()
+            }
+            fn run(&mut self, _: &str, _: Duration) -> Result<CommandOutput, ChannelError> {
+                Err(ChannelError::Connection {
+                    channel: self.name(),
+                    reason: "the host key is not in known_hosts".into(),
+                })
+            }
+            fn write_file(&mut self, path: &str, _: &[u8], _: u32) -> Result<(), ChannelError> {
+                Err(ChannelError::File {
+                    channel: self.name(),
+                    path: path.to_owned(),
+                    reason: "No space left on device".into(),
+                })
+            }
+            fn read_file(&mut self, path: &str) -> Result<Vec<u8>, ChannelError> {
+                Err(ChannelError::File {
+                    channel: self.name(),
+                    path: path.to_owned(),
+                    reason: "none".into(),
+                })
+            }
+        }
+        let mut slurm = SlurmProvider::new(Box::new(NoWrite), options(), Duration::from_secs(5));
+        assert!(slurm.submit(&job()).unwrap_err().refusal().is_none());
     }
 
     #[test]

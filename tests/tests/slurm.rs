@@ -616,3 +616,37 @@ fn a_submission_refused_by_a_partition_limit_backs_off_and_recovers_without_paus
     drop(f);
     drop(jobs);
 }
+
+#[test]
+fn a_login_node_nobody_answers_on_backs_off_without_pausing() {
+    // A loopback port just freed: every connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port().to_string())
+        .unwrap();
+    let f = Flotilla::start(&slurm_site(&[
+        ("channel", "kind", "\"ssh\""),
+        ("channel", "host", "\"127.0.0.1\""),
+        ("channel", "port", port.as_str()),
+        ("channel", "user", "\"nobody\""),
+        ("provider", "run_dir", "\"/tmp/flotilla-unreachable\""),
+        ("provider", "strategy_period_s", "0.2"),
+        ("provider", "submit_retry_max_s", "1"),
+        ("provider", "max_block_failures", "1"),
+    ]));
+    wait_until(LONG, "three refusals", || {
+        let refused = f
+            .events()
+            .iter()
+            .filter(|e| e.kind == "block-refused")
+            .count();
+        (refused >= 3).then_some(())
+    });
+    let status = f.client().status().unwrap();
+    assert_eq!(status.pools[0].paused, None);
+    let held = status.pools[0].held.clone().unwrap();
+    assert!(
+        held.starts_with("cannot reach the scheduler: ") && held.contains("cannot connect"),
+        "{held}"
+    );
+}
