@@ -459,6 +459,47 @@ fn a_block_with_a_one_minute_walltime_drains_before_slurm_ends_it() {
 }
 
 #[test]
+fn in_a_one_job_queue_the_replacement_waits_for_the_leaving_block_to_end() {
+    let f = Flotilla::start(&slurm_site(&[
+        ("provider", "walltime", "\"00:01:00\""),
+        ("provider", "walltime_margin_s", "15"),
+        ("provider", "replace_ahead_s", "25"),
+        ("provider", "strategy_period_s", "0.5"),
+        ("provider", "queue_job_limit", "1"),
+    ]));
+    let _jobs = SlurmJobs::of(&f);
+    f.wait_workers(1);
+    let client = f.client();
+    let ids = client.submit(flotilla_tests::sleep_tasks(60, 2.0)).unwrap();
+    let views = client
+        .results(&ids, Some(Duration::from_secs(240)))
+        .unwrap();
+    for v in &views {
+        assert_eq!(v.state, TaskState::Completed, "{v:?}");
+    }
+    let events = f.events();
+    let ended = events
+        .iter()
+        .find(|e| {
+            e.kind == "block-state"
+                && e.block == Some(0)
+                && ["COMPLETED", "CANCELLED", "TIMEOUT", "FAILED", "MISSING"]
+                    .iter()
+                    .any(|s| e.message.starts_with(s))
+        })
+        .expect("block 0 ended");
+    let replaced = events
+        .iter()
+        .find(|e| e.kind == "block-requested" && e.block == Some(1))
+        .expect("a replacement block");
+    assert!(
+        ended.seq < replaced.seq,
+        "never two jobs in the queue: {:?}",
+        f.block_history(0)
+    );
+}
+
+#[test]
 fn a_sigkilled_daemon_adopts_its_live_slurm_block_and_finishes_everything() {
     let mut f = Flotilla::start(&slurm_site(&[("provider", "strategy_period_s", "0.5")]));
     let jobs = SlurmJobs::of(&f);
