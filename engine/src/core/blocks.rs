@@ -42,6 +42,7 @@ use flotilla_protocol::client::{BlockView, PoolView};
 use flotilla_providers::{JobState, RefusedBy};
 
 use super::Action;
+use super::backoff::{Backoff, refusal_text};
 use super::records::{BlockRecord, StoreOp};
 
 /// The pool's settings, from `[provider]` and `[launcher]`, in µs.
@@ -216,19 +217,6 @@ impl Block {
         let since = self.running_since_us?;
         Some(walltime_us?.saturating_sub(now.saturating_sub(since)))
     }
-}
-
-/// Refused submissions in a row, and when the next try goes out.
-#[derive(Debug)]
-struct Backoff {
-    /// Who said no last.
-    by: RefusedBy,
-    /// Their words.
-    message: String,
-    /// Refusals in a row.
-    refusals: u32,
-    /// When the next try may go out; `None` while a try is out.
-    next_try_us: Option<u64>,
 }
 
 /// The block table and its strategy.
@@ -443,7 +431,7 @@ impl Blocks {
                 if let Some(backoff) = self.backoff.take() {
                     tracing::info!(
                         block,
-                        refusals = backoff.refusals,
+                        refusals = backoff.refusals(),
                         "the scheduler accepts blocks again"
                     );
                 }
@@ -462,10 +450,8 @@ impl Blocks {
                 // A try that fails for want of a block, not of the
                 // scheduler's consent, must not leave the backoff waiting
                 // for an answer that came.
-                if let Some(backoff) = &mut self.backoff
-                    && backoff.next_try_us.is_none()
-                {
-                    backoff.next_try_us = Some(now);
+                if let Some(backoff) = &mut self.backoff {
+                    backoff.try_lost(now);
                 }
                 self.note("block-failed", Some(block), reason);
                 self.failed(block);
@@ -666,7 +652,7 @@ impl Blocks {
         }
         let mut count = need.min(self.room());
         if let Some(backoff) = &self.backoff {
-            if backoff.next_try_us.is_none_or(|t| now < t) {
+            if !backoff.due(now) {
                 return;
             }
             count = count.min(1);
@@ -691,7 +677,7 @@ impl Blocks {
         if count > 0
             && let Some(backoff) = &mut self.backoff
         {
-            backoff.next_try_us = None;
+            backoff.try_sent();
         }
     }
 
@@ -700,7 +686,7 @@ impl Blocks {
     fn retry_refused(&mut self, now: u64, out: &mut Vec<Action>) {
         let probe = match &self.backoff {
             None => false,
-            Some(b) if b.next_try_us.is_some_and(|t| now >= t) => true,
+            Some(b) if b.due(now) => true,
             Some(_) => return,
         };
         let room = if probe {
@@ -730,7 +716,7 @@ impl Blocks {
         if !waiting.is_empty()
             && let Some(backoff) = &mut self.backoff
         {
-            backoff.next_try_us = None;
+            backoff.try_sent();
         }
     }
 
@@ -771,59 +757,30 @@ impl Blocks {
         let Some(b) = self.blocks.get_mut(&block) else {
             return;
         };
-        b.message = Some(match by {
-            RefusedBy::Scheduler => format!("submission refused by the scheduler: {message}"),
-            RefusedBy::Channel => format!("cannot reach the scheduler: {message}"),
-        });
+        b.message = Some(refusal_text(by, &message));
         if b.cancelling {
             // No longer wanted, and nothing at the scheduler to cancel.
             b.state = JobState::Cancelled;
             return;
         }
         b.refused = true;
-        let refusals = self
-            .backoff
-            .as_ref()
-            .map_or(0, |r| r.refusals)
-            .saturating_add(1);
-        let next = now.saturating_add(self.retry_delay(refusals));
-        self.backoff = Some(Backoff {
+        let backoff = Backoff::refused(
+            self.backoff.as_ref(),
             by,
             message,
-            refusals,
-            next_try_us: Some(next),
-        });
-        let text = self.backoff_text(now).unwrap_or_default();
-        tracing::warn!(block, refusals, reason = %text, "block submission refused");
+            now,
+            self.policy.strategy_period_us,
+            self.policy.retry_max_us,
+        );
+        let text = backoff.describe(now);
+        tracing::warn!(block, refusals = backoff.refusals(), reason = %text, "block submission refused");
+        self.backoff = Some(backoff);
         self.note("block-refused", Some(block), text);
     }
 
-    /// The wait before the next try after `refusals` refusals in a row:
-    /// the strategy period, doubled for each refusal after the first, at
-    /// most `retry_max`.
-    fn retry_delay(&self, refusals: u32) -> u64 {
-        let doublings = refusals.saturating_sub(1).min(32);
-        self.policy
-            .strategy_period_us
-            .saturating_mul(1u64 << doublings)
-            .min(self.policy.retry_max_us)
-    }
-
-    /// The backoff in words: who refused, their message, the next try.
+    /// The backoff in words, while there is one.
     fn backoff_text(&self, now: u64) -> Option<String> {
-        let b = self.backoff.as_ref()?;
-        let who = match b.by {
-            RefusedBy::Scheduler => "submission refused by the scheduler",
-            RefusedBy::Channel => "cannot reach the scheduler",
-        };
-        let when = match b.next_try_us {
-            Some(t) => format!(
-                "next try in {} s",
-                t.saturating_sub(now).div_ceil(1_000_000)
-            ),
-            None => "trying again now".to_owned(),
-        };
-        Some(format!("{who}: {}; {when}", b.message))
+        self.backoff.as_ref().map(|b| b.describe(now))
     }
 
     fn scale_in(&mut self, mut excess: u32, demand: &Demand, now: u64, out: &mut Vec<Action>) {
