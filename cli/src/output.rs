@@ -185,7 +185,7 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
     );
     for p in &s.pools {
         out.push_str(&format!(
-            "\npool {} ({}): {} blocks live, {} wanted, {}..{} allowed, {} submitted so far{}\n",
+            "\npool {} ({}): {} blocks live, {} wanted, {}..{} allowed, {} submitted so far{}{}\n",
             p.name,
             p.provider,
             p.active,
@@ -196,6 +196,10 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
             p.paused
                 .as_deref()
                 .map(|why| format!("\n  PAUSED: {why}"))
+                .unwrap_or_default(),
+            p.held
+                .as_deref()
+                .map(|why| format!("\n  WAITING: {why}"))
                 .unwrap_or_default()
         ));
     }
@@ -276,7 +280,7 @@ pub fn daemon_json(s: &DaemonStatus) -> Value {
         "pools": s.pools.iter().map(|p| json!({
             "name": p.name, "provider": p.provider, "wanted": p.wanted, "active": p.active,
             "min_blocks": p.min_blocks, "max_blocks": p.max_blocks, "submitted": p.submitted,
-            "paused": p.paused,
+            "paused": p.paused, "held": p.held,
         })).collect::<Vec<_>>(),
         "workers": s.workers.iter().map(|w| json!({
             "id": w.id, "block": w.block, "host": w.host, "pid": w.pid, "node": w.node, "rank": w.rank, "slots": w.slots,

@@ -476,6 +476,39 @@ mod tests {
     }
 
     #[test]
+    fn queue_limits_are_read_and_checked() {
+        let text = "[provider]\nkind = \"pbspro\"\nmax_blocks = 2\nqueue_job_limit = 1\nmax_queued_blocks = 1\nsubmit_retry_max_s = 60\n";
+        let p = Config::parse(text, "s.toml").unwrap().provider;
+        assert_eq!(p.queue_job_limit, Some(1));
+        assert_eq!(p.max_queued_blocks, Some(1));
+        assert_eq!(p.submit_retry_max_s, 60.0);
+        let d = Config::default().provider;
+        assert_eq!((d.queue_job_limit, d.max_queued_blocks), (None, None));
+        let cases = [
+            (
+                "[provider]\nqueue_job_limit = 0\n",
+                "s.toml:2: `provider.queue_job_limit`: must be at least 1, got 0",
+            ),
+            (
+                "[provider]\nmax_queued_blocks = 0\n",
+                "s.toml:2: `provider.max_queued_blocks`: must be at least 1, got 0",
+            ),
+            (
+                "[provider]\nmin_blocks = 2\nmax_blocks = 2\nqueue_job_limit = 1\n",
+                "s.toml:4: `provider.queue_job_limit`: is 1 but min_blocks is 2",
+            ),
+            (
+                "[provider]\nsubmit_retry_max_s = 0\n",
+                "s.toml:2: `provider.submit_retry_max_s`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(text, "s.toml").unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn a_default_in_conflict_is_named_as_such() {
         let err = Config::parse("[provider]\ninit_blocks = 0\nmax_blocks = 0\n", "s.toml")
             .unwrap_err()

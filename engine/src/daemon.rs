@@ -502,6 +502,9 @@ fn block_policy(config: &Config) -> BlockPolicy {
             .block_walltime_s()
             .map(|s| s.saturating_mul(1_000_000)),
         replace_ahead_us: micros(p.replace_ahead_s),
+        max_queued: p.max_queued_blocks,
+        queue_job_limit: p.queue_job_limit,
+        retry_max_us: micros(p.submit_retry_max_s),
     }
 }
 

@@ -110,9 +110,16 @@ fn run(
                     });
                     live.insert(block, (id, JobState::Pending));
                 }
-                Err(e) => report(BlockEvent::SubmitFailed {
-                    block,
-                    reason: e.to_string(),
+                Err(e) => report(match e.refusal() {
+                    Some((by, message)) => BlockEvent::SubmitRefused {
+                        block,
+                        by,
+                        message: message.to_owned(),
+                    },
+                    None => BlockEvent::SubmitFailed {
+                        block,
+                        reason: e.to_string(),
+                    },
                 }),
             },
             Ok(Command::Cancel { block }) => {

@@ -345,6 +345,11 @@ pub struct PoolView {
     pub submitted: u32,
     /// Why the pool is paused, if it is.
     pub paused: Option<String>,
+    /// Why blocks the strategy wants are not being submitted now, while
+    /// something the pool waits out holds them back: a refused
+    /// submission's backoff (the scheduler's words and the next try) or a
+    /// queue limit reached.
+    pub held: Option<String>,
 }
 
 /// Something that happened to a block or a worker.

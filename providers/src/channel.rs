@@ -66,7 +66,17 @@ pub enum ChannelError {
         /// Why.
         reason: String,
     },
-    /// Connecting, authenticating or talking to the remote side failed.
+    /// The remote side could not be reached: its name does not resolve,
+    /// nothing answers, or the SSH handshake did not finish. It may come
+    /// back by itself.
+    #[error("{channel}: {reason}")]
+    Unreachable {
+        /// The channel.
+        channel: String,
+        /// Why.
+        reason: String,
+    },
+    /// Authenticating or talking to the remote side failed.
     #[error("{channel}: {reason}")]
     Connection {
         /// The channel.
@@ -84,6 +94,17 @@ pub enum ChannelError {
         /// Why.
         reason: String,
     },
+}
+
+impl ChannelError {
+    /// Whether a later try may succeed without anyone's help: the other
+    /// side could not be reached, or a command did not finish in time.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ChannelError::Unreachable { .. } | ChannelError::Timeout { .. }
+        )
+    }
 }
 
 /// Somewhere to run scheduler commands and keep job files.

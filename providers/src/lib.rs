@@ -57,6 +57,32 @@ pub use slurm::SlurmProvider;
 pub use ssh::{SshChannel, SshConfig};
 pub use tail::tail_lines;
 
+/// Who turned a submission down when it started nothing but a later try
+/// may succeed without anyone's help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// The scheduler's submit command answered no.
+    Scheduler,
+    /// The scheduler could not be asked: the channel failed or the command
+    /// timed out (an unreachable login node).
+    Channel,
+}
+
+impl ProviderError {
+    /// For an error of [`Provider::submit`]: who refused it and their words
+    /// when a later try may succeed (a limit that frees up, a login node
+    /// that comes back); `None` when the block itself is broken (its script
+    /// could not be written, a value has the wrong shape, the scheduler's
+    /// answer held no job id), which retrying cannot fix.
+    pub fn refusal(&self) -> Option<(RefusedBy, &str)> {
+        match self {
+            ProviderError::Refused { message, .. } => Some((RefusedBy::Scheduler, message)),
+            ProviderError::Unreachable { reason, .. } => Some((RefusedBy::Channel, reason)),
+            _ => None,
+        }
+    }
+}
+
 /// Something that can start, watch and stop blocks.
 pub trait Provider: Send {
     /// Short name used in configuration (`kind = "local"`).
@@ -88,6 +114,20 @@ pub enum ProviderError {
         /// What went wrong.
         reason: String,
     },
+    /// The scheduler's submit command ran and refused the job (a per-user
+    /// or per-queue job limit, a node count over the partition's limit):
+    /// nothing started, and a later try may succeed once the limit allows.
+    #[error("cannot start block `{name}`: `{command}` refused it (exit {status}): {message}")]
+    Refused {
+        /// The job's name.
+        name: String,
+        /// The submit command.
+        command: String,
+        /// Its exit status.
+        status: i32,
+        /// What the scheduler said (its stderr, else its stdout).
+        message: String,
+    },
     /// Reading or writing the block's files failed.
     #[error("{path}: {source}")]
     Io {
@@ -104,7 +144,16 @@ pub enum ProviderError {
         /// What went wrong.
         reason: String,
     },
-    /// A scheduler command failed or timed out; the next poll retries.
+    /// The scheduler could not be asked: the channel could not reach it,
+    /// or a command did not finish in time. A later try may succeed.
+    #[error("{provider}: {reason}")]
+    Unreachable {
+        /// Provider name.
+        provider: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A scheduler command failed; the next poll retries.
     #[error("{provider}: {reason}")]
     Command {
         /// Provider name.

@@ -37,12 +37,10 @@ impl Scheduler {
     /// Runs a scheduler command; channel failures (timeouts included) are
     /// errors of this call only.
     pub fn run(&mut self, command: &str) -> Result<CommandOutput, ProviderError> {
+        let name = self.name;
         self.channel
             .run(command, self.timeout)
-            .map_err(|e| ProviderError::Command {
-                provider: self.name,
-                reason: e.to_string(),
-            })
+            .map_err(|e| channel_trouble(name, &e))
     }
 
     /// Writes `script` as the job's `block.sh` (mode 0700: it holds the
@@ -56,22 +54,27 @@ impl Scheduler {
         submit: &str,
     ) -> Result<String, ProviderError> {
         let path = job.run_file(file);
+        let provider = self.name;
         self.channel
             .write_file(&path, script.as_bytes(), 0o700)
-            .map_err(|e| ProviderError::Submit {
-                name: job.name.clone(),
-                reason: e.to_string(),
+            .map_err(|e| {
+                if e.is_transient() {
+                    channel_trouble(provider, &e)
+                } else {
+                    ProviderError::Submit {
+                        name: job.name.clone(),
+                        reason: e.to_string(),
+                    }
+                }
             })?;
         let command = crate::job::submit_command(job, file, submit);
         let out = self.run(&command)?;
         if !out.success() {
-            return Err(ProviderError::Submit {
+            return Err(ProviderError::Refused {
                 name: job.name.clone(),
-                reason: format!(
-                    "`{command}` failed (exit {}): {}",
-                    out.status,
-                    out.complaint()
-                ),
+                command,
+                status: out.status,
+                message: out.complaint(),
             });
         }
         Ok(out.stdout)
@@ -197,6 +200,17 @@ impl Scheduler {
     }
 }
 
+/// A channel failure as a provider error: [`ProviderError::Unreachable`]
+/// when a later try may succeed by itself, else [`ProviderError::Command`].
+fn channel_trouble(provider: &'static str, e: &crate::ChannelError) -> ProviderError {
+    let reason = e.to_string();
+    if e.is_transient() {
+        ProviderError::Unreachable { provider, reason }
+    } else {
+        ProviderError::Command { provider, reason }
+    }
+}
+
 /// `#PREFIX flag` lines for each set option, then the raw lines.
 pub fn directives(prefix: &str, flags: &[Option<String>], raw: &str) -> String {
     let mut s = String::new();
@@ -216,13 +230,16 @@ mod tests {
 
     use super::*;
     use crate::channel::ChannelError;
-    use crate::{PbsProvider, Provider, SlurmProvider};
+    use crate::{PbsProvider, Provider, RefusedBy, SlurmProvider};
 
     /// A channel that records what it is asked and answers every command
-    /// with `stdout`.
+    /// with `stdout`, or with `refusal` (an exit status and stderr), or
+    /// fails as an unreachable host would when `unreachable`.
     struct Recording {
         log: Arc<Mutex<Vec<String>>>,
         stdout: String,
+        refusal: Option<(i32, String)>,
+        unreachable: bool,
     }
 
     impl Channel for Recording {
@@ -232,15 +249,29 @@ mod tests {
 
         fn run(&mut self, command: &str, _: Duration) -> Result<CommandOutput, ChannelError> {
             self.log.lock().unwrap().push(command.to_owned());
+            if self.unreachable {
+                return Err(ChannelError::Timeout {
+                    channel: self.name(),
+                    command: command.to_owned(),
+                    after: Duration::from_secs(5),
+                });
+            }
+            let (status, stderr) = self.refusal.clone().unwrap_or_default();
             Ok(CommandOutput {
-                status: 0,
+                status,
                 stdout: self.stdout.clone(),
-                stderr: String::new(),
+                stderr,
             })
         }
 
         fn write_file(&mut self, path: &str, _: &[u8], _: u32) -> Result<(), ChannelError> {
             self.log.lock().unwrap().push(format!("write {path}"));
+            if self.unreachable {
+                return Err(ChannelError::Unreachable {
+                    channel: self.name(),
+                    reason: "cannot connect: Connection refused (os error 111)".into(),
+                });
+            }
             Ok(())
         }
 
@@ -258,8 +289,182 @@ mod tests {
         let channel = Recording {
             log: log.clone(),
             stdout: stdout.to_owned(),
+            refusal: None,
+            unreachable: false,
         };
         (Box::new(channel), log)
+    }
+
+    /// A channel whose every command exits with `status` and `stderr`.
+    fn refusing(status: i32, stderr: &str) -> Box<dyn Channel> {
+        Box::new(Recording {
+            log: Arc::default(),
+            stdout: String::new(),
+            refusal: Some((status, stderr.to_owned())),
+            unreachable: false,
+        })
+    }
+
+    fn options() -> SchedulerOptions {
+        SchedulerOptions {
+            walltime: "00:10:00".into(),
+            ..SchedulerOptions::default()
+        }
+    }
+
+    // What sbatch prints when a QOS's MaxSubmitJobsPerUser is reached, as
+    // users of such sites report it.
+    const SBATCH_QOS_LIMIT: &str = "sbatch: error: QOSMaxSubmitJobPerUserLimit\nsbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)\n";
+
+    // Recorded from Slurm 22.05 (the test cluster, EnforcePartLimits=ALL):
+    // `sbatch -N2` into a partition of MaxNodes=1, exit 1.
+    const SBATCH_PARTITION_MAX_NODES: &str =
+        "sbatch: error: Batch job submission failed: Node count specification invalid\n";
+
+    // PBS Pro's qsub on a queue with a per-user limit such as ALCF's
+    // debug queue (the message from the issue this answers).
+    const QSUB_QUEUE_LIMIT: &str = "qsub: would exceed queue generic's per-user limit\n";
+
+    #[test]
+    fn a_scheduler_that_says_no_is_a_refusal_with_its_own_words() {
+        let mut slurm = SlurmProvider::new(
+            refusing(1, SBATCH_QOS_LIMIT),
+            options(),
+            Duration::from_secs(5),
+        );
+        let e = slurm.submit(&job()).unwrap_err();
+        let (by, message) = e.refusal().unwrap();
+        assert_eq!(by, RefusedBy::Scheduler);
+        assert!(message.starts_with("sbatch: error: QOSMaxSubmitJobPerUserLimit"));
+        assert!(message.ends_with("time limits)"), "trimmed: {message:?}");
+        assert!(e.to_string().contains("exit 1"), "{e}");
+
+        let mut slurm = SlurmProvider::new(
+            refusing(1, SBATCH_PARTITION_MAX_NODES),
+            options(),
+            Duration::from_secs(5),
+        );
+        let e = slurm.submit(&job()).unwrap_err();
+        assert_eq!(
+            e.refusal(),
+            Some((
+                RefusedBy::Scheduler,
+                "sbatch: error: Batch job submission failed: Node count specification invalid"
+            ))
+        );
+
+        let mut pbs = PbsProvider::new(
+            refusing(1, QSUB_QUEUE_LIMIT),
+            options(),
+            Duration::from_secs(5),
+        );
+        let e = pbs.submit(&job()).unwrap_err();
+        assert_eq!(
+            e.refusal(),
+            Some((
+                RefusedBy::Scheduler,
+                "qsub: would exceed queue generic's per-user limit"
+            ))
+        );
+    }
+
+    #[test]
+    fn an_unreachable_scheduler_is_a_refusal_by_the_channel() {
+        let channel = Box::new(Recording {
+            log: Arc::default(),
+            stdout: String::new(),
+            refusal: None,
+            unreachable: true,
+        });
+        let mut slurm = SlurmProvider::new(channel, options(), Duration::from_secs(5));
+        let e = slurm.submit(&job()).unwrap_err();
+        let (by, message) = e.refusal().unwrap();
+        assert_eq!(by, RefusedBy::Channel);
+        assert!(message.contains("Connection refused"), "{message}");
+    }
+
+    #[test]
+    fn a_submit_command_that_times_out_is_a_refusal_by_the_channel() {
+        struct Hangs;
+        impl Channel for Hangs {
+            fn name(&self) -> String {
+                "hangs".into()
+            }
+            fn run(
+                &mut self,
+                command: &str,
+                after: Duration,
+            ) -> Result<CommandOutput, ChannelError> {
+                Err(ChannelError::Timeout {
+                    channel: self.name(),
+                    command: command.to_owned(),
+                    after,
+                })
+            }
+            fn write_file(&mut self, _: &str, _: &[u8], _: u32) -> Result<(), ChannelError> {
+                Ok(())
+            }
+            fn read_file(&mut self, path: &str) -> Result<Vec<u8>, ChannelError> {
+                Err(ChannelError::File {
+                    channel: self.name(),
+                    path: path.to_owned(),
+                    reason: "none".into(),
+                })
+            }
+        }
+        let mut pbs = PbsProvider::new(Box::new(Hangs), options(), Duration::from_secs(5));
+        let e = pbs.submit(&job()).unwrap_err();
+        let (by, message) = e.refusal().unwrap();
+        assert_eq!(by, RefusedBy::Channel);
+        assert!(message.contains("did not finish within 5s"), "{message}");
+    }
+
+    #[test]
+    fn a_channel_that_cannot_write_the_script_for_good_is_no_refusal() {
+        // A host key or login refused, a full disk: only a person fixes it.
+        struct NoWrite;
+        impl Channel for NoWrite {
+            fn name(&self) -> String {
+                "nowrite".into()
+            }
+            fn run(&mut self, _: &str, _: Duration) -> Result<CommandOutput, ChannelError> {
+                Err(ChannelError::Connection {
+                    channel: self.name(),
+                    reason: "the host key is not in known_hosts".into(),
+                })
+            }
+            fn write_file(&mut self, path: &str, _: &[u8], _: u32) -> Result<(), ChannelError> {
+                Err(ChannelError::File {
+                    channel: self.name(),
+                    path: path.to_owned(),
+                    reason: "No space left on device".into(),
+                })
+            }
+            fn read_file(&mut self, path: &str) -> Result<Vec<u8>, ChannelError> {
+                Err(ChannelError::File {
+                    channel: self.name(),
+                    path: path.to_owned(),
+                    reason: "none".into(),
+                })
+            }
+        }
+        let mut slurm = SlurmProvider::new(Box::new(NoWrite), options(), Duration::from_secs(5));
+        assert!(slurm.submit(&job()).unwrap_err().refusal().is_none());
+    }
+
+    #[test]
+    fn a_broken_block_is_no_refusal() {
+        // A value that would break out of its directive: retrying cannot
+        // help, so it counts as a failed block.
+        let (channel, _) = recording("1\n");
+        let mut o = options();
+        o.partition = Some("debug\ntouch X".into());
+        let mut slurm = SlurmProvider::new(channel, o, Duration::from_secs(5));
+        assert!(slurm.submit(&job()).unwrap_err().refusal().is_none());
+        // An answer without a job id.
+        let (channel, _) = recording("no id here\n");
+        let mut pbs = PbsProvider::new(channel, options(), Duration::from_secs(5));
+        assert!(pbs.submit(&job()).unwrap_err().refusal().is_none());
     }
 
     fn job() -> JobSpec {

@@ -10,8 +10,10 @@
 //!   Invalid job id specified` and exits 1: all are missing. Any other
 //!   failure of squeue is an error of that poll, retried at the next.
 //! * `scancel` of an unknown or finished id exits 0 silently.
-//! * A rejected `sbatch` (bad partition, impossible node count) exits
-//!   non-zero; its stderr becomes the submission error.
+//! * A rejected `sbatch` (bad partition, a node count over the partition's
+//!   `MaxNodes` with `EnforcePartLimits`, a QOS's job limit) exits non-zero;
+//!   its stderr becomes a [`ProviderError::Refused`], which the daemon
+//!   retries with backoff rather than counting it as a failed block.
 
 use std::time::Duration;
 

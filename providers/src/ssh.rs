@@ -74,22 +74,29 @@ impl SshChannel {
         }
     }
 
+    fn unreachable(&self, reason: impl Into<String>) -> ChannelError {
+        ChannelError::Unreachable {
+            channel: self.name(),
+            reason: reason.into(),
+        }
+    }
+
     fn connect(&self) -> Result<Session, ChannelError> {
         let c = &self.config;
         let address = (c.host.as_str(), c.port)
             .to_socket_addrs()
-            .map_err(|e| self.connection_error(format!("cannot resolve {}: {e}", c.host)))?
+            .map_err(|e| self.unreachable(format!("cannot resolve {}: {e}", c.host)))?
             .next()
-            .ok_or_else(|| self.connection_error(format!("{} has no address", c.host)))?;
+            .ok_or_else(|| self.unreachable(format!("{} has no address", c.host)))?;
         let tcp = TcpStream::connect_timeout(&address, c.connect_timeout)
-            .map_err(|e| self.connection_error(format!("cannot connect: {e}")))?;
+            .map_err(|e| self.unreachable(format!("cannot connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let mut session = Session::new().map_err(|e| self.connection_error(e.to_string()))?;
         session.set_timeout(millis(c.connect_timeout));
         session.set_tcp_stream(tcp);
         session
             .handshake()
-            .map_err(|e| self.connection_error(format!("SSH handshake failed: {e}")))?;
+            .map_err(|e| self.unreachable(format!("SSH handshake failed: {e}")))?;
         if c.check_host_key {
             self.check_host_key(&session)?;
         }
@@ -200,6 +207,9 @@ impl Channel for SshChannel {
     }
 
     fn run(&mut self, command: &str, timeout: Duration) -> Result<CommandOutput, ChannelError> {
+        // A failed connection keeps its own error: unreachable (it may come
+        // back) or refused (a host key, a login), which only a person fixes.
+        self.session()?;
         match self.exec(command, timeout) {
             Ok(out) => Ok(out),
             Err(reason) => {
@@ -286,5 +296,39 @@ impl Channel for SshChannel {
             path: path.to_owned(),
             reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_node_nobody_answers_on_is_unreachable_not_refused() {
+        // A port just freed on loopback: the connection is refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let mut channel = SshChannel::new(SshConfig {
+            host: "127.0.0.1".into(),
+            port,
+            user: "nobody".into(),
+            key_file: None,
+            known_hosts: None,
+            check_host_key: true,
+            connect_timeout: Duration::from_secs(5),
+        });
+        let e = channel
+            .run("sbatch block.sh", Duration::from_secs(5))
+            .unwrap_err();
+        assert!(
+            matches!(e, ChannelError::Unreachable { .. }) && e.is_transient(),
+            "{e:?}"
+        );
+        let e = channel
+            .write_file("/tmp/x/block.sh", b"", 0o700)
+            .unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
     }
 }

@@ -459,6 +459,47 @@ fn a_block_with_a_one_minute_walltime_drains_before_slurm_ends_it() {
 }
 
 #[test]
+fn in_a_one_job_queue_the_replacement_waits_for_the_leaving_block_to_end() {
+    let f = Flotilla::start(&slurm_site(&[
+        ("provider", "walltime", "\"00:01:00\""),
+        ("provider", "walltime_margin_s", "15"),
+        ("provider", "replace_ahead_s", "25"),
+        ("provider", "strategy_period_s", "0.5"),
+        ("provider", "queue_job_limit", "1"),
+    ]));
+    let _jobs = SlurmJobs::of(&f);
+    f.wait_workers(1);
+    let client = f.client();
+    let ids = client.submit(flotilla_tests::sleep_tasks(60, 2.0)).unwrap();
+    let views = client
+        .results(&ids, Some(Duration::from_secs(240)))
+        .unwrap();
+    for v in &views {
+        assert_eq!(v.state, TaskState::Completed, "{v:?}");
+    }
+    let events = f.events();
+    let ended = events
+        .iter()
+        .find(|e| {
+            e.kind == "block-state"
+                && e.block == Some(0)
+                && ["COMPLETED", "CANCELLED", "TIMEOUT", "FAILED", "MISSING"]
+                    .iter()
+                    .any(|s| e.message.starts_with(s))
+        })
+        .expect("block 0 ended");
+    let replaced = events
+        .iter()
+        .find(|e| e.kind == "block-requested" && e.block == Some(1))
+        .expect("a replacement block");
+    assert!(
+        ended.seq < replaced.seq,
+        "never two jobs in the queue: {:?}",
+        f.block_history(0)
+    );
+}
+
+#[test]
 fn a_sigkilled_daemon_adopts_its_live_slurm_block_and_finishes_everything() {
     let mut f = Flotilla::start(&slurm_site(&[("provider", "strategy_period_s", "0.5")]));
     let jobs = SlurmJobs::of(&f);
@@ -526,4 +567,161 @@ fn the_perlmutter_example_serves_on_the_test_cluster() {
 #[test]
 fn the_frontier_example_serves_on_the_test_cluster() {
     site_example_serves("frontier");
+}
+
+/// A partition made for one test, deleted with any job left in it when
+/// dropped (declare it before the test's daemon, which then goes first).
+struct ScratchPartition(String);
+
+impl ScratchPartition {
+    /// Creates partition `name` on the test cluster's nodes with `limits`
+    /// (`MaxNodes=1`, ...).
+    fn create(name: &str, limits: &str) -> Self {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "scontrol create PartitionName={name} Nodes=n[1-2] MaxTime=INFINITE State=UP OverSubscribe=YES {limits}"
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scontrol create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ScratchPartition(name.to_owned())
+    }
+
+    fn update(&self, limits: &str) {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("scontrol update PartitionName={} {limits}", self.0))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scontrol update: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for ScratchPartition {
+    fn drop(&mut self) {
+        let _ = Command::new("scancel").args(["-p", &self.0]).status();
+        // Slurm refuses to delete a partition while a job of it is still
+        // ending: try again for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let deleted = Command::new("scontrol")
+                .args(["delete", &format!("PartitionName={}", self.0)])
+                .status()
+                .is_ok_and(|s| s.success());
+            if deleted || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+#[test]
+fn a_submission_refused_by_a_partition_limit_backs_off_and_recovers_without_pausing() {
+    slurm_conf();
+    let nodes: usize = run("sinfo -h -o %D -p debug").trim().parse().unwrap_or(0);
+    assert!(
+        nodes >= 2,
+        "the test cluster has {nodes} node(s); start it with `tests/infra/slurm-up.sh 2`"
+    );
+    // EnforcePartLimits=ALL: sbatch refuses a 2-node job at submission.
+    let partition = ScratchPartition::create(&format!("flq{}", std::process::id()), "MaxNodes=1");
+    let name = format!("\"{}\"", partition.0);
+    let f = Flotilla::start(&slurm_site(&[
+        ("provider", "partition", name.as_str()),
+        ("provider", "nodes_per_block", "2"),
+        ("launcher", "kind", "\"srun\""),
+        ("provider", "strategy_period_s", "0.2"),
+        ("provider", "submit_retry_max_s", "1"),
+        // A single failure would pause the pool: refusals must not count.
+        ("provider", "max_block_failures", "1"),
+    ]));
+    let jobs = SlurmJobs::of(&f);
+    let client = f.client();
+    // Refused several times, the scheduler's words shown, never paused.
+    wait_until(LONG, "three refusals", || {
+        let refused = f
+            .events()
+            .iter()
+            .filter(|e| e.kind == "block-refused")
+            .count();
+        (refused >= 3).then_some(())
+    });
+    let status = client.status().unwrap();
+    assert_eq!(status.pools[0].paused, None);
+    assert_eq!(status.blocks_paused, None);
+    let held = status.pools[0].held.clone().unwrap();
+    assert!(
+        held.starts_with("submission refused by the scheduler: sbatch: error: ")
+            && held.contains("; next try in "),
+        "{held}"
+    );
+    assert_eq!(status.blocks.len(), 1, "one block, tried again: {status:?}");
+    assert_eq!(status.blocks[0].state, "REFUSED");
+    let text = String::from_utf8_lossy(&f.cli(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("WAITING: submission refused by the scheduler: sbatch: error: "),
+        "{text}"
+    );
+    assert!(jobs.jobs().is_empty(), "{:?}", jobs.jobs());
+    // The limit rises: the pool recovers by itself and serves.
+    partition.update("MaxNodes=2");
+    f.wait_workers(2);
+    noop_completes(&f);
+    let status = client.status().unwrap();
+    assert_eq!(status.pools[0].paused, None);
+    assert_eq!(status.pools[0].held, None);
+    assert_eq!(status.blocks[0].state, "RUNNING");
+    let script = std::fs::read_to_string(f.home().join("blocks/0/block.sh")).unwrap();
+    assert!(
+        script.contains(&format!("#SBATCH --partition={}", partition.0))
+            && script.contains("#SBATCH --nodes=2"),
+        "{script}"
+    );
+    drop(client);
+    drop(f);
+    drop(jobs);
+}
+
+#[test]
+fn a_login_node_nobody_answers_on_backs_off_without_pausing() {
+    // A loopback port just freed: every connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port().to_string())
+        .unwrap();
+    let f = Flotilla::start(&slurm_site(&[
+        ("channel", "kind", "\"ssh\""),
+        ("channel", "host", "\"127.0.0.1\""),
+        ("channel", "port", port.as_str()),
+        ("channel", "user", "\"nobody\""),
+        ("provider", "run_dir", "\"/tmp/flotilla-unreachable\""),
+        ("provider", "strategy_period_s", "0.2"),
+        ("provider", "submit_retry_max_s", "1"),
+        ("provider", "max_block_failures", "1"),
+    ]));
+    wait_until(LONG, "three refusals", || {
+        let refused = f
+            .events()
+            .iter()
+            .filter(|e| e.kind == "block-refused")
+            .count();
+        (refused >= 3).then_some(())
+    });
+    let status = f.client().status().unwrap();
+    assert_eq!(status.pools[0].paused, None);
+    let held = status.pools[0].held.clone().unwrap();
+    assert!(
+        held.starts_with("cannot reach the scheduler: ") && held.contains("cannot connect"),
+        "{held}"
+    );
 }

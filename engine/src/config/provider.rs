@@ -238,6 +238,21 @@ pub struct ProviderConfig {
     pub replace_ahead_s: f64,
     /// Limit for every scheduler command.
     pub command_timeout_s: f64,
+    /// Most blocks submitted but not yet running; unset: no limit beyond
+    /// `max_blocks`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_blocks: Option<u32>,
+    /// Most jobs of this pool the scheduler's queue holds at once, pending,
+    /// running, near their wall time or being cancelled: the queue's
+    /// per-user job limit (1 for a one-job debug queue), so that no
+    /// submission is refused for it and no replacement is submitted before
+    /// the block it replaces has ended. Unset: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_job_limit: Option<u32>,
+    /// After a refused submission the pool tries again after
+    /// `strategy_period_s`, doubling the wait after each refusal in a row
+    /// up to this.
+    pub submit_retry_max_s: f64,
     /// Nodes per block (batch schedulers); pods per block (Kubernetes).
     pub nodes_per_block: u32,
     /// Wall time per block, `HH:MM:SS`: batch schedulers get it (default
@@ -300,6 +315,9 @@ impl Default for ProviderConfig {
             walltime_margin_s: 60.0,
             replace_ahead_s: 300.0,
             command_timeout_s: 60.0,
+            max_queued_blocks: None,
+            queue_job_limit: None,
+            submit_retry_max_s: 300.0,
             nodes_per_block: 1,
             walltime: None,
             partition: None,
@@ -338,6 +356,9 @@ pub(crate) struct RawProvider {
     walltime_margin_s: Option<Spanned<f64>>,
     replace_ahead_s: Option<Spanned<f64>>,
     command_timeout_s: Option<Spanned<f64>>,
+    max_queued_blocks: Option<Spanned<u32>>,
+    queue_job_limit: Option<Spanned<u32>>,
+    submit_retry_max_s: Option<Spanned<f64>>,
     nodes_per_block: Option<Spanned<u32>>,
     walltime: Option<Spanned<String>>,
     partition: Option<Spanned<String>>,
@@ -435,6 +456,14 @@ impl RawProvider {
                 d.command_timeout_s,
                 Seconds::Positive,
             )?,
+            max_queued_blocks: optional_count(&mut s, "max_queued_blocks", self.max_queued_blocks)?,
+            queue_job_limit: optional_count(&mut s, "queue_job_limit", self.queue_job_limit)?,
+            submit_retry_max_s: s.seconds(
+                "submit_retry_max_s",
+                self.submit_retry_max_s,
+                d.submit_retry_max_s,
+                Seconds::Positive,
+            )?,
             nodes_per_block: s.at_least_one(
                 "nodes_per_block",
                 self.nodes_per_block,
@@ -476,6 +505,18 @@ impl RawProvider {
     }
 }
 
+/// A block count that is unset (no limit) or at least one.
+fn optional_count(
+    s: &mut Section<'_, '_>,
+    name: &str,
+    raw: Option<Spanned<u32>>,
+) -> Result<Option<u32>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => s.at_least_one(name, Some(raw), 1, MAX_BLOCKS).map(Some),
+    }
+}
+
 impl ProviderConfig {
     /// Block counts and the share of a slot asked per task.
     fn check_scaling(&self, s: &Section) -> Result<(), ConfigError> {
@@ -503,6 +544,17 @@ impl ProviderConfig {
                 format!(
                     "is {}; it is the share of a worker slot asked per outstanding task, between 0 and 1",
                     self.parallelism
+                ),
+            ));
+        }
+        if let Some(limit) = self.queue_job_limit
+            && limit < self.min_blocks
+        {
+            return Err(s.invalid(
+                "queue_job_limit",
+                format!(
+                    "is {limit} but min_blocks is {}; the queue could never hold min_blocks blocks",
+                    self.min_blocks
                 ),
             ));
         }

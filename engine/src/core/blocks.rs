@@ -18,7 +18,19 @@
 //! * a running block none of whose workers connected within
 //!   `connect_timeout` is cancelled; it and blocks that end before any
 //!   worker connected are failures, and after `max_failures` in a row the
-//!   pool is paused (no block starts) until it is resumed.
+//!   pool is paused (no block starts) until it is resumed;
+//! * a submission the scheduler refuses (its submit command said no: a
+//!   per-user job limit, a node count over the partition's) or that could
+//!   not reach the scheduler started nothing and is no failure: the block
+//!   waits as `REFUSED`, and one try at a time goes out after
+//!   `strategy_period`, doubling after each refusal in a row up to
+//!   `retry_max`, the scheduler's words in `flotilla status` meanwhile; no
+//!   new block is asked for while one waits, and the first accepted
+//!   submission ends the backoff;
+//! * `max_queued_blocks` caps the blocks submitted but not yet running, and
+//!   `queue_job_limit` every job of the pool the scheduler's queue holds
+//!   (pending, running, leaving or being cancelled): a replacement for a
+//!   block near its wall time waits for it to end when the queue is full.
 //!
 //! Nothing here does I/O: it turns provider reports, worker arrivals and the
 //! core's demand figures into actions, events for `flotilla events`, and
@@ -27,9 +39,10 @@
 use std::collections::BTreeMap;
 
 use flotilla_protocol::client::{BlockView, PoolView};
-use flotilla_providers::JobState;
+use flotilla_providers::{JobState, RefusedBy};
 
 use super::Action;
+use super::backoff::{Backoff, refusal_text};
 use super::records::{BlockRecord, StoreOp};
 
 /// The pool's settings, from `[provider]` and `[launcher]`, in µs.
@@ -67,6 +80,13 @@ pub struct BlockPolicy {
     pub walltime_us: Option<u64>,
     /// Replace blocks with less wall time left than this.
     pub replace_ahead_us: u64,
+    /// Most blocks submitted but not yet running (`max_queued_blocks`).
+    pub max_queued: Option<u32>,
+    /// Most jobs of the pool in the scheduler's queue at once, whatever
+    /// their state (`queue_job_limit`).
+    pub queue_job_limit: Option<u32>,
+    /// Longest wait between tries after refused submissions.
+    pub retry_max_us: u64,
 }
 
 impl BlockPolicy {
@@ -90,6 +110,9 @@ impl BlockPolicy {
             connect_timeout_us: u64::MAX,
             walltime_us: None,
             replace_ahead_us: 0,
+            max_queued: None,
+            queue_job_limit: None,
+            retry_max_us: 300_000_000,
         }
     }
 }
@@ -104,12 +127,24 @@ pub enum BlockEvent {
         /// Provider's job id.
         job: String,
     },
-    /// The provider refused to start the block.
+    /// The block could not be submitted and retrying cannot help (its
+    /// script could not be written, the scheduler's answer held no job id):
+    /// a failure.
     SubmitFailed {
         /// Block id.
         block: u32,
         /// Why.
         reason: String,
+    },
+    /// Nothing started but a later try may succeed: the scheduler refused
+    /// the job at submission, or could not be reached. No failure.
+    SubmitRefused {
+        /// Block id.
+        block: u32,
+        /// Who said no.
+        by: RefusedBy,
+        /// Their words.
+        message: String,
     },
     /// The block's job changed state.
     State {
@@ -152,6 +187,8 @@ struct Block {
     ever_connected: bool,
     message: Option<String>,
     cancelling: bool,
+    /// Refused at submission: waits for the backoff to try again.
+    refused: bool,
     submitted_us: u64,
     running_since_us: Option<u64>,
     /// Since when its workers are expected (running, or adopted running):
@@ -163,6 +200,17 @@ struct Block {
 impl Block {
     fn live(&self) -> bool {
         !self.state.is_terminal() && !self.cancelling
+    }
+
+    /// Held by the scheduler, or on its way there: not ended and not
+    /// waiting after a refusal.
+    fn in_queue(&self) -> bool {
+        !self.state.is_terminal() && !self.refused
+    }
+
+    /// Submitted (or on its way) and not yet running.
+    fn queued(&self) -> bool {
+        self.live() && !self.refused && self.running_since_us.is_none()
     }
 
     fn time_left_us(&self, walltime_us: Option<u64>, now: u64) -> Option<u64> {
@@ -179,11 +227,16 @@ pub struct Blocks {
     next_id: u32,
     consecutive_failures: u32,
     paused: Option<String>,
+    /// Set while submissions are refused.
+    backoff: Option<Backoff>,
     stopping: bool,
     /// No scale-out before this (a cancel's cooldown).
     cooldown_until_us: u64,
     last_strategy_us: u64,
     wanted: u32,
+    /// Why wanted blocks were not submitted at the last strategy run, when
+    /// a queue limit held them back.
+    held: Option<String>,
     submitted: u32,
     learned_slots: Option<u32>,
     /// Blocks taken over from before a restart.
@@ -201,10 +254,12 @@ impl Blocks {
             next_id,
             consecutive_failures: 0,
             paused: None,
+            backoff: None,
             stopping: false,
             cooldown_until_us: 0,
             last_strategy_us: 0,
             wanted: 0,
+            held: None,
             submitted: 0,
             learned_slots: None,
             adopted: Vec::new(),
@@ -237,6 +292,7 @@ impl Blocks {
                     ever_connected: false,
                     message: None,
                     cancelling: false,
+                    refused: false,
                     submitted_us: r.submitted_us,
                     expected_since_us: r.running_since_us.map(|_| now),
                     running_since_us: r.running_since_us,
@@ -263,7 +319,7 @@ impl Blocks {
             .init_blocks
             .max(self.policy.min_blocks)
             .min(self.policy.max_blocks);
-        while self.active(now, false) < want && self.paused.is_none() {
+        while self.active(now, false) < want && self.paused.is_none() && self.room() > 0 {
             self.submit(now, "initial block", out);
         }
         self.last_strategy_us = now;
@@ -296,6 +352,7 @@ impl Blocks {
                 ever_connected: false,
                 message: None,
                 cancelling: false,
+                refused: false,
                 submitted_us: now,
                 running_since_us: None,
                 expected_since_us: None,
@@ -312,6 +369,15 @@ impl Blocks {
             return;
         };
         if !b.live() {
+            return;
+        }
+        if b.refused {
+            // Nothing at the scheduler to cancel: it ends here.
+            b.refused = false;
+            b.state = JobState::Cancelled;
+            b.message = Some(why.clone());
+            tracing::info!(block = id, reason = %why, "dropping a refused block");
+            self.note("block-cancelled", Some(id), why);
             return;
         }
         b.cancelling = true;
@@ -362,6 +428,17 @@ impl Blocks {
                     self.note("block-submitted", Some(block), format!("job {job}"));
                     self.record(block);
                 }
+                if let Some(backoff) = self.backoff.take() {
+                    tracing::info!(
+                        block,
+                        refusals = backoff.refusals(),
+                        "the scheduler accepts blocks again"
+                    );
+                }
+                None
+            }
+            BlockEvent::SubmitRefused { block, by, message } => {
+                self.refused(block, by, message, now);
                 None
             }
             BlockEvent::SubmitFailed { block, reason } => {
@@ -369,6 +446,12 @@ impl Blocks {
                 if let Some(b) = self.blocks.get_mut(&block) {
                     b.state = JobState::Failed;
                     b.message = Some(reason.clone());
+                }
+                // A try that fails for want of a block, not of the
+                // scheduler's consent, must not leave the backoff waiting
+                // for an answer that came.
+                if let Some(backoff) = &mut self.backoff {
+                    backoff.try_lost(now);
                 }
                 self.note("block-failed", Some(block), reason);
                 self.failed(block);
@@ -434,7 +517,7 @@ impl Blocks {
                 .and_then(|b| b.message.clone())
                 .unwrap_or_else(|| "no message from the provider".into());
             let reason = format!(
-                "{} blocks in a row failed (ended or timed out before any worker connected); not starting more until `flotilla pool resume {}`. Last block {block}: {last}",
+                "{} blocks in a row failed (could not be submitted, or ended or timed out before any worker connected); not starting more until `flotilla pool resume {}`. Last block {block}: {last}",
                 self.consecutive_failures, self.policy.pool
             );
             tracing::error!(pool = %self.policy.pool, reason = %reason, "pool paused");
@@ -541,25 +624,8 @@ impl Blocks {
         self.wanted = wanted;
         let queued = demand.queued > 0;
         let active = self.active(now, queued);
-        if wanted > active {
-            let cooling = now < self.cooldown_until_us && active >= p.min_blocks;
-            if self.paused.is_none() && !cooling {
-                for _ in active..wanted {
-                    let why = if self
-                        .blocks
-                        .values()
-                        .any(|b| b.live() && self.ending(b, now))
-                    {
-                        "replacing a block near its wall time"
-                    } else if active < self.policy.min_blocks {
-                        "keeping min_blocks"
-                    } else {
-                        "queued work"
-                    };
-                    self.submit(now, why, out);
-                }
-            }
-        } else if wanted < active {
+        self.held = None;
+        if wanted < active {
             self.scale_in(
                 active - wanted.max(self.policy.min_blocks),
                 demand,
@@ -567,6 +633,154 @@ impl Blocks {
                 out,
             );
         }
+        if self.paused.is_some() {
+            return;
+        }
+        // Refused blocks still wanted go first.
+        self.retry_refused(now, out);
+        let cooling = now < self.cooldown_until_us && active >= self.policy.min_blocks;
+        if wanted > active && !cooling {
+            self.scale_out(wanted - active, active, now, out);
+        }
+    }
+
+    /// Submits up to `need` new blocks, as the queue limits allow; none
+    /// while a refused block waits, one at a time during a backoff.
+    fn scale_out(&mut self, need: u32, active: u32, now: u64, out: &mut Vec<Action>) {
+        if self.blocks.values().any(|b| b.live() && b.refused) {
+            return;
+        }
+        let mut count = need.min(self.room());
+        if let Some(backoff) = &self.backoff {
+            if !backoff.due(now) {
+                return;
+            }
+            count = count.min(1);
+        }
+        for _ in 0..count {
+            let why = if self
+                .blocks
+                .values()
+                .any(|b| b.live() && self.ending(b, now))
+            {
+                "replacing a block near its wall time"
+            } else if active < self.policy.min_blocks {
+                "keeping min_blocks"
+            } else {
+                "queued work"
+            };
+            self.submit(now, why, out);
+        }
+        if count < need {
+            self.held = self.limit_reached();
+        }
+        if count > 0
+            && let Some(backoff) = &mut self.backoff
+        {
+            backoff.try_sent();
+        }
+    }
+
+    /// Submits refused blocks again, oldest first, when the backoff is due
+    /// (one, as a probe) and the queue limits allow.
+    fn retry_refused(&mut self, now: u64, out: &mut Vec<Action>) {
+        let probe = match &self.backoff {
+            None => false,
+            Some(b) if b.due(now) => true,
+            Some(_) => return,
+        };
+        let room = if probe {
+            self.room().min(1)
+        } else {
+            self.room()
+        };
+        let waiting: Vec<u32> = self
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.live() && b.refused)
+            .map(|(&id, _)| id)
+            .take(room as usize)
+            .collect();
+        for &id in &waiting {
+            if let Some(b) = self.blocks.get_mut(&id) {
+                b.refused = false;
+            }
+            tracing::info!(block = id, "submitting a refused block again");
+            self.note(
+                "block-requested",
+                Some(id),
+                "trying again after a refused submission".into(),
+            );
+            out.push(Action::SubmitBlock { block: id });
+        }
+        if !waiting.is_empty()
+            && let Some(backoff) = &mut self.backoff
+        {
+            backoff.try_sent();
+        }
+    }
+
+    /// How many more blocks the queue limits let out now.
+    fn room(&self) -> u32 {
+        let count = |f: fn(&Block) -> bool| self.blocks.values().filter(|b| f(b)).count() as u32;
+        let free =
+            |limit: Option<u32>, used: u32| limit.map_or(u32::MAX, |l| l.saturating_sub(used));
+        free(self.policy.queue_job_limit, count(Block::in_queue))
+            .min(free(self.policy.max_queued, count(Block::queued)))
+    }
+
+    /// Which queue limit holds blocks back, in words for `flotilla status`.
+    fn limit_reached(&self) -> Option<String> {
+        let count = |f: fn(&Block) -> bool| self.blocks.values().filter(|b| f(b)).count() as u32;
+        if let Some(limit) = self.policy.queue_job_limit {
+            let used = count(Block::in_queue);
+            if used >= limit {
+                return Some(format!(
+                    "queue_job_limit = {limit} reached ({used} of this pool's jobs in the queue): the next block waits for one to end"
+                ));
+            }
+        }
+        if let Some(limit) = self.policy.max_queued {
+            let used = count(Block::queued);
+            if used >= limit {
+                return Some(format!(
+                    "max_queued_blocks = {limit} reached ({used} blocks submitted and not yet running): the next block waits for one to start"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Block `block` was refused at submission: it waits, and the backoff
+    /// grows.
+    fn refused(&mut self, block: u32, by: RefusedBy, message: String, now: u64) {
+        let Some(b) = self.blocks.get_mut(&block) else {
+            return;
+        };
+        b.message = Some(refusal_text(by, &message));
+        if b.cancelling {
+            // No longer wanted, and nothing at the scheduler to cancel.
+            b.state = JobState::Cancelled;
+            return;
+        }
+        b.refused = true;
+        let backoff = Backoff::refused(
+            self.backoff.as_ref(),
+            by,
+            message,
+            now,
+            self.policy.strategy_period_us,
+            self.policy.retry_max_us,
+        );
+        let text = backoff.describe(now);
+        tracing::warn!(block, refusals = backoff.refusals(), reason = %text, "block submission refused");
+        self.backoff = Some(backoff);
+        self.note("block-refused", Some(block), text);
+    }
+
+    /// The backoff in words, while there is one.
+    fn backoff_text(&self, now: u64) -> Option<String> {
+        self.backoff.as_ref().map(|b| b.describe(now))
     }
 
     fn scale_in(&mut self, mut excess: u32, demand: &Demand, now: u64, out: &mut Vec<Action>) {
@@ -665,6 +879,7 @@ impl Blocks {
             max_blocks: self.policy.max_blocks,
             submitted: self.submitted,
             paused: self.paused.clone(),
+            held: self.backoff_text(now).or_else(|| self.held.clone()),
         }
     }
 
@@ -675,14 +890,20 @@ impl Blocks {
             .iter()
             .map(|(&id, b)| BlockView {
                 id,
-                state: if b.cancelling && !b.state.is_terminal() {
+                state: if b.refused && b.live() {
+                    "REFUSED".into()
+                } else if b.cancelling && !b.state.is_terminal() {
                     "CANCELLING".into()
                 } else {
                     b.state.to_string()
                 },
                 job_id: b.job.clone(),
                 workers: b.workers,
-                message: b.message.clone(),
+                message: if b.refused && b.live() {
+                    self.backoff_text(now).or_else(|| b.message.clone())
+                } else {
+                    b.message.clone()
+                },
                 age_s: secs(now.saturating_sub(b.submitted_us)),
                 walltime_left_s: if b.state.is_terminal() {
                     None
@@ -726,6 +947,9 @@ mod tests {
             connect_timeout_us: 30 * S,
             walltime_us: None,
             replace_ahead_us: 60 * S,
+            max_queued: None,
+            queue_job_limit: None,
+            retry_max_us: 300 * S,
         }
     }
 
@@ -775,6 +999,235 @@ mod tests {
             running,
             busy: busy.iter().copied().collect(),
         }
+    }
+
+    const REFUSAL: &str =
+        "sbatch: error: Batch job submission failed: Node count specification invalid";
+
+    fn refuse(b: &mut Blocks, block: u32, now: u64) {
+        b.on_event(
+            BlockEvent::SubmitRefused {
+                block,
+                by: RefusedBy::Scheduler,
+                message: REFUSAL.into(),
+            },
+            now,
+        );
+    }
+
+    fn accept(b: &mut Blocks, block: u32, now: u64) {
+        b.on_event(
+            BlockEvent::Submitted {
+                block,
+                job: format!("j{block}"),
+            },
+            now,
+        );
+    }
+
+    #[test]
+    fn a_refused_submission_is_retried_with_a_doubling_capped_wait_and_never_pauses() {
+        let mut p = policy(1, 1, 1);
+        p.retry_max_us = 8 * S;
+        let mut b = Blocks::new(p, 0);
+        let mut out = Vec::new();
+        b.start(0, &mut out);
+        assert_eq!(submitted(&out), [0]);
+        let mut now = 0;
+        let mut tries = Vec::new();
+        for refusal in 1..=10u32 {
+            refuse(&mut b, 0, now);
+            let wait = (1u64 << (refusal - 1).min(10)).min(8);
+            let view = &b.views(now)[0];
+            assert_eq!(view.state, "REFUSED");
+            let message = view.message.clone().unwrap();
+            assert_eq!(
+                message,
+                format!("submission refused by the scheduler: {REFUSAL}; next try in {wait} s")
+            );
+            assert_eq!(b.pool_view(now).held.as_deref(), Some(message.as_str()));
+            // Nothing before the wait is over, then the same block again.
+            out.clear();
+            b.strategize(&demand(5, 0, &[]), now + wait * S - 1, &mut out);
+            assert!(out.is_empty(), "refusal {refusal}: {out:?}");
+            now += wait * S;
+            b.strategize(&demand(5, 0, &[]), now, &mut out);
+            assert_eq!(submitted(&out), [0], "refusal {refusal}");
+            tries.push(now / S);
+        }
+        assert_eq!(tries, [1, 3, 7, 15, 23, 31, 39, 47, 55, 63]);
+        assert!(b.paused().is_none(), "{:?}", b.paused());
+        assert_eq!(b.submitted(), 1, "one block, tried again");
+        let notes = b.take_notes();
+        let refused: Vec<&Note> = notes.iter().filter(|n| n.kind == "block-refused").collect();
+        assert_eq!(refused.len(), 10);
+        assert!(
+            refused[0]
+                .message
+                .contains("Node count specification invalid")
+        );
+    }
+
+    #[test]
+    fn the_pool_recovers_by_itself_when_a_later_submission_is_accepted() {
+        let mut b = Blocks::new(policy(0, 0, 3), 0);
+        let mut out = Vec::new();
+        b.strategize(&demand(12, 0, &[]), 0, &mut out);
+        assert_eq!(submitted(&out), [0, 1, 2]);
+        for id in 0..3 {
+            refuse(&mut b, id, 0);
+        }
+        // Three refusals in a row: 4 s, and then one try only.
+        out.clear();
+        b.strategize(&demand(12, 0, &[]), 3 * S, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        b.strategize(&demand(12, 0, &[]), 4 * S, &mut out);
+        assert_eq!(submitted(&out), [0], "one try during the backoff");
+        out.clear();
+        b.strategize(&demand(12, 0, &[]), 5 * S, &mut out);
+        assert!(out.is_empty(), "waits for the answer: {out:?}");
+        assert!(
+            b.pool_view(5 * S)
+                .held
+                .unwrap()
+                .ends_with("; trying again now")
+        );
+        accept(&mut b, 0, 5 * S);
+        assert_eq!(b.pool_view(5 * S).held, None);
+        b.strategize(&demand(12, 0, &[]), 6 * S, &mut out);
+        assert_eq!(submitted(&out), [1, 2], "the rest at once");
+        accept(&mut b, 1, 6 * S);
+        accept(&mut b, 2, 6 * S);
+        let states: Vec<String> = b.views(6 * S).into_iter().map(|v| v.state).collect();
+        assert_eq!(states, ["PENDING"; 3]);
+        assert!(b.paused().is_none());
+    }
+
+    #[test]
+    fn an_unreachable_scheduler_backs_off_too_and_says_so() {
+        let mut b = Blocks::new(policy(1, 1, 1), 0);
+        let mut out = Vec::new();
+        b.start(0, &mut out);
+        for _ in 0..5 {
+            b.on_event(
+                BlockEvent::SubmitRefused {
+                    block: 0,
+                    by: RefusedBy::Channel,
+                    message: "ssh: connect to host login1 port 22: No route to host".into(),
+                },
+                0,
+            );
+        }
+        assert!(b.paused().is_none());
+        let held = b.pool_view(0).held.unwrap();
+        assert!(
+            held.starts_with("cannot reach the scheduler: ssh: connect")
+                && held.ends_with("next try in 16 s"),
+            "{held}"
+        );
+    }
+
+    #[test]
+    fn blocks_that_start_and_die_still_pause_the_pool_between_refusals() {
+        let mut b = Blocks::new(policy(1, 1, 1), 0);
+        let mut out = Vec::new();
+        b.start(0, &mut out);
+        let mut now = 0;
+        for id in 0..3 {
+            // Refused twice, then accepted, then it dies before a worker
+            // connected.
+            for _ in 0..2 {
+                refuse(&mut b, id, now);
+                now += 10 * S;
+                out.clear();
+                b.strategize(&demand(0, 0, &[]), now, &mut out);
+                assert_eq!(submitted(&out), [id]);
+            }
+            accept(&mut b, id, now);
+            assert!(b.paused().is_none(), "block {id}: {:?}", b.paused());
+            ended(&mut b, id, JobState::Failed, now);
+            now += S;
+            out.clear();
+            b.strategize(&demand(0, 0, &[]), now, &mut out);
+        }
+        let reason = b.paused().unwrap();
+        assert!(
+            reason.contains("3 blocks in a row failed") && reason.contains("boom"),
+            "{reason}"
+        );
+        assert!(submitted(&out).is_empty());
+    }
+
+    #[test]
+    fn a_refused_block_no_longer_wanted_ends_without_a_cancel_command() {
+        let mut b = Blocks::new(policy(0, 0, 1), 0);
+        let mut out = Vec::new();
+        b.strategize(&demand(3, 0, &[]), 0, &mut out);
+        refuse(&mut b, 0, S);
+        out.clear();
+        b.strategize(&demand(0, 0, &[]), 10 * S, &mut out);
+        assert!(
+            out.is_empty(),
+            "nothing to cancel at the scheduler: {out:?}"
+        );
+        assert_eq!(b.views(10 * S)[0].state, "CANCELLED");
+        // New work asks for a new block after the cooldown, and the
+        // backoff still paces it.
+        b.strategize(&demand(3, 0, &[]), 31 * S, &mut out);
+        assert_eq!(submitted(&out), [1]);
+    }
+
+    #[test]
+    fn max_queued_blocks_caps_the_blocks_not_yet_running() {
+        let mut p = policy(0, 0, 5);
+        p.max_queued = Some(2);
+        let mut b = Blocks::new(p, 0);
+        let mut out = Vec::new();
+        b.strategize(&demand(20, 0, &[]), 0, &mut out);
+        assert_eq!(submitted(&out), [0, 1]);
+        let held = b.pool_view(0).held.unwrap();
+        assert!(held.starts_with("max_queued_blocks = 2 reached"), "{held}");
+        out.clear();
+        b.strategize(&demand(20, 0, &[]), S, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        run(&mut b, 0, 2 * S);
+        b.strategize(&demand(20, 0, &[]), 3 * S, &mut out);
+        assert_eq!(submitted(&out), [2], "block 0 runs: room for one more");
+    }
+
+    #[test]
+    fn a_replacement_waits_for_the_leaving_block_in_a_one_job_queue() {
+        let mut p = policy(1, 1, 1);
+        p.walltime_us = Some(100 * S);
+        p.queue_job_limit = Some(1);
+        let mut b = Blocks::new(p, 0);
+        let mut out = Vec::new();
+        b.start(0, &mut out);
+        run(&mut b, 0, 0);
+        out.clear();
+        // 55 s left, less than replace_ahead, work queued: without the
+        // limit block 1 would be submitted now (see the test above).
+        b.strategize(&demand(10, 4, &[(0, 4)]), 45 * S, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        let held = b.pool_view(45 * S).held.unwrap();
+        assert!(held.starts_with("queue_job_limit = 1 reached"), "{held}");
+        // Cancelling it does not free the queue either: only its end does.
+        b.strategize(&demand(10, 4, &[(0, 4)]), 99 * S, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        ended(&mut b, 0, JobState::Timeout, 100 * S);
+        b.strategize(&demand(10, 0, &[]), 101 * S, &mut out);
+        assert_eq!(submitted(&out), [1]);
+        assert_eq!(b.pool_view(101 * S).held, None);
+    }
+
+    #[test]
+    fn queue_job_limit_holds_the_initial_blocks_too() {
+        let mut p = policy(3, 0, 3);
+        p.queue_job_limit = Some(2);
+        let mut b = Blocks::new(p, 0);
+        let mut out = Vec::new();
+        b.start(0, &mut out);
+        assert_eq!(submitted(&out), [0, 1]);
     }
 
     #[test]

@@ -35,6 +35,7 @@
 //! shutdown (`lifecycle.rs`), start-up and recovery (`startup.rs`).
 
 mod adaptive;
+mod backoff;
 mod batches;
 mod blocks;
 mod catalog;

@@ -54,6 +54,9 @@ fn policy(init: u32, min: u32, max: u32) -> BlockPolicy {
         connect_timeout_us: 600 * SEC,
         walltime_us: None,
         replace_ahead_us: 60 * SEC,
+        max_queued: None,
+        queue_job_limit: None,
+        retry_max_us: 300 * SEC,
     }
 }
 
@@ -2094,6 +2097,55 @@ fn a_restart_with_live_blocks_adopts_them_and_lets_workers_claim_their_tasks() {
     };
     h.pull(1, vec![result], false);
     assert_eq!(h.state(TaskId(2)), TaskState::Completed);
+}
+
+#[test]
+fn a_refused_submission_shows_the_scheduler_s_words_in_status_and_events_and_never_pauses() {
+    let mut cfg = config();
+    cfg.blocks = policy(1, 1, 1);
+    let mut h = Harness::with(cfg, Recovered::default());
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    let words = "sbatch: error: QOSMaxSubmitJobPerUserLimit";
+    for _ in 0..5 {
+        h.ev(Event::Block(BlockEvent::SubmitRefused {
+            block: 0,
+            by: flotilla_providers::RefusedBy::Scheduler,
+            message: words.into(),
+        }));
+    }
+    let (from, out) = h.call(ClientCall::DaemonStatus);
+    match client_reply(&out, from) {
+        Some(ClientReply::DaemonStatus(s)) => {
+            assert_eq!(s.pools[0].paused, None);
+            assert_eq!(s.blocks_paused, None);
+            let held = s.pools[0].held.as_deref().unwrap();
+            assert!(
+                held.starts_with(&format!(
+                    "submission refused by the scheduler: {words}; next try in"
+                )),
+                "{held}"
+            );
+            assert_eq!(s.blocks[0].state, "REFUSED");
+        }
+        other => panic!("{other:?}"),
+    }
+    let (from, out) = h.call(ClientCall::Events {
+        after: 0,
+        wait_ms: None,
+    });
+    match client_reply(&out, from) {
+        Some(ClientReply::Events { events }) => {
+            let refused: Vec<_> = events
+                .iter()
+                .filter(|e| e.kind == "block-refused")
+                .collect();
+            assert_eq!(refused.len(), 5);
+            assert!(refused[0].message.contains(words), "{:?}", refused[0]);
+            assert!(!events.iter().any(|e| e.kind == "pool-paused"));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
