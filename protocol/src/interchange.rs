@@ -61,6 +61,21 @@ pub struct Hello {
     /// (after a daemon restart): the daemon keeps them assigned to it
     /// instead of running them a second time elsewhere.
     pub running: Vec<(BatchId, Vec<TaskId>)>,
+    /// What each of its slots holds (accelerators, cores), one entry per
+    /// slot; empty from a worker told of none. The daemon sends a servable
+    /// that needs accelerators only to workers whose slots have enough.
+    #[serde(default)]
+    pub slot_resources: Vec<SlotResources>,
+}
+
+/// The accelerators and cores of one of a worker's slots.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, Default)]
+pub struct SlotResources {
+    /// Its accelerators, by the names the vendor's variable takes.
+    pub devices: Vec<String>,
+    /// The cores its servable processes run on, as a core list
+    /// (`0-7,16`); empty: wherever the worker may run.
+    pub cpus: String,
 }
 
 /// The results of one batch.

@@ -310,6 +310,7 @@ mod tests {
                 container: None,
                 files: vec!["serve.py".into()],
                 build: None,
+                resources: Default::default(),
                 options: ServableOptions::default(),
             },
             files: vec![FileEntry {

@@ -1079,6 +1079,7 @@ fn spec(name: &str, version: &str) -> ServableSpec {
         container: None,
         files: vec!["model.py".into()],
         build: None,
+        resources: Default::default(),
         options: ServableOptions {
             max_batch_size: 8,
             ..ServableOptions::default()
