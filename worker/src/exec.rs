@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use flotilla_protocol::interchange::{BatchFailure, FailureKind, WorkBatch};
+use flotilla_protocol::placement::SlotPlacement;
 use flotilla_protocol::servable::ServableRecord;
 use flotilla_protocol::stdio::Reply;
 use flotilla_protocol::task::Outcome;
@@ -40,7 +41,11 @@ pub struct ExecRuntime {
     /// Held while a servable's files are materialised, so two slots that
     /// get their first batch at once never write the same directory.
     preparing: Mutex<()>,
-    idle: Mutex<HashMap<String, Vec<WarmProcess>>>,
+    /// What each slot holds; empty: nothing (every slot alike).
+    slots: Vec<SlotPlacement>,
+    /// Idle processes by servable and slot: a process keeps the devices
+    /// and cores of the slot that started it, so only that slot reuses it.
+    idle: Mutex<HashMap<(String, usize), Vec<WarmProcess>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,8 +100,15 @@ impl ExecRuntime {
             records: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
             preparing: Mutex::new(()),
+            slots: Vec::new(),
             idle: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same runtime, its slots holding `slots` (one entry per slot).
+    pub fn with_slots(mut self, slots: Vec<SlotPlacement>) -> Self {
+        self.slots = slots;
+        self
     }
 
     /// Remembers a servable's record (sent with its first batch).
@@ -106,8 +118,8 @@ impl ExecRuntime {
             .or_insert_with(|| Arc::new(record.clone()));
     }
 
-    /// Runs `batch` on a warm process of its servable.
-    pub fn run(&self, batch: &WorkBatch) -> Result<Vec<Outcome>, BatchFailure> {
+    /// Runs `batch` on a warm process of its servable in slot `slot`.
+    pub fn run(&self, batch: &WorkBatch, slot: usize) -> Result<Vec<Outcome>, BatchFailure> {
         let Some(record) = lock(&self.records).get(&batch.servable).cloned() else {
             return failure(
                 FailureKind::Unrunnable,
@@ -118,14 +130,33 @@ impl ExecRuntime {
                 ),
             );
         };
+        let nothing = SlotPlacement::default();
+        let placement = self.slots.get(slot).unwrap_or(&nothing);
+        let needs = record.spec.resources.gpus as usize;
+        if needs > placement.devices.len() {
+            return failure(
+                FailureKind::Unrunnable,
+                format!(
+                    "{} needs {needs} accelerators and this worker's slot {slot} holds {} (set [worker] accelerators in the site file)",
+                    record.id(),
+                    placement.devices.len()
+                ),
+            );
+        }
         let dir = match self.prepare(&record) {
             Ok(dir) => dir,
             Err(message) => return failure(FailureKind::Unrunnable, message),
         };
-        let taken = lock(&self.idle).get_mut(&batch.servable).and_then(Vec::pop);
+        let key = (batch.servable.clone(), slot);
+        let taken = lock(&self.idle).get_mut(&key).and_then(Vec::pop);
         let mut process = match taken {
             Some(p) => p,
-            None => match WarmProcess::start(&record, &dir, self.container_for(&record)) {
+            None => match WarmProcess::start(
+                &record,
+                &dir,
+                self.container_for(&record),
+                (slot, placement),
+            ) {
                 Ok(p) => p,
                 Err(broken) => return failure(FailureKind::Crashed, broken.0),
             },
@@ -139,10 +170,7 @@ impl ExecRuntime {
         let inputs: Vec<&[u8]> = batch.items.iter().map(|i| &i.input[..]).collect();
         match process.run(&tasks, &inputs, &batch.params) {
             Ok(reply) => {
-                lock(&self.idle)
-                    .entry(batch.servable.clone())
-                    .or_default()
-                    .push(process);
+                lock(&self.idle).entry(key).or_default().push(process);
                 match reply {
                     Reply::Outputs(outputs) => Ok(outputs
                         .into_iter()

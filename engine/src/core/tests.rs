@@ -229,6 +229,7 @@ fn hello(worker: &str, slots: u32) -> Hello {
         max_frame_bytes: 1 << 20,
         ends_at_unix_s: None,
         running: Vec::new(),
+        slot_resources: Vec::new(),
     }
 }
 
