@@ -2506,3 +2506,112 @@ fn an_input_larger_than_any_worker_accepts_is_refused_at_submission() {
     assert_eq!(h.core.tasks.len(), 0);
     submit_sized(&mut h, &[limit - 1024]);
 }
+
+// ----- accelerators per slot ----------------------------------------------
+
+/// A servable needing `gpus` accelerators per call.
+fn gpu_record(name: &str, gpus: u32) -> ServableRecord {
+    let mut s = spec(name, "1.0.0");
+    s.resources.gpus = gpus;
+    record(s)
+}
+
+impl Harness {
+    /// A worker offering every published servable whose slots hold
+    /// `devices_per_slot[i]` accelerators each.
+    fn worker_with_devices(&mut self, pipe: u64, name: &str, devices_per_slot: &[usize]) {
+        let from = self.reply_to();
+        let mut h = hello(name, devices_per_slot.len() as u32);
+        h.servables.push("*".into());
+        let mut next = 0;
+        h.slot_resources = devices_per_slot
+            .iter()
+            .enumerate()
+            .map(|(slot, &n)| {
+                let devices = (next..next + n).map(|d| d.to_string()).collect();
+                next += n;
+                SlotResources {
+                    devices,
+                    cpus: slot.to_string(),
+                }
+            })
+            .collect();
+        self.ev(Event::Worker {
+            from,
+            pipe: PipeId(pipe),
+            message: WorkerMessage::Hello(h),
+        });
+    }
+
+    fn queued(&mut self, servable: &str) -> u64 {
+        let (from, out) = self.call(ClientCall::DaemonStatus);
+        match client_reply(&out, from) {
+            Some(ClientReply::DaemonStatus(s)) => s
+                .queues
+                .iter()
+                .find(|q| q.servable.starts_with(servable))
+                .map_or(0, |q| q.queued),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+use flotilla_protocol::interchange::SlotResources;
+
+/// The batches sent on `to` (none while the poll is held).
+fn sent(out: &[Action], to: ReplyTo) -> Vec<WorkBatch> {
+    match worker_reply(out, to) {
+        Some(DaemonMessage::Work { batches }) => batches,
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn a_gpu_servable_is_never_dispatched_to_a_worker_without_gpus_in_its_slots() {
+    let mut h = Harness::new();
+    h.publish(gpu_record("gpu-model", 1));
+    h.publish(record(spec("cpu-model", "1.0.0")));
+    for _ in 0..3 {
+        h.submit_to("gpu-model", Payload::from_static(NIL)).unwrap();
+    }
+    h.submit_to("cpu-model", Payload::from_static(NIL)).unwrap();
+    // A worker without accelerators, and one whose second slot has none:
+    // neither gets the GPU servable, the first gets the CPU one.
+    h.worker_with_devices(1, "cpu-only", &[0, 0]);
+    h.worker_with_devices(2, "half", &[1, 0]);
+    let (poll, out) = h.poll(1);
+    let batches = sent(&out, poll);
+    assert_eq!(batches.len(), 1);
+    assert!(batches[0].servable.starts_with("cpu-model"), "{batches:?}");
+    let (poll, out) = h.poll(2);
+    assert!(sent(&out, poll).is_empty());
+    let (poll, out) = h.poll(1);
+    assert!(sent(&out, poll).is_empty());
+    let out = h.advance(1_000);
+    assert!(sent(&out, poll).is_empty());
+    assert_eq!(h.queued("gpu-model"), 3);
+    // A worker with one GPU per slot takes them (in one batch of up to 8).
+    h.worker_with_devices(3, "gpus", &[1, 1]);
+    let (poll, out) = h.poll(3);
+    let batches = sent(&out, poll);
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert!(batches[0].servable.starts_with("gpu-model"));
+    assert_eq!(batches[0].items.len(), 3);
+}
+
+#[test]
+fn a_servable_no_worker_can_hold_stays_queued() {
+    let mut h = Harness::new();
+    h.publish(gpu_record("big-model", 2));
+    let id = h.submit_to("big-model", Payload::from_static(NIL)).unwrap();
+    h.worker_with_devices(1, "one-each", &[1, 1, 1, 1]);
+    let (poll, out) = h.poll(1);
+    assert!(sent(&out, poll).is_empty());
+    h.advance(60_000_000);
+    assert_eq!(h.state(id), TaskState::Queued);
+    assert_eq!(h.queued("big-model"), 1);
+    // Two per slot: it runs.
+    h.worker_with_devices(2, "two-each", &[2, 2]);
+    let (poll, out) = h.poll(2);
+    assert_eq!(sent(&out, poll).len(), 1);
+}

@@ -283,6 +283,7 @@ impl Core {
             slots: hello.slots,
             servables,
             max_frame_bytes: frame_limit(hello.max_frame_bytes),
+            slot_resources: hello.slot_resources,
         };
         self.workers.register(registration, pipe, now)
     }
