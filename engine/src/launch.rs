@@ -336,8 +336,9 @@ mod tests {
         assert_eq!(parsed.exit_with_pid, Some(std::process::id() as i32));
         // Each worker learns the node's accelerators and core rule.
         assert!(
-            job.command
-                .contains("--accelerators 0.0,0.1 --accelerator-kind intel --cpu-affinity list:1-51,53-103"),
+            job.command.contains(
+                "--accelerators 0.0,0.1 --accelerator-kind intel --cpu-affinity list:1-51,53-103"
+            ),
             "{}",
             job.command
         );

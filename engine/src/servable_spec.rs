@@ -109,7 +109,9 @@ fn check_resources(spec: &ServableSpec) -> Result<(), Problem> {
     if gpus > MAX_GPUS {
         return problem(
             "resources.gpus",
-            format!("must be at most {MAX_GPUS} (accelerators one call needs of its slot), got {gpus}"),
+            format!(
+                "must be at most {MAX_GPUS} (accelerators one call needs of its slot), got {gpus}"
+            ),
         );
     }
     if gpus > 0 && matches!(spec.runtime, Runtime::Pipeline { .. }) {
@@ -411,7 +413,10 @@ max_batch_delay_ms = "auto"
         let e = parse(&format!("{GOOD}\n[resources]\ngpus = 5000\n"), "s.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("s.toml:31: `resources.gpus`: must be at most 1024"), "{e}");
+        assert!(
+            e.starts_with("s.toml:31: `resources.gpus`: must be at most 1024"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -126,8 +126,9 @@ pub enum FailureKind {
 /// What a worker sends.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub enum WorkerMessage {
-    /// Join the daemon. Answered with `Welcome` or `Refused`.
-    Hello(Hello),
+    /// Join the daemon. Answered with `Welcome` or `Refused`. Boxed: sent
+    /// once per connection, it would otherwise size every message.
+    Hello(Box<Hello>),
     /// Is this the right daemon? Answered with `ProbeOk` (which carries the
     /// daemon's proof, for the worker to check) or `Refused`; registers
     /// nothing, so a worker can ask every address it was given at once and

@@ -169,16 +169,22 @@ impl Serialize for CpuAffinity {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
     /// An accelerator name that cannot be one.
-    #[error("accelerator `{0}` is not a device name (letters, digits, '.', '-', '_' or ':', as in 0, 1 or 0.1)")]
+    #[error(
+        "accelerator `{0}` is not a device name (letters, digits, '.', '-', '_' or ':', as in 0, 1 or 0.1)"
+    )]
     BadDevice(String),
     /// The same accelerator named twice.
     #[error("accelerator `{0}` is named twice")]
     DuplicateDevice(String),
     /// Accelerators without a vendor.
-    #[error("accelerators are named but not their kind: set accelerator_kind to nvidia, amd or intel")]
+    #[error(
+        "accelerators are named but not their kind: set accelerator_kind to nvidia, amd or intel"
+    )]
     NoKind,
     /// Accelerators that do not split evenly among the slots.
-    #[error("{devices} accelerators cannot be shared evenly among {slots} slots: use a number of slots that divides {devices} (one slot per accelerator is {devices})")]
+    #[error(
+        "{devices} accelerators cannot be shared evenly among {slots} slots: use a number of slots that divides {devices} (one slot per accelerator is {devices})"
+    )]
     Uneven {
         /// Accelerators.
         devices: usize,
@@ -189,7 +195,9 @@ pub enum PlacementError {
     #[error("cpu_affinity: {0}")]
     Affinity(String),
     /// Too few cores for the slots.
-    #[error("cpu_affinity: {cores} cores ({list}) cannot give each of {slots} slots a core of its own")]
+    #[error(
+        "cpu_affinity: {cores} cores ({list}) cannot give each of {slots} slots a core of its own"
+    )]
     TooFewCores {
         /// Cores in the group.
         cores: usize,
@@ -199,7 +207,9 @@ pub enum PlacementError {
         slots: u32,
     },
     /// Core groups that do not split the slots evenly.
-    #[error("cpu_affinity: {groups} core groups cannot take {slots} slots evenly: use a number of slots that is a multiple of {groups}")]
+    #[error(
+        "cpu_affinity: {groups} core groups cannot take {slots} slots evenly: use a number of slots that is a multiple of {groups}"
+    )]
     UnevenGroups {
         /// Groups.
         groups: usize,
@@ -207,7 +217,9 @@ pub enum PlacementError {
         slots: u32,
     },
     /// Cores the node does not have (or the worker may not use).
-    #[error("cpu_affinity names cores this node does not have or this worker may not use: {missing} (it may use {available})")]
+    #[error(
+        "cpu_affinity names cores this node does not have or this worker may not use: {missing} (it may use {available})"
+    )]
     MissingCores {
         /// The cores named but not available, as a core list.
         missing: String,
@@ -386,7 +398,14 @@ fn split_cpus(
         CpuAffinity::Alternating => {
             enough_cores(available, slots)?;
             (0..slots as usize)
-                .map(|i| available.iter().skip(i).step_by(slots as usize).copied().collect())
+                .map(|i| {
+                    available
+                        .iter()
+                        .skip(i)
+                        .step_by(slots as usize)
+                        .copied()
+                        .collect()
+                })
                 .collect()
         }
         CpuAffinity::List(groups) => {
@@ -422,7 +441,10 @@ fn split_groups(groups: &[Vec<u32>], slots: u32) -> Result<Vec<Vec<u32>>, Placem
     let mut out = Vec::with_capacity(slots as usize);
     for group in groups {
         enough_cores(group, per_group)?;
-        let (each, extra) = (group.len() / per_group as usize, group.len() % per_group as usize);
+        let (each, extra) = (
+            group.len() / per_group as usize,
+            group.len() % per_group as usize,
+        );
         let mut start = 0;
         for i in 0..per_group as usize {
             let len = each + usize::from(i < extra);

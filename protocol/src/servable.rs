@@ -819,10 +819,13 @@ runtime = { kind = "exec", command = "python3" }
         let bytes = rmp_serde::to_vec(&plain).unwrap();
         let fields = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
         assert_eq!(fields.as_array().map(Vec::len), Some(17));
-        let gpu: ServableSpec = toml::from_str(&format!("{text}\n[resources]\ngpus = 1\n")).unwrap();
+        let gpu: ServableSpec =
+            toml::from_str(&format!("{text}\n[resources]\ngpus = 1\n")).unwrap();
         assert_eq!(gpu.resources.gpus, 1);
         let back: ServableSpec = rmp_serde::from_slice(&rmp_serde::to_vec(&gpu).unwrap()).unwrap();
         assert_eq!(back, gpu);
-        assert!(toml::from_str::<ServableSpec>(&format!("{text}\n[resources]\ncpus = 1\n")).is_err());
+        assert!(
+            toml::from_str::<ServableSpec>(&format!("{text}\n[resources]\ncpus = 1\n")).is_err()
+        );
     }
 }

@@ -110,9 +110,7 @@ fn a_gpu_servable_no_worker_can_hold_waits_in_its_queue() {
         }])
         .unwrap();
     // Several heartbeats later it is still queued, not failed.
-    let views = client
-        .results(&ids, Some(Duration::from_secs(3)))
-        .unwrap();
+    let views = client.results(&ids, Some(Duration::from_secs(3))).unwrap();
     assert_eq!(views[0].state, TaskState::Queued, "{views:?}");
     let status = client.status().unwrap();
     let queue = status
@@ -132,9 +130,7 @@ fn a_gpu_servable_no_worker_can_hold_waits_in_its_queue() {
         "--worker-id",
         "gpu",
     ]);
-    let views = client
-        .results(&ids, Some(Duration::from_secs(60)))
-        .unwrap();
+    let views = client.results(&ids, Some(Duration::from_secs(60))).unwrap();
     assert_eq!(views[0].state, TaskState::Completed, "{views:?}");
     assert_eq!(views[0].worker.as_deref(), Some("gpu"));
     let Some(Outcome::Output(out)) = &views[0].outcome else {

@@ -66,7 +66,11 @@ mod tests {
         pin(&mut command, &[last]).unwrap();
         let out = command.output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(text.split_whitespace().last(), Some(last.to_string().as_str()), "{text}");
+        assert_eq!(
+            text.split_whitespace().last(),
+            Some(last.to_string().as_str()),
+            "{text}"
+        );
     }
 
     #[test]

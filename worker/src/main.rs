@@ -22,12 +22,12 @@ use flotilla_launchers::{Bind, Container, ContainerRuntime, Gpus};
 use flotilla_protocol::address::Endpoint;
 use flotilla_protocol::handshake::NonceSource;
 use flotilla_protocol::interchange::SlotResources;
-use flotilla_protocol::placement::{
-    self, AcceleratorKind, CpuAffinity, NodeResources, SlotPlacement, format_cpu_list,
-};
 use flotilla_protocol::launch::{
     ArgsError, CREDENTIAL_ENV_VARS, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_LOST_DAEMON_EXIT_S,
     DEFAULT_WALLTIME_MARGIN_S, DaemonInfo, ENV_USAGE, LOG_ENV, SECRET_ENV, USAGE, WorkerArgs, flag,
+};
+use flotilla_protocol::placement::{
+    self, AcceleratorKind, CpuAffinity, NodeResources, SlotPlacement, format_cpu_list,
 };
 use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, MIN_FRAME_BYTES, paths, secret};
 use flotilla_worker::session::{Ending, SessionConfig};
@@ -258,7 +258,9 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
         Some(n) if n > MAX_SLOTS => bail!("{} must be at most {MAX_SLOTS}, got {n}", flag::SLOTS),
         Some(n) => n,
         // One slot per accelerator, when the node names them.
-        None if !args.accelerators.is_empty() => args.accelerators.len().min(MAX_SLOTS as usize) as u32,
+        None if !args.accelerators.is_empty() => {
+            args.accelerators.len().min(MAX_SLOTS as usize) as u32
+        }
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
     };
     let placements = slot_placements(args, slots)?;

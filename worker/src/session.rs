@@ -476,7 +476,7 @@ impl Session {
             } => {
                 self.registration = Registration::Greeting;
                 let hello = self.hello(&worker_nonce, &daemon_nonce);
-                self.send(Lane::Report, WorkerMessage::Hello(hello), out);
+                self.send(Lane::Report, WorkerMessage::Hello(Box::new(hello)), out);
             }
             Registration::Probing(_) | Registration::Greeting | Registration::Registered => {}
         }

@@ -84,7 +84,10 @@ const MAX_ACCELERATORS: usize = 1_024;
 
 /// `accelerators` as written: a count or names.
 #[derive(Deserialize, Debug)]
-#[serde(untagged, expecting = "a number of accelerators or a list of their names")]
+#[serde(
+    untagged,
+    expecting = "a number of accelerators or a list of their names"
+)]
 enum RawAccelerators {
     /// `accelerators = 4`: named `0` to `3`.
     Count(u32),
@@ -252,10 +255,7 @@ mod tests {
                 "slots = 3\ncpu_affinity = \"list:1-51:53-103\"\n",
                 "s.toml:3: `worker.cpu_affinity`: cpu_affinity: 2 core groups cannot take 3 slots evenly",
             ),
-            (
-                "accelerator_kind = \"tpu\"\n",
-                "s.toml: ",
-            ),
+            ("accelerator_kind = \"tpu\"\n", "s.toml: "),
         ];
         for (text, expected) in cases {
             let err = worker(text).unwrap_err();

@@ -97,7 +97,7 @@ impl Harness {
             } if hi.proof.is_empty() => Event::Worker {
                 from,
                 pipe,
-                message: WorkerMessage::Hello(self.signed(pipe, hi, SECRET)),
+                message: WorkerMessage::Hello(Box::new(self.signed(pipe, *hi, SECRET))),
             },
             other => other,
         };
@@ -177,7 +177,7 @@ impl Harness {
         self.ev(Event::Worker {
             from,
             pipe: PipeId(pipe),
-            message: WorkerMessage::Hello(hello(worker, slots)),
+            message: WorkerMessage::Hello(Box::new(hello(worker, slots))),
         })
     }
 
@@ -557,7 +557,7 @@ fn send_hello(h: &mut Harness, pipe: u64, hi: Hello) -> Vec<Action> {
         Event::Worker {
             from,
             pipe: PipeId(pipe),
-            message: WorkerMessage::Hello(hi),
+            message: WorkerMessage::Hello(Box::new(hi)),
         },
         h.now,
         &mut out,
@@ -691,7 +691,7 @@ fn a_malformed_hello_is_refused_with_its_reason() {
         let out = h.ev(Event::Worker {
             from: ReplyTo(1000 + pipe as u32),
             pipe: PipeId(pipe as u64),
-            message: WorkerMessage::Hello(hi),
+            message: WorkerMessage::Hello(Box::new(hi)),
         });
         let reason = refusal(&out);
         assert!(reason.contains(expected), "{expected}: {reason}");
@@ -990,7 +990,7 @@ fn workers_only_get_servables_they_offer() {
     h.ev(Event::Worker {
         from,
         pipe: PipeId(1),
-        message: WorkerMessage::Hello(only_noop),
+        message: WorkerMessage::Hello(Box::new(only_noop)),
     });
     let (poll, out) = h.poll(1);
     assert!(worker_reply(&out, poll).is_none());
@@ -1025,7 +1025,7 @@ fn blocks_are_started_and_their_workers_counted() {
     h.ev(Event::Worker {
         from,
         pipe: PipeId(1),
-        message: WorkerMessage::Hello(hi),
+        message: WorkerMessage::Hello(Box::new(hi)),
     });
     let (from, out) = h.call(ClientCall::DaemonStatus);
     match client_reply(&out, from) {
@@ -1148,7 +1148,7 @@ impl Harness {
         self.ev(Event::Worker {
             from,
             pipe: PipeId(pipe),
-            message: WorkerMessage::Hello(h),
+            message: WorkerMessage::Hello(Box::new(h)),
         });
     }
 
@@ -1880,7 +1880,7 @@ fn register(h: &mut Harness, pipe: u64, hello: Hello) -> Vec<Action> {
     h.ev(Event::Worker {
         from,
         pipe: PipeId(pipe),
-        message: WorkerMessage::Hello(hello),
+        message: WorkerMessage::Hello(Box::new(hello)),
     })
 }
 
@@ -2539,7 +2539,7 @@ impl Harness {
         self.ev(Event::Worker {
             from,
             pipe: PipeId(pipe),
-            message: WorkerMessage::Hello(h),
+            message: WorkerMessage::Hello(Box::new(h)),
         });
     }
 

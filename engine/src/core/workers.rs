@@ -94,7 +94,7 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         match message {
-            WorkerMessage::Hello(hello) => self.on_hello(from, pipe, hello, now, out),
+            WorkerMessage::Hello(hello) => self.on_hello(from, pipe, *hello, now, out),
             WorkerMessage::Probe { nonce } => self.on_probe(from, pipe, &nonce, now, out),
             WorkerMessage::Leave { reason } => self.on_leave(from, pipe, &reason, now, out),
             WorkerMessage::Pull { results, wait } => {

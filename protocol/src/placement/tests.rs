@@ -29,7 +29,7 @@ fn a_four_gpu_nvidia_node_gives_each_of_four_slots_one_gpu_and_a_quarter_of_the_
     for (i, slot) in slots.iter().enumerate() {
         let id = i.to_string();
         assert_eq!(env(slot), [("CUDA_VISIBLE_DEVICES", id.as_str())]);
-        assert_eq!(slot.devices, [id.clone()]);
+        assert_eq!(slot.devices, std::slice::from_ref(&id));
         let first = i as u32 * 8;
         assert_eq!(cores(slot), format!("{first}-{}", first + 7));
     }
@@ -55,16 +55,27 @@ fn an_eight_gcd_amd_node_gives_each_slot_one_gcd_through_rocr() {
         let id = i.to_string();
         assert_eq!(
             env(slot),
-            [("ROCR_VISIBLE_DEVICES", id.as_str()), ("HIP_VISIBLE_DEVICES", "0")]
+            [
+                ("ROCR_VISIBLE_DEVICES", id.as_str()),
+                ("HIP_VISIBLE_DEVICES", "0")
+            ]
         );
         let first = i as u32 * 8 + 1;
         assert_eq!(cores(slot), format!("{first}-{}", first + 6));
     }
     // Two GCDs per slot: HIP numbers them 0 and 1.
-    let slots = place(&node(numbered_devices(8), AcceleratorKind::Amd, "none"), 4, &all).unwrap();
+    let slots = place(
+        &node(numbered_devices(8), AcceleratorKind::Amd, "none"),
+        4,
+        &all,
+    )
+    .unwrap();
     assert_eq!(
         env(&slots[3]),
-        [("ROCR_VISIBLE_DEVICES", "6,7"), ("HIP_VISIBLE_DEVICES", "0,1")]
+        [
+            ("ROCR_VISIBLE_DEVICES", "6,7"),
+            ("HIP_VISIBLE_DEVICES", "0,1")
+        ]
     );
     assert_eq!(slots[3].cpus, None);
 }
@@ -92,7 +103,11 @@ fn a_twelve_tile_intel_node_gives_each_slot_a_tile_and_skips_the_reserved_cores(
     assert_eq!(used.len(), 102);
     assert!(!used.contains(&0) && !used.contains(&52));
     // One list for the whole node: the same cores, in 12 runs.
-    let n = node(numbered_devices(12), AcceleratorKind::Intel, "list:1-51,53-103");
+    let n = node(
+        numbered_devices(12),
+        AcceleratorKind::Intel,
+        "list:1-51,53-103",
+    );
     let slots = place(&n, 12, &all).unwrap();
     assert_eq!(cores(&slots[0]), "1-9");
     assert!(slots.iter().all(|s| !s.cpus.as_ref().unwrap().is_empty()));
@@ -103,11 +118,17 @@ fn refusals_say_what_to_change() {
     let all: Vec<u32> = (0..2).collect();
     let four = node(numbered_devices(4), AcceleratorKind::Nvidia, "none");
     let err = place(&four, 3, &all).unwrap_err().to_string();
-    assert!(err.contains("4 accelerators cannot be shared evenly among 3 slots"), "{err}");
+    assert!(
+        err.contains("4 accelerators cannot be shared evenly among 3 slots"),
+        "{err}"
+    );
     // More slots than accelerators.
     assert!(matches!(
         place(&four, 8, &all),
-        Err(PlacementError::Uneven { devices: 4, slots: 8 })
+        Err(PlacementError::Uneven {
+            devices: 4,
+            slots: 8
+        })
     ));
     let no_kind = NodeResources {
         devices: numbered_devices(2),
@@ -122,8 +143,18 @@ fn refusals_say_what_to_change() {
     // Two cores cannot give four slots one each.
     let n = node(vec![], AcceleratorKind::Nvidia, "block");
     let err = place(&n, 4, &all).unwrap_err().to_string();
-    assert!(err.contains("2 cores (0-1) cannot give each of 4 slots"), "{err}");
-    for bad in ["list:", "list:3-1", "list:1,1", "list:x", "blocks", "list:0-70000"] {
+    assert!(
+        err.contains("2 cores (0-1) cannot give each of 4 slots"),
+        "{err}"
+    );
+    for bad in [
+        "list:",
+        "list:3-1",
+        "list:1,1",
+        "list:x",
+        "blocks",
+        "list:0-70000",
+    ] {
         assert!(CpuAffinity::parse(bad).is_err(), "{bad}");
     }
     assert!(check_devices(&["0".into(), "0".into()]).is_err());
@@ -143,10 +174,19 @@ fn two_cores_two_slots_and_no_affinity_without_a_rule() {
 
 #[test]
 fn affinity_and_core_lists_read_back_as_written() {
-    for text in ["none", "block", "alternating", "list:1-51,53-103", "list:0-3:8,10"] {
+    for text in [
+        "none",
+        "block",
+        "alternating",
+        "list:1-51,53-103",
+        "list:0-3:8,10",
+    ] {
         assert_eq!(CpuAffinity::parse(text).unwrap().to_string(), text);
     }
     assert_eq!(parse_cpu_list("3, 0-1").unwrap(), [3, 0, 1]);
     assert_eq!(format_cpu_list(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
-    assert_eq!(AcceleratorKind::from_name("amd"), Some(AcceleratorKind::Amd));
+    assert_eq!(
+        AcceleratorKind::from_name("amd"),
+        Some(AcceleratorKind::Amd)
+    );
 }
