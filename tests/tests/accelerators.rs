@@ -51,8 +51,9 @@ fn a_gpu_servable_runs_only_on_slots_with_a_device_each_seeing_its_own() {
             .all(|v| v.state != TaskState::Queued && v.state != TaskState::Running)
             .then_some(views)
     });
-    // Slot -> (CUDA_VISIBLE_DEVICES, cores) as its processes saw them.
-    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // Slot -> (CUDA_VISIBLE_DEVICES, cores, pid) as its process saw them:
+    // one warm process per slot, never reused by another slot.
+    let mut seen: BTreeMap<String, (String, String, u64)> = BTreeMap::new();
     for view in &done {
         assert_eq!(view.state, TaskState::Completed, "{view:?}");
         assert_ne!(
@@ -69,15 +70,20 @@ fn a_gpu_servable_runs_only_on_slots_with_a_device_each_seeing_its_own() {
         let cpus = out["cpus"].as_str().unwrap_or_default().to_owned();
         assert_eq!(cuda, slot, "slot {slot} sees its own device only: {out}");
         assert!(!cpus.is_empty(), "{out}");
-        let before = seen.insert(slot.clone(), (cuda.clone(), cpus.clone()));
+        let pid = out["pid"].as_u64().unwrap();
+        let before = seen.insert(slot.clone(), (cuda.clone(), cpus.clone(), pid));
         if let Some(before) = before {
-            assert_eq!(before, (cuda, cpus), "slot {slot} changed what it holds");
+            assert_eq!(
+                before,
+                (cuda, cpus, pid),
+                "slot {slot} changed what it holds"
+            );
         }
     }
     assert_eq!(seen.len(), 2, "both slots ran the servable: {seen:?}");
     let cores: Vec<Vec<u32>> = seen
         .values()
-        .map(|(_, cpus)| parse_cpu_list(cpus).unwrap())
+        .map(|(_, cpus, _)| parse_cpu_list(cpus).unwrap())
         .collect();
     assert!(
         cores[0].iter().all(|c| !cores[1].contains(c)),
@@ -87,7 +93,7 @@ fn a_gpu_servable_runs_only_on_slots_with_a_device_each_seeing_its_own() {
     // `flotilla status` shows which slot holds which device and cores.
     let out = f.cli(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for (slot, (cuda, cpus)) in &seen {
+    for (slot, (cuda, cpus, _)) in &seen {
         let line = format!("slot {slot}  accelerators {cuda}  cpus {cpus}");
         assert!(text.contains(&line), "missing `{line}` in:\n{text}");
     }
