@@ -184,7 +184,7 @@ pub const USAGE: &[OptionUsage] = &[
         flag: flag::SLOTS,
         value: "N",
         env: None,
-        help: "batches run at once (default: number of cores)",
+        help: "batches run at once (default: one per accelerator with --accelerators, else the number of cores)",
     },
     OptionUsage {
         flag: flag::WORKER_ID,
