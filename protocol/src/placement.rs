@@ -192,12 +192,10 @@ pub enum PlacementError {
         slots: u32,
     },
     /// A malformed affinity or core list.
-    #[error("cpu_affinity: {0}")]
+    #[error("{0}")]
     Affinity(String),
     /// Too few cores for the slots.
-    #[error(
-        "cpu_affinity: {cores} cores ({list}) cannot give each of {slots} slots a core of its own"
-    )]
+    #[error("{cores} cores ({list}) cannot give each of {slots} slots a core of its own")]
     TooFewCores {
         /// Cores in the group.
         cores: usize,
@@ -208,7 +206,7 @@ pub enum PlacementError {
     },
     /// Core groups that do not split the slots evenly.
     #[error(
-        "cpu_affinity: {groups} core groups cannot take {slots} slots evenly: use a number of slots that is a multiple of {groups}"
+        "{groups} core groups cannot take {slots} slots evenly: use a number of slots that is a multiple of {groups}"
     )]
     UnevenGroups {
         /// Groups.

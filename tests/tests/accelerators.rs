@@ -146,3 +146,17 @@ fn a_gpu_servable_no_worker_can_hold_waits_in_its_queue() {
     assert_eq!(out["cuda"], "7");
     assert_eq!(out["slot"], "0");
 }
+
+#[test]
+fn a_worker_told_of_cores_its_node_lacks_says_so_and_exits() {
+    let mut f = Flotilla::start(&config_with(&[]));
+    let pid = f.spawn_worker(&["--slots", "2", "--cpu-affinity", "list:1-51,53-103,60000"]);
+    let status = f.wait_worker(pid, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(2), "{}", f.worker_log(0));
+    let log = f.worker_log(0);
+    assert!(
+        log.contains("cpu_affinity names cores this node does not have"),
+        "{log}"
+    );
+    assert!(log.contains("60000"), "{log}");
+}

@@ -249,11 +249,11 @@ mod tests {
             ),
             (
                 "cpu_affinity = \"list:3-1\"\n",
-                "s.toml:2: `worker.cpu_affinity`: cpu_affinity: core list `3-1`: range 3-1 runs backwards",
+                "s.toml:2: `worker.cpu_affinity`: core list `3-1`: range 3-1 runs backwards",
             ),
             (
                 "slots = 3\ncpu_affinity = \"list:1-51:53-103\"\n",
-                "s.toml:3: `worker.cpu_affinity`: cpu_affinity: 2 core groups cannot take 3 slots evenly",
+                "s.toml:3: `worker.cpu_affinity`: 2 core groups cannot take 3 slots evenly",
             ),
             ("accelerator_kind = \"tpu\"\n", "s.toml: "),
         ];
