@@ -671,7 +671,7 @@ type Spoiled = (&'static str, fn(&mut Hello));
 #[test]
 fn a_malformed_hello_is_refused_with_its_reason() {
     let mut h = Harness::new();
-    let cases: [Spoiled; 6] = [
+    let cases: [Spoiled; 8] = [
         ("worker id holds the control", |hi| {
             hi.worker_id = "w\nINFO worker registered".into()
         }),
@@ -684,6 +684,15 @@ fn a_malformed_hello_is_refused_with_its_reason() {
         ("at least one slot", |hi| hi.slots = 0),
         ("the worker id is empty", |hi| hi.worker_id = String::new()),
         ("frames of at most 100 bytes", |hi| hi.max_frame_bytes = 100),
+        ("describes 2 slots of its 1", |hi| {
+            hi.slot_resources = vec![SlotResources::default(); 2]
+        }),
+        ("accelerator name holds the control", |hi| {
+            hi.slot_resources = vec![SlotResources {
+                devices: vec!["0\x1b[2J".into()],
+                cpus: String::new(),
+            }]
+        }),
     ];
     for (pipe, (expected, spoil)) in cases.into_iter().enumerate() {
         let mut hi = hello("w", 1);
