@@ -361,6 +361,7 @@ impl SimWorkers {
                     rank: None,
                     pid: std::process::id(),
                     slots: 1,
+                    slot_resources: Vec::new(),
                     servables: vec!["noop".to_owned()],
                     lost_daemon_exit: cfg.reply_timeout,
                     job_end_unix_s: None,

@@ -2,6 +2,7 @@
 
 use flotilla_client::payload_to_json;
 use flotilla_protocol::client::DaemonStatus;
+use flotilla_protocol::interchange::SlotResources;
 use flotilla_protocol::task::{Outcome, TaskView};
 use serde_json::{Value, json};
 
@@ -245,6 +246,7 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
             w.running,
             w.last_seen_ms
         ));
+        out.push_str(&slot_lines(&w.slot_resources));
     }
     out.push_str("\nqueues\n");
     if s.queues.is_empty() {
@@ -261,6 +263,24 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
         "\ntasks: {} accepted, {} completed, {} failed, {} cancelled, {} requeued after worker loss\n",
         t.accepted, t.completed, t.failed, t.cancelled, t.requeued
     ));
+    out
+}
+
+/// One line per slot of a worker: the accelerators and cores it holds
+/// (nothing when the site shares out neither).
+fn slot_lines(slots: &[SlotResources]) -> String {
+    let mut out = String::new();
+    for (i, r) in slots.iter().enumerate() {
+        let devices = if r.devices.is_empty() {
+            "-".to_owned()
+        } else {
+            r.devices.join(",")
+        };
+        let cpus = if r.cpus.is_empty() { "any" } else { &r.cpus };
+        out.push_str(&format!(
+            "    slot {i}  accelerators {devices}  cpus {cpus}\n"
+        ));
+    }
     out
 }
 
@@ -285,6 +305,9 @@ pub fn daemon_json(s: &DaemonStatus) -> Value {
         "workers": s.workers.iter().map(|w| json!({
             "id": w.id, "block": w.block, "host": w.host, "pid": w.pid, "node": w.node, "rank": w.rank, "slots": w.slots,
             "running": w.running, "last_seen_ms": w.last_seen_ms,
+            "slot_resources": w.slot_resources.iter().map(|r| json!({
+                "devices": r.devices, "cpus": r.cpus,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "queues": s.queues.iter().map(|q| json!({
             "servable": q.servable, "queued": q.queued, "running": q.running,
@@ -295,4 +318,28 @@ pub fn daemon_json(s: &DaemonStatus) -> Value {
             "requeued": s.totals.requeued,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_slot_shows_its_accelerators_and_cores() {
+        let slots = [
+            SlotResources {
+                devices: vec!["0.0".into()],
+                cpus: "1-9".into(),
+            },
+            SlotResources {
+                devices: vec![],
+                cpus: String::new(),
+            },
+        ];
+        assert_eq!(
+            slot_lines(&slots),
+            "    slot 0  accelerators 0.0  cpus 1-9\n    slot 1  accelerators -  cpus any\n"
+        );
+        assert_eq!(slot_lines(&[]), "");
+    }
 }

@@ -276,6 +276,7 @@ pub fn create_pipeline(
         container: None,
         files: vec![],
         build: None,
+        resources: Default::default(),
         options: ServableOptions {
             memoize,
             ..ServableOptions::default()

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use flotilla_launchers::{Bind, Container, Gpus, Inner, LaunchSpec, shell};
 use flotilla_protocol::launch::{BLOCK_ENV_VARS, WorkerArgs};
+use flotilla_protocol::placement::{CpuAffinity, NodeResources};
 use flotilla_protocol::secret::to_hex;
 use flotilla_providers::JobSpec;
 
@@ -25,6 +26,8 @@ pub struct BlockTemplate {
     port: u16,
     secret_hex: String,
     slots: u32,
+    /// The node's accelerators and core rule, shared among the slots.
+    node: NodeResources,
     lost_daemon_exit_s: f64,
     connect_timeout_s: f64,
     /// Each block's wall time, when something enforces one.
@@ -120,6 +123,7 @@ impl BlockTemplate {
             port: site.port,
             secret_hex: to_hex(secret),
             slots: config.worker.slots,
+            node: config.worker.node_resources(),
             lost_daemon_exit_s: config.worker.lost_daemon_exit_s,
             connect_timeout_s: config.worker.connect_timeout_s,
             walltime_s: config.block_walltime_s(),
@@ -249,6 +253,10 @@ impl BlockTemplate {
             objects_dir: Some(PathBuf::from(&self.objects)),
             exit_with_pid: self.exit_with_daemon.then(|| std::process::id() as i32),
             max_frame_bytes: Some(self.max_frame_bytes),
+            accelerators: self.node.devices.clone(),
+            accelerator_kind: self.node.kind.map(|k| k.name().to_owned()),
+            cpu_affinity: (self.node.affinity != CpuAffinity::None)
+                .then(|| self.node.affinity.to_string()),
             ..WorkerArgs::default()
         }
     }
@@ -343,6 +351,9 @@ mod tests {
     fn a_worker_parses_back_what_its_block_is_told() {
         let mut config = Config::default();
         config.worker.slots = 2;
+        config.worker.accelerators = vec!["0.0".into(), "0.1".into()];
+        config.worker.accelerator_kind = Some(flotilla_protocol::placement::AcceleratorKind::Intel);
+        config.worker.cpu_affinity = CpuAffinity::parse("list:1-51,53-103").unwrap();
         let template =
             BlockTemplate::new(&config, &StateDir::at("/tmp/fl"), "127.0.0.1", 5555, &[1]);
         let job = template.job(4).unwrap();
@@ -357,6 +368,15 @@ mod tests {
         // Workers accept the frames the daemon may send them.
         assert_eq!(parsed.max_frame_bytes, Some(config.daemon.max_frame_bytes));
         assert_eq!(parsed.exit_with_pid, Some(std::process::id() as i32));
+        // Each worker learns the node's accelerators and core rule.
+        assert!(
+            job.command.contains(
+                "--accelerators 0.0,0.1 --accelerator-kind intel --cpu-affinity list:1-51,53-103"
+            ),
+            "{}",
+            job.command
+        );
+        assert_eq!(parsed.accelerators, ["0.0", "0.1"]);
     }
 
     #[test]

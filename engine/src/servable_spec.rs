@@ -96,7 +96,32 @@ fn check(spec: &ServableSpec) -> Result<(), Problem> {
     check_type(&spec.output, "output")?;
     check_runtime(spec)?;
     check_files(&spec.files)?;
+    check_resources(spec)?;
     check_options(spec)
+}
+
+/// Most accelerators one call may ask for: more than any node has.
+const MAX_GPUS: u32 = 1_024;
+
+/// What a call needs of its slot is something a slot can hold.
+fn check_resources(spec: &ServableSpec) -> Result<(), Problem> {
+    let gpus = spec.resources.gpus;
+    if gpus > MAX_GPUS {
+        return problem(
+            "resources.gpus",
+            format!(
+                "must be at most {MAX_GPUS} (accelerators one call needs of its slot), got {gpus}"
+            ),
+        );
+    }
+    if gpus > 0 && matches!(spec.runtime, Runtime::Pipeline { .. }) {
+        return problem(
+            "resources.gpus",
+            "a pipeline runs no process of its own; give its steps the accelerators they need"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// A problem at `key`.
@@ -382,6 +407,16 @@ max_batch_delay_ms = "auto"
         assert_eq!(spec.options.max_batch_size, 64);
         assert_eq!(spec.options.max_batch_delay_ms, BatchDelay::Auto);
         assert!(matches!(spec.input, TypeSpec::Ndarray { .. }));
+        assert_eq!(spec.resources.gpus, 0);
+        let gpu = parse(&format!("{GOOD}\n[resources]\ngpus = 2\n"), "s.toml").unwrap();
+        assert_eq!(gpu.resources.gpus, 2);
+        let e = parse(&format!("{GOOD}\n[resources]\ngpus = 5000\n"), "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.toml:31: `resources.gpus`: must be at most 1024"),
+            "{e}"
+        );
     }
 
     #[test]

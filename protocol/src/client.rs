@@ -390,6 +390,11 @@ pub struct WorkerView {
     pub running: u32,
     /// Milliseconds since it was last heard from.
     pub last_seen_ms: u64,
+    /// What each of its slots holds (accelerators, cores), by slot; empty
+    /// when the site shares out neither. Last, and left out when empty, so
+    /// a status without it reads as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slot_resources: Vec<crate::interchange::SlotResources>,
 }
 
 /// Queue depth of one servable.

@@ -177,6 +177,7 @@ mod tests {
             max_frame_bytes: 1 << 20,
             ends_at_unix_s: None,
             running: vec![],
+            slot_resources: vec![],
         }
     }
 

@@ -61,6 +61,21 @@ pub struct Hello {
     /// (after a daemon restart): the daemon keeps them assigned to it
     /// instead of running them a second time elsewhere.
     pub running: Vec<(BatchId, Vec<TaskId>)>,
+    /// What each of its slots holds (accelerators, cores), one entry per
+    /// slot; empty from a worker told of none. The daemon sends a servable
+    /// that needs accelerators only to workers whose slots have enough.
+    #[serde(default)]
+    pub slot_resources: Vec<SlotResources>,
+}
+
+/// The accelerators and cores of one of a worker's slots.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, Default)]
+pub struct SlotResources {
+    /// Its accelerators, by the names the vendor's variable takes.
+    pub devices: Vec<String>,
+    /// The cores its servable processes run on, as a core list
+    /// (`0-7,16`); empty: wherever the worker may run.
+    pub cpus: String,
 }
 
 /// The results of one batch.
@@ -111,8 +126,9 @@ pub enum FailureKind {
 /// What a worker sends.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub enum WorkerMessage {
-    /// Join the daemon. Answered with `Welcome` or `Refused`.
-    Hello(Hello),
+    /// Join the daemon. Answered with `Welcome` or `Refused`. Boxed: sent
+    /// once per connection, it would otherwise size every message.
+    Hello(Box<Hello>),
     /// Is this the right daemon? Answered with `ProbeOk` (which carries the
     /// daemon's proof, for the worker to check) or `Refused`; registers
     /// nothing, so a worker can ask every address it was given at once and

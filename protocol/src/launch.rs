@@ -115,6 +115,12 @@ pub mod flag {
     pub const CONTAINER_TEMPLATE: &str = "--container-template";
     /// GPUs to make visible in servable containers.
     pub const GPUS: &str = "--gpus";
+    /// The node's accelerators, comma-separated, shared among the slots.
+    pub const ACCELERATORS: &str = "--accelerators";
+    /// Whose accelerators they are: nvidia, amd or intel.
+    pub const ACCELERATOR_KIND: &str = "--accelerator-kind";
+    /// How the node's cores are shared among the slots.
+    pub const CPU_AFFINITY: &str = "--cpu-affinity";
     /// Largest frame the worker accepts from the daemon.
     pub const MAX_FRAME_BYTES: &str = "--max-frame-bytes";
     /// Print the usage and exit.
@@ -178,7 +184,7 @@ pub const USAGE: &[OptionUsage] = &[
         flag: flag::SLOTS,
         value: "N",
         env: None,
-        help: "batches run at once (default: number of cores)",
+        help: "batches run at once (default: one per accelerator with --accelerators, else the number of cores)",
     },
     OptionUsage {
         flag: flag::WORKER_ID,
@@ -247,6 +253,24 @@ pub const USAGE: &[OptionUsage] = &[
         help: "GPUs to make visible in servable containers: nvidia or amd",
     },
     OptionUsage {
+        flag: flag::ACCELERATORS,
+        value: "LIST",
+        env: None,
+        help: "the node's accelerators, comma-separated (0,1,2,3 or Intel tiles 0.0,0.1,...): each slot's servable processes see only an even share of them",
+    },
+    OptionUsage {
+        flag: flag::ACCELERATOR_KIND,
+        value: "KIND",
+        env: None,
+        help: "whose accelerators: nvidia (CUDA_VISIBLE_DEVICES), amd (ROCR_VISIBLE_DEVICES) or intel (ZE_AFFINITY_MASK)",
+    },
+    OptionUsage {
+        flag: flag::CPU_AFFINITY,
+        value: "RULE",
+        env: None,
+        help: "cores of each slot's servable processes: none, block, alternating or list:CORES[:CORES...] (e.g. list:1-51:53-103) (default: none)",
+    },
+    OptionUsage {
         flag: flag::MAX_FRAME_BYTES,
         value: "BYTES",
         env: Some(MAX_FRAME_BYTES_ENV),
@@ -307,6 +331,13 @@ pub struct WorkerArgs {
     pub container_template: Option<String>,
     /// GPUs for servable containers (argv).
     pub gpus: Option<String>,
+    /// The node's accelerators, shared among the slots (argv,
+    /// comma-separated).
+    pub accelerators: Vec<String>,
+    /// Their vendor (argv).
+    pub accelerator_kind: Option<String>,
+    /// How the node's cores are shared among the slots (argv).
+    pub cpu_affinity: Option<String>,
     /// Largest frame accepted from the daemon (argv, or
     /// [`MAX_FRAME_BYTES_ENV`]).
     pub max_frame_bytes: Option<usize>,
@@ -412,6 +443,13 @@ impl WorkerArgs {
         put(w, flag::GPUS, self.gpus.clone());
         put(
             w,
+            flag::ACCELERATORS,
+            (!self.accelerators.is_empty()).then(|| self.accelerators.join(",")),
+        );
+        put(w, flag::ACCELERATOR_KIND, self.accelerator_kind.clone());
+        put(w, flag::CPU_AFFINITY, self.cpu_affinity.clone());
+        put(
+            w,
             flag::MAX_FRAME_BYTES,
             self.max_frame_bytes.map(|b| b.to_string()),
         );
@@ -512,6 +550,15 @@ impl WorkerArgs {
             }
             flag::CONTAINER_TEMPLATE => once(&mut self.container_template, name, value),
             flag::GPUS => once(&mut self.gpus, name, value),
+            flag::ACCELERATORS => {
+                if !self.accelerators.is_empty() {
+                    return Err(ArgsError::Repeated(name));
+                }
+                self.accelerators = value.split(',').map(|d| d.trim().to_owned()).collect();
+                Ok(())
+            }
+            flag::ACCELERATOR_KIND => once(&mut self.accelerator_kind, name, value),
+            flag::CPU_AFFINITY => once(&mut self.cpu_affinity, name, value),
             flag::MAX_FRAME_BYTES => {
                 let bytes = typed(name, &value, "a number of bytes")?;
                 once(&mut self.max_frame_bytes, name, bytes)

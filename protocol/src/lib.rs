@@ -40,6 +40,7 @@ pub mod launch;
 pub mod parts;
 pub mod paths;
 pub mod peer_text;
+pub mod placement;
 pub mod secret;
 pub mod servable;
 pub mod stdio;

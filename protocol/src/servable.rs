@@ -79,6 +79,27 @@ pub struct ServableSpec {
     /// Serving options.
     #[serde(default)]
     pub options: ServableOptions,
+    /// What one call needs of the slot it runs on (`[resources]`). Last,
+    /// and left out when nothing is needed, so records written before it
+    /// existed read as needing nothing and look as they always did.
+    #[serde(default, skip_serializing_if = "Resources::is_nothing")]
+    pub resources: Resources,
+}
+
+/// What a servable needs of the slot that runs it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    /// Accelerators (GPUs, AMD GCDs, Intel tiles) each of its processes
+    /// needs: it runs only on slots that hold at least this many.
+    pub gpus: u32,
+}
+
+impl Resources {
+    /// True when it needs nothing of its slot.
+    pub fn is_nothing(&self) -> bool {
+        *self == Resources::default()
+    }
 }
 
 /// A creator (DataCite style).
@@ -777,5 +798,34 @@ mod tests {
         assert!(latest.spells("noop"));
         assert!(!latest.spells("noop@1.0.0"));
         assert!(!ServableRef::Any.spells("*"));
+    }
+
+    #[test]
+    fn resources_are_optional_and_left_out_when_nothing_is_needed() {
+        let text = r#"
+name = "gpu"
+version = "1.0.0"
+title = "t"
+license = "MIT"
+model_type = "other"
+input = { kind = "string" }
+output = { kind = "string" }
+runtime = { kind = "exec", command = "python3" }
+"#;
+        let plain: ServableSpec = toml::from_str(text).unwrap();
+        assert_eq!(plain.resources, Resources::default());
+        // A record that needs nothing encodes as records always did, and
+        // one that needs a GPU says so and reads back.
+        let bytes = rmp_serde::to_vec(&plain).unwrap();
+        let fields = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(fields.as_array().map(Vec::len), Some(17));
+        let gpu: ServableSpec =
+            toml::from_str(&format!("{text}\n[resources]\ngpus = 1\n")).unwrap();
+        assert_eq!(gpu.resources.gpus, 1);
+        let back: ServableSpec = rmp_serde::from_slice(&rmp_serde::to_vec(&gpu).unwrap()).unwrap();
+        assert_eq!(back, gpu);
+        assert!(
+            toml::from_str::<ServableSpec>(&format!("{text}\n[resources]\ncpus = 1\n")).is_err()
+        );
     }
 }

@@ -289,6 +289,7 @@ fn exec_record() -> ServableRecord {
             command: "python3".into(),
             args: vec!["train.py".into()],
         }),
+        resources: Default::default(),
         options: ServableOptions {
             memoize: true,
             max_batch_size: 256,
@@ -342,6 +343,7 @@ fn pipeline_record() -> ServableRecord {
             container: None,
             files: vec![],
             build: None,
+            resources: Default::default(),
             options: ServableOptions {
                 max_batch_delay_ms: BatchDelay::Fixed(5),
                 ..ServableOptions::default()

@@ -51,6 +51,7 @@ fn forged_record(marker: &Path) -> ServableRecord {
             container: None,
             files: vec![],
             build: None,
+            resources: Default::default(),
             options: ServableOptions::default(),
         },
         files: vec![],

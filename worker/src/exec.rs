@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use flotilla_protocol::interchange::{BatchFailure, FailureKind, WorkBatch};
+use flotilla_protocol::placement::SlotPlacement;
 use flotilla_protocol::servable::ServableRecord;
 use flotilla_protocol::stdio::Reply;
 use flotilla_protocol::task::Outcome;
@@ -40,7 +41,48 @@ pub struct ExecRuntime {
     /// Held while a servable's files are materialised, so two slots that
     /// get their first batch at once never write the same directory.
     preparing: Mutex<()>,
-    idle: Mutex<HashMap<String, Vec<WarmProcess>>>,
+    /// What each slot holds; empty: nothing (every slot alike).
+    slots: Vec<SlotPlacement>,
+    /// Idle processes by servable and slot: a process keeps the devices
+    /// and cores of the slot that started it, so only that slot reuses it.
+    idle: IdleProcesses<WarmProcess>,
+}
+
+/// Warm processes waiting for their next batch, by servable and by the
+/// slot that started them: a process keeps that slot's devices and cores
+/// for life, so no other slot may take it (two slots would otherwise end
+/// up with processes on the same device).
+struct IdleProcesses<P> {
+    by_slot: Mutex<HashMap<(String, usize), Vec<P>>>,
+}
+
+impl<P> IdleProcesses<P> {
+    fn new() -> Self {
+        IdleProcesses {
+            by_slot: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An idle process of `servable` that slot `slot` started, if any.
+    fn take(&self, servable: &str, slot: usize) -> Option<P> {
+        lock(&self.by_slot)
+            .get_mut(&(servable.to_owned(), slot))
+            .and_then(Vec::pop)
+    }
+
+    /// Keeps `process` of `servable`, started by slot `slot`, for its next
+    /// batch there.
+    fn put(&self, servable: &str, slot: usize, process: P) {
+        lock(&self.by_slot)
+            .entry((servable.to_owned(), slot))
+            .or_default()
+            .push(process);
+    }
+
+    /// Drops every idle process.
+    fn clear(&self) {
+        lock(&self.by_slot).clear();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,8 +137,15 @@ impl ExecRuntime {
             records: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
             preparing: Mutex::new(()),
-            idle: Mutex::new(HashMap::new()),
+            slots: Vec::new(),
+            idle: IdleProcesses::new(),
         }
+    }
+
+    /// The same runtime, its slots holding `slots` (one entry per slot).
+    pub fn with_slots(mut self, slots: Vec<SlotPlacement>) -> Self {
+        self.slots = slots;
+        self
     }
 
     /// Remembers a servable's record (sent with its first batch).
@@ -106,8 +155,8 @@ impl ExecRuntime {
             .or_insert_with(|| Arc::new(record.clone()));
     }
 
-    /// Runs `batch` on a warm process of its servable.
-    pub fn run(&self, batch: &WorkBatch) -> Result<Vec<Outcome>, BatchFailure> {
+    /// Runs `batch` on a warm process of its servable in slot `slot`.
+    pub fn run(&self, batch: &WorkBatch, slot: usize) -> Result<Vec<Outcome>, BatchFailure> {
         let Some(record) = lock(&self.records).get(&batch.servable).cloned() else {
             return failure(
                 FailureKind::Unrunnable,
@@ -118,14 +167,32 @@ impl ExecRuntime {
                 ),
             );
         };
+        let nothing = SlotPlacement::default();
+        let placement = self.slots.get(slot).unwrap_or(&nothing);
+        let needs = record.spec.resources.gpus as usize;
+        if needs > placement.devices.len() {
+            return failure(
+                FailureKind::Unrunnable,
+                format!(
+                    "{} needs {needs} accelerators and this worker's slot {slot} holds {} (set [worker] accelerators in the site file)",
+                    record.id(),
+                    placement.devices.len()
+                ),
+            );
+        }
         let dir = match self.prepare(&record) {
             Ok(dir) => dir,
             Err(message) => return failure(FailureKind::Unrunnable, message),
         };
-        let taken = lock(&self.idle).get_mut(&batch.servable).and_then(Vec::pop);
+        let taken = self.idle.take(&batch.servable, slot);
         let mut process = match taken {
             Some(p) => p,
-            None => match WarmProcess::start(&record, &dir, self.container_for(&record)) {
+            None => match WarmProcess::start(
+                &record,
+                &dir,
+                self.container_for(&record),
+                (slot, placement),
+            ) {
                 Ok(p) => p,
                 Err(broken) => return failure(FailureKind::Crashed, broken.0),
             },
@@ -139,10 +206,7 @@ impl ExecRuntime {
         let inputs: Vec<&[u8]> = batch.items.iter().map(|i| &i.input[..]).collect();
         match process.run(&tasks, &inputs, &batch.params) {
             Ok(reply) => {
-                lock(&self.idle)
-                    .entry(batch.servable.clone())
-                    .or_default()
-                    .push(process);
+                self.idle.put(&batch.servable, slot, process);
                 match reply {
                     Reply::Outputs(outputs) => Ok(outputs
                         .into_iter()
@@ -257,7 +321,7 @@ impl Drop for ExecRuntime {
     fn drop(&mut self) {
         // Ask every warm process to exit before their files are removed
         // (with `work_dir`, dropped after this).
-        lock(&self.idle).clear();
+        self.idle.clear();
     }
 }
 
@@ -310,6 +374,7 @@ mod tests {
                 container: None,
                 files: vec!["serve.py".into()],
                 build: None,
+                resources: Default::default(),
                 options: ServableOptions::default(),
             },
             files: vec![FileEntry {
@@ -394,5 +459,57 @@ mod tests {
         fs::write(objects.join(&hash), content).unwrap();
         let dir = runtime.prepare(&record).unwrap();
         assert_eq!(fs::read(dir.join("serve.py")).unwrap(), content);
+    }
+
+    /// The daemon sends a servable that needs accelerators only to workers
+    /// whose slots hold them; should one reach a slot without, it is not
+    /// run there.
+    #[test]
+    fn a_servable_needing_accelerators_never_runs_on_a_slot_without() {
+        use flotilla_protocol::TaskId;
+        use flotilla_protocol::interchange::{BatchId, WorkItem};
+        let root = tempfile::tempdir().unwrap();
+        let work = private_work_dir(root.path(), "w").unwrap();
+        let with_gpu = SlotPlacement {
+            devices: vec!["3".into()],
+            ..SlotPlacement::default()
+        };
+        let runtime =
+            ExecRuntime::new(None, work, None).with_slots(vec![SlotPlacement::default(), with_gpu]);
+        let mut needy = record(&"ab".repeat(32));
+        needy.spec.resources.gpus = 1;
+        runtime.learn(&needy);
+        let batch = WorkBatch {
+            id: BatchId(1),
+            servable: needy.id(),
+            params: Default::default(),
+            items: vec![WorkItem {
+                task: TaskId(1),
+                input: Default::default(),
+            }],
+            spec: None,
+        };
+        let refused = runtime.run(&batch, 0).unwrap_err();
+        assert_eq!(refused.kind, FailureKind::Unrunnable);
+        assert!(
+            refused
+                .message
+                .contains("needs 1 accelerators and this worker's slot 0 holds 0"),
+            "{}",
+            refused.message
+        );
+        // Slot 1 holds one: it goes on to fetch the files (none here).
+        let other = runtime.run(&batch, 1).unwrap_err();
+        assert!(!other.message.contains("accelerators"), "{}", other.message);
+    }
+
+    #[test]
+    fn an_idle_process_is_taken_only_by_the_slot_that_started_it() {
+        let idle = IdleProcesses::new();
+        idle.put("gpu@1.0.0", 0, "started by slot 0");
+        assert_eq!(idle.take("gpu@1.0.0", 1), None);
+        assert_eq!(idle.take("other@1.0.0", 0), None);
+        assert_eq!(idle.take("gpu@1.0.0", 0), Some("started by slot 0"));
+        assert_eq!(idle.take("gpu@1.0.0", 0), None);
     }
 }

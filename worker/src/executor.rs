@@ -35,7 +35,7 @@ impl Executor {
                 .name(format!("slot-{slot}"))
                 .spawn(move || {
                     for (batch, received_us) in rx {
-                        done(run(&batch, received_us, &runtime));
+                        done(run(&batch, received_us, &runtime, slot as usize));
                     }
                 })?;
         }
@@ -49,11 +49,11 @@ impl Executor {
     }
 }
 
-fn run(batch: &WorkBatch, received_us: u64, runtime: &ExecRuntime) -> BatchResult {
+fn run(batch: &WorkBatch, received_us: u64, runtime: &ExecRuntime, slot: usize) -> BatchResult {
     let started = Instant::now();
     let result = match builtin::run_batch(&batch.servable, &batch.items) {
         Some(outcomes) => Ok(outcomes),
-        None => runtime.run(batch),
+        None => runtime.run(batch, slot),
     };
     let run_us = started.elapsed().as_micros() as u64;
     match result {

@@ -6,6 +6,7 @@
 //! [`shell`] runs it over nng with slot threads; [`connect`] finds the
 //! daemon among its advertised addresses.
 
+pub mod affinity;
 mod builtin;
 pub mod connect;
 mod exec;

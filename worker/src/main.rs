@@ -21,9 +21,13 @@ use anyhow::{Context, bail};
 use flotilla_launchers::{Bind, Container, ContainerRuntime, Gpus};
 use flotilla_protocol::address::Endpoint;
 use flotilla_protocol::handshake::NonceSource;
+use flotilla_protocol::interchange::SlotResources;
 use flotilla_protocol::launch::{
     ArgsError, CREDENTIAL_ENV_VARS, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_LOST_DAEMON_EXIT_S,
     DEFAULT_WALLTIME_MARGIN_S, DaemonInfo, ENV_USAGE, LOG_ENV, SECRET_ENV, USAGE, WorkerArgs, flag,
+};
+use flotilla_protocol::placement::{
+    self, AcceleratorKind, CpuAffinity, NodeResources, SlotPlacement, format_cpu_list,
 };
 use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, MIN_FRAME_BYTES, paths, secret};
 use flotilla_worker::session::{Ending, SessionConfig};
@@ -253,8 +257,13 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
         Some(0) => bail!("{} must be at least 1", flag::SLOTS),
         Some(n) if n > MAX_SLOTS => bail!("{} must be at most {MAX_SLOTS}, got {n}", flag::SLOTS),
         Some(n) => n,
+        // One slot per accelerator, when the node names them.
+        None if !args.accelerators.is_empty() => {
+            args.accelerators.len().min(MAX_SLOTS as usize) as u32
+        }
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
     };
+    let placements = slot_placements(args, slots)?;
     let lost_daemon_exit = seconds(
         args.lost_daemon_exit_s
             .unwrap_or(DEFAULT_LOST_DAEMON_EXIT_S),
@@ -300,6 +309,13 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
         block_id: args.block_id,
         pid: std::process::id(),
         slots,
+        slot_resources: placements
+            .iter()
+            .map(|p| SlotResources {
+                devices: p.devices.clone(),
+                cpus: p.cpus.as_deref().map(format_cpu_list).unwrap_or_default(),
+            })
+            .collect(),
         servables: BUILTINS
             .iter()
             .map(|s| (*s).to_owned())
@@ -317,8 +333,51 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
             .clone()
             .or_else(|| state_dir.as_deref().map(paths::objects_dir)),
         containers: servable_containers(args)?,
+        placements,
     };
     Ok((worker, endpoints, port, connect_timeout))
+}
+
+/// What each slot holds: the node's accelerators (`--accelerators`,
+/// `--accelerator-kind`) shared evenly, and its cores by `--cpu-affinity`,
+/// taken from those this worker may use. Nothing when neither is given.
+fn slot_placements(args: &WorkerArgs, slots: u32) -> anyhow::Result<Vec<SlotPlacement>> {
+    let kind = match &args.accelerator_kind {
+        None => None,
+        Some(name) => Some(AcceleratorKind::from_name(name).with_context(|| {
+            format!(
+                "{} `{name}`: use nvidia, amd or intel",
+                flag::ACCELERATOR_KIND
+            )
+        })?),
+    };
+    let affinity = match &args.cpu_affinity {
+        None => CpuAffinity::None,
+        Some(rule) => CpuAffinity::parse(rule).context(flag::CPU_AFFINITY)?,
+    };
+    let node = NodeResources {
+        devices: args.accelerators.clone(),
+        kind,
+        affinity,
+    };
+    if node == NodeResources::default() {
+        return Ok(Vec::new());
+    }
+    let available = match node.affinity {
+        CpuAffinity::None => Vec::new(),
+        _ => flotilla_worker::affinity::available_cpus().map_err(anyhow::Error::msg)?,
+    };
+    let placements = placement::place(&node, slots, &available)
+        .with_context(|| format!("cannot share this node among {slots} slots"))?;
+    for (slot, p) in placements.iter().enumerate() {
+        tracing::info!(
+            slot,
+            devices = %p.devices.join(","),
+            cpus = %p.cpus.as_deref().map(format_cpu_list).unwrap_or_else(|| "any".into()),
+            "slot resources"
+        );
+    }
+    Ok(placements)
 }
 
 /// How servables that name an image are run, from the `--container-*`

@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 
 use flotilla_launchers::{Bind, Container, Inner};
 use flotilla_protocol::launch::CREDENTIAL_ENV_VARS;
+use flotilla_protocol::placement::SlotPlacement;
 use flotilla_protocol::servable::{Runtime, ServableRecord};
 use flotilla_protocol::stdio::{self, Reply};
+
+/// The variable telling a servable process which slot it runs in.
+pub const SLOT_ENV: &str = "FLOTILLA_SLOT";
 
 /// Lines of stderr kept for error messages.
 const STDERR_TAIL: usize = 20;
@@ -42,11 +46,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl WarmProcess {
     /// Starts `record`'s command in `dir` (its materialised files), inside
-    /// `container` when given, and initialises it.
+    /// `container` when given, for slot `slot` (seeing only its devices,
+    /// running on its cores), and initialises it.
     pub fn start(
         record: &ServableRecord,
         dir: &Path,
         container: Option<Container>,
+        (slot, placement): (usize, &SlotPlacement),
     ) -> Result<WarmProcess, Broken> {
         let id = record.id();
         let Runtime::Exec {
@@ -70,6 +76,9 @@ impl WarmProcess {
         let mut vars = env.clone();
         vars.insert("FLOTILLA_SERVABLE".into(), id.clone());
         vars.insert("PYTHONUNBUFFERED".into(), "1".into());
+        // The site's devices win over anything the servable or the job set.
+        vars.insert(SLOT_ENV.into(), slot.to_string());
+        vars.extend(placement.env.iter().cloned());
         let mut argv = vec![command.clone()];
         argv.extend(args.iter().cloned());
         let mut runtime_env = Vec::new();
@@ -96,7 +105,8 @@ impl WarmProcess {
             tracing::info!(servable = %id, image = %container.image, runtime = container.runtime.name(), "starting the servable in its container");
             argv = invocation.argv;
         }
-        let mut child = Command::new(&argv[0])
+        let mut command = Command::new(&argv[0]);
+        command
             .args(&argv[1..])
             .current_dir(&cwd)
             .env_clear()
@@ -104,15 +114,25 @@ impl WarmProcess {
             .envs(runtime_env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                Broken(format!(
-                    "cannot start `{}` in {}: {e}",
-                    argv[0],
-                    cwd.display()
-                ))
-            })?;
+            .stderr(Stdio::piped());
+        let cores = placement.cpus.as_deref();
+        if let Some(cpus) = cores {
+            crate::affinity::pin(&mut command, cpus)
+                .map_err(|e| Broken(format!("cannot pin {id} to slot {slot}'s cores: {e}")))?;
+        }
+        let mut child = command.spawn().map_err(|e| {
+            let pinned = cores.map_or(String::new(), |c| {
+                format!(
+                    " on cores {}",
+                    flotilla_protocol::placement::format_cpu_list(c)
+                )
+            });
+            Broken(format!(
+                "cannot start `{}` in {}{pinned}: {e}",
+                argv[0],
+                cwd.display()
+            ))
+        })?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -154,7 +174,13 @@ impl WarmProcess {
         let init = stdio::encode_init(&record.spec, &[]).map_err(Broken)?;
         match process.call(&init)? {
             Reply::Ready => {
-                tracing::info!(servable = %id, pid = process.child.id(), "servable process ready");
+                tracing::info!(
+                    servable = %id,
+                    pid = process.child.id(),
+                    slot,
+                    devices = %placement.devices.join(","),
+                    "servable process ready"
+                );
                 Ok(process)
             }
             Reply::Failed(message) => {

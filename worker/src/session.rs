@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use flotilla_protocol::handshake::{self, HandshakeKey, Nonce, NonceSource};
 use flotilla_protocol::interchange::{
-    BatchId, BatchResult, DaemonMessage, Hello, WorkBatch, WorkerMessage,
+    BatchId, BatchResult, DaemonMessage, Hello, SlotResources, WorkBatch, WorkerMessage,
 };
 use flotilla_protocol::launch::{MAX_FRAME_BYTES_ENV, flag};
 use flotilla_protocol::peer_text::shown;
@@ -90,6 +90,8 @@ pub struct SessionConfig {
     pub pid: u32,
     /// Batches run at once.
     pub slots: u32,
+    /// What each slot holds, for the hello (empty: nothing to say).
+    pub slot_resources: Vec<SlotResources>,
     /// Servables it can run (`*`: any published one it is sent).
     pub servables: Vec<String>,
     /// Give up after this long without the daemon.
@@ -474,7 +476,7 @@ impl Session {
             } => {
                 self.registration = Registration::Greeting;
                 let hello = self.hello(&worker_nonce, &daemon_nonce);
-                self.send(Lane::Report, WorkerMessage::Hello(hello), out);
+                self.send(Lane::Report, WorkerMessage::Hello(Box::new(hello)), out);
             }
             Registration::Probing(_) | Registration::Greeting | Registration::Registered => {}
         }
@@ -497,6 +499,7 @@ impl Session {
             challenge: Payload::copy_from_slice(daemon_nonce),
             proof: Payload::new(),
             max_frame_bytes: cfg.max_frame_bytes as u64,
+            slot_resources: cfg.slot_resources.clone(),
         };
         let proof = self.key.worker_proof(worker_nonce, daemon_nonce, &hello);
         hello.proof = Payload::copy_from_slice(&proof);

@@ -37,6 +37,8 @@ pub struct WorkerConfig {
     pub objects: Option<std::path::PathBuf>,
     /// How servables that name an image are run (no runtime: on the host).
     pub containers: Option<flotilla_launchers::Container>,
+    /// What each slot holds (devices, cores); empty: nothing.
+    pub placements: Vec<flotilla_protocol::placement::SlotPlacement>,
 }
 
 /// An nng context and its aio: one request at a time.
@@ -209,11 +211,10 @@ pub fn run(
     let done_link = link.clone();
     let work_dir = crate::exec::private_work_dir(&std::env::temp_dir(), &cfg.session.worker_id)
         .context("cannot create the worker's private directory")?;
-    let runtime = Arc::new(ExecRuntime::new(
-        cfg.objects.clone(),
-        work_dir,
-        cfg.containers.clone(),
-    ));
+    let runtime = Arc::new(
+        ExecRuntime::new(cfg.objects.clone(), work_dir, cfg.containers.clone())
+            .with_slots(cfg.placements.clone()),
+    );
     let executor = Executor::start(cfg.session.slots, runtime.clone(), move |result| {
         if let Some(shell) = done_link.get().and_then(Weak::upgrade) {
             shell.feed(Event::BatchDone(result));

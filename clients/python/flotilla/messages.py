@@ -374,7 +374,8 @@ def servable_spec(value):
         files,
         build,
         options,
-    ) = _fields(value, 17, "ServableSpec")
+        resources,
+    ) = _spec_fields(value)
     return ServableSpec(
         name=name,
         version=version,
@@ -395,7 +396,16 @@ def servable_spec(value):
         files=list(files),
         build=None if build is None else _build(build),
         options=ServableOptions(*_fields(options, 6, "ServableOptions")),
+        gpus=_fields(resources, 1, "Resources")[0],
     )
+
+
+def _spec_fields(value):
+    """A spec's 17 fields and its resources: an 18th field, left out when
+    the servable needs nothing of its slot."""
+    if isinstance(value, (tuple, list)) and len(value) == 18:
+        return value
+    return list(_fields(value, 17, "ServableSpec")) + [[0]]
 
 
 def _build(value):

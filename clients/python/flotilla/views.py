@@ -210,6 +210,9 @@ class ServableSpec:
     files: List[str]
     build: Optional[Build]
     options: ServableOptions
+    #: Accelerators (GPUs, GCDs, tiles) one call needs of the worker slot
+    #: that runs it (``[resources] gpus``); 0: none.
+    gpus: int = 0
 
 
 @dataclass(frozen=True)

@@ -344,3 +344,19 @@ def test_a_reply_of_the_wrong_kind_is_a_protocol_error():
         messages.decode_reply(VECTORS["reply.pong"]).as_results()
     with pytest.raises(errors.ProtocolError, match="not msgpack"):
         messages.decode_reply(b"\xc1")
+
+
+
+def test_a_spec_that_needs_accelerators_reads_its_resources():
+    import msgpack
+
+    version, reply = msgpack.unpackb(
+        VECTORS["reply.servable-exec"], raw=False, strict_map_key=False
+    )
+    decode = messages.decode_reply
+    assert decode(VECTORS["reply.servable-exec"]).as_servable().spec.gpus == 0
+    # A servable that needs accelerators has an 18th field, `[resources]`.
+    reply["Servable"][0].append([2])
+    record = decode(msgpack.packb([version, reply], use_bin_type=True)).as_servable()
+    assert record.spec.gpus == 2
+    assert record.spec.name == "digits"

@@ -1,10 +1,13 @@
 //! `[worker]`: what each worker looks like.
 
+use flotilla_protocol::placement::{
+    self, AcceleratorKind, CpuAffinity, NodeResources, PlacementError,
+};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::ConfigError;
-use super::site::{Seconds, Site};
+use super::site::{Seconds, Section, Site};
 
 /// `[worker]`.
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -21,6 +24,27 @@ pub struct WorkerConfig {
     pub command: Option<String>,
     /// Shell lines run before the workers start.
     pub init: String,
+    /// The node's accelerators, by the names the vendor's variable takes
+    /// (a count `N` in the file names them `0` to `N-1`); shared evenly
+    /// among each worker's slots. Empty: none are handed out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accelerators: Vec<String>,
+    /// Whose accelerators they are (set whenever there are any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accelerator_kind: Option<AcceleratorKind>,
+    /// How the node's cores are shared among each worker's slots.
+    pub cpu_affinity: CpuAffinity,
+}
+
+impl WorkerConfig {
+    /// The node's accelerators and core rule, as workers are told.
+    pub fn node_resources(&self) -> NodeResources {
+        NodeResources {
+            devices: self.accelerators.clone(),
+            kind: self.accelerator_kind,
+            affinity: self.cpu_affinity.clone(),
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -31,6 +55,9 @@ impl Default for WorkerConfig {
             connect_timeout_s: 10.0,
             command: None,
             init: String::new(),
+            accelerators: Vec::new(),
+            accelerator_kind: None,
+            cpu_affinity: CpuAffinity::None,
         }
     }
 }
@@ -47,6 +74,38 @@ pub(crate) struct RawWorker {
     connect_timeout_s: Option<Spanned<f64>>,
     command: Option<Spanned<String>>,
     init: Option<Spanned<String>>,
+    accelerators: Option<Spanned<RawAccelerators>>,
+    accelerator_kind: Option<Spanned<AcceleratorKind>>,
+    cpu_affinity: Option<Spanned<RawAffinity>>,
+}
+
+/// Most accelerators a node may name.
+const MAX_ACCELERATORS: usize = 1_024;
+
+/// `accelerators` as written: a count or names.
+#[derive(Deserialize, Debug)]
+#[serde(
+    untagged,
+    expecting = "a number of accelerators or a list of their names"
+)]
+enum RawAccelerators {
+    /// `accelerators = 4`: named `0` to `3`.
+    Count(u32),
+    /// `accelerators = ["0.0", "0.1"]`.
+    Names(Vec<String>),
+}
+
+/// `cpu_affinity` as written: a rule, or one core list per group.
+#[derive(Deserialize, Debug)]
+#[serde(
+    untagged,
+    expecting = "\"none\", \"block\", \"alternating\", \"list:CORES\" or a list of core lists"
+)]
+enum RawAffinity {
+    /// `cpu_affinity = "block"`, `"list:1-51,53-103"`.
+    Rule(String),
+    /// `cpu_affinity = ["1-51", "53-103"]`: one group per entry.
+    Groups(Vec<String>),
 }
 
 impl RawWorker {
@@ -70,6 +129,137 @@ impl RawWorker {
             )?,
             command: s.opt("command", self.command),
             init: s.or("init", self.init, d.init),
+            accelerators: accelerators(&mut s, self.accelerators)?,
+            accelerator_kind: s.opt("accelerator_kind", self.accelerator_kind),
+            cpu_affinity: cpu_affinity(&mut s, self.cpu_affinity)?,
         })
+        .and_then(|w| check_split(&s, w))
+    }
+}
+
+/// The node's accelerators, named.
+fn accelerators(
+    s: &mut Section,
+    raw: Option<Spanned<RawAccelerators>>,
+) -> Result<Vec<String>, ConfigError> {
+    let names = match s.opt("accelerators", raw) {
+        None => return Ok(Vec::new()),
+        Some(RawAccelerators::Count(n)) if n as usize > MAX_ACCELERATORS => {
+            return Err(s.invalid(
+                "accelerators",
+                format!("must be at most {MAX_ACCELERATORS}, got {n}"),
+            ));
+        }
+        Some(RawAccelerators::Count(n)) => placement::numbered_devices(n),
+        Some(RawAccelerators::Names(names)) if names.len() > MAX_ACCELERATORS => {
+            return Err(s.invalid(
+                "accelerators",
+                format!("names more than {MAX_ACCELERATORS} accelerators"),
+            ));
+        }
+        Some(RawAccelerators::Names(names)) => names,
+    };
+    placement::check_devices(&names).map_err(|e| s.invalid("accelerators", e.to_string()))?;
+    Ok(names)
+}
+
+/// The core rule.
+fn cpu_affinity(
+    s: &mut Section,
+    raw: Option<Spanned<RawAffinity>>,
+) -> Result<CpuAffinity, ConfigError> {
+    let text = match s.opt("cpu_affinity", raw) {
+        None => return Ok(CpuAffinity::None),
+        Some(RawAffinity::Rule(rule)) => rule,
+        Some(RawAffinity::Groups(groups)) => format!("list:{}", groups.join(":")),
+    };
+    CpuAffinity::parse(&text).map_err(|e| s.invalid("cpu_affinity", e.to_string()))
+}
+
+/// The accelerators and core groups share out among the slots; unset
+/// slots with accelerators are one per accelerator (what the worker
+/// does), otherwise as many as the node's cores, unknown here.
+fn check_split(s: &Section, worker: WorkerConfig) -> Result<WorkerConfig, ConfigError> {
+    let node = worker.node_resources();
+    let slots = match (worker.slots, node.devices.len()) {
+        (0, 0) => return Ok(worker),
+        (0, devices) => devices as u32,
+        (slots, _) => slots,
+    };
+    match placement::check_split(&node, slots) {
+        Ok(()) => Ok(worker),
+        Err(PlacementError::NoKind) => Err(s.invalid(
+            "accelerators",
+            format!(
+                "names {} accelerators but not whose: set accelerator_kind to nvidia (CUDA_VISIBLE_DEVICES), amd (ROCR_VISIBLE_DEVICES) or intel (ZE_AFFINITY_MASK)",
+                node.devices.len()
+            ),
+        )),
+        Err(e @ PlacementError::Uneven { .. }) if worker.slots > 0 => {
+            Err(s.invalid("slots", e.to_string()))
+        }
+        Err(e @ PlacementError::UnevenGroups { .. }) => Err(s.invalid("cpu_affinity", e.to_string())),
+        Err(e) => Err(s.invalid("accelerators", e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use flotilla_protocol::placement::{AcceleratorKind, CpuAffinity};
+
+    fn worker(text: &str) -> Result<super::WorkerConfig, String> {
+        Config::parse(&format!("[worker]\n{text}"), "s.toml")
+            .map(|c| c.worker)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn accelerators_are_a_count_or_names_with_their_kind() {
+        let w = worker("slots = 4\naccelerators = 4\naccelerator_kind = \"nvidia\"\n").unwrap();
+        assert_eq!(w.accelerators, ["0", "1", "2", "3"]);
+        assert_eq!(w.accelerator_kind, Some(AcceleratorKind::Nvidia));
+        let tiles = "accelerators = [\"0.0\", \"0.1\", \"1.0\", \"1.1\"]\naccelerator_kind = \"intel\"\ncpu_affinity = [\"1-51\", \"53-103\"]\n";
+        let w = worker(tiles).unwrap();
+        assert_eq!(w.accelerators, ["0.0", "0.1", "1.0", "1.1"]);
+        assert_eq!(w.cpu_affinity.to_string(), "list:1-51:53-103");
+        let w = worker("cpu_affinity = \"alternating\"\n").unwrap();
+        assert_eq!(w.cpu_affinity, CpuAffinity::Alternating);
+        assert_eq!(worker("").unwrap().cpu_affinity, CpuAffinity::None);
+    }
+
+    #[test]
+    fn shares_that_cannot_work_are_refused_at_their_line() {
+        let cases = [
+            (
+                "slots = 8\naccelerators = 4\naccelerator_kind = \"amd\"\n",
+                "s.toml:2: `worker.slots`: 4 accelerators cannot be shared evenly among 8 slots",
+            ),
+            (
+                "accelerators = 2\n",
+                "s.toml:2: `worker.accelerators`: names 2 accelerators but not whose: set accelerator_kind",
+            ),
+            (
+                "accelerators = [\"0\", \"0\"]\naccelerator_kind = \"nvidia\"\n",
+                "s.toml:2: `worker.accelerators`: accelerator `0` is named twice",
+            ),
+            (
+                "accelerators = 5000\naccelerator_kind = \"nvidia\"\n",
+                "s.toml:2: `worker.accelerators`: must be at most 1024",
+            ),
+            (
+                "cpu_affinity = \"list:3-1\"\n",
+                "s.toml:2: `worker.cpu_affinity`: core list `3-1`: range 3-1 runs backwards",
+            ),
+            (
+                "slots = 3\ncpu_affinity = \"list:1-51:53-103\"\n",
+                "s.toml:3: `worker.cpu_affinity`: 2 core groups cannot take 3 slots evenly",
+            ),
+            ("accelerator_kind = \"tpu\"\n", "s.toml: "),
+        ];
+        for (text, expected) in cases {
+            let err = worker(text).unwrap_err();
+            assert!(err.starts_with(expected), "{text}: {err}");
+        }
     }
 }

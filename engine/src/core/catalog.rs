@@ -336,6 +336,15 @@ impl Catalog {
     }
 }
 
+/// Accelerators one call of canonical servable `name` needs of the slot
+/// that runs it (`[resources] gpus`; builtins need none).
+pub fn accelerators_needed(catalog: &Catalog, name: &str) -> u32 {
+    if catalog.is_builtin(name) {
+        return 0;
+    }
+    catalog.record(name).map_or(0, |r| r.spec.resources.gpus)
+}
+
 /// True if a worker offering `offered` can run canonical servable `name`
 /// (the wildcard stands for every published servable, that is, every one
 /// that is not a builtin).

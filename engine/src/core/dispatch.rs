@@ -15,7 +15,7 @@ use super::queues::QueueKey;
 use super::scheduling::{Scheduling, auto_plan};
 use super::tasks::{Task, TaskTable};
 use super::work_size;
-use super::worker_table::{BlockId, WorkerKey, WorkerTable};
+use super::worker_table::{BlockId, Registration, WorkerKey, WorkerTable};
 use flotilla_protocol::peer_text;
 
 /// Tasks that were running when their worker died, each with its worker's
@@ -75,6 +75,7 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
             now,
             |s| {
                 catalog::worker_can_run(catalog, &worker.about.servables, s)
+                    && slots_fit(catalog, &worker.about, s)
                     && fits.get(s).copied().unwrap_or(true)
             },
             |s| auto_plan(adaptive, s),
@@ -114,6 +115,14 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
         free -= 1;
     }
     batches
+}
+
+/// True if every slot of the worker that registered as `about` holds the
+/// accelerators one call of `servable` needs. A servable no worker's slots
+/// fit stays queued, waiting for one that does.
+fn slots_fit(catalog: &Catalog, about: &Registration, servable: &str) -> bool {
+    let needs = catalog::accelerators_needed(catalog, servable);
+    needs == 0 || about.accelerators_per_slot() >= needs
 }
 
 /// The servable's record if worker `key` has not been sent it yet (it goes
@@ -215,6 +224,7 @@ fn dispatch_suspects(
         let pick = suspects.iter().position(|(id, _)| {
             d.tasks.get(id).is_some_and(|t| {
                 catalog::worker_can_run(d.catalog, &worker.about.servables, &t.target)
+                    && slots_fit(d.catalog, &worker.about, &t.target)
                     && left.is_none_or(|l| d.sched.expected_duration_us(d.catalog, &t.target) <= l)
                     && suspect_fits(d, key, t, worker.about.max_frame_bytes)
             })

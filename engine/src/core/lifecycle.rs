@@ -157,6 +157,7 @@ impl Core {
                     slots: w.about.slots,
                     running: w.tasks(),
                     last_seen_ms: now.saturating_sub(w.last_seen_us) / 1000,
+                    slot_resources: w.about.slot_resources.clone(),
                 })
                 .collect(),
             queues,

@@ -100,7 +100,7 @@ impl Harness {
             } if hi.proof.is_empty() => Event::Worker {
                 from,
                 pipe,
-                message: WorkerMessage::Hello(self.signed(pipe, hi, SECRET)),
+                message: WorkerMessage::Hello(Box::new(self.signed(pipe, *hi, SECRET))),
             },
             other => other,
         };
@@ -180,7 +180,7 @@ impl Harness {
         self.ev(Event::Worker {
             from,
             pipe: PipeId(pipe),
-            message: WorkerMessage::Hello(hello(worker, slots)),
+            message: WorkerMessage::Hello(Box::new(hello(worker, slots))),
         })
     }
 
@@ -232,6 +232,7 @@ fn hello(worker: &str, slots: u32) -> Hello {
         max_frame_bytes: 1 << 20,
         ends_at_unix_s: None,
         running: Vec::new(),
+        slot_resources: Vec::new(),
     }
 }
 
@@ -559,7 +560,7 @@ fn send_hello(h: &mut Harness, pipe: u64, hi: Hello) -> Vec<Action> {
         Event::Worker {
             from,
             pipe: PipeId(pipe),
-            message: WorkerMessage::Hello(hi),
+            message: WorkerMessage::Hello(Box::new(hi)),
         },
         h.now,
         &mut out,
@@ -673,7 +674,7 @@ type Spoiled = (&'static str, fn(&mut Hello));
 #[test]
 fn a_malformed_hello_is_refused_with_its_reason() {
     let mut h = Harness::new();
-    let cases: [Spoiled; 6] = [
+    let cases: [Spoiled; 8] = [
         ("worker id holds the control", |hi| {
             hi.worker_id = "w\nINFO worker registered".into()
         }),
@@ -686,6 +687,15 @@ fn a_malformed_hello_is_refused_with_its_reason() {
         ("at least one slot", |hi| hi.slots = 0),
         ("the worker id is empty", |hi| hi.worker_id = String::new()),
         ("frames of at most 100 bytes", |hi| hi.max_frame_bytes = 100),
+        ("describes 2 slots of its 1", |hi| {
+            hi.slot_resources = vec![SlotResources::default(); 2]
+        }),
+        ("accelerator name holds the control", |hi| {
+            hi.slot_resources = vec![SlotResources {
+                devices: vec!["0\x1b[2J".into()],
+                cpus: String::new(),
+            }]
+        }),
     ];
     for (pipe, (expected, spoil)) in cases.into_iter().enumerate() {
         let mut hi = hello("w", 1);
@@ -693,7 +703,7 @@ fn a_malformed_hello_is_refused_with_its_reason() {
         let out = h.ev(Event::Worker {
             from: ReplyTo(1000 + pipe as u32),
             pipe: PipeId(pipe as u64),
-            message: WorkerMessage::Hello(hi),
+            message: WorkerMessage::Hello(Box::new(hi)),
         });
         let reason = refusal(&out);
         assert!(reason.contains(expected), "{expected}: {reason}");
@@ -992,7 +1002,7 @@ fn workers_only_get_servables_they_offer() {
     h.ev(Event::Worker {
         from,
         pipe: PipeId(1),
-        message: WorkerMessage::Hello(only_noop),
+        message: WorkerMessage::Hello(Box::new(only_noop)),
     });
     let (poll, out) = h.poll(1);
     assert!(worker_reply(&out, poll).is_none());
@@ -1027,7 +1037,7 @@ fn blocks_are_started_and_their_workers_counted() {
     h.ev(Event::Worker {
         from,
         pipe: PipeId(1),
-        message: WorkerMessage::Hello(hi),
+        message: WorkerMessage::Hello(Box::new(hi)),
     });
     let (from, out) = h.call(ClientCall::DaemonStatus);
     match client_reply(&out, from) {
@@ -1082,6 +1092,7 @@ fn spec(name: &str, version: &str) -> ServableSpec {
         container: None,
         files: vec!["model.py".into()],
         build: None,
+        resources: Default::default(),
         options: ServableOptions {
             max_batch_size: 8,
             ..ServableOptions::default()
@@ -1149,7 +1160,7 @@ impl Harness {
         self.ev(Event::Worker {
             from,
             pipe: PipeId(pipe),
-            message: WorkerMessage::Hello(h),
+            message: WorkerMessage::Hello(Box::new(h)),
         });
     }
 
@@ -1881,7 +1892,7 @@ fn register(h: &mut Harness, pipe: u64, hello: Hello) -> Vec<Action> {
     h.ev(Event::Worker {
         from,
         pipe: PipeId(pipe),
-        message: WorkerMessage::Hello(hello),
+        message: WorkerMessage::Hello(Box::new(hello)),
     })
 }
 
@@ -2555,4 +2566,113 @@ fn an_input_larger_than_any_worker_accepts_is_refused_at_submission() {
     // Nothing of the request was taken; an input that fits is.
     assert_eq!(h.core.tasks.len(), 0);
     submit_sized(&mut h, &[limit - 1024]);
+}
+
+// ----- accelerators per slot ----------------------------------------------
+
+/// A servable needing `gpus` accelerators per call.
+fn gpu_record(name: &str, gpus: u32) -> ServableRecord {
+    let mut s = spec(name, "1.0.0");
+    s.resources.gpus = gpus;
+    record(s)
+}
+
+impl Harness {
+    /// A worker offering every published servable whose slots hold
+    /// `devices_per_slot[i]` accelerators each.
+    fn worker_with_devices(&mut self, pipe: u64, name: &str, devices_per_slot: &[usize]) {
+        let from = self.reply_to();
+        let mut h = hello(name, devices_per_slot.len() as u32);
+        h.servables.push("*".into());
+        let mut next = 0;
+        h.slot_resources = devices_per_slot
+            .iter()
+            .enumerate()
+            .map(|(slot, &n)| {
+                let devices = (next..next + n).map(|d| d.to_string()).collect();
+                next += n;
+                SlotResources {
+                    devices,
+                    cpus: slot.to_string(),
+                }
+            })
+            .collect();
+        self.ev(Event::Worker {
+            from,
+            pipe: PipeId(pipe),
+            message: WorkerMessage::Hello(Box::new(h)),
+        });
+    }
+
+    fn queued(&mut self, servable: &str) -> u64 {
+        let (from, out) = self.call(ClientCall::DaemonStatus);
+        match client_reply(&out, from) {
+            Some(ClientReply::DaemonStatus(s)) => s
+                .queues
+                .iter()
+                .find(|q| q.servable.starts_with(servable))
+                .map_or(0, |q| q.queued),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+use flotilla_protocol::interchange::SlotResources;
+
+/// The batches sent on `to` (none while the poll is held).
+fn sent(out: &[Action], to: ReplyTo) -> Vec<WorkBatch> {
+    match worker_reply(out, to) {
+        Some(DaemonMessage::Work { batches }) => batches,
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn a_gpu_servable_is_never_dispatched_to_a_worker_without_gpus_in_its_slots() {
+    let mut h = Harness::new();
+    h.publish(gpu_record("gpu-model", 1));
+    h.publish(record(spec("cpu-model", "1.0.0")));
+    for _ in 0..3 {
+        h.submit_to("gpu-model", Payload::from_static(NIL)).unwrap();
+    }
+    h.submit_to("cpu-model", Payload::from_static(NIL)).unwrap();
+    // A worker without accelerators, and one whose second slot has none:
+    // neither gets the GPU servable, the first gets the CPU one.
+    h.worker_with_devices(1, "cpu-only", &[0, 0]);
+    h.worker_with_devices(2, "half", &[1, 0]);
+    let (poll, out) = h.poll(1);
+    let batches = sent(&out, poll);
+    assert_eq!(batches.len(), 1);
+    assert!(batches[0].servable.starts_with("cpu-model"), "{batches:?}");
+    let (poll, out) = h.poll(2);
+    assert!(sent(&out, poll).is_empty());
+    let (poll, out) = h.poll(1);
+    assert!(sent(&out, poll).is_empty());
+    let out = h.advance(1_000);
+    assert!(sent(&out, poll).is_empty());
+    assert_eq!(h.queued("gpu-model"), 3);
+    // A worker with one GPU per slot takes them (in one batch of up to 8).
+    h.worker_with_devices(3, "gpus", &[1, 1]);
+    let (poll, out) = h.poll(3);
+    let batches = sent(&out, poll);
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert!(batches[0].servable.starts_with("gpu-model"));
+    assert_eq!(batches[0].items.len(), 3);
+}
+
+#[test]
+fn a_servable_no_worker_can_hold_stays_queued() {
+    let mut h = Harness::new();
+    h.publish(gpu_record("big-model", 2));
+    let id = h.submit_to("big-model", Payload::from_static(NIL)).unwrap();
+    h.worker_with_devices(1, "one-each", &[1, 1, 1, 1]);
+    let (poll, out) = h.poll(1);
+    assert!(sent(&out, poll).is_empty());
+    h.advance(60_000_000);
+    assert_eq!(h.state(id), TaskState::Queued);
+    assert_eq!(h.queued("big-model"), 1);
+    // Two per slot: it runs.
+    h.worker_with_devices(2, "two-each", &[2, 2]);
+    let (poll, out) = h.poll(2);
+    assert_eq!(sent(&out, poll).len(), 1);
 }

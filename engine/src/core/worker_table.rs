@@ -15,7 +15,7 @@ use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use flotilla_protocol::interchange::BatchId;
+use flotilla_protocol::interchange::{BatchId, SlotResources};
 use flotilla_protocol::servable::ServableRef;
 
 use super::io::{PipeId, ReplyTo};
@@ -152,6 +152,21 @@ pub(super) struct Registration {
     pub(super) servables: Vec<ServableRef>,
     /// The largest frame it accepts: no `Work` reply to it is larger.
     pub(super) max_frame_bytes: usize,
+    /// What each of its slots holds (accelerators, cores), as it said.
+    pub(super) slot_resources: Vec<SlotResources>,
+}
+
+impl Registration {
+    /// Accelerators every one of its slots holds: the worker hands a batch
+    /// to whichever slot is free, so a servable that needs `n` goes only
+    /// to a worker whose every slot has `n` (a site shares them evenly).
+    pub(super) fn accelerators_per_slot(&self) -> u32 {
+        self.slot_resources
+            .iter()
+            .map(|s| s.devices.len() as u32)
+            .min()
+            .unwrap_or(0)
+    }
 }
 
 impl Worker {
@@ -455,6 +470,7 @@ mod tests {
             slots,
             servables: vec![ServableRef::Any],
             max_frame_bytes: 1 << 20,
+            slot_resources: vec![],
         }
     }
 

@@ -65,11 +65,44 @@ fn check_hello(hello: &Hello) -> Result<(), String> {
     if hello.slots == 0 {
         return Err("a worker needs at least one slot".into());
     }
+    check_slot_resources(hello)?;
     if hello.max_frame_bytes < MIN_FRAME_BYTES as u64 {
         return Err(format!(
             "the worker accepts frames of at most {} bytes; at least {MIN_FRAME_BYTES} are needed",
             hello.max_frame_bytes
         ));
+    }
+    Ok(())
+}
+
+/// Longest accelerator name or core list a hello may give a slot, in bytes.
+const MAX_SLOT_TEXT: usize = 4096;
+
+/// Most accelerators a hello may give one slot.
+const MAX_SLOT_DEVICES: usize = 1024;
+
+/// What a hello says each slot holds: one entry per slot (or none at all),
+/// names and core lists that are safe to show.
+fn check_slot_resources(hello: &Hello) -> Result<(), String> {
+    let held = &hello.slot_resources;
+    if !held.is_empty() && held.len() != hello.slots as usize {
+        return Err(format!(
+            "the hello describes {} slots of its {}",
+            held.len(),
+            hello.slots
+        ));
+    }
+    for slot in held {
+        if slot.devices.len() > MAX_SLOT_DEVICES {
+            return Err(format!(
+                "a slot holds {} accelerators; at most {MAX_SLOT_DEVICES} are allowed",
+                slot.devices.len()
+            ));
+        }
+        for device in &slot.devices {
+            check_field("an accelerator name", device, MAX_SLOT_TEXT)?;
+        }
+        check_field("a slot's core list", &slot.cpus, MAX_SLOT_TEXT)?;
     }
     Ok(())
 }
@@ -94,7 +127,7 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         match message {
-            WorkerMessage::Hello(hello) => self.on_hello(from, pipe, hello, now, out),
+            WorkerMessage::Hello(hello) => self.on_hello(from, pipe, *hello, now, out),
             WorkerMessage::Probe { nonce } => self.on_probe(from, pipe, &nonce, now, out),
             WorkerMessage::Leave { reason } => self.on_leave(from, pipe, &reason, now, out),
             WorkerMessage::Pull { results, wait } => {
@@ -283,6 +316,7 @@ impl Core {
             slots: hello.slots,
             servables,
             max_frame_bytes: frame_limit(hello.max_frame_bytes),
+            slot_resources: hello.slot_resources,
         };
         self.workers.register(registration, pipe, now)
     }

@@ -52,6 +52,9 @@ fn options_round_trip_through_argv_and_env() {
         container_options: vec!["--security-opt=label=disable".into(), "-q".into()],
         container_template: Some("{runtime} run {image} {command}".into()),
         gpus: Some("nvidia".into()),
+        accelerators: vec!["0.0".into(), "0.1".into(), "5.1".into()],
+        accelerator_kind: Some("intel".into()),
+        cpu_affinity: Some("list:1-51:53-103".into()),
         max_frame_bytes: Some(128 << 20),
         secret_hex: Some("ab".repeat(32)),
         exit_with_pid: Some(1),
@@ -146,6 +149,10 @@ fn bad_command_lines_say_why() {
     assert_eq!(
         parse(&["--slots", "1", "--slots", "2"]),
         ArgsError::Repeated(flag::SLOTS)
+    );
+    assert_eq!(
+        parse(&["--accelerators", "0,1", "--accelerators=2,3"]),
+        ArgsError::Repeated(flag::ACCELERATORS)
     );
     let bad = parse(&["--port", "70000"]);
     assert_eq!(bad.to_string(), "--port `70000` is not a port");

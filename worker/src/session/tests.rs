@@ -36,6 +36,7 @@ fn config() -> SessionConfig {
         rank: Some(0),
         pid: 42,
         slots: 2,
+        slot_resources: vec![],
         servables: vec!["noop".into(), "*".into()],
         lost_daemon_exit: Duration::from_secs(60),
         job_end_unix_s: None,
