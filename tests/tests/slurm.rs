@@ -675,7 +675,10 @@ fn a_submission_refused_by_a_partition_limit_backs_off_and_recovers_without_paus
     assert!(jobs.jobs().is_empty(), "{:?}", jobs.jobs());
     // The limit rises: the pool recovers by itself and serves.
     partition.update("MaxNodes=2");
-    f.wait_workers(2);
+    // The job may wait for other tests' jobs on the cluster's two nodes.
+    wait_until(LONG, "a worker on each node of the recovered block", || {
+        (client.status().ok()?.workers.len() == 2).then_some(())
+    });
     noop_completes(&f);
     let status = client.status().unwrap();
     assert_eq!(status.pools[0].paused, None);
