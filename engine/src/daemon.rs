@@ -803,6 +803,50 @@ mod tests {
     }
 
     #[test]
+    fn fetches_are_queued_answered_or_their_peer_dropped() {
+        let request = |object: &str| ChunkRequest {
+            receiver: 0,
+            object: object.into(),
+            offset: 0,
+            len: 10,
+        };
+        let good = "ab".repeat(32);
+        let link = ObjectLink::default();
+        // A name that is not a hash: the peer is dropped.
+        for bad in ["../secret", "AB", ""] {
+            assert!(matches!(
+                fetch_verdict(&link, crate::core::PipeId(1), request(bad)),
+                Verdict::Drop { reply: None }
+            ));
+        }
+        // No server yet (or any more): answered at once, with the reason.
+        match fetch_verdict(&link, crate::core::PipeId(1), request(&good)) {
+            Verdict::Reply(bytes) => {
+                let answer: DaemonMessage = decode(&bytes, 1 << 20).unwrap();
+                assert!(matches!(answer, DaemonMessage::ObjectUnavailable { .. }));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(
+            ObjectServer::spawn(dir.path().to_owned(), move |receiver, message| {
+                let _ = tx.lock().unwrap().send((receiver, message.clone()));
+            })
+            .unwrap(),
+        );
+        let _ = link.set(Arc::downgrade(&server));
+        assert!(matches!(
+            fetch_verdict(&link, crate::core::PipeId(1), request(&good)),
+            Verdict::Accept
+        ));
+        let (receiver, answer) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(receiver, 0);
+        assert!(matches!(answer, DaemonMessage::ObjectUnavailable { .. }));
+    }
+
+    #[test]
     fn the_open_file_limit_is_raised_and_a_reserve_kept_from_workers() {
         use nix::sys::resource::{Resource, getrlimit};
         let (before, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();

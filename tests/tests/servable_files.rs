@@ -144,3 +144,41 @@ fn a_worker_that_reads_the_object_store_fetches_nothing() {
         0
     );
 }
+
+/// A peer that has not registered learns nothing of the files: its fetch
+/// is answered with "register first", and the daemon carries on.
+#[test]
+fn a_stranger_cannot_fetch_files() {
+    use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
+    use flotilla_protocol::{decode, encode};
+    use nng::options::{Options, RecvTimeout, SendTimeout};
+    python_bin();
+    let f = Flotilla::start(&test_config());
+    f.publish(&workspace().join("tests/servables/big-file"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let object = std::fs::read_dir(f.home().join("objects"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|n| flotilla_protocol::objects::is_object_name(n))
+        .unwrap();
+    let socket = nng::Socket::new(nng::Protocol::Req0).unwrap();
+    socket
+        .set_opt::<RecvTimeout>(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    socket
+        .set_opt::<SendTimeout>(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    socket
+        .dial(&format!("tcp://127.0.0.1:{}", f.info().interchange_port))
+        .unwrap();
+    let fetch = WorkerMessage::Fetch {
+        object,
+        offset: 0,
+        len: 1 << 20,
+    };
+    socket.send(&encode(&fetch).unwrap()[..]).unwrap();
+    let reply = socket.recv().unwrap();
+    let answer: DaemonMessage = decode(reply.as_slice(), 1 << 20).unwrap();
+    assert_eq!(answer, DaemonMessage::Reregister);
+    assert!(f.client().ping().is_ok());
+}

@@ -218,10 +218,15 @@ impl InterchangeSource {
             .map_err(|(_, e)| FetchError::Transport(e.to_string()))?;
         // The aio's own timeout ends the request; this only guards
         // against a callback that never comes.
-        let answer = answers
-            .recv_timeout(self.timeout + Duration::from_secs(5))
-            .map_err(|_| FetchError::Transport("timed out".into()))?
-            .map_err(FetchError::Transport)?;
+        let answer = match answers.recv_timeout(self.timeout + Duration::from_secs(5)) {
+            Ok(answer) => answer.map_err(FetchError::Transport)?,
+            Err(_) => {
+                // Frees the aio for the next request; the cancellation's
+                // own report is drained then.
+                self.aio.cancel();
+                return Err(FetchError::Transport("timed out".into()));
+            }
+        };
         decode::<DaemonMessage>(answer.as_slice(), self.max_frame_bytes)
             .map_err(|e| FetchError::Protocol(e.to_string()))
     }
@@ -366,6 +371,56 @@ pub(crate) mod tests {
                 data: self.0[start..end].to_vec().into(),
             })
         }
+    }
+
+    /// Over real nng, with the smallest frame limit a worker may have: the
+    /// daemon stand-in answers as the daemon does (at most what was asked
+    /// for), every answer fits the limit, and the file arrives whole.
+    #[test]
+    fn over_the_interchange_no_frame_passes_the_limit() {
+        let cap = flotilla_protocol::MIN_FRAME_BYTES;
+        let content: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+        let object = name(&content);
+        let (daemon, port) = crate::test_support::rep_on_loopback();
+        let served = content.clone();
+        std::thread::spawn(move || {
+            let mut first = true;
+            while let Ok(msg) = daemon.recv() {
+                let Ok(WorkerMessage::Fetch {
+                    object,
+                    offset,
+                    len,
+                }) = decode::<WorkerMessage>(msg.as_slice(), 1 << 20)
+                else {
+                    return;
+                };
+                // The first request is told to register again, as a
+                // replaced connection would be: the fetch tries again.
+                let answer = if std::mem::take(&mut first) {
+                    DaemonMessage::Reregister
+                } else {
+                    let start = (offset as usize).min(served.len());
+                    let end = (start + len as usize).min(served.len());
+                    DaemonMessage::Object {
+                        object,
+                        offset,
+                        size: served.len() as u64,
+                        executable: false,
+                        data: served[start..end].to_vec().into(),
+                    }
+                };
+                let bytes = encode(&answer).unwrap();
+                assert!(bytes.len() <= cap, "{} > {cap}", bytes.len());
+                let _ = daemon.send(&bytes[..]);
+            }
+        });
+        let socket = crate::connect::worker_socket_with_cap(cap).unwrap();
+        socket.dial(&format!("tcp://127.0.0.1:{port}")).unwrap();
+        let source = InterchangeSource::new(&socket, Duration::from_secs(10), cap).unwrap();
+        let mut out = Vec::new();
+        let stats = fetch_into(&source, &object, 5000, chunk_len_for(cap), &mut out).unwrap();
+        assert_eq!(out, content);
+        assert_eq!(stats.chunks, 5, "1024 bytes at a time");
     }
 
     #[test]
