@@ -8,7 +8,7 @@
 //! `hub.rs`), and the resulting [`Action`]s are carried out there: encode and
 //! send replies, queue store writes, start and cancel blocks.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, ClientReply};
@@ -21,6 +21,7 @@ use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo};
 use crate::hub::{ActionRunner, Driver, Hub};
 use crate::launch::BlockTemplate;
 use crate::net::{Inbound, PeerLimits, RepServer, Verdict};
+use crate::object_server::{ChunkRequest, ObjectServer};
 use crate::provider_runner::ProviderRunner;
 use crate::state_dir::{DaemonInfo, StateDir, StateDirError, StateLock};
 use crate::store::{ChunkIndex, Store, StoreError, StoreWriter, WriterReport};
@@ -101,7 +102,12 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let hub: Arc<Hub<Io>> = Arc::new(Hub::default());
     let writer = spawn_writer(&hub, store, index)?;
     let max_pipes = interchange_pipe_limit(raise_open_file_limit());
-    let sockets = open_sockets(&config, &dir, &hub, max_pipes)?;
+    let object_link = ObjectLink::default();
+    let sockets = open_sockets(&config, &dir, &hub, max_pipes, &object_link)?;
+    // Held here for the daemon's life; the interchange's handler holds only
+    // a weak link, so the server and this thread do not keep each other.
+    let object_server = spawn_object_server(&dir, &sockets.interchange)?;
+    let _ = object_link.set(Arc::downgrade(&object_server));
     let provider = spawn_provider(&config, &hub)?;
     let template = BlockTemplate::new(&config, &dir, &sockets.addresses, sockets.port, &secret);
     let seed = crate::entropy::random_seed().map_err(io("/dev/urandom"))?;
@@ -136,7 +142,30 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     if !exit_now {
         run_until_exit(&hub, signals).await;
     }
-    shut_down(&hub, &sockets, &dir)
+    let outcome = shut_down(&hub, &sockets, &dir);
+    drop(object_server);
+    outcome
+}
+
+/// Where the interchange's handler finds the object server once it runs.
+type ObjectLink = Arc<OnceLock<Weak<ObjectServer>>>;
+
+/// Starts the thread that answers workers' fetches of servable files from
+/// the object store, replying through `interchange`.
+fn spawn_object_server(
+    dir: &StateDir,
+    interchange: &RepServer,
+) -> Result<Arc<ObjectServer>, DaemonError> {
+    let interchange = interchange.clone();
+    let server = ObjectServer::spawn(
+        flotilla_protocol::paths::objects_dir(dir.root()),
+        move |receiver, message| match encode(message) {
+            Ok(bytes) => interchange.reply(receiver, &bytes, false),
+            Err(e) => tracing::error!(error = %e, "cannot encode a servable file's chunk"),
+        },
+    )
+    .map_err(io("cannot start the object reading thread"))?;
+    Ok(Arc::new(server))
 }
 
 /// Starts the store writer; its reports become events.
@@ -229,6 +258,7 @@ fn open_sockets(
     dir: &StateDir,
     hub: &Arc<Hub<Io>>,
     max_pipes: usize,
+    objects: &ObjectLink,
 ) -> Result<Sockets, DaemonError> {
     let max_frame = config.daemon.max_frame_bytes;
     let api = RepServer::new(
@@ -247,8 +277,8 @@ fn open_sockets(
         "interchange",
         MAX_HELD_REQUESTS,
         PeerLimits::interchange(max_frame, max_pipes),
-        register_first,
-        interchange_handler(hub.clone(), max_frame),
+        register_first.clone(),
+        interchange_handler(hub.clone(), max_frame, objects.clone(), register_first),
     )?;
     let plan = crate::advertise::plan(
         &config.interchange.address.entries(),
@@ -578,6 +608,7 @@ fn api_handler(hub: Arc<Hub<Io>>, max_frame: usize) -> crate::net::Handler {
             receiver,
             pipe,
             bytes,
+            ..
         } => match decode::<ClientCall>(bytes, max_frame) {
             Ok(call) => {
                 hub.post(Event::Client {
@@ -602,13 +633,43 @@ fn api_handler(hub: Arc<Hub<Io>>, max_frame: usize) -> crate::net::Handler {
     })
 }
 
-fn interchange_handler(hub: Arc<Hub<Io>>, max_frame: usize) -> crate::net::Handler {
+/// The interchange's handler: worker messages go to the core, except
+/// fetches of servable files, which go to the object server (see
+/// [`crate::object_server`] for why). `register_first` is the encoded
+/// `Reregister`, the answer to a fetch on a connection that has not
+/// registered.
+fn interchange_handler(
+    hub: Arc<Hub<Io>>,
+    max_frame: usize,
+    objects: ObjectLink,
+    register_first: Vec<u8>,
+) -> crate::net::Handler {
     Box::new(move |inbound| match inbound {
         Inbound::Request {
             receiver,
             pipe,
+            registered,
             bytes,
         } => match decode::<WorkerMessage>(bytes, max_frame) {
+            Ok(WorkerMessage::Fetch {
+                object,
+                offset,
+                len,
+            }) => {
+                if !registered {
+                    return Verdict::Reply(register_first.clone());
+                }
+                fetch_verdict(
+                    &objects,
+                    pipe,
+                    ChunkRequest {
+                        receiver,
+                        object,
+                        offset,
+                        len,
+                    },
+                )
+            }
             Ok(message) => {
                 hub.post(Event::Worker {
                     from: ReplyTo(receiver),
@@ -629,6 +690,40 @@ fn interchange_handler(hub: Arc<Hub<Io>>, max_frame: usize) -> crate::net::Handl
             Verdict::Accept
         }
     })
+}
+
+/// What becomes of a registered worker's fetch: queued for the object
+/// server, or, for a name that cannot be an object's, the peer dropped
+/// (a worker built with this daemon only asks for hashes it was sent).
+fn fetch_verdict(
+    objects: &ObjectLink,
+    pipe: crate::core::PipeId,
+    request: ChunkRequest,
+) -> Verdict {
+    if !flotilla_protocol::objects::is_object_name(&request.object) {
+        tracing::warn!(
+            pipe = pipe.0,
+            object = %flotilla_protocol::peer_text::shown(&request.object),
+            "dropping worker: it asked for a file that is not an object name"
+        );
+        return Verdict::Drop { reply: None };
+    }
+    match objects.get().and_then(Weak::upgrade) {
+        Some(server) => {
+            server.serve(request);
+            Verdict::Accept
+        }
+        None => {
+            let unavailable = DaemonMessage::ObjectUnavailable {
+                object: request.object,
+                reason: "the daemon is not serving files now (starting or stopping)".into(),
+            };
+            match encode(&unavailable) {
+                Ok(bytes) => Verdict::Reply(bytes),
+                Err(_) => Verdict::Drop { reply: None },
+            }
+        }
+    }
 }
 
 /// A last word for a peer speaking another protocol version, so it can say
@@ -705,6 +800,50 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let remembered = dir.path().join("interchange.port");
         assert!(listen_interchange(&server(), &two_addresses(), port, &remembered).is_err());
+    }
+
+    #[test]
+    fn fetches_are_queued_answered_or_their_peer_dropped() {
+        let request = |object: &str| ChunkRequest {
+            receiver: 0,
+            object: object.into(),
+            offset: 0,
+            len: 10,
+        };
+        let good = "ab".repeat(32);
+        let link = ObjectLink::default();
+        // A name that is not a hash: the peer is dropped.
+        for bad in ["../secret", "AB", ""] {
+            assert!(matches!(
+                fetch_verdict(&link, crate::core::PipeId(1), request(bad)),
+                Verdict::Drop { reply: None }
+            ));
+        }
+        // No server yet (or any more): answered at once, with the reason.
+        match fetch_verdict(&link, crate::core::PipeId(1), request(&good)) {
+            Verdict::Reply(bytes) => {
+                let answer: DaemonMessage = decode(&bytes, 1 << 20).unwrap();
+                assert!(matches!(answer, DaemonMessage::ObjectUnavailable { .. }));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(
+            ObjectServer::spawn(dir.path().to_owned(), move |receiver, message| {
+                let _ = tx.lock().unwrap().send((receiver, message.clone()));
+            })
+            .unwrap(),
+        );
+        let _ = link.set(Arc::downgrade(&server));
+        assert!(matches!(
+            fetch_verdict(&link, crate::core::PipeId(1), request(&good)),
+            Verdict::Accept
+        ));
+        let (receiver, answer) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(receiver, 0);
+        assert!(matches!(answer, DaemonMessage::ObjectUnavailable { .. }));
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct BlockTemplate {
     /// Distinguishes this daemon's jobs from other daemons' (job names).
     tag: String,
     objects: String,
+    /// `[worker] cache_dir`: where nodes keep fetched servable files.
+    cache_dir: Option<String>,
     /// `[daemon] max_frame_bytes`: workers accept frames this large.
     max_frame_bytes: usize,
 }
@@ -117,6 +119,7 @@ impl BlockTemplate {
             objects: flotilla_protocol::paths::objects_dir(state_dir.root())
                 .display()
                 .to_string(),
+            cache_dir: config.worker.cache_dir.clone(),
             tag,
             worker_exe: site.worker_exe.clone(),
             addresses: site.addresses.clone(),
@@ -251,6 +254,7 @@ impl BlockTemplate {
             walltime_margin_s: self.walltime_s.map(|_| self.walltime_margin_s),
             secret_hex: Some(self.secret_hex.clone()),
             objects_dir: Some(PathBuf::from(&self.objects)),
+            cache_dir: self.cache_dir.as_ref().map(PathBuf::from),
             exit_with_pid: self.exit_with_daemon.then(|| std::process::id() as i32),
             max_frame_bytes: Some(self.max_frame_bytes),
             accelerators: self.node.devices.clone(),
@@ -354,6 +358,7 @@ mod tests {
         config.worker.accelerators = vec!["0.0".into(), "0.1".into()];
         config.worker.accelerator_kind = Some(flotilla_protocol::placement::AcceleratorKind::Intel);
         config.worker.cpu_affinity = CpuAffinity::parse("list:1-51,53-103").unwrap();
+        config.worker.cache_dir = Some("/local/scratch/fl-cache".into());
         let template =
             BlockTemplate::new(&config, &StateDir::at("/tmp/fl"), "127.0.0.1", 5555, &[1]);
         let job = template.job(4).unwrap();
@@ -377,6 +382,11 @@ mod tests {
             job.command
         );
         assert_eq!(parsed.accelerators, ["0.0", "0.1"]);
+        // And where the node keeps fetched servable files.
+        assert_eq!(
+            parsed.cache_dir.as_deref(),
+            Some(Path::new("/local/scratch/fl-cache"))
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   requeue, memoization, the catalog, blocks, shutdown.
 //! * [`servable_spec`]: reading and checking `servable.toml`.
 //! * [`net`]: nng REP sockets whose requests are answered later (long-polls).
+//! * [`object_server`]: servable files for workers that cannot read the
+//!   object store, a chunk at a time.
 //! * [`advertise`]: the addresses workers dial and the daemon listens on.
 //! * [`launch`] and [`provider_runner`]: what a block runs and the thread that
 //!   asks the provider to run it; [`provision`] picks the provider.
@@ -28,6 +30,7 @@ pub mod entropy;
 pub mod hub;
 pub mod launch;
 pub mod net;
+pub mod object_server;
 pub mod preview;
 pub mod provider_runner;
 pub mod provision;

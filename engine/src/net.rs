@@ -78,6 +78,10 @@ pub enum Inbound<'a> {
         receiver: u32,
         /// The connection it came on.
         pipe: PipeId,
+        /// Whether that connection has registered (its peer proved who it
+        /// is; see [`RepServer::register`]); always true on a trusted
+        /// server.
+        registered: bool,
         /// The raw frame.
         bytes: &'a [u8],
     },
@@ -90,6 +94,8 @@ pub enum Inbound<'a> {
 pub enum Verdict {
     /// The handler took it; a reply will follow through [`RepServer::reply`].
     Accept,
+    /// Answer at once with these bytes; the connection stays.
+    Reply(Vec<u8>),
     /// Drop the peer: send `reply` first if given, then close its connection.
     Drop {
         /// A last word for the peer (e.g. "wrong protocol version").
@@ -547,7 +553,7 @@ impl Shared {
         *lock(&receiver.request) = Some((pipe, id));
         let bytes = msg.as_slice();
         if !parts::is_part(bytes) {
-            return self.dispatch(index, receiver, pipe, id, bytes);
+            return self.dispatch(index, receiver, (pipe, id, registered), bytes);
         }
         let outcome = match parts::parse(bytes) {
             Ok(part) => lock(&self.pipes).add_part(id, part, &self.limits),
@@ -558,7 +564,8 @@ impl Shared {
         };
         match outcome {
             PartOutcome::More => send(self, receiver, parts::ACK, false),
-            PartOutcome::Whole(frame) => self.dispatch(index, receiver, pipe, id, &frame),
+            // Only a registered connection's parts are joined.
+            PartOutcome::Whole(frame) => self.dispatch(index, receiver, (pipe, id, true), &frame),
             PartOutcome::Unregistered => {
                 tracing::debug!(
                     server = self.name,
@@ -580,17 +587,18 @@ impl Shared {
         self: &Arc<Self>,
         index: u32,
         receiver: &Receiver,
-        pipe: Pipe,
-        id: PipeId,
+        (pipe, id, registered): (Pipe, PipeId, bool),
         bytes: &[u8],
     ) {
         let verdict = (self.handler)(Inbound::Request {
             receiver: index,
             pipe: id,
+            registered,
             bytes,
         });
         match verdict {
             Verdict::Accept => {}
+            Verdict::Reply(bytes) => send(self, receiver, &bytes, false),
             Verdict::Drop { reply: Some(bytes) } => send(self, receiver, &bytes, true),
             Verdict::Drop { reply: None } => self.drop_request(receiver, Some(pipe)),
         }

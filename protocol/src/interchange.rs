@@ -152,6 +152,19 @@ pub enum WorkerMessage {
         /// Hold the request (long-poll) instead of answering at once.
         wait: bool,
     },
+    /// Send part of a published servable file (see [`crate::objects`]):
+    /// for a worker that cannot read the daemon's object store. Answered
+    /// with `Object`, `ObjectUnavailable`, or `Reregister` on a connection
+    /// that has not registered.
+    Fetch {
+        /// The file's object name (its blake3 hash, hex).
+        object: String,
+        /// Where the chunk starts, in bytes.
+        offset: u64,
+        /// The most bytes wanted; the daemon sends at most
+        /// [`crate::objects::MAX_CHUNK_BYTES`].
+        len: u32,
+    },
 }
 
 /// What the daemon sends to a worker.
@@ -189,6 +202,28 @@ pub enum DaemonMessage {
     Reregister,
     /// The daemon is shutting down: exit.
     Shutdown,
+    /// A chunk of a published servable file, the answer to `Fetch`.
+    Object {
+        /// The object name asked for.
+        object: String,
+        /// Where the chunk starts, in bytes.
+        offset: u64,
+        /// The whole file's size, in bytes.
+        size: u64,
+        /// Whether the stored file is executable (a servable may ship a
+        /// program).
+        executable: bool,
+        /// The chunk: empty at or past the end of the file.
+        data: Payload,
+    },
+    /// The daemon cannot send that file (it has no such object, or cannot
+    /// read it).
+    ObjectUnavailable {
+        /// The object name asked for.
+        object: String,
+        /// Why, in words for the operator.
+        reason: String,
+    },
 }
 
 /// Inputs for one servable call.

@@ -33,6 +33,9 @@ pub const DAEMON_ADDRESS_ENV: &str = "FLOTILLA_DAEMON_ADDRESS";
 pub const DAEMON_PORT_ENV: &str = "FLOTILLA_DAEMON_PORT";
 /// The daemon's object store, where published servables' files are.
 pub const OBJECTS_ENV: &str = "FLOTILLA_OBJECTS";
+/// Where the worker keeps servable files it fetched from the daemon, one
+/// copy per node (`--cache-dir`).
+pub const CACHE_DIR_ENV: &str = "FLOTILLA_CACHE_DIR";
 /// When the worker's job ends, in Unix seconds (the block script sets it).
 pub const JOB_END_ENV: &str = "FLOTILLA_JOB_END";
 /// A process id the worker exits with (a local daemon's own).
@@ -89,6 +92,8 @@ pub mod flag {
     pub const SECRET_FILE: &str = "--secret-file";
     /// The daemon's object store.
     pub const OBJECTS_DIR: &str = "--objects-dir";
+    /// The node's cache of servable files fetched from the daemon.
+    pub const CACHE_DIR: &str = "--cache-dir";
     /// Block the worker belongs to.
     pub const BLOCK_ID: &str = "--block-id";
     /// Batches run at once.
@@ -172,7 +177,13 @@ pub const USAGE: &[OptionUsage] = &[
         flag: flag::OBJECTS_DIR,
         value: "DIR",
         env: Some(OBJECTS_ENV),
-        help: "the daemon's object store, where published servables' files are (default: STATE_DIR/objects)",
+        help: "the daemon's object store, where published servables' files are (default: STATE_DIR/objects); a file not readable there is fetched from the daemon",
+    },
+    OptionUsage {
+        flag: flag::CACHE_DIR,
+        value: "DIR",
+        env: Some(CACHE_DIR_ENV),
+        help: "where servable files fetched from the daemon are kept, by hash, shared by the node's workers and reused by later blocks (default: ${TMPDIR:-/tmp}/flotilla-cache-$USER)",
     },
     OptionUsage {
         flag: flag::BLOCK_ID,
@@ -305,6 +316,9 @@ pub struct WorkerArgs {
     pub secret_file: Option<PathBuf>,
     /// The daemon's object store ([`OBJECTS_ENV`], or argv).
     pub objects_dir: Option<PathBuf>,
+    /// The node's cache of fetched servable files (argv, or
+    /// [`CACHE_DIR_ENV`]).
+    pub cache_dir: Option<PathBuf>,
     /// Block the worker belongs to (argv).
     pub block_id: Option<u32>,
     /// Batches run at once (argv).
@@ -419,6 +433,7 @@ impl WorkerArgs {
         put(w, flag::PORT, self.port.map(|p| p.to_string()));
         put(w, flag::STATE_DIR, path(&self.state_dir));
         put(w, flag::SECRET_FILE, path(&self.secret_file));
+        put(w, flag::CACHE_DIR, path(&self.cache_dir));
         put(w, flag::BLOCK_ID, self.block_id.map(|b| b.to_string()));
         put(w, flag::WORKER_ID, self.worker_id.clone());
         put(
@@ -522,6 +537,7 @@ impl WorkerArgs {
             flag::STATE_DIR => once(&mut self.state_dir, name, value.into()),
             flag::SECRET_FILE => once(&mut self.secret_file, name, value.into()),
             flag::OBJECTS_DIR => once(&mut self.objects_dir, name, value.into()),
+            flag::CACHE_DIR => once(&mut self.cache_dir, name, value.into()),
             flag::BLOCK_ID => once(&mut self.block_id, name, typed(name, &value, "a block id")?),
             flag::SLOTS => once(&mut self.slots, name, typed(name, &value, "a number")?),
             flag::WORKER_ID => once(&mut self.worker_id, name, value),
@@ -583,6 +599,9 @@ impl WorkerArgs {
         }
         if self.objects_dir.is_none() {
             self.objects_dir = var(OBJECTS_ENV).map(PathBuf::from);
+        }
+        if self.cache_dir.is_none() {
+            self.cache_dir = var(CACHE_DIR_ENV).map(PathBuf::from);
         }
         if self.job_end.is_none()
             && let Some(end) = var(JOB_END_ENV)

@@ -15,6 +15,9 @@
 //!   long-poll pulls that carry finished results, and batches of work.
 //! * [`task`]: the task vocabulary both of them share (ids, states, outcomes).
 //!
+//! [`objects`] is how a worker that cannot read the daemon's object store
+//! fetches a servable's files over the interchange.
+//!
 //! [`parts`] is how a registered worker sends a request larger than the
 //! daemon takes from a peer that has not registered.
 //!
@@ -37,6 +40,7 @@ pub mod frame;
 pub mod handshake;
 pub mod interchange;
 pub mod launch;
+pub mod objects;
 pub mod parts;
 pub mod paths;
 pub mod peer_text;

@@ -5,31 +5,51 @@
 //! checked against its published blake3 hash (a mismatch fails the task and
 //! names the file; the next batch checks again, so a store repaired by
 //! publishing again is used) and linked into a private directory of this
-//! worker's own (made afresh, mode 0700, never one that existed). Idle
+//! worker's own (made afresh, mode 0700, never one that existed). A file
+//! the object store does not show this worker (no such directory on this
+//! node, or not the file) is fetched from the daemon into the node's cache
+//! ([`crate::fetch`], [`crate::cache`]) and linked from there. Idle
 //! processes are kept per servable, at most one per slot, and reused batch
 //! after batch; a process that dies is replaced by a fresh one on the next
 //! batch.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use flotilla_protocol::interchange::{BatchFailure, FailureKind, WorkBatch};
 use flotilla_protocol::placement::SlotPlacement;
-use flotilla_protocol::servable::ServableRecord;
+use flotilla_protocol::servable::{FileEntry, ServableRecord};
 use flotilla_protocol::stdio::Reply;
 use flotilla_protocol::task::Outcome;
 
 use flotilla_launchers::Container;
 use tempfile::TempDir;
 
+use crate::cache::{NodeCache, hash_file};
+use crate::fetch::{ObjectSource, fetch_into};
 use crate::process::WarmProcess;
+
+/// How a worker that cannot read the object store gets servable files.
+struct Fetcher {
+    /// The daemon.
+    source: Arc<dyn ObjectSource>,
+    /// The node's cache (see [`crate::cache`]).
+    cache_dir: PathBuf,
+    /// Bytes asked for at a time.
+    chunk_len: u32,
+}
+
+/// Why a servable's files could not be prepared, and what that makes of
+/// its batch.
+type PrepareError = (FailureKind, String);
 
 /// Published servables this worker has been told about, and their processes.
 pub struct ExecRuntime {
     objects: Option<PathBuf>,
+    /// Where files missing from `objects` come from; none: nowhere.
+    fetcher: Option<Fetcher>,
     containers: Option<Container>,
     /// Removed (with everything in it) when the runtime is dropped, after
     /// its processes.
@@ -132,6 +152,7 @@ impl ExecRuntime {
     pub fn new(objects: Option<PathBuf>, work_dir: TempDir, containers: Option<Container>) -> Self {
         ExecRuntime {
             objects,
+            fetcher: None,
             containers,
             work_dir,
             records: Mutex::new(HashMap::new()),
@@ -140,6 +161,23 @@ impl ExecRuntime {
             slots: Vec::new(),
             idle: IdleProcesses::new(),
         }
+    }
+
+    /// The same runtime, fetching files it cannot find in its object store
+    /// from `source`, `chunk_len` bytes at a time, into the node's cache in
+    /// `cache_dir`.
+    pub fn with_fetcher(
+        mut self,
+        source: Arc<dyn ObjectSource>,
+        cache_dir: PathBuf,
+        chunk_len: u32,
+    ) -> Self {
+        self.fetcher = Some(Fetcher {
+            source,
+            cache_dir,
+            chunk_len,
+        });
+        self
     }
 
     /// The same runtime, its slots holding `slots` (one entry per slot).
@@ -182,7 +220,7 @@ impl ExecRuntime {
         }
         let dir = match self.prepare(&record) {
             Ok(dir) => dir,
-            Err(message) => return failure(FailureKind::Unrunnable, message),
+            Err((kind, message)) => return failure(kind, message),
         };
         let taken = self.idle.take(&batch.servable, slot);
         let mut process = match taken {
@@ -242,7 +280,7 @@ impl ExecRuntime {
     /// directory. Done once per servable when it succeeds; a failure (a
     /// file missing or not matching its hash) is tried again by the next
     /// batch, since publishing again repairs the object store.
-    fn prepare(&self, record: &ServableRecord) -> Result<PathBuf, String> {
+    fn prepare(&self, record: &ServableRecord) -> Result<PathBuf, PrepareError> {
         let id = record.id();
         if let Some(done) = lock(&self.prepared).get(&id) {
             return Ok(done.clone());
@@ -256,43 +294,24 @@ impl ExecRuntime {
                 lock(&self.prepared).insert(id, dir.clone());
                 Ok(dir)
             }
-            Err(e) => {
+            Err((kind, e)) => {
                 tracing::error!(servable = %id, error = %e, "cannot prepare servable");
-                Err(e)
+                Err((kind, e))
             }
         }
     }
 
-    fn materialise(&self, record: &ServableRecord) -> Result<PathBuf, String> {
+    fn materialise(&self, record: &ServableRecord) -> Result<PathBuf, PrepareError> {
         let id = record.id();
+        let unrunnable = |message: String| (FailureKind::Unrunnable, message);
         let dir = self.work_dir.path().join(&id);
-        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        if record.files.is_empty() {
-            return Ok(dir);
-        }
-        let objects = self.objects.as_ref().ok_or_else(|| {
-            format!("{id} has files but this worker has no object store (start it with --state-dir or --objects-dir)")
-        })?;
+        fs::create_dir_all(&dir).map_err(|e| unrunnable(format!("{}: {e}", dir.display())))?;
         for file in &record.files {
-            let source = objects.join(&file.blake3);
-            let actual = hash_file(&source).map_err(|e| {
-                format!(
-                    "file `{}` of {id} is not in the object store ({}: {e})",
-                    file.path,
-                    source.display()
-                )
-            })?;
-            if actual != file.blake3 {
-                return Err(format!(
-                    "file `{}` of {id} does not match its published hash (expected blake3 {}, found {actual}); the copy in {} was modified after publication",
-                    file.path,
-                    file.blake3,
-                    source.display()
-                ));
-            }
+            let source = self.locate(&id, file)?;
             let target = dir.join(&file.path);
             if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+                fs::create_dir_all(parent)
+                    .map_err(|e| unrunnable(format!("{}: {e}", parent.display())))?;
             }
             // Link (or copy) under a fresh name, then rename over the target:
             // writing through an existing target could write through a link
@@ -308,12 +327,93 @@ impl ExecRuntime {
             ));
             let _ = fs::remove_file(&fresh);
             if fs::hard_link(&source, &fresh).is_err() {
-                fs::copy(&source, &fresh).map_err(|e| format!("{}: {e}", fresh.display()))?;
+                fs::copy(&source, &fresh)
+                    .map_err(|e| unrunnable(format!("{}: {e}", fresh.display())))?;
             }
-            fs::rename(&fresh, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+            fs::rename(&fresh, &target)
+                .map_err(|e| unrunnable(format!("{}: {e}", target.display())))?;
         }
-        tracing::info!(servable = %id, files = record.files.len(), dir = %dir.display(), "servable files verified");
+        if !record.files.is_empty() {
+            tracing::info!(servable = %id, files = record.files.len(), dir = %dir.display(), "servable files verified");
+        }
         Ok(dir)
+    }
+
+    /// Where `file` of servable `id` is, checked against its hash: the
+    /// object store when this worker can read the file there, else the
+    /// node's cache, fetching it from the daemon if it is not there yet.
+    fn locate(&self, id: &str, file: &FileEntry) -> Result<PathBuf, PrepareError> {
+        let unrunnable = |message: String| (FailureKind::Unrunnable, message);
+        let unreadable = match &self.objects {
+            Some(objects) => {
+                let source = objects.join(&file.blake3);
+                match hash_file(&source) {
+                    Ok(actual) if actual == file.blake3 => return Ok(source),
+                    Ok(actual) => {
+                        return Err(unrunnable(format!(
+                            "file `{}` of {id} does not match its published hash (expected blake3 {}, found {actual}); the copy in {} was modified after publication",
+                            file.path,
+                            file.blake3,
+                            source.display()
+                        )));
+                    }
+                    Err(e) => format!("{}: {e}", source.display()),
+                }
+            }
+            None => "this worker has no object store".to_owned(),
+        };
+        let Some(fetcher) = &self.fetcher else {
+            return Err(unrunnable(format!(
+                "file `{}` of {id} is not in the object store ({unreadable})",
+                file.path
+            )));
+        };
+        tracing::debug!(servable = %id, file = %file.path, reason = %unreadable, "servable file not readable here; using the node's cache");
+        let failed = |e: crate::cache::CacheError| {
+            let kind = if e.is_transient() {
+                FailureKind::Crashed
+            } else {
+                FailureKind::Unrunnable
+            };
+            (
+                kind,
+                format!(
+                    "file `{}` of {id} could not be fetched from the daemon: {e}",
+                    file.path
+                ),
+            )
+        };
+        let cache = NodeCache::open(&fetcher.cache_dir).map_err(failed)?;
+        let cached = cache
+            .get(&file.blake3, |out| {
+                fetch_into(
+                    fetcher.source.as_ref(),
+                    &file.blake3,
+                    file.size,
+                    fetcher.chunk_len,
+                    out,
+                )
+            })
+            .map_err(failed)?;
+        match cached.fetched {
+            Some(stats) => tracing::info!(
+                servable = %id,
+                file = %file.path,
+                object = %file.blake3,
+                bytes = stats.bytes,
+                chunks = stats.chunks,
+                cache = %cache.dir().display(),
+                "servable file fetched from the daemon"
+            ),
+            None => tracing::info!(
+                servable = %id,
+                file = %file.path,
+                object = %file.blake3,
+                cache = %cache.dir().display(),
+                "servable file found in the node cache"
+            ),
+        }
+        Ok(cached.path)
     }
 }
 
@@ -323,21 +423,6 @@ impl Drop for ExecRuntime {
         // (with `work_dir`, dropped after this).
         self.idle.clear();
     }
-}
-
-/// blake3 of a file's content, lower-case hex.
-fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut file = fs::File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().to_hex().to_string())
 }
 
 #[cfg(test)]
@@ -454,11 +539,44 @@ mod tests {
         let work = private_work_dir(root.path(), "w").unwrap();
         let runtime = ExecRuntime::new(Some(objects.clone()), work, None);
         let record = record(&hash);
-        let e = runtime.prepare(&record).unwrap_err();
+        let (kind, e) = runtime.prepare(&record).unwrap_err();
+        assert_eq!(kind, FailureKind::Unrunnable);
         assert!(e.contains("does not match its published hash"), "{e}");
         fs::write(objects.join(&hash), content).unwrap();
         let dir = runtime.prepare(&record).unwrap();
         assert_eq!(fs::read(dir.join("serve.py")).unwrap(), content);
+    }
+
+    /// A worker whose object store does not exist fetches the files into
+    /// the node's cache; a second worker on the node finds them there.
+    #[test]
+    fn files_missing_from_the_object_store_are_fetched_once_per_node() {
+        use crate::fetch::tests::MemorySource;
+        use std::sync::atomic::Ordering;
+        let root = tempfile::tempdir().unwrap();
+        let content = b"print('hi')".to_vec();
+        let hash = blake3::hash(&content).to_hex().to_string();
+        let source = Arc::new(MemorySource::new(vec![content.clone()]));
+        let record = record(&hash);
+        let cache = root.path().join("node-cache");
+        for worker in 0..2 {
+            let work = private_work_dir(root.path(), &format!("w{worker}")).unwrap();
+            let runtime = ExecRuntime::new(Some(root.path().join("no-such-store")), work, None)
+                .with_fetcher(source.clone(), cache.clone(), 4);
+            let dir = runtime.prepare(&record).unwrap();
+            assert_eq!(fs::read(dir.join("serve.py")).unwrap(), content);
+        }
+        assert_eq!(
+            source.requests.load(Ordering::SeqCst),
+            3,
+            "11 bytes in chunks of 4, fetched once"
+        );
+        // Without a fetcher, the missing file is named.
+        let work = private_work_dir(root.path(), "w").unwrap();
+        let runtime = ExecRuntime::new(None, work, None);
+        let (kind, e) = runtime.prepare(&record).unwrap_err();
+        assert_eq!(kind, FailureKind::Unrunnable);
+        assert!(e.contains("is not in the object store"), "{e}");
     }
 
     /// The daemon sends a servable that needs accelerators only to workers

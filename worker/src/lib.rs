@@ -4,13 +4,17 @@
 //! The conversation with the daemon is [`session::Session`], a state machine
 //! without I/O (also driven by the benchmarks' simulated workers);
 //! [`shell`] runs it over nng with slot threads; [`connect`] finds the
-//! daemon among its advertised addresses.
+//! daemon among its advertised addresses. [`fetch`] and [`cache`] bring a
+//! servable's files from the daemon to a node that cannot read its object
+//! store.
 
 pub mod affinity;
 mod builtin;
+pub mod cache;
 pub mod connect;
 mod exec;
 mod executor;
+pub mod fetch;
 mod process;
 pub mod session;
 pub mod shell;

@@ -332,6 +332,10 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
             .objects_dir
             .clone()
             .or_else(|| state_dir.as_deref().map(paths::objects_dir)),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(flotilla_worker::cache::default_dir),
         containers: servable_containers(args)?,
         placements,
     };

@@ -663,6 +663,11 @@ impl Session {
             DaemonMessage::ProbeOk { .. } => {
                 tracing::debug!("a late probe answer; ignored");
             }
+            // Answers to fetches come on the fetching context, never on
+            // the session's lanes.
+            DaemonMessage::Object { .. } | DaemonMessage::ObjectUnavailable { .. } => {
+                tracing::debug!(lane = ?lane, "a file chunk on a session lane; ignored");
+            }
         }
     }
 
@@ -739,6 +744,8 @@ fn message_kind(message: &DaemonMessage) -> &'static str {
         DaemonMessage::Work { .. } => "work",
         DaemonMessage::Reregister => "a request to register again",
         DaemonMessage::Shutdown => "a shutdown",
+        DaemonMessage::Object { .. } => "a file chunk",
+        DaemonMessage::ObjectUnavailable { .. } => "a missing file",
     }
 }
 

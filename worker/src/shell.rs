@@ -23,6 +23,8 @@ use crate::session::{Action, Ending, Event, Lane, LaneError, Notice, Now, Sessio
 
 /// How often the watching thread ticks the session when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
+/// Longest wait for one chunk of a servable file from the daemon.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything the real worker needs to run a session.
 #[derive(Debug, Clone)]
@@ -35,6 +37,9 @@ pub struct WorkerConfig {
     pub exit_with_pid: Option<i32>,
     /// The daemon's object store (published servables' files).
     pub objects: Option<std::path::PathBuf>,
+    /// The node's cache of files fetched from the daemon (those the object
+    /// store does not show this worker).
+    pub cache_dir: std::path::PathBuf,
     /// How servables that name an image are run (no runtime: on the host).
     pub containers: Option<flotilla_launchers::Container>,
     /// What each slot holds (devices, cores); empty: nothing.
@@ -211,9 +216,17 @@ pub fn run(
     let done_link = link.clone();
     let work_dir = crate::exec::private_work_dir(&std::env::temp_dir(), &cfg.session.worker_id)
         .context("cannot create the worker's private directory")?;
+    let max_frame = cfg.session.max_frame_bytes;
+    let source = crate::fetch::InterchangeSource::new(&socket, FETCH_TIMEOUT, max_frame)
+        .context("cannot open an nng context for fetching files")?;
     let runtime = Arc::new(
         ExecRuntime::new(cfg.objects.clone(), work_dir, cfg.containers.clone())
-            .with_slots(cfg.placements.clone()),
+            .with_slots(cfg.placements.clone())
+            .with_fetcher(
+                Arc::new(source),
+                cfg.cache_dir.clone(),
+                crate::fetch::chunk_len_for(max_frame),
+            ),
     );
     let executor = Executor::start(cfg.session.slots, runtime.clone(), move |result| {
         if let Some(shell) = done_link.get().and_then(Weak::upgrade) {

@@ -34,6 +34,11 @@ pub struct WorkerConfig {
     pub accelerator_kind: Option<AcceleratorKind>,
     /// How the node's cores are shared among each worker's slots.
     pub cpu_affinity: CpuAffinity,
+    /// Where on each node workers keep servable files fetched from the
+    /// daemon (an absolute path); unset: the worker's default, in the
+    /// node's temporary directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<String>,
 }
 
 impl WorkerConfig {
@@ -58,6 +63,7 @@ impl Default for WorkerConfig {
             accelerators: Vec::new(),
             accelerator_kind: None,
             cpu_affinity: CpuAffinity::None,
+            cache_dir: None,
         }
     }
 }
@@ -77,6 +83,7 @@ pub(crate) struct RawWorker {
     accelerators: Option<Spanned<RawAccelerators>>,
     accelerator_kind: Option<Spanned<AcceleratorKind>>,
     cpu_affinity: Option<Spanned<RawAffinity>>,
+    cache_dir: Option<Spanned<String>>,
 }
 
 /// Most accelerators a node may name.
@@ -132,8 +139,21 @@ impl RawWorker {
             accelerators: accelerators(&mut s, self.accelerators)?,
             accelerator_kind: s.opt("accelerator_kind", self.accelerator_kind),
             cpu_affinity: cpu_affinity(&mut s, self.cpu_affinity)?,
+            cache_dir: cache_dir(&mut s, self.cache_dir)?,
         })
         .and_then(|w| check_split(&s, w))
+    }
+}
+
+/// The nodes' cache directory: absolute, since each worker starts in its
+/// block's run directory.
+fn cache_dir(s: &mut Section, raw: Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
+    match s.opt("cache_dir", raw) {
+        Some(dir) if !dir.starts_with('/') => Err(s.invalid(
+            "cache_dir",
+            format!("must be an absolute path, got `{dir}`"),
+        )),
+        other => Ok(other),
     }
 }
 
@@ -226,6 +246,8 @@ mod tests {
         let w = worker("cpu_affinity = \"alternating\"\n").unwrap();
         assert_eq!(w.cpu_affinity, CpuAffinity::Alternating);
         assert_eq!(worker("").unwrap().cpu_affinity, CpuAffinity::None);
+        let w = worker("cache_dir = \"/local/scratch/fl\"\n").unwrap();
+        assert_eq!(w.cache_dir.as_deref(), Some("/local/scratch/fl"));
     }
 
     #[test]
@@ -256,6 +278,10 @@ mod tests {
                 "s.toml:3: `worker.cpu_affinity`: 2 core groups cannot take 3 slots evenly",
             ),
             ("accelerator_kind = \"tpu\"\n", "s.toml: "),
+            (
+                "cache_dir = \"cache\"\n",
+                "s.toml:2: `worker.cache_dir`: must be an absolute path, got `cache`",
+            ),
         ];
         for (text, expected) in cases {
             let err = worker(text).unwrap_err();

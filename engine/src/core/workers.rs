@@ -133,6 +133,17 @@ impl Core {
             WorkerMessage::Pull { results, wait } => {
                 self.on_pull(from, pipe, results, wait, now, out);
             }
+            // The daemon answers fetches of servable files beside the core
+            // (`crate::object_server`): the core holds no files. One that
+            // reaches it anyway is answered, never left hanging.
+            WorkerMessage::Fetch { object, .. } => out.push(Action::ReplyWorker {
+                to: from,
+                message: DaemonMessage::ObjectUnavailable {
+                    object,
+                    reason: "the scheduling core serves no files".into(),
+                },
+                close: false,
+            }),
         }
     }
 

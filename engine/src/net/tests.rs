@@ -37,6 +37,7 @@ fn server_with(url: &str, limits: PeerLimits) -> (RepServer, Requests, u16) {
                 receiver,
                 pipe,
                 bytes,
+                ..
             } => {
                 let _ = lock(&tx).send((receiver, pipe, bytes.to_vec()));
                 Verdict::Accept

@@ -39,6 +39,7 @@ fn options_round_trip_through_argv_and_env() {
         state_dir: Some("/tmp/state dir".into()),
         secret_file: Some("/tmp/secret".into()),
         objects_dir: Some("/tmp/objects".into()),
+        cache_dir: Some("/local scratch/cache".into()),
         block_id: Some(0),
         slots: Some(1),
         worker_id: Some("w=1".into()),
@@ -106,6 +107,7 @@ fn the_command_line_wins_over_the_environment() {
         (DAEMON_PORT_ENV, "7000"),
         (HOME_ENV, "/home/me/.flotilla"),
         (OBJECTS_ENV, "/objects"),
+        (CACHE_DIR_ENV, "/nvme/cache"),
         (JOB_END_ENV, "1800000000"),
         (RANK_ENV, " 3 "),
         (NODE_ENV, ""),
@@ -117,6 +119,7 @@ fn the_command_line_wins_over_the_environment() {
     assert_eq!(from_env.port, Some(7000));
     assert_eq!(from_env.state_dir, Some("/home/me/.flotilla".into()));
     assert_eq!(from_env.objects_dir, Some("/objects".into()));
+    assert_eq!(from_env.cache_dir, Some("/nvme/cache".into()));
     assert_eq!(from_env.job_end, Some(1_800_000_000));
     assert_eq!(from_env.rank, Some(3));
     assert_eq!(from_env.node, None, "empty is unset");
@@ -128,6 +131,8 @@ fn the_command_line_wins_over_the_environment() {
             "--port=9",
             "--objects-dir",
             "/o",
+            "--cache-dir",
+            "/c",
             "--job-end",
             "5",
         ],
@@ -137,6 +142,7 @@ fn the_command_line_wins_over_the_environment() {
     assert_eq!(given.address.as_deref(), Some("h1"));
     assert_eq!(given.port, Some(9));
     assert_eq!(given.objects_dir, Some("/o".into()));
+    assert_eq!(given.cache_dir, Some("/c".into()));
     assert_eq!(given.job_end, Some(5));
 }
 
