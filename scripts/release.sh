@@ -15,7 +15,7 @@
 # GLIBC_2.x symbol version newer than 2.17; those for this machine's
 # architecture must also run (`--version`). Needs python3 (with venv), rustup,
 # cmake, perl and make; installs cargo-zigbuild and ziglang into
-# target/release-tools/venv and the Rust targets with rustup.
+# target/release-tools/venv, and the Rust targets and llvm-tools with rustup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +45,9 @@ install_tools() {
         "$tools/bin/pip" install -q --disable-pip-version-check ziglang cargo-zigbuild
     fi
     export PATH="$tools/bin:$PATH"
+    # llvm-objcopy from rustup's llvm-tools strips binaries of any target.
+    rustup component list --installed | grep -q '^llvm-tools' || rustup component add llvm-tools
+    objcopy="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | awk '/^host:/ {print $2}')/bin/llvm-objcopy"
 }
 
 build_target() {
@@ -56,9 +59,12 @@ build_target() {
         -p flotilla-cli -p flotilla-worker --features flotilla-cli/portable \
         --target "$target.$glibc_floor"
     elapsed=$(($(date +%s) - start))
+    # dist/ gets the binaries without their line tables (a quarter of the
+    # size; symbol names stay, so backtraces still name functions); the full
+    # ones stay in target/<target>/release.
     mkdir -p "dist/$target"
     for bin in "${bins[@]}"; do
-        cp "target/$target/release/$bin" "dist/$target/$bin"
+        "$objcopy" --strip-debug "target/$target/release/$bin" "dist/$target/$bin"
     done
     echo "built $target in ${elapsed}s"
 }
