@@ -4,7 +4,8 @@
 # current HPC distribution), cross-linked by cargo-zigbuild with the Zig
 # toolchain from PyPI. OpenSSL (the SSH channel) is built from source and
 # linked in statically (feature `portable`), and so is zlib; nng's C library is
-# built by cmake with zig cc for each target.
+# built by cmake with zig cc for each target (cargo-zigbuild hands the cmake
+# crate a toolchain file through CMAKE_TOOLCHAIN_FILE_<target>).
 #
 #   scripts/release.sh              both targets
 #   scripts/release.sh x86_64       one target (x86_64 or aarch64)
