@@ -417,38 +417,57 @@ fn scancel_of_a_running_block_loses_no_task() {
     assert!(after_ms < 3000, "{after_ms} ms");
 }
 
-#[test]
-fn a_block_with_a_one_minute_walltime_drains_before_slurm_ends_it() {
-    let f = Flotilla::start(&slurm_site(&[
+/// A one-minute block (15 s margin, replaced 25 s ahead) given 60 s of
+/// work for its 2 slots, more than it can do before its margin: every task
+/// completes, across the block and its replacement. Returns the daemon, its
+/// jobs (cancelled when dropped) and the views, for the test to read the
+/// events.
+fn outlive_a_one_minute_block(
+    extra: &[(&str, &str, &str)],
+) -> (Flotilla, SlurmJobs, Vec<flotilla_protocol::task::TaskView>) {
+    let mut settings = vec![
         ("provider", "walltime", "\"00:01:00\""),
         ("provider", "walltime_margin_s", "15"),
         ("provider", "replace_ahead_s", "25"),
         ("provider", "strategy_period_s", "0.5"),
-    ]));
-    let _jobs = SlurmJobs::of(&f);
+    ];
+    settings.extend_from_slice(extra);
+    let f = Flotilla::start(&slurm_site(&settings));
+    let jobs = SlurmJobs::of(&f);
     f.wait_workers(1);
     let client = f.client();
-    // 60 s of work for 2 slots, more than the block's 45 s before its margin.
     let ids = client.submit(flotilla_tests::sleep_tasks(60, 2.0)).unwrap();
     let views = client
         .results(&ids, Some(Duration::from_secs(240)))
         .unwrap();
     for v in &views {
         assert_eq!(v.state, TaskState::Completed, "{v:?}");
+    }
+    (f, jobs, views)
+}
+
+fn replacement_requested(events: &[flotilla_protocol::client::EventView]) -> u64 {
+    events
+        .iter()
+        .find(|e| e.kind == "block-requested" && e.block == Some(1))
+        .expect("a replacement block")
+        .seq
+}
+
+#[test]
+fn a_block_with_a_one_minute_walltime_drains_before_slurm_ends_it() {
+    let (f, _jobs, views) = outlive_a_one_minute_block(&[]);
+    for v in &views {
         assert_eq!(v.attempts, 1, "interrupted: {v:?}");
     }
-    assert_eq!(client.status().unwrap().totals.requeued, 0);
+    assert_eq!(f.client().status().unwrap().totals.requeued, 0);
     let events = f.events();
     let left = events
         .iter()
         .find(|e| e.kind == "worker-left" && e.block == Some(0))
         .expect("block 0's worker left before the wall time");
-    let replaced = events
-        .iter()
-        .find(|e| e.kind == "block-requested" && e.block == Some(1))
-        .expect("a replacement block");
     assert!(
-        replaced.seq < left.seq,
+        replacement_requested(&events) < left.seq,
         "replacement asked for ahead of time"
     );
     let first = f.block_history(0);
@@ -460,23 +479,7 @@ fn a_block_with_a_one_minute_walltime_drains_before_slurm_ends_it() {
 
 #[test]
 fn in_a_one_job_queue_the_replacement_waits_for_the_leaving_block_to_end() {
-    let f = Flotilla::start(&slurm_site(&[
-        ("provider", "walltime", "\"00:01:00\""),
-        ("provider", "walltime_margin_s", "15"),
-        ("provider", "replace_ahead_s", "25"),
-        ("provider", "strategy_period_s", "0.5"),
-        ("provider", "queue_job_limit", "1"),
-    ]));
-    let _jobs = SlurmJobs::of(&f);
-    f.wait_workers(1);
-    let client = f.client();
-    let ids = client.submit(flotilla_tests::sleep_tasks(60, 2.0)).unwrap();
-    let views = client
-        .results(&ids, Some(Duration::from_secs(240)))
-        .unwrap();
-    for v in &views {
-        assert_eq!(v.state, TaskState::Completed, "{v:?}");
-    }
+    let (f, _jobs, _) = outlive_a_one_minute_block(&[("provider", "queue_job_limit", "1")]);
     let events = f.events();
     let ended = events
         .iter()
@@ -488,12 +491,8 @@ fn in_a_one_job_queue_the_replacement_waits_for_the_leaving_block_to_end() {
                     .any(|s| e.message.starts_with(s))
         })
         .expect("block 0 ended");
-    let replaced = events
-        .iter()
-        .find(|e| e.kind == "block-requested" && e.block == Some(1))
-        .expect("a replacement block");
     assert!(
-        ended.seq < replaced.seq,
+        ended.seq < replacement_requested(&events),
         "never two jobs in the queue: {:?}",
         f.block_history(0)
     );
