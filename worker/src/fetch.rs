@@ -232,6 +232,20 @@ impl InterchangeSource {
     }
 }
 
+impl Drop for InterchangeSource {
+    /// Stops the aio here, waiting for a callback that is running, so the
+    /// last handle to it is never the callback's own: freeing an aio from
+    /// its callback waits for that callback, and the nng thread running it
+    /// would wait for itself (and with it every socket nng reaps).
+    fn drop(&mut self) {
+        // SAFETY: the handle is valid while `self.aio` lives, and
+        // `nng_aio_stop` only cancels, waits for the callback and refuses
+        // the aio new work; the wrapper's state is updated by the callback
+        // the cancellation runs.
+        unsafe { nng::ffi::nng_aio_stop(self.aio.nng_aio()) };
+    }
+}
+
 impl ObjectSource for InterchangeSource {
     fn chunk(&self, object: &str, offset: u64, len: u32) -> Result<Chunk, FetchError> {
         let answers = lock(&self.answers);
@@ -421,6 +435,51 @@ pub(crate) mod tests {
         let stats = fetch_into(&source, &object, 5000, chunk_len_for(cap), &mut out).unwrap();
         assert_eq!(out, content);
         assert_eq!(stats.chunks, 5, "1024 bytes at a time");
+    }
+
+    /// A source dropped right after its answer arrived, while the aio's
+    /// callback may still be returning: the callback must never hold the
+    /// last handle to the aio (freeing an aio from its own callback waits
+    /// for that callback, and hung the suite with nng's reaper behind it).
+    #[test]
+    fn sources_dropped_right_after_an_answer_stop_cleanly() {
+        let content = b"one small file".to_vec();
+        let object = name(&content);
+        let (daemon, port) = crate::test_support::rep_on_loopback();
+        let served = content.clone();
+        std::thread::spawn(move || {
+            while let Ok(msg) = daemon.recv() {
+                let Ok(WorkerMessage::Fetch { object, offset, .. }) =
+                    decode::<WorkerMessage>(msg.as_slice(), 1 << 20)
+                else {
+                    return;
+                };
+                let answer = DaemonMessage::Object {
+                    object,
+                    offset,
+                    size: served.len() as u64,
+                    executable: false,
+                    data: served.clone().into(),
+                };
+                let _ = daemon.send(&encode(&answer).unwrap()[..]);
+            }
+        });
+        let socket = crate::connect::worker_socket_with_cap(1 << 20).unwrap();
+        socket.dial(&format!("tcp://127.0.0.1:{port}")).unwrap();
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..500 {
+                let source =
+                    InterchangeSource::new(&socket, Duration::from_secs(10), 1 << 20).unwrap();
+                let chunk = source.chunk(&object, 0, 1024).unwrap();
+                assert_eq!(&chunk.data[..], &content[..]);
+                drop(source);
+            }
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(300))
+            .expect("500 sources fetched and dropped within 300 s (a hang means an aio freed from its callback)");
     }
 
     #[test]
