@@ -121,6 +121,19 @@ impl LaneIo {
         })
     }
 
+    /// Cancels the lane's request and waits for a callback that is
+    /// running; no callback runs after it. Called on the thread that ends
+    /// the session, so the last handle to the shell (and with it this aio)
+    /// is never dropped inside the aio's own callback: freeing an aio from
+    /// its callback waits for that callback, and the nng thread running it
+    /// would wait for itself, with nng's reaper and every socket behind it.
+    fn stop(&self) {
+        // SAFETY: the handle is valid while `self.aio` lives, and
+        // `nng_aio_stop` only cancels, waits for the callback and refuses
+        // the aio new work.
+        unsafe { nng::ffi::nng_aio_stop(self.aio.nng_aio()) };
+    }
+
     fn send(
         &self,
         message: &flotilla_protocol::interchange::WorkerMessage,
@@ -254,7 +267,12 @@ pub fn run(
         _socket: socket.clone(),
     });
     let _ = link.set(Arc::downgrade(&shell));
-    Ok(shell.watch(cfg.exit_with_pid))
+    let ending = shell.watch(cfg.exit_with_pid);
+    // A lane's callback holds the shell while it runs; with both lanes
+    // stopped, this is the last handle that can drop it.
+    shell.poll.stop();
+    shell.report.stop();
+    Ok(ending)
 }
 
 fn now(started: Instant) -> Now {
@@ -426,6 +444,52 @@ mod tests {
     }
 
     const WAIT: Duration = Duration::from_secs(20);
+
+    /// What the shell is to its lanes: the owner of the lane, reached by
+    /// the lane's callback through a weak link that it upgrades while it
+    /// delivers.
+    struct Owner {
+        io: OnceLock<LaneIo>,
+    }
+
+    /// The owner dropped right after an answer, while the callback that
+    /// delivered it may still hold it: stopped first, the lane's aio is
+    /// never freed from its own callback (which hangs nng).
+    #[test]
+    fn an_owner_stopped_then_dropped_right_after_an_answer_ends_cleanly() {
+        let (url, _whole) = fake_daemon(None);
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            let socket = crate::connect::worker_socket().unwrap();
+            socket.dial(&url).unwrap();
+            for _ in 0..300 {
+                let link: Arc<OnceLock<Weak<Owner>>> = Arc::new(OnceLock::new());
+                let cb_link = link.clone();
+                let (tx, replies) = mpsc::channel();
+                let tx = Mutex::new(tx);
+                let io = LaneIo::new(&socket, Lane::Report, move |outcome| {
+                    if let Some(owner) = cb_link.get().and_then(Weak::upgrade) {
+                        let _ = tx.lock().unwrap().send(outcome.is_ok());
+                        drop(owner);
+                    }
+                })
+                .unwrap();
+                let owner = Arc::new(Owner {
+                    io: OnceLock::new(),
+                });
+                let _ = owner.io.set(io);
+                let _ = link.set(Arc::downgrade(&owner));
+                owner.io.get().unwrap().send(&results(10), WAIT).unwrap();
+                assert!(replies.recv_timeout(WAIT).unwrap());
+                owner.io.get().unwrap().stop();
+                drop(owner);
+            }
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(300))
+            .expect("300 lanes answered, stopped and dropped within 300 s (a hang means an aio freed from its callback)");
+    }
 
     #[test]
     fn a_request_over_the_cap_goes_in_parts_and_one_reply_comes_back() {
