@@ -257,6 +257,9 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
             "  {:<24} queued {:>8}  running {:>8}\n",
             q.servable, q.queued, q.running
         ));
+        if let Some(why) = &q.waiting_for {
+            out.push_str(&format!("  {:<24} waiting: {why}\n", ""));
+        }
     }
     let t = &s.totals;
     out.push_str(&format!(
@@ -311,6 +314,7 @@ pub fn daemon_json(s: &DaemonStatus) -> Value {
         })).collect::<Vec<_>>(),
         "queues": s.queues.iter().map(|q| json!({
             "servable": q.servable, "queued": q.queued, "running": q.running,
+            "waiting_for": q.waiting_for,
         })).collect::<Vec<_>>(),
         "totals": {
             "accepted": s.totals.accepted, "completed": s.totals.completed,

@@ -406,6 +406,11 @@ pub struct QueueView {
     pub queued: u64,
     /// Tasks on workers.
     pub running: u64,
+    /// Why queued tasks cannot start on any connected worker (a servable
+    /// whose slots need more accelerators than any worker's slots hold),
+    /// so a user sees the reason instead of a queue that never moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// Counters since the daemon started.

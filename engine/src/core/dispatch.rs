@@ -120,7 +120,7 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
 /// True if every slot of the worker that registered as `about` holds the
 /// accelerators one call of `servable` needs. A servable no worker's slots
 /// fit stays queued, waiting for one that does.
-fn slots_fit(catalog: &Catalog, about: &Registration, servable: &str) -> bool {
+pub(super) fn slots_fit(catalog: &Catalog, about: &Registration, servable: &str) -> bool {
     let needs = catalog::accelerators_needed(catalog, servable);
     needs == 0 || about.accelerators_per_slot() >= needs
 }

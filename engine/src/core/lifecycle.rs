@@ -116,6 +116,35 @@ impl Core {
 
     // ----- status ----------------------------------------------------------
 
+    /// Why the queued tasks of `servable` cannot start on any connected
+    /// worker, if that is so: today, slots without the accelerators one
+    /// call needs.
+    fn why_waiting(&self, servable: &str) -> Option<String> {
+        let needs = super::catalog::accelerators_needed(&self.catalog, servable);
+        if needs == 0 {
+            return None;
+        }
+        let fitting = self
+            .workers
+            .iter()
+            .any(|(_, w)| super::dispatch::slots_fit(&self.catalog, &w.about, servable));
+        (!fitting).then(|| {
+            let most = self
+                .workers
+                .iter()
+                .map(|(_, w)| w.about.accelerators_per_slot())
+                .max();
+            let have = match most {
+                None => "no worker is connected".to_owned(),
+                Some(n) => format!("the connected workers' slots hold at most {n}"),
+            };
+            format!(
+                "needs {needs} accelerator{} per slot; {have} (the site's [worker] accelerators and slots)",
+                if needs == 1 { "" } else { "s" }
+            )
+        })
+    }
+
     pub(super) fn status(&self, now: u64) -> DaemonStatus {
         let mut running: BTreeMap<String, u64> = BTreeMap::new();
         for batch in self.batches.iter() {
@@ -129,10 +158,14 @@ impl Core {
         names.dedup();
         let queues = names
             .into_iter()
-            .map(|name| QueueView {
-                servable: name.clone(),
-                queued: depth.get(name).copied().unwrap_or(0),
-                running: running.get(name).copied().unwrap_or(0),
+            .map(|name| {
+                let queued = depth.get(name).copied().unwrap_or(0);
+                QueueView {
+                    servable: name.clone(),
+                    queued,
+                    running: running.get(name).copied().unwrap_or(0),
+                    waiting_for: (queued > 0).then(|| self.why_waiting(name)).flatten(),
+                }
             })
             .collect();
         DaemonStatus {

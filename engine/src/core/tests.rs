@@ -2604,6 +2604,18 @@ impl Harness {
         });
     }
 
+    fn waiting_for(&mut self, servable: &str) -> Option<String> {
+        let (from, out) = self.call(ClientCall::DaemonStatus);
+        match client_reply(&out, from) {
+            Some(ClientReply::DaemonStatus(s)) => s
+                .queues
+                .iter()
+                .find(|q| q.servable.starts_with(servable))
+                .and_then(|q| q.waiting_for.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn queued(&mut self, servable: &str) -> u64 {
         let (from, out) = self.call(ClientCall::DaemonStatus);
         match client_reply(&out, from) {
@@ -2665,14 +2677,27 @@ fn a_servable_no_worker_can_hold_stays_queued() {
     let mut h = Harness::new();
     h.publish(gpu_record("big-model", 2));
     let id = h.submit_to("big-model", Payload::from_static(NIL)).unwrap();
+    assert_eq!(
+        h.waiting_for("big-model").as_deref(),
+        Some(
+            "needs 2 accelerators per slot; no worker is connected (the site's [worker] accelerators and slots)"
+        )
+    );
     h.worker_with_devices(1, "one-each", &[1, 1, 1, 1]);
     let (poll, out) = h.poll(1);
     assert!(sent(&out, poll).is_empty());
+    assert_eq!(
+        h.waiting_for("big-model").as_deref(),
+        Some(
+            "needs 2 accelerators per slot; the connected workers' slots hold at most 1 (the site's [worker] accelerators and slots)"
+        )
+    );
     h.advance(60_000_000);
     assert_eq!(h.state(id), TaskState::Queued);
     assert_eq!(h.queued("big-model"), 1);
-    // Two per slot: it runs.
+    // Two per slot: it runs, and nothing is said to wait for.
     h.worker_with_devices(2, "two-each", &[2, 2]);
     let (poll, out) = h.poll(2);
     assert_eq!(sent(&out, poll).len(), 1);
+    assert_eq!(h.waiting_for("big-model"), None);
 }
