@@ -17,6 +17,7 @@ mod preview_cmd;
 mod servable_cmd;
 mod task_cmd;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -39,6 +40,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, never into daemon.log.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
