@@ -486,7 +486,11 @@ mod tests {
         let job = BlockTemplate::new(&ssh, &dir, "10.0.0.1", 5555, &[1])
             .job(0)
             .unwrap();
-        assert!(job.run_dir.starts_with(".flotilla/blocks/"), "{}", job.run_dir);
+        assert!(
+            job.run_dir.starts_with(".flotilla/blocks/"),
+            "{}",
+            job.run_dir
+        );
         // Unless the site says where the remote machine sees it.
         ssh.worker.objects_dir = Some("/remote/scratch/fl/objects".into());
         let job = BlockTemplate::new(&ssh, &dir, "10.0.0.1", 5555, &[1])
