@@ -28,9 +28,12 @@ fn check_one(file: Option<&PathBuf>) -> Result<(), Failure> {
     let (config, name) = load(file.map(PathBuf::as_path))?;
     println!("# {name}: ok; the settings in force:");
     if let Ok(dir) = crate::daemon_cmd::resolve_dirs(&config) {
-        println!("# state directory (node-local): {}", dir.root().display());
         println!(
-            "# shared directory (compute nodes reach it): {}",
+            "# state directory (store, socket, lock, secret): {}",
+            dir.root().display()
+        );
+        println!(
+            "# shared directory (object store, blocks' files; compute nodes reach it): {}",
             dir.shared_root().display()
         );
     }
