@@ -27,6 +27,16 @@ pub fn config(command: ConfigCmd) -> Result<(), Failure> {
 fn check_one(file: Option<&PathBuf>) -> Result<(), Failure> {
     let (config, name) = load(file.map(PathBuf::as_path))?;
     println!("# {name}: ok; the settings in force:");
+    if let Ok(dir) = crate::daemon_cmd::resolve_dirs(&config) {
+        println!(
+            "# state directory (store, socket, lock, secret): {}",
+            dir.root().display()
+        );
+        println!(
+            "# shared directory (object store, blocks' files; compute nodes reach it): {}",
+            dir.shared_root().display()
+        );
+    }
     print!("{}", config.to_toml());
     Ok(())
 }
@@ -37,8 +47,7 @@ fn check_one(file: Option<&PathBuf>) -> Result<(), Failure> {
 /// job script cannot carry) is refused here, not at the first block.
 fn load(file: Option<&Path>) -> Result<(Config, String), Failure> {
     let (config, name) = load_config(file)?;
-    let dir =
-        StateDir::resolve(config.daemon.state_dir.as_deref()).unwrap_or_else(|_| StateDir::at("/"));
+    let dir = crate::daemon_cmd::resolve_dirs(&config).unwrap_or_else(|_| StateDir::at("/"));
     let site = BlockSite {
         tag: daemon_tag(&dir),
         worker_exe: config

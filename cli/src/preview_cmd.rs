@@ -16,8 +16,7 @@ use crate::daemon_cmd::load_config;
 /// Prints block `block` of the site in `file` (or the embedded default).
 pub fn preview(file: Option<&Path>, block: u32) -> Result<(), Failure> {
     let (config, name) = load_config(file)?;
-    let dir = StateDir::resolve(config.daemon.state_dir.as_deref())
-        .map_err(|e| Failure::Usage(e.into()))?;
+    let dir = crate::daemon_cmd::resolve_dirs(&config)?;
     let site = block_site(&config, &dir);
     let block = preview_block(&config, &dir, &site, block)
         .map_err(|e| Failure::Usage(anyhow!("{name}: {e}")))?;
@@ -41,7 +40,7 @@ pub fn block_site(config: &Config, dir: &StateDir) -> BlockSite {
             entries.join(",")
         }
     };
-    let remembered = std::fs::read_to_string(dir.root().join("interchange.port"))
+    let remembered = std::fs::read_to_string(dir.port_file())
         .ok()
         .and_then(|text| text.trim().parse::<u16>().ok());
     let port = match (config.interchange.port, remembered) {

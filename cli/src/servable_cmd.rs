@@ -36,7 +36,7 @@ pub fn publish(client: &Client, dir: &Path) -> Result<(String, bool, u64), Failu
     if let Some(build) = &spec.build {
         run_build(dir, &build.command, &build.args)?;
     }
-    let objects = paths::objects_dir(client.state_dir());
+    let objects = paths::daemon_objects_dir(client.state_dir());
     fs::create_dir_all(&objects)
         .with_context(|| format!("{}: cannot create", objects.display()))?;
     let mut files = Vec::with_capacity(spec.files.len());

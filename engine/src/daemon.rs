@@ -84,7 +84,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 async fn serve(config: Config) -> Result<(), DaemonError> {
-    let dir = StateDir::resolve(config.daemon.state_dir.as_deref())?;
+    let dir = StateDir::resolve(
+        config.daemon.state_dir.as_deref(),
+        config.daemon.shared_dir.as_deref(),
+    )?;
     dir.create()?;
     // Nothing in the directory is judged or touched before this: a second
     // daemon must fail here without disturbing the one that owns it.
@@ -92,6 +95,8 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     // We own the directory now: leftovers of a crashed daemon are stale.
     let _ = std::fs::remove_file(dir.api_socket());
     let _ = std::fs::remove_file(dir.info_file());
+    dir.check_shared_owner();
+    crate::fs_check::warn_about_layout(&dir, blocks_run_elsewhere(&config));
     dir.create_objects()?;
     let secret = dir.load_or_create_secret()?;
 
@@ -120,9 +125,11 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         interchange_address: sockets.addresses.clone(),
         interchange_port: sockets.port,
         max_frame_bytes: Some(config.daemon.max_frame_bytes as u64),
+        shared_dir: Some(dir.shared_root().to_path_buf()),
     })?;
     tracing::info!(
         state_dir = %dir.root().display(),
+        shared_dir = %dir.shared_root().display(),
         api = %dir.api_url(),
         interchange = %sockets.interchange_url,
         recovered_tasks,
@@ -147,6 +154,17 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     outcome
 }
 
+/// Whether blocks run on other nodes that read the shared directory: a
+/// batch scheduler driven from this machine.
+fn blocks_run_elsewhere(config: &Config) -> bool {
+    use crate::config::{ChannelKind, ProviderKind};
+    config.channel.kind == ChannelKind::Local
+        && matches!(
+            config.provider.kind,
+            ProviderKind::Slurm | ProviderKind::Pbspro | ProviderKind::Cobalt
+        )
+}
+
 /// Where the interchange's handler finds the object server once it runs.
 type ObjectLink = Arc<OnceLock<Weak<ObjectServer>>>;
 
@@ -157,13 +175,12 @@ fn spawn_object_server(
     interchange: &RepServer,
 ) -> Result<Arc<ObjectServer>, DaemonError> {
     let interchange = interchange.clone();
-    let server = ObjectServer::spawn(
-        flotilla_protocol::paths::objects_dir(dir.root()),
-        move |receiver, message| match encode(message) {
+    let server = ObjectServer::spawn(dir.objects(), move |receiver, message| {
+        match encode(message) {
             Ok(bytes) => interchange.reply(receiver, &bytes, false),
             Err(e) => tracing::error!(error = %e, "cannot encode a servable file's chunk"),
-        },
-    )
+        }
+    })
     .map_err(io("cannot start the object reading thread"))?;
     Ok(Arc::new(server))
 }
@@ -286,7 +303,7 @@ fn open_sockets(
         &crate::advertise::local_interfaces(),
         crate::advertise::resolve,
     )?;
-    let remembered = dir.root().join("interchange.port");
+    let remembered = dir.port_file();
     let port = listen_interchange(&interchange, &plan, config.interchange.port, &remembered)?;
     let addresses = plan.advertised();
     let interchange_url = plan
@@ -497,7 +514,7 @@ fn shut_down(hub: &Hub<Io>, sockets: &Sockets, dir: &StateDir) -> Result<(), Dae
     }
     sockets.api.close();
     sockets.interchange.close();
-    let _ = std::fs::remove_file(dir.info_file());
+    dir.remove_info(std::process::id());
     let _ = std::fs::remove_file(dir.api_socket());
     tracing::info!("daemon stopped");
     outcome

@@ -70,7 +70,8 @@ pub const BLOCK_ENV_VARS: [&str; 7] = [
 /// starts (a servable's above all) inherits them.
 pub const CREDENTIAL_ENV_VARS: [&str; 1] = [SECRET_ENV];
 
-/// The name of the contact file in a daemon's state directory.
+/// The name of the contact file in a daemon's state directory (and of its
+/// copy in the shared directory).
 pub const CONTACT_FILE: &str = "daemon.toml";
 
 /// Seconds without the daemon after which a worker exits, by default.
@@ -632,8 +633,9 @@ fn flag_named(name: &str) -> Option<&'static str> {
 }
 
 /// How to reach a running daemon: the contact file ([`CONTACT_FILE`]) it
-/// writes to its state directory once it listens, and that CLIs and
-/// workers attached by hand read.
+/// writes to its state directory once it listens (and copies to its shared
+/// directory, for jobs on other nodes), and that CLIs and workers attached
+/// by hand read. It never holds the secret.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DaemonInfo {
     /// Daemon pid.
@@ -649,6 +651,11 @@ pub struct DaemonInfo {
     /// large. Absent in files of older daemons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_frame_bytes: Option<u64>,
+    /// The daemon's shared directory (`[daemon] shared_dir`): where its
+    /// object store and local blocks' directories are. Absent in files of
+    /// older daemons, whose shared directory is the state directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_dir: Option<PathBuf>,
 }
 
 /// A contact file that cannot be written or read: why, in the TOML

@@ -39,6 +39,13 @@ pub struct WorkerConfig {
     /// node's temporary directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<String>,
+    /// The daemon's object store as the workers' nodes see it (an absolute
+    /// path). Unset: the shared directory's `objects/` for blocks of the
+    /// local channel; none over SSH or on Kubernetes, where the daemon's
+    /// paths mean nothing, so workers fetch servables' files from the
+    /// daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects_dir: Option<String>,
 }
 
 impl WorkerConfig {
@@ -64,6 +71,7 @@ impl Default for WorkerConfig {
             accelerator_kind: None,
             cpu_affinity: CpuAffinity::None,
             cache_dir: None,
+            objects_dir: None,
         }
     }
 }
@@ -84,6 +92,7 @@ pub(crate) struct RawWorker {
     accelerator_kind: Option<Spanned<AcceleratorKind>>,
     cpu_affinity: Option<Spanned<RawAffinity>>,
     cache_dir: Option<Spanned<String>>,
+    objects_dir: Option<Spanned<String>>,
 }
 
 /// Most accelerators a node may name.
@@ -139,20 +148,24 @@ impl RawWorker {
             accelerators: accelerators(&mut s, self.accelerators)?,
             accelerator_kind: s.opt("accelerator_kind", self.accelerator_kind),
             cpu_affinity: cpu_affinity(&mut s, self.cpu_affinity)?,
-            cache_dir: cache_dir(&mut s, self.cache_dir)?,
+            cache_dir: absolute(&mut s, "cache_dir", self.cache_dir)?,
+            objects_dir: absolute(&mut s, "objects_dir", self.objects_dir)?,
         })
         .and_then(|w| check_split(&s, w))
     }
 }
 
-/// The nodes' cache directory: absolute, since each worker starts in its
-/// block's run directory.
-fn cache_dir(s: &mut Section, raw: Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
-    match s.opt("cache_dir", raw) {
-        Some(dir) if !dir.starts_with('/') => Err(s.invalid(
-            "cache_dir",
-            format!("must be an absolute path, got `{dir}`"),
-        )),
+/// A directory on the workers' nodes (the cache, the object store):
+/// absolute, since each worker starts in its block's run directory.
+fn absolute(
+    s: &mut Section,
+    key: &str,
+    raw: Option<Spanned<String>>,
+) -> Result<Option<String>, ConfigError> {
+    match s.opt(key, raw) {
+        Some(dir) if !dir.starts_with('/') => {
+            Err(s.invalid(key, format!("must be an absolute path, got `{dir}`")))
+        }
         other => Ok(other),
     }
 }
@@ -248,6 +261,9 @@ mod tests {
         assert_eq!(worker("").unwrap().cpu_affinity, CpuAffinity::None);
         let w = worker("cache_dir = \"/local/scratch/fl\"\n").unwrap();
         assert_eq!(w.cache_dir.as_deref(), Some("/local/scratch/fl"));
+        let w = worker("objects_dir = \"/scratch/me/fl/objects\"\n").unwrap();
+        assert_eq!(w.objects_dir.as_deref(), Some("/scratch/me/fl/objects"));
+        assert_eq!(worker("").unwrap().objects_dir, None);
     }
 
     #[test]
@@ -281,6 +297,10 @@ mod tests {
             (
                 "cache_dir = \"cache\"\n",
                 "s.toml:2: `worker.cache_dir`: must be an absolute path, got `cache`",
+            ),
+            (
+                "objects_dir = \"~/objects\"\n",
+                "s.toml:2: `worker.objects_dir`: must be an absolute path, got `~/objects`",
             ),
         ];
         for (text, expected) in cases {
