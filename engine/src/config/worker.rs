@@ -39,6 +39,11 @@ pub struct WorkerConfig {
     /// node's temporary directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<String>,
+    /// The Python each node makes servables' declared environments with
+    /// (a command on the PATH `init` leaves, or an absolute path); unset:
+    /// `python3`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
 }
 
 impl WorkerConfig {
@@ -64,6 +69,7 @@ impl Default for WorkerConfig {
             accelerator_kind: None,
             cpu_affinity: CpuAffinity::None,
             cache_dir: None,
+            python: None,
         }
     }
 }
@@ -84,6 +90,7 @@ pub(crate) struct RawWorker {
     accelerator_kind: Option<Spanned<AcceleratorKind>>,
     cpu_affinity: Option<Spanned<RawAffinity>>,
     cache_dir: Option<Spanned<String>>,
+    python: Option<Spanned<String>>,
 }
 
 /// Most accelerators a node may name.
@@ -140,6 +147,7 @@ impl RawWorker {
             accelerator_kind: s.opt("accelerator_kind", self.accelerator_kind),
             cpu_affinity: cpu_affinity(&mut s, self.cpu_affinity)?,
             cache_dir: cache_dir(&mut s, self.cache_dir)?,
+            python: python(&mut s, self.python)?,
         })
         .and_then(|w| check_split(&s, w))
     }
@@ -152,6 +160,17 @@ fn cache_dir(s: &mut Section, raw: Option<Spanned<String>>) -> Result<Option<Str
         Some(dir) if !dir.starts_with('/') => Err(s.invalid(
             "cache_dir",
             format!("must be an absolute path, got `{dir}`"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// The nodes' Python: one word, a command or a path.
+fn python(s: &mut Section, raw: Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
+    match s.opt("python", raw) {
+        Some(p) if p.is_empty() || p.chars().any(char::is_whitespace) => Err(s.invalid(
+            "python",
+            format!("must be a command (like \"python3\") or an absolute path, got `{p}`"),
         )),
         other => Ok(other),
     }
