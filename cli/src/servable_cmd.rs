@@ -422,6 +422,26 @@ pub fn record_text(r: &ServableRecord) -> String {
         }
         Runtime::Builtin => {}
     }
+    if let Some(env) = &s.environment {
+        if let Some(image) = &env.image {
+            out.push_str(&format!("  image       {image}\n"));
+        }
+        if let Some(python) = &env.python {
+            out.push_str(&format!("  python      {python}\n"));
+        }
+    }
+    if let Some(lock) = &r.lock {
+        let bytes: u64 = lock.wheels.iter().map(|w| w.size).sum();
+        let wheels = if lock.wheels.is_empty() {
+            "no wheels: nodes install from their index".to_owned()
+        } else {
+            format!("{} wheels, {bytes} bytes", lock.wheels.len())
+        };
+        out.push_str(&format!(
+            "  packages    {} ({wheels})\n",
+            lock.requirements.join(" ")
+        ));
+    }
     let o = &s.options;
     out.push_str(&format!(
         "  options     max_batch_size {}, max_batch_delay_ms {}, memoize {}, validate_input {}\n",

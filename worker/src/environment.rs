@@ -345,7 +345,7 @@ impl Environments {
         if let Some(done) = known(&venv)? {
             return Ok(done);
         }
-        if self.node_python_has(interpreter, &wanted.requirements) {
+        if self.node_python_has(&wanted.requirements) {
             tracing::info!(servable = %id, python = %interpreter.path, "the node's Python already has what the servable needs; no environment to prepare");
             return Ok(Prepared::Node);
         }
@@ -403,7 +403,7 @@ impl Environments {
 
     /// Whether the node's Python has every requirement at its pinned
     /// version, and the shim.
-    fn node_python_has(&self, interpreter: &Interpreter, requirements: &[String]) -> bool {
+    fn node_python_has(&self, requirements: &[String]) -> bool {
         let pairs: Option<Vec<(String, Option<String>)>> = requirements
             .iter()
             .map(|r| {
@@ -420,7 +420,9 @@ impl Environments {
             return false;
         };
         let json = serde_json_like(&pairs);
-        Command::new(&interpreter.path)
+        // The command, not its real path: a venv's python is a link to
+        // the interpreter it was made from, and has more packages.
+        Command::new(&self.python)
             .args(["-c", SATISFIED, &json])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -447,7 +449,7 @@ impl Environments {
                 .map_err(|e| permanent(format!("cannot remove {}: {e}", venv.display())))?;
         }
         let step = |name: &str, started: Instant| {
-            tracing::info!(servable = %id, env = %key, step = name, duration_ms = started.elapsed().as_millis() as u64, "environment step done");
+            tracing::info!(servable = %id, env = %key, step = %name, duration_ms = started.elapsed().as_millis() as u64, "environment step done");
         };
 
         let t = Instant::now();
