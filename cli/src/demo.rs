@@ -375,3 +375,19 @@ fn wait_for_worker(client: &Client, limit: Duration) -> Result<u32, Failure> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_drops_only_the_environment_table() {
+        let text = "name = \"d\"\n\n[environment]\npackages = [\"numpy\"]\n\n[build]\ncommand = \"python3\"\n";
+        assert_eq!(
+            without_environment(text),
+            "name = \"d\"\n\n[build]\ncommand = \"python3\"\n"
+        );
+        let digits = without_environment(DIGITS_FILES[0].1);
+        assert!(!digits.contains("[environment]") && digits.contains("[build]"));
+    }
+}

@@ -265,6 +265,8 @@ mod tests {
         let w = worker("cpu_affinity = \"alternating\"\n").unwrap();
         assert_eq!(w.cpu_affinity, CpuAffinity::Alternating);
         assert_eq!(worker("").unwrap().cpu_affinity, CpuAffinity::None);
+        let w = worker("python = \"/opt/py/bin/python3\"\n").unwrap();
+        assert_eq!(w.python.as_deref(), Some("/opt/py/bin/python3"));
         let w = worker("cache_dir = \"/local/scratch/fl\"\n").unwrap();
         assert_eq!(w.cache_dir.as_deref(), Some("/local/scratch/fl"));
     }
@@ -300,6 +302,10 @@ mod tests {
             (
                 "cache_dir = \"cache\"\n",
                 "s.toml:2: `worker.cache_dir`: must be an absolute path, got `cache`",
+            ),
+            (
+                "python = \"python 3\"\n",
+                "s.toml:2: `worker.python`: must be a command",
             ),
         ];
         for (text, expected) in cases {
