@@ -178,6 +178,10 @@ pub(crate) enum ServableCmd {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Record the `[environment]` packages (pinned) without capturing
+        /// their wheels: nodes install them from their package index.
+        #[arg(long)]
+        no_wheels: bool,
     },
     /// The latest version of every servable.
     List {

@@ -16,6 +16,7 @@ mod output;
 mod preview_cmd;
 mod servable_cmd;
 mod task_cmd;
+mod wheels;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

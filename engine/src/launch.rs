@@ -49,6 +49,8 @@ pub struct BlockTemplate {
     objects: Option<String>,
     /// `[worker] cache_dir`: where nodes keep fetched servable files.
     cache_dir: Option<String>,
+    /// `[worker] python`: what nodes make servables' environments with.
+    python: Option<String>,
     /// `[daemon] max_frame_bytes`: workers accept frames this large.
     max_frame_bytes: usize,
 }
@@ -120,6 +122,7 @@ impl BlockTemplate {
             run_root,
             objects: workers_objects(config, state_dir),
             cache_dir: config.worker.cache_dir.clone(),
+            python: config.worker.python.clone(),
             tag,
             worker_exe: site.worker_exe.clone(),
             addresses: site.addresses.clone(),
@@ -256,6 +259,7 @@ impl BlockTemplate {
             secret_hex: Some(self.secret_hex.clone()),
             objects_dir: self.objects.as_ref().map(PathBuf::from),
             cache_dir: self.cache_dir.as_ref().map(PathBuf::from),
+            python: self.python.clone(),
             exit_with_pid: self.exit_with_daemon.then(|| std::process::id() as i32),
             max_frame_bytes: Some(self.max_frame_bytes),
             accelerators: self.node.devices.clone(),

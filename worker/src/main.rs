@@ -341,6 +341,7 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
             .cache_dir
             .clone()
             .unwrap_or_else(flotilla_worker::cache::default_dir),
+        python: args.python.clone().unwrap_or_else(|| "python3".to_owned()),
         containers: servable_containers(args)?,
         placements,
     };

@@ -46,6 +46,11 @@ pub struct WorkerConfig {
     /// daemon.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub objects_dir: Option<String>,
+    /// The Python each node makes servables' declared environments with
+    /// (a command on the PATH `init` leaves, or an absolute path); unset:
+    /// `python3`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
 }
 
 impl WorkerConfig {
@@ -72,6 +77,7 @@ impl Default for WorkerConfig {
             cpu_affinity: CpuAffinity::None,
             cache_dir: None,
             objects_dir: None,
+            python: None,
         }
     }
 }
@@ -93,6 +99,7 @@ pub(crate) struct RawWorker {
     cpu_affinity: Option<Spanned<RawAffinity>>,
     cache_dir: Option<Spanned<String>>,
     objects_dir: Option<Spanned<String>>,
+    python: Option<Spanned<String>>,
 }
 
 /// Most accelerators a node may name.
@@ -150,6 +157,7 @@ impl RawWorker {
             cpu_affinity: cpu_affinity(&mut s, self.cpu_affinity)?,
             cache_dir: absolute(&mut s, "cache_dir", self.cache_dir)?,
             objects_dir: absolute(&mut s, "objects_dir", self.objects_dir)?,
+            python: python(&mut s, self.python)?,
         })
         .and_then(|w| check_split(&s, w))
     }
@@ -166,6 +174,17 @@ fn absolute(
         Some(dir) if !dir.starts_with('/') => {
             Err(s.invalid(key, format!("must be an absolute path, got `{dir}`")))
         }
+        other => Ok(other),
+    }
+}
+
+/// The nodes' Python: one word, a command or a path.
+fn python(s: &mut Section, raw: Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
+    match s.opt("python", raw) {
+        Some(p) if p.is_empty() || p.chars().any(char::is_whitespace) => Err(s.invalid(
+            "python",
+            format!("must be a command (like \"python3\") or an absolute path, got `{p}`"),
+        )),
         other => Ok(other),
     }
 }
@@ -259,6 +278,8 @@ mod tests {
         let w = worker("cpu_affinity = \"alternating\"\n").unwrap();
         assert_eq!(w.cpu_affinity, CpuAffinity::Alternating);
         assert_eq!(worker("").unwrap().cpu_affinity, CpuAffinity::None);
+        let w = worker("python = \"/opt/py/bin/python3\"\n").unwrap();
+        assert_eq!(w.python.as_deref(), Some("/opt/py/bin/python3"));
         let w = worker("cache_dir = \"/local/scratch/fl\"\n").unwrap();
         assert_eq!(w.cache_dir.as_deref(), Some("/local/scratch/fl"));
         let w = worker("objects_dir = \"/scratch/me/fl/objects\"\n").unwrap();
@@ -301,6 +322,8 @@ mod tests {
             (
                 "objects_dir = \"~/objects\"\n",
                 "s.toml:2: `worker.objects_dir`: must be an absolute path, got `~/objects`",
+                "python = \"python 3\"\n",
+                "s.toml:2: `worker.python`: must be a command",
             ),
         ];
         for (text, expected) in cases {

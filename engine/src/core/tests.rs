@@ -1093,6 +1093,7 @@ fn spec(name: &str, version: &str) -> ServableSpec {
         files: vec!["model.py".into()],
         build: None,
         resources: Default::default(),
+        environment: None,
         options: ServableOptions {
             max_batch_size: 8,
             ..ServableOptions::default()
@@ -1114,6 +1115,7 @@ fn record(spec: ServableSpec) -> ServableRecord {
         spec,
         files,
         published_us: 0,
+        lock: None,
     }
 }
 

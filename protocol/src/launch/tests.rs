@@ -40,6 +40,7 @@ fn options_round_trip_through_argv_and_env() {
         secret_file: Some("/tmp/secret".into()),
         objects_dir: Some("/tmp/objects".into()),
         cache_dir: Some("/local scratch/cache".into()),
+        python: Some("/opt/python 3/bin/python3".into()),
         block_id: Some(0),
         slots: Some(1),
         worker_id: Some("w=1".into()),
