@@ -322,6 +322,8 @@ mod tests {
             (
                 "objects_dir = \"~/objects\"\n",
                 "s.toml:2: `worker.objects_dir`: must be an absolute path, got `~/objects`",
+            ),
+            (
                 "python = \"python 3\"\n",
                 "s.toml:2: `worker.python`: must be a command",
             ),
