@@ -42,7 +42,7 @@ pub use error::ConfigError;
 pub use interchange::InterchangeConfig;
 pub use launcher::{LauncherConfig, LauncherKind, MpiFlavorConfig};
 pub use memo::MemoConfig;
-pub use pool::PoolConfig;
+pub use pool::{PoolConfig, is_name as is_pool_name};
 pub use provider::{KubernetesConfig, ProviderConfig, ProviderKind};
 pub use servables::ServableOverride;
 pub use worker::WorkerConfig;

@@ -80,9 +80,9 @@ pub(crate) struct RawPool {
     worker: Option<worker::RawWorker>,
 }
 
-/// Whether `name` may name a pool or a label: letters, digits, `-`, `_`
+/// Whether `name` may name a pool, a label or a label's value: letters, digits, `-`, `_`
 /// and `.`, as it appears in commands, keys and status tables.
-pub(crate) fn is_name(name: &str) -> bool {
+pub fn is_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
         && name
