@@ -8,6 +8,7 @@
 //! `hub.rs`), and the resulting [`Action`]s are carried out there: encode and
 //! send replies, queue store writes, start and cancel blocks.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
 use flotilla_protocol::{FrameError, decode, encode};
 
 use crate::clock::now_us;
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, PoolConfig, ProviderKind};
 use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo};
 use crate::hub::{ActionRunner, Driver, Hub};
 use crate::launch::BlockTemplate;
@@ -96,7 +97,11 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(dir.api_socket());
     let _ = std::fs::remove_file(dir.info_file());
     dir.check_shared_owner();
-    crate::fs_check::warn_about_layout(&dir, blocks_run_elsewhere(&config));
+    let pools = config.pool_configs();
+    let elsewhere = pools
+        .iter()
+        .any(|p| blocks_run_elsewhere(&config.with_pool(p)));
+    crate::fs_check::warn_about_layout(&dir, elsewhere);
     dir.create_objects()?;
     let secret = dir.load_or_create_secret()?;
 
@@ -113,8 +118,19 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     // a weak link, so the server and this thread do not keep each other.
     let object_server = spawn_object_server(&dir, &sockets.interchange)?;
     let _ = object_link.set(Arc::downgrade(&object_server));
-    let provider = spawn_provider(&config, &hub)?;
-    let template = BlockTemplate::new(&config, &dir, &sockets.addresses, sockets.port, &secret);
+    let mut pool_io = BTreeMap::new();
+    for pool in &pools {
+        let pool_config = config.with_pool(pool);
+        let provider = spawn_provider(&pool_config, &hub)?;
+        let template = BlockTemplate::new(
+            &pool_config,
+            &dir,
+            &sockets.addresses,
+            sockets.port,
+            &secret,
+        );
+        pool_io.insert(pool.name.clone(), PoolIo { provider, template });
+    }
     let seed = crate::entropy::random_seed().map_err(io("/dev/urandom"))?;
     let core_config = core_config(&config, secret, seed, sockets.interchange_url.clone());
     let core = Core::new(core_config, recovered, now_us());
@@ -141,8 +157,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         api: sockets.api.clone(),
         interchange: sockets.interchange.clone(),
         writer,
-        provider,
-        template,
+        pools: pool_io,
     };
     let (driver, exit_now) = Driver::new(core, io);
     hub.install(driver);
@@ -202,7 +217,8 @@ fn spawn_writer(
     .map_err(io("cannot start the store writer"))
 }
 
-/// Starts the provider thread; its block reports become events.
+/// Starts a pool's provider thread (`config` is the pool's, as a site of
+/// one pool); its block reports become events.
 fn spawn_provider(config: &Config, hub: &Arc<Hub<Io>>) -> Result<ProviderRunner, DaemonError> {
     let provider = crate::provision::provider(config);
     let hub = hub.clone();
@@ -408,12 +424,22 @@ fn core_config(
         result_retention_us: micros(config.daemon.result_retention_s),
         unfetched_result_retention_us: micros(config.daemon.unfetched_result_retention_s),
         max_attempts: config.daemon.max_attempts,
-        walltime_margin_us: micros(config.provider.walltime_margin_s),
+        // One margin for every worker: the widest any pool asks for.
+        walltime_margin_us: config
+            .pool_configs()
+            .iter()
+            .map(|p| micros(p.provider.walltime_margin_s))
+            .max()
+            .unwrap_or(0),
         recovery_grace_us: micros(config.daemon.recovery_grace_s),
         secret,
         handshake_seed,
         max_frame_bytes: config.daemon.max_frame_bytes,
-        blocks: block_policy(config),
+        pools: config
+            .pool_configs()
+            .iter()
+            .map(|p| block_policy(&config.with_pool(p), p))
+            .collect(),
         pid: std::process::id(),
         release: env!("CARGO_PKG_VERSION").to_owned(),
         interchange,
@@ -520,8 +546,9 @@ fn shut_down(hub: &Hub<Io>, sockets: &Sockets, dir: &StateDir) -> Result<(), Dae
     outcome
 }
 
-/// The pool's scaling settings from the site file.
-fn block_policy(config: &Config) -> BlockPolicy {
+/// A pool's scaling and placement settings; `config` is the pool's, as a
+/// site of one pool.
+fn block_policy(config: &Config, pool: &PoolConfig) -> BlockPolicy {
     let micros = |s: f64| (s * 1e6) as u64;
     let p = &config.provider;
     BlockPolicy {
@@ -552,7 +579,36 @@ fn block_policy(config: &Config) -> BlockPolicy {
         max_queued: p.max_queued_blocks,
         queue_job_limit: p.queue_job_limit,
         retry_max_us: micros(p.submit_retry_max_s),
+        labels: pool.labels.clone(),
+        cost: pool.cost,
+        accelerators_per_slot: accelerators_per_slot(config),
     }
+}
+
+/// Accelerators each slot of a pool's workers holds, when its site file
+/// says: `[worker] accelerators` shared among `slots` (one slot per
+/// accelerator when slots are not set), else those a GPU block asks for.
+fn accelerators_per_slot(config: &Config) -> Option<u32> {
+    let listed = config.worker.accelerators.len() as u32;
+    let devices = if listed > 0 {
+        listed
+    } else {
+        config
+            .provider
+            .gpus_per_node
+            .max(config.provider.kubernetes.gpus)
+    };
+    if devices == 0 {
+        // None listed: workers may still find some; they say when they
+        // register.
+        return None;
+    }
+    let slots = if config.worker.slots > 0 {
+        config.worker.slots
+    } else {
+        devices
+    };
+    Some(devices / slots.max(1))
 }
 
 fn signal(
@@ -567,8 +623,31 @@ struct Io {
     api: RepServer,
     interchange: RepServer,
     writer: StoreWriter,
+    /// Each pool's provider thread and block template, by pool name.
+    pools: BTreeMap<String, PoolIo>,
+}
+
+/// What starts, cancels and watches one pool's blocks.
+#[derive(Debug)]
+struct PoolIo {
     provider: ProviderRunner,
     template: BlockTemplate,
+}
+
+impl Io {
+    /// The pool `name`'s provider side; the core names only pools it was
+    /// given, so a miss is logged, never acted on.
+    fn pool(&self, name: &str, block: u32) -> Option<&PoolIo> {
+        let found = self.pools.get(name);
+        if found.is_none() {
+            tracing::error!(
+                pool = name,
+                block,
+                "an action for a pool this daemon does not have"
+            );
+        }
+        found
+    }
 }
 
 impl ActionRunner for Io {
@@ -603,15 +682,27 @@ impl ActionRunner for Io {
                 },
                 Action::ClosePipe { pipe } => self.interchange.close_pipe(pipe),
                 Action::Persist { seq, op } => self.writer.submit(seq, op),
-                Action::SubmitBlock { block } => match self.template.job(block) {
-                    Ok(job) => self.provider.submit(block, job),
-                    Err(e) => {
-                        tracing::error!(block, error = %e, "cannot start block");
-                        self.provider.refuse(block, e.to_string());
+                Action::SubmitBlock { pool, block } => {
+                    if let Some(p) = self.pool(&pool, block) {
+                        match p.template.job(block) {
+                            Ok(job) => p.provider.submit(block, job),
+                            Err(e) => {
+                                tracing::error!(pool = %pool, block, error = %e, "cannot start block");
+                                p.provider.refuse(block, e.to_string());
+                            }
+                        }
                     }
-                },
-                Action::CancelBlock { block } => self.provider.cancel(block),
-                Action::AdoptBlock { block, job } => self.provider.adopt(block, job),
+                }
+                Action::CancelBlock { pool, block } => {
+                    if let Some(p) = self.pool(&pool, block) {
+                        p.provider.cancel(block);
+                    }
+                }
+                Action::AdoptBlock { pool, block, job } => {
+                    if let Some(p) = self.pool(&pool, block) {
+                        p.provider.adopt(block, job);
+                    }
+                }
                 Action::Exit => exit = true,
             }
         }

@@ -184,13 +184,22 @@ mod tests {
                 .unwrap_or_else(|| "/home/alice/.flotilla".into());
             let shared = config.daemon.shared_dir.clone().unwrap_or(state.clone());
             let dir = StateDir::at(state).with_shared(shared);
-            let mut s = site();
-            if let Some(command) = &config.worker.command {
-                s.worker_exe = command.clone();
+            let mut rendered = String::new();
+            for pool in config.pool_configs() {
+                let pool_config = config.with_pool(&pool);
+                let mut s = site();
+                if let Some(command) = &pool_config.worker.command {
+                    s.worker_exe = command.clone();
+                }
+                if !config.pools.is_empty() {
+                    rendered.push_str(&format!("# ===== pool {} =====\n", pool.name));
+                }
+                rendered.push_str(
+                    &preview(&pool_config, &dir, &s, 0)
+                        .unwrap_or_else(|e| panic!("site-examples/{name}.toml: {e}"))
+                        .render(),
+                );
             }
-            let rendered = preview(&config, &dir, &s, 0)
-                .unwrap_or_else(|e| panic!("site-examples/{name}.toml: {e}"))
-                .render();
             let golden = examples.join("previews").join(format!("{name}.txt"));
             if update {
                 std::fs::create_dir_all(golden.parent().unwrap()).unwrap();

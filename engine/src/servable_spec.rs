@@ -229,6 +229,50 @@ fn check_resources(spec: &ServableSpec) -> Result<(), Problem> {
                 .into(),
         );
     }
+    check_placement(spec)
+}
+
+/// Most pools or labels a servable may name.
+const MAX_PLACEMENT: usize = 32;
+
+/// The pools and labels a servable names are names a site file could give
+/// (`crate::config`'s rule), and a pipeline, which runs nowhere itself,
+/// names none: its steps say where they run.
+fn check_placement(spec: &ServableSpec) -> Result<(), Problem> {
+    let r = &spec.resources;
+    for (key, count) in [
+        ("resources.pools", r.pools.len()),
+        ("resources.labels", r.labels.len()),
+    ] {
+        if count > MAX_PLACEMENT {
+            return problem(key, format!("names {count}; at most {MAX_PLACEMENT}"));
+        }
+    }
+    if let Some(bad) = r.pools.iter().find(|p| !crate::config::is_pool_name(p)) {
+        return problem(
+            "resources.pools",
+            format!("`{bad}` is not a pool name (letters, digits, `-`, `_` or `.`, at most 64)"),
+        );
+    }
+    if let Some((k, v)) = r
+        .labels
+        .iter()
+        .find(|(k, v)| !crate::config::is_pool_name(k) || !crate::config::is_pool_name(v))
+    {
+        return problem(
+            "resources.labels",
+            format!(
+                "`{k} = \"{v}\"`: label names and values are letters, digits, `-`, `_` or `.`, at most 64"
+            ),
+        );
+    }
+    if r.places() && matches!(spec.runtime, Runtime::Pipeline { .. }) {
+        return problem(
+            "resources.pools",
+            "a pipeline runs no process of its own; give its steps the pools or labels they need"
+                .into(),
+        );
+    }
     Ok(())
 }
 
@@ -523,6 +567,23 @@ max_batch_delay_ms = "auto"
             .to_string();
         assert!(
             e.starts_with("s.toml:31: `resources.gpus`: must be at most 1024"),
+            "{e}"
+        );
+        let placed = parse(
+            &format!("{GOOD}\n[resources]\npools = [\"gpu\"]\nlabels = {{ site = \"polaris\" }}\n"),
+            "s.toml",
+        )
+        .unwrap();
+        assert_eq!(placed.resources.pools, ["gpu"]);
+        assert_eq!(placed.resources.labels["site"], "polaris");
+        let e = parse(
+            &format!("{GOOD}\n[resources]\npools = [\"a b\"]\n"),
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("s.toml:31: `resources.pools`: `a b` is not a pool name"),
             "{e}"
         );
     }

@@ -93,19 +93,50 @@ pub struct ServableSpec {
     pub environment: Option<Environment>,
 }
 
-/// What a servable needs of the slot that runs it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// What a servable needs of the slot that runs it, and of the pool whose
+/// workers may run it (placement).
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Resources {
     /// Accelerators (GPUs, AMD GCDs, Intel tiles) each of its processes
     /// needs: it runs only on slots that hold at least this many.
     pub gpus: u32,
+    /// The pools whose workers may run it, by name; empty: any pool.
+    pub pools: Vec<String>,
+    /// Labels a pool must carry, each with this value, for its workers to
+    /// run it (`{ site = "polaris", partition = "gpu" }`); empty: none.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Resources {
-    /// True when it needs nothing of its slot.
+    /// True when it needs nothing of its slot or pool.
     pub fn is_nothing(&self) -> bool {
         *self == Resources::default()
+    }
+
+    /// True when it names pools or labels.
+    pub fn places(&self) -> bool {
+        !self.pools.is_empty() || !self.labels.is_empty()
+    }
+}
+
+/// Written as `gpus` alone when it names no pool or label, so that a
+/// record without placement reads as before (readers that know only
+/// `gpus` take it), and with all three fields otherwise.
+impl Serialize for Resources {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let places = self.places();
+        let mut s = serializer.serialize_struct("Resources", if places { 3 } else { 1 })?;
+        s.serialize_field("gpus", &self.gpus)?;
+        if places {
+            s.serialize_field("pools", &self.pools)?;
+            s.serialize_field("labels", &self.labels)?;
+        } else {
+            s.skip_field("pools")?;
+            s.skip_field("labels")?;
+        }
+        s.end()
     }
 }
 
@@ -880,5 +911,27 @@ runtime = { kind = "exec", command = "python3" }
         assert!(
             toml::from_str::<ServableSpec>(&format!("{text}\n[resources]\ncpus = 1\n")).is_err()
         );
+    }
+
+    #[test]
+    fn placement_is_read_and_written_only_when_declared() {
+        let plain = Resources {
+            gpus: 2,
+            ..Resources::default()
+        };
+        let bytes = rmp_serde::to_vec(&plain).unwrap();
+        let fields = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(fields.as_array().map(Vec::len), Some(1), "as before pools");
+        assert_eq!(rmp_serde::from_slice::<Resources>(&bytes).unwrap(), plain);
+        let placed: Resources =
+            toml::from_str("pools = [\"gpu\"]\nlabels = { site = \"polaris\" }\n").unwrap();
+        assert!(placed.places() && placed.gpus == 0);
+        let bytes = rmp_serde::to_vec(&placed).unwrap();
+        let fields = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(fields.as_array().map(Vec::len), Some(3));
+        assert_eq!(rmp_serde::from_slice::<Resources>(&bytes).unwrap(), placed);
+        let named = rmp_serde::to_vec_named(&placed).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Resources>(&named).unwrap(), placed);
+        assert!(toml::from_str::<Resources>("pool = [\"gpu\"]\n").is_err());
     }
 }

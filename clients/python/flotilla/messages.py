@@ -413,7 +413,9 @@ def servable_spec(value):
         files=list(files),
         build=None if build is None else _build(build),
         options=ServableOptions(*_fields(options, 6, "ServableOptions")),
-        gpus=_fields(resources, 1, "Resources")[0],
+        gpus=_resources(resources)[0],
+        pools=list(_resources(resources)[1]),
+        labels=dict(_resources(resources)[2]),
         environment=environment,
     )
 
@@ -427,6 +429,14 @@ def _spec_fields(value):
     if isinstance(value, (tuple, list)) and len(value) == 18:
         return list(value) + [None]
     return list(_fields(value, 17, "ServableSpec")) + [[0], None]
+
+
+def _resources(value):
+    """``Resources``: ``gpus`` alone, or with the pools and labels a
+    servable's placement names."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        return [value[0], [], {}]
+    return _fields(value, 3, "Resources")
 
 
 def _build(value):

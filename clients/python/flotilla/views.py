@@ -227,6 +227,10 @@ class ServableSpec:
     gpus: int = 0
     #: What it needs of the node's software, if it says.
     environment: Optional[Environment] = None
+    #: The pools whose workers may run it (``[resources] pools``); empty: any.
+    pools: List[str] = field(default_factory=list)
+    #: Labels a pool must carry to run it (``[resources] labels``).
+    labels: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
