@@ -223,6 +223,7 @@ fn spawn_provider(config: &Config, hub: &Arc<Hub<Io>>) -> Result<ProviderRunner,
     let provider = crate::provision::provider(config);
     let hub = hub.clone();
     ProviderRunner::spawn(
+        &config.provider.pool,
         provider,
         Duration::from_secs_f64(config.provider.poll_interval_s),
         move |event| hub.post(Event::Block(event)),
@@ -424,7 +425,8 @@ fn core_config(
         result_retention_us: micros(config.daemon.result_retention_s),
         unfetched_result_retention_us: micros(config.daemon.unfetched_result_retention_s),
         max_attempts: config.daemon.max_attempts,
-        // One margin for every worker: the widest any pool asks for.
+        // A worker no pool started gets the widest margin any pool asks
+        // for; the others get their own pool's.
         walltime_margin_us: config
             .pool_configs()
             .iter()
@@ -582,6 +584,7 @@ fn block_policy(config: &Config, pool: &PoolConfig) -> BlockPolicy {
         labels: pool.labels.clone(),
         cost: pool.cost,
         accelerators_per_slot: accelerators_per_slot(config),
+        walltime_margin_us: micros(p.walltime_margin_s),
     }
 }
 

@@ -25,22 +25,28 @@ enum Command {
 /// the commands already sent (cancellations included).
 #[derive(Debug)]
 pub struct ProviderRunner {
+    /// The pool whose blocks it starts, for log lines.
+    pool: String,
     tx: Option<mpsc::Sender<Command>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl ProviderRunner {
-    /// Starts the thread around `provider`; `report` receives block events.
+    /// Starts the thread around pool `pool`'s `provider`; `report`
+    /// receives block events.
     pub fn spawn(
+        pool: &str,
         provider: Box<dyn Provider>,
         poll_interval: Duration,
         report: impl Fn(BlockEvent) + Send + 'static,
     ) -> std::io::Result<ProviderRunner> {
         let (tx, rx) = mpsc::channel();
+        let name = pool.to_owned();
         let thread = thread::Builder::new()
             .name("flotilla-provider".into())
-            .spawn(move || run(provider, &rx, poll_interval, &report))?;
+            .spawn(move || run(&name, provider, &rx, poll_interval, &report))?;
         Ok(ProviderRunner {
+            pool: pool.to_owned(),
             tx: Some(tx),
             thread: Some(thread),
         })
@@ -77,7 +83,7 @@ impl ProviderRunner {
         if let Some(tx) = &self.tx
             && tx.send(command).is_err()
         {
-            tracing::error!("provider thread is gone");
+            tracing::error!(pool = %self.pool, "provider thread is gone");
         }
     }
 }
@@ -92,6 +98,7 @@ impl Drop for ProviderRunner {
 }
 
 fn run(
+    pool: &str,
     mut provider: Box<dyn Provider>,
     rx: &mpsc::Receiver<Command>,
     poll_interval: Duration,
@@ -136,7 +143,7 @@ fn run(
                 }
             }
             Ok(Command::Adopt { block, job }) => {
-                tracing::info!(block, job = %job, "watching a block from before the restart");
+                tracing::info!(pool, block, job = %job, "watching a block from before the restart");
                 live.insert(block, (job, JobState::Unknown));
                 // Learn its state now, not a poll interval from now.
                 next_poll = Instant::now();
@@ -149,12 +156,13 @@ fn run(
         }
         if Instant::now() >= next_poll {
             next_poll = Instant::now() + poll_interval;
-            poll(provider.as_mut(), &mut live, report);
+            poll(pool, provider.as_mut(), &mut live, report);
         }
     }
 }
 
 fn poll(
+    pool: &str,
     provider: &mut dyn Provider,
     live: &mut BTreeMap<u32, (JobId, JobState)>,
     report: &dyn Fn(BlockEvent),
@@ -166,7 +174,7 @@ fn poll(
     let statuses = match provider.status(&ids) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(provider = provider.name(), error = %e, "cannot poll block states");
+            tracing::warn!(pool, provider = provider.name(), error = %e, "cannot poll block states");
             return;
         }
     };

@@ -96,6 +96,9 @@ pub struct BlockPolicy {
     /// says (`[worker] accelerators` and `slots`): a servable needing more
     /// never scales this pool. `None`: not known before workers say.
     pub accelerators_per_slot: Option<u32>,
+    /// This pool's workers take no task expected to end within this of
+    /// their job's end (`[provider] walltime_margin_s`).
+    pub walltime_margin_us: u64,
 }
 
 impl BlockPolicy {
@@ -125,6 +128,7 @@ impl BlockPolicy {
             labels: BTreeMap::new(),
             cost: 0.0,
             accelerators_per_slot: None,
+            walltime_margin_us: 0,
         }
     }
 }
@@ -1009,6 +1013,7 @@ mod tests {
             labels: BTreeMap::new(),
             cost: 0.0,
             accelerators_per_slot: None,
+            walltime_margin_us: 0,
         }
     }
 

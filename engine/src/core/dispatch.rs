@@ -35,8 +35,17 @@ pub(super) struct Dispatch<'a> {
     pub(super) catalog: &'a Catalog,
     /// Each pool's settings, for placement.
     pub(super) pools: &'a [BlockPolicy],
-    /// Workers take no task that would end within this of their job's end.
+    /// The walltime margin of workers no pool started.
     pub(super) walltime_margin_us: u64,
+}
+
+impl Dispatch<'_> {
+    /// The walltime margin of a worker of pool `pool`: its pool's own, or
+    /// the daemon's for a worker no pool started.
+    fn margin(&self, pool: Option<usize>) -> u64 {
+        pool.and_then(|i| self.pools.get(i))
+            .map_or(self.walltime_margin_us, |p| p.walltime_margin_us)
+    }
 }
 
 /// Builds batches for `key`'s free slots from the oldest queues it can run.
@@ -51,7 +60,7 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
     let mut free = worker.free_slots();
     let worker_id = worker.about.id.clone();
     // Time left before the worker must leave, if its job has an end.
-    let fits: HashMap<Arc<str>, bool> = match worker.time_left(d.walltime_margin_us, now) {
+    let fits: HashMap<Arc<str>, bool> = match worker.time_left(d.margin(worker.about.pool), now) {
         None => HashMap::new(),
         Some(left) => d
             .sched
@@ -226,7 +235,7 @@ fn dispatch_suspects(
         let Some(worker) = d.workers.get(key) else {
             continue;
         };
-        let left = worker.time_left(d.walltime_margin_us, now);
+        let left = worker.time_left(d.margin(worker.about.pool), now);
         let pick = suspects.iter().position(|(id, _)| {
             d.tasks.get(id).is_some_and(|t| {
                 catalog::worker_can_run(d.catalog, &worker.about.servables, &t.target)

@@ -39,7 +39,7 @@ impl Core {
             self.release_held(now);
         }
         if self.fleet.pools.strategy_due(now) {
-            self.run_strategy(now, out);
+            self.run_due_strategies(now, out);
         }
         if now.saturating_sub(self.life.last_sweep_us) >= SWEEP_PERIOD_US {
             self.life.last_sweep_us = now;
@@ -117,9 +117,26 @@ impl Core {
     // ----- status ----------------------------------------------------------
 
     /// Why the queued tasks of `servable` cannot start on any connected
-    /// worker, if that is so: today, slots without the accelerators one
-    /// call needs.
+    /// worker, if that is so: no pool of the site matches its placement,
+    /// the pools that do have no worker yet, or the connected slots lack
+    /// the accelerators one call needs.
     fn why_waiting(&self, servable: &str) -> Option<String> {
+        if let Some(placed) = super::placement::needs(&self.catalog, servable) {
+            let pools = &self.fleet.placement;
+            let connected = |pool: usize| {
+                self.workers.iter().any(|(_, w)| {
+                    w.about.pool == Some(pool)
+                        && super::catalog::worker_can_run(
+                            &self.catalog,
+                            &w.about.servables,
+                            servable,
+                        )
+                })
+            };
+            if let Some(why) = super::placement::why_waiting(pools, &placed, connected) {
+                return Some(why);
+            }
+        }
         let needs = super::catalog::accelerators_needed(&self.catalog, servable);
         if needs == 0 {
             return None;

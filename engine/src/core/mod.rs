@@ -107,7 +107,9 @@ pub struct CoreConfig {
     pub unfetched_result_retention_us: u64,
     /// Dispatches before worker losses fail a task.
     pub max_attempts: u32,
-    /// Workers take no task that would end within this of their job's end.
+    /// Workers no pool started (attached by hand) take no task that would
+    /// end within this of their job's end; a pool's workers use their
+    /// pool's [`BlockPolicy::walltime_margin_us`].
     pub walltime_margin_us: u64,
     /// After a restart with live blocks, how long recovered tasks wait for
     /// their workers to claim them.
@@ -440,13 +442,23 @@ impl Core {
         })
     }
 
-    /// Runs the scaling strategies now.
+    /// Runs every pool's scaling strategy now: after a block event or a
+    /// resumed pool, which may move work from one pool to another.
     fn run_strategy(&mut self, now: u64, out: &mut Vec<Action>) {
+        self.strategize(false, now, out);
+    }
+
+    /// Runs the strategies of the pools whose own period has passed.
+    fn run_due_strategies(&mut self, now: u64, out: &mut Vec<Action>) {
+        self.strategize(true, now, out);
+    }
+
+    fn strategize(&mut self, only_due: bool, now: u64, out: &mut Vec<Action>) {
         if self.life.draining.is_some() {
             return;
         }
         let demands = self.demands(now);
-        self.fleet.pools.strategize(&demands, now, out);
+        self.fleet.pools.strategize(&demands, only_due, now, out);
     }
 
     /// A block ended: its workers are gone with it, whether or not their

@@ -77,6 +77,73 @@ pub(super) fn worker_may_run(
         .is_some_and(|p| matches(p, &needs))
 }
 
+/// Why `needs` keeps a servable's queued work off every worker, as far as
+/// placement goes: no pool of the site matches it, or the pools that do
+/// have no connected worker able to run it yet (`connected(i)`: pool `i`
+/// has one). `None` when placement is not what it waits for.
+pub(super) fn why_waiting(
+    pools: &[BlockPolicy],
+    needs: &Resources,
+    connected: impl Fn(usize) -> bool,
+) -> Option<String> {
+    if !needs.places() {
+        return None;
+    }
+    let eligible: Vec<usize> = pools
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| pool_serves(p, Some(needs)))
+        .map(|(i, _)| i)
+        .collect();
+    if eligible.is_empty() {
+        return Some(format!(
+            "needs {}; no pool of this site matches (the site's [[pool]] names, labels and accelerators)",
+            describe(needs)
+        ));
+    }
+    if eligible.iter().any(|&i| connected(i)) {
+        return None;
+    }
+    let names: Vec<&str> = eligible
+        .iter()
+        .filter_map(|&i| pools.get(i))
+        .map(|p| p.pool.as_str())
+        .collect();
+    Some(if let [one] = names.as_slice() {
+        format!("the eligible pool {one} has no connected workers yet")
+    } else {
+        format!(
+            "the eligible pools {} have no connected workers yet",
+            names.join(", ")
+        )
+    })
+}
+
+/// What `needs` asks of a pool, in words: `pool gpu / labels {site = "polaris"}`.
+fn describe(needs: &Resources) -> String {
+    let mut parts = Vec::new();
+    if !needs.pools.is_empty() {
+        let word = if needs.pools.len() == 1 {
+            "pool"
+        } else {
+            "one of the pools"
+        };
+        parts.push(format!("{word} {}", needs.pools.join(", ")));
+    }
+    if !needs.labels.is_empty() {
+        let labels: Vec<String> = needs
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k} = \"{v}\""))
+            .collect();
+        parts.push(format!("labels {{{}}}", labels.join(", ")));
+    }
+    if needs.gpus > 0 {
+        parts.push(format!("{} accelerators per slot", needs.gpus));
+    }
+    parts.join(" / ")
+}
+
 /// What each pool looks like to the router now.
 #[derive(Debug, Clone)]
 pub(super) struct PoolState {

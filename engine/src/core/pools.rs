@@ -173,15 +173,25 @@ impl Pools {
         }
     }
 
-    /// Whether pool `index`'s strategy is due.
+    /// Whether any pool's strategy is due.
     pub(super) fn strategy_due(&self, now: u64) -> bool {
         self.pools.iter().any(|p| p.strategy_due(now))
     }
 
     /// Runs each pool's strategy against its share of the demand
-    /// (`demands[i]` for pool `i`).
-    pub(super) fn strategize(&mut self, demands: &[Demand], now: u64, out: &mut Vec<Action>) {
+    /// (`demands[i]` for pool `i`); with `only_due`, only the pools whose
+    /// own `strategy_period` has passed.
+    pub(super) fn strategize(
+        &mut self,
+        demands: &[Demand],
+        only_due: bool,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
         for (i, demand) in demands.iter().enumerate().take(self.pools.len()) {
+            if only_due && !self.pools[i].strategy_due(now) {
+                continue;
+            }
             self.pools[i].strategize(demand, now, out);
             self.sync_ids();
         }

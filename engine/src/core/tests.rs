@@ -60,6 +60,7 @@ fn policy(init: u32, min: u32, max: u32) -> BlockPolicy {
         labels: Default::default(),
         cost: 0.0,
         accelerators_per_slot: None,
+        walltime_margin_us: 10 * SEC,
     }
 }
 
@@ -3115,4 +3116,136 @@ fn a_pipeline_runs_each_step_in_the_pool_it_needs() {
         h.result_of(id).outcome,
         Some(Outcome::Output(Payload::from(vec![0x03])))
     );
+}
+
+#[test]
+fn status_says_when_no_pool_matches_a_servable_or_its_pools_have_no_workers() {
+    let mut h = two_pools();
+    h.publish(placed("on-tpu", &[], &[("partition", "tpu")]));
+    h.publish(placed("on-theta", &["theta"], &[("site", "alcf")]));
+    h.publish(placed("model", &[], &[("site", "polaris")]));
+    h.publish(placed("tokenizer", &["cpu"], &[]));
+    for s in ["on-tpu", "on-theta", "model", "tokenizer"] {
+        h.submit_to(s, Payload::from(vec![1])).unwrap();
+    }
+    assert_eq!(
+        h.waiting_for("on-tpu").as_deref(),
+        Some(
+            "needs labels {partition = \"tpu\"}; no pool of this site matches (the site's [[pool]] names, labels and accelerators)"
+        )
+    );
+    assert_eq!(
+        h.waiting_for("on-theta").as_deref(),
+        Some(
+            "needs pool theta / labels {site = \"alcf\"}; no pool of this site matches (the site's [[pool]] names, labels and accelerators)"
+        )
+    );
+    assert_eq!(
+        h.waiting_for("model").as_deref(),
+        Some("the eligible pools cpu, gpu have no connected workers yet")
+    );
+    assert_eq!(
+        h.waiting_for("tokenizer").as_deref(),
+        Some("the eligible pool cpu has no connected workers yet")
+    );
+    // A GPU worker connects: the model has a worker to wait for, the
+    // tokenizer still has none in its pool.
+    let mut out = Vec::new();
+    h.core.fleet.pools.adopt(
+        vec![BlockRecord {
+            id: 7,
+            job: "700".into(),
+            submitted_us: 1,
+            running_since_us: Some(2),
+            pool: "gpu".into(),
+        }],
+        h.now,
+        &mut out,
+    );
+    let gpu_block = 7;
+    h.block_worker(1, "gpu-w", gpu_block);
+    assert_eq!(h.waiting_for("model"), None);
+    assert_eq!(
+        h.waiting_for("tokenizer").as_deref(),
+        Some("the eligible pool cpu has no connected workers yet")
+    );
+}
+
+#[test]
+fn each_worker_keeps_the_walltime_margin_of_its_own_pool() {
+    let mut cfg = config();
+    let mut cpu = pool("cpu", &[("site", "polaris")], 1.0, 1);
+    cpu.walltime_margin_us = 10 * SEC;
+    let mut gpu = pool("gpu", &[("site", "polaris")], 4.0, 1);
+    gpu.walltime_margin_us = 100 * SEC;
+    cfg.pools = vec![cpu, gpu];
+    // The daemon's own margin (for workers no pool started) is neither.
+    cfg.walltime_margin_us = 0;
+    let mut h = Harness::with(cfg, Recovered::default());
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    h.core.fleet.pools.adopt(
+        vec![
+            BlockRecord {
+                id: 0,
+                job: "100".into(),
+                submitted_us: 1,
+                running_since_us: Some(2),
+                pool: "cpu".into(),
+            },
+            BlockRecord {
+                id: 1,
+                job: "101".into(),
+                submitted_us: 1,
+                running_since_us: Some(2),
+                pool: "gpu".into(),
+            },
+        ],
+        h.now,
+        &mut out,
+    );
+    let mut s = spec("forty", "1.0.0");
+    s.resources.labels = [("site".to_owned(), "polaris".to_owned())].into();
+    s.options.max_duration_s = Some(40);
+    h.publish(record(s));
+    // Both workers' jobs end in 60 s.
+    for (pipe, name, block) in [(1, "gpu-w", 1), (2, "cpu-w", 0)] {
+        let mut hi = in_block(name, 1, block);
+        hi.servables.push("*".into());
+        hi.ends_at_unix_s = Some(h.now / SEC + 60);
+        register(&mut h, pipe, hi);
+    }
+    h.submit_to("forty", Payload::from(vec![1])).unwrap();
+    // 60 s less the GPU pool's 100 s leaves nothing; 60 s less the CPU
+    // pool's 10 s leaves 50 s, enough for a 40 s call.
+    let (poll, out) = h.poll(1);
+    assert!(worker_reply(&out, poll).is_none(), "held: {out:?}");
+    let (poll, out) = h.poll(2);
+    assert_eq!(work_in(&out, poll).len(), 1);
+}
+
+#[test]
+fn each_pool_s_strategy_runs_on_its_own_period() {
+    let mut cfg = config();
+    let mut cpu = pool("cpu", &[], 1.0, 2);
+    cpu.strategy_period_us = SEC;
+    let mut gpu = pool("gpu", &[], 4.0, 2);
+    gpu.strategy_period_us = 10 * SEC;
+    cfg.pools = vec![cpu, gpu];
+    let mut h = Harness::with(cfg, Recovered::default());
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    h.publish(placed("on-cpu", &["cpu"], &[]));
+    h.publish(placed("on-gpu", &["gpu"], &[]));
+    h.submit_to("on-cpu", Payload::from(vec![1])).unwrap();
+    h.submit_to("on-gpu", Payload::from(vec![1])).unwrap();
+    // The CPU pool's strategy is due after a second; the GPU pool's is not.
+    let out = h.advance(SEC);
+    assert_eq!(submitted_by_pool(&out), [("cpu".to_owned(), 0)]);
+    for _ in 0..8 {
+        let out = h.advance(SEC);
+        assert_eq!(submitted_by_pool(&out), [], "the GPU pool is not due yet");
+    }
+    let out = h.advance(SEC);
+    assert_eq!(submitted_by_pool(&out), [("gpu".to_owned(), 1)]);
 }
