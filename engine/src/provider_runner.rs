@@ -143,7 +143,7 @@ fn run(
                 }
             }
             Ok(Command::Adopt { block, job }) => {
-                tracing::info!(pool, block, job = %job, "watching a block from before the restart");
+                tracing::info!(pool = %pool, block, job = %job, "watching a block from before the restart");
                 live.insert(block, (job, JobState::Unknown));
                 // Learn its state now, not a poll interval from now.
                 next_poll = Instant::now();
@@ -174,7 +174,7 @@ fn poll(
     let statuses = match provider.status(&ids) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(pool, provider = provider.name(), error = %e, "cannot poll block states");
+            tracing::warn!(pool = %pool, provider = provider.name(), error = %e, "cannot poll block states");
             return;
         }
     };
