@@ -392,14 +392,20 @@ impl OwnSshd {
     }
 
     /// Stops the server and ends the sessions it holds open (a daemon's
-    /// reused session would otherwise outlive it).
+    /// reused session would otherwise outlive it): only their `sshd`
+    /// processes, so that a command a session runs ends on its own (a
+    /// shell killed halfway through its start-up files could leave a lock
+    /// behind that stalls every later login).
     fn down(&self) {
         let pidfile = self.infra.path().join("sshd/sshd.pid");
         let sessions = std::fs::read_to_string(&pidfile)
             .ok()
             .and_then(|p| p.trim().parse::<i32>().ok())
             .map(descendants)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, name)| name == "sshd")
+            .map(|(pid, _)| pid);
         let _ = self.script("sshd-down.sh").status();
         for pid in sessions {
             let _ = nix::sys::signal::kill(
@@ -432,39 +438,32 @@ impl Drop for OwnSshd {
     }
 }
 
-/// Every process below `root` (from /proc), children first found first.
-fn descendants(root: i32) -> Vec<i32> {
-    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+/// Every process below `root` (from /proc), with its command name.
+fn descendants(root: i32) -> Vec<(i32, String)> {
+    let procs: Vec<(i32, i32, String)> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // The parent is the second field after the command's ")".
-            let ppid = stat
-                .rsplit(')')
-                .next()?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
+            // `pid (name) state ppid ...`: the name may hold spaces.
+            let (head, tail) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_owned();
+            let ppid = tail.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid, name))
         })
         .collect();
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
+    let mut found: Vec<(i32, String)> = Vec::new();
+    let mut parents = vec![root];
+    while let Some(parent) = parents.pop() {
+        for (pid, ppid, name) in &procs {
+            if *ppid == parent {
+                found.push((*pid, name.clone()));
+                parents.push(*pid);
+            }
+        }
     }
-    found.remove(0);
     found
 }
 
