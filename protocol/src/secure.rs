@@ -190,6 +190,16 @@ impl Drop for SessionKeys {
     }
 }
 
+/// Keys are the same when their ids are: both come from the same
+/// derivation input, so this never compares key bytes.
+impl PartialEq for SessionKeys {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for SessionKeys {}
+
 impl SessionKeys {
     /// The connection's id (public).
     pub fn id(&self) -> ConnectionId {
@@ -318,6 +328,15 @@ impl std::fmt::Debug for Channel {
             .field("id", &crate::secret::to_hex(&self.id))
             .field("sent", &self.sent.load(Ordering::Relaxed))
             .finish_non_exhaustive()
+    }
+}
+
+/// Channels are the same when they are ends of the same connection's
+/// keys in the same role would be; compared by connection id only (for
+/// tests and logs: two ends of one connection compare equal too).
+impl PartialEq for Channel {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
     }
 }
 
