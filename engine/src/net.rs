@@ -469,8 +469,7 @@ impl Shared {
                 count,
                 connections,
                 unregistered,
-                reason = why,
-                "dropping a peer"
+                "dropping a peer: {why}"
             );
         }
     }
@@ -623,12 +622,23 @@ impl Shared {
             Some(channel) => match channel.open(bytes) {
                 Ok(frame) => self.dispatch(index, receiver, (pipe, id, registered), &frame),
                 Err(e) => {
-                    let why = if secure::is_sealed(bytes) {
-                        format!("a frame on its sealed connection does not open: {e}")
+                    // Logged every time: only a connection that completed
+                    // a handshake has keys, so these cannot flood the log.
+                    if secure::is_sealed(bytes) {
+                        tracing::warn!(
+                            server = self.name,
+                            pipe = id.0,
+                            reason = %e,
+                            "dropping a peer: a frame on its sealed connection does not open"
+                        );
                     } else {
-                        "a frame in clear on its sealed connection".to_owned()
-                    };
-                    self.log_refusal(Some(id), &why);
+                        tracing::warn!(
+                            server = self.name,
+                            pipe = id.0,
+                            len = bytes.len(),
+                            "dropping a peer: a frame in clear on its sealed connection"
+                        );
+                    }
                     self.drop_request(receiver, Some(pipe));
                 }
             },
