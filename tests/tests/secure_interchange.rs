@@ -416,3 +416,37 @@ fn the_relayed_interchange_shows_nothing_and_takes_no_injected_frame() {
     let workers = f.client().status().unwrap().workers;
     assert!(workers.iter().all(|w| w.id != "intruder"), "{workers:?}");
 }
+
+#[test]
+fn a_worker_registers_again_under_fresh_keys_with_a_restarted_daemon() {
+    let mut f = Flotilla::start(&test_config());
+    f.spawn_worker_named("survivor");
+    let run = |f: &Flotilla, i: u32| {
+        let view = f
+            .client()
+            .run("echo", json_to_payload(&json!(i)).unwrap(), Some(LONG))
+            .unwrap();
+        assert_eq!(view.state, TaskState::Completed, "{view:?}");
+        assert_eq!(view.worker.as_deref(), Some("survivor"));
+    };
+    run(&f, 1);
+    // The worker's next frames are sealed with keys the new daemon never
+    // had: it is told to register again, and does, on the same port.
+    f.kill_daemon();
+    f.start_daemon();
+    f.wait_workers(1);
+    run(&f, 2);
+    assert!(
+        f.worker_log(0).contains("registered with the daemon"),
+        "{}",
+        f.worker_log(0)
+    );
+    assert_eq!(
+        f.worker_log(0)
+            .matches("registered with the daemon")
+            .count(),
+        2,
+        "{}",
+        f.worker_log(0)
+    );
+}

@@ -201,7 +201,9 @@ fn compare(args: &[String]) -> Result<(), String> {
     if let (Some(base), Some(secure)) = (find("previous"), find("secure")) {
         let (b, s) = (
             base["throughput_tasks_per_s"].as_f64().unwrap_or(f64::NAN),
-            secure["throughput_tasks_per_s"].as_f64().unwrap_or(f64::NAN),
+            secure["throughput_tasks_per_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
         );
         let (bp, sp) = (
             base["round_trip_p50_us"].as_f64().unwrap_or(f64::NAN),
