@@ -183,17 +183,18 @@ fn compare(args: &[String]) -> Result<(), String> {
         }));
     }
     println!(
-        "{:<12} {:>8} {:>16} {:>16} {:>20}",
+        "{:<10} {:>6} {:>18} {:>18} {:>20}",
         "build", "rounds", "round trip p50", "round trip p99", "throughput"
     );
     for row in &rows {
+        let num = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
         println!(
-            "{:<12} {:>8} {:>13} µs {:>13} µs {:>13} tasks/s",
+            "{:<10} {:>6} {:>15.0} µs {:>15.0} µs {:>12.0} tasks/s",
             row["label"].as_str().unwrap_or("?"),
             row["rounds"],
-            row["round_trip_p50_us"],
-            row["round_trip_p99_us"],
-            row["throughput_tasks_per_s"],
+            num("round_trip_p50_us"),
+            num("round_trip_p99_us"),
+            num("throughput_tasks_per_s"),
         );
     }
     let find = |label: &str| rows.iter().find(|r| r["label"] == label);
@@ -209,16 +210,17 @@ fn compare(args: &[String]) -> Result<(), String> {
             base["round_trip_p50_us"].as_f64().unwrap_or(f64::NAN),
             secure["round_trip_p50_us"].as_f64().unwrap_or(f64::NAN),
         );
-        let loss = 100.0 * (1.0 - s / b);
+        let kept = 100.0 * s / b;
         let added = sp - bp;
         println!(
-            "secure against previous: throughput {loss:+.1}% lost (goal ≤ 10%), round trip p50 {added:+.0} µs (goal ≤ 50 µs)"
+            "secure against previous: throughput {kept:.1}% of previous (goal: at least 90%), round trip p50 {added:+.0} µs (goal: at most +50 µs)"
         );
         verdict = json!({
-            "throughput_loss_percent": round(loss),
+            "throughput_percent_of_previous": round(kept),
             "round_trip_p50_added_us": round(added),
         });
     }
+
     let report = json!({
         "figure": "interchange",
         "date": today(),
@@ -227,7 +229,7 @@ fn compare(args: &[String]) -> Result<(), String> {
         "builds": rows,
         "secure_against_previous": verdict,
     });
-    let path = write_result(&name, &report).map_err(|e| e.to_string())?;
+    let path = write_result(&format!("{name}.json"), &report).map_err(|e| e.to_string())?;
     println!("wrote {}", path.display());
     Ok(())
 }
