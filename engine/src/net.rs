@@ -257,9 +257,10 @@ fn nng_err<'a>(what: &'static str, url: &'a str) -> impl FnOnce(nng::Error) -> N
 impl RepServer {
     /// A server named `name` (for logs) that holds at most `max_receivers`
     /// requests and bounds its peers by `limits`. A part (see
-    /// [`flotilla_protocol::parts`]) from a peer that has not registered is
-    /// answered with `unregistered_part_reply` (the interchange's "register
-    /// first") and not kept.
+    /// [`flotilla_protocol::parts`]) from a peer that has not registered,
+    /// and a sealed frame on a connection without keys, are answered with
+    /// `unregistered_part_reply` (the interchange's "register first") and
+    /// not kept.
     pub fn new(
         name: &'static str,
         max_receivers: usize,
