@@ -39,6 +39,9 @@ if [ "$FLOTILLA_PYTHON_OK" != 1 ]; then
     echo "cannot make a Python environment with msgpack, numpy and scikit-learn in .venv" >&2
     exit 1
 fi
+# Wheels for the servable-environment tests, which publish with no index.
+# shellcheck source=test-wheelhouse.sh
+. scripts/test-wheelhouse.sh
 
 # The Slurm test cluster and sshd (tests/infra), stopped again on exit.
 if [ "$(id -u)" -ne 0 ]; then

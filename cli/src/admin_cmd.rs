@@ -66,6 +66,10 @@ pub fn pool(command: PoolCmd) -> Result<(), Failure> {
             println!("pool {name} resumed");
             Ok(())
         }
-        PoolCmd::Preview { config, block } => crate::preview_cmd::preview(config.as_deref(), block),
+        PoolCmd::Preview {
+            config,
+            block,
+            pool,
+        } => crate::preview_cmd::preview(config.as_deref(), block, pool.as_deref()),
     }
 }

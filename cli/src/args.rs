@@ -178,6 +178,10 @@ pub(crate) enum ServableCmd {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Record the `[environment]` packages (pinned) without capturing
+        /// their wheels: nodes install them from their package index.
+        #[arg(long)]
+        no_wheels: bool,
     },
     /// The latest version of every servable.
     List {
@@ -252,7 +256,8 @@ pub(crate) enum PipelineCmd {
 pub(crate) enum PoolCmd {
     /// Start blocks again in a pool paused after failed blocks.
     Resume {
-        /// The pool (`[provider] pool`, "default" unless set).
+        /// The pool (a `[[pool]]`'s name; in a file of one pool, `[provider]
+        /// pool`, "default" unless set).
         name: String,
     },
     /// Print the submit command and the job script a block of the site
@@ -264,6 +269,10 @@ pub(crate) enum PoolCmd {
         /// The block's number.
         #[arg(long, default_value = "0")]
         block: u32,
+        /// The pool whose block to show (a `[[pool]]`'s name); default:
+        /// every pool's.
+        #[arg(long)]
+        pool: Option<String>,
     },
 }
 

@@ -8,9 +8,13 @@ use crate::{Failure, connect, servable_cmd};
 pub fn servable(command: ServableCmd) -> Result<(), Failure> {
     let client = connect()?;
     match command {
-        ServableCmd::Publish { dir, json } => {
+        ServableCmd::Publish {
+            dir,
+            json,
+            no_wheels,
+        } => {
             let dir = servable_cmd::servable_dir(dir)?;
-            let (id, created, bytes) = servable_cmd::publish(&client, &dir)?;
+            let (id, created, bytes) = servable_cmd::publish(&client, &dir, !no_wheels)?;
             if json {
                 println!(
                     "{}",

@@ -27,6 +27,16 @@ pub fn config(command: ConfigCmd) -> Result<(), Failure> {
 fn check_one(file: Option<&PathBuf>) -> Result<(), Failure> {
     let (config, name) = load(file.map(PathBuf::as_path))?;
     println!("# {name}: ok; the settings in force:");
+    if let Ok(dir) = crate::daemon_cmd::resolve_dirs(&config) {
+        println!(
+            "# state directory (store, socket, lock, secret): {}",
+            dir.root().display()
+        );
+        println!(
+            "# shared directory (object store, blocks' files; compute nodes reach it): {}",
+            dir.shared_root().display()
+        );
+    }
     print!("{}", config.to_toml());
     Ok(())
 }
@@ -37,20 +47,30 @@ fn check_one(file: Option<&PathBuf>) -> Result<(), Failure> {
 /// job script cannot carry) is refused here, not at the first block.
 fn load(file: Option<&Path>) -> Result<(Config, String), Failure> {
     let (config, name) = load_config(file)?;
-    let dir =
-        StateDir::resolve(config.daemon.state_dir.as_deref()).unwrap_or_else(|_| StateDir::at("/"));
-    let site = BlockSite {
-        tag: daemon_tag(&dir),
-        worker_exe: config
-            .worker
-            .command
-            .clone()
-            .unwrap_or_else(default_worker_exe),
-        addresses: "127.0.0.1".into(),
-        port: 1,
-    };
-    preview(&config, &dir, &site, 0).map_err(|e| Failure::Usage(anyhow!("{name}: {e}")))?;
-    check_launcher_here(&config).map_err(|e| Failure::Usage(anyhow!("{name}: {e}")))?;
+    let dir = crate::daemon_cmd::resolve_dirs(&config).unwrap_or_else(|_| StateDir::at("/"));
+    let several = !config.pools.is_empty();
+    for pool in config.pool_configs() {
+        let pool_config = config.with_pool(&pool);
+        let site = BlockSite {
+            tag: daemon_tag(&dir),
+            worker_exe: pool_config
+                .worker
+                .command
+                .clone()
+                .unwrap_or_else(default_worker_exe),
+            addresses: "127.0.0.1".into(),
+            port: 1,
+        };
+        let named = |e: String| {
+            if several {
+                Failure::Usage(anyhow!("{name}: pool `{}`: {e}", pool.name))
+            } else {
+                Failure::Usage(anyhow!("{name}: {e}"))
+            }
+        };
+        preview(&pool_config, &dir, &site, 0).map_err(|e| named(e.to_string()))?;
+        check_launcher_here(&pool_config).map_err(named)?;
+    }
     Ok((config, name))
 }
 

@@ -23,8 +23,9 @@ pub fn daemon(config_path: Option<&Path>, detach: bool) -> Result<(), Failure> {
     }
     let (dir, pid) = detached(config_path, &config)?;
     println!(
-        "daemon running (pid {pid}); state {}; log {}",
+        "daemon running (pid {pid}); state {}; shared {}; log {}",
         dir.root().display(),
+        dir.shared_root().display(),
         dir.root().join("daemon.log").display()
     );
     Ok(())
@@ -63,12 +64,21 @@ pub fn foreground(config: Config, config_name: &str) -> Result<(), Failure> {
 /// Starts the daemon in the background (its own session, output in
 /// `STATE_DIR/daemon.log`) and returns once it answers.
 pub fn detached(config_path: Option<&Path>, config: &Config) -> Result<(StateDir, u32), Failure> {
-    let dir = StateDir::resolve(config.daemon.state_dir.as_deref())
-        .map_err(|e| Failure::Usage(e.into()))?;
+    let dir = resolve_dirs(config)?;
     dir.create().map_err(|e| Failure::Other(e.into()))?;
     let log = dir.root().join("daemon.log");
     let pid = spawn_daemon(config_path, &dir, &log, Duration::from_secs(30), true)?;
     Ok((dir, pid))
+}
+
+/// The state and shared directories a daemon started with `config` here
+/// would use.
+pub fn resolve_dirs(config: &Config) -> Result<StateDir, Failure> {
+    StateDir::resolve(
+        config.daemon.state_dir.as_deref(),
+        config.daemon.shared_dir.as_deref(),
+    )
+    .map_err(|e| Failure::Usage(e.into()))
 }
 
 /// Spawns `flotilla daemon` for `dir` and waits up to `limit` until it

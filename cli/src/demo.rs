@@ -230,6 +230,23 @@ const DIGITS_FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// `text` (a `servable.toml`) without its `[environment]` table.
+fn without_environment(text: &str) -> String {
+    let mut inside = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let header = line.trim_start().starts_with('[');
+        if header {
+            inside = line.trim() == "[environment]";
+        }
+        if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 const PYTHON_CHECK: &str = "import flotilla_servable, msgpack, numpy, sklearn";
 
 /// Publishes and runs `digits` when Python with scikit-learn is here.
@@ -257,10 +274,17 @@ fn digits(client: &Client, dir: &StateDir) -> Result<(), Failure> {
     let src = dir.root().join("servables").join("digits");
     std::fs::create_dir_all(&src).context("cannot write the digits servable")?;
     for (name, text) in DIGITS_FILES {
+        // The demo runs on this machine's Python, checked above: no
+        // environment to capture or prepare.
+        let text = if *name == "servable.toml" {
+            without_environment(text)
+        } else {
+            (*text).to_owned()
+        };
         std::fs::write(src.join(name), text).context("cannot write the digits servable")?;
     }
     let t = Instant::now();
-    let (id, _, bytes) = crate::servable_cmd::publish(client, &src)?;
+    let (id, _, bytes) = crate::servable_cmd::publish(client, &src, true)?;
     println!(
         "  trained and published {id} ({bytes} bytes of files) in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -349,5 +373,21 @@ fn wait_for_worker(client: &Client, limit: Duration) -> Result<u32, Failure> {
             )));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_drops_only_the_environment_table() {
+        let text = "name = \"d\"\n\n[environment]\npackages = [\"numpy\"]\n\n[build]\ncommand = \"python3\"\n";
+        assert_eq!(
+            without_environment(text),
+            "name = \"d\"\n\n[build]\ncommand = \"python3\"\n"
+        );
+        let digits = without_environment(DIGITS_FILES[0].1);
+        assert!(!digits.contains("[environment]") && digits.contains("[build]"));
     }
 }

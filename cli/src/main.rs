@@ -16,7 +16,9 @@ mod output;
 mod preview_cmd;
 mod servable_cmd;
 mod task_cmd;
+mod wheels;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -39,6 +41,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, never into daemon.log.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 //! How the CLI shows tasks and the daemon, as text or as JSON.
 
 use flotilla_client::payload_to_json;
-use flotilla_protocol::client::DaemonStatus;
+use flotilla_protocol::client::{BlockView, DaemonStatus, WorkerView};
 use flotilla_protocol::interchange::SlotResources;
 use flotilla_protocol::task::{Outcome, TaskView};
 use serde_json::{Value, json};
@@ -144,6 +144,9 @@ fn duration(s: u64) -> String {
 pub fn event_text(e: &flotilla_protocol::client::EventView) -> String {
     let when = chrono_like(e.at_us);
     let mut who = String::new();
+    if let Some(p) = &e.pool {
+        who.push_str(&format!(" pool {p}"));
+    }
     if let Some(b) = e.block {
         who.push_str(&format!(" block {b}"));
     }
@@ -156,7 +159,7 @@ pub fn event_text(e: &flotilla_protocol::client::EventView) -> String {
 /// One event as JSON.
 pub fn event_json(e: &flotilla_protocol::client::EventView) -> Value {
     json!({
-        "seq": e.seq, "at_us": e.at_us, "kind": e.kind, "block": e.block,
+        "seq": e.seq, "at_us": e.at_us, "kind": e.kind, "pool": e.pool, "block": e.block,
         "worker": e.worker, "message": e.message,
     })
 }
@@ -203,9 +206,64 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
                 .map(|why| format!("\n  WAITING: {why}"))
                 .unwrap_or_default()
         ));
+        let mine = |pool: &Option<String>| pool.as_deref() == Some(p.name.as_str());
+        // Blocks and workers of a status from before pools name none: they
+        // are the one pool's.
+        let one = s.pools.len() == 1;
+        let blocks: Vec<&BlockView> = s
+            .blocks
+            .iter()
+            .filter(|b| mine(&b.pool) || (one && b.pool.is_none()))
+            .collect();
+        out.push_str(&blocks_text(&blocks));
+        let workers: Vec<&WorkerView> = s
+            .workers
+            .iter()
+            .filter(|w| mine(&w.pool) || (one && w.pool.is_none() && w.block.is_some()))
+            .collect();
+        out.push_str(&workers_text("workers", &workers));
     }
-    out.push_str(&format!("\nblocks ({})\n", s.blocks.len()));
-    for b in &s.blocks {
+    if let Some(why) = &s.blocks_paused {
+        out.push_str(&format!("  NOT STARTING BLOCKS: {why}\n"));
+    }
+    let pooled = |w: &WorkerView| {
+        w.pool
+            .as_deref()
+            .is_some_and(|name| s.pools.iter().any(|p| p.name == name))
+            || (s.pools.len() == 1 && w.pool.is_none() && w.block.is_some())
+    };
+    let others: Vec<&WorkerView> = s.workers.iter().filter(|w| !pooled(w)).collect();
+    if !others.is_empty() || s.pools.is_empty() {
+        out.push_str(&format!(
+            "\n{}",
+            workers_text("workers not started by a pool", &others)
+        ));
+    }
+    out.push_str("\nqueues\n");
+    if s.queues.is_empty() {
+        out.push_str("  (empty)\n");
+    }
+    for q in &s.queues {
+        out.push_str(&format!(
+            "  {:<24} queued {:>8}  running {:>8}\n",
+            q.servable, q.queued, q.running
+        ));
+        if let Some(why) = &q.waiting_for {
+            out.push_str(&format!("  {:<24} waiting: {why}\n", ""));
+        }
+    }
+    let t = &s.totals;
+    out.push_str(&format!(
+        "\ntasks: {} accepted, {} completed, {} failed, {} cancelled, {} requeued after worker loss\n",
+        t.accepted, t.completed, t.failed, t.cancelled, t.requeued
+    ));
+    out
+}
+
+/// A pool's blocks, under a heading.
+fn blocks_text(blocks: &[&BlockView]) -> String {
+    let mut out = format!("  blocks ({})\n", blocks.len());
+    for b in blocks {
         let mut extra = format!("  age {}", duration(b.age_s));
         if let Some(left) = b.walltime_left_s {
             extra.push_str(&format!("  walltime left {}", duration(left)));
@@ -226,11 +284,13 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
             }
         }
     }
-    if let Some(why) = &s.blocks_paused {
-        out.push_str(&format!("  NOT STARTING BLOCKS: {why}\n"));
-    }
-    out.push_str(&format!("\nworkers ({})\n", s.workers.len()));
-    for w in &s.workers {
+    out
+}
+
+/// Workers under `heading`, one line each and one per slot.
+fn workers_text(heading: &str, workers: &[&WorkerView]) -> String {
+    let mut out = format!("  {heading} ({})\n", workers.len());
+    for w in workers {
         let placed = match (&w.node, w.rank) {
             (Some(node), Some(rank)) => format!("  node {node}  rank {rank}"),
             (Some(node), None) => format!("  node {node}"),
@@ -248,24 +308,6 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
         ));
         out.push_str(&slot_lines(&w.slot_resources));
     }
-    out.push_str("\nqueues\n");
-    if s.queues.is_empty() {
-        out.push_str("  (empty)\n");
-    }
-    for q in &s.queues {
-        out.push_str(&format!(
-            "  {:<24} queued {:>8}  running {:>8}\n",
-            q.servable, q.queued, q.running
-        ));
-        if let Some(why) = &q.waiting_for {
-            out.push_str(&format!("  {:<24} waiting: {why}\n", ""));
-        }
-    }
-    let t = &s.totals;
-    out.push_str(&format!(
-        "\ntasks: {} accepted, {} completed, {} failed, {} cancelled, {} requeued after worker loss\n",
-        t.accepted, t.completed, t.failed, t.cancelled, t.requeued
-    ));
     out
 }
 
@@ -296,7 +338,7 @@ pub fn daemon_json(s: &DaemonStatus) -> Value {
         "draining": s.draining,
         "interchange": s.interchange,
         "blocks": s.blocks.iter().map(|b| json!({
-            "id": b.id, "state": b.state, "job_id": b.job_id, "workers": b.workers, "message": b.message,
+            "id": b.id, "pool": b.pool, "state": b.state, "job_id": b.job_id, "workers": b.workers, "message": b.message,
             "age_s": b.age_s, "walltime_left_s": b.walltime_left_s, "idle_s": b.idle_s,
         })).collect::<Vec<_>>(),
         "blocks_paused": s.blocks_paused,
@@ -304,9 +346,11 @@ pub fn daemon_json(s: &DaemonStatus) -> Value {
             "name": p.name, "provider": p.provider, "wanted": p.wanted, "active": p.active,
             "min_blocks": p.min_blocks, "max_blocks": p.max_blocks, "submitted": p.submitted,
             "paused": p.paused, "held": p.held,
+            "blocks": s.blocks.iter().filter(|b| b.pool.as_deref() == Some(p.name.as_str())).map(|b| b.id).collect::<Vec<_>>(),
+            "workers": s.workers.iter().filter(|w| w.pool.as_deref() == Some(p.name.as_str())).map(|w| w.id.as_str()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "workers": s.workers.iter().map(|w| json!({
-            "id": w.id, "block": w.block, "host": w.host, "pid": w.pid, "node": w.node, "rank": w.rank, "slots": w.slots,
+            "id": w.id, "pool": w.pool, "block": w.block, "host": w.host, "pid": w.pid, "node": w.node, "rank": w.rank, "slots": w.slots,
             "running": w.running, "last_seen_ms": w.last_seen_ms,
             "slot_resources": w.slot_resources.iter().map(|r| json!({
                 "devices": r.devices, "cpus": r.cpus,
@@ -345,5 +389,88 @@ mod tests {
             "    slot 0  accelerators 0.0  cpus 1-9\n    slot 1  accelerators -  cpus any\n"
         );
         assert_eq!(slot_lines(&[]), "");
+    }
+
+    fn pool_view(name: &str) -> flotilla_protocol::client::PoolView {
+        flotilla_protocol::client::PoolView {
+            name: name.into(),
+            provider: "local".into(),
+            wanted: 1,
+            active: 1,
+            min_blocks: 0,
+            max_blocks: 2,
+            submitted: 1,
+            paused: None,
+            held: None,
+        }
+    }
+
+    fn block(id: u32, pool: &str) -> BlockView {
+        BlockView {
+            id,
+            state: "RUNNING".into(),
+            job_id: Some(format!("j{id}")),
+            workers: 1,
+            message: None,
+            age_s: 1,
+            walltime_left_s: None,
+            idle_s: None,
+            pool: Some(pool.into()),
+        }
+    }
+
+    fn worker(id: &str, block: Option<u32>, pool: Option<&str>) -> WorkerView {
+        WorkerView {
+            id: id.into(),
+            block,
+            host: "h".into(),
+            pid: 1,
+            node: None,
+            rank: None,
+            slots: 1,
+            running: 0,
+            last_seen_ms: 0,
+            pool: pool.map(str::to_owned),
+            slot_resources: vec![],
+        }
+    }
+
+    #[test]
+    fn status_groups_blocks_and_workers_by_pool() {
+        let s = DaemonStatus {
+            pid: 1,
+            release: "t".into(),
+            uptime_s: 1,
+            draining: false,
+            interchange: "tcp://x:1".into(),
+            blocks: vec![block(0, "gpu"), block(1, "cpu")],
+            blocks_paused: None,
+            pools: vec![pool_view("cpu"), pool_view("gpu")],
+            workers: vec![
+                worker("g", Some(0), Some("gpu")),
+                worker("c", Some(1), Some("cpu")),
+                worker("hand", None, None),
+            ],
+            queues: vec![],
+            totals: Default::default(),
+        };
+        let text = daemon_text(&s);
+        let cpu = text.find("pool cpu").unwrap();
+        let gpu = text.find("pool gpu").unwrap();
+        let at = |needle: &str| text.find(needle).unwrap();
+        assert!(
+            cpu < at("     1  RUNNING") && at("     1  RUNNING") < gpu,
+            "{text}"
+        );
+        assert!(gpu < at("     0  RUNNING"), "{text}");
+        assert!(cpu < at("  c  host") && at("  c  host") < gpu, "{text}");
+        assert!(
+            at("workers not started by a pool (1)") < at("  hand  host"),
+            "{text}"
+        );
+        let json = daemon_json(&s);
+        assert_eq!(json["pools"][1]["blocks"], json!([0]));
+        assert_eq!(json["pools"][0]["workers"], json!(["c"]));
+        assert_eq!(json["workers"][0]["pool"], json!("gpu"));
     }
 }

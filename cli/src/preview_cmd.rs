@@ -13,15 +13,38 @@ use flotilla_engine::state_dir::StateDir;
 use crate::Failure;
 use crate::daemon_cmd::load_config;
 
-/// Prints block `block` of the site in `file` (or the embedded default).
-pub fn preview(file: Option<&Path>, block: u32) -> Result<(), Failure> {
+/// Prints block `block` of the site in `file` (or the embedded default):
+/// of the pool named `pool`, or of every pool (each under a header when
+/// there are several).
+pub fn preview(file: Option<&Path>, block: u32, pool: Option<&str>) -> Result<(), Failure> {
     let (config, name) = load_config(file)?;
-    let dir = StateDir::resolve(config.daemon.state_dir.as_deref())
-        .map_err(|e| Failure::Usage(e.into()))?;
-    let site = block_site(&config, &dir);
-    let block = preview_block(&config, &dir, &site, block)
-        .map_err(|e| Failure::Usage(anyhow!("{name}: {e}")))?;
-    print!("{}", block.render());
+    let dir = crate::daemon_cmd::resolve_dirs(&config)?;
+    let pools = config.pool_configs();
+    let chosen: Vec<_> = match pool {
+        None => pools.iter().collect(),
+        Some(wanted) => {
+            let found: Vec<_> = pools.iter().filter(|p| p.name == wanted).collect();
+            if found.is_empty() {
+                let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+                return Err(Failure::Usage(anyhow!(
+                    "{name}: no pool `{wanted}`; its pools are: {}",
+                    names.join(", ")
+                )));
+            }
+            found
+        }
+    };
+    let headed = pools.len() > 1;
+    for p in chosen {
+        let pool_config = config.with_pool(p);
+        let site = block_site(&pool_config, &dir);
+        let shown = preview_block(&pool_config, &dir, &site, block)
+            .map_err(|e| Failure::Usage(anyhow!("{name}: pool `{}`: {e}", p.name)))?;
+        if headed {
+            println!("# ===== pool {} =====", p.name);
+        }
+        print!("{}", shown.render());
+    }
     Ok(())
 }
 
@@ -41,7 +64,7 @@ pub fn block_site(config: &Config, dir: &StateDir) -> BlockSite {
             entries.join(",")
         }
     };
-    let remembered = std::fs::read_to_string(dir.root().join("interchange.port"))
+    let remembered = std::fs::read_to_string(dir.port_file())
         .ok()
         .and_then(|text| text.trim().parse::<u16>().ok());
     let port = match (config.interchange.port, remembered) {

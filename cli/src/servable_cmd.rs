@@ -19,8 +19,10 @@ use serde_json::json;
 use crate::Failure;
 
 /// Publishes the servable in `dir`: checks its spec, runs its build step,
-/// stores its files by hash, registers the version. Returns (id, created).
-pub fn publish(client: &Client, dir: &Path) -> Result<(String, bool, u64), Failure> {
+/// stores its files by hash, captures its environment (the wheels too
+/// unless `wheels` is false; see [`crate::wheels`]), registers the
+/// version. Returns (id, created, bytes of files and wheels stored).
+pub fn publish(client: &Client, dir: &Path, wheels: bool) -> Result<(String, bool, u64), Failure> {
     let spec_path = dir.join(SPEC_FILE);
     let text = fs::read_to_string(&spec_path)
         .with_context(|| {
@@ -36,7 +38,7 @@ pub fn publish(client: &Client, dir: &Path) -> Result<(String, bool, u64), Failu
     if let Some(build) = &spec.build {
         run_build(dir, &build.command, &build.args)?;
     }
-    let objects = paths::objects_dir(client.state_dir());
+    let objects = paths::daemon_objects_dir(client.state_dir());
     fs::create_dir_all(&objects)
         .with_context(|| format!("{}: cannot create", objects.display()))?;
     let mut files = Vec::with_capacity(spec.files.len());
@@ -55,10 +57,20 @@ pub fn publish(client: &Client, dir: &Path) -> Result<(String, bool, u64), Failu
             size,
         });
     }
+    let lock = match &spec.environment {
+        Some(env) => {
+            crate::wheels::capture(env, wheels, |dir, name| store_object(dir, name, &objects))?
+        }
+        None => None,
+    };
+    if let Some(captured) = &lock {
+        bytes += captured.bytes;
+    }
     let record = ServableRecord {
         spec,
         files,
         published_us: 0,
+        lock: lock.map(|c| c.lock),
     };
     let (id, created) = client.publish(record).map_err(Failure::from_client)?;
     Ok((id, created, bytes))
@@ -277,6 +289,7 @@ pub fn create_pipeline(
         files: vec![],
         build: None,
         resources: Default::default(),
+        environment: None,
         options: ServableOptions {
             memoize,
             ..ServableOptions::default()
@@ -286,6 +299,7 @@ pub fn create_pipeline(
         spec,
         files: vec![],
         published_us: 0,
+        lock: None,
     };
     servable_spec::check_record(&record).map_err(|e| Failure::Usage(e.into()))?;
     client.publish(record).map_err(Failure::from_client)
@@ -407,6 +421,26 @@ pub fn record_text(r: &ServableRecord) -> String {
             out.push_str(&format!("  steps       {}\n", steps.join(" → ")))
         }
         Runtime::Builtin => {}
+    }
+    if let Some(env) = &s.environment {
+        if let Some(image) = &env.image {
+            out.push_str(&format!("  image       {image}\n"));
+        }
+        if let Some(python) = &env.python {
+            out.push_str(&format!("  python      {python}\n"));
+        }
+    }
+    if let Some(lock) = &r.lock {
+        let bytes: u64 = lock.wheels.iter().map(|w| w.size).sum();
+        let wheels = if lock.wheels.is_empty() {
+            "no wheels: nodes install from their index".to_owned()
+        } else {
+            format!("{} wheels, {bytes} bytes", lock.wheels.len())
+        };
+        out.push_str(&format!(
+            "  packages    {} ({wheels})\n",
+            lock.requirements.join(" ")
+        ));
     }
     let o = &s.options;
     out.push_str(&format!(

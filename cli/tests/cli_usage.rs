@@ -11,6 +11,7 @@ fn flotilla(args: &[&str], home: &std::path::Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args(args)
         .env(HOME_ENV, home)
+        .env_remove(flotilla_protocol::paths::SHARED_ENV)
         .output()
         .unwrap()
 }
@@ -80,6 +81,36 @@ fn config_check_names_file_line_and_key() {
         out.status.code(),
         Some(2),
         "the daemon refuses a bad site file"
+    );
+}
+
+#[test]
+fn config_check_shows_the_state_and_shared_directories() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("site.toml");
+    std::fs::write(
+        &file,
+        "[daemon]\nstate_dir = \"/local/fl\"\nshared_dir = \"/scratch/me/fl\"\n",
+    )
+    .unwrap();
+    let out = flotilla(&["config", "check", file.to_str().unwrap()], home.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("# state directory (store, socket, lock, secret): /local/fl\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("compute nodes reach it): /scratch/me/fl\n"),
+        "{text}"
+    );
+    // Unset, the shared directory is the state directory.
+    std::fs::write(&file, "[daemon]\nstate_dir = \"/local/fl\"\n").unwrap();
+    let out = flotilla(&["config", "check", file.to_str().unwrap()], home.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("compute nodes reach it): /local/fl\n"),
+        "{text}"
     );
 }
 

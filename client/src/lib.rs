@@ -500,6 +500,7 @@ mod tests {
             interchange_address: "127.0.0.1".into(),
             interchange_port: 1,
             max_frame_bytes: limit,
+            shared_dir: None,
         };
         std::fs::write(paths::info_file(dir.path()), info.to_toml().unwrap()).unwrap();
         dir

@@ -28,6 +28,7 @@ mod error;
 mod interchange;
 mod launcher;
 mod memo;
+mod pool;
 mod provider;
 mod servables;
 mod site;
@@ -41,6 +42,7 @@ pub use error::ConfigError;
 pub use interchange::InterchangeConfig;
 pub use launcher::{LauncherConfig, LauncherKind, MpiFlavorConfig};
 pub use memo::MemoConfig;
+pub use pool::{PoolConfig, is_name as is_pool_name};
 pub use provider::{KubernetesConfig, ProviderConfig, ProviderKind};
 pub use servables::ServableOverride;
 pub use worker::WorkerConfig;
@@ -75,6 +77,12 @@ pub struct Config {
     /// `[servables.NAME]`: this site's overrides of servables' serving
     /// options (every version of NAME; builtins too).
     pub servables: BTreeMap<String, ServableOverride>,
+    /// `[[pool]]`: the pools, when the file describes several; empty for a
+    /// file of one pool, which the sections above describe (see
+    /// [`Config::pool_configs`]). With pools, the sections above hold the
+    /// first pool's settings, for what reads one pool's.
+    #[serde(rename = "pool", skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolConfig>,
 }
 
 /// A whole site file as written: every section may be missing.
@@ -90,12 +98,43 @@ struct RawConfig {
     channel: Option<channel::RawChannel>,
     memo: Option<memo::RawMemo>,
     servables: Option<BTreeMap<String, servables::RawServableOverride>>,
+    pool: Option<Vec<pool::RawPool>>,
+}
+
+/// What a file with `[[pool]]` tables renders as: the pools' sections
+/// only inside the pools.
+#[derive(Serialize)]
+struct RenderedPools<'a> {
+    daemon: &'a DaemonConfig,
+    interchange: &'a InterchangeConfig,
+    memo: &'a MemoConfig,
+    servables: &'a BTreeMap<String, ServableOverride>,
+    pool: &'a [PoolConfig],
 }
 
 impl RawConfig {
     /// Every section checked, then the rules across sections.
     fn check(self, site: &mut Site) -> Result<Config, ConfigError> {
-        let config = Config {
+        let pools = self.pool.unwrap_or_default();
+        if !pools.is_empty() {
+            let sections = [
+                ("provider", self.provider.is_some()),
+                ("channel", self.channel.is_some()),
+                ("launcher", self.launcher.is_some()),
+                ("container", self.container.is_some()),
+                ("worker", self.worker.is_some()),
+            ];
+            if let Some((name, _)) = sections.iter().find(|(_, set)| *set) {
+                return Err(site.invalid_at(
+                    name,
+                    site.locate(name),
+                    format!(
+                        "a file with [[pool]] tables describes each pool's {name} in its own [pool.{name}]; move this section into the pools"
+                    ),
+                ));
+            }
+        }
+        let mut config = Config {
             daemon: self.daemon.unwrap_or_default().check(site)?,
             interchange: self.interchange.unwrap_or_default().check(site)?,
             provider: self.provider.unwrap_or_default().check(site)?,
@@ -105,9 +144,22 @@ impl RawConfig {
             worker: self.worker.unwrap_or_default().check(site)?,
             memo: self.memo.unwrap_or_default().check(site)?,
             servables: servables::check(self.servables.unwrap_or_default(), site)?,
+            pools: Vec::new(),
         };
-        config.provider.kind.rules().check(&config, site)?;
-        config.launcher.check_fits(&config.provider, site)?;
+        if pools.is_empty() {
+            config.provider.kind.rules().check(&config, site)?;
+            config.launcher.check_fits(&config.provider, site)?;
+            return Ok(config);
+        }
+        let mut checked: Vec<PoolConfig> = Vec::with_capacity(pools.len());
+        for (index, raw) in pools.into_iter().enumerate() {
+            let pool = raw.check(index, &checked, &config, site)?;
+            checked.push(pool);
+        }
+        if let Some(first) = checked.first() {
+            config = config.with_pool(first);
+        }
+        config.pools = checked;
         Ok(config)
     }
 }
@@ -140,7 +192,18 @@ impl Config {
 
     /// The settings in force, as TOML (for `flotilla config check`).
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        let rendered = if self.pools.is_empty() {
+            toml::to_string(self)
+        } else {
+            toml::to_string(&RenderedPools {
+                daemon: &self.daemon,
+                interchange: &self.interchange,
+                memo: &self.memo,
+                servables: &self.servables,
+                pool: &self.pools,
+            })
+        };
+        rendered.unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 
     /// The wall time batch schedulers are asked for.

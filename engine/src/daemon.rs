@@ -8,6 +8,7 @@
 //! `hub.rs`), and the resulting [`Action`]s are carried out there: encode and
 //! send replies, queue store writes, start and cancel blocks.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
 use flotilla_protocol::{FrameError, decode, encode};
 
 use crate::clock::now_us;
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, PoolConfig, ProviderKind};
 use crate::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo};
 use crate::hub::{ActionRunner, Driver, Hub};
 use crate::launch::BlockTemplate;
@@ -84,7 +85,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 async fn serve(config: Config) -> Result<(), DaemonError> {
-    let dir = StateDir::resolve(config.daemon.state_dir.as_deref())?;
+    let dir = StateDir::resolve(
+        config.daemon.state_dir.as_deref(),
+        config.daemon.shared_dir.as_deref(),
+    )?;
     dir.create()?;
     // Nothing in the directory is judged or touched before this: a second
     // daemon must fail here without disturbing the one that owns it.
@@ -92,6 +96,12 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     // We own the directory now: leftovers of a crashed daemon are stale.
     let _ = std::fs::remove_file(dir.api_socket());
     let _ = std::fs::remove_file(dir.info_file());
+    dir.check_shared_owner();
+    let pools = config.pool_configs();
+    let elsewhere = pools
+        .iter()
+        .any(|p| blocks_run_elsewhere(&config.with_pool(p)));
+    crate::fs_check::warn_about_layout(&dir, elsewhere);
     dir.create_objects()?;
     let secret = dir.load_or_create_secret()?;
 
@@ -108,8 +118,19 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     // a weak link, so the server and this thread do not keep each other.
     let object_server = spawn_object_server(&dir, &sockets.interchange)?;
     let _ = object_link.set(Arc::downgrade(&object_server));
-    let provider = spawn_provider(&config, &hub)?;
-    let template = BlockTemplate::new(&config, &dir, &sockets.addresses, sockets.port, &secret);
+    let mut pool_io = BTreeMap::new();
+    for pool in &pools {
+        let pool_config = config.with_pool(pool);
+        let provider = spawn_provider(&pool_config, &hub)?;
+        let template = BlockTemplate::new(
+            &pool_config,
+            &dir,
+            &sockets.addresses,
+            sockets.port,
+            &secret,
+        );
+        pool_io.insert(pool.name.clone(), PoolIo { provider, template });
+    }
     let seed = crate::entropy::random_seed().map_err(io("/dev/urandom"))?;
     let core_config = core_config(&config, secret, seed, sockets.interchange_url.clone());
     let core = Core::new(core_config, recovered, now_us());
@@ -120,9 +141,11 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         interchange_address: sockets.addresses.clone(),
         interchange_port: sockets.port,
         max_frame_bytes: Some(config.daemon.max_frame_bytes as u64),
+        shared_dir: Some(dir.shared_root().to_path_buf()),
     })?;
     tracing::info!(
         state_dir = %dir.root().display(),
+        shared_dir = %dir.shared_root().display(),
         api = %dir.api_url(),
         interchange = %sockets.interchange_url,
         recovered_tasks,
@@ -134,8 +157,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         api: sockets.api.clone(),
         interchange: sockets.interchange.clone(),
         writer,
-        provider,
-        template,
+        pools: pool_io,
     };
     let (driver, exit_now) = Driver::new(core, io);
     hub.install(driver);
@@ -145,6 +167,17 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let outcome = shut_down(&hub, &sockets, &dir);
     drop(object_server);
     outcome
+}
+
+/// Whether blocks run on other nodes that read the shared directory: a
+/// batch scheduler driven from this machine.
+fn blocks_run_elsewhere(config: &Config) -> bool {
+    use crate::config::{ChannelKind, ProviderKind};
+    config.channel.kind == ChannelKind::Local
+        && matches!(
+            config.provider.kind,
+            ProviderKind::Slurm | ProviderKind::Pbspro | ProviderKind::Cobalt
+        )
 }
 
 /// Where the interchange's handler finds the object server once it runs.
@@ -157,13 +190,12 @@ fn spawn_object_server(
     interchange: &RepServer,
 ) -> Result<Arc<ObjectServer>, DaemonError> {
     let interchange = interchange.clone();
-    let server = ObjectServer::spawn(
-        flotilla_protocol::paths::objects_dir(dir.root()),
-        move |receiver, message| match encode(message) {
+    let server = ObjectServer::spawn(dir.objects(), move |receiver, message| {
+        match encode(message) {
             Ok(bytes) => interchange.reply(receiver, &bytes, false),
             Err(e) => tracing::error!(error = %e, "cannot encode a servable file's chunk"),
-        },
-    )
+        }
+    })
     .map_err(io("cannot start the object reading thread"))?;
     Ok(Arc::new(server))
 }
@@ -185,7 +217,8 @@ fn spawn_writer(
     .map_err(io("cannot start the store writer"))
 }
 
-/// Starts the provider thread; its block reports become events.
+/// Starts a pool's provider thread (`config` is the pool's, as a site of
+/// one pool); its block reports become events.
 fn spawn_provider(config: &Config, hub: &Arc<Hub<Io>>) -> Result<ProviderRunner, DaemonError> {
     let provider = crate::provision::provider(config);
     let hub = hub.clone();
@@ -286,7 +319,7 @@ fn open_sockets(
         &crate::advertise::local_interfaces(),
         crate::advertise::resolve,
     )?;
-    let remembered = dir.root().join("interchange.port");
+    let remembered = dir.port_file();
     let port = listen_interchange(&interchange, &plan, config.interchange.port, &remembered)?;
     let addresses = plan.advertised();
     let interchange_url = plan
@@ -391,12 +424,22 @@ fn core_config(
         result_retention_us: micros(config.daemon.result_retention_s),
         unfetched_result_retention_us: micros(config.daemon.unfetched_result_retention_s),
         max_attempts: config.daemon.max_attempts,
-        walltime_margin_us: micros(config.provider.walltime_margin_s),
+        // One margin for every worker: the widest any pool asks for.
+        walltime_margin_us: config
+            .pool_configs()
+            .iter()
+            .map(|p| micros(p.provider.walltime_margin_s))
+            .max()
+            .unwrap_or(0),
         recovery_grace_us: micros(config.daemon.recovery_grace_s),
         secret,
         handshake_seed,
         max_frame_bytes: config.daemon.max_frame_bytes,
-        blocks: block_policy(config),
+        pools: config
+            .pool_configs()
+            .iter()
+            .map(|p| block_policy(&config.with_pool(p), p))
+            .collect(),
         pid: std::process::id(),
         release: env!("CARGO_PKG_VERSION").to_owned(),
         interchange,
@@ -497,14 +540,15 @@ fn shut_down(hub: &Hub<Io>, sockets: &Sockets, dir: &StateDir) -> Result<(), Dae
     }
     sockets.api.close();
     sockets.interchange.close();
-    let _ = std::fs::remove_file(dir.info_file());
+    dir.remove_info(std::process::id());
     let _ = std::fs::remove_file(dir.api_socket());
     tracing::info!("daemon stopped");
     outcome
 }
 
-/// The pool's scaling settings from the site file.
-fn block_policy(config: &Config) -> BlockPolicy {
+/// A pool's scaling and placement settings; `config` is the pool's, as a
+/// site of one pool.
+fn block_policy(config: &Config, pool: &PoolConfig) -> BlockPolicy {
     let micros = |s: f64| (s * 1e6) as u64;
     let p = &config.provider;
     BlockPolicy {
@@ -535,7 +579,36 @@ fn block_policy(config: &Config) -> BlockPolicy {
         max_queued: p.max_queued_blocks,
         queue_job_limit: p.queue_job_limit,
         retry_max_us: micros(p.submit_retry_max_s),
+        labels: pool.labels.clone(),
+        cost: pool.cost,
+        accelerators_per_slot: accelerators_per_slot(config),
     }
+}
+
+/// Accelerators each slot of a pool's workers holds, when its site file
+/// says: `[worker] accelerators` shared among `slots` (one slot per
+/// accelerator when slots are not set), else those a GPU block asks for.
+fn accelerators_per_slot(config: &Config) -> Option<u32> {
+    let listed = config.worker.accelerators.len() as u32;
+    let devices = if listed > 0 {
+        listed
+    } else {
+        config
+            .provider
+            .gpus_per_node
+            .max(config.provider.kubernetes.gpus)
+    };
+    if devices == 0 {
+        // None listed: workers may still find some; they say when they
+        // register.
+        return None;
+    }
+    let slots = if config.worker.slots > 0 {
+        config.worker.slots
+    } else {
+        devices
+    };
+    Some(devices / slots.max(1))
 }
 
 fn signal(
@@ -550,8 +623,31 @@ struct Io {
     api: RepServer,
     interchange: RepServer,
     writer: StoreWriter,
+    /// Each pool's provider thread and block template, by pool name.
+    pools: BTreeMap<String, PoolIo>,
+}
+
+/// What starts, cancels and watches one pool's blocks.
+#[derive(Debug)]
+struct PoolIo {
     provider: ProviderRunner,
     template: BlockTemplate,
+}
+
+impl Io {
+    /// The pool `name`'s provider side; the core names only pools it was
+    /// given, so a miss is logged, never acted on.
+    fn pool(&self, name: &str, block: u32) -> Option<&PoolIo> {
+        let found = self.pools.get(name);
+        if found.is_none() {
+            tracing::error!(
+                pool = name,
+                block,
+                "an action for a pool this daemon does not have"
+            );
+        }
+        found
+    }
 }
 
 impl ActionRunner for Io {
@@ -593,15 +689,27 @@ impl ActionRunner for Io {
                 ),
                 Action::ClosePipe { pipe } => self.interchange.close_pipe(pipe),
                 Action::Persist { seq, op } => self.writer.submit(seq, op),
-                Action::SubmitBlock { block } => match self.template.job(block) {
-                    Ok(job) => self.provider.submit(block, job),
-                    Err(e) => {
-                        tracing::error!(block, error = %e, "cannot start block");
-                        self.provider.refuse(block, e.to_string());
+                Action::SubmitBlock { pool, block } => {
+                    if let Some(p) = self.pool(&pool, block) {
+                        match p.template.job(block) {
+                            Ok(job) => p.provider.submit(block, job),
+                            Err(e) => {
+                                tracing::error!(pool = %pool, block, error = %e, "cannot start block");
+                                p.provider.refuse(block, e.to_string());
+                            }
+                        }
                     }
-                },
-                Action::CancelBlock { block } => self.provider.cancel(block),
-                Action::AdoptBlock { block, job } => self.provider.adopt(block, job),
+                }
+                Action::CancelBlock { pool, block } => {
+                    if let Some(p) = self.pool(&pool, block) {
+                        p.provider.cancel(block);
+                    }
+                }
+                Action::AdoptBlock { pool, block, job } => {
+                    if let Some(p) = self.pool(&pool, block) {
+                        p.provider.adopt(block, job);
+                    }
+                }
                 Action::Exit => exit = true,
             }
         }

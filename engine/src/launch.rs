@@ -44,9 +44,13 @@ pub struct BlockTemplate {
     run_root: String,
     /// Distinguishes this daemon's jobs from other daemons' (job names).
     tag: String,
-    objects: String,
+    /// The object store as the workers' nodes see it; none when they
+    /// cannot (they fetch servables' files from the daemon).
+    objects: Option<String>,
     /// `[worker] cache_dir`: where nodes keep fetched servable files.
     cache_dir: Option<String>,
+    /// `[worker] python`: what nodes make servables' environments with.
+    python: Option<String>,
     /// `[daemon] max_frame_bytes`: workers accept frames this large.
     max_frame_bytes: usize,
 }
@@ -110,16 +114,15 @@ impl BlockTemplate {
         let tag = site.tag.clone();
         let run_root = match (&config.provider.run_dir, config.channel.kind) {
             (Some(dir), _) => format!("{}/{tag}", dir.trim_end_matches('/')),
-            (None, ChannelKind::Local) => state_dir.root().join("blocks").display().to_string(),
+            (None, ChannelKind::Local) => state_dir.blocks().display().to_string(),
             (None, ChannelKind::Ssh) => format!(".flotilla/blocks/{tag}"),
         };
         BlockTemplate {
             max_frame_bytes: config.daemon.max_frame_bytes,
             run_root,
-            objects: flotilla_protocol::paths::objects_dir(state_dir.root())
-                .display()
-                .to_string(),
+            objects: workers_objects(config, state_dir),
             cache_dir: config.worker.cache_dir.clone(),
+            python: config.worker.python.clone(),
             tag,
             worker_exe: site.worker_exe.clone(),
             addresses: site.addresses.clone(),
@@ -231,9 +234,10 @@ impl BlockTemplate {
                 read_only: true,
             });
         }
-        for dir in [&self.objects, &self.run_root] {
-            if Path::new(dir).is_absolute() {
-                binds.push(Bind::same(dir, dir == &self.objects));
+        let dirs = [(self.objects.as_ref(), true), (Some(&self.run_root), false)];
+        for (dir, read_only) in dirs {
+            if let Some(dir) = dir.filter(|d| Path::new(d).is_absolute()) {
+                binds.push(Bind::same(dir, read_only));
             }
         }
         binds.append(&mut container.binds);
@@ -253,8 +257,9 @@ impl BlockTemplate {
             slots: (self.slots > 0).then_some(self.slots),
             walltime_margin_s: self.walltime_s.map(|_| self.walltime_margin_s),
             secret_hex: Some(self.secret_hex.clone()),
-            objects_dir: Some(PathBuf::from(&self.objects)),
+            objects_dir: self.objects.as_ref().map(PathBuf::from),
             cache_dir: self.cache_dir.as_ref().map(PathBuf::from),
+            python: self.python.clone(),
             exit_with_pid: self.exit_with_daemon.then(|| std::process::id() as i32),
             max_frame_bytes: Some(self.max_frame_bytes),
             accelerators: self.node.devices.clone(),
@@ -289,6 +294,19 @@ impl BlockTemplate {
         args.container_template = (!c.template.is_empty()).then(|| c.template.clone());
         args.gpus = (self.gpus != Gpus::None).then(|| self.gpus.name().to_owned());
     }
+}
+
+/// The object store as a block's workers see it: `[worker] objects_dir`,
+/// else the shared directory's for blocks on this machine's channel. Over
+/// SSH or on Kubernetes the daemon's paths mean nothing where the workers
+/// run, so they get none and fetch servables' files over the interchange.
+fn workers_objects(config: &Config, state_dir: &StateDir) -> Option<String> {
+    if let Some(dir) = &config.worker.objects_dir {
+        return Some(dir.clone());
+    }
+    let sees_our_paths = config.channel.kind == ChannelKind::Local
+        && config.provider.kind != ProviderKind::Kubernetes;
+    sees_our_paths.then(|| state_dir.objects().display().to_string())
 }
 
 /// Six hex digits naming this daemon in job names, derived from its state
@@ -410,6 +428,79 @@ mod tests {
             .job(2)
             .unwrap();
         assert_eq!(job.run_dir, format!("/scratch/me/fl/{tag}/2"));
+    }
+
+    #[test]
+    fn local_blocks_and_the_object_store_are_in_the_shared_directory() {
+        let mut config = Config::default();
+        config.provider.kind = ProviderKind::Slurm;
+        let dir = StateDir::at("/local/fl").with_shared("/scratch/me/fl");
+        let template = BlockTemplate::new(&config, &dir, "10.0.0.1", 5555, &[1]);
+        let job = template.job(3).unwrap();
+        assert_eq!(job.run_dir, "/scratch/me/fl/blocks/3");
+        assert_eq!(job.env[OBJECTS_ENV], "/scratch/me/fl/objects");
+        assert_eq!(
+            template.worker_args(3).objects_dir.as_deref(),
+            Some(Path::new("/scratch/me/fl/objects"))
+        );
+        assert!(!job.command.contains("/local/fl"), "{}", job.command);
+        // `[provider] run_dir` still decides where blocks run.
+        config.provider.run_dir = Some("/scratch/me/runs".into());
+        let job = BlockTemplate::new(&config, &dir, "10.0.0.1", 5555, &[1])
+            .job(3)
+            .unwrap();
+        let tag = daemon_tag(&dir);
+        assert_eq!(job.run_dir, format!("/scratch/me/runs/{tag}/3"));
+        // And a container binds the shared directory's paths.
+        config.container.runtime = RuntimeKind::Podman;
+        config.container.image = "localhost/flotilla:test".into();
+        config.worker.command = Some("/opt/fl/bin/flotilla-worker".into());
+        config.provider.run_dir = None;
+        let job = BlockTemplate::new(&config, &dir, "10.0.0.1", 5555, &[1])
+            .job(0)
+            .unwrap();
+        assert!(
+            job.command.contains(
+                "-v /scratch/me/fl/objects:/scratch/me/fl/objects:ro -v /scratch/me/fl/blocks:/scratch/me/fl/blocks"
+            ),
+            "{}",
+            job.command
+        );
+    }
+
+    #[test]
+    fn workers_elsewhere_get_no_object_store_of_the_daemons_machine() {
+        let dir = StateDir::at("/home/alice/.flotilla");
+        let mut ssh = Config::default();
+        ssh.provider.kind = ProviderKind::Slurm;
+        ssh.channel.kind = ChannelKind::Ssh;
+        ssh.channel.host = "login".into();
+        let mut kubernetes = Config::default();
+        kubernetes.provider.kind = ProviderKind::Kubernetes;
+        for config in [&ssh, &kubernetes] {
+            let template = BlockTemplate::new(config, &dir, "10.0.0.1", 5555, &[1]);
+            let job = template.job(0).unwrap();
+            assert!(!job.env.contains_key(OBJECTS_ENV), "{:?}", job.env);
+            assert!(!job.command.contains("/home/alice"), "{}", job.command);
+            assert_eq!(template.worker_args(0).objects_dir, None);
+        }
+        // Over SSH blocks run under the remote home, not the daemon's
+        // directory (a Kubernetes pod has no run directory; its manifest is
+        // written on this machine).
+        let job = BlockTemplate::new(&ssh, &dir, "10.0.0.1", 5555, &[1])
+            .job(0)
+            .unwrap();
+        assert!(
+            job.run_dir.starts_with(".flotilla/blocks/"),
+            "{}",
+            job.run_dir
+        );
+        // Unless the site says where the remote machine sees it.
+        ssh.worker.objects_dir = Some("/remote/scratch/fl/objects".into());
+        let job = BlockTemplate::new(&ssh, &dir, "10.0.0.1", 5555, &[1])
+            .job(0)
+            .unwrap();
+        assert_eq!(job.env[OBJECTS_ENV], "/remote/scratch/fl/objects");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! * [`config`]: the TOML site file and its checks; [`toml_locate`] finds
 //!   the line of a key for its error messages.
-//! * [`state_dir`]: the state directory, pid file, secret, contact file.
+//! * [`state_dir`]: the state directory (pid file, secret, contact file,
+//!   store) and the shared directory (object store, blocks' files);
+//!   [`fs_check`] warns when either is on the wrong kind of file system.
 //! * [`store`]: the durable sled store and its group-commit writer; it lays
 //!   out the records the core defines (`core::records`).
 //! * [`core`]: the scheduling state machine (no I/O): typed tables of tasks,
@@ -27,6 +29,7 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod entropy;
+pub mod fs_check;
 pub mod hub;
 pub mod launch;
 pub mod net;

@@ -157,8 +157,9 @@ mod tests {
     /// in beside it (`site-examples/previews/NAME.txt`), so a change to what
     /// a site receives shows in review. `FLOTILLA_UPDATE_PREVIEWS=1` writes
     /// them anew. The machine-dependent parts are fixed: the daemon's tag,
-    /// addresses and port, the state directory (unless the file sets one)
-    /// and the worker executable (unless the file names one).
+    /// addresses and port, the state and shared directories (unless the
+    /// file sets them) and the worker executable (unless the file names
+    /// one).
     #[test]
     fn every_site_example_previews_as_checked_in() {
         let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../site-examples");
@@ -176,20 +177,29 @@ mod tests {
             let text = std::fs::read_to_string(&file).unwrap();
             let config = Config::parse(&text, &format!("site-examples/{name}.toml"))
                 .unwrap_or_else(|e| panic!("{e}"));
-            let dir = StateDir::at(
-                config
-                    .daemon
-                    .state_dir
-                    .clone()
-                    .unwrap_or_else(|| "/home/alice/.flotilla".into()),
-            );
-            let mut s = site();
-            if let Some(command) = &config.worker.command {
-                s.worker_exe = command.clone();
+            let state = config
+                .daemon
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| "/home/alice/.flotilla".into());
+            let shared = config.daemon.shared_dir.clone().unwrap_or(state.clone());
+            let dir = StateDir::at(state).with_shared(shared);
+            let mut rendered = String::new();
+            for pool in config.pool_configs() {
+                let pool_config = config.with_pool(&pool);
+                let mut s = site();
+                if let Some(command) = &pool_config.worker.command {
+                    s.worker_exe = command.clone();
+                }
+                if !config.pools.is_empty() {
+                    rendered.push_str(&format!("# ===== pool {} =====\n", pool.name));
+                }
+                rendered.push_str(
+                    &preview(&pool_config, &dir, &s, 0)
+                        .unwrap_or_else(|e| panic!("site-examples/{name}.toml: {e}"))
+                        .render(),
+                );
             }
-            let rendered = preview(&config, &dir, &s, 0)
-                .unwrap_or_else(|e| panic!("site-examples/{name}.toml: {e}"))
-                .render();
             let golden = examples.join("previews").join(format!("{name}.txt"));
             if update {
                 std::fs::create_dir_all(golden.parent().unwrap()).unwrap();

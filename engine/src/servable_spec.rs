@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 use flotilla_protocol::builtin;
+use flotilla_protocol::environment::{PythonRequirement, Requirement, normalize};
 use flotilla_protocol::servable::{
     BatchDelay, DTYPES, MODEL_TYPES, Runtime, ServableRecord, ServableRef, ServableSpec, TypeSpec,
 };
@@ -74,6 +75,49 @@ pub fn check_record(record: &ServableRecord) -> Result<(), SpecError> {
             ));
         }
     }
+    check_lock(record).map_err(|(k, m)| err(Some(k), m))
+}
+
+/// What publishing captured agrees with the declared environment: only a
+/// Python environment has a lock, its requirements are requirements, its
+/// wheels are wheel files with hashes.
+fn check_lock(record: &ServableRecord) -> Result<(), Problem> {
+    let Some(lock) = &record.lock else {
+        return Ok(());
+    };
+    if !record
+        .spec
+        .environment
+        .as_ref()
+        .is_some_and(|e| e.wants_venv())
+    {
+        return problem(
+            "environment",
+            "the record captures packages but the spec declares no Python environment".into(),
+        );
+    }
+    for r in &lock.requirements {
+        Requirement::parse(r).map_err(|e| ("environment.packages".to_owned(), e.to_string()))?;
+    }
+    for w in &lock.wheels {
+        let name_ok = w.path.ends_with(".whl")
+            && !w.path.starts_with('.')
+            && w.path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '!'));
+        if !name_ok {
+            return problem(
+                "environment",
+                format!("`{}` is not a wheel file name", w.path),
+            );
+        }
+        if !flotilla_protocol::objects::is_object_name(&w.blake3) {
+            return problem(
+                "environment",
+                format!("wheel `{}` has no valid blake3 hash", w.path),
+            );
+        }
+    }
     Ok(())
 }
 
@@ -97,7 +141,71 @@ fn check(spec: &ServableSpec) -> Result<(), Problem> {
     check_runtime(spec)?;
     check_files(&spec.files)?;
     check_resources(spec)?;
+    check_environment(spec)?;
     check_options(spec)
+}
+
+/// `[environment]`: a Python requirement that parses, packages that are
+/// pip requirements (each named once), or an image; never packages and
+/// an image together.
+fn check_environment(spec: &ServableSpec) -> Result<(), Problem> {
+    let Some(env) = &spec.environment else {
+        return Ok(());
+    };
+    if matches!(spec.runtime, Runtime::Pipeline { .. }) {
+        return problem(
+            "environment",
+            "a pipeline runs no process of its own; declare the environment of its steps".into(),
+        );
+    }
+    if let Some(image) = &env.image {
+        if image.trim().is_empty() {
+            return problem(
+                "environment.image",
+                "must name an image (like \"docker://python:3.12\")".into(),
+            );
+        }
+        if !env.packages.is_empty() {
+            return problem(
+                "environment.packages",
+                "give either packages (installed into a virtual environment on each node) or an image, not both: the image brings its own packages".into(),
+            );
+        }
+        if env.python.is_some() {
+            return problem(
+                "environment.python",
+                "a Python requirement is checked against the node's Python, which an image does not use; give either python (and packages) or an image".into(),
+            );
+        }
+        if spec.container.is_some() {
+            return problem(
+                "environment.image",
+                "the image is also given in [container]; give it once, in [environment]".into(),
+            );
+        }
+    }
+    if env.image.is_none() && spec.container.is_some() {
+        return problem(
+            "environment",
+            "a Python environment is made on the node, which a [container] image does not see; give the image as [environment] image instead, or drop [container]".into(),
+        );
+    }
+    if let Some(python) = &env.python {
+        PythonRequirement::parse(python)
+            .map_err(|e| ("environment.python".to_owned(), e.to_string()))?;
+    }
+    let mut seen = HashSet::new();
+    for p in &env.packages {
+        let r = Requirement::parse(p)
+            .map_err(|e| ("environment.packages".to_owned(), e.to_string()))?;
+        if !seen.insert(normalize(&r.name)) {
+            return problem(
+                "environment.packages",
+                format!("`{}` is listed twice", r.name),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Most accelerators one call may ask for: more than any node has.
@@ -118,6 +226,50 @@ fn check_resources(spec: &ServableSpec) -> Result<(), Problem> {
         return problem(
             "resources.gpus",
             "a pipeline runs no process of its own; give its steps the accelerators they need"
+                .into(),
+        );
+    }
+    check_placement(spec)
+}
+
+/// Most pools or labels a servable may name.
+const MAX_PLACEMENT: usize = 32;
+
+/// The pools and labels a servable names are names a site file could give
+/// (`crate::config`'s rule), and a pipeline, which runs nowhere itself,
+/// names none: its steps say where they run.
+fn check_placement(spec: &ServableSpec) -> Result<(), Problem> {
+    let r = &spec.resources;
+    for (key, count) in [
+        ("resources.pools", r.pools.len()),
+        ("resources.labels", r.labels.len()),
+    ] {
+        if count > MAX_PLACEMENT {
+            return problem(key, format!("names {count}; at most {MAX_PLACEMENT}"));
+        }
+    }
+    if let Some(bad) = r.pools.iter().find(|p| !crate::config::is_pool_name(p)) {
+        return problem(
+            "resources.pools",
+            format!("`{bad}` is not a pool name (letters, digits, `-`, `_` or `.`, at most 64)"),
+        );
+    }
+    if let Some((k, v)) = r
+        .labels
+        .iter()
+        .find(|(k, v)| !crate::config::is_pool_name(k) || !crate::config::is_pool_name(v))
+    {
+        return problem(
+            "resources.labels",
+            format!(
+                "`{k} = \"{v}\"`: label names and values are letters, digits, `-`, `_` or `.`, at most 64"
+            ),
+        );
+    }
+    if r.places() && matches!(spec.runtime, Runtime::Pipeline { .. }) {
+        return problem(
+            "resources.pools",
+            "a pipeline runs no process of its own; give its steps the pools or labels they need"
                 .into(),
         );
     }
@@ -417,6 +569,23 @@ max_batch_delay_ms = "auto"
             e.starts_with("s.toml:31: `resources.gpus`: must be at most 1024"),
             "{e}"
         );
+        let placed = parse(
+            &format!("{GOOD}\n[resources]\npools = [\"gpu\"]\nlabels = {{ site = \"polaris\" }}\n"),
+            "s.toml",
+        )
+        .unwrap();
+        assert_eq!(placed.resources.pools, ["gpu"]);
+        assert_eq!(placed.resources.labels["site"], "polaris");
+        let e = parse(
+            &format!("{GOOD}\n[resources]\npools = [\"a b\"]\n"),
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("s.toml:31: `resources.pools`: `a b` is not a pool name"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -494,6 +663,129 @@ max_batch_delay_ms = "auto"
             "files = [\"model/model.py\", \"model.pkl\"]",
         );
         parse(&nested, "s.toml").unwrap();
+    }
+
+    #[test]
+    fn environments_are_checked_by_key() {
+        let with = |table: &str| format!("{GOOD}\n[environment]\n{table}\n");
+        let spec = parse(
+            &with("python = \">=3.9\"\npackages = [\"numpy\", \"scikit-learn>=1.3\"]"),
+            "s.toml",
+        )
+        .unwrap();
+        let env = spec.environment.unwrap();
+        assert_eq!(env.packages, ["numpy", "scikit-learn>=1.3"]);
+        assert!(env.wants_venv());
+        let image = parse(&with("image = \"docker://python:3.12\""), "s.toml").unwrap();
+        assert!(!image.environment.unwrap().wants_venv());
+        for (table, key, says) in [
+            (
+                "python = \"3.9\"",
+                "environment.python",
+                "does not start with a comparison",
+            ),
+            (
+                "packages = [\"numpy 1.0\"]",
+                "environment.packages",
+                "not a version clause",
+            ),
+            (
+                "packages = [\"numpy\", \"NumPy\"]",
+                "environment.packages",
+                "listed twice",
+            ),
+            (
+                "packages = [\"numpy\"]\nimage = \"docker://python:3.12\"",
+                "environment.packages",
+                "not both",
+            ),
+            (
+                "python = \">=3.9\"\nimage = \"docker://python:3.12\"",
+                "environment.python",
+                "an image does not use",
+            ),
+            ("image = \"\"", "environment.image", "must name an image"),
+        ] {
+            let e = parse(&with(table), "s.toml").unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{key}`: ")) && e.contains(says),
+                "{table}: {e}"
+            );
+        }
+        let e = parse(&with("pip = [\"numpy\"]"), "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pip"), "{e}");
+        let boxed = with("packages = [\"numpy\"]").replace(
+            "[options]",
+            "[container]\nimage = \"python:3.12\"\n\n[options]",
+        );
+        let e = parse(&boxed, "s.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("`environment`: ") && e.contains("[container]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_record_captures_packages_only_for_a_python_environment() {
+        use flotilla_protocol::servable::{EnvironmentLock, FileEntry, ServableRecord};
+        let spec = parse(
+            &format!("{GOOD}\n[environment]\npackages = [\"numpy\"]\n"),
+            "s.toml",
+        )
+        .unwrap();
+        let files = spec
+            .files
+            .iter()
+            .map(|p| FileEntry {
+                path: p.clone(),
+                blake3: "a".repeat(64),
+                size: 1,
+            })
+            .collect();
+        let wheel = |path: &str, blake3: &str| FileEntry {
+            path: path.into(),
+            blake3: blake3.into(),
+            size: 1,
+        };
+        let mut record = ServableRecord {
+            spec,
+            files,
+            published_us: 0,
+            lock: Some(EnvironmentLock {
+                requirements: vec!["numpy==2.1.0".into(), "msgpack".into()],
+                wheels: vec![wheel(
+                    "numpy-2.1.0-cp311-cp311-linux_x86_64.whl",
+                    &"b".repeat(64),
+                )],
+            }),
+        };
+        check_record(&record).unwrap();
+        for (bad, says) in [
+            (
+                wheel("../evil.whl", &"b".repeat(64)),
+                "not a wheel file name",
+            ),
+            (
+                wheel("numpy.tar.gz", &"b".repeat(64)),
+                "not a wheel file name",
+            ),
+            (
+                wheel("numpy-2.1.0-py3-none-any.whl", "xyz"),
+                "no valid blake3",
+            ),
+        ] {
+            let mut r = record.clone();
+            if let Some(lock) = r.lock.as_mut() {
+                lock.wheels = vec![bad];
+            }
+            let e = check_record(&r).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        record.spec.environment = None;
+        let e = check_record(&record).unwrap_err().to_string();
+        assert!(e.contains("declares no Python environment"), "{e}");
     }
 
     #[test]

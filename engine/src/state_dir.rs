@@ -1,16 +1,33 @@
-//! The daemon's state directory and the small files in it.
+//! The daemon's state directory, its shared directory, and the small files
+//! in them.
+//!
+//! The state directory holds what must be node-local and fast; the shared
+//! directory what compute nodes must reach. A laptop needs one directory,
+//! and that is the default (the shared directory is the state directory);
+//! a cluster puts the state directory on a disk of the daemon's node and
+//! the shared directory on the file system every compute node mounts.
 //!
 //! ```text
-//! $FLOTILLA_HOME/            mode 0700 when the daemon creates it (an existing
+//! STATE  ([daemon] state_dir, else $FLOTILLA_HOME, else ~/.flotilla)
+//!                            mode 0700 when the daemon creates it (an existing
 //!                            directory keeps the mode its owner gave it)
 //!   daemon.lock              held (flock) by the running daemon, mode 0600
 //!   daemon.pid               pid of the running daemon
-//!   daemon.toml              how to reach it: API socket, interchange address
+//!   daemon.toml              how to reach it: API socket, interchange address,
+//!                            shared directory (the contact file)
 //!   api.sock                 client API, nng ipc, mode 0600
 //!   secret                   32 random bytes workers must present, mode 0600
 //!                            (refused if group or others may read it)
-//!   store/                   sled database: tasks, results, metadata
-//!   blocks/N/                each local block's script, stdout and stderr
+//!   interchange.port         the last run's port, offered again after a restart
+//!   store/                   sled database: tasks, results, metadata, blocks
+//!
+//! SHARED ([daemon] shared_dir, else $FLOTILLA_SHARED, else STATE)
+//!                            mode 0700 when the daemon creates it
+//!   daemon.toml              a copy of the contact file for jobs on other
+//!                            nodes (never the secret); removed on a clean stop
+//!   objects/                 published servables' files, named by blake3 hash
+//!   blocks/N/                each local-channel block's script, stdout and
+//!                            stderr (unless [provider] run_dir says otherwise)
 //! ```
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -24,7 +41,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use flotilla_protocol::paths;
 
-pub use flotilla_protocol::paths::HOME_ENV;
+pub use flotilla_protocol::paths::{HOME_ENV, SHARED_ENV};
 
 pub use flotilla_protocol::secret::SECRET_LEN;
 
@@ -83,67 +100,123 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateDirError + '_ {
     }
 }
 
-/// Paths inside one state directory.
+/// Paths inside one state directory and its shared directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateDir {
     root: PathBuf,
+    shared: PathBuf,
 }
 
 impl StateDir {
-    /// The directory to use: `configured`, else `$FLOTILLA_HOME`, else
-    /// `~/.flotilla`, made absolute (against the current directory), so that
-    /// block scripts and workers started elsewhere find the same files.
-    pub fn resolve(configured: Option<&Path>) -> Result<StateDir, StateDirError> {
+    /// The directories to use: the state directory `configured`, else
+    /// `$FLOTILLA_HOME`, else `~/.flotilla`; the shared directory `shared`,
+    /// else `$FLOTILLA_SHARED`, else the state directory. Both are made
+    /// absolute (against the current directory), so that block scripts and
+    /// workers started elsewhere find the same files.
+    pub fn resolve(
+        configured: Option<&Path>,
+        shared: Option<&Path>,
+    ) -> Result<StateDir, StateDirError> {
+        Self::resolve_with(
+            configured,
+            shared,
+            paths::default_state_dir,
+            paths::shared_dir_from_env(),
+        )
+    }
+
+    /// [`StateDir::resolve`] with the environment's defaults given.
+    fn resolve_with(
+        configured: Option<&Path>,
+        shared: Option<&Path>,
+        default_state: impl FnOnce() -> Option<PathBuf>,
+        shared_from_env: Option<PathBuf>,
+    ) -> Result<StateDir, StateDirError> {
         let root = match configured {
             Some(p) => p.to_path_buf(),
-            None => paths::default_state_dir().ok_or(StateDirError::NoHome)?,
+            None => default_state().ok_or(StateDirError::NoHome)?,
         };
         let root = std::path::absolute(&root).map_err(io_err(&root))?;
-        Ok(StateDir { root })
+        let shared = match shared.map(Path::to_path_buf).or(shared_from_env) {
+            Some(p) => std::path::absolute(&p).map_err(io_err(&p))?,
+            None => root.clone(),
+        };
+        Ok(StateDir { root, shared })
     }
 
-    /// A state directory at exactly `root`.
+    /// A state directory at exactly `root`, which is also its shared
+    /// directory.
     pub fn at(root: impl Into<PathBuf>) -> StateDir {
-        StateDir { root: root.into() }
+        let root = root.into();
+        StateDir {
+            shared: root.clone(),
+            root,
+        }
     }
 
-    /// Creates the directory, mode 0700, if it is missing (its parents with
-    /// the default mode). An existing directory is left as it is: it may be
-    /// a home directory whose mode is its owner's choice.
+    /// This state directory with its shared directory at exactly `shared`.
+    pub fn with_shared(self, shared: impl Into<PathBuf>) -> StateDir {
+        StateDir {
+            shared: shared.into(),
+            ..self
+        }
+    }
+
+    /// Creates the state directory and the shared directory, mode 0700, if
+    /// they are missing (their parents with the default mode). An existing
+    /// directory is left as it is: it may be a home directory whose mode is
+    /// its owner's choice.
     pub fn create(&self) -> Result<(), StateDirError> {
-        if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        create_private(&self.root, "state")?;
+        if self.is_split() {
+            create_private(&self.shared, "shared")?;
         }
-        match DirBuilder::new().mode(0o700).create(&self.root) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists && self.root.is_dir() => {
-                let mode = fs::metadata(&self.root)
-                    .map_err(io_err(&self.root))?
-                    .permissions()
-                    .mode();
-                if mode & 0o022 != 0 {
-                    tracing::warn!(
-                        path = %self.root.display(),
-                        mode = format!("{:04o}", mode & 0o7777),
-                        "the state directory is writable by group or others"
-                    );
-                }
-                Ok(())
-            }
-            Err(e) => Err(io_err(&self.root)(e)),
-        }
+        Ok(())
     }
 
     /// Creates the object store if it is missing. Workers (and the
     /// containers they run in) bind or read it before anything is published.
     pub fn create_objects(&self) -> Result<(), StateDirError> {
-        let objects = paths::objects_dir(&self.root);
+        let objects = self.objects();
         fs::create_dir_all(&objects).map_err(io_err(&objects))
     }
 
-    /// The directory itself.
+    /// The state directory itself.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The shared directory (the state directory unless one is set).
+    pub fn shared_root(&self) -> &Path {
+        &self.shared
+    }
+
+    /// Whether the shared directory is another directory than the state
+    /// directory.
+    pub fn is_split(&self) -> bool {
+        self.shared != self.root
+    }
+
+    /// The object store, in the shared directory.
+    pub fn objects(&self) -> PathBuf {
+        paths::objects_dir(&self.shared)
+    }
+
+    /// Where local blocks' run directories go by default, in the shared
+    /// directory.
+    pub fn blocks(&self) -> PathBuf {
+        paths::blocks_dir(&self.shared)
+    }
+
+    /// The copy of the contact file in the shared directory (the contact
+    /// file itself when the directories are one).
+    pub fn shared_info_file(&self) -> PathBuf {
+        paths::info_file(&self.shared)
+    }
+
+    /// The file where the daemon remembers its interchange port.
+    pub fn port_file(&self) -> PathBuf {
+        self.root.join("interchange.port")
     }
 
     /// The client API socket file.
@@ -228,17 +301,97 @@ impl StateDir {
         })
     }
 
-    /// Writes the contact file atomically (write to a temporary, rename).
+    /// Writes the contact file atomically (write to a temporary, rename),
+    /// and its copy in the shared directory when that is another directory.
+    /// The file names the shared directory, so that clients and workers
+    /// attached through the state directory find the object store.
     pub fn write_info(&self, info: &DaemonInfo) -> Result<(), StateDirError> {
+        let info = DaemonInfo {
+            shared_dir: Some(self.shared.clone()),
+            ..info.clone()
+        };
         let path = self.info_file();
         let text = info.to_toml().map_err(|e| StateDirError::Corrupt {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let tmp = path.with_extension("toml.tmp");
-        fs::write(&tmp, text).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))
+        write_atomically(&path, &text)?;
+        if self.is_split() {
+            write_atomically(&self.shared_info_file(), &text)?;
+        }
+        Ok(())
     }
+
+    /// Says (once, at start) if the shared directory's contact file is
+    /// another daemon's: two daemons sharing one shared directory write
+    /// their blocks' files over each other's.
+    pub fn check_shared_owner(&self) {
+        if !self.is_split() {
+            return;
+        }
+        let path = self.shared_info_file();
+        let Ok(text) = fs::read_to_string(&path) else {
+            return;
+        };
+        match DaemonInfo::from_toml(&text) {
+            Ok(other) if other.api != self.api_url() => tracing::warn!(
+                path = %path.display(),
+                other_api = %other.api,
+                other_pid = other.pid,
+                "the shared directory holds another daemon's contact file; if that daemon still runs, its blocks' files and ours collide: give each daemon its own shared_dir"
+            ),
+            _ => {}
+        }
+    }
+
+    /// Removes the contact file, and its copy in the shared directory if
+    /// that copy is still this daemon's (`pid`, this state directory's API).
+    pub fn remove_info(&self, pid: u32) {
+        let _ = fs::remove_file(self.info_file());
+        if !self.is_split() {
+            return;
+        }
+        let path = self.shared_info_file();
+        let ours = fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| DaemonInfo::from_toml(&text).ok())
+            .is_some_and(|info| info.pid == pid && info.api == self.api_url());
+        if ours && let Err(e) = fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the shared copy of the contact file");
+        }
+    }
+}
+
+/// Creates `dir` mode 0700 if it is missing (its parents with the default
+/// mode); warns if an existing one is writable by group or others.
+fn create_private(dir: &Path, which: &'static str) -> Result<(), StateDirError> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => {
+            let mode = fs::metadata(dir).map_err(io_err(dir))?.permissions().mode();
+            if mode & 0o022 != 0 {
+                tracing::warn!(
+                    directory = which,
+                    path = %dir.display(),
+                    mode = format!("{:04o}", mode & 0o7777),
+                    "the directory is writable by group or others"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+/// Writes `text` to `path` through a temporary beside it and a rename, so
+/// a reader on any node sees the old file or the new one, never a part.
+fn write_atomically(path: &Path, text: &str) -> Result<(), StateDirError> {
+    let tmp = path.with_extension("toml.tmp");
+    fs::write(&tmp, text).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// How to reach a running daemon; written to the contact file once it
@@ -573,24 +726,127 @@ mod tests {
 
     #[test]
     fn a_relative_state_directory_is_made_absolute() {
-        let dir = StateDir::resolve(Some(Path::new("relhome"))).unwrap();
+        let dir = StateDir::resolve_with(Some(Path::new("relhome")), None, || None, None).unwrap();
         assert!(dir.root().is_absolute(), "{}", dir.root().display());
         assert_eq!(dir.root(), std::env::current_dir().unwrap().join("relhome"));
         assert!(dir.api_url().starts_with("ipc:///"));
     }
 
-    #[test]
-    fn info_round_trips() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = StateDir::at(tmp.path());
-        let info = DaemonInfo {
-            pid: 42,
+    fn info(dir: &StateDir, pid: u32) -> DaemonInfo {
+        DaemonInfo {
+            pid,
             api: dir.api_url(),
             interchange_address: "127.0.0.1".into(),
             interchange_port: 5555,
             max_frame_bytes: None,
-        };
+            shared_dir: None,
+        }
+    }
+
+    #[test]
+    fn info_round_trips_naming_the_shared_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path());
+        let info = info(&dir, 42);
         dir.write_info(&info).unwrap();
-        assert_eq!(dir.read_info().unwrap(), info);
+        let read = dir.read_info().unwrap();
+        assert_eq!(read.shared_dir.as_deref(), Some(tmp.path()));
+        assert_eq!(
+            read,
+            DaemonInfo {
+                shared_dir: Some(tmp.path().to_path_buf()),
+                ..info
+            }
+        );
+        // One directory: the copy is the file itself, removed on stop.
+        assert!(!dir.is_split());
+        assert_eq!(dir.shared_info_file(), dir.info_file());
+        dir.remove_info(42);
+        assert!(!dir.info_file().exists());
+    }
+
+    #[test]
+    fn by_default_the_shared_directory_is_the_state_directory() {
+        let none = || None;
+        let dir = StateDir::resolve_with(Some(Path::new("rel")), None, none, None).unwrap();
+        assert_eq!(dir.shared_root(), dir.root());
+        assert_eq!(dir.objects(), dir.root().join("objects"));
+        assert_eq!(dir.blocks(), dir.root().join("blocks"));
+        assert_eq!(dir, StateDir::at(dir.root()));
+        // The state directory comes from the environment when not set.
+        let home = || Some(PathBuf::from("/home/alice/.flotilla"));
+        let dir = StateDir::resolve_with(None, None, home, None).unwrap();
+        assert_eq!(dir.shared_root(), Path::new("/home/alice/.flotilla"));
+        let err = StateDir::resolve_with(None, None, none, None).unwrap_err();
+        assert!(matches!(err, StateDirError::NoHome), "{err}");
+    }
+
+    #[test]
+    fn the_shared_directory_is_the_setting_else_the_environment() {
+        let none = || None;
+        let env = Some(PathBuf::from("/pscratch/sd/a/alice/fl"));
+        let state = Some(Path::new("/local/fl"));
+        let dir = StateDir::resolve_with(state, None, none, env.clone()).unwrap();
+        assert_eq!(dir.root(), Path::new("/local/fl"));
+        assert_eq!(dir.shared_root(), Path::new("/pscratch/sd/a/alice/fl"));
+        assert!(dir.is_split());
+        let set = Some(Path::new("/global/cfs/cdirs/m0000/fl"));
+        let dir = StateDir::resolve_with(state, set, none, env).unwrap();
+        assert_eq!(dir.shared_root(), Path::new("/global/cfs/cdirs/m0000/fl"));
+        assert_eq!(
+            dir.objects(),
+            Path::new("/global/cfs/cdirs/m0000/fl/objects")
+        );
+        assert_eq!(dir.blocks(), Path::new("/global/cfs/cdirs/m0000/fl/blocks"));
+        // What stays node-local stays in the state directory.
+        for path in [
+            dir.store(),
+            dir.api_socket(),
+            dir.secret_file(),
+            dir.lock_file(),
+        ] {
+            assert!(path.starts_with("/local/fl"), "{}", path.display());
+        }
+        // A relative shared directory is made absolute too.
+        let dir = StateDir::resolve_with(state, Some(Path::new("sh")), none, None).unwrap();
+        assert_eq!(
+            dir.shared_root(),
+            std::env::current_dir().unwrap().join("sh")
+        );
+    }
+
+    #[test]
+    fn a_split_layout_copies_the_contact_file_and_removes_only_its_own_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path().join("state")).with_shared(tmp.path().join("shared"));
+        dir.create().unwrap();
+        for d in [dir.root(), dir.shared_root()] {
+            let mode = fs::metadata(d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+        }
+        dir.load_or_create_secret().unwrap();
+        dir.write_info(&info(&dir, 42)).unwrap();
+        let copy = fs::read_to_string(dir.shared_info_file()).unwrap();
+        assert_eq!(copy, fs::read_to_string(dir.info_file()).unwrap());
+        let read = DaemonInfo::from_toml(&copy).unwrap();
+        assert_eq!(read.shared_dir.as_deref(), Some(dir.shared_root()));
+        // Nothing secret, and no temporaries, in the shared directory.
+        let names: Vec<_> = fs::read_dir(dir.shared_root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["daemon.toml"]);
+        let secret_hex = flotilla_protocol::secret::to_hex(&dir.load_or_create_secret().unwrap());
+        assert!(!copy.contains(&secret_hex));
+
+        // Another daemon's copy (it took the shared directory over) stays.
+        dir.write_info(&info(&dir, 7)).unwrap();
+        dir.remove_info(42);
+        assert!(!dir.info_file().exists());
+        assert!(dir.shared_info_file().exists());
+        // Our own goes.
+        dir.write_info(&info(&dir, 42)).unwrap();
+        dir.remove_info(42);
+        assert!(!dir.shared_info_file().exists());
     }
 }

@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
         spec,
         files,
         published_us: 1,
+        lock: None,
     };
     if let Err(e) = servable_spec::check_record(&record) {
         panic!("publish accepted a spec the daemon refuses: {e}: {record:?}");

@@ -323,6 +323,10 @@ pub struct BlockView {
     pub walltime_left_s: Option<u64>,
     /// Seconds since one of its workers last ran a task (while running).
     pub idle_s: Option<u64>,
+    /// The pool it belongs to. Last, so a status from before pools reads
+    /// as naming none.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// One pool: the blocks of one provider and the scaling strategy that
@@ -367,6 +371,10 @@ pub struct EventView {
     pub worker: Option<String>,
     /// Details in words.
     pub message: String,
+    /// The pool concerned, if any. Last, so events from before pools read
+    /// as naming none.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// One connected worker.
@@ -390,6 +398,9 @@ pub struct WorkerView {
     pub running: u32,
     /// Milliseconds since it was last heard from.
     pub last_seen_ms: u64,
+    /// The pool of its block, if the daemon started it.
+    #[serde(default)]
+    pub pool: Option<String>,
     /// What each of its slots holds (accelerators, cores), by slot; empty
     /// when the site shares out neither. Last, and left out when empty, so
     /// a status without it reads as before.

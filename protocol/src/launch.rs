@@ -36,6 +36,8 @@ pub const OBJECTS_ENV: &str = "FLOTILLA_OBJECTS";
 /// Where the worker keeps servable files it fetched from the daemon, one
 /// copy per node (`--cache-dir`).
 pub const CACHE_DIR_ENV: &str = "FLOTILLA_CACHE_DIR";
+/// The Python a worker makes servables' environments with (`--python`).
+pub const PYTHON_ENV: &str = "FLOTILLA_PYTHON";
 /// When the worker's job ends, in Unix seconds (the block script sets it).
 pub const JOB_END_ENV: &str = "FLOTILLA_JOB_END";
 /// A process id the worker exits with (a local daemon's own).
@@ -70,7 +72,8 @@ pub const BLOCK_ENV_VARS: [&str; 7] = [
 /// starts (a servable's above all) inherits them.
 pub const CREDENTIAL_ENV_VARS: [&str; 1] = [SECRET_ENV];
 
-/// The name of the contact file in a daemon's state directory.
+/// The name of the contact file in a daemon's state directory (and of its
+/// copy in the shared directory).
 pub const CONTACT_FILE: &str = "daemon.toml";
 
 /// Seconds without the daemon after which a worker exits, by default.
@@ -94,6 +97,8 @@ pub mod flag {
     pub const OBJECTS_DIR: &str = "--objects-dir";
     /// The node's cache of servable files fetched from the daemon.
     pub const CACHE_DIR: &str = "--cache-dir";
+    /// The Python servables' environments are made with.
+    pub const PYTHON: &str = "--python";
     /// Block the worker belongs to.
     pub const BLOCK_ID: &str = "--block-id";
     /// Batches run at once.
@@ -184,6 +189,12 @@ pub const USAGE: &[OptionUsage] = &[
         value: "DIR",
         env: Some(CACHE_DIR_ENV),
         help: "where servable files fetched from the daemon are kept, by hash, shared by the node's workers and reused by later blocks (default: ${TMPDIR:-/tmp}/flotilla-cache-$USER)",
+    },
+    OptionUsage {
+        flag: flag::PYTHON,
+        value: "PYTHON",
+        env: Some(PYTHON_ENV),
+        help: "the Python that servables' declared environments are made with, once per node under the cache directory (default: python3 on PATH)",
     },
     OptionUsage {
         flag: flag::BLOCK_ID,
@@ -319,6 +330,9 @@ pub struct WorkerArgs {
     /// The node's cache of fetched servable files (argv, or
     /// [`CACHE_DIR_ENV`]).
     pub cache_dir: Option<PathBuf>,
+    /// The Python servables' environments are made with (argv, or
+    /// [`PYTHON_ENV`]).
+    pub python: Option<String>,
     /// Block the worker belongs to (argv).
     pub block_id: Option<u32>,
     /// Batches run at once (argv).
@@ -434,6 +448,7 @@ impl WorkerArgs {
         put(w, flag::STATE_DIR, path(&self.state_dir));
         put(w, flag::SECRET_FILE, path(&self.secret_file));
         put(w, flag::CACHE_DIR, path(&self.cache_dir));
+        put(w, flag::PYTHON, self.python.clone());
         put(w, flag::BLOCK_ID, self.block_id.map(|b| b.to_string()));
         put(w, flag::WORKER_ID, self.worker_id.clone());
         put(
@@ -538,6 +553,7 @@ impl WorkerArgs {
             flag::SECRET_FILE => once(&mut self.secret_file, name, value.into()),
             flag::OBJECTS_DIR => once(&mut self.objects_dir, name, value.into()),
             flag::CACHE_DIR => once(&mut self.cache_dir, name, value.into()),
+            flag::PYTHON => once(&mut self.python, name, value),
             flag::BLOCK_ID => once(&mut self.block_id, name, typed(name, &value, "a block id")?),
             flag::SLOTS => once(&mut self.slots, name, typed(name, &value, "a number")?),
             flag::WORKER_ID => once(&mut self.worker_id, name, value),
@@ -603,6 +619,9 @@ impl WorkerArgs {
         if self.cache_dir.is_none() {
             self.cache_dir = var(CACHE_DIR_ENV).map(PathBuf::from);
         }
+        if self.python.is_none() {
+            self.python = var(PYTHON_ENV);
+        }
         if self.job_end.is_none()
             && let Some(end) = var(JOB_END_ENV)
         {
@@ -632,8 +651,9 @@ fn flag_named(name: &str) -> Option<&'static str> {
 }
 
 /// How to reach a running daemon: the contact file ([`CONTACT_FILE`]) it
-/// writes to its state directory once it listens, and that CLIs and
-/// workers attached by hand read.
+/// writes to its state directory once it listens (and copies to its shared
+/// directory, for jobs on other nodes), and that CLIs and workers attached
+/// by hand read. It never holds the secret.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DaemonInfo {
     /// Daemon pid.
@@ -649,6 +669,11 @@ pub struct DaemonInfo {
     /// large. Absent in files of older daemons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_frame_bytes: Option<u64>,
+    /// The daemon's shared directory (`[daemon] shared_dir`): where its
+    /// object store and local blocks' directories are. Absent in files of
+    /// older daemons, whose shared directory is the state directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_dir: Option<PathBuf>,
 }
 
 /// A contact file that cannot be written or read: why, in the TOML

@@ -40,6 +40,7 @@
 pub mod address;
 pub mod builtin;
 pub mod client;
+pub mod environment;
 pub mod frame;
 pub mod handshake;
 pub mod interchange;

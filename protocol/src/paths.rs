@@ -1,13 +1,25 @@
-//! Where a daemon's state directory is and what its files are called.
+//! Where a daemon's state directory and shared directory are, and what
+//! their files are called.
+//!
+//! The state directory holds what must be node-local and fast (the store,
+//! the API socket, the lock, the secret, the contact file); the shared
+//! directory holds what compute nodes read or write (the object store,
+//! local blocks' run directories, a copy of the contact file). By default
+//! they are one directory.
 //!
 //! Shared by the daemon, the CLI and the worker so that all three find the
-//! same socket from the same environment. Reading environment variables is
-//! the only thing done here; nothing is created.
+//! same socket and object store from the same environment. Reading
+//! environment variables and the contact file is all that is done here;
+//! nothing is created.
 
 use std::path::{Path, PathBuf};
 
 /// Environment variable that overrides the default state directory.
 pub const HOME_ENV: &str = "FLOTILLA_HOME";
+
+/// Environment variable that overrides the default shared directory (the
+/// state directory).
+pub const SHARED_ENV: &str = "FLOTILLA_SHARED";
 
 /// The default state directory: `$FLOTILLA_HOME`, else `$HOME/.flotilla`.
 pub fn default_state_dir() -> Option<PathBuf> {
@@ -17,6 +29,13 @@ pub fn default_state_dir() -> Option<PathBuf> {
             .filter(|v| !v.is_empty())
             .map(|h| PathBuf::from(h).join(".flotilla")),
     }
+}
+
+/// The shared directory set by [`SHARED_ENV`], if it is set and not empty.
+pub fn shared_dir_from_env() -> Option<PathBuf> {
+    std::env::var_os(SHARED_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// The client API socket of the daemon owning `state_dir`.
@@ -40,8 +59,75 @@ pub fn secret_file(state_dir: &Path) -> PathBuf {
     state_dir.join("secret")
 }
 
-/// The object store (published servables' files, named by blake3 hash) of
-/// the daemon owning `state_dir`.
-pub fn objects_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("objects")
+/// The object store (published servables' files, named by blake3 hash) in
+/// a daemon's shared directory `shared_dir`.
+pub fn objects_dir(shared_dir: &Path) -> PathBuf {
+    shared_dir.join("objects")
+}
+
+/// Where local blocks' run directories go by default, in a daemon's shared
+/// directory `shared_dir`.
+pub fn blocks_dir(shared_dir: &Path) -> PathBuf {
+    shared_dir.join("blocks")
+}
+
+/// The shared directory of the daemon owning `state_dir`, as its contact
+/// file names it; `state_dir` itself when the file names none (a daemon
+/// from before the split) or cannot be read (no daemon has run there).
+pub fn daemon_shared_dir(state_dir: &Path) -> PathBuf {
+    std::fs::read_to_string(info_file(state_dir))
+        .ok()
+        .and_then(|text| crate::launch::DaemonInfo::from_toml(&text).ok())
+        .and_then(|info| info.shared_dir)
+        .unwrap_or_else(|| state_dir.to_path_buf())
+}
+
+/// The object store of the daemon owning `state_dir`: where `flotilla
+/// servable publish` writes and where a worker attached through the state
+/// directory reads.
+pub fn daemon_objects_dir(state_dir: &Path) -> PathBuf {
+    objects_dir(&daemon_shared_dir(state_dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::DaemonInfo;
+
+    fn info(shared_dir: Option<PathBuf>) -> DaemonInfo {
+        DaemonInfo {
+            pid: 1,
+            api: "ipc:///s/api.sock".into(),
+            interchange_address: "127.0.0.1".into(),
+            interchange_port: 1,
+            max_frame_bytes: None,
+            shared_dir,
+        }
+    }
+
+    #[test]
+    fn the_object_store_is_where_the_contact_file_says() {
+        let state = tempfile::tempdir().unwrap();
+        // No daemon has run here: the state directory's own.
+        assert_eq!(
+            daemon_objects_dir(state.path()),
+            state.path().join("objects")
+        );
+        // A daemon from before the split names no shared directory.
+        std::fs::write(info_file(state.path()), info(None).to_toml().unwrap()).unwrap();
+        assert_eq!(
+            daemon_objects_dir(state.path()),
+            state.path().join("objects")
+        );
+        let shared = info(Some("/scratch/me/fl".into()));
+        std::fs::write(info_file(state.path()), shared.to_toml().unwrap()).unwrap();
+        assert_eq!(
+            daemon_objects_dir(state.path()),
+            Path::new("/scratch/me/fl/objects")
+        );
+        assert_eq!(
+            blocks_dir(Path::new("/scratch/me/fl")),
+            Path::new("/scratch/me/fl/blocks")
+        );
+    }
 }

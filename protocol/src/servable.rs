@@ -16,6 +16,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::environment::{Environment, EnvironmentLock};
+
 /// Model types the catalog knows. `pipeline` is made by `flotilla pipeline
 /// create`; `builtin` marks the servables compiled into the worker.
 pub const MODEL_TYPES: &[&str] = &[
@@ -79,26 +81,62 @@ pub struct ServableSpec {
     /// Serving options.
     #[serde(default)]
     pub options: ServableOptions,
-    /// What one call needs of the slot it runs on (`[resources]`). Last,
-    /// and left out when nothing is needed, so records written before it
-    /// existed read as needing nothing and look as they always did.
-    #[serde(default, skip_serializing_if = "Resources::is_nothing")]
+    /// What one call needs of the slot it runs on (`[resources]`). Records
+    /// written before it existed (which end before it) read as needing
+    /// nothing.
+    #[serde(default)]
     pub resources: Resources,
+    /// What it needs of the node's software (`[environment]`): a Python
+    /// and packages, or an image. Last, and left out when not declared, so
+    /// records written before it existed read as declaring none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
 }
 
-/// What a servable needs of the slot that runs it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// What a servable needs of the slot that runs it, and of the pool whose
+/// workers may run it (placement).
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Resources {
     /// Accelerators (GPUs, AMD GCDs, Intel tiles) each of its processes
     /// needs: it runs only on slots that hold at least this many.
     pub gpus: u32,
+    /// The pools whose workers may run it, by name; empty: any pool.
+    pub pools: Vec<String>,
+    /// Labels a pool must carry, each with this value, for its workers to
+    /// run it (`{ site = "polaris", partition = "gpu" }`); empty: none.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Resources {
-    /// True when it needs nothing of its slot.
+    /// True when it needs nothing of its slot or pool.
     pub fn is_nothing(&self) -> bool {
         *self == Resources::default()
+    }
+
+    /// True when it names pools or labels.
+    pub fn places(&self) -> bool {
+        !self.pools.is_empty() || !self.labels.is_empty()
+    }
+}
+
+/// Written as `gpus` alone when it names no pool or label, so that a
+/// record without placement reads as before (readers that know only
+/// `gpus` take it), and with all three fields otherwise.
+impl Serialize for Resources {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let places = self.places();
+        let mut s = serializer.serialize_struct("Resources", if places { 3 } else { 1 })?;
+        s.serialize_field("gpus", &self.gpus)?;
+        if places {
+            s.serialize_field("pools", &self.pools)?;
+            s.serialize_field("labels", &self.labels)?;
+        } else {
+            s.skip_field("pools")?;
+            s.skip_field("labels")?;
+        }
+        s.end()
     }
 }
 
@@ -274,6 +312,11 @@ pub struct ServableRecord {
     pub files: Vec<FileEntry>,
     /// Publication time, µs since the epoch (set by the daemon).
     pub published_us: u64,
+    /// What publishing captured of `spec.environment` (pinned requirements
+    /// and wheels). Last, and left out when there is none, so records
+    /// written before it existed read as capturing nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<EnvironmentLock>,
 }
 
 impl ServableRecord {
@@ -284,7 +327,7 @@ impl ServableRecord {
 
     /// True when both describe the same content (publication time aside).
     pub fn same_content(&self, other: &ServableRecord) -> bool {
-        self.spec == other.spec && self.files == other.files
+        self.spec == other.spec && self.files == other.files && self.lock == other.lock
     }
 }
 
@@ -801,7 +844,7 @@ mod tests {
     }
 
     #[test]
-    fn resources_are_optional_and_left_out_when_nothing_is_needed() {
+    fn resources_and_environments_are_optional_and_old_records_read() {
         let text = r#"
 name = "gpu"
 version = "1.0.0"
@@ -814,11 +857,52 @@ runtime = { kind = "exec", command = "python3" }
 "#;
         let plain: ServableSpec = toml::from_str(text).unwrap();
         assert_eq!(plain.resources, Resources::default());
-        // A record that needs nothing encodes as records always did, and
-        // one that needs a GPU says so and reads back.
+        assert_eq!(plain.environment, None);
+        // A spec without an environment is 18 fields; one written before
+        // resources existed (17) reads as needing nothing.
         let bytes = rmp_serde::to_vec(&plain).unwrap();
         let fields = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
-        assert_eq!(fields.as_array().map(Vec::len), Some(17));
+        let fields = fields.as_array().unwrap().clone();
+        assert_eq!(fields.len(), 18);
+        let mut old = Vec::new();
+        rmpv::encode::write_value(&mut old, &rmpv::Value::Array(fields[..17].to_vec())).unwrap();
+        let back: ServableSpec = rmp_serde::from_slice(&old).unwrap();
+        assert_eq!(back, plain);
+        let with_env: ServableSpec = toml::from_str(&format!(
+            "{text}\n[environment]\npython = \">=3.9\"\npackages = [\"numpy\"]\n"
+        ))
+        .unwrap();
+        let bytes = rmp_serde::to_vec(&with_env).unwrap();
+        let fields = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(fields.as_array().map(Vec::len), Some(19));
+        assert_eq!(
+            rmp_serde::from_slice::<ServableSpec>(&bytes).unwrap(),
+            with_env
+        );
+        // A record without a lock is its three fields, as before.
+        let record = ServableRecord {
+            spec: plain.clone(),
+            files: vec![],
+            published_us: 1,
+            lock: None,
+        };
+        let bytes = rmp_serde::to_vec(&record).unwrap();
+        let fields = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(fields.as_array().map(Vec::len), Some(3));
+        let locked = ServableRecord {
+            lock: Some(EnvironmentLock {
+                requirements: vec!["numpy==2.1.0".into()],
+                wheels: vec![],
+            }),
+            ..record
+        };
+        let back: ServableRecord =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&locked).unwrap()).unwrap();
+        assert_eq!(back, locked);
+        assert!(!back.same_content(&ServableRecord {
+            lock: None,
+            ..locked.clone()
+        }));
         let gpu: ServableSpec =
             toml::from_str(&format!("{text}\n[resources]\ngpus = 1\n")).unwrap();
         assert_eq!(gpu.resources.gpus, 1);
@@ -827,5 +911,27 @@ runtime = { kind = "exec", command = "python3" }
         assert!(
             toml::from_str::<ServableSpec>(&format!("{text}\n[resources]\ncpus = 1\n")).is_err()
         );
+    }
+
+    #[test]
+    fn placement_is_read_and_written_only_when_declared() {
+        let plain = Resources {
+            gpus: 2,
+            ..Resources::default()
+        };
+        let bytes = rmp_serde::to_vec(&plain).unwrap();
+        let fields = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(fields.as_array().map(Vec::len), Some(1), "as before pools");
+        assert_eq!(rmp_serde::from_slice::<Resources>(&bytes).unwrap(), plain);
+        let placed: Resources =
+            toml::from_str("pools = [\"gpu\"]\nlabels = { site = \"polaris\" }\n").unwrap();
+        assert!(placed.places() && placed.gpus == 0);
+        let bytes = rmp_serde::to_vec(&placed).unwrap();
+        let fields = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(fields.as_array().map(Vec::len), Some(3));
+        assert_eq!(rmp_serde::from_slice::<Resources>(&bytes).unwrap(), placed);
+        let named = rmp_serde::to_vec_named(&placed).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Resources>(&named).unwrap(), placed);
+        assert!(toml::from_str::<Resources>("pool = [\"gpu\"]\n").is_err());
     }
 }

@@ -24,8 +24,8 @@ use flotilla_protocol::client::{
     ApiError, ApiErrorKind, ClientCall, ClientReply, SearchQuery, ServableSummary, TaskRequest,
 };
 use flotilla_protocol::servable::{
-    BatchDelay, Build, Container, Creator, FileEntry, RelatedIdentifier, Runtime, ServableOptions,
-    ServableRecord, ServableSpec, TypeSpec,
+    BatchDelay, Build, Container, Creator, Environment, EnvironmentLock, FileEntry,
+    RelatedIdentifier, Runtime, ServableOptions, ServableRecord, ServableSpec, TypeSpec,
 };
 use flotilla_protocol::task::{MemoUse, NIL, Outcome, TaskState, TaskTimings, TaskView};
 use flotilla_protocol::{PROTOCOL_VERSION, Payload, TaskId, decode, encode};
@@ -290,6 +290,11 @@ fn exec_record() -> ServableRecord {
             args: vec!["train.py".into()],
         }),
         resources: Default::default(),
+        environment: Some(Environment {
+            python: Some(">=3.9".into()),
+            packages: vec!["scikit-learn>=1.3".into(), "numpy".into()],
+            image: None,
+        }),
         options: ServableOptions {
             memoize: true,
             max_batch_size: 256,
@@ -314,6 +319,18 @@ fn exec_record() -> ServableRecord {
             },
         ],
         published_us: 1_764_000_000_000_000,
+        lock: Some(EnvironmentLock {
+            requirements: vec![
+                "scikit-learn>=1.3,==1.5.2".into(),
+                "numpy==2.1.3".into(),
+                "msgpack==1.1.0".into(),
+            ],
+            wheels: vec![FileEntry {
+                path: "msgpack-1.1.0-cp311-cp311-manylinux_2_17_x86_64.whl".into(),
+                blake3: "0000000000000000000000000000000000000000000000000000000000000002".into(),
+                size: 378_000,
+            }],
+        }),
     }
 }
 
@@ -344,6 +361,7 @@ fn pipeline_record() -> ServableRecord {
             files: vec![],
             build: None,
             resources: Default::default(),
+            environment: None,
             options: ServableOptions {
                 max_batch_delay_ms: BatchDelay::Fixed(5),
                 ..ServableOptions::default()
@@ -351,6 +369,7 @@ fn pipeline_record() -> ServableRecord {
         },
         files: vec![],
         published_us: 1_764_000_000_000_001,
+        lock: None,
     }
 }
 

@@ -71,6 +71,41 @@ pub fn python_bin() -> PathBuf {
     dir
 }
 
+/// The wheelhouse the servable-environment tests publish from with no
+/// package index (`FLOTILLA_TEST_WHEELHOUSE`, else the workspace's
+/// `.wheelhouse`, which `scripts/test.sh` fills with the wheels of
+/// msgpack, numpy and scikit-learn at .venv's versions). Panics with
+/// instructions when it is missing.
+pub fn wheelhouse() -> PathBuf {
+    let dir = wheelhouse_dir();
+    assert!(
+        dir.join(".complete").is_file(),
+        "{} has no complete wheelhouse: run ./scripts/test.sh, or `. scripts/python-env.sh && . scripts/test-wheelhouse.sh` (it downloads msgpack, numpy and scikit-learn wheels at .venv's versions once), or set FLOTILLA_TEST_WHEELHOUSE",
+        dir.display()
+    );
+    dir
+}
+
+fn wheelhouse_dir() -> PathBuf {
+    std::env::var_os("FLOTILLA_TEST_WHEELHOUSE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".wheelhouse"))
+}
+
+/// pip's settings for publishing from the wheelhouse, with no index, when
+/// there is one (servables with an `[environment]` capture wheels).
+fn pip_offline() -> Vec<(&'static str, std::ffi::OsString)> {
+    let dir = wheelhouse_dir();
+    if dir.join(".complete").is_file() {
+        vec![
+            ("PIP_NO_INDEX", "1".into()),
+            ("PIP_FIND_LINKS", dir.into_os_string()),
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
 /// `PATH` with the servables' Python environment first, if there is one.
 fn path_with_python() -> std::ffi::OsString {
     let venv = std::env::var_os("FLOTILLA_TEST_PYTHON_BIN")
@@ -309,6 +344,7 @@ impl Flotilla {
         use std::io::Write;
         let mut child = Command::new(bin("flotilla"))
             .args(args)
+            .envs(pip_offline())
             .env("PATH", path_with_python())
             .env(HOME_ENV, self.home())
             .stdin(if stdin.is_some() {
@@ -340,6 +376,24 @@ impl Flotilla {
             .arg(self.home())
             .args(extra)
             .env("PATH", path_with_python())
+            .env_remove(SECRET_ENV);
+        let child = spawn_logged(cmd, log);
+        let pid = child.id();
+        self.workers.push(child);
+        pid
+    }
+
+    /// Starts a worker like [`Flotilla::spawn_worker`], with `env` set
+    /// over its environment (a `PATH` of a node without the test Python).
+    pub fn spawn_worker_env(&mut self, extra: &[&str], env: &[(&str, std::ffi::OsString)]) -> u32 {
+        let index = self.workers.len();
+        let log = std::fs::File::create(self.home().join(format!("worker-{index}.log"))).unwrap();
+        let mut cmd = Command::new(bin("flotilla-worker"));
+        cmd.arg(flag::STATE_DIR)
+            .arg(self.home())
+            .args(extra)
+            .env("PATH", path_with_python())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove(SECRET_ENV);
         let child = spawn_logged(cmd, log);
         let pid = child.id();

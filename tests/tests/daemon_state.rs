@@ -303,3 +303,60 @@ fn a_full_disk_is_refused_promptly_recovered_from_and_stop_still_finishes() {
         started.elapsed()
     );
 }
+
+/// Kills the daemon whose pid is in `home/daemon.pid` when dropped, so a
+/// failing test leaves no detached daemon behind.
+struct DetachedDaemon(PathBuf);
+
+impl Drop for DetachedDaemon {
+    fn drop(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(self.0.join("daemon.pid"))
+            && let Ok(pid) = text.trim().parse::<i32>()
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[test]
+fn a_detached_daemon_writes_its_log_without_colour_codes() {
+    let home = tempfile::Builder::new()
+        .prefix("fl-e2e-")
+        .tempdir()
+        .unwrap();
+    let home = home.path();
+    let config = home.join("site.toml");
+    std::fs::write(&config, test_config()).unwrap();
+    let guard = DetachedDaemon(home.to_path_buf());
+    let flotilla = |args: &[&str]| {
+        Command::new(bin("flotilla"))
+            .args(args)
+            .env(HOME_ENV, home)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let started = flotilla(&["daemon", "--detach", "--config", config.to_str().unwrap()]);
+    assert!(started.status.success(), "{started:?}");
+    let pid: i32 = std::fs::read_to_string(home.join("daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stopped = flotilla(&["stop"]);
+    assert!(stopped.status.success(), "{stopped:?}");
+    wait_until(LONG, "the detached daemon to exit", || {
+        (!flotilla_tests::process_running(pid as u32)).then_some(())
+    });
+    drop(guard);
+    let log = std::fs::read_to_string(home.join("daemon.log")).unwrap();
+    assert!(log.contains("INFO"), "the daemon logged: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in daemon.log: {:?}",
+        &log[..log.len().min(400)]
+    );
+}

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use flotilla_protocol::launch::flag;
-use flotilla_tests::{Flotilla, python_bin, test_config, workspace};
+use flotilla_tests::{Flotilla, config_with, python_bin, test_config, workspace};
 use serde_json::Value;
 
 /// What `tests/servables/big-file` makes at publication: byte `i` of its
@@ -143,6 +143,47 @@ fn a_worker_that_reads_the_object_store_fetches_nothing() {
         lines_with(&f.log(), "sending a servable file to a worker", &[]),
         0
     );
+}
+
+/// With the shared directory apart from the state directory, `flotilla
+/// servable publish` writes into the shared object store, and a worker
+/// attached through the state directory reads the files there (the
+/// contact file names the shared directory): nothing is fetched.
+#[test]
+fn publish_and_a_worker_attached_by_hand_find_the_shared_object_store() {
+    python_bin();
+    let shared = tempfile::tempdir().unwrap();
+    let setting = format!("\"{}\"", shared.path().display());
+    let mut f = Flotilla::start(&config_with(&[("daemon", "shared_dir", setting.as_str())]));
+    f.publish(&workspace().join("tests/servables/big-file"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!f.home().join("objects").exists());
+    let stored = std::fs::read_dir(shared.path().join("objects"))
+        .unwrap()
+        .filter(|e| {
+            flotilla_protocol::objects::is_object_name(
+                &e.as_ref().unwrap().file_name().to_string_lossy(),
+            )
+        })
+        .count();
+    assert_eq!(stored, 2, "serve.py and blob.bin");
+    let node = tempfile::tempdir().unwrap();
+    let cache = node.path().join("cache");
+    f.spawn_worker(&[flag::SLOTS, "2", flag::CACHE_DIR, cache.to_str().unwrap()]);
+    f.wait_workers(1);
+    assert_eq!(run_big_file(&f), expected_blob());
+    let log = f.worker_log(0);
+    assert_eq!(
+        lines_with(&log, "servable files verified", &["files=2"]),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        lines_with(&log, "servable file fetched from the daemon", &[]),
+        0,
+        "{log}"
+    );
+    assert!(!cache.exists(), "the cache was not even made");
 }
 
 /// A peer that has not registered learns nothing of the files: its fetch

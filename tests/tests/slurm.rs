@@ -6,14 +6,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use flotilla_engine::launch::daemon_tag;
 use flotilla_engine::state_dir::StateDir;
 use flotilla_protocol::Payload;
-use flotilla_protocol::task::{NIL, TaskState};
-use flotilla_tests::{Flotilla, SlurmJobs, bin, config_with, site_example_for_tests, wait_until};
+use flotilla_protocol::task::{NIL, Outcome, TaskState};
+use flotilla_tests::{
+    Flotilla, SlurmJobs, bin, config_with, python_bin, site_example_for_tests, wait_until,
+    workspace,
+};
 use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -61,12 +65,63 @@ fn noop_completes(f: &Flotilla) {
     assert_eq!(view.state, TaskState::Completed);
 }
 
+/// Publishes the Python servable `counter` and runs one request on it;
+/// panics unless it completes with its input echoed.
+fn counter_runs(f: &Flotilla) {
+    f.publish(&workspace().join("tests/servables/counter"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let input = flotilla_client::json_to_payload(&serde_json::json!("layout")).unwrap();
+    let view = f.client().run("counter", input, Some(LONG)).unwrap();
+    assert_eq!(view.state, TaskState::Completed, "{view:?}");
+    let Some(Outcome::Output(output)) = &view.outcome else {
+        panic!("no output: {view:?}");
+    };
+    let output = flotilla_client::payload_to_json(output).unwrap();
+    assert_eq!(output["input"], "layout", "{output}");
+}
+
+/// The names in `dir`, sorted; none if it does not exist.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The state directory keeps the store and nothing compute nodes need.
+fn state_dir_holds_no_shared_files(state: &Path) {
+    assert!(state.join("store").is_dir(), "{:?}", names_in(state));
+    for shared in ["blocks", "objects"] {
+        assert!(
+            !state.join(shared).exists(),
+            "{shared} in the state directory: {:?}",
+            names_in(state)
+        );
+    }
+}
+
+/// The state directory (the harness's, standing for a node-local disk) and
+/// the shared directory in different places: the job's script and logs and
+/// the object store are in the shared one, with a copy of the contact
+/// file; a Python servable published there runs from it, no file fetched.
 #[test]
 fn the_daemon_runs_its_workers_inside_a_slurm_job() {
-    let mut f = Flotilla::start(&slurm_site(&[]));
+    python_bin();
+    let shared = tempfile::Builder::new()
+        .prefix("fl-shared-")
+        .tempdir()
+        .unwrap();
+    let setting = format!("\"{}\"", shared.path().display());
+    let mut f = Flotilla::start(&slurm_site(&[("daemon", "shared_dir", setting.as_str())]));
     let jobs = SlurmJobs::of(&f);
     f.wait_workers(1);
     noop_completes(&f);
+    counter_runs(&f);
     let status = f.client().status().unwrap();
     let job = status.blocks[0].job_id.clone().unwrap();
     assert_eq!(status.blocks[0].state, "RUNNING");
@@ -75,15 +130,39 @@ fn the_daemon_runs_its_workers_inside_a_slurm_job() {
         [(job.clone(), "R".to_owned())],
         "the block is that Slurm job"
     );
-    // The job script carries the request.
-    let script = std::fs::read_to_string(f.home().join("blocks/0/block.sh")).unwrap();
+    // The job script carries the request, and names the shared object
+    // store; it, the job's logs and the store's objects are in the shared
+    // directory.
+    let block = shared.path().join("blocks/0");
+    let script = std::fs::read_to_string(block.join("block.sh")).unwrap();
     assert!(
         script.contains("#SBATCH --partition=debug") && script.contains("#SBATCH --time=00:10:00"),
         "{script}"
     );
-    // Stopping the daemon cancels the block.
+    let objects = shared.path().join("objects");
+    assert!(
+        script.contains(&format!("export FLOTILLA_OBJECTS={}", objects.display())),
+        "{script}"
+    );
+    assert!(!names_in(&objects).is_empty(), "the published files");
+    let log = std::fs::read_to_string(block.join("stderr")).unwrap();
+    assert!(log.contains("servable files verified"), "{log}");
+    assert!(!log.contains("fetched from the daemon"), "{log}");
+    assert!(block.join("stdout").is_file());
+    state_dir_holds_no_shared_files(f.home());
+    // Jobs on other nodes find the daemon through the copy of its contact
+    // file; it holds no secret.
+    let copy = std::fs::read_to_string(shared.path().join("daemon.toml")).unwrap();
+    let info = flotilla_engine::state_dir::DaemonInfo::from_toml(&copy).unwrap();
+    assert_eq!(info.pid, f.daemon_pid());
+    assert_eq!(info.shared_dir.as_deref(), Some(shared.path()));
+    assert_eq!(info, f.info());
+    assert!(!copy.contains("secret"), "{copy}");
+    // Stopping the daemon cancels the block and removes its contact files.
     assert!(f.signal_daemon(Signal::SIGTERM, LONG).success());
     jobs.wait_all_ended();
+    assert!(!shared.path().join("daemon.toml").exists());
+    assert!(!f.home().join("daemon.toml").exists());
 }
 
 #[test]
@@ -153,20 +232,62 @@ fn ssh_site(extra: &[(&str, &str, &str)], home: &str) -> String {
     slurm_site(&settings)
 }
 
+/// Over SSH the daemon's paths mean nothing where the jobs run: the job
+/// names no object store, and a Python servable's files reach the worker
+/// over the interchange (the worker's log says they were fetched), into
+/// the node's cache.
 #[test]
 fn the_same_flow_works_over_ssh() {
-    let mut f = Flotilla::start_with(|home| ssh_site(&[], home.to_str().unwrap()));
+    let python = python_bin();
+    let shared = tempfile::Builder::new()
+        .prefix("fl-shared-")
+        .tempdir()
+        .unwrap();
+    let setting = format!("\"{}\"", shared.path().display());
+    // The remote login has none of the harness's environment: the block
+    // puts the servables' Python first on its PATH.
+    let init = format!("\"PATH={}:$PATH; export PATH\"", python.display());
+    let mut f = Flotilla::start_with(|home| {
+        let cache = format!("\"{}\"", home.join("node-cache").display());
+        ssh_site(
+            &[
+                ("daemon", "shared_dir", setting.as_str()),
+                ("worker", "init", init.as_str()),
+                ("worker", "cache_dir", cache.as_str()),
+            ],
+            home.to_str().unwrap(),
+        )
+    });
     let jobs = SlurmJobs::of(&f);
     f.wait_workers(1);
     noop_completes(&f);
+    counter_runs(&f);
     assert!(f.log().contains("ssh session open"));
     // The job script was written through SFTP under the run directory.
     let tag = daemon_tag(&StateDir::at(f.home()));
-    let script = f.home().join("remote-blocks").join(&tag).join("0/block.sh");
+    let block = f.home().join("remote-blocks").join(&tag).join("0");
+    let script = block.join("block.sh");
     assert!(script.is_file(), "{}", script.display());
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&script).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o700, "the script holds the secret");
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(
+        !text.contains("FLOTILLA_OBJECTS") && !text.contains("--objects-dir"),
+        "{text}"
+    );
+    let log = std::fs::read_to_string(block.join("stderr")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("servable file fetched from the daemon")
+                && l.contains("file=serve.py")),
+        "{log}"
+    );
+    // The daemon's own files: the object store in the shared directory,
+    // the store in the state directory.
+    assert!(!names_in(&shared.path().join("objects")).is_empty());
+    assert!(!names_in(&f.home().join("node-cache")).is_empty());
+    state_dir_holds_no_shared_files(f.home());
     // Cancelling goes over SSH too.
     assert!(f.signal_daemon(Signal::SIGTERM, LONG).success());
     jobs.wait_all_ended();

@@ -52,10 +52,12 @@ fn forged_record(marker: &Path) -> ServableRecord {
             files: vec![],
             build: None,
             resources: Default::default(),
+            environment: None,
             options: ServableOptions::default(),
         },
         files: vec![],
         published_us: 1,
+        lock: None,
     }
 }
 

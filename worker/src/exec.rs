@@ -28,6 +28,7 @@ use flotilla_launchers::Container;
 use tempfile::TempDir;
 
 use crate::cache::{NodeCache, hash_file};
+use crate::environment::{Environments, Prepared};
 use crate::fetch::{ObjectSource, fetch_into};
 use crate::process::WarmProcess;
 
@@ -51,6 +52,9 @@ pub struct ExecRuntime {
     /// Where files missing from `objects` come from; none: nowhere.
     fetcher: Option<Fetcher>,
     containers: Option<Container>,
+    /// Servables' declared Python environments; none: servables run with
+    /// the Python on the worker's PATH whatever they declare.
+    environments: Option<Environments>,
     /// Removed (with everything in it) when the runtime is dropped, after
     /// its processes.
     work_dir: TempDir,
@@ -154,6 +158,7 @@ impl ExecRuntime {
             objects,
             fetcher: None,
             containers,
+            environments: None,
             work_dir,
             records: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
@@ -177,6 +182,13 @@ impl ExecRuntime {
             cache_dir,
             chunk_len,
         });
+        self
+    }
+
+    /// The same runtime, preparing servables' declared environments with
+    /// `environments`.
+    pub fn with_environments(mut self, environments: Environments) -> Self {
+        self.environments = Some(environments);
         self
     }
 
@@ -225,15 +237,22 @@ impl ExecRuntime {
         let taken = self.idle.take(&batch.servable, slot);
         let mut process = match taken {
             Some(p) => p,
-            None => match WarmProcess::start(
-                &record,
-                &dir,
-                self.container_for(&record),
-                (slot, placement),
-            ) {
-                Ok(p) => p,
-                Err(broken) => return failure(FailureKind::Crashed, broken.0),
-            },
+            None => {
+                let (container, venv) = match self.runs_in(&record) {
+                    Ok(found) => found,
+                    Err((kind, message)) => return failure(kind, message),
+                };
+                match WarmProcess::start(
+                    &record,
+                    &dir,
+                    container,
+                    venv.as_deref(),
+                    (slot, placement),
+                ) {
+                    Ok(p) => p,
+                    Err(broken) => return failure(FailureKind::Crashed, broken.0),
+                }
+            }
         };
         let tasks = batch
             .items
@@ -260,6 +279,44 @@ impl ExecRuntime {
             // The process is gone (dropped here); the next batch starts anew.
             Err(broken) => failure(FailureKind::Crashed, broken.0),
         }
+    }
+
+    /// What `record`'s processes run in: a container (its image with the
+    /// site's runtime), or a venv prepared for it on this node, or neither.
+    fn runs_in(
+        &self,
+        record: &ServableRecord,
+    ) -> Result<(Option<Container>, Option<PathBuf>), PrepareError> {
+        let declared = record.spec.environment.as_ref();
+        if let Some(image) = declared.and_then(|e| e.image.as_ref()) {
+            let Some(site) = &self.containers else {
+                return Err((
+                    FailureKind::Unrunnable,
+                    format!(
+                        "{} runs in the image {image} ([environment] image) and this worker has no container runtime: set [container] runtime in the site file",
+                        record.id()
+                    ),
+                ));
+            };
+            return Ok((
+                Some(Container {
+                    image: image.clone(),
+                    ..site.clone()
+                }),
+                None,
+            ));
+        }
+        let venv = match &self.environments {
+            Some(envs) => {
+                let id = record.id();
+                match envs.prepare(record, &|wheel| self.locate(&id, wheel))? {
+                    Some(Prepared::Venv(dir)) => Some(dir),
+                    Some(Prepared::Node) | None => None,
+                }
+            }
+            None => None,
+        };
+        Ok((self.container_for(record), venv))
     }
 
     /// The container `record`'s processes run in: its image with the
@@ -426,13 +483,14 @@ impl Drop for ExecRuntime {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use flotilla_protocol::servable::{
         FileEntry, Runtime, ServableOptions, ServableRecord, ServableSpec, TypeSpec,
     };
 
-    fn record(blake3: &str) -> ServableRecord {
+    /// A record of one file, `serve.py`, with hash `blake3`.
+    pub(crate) fn record(blake3: &str) -> ServableRecord {
         let any = TypeSpec::Any {
             description: String::new(),
         };
@@ -460,6 +518,7 @@ mod tests {
                 files: vec!["serve.py".into()],
                 build: None,
                 resources: Default::default(),
+                environment: None,
                 options: ServableOptions::default(),
             },
             files: vec![FileEntry {
@@ -468,6 +527,7 @@ mod tests {
                 size: 11,
             }],
             published_us: 0,
+            lock: None,
         }
     }
 

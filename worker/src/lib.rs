@@ -12,6 +12,7 @@ pub mod affinity;
 mod builtin;
 pub mod cache;
 pub mod connect;
+pub mod environment;
 mod exec;
 mod executor;
 pub mod fetch;

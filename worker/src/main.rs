@@ -210,6 +210,10 @@ fn seconds(value: f64, name: &str, zero_ok: bool) -> anyhow::Result<Duration> {
 
 fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
     let state_dir = args.state_dir.clone().or_else(paths::default_state_dir);
+    // The state directory the daemon was found through, when it was: its
+    // contact file names the object store. A worker told the daemon's
+    // address (a block's) has no object store unless it is told one.
+    let mut attached_through = args.state_dir.clone();
     let mut daemon_frame_limit = None;
     let (address, port) = match (&args.address, args.port) {
         (Some(a), Some(p)) => (a.clone(), p),
@@ -223,6 +227,7 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
                 )
             })?;
             let info = read_info(dir)?;
+            attached_through = Some(dir.to_path_buf());
             daemon_frame_limit = info.max_frame_bytes;
             (info.interchange_address, info.interchange_port)
         }
@@ -331,11 +336,12 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
         objects: args
             .objects_dir
             .clone()
-            .or_else(|| state_dir.as_deref().map(paths::objects_dir)),
+            .or_else(|| attached_through.as_deref().map(paths::daemon_objects_dir)),
         cache_dir: args
             .cache_dir
             .clone()
             .unwrap_or_else(flotilla_worker::cache::default_dir),
+        python: args.python.clone().unwrap_or_else(|| "python3".to_owned()),
         containers: servable_containers(args)?,
         placements,
     };

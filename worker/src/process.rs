@@ -46,12 +46,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl WarmProcess {
     /// Starts `record`'s command in `dir` (its materialised files), inside
-    /// `container` when given, for slot `slot` (seeing only its devices,
+    /// `container` when given, with the virtual environment `venv`
+    /// activated when given, for slot `slot` (seeing only its devices,
     /// running on its cores), and initialises it.
     pub fn start(
         record: &ServableRecord,
         dir: &Path,
         container: Option<Container>,
+        venv: Option<&Path>,
         (slot, placement): (usize, &SlotPlacement),
     ) -> Result<WarmProcess, Broken> {
         let id = record.id();
@@ -79,7 +81,16 @@ impl WarmProcess {
         // The site's devices win over anything the servable or the job set.
         vars.insert(SLOT_ENV.into(), slot.to_string());
         vars.extend(placement.env.iter().cloned());
-        let mut argv = vec![command.clone()];
+        let mut command = command.clone();
+        if let Some(venv) = venv {
+            activate(&mut vars, venv, std::env::var_os("PATH"));
+            // Found in the venv first, as the PATH it is given says.
+            let bin = venv.join("bin").join(&command);
+            if !command.contains('/') && bin.is_file() {
+                command = bin.display().to_string();
+            }
+        }
+        let mut argv = vec![command];
         argv.extend(args.iter().cloned());
         let mut runtime_env = Vec::new();
         if let Some(mut container) = container {
@@ -282,6 +293,24 @@ impl WarmProcess {
     }
 }
 
+/// Activates the virtual environment `venv` in `vars`: `VIRTUAL_ENV`, and
+/// its `bin` first on the `PATH` (the worker's `path`), as its `activate`
+/// script does; `PYTHONHOME` would take the interpreter elsewhere, so it is
+/// cleared.
+fn activate(vars: &mut BTreeMap<String, String>, venv: &Path, path: Option<OsString>) {
+    let bin = venv.join("bin");
+    let mut parts = vec![bin];
+    if let Some(path) = path {
+        parts.extend(std::env::split_paths(&path));
+    }
+    let joined = std::env::join_paths(parts)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| venv.join("bin").display().to_string());
+    vars.insert("VIRTUAL_ENV".into(), venv.display().to_string());
+    vars.insert("PATH".into(), joined);
+    vars.insert("PYTHONHOME".into(), String::new());
+}
+
 /// Whether `path` names a place inside a directory: relative, with no
 /// `..` (a servable's working directory, checked again here whatever
 /// checked it before).
@@ -352,6 +381,18 @@ mod tests {
         let env = servable_environment(inherited, &vars);
         let names: Vec<&str> = env.iter().filter_map(|(k, _)| k.to_str()).collect();
         assert_eq!(names, ["PATH", "HOME", "FLOTILLA_SERVABLE"]);
+    }
+
+    #[test]
+    fn a_venv_is_activated_ahead_of_the_path() {
+        let mut vars = BTreeMap::new();
+        activate(
+            &mut vars,
+            Path::new("/cache/envs/k"),
+            Some(OsString::from("/usr/bin:/bin")),
+        );
+        assert_eq!(vars["VIRTUAL_ENV"], "/cache/envs/k");
+        assert_eq!(vars["PATH"], "/cache/envs/k/bin:/usr/bin:/bin");
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct WorkerConfig {
     /// The node's cache of files fetched from the daemon (those the object
     /// store does not show this worker).
     pub cache_dir: std::path::PathBuf,
+    /// The Python servables' declared environments are made with.
+    pub python: String,
     /// How servables that name an image are run (no runtime: on the host).
     pub containers: Option<flotilla_launchers::Container>,
     /// What each slot holds (devices, cores); empty: nothing.
@@ -247,6 +249,14 @@ pub fn run(
     let runtime = Arc::new(
         ExecRuntime::new(cfg.objects.clone(), work_dir, cfg.containers.clone())
             .with_slots(cfg.placements.clone())
+            .with_environments(crate::environment::Environments::new(
+                cfg.python.clone(),
+                cfg.cache_dir.clone(),
+                cfg.session
+                    .node
+                    .clone()
+                    .unwrap_or_else(|| cfg.session.host.clone()),
+            ))
             .with_fetcher(
                 Arc::new(source),
                 cfg.cache_dir.clone(),

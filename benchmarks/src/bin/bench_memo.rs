@@ -179,7 +179,7 @@ fn in_daemon_hit(samples: usize) -> Result<Latency, String> {
         secret: vec![0; 32],
         handshake_seed: [0; 32],
         max_frame_bytes: flotilla_protocol::DEFAULT_MAX_FRAME_BYTES,
-        blocks: BlockPolicy::no_blocks(),
+        pools: vec![BlockPolicy::no_blocks()],
         pid: std::process::id(),
         release: "bench".into(),
         interchange: String::new(),

@@ -26,6 +26,8 @@ from .views import (
     Build,
     Container,
     Creator,
+    Environment,
+    EnvironmentLock,
     FileEntry,
     MemoUse,
     RelatedIdentifier,
@@ -58,7 +60,7 @@ __all__ = [
 #: Version of the message family; the daemon refuses other versions by name.
 #: Must equal ``PROTOCOL_VERSION`` in ``protocol/src/frame.rs`` (the shared
 #: test vectors check it).
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 #: The daemon's default cap on one message (``[daemon] max_frame_bytes``).
 DEFAULT_MAX_FRAME_BYTES = 64 << 20
@@ -346,11 +348,22 @@ def servable_summary(value):
 
 def servable_record(value):
     """A ``ServableRecord`` array as a :class:`ServableRecord`."""
-    spec, files, published_us = _fields(value, 3, "ServableRecord")
+    if isinstance(value, (tuple, list)) and len(value) == 4:
+        spec, files, published_us, lock = value
+    else:
+        spec, files, published_us = _fields(value, 3, "ServableRecord")
+        lock = None
+    if lock is not None:
+        requirements, wheels = _fields(lock, 2, "EnvironmentLock")
+        lock = EnvironmentLock(
+            requirements=list(requirements),
+            wheels=[FileEntry(*_fields(w, 3, "FileEntry")) for w in wheels],
+        )
     return ServableRecord(
         spec=servable_spec(spec),
         files=[FileEntry(*_fields(f, 3, "FileEntry")) for f in files],
         published_us=published_us,
+        lock=lock,
     )
 
 
@@ -375,7 +388,11 @@ def servable_spec(value):
         build,
         options,
         resources,
+        environment,
     ) = _spec_fields(value)
+    if environment is not None:
+        python, packages, image = _fields(environment, 3, "Environment")
+        environment = Environment(python=python, packages=list(packages), image=image)
     return ServableSpec(
         name=name,
         version=version,
@@ -396,16 +413,30 @@ def servable_spec(value):
         files=list(files),
         build=None if build is None else _build(build),
         options=ServableOptions(*_fields(options, 6, "ServableOptions")),
-        gpus=_fields(resources, 1, "Resources")[0],
+        gpus=_resources(resources)[0],
+        pools=list(_resources(resources)[1]),
+        labels=dict(_resources(resources)[2]),
+        environment=environment,
     )
 
 
 def _spec_fields(value):
-    """A spec's 17 fields and its resources: an 18th field, left out when
-    the servable needs nothing of its slot."""
-    if isinstance(value, (tuple, list)) and len(value) == 18:
+    """A spec's 17 fields, its resources (an 18th field, missing from
+    records written before it existed) and its environment (a 19th, left
+    out when it declares none)."""
+    if isinstance(value, (tuple, list)) and len(value) == 19:
         return value
-    return list(_fields(value, 17, "ServableSpec")) + [[0]]
+    if isinstance(value, (tuple, list)) and len(value) == 18:
+        return list(value) + [None]
+    return list(_fields(value, 17, "ServableSpec")) + [[0], None]
+
+
+def _resources(value):
+    """``Resources``: ``gpus`` alone, or with the pools and labels a
+    servable's placement names."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        return [value[0], [], {}]
+    return _fields(value, 3, "Resources")
 
 
 def _build(value):

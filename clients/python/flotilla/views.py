@@ -165,6 +165,18 @@ class Build:
 
 
 @dataclass(frozen=True)
+class Environment:
+    """What a servable needs of a node's software (``[environment]``)."""
+
+    #: A requirement on the node's Python, e.g. ``">=3.9"``.
+    python: Optional[str] = None
+    #: pip requirements installed into a virtual environment on each node.
+    packages: List[str] = field(default_factory=list)
+    #: A container image to run it in instead.
+    image: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class ServableOptions:
     """How the daemon serves a servable."""
 
@@ -213,6 +225,12 @@ class ServableSpec:
     #: Accelerators (GPUs, GCDs, tiles) one call needs of the worker slot
     #: that runs it (``[resources] gpus``); 0: none.
     gpus: int = 0
+    #: What it needs of the node's software, if it says.
+    environment: Optional[Environment] = None
+    #: The pools whose workers may run it (``[resources] pools``); empty: any.
+    pools: List[str] = field(default_factory=list)
+    #: Labels a pool must carry to run it (``[resources] labels``).
+    labels: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -225,6 +243,16 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class EnvironmentLock:
+    """A servable's environment as captured at publication."""
+
+    #: The declared packages pinned to the publisher's versions, and msgpack.
+    requirements: List[str]
+    #: The wheels that satisfy them, stored by hash (empty: none captured).
+    wheels: List[FileEntry]
+
+
+@dataclass(frozen=True)
 class ServableRecord:
     """A published, immutable servable version."""
 
@@ -233,6 +261,8 @@ class ServableRecord:
     files: List[FileEntry]
     #: Publication time, microseconds since the epoch.
     published_us: int
+    #: What publishing captured of the environment, if any.
+    lock: Optional["EnvironmentLock"] = None
 
     @property
     def id(self):

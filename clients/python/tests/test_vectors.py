@@ -18,6 +18,8 @@ from flotilla.views import (
     Build,
     Container,
     Creator,
+    Environment,
+    EnvironmentLock,
     FileEntry,
     MemoUse,
     RelatedIdentifier,
@@ -128,6 +130,7 @@ _EXEC_RECORD = ServableRecord(
             validate_input=True,
             max_duration_s=600,
         ),
+        environment=Environment(">=3.9", ["scikit-learn>=1.3", "numpy"], None),
     ),
     files=[
         FileEntry(
@@ -136,6 +139,16 @@ _EXEC_RECORD = ServableRecord(
         FileEntry("model.pkl", "0" * 63 + "1", 4_294_967_296),
     ],
     published_us=1_764_000_000_000_000,
+    lock=EnvironmentLock(
+        ["scikit-learn>=1.3,==1.5.2", "numpy==2.1.3", "msgpack==1.1.0"],
+        [
+            FileEntry(
+                "msgpack-1.1.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+                "0" * 63 + "2",
+                378_000,
+            )
+        ],
+    ),
 )
 
 
@@ -355,8 +368,8 @@ def test_a_spec_that_needs_accelerators_reads_its_resources():
     )
     decode = messages.decode_reply
     assert decode(VECTORS["reply.servable-exec"]).as_servable().spec.gpus == 0
-    # A servable that needs accelerators has an 18th field, `[resources]`.
-    reply["Servable"][0].append([2])
+    # `[resources]` is the 18th field.
+    reply["Servable"][0][17] = [2]
     record = decode(msgpack.packb([version, reply], use_bin_type=True)).as_servable()
     assert record.spec.gpus == 2
     assert record.spec.name == "digits"

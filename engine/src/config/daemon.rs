@@ -11,9 +11,16 @@ use super::site::{Seconds, Site};
 /// `[daemon]`.
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct DaemonConfig {
-    /// State directory; unset means `$FLOTILLA_HOME`, else `~/.flotilla`.
+    /// State directory, for what must be node-local and fast (the store,
+    /// the API socket, the lock, the secret); unset means `$FLOTILLA_HOME`,
+    /// else `~/.flotilla`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    /// Shared directory, for what compute nodes must reach (the object
+    /// store, local blocks' scripts and logs, a copy of the contact file);
+    /// unset means `$FLOTILLA_SHARED`, else the state directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_dir: Option<PathBuf>,
     /// Largest frame accepted on any socket.
     pub max_frame_bytes: usize,
     /// Time running tasks get to finish on shutdown.
@@ -34,6 +41,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             state_dir: None,
+            shared_dir: None,
             max_frame_bytes: flotilla_protocol::DEFAULT_MAX_FRAME_BYTES,
             shutdown_grace_s: 30.0,
             result_retention_s: 600.0,
@@ -49,6 +57,7 @@ impl Default for DaemonConfig {
 #[serde(deny_unknown_fields, default, expecting = "struct DaemonConfig")]
 pub(crate) struct RawDaemon {
     state_dir: Option<Spanned<PathBuf>>,
+    shared_dir: Option<Spanned<PathBuf>>,
     max_frame_bytes: Option<Spanned<usize>>,
     shutdown_grace_s: Option<Spanned<f64>>,
     result_retention_s: Option<Spanned<f64>>,
@@ -72,6 +81,16 @@ impl RawDaemon {
         let d = DaemonConfig::default();
         let mut s = site.section("daemon");
         let state_dir = s.opt("state_dir", self.state_dir);
+        let shared_dir = s.opt("shared_dir", self.shared_dir);
+        if shared_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(s.invalid(
+                "shared_dir",
+                "must name a directory; leave it out to share the state directory",
+            ));
+        }
         let shutdown_grace_s = s.seconds(
             "shutdown_grace_s",
             self.shutdown_grace_s,
@@ -117,6 +136,7 @@ impl RawDaemon {
         )?;
         Ok(DaemonConfig {
             state_dir,
+            shared_dir,
             max_frame_bytes,
             shutdown_grace_s,
             result_retention_s,
@@ -130,6 +150,28 @@ impl RawDaemon {
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
+
+    #[test]
+    fn the_shared_directory_is_read_and_may_be_left_out() {
+        let c = Config::parse(
+            "[daemon]\nstate_dir = \"/var/fl\"\nshared_dir = \"/scratch/me/fl\"\n",
+            "d.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.daemon.shared_dir.as_deref(),
+            Some("/scratch/me/fl".as_ref())
+        );
+        assert!(c.to_toml().contains("shared_dir = \"/scratch/me/fl\""));
+        assert_eq!(Config::parse("", "d.toml").unwrap().daemon.shared_dir, None);
+        let err = Config::parse("[daemon]\nshared_dir = \"\"\n", "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("d.toml:2: `daemon.shared_dir`: must name"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn limits_are_read_and_checked() {

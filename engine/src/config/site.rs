@@ -26,6 +26,10 @@ pub(crate) struct Site<'a> {
     text: &'a str,
     /// Line of every key taken so far that the file sets, by dotted key.
     lines: HashMap<String, usize>,
+    /// While a `[[pool]]` table is checked, its name as keys show it
+    /// (`pool[gpu]`): every key taken or named gets it in front, so the
+    /// sections' own checks name the pool's keys unchanged.
+    scope: Option<String>,
 }
 
 /// Which durations a `_s` key accepts.
@@ -44,6 +48,21 @@ impl<'a> Site<'a> {
             file,
             text,
             lines: HashMap::new(),
+            scope: None,
+        }
+    }
+
+    /// Names every key after this under `scope` (a `[[pool]]` table), or
+    /// at the top level again with `None`.
+    pub(crate) fn set_scope(&mut self, scope: Option<String>) {
+        self.scope = scope;
+    }
+
+    /// `key` as errors and the line table know it: under the scope, if any.
+    fn scoped(&self, key: &str) -> String {
+        match &self.scope {
+            Some(scope) => format!("{scope}.{key}"),
+            None => key.to_owned(),
         }
     }
 
@@ -59,7 +78,7 @@ impl<'a> Site<'a> {
     pub(crate) fn take<T>(&mut self, key: &str, raw: Option<Spanned<T>>) -> Option<T> {
         let raw = raw?;
         let line = self.line_of(raw.span().start);
-        self.lines.insert(key.to_owned(), line);
+        self.lines.insert(self.scoped(key), line);
         Some(raw.into_inner())
     }
 
@@ -75,7 +94,13 @@ impl<'a> Site<'a> {
 
     /// Where the file sets `key`, if it does (and the key was taken).
     pub(crate) fn line(&self, key: &str) -> Option<usize> {
-        self.lines.get(key).copied()
+        self.lines.get(&self.scoped(key)).copied()
+    }
+
+    /// Where the file sets the top-level `key` (a section), found in the
+    /// text.
+    pub(crate) fn locate(&self, key: &str) -> Option<usize> {
+        crate::toml_locate::locate(self.text, key)
     }
 
     /// Every key taken so far that the file sets, with its line.
@@ -100,7 +125,7 @@ impl<'a> Site<'a> {
         ConfigError::Invalid {
             file: self.file.to_owned(),
             line,
-            key: key.to_owned(),
+            key: self.scoped(key),
             message: message.into(),
         }
     }

@@ -42,7 +42,7 @@ pub(crate) fn check(text: &str, site: &Site) -> Result<(), ConfigError> {
     let Some(f) = found else {
         return Ok(());
     };
-    let allowed = if MULTI_LINE.contains(&f.key.as_str()) {
+    let allowed = if multi_line(&f.key) {
         "; only newlines and tabs may be in it"
     } else {
         ""
@@ -57,11 +57,21 @@ pub(crate) fn check(text: &str, site: &Site) -> Result<(), ConfigError> {
     ))
 }
 
+/// Whether `key` is shell text or directive lines by design, at the top
+/// level or in a `[[pool]]` table (`pool[1].worker.init`).
+fn multi_line(key: &str) -> bool {
+    let own = match key.strip_prefix("pool[") {
+        Some(rest) => rest.split_once("].").map_or(key, |(_, own)| own),
+        None => key,
+    };
+    MULTI_LINE.contains(&own)
+}
+
 /// The first string at or under `key` holding a character it may not.
 fn find(key: String, node: &Spanned<Node>) -> Option<Found> {
     match node.get_ref() {
         Node::Text(s) => {
-            let multi_line = MULTI_LINE.contains(&key.as_str());
+            let multi_line = multi_line(&key);
             let bad = s
                 .chars()
                 .find(|c| c.is_control() && !(multi_line && matches!(c, '\n' | '\t')))?;

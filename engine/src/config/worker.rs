@@ -39,6 +39,18 @@ pub struct WorkerConfig {
     /// node's temporary directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<String>,
+    /// The daemon's object store as the workers' nodes see it (an absolute
+    /// path). Unset: the shared directory's `objects/` for blocks of the
+    /// local channel; none over SSH or on Kubernetes, where the daemon's
+    /// paths mean nothing, so workers fetch servables' files from the
+    /// daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects_dir: Option<String>,
+    /// The Python each node makes servables' declared environments with
+    /// (a command on the PATH `init` leaves, or an absolute path); unset:
+    /// `python3`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
 }
 
 impl WorkerConfig {
@@ -64,6 +76,8 @@ impl Default for WorkerConfig {
             accelerator_kind: None,
             cpu_affinity: CpuAffinity::None,
             cache_dir: None,
+            objects_dir: None,
+            python: None,
         }
     }
 }
@@ -84,6 +98,8 @@ pub(crate) struct RawWorker {
     accelerator_kind: Option<Spanned<AcceleratorKind>>,
     cpu_affinity: Option<Spanned<RawAffinity>>,
     cache_dir: Option<Spanned<String>>,
+    objects_dir: Option<Spanned<String>>,
+    python: Option<Spanned<String>>,
 }
 
 /// Most accelerators a node may name.
@@ -139,19 +155,35 @@ impl RawWorker {
             accelerators: accelerators(&mut s, self.accelerators)?,
             accelerator_kind: s.opt("accelerator_kind", self.accelerator_kind),
             cpu_affinity: cpu_affinity(&mut s, self.cpu_affinity)?,
-            cache_dir: cache_dir(&mut s, self.cache_dir)?,
+            cache_dir: absolute(&mut s, "cache_dir", self.cache_dir)?,
+            objects_dir: absolute(&mut s, "objects_dir", self.objects_dir)?,
+            python: python(&mut s, self.python)?,
         })
         .and_then(|w| check_split(&s, w))
     }
 }
 
-/// The nodes' cache directory: absolute, since each worker starts in its
-/// block's run directory.
-fn cache_dir(s: &mut Section, raw: Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
-    match s.opt("cache_dir", raw) {
-        Some(dir) if !dir.starts_with('/') => Err(s.invalid(
-            "cache_dir",
-            format!("must be an absolute path, got `{dir}`"),
+/// A directory on the workers' nodes (the cache, the object store):
+/// absolute, since each worker starts in its block's run directory.
+fn absolute(
+    s: &mut Section,
+    key: &str,
+    raw: Option<Spanned<String>>,
+) -> Result<Option<String>, ConfigError> {
+    match s.opt(key, raw) {
+        Some(dir) if !dir.starts_with('/') => {
+            Err(s.invalid(key, format!("must be an absolute path, got `{dir}`")))
+        }
+        other => Ok(other),
+    }
+}
+
+/// The nodes' Python: one word, a command or a path.
+fn python(s: &mut Section, raw: Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
+    match s.opt("python", raw) {
+        Some(p) if p.is_empty() || p.chars().any(char::is_whitespace) => Err(s.invalid(
+            "python",
+            format!("must be a command (like \"python3\") or an absolute path, got `{p}`"),
         )),
         other => Ok(other),
     }
@@ -246,8 +278,13 @@ mod tests {
         let w = worker("cpu_affinity = \"alternating\"\n").unwrap();
         assert_eq!(w.cpu_affinity, CpuAffinity::Alternating);
         assert_eq!(worker("").unwrap().cpu_affinity, CpuAffinity::None);
+        let w = worker("python = \"/opt/py/bin/python3\"\n").unwrap();
+        assert_eq!(w.python.as_deref(), Some("/opt/py/bin/python3"));
         let w = worker("cache_dir = \"/local/scratch/fl\"\n").unwrap();
         assert_eq!(w.cache_dir.as_deref(), Some("/local/scratch/fl"));
+        let w = worker("objects_dir = \"/scratch/me/fl/objects\"\n").unwrap();
+        assert_eq!(w.objects_dir.as_deref(), Some("/scratch/me/fl/objects"));
+        assert_eq!(worker("").unwrap().objects_dir, None);
     }
 
     #[test]
@@ -281,6 +318,14 @@ mod tests {
             (
                 "cache_dir = \"cache\"\n",
                 "s.toml:2: `worker.cache_dir`: must be an absolute path, got `cache`",
+            ),
+            (
+                "objects_dir = \"~/objects\"\n",
+                "s.toml:2: `worker.objects_dir`: must be an absolute path, got `~/objects`",
+            ),
+            (
+                "python = \"python 3\"\n",
+                "s.toml:2: `worker.python`: must be a command",
             ),
         ];
         for (text, expected) in cases {

@@ -87,6 +87,15 @@ pub struct BlockPolicy {
     pub queue_job_limit: Option<u32>,
     /// Longest wait between tries after refused submissions.
     pub retry_max_us: u64,
+    /// What servables' `[resources] labels` are matched against.
+    pub labels: BTreeMap<String, String>,
+    /// Preference among pools that could serve the same queue (lower is
+    /// preferred, after warm workers and capacity).
+    pub cost: f64,
+    /// Accelerators each slot of this pool's workers holds, when the site
+    /// says (`[worker] accelerators` and `slots`): a servable needing more
+    /// never scales this pool. `None`: not known before workers say.
+    pub accelerators_per_slot: Option<u32>,
 }
 
 impl BlockPolicy {
@@ -113,6 +122,9 @@ impl BlockPolicy {
             max_queued: None,
             queue_job_limit: None,
             retry_max_us: 300_000_000,
+            labels: BTreeMap::new(),
+            cost: 0.0,
+            accelerators_per_slot: None,
         }
     }
 }
@@ -280,6 +292,7 @@ impl Blocks {
                 format!("job {} from before the restart", r.job),
             );
             out.push(Action::AdoptBlock {
+                pool: self.policy.pool.clone(),
                 block: r.id,
                 job: r.job.clone(),
             });
@@ -361,7 +374,10 @@ impl Blocks {
         );
         tracing::info!(block = id, reason = why, "starting block");
         self.note("block-requested", Some(id), why.to_owned());
-        out.push(Action::SubmitBlock { block: id });
+        out.push(Action::SubmitBlock {
+            pool: self.policy.pool.clone(),
+            block: id,
+        });
     }
 
     fn cancel(&mut self, id: u32, why: String, out: &mut Vec<Action>) {
@@ -383,7 +399,10 @@ impl Blocks {
         b.cancelling = true;
         tracing::info!(block = id, reason = %why, "cancelling block");
         self.note("block-cancelled", Some(id), why);
-        out.push(Action::CancelBlock { block: id });
+        out.push(Action::CancelBlock {
+            pool: self.policy.pool.clone(),
+            block: id,
+        });
     }
 
     fn note(&mut self, kind: &'static str, block: Option<u32>, message: String) {
@@ -413,6 +432,7 @@ impl Blocks {
                 job: job.clone(),
                 submitted_us: b.submitted_us,
                 running_since_us: b.running_since_us,
+                pool: self.policy.pool.clone(),
             }));
         }
     }
@@ -711,7 +731,10 @@ impl Blocks {
                 Some(id),
                 "trying again after a refused submission".into(),
             );
-            out.push(Action::SubmitBlock { block: id });
+            out.push(Action::SubmitBlock {
+                pool: self.policy.pool.clone(),
+                block: id,
+            });
         }
         if !waiting.is_empty()
             && let Some(backoff) = &mut self.backoff
@@ -912,8 +935,41 @@ impl Blocks {
                 },
                 idle_s: (b.live() && b.ever_connected)
                     .then(|| secs(now.saturating_sub(b.last_busy_us))),
+                pool: Some(self.policy.pool.clone()),
             })
             .collect()
+    }
+
+    /// The pool's settings.
+    pub fn policy(&self) -> &BlockPolicy {
+        &self.policy
+    }
+
+    /// The next block id this table would hand out.
+    pub fn next_id(&self) -> u32 {
+        self.next_id
+    }
+
+    /// Block ids are the daemon's, across pools: the next one to hand out
+    /// (never lower than this table's own).
+    pub fn set_next_id(&mut self, next: u32) {
+        self.next_id = self.next_id.max(next);
+    }
+
+    /// Whether `block` is one of this pool's.
+    pub fn has(&self, block: u32) -> bool {
+        self.blocks.contains_key(&block)
+    }
+
+    /// Whether this pool could start a block for more work now: not
+    /// paused, no refused submission waiting out a backoff, below
+    /// `max_blocks` and the queue limits.
+    pub fn has_capacity(&self, now: u64) -> bool {
+        self.paused.is_none()
+            && !self.stopping
+            && self.backoff.is_none()
+            && self.active(now, false) < self.policy.max_blocks
+            && self.room() > 0
     }
 
     /// The blocks submitted since start.
@@ -950,13 +1006,16 @@ mod tests {
             max_queued: None,
             queue_job_limit: None,
             retry_max_us: 300 * S,
+            labels: BTreeMap::new(),
+            cost: 0.0,
+            accelerators_per_slot: None,
         }
     }
 
     fn submitted(out: &[Action]) -> Vec<u32> {
         out.iter()
             .filter_map(|a| match a {
-                Action::SubmitBlock { block } => Some(*block),
+                Action::SubmitBlock { block, .. } => Some(*block),
                 _ => None,
             })
             .collect()
@@ -965,7 +1024,7 @@ mod tests {
     fn cancelled(out: &[Action]) -> Vec<u32> {
         out.iter()
             .filter_map(|a| match a {
-                Action::CancelBlock { block } => Some(*block),
+                Action::CancelBlock { block, .. } => Some(*block),
                 _ => None,
             })
             .collect()
@@ -1415,6 +1474,7 @@ mod tests {
                 job: "4242".into(),
                 submitted_us: 0,
                 running_since_us: Some(S),
+                pool: "default".into(),
             }],
             10 * S,
             &mut out,
@@ -1422,6 +1482,7 @@ mod tests {
         assert_eq!(
             out,
             [Action::AdoptBlock {
+                pool: "default".into(),
                 block: 7,
                 job: "4242".into()
             }]

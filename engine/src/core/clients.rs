@@ -79,7 +79,7 @@ impl Core {
                 let wait = wait_ms.map(|ms| ms.saturating_mul(1000));
                 return self.fleet.events.query(from, after, wait, now, out);
             }
-            ClientCall::ResumePool { name } => match self.fleet.blocks.resume(&name) {
+            ClientCall::ResumePool { name } => match self.fleet.pools.resume(&name) {
                 Ok(()) => {
                     self.run_strategy(now, out);
                     ClientReply::PoolResumed { name }

@@ -9,8 +9,10 @@ use flotilla_protocol::interchange::{DaemonMessage, WorkBatch, WorkItem};
 use flotilla_protocol::servable::ServableRecord;
 
 use super::batches::{Batch, BatchTable};
+use super::blocks::BlockPolicy;
 use super::catalog::{self, Catalog};
 use super::io::Action;
+use super::placement;
 use super::queues::QueueKey;
 use super::scheduling::{Scheduling, auto_plan};
 use super::tasks::{Task, TaskTable};
@@ -31,6 +33,8 @@ pub(super) struct Dispatch<'a> {
     pub(super) batches: &'a mut BatchTable,
     pub(super) sched: &'a mut Scheduling,
     pub(super) catalog: &'a Catalog,
+    /// Each pool's settings, for placement.
+    pub(super) pools: &'a [BlockPolicy],
     /// Workers take no task that would end within this of their job's end.
     pub(super) walltime_margin_us: u64,
 }
@@ -71,11 +75,13 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
         };
         let adaptive = &d.sched.adaptive;
         let catalog = d.catalog;
+        let pools = d.pools;
         let Some((qk, size)) = d.sched.queues.oldest(
             now,
             |s| {
                 catalog::worker_can_run(catalog, &worker.about.servables, s)
                     && slots_fit(catalog, &worker.about, s)
+                    && placement::worker_may_run(catalog, pools, worker.about.pool, s)
                     && fits.get(s).copied().unwrap_or(true)
             },
             |s| auto_plan(adaptive, s),
@@ -225,6 +231,7 @@ fn dispatch_suspects(
             d.tasks.get(id).is_some_and(|t| {
                 catalog::worker_can_run(d.catalog, &worker.about.servables, &t.target)
                     && slots_fit(d.catalog, &worker.about, &t.target)
+                    && placement::worker_may_run(d.catalog, d.pools, worker.about.pool, &t.target)
                     && left.is_none_or(|l| d.sched.expected_duration_us(d.catalog, &t.target) <= l)
                     && suspect_fits(d, key, t, worker.about.max_frame_bytes)
             })

@@ -17,6 +17,17 @@ struct EventWait {
     deadline_us: u64,
 }
 
+/// What an event is about: a block, a worker, the pool.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Subject<'a> {
+    /// The block concerned.
+    pub(super) block: Option<u32>,
+    /// The worker concerned.
+    pub(super) worker: Option<&'a str>,
+    /// The pool concerned.
+    pub(super) pool: Option<&'a str>,
+}
+
 /// The log.
 #[derive(Debug, Default)]
 pub(super) struct EventLog {
@@ -31,8 +42,7 @@ impl EventLog {
         &mut self,
         now: u64,
         kind: &str,
-        block: Option<u32>,
-        worker: Option<&str>,
+        about: Subject<'_>,
         message: String,
         out: &mut Vec<Action>,
     ) {
@@ -44,9 +54,10 @@ impl EventLog {
             seq: self.last_seq,
             at_us: now,
             kind: kind.to_owned(),
-            block,
-            worker: worker.map(str::to_owned),
+            block: about.block,
+            worker: about.worker.map(str::to_owned),
             message,
+            pool: about.pool.map(str::to_owned),
         });
         for wait in std::mem::take(&mut self.waits) {
             let events = self.after(wait.after);
@@ -104,6 +115,12 @@ impl EventLog {
     }
 
     /// The earliest wait deadline, for the timer.
+    /// Every event kept (tests).
+    #[cfg(test)]
+    pub(super) fn all(&self) -> Vec<EventView> {
+        self.after(0)
+    }
+
     pub(super) fn next_deadline(&self) -> Option<u64> {
         self.waits.iter().map(|w| w.deadline_us).min()
     }
@@ -132,8 +149,11 @@ mod tests {
         log.push(
             1,
             "block-submitted",
-            Some(0),
-            None,
+            Subject {
+                block: Some(0),
+                worker: None,
+                pool: Some("default"),
+            },
             "job 1".into(),
             &mut out,
         );
@@ -142,7 +162,11 @@ mod tests {
         out.clear();
         log.query(ReplyTo(2), 1, Some(5), 2, &mut out);
         assert!(out.is_empty(), "held");
-        log.push(3, "worker-lost", None, Some("w1"), "gone".into(), &mut out);
+        let about = Subject {
+            worker: Some("w1"),
+            ..Subject::default()
+        };
+        log.push(3, "worker-lost", about, "gone".into(), &mut out);
         assert_eq!(events_in(&out), [vec![2]]);
         out.clear();
         log.query(ReplyTo(3), 2, Some(5), 4, &mut out);

@@ -105,16 +105,22 @@ pub enum Action {
     },
     /// Start block `block` through the provider.
     SubmitBlock {
+        /// The pool whose provider it goes through.
+        pool: String,
         /// Block id.
         block: u32,
     },
     /// Cancel block `block`.
     CancelBlock {
+        /// The pool whose provider it goes through.
+        pool: String,
         /// Block id.
         block: u32,
     },
     /// Watch block `block`, submitted by an earlier daemon as `job`.
     AdoptBlock {
+        /// The pool whose provider watches it.
+        pool: String,
         /// Block id.
         block: u32,
         /// The provider's job id.

@@ -38,7 +38,7 @@ impl Core {
         if !self.recovery.held.is_empty() && now >= self.recovery.hold_until_us {
             self.release_held(now);
         }
-        if self.fleet.blocks.strategy_due(now) {
+        if self.fleet.pools.strategy_due(now) {
             self.run_strategy(now, out);
         }
         if now.saturating_sub(self.life.last_sweep_us) >= SWEEP_PERIOD_US {
@@ -110,7 +110,7 @@ impl Core {
         for id in waits {
             self.complete_wait(id, now, out);
         }
-        self.fleet.blocks.cancel_all(out);
+        self.fleet.pools.cancel_all(out);
         out.push(Action::Exit);
     }
 
@@ -174,15 +174,20 @@ impl Core {
             uptime_s: now.saturating_sub(self.life.started_us) / 1_000_000,
             draining: self.life.draining.is_some(),
             interchange: self.cfg.interchange.clone(),
-            blocks: self.fleet.blocks.views(now),
-            blocks_paused: self.fleet.blocks.paused().map(str::to_owned),
-            pools: vec![self.fleet.blocks.pool_view(now)],
+            blocks: self.fleet.pools.views(now),
+            blocks_paused: self.fleet.pools.paused(),
+            pools: self.fleet.pools.pool_views(now),
             workers: self
                 .workers
                 .iter()
                 .map(|(_, w)| WorkerView {
                     id: w.about.id.to_string(),
                     block: w.about.block.map(|b| b.0),
+                    pool: w
+                        .about
+                        .pool
+                        .and_then(|i| self.fleet.placement.get(i))
+                        .map(|p| p.pool.clone()),
                     host: w.about.host.clone(),
                     pid: w.about.pid,
                     node: w.about.node.clone(),

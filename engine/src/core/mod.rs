@@ -48,6 +48,8 @@ mod io;
 mod lifecycle;
 mod memo;
 mod outcomes;
+mod placement;
+mod pools;
 mod queues;
 pub mod records;
 mod scheduling;
@@ -73,11 +75,11 @@ pub use io::{Action, Event, PipeId, ReplyTo};
 pub use memo::{canonical as canonical_msgpack, key as memo_key};
 
 use batches::BatchTable;
-use blocks::Blocks;
 use dispatch::{Dispatch, Suspects};
 use durability::Durability;
 use event_log::EventLog;
 use memo::{Memo, MemoKey};
+use pools::Pools;
 use records::{BlockRecord, StoreOp, StoredResult};
 use scheduling::Scheduling;
 use tasks::TaskTable;
@@ -118,8 +120,9 @@ pub struct CoreConfig {
     /// `[daemon] max_frame_bytes`: the largest frame any worker can be
     /// sent, so an input that makes a larger one is refused at submission.
     pub max_frame_bytes: usize,
-    /// Block policy.
-    pub blocks: BlockPolicy,
+    /// Each pool's blocks and scaling, in the site file's order (at least
+    /// one; [`BlockPolicy::no_blocks`] for a core without a provider).
+    pub pools: Vec<BlockPolicy>,
     /// Daemon pid, for status.
     pub pid: u32,
     /// Daemon release, for status.
@@ -174,11 +177,13 @@ struct Replies {
     store_failed: Option<String>,
 }
 
-/// The pool's blocks, and the event stream about them and their workers
+/// The pools' blocks, and the event stream about them and their workers
 /// (for `flotilla events`).
 #[derive(Debug)]
 struct Fleet {
-    blocks: Blocks,
+    pools: Pools,
+    /// Each pool's settings, in order, for placement (what dispatch reads).
+    placement: Vec<BlockPolicy>,
     events: EventLog,
 }
 
@@ -273,7 +278,7 @@ impl Core {
             }
             Event::StoreRecovered => self.on_store_recovered(out),
             Event::Block(ev) => {
-                if let Some(block) = self.fleet.blocks.on_event(ev, now_us) {
+                if let Some((_, block)) = self.fleet.pools.on_event(ev, now_us) {
                     self.block_ended(BlockId(block), now_us, out);
                 }
                 self.run_strategy(now_us, out);
@@ -281,7 +286,7 @@ impl Core {
             Event::Tick => self.on_tick(now_us, out),
             Event::Shutdown => self.begin_drain(now_us, out),
         }
-        if !self.recovery.held.is_empty() && self.fleet.blocks.adopted_settled() {
+        if !self.recovery.held.is_empty() && self.fleet.pools.adopted_settled() {
             // Every worker of the adopted blocks is back (or they ended):
             // nothing more will be claimed.
             self.release_held(now_us);
@@ -310,6 +315,7 @@ impl Core {
             batches: &mut self.batches,
             sched: &mut self.sched,
             catalog: &self.catalog,
+            pools: &self.fleet.placement,
             walltime_margin_us: self.cfg.walltime_margin_us,
         };
         (d, &mut self.recovery.suspects)
@@ -336,12 +342,17 @@ impl Core {
     /// Carries the block table's news out: events for `flotilla events`,
     /// block records for the store.
     fn after_event(&mut self, now: u64, out: &mut Vec<Action>) {
-        for note in self.fleet.blocks.take_notes() {
+        for (pool, note) in self.fleet.pools.take_notes() {
+            let about = event_log::Subject {
+                block: note.block,
+                worker: None,
+                pool: pool.as_deref(),
+            };
             self.fleet
                 .events
-                .push(now, note.kind, note.block, None, note.message, out);
+                .push(now, note.kind, about, note.message, out);
         }
-        for op in self.fleet.blocks.take_store_ops() {
+        for op in self.fleet.pools.take_store_ops() {
             self.persist(op, out);
         }
     }
@@ -356,37 +367,86 @@ impl Core {
         message: String,
         out: &mut Vec<Action>,
     ) {
-        self.fleet
-            .events
-            .push(now, kind, block.map(|b| b.0), Some(worker), message, out);
+        let pool = block.and_then(|b| self.fleet.pools.name_of_block(b.0));
+        let pool = pool.map(str::to_owned);
+        let about = event_log::Subject {
+            block: block.map(|b| b.0),
+            worker: Some(worker),
+            pool: pool.as_deref(),
+        };
+        self.fleet.events.push(now, kind, about, message, out);
     }
 
-    /// The work outstanding, for the scaling strategy.
-    fn demand(&self) -> Demand {
-        let mut busy = std::collections::BTreeMap::new();
-        let mut running = 0u64;
-        for (_, w) in self.workers.iter() {
-            running += u64::from(w.tasks());
-            if let Some(block) = w.about.block {
-                *busy.entry(block.0).or_insert(0) += w.tasks();
+    /// The work outstanding, split between the pools (see
+    /// [`placement`]), for their scaling strategies.
+    fn demands(&self, now: u64) -> Vec<Demand> {
+        let count = self.fleet.pools.len();
+        let mut work = placement::Work {
+            waiting: self.sched.queues.depth_by_servable(),
+            running: vec![0; count],
+            busy: std::collections::BTreeMap::new(),
+        };
+        let recovery = &self.recovery;
+        let waiting = recovery
+            .held
+            .iter()
+            .chain(recovery.suspects.iter().map(|(id, _)| id));
+        for id in waiting {
+            if let Some(task) = self.tasks.get(id) {
+                *work.waiting.entry(task.target.to_string()).or_default() += 1;
             }
         }
-        let recovery = &self.recovery;
-        Demand {
-            queued: (self.sched.queues.len() + recovery.held.len() + recovery.suspects.len())
-                as u64,
-            running,
-            busy,
+        for (_, w) in self.workers.iter() {
+            if let Some(slot) = w.about.pool.and_then(|i| work.running.get_mut(i)) {
+                *slot += u64::from(w.tasks());
+            }
+            if let Some(block) = w.about.block {
+                *work.busy.entry(block.0).or_insert(0) += w.tasks();
+            }
         }
+        let servables: Vec<String> = work.waiting.keys().cloned().collect();
+        let states: Vec<placement::PoolState> = (0..count)
+            .map(|i| placement::PoolState {
+                capacity: self.fleet.pools.has_capacity(i, now),
+                // With one pool there is nothing to choose between.
+                warm: if count > 1 {
+                    servables.iter().map(|s| self.warm(i, s)).collect()
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        placement::demands(
+            &self.catalog,
+            &self.fleet.placement,
+            &states,
+            &servables,
+            &work,
+        )
     }
 
-    /// Runs the scaling strategy now.
+    /// Whether pool `pool` has a connected worker that can run `servable`.
+    fn warm(&self, pool: usize, servable: &str) -> bool {
+        self.workers.iter().any(|(_, w)| {
+            w.about.pool == Some(pool)
+                && catalog::worker_can_run(&self.catalog, &w.about.servables, servable)
+                && dispatch::slots_fit(&self.catalog, &w.about, servable)
+                && placement::worker_may_run(
+                    &self.catalog,
+                    &self.fleet.placement,
+                    w.about.pool,
+                    servable,
+                )
+        })
+    }
+
+    /// Runs the scaling strategies now.
     fn run_strategy(&mut self, now: u64, out: &mut Vec<Action>) {
         if self.life.draining.is_some() {
             return;
         }
-        let demand = self.demand();
-        self.fleet.blocks.strategize(&demand, now, out);
+        let demands = self.demands(now);
+        self.fleet.pools.strategize(&demands, now, out);
     }
 
     /// A block ended: its workers are gone with it, whether or not their
@@ -400,7 +460,7 @@ impl Core {
         // came did not die of their tasks: those go back to the queue. A
         // block that merely failed or completed may have ended because its
         // worker died (a local block is its worker), so its suspects stay.
-        if !self.fleet.blocks.ended_by_scheduler(block.0) {
+        if !self.fleet.pools.ended_by_scheduler(block.0) {
             return;
         }
         let (innocent, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recovery.suspects)

@@ -103,6 +103,11 @@ pub struct BlockRecord {
     pub submitted_us: u64,
     /// When it started running, once known.
     pub running_since_us: Option<u64>,
+    /// The pool it belongs to; empty in records written before pools (a
+    /// daemon of one pool), which go to the first pool. Last, so those
+    /// records read.
+    #[serde(default)]
+    pub pool: String,
 }
 
 /// Everything read back at start-up.

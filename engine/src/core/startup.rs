@@ -8,12 +8,12 @@ use flotilla_protocol::TaskId;
 use flotilla_protocol::peer_text::RateLimit;
 
 use super::batches::BatchTable;
-use super::blocks::Blocks;
 use super::catalog::{Catalog, ServableInfo};
 use super::durability::Durability;
 use super::event_log::EventLog;
 use super::handshake::Handshakes;
 use super::memo::{self, Memo};
+use super::pools::Pools;
 use super::queues::BatchRule;
 use super::records::{Recovered, StoreOp, StoredResult, StoredTask};
 use super::scheduling::Scheduling;
@@ -41,7 +41,8 @@ impl Core {
         store.stats.evictions = 0;
         let mut core = Core {
             fleet: Fleet {
-                blocks: Blocks::new(cfg.blocks.clone(), recovered.next_block),
+                pools: Pools::new(cfg.pools.clone(), recovered.next_block),
+                placement: cfg.pools.clone(),
                 events: EventLog::default(),
             },
             recovery: Recovery {
@@ -162,8 +163,8 @@ impl Core {
                 "adopting blocks from before the restart; their workers may claim the tasks they run"
             );
         }
-        self.fleet.blocks.adopt(adopt, now_us, out);
-        self.fleet.blocks.start(now_us, out);
+        self.fleet.pools.adopt(adopt, now_us, out);
+        self.fleet.pools.start(now_us, out);
         self.after_event(now_us, out);
     }
 }

@@ -26,7 +26,7 @@ fn config() -> CoreConfig {
         secret: SECRET.to_vec(),
         handshake_seed: [9; 32],
         max_frame_bytes: 1 << 20,
-        blocks: policy(0, 0, 1),
+        pools: vec![policy(0, 0, 1)],
         pid: 1,
         release: "test".into(),
         interchange: "tcp://127.0.0.1:1".into(),
@@ -57,6 +57,9 @@ fn policy(init: u32, min: u32, max: u32) -> BlockPolicy {
         max_queued: None,
         queue_job_limit: None,
         retry_max_us: 300 * SEC,
+        labels: Default::default(),
+        cost: 0.0,
+        accelerators_per_slot: None,
     }
 }
 
@@ -1041,11 +1044,17 @@ fn workers_only_get_servables_they_offer() {
 #[test]
 fn blocks_are_started_and_their_workers_counted() {
     let mut cfg = config();
-    cfg.blocks = policy(1, 1, 1);
+    cfg.pools[0] = policy(1, 1, 1);
     let mut h = Harness::with(cfg, Recovered::default());
     let mut out = Vec::new();
     h.core.start(h.now, &mut out);
-    assert_eq!(out, [Action::SubmitBlock { block: 0 }]);
+    assert_eq!(
+        out,
+        [Action::SubmitBlock {
+            pool: "default".into(),
+            block: 0
+        }]
+    );
     h.ev(Event::Block(BlockEvent::Submitted {
         block: 0,
         job: "4242".into(),
@@ -1068,7 +1077,10 @@ fn blocks_are_started_and_their_workers_counted() {
         other => panic!("{other:?}"),
     }
     let out = h.ev(Event::Shutdown);
-    assert!(out.contains(&Action::CancelBlock { block: 0 }));
+    assert!(out.contains(&Action::CancelBlock {
+        pool: "default".into(),
+        block: 0
+    }));
     assert!(out.contains(&Action::Exit));
 }
 
@@ -1112,6 +1124,7 @@ fn spec(name: &str, version: &str) -> ServableSpec {
         files: vec!["model.py".into()],
         build: None,
         resources: Default::default(),
+        environment: None,
         options: ServableOptions {
             max_batch_size: 8,
             ..ServableOptions::default()
@@ -1133,6 +1146,7 @@ fn record(spec: ServableSpec) -> ServableRecord {
         spec,
         files,
         published_us: 0,
+        lock: None,
     }
 }
 
@@ -1918,7 +1932,7 @@ fn register(h: &mut Harness, pipe: u64, hello: Hello) -> Vec<Action> {
 fn submitted_blocks(out: &[Action]) -> Vec<u32> {
     out.iter()
         .filter_map(|a| match a {
-            Action::SubmitBlock { block } => Some(*block),
+            Action::SubmitBlock { block, .. } => Some(*block),
             _ => None,
         })
         .collect()
@@ -1935,8 +1949,8 @@ fn sleep_request(seconds: f64) -> TaskRequest {
 #[test]
 fn queued_work_asks_for_blocks_at_the_next_strategy_run() {
     let mut cfg = config();
-    cfg.blocks = policy(0, 0, 4);
-    cfg.blocks.slots_per_worker = Some(2);
+    cfg.pools[0] = policy(0, 0, 4);
+    cfg.pools[0].slots_per_worker = Some(2);
     let mut h = Harness::with(cfg, Recovered::default());
     let mut out = Vec::new();
     h.core.start(h.now, &mut out);
@@ -1956,7 +1970,7 @@ fn queued_work_asks_for_blocks_at_the_next_strategy_run() {
 /// submitted as `job`.
 fn started_with_block_0(blocks: BlockPolicy, job: &str) -> Harness {
     let mut cfg = config();
-    cfg.blocks = blocks;
+    cfg.pools[0] = blocks;
     let mut h = Harness::with(cfg, Recovered::default());
     let mut out = Vec::new();
     h.core.start(h.now, &mut out);
@@ -2079,18 +2093,20 @@ fn a_restart_with_live_blocks_adopts_them_and_lets_workers_claim_their_tasks() {
             job: "555".into(),
             submitted_us: 1,
             running_since_us: Some(2),
+            pool: String::new(),
         }],
         next_block: 5,
         ..Recovered::default()
     };
     let mut cfg = config();
-    cfg.blocks = policy(1, 1, 2);
+    cfg.pools[0] = policy(1, 1, 2);
     // Two workers per block: one coming back does not settle it.
-    cfg.blocks.workers_per_block = 2;
+    cfg.pools[0].workers_per_block = 2;
     let mut h = Harness::with(cfg, recovered);
     let mut out = Vec::new();
     h.core.start(h.now, &mut out);
     assert!(out.contains(&Action::AdoptBlock {
+        pool: "default".into(),
         block: 4,
         job: "555".into()
     }));
@@ -2132,7 +2148,7 @@ fn a_restart_with_live_blocks_adopts_them_and_lets_workers_claim_their_tasks() {
 #[test]
 fn a_refused_submission_shows_the_scheduler_s_words_in_status_and_events_and_never_pauses() {
     let mut cfg = config();
-    cfg.blocks = policy(1, 1, 1);
+    cfg.pools[0] = policy(1, 1, 1);
     let mut h = Harness::with(cfg, Recovered::default());
     let mut out = Vec::new();
     h.core.start(h.now, &mut out);
@@ -2181,7 +2197,7 @@ fn a_refused_submission_shows_the_scheduler_s_words_in_status_and_events_and_nev
 #[test]
 fn a_paused_pool_is_resumed_by_name() {
     let mut cfg = config();
-    cfg.blocks = policy(1, 1, 1);
+    cfg.pools[0] = policy(1, 1, 1);
     let mut h = Harness::with(cfg, Recovered::default());
     let mut out = Vec::new();
     h.core.start(h.now, &mut out);
@@ -2240,6 +2256,7 @@ fn recovered_tasks_are_queued_at_once_when_the_adopted_blocks_are_gone() {
             job: "123".into(),
             submitted_us: 1,
             running_since_us: Some(2),
+            pool: String::new(),
         }],
         next_block: 1,
         ..Recovered::default()
@@ -2719,4 +2736,402 @@ fn a_servable_no_worker_can_hold_stays_queued() {
     let (poll, out) = h.poll(2);
     assert_eq!(sent(&out, poll).len(), 1);
     assert_eq!(h.waiting_for("big-model"), None);
+}
+
+// ----- several pools ------------------------------------------------------
+
+/// A pool named `name` with `labels`, scaling from nothing to `max`
+/// blocks of one worker with `slots` slots each.
+fn pool(name: &str, labels: &[(&str, &str)], cost: f64, max: u32) -> BlockPolicy {
+    let mut p = policy(0, 0, max);
+    p.pool = name.into();
+    p.slots_per_worker = Some(2);
+    p.labels = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    p.cost = cost;
+    p
+}
+
+/// A core with a CPU pool (`cpu`, cost 1) and a GPU pool (`gpu`, cost 4),
+/// both on site `polaris`, started.
+fn two_pools() -> Harness {
+    let mut cfg = config();
+    cfg.pools = vec![
+        pool("cpu", &[("site", "polaris"), ("partition", "cpu")], 1.0, 4),
+        pool("gpu", &[("site", "polaris"), ("partition", "gpu")], 4.0, 4),
+    ];
+    let mut h = Harness::with(cfg, Recovered::default());
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    h
+}
+
+/// A published servable placed by `pools` and `labels`.
+fn placed(name: &str, pools: &[&str], labels: &[(&str, &str)]) -> ServableRecord {
+    let mut s = spec(name, "1.0.0");
+    s.resources.pools = pools.iter().map(|p| (*p).to_owned()).collect();
+    s.resources.labels = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    record(s)
+}
+
+/// The blocks each action submits, with their pools.
+fn submitted_by_pool(out: &[Action]) -> Vec<(String, u32)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::SubmitBlock { pool, block } => Some((pool.clone(), *block)),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Harness {
+    /// Worker `name` of block `block`, offering every published servable.
+    fn block_worker(&mut self, pipe: u64, name: &str, block: u32) {
+        let mut hi = in_block(name, 2, block);
+        hi.servables.push("*".into());
+        register(self, pipe, hi);
+    }
+
+    /// The provider accepted and started block `block`.
+    fn block_runs(&mut self, block: u32) {
+        self.ev(Event::Block(BlockEvent::Submitted {
+            block,
+            job: format!("job{block}"),
+        }));
+    }
+
+    fn status(&mut self) -> flotilla_protocol::client::DaemonStatus {
+        let (from, out) = self.call(ClientCall::DaemonStatus);
+        match client_reply(&out, from) {
+            Some(ClientReply::DaemonStatus(s)) => *s,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_queue_only_one_pool_can_serve_scales_only_that_pool() {
+    let mut h = two_pools();
+    h.publish(placed("model", &[], &[("partition", "gpu")]));
+    h.publish(placed("tokenizer", &["cpu"], &[]));
+    for _ in 0..3 {
+        h.submit_to("model", Payload::from(vec![1])).unwrap();
+    }
+    let out = h.advance(SEC);
+    assert_eq!(
+        submitted_by_pool(&out),
+        [("gpu".to_owned(), 0), ("gpu".to_owned(), 1)],
+        "3 tasks, 2 slots a block, on the GPU pool only"
+    );
+    h.submit_to("tokenizer", Payload::from(vec![1])).unwrap();
+    let out = h.advance(SEC);
+    assert_eq!(submitted_by_pool(&out), [("cpu".to_owned(), 2)]);
+    // Block ids are the daemon's: each pool's status lists its own.
+    let s = h.status();
+    let pools: Vec<(String, u32)> = s.pools.iter().map(|p| (p.name.clone(), p.wanted)).collect();
+    assert_eq!(pools, [("cpu".to_owned(), 1), ("gpu".to_owned(), 2)]);
+    let blocks: Vec<(u32, Option<String>)> =
+        s.blocks.iter().map(|b| (b.id, b.pool.clone())).collect();
+    assert_eq!(
+        blocks,
+        [
+            (2, Some("cpu".to_owned())),
+            (0, Some("gpu".to_owned())),
+            (1, Some("gpu".to_owned()))
+        ]
+    );
+}
+
+#[test]
+fn batches_go_only_to_workers_of_eligible_pools() {
+    let mut h = two_pools();
+    h.publish(placed("model", &["gpu"], &[]));
+    h.publish(record(spec("anywhere", "1.0.0")));
+    let model = h.submit_to("model", Payload::from(vec![1])).unwrap();
+    h.advance(SEC);
+    h.block_runs(0);
+    let s = h.status();
+    assert_eq!(s.blocks[0].pool.as_deref(), Some("gpu"));
+    // Worker 1 belongs to no block of ours (attached by hand): placed
+    // servables never go to it; unplaced ones do.
+    h.exec_worker(1, "by-hand", 2);
+    let (poll, out) = h.poll(1);
+    assert!(
+        worker_reply(&out, poll).is_none(),
+        "held, not served: {out:?}"
+    );
+    let anywhere = h.submit_to("anywhere", Payload::from(vec![2])).unwrap();
+    assert_eq!(h.state(anywhere), TaskState::Running);
+    // The GPU block's worker gets the model's task.
+    h.block_worker(2, "gpu-w", 0);
+    let (poll, out) = h.poll(2);
+    let batches = work_in(&out, poll);
+    assert_eq!(batches[0].items[0].task, model);
+    let s = h.status();
+    let w = s.workers.iter().find(|w| w.id == "gpu-w").unwrap();
+    assert_eq!(w.pool.as_deref(), Some("gpu"));
+    let w = s.workers.iter().find(|w| w.id == "by-hand").unwrap();
+    assert_eq!(w.pool, None);
+}
+
+#[test]
+fn among_eligible_pools_warm_workers_then_capacity_then_cost_decide() {
+    let mut h = two_pools();
+    // Both pools carry site = polaris: either may serve it.
+    h.publish(placed("both", &[], &[("site", "polaris")]));
+    h.submit_to("both", Payload::from(vec![1])).unwrap();
+    let out = h.advance(SEC);
+    assert_eq!(
+        submitted_by_pool(&out),
+        [("cpu".to_owned(), 0)],
+        "the cheaper pool"
+    );
+    // The CPU block never comes; a GPU worker is warm: the work goes
+    // there, and the CPU pool's pending block is no longer wanted.
+    h.ev(Event::Block(BlockEvent::SubmitRefused {
+        block: 0,
+        by: flotilla_providers::RefusedBy::Channel,
+        message: "ssh: connect to host login1: No route to host".into(),
+    }));
+    let mut out = Vec::new();
+    // A GPU block the pool already had (adopted as a record would be).
+    h.core.fleet.pools.adopt(
+        vec![BlockRecord {
+            id: 7,
+            job: "700".into(),
+            submitted_us: 1,
+            running_since_us: Some(2),
+            pool: "gpu".into(),
+        }],
+        h.now,
+        &mut out,
+    );
+    h.block_worker(3, "gpu-w", 7);
+    h.submit_to("both", Payload::from(vec![2])).unwrap();
+    h.submit_to("both", Payload::from(vec![3])).unwrap();
+    let out = h.advance(SEC);
+    assert!(
+        submitted_by_pool(&out).iter().all(|(p, _)| p != "cpu"),
+        "{out:?}"
+    );
+    let (poll, out) = h.poll(3);
+    let items: usize = work_in(&out, poll).iter().map(|b| b.items.len()).sum();
+    assert_eq!(items, 3, "the warm GPU worker serves all of it");
+}
+
+#[test]
+fn a_failing_pool_moves_its_work_to_another_eligible_pool_and_stops_no_one() {
+    let mut h = two_pools();
+    h.publish(placed("both", &[], &[("site", "polaris")]));
+    h.publish(placed("cpu-only", &["cpu"], &[]));
+    h.submit_to("both", Payload::from(vec![1])).unwrap();
+    h.submit_to("cpu-only", Payload::from(vec![1])).unwrap();
+    let out = h.advance(SEC);
+    assert_eq!(submitted_by_pool(&out), [("cpu".to_owned(), 0)]);
+    // The CPU pool's scheduler cannot be reached: it backs off, and the
+    // work any polaris pool can run scales the GPU pool at once; the
+    // CPU-only task waits for its pool.
+    let out = h.ev(Event::Block(BlockEvent::SubmitRefused {
+        block: 0,
+        by: flotilla_providers::RefusedBy::Channel,
+        message: "ssh: connect to host login1: No route to host".into(),
+    }));
+    assert_eq!(submitted_by_pool(&out), [("gpu".to_owned(), 1)]);
+    let s = h.status();
+    let cpu = s.pools.iter().find(|p| p.name == "cpu").unwrap();
+    assert!(cpu.held.as_deref().unwrap().contains("No route to host"));
+    assert_eq!(h.queued("cpu-only"), 1);
+    // The GPU pool serves; the CPU-only task never goes there.
+    h.block_runs(1);
+    h.block_worker(2, "gpu-w", 1);
+    let (poll, out) = h.poll(2);
+    let batches = work_in(&out, poll);
+    assert_eq!(batches.len(), 1);
+    assert!(batches[0].servable.starts_with("both@"));
+    assert_eq!(h.queued("cpu-only"), 1);
+}
+
+#[test]
+fn a_paused_pool_is_resumed_by_name_and_the_others_go_on() {
+    let mut cfg = config();
+    let mut cpu = pool("cpu", &[], 1.0, 2);
+    cpu.init_blocks = 1;
+    cpu.min_blocks = 1;
+    cpu.max_failures = 1;
+    cfg.pools = vec![cpu, pool("gpu", &[("partition", "gpu")], 4.0, 2)];
+    let mut h = Harness::with(cfg, Recovered::default());
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    assert_eq!(submitted_by_pool(&out), [("cpu".to_owned(), 0)]);
+    h.ev(Event::Block(BlockEvent::SubmitFailed {
+        block: 0,
+        reason: "boom".into(),
+    }));
+    let s = h.status();
+    assert!(s.pools[0].paused.is_some() && s.pools[1].paused.is_none());
+    assert!(
+        s.blocks_paused
+            .as_deref()
+            .unwrap()
+            .starts_with("pool `cpu`: "),
+        "{:?}",
+        s.blocks_paused
+    );
+    h.publish(placed("model", &[], &[("partition", "gpu")]));
+    h.submit_to("model", Payload::from(vec![1])).unwrap();
+    let out = h.advance(SEC);
+    assert_eq!(submitted_by_pool(&out), [("gpu".to_owned(), 1)]);
+    let (from, out) = h.call(ClientCall::ResumePool { name: "tpu".into() });
+    match client_reply(&out, from) {
+        Some(ClientReply::Error(e)) => {
+            assert!(e.message.contains("this daemon's pools: cpu, gpu"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let (from, out) = h.call(ClientCall::ResumePool { name: "cpu".into() });
+    assert!(matches!(
+        client_reply(&out, from),
+        Some(ClientReply::PoolResumed { .. })
+    ));
+    assert_eq!(submitted_by_pool(&out), [("cpu".to_owned(), 2)]);
+    let events = h.core.fleet.events.all();
+    let paused = events.iter().find(|e| e.kind == "pool-paused").unwrap();
+    assert_eq!(paused.pool.as_deref(), Some("cpu"));
+}
+
+#[test]
+fn blocks_of_two_pools_are_adopted_each_by_its_pool_after_a_restart() {
+    let record = |id: u32, pool: &str| BlockRecord {
+        id,
+        job: format!("{}", 100 + id),
+        submitted_us: 1,
+        running_since_us: Some(2),
+        pool: pool.into(),
+    };
+    let recovered = Recovered {
+        blocks: vec![record(3, "gpu"), record(5, "cpu"), record(6, "tpu")],
+        next_block: 7,
+        ..Recovered::default()
+    };
+    let mut cfg = config();
+    cfg.pools = vec![
+        pool("cpu", &[], 1.0, 2),
+        pool("gpu", &[("partition", "gpu")], 4.0, 2),
+    ];
+    let mut h = Harness::with(cfg, recovered);
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    let adopted: Vec<(String, u32)> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::AdoptBlock { pool, block, .. } => Some((pool.clone(), *block)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(adopted, [("cpu".to_owned(), 5), ("gpu".to_owned(), 3)]);
+    // The block of a pool the site no longer has is forgotten, and said so.
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::Persist {
+            op: StoreOp::RemoveBlock(6),
+            ..
+        }
+    )));
+    // Their workers come back into their pools; new ids continue after them.
+    h.block_worker(1, "gpu-w", 3);
+    h.block_worker(2, "cpu-w", 5);
+    let s = h.status();
+    let pool_of = |id: &str| {
+        s.workers
+            .iter()
+            .find(|w| w.id == id)
+            .and_then(|w| w.pool.clone())
+    };
+    assert_eq!(pool_of("gpu-w").as_deref(), Some("gpu"));
+    assert_eq!(pool_of("cpu-w").as_deref(), Some("cpu"));
+    h.publish(placed("model", &["gpu"], &[]));
+    for _ in 0..5 {
+        h.submit_to("model", Payload::from(vec![1])).unwrap();
+    }
+    let out = h.advance(SEC);
+    assert_eq!(
+        submitted_by_pool(&out),
+        [("gpu".to_owned(), 7)],
+        "5 tasks, 2 slots a block, max 2 blocks: one more GPU block, numbered after the adopted ones"
+    );
+    // A record from before pools goes to the first pool.
+    let recovered = Recovered {
+        blocks: vec![record(2, "")],
+        next_block: 3,
+        ..Recovered::default()
+    };
+    let mut cfg = config();
+    cfg.pools = vec![pool("cpu", &[], 1.0, 2), pool("gpu", &[], 1.0, 2)];
+    let mut h = Harness::with(cfg, recovered);
+    let mut out = Vec::new();
+    h.core.start(h.now, &mut out);
+    assert!(out.contains(&Action::AdoptBlock {
+        pool: "cpu".into(),
+        block: 2,
+        job: "102".into()
+    }));
+}
+
+#[test]
+fn a_pipeline_runs_each_step_in_the_pool_it_needs() {
+    let mut h = two_pools();
+    h.publish(placed("tokenize", &["cpu"], &[]));
+    h.publish(placed("infer", &["gpu"], &[]));
+    h.publish(pipeline("chain", &["tokenize@1.0.0", "infer@1.0.0"]));
+    h.core.fleet.pools.adopt(
+        vec![
+            BlockRecord {
+                id: 10,
+                job: "10".into(),
+                submitted_us: 1,
+                running_since_us: Some(2),
+                pool: "cpu".into(),
+            },
+            BlockRecord {
+                id: 11,
+                job: "11".into(),
+                submitted_us: 1,
+                running_since_us: Some(2),
+                pool: "gpu".into(),
+            },
+        ],
+        h.now,
+        &mut Vec::new(),
+    );
+    h.block_worker(1, "cpu-w", 10);
+    h.block_worker(2, "gpu-w", 11);
+    let id = h.submit_to("chain", Payload::from(vec![1])).unwrap();
+    let plus_one = |p: &Payload| Outcome::Output(Payload::from(vec![p[0] + 1]));
+    let (gpu_poll, out) = h.poll(2);
+    assert!(
+        worker_reply(&out, gpu_poll).is_none(),
+        "step 1 is not the GPU's"
+    );
+    let (poll, out) = h.poll(1);
+    let first = work_in(&out, poll);
+    assert_eq!(first[0].servable, "tokenize@1.0.0");
+    // Its output goes on to step 2, which the GPU worker's held poll gets,
+    // not the CPU worker that reported it.
+    let (report, out) = h.pull(1, vec![outputs(&first[0], plus_one)], true);
+    assert!(
+        worker_reply(&out, report).is_none(),
+        "step 2 is not the CPU's"
+    );
+    let second = work_in(&out, gpu_poll);
+    assert_eq!(second[0].servable, "infer@1.0.0");
+    h.pull(2, vec![outputs(&second[0], plus_one)], false);
+    assert_eq!(
+        h.result_of(id).outcome,
+        Some(Outcome::Output(Payload::from(vec![0x03])))
+    );
 }

@@ -141,6 +141,9 @@ pub(super) struct Worker {
 pub(super) struct Registration {
     pub(super) id: Arc<str>,
     pub(super) block: Option<BlockId>,
+    /// The pool its block belongs to (an index into the core's pools);
+    /// `None` for a worker no block of this daemon started.
+    pub(super) pool: Option<usize>,
     pub(super) host: String,
     pub(super) pid: u32,
     pub(super) node: Option<String>,
@@ -462,6 +465,7 @@ mod tests {
         Registration {
             id: Arc::from(id),
             block: Some(BlockId(3)),
+            pool: Some(0),
             host: "h".into(),
             pid: 1,
             node: None,

@@ -318,8 +318,10 @@ impl Core {
         );
         let block = hello.block_id.map(BlockId);
         if let Some(block) = block {
-            self.fleet.blocks.worker_joined(block.0, hello.slots, now);
+            self.fleet.pools.worker_joined(block.0, hello.slots, now);
         }
+        // Its block's pool: block ids are the daemon's, across pools.
+        let pool = block.and_then(|b| self.fleet.pools.of_block(b.0));
         let placed = match (&hello.node, hello.rank) {
             (Some(node), Some(rank)) => format!(" on node {node} as rank {rank}"),
             _ => format!(" on {}", hello.host),
@@ -336,6 +338,7 @@ impl Core {
         let registration = Registration {
             id,
             block,
+            pool,
             host: hello.host,
             pid: hello.pid,
             node: hello.node,
@@ -652,7 +655,7 @@ impl Core {
             });
         }
         if let Some(block) = worker.about.block {
-            self.fleet.blocks.worker_left(block.0);
+            self.fleet.pools.worker_left(block.0);
         }
         if reason.is_loss_event() {
             let message = format!("{reason}; {} tasks were running", worker.tasks());

@@ -40,6 +40,7 @@ fn options_round_trip_through_argv_and_env() {
         secret_file: Some("/tmp/secret".into()),
         objects_dir: Some("/tmp/objects".into()),
         cache_dir: Some("/local scratch/cache".into()),
+        python: Some("/opt/python 3/bin/python3".into()),
         block_id: Some(0),
         slots: Some(1),
         worker_id: Some("w=1".into()),
@@ -204,6 +205,7 @@ fn the_contact_file_round_trips() {
         interchange_address: "10.0.0.1,login1:7000".into(),
         interchange_port: 5555,
         max_frame_bytes: Some(1 << 20),
+        shared_dir: Some("/scratch/me/fl shared".into()),
     };
     let text = info.to_toml().unwrap();
     assert!(text.contains("interchange_port = 5555"), "{text}");
@@ -212,6 +214,10 @@ fn the_contact_file_round_trips() {
     // A file without the frame limit (an older daemon's) still reads.
     let old = text.replace("max_frame_bytes = 1048576\n", "");
     assert_eq!(DaemonInfo::from_toml(&old).unwrap().max_frame_bytes, None);
+    // Nor the shared directory: it is then the state directory.
+    let old = text.replace("shared_dir = \"/scratch/me/fl shared\"\n", "");
+    assert_eq!(DaemonInfo::from_toml(&old).unwrap().shared_dir, None);
+    assert!(!text.contains("secret"), "{text}");
     assert_eq!(
         crate::paths::info_file(std::path::Path::new("/s")),
         std::path::Path::new("/s").join(CONTACT_FILE)
