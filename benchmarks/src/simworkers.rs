@@ -222,8 +222,20 @@ impl Conn {
 
     fn perform(&self, action: Action) {
         match action {
-            Action::Send { lane, message, .. } => {
-                let sent = match (self.lane(lane), encode(&message)) {
+            Action::Send {
+                lane,
+                message,
+                seal,
+                ..
+            } => {
+                let wire =
+                    encode(&message)
+                        .map_err(|e| e.to_string())
+                        .and_then(|bytes| match &seal {
+                            Some(channel) => channel.seal(&bytes).map_err(|e| e.to_string()),
+                            None => Ok(bytes),
+                        });
+                let sent = match (self.lane(lane), wire) {
                     (None, _) => Err("the lane is not open".to_owned()),
                     (_, Err(e)) => Err(format!("cannot encode: {e}")),
                     (Some(io), Ok(bytes)) => io

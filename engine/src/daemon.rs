@@ -683,6 +683,13 @@ impl ActionRunner for Io {
                     }
                     Err(e) => tracing::error!(error = %e, "cannot encode a worker reply"),
                 },
+                Action::Secure { to, keys } => self.interchange.secure(
+                    to.0,
+                    flotilla_protocol::secure::Channel::new(
+                        &keys,
+                        flotilla_protocol::secure::Role::Daemon,
+                    ),
+                ),
                 Action::ClosePipe { pipe } => self.interchange.close_pipe(pipe),
                 Action::Persist { seq, op } => self.writer.submit(seq, op),
                 Action::SubmitBlock { pool, block } => {

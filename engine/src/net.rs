@@ -28,7 +28,19 @@
 //! must register within [`peers::HELLO_DEADLINE`]; a registered one gets more
 //! room, and may send larger requests in parts, which the server joins
 //! before its handler sees them ([`reassembly`]). A connection over its
-//! limits is dropped, never the server. Every reply gets
+//! limits is dropped, never the server.
+//!
+//! A connection whose handshake yielded keys ([`RepServer::secure`]) is
+//! sealed from then on (see [`flotilla_protocol::secure`]): every request
+//! on it must open with its channel (a part's frame once joined), and every
+//! reply to it is sealed, so the handler and whoever replies only ever see
+//! and write clear frames. A frame on such a connection that does not open
+//! (forged, altered, replayed, of another connection) or that comes in
+//! clear drops that connection. A sealed frame on a connection without
+//! keys (nng redialled: the daemon restarted, or the connection was
+//! replaced) is answered with the "register first" reply and not read.
+//! Acknowledgements of parts travel in clear: they say nothing, and a
+//! forged one can only make a joined frame fail to open. Every reply gets
 //! [`peers::SEND_TIMEOUT`] to be handed to its connection; a peer that does
 //! not read its replies loses its connection instead of holding receivers.
 
@@ -39,7 +51,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use flotilla_protocol::parts;
+use flotilla_protocol::{parts, secure};
 use nng::options::{Options, RecvMaxSize};
 use nng::{Aio, AioResult, Context, Message, Pipe, PipeEvent, Protocol, Socket};
 
@@ -192,7 +204,8 @@ struct Shared {
     refusals: Mutex<RefusalLog>,
     /// Wakes the deadline sweep (none for a trusted server).
     sweeper: Mutex<Option<Aio>>,
-    /// The reply to a part from a peer that has not registered.
+    /// The reply to a part from a peer that has not registered, and to a
+    /// sealed frame on a connection without keys.
     unregistered_part_reply: Vec<u8>,
     handler: Handler,
 }
@@ -244,9 +257,10 @@ fn nng_err<'a>(what: &'static str, url: &'a str) -> impl FnOnce(nng::Error) -> N
 impl RepServer {
     /// A server named `name` (for logs) that holds at most `max_receivers`
     /// requests and bounds its peers by `limits`. A part (see
-    /// [`flotilla_protocol::parts`]) from a peer that has not registered is
-    /// answered with `unregistered_part_reply` (the interchange's "register
-    /// first") and not kept.
+    /// [`flotilla_protocol::parts`]) from a peer that has not registered,
+    /// and a sealed frame on a connection without keys, are answered with
+    /// `unregistered_part_reply` (the interchange's "register first") and
+    /// not kept.
     pub fn new(
         name: &'static str,
         max_receivers: usize,
@@ -344,7 +358,19 @@ impl RepServer {
             );
             return;
         };
-        send(shared, &r, bytes, close);
+        send(shared, &r, bytes, close, true);
+    }
+
+    /// Seals the connection of the request held by `receiver` with
+    /// `channel` from now on, starting with the reply to that request.
+    pub fn secure(&self, receiver: u32, channel: secure::Channel) {
+        let Some(r) = self.owner.shared.receiver(receiver) else {
+            return;
+        };
+        let request = *lock(&r.request);
+        if let Some((_, id)) = request {
+            lock(&self.owner.shared.pipes).secure(id, Arc::new(channel));
+        }
     }
 
     /// Marks the connection of the request held by `receiver` as registered
@@ -553,7 +579,7 @@ impl Shared {
         *lock(&receiver.request) = Some((pipe, id));
         let bytes = msg.as_slice();
         if !parts::is_part(bytes) {
-            return self.dispatch(index, receiver, (pipe, id, registered), bytes);
+            return self.unseal(index, receiver, (pipe, id, registered), bytes);
         }
         let outcome = match parts::parse(bytes) {
             Ok(part) => lock(&self.pipes).add_part(id, part, &self.limits),
@@ -563,9 +589,9 @@ impl Shared {
             }
         };
         match outcome {
-            PartOutcome::More => send(self, receiver, parts::ACK, false),
+            PartOutcome::More => send(self, receiver, parts::ACK, false, false),
             // Only a registered connection's parts are joined.
-            PartOutcome::Whole(frame) => self.dispatch(index, receiver, (pipe, id, true), &frame),
+            PartOutcome::Whole(frame) => self.unseal(index, receiver, (pipe, id, true), &frame),
             PartOutcome::Unregistered => {
                 tracing::debug!(
                     server = self.name,
@@ -573,12 +599,59 @@ impl Shared {
                     registered,
                     "a part from a connection that has not registered"
                 );
-                send(self, receiver, &self.unregistered_part_reply, false);
+                send(self, receiver, &self.unregistered_part_reply, false, false);
             }
             PartOutcome::Refused(e) => {
                 self.log_refusal(Some(id), &format!("a bad part: {e}"));
                 self.drop_request(receiver, Some(pipe));
             }
+        }
+    }
+
+    /// Opens a whole request on a sealed connection and hands it on; a
+    /// request that does not open, or comes in clear there, drops the
+    /// connection.
+    fn unseal(
+        self: &Arc<Self>,
+        index: u32,
+        receiver: &Receiver,
+        (pipe, id, registered): (Pipe, PipeId, bool),
+        bytes: &[u8],
+    ) {
+        let channel = lock(&self.pipes).channel(id);
+        match channel {
+            Some(channel) => match channel.open(bytes) {
+                Ok(frame) => self.dispatch(index, receiver, (pipe, id, registered), &frame),
+                Err(e) => {
+                    // Logged every time: only a connection that completed
+                    // a handshake has keys, so these cannot flood the log.
+                    if secure::is_sealed(bytes) {
+                        tracing::warn!(
+                            server = self.name,
+                            pipe = id.0,
+                            reason = %e,
+                            "dropping a peer: a frame on its sealed connection does not open"
+                        );
+                    } else {
+                        tracing::warn!(
+                            server = self.name,
+                            pipe = id.0,
+                            len = bytes.len(),
+                            "dropping a peer: a frame in clear on its sealed connection"
+                        );
+                    }
+                    self.drop_request(receiver, Some(pipe));
+                }
+            },
+            None if secure::is_sealed(bytes) => {
+                tracing::debug!(
+                    server = self.name,
+                    pipe = id.0,
+                    "a sealed frame on a connection without keys: asking it to register"
+                );
+                send(self, receiver, &self.unregistered_part_reply, false, false);
+            }
+            None => self.dispatch(index, receiver, (pipe, id, registered), bytes),
         }
     }
 
@@ -598,8 +671,8 @@ impl Shared {
         });
         match verdict {
             Verdict::Accept => {}
-            Verdict::Reply(bytes) => send(self, receiver, &bytes, false),
-            Verdict::Drop { reply: Some(bytes) } => send(self, receiver, &bytes, true),
+            Verdict::Reply(bytes) => send(self, receiver, &bytes, false, true),
+            Verdict::Drop { reply: Some(bytes) } => send(self, receiver, &bytes, true, true),
             Verdict::Drop { reply: None } => self.drop_request(receiver, Some(pipe)),
         }
     }
@@ -687,10 +760,35 @@ fn close_pipe(pipe: Pipe) {
     }
 }
 
-fn send(shared: &Arc<Shared>, receiver: &Receiver, bytes: &[u8], close: bool) {
+/// Sends `bytes` as the answer to the request `receiver` holds; with
+/// `seal`, sealed if that request's connection is.
+fn send(shared: &Arc<Shared>, receiver: &Receiver, bytes: &[u8], close: bool, seal: bool) {
+    let request = *lock(&receiver.request);
     if close {
-        *lock(&receiver.close_after_send) = lock(&receiver.request).map(|(p, _)| p);
+        *lock(&receiver.close_after_send) = request.map(|(p, _)| p);
     }
+    let channel = match request {
+        Some((_, id)) if seal => lock(&shared.pipes).channel(id),
+        _ => None,
+    };
+    let sealed;
+    let bytes = match channel.map(|c| c.seal(bytes)) {
+        None => bytes,
+        Some(Ok(s)) => {
+            sealed = s;
+            &sealed[..]
+        }
+        Some(Err(e)) => {
+            // The connection cannot say anything more: it goes.
+            tracing::warn!(server = shared.name, error = %e, "cannot seal a reply; dropping the peer");
+            if let Some((pipe, _)) = request {
+                close_pipe(pipe);
+            }
+            finish_request(shared, receiver);
+            rearm(shared, &receiver.ctx, &receiver.aio);
+            return;
+        }
+    };
     // Bounds the wait behind earlier replies to the same peer; receiving
     // again clears it.
     if let Err(e) = receiver.aio.set_timeout(Some(shared.limits.send_timeout)) {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of every message family in this crate. Bump it whenever an encoded
 /// message changes shape; peers with another version are refused by name.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Default cap on one frame: 64 MiB (`[daemon] max_frame_bytes` overrides it).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 20;

@@ -1,20 +1,23 @@
 //! The worker–daemon handshake: each side proves it knows the daemon's
 //! secret without the secret ever crossing the wire.
 //!
-//! 1. The worker sends [`WorkerMessage::Probe`] with a fresh random nonce.
-//! 2. The daemon answers [`DaemonMessage::ProbeOk`] with a fresh nonce of
-//!    its own and a proof: a keyed BLAKE3 MAC over both nonces under the
-//!    label [`DAEMON_LABEL`]. The worker checks it and registers with, or
-//!    runs work from, nothing that fails the check.
+//! 1. The worker sends [`WorkerMessage::Probe`] with a fresh random nonce
+//!    and a fresh ephemeral X25519 public key.
+//! 2. The daemon answers [`DaemonMessage::ProbeOk`] with a fresh nonce and
+//!    ephemeral public key of its own and a proof: a keyed BLAKE3 MAC over
+//!    the [`Transcript`] (both nonces, both public keys) under the label
+//!    [`DAEMON_LABEL`]. The worker checks it and registers with, or runs
+//!    work from, nothing that fails the check.
 //! 3. The worker sends [`WorkerMessage::Hello`] carrying the daemon's nonce
-//!    and its own proof: the same MAC under [`WORKER_LABEL`], over both
-//!    nonces and every field of the hello. The daemon checks it against the
-//!    worker nonce it saw in the probe, and takes each of its nonces once.
+//!    and its own proof: the same MAC under [`WORKER_LABEL`], over the
+//!    transcript and every field of the hello. The daemon checks it against
+//!    the probe it answered, and takes each of its nonces once.
 //!
 //! The MAC key is derived from the secret with [`blake3::derive_key`], so the
 //! secret itself is never used as a key anywhere else. Labels keep a daemon's
-//! proof from ever passing as a worker's. The link itself is not encrypted:
-//! that comes with the secure interchange.
+//! proof from ever passing as a worker's. Both sides then derive the
+//! connection's keys from the MAC key, the transcript and the X25519 shared
+//! secret (see [`crate::secure`]), and every later frame is sealed.
 //!
 //! [`WorkerMessage::Probe`]: crate::interchange::WorkerMessage::Probe
 //! [`WorkerMessage::Hello`]: crate::interchange::WorkerMessage::Hello
@@ -34,6 +37,37 @@ pub type Nonce = [u8; NONCE_LEN];
 
 /// A handshake proof.
 pub type Proof = [u8; PROOF_LEN];
+
+/// Length of an ephemeral X25519 public key in bytes.
+pub const PUBLIC_LEN: usize = 32;
+
+/// An ephemeral X25519 public key, as it travels in a probe and its answer.
+pub type PublicKey = [u8; PUBLIC_LEN];
+
+/// What both proofs of one handshake cover, and what the connection's keys
+/// are derived from besides the shared secret: changing any of it (an
+/// attacker swapping in a public key of its own, say) breaks the proofs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transcript {
+    /// The worker's nonce of the probe.
+    pub worker_nonce: Nonce,
+    /// The daemon's nonce from its answer.
+    pub daemon_nonce: Nonce,
+    /// The worker's ephemeral public key of the probe.
+    pub worker_public: PublicKey,
+    /// The daemon's ephemeral public key from its answer.
+    pub daemon_public: PublicKey,
+}
+
+impl Transcript {
+    /// Feeds the transcript to a MAC or key derivation, in a fixed order.
+    pub(crate) fn absorb(&self, hasher: &mut blake3::Hasher) {
+        hasher.update(&self.worker_nonce);
+        hasher.update(&self.daemon_nonce);
+        hasher.update(&self.worker_public);
+        hasher.update(&self.daemon_public);
+    }
+}
 
 /// Context string of the key derivation (BLAKE3's `derive_key`): names the
 /// application, the purpose and a version, as BLAKE3 asks.
@@ -61,22 +95,25 @@ impl HandshakeKey {
         HandshakeKey(blake3::derive_key(KEY_CONTEXT, secret))
     }
 
-    /// The daemon's proof for the nonce pair.
-    pub fn daemon_proof(&self, worker_nonce: &Nonce, daemon_nonce: &Nonce) -> Proof {
+    /// The key's bytes, for deriving the connection's keys.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The daemon's proof for the transcript.
+    pub fn daemon_proof(&self, transcript: &Transcript) -> Proof {
         let mut mac = blake3::Hasher::new_keyed(&self.0);
         mac.update(DAEMON_LABEL);
-        mac.update(worker_nonce);
-        mac.update(daemon_nonce);
+        transcript.absorb(&mut mac);
         *mac.finalize().as_bytes()
     }
 
-    /// The worker's proof for the nonce pair and `hello` (every field but
+    /// The worker's proof for the transcript and `hello` (every field but
     /// its `proof`, which it is).
-    pub fn worker_proof(&self, worker_nonce: &Nonce, daemon_nonce: &Nonce, hello: &Hello) -> Proof {
+    pub fn worker_proof(&self, transcript: &Transcript, hello: &Hello) -> Proof {
         let mut mac = blake3::Hasher::new_keyed(&self.0);
         mac.update(WORKER_LABEL);
-        mac.update(worker_nonce);
-        mac.update(daemon_nonce);
+        transcript.absorb(&mut mac);
         let unsigned = Hello {
             proof: Payload::new(),
             ..hello.clone()
@@ -90,19 +127,16 @@ impl HandshakeKey {
         *mac.finalize().as_bytes()
     }
 
-    /// True if `proof` is the daemon's proof for the nonce pair (compared
+    /// True if `proof` is the daemon's proof for the transcript (compared
     /// in constant time).
-    pub fn check_daemon(&self, worker_nonce: &Nonce, daemon_nonce: &Nonce, proof: &[u8]) -> bool {
-        same_proof(&self.daemon_proof(worker_nonce, daemon_nonce), proof)
+    pub fn check_daemon(&self, transcript: &Transcript, proof: &[u8]) -> bool {
+        same_proof(&self.daemon_proof(transcript), proof)
     }
 
-    /// True if `hello.proof` is the worker's proof for the nonce pair and
+    /// True if `hello.proof` is the worker's proof for the transcript and
     /// the hello (compared in constant time).
-    pub fn check_worker(&self, worker_nonce: &Nonce, daemon_nonce: &Nonce, hello: &Hello) -> bool {
-        same_proof(
-            &self.worker_proof(worker_nonce, daemon_nonce, hello),
-            &hello.proof,
-        )
+    pub fn check_worker(&self, transcript: &Transcript, hello: &Hello) -> bool {
+        same_proof(&self.worker_proof(transcript, hello), &hello.proof)
     }
 }
 
@@ -118,6 +152,11 @@ fn same_proof(expected: &Proof, received: &[u8]) -> bool {
 /// `bytes` as a nonce, if it has the right length.
 pub fn nonce(bytes: &[u8]) -> Option<Nonce> {
     <Nonce>::try_from(bytes).ok()
+}
+
+/// `bytes` as a public key, if it has the right length.
+pub fn public_key(bytes: &[u8]) -> Option<PublicKey> {
+    <PublicKey>::try_from(bytes).ok()
 }
 
 /// A stream of unpredictable nonces from one random seed: BLAKE3 keyed by
@@ -181,28 +220,56 @@ mod tests {
         }
     }
 
+    fn transcript() -> Transcript {
+        Transcript {
+            worker_nonce: [1u8; NONCE_LEN],
+            daemon_nonce: [2u8; NONCE_LEN],
+            worker_public: [3u8; PUBLIC_LEN],
+            daemon_public: [4u8; PUBLIC_LEN],
+        }
+    }
+
     #[test]
     fn each_side_checks_the_others_proof() {
         let key = HandshakeKey::from_secret(b"secret");
-        let (wn, dn) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
-        let proof = key.daemon_proof(&wn, &dn);
-        assert!(key.check_daemon(&wn, &dn, &proof));
-        // Another secret, other nonces, a truncated proof: all refused.
-        assert!(!HandshakeKey::from_secret(b"other").check_daemon(&wn, &dn, &proof));
-        assert!(!key.check_daemon(&dn, &wn, &proof));
-        assert!(!key.check_daemon(&wn, &dn, &proof[..31]));
+        let t = transcript();
+        let proof = key.daemon_proof(&t);
+        assert!(key.check_daemon(&t, &proof));
+        // Another secret, swapped nonces, a truncated proof: all refused.
+        assert!(!HandshakeKey::from_secret(b"other").check_daemon(&t, &proof));
+        let swapped = Transcript {
+            worker_nonce: t.daemon_nonce,
+            daemon_nonce: t.worker_nonce,
+            ..t
+        };
+        assert!(!key.check_daemon(&swapped, &proof));
+        assert!(!key.check_daemon(&t, &proof[..31]));
+        // The proof covers both public keys: one swapped in by somebody in
+        // the middle breaks it.
+        for changed in [
+            Transcript {
+                worker_public: [9; PUBLIC_LEN],
+                ..t
+            },
+            Transcript {
+                daemon_public: [9; PUBLIC_LEN],
+                ..t
+            },
+        ] {
+            assert!(!key.check_daemon(&changed, &proof));
+        }
 
         let mut h = hello();
-        h.proof = Payload::copy_from_slice(&key.worker_proof(&wn, &dn, &h));
-        assert!(key.check_worker(&wn, &dn, &h));
+        h.proof = Payload::copy_from_slice(&key.worker_proof(&t, &h));
+        assert!(key.check_worker(&t, &h));
         // A daemon's proof never passes as a worker's.
         let mut forged = h.clone();
         forged.proof = Payload::copy_from_slice(&proof);
-        assert!(!key.check_worker(&wn, &dn, &forged));
+        assert!(!key.check_worker(&t, &forged));
         // The proof covers the hello's fields.
         let mut changed = h.clone();
         changed.slots = 64;
-        assert!(!key.check_worker(&wn, &dn, &changed));
+        assert!(!key.check_worker(&t, &changed));
     }
 
     #[test]

@@ -137,6 +137,10 @@ pub enum WorkerMessage {
         /// A fresh random nonce of the worker's
         /// ([`crate::handshake::NONCE_LEN`] bytes).
         nonce: Payload,
+        /// A fresh ephemeral X25519 public key of the worker's
+        /// ([`crate::handshake::PUBLIC_LEN`] bytes), for the connection's
+        /// keys (see [`crate::secure`]).
+        public: Payload,
     },
     /// The worker is leaving on its own (its job's wall time is nearly
     /// over) with nothing running: not a loss.
@@ -176,7 +180,11 @@ pub enum DaemonMessage {
         /// A fresh nonce of the daemon's, valid for one `Hello` and for a
         /// short time.
         nonce: Payload,
-        /// MAC over both nonces (see [`crate::handshake`]).
+        /// A fresh ephemeral X25519 public key of the daemon's, for the
+        /// connection's keys (see [`crate::secure`]).
+        public: Payload,
+        /// MAC over both nonces and both public keys (see
+        /// [`crate::handshake`]).
         proof: Payload,
     },
     /// Registration accepted.

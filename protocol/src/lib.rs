@@ -18,6 +18,10 @@
 //! [`objects`] is how a worker that cannot read the daemon's object store
 //! fetches a servable's files over the interchange.
 //!
+//! [`secure`] seals every interchange frame after the handshake: the
+//! connection's keys, the AEAD and the replay window, as functions both
+//! ends call.
+//!
 //! [`parts`] is how a registered worker sends a request larger than the
 //! daemon takes from a peer that has not registered.
 //!
@@ -47,6 +51,7 @@ pub mod paths;
 pub mod peer_text;
 pub mod placement;
 pub mod secret;
+pub mod secure;
 pub mod servable;
 pub mod stdio;
 pub mod task;

@@ -99,6 +99,7 @@ impl Fake {
                     (Pretence::ForgedProof, Some(WorkerMessage::Probe { .. })) => {
                         DaemonMessage::ProbeOk {
                             nonce: Payload::from(vec![7u8; 32]),
+                            public: Payload::from(vec![9u8; 32]),
                             proof: Payload::from(vec![0u8; 32]),
                         }
                     }

@@ -15,9 +15,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use flotilla_protocol::address::Endpoint;
-use flotilla_protocol::handshake::{self, HandshakeKey, Nonce, NonceSource};
+use flotilla_protocol::handshake::{self, HandshakeKey, Nonce, NonceSource, Transcript};
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
 use flotilla_protocol::peer_text::shown;
+use flotilla_protocol::secure::{self, Ephemeral, SessionKeys};
 use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, FrameError, Payload, decode, encode};
 use nng::options::{Options, RecvTimeout, SendTimeout};
 use nng::{Protocol, Socket};
@@ -34,12 +35,13 @@ pub struct Connected {
 }
 
 /// A probe answered with a valid proof.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proven {
-    /// The worker's nonce of the probe.
-    pub worker_nonce: Nonce,
-    /// The daemon's nonce from its answer (its challenge for the hello).
-    pub daemon_nonce: Nonce,
+    /// What the proofs cover: both nonces (the daemon's is its challenge
+    /// for the hello) and both ephemeral public keys.
+    pub transcript: Transcript,
+    /// The connection's keys the handshake yields.
+    pub keys: SessionKeys,
     /// The connection the answer came over (see [`pipe_key`]).
     pub pipe: Option<u64>,
 }
@@ -99,11 +101,13 @@ pub fn connect(
         let address = address.clone();
         let key = HandshakeKey::from_secret(secret);
         let nonce = nonces.next_nonce();
+        let ephemeral = Ephemeral::from_random(nonces.next_nonce());
         let made = socket().map_err(|e| format!("{e:#}"));
         let spawned = std::thread::Builder::new()
             .name(format!("probe-{i}"))
             .spawn(move || {
-                let outcome = made.and_then(|s| probe(s, &address, &key, nonce, deadline));
+                let outcome =
+                    made.and_then(|s| probe(s, &address, &key, (nonce, ephemeral), deadline));
                 // The receiver is gone once a winner is chosen; dropping the
                 // socket here closes a losing connection.
                 let _ = thread_tx.send((i, outcome));
@@ -167,7 +171,8 @@ pub fn connect(
 }
 
 /// Dials `address`, then asks the daemon there to prove that it knows our
-/// secret (the probe carries `nonce`; the answer must carry a valid proof).
+/// secret (the probe carries `nonce` and the public half of `ephemeral`;
+/// the answer must carry a valid proof).
 ///
 /// The dial is nng's own: a bare TCP check first would cost the daemon's
 /// listener a pause per probe (it backs off after a connection that closes
@@ -178,7 +183,7 @@ fn probe(
     socket: Socket,
     address: &str,
     key: &HandshakeKey,
-    nonce: Nonce,
+    (nonce, ephemeral): (Nonce, Ephemeral),
     deadline: Instant,
 ) -> Result<Connected, String> {
     let left = || deadline.saturating_duration_since(Instant::now());
@@ -209,6 +214,7 @@ fn probe(
         .map_err(|e| format!("cannot configure the socket: {e}"))?;
     let message = encode(&WorkerMessage::Probe {
         nonce: Payload::copy_from_slice(&nonce),
+        public: Payload::copy_from_slice(&ephemeral.public()),
     })
     .map_err(|e| e.to_string())?;
     socket.send(&message[..]).map_err(|(_, e)| match e {
@@ -223,15 +229,32 @@ fn probe(
     let proven = match decode::<DaemonMessage>(reply.as_slice(), DEFAULT_MAX_FRAME_BYTES) {
         Ok(DaemonMessage::ProbeOk {
             nonce: daemon_nonce,
+            public,
             proof,
-        }) => match handshake::nonce(&daemon_nonce) {
-            Some(daemon_nonce) if key.check_daemon(&nonce, &daemon_nonce, &proof) => Proven {
+        }) => {
+            let (Some(daemon_nonce), Some(daemon_public)) = (
+                handshake::nonce(&daemon_nonce),
+                handshake::public_key(&public),
+            ) else {
+                return Err(UNPROVEN.to_owned());
+            };
+            let transcript = Transcript {
                 worker_nonce: nonce,
                 daemon_nonce,
+                worker_public: ephemeral.public(),
+                daemon_public,
+            };
+            if !key.check_daemon(&transcript, &proof) {
+                return Err(UNPROVEN.to_owned());
+            }
+            let keys = secure::session_keys(key, &transcript, &ephemeral, &daemon_public)
+                .map_err(|e| format!("{UNPROVEN} ({e})"))?;
+            Proven {
+                transcript,
+                keys,
                 pipe,
-            },
-            _ => return Err(UNPROVEN.to_owned()),
-        },
+            }
+        }
         Ok(DaemonMessage::Refused { reason }) => {
             return Err(format!("refused by the daemon there: {}", shown(&reason)));
         }
@@ -354,14 +377,20 @@ mod tests {
     /// A daemon that knows `secret`: answers probes with a valid proof.
     fn proving_daemon(secret: &'static [u8]) -> (Socket, u16) {
         answering(move |request| {
-            let Ok(WorkerMessage::Probe { nonce }) = decode(request, 1 << 20) else {
+            let Ok(WorkerMessage::Probe { nonce, public }) = decode(request, 1 << 20) else {
                 panic!("not a probe");
             };
             let daemon_nonce = [9u8; 32];
-            let proof = HandshakeKey::from_secret(secret)
-                .daemon_proof(&handshake::nonce(&nonce).unwrap(), &daemon_nonce);
+            let daemon_public = Ephemeral::from_random([8; 32]).public();
+            let proof = HandshakeKey::from_secret(secret).daemon_proof(&Transcript {
+                worker_nonce: handshake::nonce(&nonce).unwrap(),
+                daemon_nonce,
+                worker_public: handshake::public_key(&public).unwrap(),
+                daemon_public,
+            });
             encode(&DaemonMessage::ProbeOk {
                 nonce: Payload::copy_from_slice(&daemon_nonce),
+                public: Payload::copy_from_slice(&daemon_public),
                 proof: Payload::copy_from_slice(&proof),
             })
             .unwrap()

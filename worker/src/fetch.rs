@@ -15,8 +15,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
+use flotilla_protocol::secure::{self, Channel};
 use flotilla_protocol::{Payload, decode, encode, objects};
 use nng::{Aio, AioResult, Context, Message, Socket};
+use std::sync::Arc;
 
 /// A chunk of a file, as the daemon sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +156,24 @@ const ATTEMPTS: u32 = 4;
 /// The pause before the first retry; doubled before each next one.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
+/// The channel a worker's connection is sealed with, shared by the session
+/// (which sets it as the handshake goes) and the file fetches (which seal
+/// their requests and open the answers with it).
+#[derive(Debug, Default)]
+pub struct ChannelSlot(Mutex<Option<Arc<Channel>>>);
+
+impl ChannelSlot {
+    /// Seals with `channel` from now on (`None`: in clear).
+    pub fn set(&self, channel: Option<Arc<Channel>>) {
+        *lock(&self.0) = channel;
+    }
+
+    /// The channel now.
+    pub fn get(&self) -> Option<Arc<Channel>> {
+        lock(&self.0).clone()
+    }
+}
+
 /// The daemon as an [`ObjectSource`]: a REQ context of its own on the
 /// worker's socket, one request at a time (a registered connection may
 /// have only a few outstanding, and two lanes already hold one each).
@@ -166,6 +186,8 @@ pub struct InterchangeSource {
     timeout: Duration,
     /// The worker's frame limit (what `decode` accepts).
     max_frame_bytes: usize,
+    /// Seals the requests and opens the answers once the connection is.
+    channel: Arc<ChannelSlot>,
 }
 
 impl InterchangeSource {
@@ -198,7 +220,14 @@ impl InterchangeSource {
             answers: Mutex::new(rx),
             timeout,
             max_frame_bytes,
+            channel: Arc::default(),
         })
+    }
+
+    /// The source, sealing with whatever `channel` holds at each request.
+    pub fn sealed_by(mut self, channel: Arc<ChannelSlot>) -> InterchangeSource {
+        self.channel = channel;
+        self
     }
 
     /// One request and its answer.
@@ -209,7 +238,13 @@ impl InterchangeSource {
     ) -> Result<DaemonMessage, FetchError> {
         // An answer to an earlier request that was given up on.
         while answers.try_recv().is_ok() {}
-        let bytes = encode(request).map_err(|e| FetchError::Protocol(e.to_string()))?;
+        let mut bytes = encode(request).map_err(|e| FetchError::Protocol(e.to_string()))?;
+        let channel = self.channel.get();
+        if let Some(channel) = &channel {
+            bytes = channel
+                .seal(&bytes)
+                .map_err(|e| FetchError::Transport(e.to_string()))?;
+        }
         self.aio
             .set_timeout(Some(self.timeout))
             .map_err(|e| FetchError::Transport(e.to_string()))?;
@@ -227,7 +262,34 @@ impl InterchangeSource {
                 return Err(FetchError::Transport("timed out".into()));
             }
         };
-        decode::<DaemonMessage>(answer.as_slice(), self.max_frame_bytes)
+        let answer = answer.as_slice();
+        let opened;
+        let frame = match &channel {
+            Some(channel) if secure::is_sealed(answer) => {
+                opened = channel.open(answer).map_err(|e| {
+                    tracing::warn!(reason = %e, "a file chunk on the sealed connection does not open");
+                    FetchError::Transport(format!("the answer does not open: {e}"))
+                })?;
+                &opened[..]
+            }
+            // The keys changed meanwhile (the worker registers again), or
+            // the daemon asks the connection to register: try again later.
+            _ if secure::is_sealed(answer) => {
+                return Err(FetchError::Transport(
+                    "a sealed answer without keys to open it (registering again)".into(),
+                ));
+            }
+            Some(_) => {
+                return match decode::<DaemonMessage>(answer, self.max_frame_bytes) {
+                    Ok(DaemonMessage::Reregister) => Ok(DaemonMessage::Reregister),
+                    _ => Err(FetchError::Transport(
+                        "an answer in clear on the sealed connection".into(),
+                    )),
+                };
+            }
+            None => answer,
+        };
+        decode::<DaemonMessage>(frame, self.max_frame_bytes)
             .map_err(|e| FetchError::Protocol(e.to_string()))
     }
 }

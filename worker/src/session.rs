@@ -27,18 +27,32 @@
 //! connection by itself, and whoever answers at the daemon's address then
 //! has to prove itself again.
 //!
+//! The probe and its answer carry ephemeral X25519 keys, and both proofs
+//! cover them: once the daemon proved itself, the session knows the
+//! connection's keys (see [`flotilla_protocol::secure`]). Its hello goes
+//! in clear (it proves the secret itself), and from the answer to it on,
+//! every frame is sealed both ways: the session says which [`Channel`]
+//! seals each request ([`Action::Send`], whose channel the caller also
+//! takes for requests of its own, the file fetches), and opens every reply
+//! itself. A reply that does not open, or
+//! comes in clear on the sealed connection, is not acted on: the worker
+//! registers again (the daemon drops a connection that sends it a clear
+//! frame after sealing it, so that is a fresh connection).
+//!
 //! Results stay in memory until the daemon has acknowledged them, so a
 //! daemon restart or a dropped connection costs a resend, never a result.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_protocol::handshake::{self, HandshakeKey, Nonce, NonceSource};
+use flotilla_protocol::handshake::{self, HandshakeKey, Nonce, NonceSource, Transcript};
 use flotilla_protocol::interchange::{
     BatchId, BatchResult, DaemonMessage, Hello, SlotResources, WorkBatch, WorkerMessage,
 };
 use flotilla_protocol::launch::{MAX_FRAME_BYTES_ENV, flag};
 use flotilla_protocol::peer_text::shown;
+use flotilla_protocol::secure::{self, Channel, Ephemeral, Role, SessionKeys};
 use flotilla_protocol::{FrameError, Payload, TaskId, decode};
 
 /// How long a request may wait for its reply before the daemon says how
@@ -192,6 +206,11 @@ pub enum Action {
         lane: Lane,
         /// The request.
         message: WorkerMessage,
+        /// Seal the encoded request with this channel (`None`: in clear,
+        /// for the handshake). Requests of the caller's own on this
+        /// connection (file fetches) take the channel of the latest
+        /// request.
+        seal: Option<Arc<Channel>>,
         /// How long its reply may take.
         timeout: Duration,
     },
@@ -219,13 +238,9 @@ enum Registration {
     Unverified,
     /// The probe carrying this nonce is out.
     Probing(Nonce),
-    /// The daemon proved itself; the hello is due.
-    Verified {
-        /// The worker's nonce of the probe.
-        worker_nonce: Nonce,
-        /// The daemon's nonce from its answer.
-        daemon_nonce: Nonce,
-    },
+    /// The daemon proved itself; the hello is due (the connection's keys
+    /// wait in the session).
+    Verified(Transcript),
     /// The hello is out.
     Greeting,
     /// Welcomed.
@@ -238,6 +253,14 @@ pub struct Session {
     cfg: SessionConfig,
     key: HandshakeKey,
     nonces: NonceSource,
+    /// Where the ephemeral keys' secret halves come from.
+    ephemerals: NonceSource,
+    /// The ephemeral key of the probe that is out.
+    probing_key: Option<Ephemeral>,
+    /// The keys of a verified probe, for the connection the hello opens.
+    verified_keys: Option<SessionKeys>,
+    /// Seals and opens the connection's frames from the hello on.
+    channel: Option<Arc<Channel>>,
     poll_busy: bool,
     report_busy: bool,
     registration: Registration,
@@ -269,6 +292,10 @@ impl Session {
         Session {
             key: HandshakeKey::from_secret(&cfg.secret),
             nonces: NonceSource::new(&cfg.nonce_seed, "worker probes"),
+            ephemerals: NonceSource::new(&cfg.nonce_seed, "worker ephemeral keys"),
+            probing_key: None,
+            verified_keys: None,
+            channel: None,
             cfg,
             poll_busy: false,
             report_busy: false,
@@ -286,20 +313,18 @@ impl Session {
         }
     }
 
-    /// The session of a worker whose probe (carrying `worker_nonce`) the
-    /// daemon already answered with a valid proof and `daemon_nonce`, over
-    /// connection `pipe` (see [`crate::connect`]): its first hello answers
-    /// that challenge, without probing again.
+    /// The session of a worker whose probe the daemon already answered
+    /// with a valid proof over `transcript`, over connection `pipe` (see
+    /// [`crate::connect`]), yielding `keys`: its first hello answers that
+    /// challenge, without probing again.
     pub fn proven(
         mut self,
-        worker_nonce: Nonce,
-        daemon_nonce: Nonce,
+        transcript: Transcript,
+        keys: SessionKeys,
         pipe: Option<u64>,
     ) -> Session {
-        self.registration = Registration::Verified {
-            worker_nonce,
-            daemon_nonce,
-        };
+        self.registration = Registration::Verified(transcript);
+        self.verified_keys = Some(keys);
         self.trusted_pipe = pipe;
         self.verified = true;
         self
@@ -410,11 +435,22 @@ impl Session {
             Lane::Poll => self.poll_busy = true,
             Lane::Report => self.report_busy = true,
         }
+        // The handshake goes in clear; everything after it sealed.
+        let seal = match message {
+            WorkerMessage::Probe { .. } | WorkerMessage::Hello(_) => None,
+            _ => self.channel.clone(),
+        };
         out.push(Action::Send {
             lane,
             message,
+            seal,
             timeout: self.timeout,
         });
+    }
+
+    /// Seals the connection with `channel` from now on (or stops sealing).
+    fn set_channel(&mut self, channel: Option<Arc<Channel>>) {
+        self.channel = channel;
     }
 
     /// Sends whatever is due: a hello, the long-poll, pending results, or
@@ -463,27 +499,36 @@ impl Session {
     fn next_registration_step(&mut self, out: &mut Vec<Action>) {
         match self.registration {
             Registration::Unverified => {
+                // Keys of an earlier connection seal nothing any more.
+                self.set_channel(None);
                 let nonce = self.nonces.next_nonce();
-                self.registration = Registration::Probing(nonce);
+                let ephemeral = Ephemeral::from_random(self.ephemerals.next_nonce());
                 let probe = WorkerMessage::Probe {
                     nonce: Payload::copy_from_slice(&nonce),
+                    public: Payload::copy_from_slice(&ephemeral.public()),
                 };
+                self.registration = Registration::Probing(nonce);
+                self.probing_key = Some(ephemeral);
                 self.send(Lane::Report, probe, out);
             }
-            Registration::Verified {
-                worker_nonce,
-                daemon_nonce,
-            } => {
+            Registration::Verified(transcript) => {
                 self.registration = Registration::Greeting;
-                let hello = self.hello(&worker_nonce, &daemon_nonce);
+                let hello = self.hello(&transcript);
                 self.send(Lane::Report, WorkerMessage::Hello(Box::new(hello)), out);
+                // The answer to the hello comes sealed with the keys the
+                // proof yielded.
+                let channel = self
+                    .verified_keys
+                    .take()
+                    .map(|keys| Arc::new(Channel::new(&keys, Role::Worker)));
+                self.set_channel(channel);
             }
             Registration::Probing(_) | Registration::Greeting | Registration::Registered => {}
         }
     }
 
     /// The hello for the daemon's challenge, with this worker's proof.
-    fn hello(&self, worker_nonce: &Nonce, daemon_nonce: &Nonce) -> Hello {
+    fn hello(&self, transcript: &Transcript) -> Hello {
         let cfg = &self.cfg;
         let mut hello = Hello {
             ends_at_unix_s: cfg.job_end_unix_s,
@@ -496,36 +541,56 @@ impl Session {
             pid: cfg.pid,
             slots: cfg.slots,
             servables: cfg.servables.clone(),
-            challenge: Payload::copy_from_slice(daemon_nonce),
+            challenge: Payload::copy_from_slice(&transcript.daemon_nonce),
             proof: Payload::new(),
             max_frame_bytes: cfg.max_frame_bytes as u64,
             slot_resources: cfg.slot_resources.clone(),
         };
-        let proof = self.key.worker_proof(worker_nonce, daemon_nonce, &hello);
+        let proof = self.key.worker_proof(transcript, &hello);
         hello.proof = Payload::copy_from_slice(&proof);
         hello
     }
 
-    /// Checks the daemon's answer to the probe carrying `worker_nonce`.
+    /// Checks the daemon's answer (`nonce`, `public`, `proof`) to the probe
+    /// carrying `worker_nonce`.
     fn on_probe_answer(
         &mut self,
         worker_nonce: Nonce,
         pipe: Option<u64>,
-        nonce: &[u8],
-        proof: &[u8],
+        (nonce, public, proof): (&[u8], &[u8], &[u8]),
         out: &mut Vec<Action>,
     ) {
-        let daemon_nonce = handshake::nonce(nonce);
-        match daemon_nonce {
-            Some(daemon_nonce) if self.key.check_daemon(&worker_nonce, &daemon_nonce, proof) => {
-                self.registration = Registration::Verified {
+        let ephemeral = self.probing_key.take();
+        let verified = match (
+            handshake::nonce(nonce),
+            handshake::public_key(public),
+            ephemeral,
+        ) {
+            (Some(daemon_nonce), Some(daemon_public), Some(ephemeral)) => {
+                let transcript = Transcript {
                     worker_nonce,
                     daemon_nonce,
+                    worker_public: ephemeral.public(),
+                    daemon_public,
                 };
+                if self.key.check_daemon(&transcript, proof) {
+                    secure::session_keys(&self.key, &transcript, &ephemeral, &daemon_public)
+                        .ok()
+                        .map(|keys| (transcript, keys))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        match verified {
+            Some((transcript, keys)) => {
+                self.registration = Registration::Verified(transcript);
+                self.verified_keys = Some(keys);
                 self.trusted_pipe = pipe;
                 self.verified = true;
             }
-            _ => self.distrust(
+            None => self.distrust(
                 "it answered the probe without a valid proof that it knows the daemon's secret",
                 out,
             ),
@@ -557,6 +622,28 @@ impl Session {
         now: Now,
         out: &mut Vec<Action>,
     ) {
+        let opened;
+        let frame = if secure::is_sealed(frame) {
+            let Some(channel) = self.channel.as_ref() else {
+                // Sealed with the keys of a connection given up since.
+                tracing::debug!(lane = ?lane, "a sealed reply without keys to open it; ignored");
+                if lane == Lane::Report {
+                    self.resend_in_flight();
+                }
+                return;
+            };
+            match channel.open(frame) {
+                Ok(clear) => {
+                    opened = clear;
+                    &opened[..]
+                }
+                Err(e) => return self.on_unsealable(lane, &e.to_string()),
+            }
+        } else if self.channel.is_some() && self.trusts_reply_over(pipe) {
+            return self.on_clear_when_sealed(lane, frame, out);
+        } else {
+            frame
+        };
         match decode::<DaemonMessage>(frame, self.cfg.max_frame_bytes) {
             Ok(message) => self.on_message(lane, pipe, message, now, out),
             Err(e @ FrameError::VersionMismatch { .. }) => {
@@ -588,6 +675,44 @@ impl Session {
         }
     }
 
+    /// A reply on the sealed connection did not open (forged, altered,
+    /// replayed): it is not acted on, and the worker registers again, on
+    /// a fresh connection (the daemon drops this one when the probe comes
+    /// in clear).
+    fn on_unsealable(&mut self, lane: Lane, why: &str) {
+        tracing::warn!(lane = ?lane, reason = %why, "a reply on the sealed connection does not open; registering again");
+        self.set_channel(None);
+        self.verified = false;
+        self.trusted_pipe = None;
+        if !matches!(self.registration, Registration::Probing(_)) {
+            self.registration = Registration::Unverified;
+        }
+        if lane == Lane::Report {
+            self.resend_in_flight();
+        }
+    }
+
+    /// A reply in clear on the sealed connection: only the refusal of the
+    /// hello (which the daemon sends before it seals anything) and a
+    /// version refusal count; anything else is not acted on, and the
+    /// worker registers again, as for a reply that does not open.
+    fn on_clear_when_sealed(&mut self, lane: Lane, frame: &[u8], out: &mut Vec<Action>) {
+        match decode::<DaemonMessage>(frame, self.cfg.max_frame_bytes) {
+            Ok(DaemonMessage::Refused { reason })
+                if self.registration == Registration::Greeting =>
+            {
+                self.finish(refused(&reason), out);
+            }
+            Err(e @ FrameError::VersionMismatch { .. }) => {
+                let reason = format!(
+                    "the daemon speaks another protocol version ({e}); use the same Flotilla release for both"
+                );
+                self.finish(Ending::Refused(reason), out);
+            }
+            _ => self.on_unsealable(lane, "a reply in clear on the sealed connection"),
+        }
+    }
+
     /// True if a reply over `pipe` comes from the daemon that proved
     /// itself.
     fn trusts_reply_over(&self, pipe: Option<u64>) -> bool {
@@ -610,9 +735,11 @@ impl Session {
             // The answer to the probe: a proof, or a refusal; anything else
             // comes from something that is not a daemon of ours.
             return match message {
-                DaemonMessage::ProbeOk { nonce, proof } => {
-                    self.on_probe_answer(worker_nonce, pipe, &nonce, &proof, out)
-                }
+                DaemonMessage::ProbeOk {
+                    nonce,
+                    public,
+                    proof,
+                } => self.on_probe_answer(worker_nonce, pipe, (&nonce, &public, &proof), out),
                 DaemonMessage::Refused { reason } => self.finish(refused(&reason), out),
                 other => self.distrust(
                     &format!(

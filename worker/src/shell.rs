@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use flotilla_protocol::secure::Channel;
 use flotilla_protocol::{encode, parts};
 use nng::{Aio, AioResult, Context, Message, Socket};
 
@@ -136,12 +137,19 @@ impl LaneIo {
         unsafe { nng::ffi::nng_aio_stop(self.aio.nng_aio()) };
     }
 
+    /// Sends `message`, sealed with `seal` if given, in parts if it is
+    /// larger than a part (the sealed frame is split: each part carries a
+    /// piece of it, and the daemon opens the joined frame).
     fn send(
         &self,
         message: &flotilla_protocol::interchange::WorkerMessage,
+        seal: Option<&Channel>,
         timeout: Duration,
     ) -> Result<(), String> {
-        let bytes = encode(message).map_err(|e| e.to_string())?;
+        let mut bytes = encode(message).map_err(|e| e.to_string())?;
+        if let Some(channel) = seal {
+            bytes = channel.seal(&bytes).map_err(|e| e.to_string())?;
+        }
         self.aio
             .set_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
@@ -204,6 +212,8 @@ struct Shell {
     report: LaneIo,
     executor: Executor,
     runtime: Arc<ExecRuntime>,
+    /// The channel the file fetches are sealed with.
+    fetch_channel: Arc<crate::fetch::ChannelSlot>,
     /// Keeps the socket open for the session's life.
     _socket: Socket,
 }
@@ -232,8 +242,10 @@ pub fn run(
     let work_dir = crate::exec::private_work_dir(&std::env::temp_dir(), &cfg.session.worker_id)
         .context("cannot create the worker's private directory")?;
     let max_frame = cfg.session.max_frame_bytes;
+    let fetch_channel = Arc::new(crate::fetch::ChannelSlot::default());
     let source = crate::fetch::InterchangeSource::new(&socket, FETCH_TIMEOUT, max_frame)
-        .context("cannot open an nng context for fetching files")?;
+        .context("cannot open an nng context for fetching files")?
+        .sealed_by(fetch_channel.clone());
     let runtime = Arc::new(
         ExecRuntime::new(cfg.objects.clone(), work_dir, cfg.containers.clone())
             .with_slots(cfg.placements.clone())
@@ -259,8 +271,8 @@ pub fn run(
     .context("cannot start the slot threads")?;
     let started = Instant::now();
     let session = Session::new(cfg.session.clone(), now(started)).proven(
-        proven.worker_nonce,
-        proven.daemon_nonce,
+        proven.transcript,
+        proven.keys,
         proven.pipe,
     );
     let shell = Arc::new(Shell {
@@ -274,6 +286,7 @@ pub fn run(
         report,
         executor,
         runtime,
+        fetch_channel,
         _socket: socket.clone(),
     });
     let _ = link.set(Arc::downgrade(&shell));
@@ -334,13 +347,17 @@ impl Shell {
             Action::Send {
                 lane,
                 message,
+                seal,
                 timeout,
             } => {
                 let io = match lane {
                     Lane::Poll => &self.poll,
                     Lane::Report => &self.report,
                 };
-                if let Err(reason) = io.send(&message, timeout) {
+                // File fetches follow the session's latest request: sealed
+                // once it seals, in clear while it registers again.
+                self.fetch_channel.set(seal.clone());
+                if let Err(reason) = io.send(&message, seal.as_deref(), timeout) {
                     self.feed(Event::SendFailed { lane, reason });
                 }
             }
@@ -489,7 +506,12 @@ mod tests {
                 });
                 let _ = owner.io.set(io);
                 let _ = link.set(Arc::downgrade(&owner));
-                owner.io.get().unwrap().send(&results(10), WAIT).unwrap();
+                owner
+                    .io
+                    .get()
+                    .unwrap()
+                    .send(&results(10), None, WAIT)
+                    .unwrap();
                 assert!(replies.recv_timeout(WAIT).unwrap());
                 owner.io.get().unwrap().stop();
                 drop(owner);
@@ -508,7 +530,7 @@ mod tests {
         for size in [100, 3 * parts::PREAUTH_FRAME_BYTES + 5] {
             let message = results(size);
             let encoded = encode(&message).unwrap();
-            io.send(&message, WAIT).unwrap();
+            io.send(&message, None, WAIT).unwrap();
             let reply = replies.recv_timeout(WAIT).unwrap().unwrap();
             assert_eq!(reply, encoded.len().to_le_bytes());
             assert_eq!(whole.recv_timeout(WAIT).unwrap(), encoded);
@@ -520,13 +542,13 @@ mod tests {
     fn a_reply_instead_of_an_acknowledgement_ends_the_request() {
         let (url, whole) = fake_daemon(Some(2));
         let (io, replies, _socket) = lane(&url);
-        io.send(&results(3 * parts::PREAUTH_FRAME_BYTES), WAIT)
+        io.send(&results(3 * parts::PREAUTH_FRAME_BYTES), None, WAIT)
             .unwrap();
         assert_eq!(replies.recv_timeout(WAIT).unwrap().unwrap(), b"no");
         assert!(lock_parts(&io.parts).is_empty(), "the rest is not sent");
         // The lane is free again: the next request goes out whole.
         let small = results(10);
-        io.send(&small, WAIT).unwrap();
+        io.send(&small, None, WAIT).unwrap();
         replies.recv_timeout(WAIT).unwrap().unwrap();
         assert_eq!(whole.recv_timeout(WAIT).unwrap(), encode(&small).unwrap());
     }

@@ -1,17 +1,24 @@
 //! The daemon's half of the worker handshake (see
-//! [`flotilla_protocol::handshake`]): answering probes with a proof and a
-//! fresh nonce, and checking each hello's proof against a nonce it issued.
+//! [`flotilla_protocol::handshake`]): answering probes with a proof, a
+//! fresh nonce and a fresh ephemeral key, and checking each hello's proof
+//! against a nonce it issued; a hello that passes yields the connection's
+//! keys (see [`flotilla_protocol::secure`]).
 //!
 //! Outstanding nonces are single-use, expire after [`CHALLENGE_TTL_US`] and
 //! number at most [`MAX_OUTSTANDING`], so a peer that probes without ever
 //! saying hello costs a bounded amount of memory. Time comes from the
-//! core's clock and nonces from a [`NonceSource`] seeded by the daemon at
-//! start, so the table is deterministic under test.
+//! core's clock, and nonces and ephemeral keys from [`NonceSource`]s seeded
+//! by the daemon at start, so the table is deterministic under test. The
+//! ephemeral key's secret half lives only in its challenge and is dropped
+//! (zeroed) with it.
 
 use std::collections::{HashMap, VecDeque};
 
-use flotilla_protocol::handshake::{self, HandshakeKey, Nonce, NonceSource, Proof};
+use flotilla_protocol::handshake::{
+    self, HandshakeKey, Nonce, NonceSource, Proof, PublicKey, Transcript,
+};
 use flotilla_protocol::interchange::Hello;
+use flotilla_protocol::secure::{self, Ephemeral, SessionKeys};
 
 /// How long a probe's nonce stays good for its hello (µs).
 pub(super) const CHALLENGE_TTL_US: u64 = 30_000_000;
@@ -25,6 +32,16 @@ pub(super) enum HandshakeError {
     /// The probe's nonce has the wrong length.
     #[error("the probe's nonce is {0} bytes, not {len}", len = handshake::NONCE_LEN)]
     BadNonce(usize),
+    /// The probe's public key has the wrong length (a worker of an older
+    /// release sends none).
+    #[error(
+        "the probe's public key is {0} bytes, not {len}",
+        len = handshake::PUBLIC_LEN
+    )]
+    BadPublic(usize),
+    /// The probe's public key yields no keys.
+    #[error("{0}")]
+    Keys(#[from] secure::KeyError),
     /// Too many probes are waiting for their hello.
     #[error(
         "too many workers are registering at once ({0} challenges outstanding); try again shortly"
@@ -50,9 +67,12 @@ pub(super) enum HandshakeError {
 }
 
 /// One nonce issued to a probe.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Challenge {
     worker_nonce: Nonce,
+    worker_public: PublicKey,
+    /// The daemon's ephemeral key for this handshake.
+    ephemeral: Ephemeral,
     issued_us: u64,
 }
 
@@ -61,6 +81,8 @@ struct Challenge {
 pub(super) struct Handshakes {
     key: HandshakeKey,
     nonces: NonceSource,
+    /// Where the ephemeral keys' secret halves come from.
+    keys: NonceSource,
     outstanding: HashMap<Nonce, Challenge>,
     /// Issue order, for expiry; entries already used are skipped.
     order: VecDeque<(u64, Nonce)>,
@@ -73,43 +95,59 @@ impl Handshakes {
         Handshakes {
             key: HandshakeKey::from_secret(secret),
             nonces: NonceSource::new(seed, "daemon challenges"),
+            keys: NonceSource::new(seed, "daemon ephemeral keys"),
             outstanding: HashMap::new(),
             order: VecDeque::new(),
             max_outstanding: MAX_OUTSTANDING,
         }
     }
 
-    /// Answers a probe carrying `worker_nonce`: a fresh nonce of the
-    /// daemon's and the proof over both.
+    /// Answers a probe carrying `worker_nonce` and `worker_public`: a fresh
+    /// nonce and ephemeral public key of the daemon's, and the proof over
+    /// the transcript.
     pub(super) fn probe(
         &mut self,
         worker_nonce: &[u8],
+        worker_public: &[u8],
         now: u64,
-    ) -> Result<(Nonce, Proof), HandshakeError> {
+    ) -> Result<(Nonce, PublicKey, Proof), HandshakeError> {
         let worker_nonce =
             handshake::nonce(worker_nonce).ok_or(HandshakeError::BadNonce(worker_nonce.len()))?;
+        let worker_public = handshake::public_key(worker_public)
+            .ok_or(HandshakeError::BadPublic(worker_public.len()))?;
         self.expire(now);
         if self.outstanding.len() >= self.max_outstanding {
             return Err(HandshakeError::TooMany(self.outstanding.len()));
         }
         let daemon_nonce = self.nonces.next_nonce();
+        let ephemeral = Ephemeral::from_random(self.keys.next_nonce());
+        let transcript = Transcript {
+            worker_nonce,
+            daemon_nonce,
+            worker_public,
+            daemon_public: ephemeral.public(),
+        };
+        let proof = self.key.daemon_proof(&transcript);
         self.outstanding.insert(
             daemon_nonce,
             Challenge {
                 worker_nonce,
+                worker_public,
+                ephemeral,
                 issued_us: now,
             },
         );
         self.order.push_back((now, daemon_nonce));
-        Ok((
-            daemon_nonce,
-            self.key.daemon_proof(&worker_nonce, &daemon_nonce),
-        ))
+        Ok((daemon_nonce, transcript.daemon_public, proof))
     }
 
     /// Checks `hello`'s proof against the challenge it names, which is used
-    /// up whatever the outcome.
-    pub(super) fn redeem(&mut self, hello: &Hello, now: u64) -> Result<(), HandshakeError> {
+    /// up whatever the outcome; the connection's keys if it passes.
+    pub(super) fn redeem(
+        &mut self,
+        hello: &Hello,
+        now: u64,
+    ) -> Result<SessionKeys, HandshakeError> {
         let challenge = handshake::nonce(&hello.challenge)
             .and_then(|n| self.outstanding.remove(&n).map(|c| (n, c)));
         let Some((daemon_nonce, challenge)) = challenge else {
@@ -121,14 +159,21 @@ impl Handshakes {
                 age_s: age / 1_000_000,
             });
         }
-        if self
-            .key
-            .check_worker(&challenge.worker_nonce, &daemon_nonce, hello)
-        {
-            Ok(())
-        } else {
-            Err(HandshakeError::WrongProof)
+        let transcript = Transcript {
+            worker_nonce: challenge.worker_nonce,
+            daemon_nonce,
+            worker_public: challenge.worker_public,
+            daemon_public: challenge.ephemeral.public(),
+        };
+        if !self.key.check_worker(&transcript, hello) {
+            return Err(HandshakeError::WrongProof);
         }
+        Ok(secure::session_keys(
+            &self.key,
+            &transcript,
+            &challenge.ephemeral,
+            &challenge.worker_public,
+        )?)
     }
 
     /// Forgets challenges past their time (and order entries already used).
@@ -188,46 +233,85 @@ mod tests {
         }
     }
 
-    /// Plays the worker: checks the daemon's proof, signs a hello.
-    fn answer(t: &mut Handshakes, worker_nonce: Nonce, now: u64) -> Hello {
-        let (dn, proof) = t.probe(&worker_nonce, now).unwrap();
-        assert!(t.key().check_daemon(&worker_nonce, &dn, &proof));
+    /// The worker's ephemeral key for a nonce (deterministic, for tests).
+    fn worker_key(worker_nonce: Nonce) -> Ephemeral {
+        Ephemeral::from_random(worker_nonce)
+    }
+
+    /// Plays the worker: checks the daemon's proof, signs a hello; the
+    /// worker's transcript too.
+    fn answer_with(t: &mut Handshakes, worker_nonce: Nonce, now: u64) -> (Hello, Transcript) {
+        let mine = worker_key(worker_nonce);
+        let (dn, dp, proof) = t.probe(&worker_nonce, &mine.public(), now).unwrap();
+        let transcript = Transcript {
+            worker_nonce,
+            daemon_nonce: dn,
+            worker_public: mine.public(),
+            daemon_public: dp,
+        };
+        assert!(t.key().check_daemon(&transcript, &proof));
         let mut h = hello();
         h.challenge = Payload::copy_from_slice(&dn);
-        h.proof = Payload::copy_from_slice(&t.key().worker_proof(&worker_nonce, &dn, &h));
-        h
+        h.proof = Payload::copy_from_slice(&t.key().worker_proof(&transcript, &h));
+        (h, transcript)
+    }
+
+    fn answer(t: &mut Handshakes, worker_nonce: Nonce, now: u64) -> Hello {
+        answer_with(t, worker_nonce, now).0
     }
 
     #[test]
-    fn a_signed_hello_is_taken_once() {
+    fn a_signed_hello_is_taken_once_and_both_ends_get_the_same_keys() {
+        use flotilla_protocol::secure::{Channel, Role};
         let mut t = Handshakes::new(b"secret", &[1; 32]);
-        let h = answer(&mut t, [5; 32], 100);
-        assert_eq!(t.redeem(&h, 200), Ok(()));
-        assert_eq!(t.redeem(&h, 300), Err(HandshakeError::Unknown), "replay");
+        let (h, transcript) = answer_with(&mut t, [5; 32], 100);
+        let daemon_keys = t.redeem(&h, 200).unwrap();
+        assert_eq!(
+            t.redeem(&h, 300).unwrap_err(),
+            HandshakeError::Unknown,
+            "replay"
+        );
         assert_eq!(t.outstanding(), 0);
+        let worker_keys = secure::session_keys(
+            t.key(),
+            &transcript,
+            &worker_key([5; 32]),
+            &transcript.daemon_public,
+        )
+        .unwrap();
+        let worker = Channel::new(&worker_keys, Role::Worker);
+        let daemon = Channel::new(&daemon_keys, Role::Daemon);
+        assert_eq!(daemon.open(&worker.seal(b"hi").unwrap()).unwrap(), b"hi");
     }
 
     #[test]
     fn wrong_proofs_nonces_and_late_hellos_are_refused() {
         let mut t = Handshakes::new(b"secret", &[1; 32]);
         // Signed with another secret.
-        let mut h = answer(&mut t, [5; 32], 0);
+        let (mut h, transcript) = answer_with(&mut t, [5; 32], 0);
         let other = HandshakeKey::from_secret(b"other");
-        let dn = handshake::nonce(&h.challenge).unwrap();
-        h.proof = Payload::copy_from_slice(&other.worker_proof(&[5; 32], &dn, &h));
-        assert_eq!(t.redeem(&h, 1), Err(HandshakeError::WrongProof));
+        h.proof = Payload::copy_from_slice(&other.worker_proof(&transcript, &h));
+        assert_eq!(t.redeem(&h, 1).unwrap_err(), HandshakeError::WrongProof);
         // A nonce never issued.
         let mut h = answer(&mut t, [6; 32], 0);
         h.challenge = Payload::from(vec![9u8; 32]);
-        assert_eq!(t.redeem(&h, 1), Err(HandshakeError::Unknown));
+        assert_eq!(t.redeem(&h, 1).unwrap_err(), HandshakeError::Unknown);
         // Too late.
         let h = answer(&mut t, [7; 32], 0);
         assert_eq!(
-            t.redeem(&h, CHALLENGE_TTL_US + 2_000_000),
-            Err(HandshakeError::Expired { age_s: 32 })
+            t.redeem(&h, CHALLENGE_TTL_US + 2_000_000).unwrap_err(),
+            HandshakeError::Expired { age_s: 32 }
         );
-        // A probe with a short nonce.
-        assert_eq!(t.probe(&[1; 8], 0), Err(HandshakeError::BadNonce(8)));
+        // A probe with a short nonce, or without a public key (an older
+        // worker's).
+        assert_eq!(
+            t.probe(&[1; 8], &[1; 32], 0).unwrap_err(),
+            HandshakeError::BadNonce(8)
+        );
+        assert_eq!(
+            t.probe(&[1; 32], &[], 0).unwrap_err(),
+            HandshakeError::BadPublic(0)
+        );
     }
 
     #[test]
@@ -235,16 +319,20 @@ mod tests {
         let mut t = Handshakes::new(b"secret", &[1; 32]);
         t.max_outstanding = 3;
         let first = answer(&mut t, [1; 32], 0);
+        let public = worker_key([9; 32]).public();
         for n in 2..=3u8 {
-            t.probe(&[n; 32], 0).unwrap();
+            t.probe(&[n; 32], &public, 0).unwrap();
         }
-        assert_eq!(t.probe(&[4; 32], 10), Err(HandshakeError::TooMany(3)));
+        assert_eq!(
+            t.probe(&[4; 32], &public, 10).unwrap_err(),
+            HandshakeError::TooMany(3)
+        );
         // Using one makes room.
-        assert_eq!(t.redeem(&first, 10), Ok(()));
-        t.probe(&[4; 32], 10).unwrap();
+        assert!(t.redeem(&first, 10).is_ok());
+        t.probe(&[4; 32], &public, 10).unwrap();
         assert_eq!(t.outstanding(), 3);
         // Once they expire, the table empties as new probes come.
-        t.probe(&[5; 32], CHALLENGE_TTL_US + 11).unwrap();
+        t.probe(&[5; 32], &public, CHALLENGE_TTL_US + 11).unwrap();
         assert_eq!(t.outstanding(), 1);
     }
 
@@ -252,9 +340,11 @@ mod tests {
     fn nonces_are_fresh_per_probe_and_seed() {
         let mut a = Handshakes::new(b"secret", &[1; 32]);
         let mut b = Handshakes::new(b"secret", &[2; 32]);
-        let (n1, _) = a.probe(&[0; 32], 0).unwrap();
-        let (n2, _) = a.probe(&[0; 32], 0).unwrap();
-        let (m1, _) = b.probe(&[0; 32], 0).unwrap();
+        let public = worker_key([9; 32]).public();
+        let (n1, p1, _) = a.probe(&[0; 32], &public, 0).unwrap();
+        let (n2, p2, _) = a.probe(&[0; 32], &public, 0).unwrap();
+        let (m1, q1, _) = b.probe(&[0; 32], &public, 0).unwrap();
         assert!(n1 != n2 && n1 != m1);
+        assert!(p1 != p2 && p1 != q1, "a fresh ephemeral key per probe");
     }
 }

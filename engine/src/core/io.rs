@@ -82,6 +82,15 @@ pub enum Action {
         /// Close the connection after sending.
         close: bool,
     },
+    /// Seal everything on the connection of the request `to` with `keys`
+    /// from now on, starting with the reply to that request (a hello that
+    /// proved the secret).
+    Secure {
+        /// The hello.
+        to: ReplyTo,
+        /// The connection's keys (see [`flotilla_protocol::secure`]).
+        keys: Box<flotilla_protocol::secure::SessionKeys>,
+    },
     /// Drop a worker connection.
     ClosePipe {
         /// The connection.

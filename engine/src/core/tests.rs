@@ -114,13 +114,20 @@ impl Harness {
     }
 
     /// Probes on `pipe` and returns the daemon's nonce and proof, and the
-    /// worker nonce sent.
-    fn probe(&mut self, pipe: PipeId) -> (Payload, Payload, [u8; 32]) {
+    /// handshake's transcript.
+    fn probe(
+        &mut self,
+        pipe: PipeId,
+    ) -> (Payload, Payload, flotilla_protocol::handshake::Transcript) {
+        use flotilla_protocol::handshake::{Transcript, nonce, public_key};
         let worker_nonce = self.nonces.next_nonce();
+        let worker_public =
+            flotilla_protocol::secure::Ephemeral::from_random(self.nonces.next_nonce()).public();
         let from = self.reply_to();
         let mut out = Vec::new();
         let probe = WorkerMessage::Probe {
             nonce: Payload::copy_from_slice(&worker_nonce),
+            public: Payload::copy_from_slice(&worker_public),
         };
         self.core.handle(
             Event::Worker {
@@ -132,19 +139,29 @@ impl Harness {
             &mut out,
         );
         match worker_reply(&out, from) {
-            Some(DaemonMessage::ProbeOk { nonce, proof }) => (nonce, proof, worker_nonce),
+            Some(DaemonMessage::ProbeOk {
+                nonce: daemon_nonce,
+                public,
+                proof,
+            }) => {
+                let transcript = Transcript {
+                    worker_nonce,
+                    daemon_nonce: nonce(&daemon_nonce).unwrap(),
+                    worker_public,
+                    daemon_public: public_key(&public).unwrap(),
+                };
+                (daemon_nonce, proof, transcript)
+            }
             other => panic!("expected ProbeOk, got {other:?}"),
         }
     }
 
     /// `hi` with a challenge from a probe on `pipe`, signed with `secret`.
     fn signed(&mut self, pipe: PipeId, mut hi: Hello, secret: &[u8]) -> Hello {
-        use flotilla_protocol::handshake::{HandshakeKey, nonce};
-        let (daemon_nonce, _, worker_nonce) = self.probe(pipe);
-        hi.challenge = daemon_nonce.clone();
-        let daemon_nonce = nonce(&daemon_nonce).unwrap();
-        let proof =
-            HandshakeKey::from_secret(secret).worker_proof(&worker_nonce, &daemon_nonce, &hi);
+        use flotilla_protocol::handshake::HandshakeKey;
+        let (daemon_nonce, _, transcript) = self.probe(pipe);
+        hi.challenge = daemon_nonce;
+        let proof = HandshakeKey::from_secret(secret).worker_proof(&transcript, &hi);
         hi.proof = Payload::copy_from_slice(&proof);
         hi
     }
@@ -589,16 +606,12 @@ fn a_worker_with_the_wrong_secret_is_refused_and_others_are_served() {
 
 #[test]
 fn probes_prove_the_daemon_knows_the_secret_and_register_nothing() {
-    use flotilla_protocol::handshake::{HandshakeKey, nonce};
+    use flotilla_protocol::handshake::HandshakeKey;
     let mut h = Harness::new();
-    let (daemon_nonce, proof, worker_nonce) = h.probe(PipeId(3));
-    let daemon_nonce = nonce(&daemon_nonce).unwrap();
-    assert!(HandshakeKey::from_secret(SECRET).check_daemon(&worker_nonce, &daemon_nonce, &proof));
-    assert!(!HandshakeKey::from_secret(b"guess").check_daemon(
-        &worker_nonce,
-        &daemon_nonce,
-        &proof
-    ));
+    let (_, proof, transcript) = h.probe(PipeId(3));
+    let daemon_nonce = transcript.daemon_nonce;
+    assert!(HandshakeKey::from_secret(SECRET).check_daemon(&transcript, &proof));
+    assert!(!HandshakeKey::from_secret(b"guess").check_daemon(&transcript, &proof));
     assert!(h.core.workers.is_empty());
     // Nothing of the secret in the answer.
     let (again, proof2, _) = h.probe(PipeId(3));
@@ -611,6 +624,7 @@ fn probes_prove_the_daemon_knows_the_secret_and_register_nothing() {
         pipe: PipeId(4),
         message: WorkerMessage::Probe {
             nonce: Payload::from_static(b"short"),
+            public: Payload::from(vec![9u8; 32]),
         },
     });
     assert!(refusal(&out).contains("not 32"), "{out:?}");
@@ -624,12 +638,16 @@ fn a_replayed_or_late_or_unasked_hello_is_refused() {
     let mut h = Harness::new();
     let hi = h.signed(PipeId(1), hello("w1", 1), SECRET);
     let out = send_hello(&mut h, 1, hi.clone());
+    // The connection is sealed from the welcome on.
     assert!(matches!(
         out.as_slice(),
-        [Action::ReplyWorker {
-            message: DaemonMessage::Welcome { .. },
-            ..
-        }]
+        [
+            Action::Secure { .. },
+            Action::ReplyWorker {
+                message: DaemonMessage::Welcome { .. },
+                ..
+            }
+        ]
     ));
     // The same hello again, on another connection: its challenge is used.
     let reason = refusal(&send_hello(&mut h, 2, hi));
@@ -663,6 +681,7 @@ fn outstanding_challenges_are_bounded() {
         pipe: PipeId(2),
         message: WorkerMessage::Probe {
             nonce: Payload::from(vec![1u8; 32]),
+            public: Payload::from(vec![9u8; 32]),
         },
     });
     assert!(refusal(&out).contains("too many workers are registering"));

@@ -17,6 +17,7 @@ use super::handshake::HandshakeError;
 use super::tasks::{Attempt, Ending};
 use super::worker_table::{BlockId, LossReason, Lost, Registration, Worker, WorkerKey};
 use super::{Action, Core, PipeId, ReplyTo};
+use flotilla_protocol::secure::SessionKeys;
 
 /// At most this many refused probes and hellos are logged per second; the
 /// rest are counted and the count logged with the next one.
@@ -128,7 +129,9 @@ impl Core {
     ) {
         match message {
             WorkerMessage::Hello(hello) => self.on_hello(from, pipe, *hello, now, out),
-            WorkerMessage::Probe { nonce } => self.on_probe(from, pipe, &nonce, now, out),
+            WorkerMessage::Probe { nonce, public } => {
+                self.on_probe(from, pipe, (&nonce, &public), now, out);
+            }
             WorkerMessage::Leave { reason } => self.on_leave(from, pipe, &reason, now, out),
             WorkerMessage::Pull { results, wait } => {
                 self.on_pull(from, pipe, results, wait, now, out);
@@ -153,13 +156,14 @@ impl Core {
         &mut self,
         from: ReplyTo,
         pipe: PipeId,
-        nonce: &[u8],
+        (nonce, public): (&[u8], &[u8]),
         now: u64,
         out: &mut Vec<Action>,
     ) {
-        let message = match self.admission.handshakes.probe(nonce, now) {
-            Ok((nonce, proof)) => DaemonMessage::ProbeOk {
+        let message = match self.admission.handshakes.probe(nonce, public, now) {
+            Ok((nonce, public, proof)) => DaemonMessage::ProbeOk {
                 nonce: Payload::copy_from_slice(&nonce),
+                public: Payload::copy_from_slice(&public),
                 proof: Payload::copy_from_slice(&proof),
             },
             Err(e) => {
@@ -208,28 +212,25 @@ impl Core {
         }
     }
 
-    /// Why `hello` is not taken, as the reply to send (and whether to close
-    /// the connection after it). Its proof is checked (and its challenge
-    /// used up) first: nothing else it says counts before that.
-    fn refuse_hello(
+    /// The connection's keys if `hello` is taken; else the refusal to send
+    /// (in clear: the worker proved nothing), after which the connection
+    /// closes. Its proof is checked (and its challenge used up) first:
+    /// nothing else it says counts before that.
+    fn admit_hello(
         &mut self,
         hello: &Hello,
         pipe: PipeId,
         now: u64,
-    ) -> Option<(DaemonMessage, bool)> {
+    ) -> Result<SessionKeys, DaemonMessage> {
         let refusal = match self.admission.handshakes.redeem(hello, now) {
-            Err(HandshakeError::WrongProof) => Some(wrong_secret()),
-            Err(e) => Some(e.to_string()),
-            Ok(()) => check_hello(hello).err(),
+            Err(HandshakeError::WrongProof) => Err(wrong_secret()),
+            Err(e) => Err(e.to_string()),
+            Ok(keys) => check_hello(hello).map(|()| keys),
         };
-        if let Some(reason) = refusal {
+        refusal.map_err(|reason| {
             self.log_refusal(pipe, Some(hello), "hello", &reason, now);
-            return Some((DaemonMessage::Refused { reason }, true));
-        }
-        if self.life.draining.is_some() {
-            return Some((DaemonMessage::Shutdown, false));
-        }
-        None
+            DaemonMessage::Refused { reason }
+        })
     }
 
     fn on_hello(
@@ -240,11 +241,27 @@ impl Core {
         now: u64,
         out: &mut Vec<Action>,
     ) {
-        if let Some((message, close)) = self.refuse_hello(&hello, pipe, now) {
+        let keys = match self.admit_hello(&hello, pipe, now) {
+            Ok(keys) => keys,
+            Err(message) => {
+                out.push(Action::ReplyWorker {
+                    to: from,
+                    message,
+                    close: true,
+                });
+                return;
+            }
+        };
+        // From the answer to this hello on, the connection is sealed.
+        out.push(Action::Secure {
+            to: from,
+            keys: Box::new(keys),
+        });
+        if self.life.draining.is_some() {
             out.push(Action::ReplyWorker {
                 to: from,
-                message,
-                close,
+                message: DaemonMessage::Shutdown,
+                close: false,
             });
             return;
         }

@@ -8,13 +8,16 @@
 //! registered; [`PipeTable`] keeps the records and makes the decisions, so
 //! they can be tested without sockets. A peer that registers is one the
 //! scheduling core welcomed (it proved it knows the daemon's secret); the
-//! server is told through [`PipeTable::register`].
+//! server is told through [`PipeTable::register`]; the keys its handshake
+//! yielded seal its connection from then on ([`PipeTable::secure`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_protocol::parts::{PREAUTH_FRAME_BYTES, Part};
+use flotilla_protocol::secure::Channel;
 
 use super::reassembly::{Reassembly, ReassemblyError};
 use crate::core::PipeId;
@@ -160,6 +163,8 @@ struct PipeState<P> {
     registered: bool,
     outstanding: usize,
     parts: Reassembly,
+    /// Seals and opens the connection's frames once its handshake is done.
+    channel: Option<Arc<Channel>>,
 }
 
 /// The connections of one server. `P` is nng's pipe handle (any key in
@@ -208,6 +213,7 @@ impl<P: Copy + Eq + Hash> PipeTable<P> {
                 registered: limits.trusted,
                 outstanding: 0,
                 parts: Reassembly::default(),
+                channel: None,
             },
         );
         if !limits.trusted {
@@ -269,6 +275,18 @@ impl<P: Copy + Eq + Hash> PipeTable<P> {
             state.registered = true;
             self.unregistered.remove(&id);
         }
+    }
+
+    /// Connection `id` is sealed with `channel` from now on.
+    pub fn secure(&mut self, id: PipeId, channel: Arc<Channel>) {
+        if let Some(state) = self.states.get_mut(&id) {
+            state.channel = Some(channel);
+        }
+    }
+
+    /// The channel of connection `id`, once it is sealed.
+    pub fn channel(&self, id: PipeId) -> Option<Arc<Channel>> {
+        self.states.get(&id).and_then(|s| s.channel.clone())
     }
 
     /// Takes a part that came on connection `id`; frames are capped at

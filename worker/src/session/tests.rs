@@ -5,6 +5,7 @@
 use super::*;
 use flotilla_protocol::handshake::{self, HandshakeKey};
 use flotilla_protocol::interchange::WorkItem;
+use flotilla_protocol::secure::{Channel, Ephemeral, Role};
 use flotilla_protocol::task::{NIL, Outcome};
 use flotilla_protocol::{PROTOCOL_VERSION, Payload, encode};
 
@@ -44,10 +45,15 @@ fn config() -> SessionConfig {
     }
 }
 
-/// Drives a session and keeps its clock.
+/// Drives a session and keeps its clock; plays the daemon's end of the
+/// connection's keys.
 struct Harness {
     session: Session,
     elapsed: Duration,
+    /// The transcript of the last probe answered.
+    transcript: Option<Transcript>,
+    /// The daemon's end of the keys of the last probe answered.
+    daemon: Option<Channel>,
 }
 
 impl Harness {
@@ -66,6 +72,32 @@ impl Harness {
         Harness {
             session,
             elapsed: Duration::ZERO,
+            transcript: None,
+            daemon: None,
+        }
+    }
+
+    /// The long-poll the session sends once registered, sealed.
+    fn poll(&self, timeout: Duration) -> Action {
+        Action::Send {
+            lane: Lane::Poll,
+            message: WorkerMessage::Pull {
+                results: Vec::new(),
+                wait: true,
+            },
+            seal: self.session.channel.clone(),
+            timeout,
+        }
+    }
+
+    /// `frame` as the daemon sends it: sealed once the session's hello
+    /// sealed the connection, else in clear.
+    fn wire(&self, frame: Vec<u8>) -> Vec<u8> {
+        match (&self.daemon, &self.session.channel) {
+            (Some(daemon), Some(worker)) if daemon.id() == worker.id() => {
+                daemon.seal(&frame).unwrap()
+            }
+            _ => frame,
         }
     }
 
@@ -94,7 +126,7 @@ impl Harness {
     }
 
     fn reply_on(&mut self, lane: Lane, pipe: Option<u64>, message: &DaemonMessage) -> Vec<Action> {
-        let frame = encode(message).unwrap();
+        let frame = self.wire(encode(message).unwrap());
         self.ev(Event::Reply {
             lane,
             pipe,
@@ -105,17 +137,30 @@ impl Harness {
     /// Answers the probe among `actions` as the daemon does (over `pipe`,
     /// knowing `secret`); returns what the session does next.
     fn prove_with(&mut self, actions: &[Action], pipe: Option<u64>, secret: &[u8]) -> Vec<Action> {
-        let Some(nonce) = actions.iter().find_map(|a| match a {
-            send!(Lane::Report, WorkerMessage::Probe { nonce }) => Some(nonce.clone()),
+        let Some((nonce, public)) = actions.iter().find_map(|a| match a {
+            send!(Lane::Report, WorkerMessage::Probe { nonce, public }) => {
+                Some((nonce.clone(), public.clone()))
+            }
             _ => None,
         }) else {
             panic!("no probe in {actions:?}");
         };
-        let worker_nonce = handshake::nonce(&nonce).unwrap();
-        let daemon_nonce = [8u8; 32];
-        let proof = HandshakeKey::from_secret(secret).daemon_proof(&worker_nonce, &daemon_nonce);
+        let ephemeral = Ephemeral::from_random([7; 32]);
+        let transcript = Transcript {
+            worker_nonce: handshake::nonce(&nonce).unwrap(),
+            daemon_nonce: [8u8; 32],
+            worker_public: handshake::public_key(&public).unwrap(),
+            daemon_public: ephemeral.public(),
+        };
+        let key = HandshakeKey::from_secret(secret);
+        let proof = key.daemon_proof(&transcript);
+        let keys =
+            secure::session_keys(&key, &transcript, &ephemeral, &transcript.worker_public).unwrap();
+        self.transcript = Some(transcript);
+        self.daemon = Some(Channel::new(&keys, Role::Daemon));
         let answer = DaemonMessage::ProbeOk {
-            nonce: Payload::copy_from_slice(&daemon_nonce),
+            nonce: Payload::copy_from_slice(&transcript.daemon_nonce),
+            public: Payload::copy_from_slice(&transcript.daemon_public),
             proof: Payload::copy_from_slice(&proof),
         };
         self.reply_on(Lane::Report, pipe, &answer)
@@ -152,7 +197,7 @@ impl Harness {
                 heartbeat_period_ms: 5000
             })
         );
-        assert_eq!(welcomed[1..], [poll(Duration::from_secs(20))]);
+        assert_eq!(welcomed[1..], [self.poll(Duration::from_secs(20))]);
     }
 }
 
@@ -160,17 +205,6 @@ fn welcome() -> DaemonMessage {
     DaemonMessage::Welcome {
         heartbeat_period_ms: 5000,
         heartbeat_threshold_ms: 20_000,
-    }
-}
-
-fn poll(timeout: Duration) -> Action {
-    Action::Send {
-        lane: Lane::Poll,
-        message: WorkerMessage::Pull {
-            results: Vec::new(),
-            wait: true,
-        },
-        timeout,
     }
 }
 
@@ -236,10 +270,9 @@ fn hello_running(actions: &[Action]) -> Vec<(BatchId, Vec<TaskId>)> {
 fn the_probe_goes_first_then_the_hello_and_the_poll_only_after_the_welcome() {
     let mut h = Harness::new();
     let probe = h.tick();
-    let [send!(Lane::Report, WorkerMessage::Probe { nonce })] = &probe[..] else {
+    let [send!(Lane::Report, WorkerMessage::Probe { .. })] = &probe[..] else {
         panic!("{probe:?}");
     };
-    let worker_nonce = handshake::nonce(nonce).unwrap();
     let actions = h.prove(&probe);
     let [send!(Lane::Report, WorkerMessage::Hello(hello))] = &actions[..] else {
         panic!("{actions:?}");
@@ -253,7 +286,7 @@ fn the_probe_goes_first_then_the_hello_and_the_poll_only_after_the_welcome() {
     // The hello proves the secret without carrying it.
     assert_eq!(&hello.challenge[..], &[8u8; 32]);
     let key = HandshakeKey::from_secret(SECRET);
-    assert!(key.check_worker(&worker_nonce, &[8; 32], hello));
+    assert!(key.check_worker(&h.transcript.unwrap(), hello));
     let wire = encode(&WorkerMessage::Hello(hello.clone())).unwrap();
     assert!(!wire.windows(SECRET.len()).any(|w| w == SECRET));
     // Until the welcome, nothing else goes out, however often it ticks.
@@ -263,7 +296,7 @@ fn the_probe_goes_first_then_the_hello_and_the_poll_only_after_the_welcome() {
     let welcomed = h.reply(Lane::Report, &welcome());
     // The welcome's threshold is the timeout from now on; the result that
     // waited goes out with the first poll.
-    assert_eq!(welcomed[1], poll(Duration::from_secs(20)));
+    assert_eq!(welcomed[1], h.poll(Duration::from_secs(20)));
     assert_eq!(reported(&welcomed), [1]);
     assert_eq!(h.tick(), [], "both lanes are busy");
 }
@@ -288,7 +321,7 @@ fn work_on_the_poll_lane_goes_to_the_slots_and_a_new_poll_goes_out() {
                 batch: batch(2, &[12]),
                 received_us
             },
-            poll(Duration::from_secs(20)),
+            h.poll(Duration::from_secs(20)),
         ]
     );
 }
@@ -301,7 +334,7 @@ fn an_empty_answer_to_the_poll_is_a_heartbeat_and_polls_again() {
         h.reply(Lane::Poll, &work(vec![])),
         [
             Action::Notify(Notice::Heartbeat),
-            poll(Duration::from_secs(20))
+            h.poll(Duration::from_secs(20))
         ]
     );
     // Heartbeats keep the daemon from being declared lost.
@@ -361,7 +394,7 @@ fn unacknowledged_results_are_resent_after_a_failed_request() {
     // The retry sends the poll again and the same result again, stamped anew.
     h.advance(Duration::from_secs(1));
     let retried = h.tick();
-    assert_eq!(retried[0], poll(Duration::from_secs(20)));
+    assert_eq!(retried[0], h.poll(Duration::from_secs(20)));
     assert_eq!(reported(&retried), [1]);
     let [_, send!(_, WorkerMessage::Pull { results, .. })] = &retried[..] else {
         panic!("{retried:?}");
@@ -401,7 +434,7 @@ fn a_restarted_daemon_gets_a_new_hello_listing_running_batches_then_the_results(
     // The poll lane's answer says the same: nothing new goes out.
     assert_eq!(h.reply(Lane::Poll, &DaemonMessage::Reregister)[1..], []);
     let welcomed = h.reply(Lane::Report, &welcome());
-    assert_eq!(welcomed[1], poll(Duration::from_secs(20)));
+    assert_eq!(welcomed[1], h.poll(Duration::from_secs(20)));
     assert_eq!(reported(&welcomed), [2], "the result is sent again");
 }
 
@@ -539,6 +572,7 @@ fn near_the_walltime_it_takes_no_work_finishes_its_batches_then_leaves() {
             message: WorkerMessage::Leave {
                 reason: "its job's wall time ends within 60 s".into()
             },
+            seal: h.session.channel.clone(),
             timeout: Duration::from_secs(20),
         }]
     );
@@ -638,6 +672,7 @@ fn a_peer_that_answers_the_probe_with_anything_but_a_proof_is_not_trusted() {
     h.tick();
     let bad = DaemonMessage::ProbeOk {
         nonce: Payload::from_static(b"short"),
+        public: Payload::new(),
         proof: Payload::new(),
     };
     assert!(untrusted(&h.reply(Lane::Report, &bad)).contains("without a valid proof"));
@@ -668,7 +703,7 @@ fn a_reply_over_a_new_connection_is_not_acted_on_until_the_daemon_proves_itself_
         [send!(Lane::Report, WorkerMessage::Hello(_))]
     ));
     let welcomed = h.reply_on(Lane::Report, Some(2), &welcome());
-    assert_eq!(welcomed[1], poll(Duration::from_secs(20)));
+    assert_eq!(welcomed[1], h.poll(Duration::from_secs(20)));
     let ran = h.reply_on(Lane::Poll, Some(2), &work(vec![batch(2, &[20])]));
     assert!(matches!(ran[0], Action::Run { .. }));
 }
@@ -684,10 +719,11 @@ fn a_frame_over_the_workers_cap_ends_the_session_saying_so() {
         ..batch(1, &[])
     }]);
     let frame = encode(&big).unwrap();
+    let sealed = h.wire(frame.clone());
     let ended = h.ev(Event::Reply {
         lane: Lane::Poll,
         pipe: None,
-        frame: &frame,
+        frame: &sealed,
     });
     let [Action::End(Ending::Failed(reason))] = &ended[..] else {
         panic!("{ended:?}");
@@ -702,12 +738,26 @@ fn a_frame_over_the_workers_cap_ends_the_session_saying_so() {
 #[test]
 fn a_session_whose_daemon_proved_itself_while_connecting_says_hello_at_once() {
     let mut h = Harness::new();
-    h.session = Session::new(config(), h.now()).proven([1; 32], [2; 32], Some(5));
+    let transcript = Transcript {
+        worker_nonce: [1; 32],
+        daemon_nonce: [2; 32],
+        worker_public: Ephemeral::from_random([3; 32]).public(),
+        daemon_public: Ephemeral::from_random([4; 32]).public(),
+    };
+    let key = HandshakeKey::from_secret(SECRET);
+    let keys = secure::session_keys(
+        &key,
+        &transcript,
+        &Ephemeral::from_random([3; 32]),
+        &transcript.daemon_public,
+    )
+    .unwrap();
+    h.session = Session::new(config(), h.now()).proven(transcript, keys, Some(5));
     let hello = h.tick();
     let [send!(Lane::Report, WorkerMessage::Hello(sent))] = &hello[..] else {
         panic!("{hello:?}");
     };
-    assert!(HandshakeKey::from_secret(SECRET).check_worker(&[1; 32], &[2; 32], sent));
+    assert!(key.check_worker(&transcript, sent));
     // Replies over another connection are not acted on.
     let other = h.reply_on(Lane::Report, Some(6), &welcome());
     assert!(!trusts(&other));
@@ -715,4 +765,83 @@ fn a_session_whose_daemon_proved_itself_while_connecting_says_hello_at_once() {
         other.first(),
         Some(Action::Notify(Notice::Registered { .. }))
     ));
+}
+
+/// The batches a list of actions runs.
+fn runs(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Run { .. }))
+        .count()
+}
+
+#[test]
+fn the_handshake_goes_in_clear_and_everything_after_it_sealed() {
+    let mut h = Harness::new();
+    let probe = h.tick();
+    assert!(matches!(&probe[..], [Action::Send { seal: None, .. }]));
+    let hello = h.prove(&probe);
+    assert!(matches!(&hello[..], [Action::Send { seal: None, .. }]));
+    let welcomed = h.reply(Lane::Report, &welcome());
+    let Action::Send {
+        seal: Some(channel),
+        ..
+    } = &welcomed[1]
+    else {
+        panic!("{welcomed:?}");
+    };
+    assert_eq!(channel.id(), h.daemon.as_ref().unwrap().id());
+    // What the worker seals, the daemon's end opens.
+    let sealed = channel.seal(b"result").unwrap();
+    assert_eq!(h.daemon.as_ref().unwrap().open(&sealed).unwrap(), b"result");
+}
+
+#[test]
+fn a_forged_replayed_or_clear_reply_on_the_sealed_connection_is_not_acted_on() {
+    type Spoil = fn(&mut Harness, Vec<u8>) -> Vec<u8>;
+    let spoils: [(&str, Spoil); 3] = [
+        ("a bit flipped", |_, mut sealed| {
+            let last = sealed.len() - 1;
+            sealed[last] ^= 1;
+            sealed
+        }),
+        ("a replay", |h, sealed| {
+            // The genuine frame is taken first; its copy comes again.
+            let ran = h.ev(Event::Reply {
+                lane: Lane::Poll,
+                pipe: None,
+                frame: &sealed,
+            });
+            assert_eq!(runs(&ran), 1);
+            sealed
+        }),
+        ("in clear", |_, _| {
+            encode(&work(vec![batch(1, &[10])])).unwrap()
+        }),
+    ];
+    for (what, spoil) in spoils {
+        let mut h = Harness::registered();
+        let sealed = h.wire(encode(&work(vec![batch(1, &[10])])).unwrap());
+        let frame = spoil(&mut h, sealed);
+        let actions = h.ev(Event::Reply {
+            lane: Lane::Poll,
+            pipe: None,
+            frame: &frame,
+        });
+        assert_eq!(runs(&actions), 0, "{what}: {actions:?}");
+        // The worker registers again, from a clear probe.
+        assert!(
+            matches!(
+                &actions[..],
+                [Action::Send {
+                    lane: Lane::Report,
+                    message: WorkerMessage::Probe { .. },
+                    seal: None,
+                    ..
+                }]
+            ),
+            "{what}: {actions:?}"
+        );
+        assert!(h.session.channel.is_none(), "{what}");
+    }
 }

@@ -1,0 +1,259 @@
+//! What sealing the interchange costs: bulk throughput and the client
+//! library's round trip, against the release before it.
+//!
+//! `bench-interchange measure --label L --out FILE` measures the build whose
+//! binaries `FLOTILLA_BIN_DIR` names (this harness is built in that release's
+//! tree too, so its client speaks that release's protocol): one daemon with
+//! one worker of 2 slots, memo off, then
+//!
+//! * the round trip: `--round-trips` synchronous `noop` runs through the Rust
+//!   client library, one at a time, after a warm-up; p50, p99 and mean;
+//! * bulk throughput: `--tasks` `noop` tasks submitted in one call and
+//!   waited for in the same call, `--repeats` times; tasks per second.
+//!
+//! `bench-interchange compare --out NAME A.json B.json …` puts the rounds of
+//! every label side by side (medians over the rounds) in
+//! `results/NAME.json` and prints a table. `benchmarks/run interchange`
+//! builds both releases and alternates them, so both are measured in one
+//! run under the same load.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use flotilla_benchmarks::{Latency, machine, median, round, today, write_result};
+use flotilla_client::json_to_payload;
+use flotilla_protocol::client::TaskRequest;
+use flotilla_protocol::task::TaskState;
+use flotilla_protocol::{Payload, task::NIL};
+use serde_json::{Value, json};
+
+/// Longest wait for one bulk batch.
+const BULK_WAIT: Duration = Duration::from_secs(600);
+
+struct Measure {
+    label: String,
+    out: PathBuf,
+    round_trips: usize,
+    tasks: usize,
+    repeats: usize,
+}
+
+fn value<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{name} needs a value")),
+    }
+}
+
+fn measure_options(args: &[String]) -> Result<Measure, String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    Ok(Measure {
+        label: value(args, "--label", String::from("this"))?,
+        out: value(args, "--out", PathBuf::from("interchange-run.json"))?,
+        round_trips: value(args, "--round-trips", if quick { 300 } else { 2000 })?,
+        tasks: value(args, "--tasks", if quick { 2000 } else { 10_000 })?,
+        repeats: value(args, "--repeats", 3)?,
+    })
+}
+
+/// `n` distinct `noop` requests (distinct inputs: nothing is answered from
+/// the memo even if it were on).
+fn tasks(n: usize, from: usize) -> Result<Vec<TaskRequest>, String> {
+    (from..from + n)
+        .map(|i| {
+            Ok(TaskRequest {
+                servable: "noop".into(),
+                input: json_to_payload(&json!(i)).map_err(|e| e.to_string())?,
+                params: Payload::new(),
+            })
+        })
+        .collect()
+}
+
+fn measure(o: &Measure) -> Result<Value, String> {
+    let settings = [
+        ("interchange", "heartbeat_period_s", "5"),
+        ("interchange", "heartbeat_threshold_s", "20"),
+        ("servables.noop", "memoize", "false"),
+        ("servables.noop", "max_batch_delay_ms", "0"),
+    ];
+    let mut f = flotilla_tests::Flotilla::start(&flotilla_tests::config_with(&settings));
+    f.spawn_worker(&["--slots", "2"]);
+    f.wait_workers(1);
+    let client = f.client();
+
+    for _ in 0..200 {
+        client
+            .run("noop", Payload::from_static(NIL), Some(BULK_WAIT))
+            .map_err(|e| e.to_string())?;
+    }
+    let inputs = tasks(o.round_trips, 0)?;
+    let mut samples = Vec::with_capacity(o.round_trips);
+    for t in inputs {
+        let started = Instant::now();
+        let view = client
+            .run("noop", t.input, Some(BULK_WAIT))
+            .map_err(|e| e.to_string())?;
+        samples.push(started.elapsed());
+        if view.state != TaskState::Completed {
+            return Err(format!("a round trip ended {:?}", view.state));
+        }
+    }
+    let latency = Latency::of(&mut samples);
+
+    let mut rates = Vec::with_capacity(o.repeats);
+    for r in 0..o.repeats {
+        let batch = tasks(o.tasks, o.round_trips + r * o.tasks)?;
+        let started = Instant::now();
+        let views = client
+            .run_all(batch, BULK_WAIT)
+            .map_err(|e| e.to_string())?;
+        let took = started.elapsed();
+        let done = views
+            .iter()
+            .filter(|v| v.state == TaskState::Completed)
+            .count();
+        if done != o.tasks {
+            return Err(format!("{done} of {} bulk tasks completed", o.tasks));
+        }
+        rates.push(o.tasks as f64 / took.as_secs_f64());
+    }
+    let report = json!({
+        "label": o.label,
+        "round_trip": latency.json(),
+        "throughput_tasks_per_s": rates.iter().map(|r| round(*r)).collect::<Vec<_>>(),
+        "tasks": o.tasks,
+    });
+    println!(
+        "{}: round trip p50 {:.0} µs, throughput {:.0} tasks/s",
+        o.label,
+        latency.p50_us,
+        median(&rates)
+    );
+    Ok(report)
+}
+
+fn compare(args: &[String]) -> Result<(), String> {
+    let name: String = value(args, "--out", String::from("interchange"))?;
+    let files: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--out"))
+        .map(|(_, a)| a)
+        .collect();
+    let mut by_label: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+        let run: Value = serde_json::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+        let label = run["label"].as_str().unwrap_or("?").to_owned();
+        by_label.entry(label).or_default().push(run);
+    }
+    let mut rows = Vec::new();
+    for (label, runs) in &by_label {
+        let p50: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r["round_trip"]["p50_us"].as_f64())
+            .collect();
+        let p99: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r["round_trip"]["p99_us"].as_f64())
+            .collect();
+        let rates: Vec<f64> = runs
+            .iter()
+            .flat_map(|r| {
+                r["throughput_tasks_per_s"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|v| v.as_f64())
+            .collect();
+        rows.push(json!({
+            "label": label,
+            "rounds": runs.len(),
+            "round_trip_p50_us": round(median(&p50)),
+            "round_trip_p99_us": round(median(&p99)),
+            "throughput_tasks_per_s": round(median(&rates)),
+            "runs": runs,
+        }));
+    }
+    println!(
+        "{:<10} {:>6} {:>18} {:>18} {:>20}",
+        "build", "rounds", "round trip p50", "round trip p99", "throughput"
+    );
+    for row in &rows {
+        let num = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<10} {:>6} {:>15.0} µs {:>15.0} µs {:>12.0} tasks/s",
+            row["label"].as_str().unwrap_or("?"),
+            row["rounds"],
+            num("round_trip_p50_us"),
+            num("round_trip_p99_us"),
+            num("throughput_tasks_per_s"),
+        );
+    }
+    let find = |label: &str| rows.iter().find(|r| r["label"] == label);
+    let mut verdict = Value::Null;
+    if let (Some(base), Some(secure)) = (find("previous"), find("secure")) {
+        let (b, s) = (
+            base["throughput_tasks_per_s"].as_f64().unwrap_or(f64::NAN),
+            secure["throughput_tasks_per_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+        let (bp, sp) = (
+            base["round_trip_p50_us"].as_f64().unwrap_or(f64::NAN),
+            secure["round_trip_p50_us"].as_f64().unwrap_or(f64::NAN),
+        );
+        let kept = 100.0 * s / b;
+        let added = sp - bp;
+        println!(
+            "secure against previous: throughput {kept:.1}% of previous (goal: at least 90%), round trip p50 {added:+.0} µs (goal: at most +50 µs)"
+        );
+        verdict = json!({
+            "throughput_percent_of_previous": round(kept),
+            "round_trip_p50_added_us": round(added),
+        });
+    }
+
+    let report = json!({
+        "figure": "interchange",
+        "date": today(),
+        "machine": machine(),
+        "setup": "release builds of this tree (secure) and of the commit before the secure interchange (previous), measured alternately in one run; one daemon with a durable store, one worker of 2 slots on loopback TCP, memo off; round trip: synchronous noop runs through the Rust client library one at a time; throughput: one submit-and-wait of N noop tasks",
+        "builds": rows,
+        "secure_against_previous": verdict,
+    });
+    let path = write_result(&format!("{name}.json"), &report).map_err(|e| e.to_string())?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("measure") => {
+            let o = measure_options(&args[1..])?;
+            let report = measure(&o)?;
+            std::fs::write(&o.out, report.to_string())
+                .map_err(|e| format!("{}: {e}", o.out.display()))
+        }
+        Some("compare") => compare(&args[1..]),
+        _ => Err("usage: bench-interchange measure [--label L] [--out FILE] [--quick] | compare [--out NAME] FILE…".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-interchange: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
