@@ -79,6 +79,9 @@ pub const DAEMON_LABEL: &[u8] = b"flotilla handshake: daemon\0";
 /// What the worker's proof is about.
 pub const WORKER_LABEL: &[u8] = b"flotilla handshake: worker\0";
 
+/// What a TCP API client's proof is about (see [`crate::client_auth`]).
+pub const CLIENT_LABEL: &[u8] = b"flotilla handshake: client\0";
+
 /// The MAC key both sides derive from the daemon's secret.
 #[derive(Clone)]
 pub struct HandshakeKey([u8; 32]);
@@ -93,6 +96,32 @@ impl HandshakeKey {
     /// The key for `secret`.
     pub fn from_secret(secret: &[u8]) -> HandshakeKey {
         HandshakeKey(blake3::derive_key(KEY_CONTEXT, secret))
+    }
+
+    /// A key derived under `context` from `parts` fed in order (each
+    /// prefixed with its length, so no two part lists give one input):
+    /// the client API's key comes from a token's agreement, not a secret.
+    pub(crate) fn from_parts(context: &str, parts: &[&[u8]]) -> HandshakeKey {
+        let mut derive = blake3::Hasher::new_derive_key(context);
+        for part in parts {
+            derive.update(&(part.len() as u64).to_le_bytes());
+            derive.update(part);
+        }
+        HandshakeKey(*derive.finalize().as_bytes())
+    }
+
+    /// A TCP API client's proof for the transcript.
+    pub fn client_proof(&self, transcript: &Transcript) -> Proof {
+        let mut mac = blake3::Hasher::new_keyed(&self.0);
+        mac.update(CLIENT_LABEL);
+        transcript.absorb(&mut mac);
+        *mac.finalize().as_bytes()
+    }
+
+    /// True if `proof` is a client's proof for the transcript (compared in
+    /// constant time).
+    pub fn check_client(&self, transcript: &Transcript, proof: &[u8]) -> bool {
+        same_proof(&self.client_proof(transcript), proof)
     }
 
     /// The key's bytes, for deriving the connection's keys.

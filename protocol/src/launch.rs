@@ -674,6 +674,14 @@ pub struct DaemonInfo {
     /// older daemons, whose shared directory is the state directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_dir: Option<PathBuf>,
+    /// Addresses (comma-separated) of the TCP client API (`[daemon]
+    /// client_listen`), for clients on other hosts that hold a token;
+    /// absent when the daemon does not listen for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
+    /// Port of the TCP client API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_port: Option<u16>,
 }
 
 /// A contact file that cannot be written or read: why, in the TOML

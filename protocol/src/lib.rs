@@ -22,6 +22,10 @@
 //! connection's keys, the AEAD and the replay window, as functions both
 //! ends call.
 //!
+//! [`token`] and [`client_auth`] are the TCP client API's tokens, their
+//! scope checks and its handshake; after it, frames are sealed as on the
+//! interchange.
+//!
 //! [`parts`] is how a registered worker sends a request larger than the
 //! daemon takes from a peer that has not registered.
 //!
@@ -40,6 +44,7 @@
 pub mod address;
 pub mod builtin;
 pub mod client;
+pub mod client_auth;
 pub mod environment;
 pub mod frame;
 pub mod handshake;
@@ -55,6 +60,7 @@ pub mod secure;
 pub mod servable;
 pub mod stdio;
 pub mod task;
+pub mod token;
 
 pub use frame::{
     DEFAULT_MAX_FRAME_BYTES, FrameError, MIN_FRAME_BYTES, PROTOCOL_VERSION, decode, encode,

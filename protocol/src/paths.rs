@@ -59,6 +59,19 @@ pub fn secret_file(state_dir: &Path) -> PathBuf {
     state_dir.join("secret")
 }
 
+/// The API tokens' records (verifiers, never tokens) of the daemon owning
+/// `state_dir`.
+pub fn tokens_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("tokens.toml")
+}
+
+/// Where a client off the daemon's host keeps its token, in the state
+/// directory it uses (`$FLOTILLA_HOME`, else `~/.flotilla`); the
+/// environment's [`crate::token::TOKEN_ENV`] comes first.
+pub fn token_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("token")
+}
+
 /// The object store (published servables' files, named by blake3 hash) in
 /// a daemon's shared directory `shared_dir`.
 pub fn objects_dir(shared_dir: &Path) -> PathBuf {
@@ -102,6 +115,8 @@ mod tests {
             interchange_port: 1,
             max_frame_bytes: None,
             shared_dir,
+            client_address: None,
+            client_port: None,
         }
     }
 

@@ -155,6 +155,19 @@ impl Ephemeral {
     pub fn public(&self) -> PublicKey {
         self.public
     }
+
+    /// The X25519 agreement of this key with `their_public`, refusing a
+    /// low-order point (the client API mixes a token's static key into its
+    /// handshake with it, see [`crate::client_auth`]).
+    pub fn agree(&self, their_public: &PublicKey) -> Result<[u8; 32], KeyError> {
+        let shared = self
+            .secret
+            .diffie_hellman(&x25519_dalek::PublicKey::from(*their_public));
+        if !shared.was_contributory() {
+            return Err(KeyError::Degenerate);
+        }
+        Ok(*shared.as_bytes())
+    }
 }
 
 /// Which end of a connection a [`Channel`] is.

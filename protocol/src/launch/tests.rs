@@ -206,6 +206,8 @@ fn the_contact_file_round_trips() {
         interchange_port: 5555,
         max_frame_bytes: Some(1 << 20),
         shared_dir: Some("/scratch/me/fl shared".into()),
+        client_address: None,
+        client_port: None,
     };
     let text = info.to_toml().unwrap();
     assert!(text.contains("interchange_port = 5555"), "{text}");
