@@ -142,6 +142,8 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         interchange_port: sockets.port,
         max_frame_bytes: Some(config.daemon.max_frame_bytes as u64),
         shared_dir: Some(dir.shared_root().to_path_buf()),
+        client_address: sockets.client_tcp.as_ref().map(|c| c.addresses.clone()),
+        client_port: sockets.client_tcp.as_ref().map(|c| c.port),
     })?;
     tracing::info!(
         state_dir = %dir.root().display(),
@@ -156,6 +158,10 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let io = Io {
         api: sockets.api.clone(),
         interchange: sockets.interchange.clone(),
+        client_tcp: sockets
+            .client_tcp
+            .as_ref()
+            .map(|c| (c.server.clone(), c.gate.clone())),
         writer,
         pools: pool_io,
     };
@@ -231,9 +237,19 @@ fn spawn_provider(config: &Config, hub: &Arc<Hub<Io>>) -> Result<ProviderRunner,
     .map_err(io("cannot start the provider thread"))
 }
 
+/// The TCP client API, when `[daemon] client_listen` asks for it.
+struct ClientTcp {
+    server: RepServer,
+    gate: Arc<crate::client_gate::ClientGate>,
+    /// Addresses clients dial (comma-separated).
+    addresses: String,
+    port: u16,
+}
+
 /// The daemon's listening sockets and where workers reach the interchange.
 struct Sockets {
     api: RepServer,
+    client_tcp: Option<ClientTcp>,
     interchange: RepServer,
     /// The interchange port (every advertised address has it).
     port: u16,
@@ -323,6 +339,10 @@ fn open_sockets(
     let remembered = dir.port_file();
     let port = listen_interchange(&interchange, &plan, config.interchange.port, &remembered)?;
     let addresses = plan.advertised();
+    let client_tcp = match config.daemon.client_listen {
+        Some(listen) => Some(open_client_tcp(dir, hub, max_frame, listen, &addresses)?),
+        None => None,
+    };
     let interchange_url = plan
         .advertise
         .iter()
@@ -331,10 +351,56 @@ fn open_sockets(
         .join(", ");
     Ok(Sockets {
         api,
+        client_tcp,
         interchange,
         port,
         addresses,
         interchange_url,
+    })
+}
+
+/// Most connections the TCP client API holds.
+const MAX_CLIENT_CONNECTIONS: usize = 4096;
+
+/// Opens the TCP client API on `listen`: token handshake, sealed frames,
+/// every call checked against its token (see [`crate::client_gate`]). With
+/// an unspecified host, clients are told `interchange_addresses`.
+fn open_client_tcp(
+    dir: &StateDir,
+    hub: &Arc<Hub<Io>>,
+    max_frame: usize,
+    listen: std::net::SocketAddr,
+    interchange_addresses: &str,
+) -> Result<ClientTcp, DaemonError> {
+    let seed = crate::entropy::random_seed().map_err(io("/dev/urandom"))?;
+    let poster = hub.clone();
+    let gate = Arc::new(crate::client_gate::ClientGate::new(
+        crate::tokens::TokenCache::new(crate::tokens::TokenFile::new(dir.root())),
+        &seed,
+        max_frame,
+        Box::new(move |from, call| poster.post(Event::Client { from, call })),
+    ));
+    let handler_gate = gate.clone();
+    let server = RepServer::new(
+        "client-tcp",
+        MAX_HELD_REQUESTS,
+        PeerLimits::interchange(max_frame, MAX_CLIENT_CONNECTIONS),
+        crate::client_gate::ClientGate::handshake_again(),
+        Box::new(move |inbound| handler_gate.handle(inbound)),
+    )?;
+    let url = format!("tcp://{listen}");
+    let port = server.listen(&url, 0)?.port;
+    let addresses = if listen.ip().is_unspecified() {
+        interchange_addresses.to_owned()
+    } else {
+        listen.ip().to_string()
+    };
+    tracing::info!(url = %url, advertised = %addresses, port, "TCP client API listening (token holders only)");
+    Ok(ClientTcp {
+        server,
+        gate,
+        addresses,
+        port,
     })
 }
 
@@ -538,9 +604,15 @@ fn shut_down(hub: &Hub<Io>, sockets: &Sockets, dir: &StateDir) -> Result<(), Dae
         }
         sockets.api.drain_sends(Duration::from_secs(1));
         sockets.interchange.drain_sends(Duration::from_secs(1));
+        if let Some(c) = &sockets.client_tcp {
+            c.server.drain_sends(Duration::from_secs(1));
+        }
         drop(driver);
     }
     sockets.api.close();
+    if let Some(c) = &sockets.client_tcp {
+        c.server.close();
+    }
     sockets.interchange.close();
     dir.remove_info(std::process::id());
     let _ = std::fs::remove_file(dir.api_socket());
@@ -625,6 +697,8 @@ fn signal(
 struct Io {
     api: RepServer,
     interchange: RepServer,
+    /// The TCP client API's server and gate, if it listens.
+    client_tcp: Option<(RepServer, Arc<crate::client_gate::ClientGate>)>,
     writer: StoreWriter,
     /// Each pool's provider thread and block template, by pool name.
     pools: BTreeMap<String, PoolIo>,
@@ -653,24 +727,43 @@ impl Io {
     }
 }
 
+impl Io {
+    /// Answers a client through the server its call came on (the TCP
+    /// client API's receivers carry [`crate::client_gate::TCP_REPLY`]).
+    fn reply_client(&self, to: ReplyTo, mut reply: ClientReply) {
+        use crate::client_gate::TCP_REPLY;
+        let (server, receiver) = if to.0 & TCP_REPLY != 0 {
+            let Some((server, gate)) = &self.client_tcp else {
+                tracing::error!(receiver = to.0, "a reply for the TCP client API, which is off");
+                return;
+            };
+            gate.filter_reply(to.0 & !TCP_REPLY, &mut reply);
+            (server, to.0 & !TCP_REPLY)
+        } else {
+            (&self.api, to.0)
+        };
+        match encode(&reply) {
+            Ok(bytes) => server.reply(receiver, &bytes, false),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a client reply");
+                let fallback = ClientReply::Error(ApiError {
+                    kind: ApiErrorKind::Unavailable,
+                    message: format!("the daemon could not encode its reply: {e}"),
+                });
+                if let Ok(bytes) = encode(&fallback) {
+                    server.reply(receiver, &bytes, false);
+                }
+            }
+        }
+    }
+}
+
 impl ActionRunner for Io {
     fn execute(&mut self, actions: &mut Vec<Action>) -> bool {
         let mut exit = false;
         for action in actions.drain(..) {
             match action {
-                Action::ReplyClient { to, reply } => match encode(&reply) {
-                    Ok(bytes) => self.api.reply(to.0, &bytes, false),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot encode a client reply");
-                        let fallback = ClientReply::Error(ApiError {
-                            kind: ApiErrorKind::Unavailable,
-                            message: format!("the daemon could not encode its reply: {e}"),
-                        });
-                        if let Ok(bytes) = encode(&fallback) {
-                            self.api.reply(to.0, &bytes, false);
-                        }
-                    }
-                },
+                Action::ReplyClient { to, reply } => self.reply_client(to, reply),
                 Action::ReplyWorker { to, message, close } => match encode(&message) {
                     Ok(bytes) => {
                         // The core welcomes only a worker that proved it

@@ -24,6 +24,7 @@
 //! See `docs/architecture.md` for how a request travels through them.
 
 pub mod advertise;
+pub mod client_gate;
 pub mod clock;
 pub mod config;
 pub mod core;
@@ -42,4 +43,5 @@ pub mod state_dir;
 pub mod store;
 mod store_room;
 mod store_writer;
+pub mod tokens;
 pub mod toml_locate;

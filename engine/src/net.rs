@@ -108,6 +108,15 @@ pub enum Verdict {
     Accept,
     /// Answer at once with these bytes; the connection stays.
     Reply(Vec<u8>),
+    /// The peer proved who it is and its handshake yielded keys: mark its
+    /// connection registered, seal it with `channel` from now on, and
+    /// answer `reply` (sealed).
+    Secure {
+        /// The connection's channel.
+        channel: Box<secure::Channel>,
+        /// The answer, in clear (it is sealed on its way).
+        reply: Vec<u8>,
+    },
     /// Drop the peer: send `reply` first if given, then close its connection.
     Drop {
         /// A last word for the peer (e.g. "wrong protocol version").
@@ -672,6 +681,14 @@ impl Shared {
         match verdict {
             Verdict::Accept => {}
             Verdict::Reply(bytes) => send(self, receiver, &bytes, false, true),
+            Verdict::Secure { channel, reply } => {
+                {
+                    let mut pipes = lock(&self.pipes);
+                    pipes.register(id);
+                    pipes.secure(id, Arc::from(channel));
+                }
+                send(self, receiver, &reply, false, true);
+            }
             Verdict::Drop { reply: Some(bytes) } => send(self, receiver, &bytes, true, true),
             Verdict::Drop { reply: None } => self.drop_request(receiver, Some(pipe)),
         }

@@ -740,6 +740,8 @@ mod tests {
             interchange_port: 5555,
             max_frame_bytes: None,
             shared_dir: None,
+            client_address: None,
+            client_port: None,
         }
     }
 

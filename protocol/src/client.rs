@@ -273,6 +273,10 @@ pub enum ApiErrorKind {
     /// The request conflicts with the catalog (republishing a version with
     /// other content, removing a servable in use).
     Conflict,
+    /// The caller's token does not allow the call (expired, revoked,
+    /// read-only, outside its servables, or a call only the daemon's own
+    /// host may make).
+    Forbidden,
 }
 
 /// A snapshot of the daemon for `flotilla status`.

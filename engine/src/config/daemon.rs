@@ -35,6 +35,12 @@ pub struct DaemonConfig {
     /// wait this long for their workers to reconnect and claim them before
     /// they are queued again.
     pub recovery_grace_s: f64,
+    /// Where the client API also listens on TCP (`HOST:PORT`), for clients
+    /// on other hosts holding a token (`flotilla token create`); unset: the
+    /// ipc socket only. With an unspecified host (`0.0.0.0`, `::`) clients
+    /// are told the interchange's advertised addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for DaemonConfig {
@@ -48,6 +54,7 @@ impl Default for DaemonConfig {
             unfetched_result_retention_s: 7.0 * 24.0 * 3600.0,
             max_attempts: 3,
             recovery_grace_s: 10.0,
+            client_listen: None,
         }
     }
 }
@@ -64,6 +71,7 @@ pub(crate) struct RawDaemon {
     unfetched_result_retention_s: Option<Spanned<f64>>,
     max_attempts: Option<Spanned<u32>>,
     recovery_grace_s: Option<Spanned<f64>>,
+    client_listen: Option<Spanned<String>>,
 }
 
 /// The smallest frame limit that still carries a worker's registration.
@@ -134,7 +142,17 @@ impl RawDaemon {
             d.max_attempts,
             MAX_ATTEMPTS,
         )?;
+        let client_listen = match s.opt("client_listen", self.client_listen) {
+            None => None,
+            Some(text) => Some(text.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+                s.invalid(
+                    "client_listen",
+                    format!("must be HOST:PORT with an IP address (e.g. \"0.0.0.0:7421\"), got {text:?}"),
+                )
+            })?),
+        };
         Ok(DaemonConfig {
+            client_listen,
             state_dir,
             shared_dir,
             max_frame_bytes,
