@@ -164,8 +164,43 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         command: ConfigCmd,
     },
+    /// API tokens for clients on other hosts (the TCP client API).
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
     /// Start a throw-away daemon, run requests against it, show timings.
     Demo,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TokenCmd {
+    /// Make a token; it is printed once, only its verifier is kept.
+    Create {
+        /// A name for it (default: token-ID).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime: seconds, or with a unit (90m, 12h, 30d). Default: none.
+        #[arg(long, value_parser = crate::token_cmd::duration)]
+        expires: Option<Duration>,
+        /// The only servables it may use, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        servables: Vec<String>,
+        /// Reads only: no run, submit, publish, remove or cancel.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Every token: name, id, state and scope (never the token).
+    List {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by name or id; the daemon refuses it from its next call.
+    Revoke {
+        /// The token's name or id.
+        which: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -16,6 +16,7 @@ mod output;
 mod preview_cmd;
 mod servable_cmd;
 mod task_cmd;
+mod token_cmd;
 mod wheels;
 
 use std::io::IsTerminal;
@@ -112,6 +113,7 @@ fn execute(command: Cmd) -> Result<(), Failure> {
         Cmd::Events { follow, json } => admin_cmd::events(follow, json),
         Cmd::Pool { command } => admin_cmd::pool(command),
         Cmd::Config { command } => config_cmd::config(command),
+        Cmd::Token { command } => token_cmd::token(command),
         Cmd::Demo => demo::run(),
     }
 }

@@ -1,9 +1,13 @@
 //! A blocking Rust client for a Flotilla daemon.
 //!
 //! The client speaks the daemon's API ([`flotilla_protocol::client`]) over
-//! the daemon's ipc socket. One [`Client`] is one connection; every call is a
-//! single request/reply round trip, including synchronous runs, which the
-//! daemon answers when the task has finished.
+//! the daemon's ipc socket when it can reach it, else over the daemon's TCP
+//! client API (named in the contact file, e.g. the shared directory's copy
+//! on a compute node) with a token from `FLOTILLA_TOKEN` or the state
+//! directory's `token` file: handshake and sealed frames, see [`tcp`]. One
+//! [`Client`] is one connection; every call is a single request/reply round
+//! trip, including synchronous runs, which the daemon answers when the task
+//! has finished.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,6 +19,7 @@
 //! ```
 
 mod convert;
+mod tcp;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +66,41 @@ pub enum ClientError {
         /// nng's error.
         source: nng::Error,
     },
+    /// The daemon's TCP client API could not be reached.
+    #[error("no daemon answers at {url} ({source})")]
+    UnreachableTcp {
+        /// The address dialled.
+        url: String,
+        /// nng's error.
+        source: nng::Error,
+    },
+    /// The ipc socket is out of reach and the daemon takes TCP clients, but
+    /// this client has no token.
+    #[error(
+        "the daemon's socket is not reachable from here, and its TCP client API ({url}) needs a token: set {env} or put one (mode 0600) in {path}; `flotilla token create` on the daemon's host makes one",
+        env = flotilla_protocol::token::TOKEN_ENV,
+        path = path.display()
+    )]
+    NoToken {
+        /// The TCP endpoint.
+        url: String,
+        /// The token file looked for.
+        path: PathBuf,
+    },
+    /// The token given cannot be used.
+    #[error("the token in {from}: {message}")]
+    BadToken {
+        /// Where it came from.
+        from: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The daemon refused the token (unknown, expired, revoked).
+    #[error("the daemon refused the token: {0}")]
+    TokenRefused(String),
+    /// The TCP handshake or sealing failed.
+    #[error("secure connection to the daemon failed: {0}")]
+    Handshake(String),
     /// Neither [`flotilla_protocol::launch::HOME_ENV`] nor HOME is set.
     #[error("cannot find the daemon: set {home} (or HOME)", home = flotilla_protocol::launch::HOME_ENV)]
     NoStateDir,
@@ -96,6 +136,8 @@ impl ClientError {
         matches!(
             self,
             ClientError::Unreachable { .. }
+                | ClientError::UnreachableTcp { .. }
+                | ClientError::NoToken { .. }
                 | ClientError::NoStateDir
                 | ClientError::Timeout(_)
                 | ClientError::Transport(_)
@@ -103,10 +145,19 @@ impl ClientError {
     }
 }
 
+/// How a client reaches its daemon.
+#[derive(Debug)]
+enum Link {
+    /// The ipc socket (same host, same user).
+    Ipc(Socket),
+    /// The TCP client API, sealed (another host, a token).
+    Tcp(std::sync::Mutex<tcp::TcpLink>),
+}
+
 /// A connection to one daemon.
 #[derive(Debug)]
 pub struct Client {
-    socket: Socket,
+    link: Link,
     state_dir: PathBuf,
     /// The daemon's frame limit: no larger request is sent.
     max_frame_bytes: usize,
@@ -145,8 +196,33 @@ impl Client {
         Client::connect(&dir)
     }
 
-    /// Connects to the daemon owning `state_dir`.
+    /// Connects to the daemon owning `state_dir`: its ipc socket when that
+    /// answers, else its TCP client API if the contact file there names one
+    /// (with a token from `FLOTILLA_TOKEN` or `state_dir/token`).
     pub fn connect(state_dir: &Path) -> Result<Client, ClientError> {
+        let ipc_error = match Client::connect_ipc(state_dir) {
+            Ok(client) => return Ok(client),
+            Err(e) => e,
+        };
+        let Some(endpoint) = tcp::endpoint(state_dir)? else {
+            return Err(ipc_error);
+        };
+        let max_frame_bytes = daemon_frame_limit(state_dir);
+        let link = tcp::TcpLink::connect(endpoint, max_frame_bytes)?;
+        Ok(Client {
+            link: Link::Tcp(std::sync::Mutex::new(link)),
+            state_dir: state_dir.to_path_buf(),
+            max_frame_bytes,
+        })
+    }
+
+    /// True when this client talks to its daemon over TCP (with a token).
+    pub fn is_tcp(&self) -> bool {
+        matches!(self.link, Link::Tcp(_))
+    }
+
+    /// Connects through the ipc socket of `state_dir` only.
+    fn connect_ipc(state_dir: &Path) -> Result<Client, ClientError> {
         let path = paths::api_socket(state_dir);
         let unreachable = |source| ClientError::Unreachable {
             path: path.clone(),
@@ -169,7 +245,7 @@ impl Client {
             .dial(&paths::api_url(state_dir))
             .map_err(unreachable)?;
         Ok(Client {
-            socket,
+            link: Link::Ipc(socket),
             state_dir: state_dir.to_path_buf(),
             max_frame_bytes,
         })
@@ -190,18 +266,27 @@ impl Client {
                 limit: self.max_frame_bytes,
             });
         }
-        self.socket
-            .set_opt::<RecvTimeout>(Some(timeout))
-            .map_err(ClientError::Transport)?;
-        self.socket
-            .send(nng::Message::from(&bytes[..]))
-            .map_err(|(_, e)| self.transport_error(e, timeout))?;
-        let reply = self
-            .socket
-            .recv()
-            .map_err(|e| self.transport_error(e, timeout))?;
+        let reply = match &self.link {
+            Link::Ipc(socket) => {
+                socket
+                    .set_opt::<RecvTimeout>(Some(timeout))
+                    .map_err(ClientError::Transport)?;
+                socket
+                    .send(nng::Message::from(&bytes[..]))
+                    .map_err(|(_, e)| self.transport_error(e, timeout))?;
+                socket
+                    .recv()
+                    .map_err(|e| self.transport_error(e, timeout))?
+                    .as_slice()
+                    .to_vec()
+            }
+            Link::Tcp(link) => link
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .round_trip(&bytes, timeout)?,
+        };
         match decode::<ClientReply>(
-            reply.as_slice(),
+            &reply,
             self.max_frame_bytes.max(DEFAULT_MAX_FRAME_BYTES),
         )? {
             ClientReply::Error(e) => Err(ClientError::Refused(e)),
@@ -501,6 +586,8 @@ mod tests {
             interchange_port: 1,
             max_frame_bytes: limit,
             shared_dir: None,
+            client_address: None,
+            client_port: None,
         };
         std::fs::write(paths::info_file(dir.path()), info.to_toml().unwrap()).unwrap();
         dir
