@@ -91,8 +91,8 @@ pub(crate) fn token(command: TokenCmd) -> Result<(), Failure> {
         TokenCmd::List { json } => {
             let tokens = file.load().map_err(|e| Failure::Other(e.into()))?;
             if json {
-                let text = serde_json::to_string_pretty(&tokens)
-                    .map_err(|e| Failure::Other(e.into()))?;
+                let text =
+                    serde_json::to_string_pretty(&tokens).map_err(|e| Failure::Other(e.into()))?;
                 println!("{text}");
                 return Ok(());
             }
@@ -128,7 +128,11 @@ fn describe(t: &TokenRecord, now: u64) -> String {
     } else {
         format!("servables {}", t.servables.join(","))
     };
-    let access = if t.read_only { "read-only" } else { "read-write" };
+    let access = if t.read_only {
+        "read-only"
+    } else {
+        "read-write"
+    };
     format!("{state}, {access}, {scope}")
 }
 

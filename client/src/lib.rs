@@ -285,10 +285,7 @@ impl Client {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .round_trip(&bytes, timeout)?,
         };
-        match decode::<ClientReply>(
-            &reply,
-            self.max_frame_bytes.max(DEFAULT_MAX_FRAME_BYTES),
-        )? {
+        match decode::<ClientReply>(&reply, self.max_frame_bytes.max(DEFAULT_MAX_FRAME_BYTES))? {
             ClientReply::Error(e) => Err(ClientError::Refused(e)),
             other => Ok(other),
         }

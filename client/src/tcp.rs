@@ -153,9 +153,7 @@ impl TcpLink {
             .set_opt::<nng::options::protocol::reqrep::ResendTime>(None)
             .map_err(unreachable)?;
         socket
-            .set_opt::<RecvMaxSize>(
-                max_frame.max(DEFAULT_MAX_FRAME_BYTES) + secure::OVERHEAD + 64,
-            )
+            .set_opt::<RecvMaxSize>(max_frame.max(DEFAULT_MAX_FRAME_BYTES) + secure::OVERHEAD + 64)
             .map_err(unreachable)?;
         socket
             .set_opt::<SendTimeout>(Some(DEFAULT_CALL_TIMEOUT))
@@ -174,7 +172,11 @@ impl TcpLink {
     }
 
     /// One round trip of an encoded call; the reply's frame, opened.
-    pub(crate) fn round_trip(&mut self, frame: &[u8], timeout: Duration) -> Result<Vec<u8>, ClientError> {
+    pub(crate) fn round_trip(
+        &mut self,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClientError> {
         match self.try_round_trip(frame, timeout)? {
             Some(reply) => Ok(reply),
             None => {
@@ -191,7 +193,11 @@ impl TcpLink {
         }
     }
 
-    fn try_round_trip(&self, frame: &[u8], timeout: Duration) -> Result<Option<Vec<u8>>, ClientError> {
+    fn try_round_trip(
+        &self,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
         let sealed = self
             .channel
             .seal(frame)

@@ -122,12 +122,7 @@ impl ClientGate {
     /// A gate checking tokens in `tokens`, drawing nonces and keys from
     /// `seed`, taking frames up to `max_frame` bytes, and handing checked
     /// calls to `post`.
-    pub fn new(
-        tokens: TokenCache,
-        seed: &[u8; 32],
-        max_frame: usize,
-        post: Post,
-    ) -> ClientGate {
+    pub fn new(tokens: TokenCache, seed: &[u8; 32], max_frame: usize, post: Post) -> ClientGate {
         ClientGate {
             tokens,
             challenges: Mutex::new(Challenges {
@@ -424,7 +419,10 @@ mod tests {
                 ([1; 8], [2; 32]),
             )
             .unwrap();
-        assert!(matches!(connect(&s.gate, &token, 7), Verdict::Secure { .. }));
+        assert!(matches!(
+            connect(&s.gate, &token, 7),
+            Verdict::Secure { .. }
+        ));
         let run = |servable: &str| {
             encode(&ClientCall::Submit {
                 tasks: vec![flotilla_protocol::client::TaskRequest {

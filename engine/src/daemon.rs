@@ -734,7 +734,10 @@ impl Io {
         use crate::client_gate::TCP_REPLY;
         let (server, receiver) = if to.0 & TCP_REPLY != 0 {
             let Some((server, gate)) = &self.client_tcp else {
-                tracing::error!(receiver = to.0, "a reply for the TCP client API, which is off");
+                tracing::error!(
+                    receiver = to.0,
+                    "a reply for the TCP client API, which is off"
+                );
                 return;
             };
             gate.filter_reply(to.0 & !TCP_REPLY, &mut reply);

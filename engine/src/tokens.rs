@@ -186,9 +186,7 @@ impl TokenFile {
         random: ([u8; ID_BYTES], [u8; SECRET_BYTES]),
     ) -> Result<(Token, TokenRecord), TokenError> {
         let token = Token::from_random(random.0, random.1);
-        let name = spec
-            .name
-            .unwrap_or_else(|| format!("token-{}", token.id()));
+        let name = spec.name.unwrap_or_else(|| format!("token-{}", token.id()));
         check_name(&name)?;
         let record = TokenRecord {
             id: token.id().to_owned(),
@@ -310,7 +308,10 @@ mod tests {
             .unwrap();
         assert_eq!(other.name, "token-0303030303030303");
         let text = fs::read_to_string(file.path()).unwrap();
-        assert!(!text.contains(&token.reveal()[20..]), "no token in the file");
+        assert!(
+            !text.contains(&token.reveal()[20..]),
+            "no token in the file"
+        );
         assert!(text.contains(&record.verifier));
         let mode = fs::metadata(file.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -263,10 +263,7 @@ mod tests {
         let GateCall::Hello { proof, .. } = hello else {
             unreachable!()
         };
-        let daemon_keys = daemon
-            .finish(&proof)
-            .ok_or("wrong client proof")?
-            .unwrap();
+        let daemon_keys = daemon.finish(&proof).ok_or("wrong client proof")?.unwrap();
         Ok((
             Channel::new(&client_keys, Role::Worker),
             Channel::new(&daemon_keys, Role::Daemon),
@@ -277,8 +274,14 @@ mod tests {
     fn a_token_holder_and_the_daemon_agree_on_keys() {
         let t = token(5);
         let (client, daemon) = run(&t, &t).unwrap();
-        assert_eq!(daemon.open(&client.seal(b"call").unwrap()).unwrap(), b"call");
-        assert_eq!(client.open(&daemon.seal(b"reply").unwrap()).unwrap(), b"reply");
+        assert_eq!(
+            daemon.open(&client.seal(b"call").unwrap()).unwrap(),
+            b"call"
+        );
+        assert_eq!(
+            client.open(&daemon.seal(b"reply").unwrap()).unwrap(),
+            b"reply"
+        );
     }
 
     #[test]

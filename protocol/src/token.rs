@@ -251,7 +251,9 @@ fn effect(call: &ClientCall) -> Effect<'_> {
             tasks.iter().map(|t| t.servable.as_str()).collect(),
         ),
         ClientCall::Cancel { .. } => Effect::Change("cancel", Vec::new()),
-        ClientCall::Publish { record } => Effect::Change("publish", vec![record.spec.name.as_str()]),
+        ClientCall::Publish { record } => {
+            Effect::Change("publish", vec![record.spec.name.as_str()])
+        }
         ClientCall::RemoveServable { id } => Effect::Change("remove", vec![id.as_str()]),
         ClientCall::Stop => Effect::Local("stop"),
         ClientCall::ResumePool { .. } => Effect::Local("pool resume"),
@@ -453,7 +455,10 @@ mod tests {
         ] {
             let e = check_call(&r, &call, 0).unwrap_err();
             assert!(matches!(e, Denial::LocalOnly { .. }), "{call:?}");
-            assert!(e.to_string().contains("only taken on the daemon's own host"));
+            assert!(
+                e.to_string()
+                    .contains("only taken on the daemon's own host")
+            );
         }
     }
 }

@@ -147,7 +147,9 @@ impl RawDaemon {
             Some(text) => Some(text.trim().parse::<std::net::SocketAddr>().map_err(|_| {
                 s.invalid(
                     "client_listen",
-                    format!("must be HOST:PORT with an IP address (e.g. \"0.0.0.0:7421\"), got {text:?}"),
+                    format!(
+                        "must be HOST:PORT with an IP address (e.g. \"0.0.0.0:7421\"), got {text:?}"
+                    ),
                 )
             })?),
         };
