@@ -151,7 +151,7 @@ enum Link {
     /// The ipc socket (same host, same user).
     Ipc(Socket),
     /// The TCP client API, sealed (another host, a token).
-    Tcp(std::sync::Mutex<tcp::TcpLink>),
+    Tcp(Box<std::sync::Mutex<tcp::TcpLink>>),
 }
 
 /// A connection to one daemon.
@@ -210,7 +210,7 @@ impl Client {
         let max_frame_bytes = daemon_frame_limit(state_dir);
         let link = tcp::TcpLink::connect(endpoint, max_frame_bytes)?;
         Ok(Client {
-            link: Link::Tcp(std::sync::Mutex::new(link)),
+            link: Link::Tcp(Box::new(std::sync::Mutex::new(link))),
             state_dir: state_dir.to_path_buf(),
             max_frame_bytes,
         })

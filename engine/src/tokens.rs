@@ -249,11 +249,14 @@ fn check_name(name: &str) -> Result<(), TokenError> {
 /// What identifies one version of the file: a rename makes a new inode.
 type Version = (u64, i64, i64, u64);
 
+/// The records by id, as of one version of the file.
+type Loaded = (Option<Version>, Arc<HashMap<String, TokenRecord>>);
+
 /// The daemon's view of the token file, reloaded when the file changes.
 #[derive(Debug)]
 pub struct TokenCache {
     file: TokenFile,
-    state: Mutex<(Option<Version>, Arc<HashMap<String, TokenRecord>>)>,
+    state: Mutex<Loaded>,
 }
 
 impl TokenCache {
