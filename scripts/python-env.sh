@@ -7,7 +7,8 @@
 # `peers` benchmark compares against (Parsl and Dask's distributed). With
 # FLOTILLA_ONNX=1 it also installs onnx, onnxruntime and skl2onnx (the ONNX
 # example servables' build scripts, and the reference the ONNX tests and the
-# fig7 benchmark compare against). Quick
+# fig7 benchmark compare against); with FLOTILLA_BENCH_RAY=1, Ray Serve (the
+# fig7 benchmark's peer). Quick
 # when it already exists. Sets FLOTILLA_PYTHON_OK=1 when the environment
 # works.
 
@@ -26,6 +27,10 @@ fi
 if [ "${FLOTILLA_ONNX:-0}" = 1 ]; then
     check="$check, onnx, onnxruntime, skl2onnx"
     packages="$packages onnx onnxruntime skl2onnx"
+fi
+if [ "${FLOTILLA_BENCH_RAY:-0}" = 1 ]; then
+    check="$check, ray.serve"
+    packages="$packages ray[serve]"
 fi
 if ! "$venv/bin/python3" -c "$check" >/dev/null 2>&1; then
     if command -v python3 >/dev/null 2>&1; then
