@@ -384,6 +384,12 @@ fn check_onnx(spec: &ServableSpec, model: &str) -> Result<(), Problem> {
                 .into(),
         );
     }
+    if spec.resources.gpus > 0 {
+        return problem(
+            "resources.gpus",
+            "an onnx servable runs on ONNX Runtime's CPU execution provider in this version; it cannot use accelerators yet".into(),
+        );
+    }
     let fixed = |key: &str, dtype: &str, shape: &[i64]| -> Result<(), Problem> {
         if !ONNX_DTYPES.contains(&dtype) {
             return problem(
@@ -657,6 +663,13 @@ max_batch_delay_ms = "auto"
         .unwrap_err()
         .to_string();
         assert!(e.contains("runs inside the worker"), "{e}");
+        let e = parse(&format!("{onnx}\n[resources]\ngpus = 1\n"), "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`resources.gpus`: an onnx servable runs on"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -598,11 +598,14 @@ fn check_array(
                     message: format!("expected {len} elements, got {}", items.len()),
                 });
             }
+            // The index goes into the path only on the way out of an
+            // error: formatting it for every element would cost more than
+            // checking it.
             for (i, x) in items.iter().enumerate() {
-                let before = path.len();
-                path.push_str(&format!("[{i}]"));
-                check_array(dtype, rest, x, path)?;
-                path.truncate(before);
+                if let Err(mut e) = check_array(dtype, rest, x, path) {
+                    e.path.insert_str(path.len(), &format!("[{i}]"));
+                    return Err(e);
+                }
             }
             Ok(())
         }

@@ -11,7 +11,8 @@
 //! ([`crate::fetch`], [`crate::cache`]) and linked from there. Idle
 //! processes are kept per servable, at most one per slot, and reused batch
 //! after batch; a process that dies is replaced by a fresh one on the next
-//! batch.
+//! batch. An ONNX servable's files are prepared the same way, and its model
+//! then runs in the worker itself ([`crate::onnx`]), with no process.
 
 use std::collections::HashMap;
 use std::fs;

@@ -91,12 +91,10 @@ impl OnnxRuntime {
                 let started = std::time::Instant::now();
                 let model = Model::load(record, dir, threads).map_err(|e| {
                     tracing::error!(servable = %id, slot, error = %e, "cannot load the onnx model");
+                    // Every cause is in the node's software or the
+                    // published files: trying again here cannot help.
                     BatchFailure {
-                        kind: if e.is_unrunnable() {
-                            FailureKind::Unrunnable
-                        } else {
-                            FailureKind::Crashed
-                        },
+                        kind: FailureKind::Unrunnable,
                         message: format!("{id}: {e}"),
                     }
                 })?;

@@ -33,21 +33,6 @@ pub enum LoadError {
     Mismatch(String),
 }
 
-impl LoadError {
-    /// True when trying again on this node cannot help.
-    pub fn is_unrunnable(&self) -> bool {
-        // Every cause is in the node's software or the published files.
-        true
-    }
-}
-
-/// What a request's reply is.
-#[derive(Debug, Clone)]
-struct OutputShape {
-    /// One request's output dims (empty: a single number).
-    dims: Vec<usize>,
-}
-
 /// A loaded model with its session, ready for batches.
 pub struct Model {
     session: Session,
@@ -56,7 +41,8 @@ pub struct Model {
     input_dims: Vec<usize>,
     output: String,
     output_dtype: DType,
-    output_shape: OutputShape,
+    /// One request's output dims (empty: a single number).
+    output_dims: Vec<usize>,
 }
 
 impl std::fmt::Debug for Model {
@@ -242,7 +228,7 @@ impl Model {
             input_dims,
             output: output_name,
             output_dtype,
-            output_shape: OutputShape { dims: out_dims },
+            output_dims: out_dims,
         })
     }
 
@@ -275,7 +261,7 @@ impl Model {
                 input,
                 output,
                 output_dtype,
-                output_shape,
+                output_dims,
                 ..
             } = self;
             let results = session
@@ -288,7 +274,7 @@ impl Model {
                 let (_, values) = value
                     .try_extract_tensor::<U>()
                     .map_err(|e| format!("output `{output}`: {e}"))?;
-                split(values, fed.len(), &output_shape.dims)?
+                split(values, fed.len(), output_dims)?
             });
             for (i, reply) in fed.into_iter().zip(replies) {
                 outcomes[i] = Some(Outcome::Output(Payload::from(reply)));

@@ -279,8 +279,12 @@ fn decode_value<T: Element>(
         *reader = rest;
         return Ok(());
     }
-    let mut path = String::from("input");
-    decode_nested(reader, dtype, shape, out, &mut path)
+    decode_nested(reader, dtype, shape, out).map_err(|(mut at, message)| {
+        // Indices were collected innermost first, on the way out.
+        at.reverse();
+        let path: String = at.iter().map(|i| format!("[{i}]")).collect();
+        format!("input{path}: {message}")
+    })
 }
 
 fn peek_marker(reader: &[u8]) -> Result<rmp::Marker, String> {
@@ -290,39 +294,43 @@ fn peek_marker(reader: &[u8]) -> Result<rmp::Marker, String> {
         .ok_or_else(|| "input: empty".to_owned())
 }
 
+/// Where in the nested lists a problem is (indices innermost first) and
+/// what it is.
+type NestedError = (Vec<usize>, String);
+
 fn decode_nested<T: Element>(
     reader: &mut &[u8],
     dtype: DType,
     shape: &[usize],
     out: &mut Vec<T>,
-    path: &mut String,
-) -> Result<(), String> {
+) -> Result<(), NestedError> {
+    let here = |message: String| (Vec::new(), message);
     match shape.split_first() {
         None => {
             let n = read_number(reader)
-                .map_err(|found| format!("{path}: expected a {dtype} element, got {found}"))?;
-            let x = T::from_number(n)
-                .ok_or_else(|| format!("{path}: {n:?} is not a {dtype} element"))?;
+                .map_err(|found| here(format!("expected a {dtype} element, got {found}")))?;
+            let x =
+                T::from_number(n).ok_or_else(|| here(format!("{n:?} is not a {dtype} element")))?;
             out.push(x);
             Ok(())
         }
         Some((&len, rest)) => {
-            let marker = peek_marker(reader).map_err(|_| format!("{path}: ends early"))?;
+            let marker = peek_marker(reader).map_err(|_| here("ends early".into()))?;
             let got = rmp::decode::read_array_len(reader).map_err(|_| {
-                format!(
-                    "{path}: expected a list of {len} (for {} more dimension(s)), got {}",
+                here(format!(
+                    "expected a list of {len} (for {} more dimension(s)), got {}",
                     shape.len(),
                     describe(marker)
-                )
+                ))
             })? as usize;
             if got != len {
-                return Err(format!("{path}: expected {len} elements, got {got}"));
+                return Err(here(format!("expected {len} elements, got {got}")));
             }
             for i in 0..len {
-                let at = path.len();
-                path.push_str(&format!("[{i}]"));
-                decode_nested(reader, dtype, rest, out, path)?;
-                path.truncate(at);
+                decode_nested(reader, dtype, rest, out).map_err(|(mut at, message)| {
+                    at.push(i);
+                    (at, message)
+                })?;
             }
             Ok(())
         }
