@@ -4,7 +4,11 @@
 # puts it first on PATH. With FLOTILLA_PYTHON_TESTS=1 it also installs what
 # the Python client's tests need (pytest, and Parsl for the workflow
 # example). With FLOTILLA_BENCH_PEERS=1 it also installs the engines the
-# `peers` benchmark compares against (Parsl and Dask's distributed). Quick
+# `peers` benchmark compares against (Parsl and Dask's distributed). With
+# FLOTILLA_ONNX=1 it also installs onnx, onnxruntime and skl2onnx (the ONNX
+# example servables' build scripts, and the reference the ONNX tests and the
+# fig7 benchmark compare against); with FLOTILLA_BENCH_RAY=1, Ray Serve (the
+# fig7 benchmark's peer). Quick
 # when it already exists. Sets FLOTILLA_PYTHON_OK=1 when the environment
 # works.
 
@@ -19,6 +23,14 @@ fi
 if [ "${FLOTILLA_BENCH_PEERS:-0}" = 1 ]; then
     check="$check, parsl, dask, distributed"
     packages="$packages parsl dask[distributed]"
+fi
+if [ "${FLOTILLA_ONNX:-0}" = 1 ]; then
+    check="$check, onnx, onnxruntime, skl2onnx"
+    packages="$packages onnx onnxruntime skl2onnx"
+fi
+if [ "${FLOTILLA_BENCH_RAY:-0}" = 1 ]; then
+    check="$check, ray.serve"
+    packages="$packages ray[serve]"
 fi
 if ! "$venv/bin/python3" -c "$check" >/dev/null 2>&1; then
     if command -v python3 >/dev/null 2>&1; then

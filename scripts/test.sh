@@ -32,7 +32,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python servables (the examples, the test servables) run in .venv.
+# Python servables (the examples, the test servables) run in .venv; the
+# ONNX tests also need onnx, onnxruntime (its library is what the worker
+# loads) and skl2onnx there.
+export FLOTILLA_ONNX=1
 # shellcheck source=python-env.sh
 . scripts/python-env.sh
 if [ "$FLOTILLA_PYTHON_OK" != 1 ]; then

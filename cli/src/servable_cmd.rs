@@ -420,6 +420,11 @@ pub fn record_text(r: &ServableRecord) -> String {
         Runtime::Pipeline { steps } => {
             out.push_str(&format!("  steps       {}\n", steps.join(" → ")))
         }
+        Runtime::Onnx { model, .. } => {
+            out.push_str(&format!(
+                "  runs        onnx model {model}, in the worker\n"
+            ));
+        }
         Runtime::Builtin => {}
     }
     if let Some(env) = &s.environment {

@@ -371,6 +371,7 @@ fn check_runtime(spec: &ServableSpec) -> Result<(), Problem> {
             ..
         } => check_working_dir(dir, &spec.files)?,
         Runtime::Exec { .. } => {}
+        Runtime::Onnx { model, .. } => check_onnx(spec, model)?,
         Runtime::Pipeline { steps } => {
             if spec.model_type != "pipeline" {
                 return problem(
@@ -396,6 +397,86 @@ fn check_runtime(spec: &ServableSpec) -> Result<(), Problem> {
         }
     }
     Ok(())
+}
+
+/// Element types the worker's ONNX runtime feeds and returns.
+pub const ONNX_DTYPES: &[&str] = &[
+    "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
+];
+
+/// An ONNX servable: its model is one of its files, it runs in the worker
+/// (no environment, no image), its input is an ndarray of fixed shape (a
+/// request is one item of the model's batch) and its output an ndarray of
+/// fixed shape or a single number.
+fn check_onnx(spec: &ServableSpec, model: &str) -> Result<(), Problem> {
+    if !spec.files.iter().any(|f| f == model) {
+        return problem(
+            "runtime.model",
+            format!("`{model}` must be one of the servable's files (add it to `files`)"),
+        );
+    }
+    if spec.model_type == "pipeline" {
+        return problem(
+            "model_type",
+            "\"pipeline\" servables are made with `flotilla pipeline create`".into(),
+        );
+    }
+    if spec.environment.is_some() || spec.container.is_some() {
+        return problem(
+            "runtime.kind",
+            "an onnx servable runs inside the worker: it takes no [environment] or [container]"
+                .into(),
+        );
+    }
+    if spec.resources.gpus > 0 {
+        return problem(
+            "resources.gpus",
+            "an onnx servable runs on ONNX Runtime's CPU execution provider in this version; it cannot use accelerators yet".into(),
+        );
+    }
+    let fixed = |key: &str, dtype: &str, shape: &[i64]| -> Result<(), Problem> {
+        if !ONNX_DTYPES.contains(&dtype) {
+            return problem(
+                &format!("{key}.dtype"),
+                format!(
+                    "`{dtype}` is not an element type the onnx runtime takes (known: {})",
+                    ONNX_DTYPES.join(", ")
+                ),
+            );
+        }
+        if shape.iter().any(|&d| d < 0) {
+            return problem(
+                &format!("{key}.shape"),
+                format!(
+                    "an onnx servable's {key} needs a fixed shape (one request's, without the batch axis), got {shape:?}"
+                ),
+            );
+        }
+        Ok(())
+    };
+    match &spec.input {
+        TypeSpec::Ndarray { dtype, shape, .. } => fixed("input", dtype, shape)?,
+        other => {
+            return problem(
+                "input.kind",
+                format!(
+                    "an onnx servable's input is an ndarray (one item of the model's batch), not {}",
+                    other.kind()
+                ),
+            );
+        }
+    }
+    match &spec.output {
+        TypeSpec::Ndarray { dtype, shape, .. } => fixed("output", dtype, shape),
+        TypeSpec::Number { .. } | TypeSpec::Integer { .. } => Ok(()),
+        other => problem(
+            "output.kind",
+            format!(
+                "an onnx servable's output is an ndarray, a number or an integer, not {}",
+                other.kind()
+            ),
+        ),
+    }
 }
 
 /// A working directory is one of the servable's own: `.`, or a directory
@@ -584,6 +665,70 @@ max_batch_delay_ms = "auto"
         .to_string();
         assert!(
             e.starts_with("s.toml:31: `resources.pools`: `a b` is not a pool name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_onnx_servable_names_one_of_its_files_and_fixed_tensors() {
+        let onnx = GOOD
+            .replace("model_type = \"sklearn\"", "model_type = \"onnx\"")
+            .replace(
+                "kind = \"exec\"\ncommand = \"python3\"\nargs = [\"model.py\"]",
+                "kind = \"onnx\"\nmodel = \"model.pkl\"",
+            )
+            .replace("dtype = \"float64\"", "dtype = \"float32\"");
+        let spec = parse(&onnx, "s.toml").unwrap();
+        assert!(matches!(spec.runtime, Runtime::Onnx { ref model, .. } if model == "model.pkl"));
+        let e = parse(
+            &onnx.replace("model = \"model.pkl\"", "model = \"m.onnx\""),
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`runtime.model`: `m.onnx` must be one of the servable's files"),
+            "{e}"
+        );
+        let e = parse(&onnx.replace("shape = [8, 8]", "shape = [-1, 8]"), "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`input.shape`: an onnx servable's input needs a fixed shape"),
+            "{e}"
+        );
+        let e = parse(
+            &onnx.replace("dtype = \"float32\"", "dtype = \"bool\""),
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`input.dtype`: `bool` is not an element type"),
+            "{e}"
+        );
+        let e = parse(
+            &onnx.replace(
+                "[output]\nkind = \"integer\"",
+                "[output]\nkind = \"string\"",
+            ),
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`output.kind`"), "{e}");
+        let e = parse(
+            &format!("{onnx}\n[environment]\npackages = [\"numpy\"]\n"),
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("runs inside the worker"), "{e}");
+        let e = parse(&format!("{onnx}\n[resources]\ngpus = 1\n"), "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`resources.gpus`: an onnx servable runs on"),
             "{e}"
         );
     }

@@ -203,6 +203,19 @@ pub enum Runtime {
         #[serde(default)]
         env: BTreeMap<String, String>,
     },
+    /// An ONNX model run inside the worker by its ONNX runtime, without a
+    /// process: a batch of requests is one call of the model, the inputs
+    /// stacked along a leading batch axis (`docs/onnx.md`).
+    Onnx {
+        /// The model file, one of the servable's `files`.
+        model: String,
+        /// The model input the requests feed; none: its only input.
+        #[serde(default)]
+        input: Option<String>,
+        /// The model output returned; none: its first output.
+        #[serde(default)]
+        output: Option<String>,
+    },
     /// Other servables chained inside the daemon: step i's output is step
     /// i+1's input.
     Pipeline {
@@ -535,7 +548,48 @@ fn check_value(spec: &TypeSpec, v: &rmpv::Value, path: &mut String) -> Result<()
             }
             _ => Err(mismatch(path, "a dict", v)),
         },
-        TypeSpec::Ndarray { dtype, shape, .. } => check_array(dtype, shape, v, path),
+        TypeSpec::Ndarray { dtype, shape, .. } => match v {
+            M::Binary(bytes) => check_packed(dtype, shape, bytes.len(), path),
+            _ => check_array(dtype, shape, v, path),
+        },
+    }
+}
+
+/// Bytes one element of `dtype` takes packed (`bool` one byte); none for
+/// a dtype that is not one of [`DTYPES`].
+pub fn dtype_size(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "bool" | "int8" | "uint8" => 1,
+        "float16" | "int16" | "uint16" => 2,
+        "float32" | "int32" | "uint32" => 4,
+        "float64" | "int64" | "uint64" => 8,
+        _ => return None,
+    })
+}
+
+/// An ndarray may also be sent packed: its elements' little-endian bytes
+/// in row-major order, as msgpack binary (`numpy`'s `tobytes()`), which is
+/// only possible for a fixed shape.
+fn check_packed(dtype: &str, shape: &[i64], len: usize, path: &str) -> Result<(), TypeMismatch> {
+    let elements = shape
+        .iter()
+        .map(|&d| usize::try_from(d).ok())
+        .try_fold(1usize, |n, d| d.and_then(|d| n.checked_mul(d)));
+    let expected = elements.and_then(|n| dtype_size(dtype).and_then(|s| n.checked_mul(s)));
+    match expected {
+        Some(bytes) if bytes == len => Ok(()),
+        Some(bytes) => Err(TypeMismatch {
+            path: path.to_owned(),
+            message: format!(
+                "expected {bytes} bytes ({dtype} {shape:?}, packed little-endian), got {len} bytes"
+            ),
+        }),
+        None => Err(TypeMismatch {
+            path: path.to_owned(),
+            message: format!(
+                "expected a nested list of {dtype}: packed bytes need a fixed shape, and {shape:?} is not"
+            ),
+        }),
     }
 }
 
@@ -575,11 +629,14 @@ fn check_array(
                     message: format!("expected {len} elements, got {}", items.len()),
                 });
             }
+            // The index goes into the path only on the way out of an
+            // error: formatting it for every element would cost more than
+            // checking it.
             for (i, x) in items.iter().enumerate() {
-                let before = path.len();
-                path.push_str(&format!("[{i}]"));
-                check_array(dtype, rest, x, path)?;
-                path.truncate(before);
+                if let Err(mut e) = check_array(dtype, rest, x, path) {
+                    e.path.insert_str(path.len(), &format!("[{i}]"));
+                    return Err(e);
+                }
             }
             Ok(())
         }
@@ -731,6 +788,29 @@ mod tests {
             check_input(&spec, &mp(short)).unwrap_err().to_string(),
             "input: expected 2 elements, got 1"
         );
+    }
+
+    #[test]
+    fn ndarrays_may_come_packed_with_exactly_their_bytes() {
+        let spec = TypeSpec::Ndarray {
+            dtype: "float32".into(),
+            shape: vec![2, 3],
+            description: String::new(),
+        };
+        let packed = |n: usize| mp(rmpv::Value::Binary(vec![0; n]));
+        assert!(check_input(&spec, &packed(24)).is_ok());
+        assert_eq!(
+            check_input(&spec, &packed(20)).unwrap_err().to_string(),
+            "input: expected 24 bytes (float32 [2, 3], packed little-endian), got 20 bytes"
+        );
+        let open = TypeSpec::Ndarray {
+            dtype: "float32".into(),
+            shape: vec![-1, 3],
+            description: String::new(),
+        };
+        assert!(check_input(&open, &packed(24)).is_err());
+        assert_eq!(dtype_size("uint16"), Some(2));
+        assert_eq!(dtype_size("complex"), None);
     }
 
     #[test]

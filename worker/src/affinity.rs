@@ -52,6 +52,19 @@ pub fn pin(command: &mut Command, cpus: &[u32]) -> Result<(), String> {
     Ok(())
 }
 
+/// Makes the calling thread (and the threads it starts from now on) run
+/// on `cpus` only: how a slot's in-process servables (ONNX sessions) keep
+/// to its cores.
+pub fn pin_current_thread(cpus: &[u32]) -> Result<(), String> {
+    if cpus.is_empty() {
+        return Err("a slot's core set is empty".into());
+    }
+    let set = cpu_set(cpus)?;
+    // Pid 0 is the calling thread for sched_setaffinity on Linux.
+    sched_setaffinity(Pid::from_raw(0), &set)
+        .map_err(|e| format!("cannot run on cores {cpus:?}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +84,19 @@ mod tests {
             Some(last.to_string().as_str()),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_pinned_thread_and_its_children_run_on_its_cores_only() {
+        let last = *available_cpus().unwrap().last().unwrap();
+        let seen = std::thread::spawn(move || {
+            pin_current_thread(&[last]).unwrap();
+            std::thread::spawn(available_cpus).join().unwrap().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, [last]);
+        assert!(pin_current_thread(&[]).is_err());
     }
 
     #[test]

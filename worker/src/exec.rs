@@ -11,7 +11,8 @@
 //! ([`crate::fetch`], [`crate::cache`]) and linked from there. Idle
 //! processes are kept per servable, at most one per slot, and reused batch
 //! after batch; a process that dies is replaced by a fresh one on the next
-//! batch.
+//! batch. An ONNX servable's files are prepared the same way, and its model
+//! then runs in the worker itself ([`crate::onnx`]), with no process.
 
 use std::collections::HashMap;
 use std::fs;
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use flotilla_protocol::interchange::{BatchFailure, FailureKind, WorkBatch};
 use flotilla_protocol::placement::SlotPlacement;
-use flotilla_protocol::servable::{FileEntry, ServableRecord};
+use flotilla_protocol::servable::{FileEntry, Runtime, ServableRecord};
 use flotilla_protocol::stdio::Reply;
 use flotilla_protocol::task::Outcome;
 
@@ -30,6 +31,7 @@ use tempfile::TempDir;
 use crate::cache::{NodeCache, hash_file};
 use crate::environment::{Environments, Prepared};
 use crate::fetch::{ObjectSource, fetch_into};
+use crate::onnx::OnnxRuntime;
 use crate::process::WarmProcess;
 
 /// How a worker that cannot read the object store gets servable files.
@@ -70,6 +72,8 @@ pub struct ExecRuntime {
     /// Idle processes by servable and slot: a process keeps the devices
     /// and cores of the slot that started it, so only that slot reuses it.
     idle: IdleProcesses<WarmProcess>,
+    /// ONNX servables' models, loaded in the worker (`runtime.kind = "onnx"`).
+    onnx: OnnxRuntime,
 }
 
 /// Warm processes waiting for their next batch, by servable and by the
@@ -165,6 +169,7 @@ impl ExecRuntime {
             preparing: Mutex::new(()),
             slots: Vec::new(),
             idle: IdleProcesses::new(),
+            onnx: OnnxRuntime::new(1),
         }
     }
 
@@ -195,6 +200,13 @@ impl ExecRuntime {
     /// The same runtime, its slots holding `slots` (one entry per slot).
     pub fn with_slots(mut self, slots: Vec<SlotPlacement>) -> Self {
         self.slots = slots;
+        self
+    }
+
+    /// The same runtime for a worker of `slots` slots (how many threads an
+    /// ONNX model gets in a slot without a core set of its own).
+    pub fn with_slot_count(mut self, slots: usize) -> Self {
+        self.onnx = OnnxRuntime::new(slots);
         self
     }
 
@@ -234,6 +246,10 @@ impl ExecRuntime {
             Ok(dir) => dir,
             Err((kind, message)) => return failure(kind, message),
         };
+        if matches!(record.spec.runtime, Runtime::Onnx { .. }) {
+            let inputs: Vec<&[u8]> = batch.items.iter().map(|i| &i.input[..]).collect();
+            return self.onnx.run(&record, &dir, &inputs, (slot, placement));
+        }
         let taken = self.idle.take(&batch.servable, slot);
         let mut process = match taken {
             Some(p) => p,

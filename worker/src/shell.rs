@@ -249,6 +249,7 @@ pub fn run(
     let runtime = Arc::new(
         ExecRuntime::new(cfg.objects.clone(), work_dir, cfg.containers.clone())
             .with_slots(cfg.placements.clone())
+            .with_slot_count(cfg.session.slots as usize)
             .with_environments(crate::environment::Environments::new(
                 cfg.python.clone(),
                 cfg.cache_dir.clone(),

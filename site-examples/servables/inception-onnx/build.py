@@ -1,0 +1,1 @@
+../onnx-models/build.py
