@@ -111,6 +111,15 @@ pub enum ClientCall {
         /// Servable name (no version), or none for everything.
         servable: Option<String>,
     },
+    /// Warm a servable ahead of a known burst: hold `slots` slots with its
+    /// process started and initialised (for its `warm_idle_s`, or ten
+    /// minutes).
+    WarmServable {
+        /// `NAME` (latest) or `NAME@VERSION`.
+        servable: String,
+        /// Slots to hold warm, over all workers that may run it.
+        slots: u32,
+    },
 }
 
 /// A catalog search.
@@ -205,6 +214,13 @@ pub enum ClientReply {
     },
     /// The call was refused; nothing was changed.
     Error(ApiError),
+    /// Answer to [`ClientCall::WarmServable`].
+    Warming {
+        /// `NAME@VERSION`.
+        servable: String,
+        /// Slots that hold it warm or are warming it now.
+        slots: u32,
+    },
 }
 
 /// The memo store's size, bounds and counters since the daemon started.

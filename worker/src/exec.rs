@@ -94,6 +94,13 @@ impl<P> IdleProcesses<P> {
             .and_then(Vec::pop)
     }
 
+    /// True if slot `slot` holds an idle process of `servable`.
+    fn has(&self, servable: &str, slot: usize) -> bool {
+        lock(&self.by_slot)
+            .get(&(servable.to_owned(), slot))
+            .is_some_and(|l| !l.is_empty())
+    }
+
     /// Keeps `process` of `servable`, started by slot `slot`, for its next
     /// batch there.
     fn put(&self, servable: &str, slot: usize, process: P) {
@@ -101,6 +108,18 @@ impl<P> IdleProcesses<P> {
             .entry((servable.to_owned(), slot))
             .or_default()
             .push(process);
+    }
+
+    /// Servables with an idle process that slot `slot` started, each with
+    /// what `describe` says of its process, by name.
+    fn in_slot<T>(&self, slot: usize, describe: impl Fn(&P) -> T) -> Vec<(String, T)> {
+        let mut found: Vec<(String, T)> = lock(&self.by_slot)
+            .iter()
+            .filter(|((_, s), list)| *s == slot && !list.is_empty())
+            .filter_map(|((name, _), list)| list.last().map(|p| (name.clone(), describe(p))))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
     }
 
     /// Drops every idle process.
@@ -230,29 +249,13 @@ impl ExecRuntime {
                 ),
             );
         }
-        let dir = match self.prepare(&record) {
-            Ok(dir) => dir,
-            Err((kind, message)) => return failure(kind, message),
-        };
         let taken = self.idle.take(&batch.servable, slot);
         let mut process = match taken {
             Some(p) => p,
-            None => {
-                let (container, venv) = match self.runs_in(&record) {
-                    Ok(found) => found,
-                    Err((kind, message)) => return failure(kind, message),
-                };
-                match WarmProcess::start(
-                    &record,
-                    &dir,
-                    container,
-                    venv.as_deref(),
-                    (slot, placement),
-                ) {
-                    Ok(p) => p,
-                    Err(broken) => return failure(FailureKind::Crashed, broken.0),
-                }
-            }
+            None => match self.start_process(&record, slot, placement) {
+                Ok(p) => p,
+                Err((kind, message)) => return failure(kind, message),
+            },
         };
         let tasks = batch
             .items
@@ -279,6 +282,61 @@ impl ExecRuntime {
             // The process is gone (dropped here); the next batch starts anew.
             Err(broken) => failure(FailureKind::Crashed, broken.0),
         }
+    }
+
+    /// Prepares `record`'s files and starts and initialises a process of
+    /// it for slot `slot`.
+    fn start_process(
+        &self,
+        record: &ServableRecord,
+        slot: usize,
+        placement: &SlotPlacement,
+    ) -> Result<WarmProcess, PrepareError> {
+        let dir = self.prepare(record)?;
+        let (container, venv) = self.runs_in(record)?;
+        WarmProcess::start(record, &dir, container, venv.as_deref(), (slot, placement))
+            .map_err(|broken| (FailureKind::Crashed, broken.0))
+    }
+
+    /// Starts and initialises a process of `servable` for slot `slot`
+    /// ahead of its batches (the daemon asked), unless the slot has one
+    /// idle already.
+    pub fn warm(&self, servable: &str, slot: usize) -> Result<(), String> {
+        let Some(record) = lock(&self.records).get(servable).cloned() else {
+            let message = format!("this worker was not sent servable `{servable}`");
+            tracing::warn!(servable = %servable, slot, error = %message, "cannot warm a servable");
+            return Err(message);
+        };
+        if self.idle.has(servable, slot) {
+            return Ok(());
+        }
+        let nothing = SlotPlacement::default();
+        let placement = self.slots.get(slot).unwrap_or(&nothing);
+        let started = std::time::Instant::now();
+        match self.start_process(&record, slot, placement) {
+            Ok(process) => {
+                tracing::info!(servable = %servable, slot, ms = started.elapsed().as_millis() as u64, "servable warm");
+                self.idle.put(servable, slot, process);
+                Ok(())
+            }
+            Err((_, message)) => {
+                tracing::warn!(servable = %servable, slot, error = %message, "warming a servable failed");
+                Err(message)
+            }
+        }
+    }
+
+    /// Lets slot `slot`'s idle process of `servable` go.
+    pub fn release(&self, servable: &str, slot: usize) {
+        if let Some(process) = self.idle.take(servable, slot) {
+            tracing::info!(servable = %servable, slot, "letting an idle warm process go");
+            drop(process);
+        }
+    }
+
+    /// The servables slot `slot` holds an idle process of, with its pid.
+    pub fn warm_in(&self, slot: usize) -> Vec<(String, u32)> {
+        self.idle.in_slot(slot, WarmProcess::pid)
     }
 
     /// What `record`'s processes run in: a container (its image with the

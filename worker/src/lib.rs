@@ -16,6 +16,7 @@ pub mod environment;
 mod exec;
 mod executor;
 pub mod fetch;
+pub mod memory;
 mod process;
 pub mod session;
 pub mod shell;

@@ -201,6 +201,11 @@ impl WarmProcess {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs one batch; `Err` means the process is gone or broke the protocol.
     pub fn run(&mut self, tasks: &str, inputs: &[&[u8]], params: &[u8]) -> Result<Reply, Broken> {
         *lock(&self.current_tasks) = tasks.to_owned();

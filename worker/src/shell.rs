@@ -229,6 +229,7 @@ pub fn run(
         deliver(&report_link, Lane::Report, outcome);
     })?;
     let done_link = link.clone();
+    let warmth_link = link.clone();
     let work_dir = crate::exec::private_work_dir(&std::env::temp_dir(), &cfg.session.worker_id)
         .context("cannot create the worker's private directory")?;
     let max_frame = cfg.session.max_frame_bytes;
@@ -251,18 +252,25 @@ pub fn run(
                 crate::fetch::chunk_len_for(max_frame),
             ),
     );
-    let executor = Executor::start(cfg.session.slots, runtime.clone(), move |result| {
-        if let Some(shell) = done_link.get().and_then(Weak::upgrade) {
-            shell.feed(Event::BatchDone(result));
-        }
-    })
+    let executor = Executor::start(
+        cfg.session.slots,
+        runtime.clone(),
+        move |result| {
+            if let Some(shell) = done_link.get().and_then(Weak::upgrade) {
+                shell.feed(Event::BatchDone(result));
+            }
+        },
+        move |slots| {
+            if let Some(shell) = warmth_link.get().and_then(Weak::upgrade) {
+                shell.feed(Event::Slots(slots));
+            }
+        },
+    )
     .context("cannot start the slot threads")?;
     let started = Instant::now();
-    let session = Session::new(cfg.session.clone(), now(started)).proven(
-        proven.worker_nonce,
-        proven.daemon_nonce,
-        proven.pipe,
-    );
+    let session = Session::new(cfg.session.clone(), now(started))
+        .proven(proven.worker_nonce, proven.daemon_nonce, proven.pipe)
+        .reporting_slots(cfg.session.slots);
     let shell = Arc::new(Shell {
         url: cfg.url.clone(),
         worker_id: cfg.session.worker_id.clone(),
@@ -348,8 +356,25 @@ impl Shell {
                 if let Some(record) = &batch.spec {
                     self.runtime.learn(record);
                 }
-                self.executor.submit(batch, received_us);
+                self.executor.submit(batch, received_us, None);
             }
+            Action::RunOn {
+                slot,
+                batch,
+                received_us,
+            } => {
+                if let Some(record) = &batch.spec {
+                    self.runtime.learn(record);
+                }
+                self.executor.submit(batch, received_us, Some(slot));
+            }
+            Action::Warm(order) => {
+                if let Some(record) = &order.spec {
+                    self.runtime.learn(record);
+                }
+                self.executor.warm(order.slot, order.servable);
+            }
+            Action::Release(order) => self.executor.release(order.slot, order.servable),
             Action::Notify(Notice::Registered {
                 heartbeat_period_ms,
             }) => {
