@@ -41,6 +41,7 @@ impl Core {
         if self.fleet.pools.strategy_due(now) {
             self.run_strategy(now, out);
         }
+        self.plan_warm(now, false, out);
         if now.saturating_sub(self.life.last_sweep_us) >= SWEEP_PERIOD_US {
             self.life.last_sweep_us = now;
             self.sweep(now, out);

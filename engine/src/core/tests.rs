@@ -3116,3 +3116,5 @@ fn a_pipeline_runs_each_step_in_the_pool_it_needs() {
         Some(Outcome::Output(Payload::from(vec![0x03])))
     );
 }
+
+mod warm;
