@@ -317,6 +317,24 @@ pub struct DaemonStatus {
     pub queues: Vec<QueueView>,
     /// Counters since the daemon started.
     pub totals: Totals,
+    /// Warm servable processes, by servable, worker and slot. Last, and
+    /// left out when empty, so a status without it reads as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm: Vec<WarmView>,
+}
+
+/// One warm servable process, for `flotilla status`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct WarmView {
+    /// `NAME@VERSION`.
+    pub servable: String,
+    /// The worker that holds it.
+    pub worker: String,
+    /// Its slot there.
+    pub slot: u32,
+    /// Resident memory as the worker last reported it, KiB (0: not
+    /// reported yet).
+    pub rss_kb: u64,
 }
 
 /// One block (a pilot job: nodes acquired from a provider, running the
