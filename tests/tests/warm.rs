@@ -1,0 +1,134 @@
+//! End-to-end tests of warm capacity: batches go only to slots whose
+//! process is ready, `min_warm_slots` is honoured after a worker starts,
+//! idle warm processes are let go after their idle time.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flotilla_client::{json_to_payload, payload_to_json};
+use flotilla_protocol::client::{TaskRequest, WarmView};
+use flotilla_protocol::task::{Outcome, TaskState};
+use flotilla_tests::{Flotilla, config_with, python_bin, test_config, wait_until, workspace};
+use serde_json::{Value, json};
+
+/// Generous: a loaded two-core machine starts Python slowly.
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn slow_start() -> PathBuf {
+    workspace().join("tests/servables/slow-start")
+}
+
+/// A Flotilla with `slow-start` published and one worker of 2 slots.
+fn start(config: &str) -> Flotilla {
+    python_bin();
+    let mut f = Flotilla::start(config);
+    f.publish(&slow_start()).unwrap_or_else(|e| panic!("{e}"));
+    f.spawn_worker(&["--slots", "2", "--worker-id", "w"]);
+    f.wait_workers(1);
+    f
+}
+
+fn warm(f: &Flotilla) -> Vec<WarmView> {
+    f.client().status().map(|s| s.warm).unwrap_or_default()
+}
+
+fn output(view: &flotilla_protocol::task::TaskView) -> Value {
+    match &view.outcome {
+        Some(Outcome::Output(p)) => match payload_to_json(p) {
+            Ok(v) => v,
+            Err(e) => panic!("task {}: {e}", view.id),
+        },
+        other => panic!("task {} ended {other:?}", view.id),
+    }
+}
+
+#[test]
+fn no_request_goes_to_a_cold_slot_before_it_reports_ready() {
+    let f = start(&test_config());
+    let client = f.client();
+    // Nothing is warm anywhere: the first request waits for the load, once.
+    let first = client
+        .run(
+            "slow-start",
+            json_to_payload(&json!(0)).unwrap(),
+            Some(LIMIT),
+        )
+        .unwrap();
+    assert_eq!(first.state, TaskState::Completed, "{first:?}");
+    let warm_slot = output(&first)["slot"].as_u64().unwrap();
+    // A burst: one slot is warm, the other is not.
+    let tasks: Vec<TaskRequest> = (1..=60)
+        .map(|i| TaskRequest {
+            servable: "slow-start".into(),
+            input: json_to_payload(&json!(i)).unwrap(),
+            params: Default::default(),
+        })
+        .collect();
+    let views = client.run_all(tasks, LIMIT).unwrap();
+    let mut slots = std::collections::BTreeSet::new();
+    for view in &views {
+        assert_eq!(view.state, TaskState::Completed, "{view:?}");
+        let out = output(view);
+        let ready_us = out["ready_us"].as_u64().unwrap();
+        assert!(
+            view.timings.dispatched_us >= ready_us,
+            "task {} was dispatched to slot {} at {} µs, before its process was ready at {ready_us} µs",
+            view.id,
+            out["slot"],
+            view.timings.dispatched_us
+        );
+        slots.insert(out["slot"].as_u64().unwrap());
+    }
+    assert!(slots.contains(&warm_slot));
+    // The cold slot warmed in the background meanwhile.
+    wait_until(LIMIT, "both slots warm", || {
+        (warm(&f).len() == 2).then_some(())
+    });
+}
+
+#[test]
+fn min_warm_slots_are_warm_after_a_worker_starts_without_any_request() {
+    let f = start(&config_with(&[(
+        "servables.slow-start",
+        "min_warm_slots",
+        "2",
+    )]));
+    let views = wait_until(LIMIT, "two warm processes", || {
+        let w = warm(&f);
+        (w.len() == 2).then_some(w)
+    });
+    assert!(views.iter().all(|v| v.servable == "slow-start@1.0.0"));
+    let slots: Vec<u32> = views.iter().map(|v| v.slot).collect();
+    assert_eq!(slots, [0, 1]);
+    assert!(
+        views.iter().all(|v| v.rss_kb > 0),
+        "memory is reported: {views:?}"
+    );
+    let text = String::from_utf8_lossy(&f.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("warm processes"), "{text}");
+    assert!(text.contains("slow-start@1.0.0"), "{text}");
+    assert_eq!(f.client().status().unwrap().totals.accepted, 0);
+}
+
+#[test]
+fn idle_warm_processes_are_let_go_after_their_idle_time() {
+    let f = start(&config_with(&[(
+        "servables.slow-start",
+        "warm_idle_s",
+        "2",
+    )]));
+    let out = f.cli(&["servable", "warm", "slow-start", "--slots", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Held warm for the idle time after the ask, then let go.
+    wait_until(LIMIT, "two warm processes", || {
+        (warm(&f).len() == 2).then_some(())
+    });
+    wait_until(LIMIT, "the warm processes let go", || {
+        warm(&f).is_empty().then_some(())
+    });
+    let log = f.worker_log(0);
+    assert!(
+        log.contains("letting an idle warm process go"),
+        "the worker log says so"
+    );
+}
