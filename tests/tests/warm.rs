@@ -132,3 +132,71 @@ fn idle_warm_processes_are_let_go_after_their_idle_time() {
         "the worker log says so"
     );
 }
+
+/// The pid of the template whose log is in `templates`, once it is ready.
+fn template_pid(templates: &std::path::Path) -> Option<u32> {
+    for entry in std::fs::read_dir(templates).ok()? {
+        let path = entry.ok()?.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let line = text.lines().find(|l| l.starts_with("template "))?;
+            return line.split_whitespace().nth(1)?.parse().ok();
+        }
+    }
+    None
+}
+
+#[test]
+fn a_servable_that_forks_starts_later_slots_from_the_nodes_template() {
+    python_bin();
+    let mut f = Flotilla::start(&test_config());
+    let dir = f.home().join("forking");
+    flotilla_tests::copy_servable(&slow_start(), &dir);
+    let toml = std::fs::read_to_string(dir.join("servable.toml")).unwrap();
+    std::fs::write(
+        dir.join("servable.toml"),
+        toml.replace("max_batch_size = 1", "max_batch_size = 1\nfork = true"),
+    )
+    .unwrap();
+    f.publish(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let cache = f.home().join("node-cache");
+    let shim = workspace().join("clients/python");
+    let env = [("PYTHONPATH", shim.into_os_string())];
+    let cache_arg = cache.display().to_string();
+    let args = ["--slots", "1", "--cache-dir", &cache_arg];
+    let first = f.spawn_worker_env(&args, &env);
+    f.wait_workers(1);
+    let client = f.client();
+    let input = || json_to_payload(&json!(1)).unwrap();
+    let cold = client.run("slow-start", input(), Some(LIMIT)).unwrap();
+    assert_eq!(cold.state, TaskState::Completed, "{cold:?}");
+    // The first start on the node starts the template too.
+    let templates = cache.join("templates");
+    let template = wait_until(LIMIT, "the node's template", || template_pid(&templates));
+    f.kill_worker(first);
+    f.wait_workers(0);
+    // A new worker on the node: its slot's process is forked from the
+    // template, which loaded the model before this worker existed.
+    let started_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    f.spawn_worker_env(&args, &env);
+    f.wait_workers(1);
+    let warm = client.run("slow-start", input(), Some(LIMIT)).unwrap();
+    assert_eq!(warm.state, TaskState::Completed, "{warm:?}");
+    let out = output(&warm);
+    let ready_us = out["ready_us"].as_u64().unwrap();
+    assert!(
+        ready_us < started_us,
+        "the process loaded its model at {ready_us} µs, after the worker started at {started_us} µs: not forked"
+    );
+    assert_ne!(out["pid"].as_u64(), Some(u64::from(template)));
+    let log = f.worker_log(1);
+    assert!(log.contains("forked from the node's template"), "{log}");
+    // The template outlives workers by design; this test ends it.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(template as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+}

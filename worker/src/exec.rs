@@ -70,7 +70,16 @@ pub struct ExecRuntime {
     /// Idle processes by servable and slot: a process keeps the devices
     /// and cores of the slot that started it, so only that slot reuses it.
     idle: IdleProcesses<WarmProcess>,
+    /// The node's cache directory, where templates of servables that fork
+    /// listen (see [`crate::template`]); none: no templates.
+    templates: Option<PathBuf>,
+    /// When this worker last started each template.
+    templates_started: Mutex<HashMap<PathBuf, std::time::Instant>>,
 }
+
+/// A template this worker started is not started again for this long (it
+/// may still be importing).
+const TEMPLATE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Warm processes waiting for their next batch, by servable and by the
 /// slot that started them: a process keeps that slot's devices and cores
@@ -184,7 +193,16 @@ impl ExecRuntime {
             preparing: Mutex::new(()),
             slots: Vec::new(),
             idle: IdleProcesses::new(),
+            templates: None,
+            templates_started: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same runtime, forking servables that allow it from templates
+    /// listening in the node's cache directory `cache_dir`.
+    pub fn with_templates(mut self, cache_dir: PathBuf) -> Self {
+        self.templates = Some(cache_dir);
+        self
     }
 
     /// The same runtime, fetching files it cannot find in its object store
@@ -294,8 +312,65 @@ impl ExecRuntime {
     ) -> Result<WarmProcess, PrepareError> {
         let dir = self.prepare(record)?;
         let (container, venv) = self.runs_in(record)?;
+        if record.spec.options.fork
+            && container.is_none()
+            && let Some(process) =
+                self.fork_from_template(record, &dir, venv.as_deref(), slot, placement)
+        {
+            return Ok(process);
+        }
         WarmProcess::start(record, &dir, container, venv.as_deref(), (slot, placement))
             .map_err(|broken| (FailureKind::Crashed, broken.0))
+    }
+
+    /// A process of `record` for slot `slot` forked by the node's template,
+    /// if one answers; if none does, one is started for the next time.
+    fn fork_from_template(
+        &self,
+        record: &ServableRecord,
+        dir: &Path,
+        venv: Option<&Path>,
+        slot: usize,
+        placement: &SlotPlacement,
+    ) -> Option<WarmProcess> {
+        let cache = NodeCache::open(self.templates.as_ref()?).ok()?;
+        let templates = match crate::template::directory(cache.dir()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(dir = %cache.dir().display(), error = %e, "no directory for servable templates");
+                return None;
+            }
+        };
+        let launch =
+            crate::process::Launch::new(record, dir, None, venv, (slot, placement)).ok()?;
+        let socket = crate::template::socket_path(&templates, record, &launch);
+        let started = std::time::Instant::now();
+        match crate::template::fork(&socket, &launch) {
+            Ok(forked) => match WarmProcess::from_template(record, &launch, forked) {
+                Ok(process) => {
+                    tracing::info!(servable = %launch.id, slot, ms = started.elapsed().as_millis() as u64, "servable process forked from the node's template");
+                    Some(process)
+                }
+                Err(broken) => {
+                    tracing::warn!(servable = %launch.id, slot, error = %broken.0, "a process forked from the template failed; starting one afresh");
+                    None
+                }
+            },
+            Err(why) => {
+                tracing::debug!(servable = %launch.id, socket = %socket.display(), reason = %why, "no template answers");
+                let mut tried = lock(&self.templates_started);
+                if tried
+                    .get(&socket)
+                    .is_none_or(|t| t.elapsed() >= TEMPLATE_RETRY)
+                {
+                    tried.insert(socket.clone(), std::time::Instant::now());
+                    if let Err(e) = crate::template::start(&socket, &launch) {
+                        tracing::warn!(servable = %launch.id, error = %e, "cannot start the node's template");
+                    }
+                }
+                None
+            }
+        }
     }
 
     /// Starts and initialises a process of `servable` for slot `slot`

@@ -20,6 +20,7 @@ pub mod memory;
 mod process;
 pub mod session;
 pub mod shell;
+mod template;
 
 /// Builtin servables this worker runs; it also runs any published
 /// servable whose record the daemon sends it.

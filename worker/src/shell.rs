@@ -250,7 +250,8 @@ pub fn run(
                 Arc::new(source),
                 cfg.cache_dir.clone(),
                 crate::fetch::chunk_len_for(max_frame),
-            ),
+            )
+            .with_templates(cfg.cache_dir.clone()),
     );
     let executor = Executor::start(
         cfg.session.slots,
