@@ -32,14 +32,16 @@ use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 
 use crate::process::Launch;
 
-/// How long a template waits for a fork request before it exits, seconds.
+/// How long a template waits for a fork request before it exits, seconds,
+/// unless the worker's environment says otherwise in [`IDLE_ENV`].
 pub const IDLE_S: u64 = 600;
 
 /// The variable naming the socket a template listens on.
 const SOCKET_ENV: &str = "FLOTILLA_TEMPLATE_SOCKET";
 
-/// The variable giving a template's idle time.
-const IDLE_ENV: &str = "FLOTILLA_TEMPLATE_IDLE_S";
+/// The variable giving a template's idle time, in seconds: set for the
+/// worker, it is passed on (tests keep their templates short-lived).
+pub const IDLE_ENV: &str = "FLOTILLA_TEMPLATE_IDLE_S";
 
 /// How long a fork request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,14 +120,14 @@ pub(crate) fn fork(socket: &Path, launch: &Launch) -> Result<Forked, String> {
 
 /// Starts a template for `launch` on `socket`, in the background: it
 /// outlives this worker (a process group of its own) until idle for
-/// [`IDLE_S`]; its output goes to a log beside the socket.
+/// [`IDLE_S`] (or [`IDLE_ENV`]); its output goes to a log beside the socket.
 pub(crate) fn start(socket: &Path, launch: &Launch) -> Result<(), String> {
     let log = File::create(socket.with_extension("log")).map_err(|e| e.to_string())?;
     let err = log.try_clone().map_err(|e| e.to_string())?;
     let mut command = launch.command();
     command
         .env(SOCKET_ENV, socket)
-        .env(IDLE_ENV, IDLE_S.to_string())
+        .env(IDLE_ENV, idle_s().to_string())
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err);
@@ -141,6 +143,15 @@ pub(crate) fn start(socket: &Path, launch: &Launch) -> Result<(), String> {
             let _ = child.wait();
         });
     Ok(())
+}
+
+/// A template's idle time: the worker's [`IDLE_ENV`] if it is a number,
+/// else [`IDLE_S`].
+fn idle_s() -> u64 {
+    std::env::var(IDLE_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(IDLE_S)
 }
 
 /// The node's directory of template sockets under `cache_dir`, private.
