@@ -200,3 +200,33 @@ fn a_servable_that_forks_starts_later_slots_from_the_nodes_template() {
         nix::sys::signal::Signal::SIGTERM,
     );
 }
+
+#[test]
+fn warm_ups_respect_the_workers_memory_budget() {
+    python_bin();
+    let mut f = Flotilla::start(&test_config());
+    f.publish(&slow_start()).unwrap_or_else(|e| panic!("{e}"));
+    // 1 MiB: one process of any servable is over it.
+    f.spawn_worker(&["--slots", "2", "--worker-id", "w", "--warm-memory-mb", "1"]);
+    f.wait_workers(1);
+    let out = f.cli(&["servable", "warm", "slow-start", "--slots", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    wait_until(LIMIT, "the second warm-up refused", || {
+        f.worker_log(0)
+            .contains("warm-up refused: over the memory budget")
+            .then_some(())
+    });
+    wait_until(LIMIT, "one warm process reported", || {
+        (warm(&f).len() == 1).then_some(())
+    });
+    // Requests are still served.
+    let view = f
+        .client()
+        .run(
+            "slow-start",
+            json_to_payload(&json!(1)).unwrap(),
+            Some(LIMIT),
+        )
+        .unwrap();
+    assert_eq!(view.state, TaskState::Completed, "{view:?}");
+}

@@ -75,6 +75,15 @@ pub struct ExecRuntime {
     templates: Option<PathBuf>,
     /// When this worker last started each template.
     templates_started: Mutex<HashMap<PathBuf, std::time::Instant>>,
+    /// Resident memory, KiB, the idle warm processes may hold; none: no
+    /// limit.
+    memory_budget_kb: Option<u64>,
+    /// Idle processes let go for the budget since last asked (servable,
+    /// slot), for the slots' reports.
+    evicted: Mutex<Vec<(String, usize)>>,
+    /// Held through a warm-up under a memory budget, so the next one sees
+    /// what this one holds.
+    warming: Mutex<()>,
 }
 
 /// A template this worker started is not started again for this long (it
@@ -84,10 +93,18 @@ const TEMPLATE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Warm processes waiting for their next batch, by servable and by the
 /// slot that started them: a process keeps that slot's devices and cores
 /// for life, so no other slot may take it (two slots would otherwise end
-/// up with processes on the same device).
+/// up with processes on the same device). Each is kept with when it was
+/// last put back, for letting the least recently used go first.
 struct IdleProcesses<P> {
-    by_slot: Mutex<HashMap<(String, usize), Vec<P>>>,
+    by_slot: Mutex<ByServableAndSlot<P>>,
 }
+
+/// Idle processes, each with when it was put back, by servable and slot.
+type ByServableAndSlot<P> = HashMap<(String, usize), Vec<(P, std::time::Instant)>>;
+
+/// What [`IdleProcesses::shed`] did: the memory still held (KiB) and the
+/// processes let go (servable, slot, KiB).
+type Shed = (u64, Vec<(String, usize, u64)>);
 
 impl<P> IdleProcesses<P> {
     fn new() -> Self {
@@ -101,6 +118,46 @@ impl<P> IdleProcesses<P> {
         lock(&self.by_slot)
             .get_mut(&(servable.to_owned(), slot))
             .and_then(Vec::pop)
+            .map(|(p, _)| p)
+    }
+
+    /// Lets idle processes go, least recently used first, until those left
+    /// hold at most `budget_kb` as `rss_kb` measures them; never one of
+    /// `keep`'s servable (a slot never pushes out its own servable's
+    /// processes: that would only move the load around).
+    fn shed(&self, budget_kb: u64, keep: (&str, usize), rss_kb: impl Fn(&P) -> u64) -> Shed {
+        let mut dropped = Vec::new();
+        let mut gone = Vec::new();
+        let held = {
+            let mut map = lock(&self.by_slot);
+            let rss_kb = &rss_kb;
+            let mut all: Vec<(std::time::Instant, (String, usize), u64)> = map
+                .iter()
+                .flat_map(|(k, list)| list.iter().map(move |(p, t)| (*t, k.clone(), rss_kb(p))))
+                .collect();
+            let mut held: u64 = all.iter().map(|(_, _, kb)| kb).sum();
+            all.sort_by_key(|(t, _, _)| *t);
+            for (_, key, kb) in all {
+                if held <= budget_kb {
+                    break;
+                }
+                if key.0 == keep.0 {
+                    continue;
+                }
+                if let Some(list) = map.get_mut(&key)
+                    && !list.is_empty()
+                {
+                    let (p, _) = list.remove(0);
+                    gone.push(p);
+                    held = held.saturating_sub(kb);
+                    dropped.push((key.0.clone(), key.1, kb));
+                }
+            }
+            held
+        };
+        // Dropped (asked to exit) outside the lock.
+        drop(gone);
+        (held, dropped)
     }
 
     /// True if slot `slot` holds an idle process of `servable`.
@@ -116,7 +173,7 @@ impl<P> IdleProcesses<P> {
         lock(&self.by_slot)
             .entry((servable.to_owned(), slot))
             .or_default()
-            .push(process);
+            .push((process, std::time::Instant::now()));
     }
 
     /// Servables with an idle process that slot `slot` started, each with
@@ -125,7 +182,7 @@ impl<P> IdleProcesses<P> {
         let mut found: Vec<(String, T)> = lock(&self.by_slot)
             .iter()
             .filter(|((_, s), list)| *s == slot && !list.is_empty())
-            .filter_map(|((name, _), list)| list.last().map(|p| (name.clone(), describe(p))))
+            .filter_map(|((name, _), list)| list.last().map(|(p, _)| (name.clone(), describe(p))))
             .collect();
         found.sort_by(|a, b| a.0.cmp(&b.0));
         found
@@ -195,7 +252,40 @@ impl ExecRuntime {
             idle: IdleProcesses::new(),
             templates: None,
             templates_started: Mutex::new(HashMap::new()),
+            memory_budget_kb: None,
+            evicted: Mutex::new(Vec::new()),
+            warming: Mutex::new(()),
         }
+    }
+
+    /// Idle processes let go for the memory budget since the last call
+    /// (servable, slot).
+    pub fn take_evicted(&self) -> Vec<(String, usize)> {
+        std::mem::take(&mut *lock(&self.evicted))
+    }
+
+    /// The same runtime, its warm processes holding at most `mb` MiB of
+    /// resident memory (none: no limit): over it, idle processes of other
+    /// servables are let go, least recently used first, and warm-ups
+    /// ahead of need are refused.
+    pub fn with_memory_budget(mut self, mb: Option<u64>) -> Self {
+        self.memory_budget_kb = mb.map(|mb| mb.saturating_mul(1024));
+        self
+    }
+
+    /// Lets idle processes go, least recently used first, until the idle
+    /// processes hold at most the budget, keeping `keep` (a servable and
+    /// slot). Returns what they hold then, KiB, if there is a budget.
+    fn within_budget(&self, keep: (&str, usize)) -> Option<u64> {
+        let budget = self.memory_budget_kb?;
+        let dropped = self.idle.shed(budget, keep, |p: &WarmProcess| {
+            crate::memory::rss_kb(p.pid()).unwrap_or(0)
+        });
+        lock(&self.evicted).extend(dropped.1.iter().map(|(s, slot, _)| (s.clone(), *slot)));
+        for (servable, slot, rss_kb) in &dropped.1 {
+            tracing::info!(servable = %servable, slot, rss_kb, budget_kb = budget, "letting an idle warm process go: over the worker's memory budget ([worker] warm_memory_mb)");
+        }
+        Some(dropped.0)
     }
 
     /// The same runtime, forking servables that allow it from templates
@@ -285,6 +375,7 @@ impl ExecRuntime {
         match process.run(&tasks, &inputs, &batch.params) {
             Ok(reply) => {
                 self.idle.put(&batch.servable, slot, process);
+                self.within_budget((&batch.servable, slot));
                 match reply {
                     Reply::Outputs(outputs) => Ok(outputs
                         .into_iter()
@@ -384,6 +475,21 @@ impl ExecRuntime {
         };
         if self.idle.has(servable, slot) {
             return Ok(());
+        }
+        // Under a budget, one warm-up at a time: each sees what the last
+        // one started.
+        let _one_at_a_time = self.memory_budget_kb.map(|_| lock(&self.warming));
+        if let Some(held) = self.within_budget((servable, slot))
+            && let Some(budget) = self.memory_budget_kb
+            && held >= budget
+        {
+            let message = format!(
+                "not warming {servable}: the worker's warm processes hold {} MiB of its {} MiB budget ([worker] warm_memory_mb)",
+                held / 1024,
+                budget / 1024
+            );
+            tracing::warn!(servable = %servable, slot, held_kb = held, budget_kb = budget, "warm-up refused: over the memory budget");
+            return Err(message);
         }
         let nothing = SlotPlacement::default();
         let placement = self.slots.get(slot).unwrap_or(&nothing);
@@ -812,6 +918,27 @@ pub(crate) mod tests {
         // Slot 1 holds one: it goes on to fetch the files (none here).
         let other = runtime.run(&batch, 1).unwrap_err();
         assert!(!other.message.contains("accelerators"), "{}", other.message);
+    }
+
+    #[test]
+    fn over_the_memory_budget_the_least_recently_used_idle_processes_go_first() {
+        let idle = IdleProcesses::new();
+        idle.put("a@1.0.0", 0, 300u64);
+        idle.put("b@1.0.0", 1, 300u64);
+        idle.put("a@1.0.0", 1, 300u64);
+        idle.put("c@1.0.0", 0, 300u64);
+        // 1200 KiB held, 700 allowed; `a`, the servable kept, never goes.
+        let (held, dropped) = idle.shed(700, ("a@1.0.0", 0), |kb| *kb);
+        assert_eq!(held, 600);
+        let names: Vec<&str> = dropped.iter().map(|(s, _, _)| s.as_str()).collect();
+        assert_eq!(names, ["b@1.0.0", "c@1.0.0"], "oldest first, never `a`");
+        assert!(idle.has("a@1.0.0", 0) && idle.has("a@1.0.0", 1));
+        let (held, dropped) = idle.shed(700, ("x", 9), |kb| *kb);
+        assert_eq!(
+            (held, dropped.len()),
+            (600, 0),
+            "within budget: nothing goes"
+        );
     }
 
     #[test]

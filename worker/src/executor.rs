@@ -77,6 +77,20 @@ impl Executor {
                             };
                             let before = mine.clone();
                             change(mine);
+                            // Other slots' idle processes let go to keep
+                            // within the memory budget.
+                            let mut others = false;
+                            for (servable, other) in runtime.take_evicted() {
+                                if other != slot
+                                    && let Some(s) = b.get_mut(other)
+                                {
+                                    s.warm.retain(|p| p.servable != servable);
+                                    others = true;
+                                }
+                            }
+                            let Some(mine) = b.get_mut(slot) else {
+                                return;
+                            };
                             let warm = runtime.warm_in(slot);
                             let same_names = warm.len() == before.warm.len()
                                 && warm
@@ -84,6 +98,7 @@ impl Executor {
                                     .zip(&before.warm)
                                     .all(|((name, _), p)| *name == p.servable);
                             if same_names
+                                && !others
                                 && mine.warming == before.warming
                                 && mine.orders_done == before.orders_done
                                 && mine.failed == before.failed

@@ -44,6 +44,9 @@ pub struct WorkerConfig {
     pub python: String,
     /// How servables that name an image are run (no runtime: on the host).
     pub containers: Option<flotilla_launchers::Container>,
+    /// Resident memory, MiB, its warm servable processes may hold; none:
+    /// no limit.
+    pub warm_memory_mb: Option<u64>,
     /// What each slot holds (devices, cores); empty: nothing.
     pub placements: Vec<flotilla_protocol::placement::SlotPlacement>,
 }
@@ -251,7 +254,8 @@ pub fn run(
                 cfg.cache_dir.clone(),
                 crate::fetch::chunk_len_for(max_frame),
             )
-            .with_templates(cfg.cache_dir.clone()),
+            .with_templates(cfg.cache_dir.clone())
+            .with_memory_budget(cfg.warm_memory_mb),
     );
     let executor = Executor::start(
         cfg.session.slots,

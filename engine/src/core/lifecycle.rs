@@ -13,6 +13,9 @@ impl Core {
     pub(super) fn on_tick(&mut self, now: u64, out: &mut Vec<Action>) {
         let period = self.cfg.heartbeat_period_us;
         let threshold = self.cfg.heartbeat_threshold_us;
+        // Before held polls are answered as heartbeats: warm-up and release
+        // orders ride on them.
+        self.plan_warm(now, false, out);
         for to in self.workers.take_stale_polls(now, period) {
             out.push(Action::ReplyWorker {
                 to,
@@ -41,7 +44,6 @@ impl Core {
         if self.fleet.pools.strategy_due(now) {
             self.run_strategy(now, out);
         }
-        self.plan_warm(now, false, out);
         if now.saturating_sub(self.life.last_sweep_us) >= SWEEP_PERIOD_US {
             self.life.last_sweep_us = now;
             self.sweep(now, out);
