@@ -86,6 +86,9 @@ pub struct ExecRuntime {
     warming: Mutex<()>,
 }
 
+/// How long a slot waits for a template it started to listen.
+const TEMPLATE_START_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A template this worker started is not started again for this long (it
 /// may still be importing).
 const TEMPLATE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -449,17 +452,40 @@ impl ExecRuntime {
             },
             Err(why) => {
                 tracing::debug!(servable = %launch.id, socket = %socket.display(), reason = %why, "no template answers");
-                let mut tried = lock(&self.templates_started);
-                if tried
-                    .get(&socket)
-                    .is_none_or(|t| t.elapsed() >= TEMPLATE_RETRY)
-                {
+                let pid = {
+                    let mut tried = lock(&self.templates_started);
+                    if tried
+                        .get(&socket)
+                        .is_some_and(|t| t.elapsed() < TEMPLATE_RETRY)
+                    {
+                        return None;
+                    }
                     tried.insert(socket.clone(), std::time::Instant::now());
-                    if let Err(e) = crate::template::start(&socket, &launch) {
-                        tracing::warn!(servable = %launch.id, error = %e, "cannot start the node's template");
+                    match crate::template::start(&socket, &launch) {
+                        Ok(pid) => pid,
+                        Err(e) => {
+                            tracing::warn!(servable = %launch.id, error = %e, "cannot start the node's template");
+                            return None;
+                        }
+                    }
+                };
+                // Forked from it once it listens: starting the slot's own
+                // process meanwhile would compete with it for the cores.
+                if !crate::template::wait_ready(&socket, pid, TEMPLATE_START_LIMIT) {
+                    tracing::warn!(servable = %launch.id, socket = %socket.display(), "the node's template did not come up; starting the process afresh");
+                    return None;
+                }
+                let forked = crate::template::fork(&socket, &launch).ok()?;
+                match WarmProcess::from_template(record, &launch, forked) {
+                    Ok(process) => {
+                        tracing::info!(servable = %launch.id, slot, ms = started.elapsed().as_millis() as u64, "servable process forked from the node's template");
+                        Some(process)
+                    }
+                    Err(broken) => {
+                        tracing::warn!(servable = %launch.id, slot, error = %broken.0, "a process forked from the template failed; starting one afresh");
+                        None
                     }
                 }
-                None
             }
         }
     }

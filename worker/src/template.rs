@@ -11,8 +11,10 @@
 //! directory (mode 0700, the socket 0600), named by a hash of the
 //! servable's id, files and command, so it serves every later worker of
 //! that user on the node until it has been idle for [`IDLE_S`]. A worker
-//! that finds none starts one in the background and starts its slot's
-//! process the usual way meanwhile. A fork request is the child's
+//! that finds none starts one and forks from it once it listens (starting
+//! both at once would have them compete for the node's cores); if the
+//! template ends or takes too long, the slot's process starts the usual
+//! way. A fork request is the child's
 //! environment, working directory and cores (msgpack) with its three
 //! standard streams attached (`SCM_RIGHTS`); the answer is the child's pid.
 //! The shim's side is in `clients/python/flotilla_servable`.
@@ -118,10 +120,10 @@ pub(crate) fn fork(socket: &Path, launch: &Launch) -> Result<Forked, String> {
     ))
 }
 
-/// Starts a template for `launch` on `socket`, in the background: it
-/// outlives this worker (a process group of its own) until idle for
-/// [`IDLE_S`] (or [`IDLE_ENV`]); its output goes to a log beside the socket.
-pub(crate) fn start(socket: &Path, launch: &Launch) -> Result<(), String> {
+/// Starts a template for `launch` on `socket`: it outlives this worker (a
+/// process group of its own) until idle for [`IDLE_S`] (or [`IDLE_ENV`]);
+/// its output goes to a log beside the socket. Returns its pid.
+pub(crate) fn start(socket: &Path, launch: &Launch) -> Result<u32, String> {
     let log = File::create(socket.with_extension("log")).map_err(|e| e.to_string())?;
     let err = log.try_clone().map_err(|e| e.to_string())?;
     let mut command = launch.command();
@@ -135,14 +137,32 @@ pub(crate) fn start(socket: &Path, launch: &Launch) -> Result<(), String> {
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start `{}`: {e}", launch.argv[0]))?;
-    tracing::info!(servable = %launch.id, pid = child.id(), socket = %socket.display(), "starting the node's template of a servable");
+    let pid = child.id();
+    tracing::info!(servable = %launch.id, pid, socket = %socket.display(), "starting the node's template of a servable");
     // Reaped when it ends, while this worker lives.
     let _ = std::thread::Builder::new()
         .name("template-reaper".into())
         .spawn(move || {
             let _ = child.wait();
         });
-    Ok(())
+    Ok(pid)
+}
+
+/// Waits until the template `pid` listens on `socket` (true), or has
+/// ended or taken longer than `limit` (false).
+pub(crate) fn wait_ready(socket: &Path, pid: u32, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    while std::time::Instant::now() < deadline {
+        if socket.exists() {
+            return true;
+        }
+        if nix::sys::signal::kill(pid, None).is_err() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }
 
 /// A template's idle time: the worker's [`IDLE_ENV`] if it is a number,

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flotilla_benchmarks::{inputs, machine, median, results_dir, round, today, write_result};
+use flotilla_benchmarks::{inputs, machine, median, results_dir, today, write_result};
 use flotilla_client::{Client, json_to_payload};
 use flotilla_protocol::Payload;
 use flotilla_tests::{Flotilla, config_with, copy_servable, workspace};
@@ -162,10 +162,28 @@ fn measure(side: &str, rounds: usize) -> Result<Value, String> {
         .iter()
         .map(|v| json_to_payload(v).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let cold = cold_starts(side, rounds, &payloads[0])?;
+    let cold = cold_starts(side, rounds, &payloads[0]);
     let mut bursts = serde_json::Map::new();
-    for (name, batch) in [("batching_on", None), ("batching_off", Some(1))] {
-        bursts.insert(name.into(), burst_run(side, batch, &payloads)?);
+    let mut failed = None;
+    if cold.is_ok() {
+        for (name, batch) in [("batching_on", None), ("batching_off", Some(1))] {
+            match burst_run(side, batch, &payloads) {
+                Ok(v) => {
+                    bursts.insert(name.into(), v);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    // The node's cache of this side (its environment, its template's
+    // socket) goes; a template left idle exits within a minute.
+    let _ = std::fs::remove_dir_all(node_cache(side));
+    let cold = cold?;
+    if let Some(e) = failed {
+        return Err(e);
     }
     Ok(json!({ "cold_start_s": cold, "bursts": bursts }))
 }
@@ -192,10 +210,23 @@ fn node_cache(side: &str) -> PathBuf {
     std::env::temp_dir().join(format!("flotilla-bench-warm-{side}-{}", std::process::id()))
 }
 
-/// Templates live a minute after their last use here (600 s by default):
-/// long enough for every measure of one side, not much longer.
-fn template_idle() -> [(&'static str, std::ffi::OsString); 1] {
-    [("FLOTILLA_TEMPLATE_IDLE_S", "60".into())]
+/// The workers' environment: templates live a minute after their last
+/// use (600 s by default), long enough for every measure of one side; the
+/// servables import this checkout's shim (`clients/python`), whatever
+/// release of it the Python environment holds.
+fn worker_env() -> [(&'static str, std::ffi::OsString); 2] {
+    [
+        ("FLOTILLA_TEMPLATE_IDLE_S", "60".into()),
+        (
+            "PYTHONPATH",
+            workspace().join("clients/python").into_os_string(),
+        ),
+    ]
+}
+
+/// `x` to the millisecond (seconds) or the microsecond (milliseconds).
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 fn run_digits(client: &Client, input: &Payload) -> Result<Duration, String> {
@@ -218,7 +249,7 @@ fn cold_starts(side: &str, rounds: usize, input: &Payload) -> Result<Value, Stri
     let client = f.client();
     // The node runs digits once: its environment is made (and its
     // template, where the release has them).
-    let pid = f.spawn_worker_env(&args, &template_idle());
+    let pid = f.spawn_worker_env(&args, &worker_env());
     f.wait_workers(1);
     let first = run_digits(&client, input)?;
     f.kill_worker(pid);
@@ -235,7 +266,7 @@ fn cold_starts(side: &str, rounds: usize, input: &Payload) -> Result<Value, Stri
     }
     let mut samples = Vec::new();
     for _ in 0..rounds {
-        let pid = f.spawn_worker_env(&args, &template_idle());
+        let pid = f.spawn_worker_env(&args, &worker_env());
         f.wait_workers(1);
         samples.push(run_digits(&client, input)?.as_secs_f64());
         f.kill_worker(pid);
@@ -259,7 +290,7 @@ fn burst_run(side: &str, max_batch: Option<u32>, payloads: &[Payload]) -> Result
     let cache = node_cache(side).display().to_string();
     f.spawn_worker_env(
         &["--slots", "2", "--cache-dir", cache.as_str()],
-        &template_idle(),
+        &worker_env(),
     );
     f.wait_workers(1);
     let client = f.client();
