@@ -273,6 +273,9 @@ impl Conn {
                 self.shared.reregistered.fetch_add(1, Ordering::Relaxed);
             }
             // A failed request already failed this simulated worker.
+            // Simulated workers do not report their slots, so the daemon
+            // never places batches or sends warm-up orders to them.
+            Action::RunOn { .. } | Action::Warm(_) | Action::Release(_) => {}
             Action::TickSoon => {}
             Action::End(Ending::Shutdown) => {
                 self.shared.shutdowns.fetch_add(1, Ordering::Relaxed);

@@ -262,6 +262,15 @@ pub(crate) enum ServableCmd {
         /// NAME@VERSION.
         id: String,
     },
+    /// Warm a servable ahead of a known burst: start and initialise its
+    /// process in N slots (held for its warm_idle_s, or ten minutes).
+    Warm {
+        /// NAME (latest) or NAME@VERSION.
+        name: String,
+        /// Slots to hold warm, over all workers that may run it.
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -74,6 +74,12 @@ pub fn servable(command: ServableCmd) -> Result<(), Failure> {
             let id = client.remove_servable(&id).map_err(Failure::from_client)?;
             println!("removed {id}");
         }
+        ServableCmd::Warm { name, slots } => {
+            let (id, hosting) = client
+                .warm_servable(&name, slots)
+                .map_err(Failure::from_client)?;
+            println!("{id}: {hosting} slot(s) warm or warming");
+        }
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! How the CLI shows tasks and the daemon, as text or as JSON.
 
 use flotilla_client::payload_to_json;
-use flotilla_protocol::client::{BlockView, DaemonStatus, WorkerView};
+use flotilla_protocol::client::{BlockView, DaemonStatus, WarmView, WorkerView};
 use flotilla_protocol::interchange::SlotResources;
 use flotilla_protocol::task::{Outcome, TaskView};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 /// A task as JSON: state, timings, and the output (decoded) or error.
 pub fn task_json(t: &TaskView) -> Value {
@@ -252,6 +253,9 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
             out.push_str(&format!("  {:<24} waiting: {why}\n", ""));
         }
     }
+    if !s.warm.is_empty() {
+        out.push_str(&warm_text(&s.warm));
+    }
     let t = &s.totals;
     out.push_str(&format!(
         "\ntasks: {} accepted, {} completed, {} failed, {} cancelled, {} requeued after worker loss\n",
@@ -288,6 +292,33 @@ fn blocks_text(blocks: &[&BlockView]) -> String {
 }
 
 /// Workers under `heading`, one line each and one per slot.
+/// Warm processes per servable, with their memory.
+fn warm_text(warm: &[WarmView]) -> String {
+    let mut out = String::from("\nwarm processes\n");
+    let mut by_servable: BTreeMap<&str, Vec<&WarmView>> = BTreeMap::new();
+    for w in warm {
+        by_servable.entry(&w.servable).or_default().push(w);
+    }
+    for (servable, list) in by_servable {
+        let total_kb: u64 = list.iter().map(|w| w.rss_kb).sum();
+        out.push_str(&format!(
+            "  {:<24} {} warm, {} MiB resident\n",
+            servable,
+            list.len(),
+            total_kb / 1024
+        ));
+        for w in list {
+            out.push_str(&format!(
+                "    worker {} slot {}: {} MiB\n",
+                w.worker,
+                w.slot,
+                w.rss_kb / 1024
+            ));
+        }
+    }
+    out
+}
+
 fn workers_text(heading: &str, workers: &[&WorkerView]) -> String {
     let mut out = format!("  {heading} ({})\n", workers.len());
     for w in workers {
@@ -365,6 +396,9 @@ pub fn daemon_json(s: &DaemonStatus) -> Value {
             "failed": s.totals.failed, "cancelled": s.totals.cancelled,
             "requeued": s.totals.requeued,
         },
+        "warm": s.warm.iter().map(|w| json!({
+            "servable": w.servable, "worker": w.worker, "slot": w.slot, "rss_kb": w.rss_kb,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -453,6 +487,7 @@ mod tests {
             ],
             queues: vec![],
             totals: Default::default(),
+            warm: Vec::new(),
         };
         let text = daemon_text(&s);
         let cpu = text.find("pool cpu").unwrap();

@@ -523,6 +523,19 @@ impl Client {
         }
     }
 
+    /// Warms `servable` in `slots` slots ahead of a known burst; returns
+    /// its canonical name and the slots that hold it warm or warm it now.
+    pub fn warm_servable(&self, servable: &str, slots: u32) -> Result<(String, u32), ClientError> {
+        let call = ClientCall::WarmServable {
+            servable: servable.to_owned(),
+            slots,
+        };
+        match self.call(&call, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::Warming { servable, slots } => Ok((servable, slots)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Lets a pool paused after failed blocks start blocks again.
     pub fn resume_pool(&self, name: &str) -> Result<(), ClientError> {
         let call = ClientCall::ResumePool {

@@ -51,6 +51,8 @@ pub struct BlockTemplate {
     cache_dir: Option<String>,
     /// `[worker] python`: what nodes make servables' environments with.
     python: Option<String>,
+    /// `[worker] warm_memory_mb`: the workers' budget for warm processes.
+    warm_memory_mb: Option<u64>,
     /// `[daemon] max_frame_bytes`: workers accept frames this large.
     max_frame_bytes: usize,
 }
@@ -123,6 +125,7 @@ impl BlockTemplate {
             objects: workers_objects(config, state_dir),
             cache_dir: config.worker.cache_dir.clone(),
             python: config.worker.python.clone(),
+            warm_memory_mb: config.worker.warm_memory_mb,
             tag,
             worker_exe: site.worker_exe.clone(),
             addresses: site.addresses.clone(),
@@ -260,6 +263,7 @@ impl BlockTemplate {
             objects_dir: self.objects.as_ref().map(PathBuf::from),
             cache_dir: self.cache_dir.as_ref().map(PathBuf::from),
             python: self.python.clone(),
+            warm_memory_mb: self.warm_memory_mb,
             exit_with_pid: self.exit_with_daemon.then(|| std::process::id() as i32),
             max_frame_bytes: Some(self.max_frame_bytes),
             accelerators: self.node.devices.clone(),

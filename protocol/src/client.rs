@@ -111,6 +111,15 @@ pub enum ClientCall {
         /// Servable name (no version), or none for everything.
         servable: Option<String>,
     },
+    /// Warm a servable ahead of a known burst: hold `slots` slots with its
+    /// process started and initialised (for its `warm_idle_s`, or ten
+    /// minutes).
+    WarmServable {
+        /// `NAME` (latest) or `NAME@VERSION`.
+        servable: String,
+        /// Slots to hold warm, over all workers that may run it.
+        slots: u32,
+    },
 }
 
 /// A catalog search.
@@ -205,6 +214,13 @@ pub enum ClientReply {
     },
     /// The call was refused; nothing was changed.
     Error(ApiError),
+    /// Answer to [`ClientCall::WarmServable`].
+    Warming {
+        /// `NAME@VERSION`.
+        servable: String,
+        /// Slots that hold it warm or are warming it now.
+        slots: u32,
+    },
 }
 
 /// The memo store's size, bounds and counters since the daemon started.
@@ -305,6 +321,24 @@ pub struct DaemonStatus {
     pub queues: Vec<QueueView>,
     /// Counters since the daemon started.
     pub totals: Totals,
+    /// Warm servable processes, by servable, worker and slot. Last, and
+    /// left out when empty, so a status without it reads as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm: Vec<WarmView>,
+}
+
+/// One warm servable process, for `flotilla status`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct WarmView {
+    /// `NAME@VERSION`.
+    pub servable: String,
+    /// The worker that holds it.
+    pub worker: String,
+    /// Its slot there.
+    pub slot: u32,
+    /// Resident memory as the worker last reported it, KiB (0: not
+    /// reported yet).
+    pub rss_kb: u64,
 }
 
 /// One block (a pilot job: nodes acquired from a provider, running the

@@ -169,6 +169,73 @@ pub enum WorkerMessage {
         /// [`crate::objects::MAX_CHUNK_BYTES`].
         len: u32,
     },
+    /// What each slot holds warm now (sent when it changed: a warm-up
+    /// started or finished, a process was started, lost or let go).
+    /// Answered at once like a `Pull` without results. A worker that sends
+    /// it is sent [`DaemonMessage::Assign`]: work for named slots, and
+    /// orders to warm and release servables.
+    Slots {
+        /// One entry per slot, in slot order.
+        slots: Vec<SlotWarmth>,
+    },
+}
+
+/// What one slot of a worker holds warm, as the worker reports it.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, Default)]
+pub struct SlotWarmth {
+    /// Servables with a process started and initialised in this slot
+    /// (idle or running a batch), each with its memory.
+    pub warm: Vec<WarmProcessInfo>,
+    /// The servable this slot is warming now, at the daemon's request.
+    pub warming: Option<String>,
+    /// Warm orders for this slot finished (ready or failed) since the
+    /// worker started: the daemon counts the slot as warming until this
+    /// reaches the number of orders it sent.
+    pub orders_done: u64,
+    /// Servables whose last warm-up in this slot failed: the daemon then
+    /// sends their batches cold, so the failure reaches their tasks.
+    pub failed: Vec<String>,
+}
+
+/// One warm servable process.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, Default)]
+pub struct WarmProcessInfo {
+    /// The servable (`NAME@VERSION`).
+    pub servable: String,
+    /// Its resident memory in KiB (0: unknown), as `/proc` said when
+    /// reported.
+    pub rss_kb: u64,
+}
+
+/// Start `servable`'s process in slot `slot` and initialise it, in the
+/// background; the slot takes no batch meanwhile.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct WarmOrder {
+    /// The slot (0-based).
+    pub slot: u32,
+    /// The servable (`NAME@VERSION`).
+    pub servable: String,
+    /// The servable's record, when the worker has not been sent it yet.
+    pub spec: Option<Box<ServableRecord>>,
+}
+
+/// Let `servable`'s idle process in slot `slot` go (it has been idle
+/// longer than its servable's `warm_idle_s`).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct ReleaseOrder {
+    /// The slot (0-based).
+    pub slot: u32,
+    /// The servable (`NAME@VERSION`).
+    pub servable: String,
+}
+
+/// A batch for one named slot.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct SlotBatch {
+    /// The slot (0-based) that runs it.
+    pub slot: u32,
+    /// The batch.
+    pub batch: WorkBatch,
 }
 
 /// What the daemon sends to a worker.
@@ -204,6 +271,17 @@ pub enum DaemonMessage {
     Work {
         /// Batches, each to be run as one servable call.
         batches: Vec<WorkBatch>,
+    },
+    /// Work for named slots, and warm-up and release orders: sent instead
+    /// of `Work` to a worker that reports its slots
+    /// ([`WorkerMessage::Slots`]).
+    Assign {
+        /// Batches, each for the slot it names.
+        batches: Vec<SlotBatch>,
+        /// Servables to warm, each in a slot.
+        warm: Vec<WarmOrder>,
+        /// Idle processes to let go.
+        release: Vec<ReleaseOrder>,
     },
     /// The daemon does not know this worker (it restarted, or declared the
     /// worker lost): send `Hello` again, then resend unacknowledged results.

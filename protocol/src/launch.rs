@@ -38,6 +38,9 @@ pub const OBJECTS_ENV: &str = "FLOTILLA_OBJECTS";
 pub const CACHE_DIR_ENV: &str = "FLOTILLA_CACHE_DIR";
 /// The Python a worker makes servables' environments with (`--python`).
 pub const PYTHON_ENV: &str = "FLOTILLA_PYTHON";
+/// Resident memory, in MiB, a worker's warm servable processes may hold
+/// before warm-ups are refused (`--warm-memory-mb`).
+pub const WARM_MEMORY_MB_ENV: &str = "FLOTILLA_WARM_MEMORY_MB";
 /// When the worker's job ends, in Unix seconds (the block script sets it).
 pub const JOB_END_ENV: &str = "FLOTILLA_JOB_END";
 /// A process id the worker exits with (a local daemon's own).
@@ -99,6 +102,8 @@ pub mod flag {
     pub const CACHE_DIR: &str = "--cache-dir";
     /// The Python servables' environments are made with.
     pub const PYTHON: &str = "--python";
+    /// Memory budget of the warm servable processes, MiB.
+    pub const WARM_MEMORY_MB: &str = "--warm-memory-mb";
     /// Block the worker belongs to.
     pub const BLOCK_ID: &str = "--block-id";
     /// Batches run at once.
@@ -195,6 +200,12 @@ pub const USAGE: &[OptionUsage] = &[
         value: "PYTHON",
         env: Some(PYTHON_ENV),
         help: "the Python that servables' declared environments are made with, once per node under the cache directory (default: python3 on PATH)",
+    },
+    OptionUsage {
+        flag: flag::WARM_MEMORY_MB,
+        value: "MIB",
+        env: Some(WARM_MEMORY_MB_ENV),
+        help: "resident memory the worker's warm servable processes may hold: over it, idle processes of other servables are let go and warm-ups ahead of need are refused (default: no limit)",
     },
     OptionUsage {
         flag: flag::BLOCK_ID,
@@ -333,6 +344,9 @@ pub struct WorkerArgs {
     /// The Python servables' environments are made with (argv, or
     /// [`PYTHON_ENV`]).
     pub python: Option<String>,
+    /// Memory budget of the warm servable processes, MiB (argv, or
+    /// [`WARM_MEMORY_MB_ENV`]).
+    pub warm_memory_mb: Option<u64>,
     /// Block the worker belongs to (argv).
     pub block_id: Option<u32>,
     /// Batches run at once (argv).
@@ -449,6 +463,11 @@ impl WorkerArgs {
         put(w, flag::SECRET_FILE, path(&self.secret_file));
         put(w, flag::CACHE_DIR, path(&self.cache_dir));
         put(w, flag::PYTHON, self.python.clone());
+        put(
+            w,
+            flag::WARM_MEMORY_MB,
+            self.warm_memory_mb.map(|m| m.to_string()),
+        );
         put(w, flag::BLOCK_ID, self.block_id.map(|b| b.to_string()));
         put(w, flag::WORKER_ID, self.worker_id.clone());
         put(
@@ -554,6 +573,11 @@ impl WorkerArgs {
             flag::OBJECTS_DIR => once(&mut self.objects_dir, name, value.into()),
             flag::CACHE_DIR => once(&mut self.cache_dir, name, value.into()),
             flag::PYTHON => once(&mut self.python, name, value),
+            flag::WARM_MEMORY_MB => once(
+                &mut self.warm_memory_mb,
+                name,
+                typed(name, &value, "a number of MiB")?,
+            ),
             flag::BLOCK_ID => once(&mut self.block_id, name, typed(name, &value, "a block id")?),
             flag::SLOTS => once(&mut self.slots, name, typed(name, &value, "a number")?),
             flag::WORKER_ID => once(&mut self.worker_id, name, value),
@@ -621,6 +645,11 @@ impl WorkerArgs {
         }
         if self.python.is_none() {
             self.python = var(PYTHON_ENV);
+        }
+        if self.warm_memory_mb.is_none()
+            && let Some(mb) = var(WARM_MEMORY_MB_ENV)
+        {
+            self.warm_memory_mb = Some(typed(WARM_MEMORY_MB_ENV, &mb, "a number of MiB")?);
         }
         if self.job_end.is_none()
             && let Some(end) = var(JOB_END_ENV)

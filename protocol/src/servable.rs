@@ -290,6 +290,14 @@ pub struct ServableOptions {
     /// whose job ends sooner is not given it (otherwise the daemon learns
     /// the duration from history).
     pub max_duration_s: Option<u64>,
+    /// Start slot processes by forking a per-node template that has run
+    /// the script up to `serve()` (imports done, model loaded), instead of
+    /// starting each afresh. Only for servables whose script holds no GPU
+    /// context, threads or connections before `serve()`: a fork copies the
+    /// process as it is. Last, and left out when false, so records from
+    /// before it read as before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fork: bool,
 }
 
 impl Default for ServableOptions {
@@ -301,6 +309,7 @@ impl Default for ServableOptions {
             latency_target_ms: 100,
             validate_input: false,
             max_duration_s: None,
+            fork: false,
         }
     }
 }

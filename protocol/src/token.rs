@@ -255,6 +255,9 @@ fn effect(call: &ClientCall) -> Effect<'_> {
             Effect::Change("publish", vec![record.spec.name.as_str()])
         }
         ClientCall::RemoveServable { id } => Effect::Change("remove", vec![id.as_str()]),
+        ClientCall::WarmServable { servable, .. } => {
+            Effect::Change("warm", vec![servable.as_str()])
+        }
         ClientCall::Stop => Effect::Local("stop"),
         ClientCall::ResumePool { .. } => Effect::Local("pool resume"),
         ClientCall::MemoClear { .. } => Effect::Local("memo clear"),

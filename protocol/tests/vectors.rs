@@ -302,6 +302,7 @@ fn exec_record() -> ServableRecord {
             latency_target_ms: 50,
             validate_input: true,
             max_duration_s: Some(600),
+            fork: false,
         },
     };
     ServableRecord {

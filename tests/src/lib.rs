@@ -376,6 +376,9 @@ impl Flotilla {
             .arg(self.home())
             .args(extra)
             .env("PATH", path_with_python())
+            // Servable templates outlive their workers by design; a
+            // test's end within seconds of its last use.
+            .env("FLOTILLA_TEMPLATE_IDLE_S", "5")
             .env_remove(SECRET_ENV);
         let child = spawn_logged(cmd, log);
         let pid = child.id();
@@ -393,6 +396,7 @@ impl Flotilla {
             .arg(self.home())
             .args(extra)
             .env("PATH", path_with_python())
+            .env("FLOTILLA_TEMPLATE_IDLE_S", "5")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove(SECRET_ENV);
         let child = spawn_logged(cmd, log);

@@ -74,15 +74,44 @@ pub struct ExecRuntime {
     idle: IdleProcesses<WarmProcess>,
     /// ONNX servables' models, loaded in the worker (`runtime.kind = "onnx"`).
     onnx: OnnxRuntime,
+    /// The node's cache directory, where templates of servables that fork
+    /// listen (see [`crate::template`]); none: no templates.
+    templates: Option<PathBuf>,
+    /// When this worker last started each template.
+    templates_started: Mutex<HashMap<PathBuf, std::time::Instant>>,
+    /// Resident memory, KiB, the idle warm processes may hold; none: no
+    /// limit.
+    memory_budget_kb: Option<u64>,
+    /// Idle processes let go for the budget since last asked (servable,
+    /// slot), for the slots' reports.
+    evicted: Mutex<Vec<(String, usize)>>,
+    /// Held through a warm-up under a memory budget, so the next one sees
+    /// what this one holds.
+    warming: Mutex<()>,
 }
+
+/// How long a slot waits for a template it started to listen.
+const TEMPLATE_START_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A template this worker started is not started again for this long (it
+/// may still be importing).
+const TEMPLATE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Warm processes waiting for their next batch, by servable and by the
 /// slot that started them: a process keeps that slot's devices and cores
 /// for life, so no other slot may take it (two slots would otherwise end
-/// up with processes on the same device).
+/// up with processes on the same device). Each is kept with when it was
+/// last put back, for letting the least recently used go first.
 struct IdleProcesses<P> {
-    by_slot: Mutex<HashMap<(String, usize), Vec<P>>>,
+    by_slot: Mutex<ByServableAndSlot<P>>,
 }
+
+/// Idle processes, each with when it was put back, by servable and slot.
+type ByServableAndSlot<P> = HashMap<(String, usize), Vec<(P, std::time::Instant)>>;
+
+/// What [`IdleProcesses::shed`] did: the memory still held (KiB) and the
+/// processes let go (servable, slot, KiB).
+type Shed = (u64, Vec<(String, usize, u64)>);
 
 impl<P> IdleProcesses<P> {
     fn new() -> Self {
@@ -96,6 +125,53 @@ impl<P> IdleProcesses<P> {
         lock(&self.by_slot)
             .get_mut(&(servable.to_owned(), slot))
             .and_then(Vec::pop)
+            .map(|(p, _)| p)
+    }
+
+    /// Lets idle processes go, least recently used first, until those left
+    /// hold at most `budget_kb` as `rss_kb` measures them; never one of
+    /// `keep`'s servable (a slot never pushes out its own servable's
+    /// processes: that would only move the load around).
+    fn shed(&self, budget_kb: u64, keep: (&str, usize), rss_kb: impl Fn(&P) -> u64) -> Shed {
+        let mut dropped = Vec::new();
+        let mut gone = Vec::new();
+        let held = {
+            let mut map = lock(&self.by_slot);
+            let rss_kb = &rss_kb;
+            let mut all: Vec<(std::time::Instant, (String, usize), u64)> = map
+                .iter()
+                .flat_map(|(k, list)| list.iter().map(move |(p, t)| (*t, k.clone(), rss_kb(p))))
+                .collect();
+            let mut held: u64 = all.iter().map(|(_, _, kb)| kb).sum();
+            all.sort_by_key(|(t, _, _)| *t);
+            for (_, key, kb) in all {
+                if held <= budget_kb {
+                    break;
+                }
+                if key.0 == keep.0 {
+                    continue;
+                }
+                if let Some(list) = map.get_mut(&key)
+                    && !list.is_empty()
+                {
+                    let (p, _) = list.remove(0);
+                    gone.push(p);
+                    held = held.saturating_sub(kb);
+                    dropped.push((key.0.clone(), key.1, kb));
+                }
+            }
+            held
+        };
+        // Dropped (asked to exit) outside the lock.
+        drop(gone);
+        (held, dropped)
+    }
+
+    /// True if slot `slot` holds an idle process of `servable`.
+    fn has(&self, servable: &str, slot: usize) -> bool {
+        lock(&self.by_slot)
+            .get(&(servable.to_owned(), slot))
+            .is_some_and(|l| !l.is_empty())
     }
 
     /// Keeps `process` of `servable`, started by slot `slot`, for its next
@@ -104,7 +180,19 @@ impl<P> IdleProcesses<P> {
         lock(&self.by_slot)
             .entry((servable.to_owned(), slot))
             .or_default()
-            .push(process);
+            .push((process, std::time::Instant::now()));
+    }
+
+    /// Servables with an idle process that slot `slot` started, each with
+    /// what `describe` says of its process, by name.
+    fn in_slot<T>(&self, slot: usize, describe: impl Fn(&P) -> T) -> Vec<(String, T)> {
+        let mut found: Vec<(String, T)> = lock(&self.by_slot)
+            .iter()
+            .filter(|((_, s), list)| *s == slot && !list.is_empty())
+            .filter_map(|((name, _), list)| list.last().map(|(p, _)| (name.clone(), describe(p))))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
     }
 
     /// Drops every idle process.
@@ -170,7 +258,49 @@ impl ExecRuntime {
             slots: Vec::new(),
             idle: IdleProcesses::new(),
             onnx: OnnxRuntime::new(1),
+            templates: None,
+            templates_started: Mutex::new(HashMap::new()),
+            memory_budget_kb: None,
+            evicted: Mutex::new(Vec::new()),
+            warming: Mutex::new(()),
         }
+    }
+
+    /// Idle processes let go for the memory budget since the last call
+    /// (servable, slot).
+    pub fn take_evicted(&self) -> Vec<(String, usize)> {
+        std::mem::take(&mut *lock(&self.evicted))
+    }
+
+    /// The same runtime, its warm processes holding at most `mb` MiB of
+    /// resident memory (none: no limit): over it, idle processes of other
+    /// servables are let go, least recently used first, and warm-ups
+    /// ahead of need are refused.
+    pub fn with_memory_budget(mut self, mb: Option<u64>) -> Self {
+        self.memory_budget_kb = mb.map(|mb| mb.saturating_mul(1024));
+        self
+    }
+
+    /// Lets idle processes go, least recently used first, until the idle
+    /// processes hold at most the budget, keeping `keep` (a servable and
+    /// slot). Returns what they hold then, KiB, if there is a budget.
+    fn within_budget(&self, keep: (&str, usize)) -> Option<u64> {
+        let budget = self.memory_budget_kb?;
+        let dropped = self.idle.shed(budget, keep, |p: &WarmProcess| {
+            crate::memory::rss_kb(p.pid()).unwrap_or(0)
+        });
+        lock(&self.evicted).extend(dropped.1.iter().map(|(s, slot, _)| (s.clone(), *slot)));
+        for (servable, slot, rss_kb) in &dropped.1 {
+            tracing::info!(servable = %servable, slot, rss_kb, budget_kb = budget, "letting an idle warm process go: over the worker's memory budget ([worker] warm_memory_mb)");
+        }
+        Some(dropped.0)
+    }
+
+    /// The same runtime, forking servables that allow it from templates
+    /// listening in the node's cache directory `cache_dir`.
+    pub fn with_templates(mut self, cache_dir: PathBuf) -> Self {
+        self.templates = Some(cache_dir);
+        self
     }
 
     /// The same runtime, fetching files it cannot find in its object store
@@ -242,33 +372,22 @@ impl ExecRuntime {
                 ),
             );
         }
-        let dir = match self.prepare(&record) {
-            Ok(dir) => dir,
-            Err((kind, message)) => return failure(kind, message),
-        };
         if matches!(record.spec.runtime, Runtime::Onnx { .. }) {
+            // Models run in this process: no servable process to warm.
+            let dir = match self.prepare(&record) {
+                Ok(dir) => dir,
+                Err((kind, message)) => return failure(kind, message),
+            };
             let inputs: Vec<&[u8]> = batch.items.iter().map(|i| &i.input[..]).collect();
             return self.onnx.run(&record, &dir, &inputs, (slot, placement));
         }
         let taken = self.idle.take(&batch.servable, slot);
         let mut process = match taken {
             Some(p) => p,
-            None => {
-                let (container, venv) = match self.runs_in(&record) {
-                    Ok(found) => found,
-                    Err((kind, message)) => return failure(kind, message),
-                };
-                match WarmProcess::start(
-                    &record,
-                    &dir,
-                    container,
-                    venv.as_deref(),
-                    (slot, placement),
-                ) {
-                    Ok(p) => p,
-                    Err(broken) => return failure(FailureKind::Crashed, broken.0),
-                }
-            }
+            None => match self.start_process(&record, slot, placement) {
+                Ok(p) => p,
+                Err((kind, message)) => return failure(kind, message),
+            },
         };
         let tasks = batch
             .items
@@ -280,6 +399,7 @@ impl ExecRuntime {
         match process.run(&tasks, &inputs, &batch.params) {
             Ok(reply) => {
                 self.idle.put(&batch.servable, slot, process);
+                self.within_budget((&batch.servable, slot));
                 match reply {
                     Reply::Outputs(outputs) => Ok(outputs
                         .into_iter()
@@ -295,6 +415,163 @@ impl ExecRuntime {
             // The process is gone (dropped here); the next batch starts anew.
             Err(broken) => failure(FailureKind::Crashed, broken.0),
         }
+    }
+
+    /// Prepares `record`'s files and starts and initialises a process of
+    /// it for slot `slot`.
+    fn start_process(
+        &self,
+        record: &ServableRecord,
+        slot: usize,
+        placement: &SlotPlacement,
+    ) -> Result<WarmProcess, PrepareError> {
+        let dir = self.prepare(record)?;
+        let (container, venv) = self.runs_in(record)?;
+        if record.spec.options.fork
+            && container.is_none()
+            && let Some(process) =
+                self.fork_from_template(record, &dir, venv.as_deref(), slot, placement)
+        {
+            return Ok(process);
+        }
+        WarmProcess::start(record, &dir, container, venv.as_deref(), (slot, placement))
+            .map_err(|broken| (FailureKind::Crashed, broken.0))
+    }
+
+    /// A process of `record` for slot `slot` forked by the node's template,
+    /// if one answers; if none does, one is started for the next time.
+    fn fork_from_template(
+        &self,
+        record: &ServableRecord,
+        dir: &Path,
+        venv: Option<&Path>,
+        slot: usize,
+        placement: &SlotPlacement,
+    ) -> Option<WarmProcess> {
+        let cache = NodeCache::open(self.templates.as_ref()?).ok()?;
+        let templates = match crate::template::directory(cache.dir()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(dir = %cache.dir().display(), error = %e, "no directory for servable templates");
+                return None;
+            }
+        };
+        let launch =
+            crate::process::Launch::new(record, dir, None, venv, (slot, placement)).ok()?;
+        let socket = crate::template::socket_path(&templates, record, &launch);
+        let started = std::time::Instant::now();
+        match crate::template::fork(&socket, &launch) {
+            Ok(forked) => match WarmProcess::from_template(record, &launch, forked) {
+                Ok(process) => {
+                    tracing::info!(servable = %launch.id, slot, ms = started.elapsed().as_millis() as u64, "servable process forked from the node's template");
+                    Some(process)
+                }
+                Err(broken) => {
+                    tracing::warn!(servable = %launch.id, slot, error = %broken.0, "a process forked from the template failed; starting one afresh");
+                    None
+                }
+            },
+            Err(why) => {
+                tracing::debug!(servable = %launch.id, socket = %socket.display(), reason = %why, "no template answers");
+                let pid = {
+                    let mut tried = lock(&self.templates_started);
+                    if tried
+                        .get(&socket)
+                        .is_some_and(|t| t.elapsed() < TEMPLATE_RETRY)
+                    {
+                        return None;
+                    }
+                    tried.insert(socket.clone(), std::time::Instant::now());
+                    match crate::template::start(&socket, &launch) {
+                        Ok(pid) => pid,
+                        Err(e) => {
+                            tracing::warn!(servable = %launch.id, error = %e, "cannot start the node's template");
+                            return None;
+                        }
+                    }
+                };
+                // Forked from it once it listens: starting the slot's own
+                // process meanwhile would compete with it for the cores.
+                if !crate::template::wait_ready(&socket, pid, TEMPLATE_START_LIMIT) {
+                    tracing::warn!(servable = %launch.id, socket = %socket.display(), "the node's template did not come up; starting the process afresh");
+                    return None;
+                }
+                let forked = crate::template::fork(&socket, &launch).ok()?;
+                match WarmProcess::from_template(record, &launch, forked) {
+                    Ok(process) => {
+                        tracing::info!(servable = %launch.id, slot, ms = started.elapsed().as_millis() as u64, "servable process forked from the node's template");
+                        Some(process)
+                    }
+                    Err(broken) => {
+                        tracing::warn!(servable = %launch.id, slot, error = %broken.0, "a process forked from the template failed; starting one afresh");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts and initialises a process of `servable` for slot `slot`
+    /// ahead of its batches (the daemon asked), unless the slot has one
+    /// idle already.
+    pub fn warm(&self, servable: &str, slot: usize) -> Result<(), String> {
+        let Some(record) = lock(&self.records).get(servable).cloned() else {
+            let message = format!("this worker was not sent servable `{servable}`");
+            tracing::warn!(servable = %servable, slot, error = %message, "cannot warm a servable");
+            return Err(message);
+        };
+        if matches!(record.spec.runtime, Runtime::Onnx { .. }) {
+            // Its model runs inside this worker and loads with the slot's
+            // first batch: there is no process to start ahead.
+            return Err(format!(
+                "{servable} runs in the worker (onnx); its model loads with the slot's first batch"
+            ));
+        }
+        if self.idle.has(servable, slot) {
+            return Ok(());
+        }
+        // Under a budget, one warm-up at a time: each sees what the last
+        // one started.
+        let _one_at_a_time = self.memory_budget_kb.map(|_| lock(&self.warming));
+        if let Some(held) = self.within_budget((servable, slot))
+            && let Some(budget) = self.memory_budget_kb
+            && held >= budget
+        {
+            let message = format!(
+                "not warming {servable}: the worker's warm processes hold {} MiB of its {} MiB budget ([worker] warm_memory_mb)",
+                held / 1024,
+                budget / 1024
+            );
+            tracing::warn!(servable = %servable, slot, held_kb = held, budget_kb = budget, "warm-up refused: over the memory budget");
+            return Err(message);
+        }
+        let nothing = SlotPlacement::default();
+        let placement = self.slots.get(slot).unwrap_or(&nothing);
+        let started = std::time::Instant::now();
+        match self.start_process(&record, slot, placement) {
+            Ok(process) => {
+                tracing::info!(servable = %servable, slot, ms = started.elapsed().as_millis() as u64, "servable warm");
+                self.idle.put(servable, slot, process);
+                Ok(())
+            }
+            Err((_, message)) => {
+                tracing::warn!(servable = %servable, slot, error = %message, "warming a servable failed");
+                Err(message)
+            }
+        }
+    }
+
+    /// Lets slot `slot`'s idle process of `servable` go.
+    pub fn release(&self, servable: &str, slot: usize) {
+        if let Some(process) = self.idle.take(servable, slot) {
+            tracing::info!(servable = %servable, slot, "letting an idle warm process go");
+            drop(process);
+        }
+    }
+
+    /// The servables slot `slot` holds an idle process of, with its pid.
+    pub fn warm_in(&self, slot: usize) -> Vec<(String, u32)> {
+        self.idle.in_slot(slot, WarmProcess::pid)
     }
 
     /// What `record`'s processes run in: a container (its image with the
@@ -695,6 +972,27 @@ pub(crate) mod tests {
         // Slot 1 holds one: it goes on to fetch the files (none here).
         let other = runtime.run(&batch, 1).unwrap_err();
         assert!(!other.message.contains("accelerators"), "{}", other.message);
+    }
+
+    #[test]
+    fn over_the_memory_budget_the_least_recently_used_idle_processes_go_first() {
+        let idle = IdleProcesses::new();
+        idle.put("a@1.0.0", 0, 300u64);
+        idle.put("b@1.0.0", 1, 300u64);
+        idle.put("a@1.0.0", 1, 300u64);
+        idle.put("c@1.0.0", 0, 300u64);
+        // 1200 KiB held, 700 allowed; `a`, the servable kept, never goes.
+        let (held, dropped) = idle.shed(700, ("a@1.0.0", 0), |kb| *kb);
+        assert_eq!(held, 600);
+        let names: Vec<&str> = dropped.iter().map(|(s, _, _)| s.as_str()).collect();
+        assert_eq!(names, ["b@1.0.0", "c@1.0.0"], "oldest first, never `a`");
+        assert!(idle.has("a@1.0.0", 0) && idle.has("a@1.0.0", 1));
+        let (held, dropped) = idle.shed(700, ("x", 9), |kb| *kb);
+        assert_eq!(
+            (held, dropped.len()),
+            (600, 0),
+            "within budget: nothing goes"
+        );
     }
 
     #[test]

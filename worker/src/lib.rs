@@ -16,10 +16,12 @@ pub mod environment;
 mod exec;
 mod executor;
 pub mod fetch;
+pub mod memory;
 pub mod onnx;
 mod process;
 pub mod session;
 pub mod shell;
+mod template;
 
 /// Builtin servables this worker runs; it also runs any published
 /// servable whose record the daemon sends it.

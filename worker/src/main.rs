@@ -344,6 +344,7 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
         python: args.python.clone().unwrap_or_else(|| "python3".to_owned()),
         containers: servable_containers(args)?,
         placements,
+        warm_memory_mb: args.warm_memory_mb,
     };
     Ok((worker, endpoints, port, connect_timeout))
 }

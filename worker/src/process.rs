@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Component, Path};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,12 +29,76 @@ const STDERR_TAIL: usize = 20;
 #[derive(Debug)]
 pub struct Broken(pub String);
 
+/// The process behind a [`WarmProcess`].
+enum Handle {
+    /// Started by this worker.
+    Child(Child),
+    /// Forked by the node's template of its servable (see
+    /// [`crate::template`]): the template is its parent, so it is watched
+    /// through its pipes and its exit status is unknown here.
+    Forked(u32),
+}
+
+impl Handle {
+    fn id(&self) -> u32 {
+        match self {
+            Handle::Child(c) => c.id(),
+            Handle::Forked(pid) => *pid,
+        }
+    }
+
+    /// Its exit status within `limit`, in words, if it ended.
+    fn wait_briefly(&mut self, limit: Duration) -> Option<String> {
+        match self {
+            Handle::Child(c) => wait_briefly(c, limit).map(|s| s.to_string()),
+            Handle::Forked(pid) => {
+                let deadline = Instant::now() + limit;
+                let pid = nix::unistd::Pid::from_raw(*pid as i32);
+                loop {
+                    if nix::sys::signal::kill(pid, None).is_err() {
+                        return Some("exited (status unknown: forked from its template)".into());
+                    }
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Handle::Child(c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Handle::Forked(pid) => {
+                let pid = nix::unistd::Pid::from_raw(*pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// How a servable's process is started: its argv, working directory and
+/// environment, as [`WarmProcess::start`] and the template both need.
+pub(crate) struct Launch {
+    pub(crate) id: String,
+    pub(crate) argv: Vec<String>,
+    pub(crate) cwd: std::path::PathBuf,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) cpus: Option<Vec<u32>>,
+    pub(crate) slot: usize,
+    pub(crate) devices: String,
+}
+
 /// A running servable process.
 pub struct WarmProcess {
     servable: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: ChildStdout,
+    child: Handle,
+    stdin: Option<Box<dyn Write + Send>>,
+    stdout: Box<dyn Read + Send>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     stderr_reader: Option<std::thread::JoinHandle<()>>,
     current_tasks: Arc<Mutex<String>>,
@@ -56,80 +120,20 @@ impl WarmProcess {
         venv: Option<&Path>,
         (slot, placement): (usize, &SlotPlacement),
     ) -> Result<WarmProcess, Broken> {
-        let id = record.id();
-        let Runtime::Exec {
-            command,
-            args,
-            working_dir,
-            env,
-        } = &record.spec.runtime
-        else {
-            return Err(Broken(format!("{id} is not an exec servable")));
-        };
-        let cwd = match working_dir {
-            Some(w) if inside(w) => dir.join(w),
-            Some(w) => {
-                return Err(Broken(format!(
-                    "{id}: working_dir `{w}` is not a directory inside the servable's files"
-                )));
-            }
-            None => dir.to_path_buf(),
-        };
-        let mut vars = env.clone();
-        vars.insert("FLOTILLA_SERVABLE".into(), id.clone());
-        vars.insert("PYTHONUNBUFFERED".into(), "1".into());
-        // The site's devices win over anything the servable or the job set.
-        vars.insert(SLOT_ENV.into(), slot.to_string());
-        vars.extend(placement.env.iter().cloned());
-        let mut command = command.clone();
-        if let Some(venv) = venv {
-            activate(&mut vars, venv, std::env::var_os("PATH"));
-            // Found in the venv first, as the PATH it is given says.
-            let bin = venv.join("bin").join(&command);
-            if !command.contains('/') && bin.is_file() {
-                command = bin.display().to_string();
-            }
-        }
-        let mut argv = vec![command];
-        argv.extend(args.iter().cloned());
-        let mut runtime_env = Vec::new();
-        if let Some(mut container) = container {
-            // The servable's files at the same path inside, and its working
-            // directory there.
-            let dir_text = dir.display().to_string();
-            container.binds.push(Bind::same(&dir_text, false));
-            let cwd_text = cwd.display().to_string();
-            let names: Vec<&str> = vars.keys().map(String::as_str).collect();
-            let invocation = container
-                .invocation(Inner {
-                    command: &argv,
-                    pass_env: &names,
-                    workdir: Some(&cwd_text),
-                    interactive: true,
-                })
-                .map_err(|e| Broken(format!("cannot run {id} in {}: {e}", container.image)))?;
-            for (name, source) in &invocation.env {
-                if let Some(value) = vars.get(source) {
-                    runtime_env.push((name.clone(), value.clone()));
-                }
-            }
-            tracing::info!(servable = %id, image = %container.image, runtime = container.runtime.name(), "starting the servable in its container");
-            argv = invocation.argv;
-        }
-        let mut command = Command::new(&argv[0]);
+        let launch = Launch::new(record, dir, container, venv, (slot, placement))?;
+        let mut command = launch.command();
         command
-            .args(&argv[1..])
-            .current_dir(&cwd)
-            .env_clear()
-            .envs(servable_environment(std::env::vars_os(), &vars))
-            .envs(runtime_env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let cores = placement.cpus.as_deref();
+        let cores = launch.cpus.as_deref();
         if let Some(cpus) = cores {
-            crate::affinity::pin(&mut command, cpus)
-                .map_err(|e| Broken(format!("cannot pin {id} to slot {slot}'s cores: {e}")))?;
+            crate::affinity::pin(&mut command, cpus).map_err(|e| {
+                Broken(format!(
+                    "cannot pin {} to slot {slot}'s cores: {e}",
+                    launch.id
+                ))
+            })?;
         }
         let mut child = command.spawn().map_err(|e| {
             let pinned = cores.map_or(String::new(), |c| {
@@ -140,8 +144,8 @@ impl WarmProcess {
             });
             Broken(format!(
                 "cannot start `{}` in {}{pinned}: {e}",
-                argv[0],
-                cwd.display()
+                launch.argv[0],
+                launch.cwd.display()
             ))
         })?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
@@ -150,6 +154,42 @@ impl WarmProcess {
             let _ = child.kill();
             return Err(Broken("the servable process has no pipes".into()));
         };
+        let streams = (
+            Box::new(stdin) as Box<dyn Write + Send>,
+            Box::new(stdout) as Box<dyn Read + Send>,
+            Box::new(stderr) as Box<dyn Read + Send>,
+        );
+        Self::initialise(record, &launch, Handle::Child(child), streams)
+    }
+
+    /// A process of `record` forked for slot `launch.slot` by the template
+    /// that answered `forked` (see [`crate::template`]), initialised.
+    pub(crate) fn from_template(
+        record: &ServableRecord,
+        launch: &Launch,
+        (pid, stdin, stdout, stderr): crate::template::Forked,
+    ) -> Result<WarmProcess, Broken> {
+        let streams = (
+            Box::new(stdin) as Box<dyn Write + Send>,
+            Box::new(stdout) as Box<dyn Read + Send>,
+            Box::new(stderr) as Box<dyn Read + Send>,
+        );
+        Self::initialise(record, launch, Handle::Forked(pid), streams)
+    }
+
+    /// Watches the new process's stderr and initialises it.
+    fn initialise(
+        record: &ServableRecord,
+        launch: &Launch,
+        child: Handle,
+        (stdin, stdout, stderr): (
+            Box<dyn Write + Send>,
+            Box<dyn Read + Send>,
+            Box<dyn Read + Send>,
+        ),
+    ) -> Result<WarmProcess, Broken> {
+        let id = launch.id.clone();
+        let slot = launch.slot;
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         let current_tasks = Arc::new(Mutex::new(String::from("-")));
         let stderr_reader = {
@@ -189,7 +229,7 @@ impl WarmProcess {
                     servable = %id,
                     pid = process.child.id(),
                     slot,
-                    devices = %placement.devices.join(","),
+                    devices = %launch.devices,
                     "servable process ready"
                 );
                 Ok(process)
@@ -199,6 +239,11 @@ impl WarmProcess {
             }
             Reply::Outputs(_) => Err(process.died("answered init with outputs instead of ready")),
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Runs one batch; `Err` means the process is gone or broke the protocol.
@@ -264,11 +309,10 @@ impl WarmProcess {
     /// stderr lines.
     fn died(&mut self, what: &str) -> Broken {
         self.stdin = None;
-        let status = match wait_briefly(&mut self.child, Duration::from_secs(2)) {
-            Some(status) => status.to_string(),
+        let status = match self.child.wait_briefly(Duration::from_secs(2)) {
+            Some(status) => status,
             None => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                self.child.kill();
                 "was killed after it stopped answering".to_owned()
             }
         };
@@ -290,6 +334,103 @@ impl WarmProcess {
         }
         tracing::warn!(servable = %self.servable, pid = self.child.id(), error = %message, "servable process lost");
         Broken(message)
+    }
+}
+
+impl Launch {
+    /// How `record`'s command runs in `dir` (its materialised files),
+    /// inside `container` when given, with the virtual environment `venv`
+    /// activated when given, for slot `slot` (seeing only its devices,
+    /// running on its cores).
+    pub(crate) fn new(
+        record: &ServableRecord,
+        dir: &Path,
+        container: Option<Container>,
+        venv: Option<&Path>,
+        (slot, placement): (usize, &SlotPlacement),
+    ) -> Result<Launch, Broken> {
+        let id = record.id();
+        let Runtime::Exec {
+            command,
+            args,
+            working_dir,
+            env,
+        } = &record.spec.runtime
+        else {
+            return Err(Broken(format!("{id} is not an exec servable")));
+        };
+        let cwd = match working_dir {
+            Some(w) if inside(w) => dir.join(w),
+            Some(w) => {
+                return Err(Broken(format!(
+                    "{id}: working_dir `{w}` is not a directory inside the servable's files"
+                )));
+            }
+            None => dir.to_path_buf(),
+        };
+        let mut vars = env.clone();
+        vars.insert("FLOTILLA_SERVABLE".into(), id.clone());
+        vars.insert("PYTHONUNBUFFERED".into(), "1".into());
+        // The site's devices win over anything the servable or the job set.
+        vars.insert(SLOT_ENV.into(), slot.to_string());
+        vars.extend(placement.env.iter().cloned());
+        let mut command = command.clone();
+        if let Some(venv) = venv {
+            activate(&mut vars, venv, std::env::var_os("PATH"));
+            // Found in the venv first, as the PATH it is given says.
+            let bin = venv.join("bin").join(&command);
+            if !command.contains('/') && bin.is_file() {
+                command = bin.display().to_string();
+            }
+        }
+        let mut argv = vec![command];
+        argv.extend(args.iter().cloned());
+        let mut runtime_env = Vec::new();
+        if let Some(mut container) = container {
+            // The servable's files at the same path inside, and its working
+            // directory there.
+            let dir_text = dir.display().to_string();
+            container.binds.push(Bind::same(&dir_text, false));
+            let cwd_text = cwd.display().to_string();
+            let names: Vec<&str> = vars.keys().map(String::as_str).collect();
+            let invocation = container
+                .invocation(Inner {
+                    command: &argv,
+                    pass_env: &names,
+                    workdir: Some(&cwd_text),
+                    interactive: true,
+                })
+                .map_err(|e| Broken(format!("cannot run {id} in {}: {e}", container.image)))?;
+            for (name, source) in &invocation.env {
+                if let Some(value) = vars.get(source) {
+                    runtime_env.push((OsString::from(name), OsString::from(value)));
+                }
+            }
+            tracing::info!(servable = %id, image = %container.image, runtime = container.runtime.name(), "starting the servable in its container");
+            argv = invocation.argv;
+        }
+        let mut env = servable_environment(std::env::vars_os(), &vars);
+        env.extend(runtime_env);
+        Ok(Launch {
+            id,
+            argv,
+            cwd,
+            env,
+            cpus: placement.cpus.clone(),
+            slot,
+            devices: placement.devices.join(","),
+        })
+    }
+
+    /// The command, with its environment and working directory.
+    pub(crate) fn command(&self) -> Command {
+        let mut command = Command::new(&self.argv[0]);
+        command
+            .args(&self.argv[1..])
+            .current_dir(&self.cwd)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
     }
 }
 
@@ -353,12 +494,11 @@ impl Drop for WarmProcess {
     fn drop(&mut self) {
         if self.write_frame(&stdio::encode_shutdown()).is_ok() {
             self.stdin = None;
-            if wait_briefly(&mut self.child, Duration::from_secs(1)).is_some() {
+            if self.child.wait_briefly(Duration::from_secs(1)).is_some() {
                 return;
             }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }
 

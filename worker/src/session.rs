@@ -48,7 +48,8 @@ use std::time::Duration;
 
 use flotilla_protocol::handshake::{self, HandshakeKey, Nonce, NonceSource, Transcript};
 use flotilla_protocol::interchange::{
-    BatchId, BatchResult, DaemonMessage, Hello, SlotResources, WorkBatch, WorkerMessage,
+    BatchId, BatchResult, DaemonMessage, Hello, ReleaseOrder, SlotBatch, SlotResources, SlotWarmth,
+    WarmOrder, WorkBatch, WorkerMessage,
 };
 use flotilla_protocol::launch::{MAX_FRAME_BYTES_ENV, flag};
 use flotilla_protocol::peer_text::shown;
@@ -178,6 +179,9 @@ pub enum Event<'a> {
     },
     /// A slot finished a batch.
     BatchDone(BatchResult),
+    /// What the slots hold warm changed (a session that reports its slots
+    /// tells the daemon).
+    Slots(Vec<SlotWarmth>),
     /// The daemon process the worker was told to die with is gone.
     DaemonExited,
 }
@@ -221,6 +225,20 @@ pub enum Action {
         /// When it arrived (µs since the Unix epoch).
         received_us: u64,
     },
+    /// Hand this batch, received at `received_us`, to slot `slot` (the
+    /// daemon placed it there: the slot holds its servable warm).
+    RunOn {
+        /// The slot.
+        slot: u32,
+        /// The batch (with the servable's record, the first time).
+        batch: WorkBatch,
+        /// When it arrived (µs since the Unix epoch).
+        received_us: u64,
+    },
+    /// Warm a servable in a slot, in the background.
+    Warm(WarmOrder),
+    /// Let a slot's idle process of a servable go.
+    Release(ReleaseOrder),
     /// Tick again soon (a request failed; retrying belongs to the timer,
     /// not to the failing lane's callback).
     TickSoon,
@@ -283,6 +301,23 @@ pub struct Session {
     left: bool,
     last_contact: Duration,
     ending: Option<Ending>,
+    /// The slots' warm servables, for a session that reports them.
+    slots: Option<SlotReports>,
+}
+
+/// Reporting the slots' warm servables to the daemon.
+#[derive(Debug, Default)]
+struct SlotReports {
+    /// What the slots hold now.
+    latest: Vec<SlotWarmth>,
+    /// `latest` has not been sent since it changed (or since registering).
+    due: bool,
+    /// A report is on the report lane, unanswered.
+    in_flight: bool,
+    /// The daemon has had a report since this worker registered: until
+    /// then the worker holds no long-poll, so no batch is placed without
+    /// knowing its slots.
+    known: bool,
 }
 
 impl Session {
@@ -310,7 +345,19 @@ impl Session {
             left: false,
             last_contact: now.since_start,
             ending: None,
+            slots: None,
         }
+    }
+
+    /// The same session, reporting what its `slots` hold warm (starting
+    /// with `slots` empty ones): the daemon then places each batch in a
+    /// slot warm for its servable and asks cold slots to warm up.
+    pub fn reporting_slots(mut self, slots: u32) -> Session {
+        self.slots = Some(SlotReports {
+            latest: vec![SlotWarmth::default(); slots as usize],
+            ..SlotReports::default()
+        });
+        self
     }
 
     /// The session of a worker whose probe the daemon already answered
@@ -357,6 +404,13 @@ impl Session {
             Event::BatchDone(result) => {
                 tracing::debug!(batch = result.batch.0, run_us = result.run_us, "batch done");
                 self.pending.push(result);
+                self.issue_requests(now, &mut out);
+            }
+            Event::Slots(latest) => {
+                if let Some(r) = &mut self.slots {
+                    r.latest = latest;
+                    r.due = true;
+                }
                 self.issue_requests(now, &mut out);
             }
             Event::DaemonExited => self.finish(Ending::DaemonExited, &mut out),
@@ -408,6 +462,7 @@ impl Session {
         self.free(lane);
         if lane == Lane::Report {
             self.resend_in_flight();
+            self.slots_unanswered();
             if matches!(
                 self.registration,
                 Registration::Probing(_) | Registration::Greeting
@@ -474,7 +529,8 @@ impl Session {
                 self.send(Lane::Report, WorkerMessage::Leave { reason }, out);
             }
         } else {
-            if !self.poll_busy && !self.leaving {
+            let slots_known = self.slots.as_ref().is_none_or(|r| r.known);
+            if !self.poll_busy && !self.leaving && slots_known {
                 let poll = WorkerMessage::Pull {
                     results: Vec::new(),
                     wait: true,
@@ -489,6 +545,17 @@ impl Session {
                 let report = WorkerMessage::Pull {
                     results: self.in_flight.clone(),
                     wait: false,
+                };
+                self.send(Lane::Report, report, out);
+            }
+            if !self.report_busy
+                && let Some(r) = &mut self.slots
+                && r.due
+            {
+                r.due = false;
+                r.in_flight = true;
+                let report = WorkerMessage::Slots {
+                    slots: r.latest.clone(),
                 };
                 self.send(Lane::Report, report, out);
             }
@@ -603,6 +670,16 @@ impl Session {
             "{why} (another daemon's address, or an impostor): it was sent no hello and nothing it sent was run"
         );
         self.finish(Ending::Untrusted(reason), out);
+    }
+
+    /// A slots report got no answer: it is due again.
+    fn slots_unanswered(&mut self) {
+        if let Some(r) = &mut self.slots
+            && r.in_flight
+        {
+            r.in_flight = false;
+            r.due = true;
+        }
     }
 
     /// Puts unacknowledged results back in line to be sent again.
@@ -763,6 +840,11 @@ impl Session {
                     return;
                 }
                 self.registration = Registration::Registered;
+                if let Some(r) = &mut self.slots {
+                    r.due = true;
+                    r.known = false;
+                    r.in_flight = false;
+                }
                 // A held poll comes back within one period; allow the
                 // threshold before calling it lost.
                 self.timeout =
@@ -772,7 +854,27 @@ impl Session {
                 }));
             }
             DaemonMessage::Refused { reason } => self.finish(refused(&reason), out),
-            DaemonMessage::Work { batches } => self.on_work(lane, batches, now, out),
+            DaemonMessage::Work { batches } => {
+                let placed = batches.into_iter().map(|batch| (None, batch)).collect();
+                self.on_work(lane, placed, now, out);
+            }
+            DaemonMessage::Assign {
+                batches,
+                warm,
+                release,
+            } => {
+                for order in release {
+                    out.push(Action::Release(order));
+                }
+                for order in warm {
+                    out.push(Action::Warm(order));
+                }
+                let placed = batches
+                    .into_iter()
+                    .map(|SlotBatch { slot, batch }| (Some(slot), batch))
+                    .collect();
+                self.on_work(lane, placed, now, out);
+            }
             DaemonMessage::Reregister => {
                 if self.registration == Registration::Registered {
                     tracing::info!(
@@ -835,22 +937,39 @@ impl Session {
         }
     }
 
-    /// Work from the verified daemon: into the slots.
-    fn on_work(&mut self, lane: Lane, batches: Vec<WorkBatch>, now: Now, out: &mut Vec<Action>) {
+    /// Work from the verified daemon, each batch for its slot if the
+    /// daemon named one: into the slots.
+    fn on_work(
+        &mut self,
+        lane: Lane,
+        batches: Vec<(Option<u32>, WorkBatch)>,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
         if lane == Lane::Report {
             for acked in std::mem::take(&mut self.in_flight) {
                 self.unacked.remove(&acked.batch);
             }
+            if let Some(r) = &mut self.slots
+                && std::mem::take(&mut r.in_flight)
+            {
+                r.known = true;
+            }
         } else if batches.is_empty() {
             out.push(Action::Notify(Notice::Heartbeat));
         }
-        for batch in batches {
+        for (slot, batch) in batches {
             self.unacked
                 .insert(batch.id, batch.items.iter().map(|i| i.task).collect());
             tracing::debug!(batch = batch.id.0, servable = %batch.servable, inputs = batch.items.len(), lane = ?lane, "batch received");
-            out.push(Action::Run {
-                batch,
-                received_us: now.unix_us,
+            let received_us = now.unix_us;
+            out.push(match slot {
+                Some(slot) => Action::RunOn {
+                    slot,
+                    batch,
+                    received_us,
+                },
+                None => Action::Run { batch, received_us },
             });
         }
     }
@@ -869,6 +988,7 @@ fn message_kind(message: &DaemonMessage) -> &'static str {
         DaemonMessage::Welcome { .. } => "a welcome",
         DaemonMessage::Refused { .. } => "a refusal",
         DaemonMessage::Work { .. } => "work",
+        DaemonMessage::Assign { .. } => "work for named slots",
         DaemonMessage::Reregister => "a request to register again",
         DaemonMessage::Shutdown => "a shutdown",
         DaemonMessage::Object { .. } => "a file chunk",

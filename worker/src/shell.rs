@@ -45,6 +45,9 @@ pub struct WorkerConfig {
     pub python: String,
     /// How servables that name an image are run (no runtime: on the host).
     pub containers: Option<flotilla_launchers::Container>,
+    /// Resident memory, MiB, its warm servable processes may hold; none:
+    /// no limit.
+    pub warm_memory_mb: Option<u64>,
     /// What each slot holds (devices, cores); empty: nothing.
     pub placements: Vec<flotilla_protocol::placement::SlotPlacement>,
 }
@@ -239,6 +242,7 @@ pub fn run(
         deliver(&report_link, Lane::Report, outcome);
     })?;
     let done_link = link.clone();
+    let warmth_link = link.clone();
     let work_dir = crate::exec::private_work_dir(&std::env::temp_dir(), &cfg.session.worker_id)
         .context("cannot create the worker's private directory")?;
     let max_frame = cfg.session.max_frame_bytes;
@@ -262,20 +266,29 @@ pub fn run(
                 Arc::new(source),
                 cfg.cache_dir.clone(),
                 crate::fetch::chunk_len_for(max_frame),
-            ),
+            )
+            .with_templates(cfg.cache_dir.clone())
+            .with_memory_budget(cfg.warm_memory_mb),
     );
-    let executor = Executor::start(cfg.session.slots, runtime.clone(), move |result| {
-        if let Some(shell) = done_link.get().and_then(Weak::upgrade) {
-            shell.feed(Event::BatchDone(result));
-        }
-    })
+    let executor = Executor::start(
+        cfg.session.slots,
+        runtime.clone(),
+        move |result| {
+            if let Some(shell) = done_link.get().and_then(Weak::upgrade) {
+                shell.feed(Event::BatchDone(result));
+            }
+        },
+        move |slots| {
+            if let Some(shell) = warmth_link.get().and_then(Weak::upgrade) {
+                shell.feed(Event::Slots(slots));
+            }
+        },
+    )
     .context("cannot start the slot threads")?;
     let started = Instant::now();
-    let session = Session::new(cfg.session.clone(), now(started)).proven(
-        proven.transcript,
-        proven.keys,
-        proven.pipe,
-    );
+    let session = Session::new(cfg.session.clone(), now(started))
+        .proven(proven.transcript, proven.keys, proven.pipe)
+        .reporting_slots(cfg.session.slots);
     let shell = Arc::new(Shell {
         url: cfg.url.clone(),
         worker_id: cfg.session.worker_id.clone(),
@@ -366,8 +379,25 @@ impl Shell {
                 if let Some(record) = &batch.spec {
                     self.runtime.learn(record);
                 }
-                self.executor.submit(batch, received_us);
+                self.executor.submit(batch, received_us, None);
             }
+            Action::RunOn {
+                slot,
+                batch,
+                received_us,
+            } => {
+                if let Some(record) = &batch.spec {
+                    self.runtime.learn(record);
+                }
+                self.executor.submit(batch, received_us, Some(slot));
+            }
+            Action::Warm(order) => {
+                if let Some(record) = &order.spec {
+                    self.runtime.learn(record);
+                }
+                self.executor.warm(order.slot, order.servable);
+            }
+            Action::Release(order) => self.executor.release(order.slot, order.servable),
             Action::Notify(Notice::Registered {
                 heartbeat_period_ms,
             }) => {

@@ -254,10 +254,13 @@ def decode_reply(data):
 
 
 def _fields(value, count, what):
-    if not isinstance(value, (tuple, list)) or len(value) != count:
+    """``value`` as a list of ``count`` fields (or any of the counts in a
+    tuple: a message that grew fields left out when unset)."""
+    counts = count if isinstance(count, tuple) else (count,)
+    if not isinstance(value, (tuple, list)) or len(value) not in counts:
         raise ProtocolError(
-            "malformed %s in the daemon's reply: expected %d fields, got %r"
-            % (what, count, _short(value))
+            "malformed %s in the daemon's reply: expected %s fields, got %r"
+            % (what, " or ".join(str(c) for c in counts), _short(value))
         )
     return value
 
@@ -412,7 +415,7 @@ def servable_spec(value):
         container=None if container is None else Container(*_fields(container, 1, "Container")),
         files=list(files),
         build=None if build is None else _build(build),
-        options=ServableOptions(*_fields(options, 6, "ServableOptions")),
+        options=ServableOptions(*_fields(options, (6, 7), "ServableOptions")),
         gpus=_resources(resources)[0],
         pools=list(_resources(resources)[1]),
         labels=dict(_resources(resources)[2]),

@@ -192,6 +192,9 @@ class ServableOptions:
     validate_input: bool
     #: Longest one call may take, in seconds, if the author said.
     max_duration_s: Optional[int] = None
+    #: Slot processes are forked from a per-node template that has loaded
+    #: the model.
+    fork: bool = False
 
 
 @dataclass(frozen=True)

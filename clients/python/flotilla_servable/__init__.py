@@ -18,11 +18,15 @@ Anything the model prints goes to stderr (stdout carries the protocol), and
 the worker logs it with the ids of the tasks being run.
 """
 
+import os
+import signal
+import socket
 import struct
 import sys
 import traceback
 
 import msgpack
+
 
 __all__ = ["serve"]
 
@@ -98,7 +102,14 @@ def serve(fn, batched=False, init=None):
     """Answer the worker's requests with ``fn`` until it says to stop.
 
     ``init(spec, parameters)``, if given, runs once before the first request.
+
+    Started as a template (``FLOTILLA_TEMPLATE_SOCKET`` set: a servable
+    with ``[options] fork = true``), the process forks slot processes from
+    here instead, each of which goes on to serve.
     """
+    template = os.environ.pop(_TEMPLATE_SOCKET_ENV, None)
+    if template:
+        _become_template(template)
     stdin = sys.stdin.buffer
     stdout = sys.stdout.buffer
     # Keep stray prints off the protocol stream.
@@ -126,3 +137,91 @@ def serve(fn, batched=False, init=None):
             return
         else:
             _write(stdout, {"type": "failed", "message": "unknown message type %r" % (kind,)})
+
+
+# ----- templates: fork slot processes from one that has loaded the model -----
+#
+# A servable with ``[options] fork = true`` is started once per node as a
+# template: its script runs up to ``serve()`` (imports done, model loaded)
+# and then serves fork requests on a Unix socket (``FLOTILLA_TEMPLATE_SOCKET``,
+# in the node's private cache directory). Each connection carries one
+# request, msgpack of the child's environment (name/value pairs), working
+# directory and cores, with three file descriptors attached (its stdin,
+# stdout and stderr); the template forks, answers with the child's pid
+# (msgpack), and the child goes on
+# into the ordinary serve loop with those as its standard streams. The
+# template exits after ``FLOTILLA_TEMPLATE_IDLE_S`` seconds without a
+# request. A fork copies the process as it is, which is wrong for a model
+# holding a GPU context, threads or open connections made before
+# ``serve()``: hence opt-in.
+
+_TEMPLATE_SOCKET_ENV = "FLOTILLA_TEMPLATE_SOCKET"
+_TEMPLATE_IDLE_ENV = "FLOTILLA_TEMPLATE_IDLE_S"
+
+
+def _become_child(listener, conn, fds, request):
+    """In the forked child: take the slot's streams, environment, working
+    directory and cores, then return to serve."""
+    listener.close()
+    conn.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.setsid()
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    env, cwd, cpus = request
+    os.environ.clear()
+    os.environ.update(dict(env))
+    os.chdir(cwd)
+    if cpus:
+        os.sched_setaffinity(0, set(cpus))
+
+
+def _become_template(path):
+    """Serves fork requests on ``path``; returns only in a forked child."""
+    idle = float(os.environ.pop(_TEMPLATE_IDLE_ENV, "600"))
+    # Children are reaped by the kernel: the worker watches them through
+    # their pipes.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fresh = "%s.%d" % (path, os.getpid())
+    listener.bind(fresh)
+    os.chmod(fresh, 0o600)
+    listener.listen(16)
+    # In place only once listening, so a connection never finds a socket
+    # nobody serves.
+    os.rename(fresh, path)
+    mine = os.stat(path).st_ino
+    listener.settimeout(idle)
+    print("template %d ready on %s" % (os.getpid(), path), file=sys.stderr, flush=True)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            try:
+                if os.stat(path).st_ino == mine:
+                    os.unlink(path)
+            except OSError:
+                pass
+            os._exit(0)
+        conn.settimeout(10)
+        fds = []
+        try:
+            message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            request = msgpack.unpackb(message, raw=False)
+            if len(fds) != 3:
+                raise ValueError("expected 3 descriptors, got %d" % len(fds))
+            pid = os.fork()
+            if pid == 0:
+                _become_child(listener, conn, fds, request)
+                return
+            conn.sendall(msgpack.packb(pid))
+        except Exception as exc:  # a bad request costs that request only
+            print("template: request refused: %s" % exc, file=sys.stderr, flush=True)
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            conn.close()

@@ -24,6 +24,12 @@ pub struct ServableOverride {
     /// Dispatches before worker losses fail a task (default:
     /// `[daemon] max_attempts`).
     pub max_attempts: Option<u32>,
+    /// Slots kept warm for it (its process started and initialised) ahead
+    /// of need, over all workers that may run it.
+    pub min_warm_slots: Option<u32>,
+    /// Seconds after which an idle warm process of it is let go, to free
+    /// its memory (never below `min_warm_slots`); unset: kept.
+    pub warm_idle_s: Option<u64>,
 }
 
 /// `[servables.NAME]` as written.
@@ -35,6 +41,8 @@ pub(crate) struct RawServableOverride {
     max_batch_delay_ms: Option<Spanned<BatchDelay>>,
     latency_target_ms: Option<Spanned<u64>>,
     max_attempts: Option<Spanned<u32>>,
+    min_warm_slots: Option<Spanned<u32>>,
+    warm_idle_s: Option<Spanned<u64>>,
 }
 
 /// The largest batch a servable may be given.
@@ -48,6 +56,9 @@ const MAX_BATCH_DELAY_MS: u64 = 600_000;
 
 /// Most dispatches of one task.
 const MAX_ATTEMPTS: u32 = 100;
+
+/// Most slots kept warm for one servable.
+const MAX_WARM_SLOTS: u32 = 10_000;
 
 impl RawServableOverride {
     /// The override of servable `name`, or what is wrong with it.
@@ -89,12 +100,30 @@ impl RawServableOverride {
                 format!("must be between 1 and {MAX_ATTEMPTS}, got {n}"),
             ));
         }
+        let min_warm_slots = s.opt("min_warm_slots", self.min_warm_slots);
+        if let Some(n) = min_warm_slots
+            && n > MAX_WARM_SLOTS
+        {
+            return Err(s.invalid(
+                "min_warm_slots",
+                format!("must be at most {MAX_WARM_SLOTS}, got {n}"),
+            ));
+        }
+        let warm_idle_s = s.opt("warm_idle_s", self.warm_idle_s);
+        if warm_idle_s == Some(0) {
+            return Err(s.invalid(
+                "warm_idle_s",
+                "must be at least 1 (leave it out to keep warm processes)",
+            ));
+        }
         Ok(ServableOverride {
             memoize: s.opt("memoize", self.memoize),
             max_batch_size,
             max_batch_delay_ms,
             latency_target_ms,
             max_attempts,
+            min_warm_slots,
+            warm_idle_s,
         })
     }
 }

@@ -51,6 +51,11 @@ pub struct WorkerConfig {
     /// `python3`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
+    /// Resident memory, MiB, each worker's warm servable processes may
+    /// hold: over it, idle processes of other servables are let go and
+    /// warm-ups ahead of need are refused; unset: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_memory_mb: Option<u64>,
 }
 
 impl WorkerConfig {
@@ -78,6 +83,7 @@ impl Default for WorkerConfig {
             cache_dir: None,
             objects_dir: None,
             python: None,
+            warm_memory_mb: None,
         }
     }
 }
@@ -100,6 +106,7 @@ pub(crate) struct RawWorker {
     cache_dir: Option<Spanned<String>>,
     objects_dir: Option<Spanned<String>>,
     python: Option<Spanned<String>>,
+    warm_memory_mb: Option<Spanned<u64>>,
 }
 
 /// Most accelerators a node may name.
@@ -158,9 +165,22 @@ impl RawWorker {
             cache_dir: absolute(&mut s, "cache_dir", self.cache_dir)?,
             objects_dir: absolute(&mut s, "objects_dir", self.objects_dir)?,
             python: python(&mut s, self.python)?,
+            warm_memory_mb: warm_memory_mb(&mut s, self.warm_memory_mb)?,
         })
         .and_then(|w| check_split(&s, w))
     }
+}
+
+/// `warm_memory_mb`: at least 1.
+fn warm_memory_mb(s: &mut Section, raw: Option<Spanned<u64>>) -> Result<Option<u64>, ConfigError> {
+    let mb = s.opt("warm_memory_mb", raw);
+    if mb == Some(0) {
+        return Err(s.invalid(
+            "warm_memory_mb",
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    Ok(mb)
 }
 
 /// A directory on the workers' nodes (the cache, the object store):
@@ -282,6 +302,9 @@ mod tests {
         assert_eq!(w.python.as_deref(), Some("/opt/py/bin/python3"));
         let w = worker("cache_dir = \"/local/scratch/fl\"\n").unwrap();
         assert_eq!(w.cache_dir.as_deref(), Some("/local/scratch/fl"));
+        let w = worker("warm_memory_mb = 4096\n").unwrap();
+        assert_eq!(w.warm_memory_mb, Some(4096));
+        assert!(worker("warm_memory_mb = 0\n").is_err());
         let w = worker("objects_dir = \"/scratch/me/fl/objects\"\n").unwrap();
         assert_eq!(w.objects_dir.as_deref(), Some("/scratch/me/fl/objects"));
         assert_eq!(worker("").unwrap().objects_dir, None);

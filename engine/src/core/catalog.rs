@@ -37,6 +37,11 @@ pub struct ServableInfo {
     pub input_check: Option<Arc<TypeSpec>>,
     /// The published record (none for builtins).
     pub record: Option<Arc<ServableRecord>>,
+    /// Slots kept warm for it ahead of need (`min_warm_slots`).
+    pub min_warm_slots: u32,
+    /// An idle warm process of it is let go after this long, µs
+    /// (`warm_idle_s`); none: kept.
+    pub warm_idle_us: Option<u64>,
     /// For pipelines: the steps, in order.
     pub steps: Option<Arc<[ServableInfo]>>,
 }
@@ -54,6 +59,8 @@ impl ServableInfo {
             input_check: None,
             record: None,
             steps: None,
+            min_warm_slots: 0,
+            warm_idle_us: None,
         }
     }
 }
@@ -93,6 +100,12 @@ fn apply(info: &mut ServableInfo, o: Option<&ServableOverride>) {
     }
     if let Some(ms) = o.latency_target_ms {
         info.latency_target_us = ms * 1000;
+    }
+    if let Some(n) = o.min_warm_slots {
+        info.min_warm_slots = n;
+    }
+    if let Some(s) = o.warm_idle_s {
+        info.warm_idle_us = Some(s.saturating_mul(1_000_000));
     }
 }
 
@@ -250,6 +263,8 @@ impl Catalog {
                 .then(|| Arc::new(record.spec.input.clone())),
             record: Some(record.clone()),
             steps,
+            min_warm_slots: 0,
+            warm_idle_us: None,
         };
         apply(&mut info, self.overrides.get(name));
         Ok(info)

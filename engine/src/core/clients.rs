@@ -87,6 +87,9 @@ impl Core {
                 Err(message) => refuse(ApiErrorKind::NotFound, message),
             },
             ClientCall::Cancel { ids } => return self.on_cancel(from, ids, now, out),
+            ClientCall::WarmServable { servable, slots } => {
+                self.on_warm_servable(&servable, slots, now, out)
+            }
             ClientCall::Stop => {
                 out.push(Action::ReplyClient {
                     to: from,

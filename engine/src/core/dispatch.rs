@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use flotilla_protocol::TaskId;
-use flotilla_protocol::interchange::{DaemonMessage, WorkBatch, WorkItem};
+use flotilla_protocol::interchange::{SlotBatch, WarmOrder, WorkBatch, WorkItem};
 use flotilla_protocol::servable::ServableRecord;
 
 use super::batches::{Batch, BatchTable};
@@ -16,6 +16,7 @@ use super::placement;
 use super::queues::QueueKey;
 use super::scheduling::{Scheduling, auto_plan};
 use super::tasks::{Task, TaskTable};
+use super::warmth::{self, Filled, WarmLedger};
 use super::work_size;
 use super::worker_table::{BlockId, Registration, WorkerKey, WorkerTable};
 use flotilla_protocol::peer_text;
@@ -37,6 +38,8 @@ pub(super) struct Dispatch<'a> {
     pub(super) pools: &'a [BlockPolicy],
     /// The walltime margin of workers no pool started.
     pub(super) walltime_margin_us: u64,
+    /// When servables were used, warm-ups asked for by hand.
+    pub(super) ledger: &'a mut WarmLedger,
 }
 
 impl Dispatch<'_> {
@@ -48,17 +51,118 @@ impl Dispatch<'_> {
     }
 }
 
-/// Builds batches for `key`'s free slots from the oldest queues it can run.
-pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBatch> {
-    let mut batches = Vec::new();
+/// Where a batch of a servable goes on a worker that reports its slots.
+enum SlotChoice {
+    /// This slot: warm for it, or cold with nothing warm for it anywhere.
+    Run(u32),
+    /// Not here now (its batches wait for warm slots); `warm`: ask this
+    /// slot to warm it meanwhile.
+    Skip { warm: Option<u32> },
+}
+
+/// Where a batch of `servable` goes on worker `key`'s free slots.
+fn choose_slot(d: &Dispatch<'_>, key: WorkerKey, servable: &Arc<str>) -> SlotChoice {
+    let Some(worker) = d.workers.get(key) else {
+        return SlotChoice::Skip { warm: None };
+    };
+    let board = &worker.board;
+    if let Some(slot) = board.free_warm_slot(servable) {
+        return SlotChoice::Run(slot);
+    }
+    let Some(cold) = board.free_slot() else {
+        return SlotChoice::Skip { warm: None };
+    };
+    if board.failed(servable) || !warm_anywhere(d, servable) {
+        // Nothing warm for it anywhere (or its warm-up failed here, and
+        // the batch carries the failure to its tasks): the first request
+        // waits for the load, once.
+        return SlotChoice::Run(cold);
+    }
+    let warm = needs_more_warm(d, servable).then_some(cold);
+    SlotChoice::Skip { warm }
+}
+
+/// True if some worker that may run `servable` has a slot warm for it or
+/// warming it.
+fn warm_anywhere(d: &Dispatch<'_>, servable: &str) -> bool {
+    d.workers.iter().any(|(_, w)| {
+        w.board.is_aware()
+            && w.board.hosting(servable) > 0
+            && placement::worker_may_run(d.catalog, d.pools, w.about.pool, servable)
+    })
+}
+
+/// Slots warm for `servable` or warming it, over every worker.
+pub(super) fn hosting_everywhere(d: &Dispatch<'_>, servable: &str) -> u32 {
+    d.workers
+        .iter()
+        .filter(|(_, w)| w.board.is_aware())
+        .map(|(_, w)| w.board.hosting(servable))
+        .sum()
+}
+
+/// True if `servable`'s queue is longer than its warm (and warming) slots
+/// drain within its latency target.
+fn needs_more_warm(d: &Dispatch<'_>, servable: &str) -> bool {
+    let Ok(info) = d.catalog.resolve(servable) else {
+        return false;
+    };
+    let queued = d
+        .sched
+        .queues
+        .depth_by_servable()
+        .get(servable)
+        .copied()
+        .unwrap_or(0);
+    let call_us = d.sched.expected_duration_us(d.catalog, servable);
+    let hosting = hosting_everywhere(d, servable);
+    queued
+        > warmth::drains(
+            hosting,
+            info.batch.max_batch,
+            info.latency_target_us,
+            call_us,
+        )
+}
+
+/// A warm order for `servable` in slot `slot` of worker `key`, with its
+/// record if the worker has not been sent it; the slot counts as warming.
+pub(super) fn warm_order(
+    d: &mut Dispatch<'_>,
+    key: WorkerKey,
+    slot: u32,
+    servable: &Arc<str>,
+) -> Option<WarmOrder> {
+    let record = d.catalog.record(servable).ok()?;
+    let w = d.workers.get_mut(key)?;
+    let spec = (!w.specs_sent.contains(servable)).then(|| {
+        w.specs_sent.insert(servable.clone());
+        Box::new((*record).clone())
+    });
+    w.board.order_warm(slot, servable);
+    tracing::info!(worker_key = %key, slot, servable = %servable, "asking a slot to warm a servable");
+    Some(WarmOrder {
+        slot,
+        servable: servable.to_string(),
+        spec,
+    })
+}
+
+/// Builds batches for `key`'s free slots from the oldest queues it can run
+/// (and, for a worker that reports its slots, warm-up orders for free
+/// slots cold for a queued servable).
+pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Filled {
+    let mut filled = Filled::default();
     if d.sched.queues.is_empty() {
-        return batches;
+        return filled;
     }
     let Some(worker) = d.workers.get(key) else {
-        return batches;
+        return filled;
     };
-    let mut free = worker.free_slots();
+    let aware = worker.board.is_aware();
     let worker_id = worker.about.id.clone();
+    // Servables whose batches wait for warm slots rather than go here now.
+    let mut skipped: Vec<Arc<str>> = Vec::new();
     // Time left before the worker must leave, if its job has an end.
     let fits: HashMap<Arc<str>, bool> = match worker.time_left(d.margin(worker.about.pool), now) {
         None => HashMap::new(),
@@ -78,10 +182,7 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
         .about
         .max_frame_bytes
         .saturating_sub(work_size::FRAME_OVERHEAD);
-    while free > 0 {
-        let Some(worker) = d.workers.get(key) else {
-            break;
-        };
+    while let Some(worker) = d.workers.get(key).filter(|w| w.free_slots() > 0) {
         let adaptive = &d.sched.adaptive;
         let catalog = d.catalog;
         let pools = d.pools;
@@ -92,10 +193,32 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
                     && slots_fit(catalog, &worker.about, s)
                     && placement::worker_may_run(catalog, pools, worker.about.pool, s)
                     && fits.get(s).copied().unwrap_or(true)
+                    && !skipped.iter().any(|k| &**k == s)
             },
             |s| auto_plan(adaptive, s),
         ) else {
             break;
+        };
+        let slot = if aware && !d.catalog.is_builtin(&qk.servable) {
+            match choose_slot(d, key, &qk.servable) {
+                SlotChoice::Run(slot) => Some(slot),
+                SlotChoice::Skip { warm } => {
+                    if let Some(slot) = warm
+                        && let Some(order) = warm_order(d, key, slot, &qk.servable)
+                    {
+                        let size = order
+                            .spec
+                            .as_deref()
+                            .map_or(0, |spec| work_size::batch_size(&qk.servable, 0, Some(spec)));
+                        room = room.saturating_sub(size);
+                        filled.warm.push(order);
+                    }
+                    skipped.push(qk.servable.clone());
+                    continue;
+                }
+            }
+        } else {
+            None
         };
         let spec = spec_to_send(d, key, &qk.servable);
         let overhead = work_size::batch_size(&qk.servable, qk.params.len(), spec.as_deref());
@@ -115,7 +238,7 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
             // The next input does not fit in what is left of this reply:
             // it goes first in a later one. If this reply is still empty,
             // the input is too large for this worker at all.
-            if batches.is_empty() {
+            if filled.batches.is_empty() {
                 tracing::debug!(
                     worker = %peer_text::shown(&worker_id),
                     servable = %qk.servable,
@@ -125,12 +248,18 @@ pub(super) fn fill(d: &mut Dispatch<'_>, key: WorkerKey, now: u64) -> Vec<WorkBa
             }
             break;
         }
-        room = budget;
-        batches.push(build_batch(d, key, &worker_id, &qk, ids, false, now));
-        free -= 1;
+        room = budget.saturating_sub(SLOT_BYTES);
+        let (batch, slot) = build_batch(d, key, &worker_id, &qk, ids, (false, slot), now);
+        filled.batches.push(SlotBatch {
+            slot: slot.unwrap_or(0),
+            batch,
+        });
     }
-    batches
+    filled
 }
+
+/// What naming its slot adds to a batch in a reply, at most.
+const SLOT_BYTES: usize = 8;
 
 /// True if every slot of the worker that registered as `about` holds the
 /// accelerators one call of `servable` needs. A servable no worker's slots
@@ -154,17 +283,18 @@ fn spec_to_send(
     d.catalog.record(servable).ok()
 }
 
-/// One batch of `ids` (just taken from queue `qk`) for worker `key`; with
-/// `isolating`, the worker takes nothing else until it ends.
+/// One batch of `ids` (just taken from queue `qk`) for worker `key`, in
+/// slot `slot` (`None`: any free one); with `isolating`, the worker takes
+/// nothing else until it ends. Returns it with the slot it went to.
 fn build_batch(
     d: &mut Dispatch<'_>,
     key: WorkerKey,
     worker_id: &Arc<str>,
     qk: &QueueKey,
     ids: Vec<TaskId>,
-    isolating: bool,
+    (isolating, slot): (bool, Option<u32>),
     now: u64,
-) -> WorkBatch {
+) -> (WorkBatch, Option<u32>) {
     let batch_id = d.batches.next_id();
     let mut items = Vec::with_capacity(ids.len());
     for &id in &ids {
@@ -176,8 +306,18 @@ fn build_batch(
         }
     }
     let mut spec = None;
-    d.workers
-        .add_batch(key, batch_id, ids.len() as u32, isolating);
+    let builtin = d.catalog.is_builtin(&qk.servable);
+    let slot = d.workers.add_batch(
+        key,
+        batch_id,
+        ids.len() as u32,
+        isolating,
+        (&qk.servable, slot, builtin),
+        now,
+    );
+    if !builtin {
+        d.ledger.last_used.insert(qk.servable.clone(), now);
+    }
     if let Some(w) = d.workers.get_mut(key)
         // Builtins have no record to send.
         && !d.catalog.is_builtin(&qk.servable)
@@ -195,13 +335,14 @@ fn build_batch(
             tasks: ids,
         },
     );
-    WorkBatch {
+    let batch = WorkBatch {
         id: batch_id,
         servable: qk.servable.to_string(),
         params: qk.params.clone(),
         items,
         spec,
-    }
+    };
+    (batch, slot)
 }
 
 /// True if `task`, alone (with its servable's record if worker `key` has
@@ -257,14 +398,20 @@ fn dispatch_suspects(
         // any other.
         d.sched.queues.push_front(qk.clone(), vec![id], rule);
         let ids = d.sched.queues.pop_batch(&qk, 1);
-        let batch = build_batch(d, key, &worker_id, &qk, ids, true, now);
+        let (batch, slot) = build_batch(d, key, &worker_id, &qk, ids, (true, None), now);
         tracing::info!(task = %id, worker_key = %key, "running a suspect task alone");
+        let aware = d.workers.get(key).is_some_and(|w| w.board.is_aware());
         if let Some(to) = d.workers.take_poll(key) {
+            let filled = Filled {
+                batches: vec![SlotBatch {
+                    slot: slot.unwrap_or(0),
+                    batch,
+                }],
+                ..Filled::default()
+            };
             out.push(Action::ReplyWorker {
                 to,
-                message: DaemonMessage::Work {
-                    batches: vec![batch],
-                },
+                message: filled.into_message(aware),
                 close: false,
             });
         }
@@ -291,20 +438,22 @@ pub(super) fn dispatch(
         if d.sched.queues.is_empty() {
             break;
         }
-        let batches = fill(d, key, now);
-        if batches.is_empty() {
+        let filled = fill(d, key, now);
+        if filled.is_empty() {
             continue;
         }
         d.workers.advance_cursor(key);
         tracing::debug!(
             worker_key = %key,
-            batches = batches.len(),
+            batches = filled.batches.len(),
+            warm = filled.warm.len(),
             "dispatching to a held poll"
         );
+        let aware = d.workers.get(key).is_some_and(|w| w.board.is_aware());
         if let Some(to) = d.workers.take_poll(key) {
             out.push(Action::ReplyWorker {
                 to,
-                message: DaemonMessage::Work { batches },
+                message: filled.into_message(aware),
                 close: false,
             });
         }

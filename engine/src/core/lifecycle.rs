@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_protocol::client::{DaemonStatus, QueueView, WorkerView};
+use flotilla_protocol::client::{DaemonStatus, QueueView, WarmView, WorkerView};
 use flotilla_protocol::interchange::DaemonMessage;
 
 use super::records::StoreOp;
@@ -13,6 +13,9 @@ impl Core {
     pub(super) fn on_tick(&mut self, now: u64, out: &mut Vec<Action>) {
         let period = self.cfg.heartbeat_period_us;
         let threshold = self.cfg.heartbeat_threshold_us;
+        // Before held polls are answered as heartbeats: warm-up and release
+        // orders ride on them.
+        self.plan_warm(now, false, out);
         for to in self.workers.take_stale_polls(now, period) {
             out.push(Action::ReplyWorker {
                 to,
@@ -217,6 +220,29 @@ impl Core {
                 .collect(),
             queues,
             totals: self.tasks.totals(),
+            warm: self.warm_views(),
         }
+    }
+
+    /// Every warm process the workers reported, by servable.
+    fn warm_views(&self) -> Vec<WarmView> {
+        let mut views: Vec<WarmView> = self
+            .workers
+            .iter()
+            .flat_map(|(_, w)| {
+                w.board
+                    .warm_processes()
+                    .map(|(slot, servable, e)| WarmView {
+                        servable: servable.to_string(),
+                        worker: w.about.id.to_string(),
+                        slot,
+                        rss_kb: e.rss_kb,
+                    })
+            })
+            .collect();
+        views.sort_by(|a, b| {
+            (&a.servable, &a.worker, a.slot).cmp(&(&b.servable, &b.worker, b.slot))
+        });
+        views
     }
 }

@@ -59,6 +59,8 @@ mod store_trouble;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod warm_plan;
+mod warmth;
 mod work_size;
 mod worker_table;
 mod workers;
@@ -66,7 +68,6 @@ mod workers;
 use std::collections::HashMap;
 
 use flotilla_protocol::TaskId;
-use flotilla_protocol::interchange::WorkBatch;
 use flotilla_protocol::servable::ServableRef;
 
 pub use blocks::{BlockEvent, BlockPolicy, Demand};
@@ -244,6 +245,8 @@ pub struct Core {
     recovery: Recovery,
     admission: Admission,
     life: Life,
+    /// Warm capacity beyond each worker's slots (see `warmth.rs`).
+    warm: warmth::WarmLedger,
 }
 
 impl Core {
@@ -319,6 +322,7 @@ impl Core {
             catalog: &self.catalog,
             pools: &self.fleet.placement,
             walltime_margin_us: self.cfg.walltime_margin_us,
+            ledger: &mut self.warm,
         };
         (d, &mut self.recovery.suspects)
     }
@@ -333,9 +337,9 @@ impl Core {
     }
 
     /// Batches for worker `key`'s free slots, now (none while draining).
-    fn fill(&mut self, key: WorkerKey, now: u64) -> Vec<WorkBatch> {
+    fn fill(&mut self, key: WorkerKey, now: u64) -> warmth::Filled {
         if self.life.draining.is_some() {
-            return Vec::new();
+            return warmth::Filled::default();
         }
         let (mut d, _) = self.dispatcher();
         dispatch::fill(&mut d, key, now)

@@ -80,6 +80,7 @@ impl Core {
                 draining: None,
                 last_sweep_us: now_us,
             },
+            warm: Default::default(),
         };
         let mut requeued = 0u64;
         for (id, stored, result) in recovered.tasks {

@@ -3268,3 +3268,5 @@ fn each_pool_s_strategy_runs_on_its_own_period() {
     let out = h.advance(SEC);
     assert_eq!(submitted_by_pool(&out), [("gpu".to_owned(), 1)]);
 }
+
+mod warm;

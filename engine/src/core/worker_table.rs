@@ -20,6 +20,7 @@ use flotilla_protocol::servable::ServableRef;
 
 use super::io::{PipeId, ReplyTo};
 use super::tasks::Attempt;
+use super::warmth::SlotBoard;
 
 /// A worker as the core numbers it (its process id may register again
 /// under the same key after a reconnect).
@@ -134,6 +135,8 @@ pub(super) struct Worker {
     isolating: Option<BatchId>,
     batches: FxHashSet<BatchId>,
     tasks: u32,
+    /// Its slots: what each runs and holds warm.
+    pub(super) board: SlotBoard,
 }
 
 /// What a worker says about itself when it registers.
@@ -178,7 +181,10 @@ impl Worker {
         if self.isolating.is_some() {
             return 0;
         }
-        self.about.slots.saturating_sub(self.batches.len() as u32)
+        self.about
+            .slots
+            .saturating_sub(self.batches.len() as u32)
+            .saturating_sub(self.board.warming())
     }
 
     /// Tasks running on it.
@@ -244,6 +250,7 @@ impl WorkerTable {
         let key = WorkerKey(self.next_key);
         self.next_key += 1;
         self.by_id.insert(r.id.clone(), key);
+        let board = SlotBoard::new(r.slots);
         self.workers.insert(
             key,
             Worker {
@@ -255,6 +262,7 @@ impl WorkerTable {
                 isolating: None,
                 batches: FxHashSet::default(),
                 tasks: 0,
+                board,
             },
         );
         key
@@ -384,27 +392,35 @@ impl WorkerTable {
             .collect()
     }
 
-    /// Worker `key` runs `batch` of `tasks` tasks now; with `isolating`,
-    /// alone (it takes nothing else until the batch ends).
+    /// Worker `key` runs `batch` of `tasks` tasks of `servable` now, in
+    /// slot `slot` (`None`: any free one); with `isolating`, alone (it
+    /// takes nothing else until the batch ends). Returns the slot taken.
     pub(super) fn add_batch(
         &mut self,
         key: WorkerKey,
         batch: BatchId,
         tasks: u32,
         isolating: bool,
-    ) {
+        (servable, slot, builtin): (&Arc<str>, Option<u32>, bool),
+        now: u64,
+    ) -> Option<u32> {
+        let mut taken = None;
         if let Some(w) = self.workers.get_mut(&key) {
+            taken = w.board.start_batch(batch, servable, slot, builtin, now);
             w.batches.insert(batch);
             w.tasks += tasks;
             if isolating {
                 w.isolating = Some(batch);
             }
         }
+        taken
     }
 
-    /// Worker `key` finished `batch` of `tasks` tasks: its slot is free.
-    pub(super) fn batch_done(&mut self, key: WorkerKey, batch: BatchId, tasks: u32) {
+    /// Worker `key` finished `batch` of `tasks` tasks at `now`: its slot
+    /// is free.
+    pub(super) fn batch_done(&mut self, key: WorkerKey, batch: BatchId, tasks: u32, now: u64) {
         if let Some(w) = self.workers.get_mut(&key) {
+            w.board.end_batch(batch, now);
             w.batches.remove(&batch);
             if w.isolating == Some(batch) {
                 w.isolating = None;
@@ -530,17 +546,18 @@ mod tests {
         assert_eq!(t.hold_poll(a, ReplyTo(1), 0), None);
         assert_eq!(t.hold_poll(b, ReplyTo(2), 0), None);
         assert_eq!(t.ready_workers(a), [b, a], "round-robin after the cursor");
-        t.add_batch(a, BatchId(1), 2, false);
+        let echo: Arc<str> = Arc::from("echo");
+        t.add_batch(a, BatchId(1), 2, false, (&echo, None, true), 0);
         assert_eq!(
             t.ready_workers(WorkerTable::first_cursor()),
             [b],
             "a is full"
         );
-        t.batch_done(a, BatchId(1), 2);
+        t.batch_done(a, BatchId(1), 2, 1);
         assert_eq!(t.ready_workers(WorkerTable::first_cursor()), [a, b]);
         assert_eq!(t.take_poll(b), Some(ReplyTo(2)));
         assert_eq!(t.ready_workers(WorkerTable::first_cursor()), [a]);
-        t.add_batch(a, BatchId(2), 1, true);
+        t.add_batch(a, BatchId(2), 1, true, (&echo, None, true), 2);
         assert_eq!(t.get(a).unwrap().free_slots(), 0, "isolating");
     }
 

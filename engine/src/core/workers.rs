@@ -136,6 +136,7 @@ impl Core {
             WorkerMessage::Pull { results, wait } => {
                 self.on_pull(from, pipe, results, wait, now, out);
             }
+            WorkerMessage::Slots { slots } => self.on_slots(from, pipe, slots, now, out),
             // The daemon answers fetches of servable files beside the core
             // (`crate::object_server`): the core holds no files. One that
             // reaches it anyway is answered, never left hanging.
@@ -385,8 +386,15 @@ impl Core {
                 continue;
             };
             claimed += mine.len();
-            self.workers
-                .add_batch(key, batch_id, mine.len() as u32, false);
+            let builtin = self.catalog.is_builtin(&servable);
+            self.workers.add_batch(
+                key,
+                batch_id,
+                mine.len() as u32,
+                false,
+                (&servable, None, builtin),
+                now,
+            );
             self.batches.insert(
                 batch_id,
                 Batch {
@@ -436,7 +444,7 @@ impl Core {
         self.lose_worker(key, LossReason::Left { reason }, now, out);
     }
 
-    fn on_pull(
+    pub(super) fn on_pull(
         &mut self,
         from: ReplyTo,
         pipe: PipeId,
@@ -473,10 +481,11 @@ impl Core {
                 out.push(no_work(old));
             }
         } else {
-            let batches = self.fill(key, now);
+            let filled = self.fill(key, now);
+            let aware = self.workers.get(key).is_some_and(|w| w.board.is_aware());
             out.push(Action::ReplyWorker {
                 to: from,
-                message: DaemonMessage::Work { batches },
+                message: filled.into_message(aware),
                 close: false,
             });
         }
@@ -494,7 +503,7 @@ impl Core {
             let batch = self.batches.take_if_on(&result.batch, key);
             if let Some(batch) = &batch {
                 let size = batch.tasks.len() as u32;
-                self.workers.batch_done(key, result.batch, size);
+                self.workers.batch_done(key, result.batch, size, now);
                 let ok = result.failure.is_none();
                 self.sched.observe(&batch.servable, size, result.run_us, ok);
             }

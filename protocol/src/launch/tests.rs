@@ -41,6 +41,7 @@ fn options_round_trip_through_argv_and_env() {
         objects_dir: Some("/tmp/objects".into()),
         cache_dir: Some("/local scratch/cache".into()),
         python: Some("/opt/python 3/bin/python3".into()),
+        warm_memory_mb: Some(4096),
         block_id: Some(0),
         slots: Some(1),
         worker_id: Some("w=1".into()),
@@ -178,9 +179,12 @@ fn every_option_has_a_usage_line_and_parses() {
         let name = option.flag;
         assert!(name.starts_with("--") && !option.help.is_empty());
         let value = match name {
-            flag::PORT | flag::BLOCK_ID | flag::SLOTS | flag::JOB_END | flag::MAX_FRAME_BYTES => {
-                "1"
-            }
+            flag::PORT
+            | flag::BLOCK_ID
+            | flag::SLOTS
+            | flag::JOB_END
+            | flag::MAX_FRAME_BYTES
+            | flag::WARM_MEMORY_MB => "1",
             flag::LOST_DAEMON_EXIT_S | flag::CONNECT_TIMEOUT_S | flag::WALLTIME_MARGIN_S => "1.5",
             _ => "x",
         };

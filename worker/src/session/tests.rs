@@ -845,3 +845,78 @@ fn a_forged_replayed_or_clear_reply_on_the_sealed_connection_is_not_acted_on() {
         assert!(h.session.channel.is_none(), "{what}");
     }
 }
+
+/// A worker that reports its slots holds no long-poll until the daemon
+/// has had its first report, so no batch is placed without knowing them;
+/// batches for named slots and warm orders become actions.
+#[test]
+fn a_worker_reporting_its_slots_polls_only_once_the_daemon_knows_them() {
+    let mut h = Harness::new();
+    h.session = std::mem::replace(
+        &mut h.session,
+        Session::new(
+            config(),
+            Now {
+                since_start: Duration::ZERO,
+                unix_us: T0 * SEC,
+            },
+        ),
+    )
+    .reporting_slots(2);
+    let probe = h.tick();
+    h.prove(&probe);
+    let welcomed = h.reply(Lane::Report, &welcome());
+    let report = welcomed.iter().find_map(|a| match a {
+        send!(Lane::Report, WorkerMessage::Slots { slots }) => Some(slots.clone()),
+        _ => None,
+    });
+    assert_eq!(report.map(|s| s.len()), Some(2), "{welcomed:?}");
+    assert!(
+        !welcomed.iter().any(|a| matches!(a, send!(Lane::Poll, _))),
+        "no poll before the report is answered: {welcomed:?}"
+    );
+    let answered = h.reply(
+        Lane::Report,
+        &DaemonMessage::Assign {
+            batches: vec![],
+            warm: vec![WarmOrder {
+                slot: 1,
+                servable: "m@1.0.0".into(),
+                spec: None,
+            }],
+            release: vec![],
+        },
+    );
+    assert!(answered.contains(&Action::Warm(WarmOrder {
+        slot: 1,
+        servable: "m@1.0.0".into(),
+        spec: None,
+    })));
+    assert!(
+        answered.contains(&h.poll(Duration::from_secs(20))),
+        "{answered:?}"
+    );
+    let assigned = h.reply(
+        Lane::Poll,
+        &DaemonMessage::Assign {
+            batches: vec![SlotBatch {
+                slot: 0,
+                batch: batch(3, &[30]),
+            }],
+            warm: vec![],
+            release: vec![],
+        },
+    );
+    assert!(assigned.iter().any(|a| matches!(
+        a,
+        Action::RunOn { slot: 0, batch, .. } if batch.id == BatchId(3)
+    )));
+    // A change of warmth is reported on the report lane.
+    let changed = h.ev(Event::Slots(vec![SlotWarmth::default(); 2]));
+    assert!(
+        changed
+            .iter()
+            .any(|a| matches!(a, send!(Lane::Report, WorkerMessage::Slots { .. }))),
+        "{changed:?}"
+    );
+}
