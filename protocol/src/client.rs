@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::Access;
 use crate::servable::ServableRecord;
 use crate::task::{Payload, TaskId, TaskState, TaskView};
 
@@ -111,6 +112,15 @@ pub enum ClientCall {
         /// Servable name (no version), or none for everything.
         servable: Option<String>,
     },
+    /// Change who may see and invoke a servable (every version); only its
+    /// owner (or the daemon's user) may. The owner stays: the `owner` of
+    /// `access` is ignored.
+    SetServableAccess {
+        /// Servable name (no version).
+        name: String,
+        /// The new visibility, users and groups.
+        access: Access,
+    },
 }
 
 /// A catalog search.
@@ -205,6 +215,14 @@ pub enum ClientReply {
     },
     /// The call was refused; nothing was changed.
     Error(ApiError),
+    /// Who may now see and invoke a servable (the answer to
+    /// [`ClientCall::SetServableAccess`]).
+    Access {
+        /// Servable name.
+        name: String,
+        /// Its owner and visibility.
+        access: Access,
+    },
 }
 
 /// The memo store's size, bounds and counters since the daemon started.

@@ -331,6 +331,7 @@ fn exec_record() -> ServableRecord {
                 size: 378_000,
             }],
         }),
+        access: None,
     }
 }
 
@@ -370,6 +371,7 @@ fn pipeline_record() -> ServableRecord {
         files: vec![],
         published_us: 1_764_000_000_000_001,
         lock: None,
+        access: None,
     }
 }
 

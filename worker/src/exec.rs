@@ -528,6 +528,7 @@ pub(crate) mod tests {
             }],
             published_us: 0,
             lock: None,
+            access: None,
         }
     }
 
