@@ -27,11 +27,14 @@ const MAX_CACHED: usize = 4096;
 /// owns nothing and is in no group, so it sees only public servables.
 pub const NOBODY: u32 = u32::MAX - 1;
 
+/// A user's groups, and when they were looked up.
+type Looked = (Instant, Arc<[u32]>);
+
 /// Turns uids into callers, caching their groups.
 #[derive(Debug)]
 pub struct Identities {
     daemon_uid: u32,
-    cache: Mutex<HashMap<u32, (Instant, Arc<[u32]>)>>,
+    cache: Mutex<HashMap<u32, Looked>>,
 }
 
 impl Identities {

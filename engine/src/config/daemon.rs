@@ -211,6 +211,20 @@ mod tests {
     }
 
     #[test]
+    fn the_api_group_is_read_and_may_not_be_empty() {
+        let c = Config::parse("[daemon]\napi_group = \"chem\"\n", "d.toml").unwrap();
+        assert_eq!(c.daemon.api_group.as_deref(), Some("chem"));
+        assert_eq!(Config::parse("", "d.toml").unwrap().daemon.api_group, None);
+        let err = Config::parse("[daemon]\napi_group = \" \"\n", "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("d.toml:2: `daemon.api_group`: must name a group"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn limits_are_read_and_checked() {
         let c = Config::parse(
             "[daemon]\nmax_attempts = 5\nshutdown_grace_s = 0\n",
