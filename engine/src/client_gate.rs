@@ -456,6 +456,8 @@ mod tests {
             Verdict::Accept
         ));
         assert_eq!(lock(&s.posted)[0].0, ReplyTo(3 | TCP_REPLY));
+        // A token made before owners existed calls as the daemon's user.
+        assert_eq!(lock(&s.posted)[0].1, Caller::daemon_user(4_000_000));
         let Verdict::Reply(bytes) = request(&s.gate, 7, true, &run("other")) else {
             panic!("not refused");
         };
@@ -477,6 +479,31 @@ mod tests {
         // And no new connection with it.
         let e = refusal(connect_probe(&s.gate, &token));
         assert!(e.contains("token `ci` was revoked"), "{e}");
+    }
+
+    #[test]
+    fn a_call_is_made_as_the_tokens_owner() {
+        let s = setup();
+        let (token, _) = s
+            .file
+            .create(
+                NewToken {
+                    owner_uid: Some(0),
+                    ..NewToken::default()
+                },
+                1,
+                ([3; 8], [3; 32]),
+            )
+            .unwrap();
+        assert!(matches!(
+            connect(&s.gate, &token, 11),
+            Verdict::Secure { .. }
+        ));
+        let list = encode(&ClientCall::ListServables).unwrap();
+        assert!(matches!(request(&s.gate, 11, true, &list), Verdict::Accept));
+        let caller = lock(&s.posted)[0].1.clone();
+        assert_eq!(caller.uid, 0);
+        assert!(caller.groups.contains(&0), "{caller:?}");
     }
 
     fn connect_probe(gate: &ClientGate, token: &Token) -> Verdict {
