@@ -189,6 +189,11 @@ pub(crate) enum TokenCmd {
         /// Reads only: no run, submit, publish, remove or cancel.
         #[arg(long)]
         read_only: bool,
+        /// The user (name or uid) its calls are made as, for servable
+        /// ownership and visibility (default: you). A team daemon's account
+        /// issues each member a token of their own this way.
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// Every token: name, id, state and scope (never the token).
     List {
@@ -217,6 +222,19 @@ pub(crate) enum ServableCmd {
         /// their wheels: nodes install them from their package index.
         #[arg(long)]
         no_wheels: bool,
+        /// Who may see and use it (and every version of it), over the
+        /// file's `[access]` table.
+        #[command(flatten)]
+        access: AccessArgs,
+    },
+    /// Change who may see and use a servable (every version); only its
+    /// owner may.
+    Access {
+        /// Servable name.
+        name: String,
+        /// Who may see and use it.
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// The latest version of every servable.
     List {
@@ -271,6 +289,28 @@ pub(crate) enum ServableCmd {
         #[arg(long, default_value_t = 1)]
         slots: u32,
     },
+}
+
+/// Who may see and invoke a servable.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub(crate) struct AccessArgs {
+    /// `owner` (you, and the users and groups listed) or `public`
+    /// (everybody who can call the daemon). A new servable is `owner`.
+    #[arg(long)]
+    pub visibility: Option<flotilla_protocol::access::Visibility>,
+    /// Users (names or uids) who may also see and use it, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub users: Vec<String>,
+    /// Unix groups (names or gids) whose members may also, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<String>,
+}
+
+impl AccessArgs {
+    /// True when nothing was said.
+    pub fn is_empty(&self) -> bool {
+        self.visibility.is_none() && self.users.is_empty() && self.groups.is_empty()
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -12,9 +12,10 @@ pub fn servable(command: ServableCmd) -> Result<(), Failure> {
             dir,
             json,
             no_wheels,
+            access,
         } => {
             let dir = servable_cmd::servable_dir(dir)?;
-            let (id, created, bytes) = servable_cmd::publish(&client, &dir, !no_wheels)?;
+            let (id, created, bytes) = servable_cmd::publish(&client, &dir, !no_wheels, &access)?;
             if json {
                 println!(
                     "{}",
@@ -68,6 +69,13 @@ pub fn servable(command: ServableCmd) -> Result<(), Failure> {
             } else {
                 print!("{}", servable_cmd::summaries_text(&hits, true));
             }
+        }
+        ServableCmd::Access { name, access } => {
+            let wanted = servable_cmd::access(None, &access)?;
+            let now = client
+                .set_servable_access(&name, wanted)
+                .map_err(Failure::from_client)?;
+            println!("{name}: {}", servable_cmd::access_text(&now));
         }
         ServableCmd::Remove { id } => {
             servable_cmd::exact_version(&id)?;

@@ -284,7 +284,8 @@ fn digits(client: &Client, dir: &StateDir) -> Result<(), Failure> {
         std::fs::write(src.join(name), text).context("cannot write the digits servable")?;
     }
     let t = Instant::now();
-    let (id, _, bytes) = crate::servable_cmd::publish(client, &src, true)?;
+    let (id, _, bytes) =
+        crate::servable_cmd::publish(client, &src, true, &crate::args::AccessArgs::default())?;
     println!(
         "  trained and published {id} ({bytes} bytes of files) in {:.1} s",
         t.elapsed().as_secs_f64()

@@ -11,6 +11,7 @@ mod config_cmd;
 mod daemon_cmd;
 mod demo;
 mod failure;
+mod ids;
 mod input;
 mod output;
 mod preview_cmd;

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, anyhow, bail};
 use flotilla_client::Client;
-use flotilla_engine::servable_spec::{self, SPEC_FILE};
+use flotilla_engine::servable_spec::{self, AccessSpec, SPEC_FILE};
+use flotilla_protocol::access::Access;
 use flotilla_protocol::client::{SearchQuery, ServableSummary};
 use flotilla_protocol::paths;
 use flotilla_protocol::servable::{
@@ -17,12 +18,18 @@ use flotilla_protocol::servable::{
 use serde_json::json;
 
 use crate::Failure;
+use crate::args::AccessArgs;
 
 /// Publishes the servable in `dir`: checks its spec, runs its build step,
 /// stores its files by hash, captures its environment (the wheels too
 /// unless `wheels` is false; see [`crate::wheels`]), registers the
 /// version. Returns (id, created, bytes of files and wheels stored).
-pub fn publish(client: &Client, dir: &Path, wheels: bool) -> Result<(String, bool, u64), Failure> {
+pub fn publish(
+    client: &Client,
+    dir: &Path,
+    wheels: bool,
+    access_args: &AccessArgs,
+) -> Result<(String, bool, u64), Failure> {
     let spec_path = dir.join(SPEC_FILE);
     let text = fs::read_to_string(&spec_path)
         .with_context(|| {
@@ -33,8 +40,14 @@ pub fn publish(client: &Client, dir: &Path, wheels: bool) -> Result<(String, boo
             )
         })
         .map_err(Failure::Usage)?;
-    let spec = servable_spec::parse(&text, &spec_path.display().to_string())
-        .map_err(|e| Failure::Usage(e.into()))?;
+    let (spec, file_access) =
+        servable_spec::parse_with_access(&text, &spec_path.display().to_string())
+            .map_err(|e| Failure::Usage(e.into()))?;
+    let requested = if file_access.is_none() && access_args.is_empty() {
+        None
+    } else {
+        Some(access(file_access.as_ref(), access_args)?)
+    };
     if let Some(build) = &spec.build {
         run_build(dir, &build.command, &build.args)?;
     }
@@ -71,9 +84,67 @@ pub fn publish(client: &Client, dir: &Path, wheels: bool) -> Result<(String, boo
         files,
         published_us: 0,
         lock: lock.map(|c| c.lock),
+        access: requested,
     };
     let (id, created) = client.publish(record).map_err(Failure::from_client)?;
     Ok((id, created, bytes))
+}
+
+/// The access asked for: the file's `[access]` table, each of its keys
+/// replaced by the command line's when given there; names resolved to ids
+/// on this host. The owner is left for the daemon to set.
+pub fn access(file: Option<&AccessSpec>, args: &AccessArgs) -> Result<Access, Failure> {
+    let from_file = file.cloned().unwrap_or_default();
+    let visibility = args.visibility.or(from_file.visibility).unwrap_or_default();
+    let users = if args.users.is_empty() {
+        from_file.users
+    } else {
+        args.users.clone()
+    };
+    let groups = if args.groups.is_empty() {
+        from_file.groups
+    } else {
+        args.groups.clone()
+    };
+    let users = users
+        .iter()
+        .map(|u| crate::ids::user_id(u))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(|e| Failure::Usage(e.context("--users / [access] users")))?;
+    let groups = groups
+        .iter()
+        .map(|g| crate::ids::group_id(g))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(|e| Failure::Usage(e.context("--groups / [access] groups")))?;
+    Ok(Access {
+        owner: None,
+        visibility,
+        users,
+        groups,
+    })
+}
+
+/// An access in words: owner, visibility, users, groups.
+pub fn access_text(a: &Access) -> String {
+    let mut out = format!(
+        "owner {}, visibility {}",
+        a.owner
+            .map_or_else(|| "the daemon's user".into(), crate::ids::user_name),
+        a.visibility.as_str()
+    );
+    if !a.users.is_empty() {
+        let users: Vec<String> = a.users.iter().map(|u| crate::ids::user_name(*u)).collect();
+        out.push_str(&format!(", users {}", users.join(", ")));
+    }
+    if !a.groups.is_empty() {
+        let groups: Vec<String> = a
+            .groups
+            .iter()
+            .map(|g| crate::ids::group_name(*g))
+            .collect();
+        out.push_str(&format!(", groups {}", groups.join(", ")));
+    }
+    out
 }
 
 fn run_build(dir: &Path, command: &str, args: &[String]) -> Result<(), Failure> {
@@ -300,6 +371,7 @@ pub fn create_pipeline(
         files: vec![],
         published_us: 0,
         lock: None,
+        access: None,
     };
     servable_spec::check_record(&record).map_err(|e| Failure::Usage(e.into()))?;
     client.publish(record).map_err(Failure::from_client)
@@ -389,6 +461,9 @@ pub fn record_text(r: &ServableRecord) -> String {
         "  model type  {}\n  license     {}\n",
         s.model_type, s.license
     ));
+    if let Some(a) = &r.access {
+        out.push_str(&format!("  access      {}\n", access_text(a)));
+    }
     if !s.creators.is_empty() {
         let names: Vec<String> = s
             .creators

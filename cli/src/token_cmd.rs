@@ -63,13 +63,21 @@ pub(crate) fn token(command: TokenCmd) -> Result<(), Failure> {
             expires,
             servables,
             read_only,
+            owner,
         } => {
             let now = now_unix_s();
+            let owner_uid = match owner {
+                Some(text) => {
+                    crate::ids::user_id(&text).map_err(|e| Failure::Usage(e.context("--owner")))?
+                }
+                None => nix::unistd::geteuid().as_raw(),
+            };
             let spec = NewToken {
                 name,
                 expires_unix_s: expires.map(|d| now.saturating_add(d.as_secs())),
                 servables,
                 read_only,
+                owner_uid: Some(owner_uid),
             };
             if !dir.is_dir() {
                 return Err(Failure::Usage(anyhow!(
@@ -133,7 +141,10 @@ fn describe(t: &TokenRecord, now: u64) -> String {
     } else {
         "read-write"
     };
-    format!("{state}, {access}, {scope}")
+    let owner = t
+        .owner_uid
+        .map_or_else(|| "the daemon's user".to_owned(), crate::ids::user_name);
+    format!("{state}, {access}, {scope}, calls as {owner}")
 }
 
 #[cfg(test)]

@@ -452,6 +452,23 @@ impl Client {
         }
     }
 
+    /// Changes who may see and invoke servable `name` (every version; its
+    /// owner only). Returns the access now in force.
+    pub fn set_servable_access(
+        &self,
+        name: &str,
+        access: flotilla_protocol::access::Access,
+    ) -> Result<flotilla_protocol::access::Access, ClientError> {
+        let call = ClientCall::SetServableAccess {
+            name: name.to_owned(),
+            access,
+        };
+        match self.call(&call, DEFAULT_CALL_TIMEOUT)? {
+            ClientReply::Access { access, .. } => Ok(access),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The latest version of every published servable.
     pub fn list_servables(&self) -> Result<Vec<ServableSummary>, ClientError> {
         match self.call(&ClientCall::ListServables, DEFAULT_CALL_TIMEOUT)? {

@@ -28,7 +28,8 @@ use flotilla_protocol::secure::{Channel, Ephemeral, Role};
 use flotilla_protocol::token::{TokenRecord, check_call, check_live};
 use flotilla_protocol::{FrameError, decode, encode};
 
-use crate::core::{PipeId, ReplyTo};
+use crate::core::{Caller, PipeId, ReplyTo};
+use crate::identity::Identities;
 use crate::net::{Inbound, Verdict};
 use crate::tokens::TokenCache;
 
@@ -42,8 +43,8 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(30);
 /// Most challenges outstanding at once.
 const MAX_PENDING: usize = 4096;
 
-/// Posts a checked call to the core.
-pub type Post = Box<dyn Fn(ReplyTo, ClientCall) + Send + Sync>;
+/// Posts a checked call, and who makes it, to the core.
+pub type Post = Box<dyn Fn(ReplyTo, Caller, ClientCall) + Send + Sync>;
 
 /// One challenge waiting for its hello.
 struct Pending {
@@ -83,6 +84,7 @@ pub struct ClientGate {
     scoped: Mutex<HashMap<u32, TokenRecord>>,
     max_frame: usize,
     pid: u32,
+    identities: std::sync::Arc<Identities>,
     post: Post,
 }
 
@@ -121,8 +123,15 @@ fn forbidden(message: String) -> Verdict {
 impl ClientGate {
     /// A gate checking tokens in `tokens`, drawing nonces and keys from
     /// `seed`, taking frames up to `max_frame` bytes, and handing checked
-    /// calls to `post`.
-    pub fn new(tokens: TokenCache, seed: &[u8; 32], max_frame: usize, post: Post) -> ClientGate {
+    /// calls to `post` as made by their token's owner (see
+    /// [`TokenRecord::owner_uid`]) as `identities` knows them.
+    pub fn new(
+        tokens: TokenCache,
+        seed: &[u8; 32],
+        max_frame: usize,
+        identities: std::sync::Arc<Identities>,
+        post: Post,
+    ) -> ClientGate {
         ClientGate {
             tokens,
             challenges: Mutex::new(Challenges {
@@ -135,6 +144,7 @@ impl ClientGate {
             scoped: Mutex::new(HashMap::new()),
             max_frame,
             pid: std::process::id(),
+            identities,
             post,
         }
     }
@@ -166,6 +176,7 @@ impl ClientGate {
                 pipe,
                 registered: true,
                 bytes,
+                ..
             } => match decode::<ClientCall>(bytes, self.max_frame) {
                 Ok(call) => self.call(receiver, pipe, call),
                 Err(e) => self.bad_frame(pipe, bytes.len(), &e),
@@ -308,6 +319,10 @@ impl ClientGate {
             tracing::info!(token = %record.name, reason = %denial, "TCP client call refused");
             return forbidden(denial.to_string());
         }
+        let caller = self.identities.caller(
+            record.owner_uid.unwrap_or(self.identities.daemon_uid()),
+            None,
+        );
         if !record.servables.is_empty()
             && matches!(
                 call,
@@ -316,7 +331,7 @@ impl ClientGate {
         {
             lock(&self.scoped).insert(receiver, record);
         }
-        (self.post)(ReplyTo(receiver | TCP_REPLY), call);
+        (self.post)(ReplyTo(receiver | TCP_REPLY), caller, call);
         Verdict::Accept
     }
 
@@ -344,7 +359,7 @@ mod tests {
         _dir: tempfile::TempDir,
         file: TokenFile,
         gate: ClientGate,
-        posted: Arc<Mutex<Vec<(ReplyTo, ClientCall)>>>,
+        posted: Arc<Mutex<Vec<(ReplyTo, Caller, ClientCall)>>>,
     }
 
     fn setup() -> Setup {
@@ -356,7 +371,8 @@ mod tests {
             TokenCache::new(file.clone()),
             &[9; 32],
             1 << 20,
-            Box::new(move |to, call| lock(&sink).push((to, call))),
+            Arc::new(Identities::new(4_000_000)),
+            Box::new(move |to, caller, call| lock(&sink).push((to, caller, call))),
         );
         Setup {
             _dir: dir,
@@ -372,6 +388,7 @@ mod tests {
             pipe: PipeId(pipe),
             registered,
             bytes,
+            peer: None,
         })
     }
 
@@ -439,6 +456,8 @@ mod tests {
             Verdict::Accept
         ));
         assert_eq!(lock(&s.posted)[0].0, ReplyTo(3 | TCP_REPLY));
+        // A token made before owners existed calls as the daemon's user.
+        assert_eq!(lock(&s.posted)[0].1, Caller::daemon_user(4_000_000));
         let Verdict::Reply(bytes) = request(&s.gate, 7, true, &run("other")) else {
             panic!("not refused");
         };
@@ -460,6 +479,31 @@ mod tests {
         // And no new connection with it.
         let e = refusal(connect_probe(&s.gate, &token));
         assert!(e.contains("token `ci` was revoked"), "{e}");
+    }
+
+    #[test]
+    fn a_call_is_made_as_the_tokens_owner() {
+        let s = setup();
+        let (token, _) = s
+            .file
+            .create(
+                NewToken {
+                    owner_uid: Some(0),
+                    ..NewToken::default()
+                },
+                1,
+                ([3; 8], [3; 32]),
+            )
+            .unwrap();
+        assert!(matches!(
+            connect(&s.gate, &token, 11),
+            Verdict::Secure { .. }
+        ));
+        let list = encode(&ClientCall::ListServables).unwrap();
+        assert!(matches!(request(&s.gate, 11, true, &list), Verdict::Accept));
+        let caller = lock(&s.posted)[0].1.clone();
+        assert_eq!(caller.uid, 0);
+        assert!(caller.groups.contains(&0), "{caller:?}");
     }
 
     fn connect_probe(gate: &ClientGate, token: &Token) -> Verdict {

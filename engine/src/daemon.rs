@@ -13,6 +13,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, ClientReply};
+
+use crate::identity::Identities;
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
 use flotilla_protocol::{FrameError, decode, encode};
 
@@ -60,6 +62,9 @@ pub enum DaemonError {
         /// The limit, in seconds.
         limit_s: u64,
     },
+    /// `[daemon] api_group` cannot be used.
+    #[error("{0}")]
+    ApiGroup(String),
     /// Threads, runtime or signals.
     #[error("{what}: {source}")]
     Io {
@@ -311,14 +316,15 @@ fn open_sockets(
     objects: &ObjectLink,
 ) -> Result<Sockets, DaemonError> {
     let max_frame = config.daemon.max_frame_bytes;
+    let identities = Arc::new(Identities::new(nix::unistd::geteuid().as_raw()));
     let api = RepServer::new(
         "api",
         MAX_HELD_REQUESTS,
         PeerLimits::trusted(max_frame),
         Vec::new(),
-        api_handler(hub.clone(), max_frame),
+        api_handler(hub.clone(), max_frame, identities.clone()),
     )?;
-    api.listen(&dir.api_url(), 0o600)?;
+    open_api_socket(&api, dir, config.daemon.api_group.as_deref())?;
     // A part of a large request on a connection that is not registered
     // (the daemon restarted, or the connection was replaced): the worker
     // registers again and resends.
@@ -340,7 +346,14 @@ fn open_sockets(
     let port = listen_interchange(&interchange, &plan, config.interchange.port, &remembered)?;
     let addresses = plan.advertised();
     let client_tcp = match config.daemon.client_listen {
-        Some(listen) => Some(open_client_tcp(dir, hub, max_frame, listen, &addresses)?),
+        Some(listen) => Some(open_client_tcp(
+            dir,
+            hub,
+            max_frame,
+            listen,
+            &addresses,
+            &identities,
+        )?),
         None => None,
     };
     let interchange_url = plan
@@ -359,6 +372,48 @@ fn open_sockets(
     })
 }
 
+/// Listens on the ipc socket of the client API: mode 0600, or with
+/// `[daemon] api_group`, mode 0660 and that group, so its members may call
+/// as themselves.
+fn open_api_socket(
+    api: &RepServer,
+    dir: &StateDir,
+    api_group: Option<&str>,
+) -> Result<(), DaemonError> {
+    let Some(group) = api_group else {
+        api.listen(&dir.api_url(), 0o600)?;
+        return Ok(());
+    };
+    let gid = resolve_group(group)?;
+    api.listen(&dir.api_url(), 0o660)?;
+    let socket = dir.api_socket();
+    nix::unistd::chown(&socket, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+        DaemonError::ApiGroup(format!(
+            "[daemon] api_group = {group:?}: cannot give {} to group {gid}: {e}",
+            socket.display()
+        ))
+    })?;
+    tracing::info!(group, gid, socket = %socket.display(), "client API socket open to a group");
+    Ok(())
+}
+
+/// The gid of `group`: a name in the group database, or a number.
+fn resolve_group(group: &str) -> Result<u32, DaemonError> {
+    let group = group.trim();
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(DaemonError::ApiGroup(format!(
+            "[daemon] api_group = {group:?}: no such group on this host"
+        ))),
+        Err(e) => Err(DaemonError::ApiGroup(format!(
+            "[daemon] api_group = {group:?}: cannot look it up: {e}"
+        ))),
+    }
+}
+
 /// Most connections the TCP client API holds.
 const MAX_CLIENT_CONNECTIONS: usize = 4096;
 
@@ -371,6 +426,7 @@ fn open_client_tcp(
     max_frame: usize,
     listen: std::net::SocketAddr,
     interchange_addresses: &str,
+    identities: &Arc<Identities>,
 ) -> Result<ClientTcp, DaemonError> {
     let seed = crate::entropy::random_seed().map_err(io("/dev/urandom"))?;
     let poster = hub.clone();
@@ -378,7 +434,10 @@ fn open_client_tcp(
         crate::tokens::TokenCache::new(crate::tokens::TokenFile::new(dir.root())),
         &seed,
         max_frame,
-        Box::new(move |from, call| poster.post(Event::Client { from, call })),
+        identities.clone(),
+        Box::new(move |from, caller, call| {
+            poster.post(Event::Client { from, caller, call });
+        }),
     ));
     let handler_gate = gate.clone();
     let server = RepServer::new(
@@ -514,6 +573,7 @@ fn core_config(
         memo_max_entries: config.memo.max_entries,
         memo_max_bytes: config.memo.max_bytes,
         overrides: config.servables.clone(),
+        owner_uid: nix::unistd::geteuid().as_raw(),
     }
 }
 
@@ -816,17 +876,30 @@ impl ActionRunner for Io {
     }
 }
 
-fn api_handler(hub: Arc<Hub<Io>>, max_frame: usize) -> crate::net::Handler {
+/// The ipc socket's handler: each call goes to the core as made by the
+/// connection's peer (its uid from the kernel; a peer whose credentials
+/// cannot be read is [`crate::identity::NOBODY`]).
+fn api_handler(
+    hub: Arc<Hub<Io>>,
+    max_frame: usize,
+    identities: Arc<Identities>,
+) -> crate::net::Handler {
     Box::new(move |inbound| match inbound {
         Inbound::Request {
             receiver,
             pipe,
             bytes,
+            peer,
             ..
         } => match decode::<ClientCall>(bytes, max_frame) {
             Ok(call) => {
+                let caller = match peer {
+                    Some(p) => identities.caller(p.uid, Some(p.gid)),
+                    None => identities.caller(crate::identity::NOBODY, None),
+                };
                 hub.post(Event::Client {
                     from: ReplyTo(receiver),
+                    caller,
                     call,
                 });
                 Verdict::Accept
@@ -864,6 +937,7 @@ fn interchange_handler(
             pipe,
             registered,
             bytes,
+            ..
         } => match decode::<WorkerMessage>(bytes, max_frame) {
             Ok(WorkerMessage::Fetch {
                 object,

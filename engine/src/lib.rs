@@ -32,6 +32,7 @@ pub mod daemon;
 pub mod entropy;
 pub mod fs_check;
 pub mod hub;
+pub mod identity;
 pub mod launch;
 pub mod net;
 pub mod object_server;

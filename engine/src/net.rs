@@ -55,8 +55,8 @@ use flotilla_protocol::{parts, secure};
 use nng::options::{Options, RecvMaxSize};
 use nng::{Aio, AioResult, Context, Message, Pipe, PipeEvent, Protocol, Socket};
 
-pub use peers::PeerLimits;
 use peers::{Admission, PartOutcome, PipeTable};
+pub use peers::{PeerCred, PeerLimits};
 
 use crate::core::PipeId;
 
@@ -96,6 +96,9 @@ pub enum Inbound<'a> {
         registered: bool,
         /// The raw frame.
         bytes: &'a [u8],
+        /// Who is at the other end, on a trusted server's local (ipc)
+        /// connections; none on TCP.
+        peer: Option<PeerCred>,
     },
     /// A connection closed.
     PipeClosed(PipeId),
@@ -490,7 +493,22 @@ impl Shared {
                 let admitted = lock(&self.pipes).admit(pipe, Instant::now(), &self.limits);
                 match admitted {
                     Ok(id) => {
-                        tracing::debug!(server = self.name, pipe = id.0, "connection opened");
+                        // Only the client API's socket is trusted, and only
+                        // its ipc connections have credentials.
+                        let peer = if self.limits.trusted {
+                            peer_credentials(pipe)
+                        } else {
+                            None
+                        };
+                        if let Some(peer) = peer {
+                            lock(&self.pipes).set_peer(id, peer);
+                        }
+                        tracing::debug!(
+                            server = self.name,
+                            pipe = id.0,
+                            uid = peer.map(|p| p.uid),
+                            "connection opened"
+                        );
                     }
                     Err(refusal) => {
                         // Closed before the socket sees it: nng drops it,
@@ -672,11 +690,17 @@ impl Shared {
         (pipe, id, registered): (Pipe, PipeId, bool),
         bytes: &[u8],
     ) {
+        let peer = if self.limits.trusted {
+            lock(&self.pipes).peer(id)
+        } else {
+            None
+        };
         let verdict = (self.handler)(Inbound::Request {
             receiver: index,
             pipe: id,
             registered,
             bytes,
+            peer,
         });
         match verdict {
             Verdict::Accept => {}
@@ -760,6 +784,32 @@ fn stop_aio(aio: &Aio) {
     // `nng_aio_stop` only cancels, waits and marks the aio stopped; the
     // wrapper's state is updated by the callback the cancellation runs.
     unsafe { nng::ffi::nng_aio_stop(aio.nng_aio()) };
+}
+
+/// The uid and gid of the process at the other end of a local (ipc)
+/// connection, as the kernel recorded them at connect (`SO_PEERCRED`);
+/// none for a TCP connection or a pipe that is gone.
+///
+/// The nng crate declares these options settable rather than readable on
+/// pipes, so they are read with the C call.
+fn peer_credentials(pipe: Pipe) -> Option<PeerCred> {
+    let read = |option: &'static [u8]| {
+        let mut value: u64 = 0;
+        // SAFETY: `option` is one of nng's NUL-terminated static option
+        // names, `value` is a live u64 that nng writes once, and a pipe id
+        // that no longer names a pipe (or a transport without the option)
+        // only makes the call return an error code.
+        let code = unsafe {
+            nng::ffi::nng_pipe_get_uint64(pipe.nng_pipe(), option.as_ptr().cast(), &mut value)
+        };
+        (code == 0)
+            .then_some(value)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    Some(PeerCred {
+        uid: read(nng::ffi::NNG_OPT_IPC_PEER_UID)?,
+        gid: read(nng::ffi::NNG_OPT_IPC_PEER_GID)?,
+    })
 }
 
 /// Closes `pipe`, whatever became of it meanwhile.

@@ -46,6 +46,62 @@ pub fn parse(text: &str, file: &str) -> Result<ServableSpec, SpecError> {
     Ok(spec)
 }
 
+/// The `[access]` table of a `servable.toml`: who besides its owner may
+/// see and invoke the servable. Users and groups are names or numeric ids,
+/// resolved by the publishing client on the daemon's host.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSpec {
+    /// `owner` (the default) or `public`.
+    #[serde(default)]
+    pub visibility: Option<flotilla_protocol::access::Visibility>,
+    /// Further users.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Unix groups whose members may use it.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// [`parse`], also reading the file's `[access]` table if it has one (it
+/// is no part of the spec: the owner may change it without a new version).
+pub fn parse_with_access(
+    text: &str,
+    file: &str,
+) -> Result<(ServableSpec, Option<AccessSpec>), SpecError> {
+    let whole = |message: String| SpecError {
+        file: file.to_owned(),
+        line: None,
+        key: None,
+        message,
+    };
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| SpecError {
+        file: file.to_owned(),
+        line: None,
+        key: None,
+        message: crate::toml_locate::parse_error(text, &e),
+    })?;
+    let Some(access) = table.remove("access") else {
+        return Ok((parse(text, file)?, None));
+    };
+    let access: AccessSpec = access.try_into().map_err(|e: toml::de::Error| SpecError {
+        file: file.to_owned(),
+        line: crate::toml_locate::locate(text, "access"),
+        key: Some("access".into()),
+        message: e.message().to_owned(),
+    })?;
+    let spec: ServableSpec = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| whole(e.message().to_owned()))?;
+    check(&spec).map_err(|(key, message)| SpecError {
+        file: file.to_owned(),
+        line: crate::toml_locate::locate(text, &key),
+        key: Some(key),
+        message,
+    })?;
+    Ok((spec, Some(access)))
+}
+
 /// Checks a record received for publication.
 pub fn check_record(record: &ServableRecord) -> Result<(), SpecError> {
     let err = |key: Option<String>, message: String| SpecError {
@@ -635,6 +691,32 @@ max_batch_delay_ms = "auto"
 "#;
 
     #[test]
+    fn the_access_table_is_read_beside_the_spec_and_checked() {
+        let (spec, access) = parse_with_access(GOOD, "servable.toml").unwrap();
+        assert_eq!(spec, parse(GOOD, "servable.toml").unwrap());
+        assert_eq!(access, None);
+        let text = format!(
+            "{GOOD}\n[access]\nvisibility = \"public\"\nusers = [\"ada\"]\ngroups = [\"chem\"]\n"
+        );
+        let (with, access) = parse_with_access(&text, "servable.toml").unwrap();
+        assert_eq!(with, spec);
+        let access = access.unwrap();
+        assert_eq!(
+            access.visibility,
+            Some(flotilla_protocol::access::Visibility::Public)
+        );
+        assert_eq!(access.users, ["ada"]);
+        assert_eq!(access.groups, ["chem"]);
+        let bad = format!("{GOOD}\n[access]\nvisibility = \"world\"\n");
+        let e = parse_with_access(&bad, "servable.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("access"));
+        assert!(e.to_string().contains("world"), "{e}");
+        // Without [access], a wrong key is still refused with its line.
+        let e = parse_with_access(&format!("{GOOD}\nwhat = 1\n"), "s.toml").unwrap_err();
+        assert!(e.to_string().contains("what"), "{e}");
+    }
+
+    #[test]
     fn a_good_spec_parses() {
         let spec = parse(GOOD, "servable.toml").unwrap();
         assert_eq!(spec.options.max_batch_size, 64);
@@ -905,6 +987,7 @@ max_batch_delay_ms = "auto"
                     &"b".repeat(64),
                 )],
             }),
+            access: None,
         };
         check_record(&record).unwrap();
         for (bad, says) in [

@@ -87,6 +87,8 @@ pub struct NewToken {
     pub servables: Vec<String>,
     /// Reads only.
     pub read_only: bool,
+    /// The user its calls are made as (see [`TokenRecord::owner_uid`]).
+    pub owner_uid: Option<u32>,
 }
 
 /// The token file of one state directory.
@@ -197,6 +199,7 @@ impl TokenFile {
             revoked_unix_s: None,
             servables: spec.servables,
             read_only: spec.read_only,
+            owner_uid: spec.owner_uid,
         };
         let stored = record.clone();
         self.update(move |tokens| {

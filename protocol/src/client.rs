@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::Access;
 use crate::servable::ServableRecord;
 use crate::task::{Payload, TaskId, TaskState, TaskView};
 
@@ -120,6 +121,15 @@ pub enum ClientCall {
         /// Slots to hold warm, over all workers that may run it.
         slots: u32,
     },
+    /// Change who may see and invoke a servable (every version); only its
+    /// owner (or the daemon's user) may. The owner stays: the `owner` of
+    /// `access` is ignored.
+    SetServableAccess {
+        /// Servable name (no version).
+        name: String,
+        /// The new visibility, users and groups.
+        access: Access,
+    },
 }
 
 /// A catalog search.
@@ -220,6 +230,14 @@ pub enum ClientReply {
         servable: String,
         /// Slots that hold it warm or are warming it now.
         slots: u32,
+    },
+    /// Who may now see and invoke a servable (the answer to
+    /// [`ClientCall::SetServableAccess`]).
+    Access {
+        /// Servable name.
+        name: String,
+        /// Its owner and visibility.
+        access: Access,
     },
 }
 

@@ -41,6 +41,7 @@
 //! There is no I/O here: the crate is used by processes with very different
 //! runtimes (a tokio daemon, a threaded worker, a blocking CLI).
 
+pub mod access;
 pub mod address;
 pub mod builtin;
 pub mod client;

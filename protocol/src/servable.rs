@@ -326,7 +326,11 @@ pub struct FileEntry {
 }
 
 /// A published, immutable servable version.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+///
+/// Encoded by hand ([`Serialize`] below) so that trailing fields that are
+/// none are left out, as before they existed, while a later one present
+/// keeps every earlier one in its place (msgpack structs are positional).
+#[derive(Deserialize, Clone, Debug, PartialEq)]
 pub struct ServableRecord {
     /// The description.
     pub spec: ServableSpec,
@@ -335,13 +339,48 @@ pub struct ServableRecord {
     /// Publication time, µs since the epoch (set by the daemon).
     pub published_us: u64,
     /// What publishing captured of `spec.environment` (pinned requirements
-    /// and wheels). Last, and left out when there is none, so records
-    /// written before it existed read as capturing nothing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// and wheels). Records written before it existed lack it and read as
+    /// capturing nothing; left out when none (and no access follows).
+    #[serde(default)]
     pub lock: Option<EnvironmentLock>,
+    /// Owner and visibility. Last, and left out when there is none: records
+    /// written before visibility existed read as none, which means the
+    /// daemon's user owns them and nobody else sees them. Not part of the
+    /// content ([`ServableRecord::same_content`]): the owner may change it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::access::Access>,
+}
+
+impl Serialize for ServableRecord {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let with_access = self.access.is_some();
+        let with_lock = with_access || self.lock.is_some();
+        let len = 3 + usize::from(with_lock) + usize::from(with_access);
+        let mut s = serializer.serialize_struct("ServableRecord", len)?;
+        s.serialize_field("spec", &self.spec)?;
+        s.serialize_field("files", &self.files)?;
+        s.serialize_field("published_us", &self.published_us)?;
+        if with_lock {
+            s.serialize_field("lock", &self.lock)?;
+        }
+        if with_access {
+            s.serialize_field("access", &self.access)?;
+        }
+        s.end()
+    }
 }
 
 impl ServableRecord {
+    /// The owner and visibility in force: as recorded, or for a record
+    /// without them (published before visibility existed), the daemon's
+    /// user `daemon_owner`, visible to nobody else.
+    pub fn access_or_default(&self, daemon_owner: u32) -> crate::access::Access {
+        let mut access = self.access.clone().unwrap_or_default();
+        access.owner.get_or_insert(daemon_owner);
+        access
+    }
+
     /// `NAME@VERSION`.
     pub fn id(&self) -> String {
         format!("{}@{}", self.spec.name, self.spec.version)
@@ -974,6 +1013,7 @@ runtime = { kind = "exec", command = "python3" }
             files: vec![],
             published_us: 1,
             lock: None,
+            access: None,
         };
         let bytes = rmp_serde::to_vec(&record).unwrap();
         let fields = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
@@ -1022,5 +1062,50 @@ runtime = { kind = "exec", command = "python3" }
         let named = rmp_serde::to_vec_named(&placed).unwrap();
         assert_eq!(rmp_serde::from_slice::<Resources>(&named).unwrap(), placed);
         assert!(toml::from_str::<Resources>("pool = [\"gpu\"]\n").is_err());
+    }
+
+    #[test]
+    fn access_keeps_the_lock_in_its_place_and_old_records_belong_to_the_daemon_user() {
+        use crate::access::{Access, Visibility};
+        let spec: ServableSpec = toml::from_str(
+            r#"
+name = "a"
+version = "1.0.0"
+title = "t"
+license = "MIT"
+model_type = "other"
+input = { kind = "string" }
+output = { kind = "string" }
+runtime = { kind = "exec", command = "python3" }
+"#,
+        )
+        .unwrap();
+        let record = ServableRecord {
+            spec,
+            files: vec![],
+            published_us: 1,
+            lock: None,
+            access: Some(Access {
+                owner: Some(1000),
+                visibility: Visibility::Public,
+                users: vec![1001],
+                groups: vec![50],
+            }),
+        };
+        let bytes = rmp_serde::to_vec(&record).unwrap();
+        let fields = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(fields.as_array().map(Vec::len), Some(5));
+        let back: ServableRecord = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.access_or_default(0).owner, Some(1000));
+        let old = ServableRecord {
+            access: None,
+            ..record
+        };
+        let access = old.access_or_default(7);
+        assert_eq!(access.owner, Some(7));
+        assert_eq!(access.visibility, Visibility::Owner);
+        assert_eq!("public".parse::<Visibility>(), Ok(Visibility::Public));
+        assert!("everyone".parse::<Visibility>().is_err());
     }
 }

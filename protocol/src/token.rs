@@ -139,6 +139,11 @@ pub struct TokenRecord {
     /// Only reads: no submit, run, publish, remove or cancel.
     #[serde(default)]
     pub read_only: bool,
+    /// The user (uid) a call with this token is made as, for servable
+    /// ownership and visibility: who created it, or whom `--owner` named.
+    /// None in tokens made before visibility existed: the daemon's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
 }
 
 impl TokenRecord {
@@ -258,6 +263,9 @@ fn effect(call: &ClientCall) -> Effect<'_> {
         ClientCall::WarmServable { servable, .. } => {
             Effect::Change("warm", vec![servable.as_str()])
         }
+        ClientCall::SetServableAccess { name, .. } => {
+            Effect::Change("servable access", vec![name.as_str()])
+        }
         ClientCall::Stop => Effect::Local("stop"),
         ClientCall::ResumePool { .. } => Effect::Local("pool resume"),
         ClientCall::MemoClear { .. } => Effect::Local("memo clear"),
@@ -310,6 +318,7 @@ mod tests {
             revoked_unix_s: None,
             servables: vec![],
             read_only: false,
+            owner_uid: None,
         }
     }
 

@@ -332,6 +332,7 @@ fn exec_record() -> ServableRecord {
                 size: 378_000,
             }],
         }),
+        access: None,
     }
 }
 
@@ -371,6 +372,7 @@ fn pipeline_record() -> ServableRecord {
         files: vec![],
         published_us: 1_764_000_000_000_001,
         lock: None,
+        access: None,
     }
 }
 

@@ -58,6 +58,7 @@ fn forged_record(marker: &Path) -> ServableRecord {
         files: vec![],
         published_us: 1,
         lock: None,
+        access: None,
     }
 }
 

@@ -821,6 +821,7 @@ pub(crate) mod tests {
             }],
             published_us: 0,
             lock: None,
+            access: None,
         }
     }
 

@@ -25,7 +25,9 @@ use flotilla_benchmarks::{
 };
 use flotilla_client::json_to_payload;
 use flotilla_engine::config::ServableOverride;
-use flotilla_engine::core::{Action, BlockPolicy, Core, CoreConfig, Event, ReplyTo, memo_key};
+use flotilla_engine::core::{
+    Action, BlockPolicy, Caller, Core, CoreConfig, Event, ReplyTo, memo_key,
+};
 use flotilla_engine::store::Recovered;
 use flotilla_protocol::client::{ClientCall, ClientReply, TaskRequest};
 use flotilla_protocol::task::{MemoUse, NIL, TaskState};
@@ -186,6 +188,7 @@ fn in_daemon_hit(samples: usize) -> Result<Latency, String> {
         memo_max_entries: 100_000,
         memo_max_bytes: 1 << 28,
         overrides,
+        owner_uid: 0,
     };
     let input = Payload::from(rmp_like_int(7));
     let recovered = Recovered {
@@ -219,6 +222,7 @@ fn in_daemon_hit(samples: usize) -> Result<Latency, String> {
         core.handle(
             Event::Client {
                 from: ReplyTo(1),
+                caller: Caller::daemon_user(0),
                 call,
             },
             now(),

@@ -23,6 +23,7 @@ import msgpack
 from . import payload
 from .errors import REFUSALS, ProtocolError, RequestRefused
 from .views import (
+    Access,
     Build,
     Container,
     Creator,
@@ -351,11 +352,22 @@ def servable_summary(value):
 
 def servable_record(value):
     """A ``ServableRecord`` array as a :class:`ServableRecord`."""
-    if isinstance(value, (tuple, list)) and len(value) == 4:
+    access = None
+    if isinstance(value, (tuple, list)) and len(value) == 5:
+        spec, files, published_us, lock, access = value
+    elif isinstance(value, (tuple, list)) and len(value) == 4:
         spec, files, published_us, lock = value
     else:
         spec, files, published_us = _fields(value, 3, "ServableRecord")
         lock = None
+    if access is not None:
+        owner, visibility, users, groups = _fields(access, 4, "Access")
+        access = Access(
+            owner=owner,
+            visibility=visibility,
+            users=list(users),
+            groups=list(groups),
+        )
     if lock is not None:
         requirements, wheels = _fields(lock, 2, "EnvironmentLock")
         lock = EnvironmentLock(
@@ -367,6 +379,7 @@ def servable_record(value):
         files=[FileEntry(*_fields(f, 3, "FileEntry")) for f in files],
         published_us=published_us,
         lock=lock,
+        access=access,
     )
 
 

@@ -256,6 +256,20 @@ class EnvironmentLock:
 
 
 @dataclass(frozen=True)
+class Access:
+    """Who owns a servable and who else may see and invoke it."""
+
+    #: The owner's uid (None: the daemon's user, for old records).
+    owner: Optional[int]
+    #: ``"owner"`` (the owner and the listed users and groups) or ``"public"``.
+    visibility: str
+    #: Further users (uids) who may see and invoke it.
+    users: List[int]
+    #: Unix groups (gids) whose members may.
+    groups: List[int]
+
+
+@dataclass(frozen=True)
 class ServableRecord:
     """A published, immutable servable version."""
 
@@ -266,6 +280,8 @@ class ServableRecord:
     published_us: int
     #: What publishing captured of the environment, if any.
     lock: Optional["EnvironmentLock"] = None
+    #: Owner and visibility (None in records published before visibility).
+    access: Optional[Access] = None
 
     @property
     def id(self):

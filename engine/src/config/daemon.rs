@@ -41,6 +41,13 @@ pub struct DaemonConfig {
     /// are told the interchange's advertised addresses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_listen: Option<std::net::SocketAddr>,
+    /// A Unix group (name or gid) whose members may call the daemon on its
+    /// ipc socket (mode 0660, that group) as themselves, for a daemon run
+    /// for a team; unset: the socket is mode 0600, its user's alone. What
+    /// each caller sees follows the servables' visibility. The state
+    /// directory must then be searchable by the group (`chmod 0710`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_group: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -55,6 +62,7 @@ impl Default for DaemonConfig {
             max_attempts: 3,
             recovery_grace_s: 10.0,
             client_listen: None,
+            api_group: None,
         }
     }
 }
@@ -72,6 +80,7 @@ pub(crate) struct RawDaemon {
     max_attempts: Option<Spanned<u32>>,
     recovery_grace_s: Option<Spanned<f64>>,
     client_listen: Option<Spanned<String>>,
+    api_group: Option<Spanned<String>>,
 }
 
 /// The smallest frame limit that still carries a worker's registration.
@@ -153,8 +162,16 @@ impl RawDaemon {
                 )
             })?),
         };
+        let api_group = s.opt("api_group", self.api_group);
+        if api_group.as_deref().is_some_and(|g| g.trim().is_empty()) {
+            return Err(s.invalid(
+                "api_group",
+                "must name a group; leave it out to keep the socket to the daemon's user",
+            ));
+        }
         Ok(DaemonConfig {
             client_listen,
+            api_group,
             state_dir,
             shared_dir,
             max_frame_bytes,
@@ -189,6 +206,20 @@ mod tests {
             .to_string();
         assert!(
             err.starts_with("d.toml:2: `daemon.shared_dir`: must name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_api_group_is_read_and_may_not_be_empty() {
+        let c = Config::parse("[daemon]\napi_group = \"chem\"\n", "d.toml").unwrap();
+        assert_eq!(c.daemon.api_group.as_deref(), Some("chem"));
+        assert_eq!(Config::parse("", "d.toml").unwrap().daemon.api_group, None);
+        let err = Config::parse("[daemon]\napi_group = \" \"\n", "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("d.toml:2: `daemon.api_group`: must name a group"),
             "{err}"
         );
     }

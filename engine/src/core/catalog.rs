@@ -22,6 +22,16 @@ use crate::config::ServableOverride;
 /// A refusal: what kind, and the message for the client.
 pub type Refusal = (ApiErrorKind, String);
 
+/// Whether the caller may see a published record (see
+/// [`super::access`]); what it may not see, the catalog answers for as if
+/// it did not exist.
+pub type Sees<'a> = &'a dyn Fn(&ServableRecord) -> bool;
+
+/// Sees everything: the daemon's own lookups.
+fn everything(_: &ServableRecord) -> bool {
+    true
+}
+
 /// A resolved servable.
 #[derive(Clone, Debug)]
 pub struct ServableInfo {
@@ -151,13 +161,30 @@ impl Catalog {
         catalog
     }
 
-    /// The refusal for a name nobody knows.
-    fn unknown(&self, name: &str) -> Refusal {
+    /// The versions of `name` if the caller sees it (visibility is the
+    /// servable's, the same in every version: its latest says).
+    fn visible(
+        &self,
+        name: &str,
+        sees: Sees<'_>,
+    ) -> Option<&BTreeMap<semver::Version, Arc<ServableRecord>>> {
+        self.published
+            .get(name)
+            .filter(|v| v.values().next_back().is_some_and(|r| sees(r)))
+    }
+
+    /// The refusal for a name nobody known to the caller has.
+    fn unknown(&self, name: &str, sees: Sees<'_>) -> Refusal {
         let mut known: Vec<&str> = self
             .builtins
             .keys()
             .map(String::as_str)
-            .chain(self.published.keys().map(String::as_str))
+            .chain(
+                self.published
+                    .iter()
+                    .filter(|(_, v)| v.values().next_back().is_some_and(|r| sees(r)))
+                    .map(|(k, _)| k.as_str()),
+            )
             .collect();
         known.sort_unstable();
         not_found(format!(
@@ -170,18 +197,27 @@ impl Catalog {
     /// written. The wildcard names nothing the catalog knows; a missing name
     /// is an unknown (empty) one, and a missing version one that is not a
     /// semantic version, as `find` says.
-    fn named(&self, requested: &str) -> Result<(String, Option<String>), Refusal> {
+    fn named(&self, requested: &str, sees: Sees<'_>) -> Result<(String, Option<String>), Refusal> {
         match ServableRef::parse(requested) {
             Ok(ServableRef::Latest(name)) => Ok((name, None)),
             Ok(ServableRef::Exact { name, version }) => Ok((name, Some(version))),
-            Ok(ServableRef::Any) => Err(self.unknown(requested)),
-            Err(ServableRefError::Empty | ServableRefError::NoName(_)) => Err(self.unknown("")),
+            Ok(ServableRef::Any) => Err(self.unknown(requested, sees)),
+            Err(ServableRefError::Empty | ServableRefError::NoName(_)) => {
+                Err(self.unknown("", sees))
+            }
             Err(ServableRefError::NoVersion { name }) => Ok((name, Some(String::new()))),
         }
     }
 
-    fn find(&self, name: &str, version: Option<&str>) -> Result<&Arc<ServableRecord>, Refusal> {
-        let versions = self.published.get(name).ok_or_else(|| self.unknown(name))?;
+    fn find(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        sees: Sees<'_>,
+    ) -> Result<&Arc<ServableRecord>, Refusal> {
+        let versions = self
+            .visible(name, sees)
+            .ok_or_else(|| self.unknown(name, sees))?;
         match version {
             None => versions
                 .values()
@@ -207,8 +243,52 @@ impl Catalog {
 
     /// The published record of `NAME` (latest) or `NAME@VERSION`.
     pub fn record(&self, requested: &str) -> Result<Arc<ServableRecord>, Refusal> {
-        let (name, version) = self.named(requested)?;
-        self.find(&name, version.as_deref()).cloned()
+        self.record_for(requested, &everything)
+    }
+
+    /// [`Catalog::record`] for a caller who sees what `sees` lets through.
+    pub fn record_for(
+        &self,
+        requested: &str,
+        sees: Sees<'_>,
+    ) -> Result<Arc<ServableRecord>, Refusal> {
+        let (name, version) = self.named(requested, sees)?;
+        self.find(&name, version.as_deref(), sees).cloned()
+    }
+
+    /// The latest record of the published servable `name` (no version),
+    /// whoever may see it.
+    pub fn latest_of(&self, name: &str) -> Option<&Arc<ServableRecord>> {
+        self.published
+            .get(name)
+            .and_then(|v| v.values().next_back())
+    }
+
+    /// Every version of the published servable `name`, oldest first.
+    pub fn versions_of(&self, name: &str) -> Vec<Arc<ServableRecord>> {
+        self.published
+            .get(name)
+            .map(|v| v.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Replaces a published version's record (same id) with `record`, as a
+    /// change of its access does; false when there is no such version.
+    pub fn replace(&mut self, record: ServableRecord) -> bool {
+        let Ok(version) = semver::Version::parse(&record.spec.version) else {
+            return false;
+        };
+        match self
+            .published
+            .get_mut(&record.spec.name)
+            .and_then(|v| v.get_mut(&version))
+        {
+            Some(slot) => {
+                *slot = Arc::new(record);
+                true
+            }
+            None => false,
+        }
     }
 
     /// True if `name` is a builtin (builtins have no published record).
@@ -218,7 +298,14 @@ impl Catalog {
 
     /// Resolves a requested name, or says why it cannot be served.
     pub fn resolve(&self, requested: &str) -> Result<ServableInfo, Refusal> {
-        let (name, version) = self.named(requested)?;
+        self.resolve_for(requested, &everything)
+    }
+
+    /// [`Catalog::resolve`] for a caller who sees what `sees` lets through
+    /// (a pipeline's steps are its owner's choice, and resolve whoever
+    /// calls it).
+    pub fn resolve_for(&self, requested: &str, sees: Sees<'_>) -> Result<ServableInfo, Refusal> {
+        let (name, version) = self.named(requested, sees)?;
         let (name, version) = (name.as_str(), version.as_deref());
         if let Some(info) = self.builtins.get(name) {
             return match version {
@@ -231,7 +318,7 @@ impl Catalog {
                 )),
             };
         }
-        let record = self.find(name, version)?;
+        let record = self.find(name, version, sees)?;
         let steps = match &record.spec.runtime {
             Runtime::Pipeline { steps } => {
                 let resolved = steps
@@ -271,12 +358,13 @@ impl Catalog {
     }
 
     /// Adds a version; `Ok(false)` when the same content is already there.
-    pub fn publish(&mut self, record: ServableRecord) -> Result<bool, Refusal> {
+    /// A pipeline's steps must be servables its publisher sees (`sees`).
+    pub fn publish(&mut self, record: ServableRecord, sees: Sees<'_>) -> Result<bool, Refusal> {
         let version = semver::Version::parse(&record.spec.version)
             .map_err(|e| (ApiErrorKind::BadRequest, format!("{}: {e}", record.id())))?;
         if let Runtime::Pipeline { steps } = &record.spec.runtime {
             for step in steps {
-                self.resolve(step)
+                self.resolve_for(step, sees)
                     .map_err(|(kind, why)| (kind, format!("pipeline step `{step}`: {why}")))?;
             }
         }
@@ -300,7 +388,7 @@ impl Catalog {
 
     /// Removes `NAME@VERSION`.
     pub fn remove(&mut self, id: &str) -> Result<Arc<ServableRecord>, Refusal> {
-        let (name, version) = self.named(id)?;
+        let (name, version) = self.named(id, &everything)?;
         let (name, version) = (name.as_str(), version.as_deref());
         let Some(version) = version else {
             return Err((
@@ -308,7 +396,7 @@ impl Catalog {
                 format!("say which version to remove: `{name}@VERSION`"),
             ));
         };
-        let record = self.find(name, Some(version))?.clone();
+        let record = self.find(name, Some(version), &everything)?.clone();
         if let Some(versions) = self.published.get_mut(name) {
             if let Ok(v) = semver::Version::parse(version) {
                 versions.remove(&v);
@@ -341,8 +429,8 @@ impl Catalog {
     }
 
     /// Versions of `name`, oldest first.
-    pub fn versions(&self, name: &str) -> Result<Vec<String>, Refusal> {
-        self.find(name, None)?;
+    pub fn versions(&self, name: &str, sees: Sees<'_>) -> Result<Vec<String>, Refusal> {
+        self.find(name, None, sees)?;
         Ok(self
             .published
             .get(name)

@@ -2,11 +2,12 @@
 
 use flotilla_protocol::TaskId;
 use flotilla_protocol::client::{
-    ApiError, ApiErrorKind, ClientCall, ClientReply, MAX_WAIT_MS, SearchQuery, TaskRequest,
+    ApiError, ApiErrorKind, ClientCall, ClientReply, MAX_WAIT_MS, TaskRequest,
 };
 use flotilla_protocol::servable::{ANY_SERVABLE_WIRE, ServableRecord, ServableRef};
 use flotilla_protocol::task::{MemoUse, Outcome, TaskState};
 
+use super::access::{self, Caller};
 use super::catalog::{Refusal, ServableInfo};
 use super::records::{NewTask, StoreOp};
 use super::tasks::{Ending, Task};
@@ -46,6 +47,7 @@ impl Core {
     pub(super) fn on_client(
         &mut self,
         from: ReplyTo,
+        caller: &Caller,
         call: ClientCall,
         now: u64,
         out: &mut Vec<Action>,
@@ -54,13 +56,19 @@ impl Core {
             out.push(Action::ReplyClient { to: from, reply });
             return;
         }
+        if let Some(reply) = self.admin_only(caller, &call) {
+            out.push(Action::ReplyClient { to: from, reply });
+            return;
+        }
+        let owner = self.cfg.owner_uid;
+        let sees = |r: &ServableRecord| access::may_see_record(caller, r, owner);
         let reply = match call {
             ClientCall::Ping => ClientReply::Pong {
                 pid: self.cfg.pid,
                 release: self.cfg.release.clone(),
             },
             ClientCall::Submit { tasks, wait_ms } => {
-                return self.on_submit(from, tasks, wait_ms, now, out);
+                return self.on_submit(from, caller, tasks, wait_ms, now, out);
             }
             ClientCall::Results { ids, wait_ms } => {
                 let pending = self.tasks.unfinished(&ids);
@@ -97,24 +105,35 @@ impl Core {
                 });
                 return self.begin_drain(now, out);
             }
-            ClientCall::Publish { record } => return self.on_publish(from, *record, now, out),
+            ClientCall::Publish { record } => {
+                return self.on_publish(from, caller, *record, now, out);
+            }
             ClientCall::ListServables => ClientReply::Servables {
                 servables: self
                     .catalog
                     .latest()
+                    .filter(|r| sees(r))
                     .map(|r| search::summary(r, 0.0))
                     .collect(),
             },
-            ClientCall::ShowServable { name } => match self.catalog.record(&name) {
+            ClientCall::ShowServable { name } => match self.catalog.record_for(&name, &sees) {
                 Ok(r) => ClientReply::Servable(Box::new((*r).clone())),
                 Err(e) => refusal(e),
             },
-            ClientCall::ServableVersions { name } => match self.catalog.versions(&name) {
+            ClientCall::ServableVersions { name } => match self.catalog.versions(&name, &sees) {
                 Ok(versions) => ClientReply::Versions { versions },
                 Err(e) => refusal(e),
             },
-            ClientCall::SearchServables(query) => self.search(&query),
-            ClientCall::RemoveServable { id } => return self.on_remove(from, &id, out),
+            ClientCall::SearchServables(query) => ClientReply::Servables {
+                servables: search::search(
+                    self.catalog.latest().filter(|r| sees(r)).map(|r| &**r),
+                    &query,
+                ),
+            },
+            ClientCall::RemoveServable { id } => return self.on_remove(from, caller, &id, out),
+            ClientCall::SetServableAccess { name, access } => {
+                return self.on_set_access(from, caller, &name, &access, out);
+            }
             ClientCall::MemoStats => ClientReply::MemoStats(self.memo.store.report()),
             ClientCall::MemoClear { servable } => {
                 return self.on_memo_clear(from, servable.as_deref(), out);
@@ -123,15 +142,30 @@ impl Core {
         out.push(Action::ReplyClient { to: from, reply });
     }
 
-    fn search(&self, query: &SearchQuery) -> ClientReply {
-        ClientReply::Servables {
-            servables: search::search(self.catalog.latest().map(|r| &**r), query),
-        }
+    /// The refusal of a call only the daemon's user may make (stop, pool
+    /// resume, memo clear) from anybody else.
+    fn admin_only(&self, caller: &Caller, call: &ClientCall) -> Option<ClientReply> {
+        let what = match call {
+            ClientCall::Stop => "stop the daemon",
+            ClientCall::ResumePool { .. } => "resume a pool",
+            ClientCall::MemoClear { .. } => "clear memo entries",
+            _ => return None,
+        };
+        (!access::is_admin(caller, self.cfg.owner_uid)).then(|| {
+            refuse(
+                ApiErrorKind::Forbidden,
+                format!(
+                    "only the daemon's user (uid {}) may {what}; you are uid {}",
+                    self.cfg.owner_uid, caller.uid
+                ),
+            )
+        })
     }
 
     fn on_submit(
         &mut self,
         from: ReplyTo,
+        caller: &Caller,
         requests: Vec<TaskRequest>,
         wait_ms: Option<u64>,
         now: u64,
@@ -160,7 +194,7 @@ impl Core {
             return;
         }
         // Check everything first: the request is all-or-nothing.
-        let resolved = match self.check_requests(&requests) {
+        let resolved = match self.check_requests(caller, &requests) {
             Ok(r) => r,
             Err(reply) => {
                 out.push(Action::ReplyClient { to: from, reply });
@@ -240,7 +274,13 @@ impl Core {
 
     /// Resolves every request's servable and checks inputs where the
     /// servable asks for it; the first problem refuses the whole request.
-    fn check_requests(&self, requests: &[TaskRequest]) -> Result<Vec<ServableInfo>, ClientReply> {
+    fn check_requests(
+        &self,
+        caller: &Caller,
+        requests: &[TaskRequest],
+    ) -> Result<Vec<ServableInfo>, ClientReply> {
+        let owner = self.cfg.owner_uid;
+        let sees = |r: &ServableRecord| access::may_see_record(caller, r, owner);
         let many = requests.len() > 1;
         let place = |index: usize| {
             if many {
@@ -255,9 +295,12 @@ impl Core {
             let (info, room) = match &last {
                 Some((name, info, room)) if *name == req.servable => (info.clone(), *room),
                 _ => {
-                    let info = self.catalog.resolve(&req.servable).map_err(|(kind, m)| {
-                        refuse(kind_for_submit(kind), format!("{}{m}", place(index)))
-                    })?;
+                    let info =
+                        self.catalog
+                            .resolve_for(&req.servable, &sees)
+                            .map_err(|(kind, m)| {
+                                refuse(kind_for_submit(kind), format!("{}{m}", place(index)))
+                            })?;
                     let room = self.room_for_one_input(&info);
                     last = Some((&req.servable, info.clone(), room));
                     (info, room)
@@ -376,6 +419,7 @@ impl Core {
     fn on_publish(
         &mut self,
         from: ReplyTo,
+        caller: &Caller,
         mut record: ServableRecord,
         now: u64,
         out: &mut Vec<Action>,
@@ -384,31 +428,140 @@ impl Core {
             let reply = refuse(ApiErrorKind::BadRequest, e.to_string());
             return out.push(Action::ReplyClient { to: from, reply });
         }
+        let owner = self.cfg.owner_uid;
+        let name = record.spec.name.clone();
+        let existing = self
+            .catalog
+            .latest_of(&name)
+            .map(|r| r.access_or_default(owner));
+        let granted = match access::on_publish(
+            caller,
+            &name,
+            existing.as_ref(),
+            record.access.as_ref(),
+            owner,
+        ) {
+            Ok(a) => a,
+            Err(denial) => {
+                tracing::info!(servable = %name, uid = caller.uid, reason = %denial, "publication refused");
+                let reply = refuse(ApiErrorKind::Forbidden, denial.to_string());
+                return out.push(Action::ReplyClient { to: from, reply });
+            }
+        };
         record.published_us = now;
+        record.access = Some(granted.clone());
         let id = record.id();
         let stored = record.clone();
-        match self.catalog.publish(record) {
-            Ok(true) => {
-                tracing::info!(servable = %id, "published");
-                let seq = self.persist(StoreOp::PutServable(Box::new(stored)), out);
-                let reply = ClientReply::Published { id, created: true };
-                self.replies
-                    .durability
-                    .reply_after(seq, from, reply, now, out);
+        let sees = |r: &ServableRecord| access::may_see_record(caller, r, owner);
+        let created = match self.catalog.publish(record, &sees) {
+            Ok(created) => created,
+            Err(e) => {
+                return out.push(Action::ReplyClient {
+                    to: from,
+                    reply: refusal(e),
+                });
             }
-            Ok(false) => out.push(Action::ReplyClient {
-                to: from,
-                reply: ClientReply::Published { id, created: false },
-            }),
-            Err(e) => out.push(Action::ReplyClient {
-                to: from,
-                reply: refusal(e),
-            }),
+        };
+        let mut seq = None;
+        if created {
+            tracing::info!(servable = %id, owner = ?granted.owner, visibility = granted.visibility.as_str(), "published");
+            seq = Some(self.persist(StoreOp::PutServable(Box::new(stored)), out));
+        }
+        // The access is the servable's: the other versions take it too.
+        if let Some(last) = self.apply_access(&name, &granted, out) {
+            seq = Some(last);
+        }
+        let reply = ClientReply::Published { id, created };
+        match seq {
+            Some(seq) => self
+                .replies
+                .durability
+                .reply_after(seq, from, reply, now, out),
+            None => out.push(Action::ReplyClient { to: from, reply }),
         }
     }
 
-    fn on_remove(&mut self, from: ReplyTo, id: &str, out: &mut Vec<Action>) {
-        let record = match self.catalog.record(id) {
+    /// Gives every version of `name` the access `granted` (persisting
+    /// those that change); the sequence number of the last write, if any.
+    fn apply_access(
+        &mut self,
+        name: &str,
+        granted: &flotilla_protocol::access::Access,
+        out: &mut Vec<Action>,
+    ) -> Option<u64> {
+        let mut seq = None;
+        for version in self.catalog.versions_of(name) {
+            if version.access.as_ref() == Some(granted) {
+                continue;
+            }
+            let mut changed = (*version).clone();
+            changed.access = Some(granted.clone());
+            if self.catalog.replace(changed.clone()) {
+                seq = Some(self.persist(StoreOp::PutServable(Box::new(changed)), out));
+            }
+        }
+        seq
+    }
+
+    /// The record of `requested` if `caller` may change it: refused as
+    /// unknown when the caller may not see it, as forbidden when it may see
+    /// but not change it.
+    fn managed_record(
+        &self,
+        caller: &Caller,
+        requested: &str,
+        what: &str,
+    ) -> Result<std::sync::Arc<ServableRecord>, ClientReply> {
+        let owner = self.cfg.owner_uid;
+        let sees = |r: &ServableRecord| access::may_see_record(caller, r, owner);
+        let record = self.catalog.record_for(requested, &sees).map_err(refusal)?;
+        let current = record.access_or_default(owner);
+        if !access::may_manage(caller, &current, owner) {
+            tracing::info!(servable = %record.id(), uid = caller.uid, "change refused: not the owner");
+            return Err(refuse(
+                ApiErrorKind::Forbidden,
+                format!(
+                    "only the owner of `{}` (uid {}) may {what} it; you are uid {}",
+                    record.spec.name,
+                    current.owner.unwrap_or(owner),
+                    caller.uid
+                ),
+            ));
+        }
+        Ok(record)
+    }
+
+    fn on_set_access(
+        &mut self,
+        from: ReplyTo,
+        caller: &Caller,
+        name: &str,
+        requested: &flotilla_protocol::access::Access,
+        out: &mut Vec<Action>,
+    ) {
+        let base = name.split_once('@').map_or(name, |(base, _)| base);
+        let record = match self.managed_record(caller, base, "change the access of") {
+            Ok(r) => r,
+            Err(reply) => return out.push(Action::ReplyClient { to: from, reply }),
+        };
+        let owner = self.cfg.owner_uid;
+        let granted = access::changed(&record.access_or_default(owner), requested, owner);
+        tracing::info!(servable = base, visibility = granted.visibility.as_str(), users = ?granted.users, groups = ?granted.groups, "access changed");
+        let reply = ClientReply::Access {
+            name: base.to_owned(),
+            access: granted.clone(),
+        };
+        match self.apply_access(base, &granted, out) {
+            Some(seq) => self
+                .replies
+                .durability
+                .reply_after(seq, from, reply, 0, out),
+            None => out.push(Action::ReplyClient { to: from, reply }),
+        }
+    }
+
+    fn on_remove(&mut self, from: ReplyTo, caller: &Caller, id: &str, out: &mut Vec<Action>) {
+        let record = match self.managed_record(caller, id, "remove") {
             Ok(r) if matches!(ServableRef::parse(id), Ok(ServableRef::Exact { .. })) => r,
             Ok(_) => {
                 let reply = refuse(
@@ -417,12 +570,7 @@ impl Core {
                 );
                 return out.push(Action::ReplyClient { to: from, reply });
             }
-            Err(e) => {
-                return out.push(Action::ReplyClient {
-                    to: from,
-                    reply: refusal(e),
-                });
-            }
+            Err(reply) => return out.push(Action::ReplyClient { to: from, reply }),
         };
         let canonical = record.id();
         let waiting = self

@@ -23,6 +23,8 @@ pub enum Event {
     Client {
         /// Where the reply goes.
         from: ReplyTo,
+        /// Who calls (see [`super::access`]).
+        caller: super::access::Caller,
         /// The request.
         call: ClientCall,
     },

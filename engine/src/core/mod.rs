@@ -34,6 +34,7 @@
 //! messages (`workers.rs`), results and waits (`outcomes.rs`), time and
 //! shutdown (`lifecycle.rs`), start-up and recovery (`startup.rs`).
 
+pub mod access;
 mod adaptive;
 mod backoff;
 mod batches;
@@ -70,6 +71,7 @@ use std::collections::HashMap;
 use flotilla_protocol::TaskId;
 use flotilla_protocol::servable::ServableRef;
 
+pub use access::Caller;
 pub use blocks::{BlockEvent, BlockPolicy, Demand};
 pub use catalog::{Catalog, ServableInfo};
 pub use io::{Action, Event, PipeId, ReplyTo};
@@ -138,6 +140,9 @@ pub struct CoreConfig {
     pub memo_max_bytes: u64,
     /// The site's serving-option overrides by servable name.
     pub overrides: std::collections::BTreeMap<String, crate::config::ServableOverride>,
+    /// The daemon's user (the uid it runs as): it administers the daemon
+    /// and owns servables published before visibility existed.
+    pub owner_uid: u32,
 }
 
 /// Identical memoizable requests in flight: one runs, the others wait.
@@ -266,7 +271,9 @@ impl Core {
     /// Reacts to one event at time `now_us` (µs since the epoch).
     pub fn handle(&mut self, event: Event, now_us: u64, out: &mut Vec<Action>) {
         match event {
-            Event::Client { from, call } => self.on_client(from, call, now_us, out),
+            Event::Client { from, caller, call } => {
+                self.on_client(from, &caller, call, now_us, out);
+            }
             Event::Worker {
                 from,
                 pipe,

@@ -13,6 +13,9 @@ use flotilla_protocol::{Payload, TaskId};
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 const SEC: u64 = 1_000_000;
 
+/// The uid the daemon under test runs as.
+const DAEMON_UID: u32 = 1000;
+
 fn config() -> CoreConfig {
     CoreConfig {
         heartbeat_period_us: 5 * SEC,
@@ -33,6 +36,7 @@ fn config() -> CoreConfig {
         memo_max_entries: 1000,
         memo_max_bytes: 1 << 20,
         overrides: Default::default(),
+        owner_uid: DAEMON_UID,
     }
 }
 
@@ -179,7 +183,11 @@ impl Harness {
 
     fn call(&mut self, call: ClientCall) -> (ReplyTo, Vec<Action>) {
         let from = self.reply_to();
-        let out = self.ev(Event::Client { from, call });
+        let out = self.ev(Event::Client {
+            from,
+            caller: Caller::daemon_user(DAEMON_UID),
+            call,
+        });
         (from, out)
     }
 
@@ -1148,6 +1156,7 @@ fn record(spec: ServableSpec) -> ServableRecord {
         files,
         published_us: 0,
         lock: None,
+        access: None,
     }
 }
 
@@ -3270,3 +3279,258 @@ fn each_pool_s_strategy_runs_on_its_own_period() {
 }
 
 mod warm;
+
+impl Harness {
+    /// A call made by `caller`, its writes confirmed; the reply.
+    fn call_as(&mut self, caller: &Caller, call: ClientCall) -> ClientReply {
+        self.call_as_out(caller, call).0
+    }
+
+    /// [`Harness::call_as`], with every action it caused.
+    fn call_as_out(&mut self, caller: &Caller, call: ClientCall) -> (ClientReply, Vec<Action>) {
+        let from = self.reply_to();
+        let mut out = self.ev(Event::Client {
+            from,
+            caller: caller.clone(),
+            call,
+        });
+        out.extend(self.flush());
+        (client_reply(&out, from).expect("a reply"), out)
+    }
+}
+
+fn with_access(
+    mut r: ServableRecord,
+    visibility: flotilla_protocol::access::Visibility,
+) -> ServableRecord {
+    r.access = Some(flotilla_protocol::access::Access {
+        visibility,
+        ..Default::default()
+    });
+    r
+}
+
+fn names(reply: &ClientReply) -> Vec<String> {
+    match reply {
+        ClientReply::Servables { servables } => servables.iter().map(|s| s.name.clone()).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn error_of(reply: ClientReply) -> ApiError {
+    match reply {
+        ClientReply::Error(e) => e,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn what_a_caller_may_not_see_does_not_exist_for_it() {
+    use flotilla_protocol::access::Visibility;
+    use flotilla_protocol::client::SearchQuery;
+    let mut h = Harness::new();
+    let alice = Caller {
+        uid: 2001,
+        groups: vec![2001],
+    };
+    let bob = Caller {
+        uid: 2002,
+        groups: vec![2002],
+    };
+    // Alice publishes a private and a public servable; the daemon records
+    // her as their owner whatever the record claims.
+    let mut private = with_access(record(spec("secret-model", "1.0.0")), Visibility::Owner);
+    if let Some(a) = private.access.as_mut() {
+        a.owner = Some(bob.uid);
+    }
+    let reply = h.call_as(
+        &alice,
+        ClientCall::Publish {
+            record: Box::new(private),
+        },
+    );
+    assert!(
+        matches!(reply, ClientReply::Published { created: true, .. }),
+        "{reply:?}"
+    );
+    h.call_as(
+        &alice,
+        ClientCall::Publish {
+            record: Box::new(with_access(
+                record(spec("open-model", "1.0.0")),
+                Visibility::Public,
+            )),
+        },
+    );
+    let ClientReply::Servable(shown) = h.call_as(
+        &alice,
+        ClientCall::ShowServable {
+            name: "secret-model".into(),
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(shown.access.as_ref().and_then(|a| a.owner), Some(alice.uid));
+    // Bob: listed nowhere, and named it is as unknown as a missing one.
+    let listed = names(&h.call_as(&bob, ClientCall::ListServables));
+    assert_eq!(listed, vec!["open-model".to_owned()]);
+    let found = names(&h.call_as(
+        &bob,
+        ClientCall::SearchServables(SearchQuery {
+            text: "model".into(),
+            ..SearchQuery::default()
+        }),
+    ));
+    assert_eq!(found, vec!["open-model".to_owned()]);
+    let hidden = error_of(h.call_as(
+        &bob,
+        ClientCall::Submit {
+            tasks: vec![request("secret-model")],
+            wait_ms: None,
+        },
+    ));
+    let missing = error_of(h.call_as(
+        &bob,
+        ClientCall::Submit {
+            tasks: vec![request("no-such-model")],
+            wait_ms: None,
+        },
+    ));
+    assert_eq!(hidden.kind, missing.kind);
+    assert_eq!(
+        hidden.message.replace("secret-model", "X"),
+        missing.message.replace("no-such-model", "X"),
+        "a hidden servable must be refused exactly as a missing one"
+    );
+    assert!(hidden.message.contains("(known: "), "{hidden}");
+    for call in [
+        ClientCall::ShowServable {
+            name: "secret-model@1.0.0".into(),
+        },
+        ClientCall::ServableVersions {
+            name: "secret-model".into(),
+        },
+        ClientCall::RemoveServable {
+            id: "secret-model@1.0.0".into(),
+        },
+        ClientCall::SetServableAccess {
+            name: "secret-model".into(),
+            access: Default::default(),
+        },
+    ] {
+        let e = error_of(h.call_as(&bob, call));
+        assert_eq!(e.kind, ApiErrorKind::NotFound, "{e}");
+        assert!(e.message.contains("unknown servable `secret-model`"), "{e}");
+        assert!(!e.message.contains("secret-model,"), "{e}");
+    }
+    // The public one runs for Bob, who may not change or remove it, nor
+    // publish a version of its name.
+    assert!(matches!(
+        h.call_as(
+            &bob,
+            ClientCall::Submit {
+                tasks: vec![request("open-model")],
+                wait_ms: None,
+            },
+        ),
+        ClientReply::Submitted { .. }
+    ));
+    let e = error_of(h.call_as(
+        &bob,
+        ClientCall::SetServableAccess {
+            name: "open-model".into(),
+            access: Default::default(),
+        },
+    ));
+    assert_eq!(e.kind, ApiErrorKind::Forbidden);
+    assert!(
+        e.message
+            .contains("only the owner of `open-model` (uid 2001)"),
+        "{e}"
+    );
+    let e = error_of(h.call_as(
+        &bob,
+        ClientCall::Publish {
+            record: Box::new(record(spec("open-model", "2.0.0"))),
+        },
+    ));
+    assert!(
+        e.message.contains("`open-model` is taken by another user"),
+        "{e}"
+    );
+    // Admin calls are the daemon user's.
+    let e = error_of(h.call_as(&bob, ClientCall::Stop));
+    assert_eq!(e.kind, ApiErrorKind::Forbidden);
+    assert!(
+        e.message
+            .contains("only the daemon's user (uid 1000) may stop"),
+        "{e}"
+    );
+    // Alice shares the private one with Bob's group: he sees it now, in
+    // every version, and it is written to the store.
+    let (reply, out) = h.call_as_out(
+        &alice,
+        ClientCall::SetServableAccess {
+            name: "secret-model".into(),
+            access: flotilla_protocol::access::Access {
+                groups: vec![2002],
+                ..Default::default()
+            },
+        },
+    );
+    let ClientReply::Access { access, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(access.owner, Some(alice.uid));
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::Persist { op: StoreOp::PutServable(r), .. }
+            if r.spec.name == "secret-model" && r.access.as_ref().is_some_and(|a| a.groups == [2002])
+    )));
+    let listed = names(&h.call_as(&bob, ClientCall::ListServables));
+    assert!(listed.contains(&"secret-model".to_owned()), "{listed:?}");
+    // The daemon's user sees and manages everything.
+    let admin = Caller::daemon_user(DAEMON_UID);
+    assert_eq!(
+        names(&h.call_as(&admin, ClientCall::ListServables)).len(),
+        2
+    );
+    assert!(matches!(
+        h.call_as(
+            &admin,
+            ClientCall::RemoveServable {
+                id: "secret-model@1.0.0".into()
+            }
+        ),
+        ClientReply::Removed { .. }
+    ));
+}
+
+#[test]
+fn servables_published_before_visibility_are_the_daemon_users() {
+    let mut h = Harness::new();
+    // The harness publishes as the daemon's user; an old record has no
+    // access at all.
+    let mut old = record(spec("legacy", "1.0.0"));
+    old.access = None;
+    let mut h2 = Harness::with(
+        config(),
+        Recovered {
+            servables: vec![old],
+            ..Recovered::default()
+        },
+    );
+    let bob = Caller {
+        uid: 2002,
+        groups: vec![],
+    };
+    assert!(names(&h2.call_as(&bob, ClientCall::ListServables)).is_empty());
+    let admin = Caller::daemon_user(DAEMON_UID);
+    assert_eq!(
+        names(&h2.call_as(&admin, ClientCall::ListServables)),
+        vec!["legacy".to_owned()]
+    );
+    // And what the daemon's user publishes now is its own, owner-only.
+    h.publish(record(spec("mine", "1.0.0")));
+    assert!(names(&h.call_as(&bob, ClientCall::ListServables)).is_empty());
+}

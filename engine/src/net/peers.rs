@@ -165,6 +165,19 @@ struct PipeState<P> {
     parts: Reassembly,
     /// Seals and opens the connection's frames once its handshake is done.
     channel: Option<Arc<Channel>>,
+    /// Who is at the other end, as the kernel says (ipc connections).
+    peer: Option<PeerCred>,
+}
+
+/// The credentials of the process at the other end of a local (ipc)
+/// connection, as the kernel recorded them when it connected
+/// (`SO_PEERCRED`): they cannot be forged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Effective uid.
+    pub uid: u32,
+    /// Effective (primary) gid.
+    pub gid: u32,
 }
 
 /// The connections of one server. `P` is nng's pipe handle (any key in
@@ -214,6 +227,7 @@ impl<P: Copy + Eq + Hash> PipeTable<P> {
                 outstanding: 0,
                 parts: Reassembly::default(),
                 channel: None,
+                peer: None,
             },
         );
         if !limits.trusted {
@@ -282,6 +296,18 @@ impl<P: Copy + Eq + Hash> PipeTable<P> {
         if let Some(state) = self.states.get_mut(&id) {
             state.channel = Some(channel);
         }
+    }
+
+    /// Records who is at the other end of connection `id`.
+    pub fn set_peer(&mut self, id: PipeId, peer: PeerCred) {
+        if let Some(state) = self.states.get_mut(&id) {
+            state.peer = Some(peer);
+        }
+    }
+
+    /// Who is at the other end of connection `id`, when known.
+    pub fn peer(&self, id: PipeId) -> Option<PeerCred> {
+        self.states.get(&id).and_then(|s| s.peer)
     }
 
     /// The channel of connection `id`, once it is sealed.
