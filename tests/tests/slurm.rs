@@ -948,6 +948,10 @@ echo "done"
     });
     let text = std::fs::read_to_string(&output).unwrap_or_default();
     assert_eq!(state, "CD", "job {id} ended {state}:\n{text}");
+    assert!(
+        text.lines().any(|l| l == "node: n1" || l == "node: n2"),
+        "not on a compute node:\n{text}"
+    );
     assert!(text.contains("run: {\"m\":\"from-the-job\"}"), "{text}");
     let result = text
         .lines()
