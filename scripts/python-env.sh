@@ -1,7 +1,7 @@
 # Sourced by test.sh and demo.sh: makes .venv with what Python servables need
 # (msgpack, numpy, scikit-learn and the flotilla_servable shim) and the Python
-# client (the flotilla package with pynng), both from clients/python, and
-# puts it first on PATH. With FLOTILLA_PYTHON_TESTS=1 it also installs what
+# client (the flotilla package with pynng, cryptography and blake3), both
+# from clients/python, and puts it first on PATH. With FLOTILLA_PYTHON_TESTS=1 it also installs what
 # the Python client's tests need (pytest, and Parsl for the workflow
 # example). With FLOTILLA_BENCH_PEERS=1 it also installs the engines the
 # `peers` benchmark compares against (Parsl and Dask's distributed). With
@@ -14,8 +14,8 @@
 
 venv="$PWD/.venv"
 FLOTILLA_PYTHON_OK=0
-check='import flotilla, flotilla_servable, msgpack, numpy, sklearn, pynng'
-packages="msgpack numpy scikit-learn pynng"
+check='import flotilla, flotilla_servable, msgpack, numpy, sklearn, pynng, cryptography, blake3'
+packages="msgpack numpy scikit-learn pynng cryptography blake3"
 if [ "${FLOTILLA_PYTHON_TESTS:-0}" = 1 ]; then
     check="$check, pytest, parsl"
     packages="$packages pytest parsl"

@@ -637,6 +637,14 @@ fn vectors() -> Vec<Vector> {
                 "digits@1.0.0 is already published with other content",
             ),
         ),
+        reply(
+            "reply.error-forbidden",
+            "Refusal: the caller's token does not allow the call.",
+            error(
+                ApiErrorKind::Forbidden,
+                "token `ci` may not use servable `noop` (it may use: echo)",
+            ),
+        ),
     ]
 }
 

@@ -848,3 +848,127 @@ fn a_login_node_nobody_answers_on_backs_off_without_pausing() {
         "{held}"
     );
 }
+
+/// Cancels a batch job when dropped, so a failed test leaves none behind.
+struct CancelJob(String);
+
+impl Drop for CancelJob {
+    fn drop(&mut self) {
+        let _ = Command::new("scancel").arg(&self.0).output();
+    }
+}
+
+/// A batch job script on a compute node whose `FLOTILLA_HOME` holds only
+/// the daemon's contact file and a token (no api.sock) runs `flotilla run`,
+/// `flotilla submit --batch` with `flotilla result --wait`, and a Python
+/// `Client().map`, all over the daemon's TCP client API; the test reads the
+/// job's output file.
+#[test]
+fn a_batch_job_with_only_the_contact_file_and_a_token_calls_the_daemon_over_tcp() {
+    slurm_conf();
+    let python = python_bin().join("python3");
+    let mut f = Flotilla::start(&config_with(&[(
+        "daemon",
+        "client_listen",
+        "\"127.0.0.1:0\"",
+    )]));
+    f.spawn_worker(&[]);
+    f.wait_workers(1);
+    let out = f.cli(&["token", "create", "--name", "slurm-job"]);
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    // What the job sees: a directory with the contact file and a token.
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node-home");
+    std::fs::create_dir(&node).unwrap();
+    let info = f.info();
+    assert!(info.client_port.is_some(), "{info:?}");
+    std::fs::write(node.join("daemon.toml"), info.to_toml().unwrap()).unwrap();
+    let token_file = node.join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let batch = dir.path().join("batch.jsonl");
+    std::fs::write(
+        &batch,
+        "{\"servable\": \"echo\", \"input\": 11}\n{\"servable\": \"echo\", \"input\": 12}\n",
+    )
+    .unwrap();
+    let script = dir.path().join("job.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+set -eu
+export FLOTILLA_HOME='{home}'
+unset FLOTILLA_TOKEN
+export PYTHONPATH='{package}'
+test ! -e "$FLOTILLA_HOME/api.sock"
+echo "node: $SLURMD_NODENAME"
+echo "run: $('{cli}' run echo '{{"m": "from-the-job"}}' --timeout 60)"
+ids=$('{cli}' submit --batch '{batch}')
+echo "result: $('{cli}' result --wait --timeout 60 --json $ids | tr -d '\n')"
+'{python}' -c '
+import json
+from flotilla import Client
+with Client() as client:
+    kind = type(client._core._connection).__name__
+    print("map:", kind, json.dumps(list(client.map("echo", range(40), chunk=8, timeout=60))))
+'
+echo "done"
+"#,
+            home = node.display(),
+            package = workspace().join("clients/python").display(),
+            cli = bin("flotilla").display(),
+            batch = batch.display(),
+            python = python.display(),
+        ),
+    )
+    .unwrap();
+    let output = dir.path().join("job.out");
+    let id = run(&format!(
+        "sbatch --parsable -N1 -t 5 -o {} {}",
+        output.display(),
+        script.display()
+    ));
+    let id = id.trim().to_owned();
+    assert!(!id.is_empty(), "sbatch gave no job id");
+    let _cancel = CancelJob(id.clone());
+    let state = wait_until(LONG, "the client job to end", || {
+        let state = run(&format!("squeue -h -t all -j {id} -o %t"))
+            .trim()
+            .to_owned();
+        ["CD", "F", "CA", "TO", "NF", "OOM"]
+            .contains(&state.as_str())
+            .then_some(state)
+    });
+    let text = std::fs::read_to_string(&output).unwrap_or_default();
+    assert_eq!(state, "CD", "job {id} ended {state}:\n{text}");
+    assert!(
+        text.lines().any(|l| l == "node: n1" || l == "node: n2"),
+        "not on a compute node:\n{text}"
+    );
+    assert!(text.contains("run: {\"m\":\"from-the-job\"}"), "{text}");
+    let result = text
+        .lines()
+        .find(|l| l.starts_with("result: "))
+        .unwrap_or_else(|| panic!("no result line:\n{text}"));
+    assert_eq!(
+        result.matches("\"state\":\"completed\"").count(),
+        2,
+        "{text}"
+    );
+    let expected: Vec<u32> = (0..40).collect();
+    assert!(
+        text.contains(&format!(
+            "map: TcpConnection {}",
+            serde_json::to_string(&expected).unwrap().replace(',', ", ")
+        )),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("done"), "{text}");
+}

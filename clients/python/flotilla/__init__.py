@@ -2,7 +2,11 @@
 
 The client talks to the daemon of a state directory (``$FLOTILLA_HOME``,
 else ``~/.flotilla``, as the ``flotilla`` CLI does) over its API socket,
-speaking the same protocol as the CLI::
+speaking the same protocol as the CLI. When that socket is out of reach (a
+batch job on a compute node) and the state directory's contact file names
+the daemon's TCP client API, it connects there instead, with a token from
+``$FLOTILLA_TOKEN`` or the state directory's ``token`` file (mode 0600),
+every frame encrypted::
 
     from flotilla import Client
 
@@ -34,6 +38,8 @@ from .errors import (
     ConnectionLost,
     DaemonNotRunning,
     FlotillaError,
+    Forbidden,
+    HandshakeFailed,
     PayloadError,
     ProtocolError,
     RequestRefused,
@@ -45,6 +51,8 @@ from .errors import (
     TaskFailed,
     TaskUnknown,
     Timeout,
+    TokenError,
+    TokenRefused,
     Unavailable,
 )
 from .futures import AsyncTaskFuture, TaskFuture
@@ -70,6 +78,8 @@ __all__ = [
     "ConnectionLost",
     "DaemonNotRunning",
     "FlotillaError",
+    "Forbidden",
+    "HandshakeFailed",
     "MemoUse",
     "PROTOCOL_VERSION",
     "PayloadError",
@@ -90,5 +100,7 @@ __all__ = [
     "TaskUnknown",
     "TaskView",
     "Timeout",
+    "TokenError",
+    "TokenRefused",
     "Unavailable",
 ]

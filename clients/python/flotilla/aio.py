@@ -16,7 +16,7 @@ from .futures import AsyncTaskFuture, settle
 from .outcome import value_of
 from .payload import encode_input, encode_params
 from .servables import AsyncServables
-from .transport import Connection
+from .transport import connect
 from .views import TaskState
 
 __all__ = ["AsyncClient", "DEFAULT_CALL_TIMEOUT", "DEFAULT_RECONNECT_PATIENCE"]
@@ -137,7 +137,7 @@ class AsyncClient:
         self.call_timeout = call_timeout
         #: Seconds a wait for tasks tries to reach a daemon that went away.
         self.reconnect_patience = _patience(reconnect_patience)
-        self._connection = Connection(home_dir.api_url(self.home), home_dir.api_socket(self.home))
+        self._connection = connect(self.home)
         self._held = weakref.WeakKeyDictionary()  # event loop -> semaphore
         self._background = set()
         #: Catalog calls: ``search``, ``show``, ``list``, ``versions``.

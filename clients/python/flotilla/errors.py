@@ -21,6 +21,10 @@ __all__ = [
     "Conflict",
     "ShuttingDown",
     "Unavailable",
+    "Forbidden",
+    "TokenRefused",
+    "TokenError",
+    "HandshakeFailed",
     "TaskError",
     "TaskFailed",
     "TaskCancelled",
@@ -44,6 +48,26 @@ class DaemonNotRunning(FlotillaError):
         super().__init__(message)
         #: The socket path that was tried, if one was known.
         self.path = path
+
+
+class TokenError(FlotillaError):
+    """The daemon is only reachable over TCP and no usable token is at hand:
+    none in ``$FLOTILLA_TOKEN`` nor in the state directory's ``token`` file,
+    or the one found is not a token, or its file is readable by others.
+
+    ``source`` names where the token was looked for.
+    """
+
+    def __init__(self, message, source=None):
+        super().__init__(message)
+        #: ``$FLOTILLA_TOKEN`` or the token file's path.
+        self.source = source
+
+
+class HandshakeFailed(FlotillaError):
+    """The TCP handshake with the daemon failed on the client's side: the
+    daemon could not prove it knows the token (another daemon, or somebody in
+    the middle), or a sealed reply did not open."""
 
 
 class ConnectionLost(FlotillaError):
@@ -91,7 +115,7 @@ class RequestRefused(FlotillaError):
     """The daemon refused the request and changed nothing.
 
     ``kind`` is the daemon's category (``BadRequest``, ``NotFound``,
-    ``Conflict``, ``ShuttingDown``, ``Unavailable``); ``message`` is its
+    ``Conflict``, ``ShuttingDown``, ``Unavailable``, ``Forbidden``); ``message`` is its
     explanation, which names the offending input.
     """
 
@@ -138,9 +162,26 @@ class Unavailable(RequestRefused):
     KIND = "Unavailable"
 
 
+class Forbidden(RequestRefused):
+    """The caller's token does not allow the call: it expired or was revoked,
+    it is read-only and the call changes something, the servable is outside
+    its list, or the call is only taken on the daemon's own host. The message
+    names the token and the cause."""
+
+    KIND = "Forbidden"
+
+
+class TokenRefused(Forbidden):
+    """The daemon refused the TCP handshake: an unknown, revoked or expired
+    token (by name), or too many clients connecting at once. Raised when
+    connecting; a :class:`Forbidden` too, so one ``except Forbidden`` covers
+    a token refused at connection and per call."""
+
+
 #: Refusal classes by the daemon's category name.
 REFUSALS = {
-    cls.KIND: cls for cls in (BadRequest, ServableNotFound, Conflict, ShuttingDown, Unavailable)
+    cls.KIND: cls
+    for cls in (BadRequest, ServableNotFound, Conflict, ShuttingDown, Unavailable, Forbidden)
 }
 
 

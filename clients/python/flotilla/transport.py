@@ -1,5 +1,8 @@
 """One connection to the daemon's API socket: request in, reply out.
 
+:func:`connect` picks it, or the TCP client API's sealed connection
+(:mod:`flotilla.tcp`) when the socket is out of reach.
+
 The socket is an nng REQ socket dialled to ``ipc://<home>/api.sock``. Each
 request gets its own nng context, so any number of calls (including replies
 the daemon holds for minutes, such as a synchronous run) can be in flight on
@@ -17,10 +20,33 @@ import asyncio
 
 import pynng
 
+from . import home as home_dir
 from .errors import ConnectionLost, DaemonNotRunning, FlotillaError, RequestTooLarge, Timeout
 from .messages import DEFAULT_MAX_FRAME_BYTES
+from .tcp import TcpConnection
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "connect"]
+
+
+def connect(home):
+    """The connection to the daemon owning state directory ``home``: its ipc
+    socket when that answers, else its TCP client API if the contact file
+    there names one (with a token from ``$FLOTILLA_TOKEN`` or ``home``'s
+    ``token`` file; see :mod:`flotilla.tcp`), as the CLI does. Raises the ipc
+    socket's :class:`DaemonNotRunning` when neither is there."""
+    socket_path = home_dir.api_socket(home)
+    try:
+        return Connection(home_dir.api_url(home), socket_path)
+    except DaemonNotRunning:
+        info = home_dir.read_contact(home)
+        urls = home_dir.tcp_urls(info)
+        if not urls:
+            raise
+    token = home_dir.load_token(home, urls[0])
+    limit = info.get("max_frame_bytes")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        limit = DEFAULT_MAX_FRAME_BYTES
+    return TcpConnection(urls, token, socket_path, limit)
 
 
 class Connection:

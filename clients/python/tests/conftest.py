@@ -27,6 +27,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 SITE = """\
 [daemon]
 shutdown_grace_s = {grace}
+{daemon_extra}
 
 [interchange]
 heartbeat_period_s = 0.5
@@ -140,14 +141,19 @@ def _kill_worker(pid):
         pass
 
 
-def start_daemon(home, slots=2, grace=5):
+def start_daemon(home, slots=2, grace=5, daemon_extra=""):
     """Starts a daemon on state directory ``home`` whose one worker has
     ``slots`` slots and whose running batches get ``grace`` seconds to end
-    on a stop; returns it once a task has run (so its worker is connected)."""
+    on a stop; ``daemon_extra`` is more of its ``[daemon]`` table. Returns it
+    once a task has run (so its worker is connected)."""
     from flotilla import Client
 
     site = home / "site.toml"
-    site.write_text(SITE.format(worker=bin_path("flotilla-worker"), slots=slots, grace=grace))
+    site.write_text(
+        SITE.format(
+            worker=bin_path("flotilla-worker"), slots=slots, grace=grace, daemon_extra=daemon_extra
+        )
+    )
     env = _environment(home)
     log_path = home / "daemon.log"
     with open(log_path, "ab") as log:

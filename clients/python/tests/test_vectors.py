@@ -302,6 +302,10 @@ ERRORS = {
         errors.Conflict,
         "digits@1.0.0 is already published with other content",
     ),
+    "reply.error-forbidden": (
+        errors.Forbidden,
+        "token `ci` may not use servable `noop` (it may use: echo)",
+    ),
 }
 
 
@@ -373,3 +377,122 @@ def test_a_spec_that_needs_accelerators_reads_its_resources():
     record = decode(msgpack.packb([version, reply], use_bin_type=True)).as_servable()
     assert record.spec.gpus == 2
     assert record.spec.name == "digits"
+
+
+# --- the TCP client API: handshake, sealed frames, parts --------------------
+
+SECURE_MANIFEST = WORKSPACE / "protocol" / "testdata" / "secure-vectors.json"
+
+
+def _load_secure():
+    with open(SECURE_MANIFEST) as f:
+        manifest = json.load(f)
+    return manifest, {v["name"]: bytes.fromhex(v["hex"]) for v in manifest["vectors"]}
+
+
+SECURE_DATA, SECURE = _load_secure()
+
+
+def _secure_run():
+    """The vectors' handshake replayed by the Python client: every frame it
+    makes, and its channel."""
+    from flotilla.secure import ClientHandshake, Token
+
+    token = Token.parse(SECURE["token.text"].decode())
+    client = ClientHandshake(token, SECURE["input.client-nonce"], SECURE["input.client-ephemeral"])
+    reply = messages.decode_reply(SECURE["frame.challenge"])
+    assert reply.variant == "Challenge"
+    hello, channel = client.answer(*reply.body)
+    return token, client, hello, channel
+
+
+def test_the_secure_vectors_are_for_this_protocol_version():
+    assert SECURE_DATA["protocol_version"] == messages.PROTOCOL_VERSION
+
+
+def test_a_token_parses_and_gives_the_daemons_verifier():
+    from flotilla.secure import BadToken, Token
+
+    token = Token.parse("  %s\n" % SECURE["token.text"].decode())
+    assert token.id == SECURE["input.token-id"].hex()
+    assert token.verifier() == SECURE["token.verifier"]
+    assert SECURE["input.token-secret"].hex() not in repr(token)
+    well_formed = "flt_" + "0" * 16 + "_" + "0" * 64
+    assert Token.parse(well_formed).id == "0" * 16
+    for bad in [
+        "",
+        "flt_",
+        "flt_00_11",
+        well_formed.replace("flt_", "xyz_"),
+        well_formed[:-1] + "g",
+        well_formed[:-2],
+    ]:
+        with pytest.raises(BadToken, match="not a Flotilla token"):
+            Token.parse(bad)
+
+
+def test_the_handshake_frames_are_the_rust_bytes():
+    _token, client, hello, _channel = _secure_run()
+    assert messages.encode_frame(client.probe()).hex() == SECURE["frame.probe"].hex()
+    assert messages.encode_frame(hello).hex() == SECURE["frame.hello"].hex()
+
+
+def test_the_channel_seals_and_opens_the_rust_bytes():
+    _token, _client, _hello, channel = _secure_run()
+    assert channel.id == SECURE["session.connection-id"]
+    welcome = messages.decode_reply(channel.open(SECURE["sealed.welcome"]))
+    assert (welcome.variant, list(welcome.body)) == ("Welcome", [4242])
+    assert channel.seal(messages.ping()).hex() == SECURE["sealed.call-ping"].hex()
+    status = messages.encode_frame("DaemonStatus")
+    assert channel.seal(status).hex() == SECURE["sealed.call-status"].hex()
+    with pytest.raises(errors.Forbidden, match="token `ci` was revoked"):
+        messages.decode_reply(channel.open(SECURE["sealed.reply-forbidden"]))
+
+
+def test_a_sealed_reply_opens_once_and_not_altered():
+    from flotilla.secure import OpenError
+
+    _token, _client, _hello, channel = _secure_run()
+    channel.open(SECURE["sealed.welcome"])
+    with pytest.raises(OpenError, match="replay"):
+        channel.open(SECURE["sealed.welcome"])
+    fresh = _secure_run()[3]
+    sealed = bytearray(SECURE["sealed.reply-forbidden"])
+    for i in range(len(sealed)):
+        altered = bytearray(sealed)
+        altered[i] ^= 1
+        with pytest.raises(OpenError):
+            fresh.open(bytes(altered))
+    # A frame the client sealed does not open as the daemon's (other key).
+    with pytest.raises(OpenError, match="authentication"):
+        fresh.open(SECURE["sealed.call-status"])
+    # Nothing failed took a counter: the real frame still opens.
+    fresh.open(bytes(sealed))
+
+
+def test_a_daemon_that_cannot_prove_the_token_is_found_out():
+    from flotilla.secure import ClientHandshake, Token, WrongDaemon
+
+    token = Token.parse(SECURE["token.text"].decode())
+    other = Token(token.id, bytes(32))
+    client = ClientHandshake(other, SECURE["input.client-nonce"], SECURE["input.client-ephemeral"])
+    body = messages.decode_reply(SECURE["frame.challenge"]).body
+    with pytest.raises(WrongDaemon, match="cannot prove it knows this token"):
+        client.answer(*body)
+    with pytest.raises(WrongDaemon, match="degenerate"):
+        ClientHandshake(token, bytes(32), bytes(32)).answer(body[0], bytes(32), body[2])
+
+
+def test_gate_replies_decode():
+    refused = messages.decode_reply(SECURE["frame.refused"])
+    assert (refused.variant, list(refused.body)) == ("Refused", ["token `gone` was revoked"])
+    assert messages.decode_reply(SECURE["frame.handshake-again"]).variant == "Handshake"
+
+
+def test_parts_are_the_rust_bytes():
+    from flotilla.secure import ACK, split_parts
+
+    pieces = split_parts(SECURE["sealed.call-status"], 0, SECURE_DATA["part_bytes"])
+    expected = sorted(n for n in SECURE if n.startswith("parts.call-status."))
+    assert [p.hex() for p in pieces] == [SECURE[n].hex() for n in expected]
+    assert ACK == SECURE["parts.ack"]
