@@ -118,6 +118,19 @@ fn path_with_python() -> std::ffi::OsString {
     std::env::join_paths(parts).unwrap_or_default()
 }
 
+/// The standard output of a command that must have succeeded; panics with
+/// both of its outputs otherwise.
+pub fn ok(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Polls `check` every few milliseconds until it returns `Some`, or panics
 /// after `limit` naming `what`.
 pub fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {

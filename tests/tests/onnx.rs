@@ -13,7 +13,7 @@ use flotilla_client::{json_to_payload, payload_to_json};
 use flotilla_protocol::Payload;
 use flotilla_protocol::client::TaskRequest;
 use flotilla_protocol::task::Outcome;
-use flotilla_tests::{Flotilla, copy_servable, python_bin, test_config, workspace};
+use flotilla_tests::{Flotilla, copy_servable, ok, python_bin, test_config, workspace};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(180);
@@ -23,17 +23,6 @@ const IMAGE: usize = 32 * 32 * 3;
 
 fn example(name: &str) -> PathBuf {
     workspace().join("site-examples/servables").join(name)
-}
-
-fn ok(out: &Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn json_of(out: &Output) -> Value {

@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_client::{json_to_payload, payload_to_json};
@@ -18,22 +18,11 @@ use flotilla_protocol::Payload;
 use flotilla_protocol::client::TaskRequest;
 use flotilla_protocol::launch::flag;
 use flotilla_protocol::task::{Outcome, TaskView};
-use flotilla_tests::{Flotilla, copy_servable, python_bin, test_config, wheelhouse, workspace};
+use flotilla_tests::{Flotilla, copy_servable, ok, python_bin, test_config, wheelhouse, workspace};
 use serde_json::{Value, json};
 
 /// A cold venv with numpy, scipy and scikit-learn on a loaded machine.
 const LONG: Duration = Duration::from_secs(600);
-
-fn ok(out: &Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// This machine's `PATH` without the test Python environment: a node
 /// whose `python3` has none of the servables' packages.

@@ -13,7 +13,9 @@ use flotilla_client::{json_to_payload, payload_to_json};
 use flotilla_protocol::Payload;
 use flotilla_protocol::client::TaskRequest;
 use flotilla_protocol::task::{Outcome, TaskState};
-use flotilla_tests::{Flotilla, config_with, copy_servable, python_bin, test_config, workspace};
+use flotilla_tests::{
+    Flotilla, config_with, copy_servable, ok, python_bin, test_config, workspace,
+};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -24,17 +26,6 @@ fn example(name: &str) -> PathBuf {
 
 fn test_servable(name: &str) -> PathBuf {
     workspace().join("tests/servables").join(name)
-}
-
-fn ok(out: &Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn stderr(out: &Output) -> String {
