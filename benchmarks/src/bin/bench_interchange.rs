@@ -1,10 +1,19 @@
-//! What sealing the interchange costs: bulk throughput and the client
-//! library's round trip, against the release before it.
+//! What sealing the interchange and the client API costs: bulk throughput
+//! and the client library's round trip, against the release before it.
 //!
-//! `bench-interchange measure --label L --out FILE` measures the build whose
-//! binaries `FLOTILLA_BIN_DIR` names (this harness is built in that release's
-//! tree too, so its client speaks that release's protocol): one daemon with
-//! one worker of 2 slots, memo off, then
+//! `bench-interchange measure --label L --out FILE [--transport ipc|tcp]`
+//! measures the build whose binaries `FLOTILLA_BIN_DIR` names (this harness
+//! is built in that release's tree too, so its client speaks that release's
+//! protocol, and it uses nothing that release lacks): one daemon with one
+//! worker of 2 slots, memo off, and a client on
+//!
+//! * `ipc` (the default): the daemon's ipc socket, the owner's path;
+//! * `tcp`: the sealed TCP client API on 127.0.0.1 (`[daemon]
+//!   client_listen`), from a state directory holding only a copy of the
+//!   contact file and a token made by `flotilla token create`, as a batch job
+//!   on another node has (this release only);
+//!
+//! then
 //!
 //! * the round trip: `--round-trips` synchronous `noop` runs through the Rust
 //!   client library, one at a time, after a warm-up; p50, p99 and mean;
@@ -12,29 +21,55 @@
 //!   waited for in the same call, `--repeats` times; tasks per second.
 //!
 //! `bench-interchange compare --out NAME A.json B.json …` puts the rounds of
-//! every label side by side (medians over the rounds) in
-//! `results/NAME.json` and prints a table. `benchmarks/run interchange`
-//! builds both releases and alternates them, so both are measured in one
-//! run under the same load.
+//! every label side by side (medians over the rounds), and every label
+//! against the label `previous`, in `results/NAME.json` and prints a table.
+//! `benchmarks/run interchange` builds both releases and alternates the
+//! previous release over ipc, this one over ipc and this one over TCP, so
+//! all three are measured in one run under the same load.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use flotilla_benchmarks::{Latency, machine, median, round, today, write_result};
-use flotilla_client::json_to_payload;
+use flotilla_client::{Client, json_to_payload};
 use flotilla_protocol::client::TaskRequest;
 use flotilla_protocol::task::TaskState;
-use flotilla_protocol::{Payload, task::NIL};
+use flotilla_protocol::{Payload, paths, task::NIL};
+use flotilla_tests::Flotilla;
 use serde_json::{Value, json};
 
 /// Longest wait for one bulk batch.
 const BULK_WAIT: Duration = Duration::from_secs(600);
 
+/// How the client reaches the daemon.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// The ipc socket in the daemon's state directory.
+    Ipc,
+    /// The sealed TCP client API, with a token.
+    Tcp,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Transport, String> {
+        match text {
+            "ipc" => Ok(Transport::Ipc),
+            "tcp" => Ok(Transport::Tcp),
+            other => Err(format!("--transport {other}: must be ipc or tcp")),
+        }
+    }
+}
+
 struct Measure {
     label: String,
     out: PathBuf,
+    transport: Transport,
     round_trips: usize,
     tasks: usize,
     repeats: usize,
@@ -55,6 +90,13 @@ fn measure_options(args: &[String]) -> Result<Measure, String> {
     Ok(Measure {
         label: value(args, "--label", String::from("this"))?,
         out: value(args, "--out", PathBuf::from("interchange-run.json"))?,
+        transport: match args.iter().position(|a| a == "--transport") {
+            None => Transport::Ipc,
+            Some(i) => args
+                .get(i + 1)
+                .ok_or("--transport needs ipc or tcp")?
+                .parse()?,
+        },
         round_trips: value(args, "--round-trips", if quick { 300 } else { 2000 })?,
         tasks: value(args, "--tasks", if quick { 2000 } else { 10_000 })?,
         repeats: value(args, "--repeats", 3)?,
@@ -75,17 +117,55 @@ fn tasks(n: usize, from: usize) -> Result<Vec<TaskRequest>, String> {
         .collect()
 }
 
+/// A client as a batch job on another node makes one: its state directory
+/// holds only a copy of the daemon's contact file and a token (mode 0600)
+/// from `flotilla token create`, no ipc socket, so `Client::connect` can
+/// only take the TCP client API the contact file names.
+fn tcp_client(f: &Flotilla) -> Result<Client, String> {
+    let out = f.cli(&["token", "create", "--name", "bench-interchange"]);
+    if !out.status.success() {
+        return Err(format!(
+            "flotilla token create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let node = f.home().join("node");
+    std::fs::create_dir_all(&node).map_err(|e| format!("{}: {e}", node.display()))?;
+    let contact = paths::info_file(f.home());
+    std::fs::copy(&contact, paths::info_file(&node))
+        .map_err(|e| format!("{}: {e}", contact.display()))?;
+    let token_path = node.join("token");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&token_path)
+        .and_then(|mut file| writeln!(file, "{token}"))
+        .map_err(|e| format!("{}: {e}", token_path.display()))?;
+    if paths::api_socket(&node).exists() {
+        return Err(format!("{} has an ipc socket", node.display()));
+    }
+    Client::connect(&node).map_err(|e| format!("connecting over TCP: {e}"))
+}
+
 fn measure(o: &Measure) -> Result<Value, String> {
-    let settings = [
+    let mut settings = vec![
         ("interchange", "heartbeat_period_s", "5"),
         ("interchange", "heartbeat_threshold_s", "20"),
         ("servables.noop", "memoize", "false"),
         ("servables.noop", "max_batch_delay_ms", "0"),
     ];
-    let mut f = flotilla_tests::Flotilla::start(&flotilla_tests::config_with(&settings));
+    if o.transport == Transport::Tcp {
+        settings.push(("daemon", "client_listen", "\"127.0.0.1:0\""));
+    }
+    let mut f = Flotilla::start(&flotilla_tests::config_with(&settings));
     f.spawn_worker(&["--slots", "2"]);
     f.wait_workers(1);
-    let client = f.client();
+    let client = match o.transport {
+        Transport::Ipc => f.client(),
+        Transport::Tcp => tcp_client(&f)?,
+    };
 
     for _ in 0..200 {
         client
@@ -125,6 +205,10 @@ fn measure(o: &Measure) -> Result<Value, String> {
     }
     let report = json!({
         "label": o.label,
+        "transport": match o.transport {
+            Transport::Ipc => "ipc",
+            Transport::Tcp => "tcp",
+        },
         "round_trip": latency.json(),
         "throughput_tasks_per_s": rates.iter().map(|r| round(*r)).collect::<Vec<_>>(),
         "tasks": o.tasks,
@@ -198,36 +282,34 @@ fn compare(args: &[String]) -> Result<(), String> {
         );
     }
     let find = |label: &str| rows.iter().find(|r| r["label"] == label);
-    let mut verdict = Value::Null;
-    if let (Some(base), Some(secure)) = (find("previous"), find("secure")) {
-        let (b, s) = (
-            base["throughput_tasks_per_s"].as_f64().unwrap_or(f64::NAN),
-            secure["throughput_tasks_per_s"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-        );
-        let (bp, sp) = (
-            base["round_trip_p50_us"].as_f64().unwrap_or(f64::NAN),
-            secure["round_trip_p50_us"].as_f64().unwrap_or(f64::NAN),
-        );
-        let kept = 100.0 * s / b;
-        let added = sp - bp;
-        println!(
-            "secure against previous: throughput {kept:.1}% of previous (goal: at least 90%), round trip p50 {added:+.0} µs (goal: at most +50 µs)"
-        );
-        verdict = json!({
-            "throughput_percent_of_previous": round(kept),
-            "round_trip_p50_added_us": round(added),
-        });
+    let mut verdicts = serde_json::Map::new();
+    if let Some(base) = find("previous") {
+        let num = |row: &Value, key: &str| row[key].as_f64().unwrap_or(f64::NAN);
+        for row in rows.iter().filter(|r| r["label"] != "previous") {
+            let label = row["label"].as_str().unwrap_or("?");
+            let kept =
+                100.0 * num(row, "throughput_tasks_per_s") / num(base, "throughput_tasks_per_s");
+            let added = num(row, "round_trip_p50_us") - num(base, "round_trip_p50_us");
+            println!(
+                "{label} against previous: throughput {kept:.1}% of previous (goal: at least 90%), round trip p50 {added:+.0} µs (goal: at most +50 µs)"
+            );
+            verdicts.insert(
+                label.to_owned(),
+                json!({
+                    "throughput_percent_of_previous": round(kept),
+                    "round_trip_p50_added_us": round(added),
+                }),
+            );
+        }
     }
 
     let report = json!({
         "figure": "interchange",
         "date": today(),
         "machine": machine(),
-        "setup": "release builds of this tree (secure) and of the commit before the secure interchange (previous), measured alternately in one run; one daemon with a durable store, one worker of 2 slots on loopback TCP, memo off; round trip: synchronous noop runs through the Rust client library one at a time; throughput: one submit-and-wait of N noop tasks",
+        "setup": "release builds of the commit before the secure interchange (previous, client over ipc) and of this tree (this-ipc: client over the ipc socket; this-tcp: client over the sealed TCP client API on 127.0.0.1 with a token, from a state directory holding only the contact file and the token), measured alternately in one run; one daemon with a durable store, one worker of 2 slots on loopback TCP, memo off; round trip: synchronous noop runs through the Rust client library one at a time; throughput: one submit-and-wait of N noop tasks",
         "builds": rows,
-        "secure_against_previous": verdict,
+        "against_previous": verdicts,
     });
     let path = write_result(&format!("{name}.json"), &report).map_err(|e| e.to_string())?;
     println!("wrote {}", path.display());
@@ -244,7 +326,7 @@ fn run() -> Result<(), String> {
                 .map_err(|e| format!("{}: {e}", o.out.display()))
         }
         Some("compare") => compare(&args[1..]),
-        _ => Err("usage: bench-interchange measure [--label L] [--out FILE] [--quick] | compare [--out NAME] FILE…".into()),
+        _ => Err("usage: bench-interchange measure [--label L] [--out FILE] [--transport ipc|tcp] [--quick] | compare [--out NAME] FILE…".into()),
     }
 }
 
