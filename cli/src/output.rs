@@ -527,4 +527,37 @@ mod tests {
         assert_eq!(json["pools"][0]["workers"], json!(["c"]));
         assert_eq!(json["workers"][0]["pool"], json!("gpu"));
     }
+
+    #[test]
+    fn a_status_without_the_fleet_says_so_and_names_no_worker() {
+        let s = DaemonStatus {
+            pid: 1,
+            release: "t".into(),
+            uptime_s: 1,
+            draining: false,
+            interchange: String::new(),
+            blocks: vec![],
+            blocks_paused: None,
+            pools: vec![],
+            workers: vec![],
+            queues: vec![],
+            totals: Default::default(),
+            warm: vec![WarmView {
+                servable: "m@1.0.0".into(),
+                worker: String::new(),
+                slot: 0,
+                rss_kb: 2048,
+            }],
+            fleet_hidden: true,
+        };
+        let text = daemon_text(&s);
+        assert!(
+            text.contains("pools, blocks and workers are shown to the daemon's user only"),
+            "{text}"
+        );
+        assert!(!text.contains("interchange"), "{text}");
+        assert!(!text.contains("workers not started by a pool"), "{text}");
+        assert!(text.contains("\n    slot 0: 2 MiB\n"), "{text}");
+        assert_eq!(daemon_json(&s)["fleet_hidden"], json!(true));
+    }
 }
