@@ -181,13 +181,46 @@ fn chrono_like(us: u64) -> String {
 /// The daemon status for people.
 pub fn daemon_text(s: &DaemonStatus) -> String {
     let mut out = format!(
-        "daemon pid {} (release {}), up {} s{}\ninterchange {}\n",
+        "daemon pid {} (release {}), up {} s{}\n",
         s.pid,
         s.release,
         s.uptime_s,
         if s.draining { ", SHUTTING DOWN" } else { "" },
-        s.interchange
     );
+    if s.fleet_hidden {
+        out.push_str("pools, blocks and workers are shown to the daemon's user only\n");
+    } else {
+        out.push_str(&format!("interchange {}\n", s.interchange));
+        out.push_str(&fleet_text(s));
+    }
+    out.push_str("\nqueues\n");
+    if s.queues.is_empty() {
+        out.push_str("  (empty)\n");
+    }
+    for q in &s.queues {
+        out.push_str(&format!(
+            "  {:<24} queued {:>8}  running {:>8}\n",
+            q.servable, q.queued, q.running
+        ));
+        if let Some(why) = &q.waiting_for {
+            out.push_str(&format!("  {:<24} waiting: {why}\n", ""));
+        }
+    }
+    if !s.warm.is_empty() {
+        out.push_str(&warm_text(&s.warm));
+    }
+    let t = &s.totals;
+    out.push_str(&format!(
+        "\ntasks: {} accepted, {} completed, {} failed, {} cancelled, {} requeued after worker loss\n",
+        t.accepted, t.completed, t.failed, t.cancelled, t.requeued
+    ));
+    out
+}
+
+/// The pools with their blocks and workers, and the workers no pool
+/// started.
+fn fleet_text(s: &DaemonStatus) -> String {
+    let mut out = String::new();
     for p in &s.pools {
         out.push_str(&format!(
             "\npool {} ({}): {} blocks live, {} wanted, {}..{} allowed, {} submitted so far{}{}\n",
@@ -240,27 +273,6 @@ pub fn daemon_text(s: &DaemonStatus) -> String {
             workers_text("workers not started by a pool", &others)
         ));
     }
-    out.push_str("\nqueues\n");
-    if s.queues.is_empty() {
-        out.push_str("  (empty)\n");
-    }
-    for q in &s.queues {
-        out.push_str(&format!(
-            "  {:<24} queued {:>8}  running {:>8}\n",
-            q.servable, q.queued, q.running
-        ));
-        if let Some(why) = &q.waiting_for {
-            out.push_str(&format!("  {:<24} waiting: {why}\n", ""));
-        }
-    }
-    if !s.warm.is_empty() {
-        out.push_str(&warm_text(&s.warm));
-    }
-    let t = &s.totals;
-    out.push_str(&format!(
-        "\ntasks: {} accepted, {} completed, {} failed, {} cancelled, {} requeued after worker loss\n",
-        t.accepted, t.completed, t.failed, t.cancelled, t.requeued
-    ));
     out
 }
 
@@ -308,9 +320,14 @@ fn warm_text(warm: &[WarmView]) -> String {
             total_kb / 1024
         ));
         for w in list {
+            // A status for another user than the daemon's names no worker.
+            let worker = if w.worker.is_empty() {
+                String::new()
+            } else {
+                format!("worker {} ", w.worker)
+            };
             out.push_str(&format!(
-                "    worker {} slot {}: {} MiB\n",
-                w.worker,
+                "    {worker}slot {}: {} MiB\n",
                 w.slot,
                 w.rss_kb / 1024
             ));
@@ -399,6 +416,7 @@ pub fn daemon_json(s: &DaemonStatus) -> Value {
         "warm": s.warm.iter().map(|w| json!({
             "servable": w.servable, "worker": w.worker, "slot": w.slot, "rss_kb": w.rss_kb,
         })).collect::<Vec<_>>(),
+        "fleet_hidden": s.fleet_hidden,
     })
 }
 
@@ -488,6 +506,7 @@ mod tests {
             queues: vec![],
             totals: Default::default(),
             warm: Vec::new(),
+            fleet_hidden: false,
         };
         let text = daemon_text(&s);
         let cpu = text.find("pool cpu").unwrap();
@@ -507,5 +526,38 @@ mod tests {
         assert_eq!(json["pools"][1]["blocks"], json!([0]));
         assert_eq!(json["pools"][0]["workers"], json!(["c"]));
         assert_eq!(json["workers"][0]["pool"], json!("gpu"));
+    }
+
+    #[test]
+    fn a_status_without_the_fleet_says_so_and_names_no_worker() {
+        let s = DaemonStatus {
+            pid: 1,
+            release: "t".into(),
+            uptime_s: 1,
+            draining: false,
+            interchange: String::new(),
+            blocks: vec![],
+            blocks_paused: None,
+            pools: vec![],
+            workers: vec![],
+            queues: vec![],
+            totals: Default::default(),
+            warm: vec![WarmView {
+                servable: "m@1.0.0".into(),
+                worker: String::new(),
+                slot: 0,
+                rss_kb: 2048,
+            }],
+            fleet_hidden: true,
+        };
+        let text = daemon_text(&s);
+        assert!(
+            text.contains("pools, blocks and workers are shown to the daemon's user only"),
+            "{text}"
+        );
+        assert!(!text.contains("interchange"), "{text}");
+        assert!(!text.contains("workers not started by a pool"), "{text}");
+        assert!(text.contains("\n    slot 0: 2 MiB\n"), "{text}");
+        assert_eq!(daemon_json(&s)["fleet_hidden"], json!(true));
     }
 }

@@ -176,7 +176,7 @@ fn report_results(views: &[TaskView], json: bool) -> Result<(), Failure> {
             TaskState::Unknown => {
                 failed = true;
                 eprintln!(
-                    "task {} is unknown (never submitted, or its result was fetched and has expired)",
+                    "task {} is unknown (never submitted, another user's, or its result was fetched and has expired)",
                     v.id
                 );
             }

@@ -90,6 +90,7 @@ struct StoredTaskRef<'a> {
     params: &'a Payload,
     input: &'a Payload,
     submitted_us: u64,
+    owner: Option<u32>,
 }
 
 /// Which chunks hold each live task and its result, and how many live tasks
@@ -330,6 +331,7 @@ impl Store {
                                         params: &t.params,
                                         input: &t.input,
                                         submitted_us: t.submitted_us,
+                                        owner: Some(t.owner),
                                     },
                                 )
                             })
@@ -541,6 +543,7 @@ pub(crate) mod tests {
             params: Payload::new(),
             input: Payload::from_static(&[0xc0]),
             submitted_us: 1000 + id,
+            owner: 1000 + (id as u32 % 2),
         }
     }
 
@@ -600,6 +603,42 @@ pub(crate) mod tests {
         assert!(rec.tasks[0].2.is_none());
         assert_eq!(rec.tasks[2].1.servable, "noop");
         assert_eq!(rec.tasks[2].1.submitted_us, 1003);
+    }
+
+    #[test]
+    fn tasks_keep_their_submitter_and_records_from_before_owners_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut index = ChunkIndex::default();
+        store
+            .apply(&[StoreOp::PutTasks(vec![new_task(1)])], &mut index)
+            .unwrap();
+        // A chunk as written before tasks had owners.
+        #[derive(Serialize)]
+        struct Old<'a> {
+            servable: &'a str,
+            params: &'a Payload,
+            input: &'a Payload,
+            submitted_us: u64,
+        }
+        let (params, input) = (Payload::new(), Payload::from_static(&[0xc0]));
+        let old = vec![(
+            TaskId(2),
+            Old {
+                servable: "noop",
+                params: &params,
+                input: &input,
+                submitted_us: 7,
+            },
+        )];
+        store
+            .tasks
+            .insert(2u64.to_be_bytes(), encode(&old).unwrap())
+            .unwrap();
+        let rec = store.recover().unwrap();
+        let owners: Vec<_> = rec.tasks.iter().map(|t| (t.0.0, t.1.owner)).collect();
+        assert_eq!(owners, [(1, Some(1001)), (2, None)]);
+        assert_eq!(rec.tasks[1].1.submitted_us, 7);
     }
 
     #[test]

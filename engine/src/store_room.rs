@@ -163,6 +163,7 @@ mod tests {
             params: Payload::new(),
             input: Payload::from(vec![0u8; 1000]),
             submitted_us: 0,
+            owner: 0,
         };
         let bytes = estimate(&[StoreOp::PutTasks(vec![task])]);
         assert_eq!(bytes, 2 * (1000 + 4 + RECORD_OVERHEAD));

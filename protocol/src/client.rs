@@ -339,10 +339,18 @@ pub struct DaemonStatus {
     pub queues: Vec<QueueView>,
     /// Counters since the daemon started.
     pub totals: Totals,
-    /// Warm servable processes, by servable, worker and slot. Last, and
-    /// left out when empty, so a status without it reads as before.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Warm servable processes, by servable, worker and slot (a status
+    /// without it reads as having none).
+    #[serde(default)]
     pub warm: Vec<WarmView>,
+    /// True when the status is cut down for a caller other than the
+    /// daemon's user: pools, blocks, workers and the interchange address
+    /// are left out (the daemon user's infrastructure), and queues and warm
+    /// processes are those of the servables the caller may see, their
+    /// workers unnamed. Last, and left out when false, so a status without
+    /// it reads as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fleet_hidden: bool,
 }
 
 /// One warm servable process, for `flotilla status`.

@@ -59,8 +59,8 @@ pub enum TaskState {
     Failed,
     /// Cancelled by a client before it finished.
     Cancelled,
-    /// The daemon has no such task: never submitted, or its result was fetched
-    /// and the retention period has passed.
+    /// The daemon has no such task for the caller: never submitted, another
+    /// user's, or its result was fetched and the retention period has passed.
     Unknown,
 }
 
@@ -184,7 +184,8 @@ pub struct TaskView {
 
 impl TaskView {
     /// The view of a task the daemon does not know (never submitted, or
-    /// forgotten after its retention).
+    /// forgotten after its retention), or keeps from the caller (another
+    /// user's).
     pub fn unknown(id: TaskId) -> TaskView {
         TaskView {
             id,

@@ -3,7 +3,9 @@
 //! calls the daemon as itself (the daemon learns its uid from the kernel),
 //! and finds neither in lists nor in searches, nor can run, show or remove,
 //! what the daemon's user keeps to itself, while a public servable works
-//! for it.
+//! for it. A third user can neither read, see nor cancel the second's
+//! tasks (the daemon answers as for an id it never handed out), while its
+//! own work.
 //!
 //! Making a user needs root (CI runs the tests as root); elsewhere the test
 //! says so and passes without checking anything.
@@ -23,16 +25,21 @@ struct TestUser {
 }
 
 impl TestUser {
-    /// Makes a user with a name unique to this run, or says why not.
-    fn create() -> Result<TestUser, String> {
-        let name = format!("flt-vis-{}", std::process::id());
-        let out = Command::new("useradd")
-            .args([
-                "--user-group",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-            ])
+    /// Makes a user with a name unique to this run and `tag`, also in
+    /// `groups` (none: only its own), or says why not.
+    fn create(tag: &str, groups: &[&str]) -> Result<TestUser, String> {
+        let name = format!("flt-vis{tag}-{}", std::process::id());
+        let mut useradd = Command::new("useradd");
+        useradd.args([
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ]);
+        if !groups.is_empty() {
+            useradd.arg("--groups").arg(groups.join(","));
+        }
+        let out = useradd
             .arg(&name)
             .output()
             .map_err(|e| format!("cannot run useradd: {e}"))?;
@@ -101,7 +108,9 @@ fn another_user_on_the_socket_sees_and_runs_only_what_is_visible_to_it() {
         );
         return;
     }
-    let user = TestUser::create().unwrap_or_else(|e| panic!("{e}"));
+    let user = TestUser::create("", &[]).unwrap_or_else(|e| panic!("{e}"));
+    // A third user, let onto the socket by the same group.
+    let other = TestUser::create("b", &[&user.name]).unwrap_or_else(|e| panic!("{e}"));
     let config = config_with(&[("daemon", "api_group", &format!("\"{}\"", user.name))]);
     let mut f = Flotilla::start(&config);
     // The other user reaches the socket through the state directory
@@ -191,5 +200,83 @@ fn another_user_on_the_socket_sees_and_runs_only_what_is_visible_to_it() {
     );
     let out = ok(&f.cli(&["run", "private-chain", "3"]));
     assert_eq!(out.trim(), "null", "{out}");
+
+    // Tasks are their submitter's. The second user's finished task and
+    // its long one are, to the third user, what an id never handed out is.
+    let submit = |u: &TestUser, args: &[&str]| -> String {
+        let mut all = vec!["submit"];
+        all.extend_from_slice(args);
+        ok(&u.flotilla(&home, &all)).trim().to_owned()
+    };
+    let done = submit(&user, &["open-chain", "5"]);
+    let out = ok(&user.flotilla(&home, &["result", &done, "--wait", "--timeout", "60"]));
+    assert_eq!(out.trim(), "null", "{out}");
+    let out = ok(&other.flotilla(&home, &["run", "noop", "1"]));
+    assert_eq!(out.trim(), "null", "its own tasks work: {out}");
+    // It holds the only slot until cancelled.
+    let long = submit(&user, &["sleep", "120"]);
+    for (id, args) in [
+        (&done, &["result", "ID"][..]),
+        (&done, &["status", "ID"]),
+        (&done, &["status", "ID", "--json"]),
+        (&done, &["cancel", "ID"]),
+        (&long, &["result", "ID", "--wait", "--timeout", "60"]),
+        (&long, &["status", "ID"]),
+        (&long, &["cancel", "ID"]),
+    ] {
+        let run = |id: &str| {
+            let args: Vec<&str> = args
+                .iter()
+                .map(|a| if *a == "ID" { id } else { a })
+                .collect();
+            let out = other.flotilla(&home, &args);
+            (
+                out.status.code(),
+                with_id_as_x(&String::from_utf8_lossy(&out.stdout), id),
+                with_id_as_x(&String::from_utf8_lossy(&out.stderr), id),
+            )
+        };
+        let hidden = run(id);
+        assert_eq!(hidden, run(NEVER), "{args:?} on another user's task {id}");
+        assert!(
+            format!("{hidden:?}").contains("unknown"),
+            "{args:?}: {hidden:?}"
+        );
+    }
+    // The third user's cancel did nothing; the second user's own does.
+    let status = ok(&user.flotilla(&home, &["status", &long, "--json"]));
+    assert!(!status.contains("cancelled"), "{status}");
+    // The daemon's user sees every task; the status others get has no
+    // workers (the fleet is the daemon user's).
+    let status = ok(&f.cli(&["status", &long, "--json"]));
+    assert!(status.contains("\"sleep\""), "{status}");
+    let theirs = ok(&other.flotilla(&home, &["status"]));
+    assert!(
+        theirs.contains("shown to the daemon's user only") && !theirs.contains("interchange"),
+        "{theirs}"
+    );
+    let out = ok(&user.flotilla(&home, &["cancel", &long]));
+    assert_eq!(out.trim(), format!("{long} cancelled"));
     drop(f);
+}
+
+/// An id no test here hands out.
+const NEVER: &str = "999999";
+
+/// `text` with every number that is `id` written as `ID`.
+fn with_id_as_x(text: &str, id: &str) -> String {
+    let mut out = String::new();
+    let mut digits = String::new();
+    for c in text.chars().chain(std::iter::once('\0')) {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        out.push_str(if digits == id { "ID" } else { &digits });
+        digits.clear();
+        if c != '\0' {
+            out.push(c);
+        }
+    }
+    out
 }

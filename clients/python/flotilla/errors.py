@@ -213,5 +213,6 @@ class TaskCancelled(TaskError):
 
 
 class TaskUnknown(TaskError):
-    """The daemon has no such task: it was never submitted, or its result was
-    fetched and the retention period has passed."""
+    """The daemon has no such task for the caller: it was never submitted, it
+    is another user's, or its result was fetched and the retention period has
+    passed."""

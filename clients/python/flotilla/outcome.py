@@ -37,8 +37,8 @@ def error_of(view, waited=None):
         )
     if state is TaskState.UNKNOWN:
         return TaskUnknown(
-            "task %d is unknown to the daemon (never submitted, or its result was fetched "
-            "and has expired)" % view.id,
+            "task %d is unknown to the daemon (never submitted, another user's, or its "
+            "result was fetched and has expired)" % view.id,
             task_id=view.id,
         )
     after = " after %.3g s" % waited if waited is not None else ""

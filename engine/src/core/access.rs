@@ -19,6 +19,13 @@
 //! - Builtins are everybody's.
 //! - Stopping the daemon, resuming a pool and clearing memo entries are the
 //!   daemon user's alone.
+//! - A task belongs to the caller who submitted it: only they (and the
+//!   daemon's user) read its status and result, wait on it or cancel it.
+//!   Anybody else naming its id gets the answer for an id never handed
+//!   out. Tasks stored before tasks had owners are the daemon user's.
+//! - The fleet (pools, blocks, workers, their events, the interchange
+//!   address) is shown to the daemon's user alone; others see the queues
+//!   and warm processes of the servables they may see.
 
 use flotilla_protocol::access::{Access, Visibility};
 use flotilla_protocol::servable::ServableRecord;
@@ -77,6 +84,35 @@ pub fn may_see_record(caller: &Caller, record: &ServableRecord, daemon_owner: u3
 /// change its access, remove one.
 pub fn may_manage(caller: &Caller, access: &Access, daemon_owner: u32) -> bool {
     is_admin(caller, daemon_owner) || owner(access, daemon_owner) == caller.uid
+}
+
+/// Whose tasks a caller may see and manage: every task (the daemon's
+/// user) or those one uid submitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskScope {
+    /// Every task: the daemon's user.
+    All,
+    /// The tasks this uid submitted.
+    Of(u32),
+}
+
+impl TaskScope {
+    /// The scope of `caller` on a daemon run by `daemon_owner`.
+    pub fn of(caller: &Caller, daemon_owner: u32) -> TaskScope {
+        if is_admin(caller, daemon_owner) {
+            TaskScope::All
+        } else {
+            TaskScope::Of(caller.uid)
+        }
+    }
+
+    /// True if a task submitted by `submitter` is in scope.
+    pub fn covers(self, submitter: u32) -> bool {
+        match self {
+            TaskScope::All => true,
+            TaskScope::Of(uid) => uid == submitter,
+        }
+    }
 }
 
 /// Why a publication is refused.
@@ -228,6 +264,19 @@ mod tests {
         );
         // An old record's name is the daemon user's.
         assert!(on_publish(&user(7, &[]), "m", Some(&Access::default()), None, DAEMON).is_err());
+    }
+
+    #[test]
+    fn a_task_is_its_submitters_and_the_daemon_users() {
+        let alice = user(2001, &[300]);
+        let scope = TaskScope::of(&alice, DAEMON);
+        assert_eq!(scope, TaskScope::Of(2001));
+        assert!(scope.covers(2001));
+        assert!(!scope.covers(2002), "another user's task");
+        assert!(!scope.covers(DAEMON), "the daemon user's task");
+        let admin = TaskScope::of(&user(DAEMON, &[]), DAEMON);
+        assert_eq!(admin, TaskScope::All);
+        assert!(admin.covers(2001) && admin.covers(DAEMON));
     }
 
     #[test]

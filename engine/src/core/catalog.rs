@@ -291,6 +291,12 @@ impl Catalog {
         }
     }
 
+    /// True if the servable `id` (a builtin's name, `NAME@VERSION`, or a
+    /// name) exists for a caller who sees what `sees` lets through.
+    pub fn sees_id(&self, id: &str, sees: Sees<'_>) -> bool {
+        self.is_builtin(id) || self.record_for(id, sees).is_ok()
+    }
+
     /// True if `name` is a builtin (builtins have no published record).
     pub fn is_builtin(&self, name: &str) -> bool {
         self.builtins.contains_key(name)

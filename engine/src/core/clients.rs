@@ -7,7 +7,7 @@ use flotilla_protocol::client::{
 use flotilla_protocol::servable::{ANY_SERVABLE_WIRE, ServableRecord, ServableRef};
 use flotilla_protocol::task::{MemoUse, Outcome, TaskState};
 
-use super::access::{self, Caller};
+use super::access::{self, Caller, TaskScope};
 use super::catalog::{Refusal, ServableInfo};
 use super::records::{NewTask, StoreOp};
 use super::tasks::{Ending, Task};
@@ -62,6 +62,7 @@ impl Core {
         }
         let owner = self.cfg.owner_uid;
         let sees = |r: &ServableRecord| access::may_see_record(caller, r, owner);
+        let scope = TaskScope::of(caller, owner);
         let reply = match call {
             ClientCall::Ping => ClientReply::Pong {
                 pid: self.cfg.pid,
@@ -71,18 +72,23 @@ impl Core {
                 return self.on_submit(from, caller, tasks, wait_ms, now, out);
             }
             ClientCall::Results { ids, wait_ms } => {
-                let pending = self.tasks.unfinished(&ids);
+                let pending = self.tasks.unfinished(&ids, scope);
                 match wait_ms {
                     Some(ms) if pending > 0 && self.life.draining.is_none() => {
-                        return self.add_wait(from, ids, pending, deadline(now, ms), 0);
+                        return self.add_wait(from, scope, ids, pending, deadline(now, ms), 0);
                     }
-                    _ => self.results_reply(&ids, now),
+                    _ => self.results_reply(&ids, scope, now),
                 }
             }
             ClientCall::TaskStatus { ids } => ClientReply::TaskStatus {
-                tasks: ids.iter().map(|id| self.tasks.view(*id, false)).collect(),
+                tasks: ids
+                    .iter()
+                    .map(|id| self.tasks.view(*id, false, scope))
+                    .collect(),
             },
-            ClientCall::DaemonStatus => ClientReply::DaemonStatus(Box::new(self.status(now))),
+            ClientCall::DaemonStatus => {
+                ClientReply::DaemonStatus(Box::new(self.status_for(caller, now)))
+            }
             ClientCall::Events { after, wait_ms } => {
                 let wait = wait_ms.map(|ms| ms.saturating_mul(1000));
                 return self.fleet.events.query(from, after, wait, now, out);
@@ -94,7 +100,7 @@ impl Core {
                 }
                 Err(message) => refuse(ApiErrorKind::NotFound, message),
             },
-            ClientCall::Cancel { ids } => return self.on_cancel(from, ids, now, out),
+            ClientCall::Cancel { ids } => return self.on_cancel(from, scope, ids, now, out),
             ClientCall::WarmServable { servable, slots } => {
                 self.on_warm_servable(&servable, slots, now, out)
             }
@@ -143,12 +149,13 @@ impl Core {
     }
 
     /// The refusal of a call only the daemon's user may make (stop, pool
-    /// resume, memo clear) from anybody else.
+    /// resume, memo clear, the fleet's events) from anybody else.
     fn admin_only(&self, caller: &Caller, call: &ClientCall) -> Option<ClientReply> {
         let what = match call {
             ClientCall::Stop => "stop the daemon",
             ClientCall::ResumePool { .. } => "resume a pool",
             ClientCall::MemoClear { .. } => "clear memo entries",
+            ClientCall::Events { .. } => "read the pool and worker events",
             _ => return None,
         };
         (!access::is_admin(caller, self.cfg.owner_uid)).then(|| {
@@ -213,13 +220,14 @@ impl Core {
         for ((offset, req), info) in requests.into_iter().enumerate().zip(resolved) {
             let id = TaskId(first + offset as u64);
             self.sched.ensure_adaptive(&info);
-            let mut task = Task::new(&info, req.params, req.input, now);
+            let mut task = Task::new(&info, caller.uid, req.params, req.input, now);
             new.push(NewTask {
                 id,
                 servable: info.name.clone(),
                 params: task.params.clone(),
                 input: task.input.clone(),
                 submitted_us: now,
+                owner: caller.uid,
             });
             ids.push(id);
             if info.memoize {
@@ -253,14 +261,15 @@ impl Core {
         seq = seq.max(self.flush_records(out));
         match wait_ms {
             Some(ms) => {
-                let pending = self.tasks.unfinished(&ids);
+                let scope = TaskScope::of(caller, self.cfg.owner_uid);
+                let pending = self.tasks.unfinished(&ids, scope);
                 if pending == 0 {
-                    let reply = self.results_reply(&ids, now);
+                    let reply = self.results_reply(&ids, scope, now);
                     self.replies
                         .durability
                         .reply_after(seq, from, reply, now, out);
                 } else {
-                    self.add_wait(from, ids, pending, deadline(now, ms), seq);
+                    self.add_wait(from, scope, ids, pending, deadline(now, ms), seq);
                 }
             }
             None => {
@@ -362,11 +371,20 @@ impl Core {
             .saturating_sub(work_size::FRAME_OVERHEAD + batch)
     }
 
-    fn on_cancel(&mut self, from: ReplyTo, ids: Vec<TaskId>, now: u64, out: &mut Vec<Action>) {
+    /// Cancels those of `ids` in `scope` that are not final yet; the others
+    /// of the caller's keep their state, and the rest are unknown to it.
+    fn on_cancel(
+        &mut self,
+        from: ReplyTo,
+        scope: TaskScope,
+        ids: Vec<TaskId>,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
         let mut states = Vec::with_capacity(ids.len());
         let mut changed = false;
         for id in ids {
-            let state = match self.tasks.get(&id) {
+            let state = match self.tasks.get_in(&id, scope) {
                 None => TaskState::Unknown,
                 Some(t) if t.is_final() => t.state(),
                 Some(t) => {

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use flotilla_protocol::client::{DaemonStatus, QueueView, WarmView, WorkerView};
 use flotilla_protocol::interchange::DaemonMessage;
+use flotilla_protocol::servable::ServableRecord;
 
+use super::access::{self, Caller};
 use super::records::StoreOp;
 use super::worker_table::LossReason;
 use super::{Action, Core, Drain, SWEEP_PERIOD_US};
@@ -165,6 +167,32 @@ impl Core {
         })
     }
 
+    /// The daemon status as `caller` may see it: all of it for the
+    /// daemon's user; for anybody else (see [`access`]) the queues and warm
+    /// processes of the servables it may see, with their workers unnamed,
+    /// the daemon's identity and counters, and no fleet.
+    pub(super) fn status_for(&self, caller: &Caller, now: u64) -> DaemonStatus {
+        let owner = self.cfg.owner_uid;
+        let mut status = self.status(now);
+        if access::is_admin(caller, owner) {
+            return status;
+        }
+        let sees = |r: &ServableRecord| access::may_see_record(caller, r, owner);
+        let visible = |id: &str| self.catalog.sees_id(id, &sees);
+        status.queues.retain(|q| visible(&q.servable));
+        status.warm.retain(|w| visible(&w.servable));
+        for w in &mut status.warm {
+            w.worker.clear();
+        }
+        status.interchange.clear();
+        status.blocks.clear();
+        status.blocks_paused = None;
+        status.pools.clear();
+        status.workers.clear();
+        status.fleet_hidden = true;
+        status
+    }
+
     pub(super) fn status(&self, now: u64) -> DaemonStatus {
         let mut running: BTreeMap<String, u64> = BTreeMap::new();
         for batch in self.batches.iter() {
@@ -221,6 +249,7 @@ impl Core {
             queues,
             totals: self.tasks.totals(),
             warm: self.warm_views(),
+            fleet_hidden: false,
         }
     }
 

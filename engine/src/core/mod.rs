@@ -165,6 +165,8 @@ struct Memoization {
 #[derive(Debug)]
 struct Wait {
     to: ReplyTo,
+    /// Whose tasks the waiting client may see.
+    scope: access::TaskScope,
     ids: Vec<TaskId>,
     pending: usize,
     deadline_us: u64,

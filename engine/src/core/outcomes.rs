@@ -9,6 +9,7 @@ use flotilla_protocol::TaskId;
 use flotilla_protocol::client::ClientReply;
 use flotilla_protocol::task::{MemoUse, Outcome};
 
+use super::access::TaskScope;
 use super::memo::MemoKey;
 use super::queues::Queues;
 use super::records::StoreOp;
@@ -159,11 +160,13 @@ impl Core {
         }
     }
 
-    /// A client waits (until `deadline_us`) for `pending` of `ids` to end;
-    /// the reply also waits for store write `min_seq`.
+    /// A client whose scope is `scope` waits (until `deadline_us`) for
+    /// `pending` of `ids` to end (those in its scope: the others are
+    /// unknown to it); the reply also waits for store write `min_seq`.
     pub(super) fn add_wait(
         &mut self,
         to: ReplyTo,
+        scope: TaskScope,
         ids: Vec<TaskId>,
         pending: usize,
         deadline_us: u64,
@@ -172,12 +175,13 @@ impl Core {
         let wait_id = self.replies.next_wait;
         self.replies.next_wait += 1;
         for id in &ids {
-            self.tasks.add_waiter(*id, wait_id);
+            self.tasks.add_waiter(*id, wait_id, scope);
         }
         self.replies.waits.insert(
             wait_id,
             Wait {
                 to,
+                scope,
                 ids,
                 pending,
                 deadline_us,
@@ -189,20 +193,26 @@ impl Core {
     /// Answers wait `wait_id` with what its tasks have now.
     pub(super) fn complete_wait(&mut self, wait_id: u64, now: u64, out: &mut Vec<Action>) {
         if let Some(wait) = self.replies.waits.remove(&wait_id) {
-            let reply = self.results_reply(&wait.ids, now);
+            let reply = self.results_reply(&wait.ids, wait.scope, now);
             self.replies
                 .durability
                 .reply_after(wait.min_seq, wait.to, reply, now, out);
         }
     }
 
-    /// The results of `ids` (fetched now, which starts their retention).
-    pub(super) fn results_reply(&mut self, ids: &[TaskId], now: u64) -> ClientReply {
+    /// The results of `ids` as a client whose scope is `scope` sees them
+    /// (fetched now, which starts their retention).
+    pub(super) fn results_reply(
+        &mut self,
+        ids: &[TaskId],
+        scope: TaskScope,
+        now: u64,
+    ) -> ClientReply {
         let tasks = ids
             .iter()
             .map(|id| {
-                self.tasks.mark_fetched(*id, now);
-                self.tasks.view(*id, true)
+                self.tasks.mark_fetched(*id, scope, now);
+                self.tasks.view(*id, true, scope)
             })
             .collect();
         ClientReply::Results { tasks }

@@ -21,6 +21,11 @@ pub struct StoredTask {
     pub input: Payload,
     /// Acceptance time, µs since the epoch.
     pub submitted_us: u64,
+    /// The uid that submitted it; none in records written before tasks had
+    /// owners, which belong to the daemon's user. Last, so those records
+    /// read.
+    #[serde(default)]
+    pub owner: Option<u32>,
 }
 
 /// A task's one and only result record.
@@ -54,6 +59,8 @@ pub struct NewTask {
     pub input: Payload,
     /// Acceptance time.
     pub submitted_us: u64,
+    /// The uid that submitted it.
+    pub owner: u32,
 }
 
 /// One change to the store, as the scheduling core asks for it.

@@ -115,7 +115,15 @@ impl Core {
             Ok(info) => info.clone(),
             Err(_) => ServableInfo::plain(Arc::from(stored.servable.as_str()), BatchRule::SINGLE),
         };
-        let mut task = Task::new(&info, stored.params, stored.input, stored.submitted_us);
+        // Tasks stored before tasks had owners are the daemon user's.
+        let owner = stored.owner.unwrap_or(self.cfg.owner_uid);
+        let mut task = Task::new(
+            &info,
+            owner,
+            stored.params,
+            stored.input,
+            stored.submitted_us,
+        );
         match (result, resolved) {
             (Some(r), _) => {
                 self.tasks.restore_final(id, task, r);

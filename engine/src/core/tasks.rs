@@ -21,6 +21,7 @@ use flotilla_protocol::interchange::BatchId;
 use flotilla_protocol::task::{MemoUse, Outcome, TaskState, TaskTimings, TaskView};
 use flotilla_protocol::{Payload, TaskId};
 
+use super::access::TaskScope;
 use super::catalog::ServableInfo;
 use super::memo::MemoKey;
 use super::queues::{BatchRule, QueueKey};
@@ -104,6 +105,9 @@ pub(super) struct PipelineProgress {
 pub(super) struct Task {
     /// What the client asked for (canonical name).
     pub(super) servable: Arc<str>,
+    /// The uid that submitted it: only they and the daemon's user see it
+    /// (see [`super::access::TaskScope`]).
+    pub(super) owner: u32,
     pub(super) params: Payload,
     /// The input of the next call: the request's, or for a pipeline the
     /// previous step's output.
@@ -132,9 +136,10 @@ pub(super) struct Task {
 }
 
 impl Task {
-    /// A new task for `info`, queued.
+    /// A new task for `info`, submitted by uid `owner`, queued.
     pub(super) fn new(
         info: &ServableInfo,
+        owner: u32,
         params: Payload,
         input: Payload,
         submitted_us: u64,
@@ -149,6 +154,7 @@ impl Task {
         };
         Task {
             servable: info.name.clone(),
+            owner,
             params,
             input,
             target,
@@ -308,6 +314,12 @@ impl TaskTable {
         self.tasks.get(id)
     }
 
+    /// The task `id` if it is in `scope`: a client's way to a task, for
+    /// which a task out of its scope does not exist.
+    pub(super) fn get_in(&self, id: &TaskId, scope: TaskScope) -> Option<&Task> {
+        self.tasks.get(id).filter(|t| scope.covers(t.owner))
+    }
+
     /// The task `id`, to change what is not its phase.
     pub(super) fn get_mut(&mut self, id: &TaskId) -> Option<&mut Task> {
         self.tasks.get_mut(id)
@@ -323,10 +335,10 @@ impl TaskTable {
         self.tasks.len()
     }
 
-    /// How many of `ids` are not final yet.
-    pub(super) fn unfinished(&self, ids: &[TaskId]) -> usize {
+    /// How many of `ids` in `scope` are not final yet.
+    pub(super) fn unfinished(&self, ids: &[TaskId], scope: TaskScope) -> usize {
         ids.iter()
-            .filter(|id| self.tasks.get(id).is_some_and(|t| !t.is_final()))
+            .filter(|id| self.get_in(id, scope).is_some_and(|t| !t.is_final()))
             .count()
     }
 
@@ -503,19 +515,22 @@ impl TaskTable {
         record
     }
 
-    /// Registers client wait `wait` with task `id` unless it is final.
-    pub(super) fn add_waiter(&mut self, id: TaskId, wait: u64) {
+    /// Registers client wait `wait` with task `id` unless it is final or
+    /// out of `scope`.
+    pub(super) fn add_waiter(&mut self, id: TaskId, wait: u64, scope: TaskScope) {
         if let Some(task) = self.tasks.get_mut(&id)
             && !task.is_final()
+            && scope.covers(task.owner)
         {
             task.waiters.push(wait);
         }
     }
 
-    /// A client fetched `id`'s result: the first fetch starts the shorter
-    /// retention.
-    pub(super) fn mark_fetched(&mut self, id: TaskId, now: u64) {
+    /// A client whose scope is `scope` fetched `id`'s result: the first
+    /// fetch in scope starts the shorter retention.
+    pub(super) fn mark_fetched(&mut self, id: TaskId, scope: TaskScope, now: u64) {
         if let Some(task) = self.tasks.get_mut(&id)
+            && scope.covers(task.owner)
             && task.is_final()
             && task.fetched_us.is_none()
         {
@@ -524,9 +539,10 @@ impl TaskTable {
         }
     }
 
-    /// What a client sees of `id`.
-    pub(super) fn view(&self, id: TaskId, with_outcome: bool) -> TaskView {
-        match self.tasks.get(&id) {
+    /// What a client whose scope is `scope` sees of `id`: a task out of
+    /// its scope is as unknown as an id never handed out.
+    pub(super) fn view(&self, id: TaskId, with_outcome: bool, scope: TaskScope) -> TaskView {
+        match self.get_in(&id, scope) {
             Some(t) => TaskView {
                 id,
                 servable: t.servable.to_string(),
@@ -593,7 +609,7 @@ mod tests {
 
     fn table_with(id: TaskId) -> TaskTable {
         let mut table = TaskTable::new(0, 1);
-        let task = Task::new(&info(), Payload::new(), Payload::new(), 1);
+        let task = Task::new(&info(), 7, Payload::new(), Payload::new(), 1);
         assert!(table.enqueue(id, task).is_some());
         table
     }
@@ -649,7 +665,10 @@ mod tests {
         assert!(t.requeue(id, BatchId(9), Attempt::Forgiven));
         assert_eq!(t.get(&id).unwrap().attempts(), 1, "a forgiven one does not");
         // The view still names the worker that ran it last.
-        assert_eq!(t.view(id, false).worker.as_deref(), Some("w1"));
+        assert_eq!(
+            t.view(id, false, TaskScope::All).worker.as_deref(),
+            Some("w1")
+        );
     }
 
     #[test]
@@ -661,9 +680,9 @@ mod tests {
             .finish(id, Ending::Cancelled, cancelled, None, 0, 5)
             .unwrap();
         assert_eq!(done.record.state, TaskState::Cancelled);
-        assert_eq!(t.view(id, true).state, TaskState::Cancelled);
-        assert!(t.view(id, true).outcome.is_some());
-        assert!(t.view(id, false).outcome.is_none());
+        assert_eq!(t.view(id, true, TaskScope::All).state, TaskState::Cancelled);
+        assert!(t.view(id, true, TaskScope::All).outcome.is_some());
+        assert!(t.view(id, false, TaskScope::All).outcome.is_none());
         let other = TaskId(2);
         assert!(t.assign(other, BatchId(1), &worker(), 5).is_none());
         assert!(
@@ -677,16 +696,58 @@ mod tests {
             )
             .is_none()
         );
-        assert_eq!(t.view(other, false).state, TaskState::Unknown);
-        let task = Task::new(&info(), Payload::new(), Payload::new(), 1);
+        assert_eq!(
+            t.view(other, false, TaskScope::All).state,
+            TaskState::Unknown
+        );
+        let task = Task::new(&info(), 7, Payload::new(), Payload::new(), 1);
         assert!(t.enqueue(id, task).is_none(), "ids are not reused");
+    }
+
+    #[test]
+    fn a_task_out_of_scope_reads_as_unknown_and_is_not_touched() {
+        let id = TaskId(1);
+        let mut t = table_with(id);
+        t.finish(
+            id,
+            Ending::Completed,
+            Outcome::Output(Payload::new()),
+            None,
+            0,
+            5,
+        );
+        let stranger = TaskScope::Of(8);
+        assert!(t.get_in(&id, stranger).is_none());
+        assert_eq!(t.view(id, true, stranger), TaskView::unknown(id));
+        assert!(t.get_in(&id, TaskScope::Of(7)).is_some(), "its submitter");
+        assert!(t.get_in(&id, TaskScope::All).is_some(), "the daemon's user");
+        // A stranger's fetch does not start the shorter retention.
+        t.mark_fetched(id, stranger, 10);
+        assert!(t.sweep(20, 5, 100).is_empty());
+        t.mark_fetched(id, TaskScope::Of(7), 10);
+        assert_eq!(t.sweep(20, 5, 100), [id]);
+        // Nor does a stranger count or wait on an unfinished one.
+        let mut t = table_with(id);
+        assert_eq!(t.unfinished(&[id], stranger), 0);
+        assert_eq!(t.unfinished(&[id], TaskScope::Of(7)), 1);
+        t.add_waiter(id, 3, stranger);
+        t.add_waiter(id, 4, TaskScope::Of(7));
+        let done = t.finish(
+            id,
+            Ending::Completed,
+            Outcome::Output(Payload::new()),
+            None,
+            0,
+            5,
+        );
+        assert_eq!(done.unwrap().waiters, [4]);
     }
 
     #[test]
     fn results_expire_by_fetch_or_by_age() {
         let mut t = TaskTable::new(0, 2);
         for n in [1, 2] {
-            let task = Task::new(&info(), Payload::new(), Payload::new(), 1);
+            let task = Task::new(&info(), 7, Payload::new(), Payload::new(), 1);
             t.enqueue(TaskId(n), task);
             t.finish(
                 TaskId(n),
@@ -697,7 +758,7 @@ mod tests {
                 10,
             );
         }
-        t.mark_fetched(TaskId(1), 20);
+        t.mark_fetched(TaskId(1), TaskScope::All, 20);
         assert!(t.sweep(29, 10, 100).is_empty());
         assert_eq!(t.sweep(30, 10, 100), [TaskId(1)]);
         assert_eq!(t.sweep(110, 10, 100), [TaskId(2)]);

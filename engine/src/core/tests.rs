@@ -764,6 +764,7 @@ fn recovery_requeues_unfinished_tasks_and_keeps_results() {
         params: Payload::new(),
         input: Payload::from_static(NIL),
         submitted_us: 5,
+        owner: None,
     };
     let done = StoredResult {
         state: TaskState::Completed,
@@ -1596,6 +1597,7 @@ fn after_a_restart_tasks_of_removed_servables_fail_with_a_reason() {
         params: Payload::new(),
         input: Payload::from_static(NIL),
         submitted_us: 5,
+        owner: None,
     };
     let recovered = Recovered {
         tasks: vec![(TaskId(3), stored, None)],
@@ -2091,6 +2093,7 @@ fn a_restart_with_live_blocks_adopts_them_and_lets_workers_claim_their_tasks() {
                 params: Payload::new(),
                 input: Payload::from_static(NIL),
                 submitted_us: 5,
+                owner: None,
             },
             None,
         )
@@ -2257,6 +2260,7 @@ fn recovered_tasks_are_queued_at_once_when_the_adopted_blocks_are_gone() {
                 params: Payload::new(),
                 input: Payload::from_static(NIL),
                 submitted_us: 5,
+                owner: None,
             },
             None,
         )],
@@ -3278,6 +3282,7 @@ fn each_pool_s_strategy_runs_on_its_own_period() {
     assert_eq!(submitted_by_pool(&out), [("gpu".to_owned(), 1)]);
 }
 
+mod owners;
 mod warm;
 
 impl Harness {
