@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         files,
         published_us: 1,
         lock: None,
+        access: None,
     };
     if let Err(e) = servable_spec::check_record(&record) {
         panic!("publish accepted a spec the daemon refuses: {e}: {record:?}");
