@@ -105,6 +105,7 @@ fn run(
     report: &dyn Fn(BlockEvent),
 ) {
     let mut live: BTreeMap<u32, (JobId, JobState)> = BTreeMap::new();
+    let mut trouble = PollTrouble::default();
     let mut next_poll = Instant::now() + poll_interval;
     loop {
         let timeout = next_poll.saturating_duration_since(Instant::now());
@@ -156,7 +157,7 @@ fn run(
         }
         if Instant::now() >= next_poll {
             next_poll = Instant::now() + poll_interval;
-            poll(pool, provider.as_mut(), &mut live, report);
+            poll(pool, provider.as_mut(), &mut live, &mut trouble, report);
         }
     }
 }
@@ -165,6 +166,7 @@ fn poll(
     pool: &str,
     provider: &mut dyn Provider,
     live: &mut BTreeMap<u32, (JobId, JobState)>,
+    trouble: &mut PollTrouble,
     report: &dyn Fn(BlockEvent),
 ) {
     if live.is_empty() {
@@ -174,10 +176,28 @@ fn poll(
     let statuses = match provider.status(&ids) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(pool = %pool, provider = provider.name(), error = %e, "cannot poll block states");
+            let error = e.to_string();
+            match trouble.failed(&error) {
+                Some(failures) => tracing::warn!(
+                    pool = %pool,
+                    provider = provider.name(),
+                    error = %error,
+                    failures,
+                    "cannot poll block states"
+                ),
+                None => tracing::debug!(
+                    pool = %pool,
+                    provider = provider.name(),
+                    error = %error,
+                    "cannot poll block states (again)"
+                ),
+            }
             return;
         }
     };
+    if let Some(failures) = trouble.recovered() {
+        tracing::info!(pool = %pool, provider = provider.name(), failures, "polling block states works again");
+    }
     let blocks: Vec<u32> = live.keys().copied().collect();
     for (block, status) in blocks.into_iter().zip(statuses) {
         let Some((_, known)) = live.get_mut(&block) else {
@@ -194,5 +214,75 @@ fn poll(
         if status.state.is_terminal() {
             live.remove(&block);
         }
+    }
+}
+
+/// Keeps a scheduler that stays unreachable from filling the log: the first
+/// failure is a warning, then only a changed error or the 2nd, 4th, 8th, …
+/// failure in a row, and recovery is said once.
+#[derive(Debug, Default)]
+struct PollTrouble {
+    /// Failures in a row.
+    failures: u32,
+    /// The last error warned about.
+    last_warned: Option<String>,
+}
+
+impl PollTrouble {
+    /// Records a failed poll; `Some(failures in a row)` when it deserves a
+    /// warning.
+    fn failed(&mut self, error: &str) -> Option<u32> {
+        self.failures = self.failures.saturating_add(1);
+        let changed = self.last_warned.as_deref() != Some(error);
+        if changed || self.failures.is_power_of_two() {
+            self.last_warned = Some(error.to_owned());
+            Some(self.failures)
+        } else {
+            None
+        }
+    }
+
+    /// Records a successful poll; `Some(failures before it)` when it ends a
+    /// run of failures.
+    fn recovered(&mut self) -> Option<u32> {
+        self.last_warned = None;
+        match std::mem::take(&mut self.failures) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PollTrouble;
+
+    #[test]
+    fn a_lasting_failure_is_warned_about_ever_more_rarely() {
+        let mut trouble = PollTrouble::default();
+        let warned: Vec<u32> = (0..20).filter_map(|_| trouble.failed("down")).collect();
+        assert_eq!(warned, vec![1, 2, 4, 8, 16]);
+    }
+
+    #[test]
+    fn a_changed_error_is_warned_about_at_once() {
+        let mut trouble = PollTrouble::default();
+        assert_eq!(trouble.failed("down"), Some(1));
+        assert_eq!(trouble.failed("down"), Some(2));
+        assert_eq!(trouble.failed("down"), None);
+        assert_eq!(trouble.failed("timed out"), Some(4));
+        assert_eq!(trouble.failed("timed out"), None);
+    }
+
+    #[test]
+    fn recovery_is_said_once_and_starts_over() {
+        let mut trouble = PollTrouble::default();
+        assert_eq!(trouble.recovered(), None);
+        trouble.failed("down");
+        trouble.failed("down");
+        trouble.failed("down");
+        assert_eq!(trouble.recovered(), Some(3));
+        assert_eq!(trouble.recovered(), None);
+        assert_eq!(trouble.failed("down"), Some(1));
     }
 }
