@@ -238,13 +238,7 @@ impl Channel for LocalChannel {
 /// last 8 KiB), or `None` if it cannot be read or is empty.
 pub fn tail(channel: &mut dyn Channel, path: &str, max_lines: usize) -> Option<String> {
     let bytes = channel.read_file(path).ok()?;
-    let start = bytes.len().saturating_sub(8 * 1024);
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return None;
-    }
-    Some(lines[lines.len().saturating_sub(max_lines)..].join("\n"))
+    crate::tail::last_lines(&bytes, max_lines)
 }
 
 #[cfg(test)]
