@@ -131,6 +131,41 @@ pub fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The standard output of a command that must have succeeded, as JSON.
+pub fn json_of(out: &Output) -> serde_json::Value {
+    let text = ok(out);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// How many lines of `log` carry `message` and every one of `fields`.
+pub fn lines_with(log: &str, message: &str, fields: &[&str]) -> usize {
+    log.lines()
+        .filter(|l| l.contains(message) && fields.iter().all(|f| l.contains(f)))
+        .count()
+}
+
+/// The first `n` images of scikit-learn's digits dataset and their labels,
+/// read with the test Python ([`python_bin`]).
+pub fn digits(n: usize) -> (Vec<serde_json::Value>, Vec<i64>) {
+    let out = Command::new(python_bin().join("python3"))
+        .args([
+            "-c",
+            &format!(
+                "import json; from sklearn import datasets; d = datasets.load_digits(); \
+                 print(json.dumps([d.images[:{n}].tolist(), d.target[:{n}].tolist()]))"
+            ),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the test Python: {e}"));
+    let v = json_of(&out);
+    let images = v[0].as_array().cloned().unwrap_or_default();
+    let labels = v[1]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l.as_i64()).collect())
+        .unwrap_or_default();
+    (images, labels)
+}
+
 /// Polls `check` every few milliseconds until it returns `Some`, or panics
 /// after `limit` naming `what`.
 pub fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {

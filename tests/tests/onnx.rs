@@ -6,14 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use flotilla_client::{json_to_payload, payload_to_json};
 use flotilla_protocol::Payload;
 use flotilla_protocol::client::TaskRequest;
 use flotilla_protocol::task::Outcome;
-use flotilla_tests::{Flotilla, copy_servable, ok, python_bin, test_config, workspace};
+use flotilla_tests::{Flotilla, copy_servable, json_of, ok, python_bin, test_config, workspace};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(180);
@@ -23,10 +23,6 @@ const IMAGE: usize = 32 * 32 * 3;
 
 fn example(name: &str) -> PathBuf {
     workspace().join("site-examples/servables").join(name)
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_str(ok(out).trim()).unwrap()
 }
 
 fn python() -> PathBuf {

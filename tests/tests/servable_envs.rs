@@ -18,7 +18,9 @@ use flotilla_protocol::Payload;
 use flotilla_protocol::client::TaskRequest;
 use flotilla_protocol::launch::flag;
 use flotilla_protocol::task::{Outcome, TaskView};
-use flotilla_tests::{Flotilla, copy_servable, ok, python_bin, test_config, wheelhouse, workspace};
+use flotilla_tests::{
+    Flotilla, copy_servable, digits, lines_with, ok, python_bin, test_config, wheelhouse, workspace,
+};
 use serde_json::{Value, json};
 
 /// A cold venv with numpy, scipy and scikit-learn on a loaded machine.
@@ -89,29 +91,6 @@ fn far_worker(
     pid
 }
 
-/// The first `n` images of scikit-learn's digits dataset and their labels.
-fn digits(n: usize) -> (Vec<Value>, Vec<i64>) {
-    let out = Command::new(python_bin().join("python3"))
-        .args([
-            "-c",
-            &format!(
-                "import json; from sklearn import datasets; d = datasets.load_digits(); \
-                 print(json.dumps([d.images[:{n}].tolist(), d.target[:{n}].tolist()]))"
-            ),
-        ])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let images = v[0].as_array().unwrap().clone();
-    let labels = v[1]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_i64().unwrap())
-        .collect();
-    (images, labels)
-}
-
 fn run_all(f: &Flotilla, servable: &str, inputs: &[Value]) -> Vec<TaskView> {
     let client = f.client();
     let tasks = inputs
@@ -140,12 +119,6 @@ fn classify(f: &Flotilla, images: &[Value], labels: &[i64]) -> (Duration, Durati
         }
     }
     (to_first, start.elapsed())
-}
-
-fn lines_with(log: &str, message: &str, fields: &[&str]) -> usize {
-    log.lines()
-        .filter(|l| l.contains(message) && fields.iter().all(|f| l.contains(f)))
-        .count()
 }
 
 /// The value of `field=` on the first line of `log` with `message`.

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use flotilla_protocol::launch::flag;
-use flotilla_tests::{Flotilla, config_with, python_bin, test_config, workspace};
+use flotilla_tests::{Flotilla, config_with, lines_with, python_bin, test_config, workspace};
 use serde_json::Value;
 
 /// What `tests/servables/big-file` makes at publication: byte `i` of its
@@ -46,13 +46,6 @@ fn far_worker(f: &mut Flotilla, name: &str, objects: &Path, cache: &Path) -> u32
     ]);
     f.wait_workers(1);
     pid
-}
-
-/// Lines of `log` with `message` and every one of `fields`.
-fn lines_with(log: &str, message: &str, fields: &[&str]) -> usize {
-    log.lines()
-        .filter(|l| l.contains(message) && fields.iter().all(|f| l.contains(f)))
-        .count()
 }
 
 #[test]

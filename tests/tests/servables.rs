@@ -6,7 +6,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use flotilla_client::{json_to_payload, payload_to_json};
@@ -14,9 +14,9 @@ use flotilla_protocol::Payload;
 use flotilla_protocol::client::TaskRequest;
 use flotilla_protocol::task::{Outcome, TaskState};
 use flotilla_tests::{
-    Flotilla, config_with, copy_servable, ok, python_bin, test_config, workspace,
+    Flotilla, config_with, copy_servable, digits, json_of, ok, python_bin, test_config, workspace,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -43,33 +43,6 @@ fn start(config: &str) -> Flotilla {
     f.spawn_worker(&["--slots", "2", "--worker-id", "w"]);
     f.wait_workers(1);
     f
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_str(ok(out).trim()).unwrap()
-}
-
-/// The first `n` images of scikit-learn's digits dataset and their labels.
-fn digits(n: usize) -> (Vec<Value>, Vec<i64>) {
-    let out = Command::new(python_bin().join("python3"))
-        .args([
-            "-c",
-            &format!(
-                "import json; from sklearn import datasets; d = datasets.load_digits(); \
-                 print(json.dumps([d.images[:{n}].tolist(), d.target[:{n}].tolist()]))"
-            ),
-        ])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let images = v[0].as_array().unwrap().clone();
-    let labels = v[1]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_i64().unwrap())
-        .collect();
-    (images, labels)
 }
 
 fn publish_formation_enthalpy(f: &Flotilla) {
