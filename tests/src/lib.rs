@@ -351,6 +351,7 @@ impl Flotilla {
             .arg("--config")
             .arg(&self.config)
             .env("PATH", path)
+            .env("TMPDIR", self.scratch())
             .env(HOME_ENV, self.home());
         self.daemon = Some(spawn_logged(cmd, log));
         wait_until(Duration::from_secs(30), "the daemon to answer", || {
@@ -424,6 +425,7 @@ impl Flotilla {
             .arg(self.home())
             .args(extra)
             .env("PATH", path_with_python())
+            .env("TMPDIR", self.scratch())
             // Servable templates outlive their workers by design; a
             // test's end within seconds of its last use.
             .env("FLOTILLA_TEMPLATE_IDLE_S", "5")
@@ -444,6 +446,7 @@ impl Flotilla {
             .arg(self.home())
             .args(extra)
             .env("PATH", path_with_python())
+            .env("TMPDIR", self.scratch())
             .env("FLOTILLA_TEMPLATE_IDLE_S", "5")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove(SECRET_ENV);
@@ -451,6 +454,17 @@ impl Flotilla {
         let pid = child.id();
         self.workers.push(child);
         pid
+    }
+
+    /// The temporary directory of the processes the test starts, inside
+    /// its state directory: what a SIGKILLed worker leaves behind goes with
+    /// the test.
+    pub fn scratch(&self) -> PathBuf {
+        let dir = self.home().join("tmp");
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot make {}: {e}", dir.display());
+        }
+        dir
     }
 
     /// Starts a worker with 2 slots and id `name`, and waits until it is

@@ -241,6 +241,15 @@ pub fn private_work_dir(parent: &Path, worker_id: &str) -> std::io::Result<TempD
 }
 
 impl ExecRuntime {
+    /// Removes the private directory (servable files, scratch space) now,
+    /// for a worker about to exit while slot threads still hold the runtime.
+    pub fn remove_work_dir(&self) -> std::io::Result<()> {
+        match fs::remove_dir_all(self.work_dir.path()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
     /// A runtime taking files from `objects` and materialising them under
     /// `work_dir` (see [`private_work_dir`]; removed on drop); servables
     /// that name an image run in it through `containers` when the site has

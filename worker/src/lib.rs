@@ -21,6 +21,7 @@ pub mod onnx;
 mod process;
 pub mod session;
 pub mod shell;
+pub mod stop_signal;
 mod template;
 
 /// Builtin servables this worker runs; it also runs any published

@@ -11,7 +11,8 @@
 //!
 //! Exit status: 0 when the daemon let the worker go, 2 when it refused it or
 //! the arguments are wrong, 3 when the daemon was lost, 4 when no address
-//! reached it (with one line per address saying why).
+//! reached it (with one line per address saying why), 128 + the signal's
+//! number when SIGTERM, SIGINT or SIGHUP stopped it.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -53,6 +54,9 @@ fn main() -> ExitCode {
         }
     };
     forget_credentials();
+    if let Err(e) = flotilla_worker::stop_signal::install() {
+        tracing::warn!(error = %e, "cannot handle termination signals; a cancelled worker leaves its files behind");
+    }
     let (cfg, endpoints, port, timeout) = match worker_config(&args) {
         Ok(parts) => parts,
         Err(e) => {
@@ -171,6 +175,10 @@ fn exit_status(ended: anyhow::Result<Ending>, url: &str) -> ExitCode {
         Ok(Ending::Untrusted(reason)) => {
             tracing::error!(url = %url, reason = %reason, "not the daemon this worker belongs to; exiting");
             ExitCode::from(2)
+        }
+        Ok(Ending::Signalled(signal)) => {
+            tracing::info!(signal, "stopped by a signal; exiting");
+            ExitCode::from(128u8.saturating_add(u8::try_from(signal).unwrap_or(0)))
         }
         Ok(Ending::Failed(reason)) => {
             tracing::error!(reason = %reason, "worker failed");

@@ -78,6 +78,9 @@ pub enum Ending {
     /// Whoever answered did not prove it knows the daemon's secret: it was
     /// sent no hello and nothing it sent was run.
     Untrusted(String),
+    /// A termination signal (its number) asked the worker to stop: its job
+    /// was cancelled, or a user pressed Ctrl-C.
+    Signalled(i32),
 }
 
 /// What the session needs to know about its worker.
@@ -184,6 +187,8 @@ pub enum Event<'a> {
     Slots(Vec<SlotWarmth>),
     /// The daemon process the worker was told to die with is gone.
     DaemonExited,
+    /// A termination signal (its number) arrived.
+    Signalled(i32),
 }
 
 /// Something worth knowing that needs no action (logs, counters).
@@ -414,6 +419,7 @@ impl Session {
                 self.issue_requests(now, &mut out);
             }
             Event::DaemonExited => self.finish(Ending::DaemonExited, &mut out),
+            Event::Signalled(signal) => self.finish(Ending::Signalled(signal), &mut out),
         }
         out
     }

@@ -309,6 +309,11 @@ pub fn run(
     // stopped, this is the last handle that can drop it.
     shell.poll.stop();
     shell.report.stop();
+    // Slot threads still hold the runtime when the process exits, so its
+    // private directory would outlive the worker without this.
+    if let Err(e) = shell.runtime.remove_work_dir() {
+        tracing::warn!(error = %e, "cannot remove the worker's private directory");
+    }
     Ok(ending)
 }
 
@@ -326,7 +331,9 @@ impl Shell {
     fn watch(&self, exit_with_pid: Option<i32>) -> Ending {
         loop {
             let daemon_gone = exit_with_pid.is_some_and(|pid| !process_alive(pid));
-            let event = if daemon_gone {
+            let event = if let Some(signal) = crate::stop_signal::received() {
+                Event::Signalled(signal)
+            } else if daemon_gone {
                 Event::DaemonExited
             } else {
                 Event::Tick
