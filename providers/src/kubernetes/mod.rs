@@ -2,41 +2,70 @@
 //!
 //! Each block is one Deployment with `nodes_per_block` replicas, labelled
 //! `flotilla/block=NAME`; each pod runs the worker image with the block's
-//! script as its command, the resources, service account, pull policy and
-//! node selector of the site file. A Deployment (rather than a Job) puts a
-//! crashed worker pod back, which is what long-running workers want;
-//! cancelling deletes it.
+//! script as its command, the resources, service account, pull policy,
+//! node selector and tolerations of the site file. The block's credentials
+//! (the daemon's secret) are a Secret of the same name that the pod reads
+//! through `secretKeyRef`: they never appear in the Deployment, its
+//! manifest file or what `kubectl get -o yaml` shows of it.
+//!
+//! Why a Deployment rather than a Job: a pilot's workers are long-running
+//! and stateless; their lifetime is the daemon's decision (scale-in deletes
+//! the block), not the container's exit status. A Deployment restarts a
+//! crashed worker in place and keeps its replica count, where a Job would
+//! count a worker that exits (cleanly on the daemon's request or not)
+//! towards completion or its backoff limit, and has no way to say "run
+//! until deleted". The block's pods are what the daemon watches
+//! ([`state`]): a pod lost after running its workers fails the block, so
+//! the daemon requeues their tasks at once rather than waiting for the
+//! workers' heartbeats.
 //!
 //! Flotilla drives the cluster with `kubectl` on a channel rather than
 //! through the API with a client library: `kubectl` reads the user's own
 //! kubeconfig and runs its auth plugins (OIDC, cloud exec credentials)
 //! unchanged, works the same on the daemon's machine or over SSH on a login
 //! node that can reach the cluster, and adds no Kubernetes client library
-//! to the daemon. The cost, a process per call, is paid once per poll for
-//! all blocks together.
-//!
-//! State comes from the pods (`kubectl get deployments,pods -l … -o json`,
-//! one call for every block): a pod running is a running block; pods that
-//! cannot start (image pull errors, crash loops, bad configuration) fail the
-//! block with the container's reason; no Deployment is a missing block.
+//! to the daemon. The server validates every object (and its admission
+//! controllers see it); a refusal carries the server's message. The cost,
+//! a process per call, is paid once per poll for all blocks together.
+
+pub mod manifest;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
-use crate::channel::{Channel, CommandOutput};
+use crate::channel::Channel;
 use crate::scheduler::Scheduler;
-use crate::{JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, Submission};
+use crate::{JobId, JobSpec, JobStatus, Provider, ProviderError, Submission};
 
-/// Label that ties pods and Deployments to their block.
+pub use manifest::{deployment as manifest, secret};
+
+/// Label that ties pods, Deployments and Secrets to their block.
 pub const BLOCK_LABEL: &str = "flotilla/block";
+
+/// The file in a block's run directory holding its Secret's manifest,
+/// private (mode 0600) and removed once the Secret is created.
+const SECRET_FILE: &str = "secret.json";
+
+/// A PersistentVolumeClaim holding the object store, mounted read-only in
+/// every worker pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectsVolume {
+    /// The claim's name (in the pods' namespace).
+    pub claim: String,
+    /// Where the pods see it: the workers' object store (`[worker] objects_dir`).
+    pub mount_path: String,
+}
 
 /// Where and how the worker pods run.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct KubernetesOptions {
     /// Namespace.
     pub namespace: String,
+    /// The kubeconfig `kubectl` uses, when not its default.
+    pub kubeconfig: Option<String>,
+    /// The kubeconfig context, when not its current one.
+    pub context: Option<String>,
     /// Worker image.
     pub image: String,
     /// `Always`, `IfNotPresent` or `Never`.
@@ -59,12 +88,19 @@ pub struct KubernetesOptions {
     pub gpus: u32,
     /// Node labels the pods must land on.
     pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate, each as Kubernetes writes a toleration
+    /// (`key`, `operator`, `value`, `effect`).
+    pub tolerations: Vec<BTreeMap<String, String>>,
+    /// The object store as a volume, when the pods mount one (else the
+    /// workers fetch servables' files over the interchange).
+    pub objects_volume: Option<ObjectsVolume>,
 }
 
 /// Blocks as Deployments.
 pub struct KubernetesProvider {
     sched: Scheduler,
     options: KubernetesOptions,
+    pods: state::PodMemory,
 }
 
 impl std::fmt::Debug for KubernetesProvider {
@@ -83,200 +119,47 @@ impl KubernetesProvider {
         KubernetesProvider {
             sched: Scheduler::new("kubernetes", channel, timeout),
             options,
+            pods: state::PodMemory::default(),
         }
     }
 
     fn kubectl(&self, args: &str) -> String {
-        format!(
-            "kubectl --namespace {} {args}",
-            flotilla_launchers::shell::quote(&self.options.namespace)
-        )
+        kubectl(&self.options, args)
     }
 }
 
-/// The Deployment manifest (JSON, which `kubectl apply` takes) for `job`.
-pub fn manifest(job: &JobSpec, o: &KubernetesOptions) -> Value {
-    let labels = json!({
-        "app.kubernetes.io/name": "flotilla-worker",
-        "app.kubernetes.io/managed-by": "flotilla",
-        BLOCK_LABEL: job.name,
-    });
-    let mut requests = serde_json::Map::new();
-    let mut limits = serde_json::Map::new();
-    if let Some(c) = &o.cpu_request {
-        requests.insert("cpu".into(), json!(c));
+/// A `kubectl` command line for `o`'s cluster and namespace.
+fn kubectl(o: &KubernetesOptions, args: &str) -> String {
+    use flotilla_launchers::shell::quote;
+    let mut line = "kubectl".to_owned();
+    if let Some(k) = &o.kubeconfig {
+        line.push_str(&format!(" --kubeconfig {}", quote(k)));
     }
-    if let Some(m) = &o.memory_request {
-        requests.insert("memory".into(), json!(m));
+    if let Some(c) = &o.context {
+        line.push_str(&format!(" --context {}", quote(c)));
     }
-    if let Some(c) = &o.cpu_limit {
-        limits.insert("cpu".into(), json!(c));
-    }
-    if let Some(m) = &o.memory_limit {
-        limits.insert("memory".into(), json!(m));
-    }
-    if o.gpus > 0 {
-        limits.insert("nvidia.com/gpu".into(), json!(o.gpus.to_string()));
-    }
-    // The environment goes into the pod spec, not the command line.
-    let body = JobSpec {
-        env: BTreeMap::new(),
-        ..job.clone()
-    }
-    .body();
-    let env: Vec<Value> = job
-        .env
-        .iter()
-        .map(|(k, v)| json!({"name": k, "value": v}))
-        .collect();
-    let mut pod = json!({
-        "restartPolicy": "Always",
-        "containers": [{
-            "name": "worker",
-            "image": o.image,
-            "imagePullPolicy": o.image_pull_policy,
-            "command": ["/bin/sh", "-c", body],
-            "env": env,
-            "resources": {"requests": requests, "limits": limits},
-        }],
-    });
-    if let Some(sa) = &o.service_account {
-        pod["serviceAccountName"] = json!(sa);
-    }
-    if !o.node_selector.is_empty() {
-        pod["nodeSelector"] = json!(o.node_selector);
-    }
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": job.name, "namespace": o.namespace, "labels": labels},
-        "spec": {
-            "replicas": o.pods_per_block.max(1),
-            "selector": {"matchLabels": {BLOCK_LABEL: job.name}},
-            "template": {"metadata": {"labels": labels}, "spec": pod},
-        },
-    })
+    line.push_str(&format!(" --namespace {} {args}", quote(&o.namespace)));
+    line
 }
 
-/// Container waiting reasons that mean the block's pods will not start.
-const FATAL_WAITING: &[&str] = &[
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "CrashLoopBackOff",
-];
-
-/// Statuses of blocks `ids` from `kubectl get deployments,pods -o json`.
-pub fn parse_get(ids: &[JobId], out: &CommandOutput) -> Result<Vec<JobStatus>, String> {
-    if !out.success() {
-        return Err(format!(
-            "kubectl get failed (exit {}): {}",
-            out.status,
-            out.complaint()
-        ));
+/// The submit command: the Secret (when the job has credentials) created
+/// from its private file, which is removed whatever happens, then the
+/// Deployment applied from `{script}`.
+fn submit_command(job: &JobSpec, o: &KubernetesOptions, with_secret: bool) -> String {
+    use flotilla_launchers::shell::quote;
+    let apply = kubectl(o, "apply -f {script}");
+    if !with_secret {
+        return apply;
     }
-    let list: Value = serde_json::from_str(&out.stdout)
-        .map_err(|e| format!("kubectl printed something that is not JSON: {e}"))?;
-    let items = list
-        .get("items")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let block_of = |item: &Value| {
-        item.pointer("/metadata/labels")
-            .and_then(|l| l.get(BLOCK_LABEL))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
-    Ok(ids
-        .iter()
-        .map(|id| {
-            let mine: Vec<&Value> = items
-                .iter()
-                .filter(|i| block_of(i).as_deref() == Some(&id.0))
-                .collect();
-            let has_deployment = mine
-                .iter()
-                .any(|i| i.get("kind").and_then(Value::as_str) == Some("Deployment"));
-            let pods: Vec<&&Value> = mine
-                .iter()
-                .filter(|i| i.get("kind").and_then(Value::as_str) == Some("Pod"))
-                .collect();
-            let (state, message) = pods_state(&pods, has_deployment);
-            JobStatus {
-                id: id.clone(),
-                state,
-                message,
-            }
-        })
-        .collect())
-}
-
-fn pods_state(pods: &[&&Value], has_deployment: bool) -> (JobState, Option<String>) {
-    if !has_deployment {
-        return (
-            JobState::Missing,
-            Some("the block's Deployment does not exist".into()),
-        );
-    }
-    let phases: Vec<&str> = pods
-        .iter()
-        .map(|p| {
-            p.pointer("/status/phase")
-                .and_then(Value::as_str)
-                .unwrap_or("Unknown")
-        })
-        .collect();
-    for pod in pods {
-        let statuses = pod
-            .pointer("/status/containerStatuses")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        for c in statuses {
-            if let Some(waiting) = c.pointer("/state/waiting") {
-                let reason = waiting.get("reason").and_then(Value::as_str).unwrap_or("");
-                if FATAL_WAITING.contains(&reason) {
-                    let msg = waiting.get("message").and_then(Value::as_str).unwrap_or("");
-                    let name = pod
-                        .pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("?");
-                    return (
-                        JobState::Failed,
-                        Some(format!("pod {name}: {reason}: {msg}")),
-                    );
-                }
-            }
-        }
-    }
-    if phases.contains(&"Running") {
-        (JobState::Running, None)
-    } else if phases.is_empty() || phases.iter().all(|p| *p == "Pending") {
-        let why = pods
-            .iter()
-            .find_map(|p| {
-                p.pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .and_then(|cs| {
-                        cs.iter()
-                            .find_map(|c| c.get("message").and_then(Value::as_str))
-                    })
-            })
-            .map(str::to_owned);
-        (JobState::Pending, why)
-    } else if phases.iter().all(|p| *p == "Succeeded") {
-        (JobState::Completed, None)
-    } else if phases.contains(&"Failed") {
-        (JobState::Failed, Some("a worker pod failed".into()))
-    } else {
-        (
-            JobState::Unknown,
-            Some(format!("pod phases: {}", phases.join(", "))),
-        )
-    }
+    let file = quote(&job.run_file(SECRET_FILE));
+    let name = quote(manifest::secret_name(job));
+    // `create` rather than `apply`: apply would keep a copy of the Secret,
+    // credentials included, in an annotation.
+    format!(
+        "{} >/dev/null && {}; s=$?; rm -f {file}; [ \"$s\" -eq 0 ] && {apply}",
+        kubectl(o, &format!("delete secret {name} --ignore-not-found")),
+        kubectl(o, &format!("create -f {file}")),
+    )
 }
 
 impl Provider for KubernetesProvider {
@@ -285,20 +168,32 @@ impl Provider for KubernetesProvider {
     }
 
     fn prepare(&self, job: &JobSpec) -> Result<Submission, ProviderError> {
-        let manifest = manifest(job, &self.options);
+        let manifest = manifest::deployment(job, &self.options);
         let text = serde_json::to_string_pretty(&manifest).map_err(|e| ProviderError::Submit {
             name: job.name.clone(),
             reason: e.to_string(),
         })?;
+        let with_secret = manifest::secret(job, &self.options).is_some();
         Ok(Submission::file(
             "block.json",
             text,
-            &self.kubectl("apply -f {script}"),
+            &submit_command(job, &self.options, with_secret),
         ))
     }
 
     fn submit(&mut self, job: &JobSpec) -> Result<JobId, ProviderError> {
         let s = self.prepare(job)?;
+        if let Some(secret) = manifest::secret(job, &self.options) {
+            let bad = |reason: String| ProviderError::Submit {
+                name: job.name.clone(),
+                reason,
+            };
+            let text = serde_json::to_vec(&secret).map_err(|e| bad(e.to_string()))?;
+            self.sched
+                .channel
+                .write_file(&job.run_file(SECRET_FILE), &text, 0o600)
+                .map_err(|e| bad(e.to_string()))?;
+        }
         self.sched.submit(job, &s.file, &s.contents, &s.command)?;
         let id = JobId(job.name.clone());
         self.sched.jobs.insert(id.clone(), job.clone());
@@ -316,17 +211,21 @@ impl Provider for KubernetesProvider {
             flotilla_launchers::shell::quote(&selector)
         ));
         let out = self.sched.run(&command)?;
-        parse_get(ids, &out).map_err(|reason| ProviderError::Command {
-            provider: "kubernetes",
-            reason,
-        })
+        self.pods
+            .statuses(ids, &out)
+            .map_err(|reason| ProviderError::Command {
+                provider: "kubernetes",
+                reason,
+            })
     }
 
+    /// Deletes each block's Deployment (its pods go with it) and Secret,
+    /// and nothing else.
     fn cancel(&mut self, ids: &[JobId]) -> Result<(), ProviderError> {
         for id in ids {
+            let name = flotilla_launchers::shell::quote(&id.0);
             let command = self.kubectl(&format!(
-                "delete deployment {} --ignore-not-found --wait=false",
-                flotilla_launchers::shell::quote(&id.0)
+                "delete deployment/{name} secret/{name} --ignore-not-found --wait=false"
             ));
             let out = self.sched.run(&command)?;
             if !out.success() {
@@ -335,6 +234,7 @@ impl Provider for KubernetesProvider {
                     reason: out.complaint(),
                 });
             }
+            self.pods.forget(id);
         }
         Ok(())
     }
@@ -344,6 +244,7 @@ impl Provider for KubernetesProvider {
 mod tests {
     use super::*;
     use flotilla_protocol::launch::SECRET_ENV;
+    use serde_json::json;
 
     fn options() -> KubernetesOptions {
         KubernetesOptions {
@@ -358,6 +259,20 @@ mod tests {
             memory_limit: Some("8Gi".into()),
             gpus: 1,
             node_selector: [("nvidia.com/gpu.present".to_owned(), "true".to_owned())].into(),
+            tolerations: vec![
+                [
+                    ("key".to_owned(), "nvidia.com/gpu".to_owned()),
+                    ("operator".to_owned(), "Exists".to_owned()),
+                    ("effect".to_owned(), "NoSchedule".to_owned()),
+                ]
+                .into(),
+            ],
+            objects_volume: Some(ObjectsVolume {
+                claim: "flotilla-objects".into(),
+                mount_path: "/objects".into(),
+            }),
+            kubeconfig: Some("/etc/flotilla/kube config".into()),
+            context: None,
         }
     }
 
@@ -366,7 +281,11 @@ mod tests {
             name: "flotilla-ab12cd-block-2".into(),
             worker_init: String::new(),
             command: "exec flotilla-worker --block-id 2".into(),
-            env: [(SECRET_ENV.to_owned(), "00ff".to_owned())].into(),
+            env: [
+                (SECRET_ENV.to_owned(), "00ff".to_owned()),
+                ("FLOTILLA_LOG".to_owned(), "info".to_owned()),
+            ]
+            .into(),
             run_dir: "/tmp/fl/blocks/2".into(),
         }
     }
@@ -396,8 +315,25 @@ mod tests {
             json!({"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "1"})
         );
         assert_eq!(
+            c["env"][1],
+            json!({"name": "FLOTILLA_SECRET", "valueFrom": {"secretKeyRef": {"name": "flotilla-ab12cd-block-2", "key": "FLOTILLA_SECRET"}}})
+        );
+        assert_eq!(
             c["env"][0],
-            json!({"name": "FLOTILLA_SECRET", "value": "00ff"})
+            json!({"name": "FLOTILLA_LOG", "value": "info"})
+        );
+        assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+        assert_eq!(
+            pod["volumes"][0]["persistentVolumeClaim"],
+            json!({"claimName": "flotilla-objects", "readOnly": true})
+        );
+        assert_eq!(
+            c["volumeMounts"][0],
+            json!({"name": "flotilla-objects", "mountPath": "/objects", "readOnly": true})
+        );
+        assert!(
+            !m.to_string().contains("00ff"),
+            "the secret is nowhere in the Deployment"
         );
         let command = c["command"][2].as_str().unwrap();
         assert!(command.contains("exec flotilla-worker --block-id 2"));
@@ -407,65 +343,26 @@ mod tests {
         );
     }
 
-    fn out(stdout: &str) -> CommandOutput {
-        CommandOutput {
-            status: 0,
-            stdout: stdout.into(),
-            stderr: String::new(),
-        }
-    }
-
-    /// `kubectl get deployments,pods -o json` in the shape kubectl prints.
-    const GET: &str = r#"{
-  "apiVersion": "v1",
-  "kind": "List",
-  "items": [
-    {"kind": "Deployment", "metadata": {"name": "b-run", "labels": {"flotilla/block": "b-run"}}},
-    {"kind": "Pod", "metadata": {"name": "b-run-5d9c-x", "labels": {"flotilla/block": "b-run"}},
-     "status": {"phase": "Running", "containerStatuses": [{"name": "worker", "ready": true, "state": {"running": {"startedAt": "2026-11-26T10:00:00Z"}}}]}},
-    {"kind": "Deployment", "metadata": {"name": "b-wait", "labels": {"flotilla/block": "b-wait"}}},
-    {"kind": "Pod", "metadata": {"name": "b-wait-7f-y", "labels": {"flotilla/block": "b-wait"}},
-     "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]}},
-    {"kind": "Deployment", "metadata": {"name": "b-bad", "labels": {"flotilla/block": "b-bad"}}},
-    {"kind": "Pod", "metadata": {"name": "b-bad-1a-z", "labels": {"flotilla/block": "b-bad"}},
-     "status": {"phase": "Pending", "containerStatuses": [{"name": "worker", "ready": false, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"registry.example.org/flotilla/worker:0.9\""}}}]}}
-  ]
-}"#;
-
     #[test]
-    fn recorded_kubectl_output_maps_to_states() {
-        let ids: Vec<JobId> = ["b-run", "b-wait", "b-bad", "b-gone"]
-            .iter()
-            .map(|i| JobId((*i).into()))
-            .collect();
-        let s = parse_get(&ids, &out(GET)).unwrap();
-        use JobState::*;
+    fn the_secret_is_a_secret_object_created_from_a_file_that_is_removed() {
+        let j = job();
+        let o = options();
+        let sec = secret(&j, &o).unwrap();
+        assert_eq!(sec["kind"], "Secret");
+        assert_eq!(sec["metadata"]["name"], "flotilla-ab12cd-block-2");
+        assert_eq!(sec["stringData"], json!({"FLOTILLA_SECRET": "00ff"}));
+        let command = submit_command(&j, &o, true);
         assert_eq!(
-            s.iter().map(|x| x.state).collect::<Vec<_>>(),
-            [Running, Pending, Failed, Missing]
+            command,
+            "kubectl --kubeconfig '/etc/flotilla/kube config' --namespace science delete secret flotilla-ab12cd-block-2 --ignore-not-found >/dev/null \
+             && kubectl --kubeconfig '/etc/flotilla/kube config' --namespace science create -f /tmp/fl/blocks/2/secret.json; \
+             s=$?; rm -f /tmp/fl/blocks/2/secret.json; [ \"$s\" -eq 0 ] \
+             && kubectl --kubeconfig '/etc/flotilla/kube config' --namespace science apply -f {script}"
         );
-        assert!(
-            s[1].message
-                .as_deref()
-                .unwrap()
-                .contains("Insufficient nvidia.com/gpu")
-        );
-        assert!(
-            s[2].message
-                .as_deref()
-                .unwrap()
-                .contains("ImagePullBackOff")
-        );
-    }
-
-    #[test]
-    fn kubectl_errors_are_errors_of_the_poll() {
-        let failed = CommandOutput {
-            status: 1,
-            stdout: String::new(),
-            stderr: "error: You must be logged in to the server (Unauthorized)\n".into(),
+        let no_credentials = JobSpec {
+            env: BTreeMap::new(),
+            ..j
         };
-        let e = parse_get(&[JobId("b".into())], &failed).unwrap_err();
-        assert!(e.contains("Unauthorized"), "{e}");
+        assert!(secret(&no_credentials, &o).is_none());
     }
 }
