@@ -15,9 +15,12 @@
 //! count a worker that exits (cleanly on the daemon's request or not)
 //! towards completion or its backoff limit, and has no way to say "run
 //! until deleted". The block's pods are what the daemon watches
-//! ([`state`]): a pod lost after running its workers fails the block, so
+//! ([`state`]): a pod lost after running its workers ends the block, so
 //! the daemon requeues their tasks at once rather than waiting for the
-//! workers' heartbeats.
+//! workers' heartbeats. A block that ended while its Deployment remains
+//! (a pod evicted, failed or deleted) has the Deployment and Secret
+//! deleted by the poll that saw it end: the ReplicaSet would otherwise
+//! start workers for a block the daemon has finished with.
 //!
 //! Flotilla drives the cluster with `kubectl` on a channel rather than
 //! through the API with a client library: `kubectl` reads the user's own
@@ -36,7 +39,7 @@ use std::time::Duration;
 
 use crate::channel::Channel;
 use crate::scheduler::Scheduler;
-use crate::{JobId, JobSpec, JobStatus, Provider, ProviderError, Submission};
+use crate::{JobId, JobSpec, JobState, JobStatus, Provider, ProviderError, Submission};
 
 pub use manifest::{deployment as manifest, secret};
 
@@ -211,12 +214,22 @@ impl Provider for KubernetesProvider {
             flotilla_launchers::shell::quote(&selector)
         ));
         let out = self.sched.run(&command)?;
-        self.pods
+        let statuses = self
+            .pods
             .statuses(ids, &out)
             .map_err(|reason| ProviderError::Command {
                 provider: "kubernetes",
                 reason,
-            })
+            })?;
+        let ended: Vec<JobId> = statuses
+            .iter()
+            .filter(|s| s.state.is_terminal() && s.state != JobState::Missing)
+            .map(|s| s.id.clone())
+            .collect();
+        if let Err(e) = self.cancel(&ended) {
+            tracing::warn!(error = %e, "could not delete the Deployment of an ended block");
+        }
+        Ok(statuses)
     }
 
     /// Deletes each block's Deployment (its pods go with it) and Secret,

@@ -2,9 +2,11 @@
 //!
 //! One `kubectl get deployments,pods -o json` call covers every block. A
 //! block with no Deployment is missing. A block whose pod ran workers and
-//! then failed (evicted, its node lost), is being deleted, or is gone has
-//! lost those workers, so the block fails: the daemon's loss handling
-//! requeues their tasks, whatever the ReplicaSet does next. A container
+//! then was evicted, is being deleted or is gone has lost those workers by
+//! the cluster's doing: the block ends as cancelled (from outside), and the
+//! daemon's loss handling requeues their tasks at once, whatever the
+//! ReplicaSet does next. A pod that failed otherwise fails the block. A
+//! container
 //! that cannot start (image pull errors, crash loops, bad configuration)
 //! fails the block with the container's reason. Otherwise a running pod is
 //! a running block, and pods that all wait are a pending one.
@@ -112,20 +114,26 @@ fn phase(pod: &Value) -> &str {
     text(pod, "/status/phase").unwrap_or("Unknown")
 }
 
-/// Why `pod` ended its workers, if it did.
-fn lost(pod: &Value) -> Option<String> {
+/// How and why `pod` ended its workers, if it did.
+fn lost(pod: &Value) -> Option<(JobState, String)> {
     let name = pod_name(pod);
     if phase(pod) == "Failed" {
         let reason = text(pod, "/status/reason");
         let message = text(pod, "/status/message").unwrap_or("");
         return Some(match reason {
-            Some("Evicted") => format!("pod {name} was evicted: {message}"),
-            Some(r) => format!("pod {name} failed: {r}: {message}"),
-            None => format!("pod {name} failed"),
+            Some("Evicted") => (
+                JobState::Cancelled,
+                format!("pod {name} was evicted: {message}"),
+            ),
+            Some(r) => (
+                JobState::Failed,
+                format!("pod {name} failed: {r}: {message}"),
+            ),
+            None => (JobState::Failed, format!("pod {name} failed")),
         });
     }
     if pod.pointer("/metadata/deletionTimestamp").is_some() {
-        return Some(format!("pod {name} is being deleted"));
+        return Some((JobState::Cancelled, format!("pod {name} is being deleted")));
     }
     None
 }
@@ -158,12 +166,12 @@ fn block_state(
             Some("the block's Deployment does not exist".into()),
         );
     }
-    if let Some(why) = pods.iter().find_map(|p| lost(p)) {
-        return (JobState::Failed, Some(why));
+    if let Some((state, why)) = pods.iter().find_map(|p| lost(p)) {
+        return (state, Some(why));
     }
     let present: BTreeSet<&str> = pods.iter().map(|p| pod_name(p)).collect();
     if let Some(gone) = seen.iter().find(|n| !present.contains(n.as_str())) {
-        return (JobState::Failed, Some(format!("pod {gone} was deleted")));
+        return (JobState::Cancelled, Some(format!("pod {gone} was deleted")));
     }
     if let Some(why) = pods.iter().find_map(|p| cannot_start(p)) {
         return (JobState::Failed, Some(why));
@@ -244,7 +252,7 @@ mod tests {
         use JobState::*;
         assert_eq!(
             s.iter().map(|x| x.state).collect::<Vec<_>>(),
-            [Running, Pending, Failed, Failed, Missing]
+            [Running, Pending, Failed, Cancelled, Missing]
         );
         let message = |i: usize| s[i].message.clone().unwrap();
         assert!(message(1).contains("Insufficient nvidia.com/gpu"));
@@ -256,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn a_running_pod_that_disappears_fails_its_block_even_if_replaced() {
+    fn a_running_pod_that_disappears_ends_its_block_even_if_replaced() {
         let mut memory = PodMemory::default();
         let id = ids(&["b"]);
         let list = |pod: &str, phase: &str| {
@@ -282,7 +290,7 @@ mod tests {
             JobState::Running
         );
         let s = state(&mut memory, list("b-3", "Pending"));
-        assert_eq!(s[0].state, JobState::Failed);
+        assert_eq!(s[0].state, JobState::Cancelled);
         assert_eq!(s[0].message.as_deref(), Some("pod b-2 was deleted"));
         memory.forget(&id[0]);
         assert_eq!(
@@ -292,14 +300,14 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_being_deleted_fails_its_block() {
+    fn a_pod_being_deleted_ends_its_block() {
         let mut memory = PodMemory::default();
         let text = r#"{"items": [
             {"kind": "Deployment", "metadata": {"name": "b", "labels": {"flotilla/block": "b"}}},
             {"kind": "Pod", "metadata": {"name": "b-1", "deletionTimestamp": "2026-11-26T10:00:00Z", "labels": {"flotilla/block": "b"}}, "status": {"phase": "Running"}}
         ]}"#;
         let s = memory.statuses(&ids(&["b"]), &out(text)).unwrap();
-        assert_eq!(s[0].state, JobState::Failed);
+        assert_eq!(s[0].state, JobState::Cancelled);
         assert_eq!(s[0].message.as_deref(), Some("pod b-1 is being deleted"));
     }
 
