@@ -137,6 +137,9 @@ kubectl patch node "$node" --subresource=status --type=merge -p "$(cat <<STATUS
                   "lastTransitionTime": "$now"}]}}
 STATUS
 )" >/dev/null
+# The TaintNodesByCondition admission plugin tainted the node not-ready when
+# it was created; the node lifecycle controller that would lift it is off.
+kubectl taint node "$node" node.kubernetes.io/not-ready- >/dev/null 2>&1 || true
 
 # The controller-manager is ready when it has made the default namespace's
 # service account (and its token); the scheduler when it places a pod.
