@@ -147,7 +147,8 @@ fn kubectl(o: &KubernetesOptions, args: &str) -> String {
 
 /// The submit command: the Secret (when the job has credentials) created
 /// from its private file, which is removed whatever happens, then the
-/// Deployment applied from `{script}`.
+/// Deployment applied from `{script}`; a Deployment the server refuses
+/// takes its Secret with it, and the command fails with kubectl's status.
 fn submit_command(job: &JobSpec, o: &KubernetesOptions, with_secret: bool) -> String {
     use flotilla_launchers::shell::quote;
     let apply = kubectl(o, "apply -f {script}");
@@ -155,13 +156,19 @@ fn submit_command(job: &JobSpec, o: &KubernetesOptions, with_secret: bool) -> St
         return apply;
     }
     let file = quote(&job.run_file(SECRET_FILE));
-    let name = quote(manifest::secret_name(job));
+    let delete = kubectl(
+        o,
+        &format!(
+            "delete secret {} --ignore-not-found >/dev/null",
+            quote(manifest::secret_name(job))
+        ),
+    );
     // `create` rather than `apply`: apply would keep a copy of the Secret,
     // credentials included, in an annotation.
+    let create = kubectl(o, &format!("create -f {file}"));
     format!(
-        "{} >/dev/null && {}; s=$?; rm -f {file}; [ \"$s\" -eq 0 ] && {apply}",
-        kubectl(o, &format!("delete secret {name} --ignore-not-found")),
-        kubectl(o, &format!("create -f {file}")),
+        "{delete} && {create}; s=$?; rm -f {file}; [ \"$s\" -eq 0 ] || exit \"$s\"; \
+         {apply} && exit 0; s=$?; {delete}; exit \"$s\""
     )
 }
 
@@ -365,12 +372,16 @@ mod tests {
         assert_eq!(sec["metadata"]["name"], "flotilla-ab12cd-block-2");
         assert_eq!(sec["stringData"], json!({"FLOTILLA_SECRET": "00ff"}));
         let command = submit_command(&j, &o, true);
+        let k = "kubectl --kubeconfig '/etc/flotilla/kube config' --namespace science";
+        let delete =
+            format!("{k} delete secret flotilla-ab12cd-block-2 --ignore-not-found >/dev/null");
         assert_eq!(
             command,
-            "kubectl --kubeconfig '/etc/flotilla/kube config' --namespace science delete secret flotilla-ab12cd-block-2 --ignore-not-found >/dev/null \
-             && kubectl --kubeconfig '/etc/flotilla/kube config' --namespace science create -f /tmp/fl/blocks/2/secret.json; \
-             s=$?; rm -f /tmp/fl/blocks/2/secret.json; [ \"$s\" -eq 0 ] \
-             && kubectl --kubeconfig '/etc/flotilla/kube config' --namespace science apply -f {script}"
+            format!(
+                "{delete} && {k} create -f /tmp/fl/blocks/2/secret.json; s=$?; \
+                 rm -f /tmp/fl/blocks/2/secret.json; [ \"$s\" -eq 0 ] || exit \"$s\"; \
+                 {k} apply -f {{script}} && exit 0; s=$?; {delete}; exit \"$s\""
+            )
         );
         let no_credentials = JobSpec {
             env: BTreeMap::new(),
