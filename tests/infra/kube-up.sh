@@ -95,7 +95,7 @@ start etcd etcd --name flotilla-test --data-dir "$root/etcd" \
     --listen-peer-urls "http://127.0.0.1:$((etcd_port + 10))" \
     --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 10))" \
     --initial-cluster "flotilla-test=http://127.0.0.1:$((etcd_port + 10))"
-wait_for "etcd health" 60 env ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$etcd_port" endpoint health
+wait_for "etcd health" 60 sh -c "curl -sf http://127.0.0.1:$etcd_port/health | grep -q '\"health\":\"true\"'"
 
 start kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
