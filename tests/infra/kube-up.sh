@@ -122,7 +122,9 @@ start kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig "$kubeconfig" \
     --leader-elect=false --port 0 --secure-port 0
 
-# The fake node: created, then Ready with capacity through /status.
+# The fake node: created, then Ready with capacity through /status. Its
+# capacity is ample: with no kubelet to confirm their end, pods deleted
+# gracefully stay (Terminating) and keep their requests for the run.
 kubectl create -f - >/dev/null <<NODE
 {"apiVersion": "v1", "kind": "Node",
  "metadata": {"name": "$node", "labels": {"kubernetes.io/hostname": "$node", "flotilla-test/pool": "workers"}}}
@@ -130,8 +132,8 @@ NODE
 now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 kubectl patch node "$node" --subresource=status --type=merge -p "$(cat <<STATUS
 {"status": {
-  "capacity": {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "4"},
-  "allocatable": {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "4"},
+  "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "10000", "nvidia.com/gpu": "1000"},
+  "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "10000", "nvidia.com/gpu": "1000"},
   "conditions": [{"type": "Ready", "status": "True", "reason": "FlotillaTestNode",
                   "message": "a node object with no kubelet", "lastHeartbeatTime": "$now",
                   "lastTransitionTime": "$now"}]}}
@@ -152,7 +154,7 @@ kubectl create -n default -f - >/dev/null <<POD
 POD
 wait_for "the scheduler placing a pod" 120 \
     sh -c "kubectl get pod flotilla-probe -n default -o jsonpath='{.spec.nodeName}' | grep -q ."
-kubectl delete pod flotilla-probe -n default --wait=false >/dev/null
+kubectl delete pod flotilla-probe -n default --grace-period=0 --force >/dev/null 2>&1
 
 echo "export FLOTILLA_TEST_KUBECONFIG=$kubeconfig"
 echo "export FLOTILLA_TEST_KUBE_NODE=$node"

@@ -209,14 +209,21 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        // No kubelet confirms a pod's end: force its deletion so the
-        // namespace can go.
-        let _ = self.kubectl(&["delete", "pods", "--all", "--grace-period=0", "--force"]);
         let _ = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&self.admin)
             .args(["delete", "namespace", &self.name, "--wait=false"])
             .output();
+        // No kubelet confirms a pod's end: force the deletion of the pods
+        // the namespace's deletion (or the garbage collector) started, so
+        // the namespace can go. A few rounds at most.
+        for _ in 0..5 {
+            let _ = self.kubectl(&["delete", "pods", "--all", "--grace-period=0", "--force"]);
+            let left = self.kubectl(&["get", "pods", "-o", "name"]);
+            if left.status.success() && left.stdout.is_empty() {
+                break;
+            }
+        }
     }
 }
 

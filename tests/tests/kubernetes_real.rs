@@ -275,6 +275,8 @@ fn evicted_or_deleted_pods_end_their_block_and_requeue_its_tasks() {
     wait_until(LONG, "the task to be requeued", || {
         (requeued() == 1).then_some(())
     });
+    // The kubelet's part: an evicted pod's processes are killed.
+    kubelet.stop(&first[0]);
     let history = f.block_history(0).join("\n");
     assert!(
         history.contains("was evicted: The node was low on resource: memory."),
@@ -284,19 +286,24 @@ fn evicted_or_deleted_pods_end_their_block_and_requeue_its_tasks() {
         let gone = |names: Vec<String>| !names.iter().any(|n| n.ends_with("-block-0"));
         (gone(deployments(&ns)) && gone(block_secrets(&ns))).then_some(())
     });
-    kubelet.stop(&first[0]);
 
     // Block 1 takes the task.
     let second = start_pods(&mut kubelet);
     wait_until(LONG, "the task to run on block 1", || runs_on(&f, 1));
 
-    // Deleted: the pod is terminating (no kubelet confirms its end).
+    // Deleted: the pod is terminating (no kubelet confirms its end); its
+    // worker, still connected, is lost with the block.
+    let before = requeued();
     ns.admin_ok(&["delete", "pod", &second[0], "--wait=false"]);
-    wait_until(LONG, "the task to be requeued again", || {
-        (requeued() == 2).then_some(())
+    let history = wait_until(LONG, "block 1 to end", || {
+        let h = f.block_history(1).join("\n");
+        h.contains("being deleted").then_some(h)
     });
-    let history = f.block_history(1).join("\n");
-    assert!(history.contains("being deleted"), "{history}");
+    wait_until(LONG, "the task to be requeued again", || {
+        (requeued() > before).then_some(())
+    });
+    let lost = f.log();
+    assert!(lost.contains("its block 1 ended"), "{history}\n{lost}");
     kubelet.stop(&second[0]);
     let view = client.task_status(&[task]).unwrap();
     assert_ne!(view[0].state, TaskState::Completed);
@@ -328,16 +335,25 @@ fn scale_in_deletes_the_idle_blocks_objects_and_nothing_else() {
     let f = Flotilla::start(&kube_site(
         &ns,
         &[
-            ("provider", "init_blocks", "2"),
             ("provider", "max_blocks", "2"),
             ("provider", "max_idle_s", "1"),
             ("provider", "min_block_lifetime_s", "0"),
         ],
     ));
     let mut kubelet = Kubelet::new(&ns);
+    // Work for two blocks of one 2-slot worker each, long enough that the
+    // second block starts before the first could finish it alone.
+    let tasks = f.client().submit(sleep_tasks(6, 10.0)).unwrap();
     wait_until(LONG, "both blocks' pods to start", || {
         kubelet.start_scheduled();
         (kubelet.running().len() == 2).then_some(())
+    });
+    wait_until(LONG, "the work to be done", || {
+        let views = f.client().task_status(&tasks).ok()?;
+        views
+            .iter()
+            .all(|v| v.state == TaskState::Completed)
+            .then_some(())
     });
     // One block is cancelled for idleness; min_blocks keeps the other.
     let left = wait_until(LONG, "one block's Deployment to be deleted", || {
