@@ -362,7 +362,7 @@ fn scale_in_deletes_the_idle_blocks_objects_and_nothing_else() {
     });
     assert!(left.contains(&"bystander".to_owned()), "{left:?}");
     let kept = left.iter().find(|n| *n != "bystander").unwrap().clone();
-    assert_eq!(block_secrets(&ns), [kept.clone()]);
+    assert_eq!(block_secrets(&ns), std::slice::from_ref(&kept));
     let secrets = names(&ns.items(&["get", "secrets"]));
     assert!(secrets.contains(&"bystander".to_owned()), "{secrets:?}");
     let status = f.client().status().unwrap();
