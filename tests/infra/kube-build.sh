@@ -57,7 +57,8 @@ fi
 # cut short (a full disk, an interrupted run) resumes with Go's cache
 # rather than starting again.
 work=$cache/$version/src
-tree=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' 2>/dev/null | head -n 1)
+tree=""
+[ -d "$work" ] && tree=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -n 1)
 if [ -z "$tree" ] || [ ! -f "$work/.prepared" ]; then
     rm -rf "$work"
     mkdir -p "$work"
