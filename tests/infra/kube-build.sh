@@ -84,7 +84,8 @@ else
     log "resuming the build in $tree"
 fi
 
-# About 4 GB of disk while building (sources, Go's cache), 0.3 GB after.
+# Several GB of disk while building (the sources and Go's cache, removed
+# once the binaries are cached; 0.25 GB after).
 log "building ${bins[*]} (several minutes)"
 start=$SECONDS
 what=""
