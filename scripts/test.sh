@@ -3,7 +3,9 @@
 # installs what the tests need (cmake for nng's C library; Slurm, munge and
 # OpenSSH for the provider tests; Podman with runc, Charliecloud and a static
 # busybox for the container tests; a Python environment in .venv for Python
-# servables), starts a real 2-node Slurm and an sshd on 127.0.0.1
+# servables), starts a real 2-node Slurm, an sshd and a Kubernetes control
+# plane (API server, controller-manager and scheduler built once from
+# Debian's source package and cached, on etcd) on 127.0.0.1
 # (tests/infra), builds every binary, runs every test (unit tests and
 # end-to-end tests with real processes on loopback), stops the cluster.
 set -euo pipefail
@@ -53,9 +55,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 # Charliecloud's ch-run insists on $USER, which a root shell may lack.
 export USER="${USER:-$(id -un)}"
-trap 'tests/infra/sshd-down.sh; tests/infra/slurm-down.sh' EXIT
+trap 'tests/infra/kube-down.sh; tests/infra/sshd-down.sh; tests/infra/slurm-down.sh' EXIT
 eval "$(tests/infra/slurm-up.sh 2)"
 eval "$(tests/infra/sshd-up.sh)"
+# The Kubernetes provider tests' control plane: built from source the
+# first time on a machine (several minutes; cached under
+# FLOTILLA_KUBE_CACHE, default /var/cache/flotilla-kube), then started.
+tests/infra/kube-build.sh >/dev/null
+eval "$(tests/infra/kube-up.sh)"
 
 # End-to-end tests run the flotilla and flotilla-worker executables; build
 # them explicitly so a partial run (`cargo test -p flotilla-tests`) never

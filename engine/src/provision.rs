@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use flotilla_providers::{
     Channel, CobaltProvider, KubernetesOptions, KubernetesProvider, LocalChannel, LocalProvider,
-    PbsProvider, Provider, SchedulerOptions, SlurmProvider, SshChannel, SshConfig,
+    ObjectsVolume, PbsProvider, Provider, SchedulerOptions, SlurmProvider, SshChannel, SshConfig,
 };
 
 use crate::config::{ChannelKind, Config, ProviderKind};
@@ -63,6 +63,8 @@ pub fn provider(config: &Config) -> Box<dyn Provider> {
                 channel(config),
                 KubernetesOptions {
                     namespace: k.namespace.clone(),
+                    kubeconfig: k.kubeconfig.clone(),
+                    context: k.context.clone(),
                     image: k.image.clone(),
                     image_pull_policy: k.image_pull_policy.clone(),
                     service_account: k.service_account.clone(),
@@ -73,6 +75,15 @@ pub fn provider(config: &Config) -> Box<dyn Provider> {
                     memory_limit: k.memory_limit.clone(),
                     gpus: k.gpus,
                     node_selector: k.node_selector.clone(),
+                    tolerations: k.tolerations.clone(),
+                    objects_volume: k
+                        .objects_claim
+                        .as_ref()
+                        .zip(config.worker.objects_dir.as_ref())
+                        .map(|(claim, dir)| ObjectsVolume {
+                            claim: claim.clone(),
+                            mount_path: dir.clone(),
+                        }),
                 },
                 timeout,
             ))

@@ -21,7 +21,7 @@
 //! | [`SlurmProvider`] | a job | `sbatch`, `squeue`, `scancel` | a real Slurm (tests/infra) and recorded output |
 //! | [`PbsProvider`] | a job | `qsub`, `qstat -F json`, `qdel` | recorded output in PBS Pro's documented format |
 //! | [`CobaltProvider`] | a job | `qsub`, `qstat`, `qdel` | recorded output in Cobalt's documented formats |
-//! | [`KubernetesProvider`] | a Deployment of pods | `kubectl apply/get/delete` | generated manifests and recorded output |
+//! | [`KubernetesProvider`] | a Deployment of pods | `kubectl apply/get/delete` | generated manifests, recorded output, a real API server |
 //!
 //! Modules: one per provider ([`local`], [`slurm`], [`pbs`], [`cobalt`],
 //! [`kubernetes`]); [`channel`] and [`ssh`], where every provider but the
@@ -49,7 +49,7 @@ pub use cobalt::CobaltProvider;
 pub use job::{
     JobId, JobSpec, JobState, JobStatus, SchedulerOptions, Submission, walltime_seconds,
 };
-pub use kubernetes::{KubernetesOptions, KubernetesProvider};
+pub use kubernetes::{KubernetesOptions, KubernetesProvider, ObjectsVolume};
 pub use local::LocalProvider;
 pub use pbs::PbsProvider;
 pub use site_values::BadValue;
