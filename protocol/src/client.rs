@@ -69,7 +69,8 @@ pub enum ClientCall {
     },
     /// State of the daemon: blocks, workers, queues.
     DaemonStatus,
-    /// State of tasks, without outputs.
+    /// State of tasks, without outputs (a failed or cancelled task
+    /// carries its reason).
     TaskStatus {
         /// Tasks to report on.
         ids: Vec<TaskId>,

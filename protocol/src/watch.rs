@@ -30,7 +30,8 @@ pub struct TaskQuery {
 /// The answer to a [`TaskQuery`].
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
 pub struct TaskList {
-    /// The tasks, newest (highest id) first, without outputs.
+    /// The tasks, newest (highest id) first, without outputs (a failed or
+    /// cancelled task carries its reason).
     pub tasks: Vec<TaskView>,
     /// True when more tasks matched than `limit`: ask again with `before`
     /// set to the last id listed.
@@ -45,7 +46,9 @@ pub struct TaskList {
 /// with their outcomes, and how the others stand.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
 pub struct Settled {
-    /// Settled tasks, in the order they were asked about.
+    /// Settled tasks, in the order they were asked about: at most 10,000,
+    /// and about half a frame of outputs, per reply (the next call
+    /// answers at once with the rest).
     pub done: Vec<TaskView>,
     /// Of the others, how many wait for a worker.
     pub queued: u64,

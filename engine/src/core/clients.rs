@@ -86,7 +86,7 @@ impl Core {
             ClientCall::TaskStatus { ids } => ClientReply::TaskStatus {
                 tasks: ids
                     .iter()
-                    .map(|id| self.tasks.view(*id, false, scope))
+                    .map(|id| self.tasks.view_with_reason(*id, scope))
                     .collect(),
             },
             ClientCall::DaemonStatus => {

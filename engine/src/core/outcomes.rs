@@ -16,6 +16,10 @@ use super::records::StoreOp;
 use super::tasks::{Ending, Task};
 use super::{Action, Core, Inflight, ReplyTo, Wait};
 
+/// The most settled tasks one [`flotilla_protocol::client::ClientCall::Settled`]
+/// reply carries.
+const MAX_SETTLED_PER_REPLY: usize = 10_000;
+
 impl Core {
     /// Records the first final state of a task, queues its result record
     /// for the store, feeds the memo store, settles identical requests that
@@ -236,13 +240,24 @@ impl Core {
         now: u64,
     ) -> ClientReply {
         let mut settled = flotilla_protocol::watch::Settled::default();
+        // Outputs up to half a frame per reply; the rest are answered at
+        // once by the client's next call.
+        let room = self.cfg.max_frame_bytes / 2;
+        let mut bytes = 0usize;
         for id in ids {
             match self.tasks.get_in(id, scope) {
                 Some(t) if t.is_queued() => settled.queued += 1,
                 Some(t) if !t.is_final() => settled.running += 1,
+                _ if settled.done.len() >= MAX_SETTLED_PER_REPLY || bytes > room => {}
                 _ => {
                     self.tasks.mark_fetched(*id, scope, now);
-                    settled.done.push(self.tasks.view(*id, true, scope));
+                    let view = self.tasks.view(*id, true, scope);
+                    bytes += match &view.outcome {
+                        Some(Outcome::Output(o)) => o.len(),
+                        Some(Outcome::Error(e)) => e.len(),
+                        None => 0,
+                    } + 128;
+                    settled.done.push(view);
                 }
             }
         }

@@ -716,7 +716,7 @@ impl TaskTable {
                     more = true;
                     break;
                 }
-                tasks.push(self.view(id, false, scope));
+                tasks.push(self.view_with_reason(id, scope));
             }
         }
         flotilla_protocol::watch::TaskList {
@@ -724,6 +724,16 @@ impl TaskTable {
             more,
             counts,
         }
+    }
+
+    /// What a client whose scope is `scope` sees of `id` without its
+    /// output, but with a failure's reason.
+    pub(super) fn view_with_reason(&self, id: TaskId, scope: TaskScope) -> TaskView {
+        let mut view = self.view(id, true, scope);
+        if matches!(view.outcome, Some(Outcome::Output(_))) {
+            view.outcome = None;
+        }
+        view
     }
 
     /// Removes final tasks whose retention is over (`fetched_ret` after
