@@ -31,6 +31,10 @@ const ROUND: Duration = Duration::from_secs(2);
 /// counts are those of this many when more are pending).
 const CHUNK: usize = 100_000;
 
+/// An empty answer sooner than this was not held: the next call waits
+/// this long.
+const QUICK_EMPTY: Duration = Duration::from_millis(200);
+
 /// How long `events --tasks --follow` holds each call.
 const FOLLOW_POLL: Duration = Duration::from_secs(30);
 
@@ -173,9 +177,15 @@ pub(crate) fn wait(
             break;
         }
         let chunk = &pending[..pending.len().min(CHUNK)];
+        let asked = Instant::now();
         let mut settled = client
             .settled(chunk, Some(left.min(ROUND)))
             .map_err(Failure::from_client)?;
+        if settled.done.is_empty() && asked.elapsed() < QUICK_EMPTY {
+            // Answered at once with nothing (a daemon shutting down holds
+            // no waits): do not ask again in a tight loop.
+            std::thread::sleep(QUICK_EMPTY);
+        }
         // Completion order (the reply lists them in the order asked).
         settled.done.sort_by_key(|v| (v.timings.finished_us, v.id));
         progress.settled(&settled.done, settled.queued, settled.running);
