@@ -137,9 +137,12 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Wait for tasks to end: a progress bar on a terminal (done, failed,
-    /// running, queued, rate, ETA), then their results as `result` prints
-    /// them.
+    /// Wait for tasks to end, with a progress bar on a terminal.
+    ///
+    /// The bar (on stderr, only on a terminal) shows tasks done, failed,
+    /// running and queued, the rate and the time left; then the results
+    /// are printed as `result` prints them, or with --stream each as a JSON
+    /// line the moment it ends.
     Wait {
         /// Task ids, ranges (5-10) and lists (5-10,12); `-` reads them from stdin.
         #[arg(required_unless_present = "all")]
@@ -194,9 +197,10 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         command: MemoCmd,
     },
-    /// Block and worker events (submitted, running, lost, left, …), or with
-    /// --tasks those of your tasks (accepted, dispatched, retried,
-    /// finished, failed, cancelled).
+    /// Block and worker events, or with --tasks those of your tasks.
+    ///
+    /// Block and worker events: submitted, running, lost, left, … Task
+    /// events: accepted, dispatched, retried, finished, failed, cancelled.
     Events {
         /// Task events instead of block and worker events.
         #[arg(long)]
