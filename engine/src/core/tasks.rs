@@ -463,9 +463,16 @@ impl TaskTable {
         Some(task)
     }
 
-    /// Running `batch` → queued again, the attempt counted or forgiven.
-    /// Refused (false) unless the task runs in `batch`.
-    pub(super) fn requeue(&mut self, id: TaskId, batch: BatchId, attempt: Attempt) -> bool {
+    /// Running `batch` → queued again, the attempt counted or forgiven,
+    /// `why` told in the task's `retried` event. Refused (false) unless
+    /// the task runs in `batch`.
+    pub(super) fn requeue(
+        &mut self,
+        id: TaskId,
+        batch: BatchId,
+        attempt: Attempt,
+        why: &str,
+    ) -> bool {
         let Some(task) = self.tasks.get_mut(&id) else {
             return false;
         };
@@ -483,10 +490,9 @@ impl TaskTable {
             TaskState::Running,
             TaskState::Queued,
         );
-        let why = match (attempt, task.losses.last()) {
-            (Attempt::Forgiven, _) => "its worker left; the attempt is not counted".to_owned(),
-            (Attempt::Counts, Some(loss)) => loss.clone(),
-            (Attempt::Counts, None) => "its attempt ended without a result".to_owned(),
+        let why = match attempt {
+            Attempt::Forgiven => format!("{why} (the attempt is not counted)"),
+            Attempt::Counts => why.to_owned(),
         };
         self.notes.push(TaskNote::of(id, task, "retried", why));
         true
@@ -543,10 +549,10 @@ impl TaskTable {
             return None;
         }
         let before = task.state();
-        let message = match (&outcome, ending) {
-            (Outcome::Error(e), _) => e.clone(),
-            (Outcome::Output(_), _) if task.memo.is_some() => "answered by the memo store".into(),
-            (Outcome::Output(_), _) => String::new(),
+        let message = match &outcome {
+            Outcome::Error(e) => e.clone(),
+            Outcome::Output(_) if task.memo.is_some() => "answered by the memo store".into(),
+            Outcome::Output(_) => String::new(),
         };
         task.phase = Phase::Final { ending, outcome };
         task.timings.finished_us = now;
@@ -814,7 +820,7 @@ mod tests {
         // Final is final: nothing moves it again.
         assert!(t.finish(id, Ending::Failed, out, None, 0, 30).is_none());
         assert!(t.assign(id, BatchId(8), &worker(), 30).is_none());
-        assert!(!t.requeue(id, BatchId(7), Attempt::Counts));
+        assert!(!t.requeue(id, BatchId(7), Attempt::Counts, "lost"));
         assert!(t.advance(id, &Payload::new(), 30).is_none());
         assert_eq!(t.get(&id).unwrap().state(), TaskState::Completed);
         assert_eq!(t.totals().failed, 0);
@@ -825,7 +831,7 @@ mod tests {
         let id = TaskId(1);
         let mut t = table_with(id);
         assert!(
-            !t.requeue(id, BatchId(7), Attempt::Counts),
+            !t.requeue(id, BatchId(7), Attempt::Counts, "lost"),
             "queued: no batch"
         );
         assert!(t.assign(id, BatchId(7), &worker(), 10).is_some());
@@ -833,13 +839,16 @@ mod tests {
             t.assign(id, BatchId(8), &worker(), 11).is_none(),
             "already running"
         );
-        assert!(!t.requeue(id, BatchId(8), Attempt::Counts), "another batch");
-        assert!(t.requeue(id, BatchId(7), Attempt::Counts));
+        assert!(
+            !t.requeue(id, BatchId(8), Attempt::Counts, "lost"),
+            "another batch"
+        );
+        assert!(t.requeue(id, BatchId(7), Attempt::Counts, "lost"));
         let task = t.get(&id).unwrap();
         assert!(task.is_queued());
         assert_eq!(task.attempts(), 1, "a counted attempt stays");
         assert!(t.assign(id, BatchId(9), &worker(), 12).is_some());
-        assert!(t.requeue(id, BatchId(9), Attempt::Forgiven));
+        assert!(t.requeue(id, BatchId(9), Attempt::Forgiven, "lost"));
         assert_eq!(t.get(&id).unwrap().attempts(), 1, "a forgiven one does not");
         // The view still names the worker that ran it last.
         assert_eq!(

@@ -325,6 +325,8 @@ fn a_retried_task_shows_each_step_in_order_to_its_owner_only() {
         ]
     );
     assert_eq!(events[1].worker.as_deref(), Some("w1"));
+    assert!(events[2].message.contains("w1"), "{:?}", events[2]);
+    assert!(events[2].message.contains("was lost"), "{:?}", events[2]);
     assert_eq!(events[3].worker.as_deref(), Some("w2"));
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
     // Alice never sees the daemon user's task; the daemon's user sees both.
