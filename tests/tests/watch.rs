@@ -207,15 +207,11 @@ fn a_retried_task_shows_in_the_task_events() {
     let view = client.results(&[id], Some(LONG)).unwrap().remove(0);
     assert_eq!(view.state, TaskState::Completed);
     let out = ok(&f.cli(&["events", "--tasks", "--task", &id.to_string(), "--json"]));
-    let kinds: Vec<String> = out
+    let events: Vec<Value> = out
         .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["kind"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
         [
@@ -226,6 +222,13 @@ fn a_retried_task_shows_in_the_task_events() {
             "finished"
         ],
         "{out}"
+    );
+    let why = events[2]["message"].as_str().unwrap();
+    assert!(why.contains("was lost"), "{why}");
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64())
     );
     let other = ok(&f.cli(&["events", "--tasks", "--servable", "echo"]));
     assert!(other.is_empty(), "filtered out: {other}");
