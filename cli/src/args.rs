@@ -91,8 +91,8 @@ pub(crate) enum Cmd {
         /// Parameters as a JSON object.
         #[arg(long, conflicts_with = "batch")]
         params: Option<String>,
-        /// JSON-lines file, one {"servable", "input", "params"} per line,
-        /// submitted in one request.
+        /// JSON-lines file (`-`: stdin), one {"servable", "input", "params"}
+        /// per line, submitted in one request.
         #[arg(long)]
         batch: Option<PathBuf>,
         /// Print the ids as a JSON array.

@@ -110,6 +110,32 @@ fn a_progress_bar_shows_on_a_terminal_and_not_when_piped() {
 }
 
 #[test]
+fn a_batch_on_stdin_pipes_into_a_streamed_wait() {
+    let mut f = Flotilla::start(&test_config());
+    f.spawn_worker(&["--slots", "2"]);
+    let lines: String = (0..50)
+        .map(|i| format!("{{\"servable\": \"echo\", \"input\": {i}}}\n"))
+        .collect();
+    let ids = ok(&f.cli_with_stdin(&["submit", "--batch", "-"], Some(&lines)));
+    assert_eq!(ids.lines().count(), 50, "{ids}");
+    let streamed = ok(&f.cli_with_stdin(&["wait", "-", "--stream"], Some(&ids)));
+    let mut outputs: Vec<u64> = streamed
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["output"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    outputs.sort_unstable();
+    assert_eq!(outputs, (0..50).collect::<Vec<u64>>());
+    let empty = f.cli_with_stdin(&["submit", "--batch", "-"], Some("\n"));
+    assert_eq!(empty.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert!(stderr.contains("stdin: no tasks"), "{stderr}");
+}
+
+#[test]
 fn bad_ranges_are_refused_naming_the_range() {
     let f = Flotilla::start(&test_config());
     for (arg, says) in [
