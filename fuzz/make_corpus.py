@@ -95,6 +95,11 @@ def client_call():
     write("client_call", "call.memo-clear", frame({"MemoClear": ["digits"]}))
     write("client_call", "call.remove", frame({"RemoveServable": ["digits@1.0.0"]}))
     write("client_call", "call.status", frame("DaemonStatus"))
+    # TaskQuery: states, servable, max_age_ms, before, limit.
+    list_tasks = [["Failed", "Cancelled"], "digits", 3_600_000, 100_000, 100]
+    write("client_call", "call.list-tasks", frame({"ListTasks": list_tasks}))
+    write("client_call", "call.list-tasks-all", frame({"ListTasks": [[], None, None, None, 0]}))
+    write("client_call", "call.settled", frame({"Settled": [list(range(1, 65)), 2000]}))
 
 
 # ----- the interchange -----------------------------------------------------

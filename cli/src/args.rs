@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use flotilla_protocol::TaskId;
 use flotilla_protocol::client::MAX_WAIT_MS;
+use flotilla_protocol::task::TaskState;
 
 /// A number of seconds from the command line: finite, not negative, at
 /// most the longest wait the daemon takes; refused by clap, naming the
@@ -90,8 +91,8 @@ pub(crate) enum Cmd {
         /// Parameters as a JSON object.
         #[arg(long, conflicts_with = "batch")]
         params: Option<String>,
-        /// JSON-lines file, one {"servable", "input", "params"} per line,
-        /// submitted in one request.
+        /// JSON-lines file (`-`: stdin), one {"servable", "input", "params"}
+        /// per line, submitted in one request.
         #[arg(long)]
         batch: Option<PathBuf>,
         /// Print the ids as a JSON array.
@@ -100,32 +101,83 @@ pub(crate) enum Cmd {
     },
     /// Fetch results of tasks.
     Result {
-        /// Task ids.
-        #[arg(required = true)]
-        ids: Vec<TaskId>,
-        /// Wait until every task is final.
+        /// Task ids, ranges (5-10) and lists (5-10,12); `-` reads them from stdin.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Every task of yours that is queued or running now (with --wait).
+        #[arg(long, requires = "wait", conflicts_with = "ids")]
+        all: bool,
+        /// Wait until every task is final (a progress bar on a terminal).
         #[arg(long)]
         wait: bool,
         /// Seconds to wait with --wait (default: no limit).
         #[arg(long, requires = "wait", value_parser = seconds)]
         timeout: Option<Duration>,
+        /// With --wait: print each task as a JSON line the moment it ends.
+        #[arg(long, requires = "wait")]
+        stream: bool,
         /// Print tasks as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show the daemon (blocks, workers, queues) or the given tasks.
     Status {
-        /// Task ids; none for the daemon.
-        ids: Vec<TaskId>,
+        /// Task ids, ranges and lists (`-`: stdin); none for the daemon.
+        ids: Vec<String>,
         /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Cancel tasks that have not finished.
     Cancel {
-        /// Task ids.
+        /// Task ids, ranges (5-10) and lists (5-10,12); `-` reads them from stdin.
         #[arg(required = true)]
-        ids: Vec<TaskId>,
+        ids: Vec<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for tasks to end, with a progress bar on a terminal.
+    ///
+    /// The bar (on stderr, only on a terminal) shows tasks done, failed,
+    /// running and queued, the rate and the time left; then the results
+    /// are printed as `result` prints them, or with --stream each as a JSON
+    /// line the moment it ends.
+    Wait {
+        /// Task ids, ranges (5-10) and lists (5-10,12); `-` reads them from stdin.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Every task of yours that is queued or running now.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// Seconds to wait (default: no limit).
+        #[arg(long, value_parser = seconds)]
+        timeout: Option<Duration>,
+        /// Print each task as a JSON line the moment it ends (completion order).
+        #[arg(long)]
+        stream: bool,
+        /// Print tasks as JSON.
+        #[arg(long, conflicts_with = "stream")]
+        json: bool,
+    },
+    /// List your tasks (all tasks for the daemon's user), newest first.
+    Tasks {
+        /// Only these states: queued, running, completed (or done), failed,
+        /// cancelled; comma-separated or repeated.
+        #[arg(long, value_delimiter = ',', value_parser = crate::watch_cmd::state)]
+        state: Vec<TaskState>,
+        /// Only tasks of this servable: NAME (every version) or NAME@VERSION.
+        #[arg(long)]
+        servable: Option<String>,
+        /// Only tasks submitted within this long: seconds, or with a unit (90m, 12h, 30d).
+        #[arg(long, value_parser = crate::token_cmd::duration)]
+        since: Option<Duration>,
+        /// At most this many tasks.
+        #[arg(long, default_value = "100")]
+        limit: u32,
+        /// Only tasks with an id below this one (the next page).
+        #[arg(long)]
+        before: Option<TaskId>,
         /// Print as JSON.
         #[arg(long)]
         json: bool,
@@ -145,8 +197,20 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         command: MemoCmd,
     },
-    /// Block and worker events (submitted, running, lost, left, …).
+    /// Block and worker events, or with --tasks those of your tasks.
+    ///
+    /// Block and worker events: submitted, running, lost, left, … Task
+    /// events: accepted, dispatched, retried, finished, failed, cancelled.
     Events {
+        /// Task events instead of block and worker events.
+        #[arg(long)]
+        tasks: bool,
+        /// With --tasks: only tasks of this servable (NAME or NAME@VERSION).
+        #[arg(long, requires = "tasks")]
+        servable: Option<String>,
+        /// With --tasks: only these task ids, ranges and lists (5-10,12).
+        #[arg(long = "task", requires = "tasks")]
+        task_ids: Vec<String>,
         /// Keep printing new events as they happen.
         #[arg(long)]
         follow: bool,

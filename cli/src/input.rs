@@ -62,14 +62,22 @@ struct BatchLine {
 /// "params": {...}}` per line; blank lines are skipped. Every line is checked
 /// before anything is submitted, and the first bad one is named.
 pub fn read_batch(path: &Path) -> anyhow::Result<Vec<TaskRequest>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let (text, name) = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("stdin: cannot read")?;
+        (text, "stdin".to_owned())
+    } else {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        (text, path.display().to_string())
+    };
     let mut tasks = Vec::new();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let where_ = format!("{}:{}", path.display(), index + 1);
+        let where_ = format!("{name}:{}", index + 1);
         let parsed: BatchLine = serde_json::from_str(line).with_context(|| {
             format!(
                 "{where_}: expected {{\"servable\": NAME, \"input\": VALUE, \"params\": {{...}}}}"
@@ -90,7 +98,7 @@ pub fn read_batch(path: &Path) -> anyhow::Result<Vec<TaskRequest>> {
         });
     }
     if tasks.is_empty() {
-        bail!("{}: no tasks in the file", path.display());
+        bail!("{name}: no tasks in the file");
     }
     Ok(tasks)
 }

@@ -17,7 +17,9 @@ mod output;
 mod preview_cmd;
 mod servable_cmd;
 mod task_cmd;
+mod task_ids;
 mod token_cmd;
+mod watch_cmd;
 mod wheels;
 
 use std::io::IsTerminal;
@@ -102,16 +104,48 @@ fn execute(command: Cmd) -> Result<(), Failure> {
         }
         Cmd::Result {
             ids,
+            all,
             wait,
             timeout,
+            stream,
             json,
-        } => task_cmd::result(&ids, wait, timeout, json),
-        Cmd::Status { ids, json } => task_cmd::status(&ids, json),
-        Cmd::Cancel { ids, json } => task_cmd::cancel(&ids, json),
+        } => {
+            let wanted = watch_cmd::Wanted::new(&ids, all)?;
+            match wait {
+                true => watch_cmd::wait(wanted, timeout, stream, json),
+                false => task_cmd::result(&wanted.ids()?, json),
+            }
+        }
+        Cmd::Status { ids, json } => task_cmd::status(&watch_cmd::ids_or_none(&ids)?, json),
+        Cmd::Cancel { ids, json } => {
+            task_cmd::cancel(&watch_cmd::Wanted::new(&ids, false)?.ids()?, json)
+        }
+        Cmd::Wait {
+            ids,
+            all,
+            timeout,
+            stream,
+            json,
+        } => watch_cmd::wait(watch_cmd::Wanted::new(&ids, all)?, timeout, stream, json),
+        Cmd::Tasks {
+            state,
+            servable,
+            since,
+            limit,
+            before,
+            json,
+        } => watch_cmd::tasks(state, servable, since, limit, before, json),
         Cmd::Servable { command } => catalog_cmd::servable(command),
         Cmd::Pipeline { command } => catalog_cmd::pipeline(command),
         Cmd::Memo { command } => admin_cmd::memo(command),
-        Cmd::Events { follow, json } => admin_cmd::events(follow, json),
+        Cmd::Events {
+            tasks: true,
+            servable,
+            task_ids,
+            follow,
+            json,
+        } => watch_cmd::task_events(servable, &task_ids, follow, json),
+        Cmd::Events { follow, json, .. } => admin_cmd::events(follow, json),
         Cmd::Pool { command } => admin_cmd::pool(command),
         Cmd::Config { command } => config_cmd::config(command),
         Cmd::Token { command } => token_cmd::token(command),

@@ -166,7 +166,7 @@ pub fn event_json(e: &flotilla_protocol::client::EventView) -> Value {
 }
 
 /// UTC `HH:MM:SS.mmm` of µs since the epoch.
-fn chrono_like(us: u64) -> String {
+pub(crate) fn chrono_like(us: u64) -> String {
     let ms = us / 1000;
     let s = ms / 1000;
     format!(

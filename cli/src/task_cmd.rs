@@ -11,10 +11,6 @@ use flotilla_protocol::task::{TaskState, TaskView};
 
 use crate::{Failure, connect, input, output};
 
-/// How long `result --wait` waits when no `--timeout` is given: in effect,
-/// until the tasks are final.
-const WAIT_FOREVER: Duration = Duration::from_secs(365 * 86_400);
-
 /// What `flotilla run` and `submit` send: a servable and its input and
 /// parameters, each from the command line, a file or stdin.
 pub struct Request<'a> {
@@ -68,20 +64,11 @@ pub fn submit(request: Option<Request>, batch: Option<PathBuf>, json: bool) -> R
     Ok(())
 }
 
-/// `flotilla result`: results of tasks, waited for with `--wait`.
-pub fn result(
-    ids: &[TaskId],
-    wait: bool,
-    timeout: Option<Duration>,
-    json: bool,
-) -> Result<(), Failure> {
-    let wait = if wait {
-        Some(timeout.unwrap_or(WAIT_FOREVER))
-    } else {
-        None
-    };
+/// `flotilla result` without `--wait`: results of tasks as they stand
+/// (`--wait` is `flotilla wait`, in `watch_cmd.rs`).
+pub fn result(ids: &[TaskId], json: bool) -> Result<(), Failure> {
     let views = connect()?
-        .results(ids, wait)
+        .results(ids, None)
         .map_err(Failure::from_client)?;
     report_results(&views, json)
 }
@@ -135,7 +122,7 @@ pub fn cancel(ids: &[TaskId], json: bool) -> Result<(), Failure> {
 
 /// Prints results: outputs on stdout, errors on stderr; the exit status says
 /// whether every task completed.
-fn report_results(views: &[TaskView], json: bool) -> Result<(), Failure> {
+pub(crate) fn report_results(views: &[TaskView], json: bool) -> Result<(), Failure> {
     if json {
         let rows: Vec<_> = views.iter().map(output::task_json).collect();
         if rows.len() == 1 {

@@ -20,6 +20,7 @@
 
 mod convert;
 mod tcp;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,13 +1,15 @@
 //! The client API as the daemon reads it: a frame off the API socket,
 //! decoded with the daemon's default frame cap, then the parts the daemon
-//! parses further (servable references, records sent for publication).
+//! parses further (servable references, records sent for publication,
+//! the servable filters of task lists and task events).
 
 #![no_main]
 
 use flotilla_engine::servable_spec;
 use flotilla_fuzz::{assert_round_trip, check_servable_ref};
 use flotilla_protocol::client::ClientCall;
-use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, decode};
+use flotilla_protocol::watch::servable_matches;
+use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, TaskId, decode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -28,6 +30,17 @@ fuzz_target!(|data: &[u8]| {
             check_servable_ref(name);
         }
         ClientCall::RemoveServable { id } => check_servable_ref(id),
+        ClientCall::ListTasks(query) => {
+            if let Some(name) = &query.servable {
+                assert!(servable_matches(name, name), "{name:?} does not match itself");
+            }
+        }
+        ClientCall::TaskEvents { filter, .. } => {
+            if let Some(name) = &filter.servable {
+                assert!(servable_matches(name, name), "{name:?} does not match itself");
+                let _ = filter.matches(TaskId(u64::MAX), name);
+            }
+        }
         _ => {}
     }
 });

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::Access;
 use crate::servable::ServableRecord;
 use crate::task::{Payload, TaskId, TaskState, TaskView};
+use crate::watch::{Settled, TaskEventFilter, TaskEventView, TaskList, TaskQuery};
 
 /// One invocation of a servable, as a client submits it.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
@@ -68,7 +69,8 @@ pub enum ClientCall {
     },
     /// State of the daemon: blocks, workers, queues.
     DaemonStatus,
-    /// State of tasks, without outputs.
+    /// State of tasks, without outputs (a failed or cancelled task
+    /// carries its reason).
     TaskStatus {
         /// Tasks to report on.
         ids: Vec<TaskId>,
@@ -129,6 +131,30 @@ pub enum ClientCall {
         name: String,
         /// The new visibility, users and groups.
         access: Access,
+    },
+    /// The caller's tasks (every task for the daemon's user), newest
+    /// first, from the daemon's indexes by state, servable and owner.
+    ListTasks(TaskQuery),
+    /// Which of `ids` are settled (final, or unknown to the caller), with
+    /// their outcomes. With `wait_ms`, held until at least one is, or the
+    /// wait passes: a client waiting on many tasks asks again for the rest
+    /// and so sees each one as it finishes.
+    Settled {
+        /// Tasks to report on.
+        ids: Vec<TaskId>,
+        /// Longest to hold the request while none is settled.
+        wait_ms: Option<u64>,
+    },
+    /// Events of the caller's tasks after sequence number `after`; with
+    /// `wait_ms`, held until there is one that passes `filter` or the wait
+    /// passes.
+    TaskEvents {
+        /// Last sequence number already seen (0: from the oldest kept).
+        after: u64,
+        /// Longest to hold the request when there is nothing new.
+        wait_ms: Option<u64>,
+        /// Which events.
+        filter: TaskEventFilter,
     },
 }
 
@@ -238,6 +264,18 @@ pub enum ClientReply {
         name: String,
         /// Its owner and visibility.
         access: Access,
+    },
+    /// Answer to [`ClientCall::ListTasks`].
+    TaskList(TaskList),
+    /// Answer to [`ClientCall::Settled`].
+    Settled(Settled),
+    /// Answer to [`ClientCall::TaskEvents`]: events, oldest first.
+    TaskEvents {
+        /// The events that pass the filter.
+        events: Vec<TaskEventView>,
+        /// The last sequence number looked at: ask for events after it
+        /// next (events that did not pass the filter are skipped too).
+        last: u64,
     },
 }
 

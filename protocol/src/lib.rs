@@ -62,6 +62,7 @@ pub mod servable;
 pub mod stdio;
 pub mod task;
 pub mod token;
+pub mod watch;
 
 pub use frame::{
     DEFAULT_MAX_FRAME_BYTES, FrameError, MIN_FRAME_BYTES, PROTOCOL_VERSION, decode, encode,

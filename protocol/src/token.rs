@@ -247,7 +247,10 @@ fn effect(call: &ClientCall) -> Effect<'_> {
         | ClientCall::TaskStatus { .. }
         | ClientCall::ListServables
         | ClientCall::SearchServables(_)
-        | ClientCall::MemoStats => Effect::Read,
+        | ClientCall::MemoStats
+        | ClientCall::ListTasks(_)
+        | ClientCall::Settled { .. }
+        | ClientCall::TaskEvents { .. } => Effect::Read,
         ClientCall::ShowServable { name } | ClientCall::ServableVersions { name } => {
             Effect::ReadServable(name)
         }

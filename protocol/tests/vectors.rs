@@ -28,6 +28,7 @@ use flotilla_protocol::servable::{
     RelatedIdentifier, Runtime, ServableOptions, ServableRecord, ServableSpec, TypeSpec,
 };
 use flotilla_protocol::task::{MemoUse, NIL, Outcome, TaskState, TaskTimings, TaskView};
+use flotilla_protocol::watch::{TaskEventFilter, TaskEventView};
 use flotilla_protocol::{PROTOCOL_VERSION, Payload, TaskId, decode, encode};
 
 /// Environment variable that makes the test write the file instead of
@@ -644,6 +645,47 @@ fn vectors() -> Vec<Vector> {
                 ApiErrorKind::Forbidden,
                 "token `ci` may not use servable `noop` (it may use: echo)",
             ),
+        ),
+        call(
+            "call.task-events",
+            "Events of the caller's tasks of servable echo with ids 5 to 10 or 12, after event 3, held up to 30 s.",
+            ClientCall::TaskEvents {
+                after: 3,
+                wait_ms: Some(30_000),
+                filter: TaskEventFilter {
+                    servable: Some("echo".into()),
+                    ids: vec![(5, 10), (12, 12)],
+                },
+            },
+        ),
+        reply(
+            "reply.task-events",
+            "Task events: a retry after a lost worker, then the task's end; the next call asks after 9.",
+            ClientReply::TaskEvents {
+                events: vec![
+                    TaskEventView {
+                        seq: 7,
+                        at_us: 1_764_000_000_000_000,
+                        task: TaskId(5),
+                        servable: "echo".into(),
+                        kind: "retried".into(),
+                        worker: Some("host-1.4242".into()),
+                        attempt: 1,
+                        message: "worker host-1.4242 lost".into(),
+                    },
+                    TaskEventView {
+                        seq: 8,
+                        at_us: 1_764_000_000_000_500,
+                        task: TaskId(5),
+                        servable: "echo".into(),
+                        kind: "finished".into(),
+                        worker: None,
+                        attempt: 2,
+                        message: String::new(),
+                    },
+                ],
+                last: 9,
+            },
         ),
     ]
 }

@@ -340,6 +340,26 @@ class AsyncClient:
         view = _only(await self._wait_views([task_id], deadline), "task's result")
         return value_of(view, timeout)
 
+    async def task_events(self, after=0, wait=None, servable=None, ids=()):
+        """Events of your tasks after sequence number ``after`` (0: from
+        the oldest the daemon keeps), as ``([TaskEvent], last)``: ask after
+        ``last`` next. With ``wait`` (seconds), held until there is one.
+        ``servable`` (``NAME`` or ``NAME@VERSION``) and ``ids`` (task ids,
+        and ``(first, last)`` ranges) narrow them."""
+        wait_s = None if wait is None else min(float(wait), LONGEST_WAIT_S)
+        wait_ms = None if wait_s is None else _wait_ms(wait_s)
+        frame = messages.task_events(after, wait_ms, servable, ids)
+        return (await self._call(frame, wait_s)).as_task_events()
+
+    async def follow_task_events(self, servable=None, ids=(), after=0, poll=30.0):
+        """Yields each :class:`~flotilla.views.TaskEvent` of your tasks
+        as it happens (those already kept first, after ``after``), for as
+        long as it is iterated."""
+        while True:
+            events, after = await self.task_events(after, poll, servable, ids)
+            for event in events:
+                yield event
+
     async def status(self, task_id):
         """The task's :class:`~flotilla.views.TaskView`: state, attempts,
         worker and timings (no output; see :meth:`result`)."""

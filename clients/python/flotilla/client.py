@@ -146,6 +146,23 @@ class Client:
         finished, at most ``timeout`` seconds when given."""
         return self._run(self._core.result(task_id, timeout))
 
+    def task_events(self, after=0, wait=None, servable=None, ids=()):
+        """Events of your tasks after sequence number ``after`` (0: from
+        the oldest the daemon keeps), as ``([TaskEvent], last)``: ask after
+        ``last`` next. With ``wait`` (seconds), blocks until there is one.
+        ``servable`` (``NAME`` or ``NAME@VERSION``) and ``ids`` (task ids,
+        and ``(first, last)`` ranges) narrow them."""
+        return self._run(self._core.task_events(after, wait, servable, ids))
+
+    def follow_task_events(self, servable=None, ids=(), after=0, poll=30.0):
+        """Yields each :class:`~flotilla.views.TaskEvent` of your tasks
+        as it happens (accepted, dispatched, retried, finished, failed,
+        cancelled), those already kept first, for as long as it is
+        iterated: ``for event in client.follow_task_events(ids=[(5, 10)])``."""
+        while True:
+            events, after = self.task_events(after, poll, servable, ids)
+            yield from events
+
     def status(self, task_id):
         """The task's :class:`~flotilla.views.TaskView`: state, attempts,
         worker and timings (no output; see :meth:`result`)."""

@@ -36,6 +36,7 @@ from .views import (
     ServableRecord,
     ServableSpec,
     ServableSummary,
+    TaskEvent,
     TaskState,
     TaskTimings,
     TaskView,
@@ -55,6 +56,7 @@ __all__ = [
     "show_servable",
     "servable_versions",
     "search_servables",
+    "task_events",
     "decode_reply",
 ]
 
@@ -127,6 +129,33 @@ def search_servables(text="", domain=None, model_type=None, author=None):
         _opt_text(author, "author"),
     ]
     return encode_frame({"SearchServables": query})
+
+
+def task_events(after=0, wait_ms=None, servable=None, ids=()):
+    """``TaskEvents``: events of the caller's tasks after sequence number
+    ``after``, held up to ``wait_ms`` while there is none. ``servable``
+    (``NAME`` or ``NAME@VERSION``) and ``ids`` (task ids, and ``(first,
+    last)`` inclusive ranges) narrow them."""
+    filter_ = [_opt_text(servable, "servable"), _ranges(ids)]
+    return encode_frame({"TaskEvents": [_opt_u64(after) or 0, _opt_u64(wait_ms), filter_]})
+
+
+def _ranges(ids):
+    out = []
+    for item in ids or ():
+        if isinstance(item, (tuple, list)):
+            if len(item) != 2:
+                raise TypeError("a task id range is (first, last); got %r" % (item,))
+            first, last = _ids(item)
+            if first > last:
+                raise ValueError(
+                    "task id range (%d, %d): its first id is above its last" % (first, last)
+                )
+            out.append([first, last])
+        else:
+            (only,) = _ids([item])
+            out.append([only, only])
+    return out
 
 
 def _ids(ids):
@@ -221,6 +250,12 @@ class Reply:
         """``Versions``: version strings, oldest first."""
         (versions,) = _fields(self._expect("Versions"), 1, "Versions")
         return list(versions)
+
+    def as_task_events(self):
+        """``TaskEvents``: ``([TaskEvent], last)``, the events oldest first
+        and the sequence number to ask after next."""
+        events, last = _fields(self._expect("TaskEvents"), 2, "TaskEvents")
+        return [task_event(e) for e in events], last
 
 
 def decode_reply(data):
@@ -332,6 +367,14 @@ def task_view(value):
 
 
 _MISSING = object()
+
+
+def task_event(value):
+    """A ``TaskEventView`` array as a :class:`TaskEvent`."""
+    seq, at_us, task_id, servable, kind, worker, attempt, message = _fields(
+        value, 8, "TaskEventView"
+    )
+    return TaskEvent(seq, at_us, task_id, servable, kind, worker, attempt, message)
 
 
 def servable_summary(value):

@@ -86,7 +86,7 @@ class TaskView:
 
     ``output`` is the servable's output (decoded) once the task completed;
     ``error`` is the daemon's or the servable's message once it failed or
-    was cancelled. Status replies never carry either.
+    was cancelled. Status replies carry the error but never the output.
     """
 
     id: int
@@ -107,6 +107,29 @@ class TaskView:
     def is_final(self):
         """True once the task can no longer change."""
         return self.state.is_final
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """Something that happened to one of the caller's tasks (``flotilla
+    events --tasks``)."""
+
+    #: Sequence number, increasing; ask for events after it.
+    seq: int
+    #: When (µs since the epoch).
+    at_us: int
+    task_id: int
+    #: Its servable, ``NAME@VERSION``.
+    servable: str
+    #: ``accepted``, ``dispatched``, ``retried``, ``finished``, ``failed``
+    #: or ``cancelled``.
+    kind: str
+    #: The worker concerned, if any.
+    worker: Optional[str]
+    #: Attempts so far.
+    attempt: int
+    #: Details in words (a failure's reason, why it was retried).
+    message: str
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from flotilla.views import (
     ServableRecord,
     ServableSpec,
     ServableSummary,
+    TaskEvent,
     TaskState,
     TaskTimings,
     TaskView,
@@ -56,6 +57,7 @@ CALLS = {
     "call.results-wait": lambda: messages.results([4_294_967_296], 86_400_000),
     "call.task-status": lambda: messages.task_status([7]),
     "call.cancel": lambda: messages.cancel([7, 8]),
+    "call.task-events": lambda: messages.task_events(3, 30_000, "echo", [(5, 10), 12]),
     "call.list-servables": lambda: messages.list_servables(),
     "call.show-servable": lambda: messages.show_servable("digits@1.0.0"),
     "call.servable-versions": lambda: messages.servable_versions("digits"),
@@ -282,6 +284,25 @@ REPLIES = {
         ),
     ),
     "reply.versions": ("as_versions", ["1.0.0", "1.1.0"]),
+    "reply.task-events": (
+        "as_task_events",
+        (
+            [
+                TaskEvent(
+                    7,
+                    1_764_000_000_000_000,
+                    5,
+                    "echo",
+                    "retried",
+                    "host-1.4242",
+                    1,
+                    "worker host-1.4242 lost",
+                ),
+                TaskEvent(8, 1_764_000_000_000_500, 5, "echo", "finished", None, 2, ""),
+            ],
+            9,
+        ),
+    ),
 }
 
 ERRORS = {

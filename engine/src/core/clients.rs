@@ -11,7 +11,7 @@ use super::access::{self, Caller, TaskScope};
 use super::catalog::{Refusal, ServableInfo};
 use super::records::{NewTask, StoreOp};
 use super::tasks::{Ending, Task};
-use super::{Action, Core, ID_RESERVATION, ReplyTo, memo, search, work_size};
+use super::{Action, Core, ID_RESERVATION, ReplyTo, memo, search, task_events, work_size};
 
 fn refuse(kind: ApiErrorKind, message: String) -> ClientReply {
     ClientReply::Error(ApiError { kind, message })
@@ -27,7 +27,9 @@ fn wait_out_of_range(call: &ClientCall) -> Option<ClientReply> {
     let wait_ms = match call {
         ClientCall::Submit { wait_ms, .. }
         | ClientCall::Results { wait_ms, .. }
-        | ClientCall::Events { wait_ms, .. } => (*wait_ms)?,
+        | ClientCall::Events { wait_ms, .. }
+        | ClientCall::Settled { wait_ms, .. }
+        | ClientCall::TaskEvents { wait_ms, .. } => (*wait_ms)?,
         _ => return None,
     };
     (wait_ms > MAX_WAIT_MS).then(|| {
@@ -75,7 +77,8 @@ impl Core {
                 let pending = self.tasks.unfinished(&ids, scope);
                 match wait_ms {
                     Some(ms) if pending > 0 && self.life.draining.is_none() => {
-                        return self.add_wait(from, scope, ids, pending, deadline(now, ms), 0);
+                        let until = deadline(now, ms);
+                        return self.add_wait(from, scope, ids, pending, until, 0, false);
                     }
                     _ => self.results_reply(&ids, scope, now),
                 }
@@ -83,7 +86,7 @@ impl Core {
             ClientCall::TaskStatus { ids } => ClientReply::TaskStatus {
                 tasks: ids
                     .iter()
-                    .map(|id| self.tasks.view(*id, false, scope))
+                    .map(|id| self.tasks.view_with_reason(*id, scope))
                     .collect(),
             },
             ClientCall::DaemonStatus => {
@@ -143,6 +146,36 @@ impl Core {
             ClientCall::MemoStats => ClientReply::MemoStats(self.memo.store.report()),
             ClientCall::MemoClear { servable } => {
                 return self.on_memo_clear(from, servable.as_deref(), out);
+            }
+            ClientCall::ListTasks(query) => {
+                ClientReply::TaskList(self.tasks.list(&query, scope, now))
+            }
+            ClientCall::Settled { ids, wait_ms } => {
+                let pending = self.tasks.unfinished(&ids, scope);
+                match wait_ms {
+                    Some(ms)
+                        if pending == ids.len()
+                            && !ids.is_empty()
+                            && self.life.draining.is_none() =>
+                    {
+                        let until = deadline(now, ms);
+                        return self.add_wait(from, scope, ids, 1, until, 0, true);
+                    }
+                    _ => self.settled_reply(&ids, scope, now),
+                }
+            }
+            ClientCall::TaskEvents {
+                after,
+                wait_ms,
+                filter,
+            } => {
+                let wait = wait_ms.map(|ms| ms.saturating_mul(1000));
+                let query = task_events::Query {
+                    after,
+                    scope,
+                    filter,
+                };
+                return self.fleet.task_events.query(from, query, wait, now, out);
             }
         };
         out.push(Action::ReplyClient { to: from, reply });
@@ -269,7 +302,7 @@ impl Core {
                         .durability
                         .reply_after(seq, from, reply, now, out);
                 } else {
-                    self.add_wait(from, scope, ids, pending, deadline(now, ms), seq);
+                    self.add_wait(from, scope, ids, pending, deadline(now, ms), seq, false);
                 }
             }
             None => {

@@ -40,6 +40,7 @@ impl Core {
             self.complete_wait(id, now, out);
         }
         self.fleet.events.expire(now, out);
+        self.fleet.task_events.expire(now, out);
         if !self.recovery.held.is_empty() && now >= self.recovery.hold_until_us {
             self.release_held(now);
         }

@@ -57,6 +57,8 @@ mod scheduling;
 mod search;
 mod startup;
 mod store_trouble;
+mod task_events;
+mod task_index;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -171,6 +173,10 @@ struct Wait {
     pending: usize,
     deadline_us: u64,
     min_seq: u64,
+    /// Answered as soon as any of `ids` settles, with just the settled
+    /// ones ([`flotilla_protocol::client::ClientCall::Settled`]), rather
+    /// than once all are final.
+    any: bool,
 }
 
 /// Client waits, and what holds replies back until the store has what
@@ -185,6 +191,10 @@ struct Replies {
     /// Why the store cannot write, while it cannot: no new tasks are
     /// accepted.
     store_failed: Option<String>,
+    /// Waits for any of their tasks whose first task settled during this
+    /// event: answered once the event is handled, so one reply carries
+    /// every task a worker's result settled.
+    ready_any: Vec<u64>,
 }
 
 /// The pools' blocks, and the event stream about them and their workers
@@ -195,6 +205,8 @@ struct Fleet {
     /// Each pool's settings, in order, for placement (what dispatch reads).
     placement: Vec<BlockPolicy>,
     events: EventLog,
+    /// What happened to tasks (for `flotilla events --tasks`).
+    task_events: task_events::TaskEventLog,
 }
 
 /// What a restart left to settle, and the tasks suspected of killing
@@ -263,11 +275,14 @@ impl Core {
         if self.life.draining.is_some() {
             return None;
         }
-        let batch = self.sched.next_deadline(now_us);
-        match (batch, self.fleet.events.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.sched.next_deadline(now_us),
+            self.fleet.events.next_deadline(),
+            self.fleet.task_events.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Reacts to one event at time `now_us` (µs since the epoch).
@@ -308,6 +323,7 @@ impl Core {
         self.dispatch(now_us, out);
         self.check_drain(now_us, out);
         self.after_event(now_us, out);
+        self.answer_ready_waits(now_us, out);
         self.flush_records(out);
     }
 
@@ -370,6 +386,8 @@ impl Core {
         for op in self.fleet.pools.take_store_ops() {
             self.persist(op, out);
         }
+        let notes = self.tasks.take_notes();
+        self.fleet.task_events.push(now, notes, out);
     }
 
     /// Records an event about a worker.

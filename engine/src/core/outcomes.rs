@@ -16,6 +16,10 @@ use super::records::StoreOp;
 use super::tasks::{Ending, Task};
 use super::{Action, Core, Inflight, ReplyTo, Wait};
 
+/// The most settled tasks one [`flotilla_protocol::client::ClientCall::Settled`]
+/// reply carries.
+const MAX_SETTLED_PER_REPLY: usize = 10_000;
+
 impl Core {
     /// Records the first final state of a task, queues its result record
     /// for the store, feeds the memo store, settles identical requests that
@@ -63,6 +67,13 @@ impl Core {
         }
         for w in done.waiters {
             let done = match self.replies.waits.get_mut(&w) {
+                Some(wait) if wait.any => {
+                    if wait.pending > 0 {
+                        wait.pending = 0;
+                        self.replies.ready_any.push(w);
+                    }
+                    false
+                }
                 Some(wait) => {
                     wait.pending = wait.pending.saturating_sub(1);
                     wait.pending == 0
@@ -163,6 +174,8 @@ impl Core {
     /// A client whose scope is `scope` waits (until `deadline_us`) for
     /// `pending` of `ids` to end (those in its scope: the others are
     /// unknown to it); the reply also waits for store write `min_seq`.
+    /// With `any`, the first task to end answers it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn add_wait(
         &mut self,
         to: ReplyTo,
@@ -171,6 +184,7 @@ impl Core {
         pending: usize,
         deadline_us: u64,
         min_seq: u64,
+        any: bool,
     ) {
         let wait_id = self.replies.next_wait;
         self.replies.next_wait += 1;
@@ -186,18 +200,68 @@ impl Core {
                 pending,
                 deadline_us,
                 min_seq,
+                any,
             },
         );
+    }
+
+    /// Answers the waits for any of their tasks that one settled during
+    /// this event.
+    pub(super) fn answer_ready_waits(&mut self, now: u64, out: &mut Vec<Action>) {
+        for wait in std::mem::take(&mut self.replies.ready_any) {
+            self.complete_wait(wait, now, out);
+        }
     }
 
     /// Answers wait `wait_id` with what its tasks have now.
     pub(super) fn complete_wait(&mut self, wait_id: u64, now: u64, out: &mut Vec<Action>) {
         if let Some(wait) = self.replies.waits.remove(&wait_id) {
-            let reply = self.results_reply(&wait.ids, wait.scope, now);
+            let reply = if wait.any {
+                for id in &wait.ids {
+                    self.tasks.remove_waiter(*id, wait_id);
+                }
+                self.settled_reply(&wait.ids, wait.scope, now)
+            } else {
+                self.results_reply(&wait.ids, wait.scope, now)
+            };
             self.replies
                 .durability
                 .reply_after(wait.min_seq, wait.to, reply, now, out);
         }
+    }
+
+    /// Which of `ids` are settled for a client whose scope is `scope`
+    /// (final, or unknown to it), with their outcomes (fetched now), and
+    /// how many of the rest are queued and running.
+    pub(super) fn settled_reply(
+        &mut self,
+        ids: &[TaskId],
+        scope: TaskScope,
+        now: u64,
+    ) -> ClientReply {
+        let mut settled = flotilla_protocol::watch::Settled::default();
+        // Outputs up to half a frame per reply; the rest are answered at
+        // once by the client's next call.
+        let room = self.cfg.max_frame_bytes / 2;
+        let mut bytes = 0usize;
+        for id in ids {
+            match self.tasks.get_in(id, scope) {
+                Some(t) if t.is_queued() => settled.queued += 1,
+                Some(t) if !t.is_final() => settled.running += 1,
+                _ if settled.done.len() >= MAX_SETTLED_PER_REPLY || bytes > room => {}
+                _ => {
+                    self.tasks.mark_fetched(*id, scope, now);
+                    let view = self.tasks.view(*id, true, scope);
+                    bytes += match &view.outcome {
+                        Some(Outcome::Output(o)) => o.len(),
+                        Some(Outcome::Error(e)) => e.len(),
+                        None => 0,
+                    } + 128;
+                    settled.done.push(view);
+                }
+            }
+        }
+        ClientReply::Settled(settled)
     }
 
     /// The results of `ids` as a client whose scope is `scope` sees them

@@ -44,6 +44,7 @@ impl Core {
                 pools: Pools::new(cfg.pools.clone(), recovered.next_block),
                 placement: cfg.pools.clone(),
                 events: EventLog::default(),
+                task_events: Default::default(),
             },
             recovery: Recovery {
                 adopt,
@@ -74,6 +75,7 @@ impl Core {
                 durability: Durability::default(),
                 pending_records: Vec::new(),
                 store_failed: None,
+                ready_any: Vec::new(),
             },
             life: Life {
                 started_us: now_us,
@@ -158,6 +160,8 @@ impl Core {
     /// Initial actions: adopt the blocks an earlier daemon left running,
     /// start the configured blocks, store results decided during recovery.
     pub fn start(&mut self, now_us: u64, out: &mut Vec<Action>) {
+        // Recovered tasks were not accepted now: no events for them.
+        drop(self.tasks.take_notes());
         self.flush_records(out);
         let evicted = std::mem::take(&mut self.memo.startup_evictions);
         if !evicted.is_empty() {

@@ -26,6 +26,7 @@ use super::catalog::ServableInfo;
 use super::memo::MemoKey;
 use super::queues::{BatchRule, QueueKey};
 use super::records::StoredResult;
+use super::task_index::{IndexKey, LISTED, StateSets, TaskIndex, base_name};
 
 /// How a final task ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,10 +266,49 @@ pub(super) struct Finished {
     pub(super) worker: Option<Arc<str>>,
 }
 
+/// Something that happened to a task, for the task event stream: the
+/// table notes it, the core carries it to the log after each event.
+#[derive(Debug, Clone)]
+pub(super) struct TaskNote {
+    /// The task.
+    pub(super) id: TaskId,
+    /// Its servable.
+    pub(super) servable: Arc<str>,
+    /// Its owner (who may read the event).
+    pub(super) owner: u32,
+    /// `accepted`, `dispatched`, `retried`, `finished`, `failed`,
+    /// `cancelled`.
+    pub(super) kind: &'static str,
+    /// The worker concerned.
+    pub(super) worker: Option<Arc<str>>,
+    /// Attempts so far.
+    pub(super) attempt: u32,
+    /// Details.
+    pub(super) message: String,
+}
+
+impl TaskNote {
+    fn of(id: TaskId, task: &Task, kind: &'static str, message: String) -> TaskNote {
+        TaskNote {
+            id,
+            servable: task.servable.clone(),
+            owner: task.owner,
+            kind,
+            worker: task.last_worker.clone(),
+            attempt: task.attempts,
+            message,
+        }
+    }
+}
+
 /// Every task, plus the orders results expire in, task ids and totals.
 #[derive(Debug, Default)]
 pub(super) struct TaskTable {
     tasks: FxHashMap<TaskId, Task>,
+    /// Task ids by state, servable and owner (see `task_index.rs`).
+    index: TaskIndex,
+    /// What happened since the core last took the notes.
+    notes: Vec<TaskNote>,
     /// Final tasks by the time they ended.
     finished_order: VecDeque<(u64, TaskId)>,
     /// Final tasks by their first fetch.
@@ -364,7 +404,13 @@ impl TaskTable {
         debug_assert!(task.is_queued());
         match self.tasks.entry(id) {
             Entry::Occupied(_) => None,
-            Entry::Vacant(vacant) => Some(vacant.insert(task)),
+            Entry::Vacant(vacant) => {
+                self.index
+                    .insert(id, &task.servable, task.owner, TaskState::Queued);
+                self.notes
+                    .push(TaskNote::of(id, &task, "accepted", String::new()));
+                Some(vacant.insert(task))
+            }
         }
     }
 
@@ -380,6 +426,8 @@ impl TaskTable {
         task.timings = stored.timings;
         self.finished_order
             .push_back((task.timings.finished_us, id));
+        self.index
+            .insert(id, &task.servable, task.owner, task.state());
         self.tasks.insert(id, task);
     }
 
@@ -403,12 +451,28 @@ impl TaskTable {
         task.attempts += 1;
         task.last_worker = Some(worker.clone());
         task.timings.dispatched_us = now;
+        self.index.moved(
+            id,
+            &task.servable,
+            task.owner,
+            TaskState::Queued,
+            TaskState::Running,
+        );
+        self.notes
+            .push(TaskNote::of(id, task, "dispatched", String::new()));
         Some(task)
     }
 
-    /// Running `batch` → queued again, the attempt counted or forgiven.
-    /// Refused (false) unless the task runs in `batch`.
-    pub(super) fn requeue(&mut self, id: TaskId, batch: BatchId, attempt: Attempt) -> bool {
+    /// Running `batch` → queued again, the attempt counted or forgiven,
+    /// `why` told in the task's `retried` event. Refused (false) unless
+    /// the task runs in `batch`.
+    pub(super) fn requeue(
+        &mut self,
+        id: TaskId,
+        batch: BatchId,
+        attempt: Attempt,
+        why: &str,
+    ) -> bool {
         let Some(task) = self.tasks.get_mut(&id) else {
             return false;
         };
@@ -419,6 +483,18 @@ impl TaskTable {
         if attempt == Attempt::Forgiven {
             task.attempts = task.attempts.saturating_sub(1);
         }
+        self.index.moved(
+            id,
+            &task.servable,
+            task.owner,
+            TaskState::Running,
+            TaskState::Queued,
+        );
+        let why = match attempt {
+            Attempt::Forgiven => format!("{why} (the attempt is not counted)"),
+            Attempt::Counts => why.to_owned(),
+        };
+        self.notes.push(TaskNote::of(id, task, "retried", why));
         true
     }
 
@@ -436,6 +512,7 @@ impl TaskTable {
         if task.is_final() {
             return None;
         }
+        let before = task.state();
         let progress = task.pipeline.as_mut()?;
         if progress.step + 1 >= progress.steps.len() {
             return None;
@@ -449,6 +526,8 @@ impl TaskTable {
         task.phase = Phase::Queued;
         task.timings.run_us = 0;
         task.timings.dispatched_us = now;
+        self.index
+            .moved(id, &task.servable, task.owner, before, TaskState::Queued);
         Some((task.queue_key(), task.queue_rule()))
     }
 
@@ -469,6 +548,12 @@ impl TaskTable {
         if task.is_final() {
             return None;
         }
+        let before = task.state();
+        let message = match &outcome {
+            Outcome::Error(e) => e.clone(),
+            Outcome::Output(_) if task.memo.is_some() => "answered by the memo store".into(),
+            Outcome::Output(_) => String::new(),
+        };
         task.phase = Phase::Final { ending, outcome };
         task.timings.finished_us = now;
         if run_us > 0 {
@@ -477,6 +562,14 @@ impl TaskTable {
         if worker.is_some() {
             task.last_worker = worker;
         }
+        self.index
+            .moved(id, &task.servable, task.owner, before, ending.state());
+        let kind = match ending {
+            Ending::Completed => "finished",
+            Ending::Failed => "failed",
+            Ending::Cancelled => "cancelled",
+        };
+        self.notes.push(TaskNote::of(id, task, kind, message));
         let record = task.result_record()?;
         let finished = Finished {
             record,
@@ -511,6 +604,8 @@ impl TaskTable {
         task.timings.finished_us = now;
         self.totals.failed += 1;
         let record = task.result_record();
+        self.index
+            .insert(id, &task.servable, task.owner, TaskState::Failed);
         self.tasks.insert(id, task);
         record
     }
@@ -560,6 +655,93 @@ impl TaskTable {
         }
     }
 
+    /// Takes what happened to tasks since the last call (for the task
+    /// event stream).
+    pub(super) fn take_notes(&mut self) -> Vec<TaskNote> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// Removes client wait `wait` from task `id` (a wait answered before
+    /// this task ended).
+    pub(super) fn remove_waiter(&mut self, id: TaskId, wait: u64) {
+        if let Some(task) = self.tasks.get_mut(&id) {
+            task.waiters.retain(|w| *w != wait);
+        }
+    }
+
+    /// The index set that holds exactly the tasks in `scope` of servable
+    /// name `name` (every servable when none).
+    fn index_for(&self, scope: TaskScope, name: Option<&str>) -> Option<&StateSets> {
+        let key = match (scope, name) {
+            (TaskScope::All, None) => IndexKey::All,
+            (TaskScope::All, Some(n)) => IndexKey::Servable(Arc::from(n)),
+            (TaskScope::Of(uid), None) => IndexKey::Owner(uid),
+            (TaskScope::Of(uid), Some(n)) => IndexKey::OwnerServable(uid, Arc::from(n)),
+        };
+        self.index.sets(&key)
+    }
+
+    /// The tasks in `scope` that `query` asks for, newest first, read from
+    /// the indexes (see `task_index.rs`); `now` dates `max_age_ms`.
+    pub(super) fn list(
+        &self,
+        query: &flotilla_protocol::watch::TaskQuery,
+        scope: TaskScope,
+        now: u64,
+    ) -> flotilla_protocol::watch::TaskList {
+        let wanted = query.servable.as_deref();
+        let sets = self.index_for(scope, wanted.map(base_name));
+        let counts = LISTED
+            .iter()
+            .map(|s| (*s, sets.map_or(0, |x| x.count(*s))))
+            .collect();
+        let states: Vec<TaskState> = if query.states.is_empty() {
+            LISTED.to_vec()
+        } else {
+            query.states.clone()
+        };
+        let limit = query.limit.min(flotilla_protocol::watch::MAX_LIST) as usize;
+        let oldest = query
+            .max_age_ms
+            .map(|ms| now.saturating_sub(ms.saturating_mul(1000)));
+        let mut tasks = Vec::new();
+        let mut more = false;
+        if let Some(sets) = sets {
+            for id in sets.descending(&states, query.before) {
+                let Some(task) = self.tasks.get(&id) else {
+                    continue;
+                };
+                if oldest.is_some_and(|o| task.timings.submitted_us < o) {
+                    // Ids follow submission order: the rest are older.
+                    break;
+                }
+                if wanted.is_some_and(|w| w.contains('@') && *task.servable != *w) {
+                    continue;
+                }
+                if tasks.len() == limit {
+                    more = true;
+                    break;
+                }
+                tasks.push(self.view_with_reason(id, scope));
+            }
+        }
+        flotilla_protocol::watch::TaskList {
+            tasks,
+            more,
+            counts,
+        }
+    }
+
+    /// What a client whose scope is `scope` sees of `id` without its
+    /// output, but with a failure's reason.
+    pub(super) fn view_with_reason(&self, id: TaskId, scope: TaskScope) -> TaskView {
+        let mut view = self.view(id, true, scope);
+        if matches!(view.outcome, Some(Outcome::Output(_))) {
+            view.outcome = None;
+        }
+        view
+    }
+
     /// Removes final tasks whose retention is over (`fetched_ret` after
     /// their first fetch, `unfetched_ret` after they ended); returns them.
     pub(super) fn sweep(&mut self, now: u64, fetched_ret: u64, unfetched_ret: u64) -> Vec<TaskId> {
@@ -582,8 +764,9 @@ impl TaskTable {
                     let by_age = now.saturating_sub(t.timings.finished_us) >= unfetched_ret;
                     t.is_final() && (by_fetch || by_age)
                 });
-                if expired {
-                    self.tasks.remove(&id);
+                if expired && let Some(task) = self.tasks.remove(&id) {
+                    self.index
+                        .remove(id, &task.servable, task.owner, task.state());
                     forget.push(id);
                 }
             }
@@ -637,7 +820,7 @@ mod tests {
         // Final is final: nothing moves it again.
         assert!(t.finish(id, Ending::Failed, out, None, 0, 30).is_none());
         assert!(t.assign(id, BatchId(8), &worker(), 30).is_none());
-        assert!(!t.requeue(id, BatchId(7), Attempt::Counts));
+        assert!(!t.requeue(id, BatchId(7), Attempt::Counts, "lost"));
         assert!(t.advance(id, &Payload::new(), 30).is_none());
         assert_eq!(t.get(&id).unwrap().state(), TaskState::Completed);
         assert_eq!(t.totals().failed, 0);
@@ -648,7 +831,7 @@ mod tests {
         let id = TaskId(1);
         let mut t = table_with(id);
         assert!(
-            !t.requeue(id, BatchId(7), Attempt::Counts),
+            !t.requeue(id, BatchId(7), Attempt::Counts, "lost"),
             "queued: no batch"
         );
         assert!(t.assign(id, BatchId(7), &worker(), 10).is_some());
@@ -656,13 +839,16 @@ mod tests {
             t.assign(id, BatchId(8), &worker(), 11).is_none(),
             "already running"
         );
-        assert!(!t.requeue(id, BatchId(8), Attempt::Counts), "another batch");
-        assert!(t.requeue(id, BatchId(7), Attempt::Counts));
+        assert!(
+            !t.requeue(id, BatchId(8), Attempt::Counts, "lost"),
+            "another batch"
+        );
+        assert!(t.requeue(id, BatchId(7), Attempt::Counts, "lost"));
         let task = t.get(&id).unwrap();
         assert!(task.is_queued());
         assert_eq!(task.attempts(), 1, "a counted attempt stays");
         assert!(t.assign(id, BatchId(9), &worker(), 12).is_some());
-        assert!(t.requeue(id, BatchId(9), Attempt::Forgiven));
+        assert!(t.requeue(id, BatchId(9), Attempt::Forgiven, "lost"));
         assert_eq!(t.get(&id).unwrap().attempts(), 1, "a forgiven one does not");
         // The view still names the worker that ran it last.
         assert_eq!(

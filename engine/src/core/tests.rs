@@ -3284,6 +3284,7 @@ fn each_pool_s_strategy_runs_on_its_own_period() {
 
 mod owners;
 mod warm;
+mod watch;
 
 impl Harness {
     /// A call made by `caller`, its writes confirmed; the reply.

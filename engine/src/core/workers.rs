@@ -623,7 +623,8 @@ impl Core {
                 {
                     task.solo = true;
                 }
-                self.tasks.requeue(id, batch, Attempt::Counts);
+                let why = format!("its batch failed as a whole: {}", failure.message);
+                self.tasks.requeue(id, batch, Attempt::Counts, &why);
                 requeue.push(id);
                 continue;
             }
@@ -714,10 +715,11 @@ impl Core {
                 if !task.runs_in(batch_id) {
                     continue;
                 }
+                let note = loss_note(task.attempts(), worker, reason);
                 if attempt == Attempt::Counts {
-                    task.losses.push(loss_note(task.attempts(), worker, reason));
+                    task.losses.push(note.clone());
                 }
-                self.tasks.requeue(id, batch_id, attempt);
+                self.tasks.requeue(id, batch_id, attempt, &note);
                 let Some(task) = self.tasks.get(&id) else {
                     continue;
                 };

@@ -1,0 +1,211 @@
+//! The task table's indexes behind `flotilla tasks`: task ids by state,
+//! for every task, per servable name, per owner, and per owner and
+//! servable, each an ordered set so a list is read newest first without
+//! looking at a task that does not match.
+//!
+//! Ids are handed out in submission order, so the newest tasks are the
+//! highest ids and "submitted within the last hour" is a prefix of a
+//! descending walk. A query picks the one index that holds exactly the
+//! caller's tasks of the servable asked for, walks the sets of the states
+//! asked for from the top, and stops at the limit or at the first task
+//! older than `--since`: its cost is O(limit · log n), whatever the number
+//! of tasks held. Each task sits in four sets (about 40 bytes of index per
+//! task).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use flotilla_protocol::TaskId;
+use flotilla_protocol::task::TaskState;
+use rustc_hash::FxHashMap;
+
+/// The states a task is listed under (every state but `Unknown`).
+pub(super) const LISTED: [TaskState; 5] = [
+    TaskState::Queued,
+    TaskState::Running,
+    TaskState::Completed,
+    TaskState::Failed,
+    TaskState::Cancelled,
+];
+
+fn slot(state: TaskState) -> Option<usize> {
+    LISTED.iter().position(|s| *s == state)
+}
+
+/// Task ids by state.
+#[derive(Debug, Default)]
+pub(super) struct StateSets {
+    sets: [BTreeSet<TaskId>; 5],
+}
+
+impl StateSets {
+    fn insert(&mut self, state: TaskState, id: TaskId) {
+        if let Some(i) = slot(state) {
+            self.sets[i].insert(id);
+        }
+    }
+
+    fn remove(&mut self, state: TaskState, id: TaskId) {
+        if let Some(i) = slot(state) {
+            self.sets[i].remove(&id);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sets.iter().all(BTreeSet::is_empty)
+    }
+
+    /// How many tasks are in `state`.
+    pub(super) fn count(&self, state: TaskState) -> u64 {
+        slot(state).map_or(0, |i| self.sets[i].len() as u64)
+    }
+
+    /// The ids in any of `states` below `before`, highest first (a merge
+    /// of the states' sets, each walked from the top).
+    pub(super) fn descending<'a>(
+        &'a self,
+        states: &[TaskState],
+        before: Option<TaskId>,
+    ) -> impl Iterator<Item = TaskId> + 'a {
+        let upper = before.unwrap_or(TaskId(u64::MAX));
+        let mut heads: Vec<_> = states
+            .iter()
+            .filter_map(|s| slot(*s))
+            .map(|i| self.sets[i].range(..upper).rev().peekable())
+            .collect();
+        std::iter::from_fn(move || {
+            let best = heads
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, h)| h.peek().map(|id| (i, **id)))
+                .max_by_key(|(_, id)| *id)?;
+            heads[best.0].next().copied()
+        })
+    }
+}
+
+/// Which tasks one set of [`StateSets`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum IndexKey {
+    /// Every task.
+    All,
+    /// Tasks of a servable name (every version).
+    Servable(Arc<str>),
+    /// Tasks of one owner.
+    Owner(u32),
+    /// Tasks of one owner and servable name.
+    OwnerServable(u32, Arc<str>),
+}
+
+/// The name part of a canonical `NAME@VERSION`.
+pub(super) fn base_name(canonical: &str) -> &str {
+    canonical
+        .split_once('@')
+        .map_or(canonical, |(name, _)| name)
+}
+
+/// Every index.
+#[derive(Debug, Default)]
+pub(super) struct TaskIndex {
+    by: FxHashMap<IndexKey, StateSets>,
+}
+
+impl TaskIndex {
+    fn keys(servable: &str, owner: u32) -> [IndexKey; 4] {
+        let name: Arc<str> = Arc::from(base_name(servable));
+        [
+            IndexKey::All,
+            IndexKey::Servable(name.clone()),
+            IndexKey::Owner(owner),
+            IndexKey::OwnerServable(owner, name),
+        ]
+    }
+
+    /// Task `id` (of `servable`, owned by `owner`) entered `state`.
+    pub(super) fn insert(&mut self, id: TaskId, servable: &str, owner: u32, state: TaskState) {
+        for key in Self::keys(servable, owner) {
+            self.by.entry(key).or_default().insert(state, id);
+        }
+    }
+
+    /// Task `id` left `state` (moved on or was forgotten).
+    pub(super) fn remove(&mut self, id: TaskId, servable: &str, owner: u32, state: TaskState) {
+        for key in Self::keys(servable, owner) {
+            if let Some(sets) = self.by.get_mut(&key) {
+                sets.remove(state, id);
+                if sets.is_empty() && key != IndexKey::All {
+                    self.by.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Task `id` moved from `from` to `to`.
+    pub(super) fn moved(
+        &mut self,
+        id: TaskId,
+        servable: &str,
+        owner: u32,
+        from: TaskState,
+        to: TaskState,
+    ) {
+        if from != to {
+            self.remove(id, servable, owner, from);
+            self.insert(id, servable, owner, to);
+        }
+    }
+
+    /// The sets of `key` (none when no task has it).
+    pub(super) fn sets(&self, key: &IndexKey) -> Option<&StateSets> {
+        self.by.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_merge_states_newest_first_and_page_with_before() {
+        let mut index = TaskIndex::default();
+        for n in 1..=6 {
+            let state = if n % 2 == 0 {
+                TaskState::Failed
+            } else {
+                TaskState::Queued
+            };
+            index.insert(TaskId(n), "a@1", 7, state);
+        }
+        let all = index.sets(&IndexKey::All).unwrap();
+        let ids: Vec<u64> = all
+            .descending(&[TaskState::Queued, TaskState::Failed], None)
+            .map(|t| t.0)
+            .collect();
+        assert_eq!(ids, [6, 5, 4, 3, 2, 1]);
+        let failed: Vec<u64> = all
+            .descending(&[TaskState::Failed], Some(TaskId(6)))
+            .map(|t| t.0)
+            .collect();
+        assert_eq!(failed, [4, 2]);
+        assert_eq!(all.count(TaskState::Queued), 3);
+    }
+
+    #[test]
+    fn moves_and_removals_keep_every_index_exact() {
+        let mut index = TaskIndex::default();
+        index.insert(TaskId(1), "a@1", 7, TaskState::Queued);
+        index.insert(TaskId(2), "b@1", 8, TaskState::Queued);
+        index.moved(TaskId(1), "a@1", 7, TaskState::Queued, TaskState::Running);
+        let a = IndexKey::OwnerServable(7, Arc::from("a"));
+        let sets = index.sets(&a).unwrap();
+        assert_eq!(sets.count(TaskState::Queued), 0);
+        assert_eq!(sets.count(TaskState::Running), 1);
+        assert!(index.sets(&IndexKey::Owner(8)).is_some());
+        index.remove(TaskId(2), "b@1", 8, TaskState::Queued);
+        assert!(index.sets(&IndexKey::Owner(8)).is_none(), "empty sets go");
+        assert!(index.sets(&IndexKey::Servable(Arc::from("b"))).is_none());
+        let all = index.sets(&IndexKey::All).unwrap();
+        assert_eq!(all.count(TaskState::Queued), 0);
+        assert_eq!(all.count(TaskState::Running), 1);
+    }
+}
