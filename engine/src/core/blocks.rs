@@ -562,6 +562,14 @@ impl Blocks {
         })
     }
 
+    /// Whether block `block` is one of this pool's and its job has ended
+    /// (its workers' tasks were already handed back).
+    pub fn has_ended(&self, block: u32) -> bool {
+        self.blocks
+            .get(&block)
+            .is_some_and(|b| b.state.is_terminal())
+    }
+
     /// Starts blocks again after a pause.
     pub fn resume(&mut self, name: &str) -> Result<(), String> {
         if name != self.policy.pool {

@@ -159,6 +159,12 @@ impl Pools {
             .is_some_and(|i| self.pools[i].ended_by_scheduler(block))
     }
 
+    /// See [`Blocks::has_ended`].
+    pub(super) fn has_ended(&self, block: u32) -> bool {
+        self.of_block(block)
+            .is_some_and(|i| self.pools[i].has_ended(block))
+    }
+
     /// Resumes the pool named `name`.
     pub(super) fn resume(&mut self, name: &str) -> Result<(), String> {
         match self.pools.iter_mut().find(|p| p.policy().pool == name) {

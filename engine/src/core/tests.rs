@@ -2023,6 +2023,39 @@ fn a_block_that_ends_loses_its_workers_and_requeues_their_tasks_at_once() {
 }
 
 #[test]
+fn a_worker_of_an_ended_block_is_not_taken_back() {
+    let mut h = started_with_block_0(policy(1, 1, 1), "77");
+    register(&mut h, 1, in_block("w1", 1, 0));
+    let ids = h.submit("sleep", 1);
+    h.poll(1);
+    h.ev(Event::Block(BlockEvent::State {
+        block: 0,
+        state: flotilla_providers::JobState::Cancelled,
+        message: Some("evicted".into()),
+    }));
+    // The evicted worker dials again before it dies.
+    let out = register(&mut h, 3, in_block("w1", 1, 0));
+    let refused = out.iter().find_map(|a| match a {
+        Action::ReplyWorker {
+            message: DaemonMessage::Refused { reason },
+            close: true,
+            ..
+        } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        refused.as_deref(),
+        Some("block 0 has ended; its workers are not taken back"),
+        "{out:?}"
+    );
+    assert_eq!(h.state(ids[0]), TaskState::Queued);
+    // The replacement block's worker is welcome, and gets the task.
+    register(&mut h, 2, in_block("w2", 1, 1));
+    let (poll, out) = h.poll(2);
+    assert_eq!(work_in(&out, poll)[0].items[0].task, ids[0]);
+}
+
+#[test]
 fn a_worker_near_the_end_of_its_job_gets_only_tasks_that_fit() {
     let mut h = Harness::new();
     // 60 s left before its job ends; the margin is 10 s.

@@ -226,12 +226,27 @@ impl Core {
         let refusal = match self.admission.handshakes.redeem(hello, now) {
             Err(HandshakeError::WrongProof) => Err(wrong_secret()),
             Err(e) => Err(e.to_string()),
-            Ok(keys) => check_hello(hello).map(|()| keys),
+            Ok(keys) => check_hello(hello)
+                .and_then(|()| self.check_block_alive(hello))
+                .map(|()| keys),
         };
         refusal.map_err(|reason| {
             self.log_refusal(pipe, Some(hello), "hello", &reason, now);
             DaemonMessage::Refused { reason }
         })
+    }
+
+    /// A worker of a block whose job has ended is not taken back: the
+    /// block's tasks were requeued when it ended, and a worker outliving
+    /// its job (an evicted pod reconnecting, a job the scheduler no longer
+    /// lists) would be capacity nobody accounts for.
+    fn check_block_alive(&self, hello: &Hello) -> Result<(), String> {
+        match hello.block_id {
+            Some(block) if self.fleet.pools.has_ended(block) => Err(format!(
+                "block {block} has ended; its workers are not taken back"
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn on_hello(
