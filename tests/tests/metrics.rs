@@ -80,7 +80,10 @@ fn scrapes_count_the_tasks_of_a_run_while_it_runs_and_after() {
         head.contains("Content-Type: text/plain; version=0.0.4"),
         "{head}"
     );
-    assert!(page.contains("# TYPE flotilla_uptime_seconds gauge"), "{page}");
+    assert!(
+        page.contains("# TYPE flotilla_uptime_seconds gauge"),
+        "{page}"
+    );
     let (head, _) = scrape(address, "/");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 
@@ -105,7 +108,10 @@ fn scrapes_count_the_tasks_of_a_run_while_it_runs_and_after() {
         get(&during, &format!("flotilla_queue_depth{sleep}")),
         (OK + BAD) as f64
     );
-    assert_eq!(get(&during, &format!("flotilla_tasks_completed_total{sleep}")), 0.0);
+    assert_eq!(
+        get(&during, &format!("flotilla_tasks_completed_total{sleep}")),
+        0.0
+    );
 
     // After: a worker ran them all.
     f.spawn_worker(&["--slots", "2"]);
@@ -134,11 +140,14 @@ fn scrapes_count_the_tasks_of_a_run_while_it_runs_and_after() {
     expect(&format!("flotilla_tasks_completed_total{sleep}"), OK);
     expect(&format!("flotilla_tasks_failed_total{sleep}"), BAD);
     expect(&format!("flotilla_queue_depth{sleep}"), 0);
-    expect(&format!("flotilla_task_latency_seconds_count{sleep}"), OK + BAD);
+    expect(
+        &format!("flotilla_task_latency_seconds_count{sleep}"),
+        OK + BAD,
+    );
     // `sleep` runs one input a call: a batch per task.
     expect(&format!("flotilla_batch_size_count{sleep}"), OK + BAD);
     expect(
-        &format!("flotilla_batch_size_bucket{{servable=\"sleep\",le=\"1\"}}"),
+        "flotilla_batch_size_bucket{servable=\"sleep\",le=\"1\"}",
         OK + BAD,
     );
     let echo = "{servable=\"echo\"}";
@@ -150,7 +159,12 @@ fn scrapes_count_the_tasks_of_a_run_while_it_runs_and_after() {
     // The worker was started by hand: no pool.
     let workers: f64 = ["busy", "idle"]
         .iter()
-        .map(|s| get(&after, &format!("flotilla_workers{{pool=\"none\",state=\"{s}\"}}")))
+        .map(|s| {
+            get(
+                &after,
+                &format!("flotilla_workers{{pool=\"none\",state=\"{s}\"}}"),
+            )
+        })
         .sum();
     assert_eq!(workers, 1.0, "{after:#?}");
     expect("flotilla_worker_slots{pool=\"none\"}", 2);
@@ -186,7 +200,9 @@ fn a_taken_metrics_address_stops_the_daemon_at_start_naming_the_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("[metrics] listen = \"{address}\": cannot listen there")),
+        err.contains(&format!(
+            "[metrics] listen = \"{address}\": cannot listen there"
+        )),
         "{err}"
     );
 }
