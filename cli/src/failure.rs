@@ -7,14 +7,17 @@ use flotilla_protocol::client::ApiErrorKind;
 /// list them (kept beside [`Failure::exit_status`], which maps to them).
 pub const EXIT_STATUSES: [(u8, &str); 5] = [
     (0, "success"),
-    (1, "a task failed, or another runtime error"),
+    (
+        1,
+        "a task failed or was cancelled (the error is on stderr), or another runtime error",
+    ),
     (
         2,
-        "usage or configuration error (bad flags, a bad site file, an unknown servable or task)",
+        "usage or configuration error (bad arguments, bad JSON, unknown servable, bad site file, daemon already running)",
     ),
     (
         3,
-        "the daemon is unreachable (not running, or $FLOTILLA_HOME points elsewhere)",
+        "the daemon is unreachable (not running, or not answering; see --home)",
     ),
     (
         4,
