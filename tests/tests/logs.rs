@@ -156,15 +156,16 @@ fn the_json_log_format_writes_one_object_a_line() {
     // --log-format overrides the file.
     let mut d = Detached::start(&site, &["--log-format", "text"], false, |_| {});
     let log = d.stop();
-    assert!(log.lines().any(|l| l.contains(" INFO ") && l.contains("daemon ready")), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("daemon ready")),
+        "{log}"
+    );
 }
 
 #[test]
 fn a_full_daemon_log_is_rotated_keeping_the_configured_number_of_files() {
-    let site = config_with(&[
-        ("daemon", "log_max_mb", "1"),
-        ("daemon", "log_keep", "2"),
-    ]);
+    let site = config_with(&[("daemon", "log_max_mb", "1"), ("daemon", "log_keep", "2")]);
     let full = "x".repeat((1 << 20) - 10) + "\nold-log\n";
     let mut d = Detached::start(&site, &[], false, |home| {
         std::fs::write(home.join("daemon.log"), &full).unwrap();
@@ -180,7 +181,10 @@ fn a_full_daemon_log_is_rotated_keeping_the_configured_number_of_files() {
         .collect();
     logs.sort();
     assert_eq!(logs, ["daemon.log", "daemon.log.1", "daemon.log.2"]);
-    assert!(log.contains("daemon ready") && !log.contains("old-log"), "{log}");
+    assert!(
+        log.contains("daemon ready") && !log.contains("old-log"),
+        "{log}"
+    );
     let read = |n: &str| std::fs::read_to_string(home.join(n)).unwrap();
     assert!(read("daemon.log.1").ends_with("old-log\n"));
     assert_eq!(read("daemon.log.2"), "older\n", "the oldest went");
@@ -207,14 +211,20 @@ fn logs_print_a_local_blocks_output_and_its_workers_log() {
     let out = f.cli(&["logs", "block", "0"]);
     assert!(out.status.success(), "{}", text(&out));
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(printed.contains("==> ") && printed.contains("/0/stderr <=="), "{printed}");
+    assert!(
+        printed.contains("==> ") && printed.contains("/0/stderr <=="),
+        "{printed}"
+    );
     assert!(printed.contains("reached the daemon"), "{printed}");
 
     let out = f.cli(&["logs", "worker", &worker_id, "--tail", "50"]);
     assert!(out.status.success(), "{}", text(&out));
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("reached the daemon"), "{printed}");
-    assert!(!printed.contains("==> "), "one stream, no header: {printed}");
+    assert!(
+        !printed.contains("==> "),
+        "one stream, no header: {printed}"
+    );
 
     let out = f.cli(&["logs", "block", "7"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
