@@ -181,7 +181,7 @@ impl prometheus_client::collector::Collector for Page {
                 .iter()
                 .map(|(n, t)| (vec![n.as_str()], &t.latency_s)),
         )?;
-        let queues = &s.status.queues;
+        let queues = queue_counts(s);
         family(
             &mut e,
             "queue_depth",
@@ -190,7 +190,7 @@ impl prometheus_client::collector::Collector for Page {
             servable,
             queues
                 .iter()
-                .map(|q| (vec![q.servable.as_str()], Value::Gauge(q.queued))),
+                .map(|(name, (queued, _))| (vec![name.as_str()], Value::Gauge(*queued))),
         )?;
         family(
             &mut e,
@@ -200,7 +200,7 @@ impl prometheus_client::collector::Collector for Page {
             servable,
             queues
                 .iter()
-                .map(|q| (vec![q.servable.as_str()], Value::Gauge(q.running))),
+                .map(|(name, (_, running))| (vec![name.as_str()], Value::Gauge(*running))),
         )?;
         let memo = &s.memo;
         family(
@@ -287,6 +287,21 @@ impl prometheus_client::collector::Collector for Page {
     }
 }
 
+/// (queued, running) by servable: every servable counted since the start,
+/// at 0 when nothing of it waits or runs (a series that vanished would
+/// read as "no data", not as an empty queue).
+fn queue_counts(s: &MetricsSnapshot) -> BTreeMap<String, (u64, u64)> {
+    let mut queues: BTreeMap<String, (u64, u64)> = s
+        .servables
+        .keys()
+        .map(|name| (name.clone(), (0, 0)))
+        .collect();
+    for q in &s.status.queues {
+        queues.insert(q.servable.clone(), (q.queued, q.running));
+    }
+    queues
+}
+
 /// Workers by (pool, busy or idle), and slots by pool.
 type WorkerCounts = (BTreeMap<(String, &'static str), u64>, BTreeMap<String, u64>);
 
@@ -369,8 +384,15 @@ mod tests {
         };
         t.batch_sizes.observe(2.0);
         t.latency_s.observe(0.003);
+        let idle = ServableTally {
+            accepted: 1,
+            completed: 1,
+            ..ServableTally::default()
+        };
         let snapshot = MetricsSnapshot {
-            servables: [("echo@1.0.0".to_owned(), t)].into_iter().collect(),
+            servables: [("echo@1.0.0".to_owned(), t), ("idle".to_owned(), idle)]
+                .into_iter()
+                .collect(),
             memo: MemoStats::default(),
             status: status(),
         };
@@ -387,6 +409,7 @@ mod tests {
             "flotilla_batch_size_count{servable=\"echo@1.0.0\"} 1",
             "flotilla_task_latency_seconds_bucket{servable=\"echo@1.0.0\",le=\"0.005\"} 1",
             "flotilla_queue_depth{servable=\"echo@1.0.0\"} 3",
+            "flotilla_queue_depth{servable=\"idle\"} 0",
             "flotilla_workers{pool=\"none\",state=\"busy\"} 1",
             "flotilla_worker_slots{pool=\"none\"} 4",
             "flotilla_store_flush_seconds_count 1",
