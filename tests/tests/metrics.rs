@@ -17,13 +17,18 @@ use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(120);
 
-/// A loopback port free now (the daemon binds it right after).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The address the daemon's metrics endpoint got (the site file asks
+/// for port 0), from its log.
+fn metrics_address(f: &Flotilla) -> SocketAddr {
+    wait_until(LONG, "the metrics endpoint's address in the log", || {
+        f.log()
+            .lines()
+            .find(|l| l.contains("metrics endpoint listening"))?
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("address="))?
+            .parse()
+            .ok()
+    })
 }
 
 /// One scrape: the response head and the page.
@@ -66,12 +71,11 @@ fn echo(text: &str) -> TaskRequest {
 
 #[test]
 fn scrapes_count_the_tasks_of_a_run_while_it_runs_and_after() {
-    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let listen = format!("\"{address}\"");
     let mut f = Flotilla::start(&config_with(&[
-        ("metrics", "listen", &listen),
+        ("metrics", "listen", "\"127.0.0.1:0\""),
         ("servables.echo", "memoize", "true"),
     ]));
+    let address = metrics_address(&f);
     let client = f.client();
 
     let (head, page) = scrape(address, "/metrics");
