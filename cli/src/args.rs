@@ -34,8 +34,12 @@ pub(crate) fn seconds(text: &str) -> Result<Duration, String> {
 ///
 /// Client commands talk to the daemon of $FLOTILLA_HOME (default ~/.flotilla).
 #[derive(Parser, Debug)]
-#[command(name = "flotilla", version)]
+#[command(name = "flotilla", version, after_help = crate::failure::exit_status_help())]
 pub(crate) struct Cli {
+    /// The state directory of the daemon to run or talk to, for this
+    /// command only (sets FLOTILLA_HOME).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
     /// The command to run.
     #[command(subcommand)]
     pub(crate) command: Cmd,
@@ -51,6 +55,14 @@ pub(crate) enum Cmd {
         /// Start in the background, log to STATE_DIR/daemon.log, return once it answers.
         #[arg(long)]
         detach: bool,
+        /// Log lines as text or as JSON objects, one a line (default: the
+        /// site file's `[daemon] log_format`).
+        #[arg(long, value_enum)]
+        log_format: Option<crate::logging::LogFormat>,
+        /// Write the log to this file, rotated by size (`--detach` passes
+        /// STATE_DIR/daemon.log).
+        #[arg(long, hide = true)]
+        log_file: Option<PathBuf>,
     },
     /// Stop the daemon gracefully and wait until it has exited.
     Stop {
@@ -235,6 +247,46 @@ pub(crate) enum Cmd {
     },
     /// Start a throw-away daemon, run requests against it, show timings.
     Demo,
+    /// Print a block's job output or a worker's log.
+    Logs {
+        #[command(subcommand)]
+        command: LogsCmd,
+    },
+    /// Print a shell completion script (e.g. `source <(flotilla completions bash)`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, or write one page per command into a directory.
+    Man {
+        /// Write flotilla.1 and flotilla-COMMAND.1 pages here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum LogsCmd {
+    /// A block's job output (its stdout and stderr files).
+    Block {
+        /// The block's id (`flotilla status` lists them).
+        id: u32,
+        /// Only this stream.
+        #[arg(long, value_enum)]
+        stream: Option<crate::logs_cmd::Stream>,
+        /// Only the last N lines of each stream.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
+    /// A worker's log: its block's stderr, where every worker of the
+    /// block writes.
+    Worker {
+        /// The worker's id (`flotilla status` lists them).
+        id: String,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -37,6 +37,10 @@ fn check_one(file: Option<&PathBuf>) -> Result<(), Failure> {
             dir.shared_root().display()
         );
     }
+    match config.metrics.listen {
+        Some(address) => println!("# metrics endpoint: http://{address}/metrics"),
+        None => println!("# metrics endpoint: off (set [metrics] listen to serve one)"),
+    }
     print!("{}", config.to_toml());
     Ok(())
 }

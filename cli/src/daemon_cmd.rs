@@ -13,15 +13,28 @@ use flotilla_engine::state_dir::{StateDir, is_live_daemon};
 use flotilla_protocol::launch::HOME_ENV;
 
 use crate::Failure;
+use crate::logging::LogFormat;
+
+/// How the daemon logs: `--log-format`, and `--log-file` (which `--detach`
+/// sets to STATE_DIR/daemon.log).
+#[derive(Debug, Default, Clone)]
+pub struct LogArgs {
+    /// Text or JSON, over the site file's `[daemon] log_format`.
+    pub format: Option<LogFormat>,
+    /// The rotated log file, instead of stderr.
+    pub file: Option<PathBuf>,
+}
 
 /// `flotilla daemon`: runs the daemon of `--config FILE` (or the embedded
 /// default) here, or with `detach` in the background.
-pub fn daemon(config_path: Option<&Path>, detach: bool) -> Result<(), Failure> {
+pub fn daemon(config_path: Option<&Path>, detach: bool, log: LogArgs) -> Result<(), Failure> {
     let (config, name) = load_config(config_path)?;
     if !detach {
+        crate::logging::init_daemon(&config, log.format, log.file.as_deref())?;
         return foreground(config, &name);
     }
-    let (dir, pid) = detached(config_path, &config)?;
+    crate::logging::init_client();
+    let (dir, pid) = detached(config_path, &config, log.format)?;
     println!(
         "daemon running (pid {pid}); state {}; shared {}; log {}",
         dir.root().display(),
@@ -63,11 +76,20 @@ pub fn foreground(config: Config, config_name: &str) -> Result<(), Failure> {
 
 /// Starts the daemon in the background (its own session, output in
 /// `STATE_DIR/daemon.log`) and returns once it answers.
-pub fn detached(config_path: Option<&Path>, config: &Config) -> Result<(StateDir, u32), Failure> {
+pub fn detached(
+    config_path: Option<&Path>,
+    config: &Config,
+    log_format: Option<LogFormat>,
+) -> Result<(StateDir, u32), Failure> {
     let dir = resolve_dirs(config)?;
     dir.create().map_err(|e| Failure::Other(e.into()))?;
     let log = dir.root().join("daemon.log");
-    let pid = spawn_daemon(config_path, &dir, &log, Duration::from_secs(30), true)?;
+    let spawn = Spawn {
+        limit: Duration::from_secs(30),
+        new_session: true,
+        log_format,
+    };
+    let pid = spawn_daemon(config_path, &dir, &log, spawn)?;
     Ok((dir, pid))
 }
 
@@ -81,16 +103,31 @@ pub fn resolve_dirs(config: &Config) -> Result<StateDir, Failure> {
     .map_err(|e| Failure::Usage(e.into()))
 }
 
-/// Spawns `flotilla daemon` for `dir` and waits up to `limit` until it
-/// answers. With `new_session` the daemon outlives the terminal; without, it
-/// shares this process's session (and its Ctrl-C).
+/// How [`spawn_daemon`] starts the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct Spawn {
+    /// How long it may take to answer.
+    pub limit: Duration,
+    /// In a session of its own: it outlives the terminal; else it shares
+    /// this process's session (and its Ctrl-C).
+    pub new_session: bool,
+    /// `--log-format`, passed on.
+    pub log_format: Option<LogFormat>,
+}
+
+/// Spawns `flotilla daemon` for `dir`, logging into `log` (rotated by
+/// size), and waits until it answers.
 pub fn spawn_daemon(
     config_path: Option<&Path>,
     dir: &StateDir,
     log: &Path,
-    limit: Duration,
-    new_session: bool,
+    spawn: Spawn,
 ) -> Result<u32, Failure> {
+    let Spawn {
+        limit,
+        new_session,
+        log_format,
+    } = spawn;
     let exe = std::env::current_exe().context("cannot find the flotilla executable")?;
     let out = OpenOptions::new()
         .create(true)
@@ -104,6 +141,14 @@ pub fn spawn_daemon(
     cmd.arg("daemon");
     if let Some(p) = config_path {
         cmd.arg("--config").arg(p);
+    }
+    cmd.arg("--log-file").arg(log);
+    if let Some(format) = log_format {
+        let name = match format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        cmd.arg("--log-format").arg(name);
     }
     cmd.env(flotilla_protocol::paths::HOME_ENV, dir.root())
         .stdin(Stdio::null())

@@ -16,7 +16,7 @@ use flotilla_protocol::{Payload, TaskId};
 use serde_json::json;
 
 use crate::Failure;
-use crate::daemon_cmd::{spawn_daemon, stop};
+use crate::daemon_cmd::{Spawn, spawn_daemon, stop};
 use crate::output::output_text;
 
 const SYNC_RUNS: usize = 200;
@@ -35,7 +35,12 @@ pub fn run() -> Result<(), Failure> {
         tmp.path().display()
     );
     let started = Instant::now();
-    let pid = spawn_daemon(None, &dir, &log, Duration::from_secs(30), false)?;
+    let spawn = Spawn {
+        limit: Duration::from_secs(30),
+        new_session: false,
+        log_format: None,
+    };
+    let pid = spawn_daemon(None, &dir, &log, spawn)?;
     println!(
         "  daemon started (pid {pid}) in {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3

@@ -3,6 +3,37 @@
 use flotilla_client::ClientError;
 use flotilla_protocol::client::ApiErrorKind;
 
+/// Every exit status and what it means, as `--help` and the manual page
+/// list them (kept beside [`Failure::exit_status`], which maps to them).
+pub const EXIT_STATUSES: [(u8, &str); 5] = [
+    (0, "success"),
+    (
+        1,
+        "a task failed or was cancelled (the error is on stderr), or another runtime error",
+    ),
+    (
+        2,
+        "usage or configuration error (bad arguments, bad JSON, unknown servable, bad site file, daemon already running)",
+    ),
+    (
+        3,
+        "the daemon is unreachable (not running, or not answering; see --home)",
+    ),
+    (
+        4,
+        "a result is not ready yet (still queued or running when the wait ended)",
+    ),
+];
+
+/// The exit statuses as the end of `--help`.
+pub fn exit_status_help() -> String {
+    let mut text = String::from("Exit status:");
+    for (code, meaning) in EXIT_STATUSES {
+        text.push_str(&format!("\n  {code}  {meaning}"));
+    }
+    text
+}
+
 /// A command that did not succeed, mapped to the documented exit status.
 #[derive(Debug)]
 pub enum Failure {

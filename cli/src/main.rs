@@ -1,8 +1,7 @@
 //! `flotilla`: run the daemon, invoke servables, inspect and cancel tasks.
 //!
-//! Exit status: 0 success; 1 a task failed (or another runtime error);
-//! 2 usage or configuration error; 3 the daemon is unreachable; 4 a result
-//! is not ready yet (still queued or running when the wait ended).
+//! Exit status: see [`failure::EXIT_STATUSES`] (also in `--help` and the
+//! manual page).
 
 mod admin_cmd;
 mod args;
@@ -13,21 +12,23 @@ mod demo;
 mod failure;
 mod ids;
 mod input;
+mod log_file;
+mod logging;
+mod logs_cmd;
 mod output;
 mod preview_cmd;
 mod servable_cmd;
+mod shell_cmd;
 mod task_cmd;
 mod task_ids;
 mod token_cmd;
 mod watch_cmd;
 mod wheels;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use flotilla_client::Client;
-use flotilla_protocol::launch::LOG_ENV;
 
 use args::{Cli, Cmd};
 pub use failure::Failure;
@@ -35,19 +36,15 @@ use task_cmd::Request;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.command {
-        Cmd::Daemon { .. } => "info",
-        _ => "warn",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal, never into daemon.log.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    if let Some(home) = &cli.home {
+        // SAFETY: nothing else runs yet (no thread has been started), so
+        // nothing reads the environment concurrently.
+        unsafe { std::env::set_var(flotilla_protocol::paths::HOME_ENV, home) };
+    }
+    // The daemon logs as its site file says, once it has read it.
+    if !matches!(cli.command, Cmd::Daemon { .. }) {
+        logging::init_client();
+    }
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -68,7 +65,18 @@ fn connect() -> Result<Client, Failure> {
 /// Runs one command.
 fn execute(command: Cmd) -> Result<(), Failure> {
     match command {
-        Cmd::Daemon { config, detach } => daemon_cmd::daemon(config.as_deref(), detach),
+        Cmd::Daemon {
+            config,
+            detach,
+            log_format,
+            log_file,
+        } => {
+            let log = daemon_cmd::LogArgs {
+                format: log_format,
+                file: log_file,
+            };
+            daemon_cmd::daemon(config.as_deref(), detach, log)
+        }
         Cmd::Stop { timeout } => daemon_cmd::stop_command(timeout),
         Cmd::Run {
             servable,
@@ -150,5 +158,8 @@ fn execute(command: Cmd) -> Result<(), Failure> {
         Cmd::Config { command } => config_cmd::config(command),
         Cmd::Token { command } => token_cmd::token(command),
         Cmd::Demo => demo::run(),
+        Cmd::Logs { command } => logs_cmd::logs(command),
+        Cmd::Completions { shell } => shell_cmd::completions(shell),
+        Cmd::Man { dir } => shell_cmd::man(dir.as_deref()),
     }
 }

@@ -115,6 +115,35 @@ fn config_check_shows_the_state_and_shared_directories() {
 }
 
 #[test]
+fn config_check_shows_the_metrics_endpoint_and_refuses_a_bad_address() {
+    let home = tempfile::tempdir().unwrap();
+    let out = flotilla(&["config", "check"], home.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("# metrics endpoint: off"), "{text}");
+    let file = home.path().join("site.toml");
+    std::fs::write(&file, "[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+    let out = flotilla(&["config", "check", file.to_str().unwrap()], home.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("# metrics endpoint: http://127.0.0.1:9464/metrics\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[metrics]\nlisten = \"127.0.0.1:9464\"\n"),
+        "{text}"
+    );
+    std::fs::write(&file, "[daemon]\nlog_format = \"yaml\"\n").unwrap();
+    let out = flotilla(&["config", "check", file.to_str().unwrap()], home.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("site.toml:2: `daemon.log_format`: must be \"text\" or \"json\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn every_site_example_checks_and_a_broken_one_is_named() {
     let home = tempfile::tempdir().unwrap();
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../site-examples");

@@ -28,6 +28,7 @@ mod error;
 mod interchange;
 mod launcher;
 mod memo;
+mod metrics;
 mod pool;
 mod provider;
 mod servables;
@@ -37,11 +38,12 @@ mod worker;
 
 pub use channel::{ChannelConfig, ChannelKind};
 pub use container::{ContainerConfig, GpuVendor, RuntimeKind, WORKER_MOUNT, WorkerSource};
-pub use daemon::DaemonConfig;
+pub use daemon::{DaemonConfig, LogFormat};
 pub use error::ConfigError;
 pub use interchange::InterchangeConfig;
 pub use launcher::{LauncherConfig, LauncherKind, MpiFlavorConfig};
 pub use memo::MemoConfig;
+pub use metrics::MetricsConfig;
 pub use pool::{PoolConfig, is_name as is_pool_name};
 pub use provider::{KubernetesConfig, ProviderConfig, ProviderKind};
 pub use servables::ServableOverride;
@@ -74,6 +76,8 @@ pub struct Config {
     pub channel: ChannelConfig,
     /// `[memo]`: the memo store's bounds.
     pub memo: MemoConfig,
+    /// `[metrics]`: the Prometheus endpoint, when asked for.
+    pub metrics: MetricsConfig,
     /// `[servables.NAME]`: this site's overrides of servables' serving
     /// options (every version of NAME; builtins too).
     pub servables: BTreeMap<String, ServableOverride>,
@@ -97,6 +101,7 @@ struct RawConfig {
     worker: Option<worker::RawWorker>,
     channel: Option<channel::RawChannel>,
     memo: Option<memo::RawMemo>,
+    metrics: Option<metrics::RawMetrics>,
     servables: Option<BTreeMap<String, servables::RawServableOverride>>,
     pool: Option<Vec<pool::RawPool>>,
 }
@@ -108,6 +113,7 @@ struct RenderedPools<'a> {
     daemon: &'a DaemonConfig,
     interchange: &'a InterchangeConfig,
     memo: &'a MemoConfig,
+    metrics: &'a MetricsConfig,
     servables: &'a BTreeMap<String, ServableOverride>,
     pool: &'a [PoolConfig],
 }
@@ -143,6 +149,7 @@ impl RawConfig {
             container: self.container.unwrap_or_default().check(site)?,
             worker: self.worker.unwrap_or_default().check(site)?,
             memo: self.memo.unwrap_or_default().check(site)?,
+            metrics: self.metrics.unwrap_or_default().check(site)?,
             servables: servables::check(self.servables.unwrap_or_default(), site)?,
             pools: Vec::new(),
         };
@@ -199,6 +206,7 @@ impl Config {
                 daemon: &self.daemon,
                 interchange: &self.interchange,
                 memo: &self.memo,
+                metrics: &self.metrics,
                 servables: &self.servables,
                 pool: &self.pools,
             })

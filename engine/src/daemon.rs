@@ -65,6 +65,14 @@ pub enum DaemonError {
     /// `[daemon] api_group` cannot be used.
     #[error("{0}")]
     ApiGroup(String),
+    /// `[metrics] listen` cannot be listened on.
+    #[error("[metrics] listen = \"{address}\": cannot listen there: {source}")]
+    Metrics {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Threads, runtime or signals.
     #[error("{what}: {source}")]
     Io {
@@ -116,6 +124,15 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
 
     let hub: Arc<Hub<Io>> = Arc::new(Hub::default());
     let writer = spawn_writer(&hub, store, index)?;
+    let flush_times = writer.flush_times();
+    let metrics_listener = match config.metrics.listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|source| DaemonError::Metrics { address, source })?,
+        ),
+        None => None,
+    };
     let max_pipes = interchange_pipe_limit(raise_open_file_limit());
     let object_link = ObjectLink::default();
     let sockets = open_sockets(&config, &dir, &hub, max_pipes, &object_link)?;
@@ -134,7 +151,15 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
             sockets.port,
             &secret,
         );
-        pool_io.insert(pool.name.clone(), PoolIo { provider, template });
+        let place = crate::block_runs::Place::of(&pool_config);
+        pool_io.insert(
+            pool.name.clone(),
+            PoolIo {
+                provider,
+                template,
+                place,
+            },
+        );
     }
     let seed = crate::entropy::random_seed().map_err(io("/dev/urandom"))?;
     let core_config = core_config(&config, secret, seed, sockets.interchange_url.clone());
@@ -169,15 +194,43 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
             .map(|c| (c.server.clone(), c.gate.clone())),
         writer,
         pools: pool_io,
+        state_dir: dir.root().to_path_buf(),
     };
     let (driver, exit_now) = Driver::new(core, io);
     hub.install(driver);
+    if let Some(listener) = metrics_listener {
+        serve_metrics(listener, &hub, flush_times);
+    }
     if !exit_now {
         run_until_exit(&hub, signals).await;
     }
     let outcome = shut_down(&hub, &sockets, &dir);
     drop(object_server);
     outcome
+}
+
+/// Starts answering scrapes on `listener` (`[metrics] listen`): each reads
+/// the core's counts and status at one instant.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    hub: &Arc<Hub<Io>>,
+    flush_times: crate::store_writer::FlushTimes,
+) {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(address = %address, "metrics endpoint listening (GET /metrics)");
+    }
+    let hub = hub.clone();
+    let scrape: crate::metrics_http::Scrape = Arc::new(move || {
+        let flushes = flush_times
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match hub.inspect(|core| core.metrics(now_us())) {
+            Some(snapshot) => crate::metrics::render(snapshot, flushes),
+            None => String::new(),
+        }
+    });
+    tokio::spawn(crate::metrics_http::serve(listener, scrape));
 }
 
 /// Whether blocks run on other nodes that read the shared directory: a
@@ -762,6 +815,8 @@ struct Io {
     writer: StoreWriter,
     /// Each pool's provider thread and block template, by pool name.
     pools: BTreeMap<String, PoolIo>,
+    /// The state directory, where blocks' run directories are noted.
+    state_dir: std::path::PathBuf,
 }
 
 /// What starts, cancels and watches one pool's blocks.
@@ -769,6 +824,8 @@ struct Io {
 struct PoolIo {
     provider: ProviderRunner,
     template: BlockTemplate,
+    /// Where its blocks' run directories are.
+    place: crate::block_runs::Place,
 }
 
 impl Io {
@@ -851,7 +908,18 @@ impl ActionRunner for Io {
                 Action::SubmitBlock { pool, block } => {
                     if let Some(p) = self.pool(&pool, block) {
                         match p.template.job(block) {
-                            Ok(job) => p.provider.submit(block, job),
+                            Ok(job) => {
+                                let run = crate::block_runs::BlockRun {
+                                    block,
+                                    pool: pool.clone(),
+                                    place: p.place.clone(),
+                                    run_dir: job.run_dir.clone(),
+                                };
+                                if let Err(e) = crate::block_runs::record(&self.state_dir, &run) {
+                                    tracing::warn!(block, error = %e, "cannot note where the block runs; `flotilla logs block` will not find it");
+                                }
+                                p.provider.submit(block, job);
+                            }
                             Err(e) => {
                                 tracing::error!(pool = %pool, block, error = %e, "cannot start block");
                                 p.provider.refuse(block, e.to_string());

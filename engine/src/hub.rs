@@ -112,6 +112,18 @@ impl<X: ActionRunner> Hub<X> {
         self.rearm.notified().await;
     }
 
+    /// Runs `f` on the core (a metrics scrape), waiting for the core lock,
+    /// then handles what was posted meanwhile; none before the driver is
+    /// installed. Never call it from a thread that may hold the core lock
+    /// (an action), nor where waiting a moment is unwelcome: events never
+    /// wait, this does.
+    pub fn inspect<R>(&self, f: impl FnOnce(&Core) -> R) -> Option<R> {
+        let read = lock(&self.driver).as_ref().map(|d| f(&d.core));
+        // Events posted while we held the lock were left for its holder.
+        self.drain();
+        read
+    }
+
     /// Delivers `event`: handled now on this thread, or by the thread that
     /// holds the core.
     pub fn post(&self, event: Event) {

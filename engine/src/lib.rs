@@ -15,15 +15,18 @@
 //! * [`object_server`]: servable files for workers that cannot read the
 //!   object store, a chunk at a time.
 //! * [`advertise`]: the addresses workers dial and the daemon listens on.
+//! * [`block_runs`]: where each block ran, for `flotilla logs`.
 //! * [`launch`] and [`provider_runner`]: what a block runs and the thread that
 //!   asks the provider to run it; [`provision`] picks the provider.
 //! * [`hub`]: how events reach the core on the thread that brings them.
 //! * [`clock`]: the core's clock.
+//! * [`metrics`] and [`metrics_http`]: the opt-in Prometheus endpoint.
 //! * [`daemon`]: the process that wires them together.
 //!
 //! See `docs/architecture.md` for how a request travels through them.
 
 pub mod advertise;
+pub mod block_runs;
 pub mod client_gate;
 pub mod clock;
 pub mod config;
@@ -34,6 +37,8 @@ pub mod fs_check;
 pub mod hub;
 pub mod identity;
 pub mod launch;
+pub mod metrics;
+pub mod metrics_http;
 pub mod net;
 pub mod object_server;
 pub mod preview;

@@ -24,9 +24,11 @@
 //! dropping the writer waits at most [`CLOSE_LIMIT`] for the final flush.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::core::tally::{Histogram, LATENCY_BUCKETS_S};
 use crate::store::{ChunkIndex, Store, StoreOp};
 use crate::store_room::{self, NoRoom, RESERVE_BYTES, Room};
 
@@ -83,7 +85,13 @@ pub struct StoreWriter {
     thread: Option<thread::JoinHandle<()>>,
     /// Disconnected once the thread is done (its store closed or left).
     exited: mpsc::Receiver<()>,
+    /// How long each group commit took, for the metrics endpoint.
+    flush_times: FlushTimes,
 }
+
+/// Seconds each group commit took to apply and flush, shared with whoever
+/// reports them.
+pub type FlushTimes = Arc<Mutex<Histogram>>;
 
 impl StoreWriter {
     /// Starts the writer on `store` with the chunk `index` from recovery;
@@ -107,6 +115,8 @@ impl StoreWriter {
     ) -> std::io::Result<StoreWriter> {
         let (tx, rx) = mpsc::channel::<WriterMsg>();
         let (exited_tx, exited) = mpsc::channel::<()>();
+        let flush_times: FlushTimes = Arc::new(Mutex::new(Histogram::new(&LATENCY_BUCKETS_S)));
+        let times = flush_times.clone();
         let thread = thread::Builder::new()
             .name("flotilla-store".into())
             .spawn(move || {
@@ -119,6 +129,7 @@ impl StoreWriter {
                     failed: None,
                     broken: None,
                     short_of_room: false,
+                    flush_times: times,
                 };
                 writer.run(&rx);
                 drop(exited_tx);
@@ -127,7 +138,13 @@ impl StoreWriter {
             tx,
             thread: Some(thread),
             exited,
+            flush_times,
         })
+    }
+
+    /// The group commits' durations so far (shared: it keeps growing).
+    pub fn flush_times(&self) -> FlushTimes {
+        self.flush_times.clone()
     }
 
     /// Queues `op` as sequence number `seq` (numbers must increase).
@@ -177,6 +194,7 @@ struct Writer<R> {
     broken: Option<String>,
     /// True after a batch was refused for want of room, until there is room.
     short_of_room: bool,
+    flush_times: FlushTimes,
 }
 
 impl<R: Fn(WriterReport)> Writer<R> {
@@ -248,11 +266,16 @@ impl<R: Fn(WriterReport)> Writer<R> {
             self.short_of_room = true;
             return self.fail(seq, no_room.to_string());
         }
+        let started = Instant::now();
         match store
             .apply(ops, &mut self.index)
             .and_then(|()| store.flush())
         {
             Ok(()) => {
+                self.flush_times
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .observe(started.elapsed().as_secs_f64());
                 self.durable = seq;
                 (self.report)(WriterReport::Durable(seq));
                 if self.short_of_room {

@@ -149,6 +149,15 @@ fn the_daemon_runs_its_workers_inside_a_slurm_job() {
     assert!(log.contains("servable files verified"), "{log}");
     assert!(!log.contains("fetched from the daemon"), "{log}");
     assert!(block.join("stdout").is_file());
+    // `flotilla logs` finds the job's output without being told where.
+    let out = f.cli(&["logs", "block", "0", "--stream", "stderr"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("servable files verified"), "{printed}");
     state_dir_holds_no_shared_files(f.home());
     // Jobs on other nodes find the daemon through the copy of its contact
     // file; it holds no secret.
@@ -282,6 +291,15 @@ fn the_same_flow_works_over_ssh() {
             .any(|l| l.contains("servable file fetched from the daemon")
                 && l.contains("file=serve.py")),
         "{log}"
+    );
+    // `flotilla logs` says where a remote block's output is.
+    let out = f.cli(&["logs", "block", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    let stderr_path = format!("remote-blocks/{tag}/0/stderr");
+    assert!(
+        said.contains("ran over SSH on") && said.contains(&stderr_path),
+        "{said}"
     );
     // The daemon's own files: the object store in the shared directory,
     // the store in the state directory.

@@ -48,6 +48,25 @@ pub struct DaemonConfig {
     /// directory must then be searchable by the group (`chmod 0710`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_group: Option<String>,
+    /// How log lines are written: text, or one JSON object a line for log
+    /// collectors.
+    pub log_format: LogFormat,
+    /// `daemon.log` (written with `flotilla daemon --detach`) is rotated
+    /// when it would grow past this many MiB; 0: never.
+    pub log_max_mb: u64,
+    /// Rotated logs kept beside it (`daemon.log.1` newest).
+    pub log_keep: u32,
+}
+
+/// `[daemon] log_format`.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colour only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: time, level, target, message, fields.
+    Json,
 }
 
 impl Default for DaemonConfig {
@@ -63,6 +82,9 @@ impl Default for DaemonConfig {
             recovery_grace_s: 10.0,
             client_listen: None,
             api_group: None,
+            log_format: LogFormat::Text,
+            log_max_mb: 64,
+            log_keep: 5,
         }
     }
 }
@@ -81,7 +103,16 @@ pub(crate) struct RawDaemon {
     recovery_grace_s: Option<Spanned<f64>>,
     client_listen: Option<Spanned<String>>,
     api_group: Option<Spanned<String>>,
+    log_format: Option<Spanned<String>>,
+    log_max_mb: Option<Spanned<u64>>,
+    log_keep: Option<Spanned<u32>>,
 }
+
+/// Largest `log_max_mb`: 1 TiB.
+const MAX_LOG_MB: u64 = 1 << 20;
+
+/// Most rotated logs kept.
+const MAX_LOG_KEEP: u32 = 1000;
 
 /// The smallest frame limit that still carries a worker's registration.
 const MIN_FRAME_BYTES: usize = 4096;
@@ -169,7 +200,23 @@ impl RawDaemon {
                 "must name a group; leave it out to keep the socket to the daemon's user",
             ));
         }
+        let log_format = match s.opt("log_format", self.log_format).as_deref() {
+            None => d.log_format,
+            Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(s.invalid(
+                    "log_format",
+                    format!("must be \"text\" or \"json\", got {other:?}"),
+                ));
+            }
+        };
+        let log_max_mb = s.count("log_max_mb", self.log_max_mb, d.log_max_mb, 0, MAX_LOG_MB)?;
+        let log_keep = s.count("log_keep", self.log_keep, d.log_keep, 0, MAX_LOG_KEEP)?;
         Ok(DaemonConfig {
+            log_format,
+            log_max_mb,
+            log_keep,
             client_listen,
             api_group,
             state_dir,
@@ -222,6 +269,29 @@ mod tests {
             err.starts_with("d.toml:2: `daemon.api_group`: must name a group"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn log_settings_are_read_and_checked() {
+        let c = Config::parse(
+            "[daemon]\nlog_format = \"json\"\nlog_max_mb = 1\nlog_keep = 2\n",
+            "d.toml",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.log_format, super::LogFormat::Json);
+        assert_eq!((c.daemon.log_max_mb, c.daemon.log_keep), (1, 2));
+        assert!(c.to_toml().contains("log_format = \"json\""));
+        let err = Config::parse("[daemon]\nlog_format = \"xml\"\n", "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "d.toml:2: `daemon.log_format`: must be \"text\" or \"json\", got \"xml\""
+        );
+        let err = Config::parse("[daemon]\nlog_max_mb = 2000000\n", "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("d.toml:2: `daemon.log_max_mb`"), "{err}");
     }
 
     #[test]

@@ -217,6 +217,7 @@ impl Config {
             daemon: self.daemon.clone(),
             interchange: self.interchange.clone(),
             memo: self.memo.clone(),
+            metrics: self.metrics.clone(),
             servables: self.servables.clone(),
             provider: pool.provider.clone(),
             channel: pool.channel.clone(),

@@ -253,6 +253,7 @@ impl Core {
         for ((offset, req), info) in requests.into_iter().enumerate().zip(resolved) {
             let id = TaskId(first + offset as u64);
             self.sched.ensure_adaptive(&info);
+            self.tally.accepted(&info.name);
             let mut task = Task::new(&info, caller.uid, req.params, req.input, now);
             new.push(NewTask {
                 id,
@@ -268,12 +269,14 @@ impl Core {
                 task.memo_key = Some(key);
                 if let Some(output) = self.memo.store.get(&key) {
                     self.memo.store.stats.hits += 1;
+                    self.tally.memo(&info.name, true);
                     task.memo = Some(MemoUse::Stored);
                     self.tasks.enqueue(id, task);
                     hits.push((id, output));
                     continue;
                 }
                 self.memo.store.stats.misses += 1;
+                self.tally.memo(&info.name, false);
             }
             self.enqueue_and_place(id, task, now);
         }

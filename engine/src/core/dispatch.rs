@@ -38,6 +38,8 @@ pub(super) struct Dispatch<'a> {
     pub(super) pools: &'a [BlockPolicy],
     /// The walltime margin of workers no pool started.
     pub(super) walltime_margin_us: u64,
+    /// Batch sizes, for monitoring.
+    pub(super) tally: &'a mut super::tally::Tally,
     /// When servables were used, warm-ups asked for by hand.
     pub(super) ledger: &'a mut WarmLedger,
 }
@@ -327,6 +329,7 @@ fn build_batch(
         w.specs_sent.insert(qk.servable.clone());
         spec = Some(Box::new((*record).clone()));
     }
+    d.tally.batch(&qk.servable, ids.len());
     d.batches.insert(
         batch_id,
         Batch {

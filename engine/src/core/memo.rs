@@ -198,6 +198,17 @@ impl Memo {
         self.entries.len()
     }
 
+    /// Counters and the current size, without the per-servable split
+    /// (which walks every entry): cheap enough for every metrics scrape.
+    pub fn summary(&self) -> MemoStats {
+        MemoStats {
+            entries: self.entries.len() as u64,
+            bytes: self.bytes,
+            per_servable: Vec::new(),
+            ..self.stats.clone()
+        }
+    }
+
     /// Counters plus the current size, per servable.
     pub fn report(&self) -> MemoStats {
         let mut per: BTreeMap<&str, (u64, u64)> = BTreeMap::new();

@@ -59,6 +59,7 @@ mod startup;
 mod store_trouble;
 mod task_events;
 mod task_index;
+pub mod tally;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -266,6 +267,8 @@ pub struct Core {
     life: Life,
     /// Warm capacity beyond each worker's slots (see `warmth.rs`).
     warm: warmth::WarmLedger,
+    /// Counts for monitoring (see `tally.rs`).
+    tally: tally::Tally,
 }
 
 impl Core {
@@ -327,6 +330,16 @@ impl Core {
         self.flush_records(out);
     }
 
+    /// What the metrics endpoint shows now: counts since start, the memo
+    /// store, and the daemon's status (queues, blocks, workers).
+    pub fn metrics(&self, now_us: u64) -> tally::MetricsSnapshot {
+        tally::MetricsSnapshot {
+            servables: self.tally.snapshot(),
+            memo: self.memo.store.summary(),
+            status: self.status(now_us),
+        }
+    }
+
     /// Last store sequence number issued (the I/O layer waits for it on exit).
     pub fn issued_seq(&self) -> u64 {
         self.replies.durability.issued()
@@ -348,6 +361,7 @@ impl Core {
             pools: &self.fleet.placement,
             walltime_margin_us: self.cfg.walltime_margin_us,
             ledger: &mut self.warm,
+            tally: &mut self.tally,
         };
         (d, &mut self.recovery.suspects)
     }

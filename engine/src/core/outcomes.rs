@@ -13,6 +13,7 @@ use super::access::TaskScope;
 use super::memo::MemoKey;
 use super::queues::Queues;
 use super::records::StoreOp;
+use super::tally::End;
 use super::tasks::{Ending, Task};
 use super::{Action, Core, Inflight, ReplyTo, Wait};
 
@@ -42,6 +43,13 @@ impl Core {
         else {
             return false;
         };
+        let end = match ending {
+            Ending::Completed => End::Completed,
+            Ending::Failed => End::Failed,
+            Ending::Cancelled => End::Cancelled,
+        };
+        self.tally
+            .ended(&done.servable, end, now.saturating_sub(done.submitted_us));
         self.replies.pending_records.push((id, done.record));
         if let Some(key) = done.memo_key {
             if done.ran

@@ -17,6 +17,7 @@ use super::pools::Pools;
 use super::queues::BatchRule;
 use super::records::{Recovered, StoreOp, StoredResult, StoredTask};
 use super::scheduling::Scheduling;
+use super::tally::End;
 use super::tasks::{Task, TaskTable};
 use super::worker_table::WorkerTable;
 use super::workers::REFUSALS_LOGGED_PER_SECOND;
@@ -83,6 +84,7 @@ impl Core {
                 last_sweep_us: now_us,
             },
             warm: Default::default(),
+            tally: Default::default(),
         };
         let mut requeued = 0u64;
         for (id, stored, result) in recovered.tasks {
@@ -132,6 +134,8 @@ impl Core {
                 false
             }
             (None, Ok(info)) => {
+                // Running again: counted as accepted by this daemon.
+                self.tally.accepted(&task.servable);
                 self.sched.ensure_adaptive(&info);
                 if info.memoize && info.steps.is_none() {
                     task.memo_key = Some(memo::key(&info.name, &task.input, &task.params));
@@ -149,6 +153,8 @@ impl Core {
             (None, Err((_, why))) => {
                 // Its servable was removed while the daemon was down.
                 let message = format!("cannot run after a restart: {why}");
+                self.tally.accepted(&task.servable);
+                self.tally.ended(&task.servable, End::Failed, 0);
                 if let Some(record) = self.tasks.fail_recovered(id, task, message, now) {
                     self.replies.pending_records.push((id, record));
                 }

@@ -264,6 +264,8 @@ pub(super) struct Finished {
     pub(super) servable: Arc<str>,
     /// The worker that ran it last.
     pub(super) worker: Option<Arc<str>>,
+    /// When it was accepted (µs since the epoch).
+    pub(super) submitted_us: u64,
 }
 
 /// Something that happened to a task, for the task event stream: the
@@ -578,6 +580,7 @@ impl TaskTable {
             ran: task.memo.is_none(),
             servable: task.servable.clone(),
             worker: task.last_worker.clone(),
+            submitted_us: task.timings.submitted_us,
         };
         match ending {
             Ending::Completed => self.totals.completed += 1,
