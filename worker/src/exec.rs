@@ -17,7 +17,8 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use flotilla_protocol::interchange::{BatchFailure, FailureKind, WorkBatch};
 use flotilla_protocol::placement::SlotPlacement;
@@ -48,6 +49,10 @@ struct Fetcher {
 /// its batch.
 type PrepareError = (FailureKind, String);
 
+/// How long a slot waits for the record of a batch's servable that came in
+/// ahead of it before failing the batch as unrunnable.
+const RECORD_WAIT: Duration = Duration::from_secs(10);
+
 /// Published servables this worker has been told about, and their processes.
 pub struct ExecRuntime {
     objects: Option<PathBuf>,
@@ -61,6 +66,9 @@ pub struct ExecRuntime {
     /// its processes.
     work_dir: TempDir,
     records: Mutex<HashMap<String, Arc<ServableRecord>>>,
+    /// Signalled when a record is learned, for a slot whose batch came in
+    /// ahead of the batch that carried its servable's record.
+    learned: Condvar,
     /// Servables whose files are in place; a failed preparation is not
     /// remembered, so the next batch tries again.
     prepared: Mutex<HashMap<String, PathBuf>>,
@@ -262,6 +270,7 @@ impl ExecRuntime {
             environments: None,
             work_dir,
             records: Mutex::new(HashMap::new()),
+            learned: Condvar::new(),
             prepared: Mutex::new(HashMap::new()),
             preparing: Mutex::new(()),
             slots: Vec::new(),
@@ -354,11 +363,34 @@ impl ExecRuntime {
         lock(&self.records)
             .entry(record.id())
             .or_insert_with(|| Arc::new(record.clone()));
+        self.learned.notify_all();
+    }
+
+    /// The record of servable `id`, waiting up to `wait` for it: the daemon
+    /// sends a record once, with the first batch, and a second batch that
+    /// came over the other lane can reach a slot first.
+    fn record_of(&self, id: &str, wait: Duration) -> Option<Arc<ServableRecord>> {
+        let deadline = Instant::now() + wait;
+        let mut records = lock(&self.records);
+        loop {
+            if let Some(record) = records.get(id) {
+                return Some(record.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            records = self
+                .learned
+                .wait_timeout(records, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// Runs `batch` on a warm process of its servable in slot `slot`.
     pub fn run(&self, batch: &WorkBatch, slot: usize) -> Result<Vec<Outcome>, BatchFailure> {
-        let Some(record) = lock(&self.records).get(&batch.servable).cloned() else {
+        let Some(record) = self.record_of(&batch.servable, RECORD_WAIT) else {
             return failure(
                 FailureKind::Unrunnable,
                 format!(
@@ -832,6 +864,26 @@ pub(crate) mod tests {
             lock: None,
             access: None,
         }
+    }
+
+    #[test]
+    fn a_batch_ahead_of_its_servables_record_waits_for_it() {
+        let root = tempfile::tempdir().unwrap();
+        let work = private_work_dir(root.path(), "w").unwrap();
+        let runtime = ExecRuntime::new(None, work, None);
+        let record = record("00");
+        let id = record.id();
+        assert!(runtime.record_of(&id, Duration::ZERO).is_none());
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| runtime.record_of(&id, Duration::from_secs(60)));
+            runtime.learn(&record);
+            assert_eq!(waiting.join().unwrap().map(|r| r.id()), Some(id.clone()));
+        });
+        assert!(
+            runtime
+                .record_of("never-sent@1", Duration::from_millis(20))
+                .is_none()
+        );
     }
 
     #[test]
