@@ -104,7 +104,8 @@ pub(crate) enum Cmd {
         #[arg(long, conflicts_with = "batch")]
         params: Option<String>,
         /// JSON-lines file (`-`: stdin), one {"servable", "input", "params"}
-        /// per line, submitted in one request.
+        /// per line, submitted in one request (a bar on a terminal for large
+        /// files).
         #[arg(long)]
         batch: Option<PathBuf>,
         /// Print the ids as a JSON array.

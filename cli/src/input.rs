@@ -61,7 +61,12 @@ struct BatchLine {
 /// Reads a JSON-lines batch file: one `{"servable": NAME, "input": VALUE,
 /// "params": {...}}` per line; blank lines are skipped. Every line is checked
 /// before anything is submitted, and the first bad one is named.
-pub fn read_batch(path: &Path) -> anyhow::Result<Vec<TaskRequest>> {
+/// It calls `progress(bytes read, bytes in all)` every [`PROGRESS_LINES`]
+/// lines and at the end, for a bar over a large file.
+pub fn read_batch(
+    path: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Vec<TaskRequest>> {
     let (text, name) = if path == Path::new("-") {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
@@ -73,7 +78,13 @@ pub fn read_batch(path: &Path) -> anyhow::Result<Vec<TaskRequest>> {
         (text, path.display().to_string())
     };
     let mut tasks = Vec::new();
+    let total = text.len() as u64;
+    let mut done = 0u64;
     for (index, line) in text.lines().enumerate() {
+        done += line.len() as u64 + 1;
+        if index % PROGRESS_LINES == PROGRESS_LINES - 1 {
+            progress(done.min(total), total);
+        }
         if line.trim().is_empty() {
             continue;
         }
@@ -97,11 +108,15 @@ pub fn read_batch(path: &Path) -> anyhow::Result<Vec<TaskRequest>> {
             },
         });
     }
+    progress(total, total);
     if tasks.is_empty() {
         bail!("{name}: no tasks in the file");
     }
     Ok(tasks)
 }
+
+/// How many lines of a batch file are read between progress reports.
+pub const PROGRESS_LINES: usize = 4096;
 
 /// Parameters given as a JSON object on the command line.
 pub fn read_params(arg: Option<&str>) -> anyhow::Result<Payload> {
@@ -133,14 +148,31 @@ mod tests {
             "{{\"servable\": \"echo\", \"input\": [1, 2], \"params\": {{\"k\": 1}}}}"
         )
         .unwrap();
-        let tasks = read_batch(f.path()).unwrap();
+        let tasks = read_batch(f.path(), &mut |_, _| {}).unwrap();
         assert_eq!(tasks.len(), 2);
         assert_eq!(tasks[1].servable, "echo");
         assert!(!tasks[1].params.is_empty());
 
         writeln!(f, "{{\"servable\": \"echo\", \"inptu\": 1}}").unwrap();
-        let err = format!("{:#}", read_batch(f.path()).unwrap_err());
+        let err = format!("{:#}", read_batch(f.path(), &mut |_, _| {}).unwrap_err());
         assert!(err.contains(":4:") && err.contains("inptu"), "{err}");
+    }
+
+    #[test]
+    fn a_batch_reports_its_progress_through_the_file() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let lines = PROGRESS_LINES * 2 + 10;
+        for _ in 0..lines {
+            writeln!(f, "{{\"servable\": \"noop\"}}").unwrap();
+        }
+        let size = f.as_file().metadata().unwrap().len();
+        let mut seen = Vec::new();
+        let tasks = read_batch(f.path(), &mut |done, total| seen.push((done, total))).unwrap();
+        assert_eq!(tasks.len(), lines);
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(seen.iter().all(|&(_, total)| total == size));
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+        assert_eq!(seen.last(), Some(&(size, size)));
     }
 
     #[test]

@@ -46,12 +46,17 @@ pub fn run(request: Request, wait: Option<Duration>, json: bool) -> Result<(), F
 
 /// `flotilla submit`: one task, or a JSON-lines batch, not waited for.
 pub fn submit(request: Option<Request>, batch: Option<PathBuf>, json: bool) -> Result<(), Failure> {
+    let bar = BatchBar::on_terminal();
     let tasks = match (batch, request) {
-        (Some(file), _) => input::read_batch(&file).map_err(Failure::Usage)?,
+        (Some(file), _) => input::read_batch(&file, &mut |done, total| bar.read(done, total))
+            .map_err(Failure::Usage)?,
         (None, Some(request)) => vec![request.task()?],
         (None, None) => return Err(Failure::Usage(anyhow!("give a servable or --batch FILE"))),
     };
-    let ids = connect()?.submit(tasks).map_err(Failure::from_client)?;
+    bar.sending(tasks.len());
+    let submitted = connect().and_then(|c| c.submit(tasks).map_err(Failure::from_client));
+    bar.finish();
+    let ids = submitted?;
     if json {
         println!(
             "{}",
@@ -62,6 +67,64 @@ pub fn submit(request: Option<Request>, batch: Option<PathBuf>, json: bool) -> R
         print!("{text}");
     }
     Ok(())
+}
+
+/// The bar of `submit --batch` on a terminal: bytes of the file read and
+/// checked, then a spinner while the daemon takes the tasks. Shown only
+/// for files large enough to take a noticeable time; nothing when stderr is
+/// not a terminal.
+struct BatchBar {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl BatchBar {
+    /// Files smaller than this get no bar.
+    const LARGE_BYTES: u64 = 4 << 20;
+
+    fn on_terminal() -> BatchBar {
+        use std::io::IsTerminal as _;
+        BatchBar {
+            bar: std::io::stderr().is_terminal().then(|| {
+                let bar = indicatif::ProgressBar::hidden();
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "reading {bar:30} {bytes}/{total_bytes} {msg}",
+                ) {
+                    bar.set_style(style.progress_chars("=> "));
+                }
+                bar
+            }),
+        }
+    }
+
+    fn read(&self, done: u64, total: u64) {
+        let Some(bar) = &self.bar else { return };
+        if total < Self::LARGE_BYTES {
+            return;
+        }
+        if bar.is_hidden() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+    }
+
+    fn sending(&self, tasks: usize) {
+        let Some(bar) = &self.bar else { return };
+        if bar.is_hidden() {
+            return;
+        }
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            bar.set_style(style);
+        }
+        bar.set_message(format!("submitting {tasks} tasks"));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// `flotilla result` without `--wait`: results of tasks as they stand

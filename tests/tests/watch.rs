@@ -110,6 +110,26 @@ fn a_progress_bar_shows_on_a_terminal_and_not_when_piped() {
 }
 
 #[test]
+fn a_large_batch_file_shows_a_bar_on_a_terminal_and_not_when_piped() {
+    let f = Flotilla::start(&test_config());
+    // 100,000 tasks, about 6 MiB: past the size that gets a bar.
+    let file = f.home().join("batch.jsonl");
+    let line = "{\"servable\": \"echo\", \"input\": \"a line of about sixty bytes\"}\n";
+    std::fs::write(&file, line.repeat(100_000)).unwrap();
+    let shown = under_pty(&f, &format!("submit --batch {} --json", file.display()));
+    assert!(
+        shown.contains("reading") && shown.contains("MiB"),
+        "no bar under a terminal: {}",
+        &shown[shown.len().saturating_sub(2000)..]
+    );
+    let piped = f.cli(&["submit", "--batch", file.to_str().unwrap(), "--json"]);
+    let ids: Value = serde_json::from_str(&ok(&piped)).unwrap();
+    assert_eq!(ids.as_array().unwrap().len(), 100_000);
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(!stderr.contains("reading"), "a bar when piped: {stderr}");
+}
+
+#[test]
 fn a_batch_on_stdin_pipes_into_a_streamed_wait() {
     let mut f = Flotilla::start(&test_config());
     f.spawn_worker(&["--slots", "2"]);
