@@ -84,31 +84,13 @@ impl Namespace {
     }
 
     fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        use std::io::Write;
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
             .arg(&self.admin)
             .arg("--namespace")
             .arg(&self.name)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        child.wait_with_output().unwrap()
+            .args(args);
+        crate::output_with_stdin(cmd, stdin)
     }
 
     /// `kubectl` as the admin, which must succeed; its standard output.

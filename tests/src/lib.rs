@@ -168,6 +168,32 @@ pub fn digits(n: usize) -> (Vec<serde_json::Value>, Vec<i64>) {
     (images, labels)
 }
 
+/// Runs `cmd` to its end with `stdin` as its standard input (none: no
+/// input); its outputs.
+pub fn output_with_stdin(mut cmd: Command, stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    if let Some(text) = stdin
+        && let Some(mut input) = child.stdin.take()
+    {
+        input
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("cannot write to {cmd:?}: {e}"));
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("cannot wait for {cmd:?}: {e}"))
+}
+
 /// Polls `check` every few milliseconds until it returns `Some`, or panics
 /// after `limit` naming `what`.
 pub fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
@@ -392,30 +418,12 @@ impl Flotilla {
 
     /// Runs the CLI with `stdin` piped in.
     pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(bin("flotilla"))
-            .args(args)
+        let mut cmd = Command::new(bin("flotilla"));
+        cmd.args(args)
             .envs(pip_offline())
             .env("PATH", path_with_python())
-            .env(HOME_ENV, self.home())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        child.wait_with_output().unwrap()
+            .env(HOME_ENV, self.home());
+        output_with_stdin(cmd, stdin)
     }
 
     /// Starts a worker attached through the state directory; returns its pid.
