@@ -300,6 +300,23 @@ def scheduler_outputs():
     write("kubectl_output", "get-failed", command(1, "", "error: You must be logged in to the server\n"))
 
 
+# ----- the secured connection of the shared vectors ------------------------
+
+
+def sealed_frames():
+    """The sealed frames and handshake messages of the connection that
+    protocol/testdata/secure-vectors.json records, which the sealed_frame
+    target rebuilds from the same fixed inputs: its seeds open there. A
+    seed of counters for the replay window follows (little-endian steps)."""
+    secure = json.loads((ROOT / "protocol" / "testdata" / "secure-vectors.json").read_text())
+    for vector in secure["vectors"]:
+        kind, _, name = vector["name"].partition(".")
+        if kind in ("frame", "sealed", "parts"):
+            write("sealed_frame", vector["name"], bytes.fromhex(vector["hex"]))
+    steps = [1, 2, -1, 5, 1020, -1023, -1024, 0, -3, 3, -1025, 1]
+    write("sealed_frame", "window-steps", b"".join(s.to_bytes(2, "little", signed=True) for s in steps))
+
+
 if __name__ == "__main__":
     client_call()
     worker_message()
@@ -308,3 +325,4 @@ if __name__ == "__main__":
     typed_input()
     files()
     scheduler_outputs()
+    sealed_frames()

@@ -421,12 +421,21 @@ pub(crate) struct AccessArgs {
     /// Unix groups (names or gids) whose members may also, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub groups: Vec<String>,
+    /// `true`: everybody who may invoke it shares its memo entries (an
+    /// identical request is answered from another caller's result).
+    /// `false`, the default: each caller's only from its own, so nobody
+    /// learns what somebody else sent.
+    #[arg(long, value_name = "true|false")]
+    pub shared_memo: Option<bool>,
 }
 
 impl AccessArgs {
     /// True when nothing was said.
     pub fn is_empty(&self) -> bool {
-        self.visibility.is_none() && self.users.is_empty() && self.groups.is_empty()
+        self.visibility.is_none()
+            && self.users.is_empty()
+            && self.groups.is_empty()
+            && self.shared_memo.is_none()
     }
 }
 

@@ -121,6 +121,10 @@ pub fn access(file: Option<&AccessSpec>, args: &AccessArgs) -> Result<Access, Fa
         visibility,
         users,
         groups,
+        shared_memo: args
+            .shared_memo
+            .or(from_file.shared_memo)
+            .unwrap_or_default(),
     })
 }
 
@@ -143,6 +147,9 @@ pub fn access_text(a: &Access) -> String {
             .map(|g| crate::ids::group_name(*g))
             .collect();
         out.push_str(&format!(", groups {}", groups.join(", ")));
+    }
+    if a.shared_memo {
+        out.push_str(", memo shared by its callers");
     }
     out
 }

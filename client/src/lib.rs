@@ -267,6 +267,8 @@ impl Client {
                 limit: self.max_frame_bytes,
             });
         }
+        let limit = self.max_frame_bytes.max(DEFAULT_MAX_FRAME_BYTES);
+        // Each reply is decoded from the message it arrived in.
         let reply = match &self.link {
             Link::Ipc(socket) => {
                 socket
@@ -275,18 +277,20 @@ impl Client {
                 socket
                     .send(nng::Message::from(&bytes[..]))
                     .map_err(|(_, e)| self.transport_error(e, timeout))?;
-                socket
+                let message = socket
                     .recv()
-                    .map_err(|e| self.transport_error(e, timeout))?
-                    .as_slice()
-                    .to_vec()
+                    .map_err(|e| self.transport_error(e, timeout))?;
+                decode::<ClientReply>(&message, limit)?
             }
-            Link::Tcp(link) => link
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .round_trip(&bytes, timeout)?,
+            Link::Tcp(link) => {
+                let message = link
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .round_trip(&bytes, timeout)?;
+                decode::<ClientReply>(&message, limit)?
+            }
         };
-        match decode::<ClientReply>(&reply, self.max_frame_bytes.max(DEFAULT_MAX_FRAME_BYTES))? {
+        match reply {
             ClientReply::Error(e) => Err(ClientError::Refused(e)),
             other => Ok(other),
         }

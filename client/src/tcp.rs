@@ -21,7 +21,7 @@ use flotilla_protocol::secure::{self, Channel, Role};
 use flotilla_protocol::token::{TOKEN_ENV, Token};
 use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, decode, encode, paths};
 use nng::options::{Options, RecvMaxSize, RecvTimeout, SendTimeout};
-use nng::{Protocol, Socket};
+use nng::{Message, Protocol, Socket};
 
 use crate::{ClientError, DEFAULT_CALL_TIMEOUT};
 
@@ -176,7 +176,7 @@ impl TcpLink {
         &mut self,
         frame: &[u8],
         timeout: Duration,
-    ) -> Result<Vec<u8>, ClientError> {
+    ) -> Result<Reply, ClientError> {
         match self.try_round_trip(frame, timeout)? {
             Some(reply) => Ok(reply),
             None => {
@@ -197,34 +197,32 @@ impl TcpLink {
         &self,
         frame: &[u8],
         timeout: Duration,
-    ) -> Result<Option<Vec<u8>>, ClientError> {
-        let sealed = self
-            .channel
-            .seal(frame)
-            .map_err(|e| ClientError::Handshake(e.to_string()))?;
+    ) -> Result<Option<Reply>, ClientError> {
+        let sealed = seal(&self.channel, frame)?;
         self.socket
             .set_opt::<RecvTimeout>(Some(timeout))
             .map_err(ClientError::Transport)?;
-        let reply = if sealed.len() <= PREAUTH_FRAME_BYTES {
-            exchange(&self.socket, &sealed, timeout)?
+        let mut reply = if sealed.len() <= PREAUTH_FRAME_BYTES {
+            exchange(&self.socket, sealed, timeout)?
         } else {
             let pieces = parts::split(&sealed, 0, PREAUTH_FRAME_BYTES);
             let last = pieces.len() - 1;
-            let mut reply = Vec::new();
+            let mut reply = Message::new();
             for (i, piece) in pieces.iter().enumerate() {
-                reply = exchange(&self.socket, piece, timeout)?;
-                if i < last && reply != parts::ACK {
+                reply = exchange(&self.socket, Message::from(&piece[..]), timeout)?;
+                if i < last && reply.as_slice() != parts::ACK {
                     break;
                 }
             }
             reply
         };
         if secure::is_sealed(&reply) {
-            return self
+            let frame = self
                 .channel
-                .open(&reply)
-                .map(Some)
-                .map_err(|e| ClientError::Handshake(format!("a reply does not open: {e}")));
+                .open_in_place(&mut reply)
+                .map_err(|e| ClientError::Handshake(format!("a reply does not open: {e}")))?
+                .len();
+            return Ok(Some(Reply::opened(reply, frame)));
         }
         match decode::<GateReply>(&reply, PREAUTH_FRAME_BYTES)? {
             GateReply::Handshake => Ok(None),
@@ -234,28 +232,69 @@ impl TcpLink {
     }
 }
 
-/// Sends `bytes` and waits for the answer.
-fn exchange(socket: &Socket, bytes: &[u8], timeout: Duration) -> Result<Vec<u8>, ClientError> {
+/// A reply's frame, opened where it arrived: the message it came in, less
+/// the sealed header and tag (a large reply is neither copied nor
+/// reallocated on its way to the decoder).
+#[derive(Debug)]
+pub(crate) struct Reply {
+    message: Message,
+    len: usize,
+}
+
+impl Reply {
+    /// The frame of `message`, opened in place and `len` bytes long.
+    fn opened(message: Message, len: usize) -> Reply {
+        Reply { message, len }
+    }
+}
+
+impl std::ops::Deref for Reply {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.message
+            .get(secure::HEADER_BYTES..secure::HEADER_BYTES + self.len)
+            .unwrap_or_default()
+    }
+}
+
+/// `frame` sealed with the connection's next counter, in a message of its
+/// own: the frame is copied once, into the message, and sealed there.
+fn seal(channel: &Channel, frame: &[u8]) -> Result<Message, ClientError> {
+    let mut message = Message::with_capacity(frame.len() + secure::OVERHEAD);
+    message.push_back(&[0; secure::HEADER_BYTES]);
+    message.push_back(frame);
+    let tag = channel
+        .seal_in_place(&mut message)
+        .map_err(|e| ClientError::Handshake(e.to_string()))?;
+    message.push_back(&tag);
+    Ok(message)
+}
+
+/// Sends `message` and waits for the answer.
+fn exchange(socket: &Socket, message: Message, timeout: Duration) -> Result<Message, ClientError> {
     let to_error = |e| match e {
         nng::Error::TimedOut => ClientError::Timeout(timeout),
         other => ClientError::Transport(other),
     };
-    socket
-        .send(nng::Message::from(bytes))
-        .map_err(|(_, e)| to_error(e))?;
-    Ok(socket.recv().map_err(to_error)?.as_slice().to_vec())
+    socket.send(message).map_err(|(_, e)| to_error(e))?;
+    socket.recv().map_err(to_error)
 }
 
 /// Runs the token handshake on `socket`; the connection's channel.
 fn handshake(socket: &Socket, token: &Token) -> Result<Channel, ClientError> {
     let client = ClientHandshake::new(token.clone(), random()?, random()?);
-    let gate_reply = |bytes: Vec<u8>| -> Result<GateReply, ClientError> {
+    let gate_reply = |bytes: Message| -> Result<GateReply, ClientError> {
         match decode::<GateReply>(&bytes, PREAUTH_FRAME_BYTES)? {
             GateReply::Refused { reason } => Err(ClientError::TokenRefused(reason)),
             other => Ok(other),
         }
     };
-    let answer = exchange(socket, &encode(&client.probe())?, DEFAULT_CALL_TIMEOUT)?;
+    let answer = exchange(
+        socket,
+        Message::from(&encode(&client.probe())?[..]),
+        DEFAULT_CALL_TIMEOUT,
+    )?;
     let GateReply::Challenge {
         nonce,
         public,
@@ -271,7 +310,11 @@ fn handshake(socket: &Socket, token: &Token) -> Result<Channel, ClientError> {
         .map_err(|e| ClientError::Handshake(e.to_string()))?;
     debug_assert!(matches!(hello, GateCall::Hello { .. }));
     let channel = Channel::new(&keys, Role::Worker);
-    let welcome = exchange(socket, &encode(&hello)?, DEFAULT_CALL_TIMEOUT)?;
+    let mut welcome = exchange(
+        socket,
+        Message::from(&encode(&hello)?[..]),
+        DEFAULT_CALL_TIMEOUT,
+    )?;
     if !secure::is_sealed(&welcome) {
         gate_reply(welcome)?;
         return Err(ClientError::Handshake(
@@ -279,9 +322,9 @@ fn handshake(socket: &Socket, token: &Token) -> Result<Channel, ClientError> {
         ));
     }
     let opened = channel
-        .open(&welcome)
+        .open_in_place(&mut welcome)
         .map_err(|e| ClientError::Handshake(format!("the welcome does not open: {e}")))?;
-    match decode::<GateReply>(&opened, PREAUTH_FRAME_BYTES)? {
+    match decode::<GateReply>(opened, PREAUTH_FRAME_BYTES)? {
         GateReply::Welcome { .. } => Ok(channel),
         other => Err(ClientError::Unexpected(format!("{other:?}"))),
     }

@@ -604,11 +604,10 @@ impl Shared {
             }
         };
         *lock(&receiver.request) = Some((pipe, id));
-        let bytes = msg.as_slice();
-        if !parts::is_part(bytes) {
-            return self.unseal(index, receiver, (pipe, id, registered), bytes);
+        if !parts::is_part(&msg) {
+            return self.unseal(index, receiver, (pipe, id, registered), &mut msg);
         }
-        let outcome = match parts::parse(bytes) {
+        let outcome = match parts::parse(&msg) {
             Ok(part) => lock(&self.pipes).add_part(id, part, &self.limits),
             Err(e) => {
                 self.log_refusal(Some(id), &format!("a bad part: {e}"));
@@ -618,7 +617,9 @@ impl Shared {
         match outcome {
             PartOutcome::More => send(self, receiver, parts::ACK, false, false),
             // Only a registered connection's parts are joined.
-            PartOutcome::Whole(frame) => self.unseal(index, receiver, (pipe, id, true), &frame),
+            PartOutcome::Whole(mut frame) => {
+                self.unseal(index, receiver, (pipe, id, true), &mut frame);
+            }
             PartOutcome::Unregistered => {
                 tracing::debug!(
                     server = self.name,
@@ -635,20 +636,20 @@ impl Shared {
         }
     }
 
-    /// Opens a whole request on a sealed connection and hands it on; a
-    /// request that does not open, or comes in clear there, drops the
-    /// connection.
+    /// Opens a whole request on a sealed connection (in place: a large
+    /// request is not copied) and hands it on; a request that does not
+    /// open, or comes in clear there, drops the connection.
     fn unseal(
         self: &Arc<Self>,
         index: u32,
         receiver: &Receiver,
         (pipe, id, registered): (Pipe, PipeId, bool),
-        bytes: &[u8],
+        bytes: &mut [u8],
     ) {
         let channel = lock(&self.pipes).channel(id);
         match channel {
-            Some(channel) => match channel.open(bytes) {
-                Ok(frame) => self.dispatch(index, receiver, (pipe, id, registered), &frame),
+            Some(channel) => match channel.open_in_place(bytes) {
+                Ok(frame) => self.dispatch(index, receiver, (pipe, id, registered), frame),
                 Err(e) => {
                     // Logged every time: only a connection that completed
                     // a handshake has keys, so these cannot flood the log.
@@ -838,13 +839,9 @@ fn send(shared: &Arc<Shared>, receiver: &Receiver, bytes: &[u8], close: bool, se
         Some((_, id)) if seal => lock(&shared.pipes).channel(id),
         _ => None,
     };
-    let sealed;
-    let bytes = match channel.map(|c| c.seal(bytes)) {
-        None => bytes,
-        Some(Ok(s)) => {
-            sealed = s;
-            &sealed[..]
-        }
+    let message = match channel.map(|c| sealed_message(&c, bytes)) {
+        None => Message::from(bytes),
+        Some(Ok(sealed)) => sealed,
         Some(Err(e)) => {
             // The connection cannot say anything more: it goes.
             tracing::warn!(server = shared.name, error = %e, "cannot seal a reply; dropping the peer");
@@ -862,7 +859,7 @@ fn send(shared: &Arc<Shared>, receiver: &Receiver, bytes: &[u8], close: bool, se
         tracing::debug!(server = shared.name, error = %e, "cannot set the send timeout");
     }
     shared.sending.fetch_add(1, Ordering::AcqRel);
-    if let Err((_, e)) = receiver.ctx.send(&receiver.aio, Message::from(bytes)) {
+    if let Err((_, e)) = receiver.ctx.send(&receiver.aio, message) {
         shared.sending.fetch_sub(1, Ordering::AcqRel);
         finish_request(shared, receiver);
         if !shared.closing.load(Ordering::Acquire) {
@@ -870,6 +867,17 @@ fn send(shared: &Arc<Shared>, receiver: &Receiver, bytes: &[u8], close: bool, se
             rearm(shared, &receiver.ctx, &receiver.aio);
         }
     }
+}
+
+/// `frame` sealed with `channel`'s next counter, in the message that
+/// carries it: copied once, into the message, and sealed there.
+fn sealed_message(channel: &secure::Channel, frame: &[u8]) -> Result<Message, secure::SealError> {
+    let mut message = Message::with_capacity(frame.len() + secure::OVERHEAD);
+    message.push_back(&[0; secure::HEADER_BYTES]);
+    message.push_back(frame);
+    let tag = channel.seal_in_place(&mut message)?;
+    message.push_back(&tag);
+    Ok(message)
 }
 
 fn rearm(shared: &Shared, ctx: &Context, aio: &Aio) {

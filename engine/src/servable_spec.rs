@@ -61,6 +61,10 @@ pub struct AccessSpec {
     /// Unix groups whose members may use it.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Share the memo entries among everybody who may invoke it (off: each
+    /// caller's identical requests are answered only from its own).
+    #[serde(default)]
+    pub shared_memo: Option<bool>,
 }
 
 /// [`parse`], also reading the file's `[access]` table if it has one (it
@@ -696,7 +700,7 @@ max_batch_delay_ms = "auto"
         assert_eq!(spec, parse(GOOD, "servable.toml").unwrap());
         assert_eq!(access, None);
         let text = format!(
-            "{GOOD}\n[access]\nvisibility = \"public\"\nusers = [\"ada\"]\ngroups = [\"chem\"]\n"
+            "{GOOD}\n[access]\nvisibility = \"public\"\nusers = [\"ada\"]\ngroups = [\"chem\"]\nshared_memo = true\n"
         );
         let (with, access) = parse_with_access(&text, "servable.toml").unwrap();
         assert_eq!(with, spec);
@@ -707,6 +711,7 @@ max_batch_delay_ms = "auto"
         );
         assert_eq!(access.users, ["ada"]);
         assert_eq!(access.groups, ["chem"]);
+        assert_eq!(access.shared_memo, Some(true));
         let bad = format!("{GOOD}\n[access]\nvisibility = \"world\"\n");
         let e = parse_with_access(&bad, "servable.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("access"));

@@ -60,4 +60,42 @@ pub struct Access {
     pub users: Vec<u32>,
     /// Unix groups (gids) whose members may see and invoke it.
     pub groups: Vec<u32>,
+    /// Whether everybody who may invoke it shares its memo entries. Off
+    /// (the default), each caller's requests are answered only from its
+    /// own earlier results, so a fast answer tells nobody what another
+    /// user sent; on, an identical request by anyone who may see it is
+    /// answered from the store (the owner's choice, for servables whose
+    /// inputs say nothing about who sent them). Last, and left out when
+    /// off, so records from before it read as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_memo: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_memo_is_a_fifth_field_left_out_when_off() {
+        let private = Access {
+            owner: Some(1000),
+            visibility: Visibility::Public,
+            users: vec![1001],
+            groups: vec![],
+            shared_memo: false,
+        };
+        let bytes = rmp_serde::to_vec(&private).unwrap();
+        // Encoded as before the field existed: four fields.
+        let old: (Option<u32>, Visibility, Vec<u32>, Vec<u32>) =
+            rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(old.0, Some(1000));
+        let back: Access = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, private);
+        let shared = Access {
+            shared_memo: true,
+            ..private
+        };
+        let back: Access = rmp_serde::from_slice(&rmp_serde::to_vec(&shared).unwrap()).unwrap();
+        assert!(back.shared_memo);
+    }
 }

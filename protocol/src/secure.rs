@@ -382,52 +382,86 @@ impl Channel {
 
     /// `frame`, sealed with the next counter.
     pub fn seal(&self, frame: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut sealed = Vec::with_capacity(frame.len() + OVERHEAD);
+        sealed.extend_from_slice(&[0; HEADER_BYTES]);
+        sealed.extend_from_slice(frame);
+        let tag = self.seal_in_place(&mut sealed)?;
+        sealed.extend_from_slice(&tag);
+        Ok(sealed)
+    }
+
+    /// Seals a frame where it lies, for senders that build their message
+    /// buffer themselves and so spare a copy of a large frame: `buffer` is
+    /// [`HEADER_BYTES`] bytes of room for the header followed by the frame.
+    /// Writes the header, encrypts the frame in place and returns the tag,
+    /// which the caller appends to make the sealed frame.
+    pub fn seal_in_place(&self, buffer: &mut [u8]) -> Result<[u8; TAG_BYTES], SealError> {
+        let len = buffer.len().saturating_sub(HEADER_BYTES);
+        if buffer.len() < HEADER_BYTES {
+            return Err(SealError::Cipher(len));
+        }
         let counter = self
             .sent
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_add(1))
             .map_err(|_| SealError::Exhausted)?
             + 1;
-        let mut sealed = Vec::with_capacity(frame.len() + OVERHEAD);
-        sealed.extend_from_slice(&MAGIC);
-        sealed.extend_from_slice(&self.id);
-        sealed.extend_from_slice(&counter.to_le_bytes());
-        sealed.extend_from_slice(frame);
-        let (header, body) = sealed.split_at_mut(HEADER_BYTES);
+        let (header, body) = buffer.split_at_mut(HEADER_BYTES);
+        header[..MAGIC.len()].copy_from_slice(&MAGIC);
+        header[MAGIC.len()..MAGIC.len() + ID_LEN].copy_from_slice(&self.id);
+        header[MAGIC.len() + ID_LEN..].copy_from_slice(&counter.to_le_bytes());
         let tag = self
             .sealer
             .encrypt_inout_detached(&nonce(counter), header, body.into())
-            .map_err(|_| SealError::Cipher(frame.len()))?;
-        sealed.extend_from_slice(&tag);
-        Ok(sealed)
+            .map_err(|_| SealError::Cipher(len))?;
+        Ok(tag.into())
     }
 
     /// Opens a frame sealed by the other end, taking its counter.
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let mut copy = sealed.to_vec();
+        let frame = self.open_in_place(&mut copy)?;
+        Ok(frame.to_vec())
+    }
+
+    /// Opens a frame sealed by the other end where it lies, taking its
+    /// counter: decrypts the ciphertext in `sealed` and returns the part of
+    /// it that is now the clear frame (between the header and the tag), so
+    /// a receiver decodes a large frame without copying it. A frame that
+    /// does not open is left as it came (the tag is checked before
+    /// anything is decrypted).
+    pub fn open_in_place<'a>(&self, sealed: &'a mut [u8]) -> Result<&'a [u8], OpenError> {
+        let counter = self.admit(sealed)?;
+        let (header, rest) = sealed.split_at_mut(HEADER_BYTES);
+        let (ciphertext, tag) = rest.split_at_mut(rest.len() - TAG_BYTES);
+        let tag = Tag::try_from(&*tag).map_err(|_| OpenError::Forged)?;
+        self.opener
+            .decrypt_inout_detached(&nonce(counter), header, (&mut *ciphertext).into(), &tag)
+            .map_err(|_| OpenError::Forged)?;
+        // Only an authentic frame takes its counter, and only once, even
+        // when two threads open copies of it at the same time.
+        self.lock_window().take(counter)?;
+        Ok(ciphertext)
+    }
+
+    /// The counter of `sealed` if it is a sealed frame of this connection
+    /// whose counter may still be taken: the cheap refusals, before
+    /// anything is decrypted.
+    fn admit(&self, sealed: &[u8]) -> Result<u64, OpenError> {
         if sealed.len() < OVERHEAD || !is_sealed(sealed) {
             return Err(OpenError::NotSealed(sealed.len()));
         }
         if sealed[3] != MAGIC[3] {
             return Err(OpenError::Version(sealed[3]));
         }
-        let (header, rest) = sealed.split_at(HEADER_BYTES);
+        let header = &sealed[..HEADER_BYTES];
         if header[MAGIC.len()..MAGIC.len() + ID_LEN] != self.id {
             return Err(OpenError::OtherConnection);
         }
         let mut counter = [0u8; 8];
         counter.copy_from_slice(&header[MAGIC.len() + ID_LEN..]);
         let counter = u64::from_le_bytes(counter);
-        // A cheap refusal of what cannot be taken, before decrypting.
         self.lock_window().check(counter)?;
-        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_BYTES);
-        let tag = Tag::try_from(tag).map_err(|_| OpenError::Forged)?;
-        let mut frame = ciphertext.to_vec();
-        self.opener
-            .decrypt_inout_detached(&nonce(counter), header, frame.as_mut_slice().into(), &tag)
-            .map_err(|_| OpenError::Forged)?;
-        // Only an authentic frame takes its counter, and only once, even
-        // when two threads open copies of it at the same time.
-        self.lock_window().take(counter)?;
-        Ok(frame)
+        Ok(counter)
     }
 
     fn lock_window(&self) -> std::sync::MutexGuard<'_, ReplayWindow> {
@@ -476,6 +510,40 @@ mod tests {
         assert_eq!(worker.open(&back).unwrap(), b"");
         // The same frame sealed twice differs (fresh counter).
         assert_ne!(worker.seal(frame).unwrap(), sealed);
+    }
+
+    #[test]
+    fn frames_sealed_and_opened_in_place_are_the_same_frames() {
+        let (worker, daemon) = pair(b"secret", 8);
+        let frame = b"a frame sealed where it lies".to_vec();
+        let mut buffer = vec![0u8; HEADER_BYTES];
+        buffer.extend_from_slice(&frame);
+        let tag = worker.seal_in_place(&mut buffer).unwrap();
+        buffer.extend_from_slice(&tag);
+        // What the copying calls make and take, both ways.
+        assert_eq!(daemon.open(&buffer).unwrap(), frame);
+        let mut sealed = worker.seal(&frame).unwrap();
+        assert_eq!(daemon.open_in_place(&mut sealed).unwrap(), &frame[..]);
+        // A forged frame does not open in place, and is left as it came.
+        let mut forged = worker.seal(&frame).unwrap();
+        forged[HEADER_BYTES] ^= 1;
+        let before = forged.clone();
+        assert_eq!(daemon.open_in_place(&mut forged), Err(OpenError::Forged));
+        assert_eq!(forged, before);
+        // Nor does a replay, or a buffer too short to hold a header.
+        assert_eq!(
+            daemon.open_in_place(&mut sealed.clone()),
+            Err(OpenError::Replayed(2))
+        );
+        assert_eq!(
+            worker.seal_in_place(&mut [0u8; HEADER_BYTES - 1]),
+            Err(SealError::Cipher(0))
+        );
+        let mut empty = [0u8; HEADER_BYTES];
+        let tag = worker.seal_in_place(&mut empty).unwrap();
+        let mut sealed_empty = empty.to_vec();
+        sealed_empty.extend_from_slice(&tag);
+        assert_eq!(daemon.open_in_place(&mut sealed_empty).unwrap(), b"");
     }
 
     #[test]

@@ -1090,6 +1090,7 @@ runtime = { kind = "exec", command = "python3" }
                 visibility: Visibility::Public,
                 users: vec![1001],
                 groups: vec![50],
+                shared_memo: false,
             }),
         };
         let bytes = rmp_serde::to_vec(&record).unwrap();

@@ -26,7 +26,7 @@ use flotilla_benchmarks::{
 use flotilla_client::json_to_payload;
 use flotilla_engine::config::ServableOverride;
 use flotilla_engine::core::{
-    Action, BlockPolicy, Caller, Core, CoreConfig, Event, ReplyTo, memo_key,
+    Action, BlockPolicy, Caller, Core, CoreConfig, Event, MemoScope, ReplyTo, memo_key,
 };
 use flotilla_engine::store::Recovered;
 use flotilla_protocol::client::{ClientCall, ClientReply, TaskRequest};
@@ -193,7 +193,7 @@ fn in_daemon_hit(samples: usize) -> Result<Latency, String> {
     let input = Payload::from(rmp_like_int(7));
     let recovered = Recovered {
         memo: vec![(
-            memo_key("noop", &input, &[]),
+            memo_key(MemoScope::Caller(0), "noop", &input, &[]),
             "noop".into(),
             Payload::from_static(NIL),
         )],

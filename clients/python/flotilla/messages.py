@@ -404,12 +404,14 @@ def servable_record(value):
         spec, files, published_us = _fields(value, 3, "ServableRecord")
         lock = None
     if access is not None:
-        owner, visibility, users, groups = _fields(access, 4, "Access")
+        fields = _fields(access, (4, 5), "Access")
+        owner, visibility, users, groups = fields[:4]
         access = Access(
             owner=owner,
             visibility=visibility,
             users=list(users),
             groups=list(groups),
+            shared_memo=bool(fields[4]) if len(fields) == 5 else False,
         )
     if lock is not None:
         requirements, wheels = _fields(lock, 2, "EnvironmentLock")

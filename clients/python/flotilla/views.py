@@ -290,6 +290,9 @@ class Access:
     users: List[int]
     #: Unix groups (gids) whose members may.
     groups: List[int]
+    #: Whether everybody who may invoke it shares its memo entries (False:
+    #: each caller's identical requests are answered only from its own).
+    shared_memo: bool = False
 
 
 @dataclass(frozen=True)

@@ -400,6 +400,28 @@ def test_a_spec_that_needs_accelerators_reads_its_resources():
     assert record.spec.name == "digits"
 
 
+def test_a_records_access_reads_with_and_without_a_shared_memo():
+    import msgpack
+
+    version, reply = msgpack.unpackb(
+        VECTORS["reply.servable-exec"], raw=False, strict_map_key=False
+    )
+    decode = messages.decode_reply
+    record = reply["Servable"]
+    while len(record) < 4:
+        record.append(None)
+    # As a daemon writes it: the fifth field only when the memo is shared.
+    cases = (
+        ([1000, "public", [], [2000]], False),
+        ([1000, "owner", [7], [], True], True),
+    )
+    for access, shared in cases:
+        reply["Servable"] = record[:4] + [access]
+        frame = msgpack.packb([version, reply], use_bin_type=True)
+        got = decode(frame).as_servable().access
+        assert (got.owner, got.groups, got.shared_memo) == (1000, access[3], shared)
+
+
 # --- the TCP client API: handshake, sealed frames, parts --------------------
 
 SECURE_MANIFEST = WORKSPACE / "protocol" / "testdata" / "secure-vectors.json"

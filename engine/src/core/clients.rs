@@ -265,7 +265,8 @@ impl Core {
             });
             ids.push(id);
             if info.memoize {
-                let key = memo::key(&info.name, &task.input, &task.params);
+                let scope = memo::MemoScope::of(info.record.as_deref(), caller.uid);
+                let key = memo::key(scope, &info.name, &task.input, &task.params);
                 task.memo_key = Some(key);
                 if let Some(output) = self.memo.store.get(&key) {
                     self.memo.store.stats.hits += 1;
@@ -600,7 +601,7 @@ impl Core {
         };
         let owner = self.cfg.owner_uid;
         let granted = access::changed(&record.access_or_default(owner), requested, owner);
-        tracing::info!(servable = base, visibility = granted.visibility.as_str(), users = ?granted.users, groups = ?granted.groups, "access changed");
+        tracing::info!(servable = base, visibility = granted.visibility.as_str(), users = ?granted.users, groups = ?granted.groups, shared_memo = granted.shared_memo, "access changed");
         let reply = ClientReply::Access {
             name: base.to_owned(),
             access: granted.clone(),

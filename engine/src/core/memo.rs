@@ -1,11 +1,22 @@
 //! The memo store: results of memoizable servables, by request.
 //!
-//! The key is blake3 over the servable's canonical `NAME@VERSION`, the
-//! request's input and its parameters, both in *canonical* msgpack (map
-//! entries sorted, numbers in their shortest encoding), so two requests that
-//! mean the same thing share an entry whatever order their client wrote
-//! the keys in. The version is part of the key: a new version never sees an
-//! old version's results.
+//! The key is blake3 over the request's [`MemoScope`], the servable's
+//! canonical `NAME@VERSION`, the request's input and its parameters, both in
+//! *canonical* msgpack (map entries sorted, numbers in their shortest
+//! encoding), so two requests that mean the same thing share an entry
+//! whatever order their client wrote the keys in. The version is part of
+//! the key: a new version never sees an old version's results.
+//!
+//! The scope is whose results a request may be answered from. By default
+//! it is the caller's own (its uid: the ipc peer, or a TCP token's owner),
+//! so a request answered from the store, sooner than a run, tells its
+//! caller only that it sent the same input before, never that somebody
+//! else did. A servable's owner may share its entries among everybody who
+//! may invoke it ([`Access::shared_memo`]), for models whose inputs say
+//! nothing about who sent them. Requests of one scope also coalesce only
+//! with each other while they run.
+//!
+//! [`Access::shared_memo`]: flotilla_protocol::access::Access::shared_memo
 //!
 //! Entries live in memory (a hit is a hash lookup inside the daemon) and are
 //! written through to the store so they survive restarts. The store is
@@ -17,7 +28,7 @@ use std::sync::Arc;
 
 use flotilla_protocol::Payload;
 use flotilla_protocol::client::MemoStats;
-use flotilla_protocol::servable::ServableRef;
+use flotilla_protocol::servable::{ServableRecord, ServableRef};
 
 /// Fixed per-entry overhead counted against the byte bound (key, name,
 /// bookkeeping).
@@ -26,11 +37,53 @@ const ENTRY_OVERHEAD: u64 = 96;
 /// A memo key: blake3 of the canonical request.
 pub type MemoKey = [u8; 32];
 
-/// Computes the key of a request for `servable` (canonical `NAME@VERSION`).
-pub fn key(servable: &str, input: &[u8], params: &[u8]) -> MemoKey {
+/// Whose earlier results a request may be answered from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoScope {
+    /// Only the results of the caller with this uid (the default).
+    Caller(u32),
+    /// The results of everybody who may invoke the servable (its owner
+    /// shares them).
+    Shared,
+}
+
+impl MemoScope {
+    /// The scope of a request by `caller` (a uid) for the servable of
+    /// `record` (none for builtins, whose results are never shared).
+    pub fn of(record: Option<&ServableRecord>, caller: u32) -> MemoScope {
+        let shared = record
+            .and_then(|r| r.access.as_ref())
+            .is_some_and(|a| a.shared_memo);
+        if shared {
+            MemoScope::Shared
+        } else {
+            MemoScope::Caller(caller)
+        }
+    }
+
+    fn bytes(self) -> Vec<u8> {
+        match self {
+            MemoScope::Shared => b"shared".to_vec(),
+            MemoScope::Caller(uid) => {
+                let mut out = b"uid ".to_vec();
+                out.extend_from_slice(&uid.to_le_bytes());
+                out
+            }
+        }
+    }
+}
+
+/// Computes the key of a request in `scope` for `servable` (canonical
+/// `NAME@VERSION`).
+pub fn key(scope: MemoScope, servable: &str, input: &[u8], params: &[u8]) -> MemoKey {
     let mut h = blake3::Hasher::new();
-    h.update(b"flotilla-memo-v1\0");
-    for part in [servable.as_bytes(), &canonical(input), &canonical(params)] {
+    h.update(b"flotilla-memo-v2\0");
+    for part in [
+        &scope.bytes()[..],
+        servable.as_bytes(),
+        &canonical(input),
+        &canonical(params),
+    ] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
     }
@@ -239,6 +292,8 @@ mod tests {
         out
     }
 
+    const ME: MemoScope = MemoScope::Caller(1000);
+
     #[test]
     fn keys_ignore_map_order_but_not_version_or_params() {
         let a = mp(rmpv::Value::Map(vec![
@@ -250,15 +305,26 @@ mod tests {
             ("x".into(), 1.into()),
         ]));
         assert_ne!(a, b);
-        assert_eq!(key("m@1.0.0", &a, &[]), key("m@1.0.0", &b, &[]));
-        assert_ne!(key("m@1.0.0", &a, &[]), key("m@1.0.1", &a, &[]));
+        assert_eq!(key(ME, "m@1.0.0", &a, &[]), key(ME, "m@1.0.0", &b, &[]));
+        assert_ne!(key(ME, "m@1.0.0", &a, &[]), key(ME, "m@1.0.1", &a, &[]));
         let p = mp(rmpv::Value::Map(vec![("k".into(), 3.into())]));
-        assert_ne!(key("m@1.0.0", &a, &[]), key("m@1.0.0", &a, &p));
+        assert_ne!(key(ME, "m@1.0.0", &a, &[]), key(ME, "m@1.0.0", &a, &p));
         // A wide encoding of 1 means the same as the short one.
         assert_eq!(
-            key("m@1.0.0", &[0xcd, 0x00, 0x01], &[]),
-            key("m@1.0.0", &[0x01], &[])
+            key(ME, "m@1.0.0", &[0xcd, 0x00, 0x01], &[]),
+            key(ME, "m@1.0.0", &[0x01], &[])
         );
+    }
+
+    #[test]
+    fn keys_are_the_callers_own_unless_the_owner_shares_them() {
+        let input = mp(7.into());
+        let mine = key(ME, "m@1.0.0", &input, &[]);
+        let theirs = key(MemoScope::Caller(1001), "m@1.0.0", &input, &[]);
+        let shared = key(MemoScope::Shared, "m@1.0.0", &input, &[]);
+        assert_ne!(mine, theirs);
+        assert_ne!(mine, shared);
+        assert_ne!(theirs, shared);
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub use access::Caller;
 pub use blocks::{BlockEvent, BlockPolicy, Demand};
 pub use catalog::{Catalog, ServableInfo};
 pub use io::{Action, Event, PipeId, ReplyTo};
-pub use memo::{canonical as canonical_msgpack, key as memo_key};
+pub use memo::{MemoScope, canonical as canonical_msgpack, key as memo_key};
 
 use batches::BatchTable;
 use dispatch::{Dispatch, Suspects};

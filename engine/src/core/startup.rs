@@ -138,7 +138,8 @@ impl Core {
                 self.tally.accepted(&task.servable);
                 self.sched.ensure_adaptive(&info);
                 if info.memoize && info.steps.is_none() {
-                    task.memo_key = Some(memo::key(&info.name, &task.input, &task.params));
+                    let scope = memo::MemoScope::of(info.record.as_deref(), owner);
+                    task.memo_key = Some(memo::key(scope, &info.name, &task.input, &task.params));
                 }
                 if hold {
                     // Its worker may still be running it: let it claim the

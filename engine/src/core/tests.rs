@@ -3315,6 +3315,7 @@ fn each_pool_s_strategy_runs_on_its_own_period() {
     assert_eq!(submitted_by_pool(&out), [("gpu".to_owned(), 1)]);
 }
 
+mod memo_scope;
 mod owners;
 mod warm;
 mod watch;
