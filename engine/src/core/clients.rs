@@ -143,7 +143,19 @@ impl Core {
             ClientCall::SetServableAccess { name, access } => {
                 return self.on_set_access(from, caller, &name, &access, out);
             }
-            ClientCall::MemoStats => ClientReply::MemoStats(self.memo.store.report()),
+            ClientCall::MemoStats => {
+                let mut stats = self.memo.store.report();
+                // Entries of servables the caller may not see are neither
+                // named nor counted.
+                stats
+                    .per_servable
+                    .retain(|(id, _, _)| self.catalog.sees_id(id, &sees));
+                if !access::is_admin(caller, owner) {
+                    stats.entries = stats.per_servable.iter().map(|(_, n, _)| n).sum();
+                    stats.bytes = stats.per_servable.iter().map(|(_, _, b)| b).sum();
+                }
+                ClientReply::MemoStats(stats)
+            }
             ClientCall::MemoClear { servable } => {
                 return self.on_memo_clear(from, servable.as_deref(), out);
             }

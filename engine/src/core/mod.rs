@@ -57,9 +57,9 @@ mod scheduling;
 mod search;
 mod startup;
 mod store_trouble;
+pub mod tally;
 mod task_events;
 mod task_index;
-pub mod tally;
 mod tasks;
 #[cfg(test)]
 mod tests;

@@ -169,3 +169,54 @@ fn an_owner_who_shares_the_memo_lets_every_caller_use_it() {
     );
     assert!(matches!(reply, ClientReply::Error(_)), "{reply:?}");
 }
+
+#[test]
+fn memo_stats_name_and_count_only_servables_the_caller_may_see() {
+    let mut h = published(false);
+    // Alice also has a private memoized servable, used once.
+    let mut private = record(memo_spec("secret-model", "1.0.0"));
+    private.access = Some(Access {
+        visibility: Visibility::Owner,
+        ..Access::default()
+    });
+    let reply = h.call_as(
+        &alice(),
+        ClientCall::Publish {
+            record: Box::new(private),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Published { .. }), "{reply:?}");
+    run_as(&mut h, &alice(), 1);
+    work(&mut h);
+    let from = h.reply_to();
+    let mut out = h.ev(Event::Client {
+        from,
+        caller: alice(),
+        call: ClientCall::Submit {
+            tasks: vec![TaskRequest {
+                servable: "secret-model".into(),
+                input: input(2),
+                params: Payload::new(),
+            }],
+            wait_ms: None,
+        },
+    });
+    out.extend(h.flush());
+    work(&mut h);
+    let stats = |h: &mut Harness, who: &Caller| match h.call_as(who, ClientCall::MemoStats) {
+        ClientReply::MemoStats(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let mine = stats(&mut h, &alice());
+    assert_eq!(mine.per_servable.len(), 2, "{mine:?}");
+    assert_eq!(mine.entries, 2);
+    let theirs = stats(&mut h, &bob());
+    let names: Vec<&str> = theirs
+        .per_servable
+        .iter()
+        .map(|(n, _, _)| n.as_str())
+        .collect();
+    assert_eq!(names, ["m@1.0.0"], "{theirs:?}");
+    assert_eq!(theirs.entries, 1);
+    assert!(theirs.bytes < mine.bytes);
+}
