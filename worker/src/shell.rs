@@ -268,6 +268,7 @@ pub fn run(
                 crate::fetch::chunk_len_for(max_frame),
             )
             .with_templates(cfg.cache_dir.clone())
+            .with_verified_hashes(&cfg.cache_dir)
             .with_memory_budget(cfg.warm_memory_mb),
     );
     let executor = Executor::start(
