@@ -260,7 +260,7 @@ impl ExecRuntime {
             preparing: Mutex::new(()),
             slots: Vec::new(),
             idle: IdleProcesses::new(),
-            onnx: OnnxRuntime::new(1),
+            onnx: OnnxRuntime::new(1, crate::onnx::Settings::default()),
             templates: None,
             templates_started: Mutex::new(HashMap::new()),
             memory_budget_kb: None,
@@ -346,9 +346,10 @@ impl ExecRuntime {
     }
 
     /// The same runtime for a worker of `slots` slots (how many threads an
-    /// ONNX model gets in a slot without a core set of its own).
-    pub fn with_slot_count(mut self, slots: usize) -> Self {
-        self.onnx = OnnxRuntime::new(slots);
+    /// ONNX model gets in a slot without a core set of its own), running
+    /// ONNX servables with `onnx`.
+    pub fn with_slot_count(mut self, slots: usize, onnx: crate::onnx::Settings) -> Self {
+        self.onnx = OnnxRuntime::new(slots, onnx);
         self
     }
 
