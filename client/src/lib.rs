@@ -19,6 +19,7 @@
 //! ```
 
 mod convert;
+pub mod split;
 mod tcp;
 mod watch;
 
@@ -128,6 +129,16 @@ pub enum ClientError {
         what: String,
         /// The daemon's limit.
         limit: usize,
+    },
+    /// A submission cut into several requests (it was over the frame
+    /// limit) failed part way: the tasks of the requests before are
+    /// submitted, and run.
+    #[error("{} of the tasks were submitted before the rest failed: {source}", submitted.len())]
+    PartlySubmitted {
+        /// The ids of the tasks submitted, in the order given.
+        submitted: Vec<TaskId>,
+        /// Why the rest were not.
+        source: Box<ClientError>,
     },
 }
 
@@ -311,8 +322,31 @@ impl Client {
         }
     }
 
-    /// Submits tasks; returns their ids once they are durable.
+    /// Submits tasks; returns their ids, in order, once they are durable.
+    /// Tasks that together exceed the daemon's frame limit go in several
+    /// requests ([`split`]); if one fails after others succeeded, the
+    /// error is [`ClientError::PartlySubmitted`] with the ids submitted.
     pub fn submit(&self, tasks: Vec<TaskRequest>) -> Result<Vec<TaskId>, ClientError> {
+        let n = tasks.len();
+        let frames = split::frames(tasks, self.max_frame_bytes, split::envelope(None));
+        let mut ids = Vec::with_capacity(n);
+        for tasks in frames {
+            match self.submit_frame(tasks) {
+                Ok(more) => ids.extend(more),
+                Err(e) if ids.is_empty() => return Err(e),
+                Err(e) => {
+                    return Err(ClientError::PartlySubmitted {
+                        submitted: ids,
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Submits tasks in one request.
+    fn submit_frame(&self, tasks: Vec<TaskRequest>) -> Result<Vec<TaskId>, ClientError> {
         match self.call(
             &ClientCall::Submit {
                 tasks,
@@ -361,12 +395,20 @@ impl Client {
 
     /// Submits `tasks` and waits for all of them in one round trip: returns
     /// when every task is final, or with current states once `wait` passes.
+    /// Tasks over the daemon's frame limit together are submitted in
+    /// several requests ([`Client::submit`]) and then waited for.
     pub fn run_all(
         &self,
         tasks: Vec<TaskRequest>,
         wait: Duration,
     ) -> Result<Vec<TaskView>, ClientError> {
         let wait = capped(wait);
+        let bytes = split::envelope(Some(wait.as_millis() as u64))
+            + tasks.iter().map(split::task_bytes).sum::<usize>();
+        if bytes > self.max_frame_bytes && tasks.len() > 1 {
+            let ids = self.submit(tasks)?;
+            return self.results(&ids, Some(wait));
+        }
         let call = ClientCall::Submit {
             tasks,
             wait_ms: Some(wait.as_millis() as u64),
@@ -640,16 +682,19 @@ mod tests {
             "input of 20000 bytes exceeds the daemon's frame limit of 10000 bytes ([daemon] max_frame_bytes)"
         );
         assert!(!err.is_unreachable());
-        let many = (0..3)
-            .map(|_| TaskRequest {
+        // In a submission of several, a task too large for any request is
+        // refused, and (first here) nothing is sent.
+        let many = [20_000, 4_000, 4_000]
+            .into_iter()
+            .map(|n| TaskRequest {
                 servable: "echo".into(),
-                input: Payload::from(vec![0u8; 4_000]),
+                input: Payload::from(vec![0u8; n]),
                 params: Payload::new(),
             })
             .collect();
         let err = client.submit(many).unwrap_err();
         assert!(
-            matches!(&err, ClientError::TooLarge { what, limit: 10_000 } if what.ends_with("(3 tasks)")),
+            matches!(&err, ClientError::TooLarge { what, limit: 10_000 } if what == "input of 20000 bytes"),
             "{err}"
         );
     }

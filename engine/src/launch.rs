@@ -53,6 +53,10 @@ pub struct BlockTemplate {
     python: Option<String>,
     /// `[worker] warm_memory_mb`: the workers' budget for warm processes.
     warm_memory_mb: Option<u64>,
+    /// `[worker] onnx_threads`: threads of each ONNX Runtime session.
+    onnx_threads: Option<u32>,
+    /// `[worker] onnx_session`: sessions per slot or per worker.
+    onnx_session: Option<String>,
     /// `[daemon] max_frame_bytes`: workers accept frames this large.
     max_frame_bytes: usize,
 }
@@ -126,6 +130,8 @@ impl BlockTemplate {
             cache_dir: config.worker.cache_dir.clone(),
             python: config.worker.python.clone(),
             warm_memory_mb: config.worker.warm_memory_mb,
+            onnx_threads: config.worker.onnx_threads,
+            onnx_session: config.worker.onnx_session.clone(),
             tag,
             worker_exe: site.worker_exe.clone(),
             addresses: site.addresses.clone(),
@@ -264,6 +270,8 @@ impl BlockTemplate {
             cache_dir: self.cache_dir.as_ref().map(PathBuf::from),
             python: self.python.clone(),
             warm_memory_mb: self.warm_memory_mb,
+            onnx_threads: self.onnx_threads,
+            onnx_session: self.onnx_session.clone(),
             exit_with_pid: self.exit_with_daemon.then(|| std::process::id() as i32),
             max_frame_bytes: Some(self.max_frame_bytes),
             accelerators: self.node.devices.clone(),

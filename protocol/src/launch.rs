@@ -41,6 +41,13 @@ pub const PYTHON_ENV: &str = "FLOTILLA_PYTHON";
 /// Resident memory, in MiB, a worker's warm servable processes may hold
 /// before warm-ups are refused (`--warm-memory-mb`).
 pub const WARM_MEMORY_MB_ENV: &str = "FLOTILLA_WARM_MEMORY_MB";
+/// Intra-op threads of each ONNX Runtime session (`--onnx-threads`).
+pub const ONNX_THREADS_ENV: &str = "FLOTILLA_ONNX_THREADS";
+/// ONNX Runtime sessions per slot or per worker (`--onnx-session`).
+pub const ONNX_SESSION_ENV: &str = "FLOTILLA_ONNX_SESSION";
+/// The values `--onnx-session` takes: a session per slot, or one per
+/// worker shared by its slots.
+pub const ONNX_SESSIONS: &[&str] = &["slot", "worker"];
 /// When the worker's job ends, in Unix seconds (the block script sets it).
 pub const JOB_END_ENV: &str = "FLOTILLA_JOB_END";
 /// A process id the worker exits with (a local daemon's own).
@@ -104,6 +111,10 @@ pub mod flag {
     pub const PYTHON: &str = "--python";
     /// Memory budget of the warm servable processes, MiB.
     pub const WARM_MEMORY_MB: &str = "--warm-memory-mb";
+    /// Intra-op threads of each ONNX Runtime session.
+    pub const ONNX_THREADS: &str = "--onnx-threads";
+    /// ONNX Runtime sessions per slot or per worker.
+    pub const ONNX_SESSION: &str = "--onnx-session";
     /// Block the worker belongs to.
     pub const BLOCK_ID: &str = "--block-id";
     /// Batches run at once.
@@ -206,6 +217,18 @@ pub const USAGE: &[OptionUsage] = &[
         value: "MIB",
         env: Some(WARM_MEMORY_MB_ENV),
         help: "resident memory the worker's warm servable processes may hold: over it, idle processes of other servables are let go and warm-ups ahead of need are refused (default: no limit)",
+    },
+    OptionUsage {
+        flag: flag::ONNX_THREADS,
+        value: "N",
+        env: Some(ONNX_THREADS_ENV),
+        help: "intra-op threads of each ONNX Runtime session (default: a slot's cores, or an even share of the worker's; a shared session, all the worker's)",
+    },
+    OptionUsage {
+        flag: flag::ONNX_SESSION,
+        value: "slot|worker",
+        env: Some(ONNX_SESSION_ENV),
+        help: "one ONNX Runtime session per servable and slot (slot, the default: slots run at once) or per servable and worker (worker: one copy of the model, slots take turns)",
     },
     OptionUsage {
         flag: flag::BLOCK_ID,
@@ -347,6 +370,12 @@ pub struct WorkerArgs {
     /// Memory budget of the warm servable processes, MiB (argv, or
     /// [`WARM_MEMORY_MB_ENV`]).
     pub warm_memory_mb: Option<u64>,
+    /// Intra-op threads of each ONNX Runtime session (argv, or
+    /// [`ONNX_THREADS_ENV`]).
+    pub onnx_threads: Option<u32>,
+    /// `slot` or `worker`, one of [`ONNX_SESSIONS`] (argv, or
+    /// [`ONNX_SESSION_ENV`]).
+    pub onnx_session: Option<String>,
     /// Block the worker belongs to (argv).
     pub block_id: Option<u32>,
     /// Batches run at once (argv).
@@ -468,6 +497,12 @@ impl WorkerArgs {
             flag::WARM_MEMORY_MB,
             self.warm_memory_mb.map(|m| m.to_string()),
         );
+        put(
+            w,
+            flag::ONNX_THREADS,
+            self.onnx_threads.map(|t| t.to_string()),
+        );
+        put(w, flag::ONNX_SESSION, self.onnx_session.clone());
         put(w, flag::BLOCK_ID, self.block_id.map(|b| b.to_string()));
         put(w, flag::WORKER_ID, self.worker_id.clone());
         put(
@@ -578,6 +613,8 @@ impl WorkerArgs {
                 name,
                 typed(name, &value, "a number of MiB")?,
             ),
+            flag::ONNX_THREADS => once(&mut self.onnx_threads, name, threads(name, &value)?),
+            flag::ONNX_SESSION => once(&mut self.onnx_session, name, session(name, value)?),
             flag::BLOCK_ID => once(&mut self.block_id, name, typed(name, &value, "a block id")?),
             flag::SLOTS => once(&mut self.slots, name, typed(name, &value, "a number")?),
             flag::WORKER_ID => once(&mut self.worker_id, name, value),
@@ -651,6 +688,16 @@ impl WorkerArgs {
         {
             self.warm_memory_mb = Some(typed(WARM_MEMORY_MB_ENV, &mb, "a number of MiB")?);
         }
+        if self.onnx_threads.is_none()
+            && let Some(n) = var(ONNX_THREADS_ENV)
+        {
+            self.onnx_threads = Some(threads(ONNX_THREADS_ENV, &n)?);
+        }
+        if self.onnx_session.is_none()
+            && let Some(layout) = var(ONNX_SESSION_ENV)
+        {
+            self.onnx_session = Some(session(ONNX_SESSION_ENV, layout)?);
+        }
         if self.job_end.is_none()
             && let Some(end) = var(JOB_END_ENV)
         {
@@ -675,6 +722,32 @@ impl WorkerArgs {
 }
 
 /// The option constant for `name`, if it is one of the worker's.
+/// A number of threads: at least 1.
+fn threads(name: &'static str, value: &str) -> Result<u32, ArgsError> {
+    const EXPECTED: &str = "a number of threads (at least 1)";
+    match typed(name, value, EXPECTED)? {
+        0 => Err(ArgsError::BadValue {
+            name,
+            value: value.to_owned(),
+            expected: EXPECTED,
+        }),
+        n => Ok(n),
+    }
+}
+
+/// A session layout: one of [`ONNX_SESSIONS`].
+fn session(name: &'static str, value: String) -> Result<String, ArgsError> {
+    if ONNX_SESSIONS.contains(&value.as_str()) {
+        Ok(value)
+    } else {
+        Err(ArgsError::BadValue {
+            name,
+            value,
+            expected: "slot or worker",
+        })
+    }
+}
+
 fn flag_named(name: &str) -> Option<&'static str> {
     USAGE.iter().map(|o| o.flag).find(|f| *f == name)
 }

@@ -1,7 +1,8 @@
 //! Frames larger than the other side accepts: the daemon sends a worker no
 //! `Work` reply over the limit the worker announced, refuses at submission
 //! an input no worker could be sent, and the CLI refuses to send a request
-//! larger than the daemon accepts instead of calling the daemon unreachable.
+//! larger than the daemon accepts instead of calling the daemon unreachable;
+//! the client library splits a submission over the limit into several.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -70,6 +71,38 @@ fn inputs_that_together_exceed_the_workers_limit_all_complete() {
     let log = f.worker_log(0);
     assert!(!log.contains("registering again"), "{log}");
     assert!(!log.contains("larger than this worker accepts"), "{log}");
+}
+
+#[test]
+fn a_submission_over_the_limit_is_split_by_the_client_and_all_complete() {
+    let mut f = small_frames();
+    f.spawn_worker(&[flag::SLOTS, "1", flag::WORKER_ID, "split"]);
+    f.wait_workers(1);
+    let client = f.client();
+    // 10 inputs of 20 kB: 200 kB together, three times the limit.
+    let tasks: Vec<TaskRequest> = (0..10).map(|i| echo(20_000 + i)).collect();
+    let ids = client.submit(tasks.clone()).unwrap();
+    assert_eq!(ids.len(), 10);
+    let views = client.results(&ids, Some(Duration::from_secs(60))).unwrap();
+    let lengths: Vec<usize> = views
+        .iter()
+        .map(|v| match &v.outcome {
+            Some(Outcome::Output(out)) => out.len(),
+            other => panic!("{v:?}: {other:?}"),
+        })
+        .collect();
+    // In the order given: each answer is its own input back.
+    assert_eq!(lengths, (0..10).map(|i| 20_003 + i).collect::<Vec<_>>());
+    // The same through run_all, which waits for them too.
+    let views = client.run_all(tasks, Duration::from_secs(60)).unwrap();
+    assert_eq!(views.len(), 10);
+    for (i, view) in views.iter().enumerate() {
+        assert_eq!(view.state, TaskState::Completed, "{view:?}");
+        match &view.outcome {
+            Some(Outcome::Output(out)) => assert_eq!(out.len(), 20_003 + i),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use flotilla_client::{json_to_payload, payload_to_json};
 use flotilla_protocol::Payload;
 use flotilla_protocol::client::TaskRequest;
-use flotilla_protocol::task::Outcome;
+use flotilla_protocol::task::{Outcome, TaskId};
 use flotilla_tests::{Flotilla, copy_servable, json_of, ok, python_bin, test_config, workspace};
 use serde_json::{Value, json};
 
@@ -53,12 +53,19 @@ fn onnxruntime_library() -> PathBuf {
 /// A daemon with one worker of 2 slots that finds ONNX Runtime through
 /// `FLOTILLA_ONNXRUNTIME` and has no Python on its `PATH`.
 fn start() -> Flotilla {
+    start_with(&[])
+}
+
+/// The same, the worker given `extra` options too.
+fn start_with(extra: &[&str]) -> Flotilla {
     let library = onnxruntime_library();
     let mut f = Flotilla::start(&test_config());
     let no_python = f.home().join("empty-bin");
     std::fs::create_dir_all(&no_python).unwrap();
+    let mut args = vec!["--slots", "2", "--worker-id", "w"];
+    args.extend_from_slice(extra);
     f.spawn_worker_env(
-        &["--slots", "2", "--worker-id", "w"],
+        &args,
         &[
             ("FLOTILLA_ONNXRUNTIME", library.into_os_string()),
             ("PATH", no_python.into_os_string()),
@@ -217,6 +224,59 @@ fn an_onnx_servable_is_published_found_and_gives_onnxruntimes_results_in_batches
     let log = f.worker_log(0);
     assert!(log.contains("onnx model loaded"), "{log}");
     assert!(!log.contains("servable process ready"), "{log}");
+}
+
+#[test]
+fn slots_sharing_one_session_give_onnxruntimes_results() {
+    let f = start_with(&["--onnx-session", "worker", "--onnx-threads", "1"]);
+    publish(&f, &example("cifar10-onnx"));
+    let model = object(&f, "cifar10-onnx", "model.onnx");
+    let client = f.client();
+    // Submitted from two threads at once, so both slots have batches.
+    let rounds: Vec<(Vec<f32>, Vec<TaskId>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2u64)
+            .map(|t| {
+                let client = f.client();
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    for round in 0..3u64 {
+                        let images = images(40, 100 + 10 * t + round);
+                        let tasks = images
+                            .chunks(IMAGE)
+                            .map(|image| TaskRequest {
+                                servable: "cifar10-onnx".into(),
+                                input: request(image, true),
+                                params: Payload::new(),
+                            })
+                            .collect();
+                        done.push((images, client.submit(tasks).unwrap()));
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    for (r, (images, ids)) in rounds.iter().enumerate() {
+        let want = reference(&model, images, 10, f.home());
+        let views = client.results(ids, Some(LONG)).unwrap();
+        for (i, (view, want)) in views.iter().zip(&want).enumerate() {
+            match &view.outcome {
+                Some(Outcome::Output(p)) => assert_close(
+                    &floats(&payload_to_json(p).unwrap()),
+                    want,
+                    &format!("submit {r}, request {i}"),
+                ),
+                other => panic!("submit {r}, request {i}: {other:?}"),
+            }
+        }
+    }
+    // One session for the worker, loaded once whichever slot came first.
+    let log = f.worker_log(0);
+    assert_eq!(log.matches("onnx model loaded").count(), 1, "{log}");
 }
 
 #[test]

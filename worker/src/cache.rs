@@ -8,8 +8,9 @@
 //! go to a fresh temporary file (`O_EXCL`, never one that existed) and are
 //! renamed into place only once their hash is right, so a reader sees the
 //! whole file or none, and whoever waited for the lock finds it there. An
-//! entry is checked against its name whenever it is used; a damaged one is
-//! fetched again.
+//! entry is checked against its name whenever it is used (hashed again
+//! only if it changed since the node last hashed it, see
+//! [`crate::verified`]); a damaged one is fetched again.
 //!
 //! The directory is private (mode 0700, owned by this user): in a shared
 //! `/tmp`, a directory someone else made first is refused.
@@ -23,6 +24,7 @@ use flotilla_protocol::objects::is_object_name;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::fetch::{FetchError, FetchStats};
+use crate::verified::Verified;
 
 /// Why the cache could not give a file.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +157,8 @@ impl NodeCache {
             return Err(CacheError::BadName(object.chars().take(100).collect()));
         }
         let path = self.dir.join(object);
-        if intact(&path, object) {
+        let verified = Verified::in_cache(&self.dir);
+        if intact(&verified, &path, object) {
             return Ok(Cached {
                 path,
                 fetched: None,
@@ -177,7 +180,7 @@ impl NodeCache {
             }
         })?;
         // Whoever held the lock before may have fetched it meanwhile.
-        if intact(&path, object) {
+        if intact(&verified, &path, object) {
             return Ok(Cached {
                 path,
                 fetched: None,
@@ -210,11 +213,11 @@ impl NodeCache {
 
 /// Whether `path` is a regular file (not a link) whose content has blake3
 /// `object`.
-fn intact(path: &Path, object: &str) -> bool {
+fn intact(verified: &Verified, path: &Path, object: &str) -> bool {
     if !fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
         return false;
     }
-    hash_file(path).is_ok_and(|h| h == object)
+    verified.hash(path).is_ok_and(|h| h == object)
 }
 
 /// blake3 of a file's content, lower-case hex.

@@ -37,6 +37,8 @@ use flotilla_protocol::interchange::FailureKind;
 use flotilla_protocol::servable::{FileEntry, ServableRecord};
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::node_python::{NodePython, Probe};
+
 /// The servable shim, installed into every environment so the node needs
 /// no Flotilla Python package.
 const SHIM: &str = include_str!("../../clients/python/flotilla_servable/__init__.py");
@@ -50,8 +52,17 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(600);
 /// The file inside a venv that says it is complete.
 const READY: &str = ".flotilla-ready";
 
-/// Prints the interpreter's real path and its version.
-const PROBE: &str = "import os, sys; print(os.path.realpath(sys.executable)); print('%d.%d.%d' % sys.version_info[:3])";
+/// Prints the interpreter's real path and its version, then the
+/// directories its packages may come from (its search path, and the user's
+/// site directory), one a line ([`Probe::from_output`]).
+const PROBE: &str = r#"
+import os, site, sys
+print(os.path.realpath(sys.executable))
+print('%d.%d.%d' % sys.version_info[:3])
+for p in sys.path:
+    print(p)
+print(site.getusersitepackages())
+"#;
 
 /// Exits 0 when every `[name, version-or-null]` pair in argv[1] (JSON) is
 /// installed (at that version) and the shim imports; else prints the first
@@ -101,8 +112,8 @@ pub struct Environments {
     cache_dir: PathBuf,
     /// The node, for messages.
     node: String,
-    /// The interpreter, probed once.
-    interpreter: OnceLock<Result<Interpreter, String>>,
+    /// The interpreter, probed once (or found probed on this node).
+    probe: OnceLock<Result<Probe, String>>,
     /// Environments in place, by servable id.
     ready: Mutex<HashMap<String, Prepared>>,
 }
@@ -233,16 +244,55 @@ impl Environments {
             python,
             cache_dir,
             node,
-            interpreter: OnceLock::new(),
+            probe: OnceLock::new(),
             ready: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The node's Python, probed on first use.
-    fn interpreter(&self) -> Result<Interpreter, String> {
-        self.interpreter
+    /// The node's remembered answers about its Python, when its cache
+    /// directory is usable (see [`crate::node_python`]).
+    fn node_python(&self) -> Option<NodePython> {
+        crate::cache::NodeCache::open(&self.cache_dir).ok()?;
+        let envs = self.cache_dir.join("envs");
+        match fs::DirBuilder::new().mode(0o700).create(&envs) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(_) => return None,
+        }
+        Some(NodePython::new(envs))
+    }
+
+    /// The node's Python: as a worker on this node probed it before, if
+    /// it has not changed since, else probed now (once per worker).
+    fn probe(&self) -> Result<Probe, String> {
+        self.probe
             .get_or_init(|| {
-                let out = Command::new(&self.python)
+                let node = self.node_python();
+                let fingerprint = crate::node_python::fingerprint(
+                    &self.python,
+                    std::env::var_os("PATH").as_deref(),
+                    |name| std::env::var_os(name),
+                );
+                if let (Some(node), Some(fingerprint)) = (&node, &fingerprint)
+                    && let Some(probe) = node.probe(fingerprint)
+                {
+                    tracing::debug!(python = %self.python, interpreter = %probe.interpreter.path, "the node's Python as probed before");
+                    return Ok(probe);
+                }
+                let probe = self.run_probe()?;
+                if let (Some(node), Some(fingerprint)) = (&node, &fingerprint)
+                    && let Err(e) = node.keep_probe(fingerprint, &probe)
+                {
+                    tracing::debug!(python = %self.python, error = %e, "cannot keep the probe of the node's Python");
+                }
+                Ok(probe)
+            })
+            .clone()
+    }
+
+    /// Runs the node's Python to ask what it is.
+    fn run_probe(&self) -> Result<Probe, String> {
+        let out = Command::new(&self.python)
                     .args(["-c", PROBE])
                     .stdin(Stdio::null())
                     .output()
@@ -252,21 +302,15 @@ impl Environments {
                             self.python
                         )
                     })?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                let mut lines = text.lines();
-                match (out.status.success(), lines.next(), lines.next()) {
-                    (true, Some(path), Some(version)) => Ok(Interpreter {
-                        path: path.trim().to_owned(),
-                        version: version.trim().to_owned(),
-                    }),
-                    _ => Err(format!(
-                        "`{}` is not a working Python ({}): load a Python module in [worker] init, or set [worker] python",
-                        self.python,
-                        last_lines(&String::from_utf8_lossy(&out.stderr), 2)
-                    )),
-                }
-            })
-            .clone()
+        let text = String::from_utf8_lossy(&out.stdout);
+        match Probe::from_output(&text).filter(|_| out.status.success()) {
+            Some(probe) => Ok(probe),
+            None => Err(format!(
+                "`{}` is not a working Python ({}): load a Python module in [worker] init, or set [worker] python",
+                self.python,
+                last_lines(&String::from_utf8_lossy(&out.stderr), 2)
+            )),
+        }
     }
 
     /// The environment `record`'s processes run in, prepared if need be;
@@ -293,7 +337,8 @@ impl Environments {
                 ),
             )
         };
-        let interpreter = self.interpreter().map_err(fail)?;
+        let probe = self.probe().map_err(fail)?;
+        let interpreter = &probe.interpreter;
         if let Some(python) = record
             .spec
             .environment
@@ -309,7 +354,7 @@ impl Environments {
                 )));
             }
         }
-        let prepared = self.prepare_venv(&id, &interpreter, &wanted, fetch, &fail)?;
+        let prepared = self.prepare_venv(&id, &probe, &wanted, fetch, &fail)?;
         lock(&self.ready).insert(id, prepared.clone());
         Ok(Some(prepared))
     }
@@ -317,11 +362,12 @@ impl Environments {
     fn prepare_venv(
         &self,
         id: &str,
-        interpreter: &Interpreter,
+        probe: &Probe,
         wanted: &Wanted<'_>,
         fetch: &dyn Fn(&FileEntry) -> Result<PathBuf, EnvError>,
         fail: &dyn Fn(String) -> EnvError,
     ) -> Result<Prepared, EnvError> {
+        let interpreter = &probe.interpreter;
         let key = env_key(interpreter, &wanted.requirements, wanted.wheels);
         crate::cache::NodeCache::open(&self.cache_dir).map_err(|e| fail(e.to_string()))?;
         let envs = self.cache_dir.join("envs");
@@ -345,7 +391,7 @@ impl Environments {
         if let Some(done) = known(&venv)? {
             return Ok(done);
         }
-        if self.node_python_has(&wanted.requirements) {
+        if self.node_python_has(&key, probe, &wanted.requirements) {
             tracing::info!(servable = %id, python = %interpreter.path, "the node's Python already has what the servable needs; no environment to prepare");
             return Ok(Prepared::Node);
         }
@@ -402,8 +448,29 @@ impl Environments {
     }
 
     /// Whether the node's Python has every requirement at its pinned
-    /// version, and the shim.
-    fn node_python_has(&self, requirements: &[String]) -> bool {
+    /// version, and the shim: as found before on this node for environment
+    /// `key` if its package directories have not changed since, else
+    /// asked (and a yes kept for the next worker).
+    fn node_python_has(&self, key: &str, probe: &Probe, requirements: &[String]) -> bool {
+        let node = self.node_python();
+        if node.as_ref().is_some_and(|n| n.satisfied(key, probe)) {
+            return true;
+        }
+        // Taken before asking: a change made while Python looks is seen
+        // by the next worker.
+        let state = probe.dirs_state();
+        let has = self.ask_node_python(requirements);
+        if has
+            && let Some(node) = node
+            && let Err(e) = node.keep_satisfied(key, &state)
+        {
+            tracing::debug!(env = %key, error = %e, "cannot keep that the node's Python has the packages");
+        }
+        has
+    }
+
+    /// Runs the node's Python to ask whether it has every requirement.
+    fn ask_node_python(&self, requirements: &[String]) -> bool {
         let pairs: Option<Vec<(String, Option<String>)>> = requirements
             .iter()
             .map(|r| {

@@ -29,11 +29,12 @@ use flotilla_protocol::task::Outcome;
 use flotilla_launchers::Container;
 use tempfile::TempDir;
 
-use crate::cache::{NodeCache, hash_file};
+use crate::cache::NodeCache;
 use crate::environment::{Environments, Prepared};
 use crate::fetch::{ObjectSource, fetch_into};
 use crate::onnx::OnnxRuntime;
 use crate::process::WarmProcess;
+use crate::verified::Verified;
 
 /// How a worker that cannot read the object store gets servable files.
 struct Fetcher {
@@ -96,6 +97,8 @@ pub struct ExecRuntime {
     /// Held through a warm-up under a memory budget, so the next one sees
     /// what this one holds.
     warming: Mutex<()>,
+    /// Hashes of object store files this node has checked already.
+    verified: Verified,
 }
 
 /// How long a slot waits for a template it started to listen.
@@ -275,12 +278,13 @@ impl ExecRuntime {
             preparing: Mutex::new(()),
             slots: Vec::new(),
             idle: IdleProcesses::new(),
-            onnx: OnnxRuntime::new(1),
+            onnx: OnnxRuntime::new(1, crate::onnx::Settings::default()),
             templates: None,
             templates_started: Mutex::new(HashMap::new()),
             memory_budget_kb: None,
             evicted: Mutex::new(Vec::new()),
             warming: Mutex::new(()),
+            verified: Verified::none(),
         }
     }
 
@@ -312,6 +316,14 @@ impl ExecRuntime {
             tracing::info!(servable = %servable, slot, rss_kb, budget_kb = budget, "letting an idle warm process go: over the worker's memory budget ([worker] warm_memory_mb)");
         }
         Some(dropped.0)
+    }
+
+    /// The same runtime, remembering the hashes of object store files it
+    /// has checked in the node's cache directory `cache_dir`, so the next
+    /// worker on the node does not read an unchanged file again.
+    pub fn with_verified_hashes(mut self, cache_dir: &Path) -> Self {
+        self.verified = Verified::in_cache(cache_dir);
+        self
     }
 
     /// The same runtime, forking servables that allow it from templates
@@ -352,9 +364,10 @@ impl ExecRuntime {
     }
 
     /// The same runtime for a worker of `slots` slots (how many threads an
-    /// ONNX model gets in a slot without a core set of its own).
-    pub fn with_slot_count(mut self, slots: usize) -> Self {
-        self.onnx = OnnxRuntime::new(slots);
+    /// ONNX model gets in a slot without a core set of its own), running
+    /// ONNX servables with `onnx`.
+    pub fn with_slot_count(mut self, slots: usize, onnx: crate::onnx::Settings) -> Self {
+        self.onnx = OnnxRuntime::new(slots, onnx);
         self
     }
 
@@ -738,7 +751,7 @@ impl ExecRuntime {
         let unreadable = match &self.objects {
             Some(objects) => {
                 let source = objects.join(&file.blake3);
-                match hash_file(&source) {
+                match self.verified.hash(&source) {
                     Ok(actual) if actual == file.blake3 => return Ok(source),
                     Ok(actual) => {
                         return Err(unrunnable(format!(

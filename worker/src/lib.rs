@@ -17,12 +17,14 @@ mod exec;
 mod executor;
 pub mod fetch;
 pub mod memory;
+pub mod node_python;
 pub mod onnx;
 mod process;
 pub mod session;
 pub mod shell;
 pub mod stop_signal;
 mod template;
+pub mod verified;
 
 /// Builtin servables this worker runs; it also runs any published
 /// servable whose record the daemon sends it.

@@ -353,6 +353,15 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
         containers: servable_containers(args)?,
         placements,
         warm_memory_mb: args.warm_memory_mb,
+        onnx: flotilla_worker::onnx::Settings {
+            // Checked when the arguments were read.
+            layout: args
+                .onnx_session
+                .as_deref()
+                .and_then(flotilla_worker::onnx::Layout::parse)
+                .unwrap_or_default(),
+            threads: args.onnx_threads.map(|t| t as usize),
+        },
     };
     Ok((worker, endpoints, port, connect_timeout))
 }

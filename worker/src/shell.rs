@@ -48,6 +48,8 @@ pub struct WorkerConfig {
     /// Resident memory, MiB, its warm servable processes may hold; none:
     /// no limit.
     pub warm_memory_mb: Option<u64>,
+    /// How ONNX servables run (sessions per slot or per worker, threads).
+    pub onnx: crate::onnx::Settings,
     /// What each slot holds (devices, cores); empty: nothing.
     pub placements: Vec<flotilla_protocol::placement::SlotPlacement>,
 }
@@ -253,7 +255,7 @@ pub fn run(
     let runtime = Arc::new(
         ExecRuntime::new(cfg.objects.clone(), work_dir, cfg.containers.clone())
             .with_slots(cfg.placements.clone())
-            .with_slot_count(cfg.session.slots as usize)
+            .with_slot_count(cfg.session.slots as usize, cfg.onnx)
             .with_environments(crate::environment::Environments::new(
                 cfg.python.clone(),
                 cfg.cache_dir.clone(),
@@ -268,6 +270,7 @@ pub fn run(
                 crate::fetch::chunk_len_for(max_frame),
             )
             .with_templates(cfg.cache_dir.clone())
+            .with_verified_hashes(&cfg.cache_dir)
             .with_memory_budget(cfg.warm_memory_mb),
     );
     let executor = Executor::start(

@@ -154,26 +154,11 @@ fn singles(
     Ok(Latency::of(&mut times))
 }
 
-/// Most bytes of inputs in one submit, under the daemon's frame limit
-/// (64 MiB by default; 64 Inception images are 69 MB).
-const SUBMIT_BYTES: usize = 32 << 20;
-
-/// Submits `tasks` together (in as few calls as the frame limit allows)
-/// and waits for all of them.
+/// Submits `tasks` together and waits for all of them (the client splits
+/// a submission over the daemon's frame limit: 64 Inception images are
+/// 69 MB).
 fn submit_and_wait(client: &Client, tasks: Vec<TaskRequest>) -> Result<Vec<TaskView>, String> {
-    let bytes: usize = tasks.iter().map(|t| t.input.len()).sum();
-    if bytes <= SUBMIT_BYTES {
-        return client.run_all(tasks, WAIT).map_err(|e| e.to_string());
-    }
-    let per_call = (SUBMIT_BYTES / (bytes / tasks.len()).max(1)).max(1);
-    let mut ids = Vec::with_capacity(tasks.len());
-    let mut tasks = tasks;
-    while !tasks.is_empty() {
-        let rest = tasks.split_off(per_call.min(tasks.len()));
-        ids.extend(client.submit(tasks).map_err(|e| e.to_string())?);
-        tasks = rest;
-    }
-    client.results(&ids, Some(WAIT)).map_err(|e| e.to_string())
+    client.run_all(tasks, WAIT).map_err(|e| e.to_string())
 }
 
 /// Median ms per request of `b` requests at once.

@@ -160,6 +160,10 @@ class AsyncClient:
             timeout = self.call_timeout if wait_s is None else wait_s + WAIT_MARGIN
         return messages.decode_reply(await self._connection.request(frame, timeout))
 
+    def _max_frame_bytes(self):
+        """The daemon's message limit, as the connection knows it."""
+        return getattr(self._connection, "max_frame_bytes", messages.DEFAULT_MAX_FRAME_BYTES)
+
     def _spawn(self, coro, loop=None):
         """Runs ``coro`` in the background on ``loop`` (default: the running
         one), keeping it referenced until done."""
@@ -425,7 +429,8 @@ class AsyncClient:
         deadline = None if timeout is None else loop.time() + float(timeout)
         runs = mapping.ChunkRuns(self)
         running = collections.deque()
-        source = mapping.achunks(inputs, name, params_bytes, chunk).__aiter__()
+        budget = mapping.chunk_budget(self._max_frame_bytes())
+        source = mapping.achunks(inputs, name, params_bytes, chunk, budget).__aiter__()
         exhausted = False
         try:
             while True:

@@ -209,7 +209,8 @@ class Client:
         chunk, window, timeout, deadline = shape
         runs = mapping.ChunkRuns(self._core)
         running = collections.deque()
-        source = mapping.chunks(inputs, name, params_bytes, chunk)
+        budget = mapping.chunk_budget(self._core._max_frame_bytes())
+        source = mapping.chunks(inputs, name, params_bytes, chunk, budget)
         exhausted = False
         try:
             while True:

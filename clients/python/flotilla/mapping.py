@@ -18,6 +18,8 @@ __all__ = [
     "DEFAULT_CHUNK",
     "DEFAULT_WINDOW",
     "MAX_CHUNK_BYTES",
+    "TASK_OVERHEAD",
+    "chunk_budget",
     "ABANDON_WAIT_S",
     "check_shape",
     "chunks",
@@ -31,13 +33,27 @@ __all__ = [
 DEFAULT_CHUNK = 1000
 #: Chunks in flight at once, unless the caller says otherwise.
 DEFAULT_WINDOW = 4
-#: A chunk is closed early once its encoded inputs reach this many bytes, so
-#: big inputs never make a request exceed the daemon's message limit.
+#: A chunk is closed early before its encoded inputs would pass this many
+#: bytes (or the daemon's message limit, if smaller: :func:`chunk_budget`),
+#: so big inputs never make a request exceed what the daemon accepts.
 MAX_CHUNK_BYTES = 8 << 20
+
+#: Bytes of msgpack one task adds to a ``Submit`` besides its input, its
+#: params and its servable's name, with room to spare.
+TASK_OVERHEAD = 64
+
+#: Bytes a ``Submit`` adds besides its tasks, with room to spare.
+SUBMIT_OVERHEAD = 1024
 
 #: Seconds an abandoned ``map`` waits for its unfinished tasks to be
 #: cancelled, and then for the waits on them to be answered.
 ABANDON_WAIT_S = 10.0
+
+
+def chunk_budget(max_frame_bytes):
+    """Most bytes of tasks in one chunk for a daemon whose message limit is
+    ``max_frame_bytes``."""
+    return max(1, min(MAX_CHUNK_BYTES, max_frame_bytes - SUBMIT_OVERHEAD))
 
 
 def check_shape(chunk, window):
@@ -48,23 +64,31 @@ def check_shape(chunk, window):
 
 
 class _Chunker:
-    """Accumulates encoded requests until a chunk is full."""
+    """Accumulates encoded requests until a chunk is full: ``size``
+    inputs, or ``max_bytes`` of them (a task that alone is larger goes in a
+    chunk of its own, which the connection then refuses as too large)."""
 
-    def __init__(self, servable, params, size):
+    def __init__(self, servable, params, size, max_bytes):
         self.servable = servable
         self.params = params
         self.size = size
+        self.max_bytes = max_bytes
         self.requests = []
         self.nbytes = 0
 
     def add(self, value):
-        """Adds one input; returns a full chunk, or ``None``."""
+        """Adds one input; returns the chunks it filled (none, one, or the
+        one before it and its own)."""
         data = encode_input(value)
+        cost = len(data) + len(self.params) + len(self.servable) + TASK_OVERHEAD
+        full = []
+        if self.requests and self.nbytes + cost > self.max_bytes:
+            full.append(self.take())
         self.requests.append([self.servable, data, self.params])
-        self.nbytes += len(data) + len(self.params)
-        if len(self.requests) >= self.size or self.nbytes >= MAX_CHUNK_BYTES:
-            return self.take()
-        return None
+        self.nbytes += cost
+        if len(self.requests) >= self.size or self.nbytes >= self.max_bytes:
+            full.append(self.take())
+        return full
 
     def take(self):
         """The chunk so far (possibly empty), starting a new one."""
@@ -72,28 +96,27 @@ class _Chunker:
         return out
 
 
-def chunks(inputs, servable, params, size):
-    """Lists of ``[servable, input_bytes, params_bytes]`` from an iterable."""
-    chunker = _Chunker(servable, params, size)
+def chunks(inputs, servable, params, size, max_bytes=MAX_CHUNK_BYTES):
+    """Lists of ``[servable, input_bytes, params_bytes]`` from an iterable,
+    in order: at most ``size`` inputs each, and at most ``max_bytes`` of
+    them unless one input alone is larger."""
+    chunker = _Chunker(servable, params, size, max_bytes)
     for value in inputs:
-        full = chunker.add(value)
-        if full:
-            yield full
+        yield from chunker.add(value)
     rest = chunker.take()
     if rest:
         yield rest
 
 
-async def achunks(inputs, servable, params, size):
+async def achunks(inputs, servable, params, size, max_bytes=MAX_CHUNK_BYTES):
     """:func:`chunks` for an iterable or an async iterable of inputs."""
     if not hasattr(inputs, "__aiter__"):
-        for chunk in chunks(inputs, servable, params, size):
+        for chunk in chunks(inputs, servable, params, size, max_bytes):
             yield chunk
         return
-    chunker = _Chunker(servable, params, size)
+    chunker = _Chunker(servable, params, size, max_bytes)
     async for value in inputs:
-        full = chunker.add(value)
-        if full:
+        for full in chunker.add(value):
             yield full
     rest = chunker.take()
     if rest:

@@ -56,6 +56,16 @@ pub struct WorkerConfig {
     /// warm-ups ahead of need are refused; unset: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warm_memory_mb: Option<u64>,
+    /// Intra-op threads of each ONNX Runtime session; unset: a slot's
+    /// cores (or an even share of the worker's), or all the worker's for a
+    /// session per worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onnx_threads: Option<u32>,
+    /// `"slot"` (the default) or `"worker"`: ONNX Runtime sessions per
+    /// servable and slot, or one per servable and worker that its slots
+    /// take turns on (one copy of the model in memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onnx_session: Option<String>,
 }
 
 impl WorkerConfig {
@@ -84,6 +94,8 @@ impl Default for WorkerConfig {
             objects_dir: None,
             python: None,
             warm_memory_mb: None,
+            onnx_threads: None,
+            onnx_session: None,
         }
     }
 }
@@ -107,6 +119,8 @@ pub(crate) struct RawWorker {
     objects_dir: Option<Spanned<String>>,
     python: Option<Spanned<String>>,
     warm_memory_mb: Option<Spanned<u64>>,
+    onnx_threads: Option<Spanned<u32>>,
+    onnx_session: Option<Spanned<String>>,
 }
 
 /// Most accelerators a node may name.
@@ -166,6 +180,8 @@ impl RawWorker {
             objects_dir: absolute(&mut s, "objects_dir", self.objects_dir)?,
             python: python(&mut s, self.python)?,
             warm_memory_mb: warm_memory_mb(&mut s, self.warm_memory_mb)?,
+            onnx_threads: onnx_threads(&mut s, self.onnx_threads)?,
+            onnx_session: onnx_session(&mut s, self.onnx_session)?,
         })
         .and_then(|w| check_split(&s, w))
     }
@@ -181,6 +197,32 @@ fn warm_memory_mb(s: &mut Section, raw: Option<Spanned<u64>>) -> Result<Option<u
         ));
     }
     Ok(mb)
+}
+
+/// `onnx_threads`: at least 1.
+fn onnx_threads(s: &mut Section, raw: Option<Spanned<u32>>) -> Result<Option<u32>, ConfigError> {
+    let threads = s.opt("onnx_threads", raw);
+    if threads == Some(0) {
+        return Err(s.invalid(
+            "onnx_threads",
+            "must be at least 1 (leave it out for the slots' cores)",
+        ));
+    }
+    Ok(threads)
+}
+
+/// `onnx_session`: `"slot"` or `"worker"`.
+fn onnx_session(
+    s: &mut Section,
+    raw: Option<Spanned<String>>,
+) -> Result<Option<String>, ConfigError> {
+    match s.opt("onnx_session", raw) {
+        Some(v) if !flotilla_protocol::launch::ONNX_SESSIONS.contains(&v.as_str()) => Err(s.invalid(
+            "onnx_session",
+            format!("must be \"slot\" (a session per slot) or \"worker\" (one per worker, shared by its slots), got `{v}`"),
+        )),
+        other => Ok(other),
+    }
 }
 
 /// A directory on the workers' nodes (the cache, the object store):
@@ -305,6 +347,12 @@ mod tests {
         let w = worker("warm_memory_mb = 4096\n").unwrap();
         assert_eq!(w.warm_memory_mb, Some(4096));
         assert!(worker("warm_memory_mb = 0\n").is_err());
+        let w = worker("onnx_threads = 4\nonnx_session = \"worker\"\n").unwrap();
+        assert_eq!(w.onnx_threads, Some(4));
+        assert_eq!(w.onnx_session.as_deref(), Some("worker"));
+        assert!(worker("onnx_threads = 0\n").is_err());
+        let e = worker("onnx_session = \"node\"\n").unwrap_err().to_string();
+        assert!(e.contains("onnx_session") && e.contains("node"), "{e}");
         let w = worker("objects_dir = \"/scratch/me/fl/objects\"\n").unwrap();
         assert_eq!(w.objects_dir.as_deref(), Some("/scratch/me/fl/objects"));
         assert_eq!(worker("").unwrap().objects_dir, None);

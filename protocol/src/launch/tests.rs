@@ -42,6 +42,8 @@ fn options_round_trip_through_argv_and_env() {
         cache_dir: Some("/local scratch/cache".into()),
         python: Some("/opt/python 3/bin/python3".into()),
         warm_memory_mb: Some(4096),
+        onnx_threads: Some(3),
+        onnx_session: Some("worker".into()),
         block_id: Some(0),
         slots: Some(1),
         worker_id: Some("w=1".into()),
@@ -184,7 +186,9 @@ fn every_option_has_a_usage_line_and_parses() {
             | flag::SLOTS
             | flag::JOB_END
             | flag::MAX_FRAME_BYTES
-            | flag::WARM_MEMORY_MB => "1",
+            | flag::WARM_MEMORY_MB
+            | flag::ONNX_THREADS => "1",
+            flag::ONNX_SESSION => "worker",
             flag::LOST_DAEMON_EXIT_S | flag::CONNECT_TIMEOUT_S | flag::WALLTIME_MARGIN_S => "1.5",
             _ => "x",
         };
@@ -228,4 +232,21 @@ fn the_contact_file_round_trips() {
         crate::paths::info_file(std::path::Path::new("/s")),
         std::path::Path::new("/s").join(CONTACT_FILE)
     );
+}
+
+#[test]
+fn onnx_settings_are_checked() {
+    let args =
+        WorkerArgs::parse(["--onnx-threads", "4", "--onnx-session", "slot"], no_env).unwrap();
+    assert_eq!(args.onnx_threads, Some(4));
+    assert_eq!(args.onnx_session.as_deref(), Some("slot"));
+    for bad in [["--onnx-threads", "0"], ["--onnx-session", "node"]] {
+        let e = WorkerArgs::parse(bad, no_env).unwrap_err().to_string();
+        assert!(e.contains(bad[0]) && e.contains(bad[1]), "{e}");
+    }
+    let e = WorkerArgs::parse(Vec::<String>::new(), |v| {
+        (v == ONNX_SESSION_ENV).then(|| "everywhere".to_owned())
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains(ONNX_SESSION_ENV), "{e}");
 }

@@ -1,6 +1,7 @@
 //! One loaded ONNX model: its session and what its servable declares.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use flotilla_protocol::Payload;
 use flotilla_protocol::servable::{Runtime, ServableRecord, TypeSpec};
@@ -232,14 +233,19 @@ impl Model {
         })
     }
 
-    /// Runs a batch: one outcome per input, in order. A request whose
-    /// input does not fit fails alone; the error is the model's failing as
-    /// a whole.
-    pub fn run(&mut self, inputs: &[&[u8]]) -> Result<Vec<Outcome>, String> {
+    /// Runs a batch: one outcome per input, in order, and where the time
+    /// went. A request whose input does not fit fails alone; the error is
+    /// the model's failing as a whole.
+    pub fn run(&mut self, inputs: &[&[u8]]) -> Result<(Vec<Outcome>, RunTimes), String> {
         with_dtype!(self.input_dtype, T, self.run_typed::<T>(inputs))
     }
 
-    fn run_typed<T: Element>(&mut self, inputs: &[&[u8]]) -> Result<Vec<Outcome>, String> {
+    fn run_typed<T: Element>(
+        &mut self,
+        inputs: &[&[u8]],
+    ) -> Result<(Vec<Outcome>, RunTimes), String> {
+        let mut times = RunTimes::default();
+        let started = Instant::now();
         let per_input: usize = self.input_dims.iter().product();
         let mut stacked: Vec<T> = Vec::with_capacity(per_input * inputs.len());
         let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
@@ -250,6 +256,7 @@ impl Model {
                 Err(message) => outcomes[i] = Some(Outcome::Error(message)),
             }
         }
+        times.decode = started.elapsed();
         if !fed.is_empty() {
             let mut shape = Vec::with_capacity(1 + self.input_dims.len());
             shape.push(fed.len());
@@ -264,9 +271,12 @@ impl Model {
                 output_dims,
                 ..
             } = self;
+            let called = Instant::now();
             let results = session
                 .run(ort::inputs![input.as_str() => tensor])
                 .map_err(|e| format!("the model failed: {e}"))?;
+            times.model = called.elapsed();
+            let splitting = Instant::now();
             let value = results
                 .get(output.as_str())
                 .ok_or_else(|| format!("the model gave no output `{output}`"))?;
@@ -279,12 +289,25 @@ impl Model {
             for (i, reply) in fed.into_iter().zip(replies) {
                 outcomes[i] = Some(Outcome::Output(Payload::from(reply)));
             }
+            times.split = splitting.elapsed();
         }
-        Ok(outcomes
+        let outcomes = outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Error("no output".into())))
-            .collect())
+            .collect();
+        Ok((outcomes, times))
     }
+}
+
+/// Where one batch's time went in the worker.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunTimes {
+    /// Decoding the requests into the stacked input.
+    pub decode: Duration,
+    /// The model call.
+    pub model: Duration,
+    /// Splitting and encoding the output per request.
+    pub split: Duration,
 }
 
 /// The model's output for `n` requests, one reply each.
