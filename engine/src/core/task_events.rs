@@ -31,11 +31,29 @@ struct Reader {
     deadline_us: u64,
 }
 
-/// One event and whose task it is about.
+/// One event as noted: shared names and no copies, so that keeping a
+/// task's events costs no allocation on the path every task takes; made
+/// into a [`TaskEventView`] only when a reader asks.
 #[derive(Debug)]
 struct Kept {
-    owner: u32,
-    view: TaskEventView,
+    seq: u64,
+    at_us: u64,
+    note: TaskNote,
+}
+
+impl Kept {
+    fn view(&self) -> TaskEventView {
+        TaskEventView {
+            seq: self.seq,
+            at_us: self.at_us,
+            task: self.note.id,
+            servable: self.note.servable.to_string(),
+            kind: self.note.kind.to_owned(),
+            worker: self.note.worker.as_deref().map(str::to_owned),
+            attempt: self.note.attempt,
+            message: self.note.message.clone(),
+        }
+    }
 }
 
 /// The log.
@@ -70,17 +88,9 @@ impl TaskEventLog {
                 self.events.pop_front();
             }
             self.events.push_back(Kept {
-                owner: note.owner,
-                view: TaskEventView {
-                    seq: self.last_seq,
-                    at_us: now,
-                    task: note.id,
-                    servable: note.servable.to_string(),
-                    kind: note.kind.to_owned(),
-                    worker: note.worker.as_deref().map(str::to_owned),
-                    attempt: note.attempt,
-                    message: note.message,
-                },
+                seq: self.last_seq,
+                at_us: now,
+                note,
             });
         }
         for reader in std::mem::take(&mut self.readers) {
@@ -109,10 +119,7 @@ impl TaskEventLog {
     /// numbers are consecutive, so the first one to look at is found by
     /// arithmetic, not by a scan.
     fn after(&self, query: &Query) -> (Vec<TaskEventView>, u64) {
-        let first = self
-            .events
-            .front()
-            .map_or(self.last_seq + 1, |e| e.view.seq);
+        let first = self.events.front().map_or(self.last_seq + 1, |e| e.seq);
         let skip = query.after.saturating_add(1).saturating_sub(first) as usize;
         let mut events = Vec::new();
         let mut last = query.after.max(first.saturating_sub(1));
@@ -120,11 +127,11 @@ impl TaskEventLog {
             if events.len() == MAX_REPLY {
                 break;
             }
-            last = kept.view.seq;
-            if query.scope.covers(kept.owner)
-                && query.filter.matches(kept.view.task, &kept.view.servable)
+            last = kept.seq;
+            if query.scope.covers(kept.note.owner)
+                && query.filter.matches(kept.note.id, &kept.note.servable)
             {
-                events.push(kept.view.clone());
+                events.push(kept.view());
             }
         }
         (events, last.max(query.after.min(self.last_seq)))

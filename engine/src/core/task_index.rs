@@ -84,17 +84,19 @@ impl StateSets {
     }
 }
 
-/// Which tasks one set of [`StateSets`] holds.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Which tasks one set of [`StateSets`] holds. Servable names are numbered
+/// by the index ([`TaskIndex::key_for`]), so no key hashes a string on the
+/// path every task takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum IndexKey {
     /// Every task.
     All,
     /// Tasks of a servable name (every version).
-    Servable(Arc<str>),
+    Servable(u32),
     /// Tasks of one owner.
     Owner(u32),
     /// Tasks of one owner and servable name.
-    OwnerServable(u32, Arc<str>),
+    OwnerServable(u32, u32),
 }
 
 /// The name part of a canonical `NAME@VERSION`.
@@ -108,29 +110,60 @@ pub(super) fn base_name(canonical: &str) -> &str {
 #[derive(Debug, Default)]
 pub(super) struct TaskIndex {
     by: FxHashMap<IndexKey, StateSets>,
+    /// The number of each servable id's base name, found once per id.
+    number_of_id: FxHashMap<Arc<str>, u32>,
+    /// The number of each base name, for queries by name.
+    number_of_name: FxHashMap<Arc<str>, u32>,
 }
 
 impl TaskIndex {
-    fn keys(servable: &str, owner: u32) -> [IndexKey; 4] {
-        let name: Arc<str> = Arc::from(base_name(servable));
+    fn keys(&mut self, servable: &str, owner: u32) -> [IndexKey; 4] {
+        let name = match self.number_of_id.get(servable) {
+            Some(n) => *n,
+            None => {
+                let next = self.number_of_name.len() as u32;
+                let n = *self
+                    .number_of_name
+                    .entry(Arc::from(base_name(servable)))
+                    .or_insert(next);
+                self.number_of_id.insert(Arc::from(servable), n);
+                n
+            }
+        };
         [
             IndexKey::All,
-            IndexKey::Servable(name.clone()),
+            IndexKey::Servable(name),
             IndexKey::Owner(owner),
             IndexKey::OwnerServable(owner, name),
         ]
     }
 
+    /// The key of the tasks of `owner` (all owners when none) and servable
+    /// name `name` (all servables when none); none when no task ever had
+    /// that name.
+    pub(super) fn key_for(&self, owner: Option<u32>, name: Option<&str>) -> Option<IndexKey> {
+        let name = match name {
+            Some(n) => Some(*self.number_of_name.get(n)?),
+            None => None,
+        };
+        Some(match (owner, name) {
+            (None, None) => IndexKey::All,
+            (None, Some(n)) => IndexKey::Servable(n),
+            (Some(uid), None) => IndexKey::Owner(uid),
+            (Some(uid), Some(n)) => IndexKey::OwnerServable(uid, n),
+        })
+    }
+
     /// Task `id` (of `servable`, owned by `owner`) entered `state`.
     pub(super) fn insert(&mut self, id: TaskId, servable: &str, owner: u32, state: TaskState) {
-        for key in Self::keys(servable, owner) {
+        for key in self.keys(servable, owner) {
             self.by.entry(key).or_default().insert(state, id);
         }
     }
 
     /// Task `id` left `state` (moved on or was forgotten).
     pub(super) fn remove(&mut self, id: TaskId, servable: &str, owner: u32, state: TaskState) {
-        for key in Self::keys(servable, owner) {
+        for key in self.keys(servable, owner) {
             if let Some(sets) = self.by.get_mut(&key) {
                 sets.remove(state, id);
                 if sets.is_empty() && key != IndexKey::All {
@@ -149,9 +182,15 @@ impl TaskIndex {
         from: TaskState,
         to: TaskState,
     ) {
-        if from != to {
-            self.remove(id, servable, owner, from);
-            self.insert(id, servable, owner, to);
+        if from == to {
+            return;
+        }
+        // One lookup per index; no set ends up empty, the task moves
+        // within it.
+        for key in self.keys(servable, owner) {
+            let sets = self.by.entry(key).or_default();
+            sets.remove(from, id);
+            sets.insert(to, id);
         }
     }
 
@@ -196,14 +235,16 @@ mod tests {
         index.insert(TaskId(1), "a@1", 7, TaskState::Queued);
         index.insert(TaskId(2), "b@1", 8, TaskState::Queued);
         index.moved(TaskId(1), "a@1", 7, TaskState::Queued, TaskState::Running);
-        let a = IndexKey::OwnerServable(7, Arc::from("a"));
+        let a = index.key_for(Some(7), Some("a")).unwrap();
         let sets = index.sets(&a).unwrap();
         assert_eq!(sets.count(TaskState::Queued), 0);
         assert_eq!(sets.count(TaskState::Running), 1);
         assert!(index.sets(&IndexKey::Owner(8)).is_some());
         index.remove(TaskId(2), "b@1", 8, TaskState::Queued);
         assert!(index.sets(&IndexKey::Owner(8)).is_none(), "empty sets go");
-        assert!(index.sets(&IndexKey::Servable(Arc::from("b"))).is_none());
+        let b = index.key_for(None, Some("b")).unwrap();
+        assert!(index.sets(&b).is_none());
+        assert!(index.key_for(None, Some("never")).is_none());
         let all = index.sets(&IndexKey::All).unwrap();
         assert_eq!(all.count(TaskState::Queued), 0);
         assert_eq!(all.count(TaskState::Running), 1);

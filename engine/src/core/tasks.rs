@@ -26,7 +26,7 @@ use super::catalog::ServableInfo;
 use super::memo::MemoKey;
 use super::queues::{BatchRule, QueueKey};
 use super::records::StoredResult;
-use super::task_index::{IndexKey, LISTED, StateSets, TaskIndex, base_name};
+use super::task_index::{LISTED, StateSets, TaskIndex, base_name};
 
 /// How a final task ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -675,12 +675,11 @@ impl TaskTable {
     /// The index set that holds exactly the tasks in `scope` of servable
     /// name `name` (every servable when none).
     fn index_for(&self, scope: TaskScope, name: Option<&str>) -> Option<&StateSets> {
-        let key = match (scope, name) {
-            (TaskScope::All, None) => IndexKey::All,
-            (TaskScope::All, Some(n)) => IndexKey::Servable(Arc::from(n)),
-            (TaskScope::Of(uid), None) => IndexKey::Owner(uid),
-            (TaskScope::Of(uid), Some(n)) => IndexKey::OwnerServable(uid, Arc::from(n)),
+        let owner = match scope {
+            TaskScope::All => None,
+            TaskScope::Of(uid) => Some(uid),
         };
+        let key = self.index.key_for(owner, name)?;
         self.index.sets(&key)
     }
 
