@@ -28,6 +28,7 @@ impl Core {
     /// final tasks with their results, and unfinished tasks queued again in
     /// id order.
     pub fn new(cfg: CoreConfig, mut recovered: Recovered, now_us: u64) -> Self {
+        let daemon_owner = cfg.owner_uid;
         let adopt = std::mem::take(&mut recovered.blocks);
         let hold = !adopt.is_empty();
         let catalog = Catalog::new(
@@ -59,7 +60,11 @@ impl Core {
             },
             cfg,
             catalog,
-            tasks: TaskTable::new(recovered.reserved_until, recovered.tasks.len()),
+            tasks: TaskTable::new(
+                recovered.reserved_until,
+                recovered.tasks.len(),
+                daemon_owner,
+            ),
             workers: WorkerTable::default(),
             // Batch ids from the clock: a worker that reconnects after a
             // restart holds ids no new batch will have.

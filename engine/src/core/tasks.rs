@@ -323,9 +323,12 @@ pub(super) struct TaskTable {
 impl TaskTable {
     /// An empty table whose ids start above `reserved_until` (what the
     /// store says was handed out before).
-    pub(super) fn new(reserved_until: u64, capacity: usize) -> Self {
+    /// `daemon_owner` sees every task, so its own tasks need no index of
+    /// their own.
+    pub(super) fn new(reserved_until: u64, capacity: usize, daemon_owner: u32) -> Self {
         TaskTable {
             tasks: FxHashMap::with_capacity_and_hasher(capacity, Default::default()),
+            index: TaskIndex::seen_whole_by(daemon_owner),
             next_id: reserved_until.max(1),
             reserved_until,
             ..TaskTable::default()
@@ -793,7 +796,7 @@ mod tests {
     }
 
     fn table_with(id: TaskId) -> TaskTable {
-        let mut table = TaskTable::new(0, 1);
+        let mut table = TaskTable::new(0, 1, 0);
         let task = Task::new(&info(), 7, Payload::new(), Payload::new(), 1);
         assert!(table.enqueue(id, task).is_some());
         table
@@ -933,7 +936,7 @@ mod tests {
 
     #[test]
     fn results_expire_by_fetch_or_by_age() {
-        let mut t = TaskTable::new(0, 2);
+        let mut t = TaskTable::new(0, 2, 0);
         for n in [1, 2] {
             let task = Task::new(&info(), 7, Payload::new(), Payload::new(), 1);
             t.enqueue(TaskId(n), task);
