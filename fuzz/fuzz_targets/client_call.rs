@@ -32,12 +32,18 @@ fuzz_target!(|data: &[u8]| {
         ClientCall::RemoveServable { id } => check_servable_ref(id),
         ClientCall::ListTasks(query) => {
             if let Some(name) = &query.servable {
-                assert!(servable_matches(name, name), "{name:?} does not match itself");
+                assert!(
+                    servable_matches(name, name),
+                    "{name:?} does not match itself"
+                );
             }
         }
         ClientCall::TaskEvents { filter, .. } => {
             if let Some(name) = &filter.servable {
-                assert!(servable_matches(name, name), "{name:?} does not match itself");
+                assert!(
+                    servable_matches(name, name),
+                    "{name:?} does not match itself"
+                );
                 let _ = filter.matches(TaskId(u64::MAX), name);
             }
         }
