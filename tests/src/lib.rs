@@ -379,7 +379,6 @@ impl Flotilla {
             .arg("--config")
             .arg(&self.config)
             .env("PATH", path)
-            .env("TMPDIR", self.scratch())
             .env(HOME_ENV, self.home());
         self.daemon = Some(spawn_logged(cmd, log));
         wait_until(Duration::from_secs(30), "the daemon to answer", || {
@@ -435,7 +434,6 @@ impl Flotilla {
             .arg(self.home())
             .args(extra)
             .env("PATH", path_with_python())
-            .env("TMPDIR", self.scratch())
             // Servable templates outlive their workers by design; a
             // test's end within seconds of its last use.
             .env("FLOTILLA_TEMPLATE_IDLE_S", "5")
@@ -456,7 +454,6 @@ impl Flotilla {
             .arg(self.home())
             .args(extra)
             .env("PATH", path_with_python())
-            .env("TMPDIR", self.scratch())
             .env("FLOTILLA_TEMPLATE_IDLE_S", "5")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove(SECRET_ENV);
@@ -464,17 +461,6 @@ impl Flotilla {
         let pid = child.id();
         self.workers.push(child);
         pid
-    }
-
-    /// The temporary directory of the processes the test starts, inside
-    /// its state directory: what a SIGKILLed worker leaves behind goes with
-    /// the test.
-    pub fn scratch(&self) -> PathBuf {
-        let dir = self.home().join("tmp");
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            panic!("cannot make {}: {e}", dir.display());
-        }
-        dir
     }
 
     /// Starts a worker with 2 slots and id `name`, and waits until it is
@@ -555,6 +541,18 @@ impl Flotilla {
 
 impl Drop for Flotilla {
     fn drop(&mut self) {
+        // Workers are asked to stop first, so they remove their private
+        // directories from the machine's temporary directory; whatever has
+        // not exited within a few seconds is killed.
+        for child in &self.workers {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for child in &mut self.workers {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         for child in self.workers.iter_mut().chain(self.daemon.as_mut()) {
             let _ = child.kill();
             let _ = child.wait();
