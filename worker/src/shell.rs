@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use flotilla_protocol::interchange::BatchResult;
 use flotilla_protocol::secure::Channel;
 use flotilla_protocol::{encode, parts};
 use nng::{Aio, AioResult, Context, Message, Socket};
@@ -277,6 +278,9 @@ pub fn run(
         cfg.session.slots,
         runtime.clone(),
         move |result| {
+            if stopping_took(&result) {
+                return;
+            }
             if let Some(shell) = done_link.get().and_then(Weak::upgrade) {
                 shell.feed(Event::BatchDone(result));
             }
@@ -318,6 +322,26 @@ pub fn run(
         tracing::warn!(error = %e, "cannot remove the worker's private directory");
     }
     Ok(ending)
+}
+
+/// Whether `result` is a failure to leave unreported because the worker
+/// is stopping on a termination signal: a scheduler cancelling the job
+/// signals the whole job, so the servable processes die of the same signal,
+/// and their batches must go back to the queue with the block's end (the
+/// daemon's handling of a cancelled block), not count as failed attempts.
+fn stopping_took(result: &BatchResult) -> bool {
+    let Some(signal) = crate::stop_signal::received() else {
+        return false;
+    };
+    if result.failure.is_none() {
+        return false;
+    }
+    tracing::info!(
+        batch = result.batch.0,
+        signal,
+        "not reporting a batch that failed while the worker stops on a signal"
+    );
+    true
 }
 
 fn now(started: Instant) -> Now {
@@ -435,7 +459,7 @@ fn process_alive(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_protocol::interchange::{BatchId, BatchResult, WorkerMessage};
+    use flotilla_protocol::interchange::{BatchId, WorkerMessage};
     use flotilla_protocol::task::Outcome;
     use std::sync::mpsc;
 
