@@ -52,9 +52,6 @@ pub const PYTHON_VARIABLES: &[&str] = &[
     "PYTHONNOUSERSITE",
 ];
 
-/// Names the temporary files of concurrent writers in one process apart.
-static FRESH: AtomicU64 = AtomicU64::new(0);
-
 /// The executable `command` runs: itself when it names a path, else the
 /// first executable file of that name in `path_var` (as a shell finds it).
 pub fn resolve(command: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
@@ -256,8 +253,11 @@ impl NodePython {
     }
 }
 
-/// Writes `text` to `target` whole: a temporary file renamed into place.
-fn write_whole(target: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `text` to `target` whole: a temporary file renamed into place,
+/// so a reader on the node sees the old record or the new one, never part.
+pub(crate) fn write_whole(target: &Path, text: &str) -> std::io::Result<()> {
+    /// Names the temporary files of concurrent writers in one process apart.
+    static FRESH: AtomicU64 = AtomicU64::new(0);
     let tmp = target.with_extension(format!(
         "{}.{}.tmp",
         std::process::id(),

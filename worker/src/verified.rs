@@ -19,10 +19,8 @@
 //! parsed counts as none.
 
 use std::fs::{self, DirBuilder, Metadata};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::cache::{NodeCache, hash_file};
@@ -120,9 +118,6 @@ pub struct Verified {
     dir: Option<PathBuf>,
 }
 
-/// Names the temporary files of concurrent writers in one process apart.
-static FRESH: AtomicU64 = AtomicU64::new(0);
-
 impl Verified {
     /// Remembers nothing: every check hashes the file.
     pub fn none() -> Self {
@@ -187,18 +182,7 @@ impl Verified {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let tmp = target.with_extension(format!(
-            "{}.{}.tmp",
-            std::process::id(),
-            FRESH.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(record.to_text().as_bytes()))
-            .and_then(|()| fs::rename(&tmp, target));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written
+        crate::node_python::write_whole(target, &record.to_text())
     }
 }
 

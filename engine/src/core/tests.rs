@@ -3315,6 +3315,23 @@ fn each_pool_s_strategy_runs_on_its_own_period() {
     assert_eq!(submitted_by_pool(&out), [("gpu".to_owned(), 1)]);
 }
 
+/// A user other than the daemon's, for the tests of what users see of
+/// each other.
+fn alice() -> Caller {
+    Caller {
+        uid: 2001,
+        groups: vec![2001],
+    }
+}
+
+/// A second user, in no group with [`alice`].
+fn bob() -> Caller {
+    Caller {
+        uid: 2002,
+        groups: vec![2002],
+    }
+}
+
 mod memo_scope;
 mod owners;
 mod warm;

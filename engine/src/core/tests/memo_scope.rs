@@ -6,20 +6,6 @@
 use super::*;
 use flotilla_protocol::access::{Access, Visibility};
 
-fn alice() -> Caller {
-    Caller {
-        uid: 2001,
-        groups: vec![2001],
-    }
-}
-
-fn bob() -> Caller {
-    Caller {
-        uid: 2002,
-        groups: vec![2002],
-    }
-}
-
 /// Alice's memoized servable `m`, which everybody may see and invoke, with
 /// its memo shared or not; a worker to run it.
 fn published(shared_memo: bool) -> Harness {

@@ -10,20 +10,6 @@ use flotilla_protocol::interchange::{SlotWarmth, WarmProcessInfo};
 /// An id no test here hands out.
 const NEVER: TaskId = TaskId(999_999);
 
-fn alice() -> Caller {
-    Caller {
-        uid: 2001,
-        groups: vec![2001],
-    }
-}
-
-fn bob() -> Caller {
-    Caller {
-        uid: 2002,
-        groups: vec![2002],
-    }
-}
-
 fn admin() -> Caller {
     Caller::daemon_user(DAEMON_UID)
 }

@@ -5,13 +5,6 @@
 use super::*;
 use flotilla_protocol::watch::{Settled, TaskEventFilter, TaskEventView, TaskList, TaskQuery};
 
-fn alice() -> Caller {
-    Caller {
-        uid: 2001,
-        groups: vec![2001],
-    }
-}
-
 fn admin() -> Caller {
     Caller::daemon_user(DAEMON_UID)
 }
