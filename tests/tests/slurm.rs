@@ -538,16 +538,17 @@ fn scancel_of_a_running_block_loses_no_task() {
     let status = client.status().unwrap();
     assert!(status.totals.requeued > 0, "the block had tasks running");
     assert_eq!(status.totals.failed, 0);
-    // How long from the scancel to the lost worker's tasks being requeued.
+    // How long from the scancel to the worker's tasks being requeued: it
+    // says goodbye on the scheduler's SIGTERM.
     let since = cancelled_at
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64;
-    let lost = f
-        .events()
-        .into_iter()
-        .find(|e| e.kind == "worker-lost" && e.block == Some(0))
-        .expect("block 0's worker was lost");
+    let events = f.events();
+    let lost = events
+        .iter()
+        .find(|e| e.kind == "worker-left" && e.block == Some(0))
+        .unwrap_or_else(|| panic!("block 0's worker left: {events:#?}"));
     let after_ms = lost.at_us.saturating_sub(since) / 1000;
     eprintln!(
         "scancel -> tasks requeued: {after_ms} ms ({})",

@@ -12,7 +12,8 @@
 //! Exit status: 0 when the daemon let the worker go, 2 when it refused it or
 //! the arguments are wrong, 3 when the daemon was lost, 4 when no address
 //! reached it (with one line per address saying why), 128 + the signal's
-//! number when SIGTERM, SIGINT or SIGHUP stopped it.
+//! number when SIGTERM, SIGINT or SIGHUP stopped it (it first tells the
+//! daemon it leaves, so the tasks it was running are requeued uncharged).
 
 use std::path::Path;
 use std::process::ExitCode;

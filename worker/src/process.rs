@@ -22,6 +22,10 @@ use flotilla_protocol::stdio::{self, Reply};
 /// The variable telling a servable process which slot it runs in.
 pub const SLOT_ENV: &str = "FLOTILLA_SLOT";
 
+/// How long a slot whose servable process died of a termination signal
+/// waits for the worker's own signal (see [`crate::stop_signal::wait_for`]).
+const OWN_SIGNAL_WAIT: Duration = Duration::from_secs(2);
+
 /// Lines of stderr kept for error messages.
 const STDERR_TAIL: usize = 20;
 
@@ -47,16 +51,21 @@ impl Handle {
         }
     }
 
-    /// Its exit status within `limit`, in words, if it ended.
-    fn wait_briefly(&mut self, limit: Duration) -> Option<String> {
+    /// Its exit status within `limit`, in words, if it ended, with the
+    /// signal that ended it, if one did and it is known.
+    fn wait_briefly(&mut self, limit: Duration) -> Option<(String, Option<i32>)> {
         match self {
-            Handle::Child(c) => wait_briefly(c, limit).map(|s| s.to_string()),
+            Handle::Child(c) => wait_briefly(c, limit).map(|s| {
+                use std::os::unix::process::ExitStatusExt;
+                (s.to_string(), s.signal())
+            }),
             Handle::Forked(pid) => {
                 let deadline = Instant::now() + limit;
                 let pid = nix::unistd::Pid::from_raw(*pid as i32);
                 loop {
                     if nix::sys::signal::kill(pid, None).is_err() {
-                        return Some("exited (status unknown: forked from its template)".into());
+                        let status = "exited (status unknown: forked from its template)";
+                        return Some((status.into(), None));
                     }
                     if Instant::now() >= deadline {
                         return None;
@@ -310,7 +319,17 @@ impl WarmProcess {
     fn died(&mut self, what: &str) -> Broken {
         self.stdin = None;
         let status = match self.child.wait_briefly(Duration::from_secs(2)) {
-            Some(status) => status,
+            Some((status, Some(signal))) if crate::stop_signal::is_stopping(signal) => {
+                // Stopped from outside: if its job is being cancelled, the
+                // worker's own signal follows at once, and the batch is
+                // then not reported as failed (it goes back to the queue
+                // with the worker, not as a counted attempt).
+                if let Some(own) = crate::stop_signal::wait_for(OWN_SIGNAL_WAIT) {
+                    tracing::info!(servable = %self.servable, signal, worker_signal = own, "servable process stopped with its worker");
+                }
+                status
+            }
+            Some((status, _)) => status,
             None => {
                 self.child.kill();
                 "was killed after it stopped answering".to_owned()

@@ -60,6 +60,11 @@ use flotilla_protocol::{FrameError, Payload, TaskId, decode};
 /// long it holds a long-poll (in its `Welcome`).
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a worker stopping on a signal waits for the daemon to take its
+/// goodbye: well within a scheduler's grace time before SIGKILL (Slurm's
+/// `KillWait` defaults to 30 s).
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// How the session ended.
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub enum Ending {
@@ -304,10 +309,23 @@ pub struct Session {
     leaving: bool,
     /// `Leave` was sent.
     left: bool,
+    /// A termination signal came: the worker says goodbye (so the daemon
+    /// requeues its running tasks without counting the attempt) and ends
+    /// by the deadline, answered or not.
+    stopping: Option<Stopping>,
     last_contact: Duration,
     ending: Option<Ending>,
     /// The slots' warm servables, for a session that reports them.
     slots: Option<SlotReports>,
+}
+
+/// A worker stopping on a termination signal.
+#[derive(Debug, Clone, Copy)]
+struct Stopping {
+    /// The signal's number.
+    signal: i32,
+    /// The session ends by then (time since start).
+    deadline: Duration,
 }
 
 /// Reporting the slots' warm servables to the daemon.
@@ -348,6 +366,7 @@ impl Session {
             unacked: BTreeMap::new(),
             leaving: false,
             left: false,
+            stopping: None,
             last_contact: now.since_start,
             ending: None,
             slots: None,
@@ -401,7 +420,14 @@ impl Session {
                 self.on_frame(lane, pipe, frame, now, &mut out);
                 self.issue_requests(now, &mut out);
             }
-            Event::LaneFailed { lane, error } => self.on_lane_failed(lane, error, now, &mut out),
+            Event::LaneFailed { lane, error } => {
+                if let Some(stopping) = self.stopping {
+                    self.free(lane);
+                    self.finish(Ending::Signalled(stopping.signal), &mut out);
+                } else {
+                    self.on_lane_failed(lane, error, now, &mut out);
+                }
+            }
             Event::SendFailed { lane, reason } => {
                 self.free(lane);
                 self.finish(Ending::Failed(reason), &mut out);
@@ -419,7 +445,7 @@ impl Session {
                 self.issue_requests(now, &mut out);
             }
             Event::DaemonExited => self.finish(Ending::DaemonExited, &mut out),
-            Event::Signalled(signal) => self.finish(Ending::Signalled(signal), &mut out),
+            Event::Signalled(signal) => self.on_signal(signal, now, &mut out),
         }
         out
     }
@@ -435,6 +461,35 @@ impl Session {
         if self.ending.is_none() {
             self.ending = Some(ending.clone());
             out.push(Action::End(ending));
+        }
+    }
+
+    /// A termination signal (fed again every tick until the end): a
+    /// registered worker sends its finished results and leaves, so its
+    /// running tasks go back to the queue as not their fault; it ends once
+    /// the daemon answers, or at the deadline.
+    fn on_signal(&mut self, signal: i32, now: Now, out: &mut Vec<Action>) {
+        match self.stopping {
+            Some(stopping) if now.since_start >= stopping.deadline => {
+                self.finish(Ending::Signalled(stopping.signal), out);
+            }
+            Some(_) => {}
+            None if self.registration != Registration::Registered => {
+                self.finish(Ending::Signalled(signal), out);
+            }
+            None => {
+                tracing::info!(
+                    signal,
+                    running_batches = self.unacked.len(),
+                    "stopping on a signal: telling the daemon, then exiting"
+                );
+                self.stopping = Some(Stopping {
+                    signal,
+                    deadline: now.since_start + STOP_GRACE,
+                });
+                self.leaving = true;
+                self.issue_requests(now, out);
+            }
         }
     }
 
@@ -524,14 +579,23 @@ impl Session {
             if !self.report_busy {
                 self.next_registration_step(out);
             }
-        } else if self.leaving && self.unacked.is_empty() && self.pending.is_empty() {
-            // Idle at the end of the job: say goodbye (once).
+        } else if self.leaving
+            && self.pending.is_empty()
+            && (self.unacked.is_empty() || self.stopping.is_some())
+        {
+            // Idle at the end of the job, or stopping on a signal with
+            // batches still running: say goodbye (once).
             if !self.left && !self.report_busy {
                 self.left = true;
-                let reason = format!(
-                    "its job's wall time ends within {} s",
-                    self.cfg.walltime_margin.as_secs()
-                );
+                let reason = match self.stopping {
+                    Some(Stopping { signal, .. }) => format!(
+                        "it was stopped by signal {signal}: its job was cancelled or its node is going down"
+                    ),
+                    None => format!(
+                        "its job's wall time ends within {} s",
+                        self.cfg.walltime_margin.as_secs()
+                    ),
+                };
                 self.send(Lane::Report, WorkerMessage::Leave { reason }, out);
             }
         } else {
@@ -881,6 +945,9 @@ impl Session {
                     .collect();
                 self.on_work(lane, placed, now, out);
             }
+            // Stopping: the goodbye is out, and the daemon answers it
+            // whether it knows this worker or not.
+            DaemonMessage::Reregister if self.stopping.is_some() => {}
             DaemonMessage::Reregister => {
                 if self.registration == Registration::Registered {
                     tracing::info!(
@@ -893,7 +960,13 @@ impl Session {
                     self.resend_in_flight();
                 }
             }
-            DaemonMessage::Shutdown if self.left => self.finish(Ending::WalltimeOver, out),
+            DaemonMessage::Shutdown if self.left => {
+                let ending = match self.stopping {
+                    Some(stopping) => Ending::Signalled(stopping.signal),
+                    None => Ending::WalltimeOver,
+                };
+                self.finish(ending, out);
+            }
             DaemonMessage::Shutdown => self.finish(Ending::Shutdown, out),
             DaemonMessage::ProbeOk { .. } => {
                 tracing::debug!("a late probe answer; ignored");

@@ -7,6 +7,7 @@
 //! loop, which looks every tick, ends the session and cleans up.
 
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
@@ -45,6 +46,31 @@ pub fn received() -> Option<i32> {
     }
 }
 
+/// True if `signal` is one that stops the worker cleanly (a scheduler's
+/// cancel, Ctrl-C, a closed terminal), as opposed to a crash or the OOM
+/// killer's SIGKILL.
+pub fn is_stopping(signal: i32) -> bool {
+    STOPPING.iter().any(|s| *s as i32 == signal)
+}
+
+/// Waits up to `limit` for a termination signal to reach this worker;
+/// returns it if one did. A scheduler cancelling a job signals every
+/// process of it at once, so a servable process that died of SIGTERM
+/// usually means the worker's own signal is on its way: waiting for it
+/// (bounded) tells a cancelled job from a servable killed on its own.
+pub fn wait_for(limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(signal) = received() {
+            return Some(signal);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +82,13 @@ mod tests {
         nix::sys::signal::raise(Signal::SIGHUP).unwrap();
         assert_eq!(received(), Some(Signal::SIGHUP as i32));
         RECEIVED.store(0, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn only_the_stopping_signals_stop_cleanly() {
+        assert!(is_stopping(Signal::SIGTERM as i32));
+        assert!(is_stopping(Signal::SIGINT as i32));
+        assert!(!is_stopping(Signal::SIGKILL as i32));
+        assert!(!is_stopping(Signal::SIGSEGV as i32));
     }
 }

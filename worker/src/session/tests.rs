@@ -920,3 +920,64 @@ fn a_worker_reporting_its_slots_polls_only_once_the_daemon_knows_them() {
         "{changed:?}"
     );
 }
+
+#[test]
+fn a_signal_sends_finished_results_then_leaves_with_batches_running_and_ends_on_the_answer() {
+    let mut h = Harness::registered();
+    h.reply(Lane::Poll, &work(vec![batch(1, &[10]), batch(2, &[11])]));
+    assert_eq!(reported(&h.done(1)), [1]);
+    // The report lane is busy with batch 1's result: the goodbye waits.
+    assert_eq!(h.ev(Event::Signalled(15)), []);
+    let left = h.reply(Lane::Report, &work(vec![]));
+    let [send!(Lane::Report, WorkerMessage::Leave { reason })] = &left[..] else {
+        panic!("{left:?}");
+    };
+    assert!(reason.contains("signal 15"), "{reason}");
+    // Batch 2 still runs: no poll for more work, and the daemon's answer
+    // to the held poll does not start a new registration.
+    assert_eq!(h.reply(Lane::Poll, &DaemonMessage::Reregister), []);
+    assert_eq!(h.ev(Event::Signalled(15)), []);
+    assert_eq!(
+        h.reply(Lane::Report, &DaemonMessage::Shutdown),
+        [Action::End(Ending::Signalled(15))]
+    );
+}
+
+#[test]
+fn a_stopping_worker_ends_by_its_deadline_when_the_daemon_does_not_answer() {
+    let mut h = Harness::registered();
+    let left = h.ev(Event::Signalled(15));
+    assert!(
+        matches!(
+            &left[..],
+            [send!(Lane::Report, WorkerMessage::Leave { .. })]
+        ),
+        "{left:?}"
+    );
+    h.advance(STOP_GRACE / 2);
+    assert_eq!(h.ev(Event::Signalled(15)), []);
+    h.advance(STOP_GRACE);
+    assert_eq!(
+        h.ev(Event::Signalled(15)),
+        [Action::End(Ending::Signalled(15))]
+    );
+}
+
+#[test]
+fn a_stopping_worker_ends_at_once_if_it_is_not_registered_or_its_goodbye_fails() {
+    let mut h = Harness::new();
+    h.tick();
+    assert_eq!(
+        h.ev(Event::Signalled(2)),
+        [Action::End(Ending::Signalled(2))]
+    );
+    let mut h = Harness::registered();
+    h.ev(Event::Signalled(1));
+    assert_eq!(
+        h.ev(Event::LaneFailed {
+            lane: Lane::Report,
+            error: LaneError::TimedOut,
+        }),
+        [Action::End(Ending::Signalled(1))]
+    );
+}
