@@ -45,6 +45,7 @@ mod dispatch;
 mod durability;
 mod event_log;
 mod handshake;
+mod id_set;
 mod io;
 mod lifecycle;
 mod memo;

@@ -9,15 +9,17 @@
 //! caller's tasks of the servable asked for, walks the sets of the states
 //! asked for from the top, and stops at the limit or at the first task
 //! older than `--since`: its cost is O(limit · log n), whatever the number
-//! of tasks held. Each task sits in four sets (about 40 bytes of index per
-//! task).
+//! of tasks held. Each task sits in four sets, each an [`IdSet`] (a bit per
+//! id in 64-id words), so the index costs a few bytes per task and a change
+//! of state a bit operation per set.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use flotilla_protocol::TaskId;
 use flotilla_protocol::task::TaskState;
 use rustc_hash::FxHashMap;
+
+use super::id_set::IdSet;
 
 /// The states a task is listed under (every state but `Unknown`).
 pub(super) const LISTED: [TaskState; 5] = [
@@ -35,7 +37,7 @@ fn slot(state: TaskState) -> Option<usize> {
 /// Task ids by state.
 #[derive(Debug, Default)]
 pub(super) struct StateSets {
-    sets: [BTreeSet<TaskId>; 5],
+    sets: [IdSet; 5],
 }
 
 impl StateSets {
@@ -47,17 +49,17 @@ impl StateSets {
 
     fn remove(&mut self, state: TaskState, id: TaskId) {
         if let Some(i) = slot(state) {
-            self.sets[i].remove(&id);
+            self.sets[i].remove(id);
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.sets.iter().all(BTreeSet::is_empty)
+        self.sets.iter().all(IdSet::is_empty)
     }
 
     /// How many tasks are in `state`.
     pub(super) fn count(&self, state: TaskState) -> u64 {
-        slot(state).map_or(0, |i| self.sets[i].len() as u64)
+        slot(state).map_or(0, |i| self.sets[i].len())
     }
 
     /// The ids in any of `states` below `before`, highest first (a merge
@@ -71,15 +73,15 @@ impl StateSets {
         let mut heads: Vec<_> = states
             .iter()
             .filter_map(|s| slot(*s))
-            .map(|i| self.sets[i].range(..upper).rev().peekable())
+            .map(|i| self.sets[i].descending_below(upper).peekable())
             .collect();
         std::iter::from_fn(move || {
             let best = heads
                 .iter_mut()
                 .enumerate()
-                .filter_map(|(i, h)| h.peek().map(|id| (i, **id)))
+                .filter_map(|(i, h)| h.peek().map(|id| (i, *id)))
                 .max_by_key(|(_, id)| *id)?;
-            heads[best.0].next().copied()
+            heads[best.0].next()
         })
     }
 }

@@ -306,7 +306,10 @@ impl TaskNote {
 /// Every task, plus the orders results expire in, task ids and totals.
 #[derive(Debug, Default)]
 pub(super) struct TaskTable {
-    tasks: FxHashMap<TaskId, Task>,
+    /// Boxed: a task is a few hundred bytes, and a million-task table
+    /// grown by rehashing would move (and have the kernel zero) every one
+    /// of them at each doubling; boxed, a rehash moves two words per task.
+    tasks: FxHashMap<TaskId, Box<Task>>,
     /// Task ids by state, servable and owner (see `task_index.rs`).
     index: TaskIndex,
     /// What happened since the core last took the notes.
@@ -356,23 +359,26 @@ impl TaskTable {
 
     /// The task `id`.
     pub(super) fn get(&self, id: &TaskId) -> Option<&Task> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(|t| &**t)
     }
 
     /// The task `id` if it is in `scope`: a client's way to a task, for
     /// which a task out of its scope does not exist.
     pub(super) fn get_in(&self, id: &TaskId, scope: TaskScope) -> Option<&Task> {
-        self.tasks.get(id).filter(|t| scope.covers(t.owner))
+        self.tasks
+            .get(id)
+            .map(|t| &**t)
+            .filter(|t| scope.covers(t.owner))
     }
 
     /// The task `id`, to change what is not its phase.
     pub(super) fn get_mut(&mut self, id: &TaskId) -> Option<&mut Task> {
-        self.tasks.get_mut(id)
+        self.tasks.get_mut(id).map(|t| &mut **t)
     }
 
     /// Every task.
     pub(super) fn iter(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values()
+        self.tasks.values().map(|t| &**t)
     }
 
     /// Tasks held.
@@ -414,7 +420,7 @@ impl TaskTable {
                     .insert(id, &task.servable, task.owner, TaskState::Queued);
                 self.notes
                     .push(TaskNote::of(id, &task, "accepted", String::new()));
-                Some(vacant.insert(task))
+                Some(vacant.insert(Box::new(task)))
             }
         }
     }
@@ -433,7 +439,7 @@ impl TaskTable {
             .push_back((task.timings.finished_us, id));
         self.index
             .insert(id, &task.servable, task.owner, task.state());
-        self.tasks.insert(id, task);
+        self.tasks.insert(id, Box::new(task));
     }
 
     /// Queued → running `batch` on `worker`: one more attempt. Refused
@@ -612,7 +618,7 @@ impl TaskTable {
         let record = task.result_record();
         self.index
             .insert(id, &task.servable, task.owner, TaskState::Failed);
-        self.tasks.insert(id, task);
+        self.tasks.insert(id, Box::new(task));
         record
     }
 
