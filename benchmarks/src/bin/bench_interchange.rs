@@ -16,7 +16,10 @@
 //! then
 //!
 //! * the round trip: `--round-trips` synchronous `noop` runs through the Rust
-//!   client library, one at a time, after a warm-up; p50, p99 and mean;
+//!   client library, one at a time, after a warm-up; p50, p99 and mean,
+//!   and where the time goes, leg by leg, from the tasks' own timestamps
+//!   (client and API transport, accept to dispatch, to the worker, in the
+//!   worker, back to the daemon, result to reply);
 //! * bulk throughput: `--tasks` `noop` tasks submitted in one call and
 //!   waited for in the same call, `--repeats` times; tasks per second.
 //!
@@ -174,15 +177,18 @@ fn measure(o: &Measure) -> Result<Value, String> {
     }
     let inputs = tasks(o.round_trips, 0)?;
     let mut samples = Vec::with_capacity(o.round_trips);
+    let mut legs = Legs::default();
     for t in inputs {
         let started = Instant::now();
         let view = client
             .run("noop", t.input, Some(BULK_WAIT))
             .map_err(|e| e.to_string())?;
-        samples.push(started.elapsed());
+        let took = started.elapsed();
+        samples.push(took);
         if view.state != TaskState::Completed {
             return Err(format!("a round trip ended {:?}", view.state));
         }
+        legs.add(took, &view.timings);
     }
     let latency = Latency::of(&mut samples);
 
@@ -210,6 +216,7 @@ fn measure(o: &Measure) -> Result<Value, String> {
             Transport::Tcp => "tcp",
         },
         "round_trip": latency.json(),
+        "round_trip_legs_p50_us": legs.medians(),
         "throughput_tasks_per_s": rates.iter().map(|r| round(*r)).collect::<Vec<_>>(),
         "tasks": o.tasks,
     });
@@ -220,6 +227,51 @@ fn measure(o: &Measure) -> Result<Value, String> {
         median(&rates)
     );
     Ok(report)
+}
+
+/// Where a round trip's time goes, from the task's own timestamps (all
+/// taken on this machine's one clock): each leg's samples in µs.
+#[derive(Default)]
+struct Legs {
+    samples: BTreeMap<&'static str, Vec<f64>>,
+}
+
+/// The legs in the order a round trip takes them.
+const LEGS: [&str; 6] = [
+    "client_and_api_transport",
+    "daemon_accept_to_dispatch",
+    "daemon_to_worker",
+    "in_worker",
+    "worker_to_daemon",
+    "daemon_result_to_reply",
+];
+
+impl Legs {
+    fn add(&mut self, took: Duration, t: &flotilla_protocol::task::TaskTimings) {
+        let gap = |from: u64, to: u64| to.saturating_sub(from) as f64;
+        let in_daemon = gap(t.submitted_us, t.replied_us);
+        let legs = [
+            (took.as_secs_f64() * 1e6 - in_daemon).max(0.0),
+            gap(t.submitted_us, t.dispatched_us),
+            gap(t.dispatched_us, t.worker_received_us),
+            gap(t.worker_received_us, t.worker_sent_us),
+            gap(t.worker_sent_us, t.result_received_us),
+            gap(t.result_received_us, t.replied_us),
+        ];
+        for (name, value) in LEGS.iter().zip(legs) {
+            self.samples.entry(name).or_default().push(value);
+        }
+    }
+
+    fn medians(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        for name in LEGS {
+            if let Some(values) = self.samples.get(name) {
+                out.insert(name.to_owned(), json!(round(median(values))));
+            }
+        }
+        Value::Object(out)
+    }
 }
 
 fn compare(args: &[String]) -> Result<(), String> {
@@ -257,8 +309,19 @@ fn compare(args: &[String]) -> Result<(), String> {
             })
             .filter_map(|v| v.as_f64())
             .collect();
+        let mut legs = serde_json::Map::new();
+        for leg in LEGS {
+            let values: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r["round_trip_legs_p50_us"][leg].as_f64())
+                .collect();
+            if !values.is_empty() {
+                legs.insert(leg.to_owned(), json!(round(median(&values))));
+            }
+        }
         rows.push(json!({
             "label": label,
+            "round_trip_legs_p50_us": legs,
             "rounds": runs.len(),
             "round_trip_p50_us": round(median(&p50)),
             "round_trip_p99_us": round(median(&p99)),
@@ -279,6 +342,23 @@ fn compare(args: &[String]) -> Result<(), String> {
             num("round_trip_p50_us"),
             num("round_trip_p99_us"),
             num("throughput_tasks_per_s"),
+        );
+    }
+    println!("round trip legs, µs (medians over the rounds of each run's p50):");
+    println!("{:<10} {}", "build", LEGS.join(" | "));
+    for row in &rows {
+        let legs: Vec<String> = LEGS
+            .iter()
+            .map(|leg| {
+                row["round_trip_legs_p50_us"][*leg]
+                    .as_f64()
+                    .map_or("-".to_owned(), |v| format!("{v:.0}"))
+            })
+            .collect();
+        println!(
+            "{:<10} {}",
+            row["label"].as_str().unwrap_or("?"),
+            legs.join(" | ")
         );
     }
     let find = |label: &str| rows.iter().find(|r| r["label"] == label);
