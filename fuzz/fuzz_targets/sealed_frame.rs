@@ -11,7 +11,8 @@
 //! Properties:
 //! - opening a copy and opening in place agree; a frame that opens has the
 //!   sealed length less the overhead, and does not open a second time (a
-//!   replay); one that does not open is left as it came;
+//!   replay); one refused before decrypting is left as it came, and one
+//!   whose tag is wrong keeps its header and tag with its ciphertext zeroed;
 //! - an opened frame decodes as the end's peer would send it, or is refused;
 //!   what decodes encodes again to the same message;
 //! - a probe, hello or challenge never panics a handshake step, and only
@@ -30,7 +31,8 @@ use flotilla_protocol::client_auth::{ClientHandshake, DaemonHandshake, GateCall,
 use flotilla_protocol::handshake;
 use flotilla_protocol::parts::PREAUTH_FRAME_BYTES;
 use flotilla_protocol::secure::{
-    Channel, Ephemeral, OVERHEAD, OpenError, REPLAY_WINDOW, ReplayWindow, Role, SessionKeys,
+    Channel, Ephemeral, HEADER_BYTES, OVERHEAD, OpenError, REPLAY_WINDOW, ReplayWindow, Role,
+    SessionKeys, TAG_BYTES,
 };
 use flotilla_protocol::token::Token;
 use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, decode};
@@ -96,8 +98,24 @@ fn open_both_ways(keys: &SessionKeys, role: Role, data: &[u8]) -> Option<Vec<u8>
             );
             Some(frame)
         }
+        Err(OpenError::Forged) => {
+            // The tag was wrong: the header and tag are as they came, and
+            // what was decrypted is zeroed, so no unauthenticated clear
+            // text is left behind.
+            let body = HEADER_BYTES..data.len() - TAG_BYTES;
+            assert_eq!(buffer[..body.start], data[..body.start], "header changed");
+            assert_eq!(buffer[body.end..], data[body.end..], "tag changed");
+            assert!(
+                buffer[body].iter().all(|b| *b == 0),
+                "clear text left behind"
+            );
+            None
+        }
         Err(_) => {
-            assert_eq!(buffer, data, "a frame that does not open was changed");
+            assert_eq!(
+                buffer, data,
+                "a frame refused before decrypting was changed"
+            );
             None
         }
     }

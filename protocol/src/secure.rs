@@ -42,8 +42,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chacha20poly1305::aead::{AeadInOut, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 use crate::handshake::{HandshakeKey, PublicKey, Transcript};
 
@@ -328,8 +327,8 @@ impl ReplayWindow {
 /// open take `&self`).
 pub struct Channel {
     id: ConnectionId,
-    sealer: ChaCha20Poly1305,
-    opener: ChaCha20Poly1305,
+    sealer: LessSafeKey,
+    opener: LessSafeKey,
     /// The last counter used for sealing.
     sent: AtomicU64,
     window: Mutex<ReplayWindow>,
@@ -356,7 +355,18 @@ impl PartialEq for Channel {
 fn nonce(counter: u64) -> Nonce {
     let mut bytes = [0u8; 12];
     bytes[4..].copy_from_slice(&counter.to_le_bytes());
-    Nonce::from(bytes)
+    // Unique: a counter is used once per key (see `seal_in_place` and the
+    // replay window).
+    Nonce::assume_unique_for_key(bytes)
+}
+
+/// The AEAD under `key`. ChaCha20-Poly1305 takes any 32-byte key, so this
+/// cannot fail; ring's constructor returns a `Result` for algorithms whose
+/// keys have other lengths.
+fn aead_key(key: &[u8; 32]) -> LessSafeKey {
+    let unbound = UnboundKey::new(&CHACHA20_POLY1305, key)
+        .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 keys are 32 bytes"));
+    LessSafeKey::new(unbound)
 }
 
 impl Channel {
@@ -368,8 +378,8 @@ impl Channel {
         };
         Channel {
             id: keys.id,
-            sealer: ChaCha20Poly1305::new(&Key::from(*send)),
-            opener: ChaCha20Poly1305::new(&Key::from(*receive)),
+            sealer: aead_key(send),
+            opener: aead_key(receive),
             sent: AtomicU64::new(0),
             window: Mutex::new(ReplayWindow::default()),
         }
@@ -411,9 +421,11 @@ impl Channel {
         header[MAGIC.len() + ID_LEN..].copy_from_slice(&counter.to_le_bytes());
         let tag = self
             .sealer
-            .encrypt_inout_detached(&nonce(counter), header, body.into())
+            .seal_in_place_separate_tag(nonce(counter), Aad::from(&*header), body)
             .map_err(|_| SealError::Cipher(len))?;
-        Ok(tag.into())
+        let mut out = [0u8; TAG_BYTES];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
     }
 
     /// Opens a frame sealed by the other end, taking its counter.
@@ -427,20 +439,19 @@ impl Channel {
     /// counter: decrypts the ciphertext in `sealed` and returns the part of
     /// it that is now the clear frame (between the header and the tag), so
     /// a receiver decodes a large frame without copying it. A frame that
-    /// does not open is left as it came (the tag is checked before
-    /// anything is decrypted).
+    /// does not open keeps its header, and none of its clear text is left
+    /// behind: the cipher zeroes what it decrypted when the tag is wrong.
     pub fn open_in_place<'a>(&self, sealed: &'a mut [u8]) -> Result<&'a [u8], OpenError> {
         let counter = self.admit(sealed)?;
         let (header, rest) = sealed.split_at_mut(HEADER_BYTES);
-        let (ciphertext, tag) = rest.split_at_mut(rest.len() - TAG_BYTES);
-        let tag = Tag::try_from(&*tag).map_err(|_| OpenError::Forged)?;
-        self.opener
-            .decrypt_inout_detached(&nonce(counter), header, (&mut *ciphertext).into(), &tag)
+        let frame = self
+            .opener
+            .open_in_place(nonce(counter), Aad::from(&*header), rest)
             .map_err(|_| OpenError::Forged)?;
         // Only an authentic frame takes its counter, and only once, even
         // when two threads open copies of it at the same time.
         self.lock_window().take(counter)?;
-        Ok(ciphertext)
+        Ok(frame)
     }
 
     /// The counter of `sealed` if it is a sealed frame of this connection
@@ -524,12 +535,19 @@ mod tests {
         assert_eq!(daemon.open(&buffer).unwrap(), frame);
         let mut sealed = worker.seal(&frame).unwrap();
         assert_eq!(daemon.open_in_place(&mut sealed).unwrap(), &frame[..]);
-        // A forged frame does not open in place, and is left as it came.
+        // A forged frame does not open in place; its header stays (a
+        // receiver may still tell sealed from clear) and no clear text of
+        // it is left behind.
         let mut forged = worker.seal(&frame).unwrap();
         forged[HEADER_BYTES] ^= 1;
         let before = forged.clone();
         assert_eq!(daemon.open_in_place(&mut forged), Err(OpenError::Forged));
-        assert_eq!(forged, before);
+        assert_eq!(forged[..HEADER_BYTES], before[..HEADER_BYTES]);
+        assert!(is_sealed(&forged));
+        assert!(
+            !forged.windows(frame.len() - 1).any(|w| w == &frame[1..]),
+            "no decrypted text of a forged frame is left"
+        );
         // Nor does a replay, or a buffer too short to hold a header.
         assert_eq!(
             daemon.open_in_place(&mut sealed.clone()),
