@@ -162,11 +162,20 @@ fn run() -> Result<(), String> {
         base_kib / 1024,
         (core_kib.saturating_sub(base_kib) * 1024) as f64 / n as f64
     );
-    // The indexes' share: four ordered sets of every id (all tasks, by
-    // servable, by owner, by owner and servable), built alone.
+    // The indexes' share: four sets of every id (all tasks, by servable,
+    // by owner, by owner and servable), built alone in the layout of the
+    // core's id sets (a map from each 64-id word to its bits), which
+    // consecutive ids fill word by word.
     let before_sets = rss_kib();
-    let sets: Vec<std::collections::BTreeSet<TaskId>> =
-        (0..4).map(|_| (1..=n).map(TaskId).collect()).collect();
+    let sets: Vec<std::collections::BTreeMap<u64, u64>> = (0..4)
+        .map(|_| {
+            let mut words = std::collections::BTreeMap::new();
+            for id in 1..=n {
+                *words.entry(id / 64).or_insert(0u64) |= 1 << (id % 64);
+            }
+            words
+        })
+        .collect();
     let index_kib = rss_kib().saturating_sub(before_sets);
     drop(sets);
     println!(
