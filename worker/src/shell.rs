@@ -327,8 +327,8 @@ pub fn run(
 /// Whether `result` is a failure to leave unreported because the worker
 /// is stopping on a termination signal: a scheduler cancelling the job
 /// signals the whole job, so the servable processes die of the same signal,
-/// and their batches must go back to the queue with the block's end (the
-/// daemon's handling of a cancelled block), not count as failed attempts.
+/// and their batches go back to the queue uncharged with the worker's
+/// goodbye (see `Session`'s stopping), not as failed attempts.
 fn stopping_took(result: &BatchResult) -> bool {
     let Some(signal) = crate::stop_signal::received() else {
         return false;

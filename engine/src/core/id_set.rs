@@ -14,7 +14,7 @@ use flotilla_protocol::TaskId;
 const WORD_BITS: u64 = 64;
 
 /// A set of task ids, read highest first.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub(super) struct IdSet {
     /// Word number (id / 64) → the bits of the ids in it; never zero.
     words: BTreeMap<u64, u64>,

@@ -365,10 +365,7 @@ impl TaskTable {
     /// The task `id` if it is in `scope`: a client's way to a task, for
     /// which a task out of its scope does not exist.
     pub(super) fn get_in(&self, id: &TaskId, scope: TaskScope) -> Option<&Task> {
-        self.tasks
-            .get(id)
-            .map(|t| &**t)
-            .filter(|t| scope.covers(t.owner))
+        self.get(id).filter(|t| scope.covers(t.owner))
     }
 
     /// The task `id`, to change what is not its phase.
