@@ -28,7 +28,7 @@ use flotilla_protocol::task::{NIL, Outcome};
 use flotilla_protocol::{Payload, encode};
 use flotilla_worker::connect::worker_socket;
 use flotilla_worker::session::{
-    Action, Ending, Event, Lane, LaneError, Notice, Now, Session, SessionConfig,
+    Action, Ending, Event, Frame, Lane, LaneError, Notice, Now, Session, SessionConfig,
 };
 use nng::{Aio, AioResult, Context, Message, Socket};
 
@@ -193,7 +193,7 @@ impl Conn {
                 lane,
                 // One connection per simulated worker.
                 pipe: None,
-                frame: msg.as_slice(),
+                frame: Frame::from(msg),
             }),
             AioResult::Sleep(_) => {}
         }
@@ -208,7 +208,7 @@ impl Conn {
     }
 
     /// Feeds `event` to the session and carries out what it says.
-    fn feed(&self, event: Event<'_>) {
+    fn feed(&self, event: Event) {
         let now = self.now();
         let actions = self
             .session

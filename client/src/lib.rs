@@ -33,7 +33,8 @@ use flotilla_protocol::client::{
 use flotilla_protocol::servable::ServableRecord;
 use flotilla_protocol::task::{TaskState, TaskView};
 use flotilla_protocol::{
-    DEFAULT_MAX_FRAME_BYTES, FrameError, Payload, TaskId, decode, encode, paths,
+    DEFAULT_MAX_FRAME_BYTES, FrameError, Payload, TaskId, decode, encode, encode_to, encoded_len,
+    paths,
 };
 use nng::options::{Options, RecvMaxSize, RecvTimeout, SendTimeout};
 use nng::{Protocol, Socket};
@@ -188,6 +189,18 @@ fn daemon_frame_limit(state_dir: &Path) -> usize {
 
 /// What a request of `size` encoded bytes that is too large holds, in
 /// words: the input, when it is one task's.
+/// `call`'s frame (`len` bytes, from [`encoded_len`]) encoded straight
+/// into the message that carries it: a submission of large inputs is
+/// written once, not encoded and then copied.
+fn message_of(call: &ClientCall, len: usize) -> Result<nng::Message, FrameError> {
+    let mut message = nng::Message::with_capacity(len);
+    let mut out = std::io::BufWriter::with_capacity(8 << 10, &mut message);
+    encode_to(&mut out, call)?;
+    std::io::Write::flush(&mut out).map_err(|e| FrameError::Encode(e.to_string()))?;
+    drop(out);
+    Ok(message)
+}
+
 fn too_large(call: &ClientCall, size: usize) -> String {
     match call {
         ClientCall::Submit { tasks, .. } if tasks.len() == 1 => {
@@ -271,10 +284,10 @@ impl Client {
     /// One round trip: sends `call`, waits up to `timeout` for the reply.
     /// A refusal ([`ClientReply::Error`]) comes back as [`ClientError::Refused`].
     pub fn call(&self, call: &ClientCall, timeout: Duration) -> Result<ClientReply, ClientError> {
-        let bytes = encode(call)?;
-        if bytes.len() > self.max_frame_bytes {
+        let len = encoded_len(call)?;
+        if len > self.max_frame_bytes {
             return Err(ClientError::TooLarge {
-                what: too_large(call, bytes.len()),
+                what: too_large(call, len),
                 limit: self.max_frame_bytes,
             });
         }
@@ -286,7 +299,7 @@ impl Client {
                     .set_opt::<RecvTimeout>(Some(timeout))
                     .map_err(ClientError::Transport)?;
                 socket
-                    .send(nng::Message::from(&bytes[..]))
+                    .send(message_of(call, len)?)
                     .map_err(|(_, e)| self.transport_error(e, timeout))?;
                 let message = socket
                     .recv()
@@ -297,7 +310,7 @@ impl Client {
                 let message = link
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .round_trip(&bytes, timeout)?;
+                    .round_trip(&encode(call)?, timeout)?;
                 decode::<ClientReply>(&message, limit)?
             }
         };

@@ -26,7 +26,7 @@ use flotilla_protocol::handshake::{self, Nonce, NonceSource};
 use flotilla_protocol::peer_text::shown;
 use flotilla_protocol::secure::{Channel, Ephemeral, Role};
 use flotilla_protocol::token::{TokenRecord, check_call, check_live};
-use flotilla_protocol::{FrameError, decode, encode};
+use flotilla_protocol::{FrameError, decode, decode_shared, encode};
 
 use crate::core::{Caller, PipeId, ReplyTo};
 use crate::identity::Identities;
@@ -177,7 +177,7 @@ impl ClientGate {
                 registered: true,
                 bytes,
                 ..
-            } => match decode::<ClientCall>(bytes, self.max_frame) {
+            } => match decode_shared::<ClientCall>(bytes, self.max_frame) {
                 Ok(call) => self.call(receiver, pipe, call),
                 Err(e) => self.bad_frame(pipe, bytes.len(), &e),
             },
@@ -387,7 +387,7 @@ mod tests {
             receiver: 3,
             pipe: PipeId(pipe),
             registered,
-            bytes,
+            bytes: &bytes::Bytes::copy_from_slice(bytes),
             peer: None,
         })
     }

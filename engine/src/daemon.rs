@@ -16,7 +16,7 @@ use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, ClientReply}
 
 use crate::identity::Identities;
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
-use flotilla_protocol::{FrameError, decode, encode};
+use flotilla_protocol::{FrameError, decode, decode_shared, encode};
 
 use crate::clock::now_us;
 use crate::config::{Config, PoolConfig, ProviderKind};
@@ -862,8 +862,8 @@ impl Io {
         } else {
             (&self.api, to.0)
         };
-        match encode(&reply) {
-            Ok(bytes) => server.reply(receiver, &bytes, false),
+        match server.reply_encoded(receiver, &reply, false) {
+            Ok(()) => {}
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a client reply");
                 let fallback = ClientReply::Error(ApiError {
@@ -884,18 +884,17 @@ impl ActionRunner for Io {
         for action in actions.drain(..) {
             match action {
                 Action::ReplyClient { to, reply } => self.reply_client(to, reply),
-                Action::ReplyWorker { to, message, close } => match encode(&message) {
-                    Ok(bytes) => {
-                        // The core welcomes only a worker that proved it
-                        // knows the secret: its connection gets the
-                        // registered limits.
-                        if matches!(message, DaemonMessage::Welcome { .. }) {
-                            self.interchange.register(to.0);
-                        }
-                        self.interchange.reply(to.0, &bytes, close);
+                Action::ReplyWorker { to, message, close } => {
+                    // The core welcomes only a worker that proved it
+                    // knows the secret: its connection gets the
+                    // registered limits.
+                    if matches!(message, DaemonMessage::Welcome { .. }) {
+                        self.interchange.register(to.0);
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot encode a worker reply"),
-                },
+                    if let Err(e) = self.interchange.reply_encoded(to.0, &message, close) {
+                        tracing::error!(error = %e, "cannot encode a worker reply");
+                    }
+                }
                 Action::Secure { to, keys } => self.interchange.secure(
                     to.0,
                     flotilla_protocol::secure::Channel::new(
@@ -959,7 +958,7 @@ fn api_handler(
             bytes,
             peer,
             ..
-        } => match decode::<ClientCall>(bytes, max_frame) {
+        } => match decode_shared::<ClientCall>(bytes, max_frame) {
             Ok(call) => {
                 let caller = match peer {
                     Some(p) => identities.caller(p.uid, Some(p.gid)),

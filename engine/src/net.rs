@@ -94,8 +94,10 @@ pub enum Inbound<'a> {
         /// is; see [`RepServer::register`]); always true on a trusted
         /// server.
         registered: bool,
-        /// The raw frame.
-        bytes: &'a [u8],
+        /// The raw frame (opened, on a sealed connection), shared: a
+        /// handler may keep slices of it instead of copies (see
+        /// [`flotilla_protocol::frame::decode_shared`]).
+        bytes: &'a bytes::Bytes,
         /// Who is at the other end, on a trusted server's local (ipc)
         /// connections; none on TCP.
         peer: Option<PeerCred>,
@@ -370,7 +372,37 @@ impl RepServer {
             );
             return;
         };
-        send(shared, &r, bytes, close, true);
+        send(shared, &r, Body::Bytes(bytes), close, true);
+    }
+
+    /// Answers the request held by `receiver` with `message`, encoded
+    /// straight into the transport message (sized first, so a reply of
+    /// large payloads is written once, not encoded and then copied). An
+    /// error means nothing was sent and the request is still held.
+    pub fn reply_encoded<T: serde::Serialize>(
+        &self,
+        receiver: u32,
+        message: &T,
+        close: bool,
+    ) -> Result<(), flotilla_protocol::FrameError> {
+        let shared = &self.owner.shared;
+        let Some(r) = shared.receiver(receiver) else {
+            tracing::error!(
+                server = shared.name,
+                receiver,
+                "reply to an unknown receiver"
+            );
+            return Ok(());
+        };
+        let len = flotilla_protocol::encoded_len(message)?;
+        send(
+            shared,
+            &r,
+            Body::Encode(len, &|w| flotilla_protocol::encode_to(w, message)),
+            close,
+            true,
+        );
+        Ok(())
     }
 
     /// Seals the connection of the request held by `receiver` with
@@ -605,7 +637,7 @@ impl Shared {
         };
         *lock(&receiver.request) = Some((pipe, id));
         if !parts::is_part(&msg) {
-            return self.unseal(index, receiver, (pipe, id, registered), &mut msg);
+            return self.unseal(index, receiver, (pipe, id, registered), Whole::Message(msg));
         }
         let outcome = match parts::parse(&msg) {
             Ok(part) => lock(&self.pipes).add_part(id, part, &self.limits),
@@ -615,10 +647,10 @@ impl Shared {
             }
         };
         match outcome {
-            PartOutcome::More => send(self, receiver, parts::ACK, false, false),
+            PartOutcome::More => send(self, receiver, Body::Bytes(parts::ACK), false, false),
             // Only a registered connection's parts are joined.
-            PartOutcome::Whole(mut frame) => {
-                self.unseal(index, receiver, (pipe, id, true), &mut frame);
+            PartOutcome::Whole(frame) => {
+                self.unseal(index, receiver, (pipe, id, true), Whole::Joined(frame));
             }
             PartOutcome::Unregistered => {
                 tracing::debug!(
@@ -627,7 +659,13 @@ impl Shared {
                     registered,
                     "a part from a connection that has not registered"
                 );
-                send(self, receiver, &self.unregistered_part_reply, false, false);
+                send(
+                    self,
+                    receiver,
+                    Body::Bytes(&self.unregistered_part_reply),
+                    false,
+                    false,
+                );
             }
             PartOutcome::Refused(e) => {
                 self.log_refusal(Some(id), &format!("a bad part: {e}"));
@@ -644,13 +682,18 @@ impl Shared {
         index: u32,
         receiver: &Receiver,
         (pipe, id, registered): (Pipe, PipeId, bool),
-        bytes: &mut [u8],
+        mut request: Whole,
     ) {
         let channel = lock(&self.pipes).channel(id);
         match channel {
-            Some(channel) => match channel.open_in_place(bytes) {
-                Ok(frame) => self.dispatch(index, receiver, (pipe, id, registered), frame),
+            Some(channel) => match channel.open_in_place(request.as_mut_slice()) {
+                Ok(clear) => {
+                    let clear = secure::HEADER_BYTES..secure::HEADER_BYTES + clear.len();
+                    let frame = request.into_bytes(clear);
+                    self.dispatch(index, receiver, (pipe, id, registered), frame);
+                }
                 Err(e) => {
+                    let bytes = request.as_slice();
                     // Logged every time: only a connection that completed
                     // a handshake has keys, so these cannot flood the log.
                     if secure::is_sealed(bytes) {
@@ -671,15 +714,25 @@ impl Shared {
                     self.drop_request(receiver, Some(pipe));
                 }
             },
-            None if secure::is_sealed(bytes) => {
+            None if secure::is_sealed(request.as_slice()) => {
                 tracing::debug!(
                     server = self.name,
                     pipe = id.0,
                     "a sealed frame on a connection without keys: asking it to register"
                 );
-                send(self, receiver, &self.unregistered_part_reply, false, false);
+                send(
+                    self,
+                    receiver,
+                    Body::Bytes(&self.unregistered_part_reply),
+                    false,
+                    false,
+                );
             }
-            None => self.dispatch(index, receiver, (pipe, id, registered), bytes),
+            None => {
+                let all = 0..request.as_slice().len();
+                let frame = request.into_bytes(all);
+                self.dispatch(index, receiver, (pipe, id, registered), frame);
+            }
         }
     }
 
@@ -689,7 +742,7 @@ impl Shared {
         index: u32,
         receiver: &Receiver,
         (pipe, id, registered): (Pipe, PipeId, bool),
-        bytes: &[u8],
+        bytes: bytes::Bytes,
     ) {
         let peer = if self.limits.trusted {
             lock(&self.pipes).peer(id)
@@ -700,21 +753,23 @@ impl Shared {
             receiver: index,
             pipe: id,
             registered,
-            bytes,
+            bytes: &bytes,
             peer,
         });
         match verdict {
             Verdict::Accept => {}
-            Verdict::Reply(bytes) => send(self, receiver, &bytes, false, true),
+            Verdict::Reply(bytes) => send(self, receiver, Body::Bytes(&bytes), false, true),
             Verdict::Secure { channel, reply } => {
                 {
                     let mut pipes = lock(&self.pipes);
                     pipes.register(id);
                     pipes.secure(id, Arc::from(channel));
                 }
-                send(self, receiver, &reply, false, true);
+                send(self, receiver, Body::Bytes(&reply), false, true);
             }
-            Verdict::Drop { reply: Some(bytes) } => send(self, receiver, &bytes, true, true),
+            Verdict::Drop { reply: Some(bytes) } => {
+                send(self, receiver, Body::Bytes(&bytes), true, true)
+            }
             Verdict::Drop { reply: None } => self.drop_request(receiver, Some(pipe)),
         }
     }
@@ -828,9 +883,61 @@ fn close_pipe(pipe: Pipe) {
     }
 }
 
-/// Sends `bytes` as the answer to the request `receiver` holds; with
+/// A whole request as it arrived: the message, or its parts joined.
+enum Whole {
+    /// One transport message.
+    Message(Message),
+    /// Parts joined into one buffer.
+    Joined(Vec<u8>),
+}
+
+/// A transport message as the owner of shared bytes.
+struct MessageBytes(Message);
+
+impl AsRef<[u8]> for MessageBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl Whole {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Whole::Message(m) => m.as_slice(),
+            Whole::Joined(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            Whole::Message(m) => m.as_mut_slice(),
+            Whole::Joined(v) => v,
+        }
+    }
+
+    /// `range` of the request, kept in the buffer it came in.
+    fn into_bytes(self, range: std::ops::Range<usize>) -> bytes::Bytes {
+        match self {
+            Whole::Message(m) => bytes::Bytes::from_owner(MessageBytes(m)).slice(range),
+            Whole::Joined(v) => bytes::Bytes::from(v).slice(range),
+        }
+    }
+}
+
+/// What a reply carries.
+enum Body<'a> {
+    /// A frame already encoded.
+    Bytes(&'a [u8]),
+    /// A frame of this many bytes, written by the function.
+    Encode(
+        usize,
+        &'a dyn Fn(&mut dyn std::io::Write) -> Result<(), flotilla_protocol::FrameError>,
+    ),
+}
+
+/// Sends `body` as the answer to the request `receiver` holds; with
 /// `seal`, sealed if that request's connection is.
-fn send(shared: &Arc<Shared>, receiver: &Receiver, bytes: &[u8], close: bool, seal: bool) {
+fn send(shared: &Arc<Shared>, receiver: &Receiver, body: Body<'_>, close: bool, seal: bool) {
     let request = *lock(&receiver.request);
     if close {
         *lock(&receiver.close_after_send) = request.map(|(p, _)| p);
@@ -839,12 +946,11 @@ fn send(shared: &Arc<Shared>, receiver: &Receiver, bytes: &[u8], close: bool, se
         Some((_, id)) if seal => lock(&shared.pipes).channel(id),
         _ => None,
     };
-    let message = match channel.map(|c| sealed_message(&c, bytes)) {
-        None => Message::from(bytes),
-        Some(Ok(sealed)) => sealed,
-        Some(Err(e)) => {
+    let message = match transport_message(channel.as_deref(), body) {
+        Ok(message) => message,
+        Err(e) => {
             // The connection cannot say anything more: it goes.
-            tracing::warn!(server = shared.name, error = %e, "cannot seal a reply; dropping the peer");
+            tracing::warn!(server = shared.name, error = %e, "cannot seal or encode a reply; dropping the peer");
             if let Some((pipe, _)) = request {
                 close_pipe(pipe);
             }
@@ -869,14 +975,40 @@ fn send(shared: &Arc<Shared>, receiver: &Receiver, bytes: &[u8], close: bool, se
     }
 }
 
-/// `frame` sealed with `channel`'s next counter, in the message that
-/// carries it: copied once, into the message, and sealed there.
-fn sealed_message(channel: &secure::Channel, frame: &[u8]) -> Result<Message, secure::SealError> {
-    let mut message = Message::with_capacity(frame.len() + secure::OVERHEAD);
-    message.push_back(&[0; secure::HEADER_BYTES]);
-    message.push_back(frame);
-    let tag = channel.seal_in_place(&mut message)?;
-    message.push_back(&tag);
+/// `body` in the message that carries it, sealed with `channel` when there
+/// is one: the frame lands in the message once (copied, or encoded there)
+/// and is sealed where it lies.
+fn transport_message(channel: Option<&secure::Channel>, body: Body<'_>) -> Result<Message, String> {
+    let len = match body {
+        Body::Bytes(bytes) if channel.is_none() => return Ok(Message::from(bytes)),
+        Body::Bytes(bytes) => bytes.len(),
+        Body::Encode(len, _) => len,
+    };
+    let overhead = if channel.is_some() {
+        secure::OVERHEAD
+    } else {
+        0
+    };
+    let mut message = Message::with_capacity(len + overhead);
+    if channel.is_some() {
+        message.push_back(&[0; secure::HEADER_BYTES]);
+    }
+    match body {
+        Body::Bytes(bytes) => message.push_back(bytes),
+        Body::Encode(_, write) => {
+            // Small writes (msgpack headers) gather in the buffer; a large
+            // payload goes through it straight into the message.
+            let mut out = std::io::BufWriter::with_capacity(8 << 10, &mut message);
+            write(&mut out).map_err(|e| e.to_string())?;
+            std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(channel) = channel {
+        let tag = channel
+            .seal_in_place(&mut message)
+            .map_err(|e| e.to_string())?;
+        message.push_back(&tag);
+    }
     Ok(message)
 }
 

@@ -18,7 +18,10 @@ use crate::watch::{Settled, TaskEventFilter, TaskEventView, TaskList, TaskQuery}
 pub struct TaskRequest {
     /// `NAME` (latest version) or `NAME@VERSION`.
     pub servable: String,
-    /// msgpack-encoded input value.
+    /// msgpack-encoded input value (a slice of the request it came in,
+    /// when decoded with [`crate::frame::decode_shared`]: the task keeps
+    /// its input as long as the request's other tasks keep theirs).
+    #[serde(deserialize_with = "crate::frame::shared_payload")]
     pub input: Payload,
     /// msgpack-encoded parameters map; empty for none. Requests with equal
     /// servable and parameters may be batched into one model call.

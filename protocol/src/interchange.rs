@@ -333,7 +333,9 @@ pub struct WorkBatch {
 pub struct WorkItem {
     /// Task it belongs to.
     pub task: TaskId,
-    /// msgpack input.
+    /// msgpack input (a slice of the frame it came in, when decoded with
+    /// [`crate::frame::decode_shared`]).
+    #[serde(deserialize_with = "crate::frame::shared_payload")]
     pub input: Payload,
 }
 

@@ -65,6 +65,7 @@ pub mod token;
 pub mod watch;
 
 pub use frame::{
-    DEFAULT_MAX_FRAME_BYTES, FrameError, MIN_FRAME_BYTES, PROTOCOL_VERSION, decode, encode,
+    DEFAULT_MAX_FRAME_BYTES, FrameError, MIN_FRAME_BYTES, PROTOCOL_VERSION, decode, decode_shared,
+    encode, encode_to, encoded_len,
 };
 pub use task::{Payload, TaskId};

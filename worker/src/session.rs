@@ -54,7 +54,7 @@ use flotilla_protocol::interchange::{
 use flotilla_protocol::launch::{MAX_FRAME_BYTES_ENV, flag};
 use flotilla_protocol::peer_text::shown;
 use flotilla_protocol::secure::{self, Channel, Ephemeral, Role, SessionKeys};
-use flotilla_protocol::{FrameError, Payload, TaskId, decode};
+use flotilla_protocol::{FrameError, Payload, TaskId, decode, decode_shared};
 
 /// How long a request may wait for its reply before the daemon says how
 /// long it holds a long-poll (in its `Welcome`).
@@ -155,9 +155,43 @@ pub struct Now {
     pub unix_us: u64,
 }
 
+/// A reply as it came off the wire, owned: a sealed one is opened where
+/// it lies, and the inputs of the batches it carries are slices of it
+/// rather than copies (a batch of 64 Inception-sized images is 69 MB).
+pub struct Frame(Box<dyn FrameBuffer>);
+
+/// What a [`Frame`] can be kept in: any owned, writable bytes (the nng
+/// message it arrived in, a `Vec` in tests).
+pub trait FrameBuffer: AsRef<[u8]> + AsMut<[u8]> + Send + 'static {}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]> + Send + 'static> FrameBuffer for T {}
+
+impl Frame {
+    /// The frame held in `buffer`.
+    pub fn new(buffer: impl FrameBuffer) -> Frame {
+        Frame(Box::new(buffer))
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        (*self.0).as_mut()
+    }
+}
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Frame({} bytes)", self.as_ref().len())
+    }
+}
+
 /// What happened to the session.
 #[derive(Debug)]
-pub enum Event<'a> {
+pub enum Event {
     /// Time passed: issue whatever is due, check the silence and the wall
     /// time. The first tick sends the `Hello`.
     Tick,
@@ -169,7 +203,7 @@ pub enum Event<'a> {
         /// that tells connections apart).
         pipe: Option<u64>,
         /// The reply as it came off the wire.
-        frame: &'a [u8],
+        frame: Frame,
     },
     /// A lane's request failed before a reply came.
     LaneFailed {
@@ -407,7 +441,7 @@ impl Session {
     }
 
     /// Feeds one event; returns what to do, in order.
-    pub fn handle(&mut self, event: Event<'_>, now: Now) -> Vec<Action> {
+    pub fn handle(&mut self, event: Event, now: Now) -> Vec<Action> {
         let mut out = Vec::new();
         if self.ending.is_some() {
             return out;
@@ -765,12 +799,11 @@ impl Session {
         &mut self,
         lane: Lane,
         pipe: Option<u64>,
-        frame: &[u8],
+        mut frame: Frame,
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        let opened;
-        let frame = if secure::is_sealed(frame) {
+        let clear = if secure::is_sealed(frame.as_ref()) {
             let Some(channel) = self.channel.as_ref() else {
                 // Sealed with the keys of a connection given up since.
                 tracing::debug!(lane = ?lane, "a sealed reply without keys to open it; ignored");
@@ -779,19 +812,17 @@ impl Session {
                 }
                 return;
             };
-            match channel.open(frame) {
-                Ok(clear) => {
-                    opened = clear;
-                    &opened[..]
-                }
+            match channel.open_in_place(frame.as_mut_slice()) {
+                Ok(clear) => secure::HEADER_BYTES..secure::HEADER_BYTES + clear.len(),
                 Err(e) => return self.on_unsealable(lane, &e.to_string()),
             }
         } else if self.channel.is_some() && self.trusts_reply_over(pipe) {
-            return self.on_clear_when_sealed(lane, frame, out);
+            return self.on_clear_when_sealed(lane, frame.as_ref(), out);
         } else {
-            frame
+            0..frame.as_ref().len()
         };
-        match decode::<DaemonMessage>(frame, self.cfg.max_frame_bytes) {
+        let frame = Payload::from_owner(frame).slice(clear);
+        match decode_shared::<DaemonMessage>(&frame, self.cfg.max_frame_bytes) {
             Ok(message) => self.on_message(lane, pipe, message, now, out),
             Err(e @ FrameError::VersionMismatch { .. }) => {
                 let reason = format!(

@@ -21,7 +21,9 @@ use nng::{Aio, AioResult, Context, Message, Socket};
 
 use crate::exec::ExecRuntime;
 use crate::executor::Executor;
-use crate::session::{Action, Ending, Event, Lane, LaneError, Notice, Now, Session, SessionConfig};
+use crate::session::{
+    Action, Ending, Event, Frame, Lane, LaneError, Notice, Now, Session, SessionConfig,
+};
 
 /// How often the watching thread ticks the session when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
@@ -179,15 +181,39 @@ impl LaneIo {
     }
 }
 
+/// A reply in the nng message it arrived in, kept as a [`Frame`].
+struct Received(Message);
+
+impl From<Message> for Frame {
+    fn from(message: Message) -> Frame {
+        Frame::new(Received(message))
+    }
+}
+
+impl AsRef<[u8]> for Received {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl AsMut<[u8]> for Received {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.0.as_mut_slice()
+    }
+}
+
 /// Hands a lane's outcome to the shell, once it exists.
 fn deliver(link: &ShellLink, lane: Lane, outcome: LaneOutcome) {
     if let Some(shell) = link.get().and_then(Weak::upgrade) {
         match outcome {
-            Ok(mut msg) => shell.feed(Event::Reply {
-                lane,
-                pipe: msg.pipe().map(crate::connect::pipe_key),
-                frame: msg.as_slice(),
-            }),
+            Ok(mut msg) => {
+                let pipe = msg.pipe().map(crate::connect::pipe_key);
+                shell.feed(Event::Reply {
+                    lane,
+                    pipe,
+                    frame: Frame::from(msg),
+                });
+            }
             Err(error) => shell.feed(Event::LaneFailed { lane, error }),
         }
     }
@@ -380,7 +406,7 @@ impl Shell {
     }
 
     /// Feeds `event` to the session and carries out what it says.
-    fn feed(&self, event: Event<'_>) {
+    fn feed(&self, event: Event) {
         let actions = {
             let mut session = lock(&self.session);
             session.handle(event, now(self.started))

@@ -30,7 +30,7 @@ fn server_with(url: &str, limits: PeerLimits) -> (RepServer, Requests, u16) {
         limits,
         UNREGISTERED_PART.to_vec(),
         Box::new(move |inbound| match inbound {
-            Inbound::Request { bytes, .. } if bytes == b"bad" => Verdict::Drop {
+            Inbound::Request { bytes, .. } if bytes[..] == b"bad"[..] => Verdict::Drop {
                 reply: Some(b"bye".to_vec()),
             },
             Inbound::Request {
@@ -377,4 +377,24 @@ fn servers_dropped_while_their_callbacks_run_stop_cleanly() {
     finished
         .recv_timeout(Duration::from_secs(300))
         .expect("dropping servers stalled nng");
+}
+
+#[test]
+fn an_encoded_reply_carries_exactly_the_frame_encode_makes() {
+    let (server, rx, port) = echo_server("tcp://127.0.0.1:0");
+    let c = client(&format!("tcp://127.0.0.1:{port}"));
+    // Large enough that the payload bypasses the writer's buffer.
+    let value = (
+        "a reply",
+        bytes::Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>()),
+        7u64,
+    );
+    c.send(Message::from(&b"ask"[..])).unwrap();
+    let (receiver, _, _) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    server.reply_encoded(receiver, &value, false).unwrap();
+    let back = c.recv().unwrap();
+    assert_eq!(
+        back.as_slice(),
+        &flotilla_protocol::encode(&value).unwrap()[..]
+    );
 }

@@ -112,7 +112,7 @@ impl Harness {
         self.elapsed += by;
     }
 
-    fn ev(&mut self, event: Event<'_>) -> Vec<Action> {
+    fn ev(&mut self, event: Event) -> Vec<Action> {
         let now = self.now();
         self.session.handle(event, now)
     }
@@ -130,7 +130,7 @@ impl Harness {
         self.ev(Event::Reply {
             lane,
             pipe,
-            frame: &frame,
+            frame: Frame::new(frame.clone()),
         })
     }
 
@@ -484,7 +484,7 @@ fn a_daemon_of_another_release_is_a_refusal_that_says_so() {
     let ended = h.ev(Event::Reply {
         lane: Lane::Report,
         pipe: None,
-        frame: &frame,
+        frame: Frame::new(frame.clone()),
     });
     let [Action::End(Ending::Refused(reason))] = &ended[..] else {
         panic!("{ended:?}");
@@ -500,7 +500,7 @@ fn a_reply_that_is_not_a_frame_makes_the_worker_register_again() {
     let garbage = h.ev(Event::Reply {
         lane: Lane::Report,
         pipe: None,
-        frame: b"\xc1 not msgpack",
+        frame: Frame::new(b"\xc1 not msgpack".to_vec()),
     });
     let hello = h.prove(&garbage);
     assert!(
@@ -723,7 +723,7 @@ fn a_frame_over_the_workers_cap_ends_the_session_saying_so() {
     let ended = h.ev(Event::Reply {
         lane: Lane::Poll,
         pipe: None,
-        frame: &sealed,
+        frame: Frame::new(sealed.clone()),
     });
     let [Action::End(Ending::Failed(reason))] = &ended[..] else {
         panic!("{ended:?}");
@@ -810,7 +810,7 @@ fn a_forged_replayed_or_clear_reply_on_the_sealed_connection_is_not_acted_on() {
             let ran = h.ev(Event::Reply {
                 lane: Lane::Poll,
                 pipe: None,
-                frame: &sealed,
+                frame: Frame::new(sealed.clone()),
             });
             assert_eq!(runs(&ran), 1);
             sealed
@@ -826,7 +826,7 @@ fn a_forged_replayed_or_clear_reply_on_the_sealed_connection_is_not_acted_on() {
         let actions = h.ev(Event::Reply {
             lane: Lane::Poll,
             pipe: None,
-            frame: &frame,
+            frame: Frame::new(frame.clone()),
         });
         assert_eq!(runs(&actions), 0, "{what}: {actions:?}");
         // The worker registers again, from a clear probe.
