@@ -615,7 +615,10 @@ fn run() -> Result<(), String> {
             "machine": machine(),
             "setup": "release build; daemon + 1 worker with 1 slot (one ONNX Runtime session of 2 threads); Python runtime: onnxruntime in a batched Python servable (2 threads); floor: session.run in one Python process (2 threads); Ray Serve: one replica, @serve.batch(max_batch_size = the servable's), called through a deployment handle; all sessions with idle threads sleeping (allow_spinning 0); images packed float32; memo off; no batching delay; 'b at once' = b requests submitted together, time / b, median of repetitions; batch 1 = p50 of single requests one after another; the systems take turns, each figure the median over rounds",
             "onnxruntime": versions,
-            "onnxruntime_library": library,
+            // Where the library lies in the workspace, not on this machine.
+            "onnxruntime_library": Path::new(&library)
+                .strip_prefix(workspace())
+                .map_or_else(|_| library.clone(), |p| p.display().to_string()),
             "ray": ray_version,
             "noop_round_trip": noop.json(),
             "models": report,
