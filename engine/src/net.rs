@@ -363,16 +363,7 @@ impl RepServer {
     /// Answers the request held by `receiver`; with `close`, closes the peer's
     /// connection once the reply is sent.
     pub fn reply(&self, receiver: u32, bytes: &[u8], close: bool) {
-        let shared = &self.owner.shared;
-        let Some(r) = shared.receiver(receiver) else {
-            tracing::error!(
-                server = shared.name,
-                receiver,
-                "reply to an unknown receiver"
-            );
-            return;
-        };
-        send(shared, &r, Body::Bytes(bytes), close, true);
+        self.answer(receiver, Body::Bytes(bytes), close);
     }
 
     /// Answers the request held by `receiver` with `message`, encoded
@@ -385,6 +376,14 @@ impl RepServer {
         message: &T,
         close: bool,
     ) -> Result<(), flotilla_protocol::FrameError> {
+        let len = flotilla_protocol::encoded_len(message)?;
+        let write = |w: &mut dyn std::io::Write| flotilla_protocol::encode_to(w, message);
+        self.answer(receiver, Body::Encode(len, &write), close);
+        Ok(())
+    }
+
+    /// Sends `body` to the request `receiver` holds, if it holds one.
+    fn answer(&self, receiver: u32, body: Body<'_>, close: bool) {
         let shared = &self.owner.shared;
         let Some(r) = shared.receiver(receiver) else {
             tracing::error!(
@@ -392,17 +391,9 @@ impl RepServer {
                 receiver,
                 "reply to an unknown receiver"
             );
-            return Ok(());
+            return;
         };
-        let len = flotilla_protocol::encoded_len(message)?;
-        send(
-            shared,
-            &r,
-            Body::Encode(len, &|w| flotilla_protocol::encode_to(w, message)),
-            close,
-            true,
-        );
-        Ok(())
+        send(shared, &r, body, close, true);
     }
 
     /// Seals the connection of the request held by `receiver` with
