@@ -187,8 +187,6 @@ fn daemon_frame_limit(state_dir: &Path) -> usize {
         .unwrap_or(DEFAULT_MAX_FRAME_BYTES)
 }
 
-/// What a request of `size` encoded bytes that is too large holds, in
-/// words: the input, when it is one task's.
 /// `call`'s frame (`len` bytes, from [`encoded_len`]) encoded straight
 /// into the message that carries it: a submission of large inputs is
 /// written once, not encoded and then copied.
@@ -201,6 +199,8 @@ fn message_of(call: &ClientCall, len: usize) -> Result<nng::Message, FrameError>
     Ok(message)
 }
 
+/// What a request of `size` encoded bytes that is too large holds, in
+/// words: the input, when it is one task's.
 fn too_large(call: &ClientCall, size: usize) -> String {
     match call {
         ClientCall::Submit { tasks, .. } if tasks.len() == 1 => {
