@@ -1,13 +1,14 @@
 //! Submitted inputs checked against a servable's declared input type, as
 //! the daemon checks them for servables with `validate_input`: the first
 //! byte picks one of the declared types, the rest is the msgpack input.
+//! The streaming pass must never accept what the tree-based check refuses.
 
 #![no_main]
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use flotilla_protocol::servable::{TypeSpec, check_input};
+use flotilla_protocol::servable::{TypeSpec, check_input, check_input_by_value, quick_check};
 use libfuzzer_sys::fuzz_target;
 
 // Linked for its allocator, which aborts at the frame cap.
@@ -68,6 +69,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let spec = &SPECS[usize::from(pick) % SPECS.len()];
+    if quick_check::accepts(spec, input) {
+        assert_eq!(
+            check_input_by_value(spec, input),
+            Ok(()),
+            "the streaming pass accepted what the tree-based check refuses"
+        );
+    }
     if let Err(mismatch) = check_input(spec, input) {
         assert!(
             mismatch.path.starts_with("input"),

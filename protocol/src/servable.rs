@@ -16,6 +16,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod quick_check;
+
 pub use crate::environment::{Environment, EnvironmentLock};
 
 /// Model types the catalog knows. `pipeline` is made by `flotilla pipeline
@@ -496,7 +498,44 @@ pub struct TypeMismatch {
 }
 
 /// Checks a msgpack-encoded input against `spec`.
+///
+/// Well-typed inputs are accepted by a streaming pass that builds nothing
+/// ([`quick_check::accepts`]); anything it does not accept goes through
+/// [`check_input_by_value`], which says what is wrong and where.
 pub fn check_input(spec: &TypeSpec, input: &[u8]) -> Result<(), TypeMismatch> {
+    if quick_check::accepts(spec, input) {
+        return Ok(());
+    }
+    check_input_by_value(spec, input)
+}
+
+/// Input bytes above which [`first_mismatch`] spreads its checks over
+/// rayon's threads; below it, handing them out costs more than it saves
+/// (`benchmarks/run typed-input`).
+pub const PARALLEL_CHECK_BYTES: usize = 256 * 1024;
+
+/// The first of `checks` (an index of the caller's, a declared type, an
+/// input) whose input does not match, in their order: what a submission of
+/// many tasks is refused for. Large submissions are checked in parallel,
+/// so that a bulk submit of images as nested lists does not hold up the
+/// daemon for the time one core needs to walk them.
+pub fn first_mismatch(checks: &[(usize, &TypeSpec, &[u8])]) -> Option<(usize, TypeMismatch)> {
+    use rayon::prelude::*;
+    let check = |&(index, spec, input): &(usize, &TypeSpec, &[u8])| {
+        check_input(spec, input).err().map(|e| (index, e))
+    };
+    let bytes: usize = checks.iter().map(|(_, _, input)| input.len()).sum();
+    if bytes < PARALLEL_CHECK_BYTES {
+        checks.iter().find_map(check)
+    } else {
+        checks.par_iter().find_map_first(check)
+    }
+}
+
+/// Checks a msgpack-encoded input against `spec` by decoding it into a
+/// value tree first: the reference [`check_input`] falls back on, and the
+/// one whose messages users see.
+pub fn check_input_by_value(spec: &TypeSpec, input: &[u8]) -> Result<(), TypeMismatch> {
     let mut reader = input;
     let value = rmpv::decode::read_value(&mut reader).map_err(|e| TypeMismatch {
         path: "input".into(),

@@ -4,7 +4,7 @@ use flotilla_protocol::TaskId;
 use flotilla_protocol::client::{
     ApiError, ApiErrorKind, ClientCall, ClientReply, MAX_WAIT_MS, TaskRequest,
 };
-use flotilla_protocol::servable::{ANY_SERVABLE_WIRE, ServableRecord, ServableRef};
+use flotilla_protocol::servable::{ANY_SERVABLE_WIRE, ServableRecord, ServableRef, TypeSpec};
 use flotilla_protocol::task::{MemoUse, Outcome, TaskState};
 
 use super::access::{self, Caller, TaskScope};
@@ -331,7 +331,8 @@ impl Core {
     }
 
     /// Resolves every request's servable and checks inputs where the
-    /// servable asks for it; the first problem refuses the whole request.
+    /// servable asks for it; the first problem (in the requests' order)
+    /// refuses the whole request.
     fn check_requests(
         &self,
         caller: &Caller,
@@ -349,24 +350,30 @@ impl Core {
         };
         let mut resolved: Vec<ServableInfo> = Vec::with_capacity(requests.len());
         let mut last: Option<(&str, ServableInfo, usize)> = None;
+        // Resolving stops at the first request that cannot be taken; inputs
+        // before it are still checked, since one of them may fail first.
+        let mut refused: Option<ClientReply> = None;
         for (index, req) in requests.iter().enumerate() {
             let (info, room) = match &last {
                 Some((name, info, room)) if *name == req.servable => (info.clone(), *room),
-                _ => {
-                    let info =
-                        self.catalog
-                            .resolve_for(&req.servable, &sees)
-                            .map_err(|(kind, m)| {
-                                refuse(kind_for_submit(kind), format!("{}{m}", place(index)))
-                            })?;
-                    let room = self.room_for_one_input(&info);
-                    last = Some((&req.servable, info.clone(), room));
-                    (info, room)
-                }
+                _ => match self.catalog.resolve_for(&req.servable, &sees) {
+                    Ok(info) => {
+                        let room = self.room_for_one_input(&info);
+                        last = Some((&req.servable, info.clone(), room));
+                        (info, room)
+                    }
+                    Err((kind, m)) => {
+                        refused = Some(refuse(
+                            kind_for_submit(kind),
+                            format!("{}{m}", place(index)),
+                        ));
+                        break;
+                    }
+                },
             };
             let size = work_size::item_size(req.input.len()) + req.params.len();
             if size > room {
-                return Err(refuse(
+                refused = Some(refuse(
                     ApiErrorKind::BadRequest,
                     format!(
                         "{}input of {} bytes{} exceeds the daemon's frame limit of {} bytes ([daemon] max_frame_bytes): no worker could be sent it",
@@ -380,9 +387,10 @@ impl Core {
                         self.cfg.max_frame_bytes
                     ),
                 ));
+                break;
             }
             if info.steps.is_some() && !req.params.is_empty() {
-                return Err(refuse(
+                refused = Some(refuse(
                     ApiErrorKind::BadRequest,
                     format!(
                         "{}pipeline `{}` takes no parameters",
@@ -390,22 +398,33 @@ impl Core {
                         info.name
                     ),
                 ));
-            }
-            let check = info
-                .input_check
-                .as_ref()
-                .or_else(|| info.steps.as_ref().and_then(|s| s[0].input_check.as_ref()));
-            if let Some(spec) = check
-                && let Err(e) = flotilla_protocol::servable::check_input(spec, &req.input)
-            {
-                return Err(refuse(
-                    ApiErrorKind::BadRequest,
-                    format!("{}{}: {e}", place(index), info.name),
-                ));
+                break;
             }
             resolved.push(info);
         }
-        Ok(resolved)
+        let checks: Vec<(usize, &TypeSpec, &[u8])> = resolved
+            .iter()
+            .zip(requests)
+            .enumerate()
+            .filter_map(|(index, (info, req))| {
+                let spec = info.input_check.as_deref().or_else(|| {
+                    info.steps
+                        .as_ref()
+                        .and_then(|s| s[0].input_check.as_deref())
+                })?;
+                Some((index, spec, &req.input[..]))
+            })
+            .collect();
+        if let Some((index, e)) = flotilla_protocol::servable::first_mismatch(&checks) {
+            return Err(refuse(
+                ApiErrorKind::BadRequest,
+                format!("{}{}: {e}", place(index), resolved[index].name),
+            ));
+        }
+        match refused {
+            Some(reply) => Err(reply),
+            None => Ok(resolved),
+        }
     }
 
     /// Bytes left for one input and its parameters in the largest `Work`

@@ -1343,6 +1343,87 @@ fn inputs_are_checked_when_the_servable_asks_and_errors_name_the_field() {
 }
 
 #[test]
+fn a_submission_is_refused_for_its_first_problem_in_order_however_it_is_checked() {
+    let mut h = Harness::new();
+    let mut s = spec("images", "1.0.0");
+    s.options.validate_input = true;
+    s.input = TypeSpec::Ndarray {
+        dtype: "float32".into(),
+        shape: vec![32, 32, 3],
+        description: String::new(),
+    };
+    h.publish(record(s));
+    let image = |x: f32| Payload::from(rmp_serde::to_vec(&vec![vec![[x; 3]; 32]; 32]).unwrap());
+    let odd = Payload::from(rmp_serde::to_vec(&vec![vec![[0.5f32; 3]; 32]; 31]).unwrap());
+    let submit = |h: &mut Harness, tasks: Vec<(&str, Payload)>| {
+        let (from, mut out) = h.call(ClientCall::Submit {
+            tasks: tasks
+                .into_iter()
+                .map(|(servable, input)| TaskRequest {
+                    servable: servable.into(),
+                    input,
+                    params: Payload::new(),
+                })
+                .collect(),
+            wait_ms: None,
+        });
+        out.extend(h.flush());
+        client_reply(&out, from)
+    };
+    // 64 images as nested lists are over a megabyte, checked in parallel;
+    // a few are checked one after another. Either way the first misfit in
+    // the submission's order is named, and nothing is accepted.
+    for n in [4usize, 64] {
+        let mut tasks: Vec<(&str, Payload)> = (0..n).map(|i| ("images", image(i as f32))).collect();
+        tasks[n - 1].1 = odd.clone();
+        tasks[n / 2].1 = odd.clone();
+        match submit(&mut h, tasks) {
+            Some(ClientReply::Error(e)) => assert_eq!(
+                e.message,
+                format!(
+                    "task {} of {n}: images@1.0.0: input: expected 32 elements, got 31",
+                    n / 2 + 1
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A misfit before an unknown servable is what is named...
+        let mut tasks: Vec<(&str, Payload)> = (0..n).map(|i| ("images", image(i as f32))).collect();
+        tasks[1].1 = odd.clone();
+        tasks[2].0 = "nowhere";
+        match submit(&mut h, tasks) {
+            Some(ClientReply::Error(e)) => assert!(
+                e.message
+                    .starts_with(&format!("task 2 of {n}: images@1.0.0: input:")),
+                "{}",
+                e.message
+            ),
+            other => panic!("{other:?}"),
+        }
+        // ...and an unknown servable before a misfit.
+        let mut tasks: Vec<(&str, Payload)> = (0..n).map(|i| ("images", image(i as f32))).collect();
+        tasks[1].0 = "nowhere";
+        tasks[2].1 = odd.clone();
+        match submit(&mut h, tasks) {
+            Some(ClientReply::Error(e)) => {
+                assert!(
+                    e.message.starts_with(&format!("task 2 of {n}: ")),
+                    "{}",
+                    e.message
+                );
+                assert!(e.message.contains("nowhere"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let accepted = (0..64).map(|i| ("images", image(i as f32))).collect();
+    match submit(&mut h, accepted) {
+        Some(ClientReply::Submitted { ids }) => assert_eq!(ids.len(), 64),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn a_pipeline_chains_its_steps_inside_the_daemon() {
     let mut h = Harness::new();
     h.publish(record(spec("parse", "1.0.0")));
