@@ -307,11 +307,7 @@ fn decode_nested<T: Element>(
     let here = |message: String| (Vec::new(), message);
     match shape.split_first() {
         None => {
-            let n = read_number(reader)
-                .map_err(|found| here(format!("expected a {dtype} element, got {found}")))?;
-            let x =
-                T::from_number(n).ok_or_else(|| here(format!("{n:?} is not a {dtype} element")))?;
-            out.push(x);
+            out.push(read_element(reader, dtype).map_err(here)?);
             Ok(())
         }
         Some((&len, rest)) => {
@@ -326,6 +322,14 @@ fn decode_nested<T: Element>(
             if got != len {
                 return Err(here(format!("expected {len} elements, got {got}")));
             }
+            if rest.is_empty() {
+                // The innermost lists hold almost every element: no call
+                // per element through the shape.
+                for i in 0..len {
+                    out.push(read_element(reader, dtype).map_err(|m| (vec![i], m))?);
+                }
+                return Ok(());
+            }
             for i in 0..len {
                 decode_nested(reader, dtype, rest, out).map_err(|(mut at, message)| {
                     at.push(i);
@@ -337,40 +341,48 @@ fn decode_nested<T: Element>(
     }
 }
 
+/// Reads one element of a `dtype` tensor.
+fn read_element<T: Element>(reader: &mut &[u8], dtype: DType) -> Result<T, String> {
+    let n =
+        read_number(reader).map_err(|found| format!("expected a {dtype} element, got {found}"))?;
+    T::from_number(n).ok_or_else(|| format!("{n:?} is not a {dtype} element"))
+}
+
 /// Reads one msgpack number; the kind of value found otherwise.
 fn read_number(reader: &mut &[u8]) -> Result<Number, String> {
     use rmp::Marker as M;
     let marker = peek_marker(reader)?;
-    let take = |reader: &mut &[u8], n: usize| -> Result<Vec<u8>, String> {
-        if reader.len() < 1 + n {
-            return Err("a truncated number".into());
-        }
-        let bytes = reader[1..=n].to_vec();
-        *reader = &reader[1 + n..];
-        Ok(bytes)
-    };
-    let be = |b: Vec<u8>| -> u64 { b.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64) };
     Ok(match marker {
         M::FixPos(v) => {
             *reader = &reader[1..];
-            Number::Uint(v as u64)
+            Number::Uint(u64::from(v))
         }
         M::FixNeg(v) => {
             *reader = &reader[1..];
-            Number::Int(v as i64)
+            Number::Int(i64::from(v))
         }
-        M::U8 => Number::Uint(be(take(reader, 1)?)),
-        M::U16 => Number::Uint(be(take(reader, 2)?)),
-        M::U32 => Number::Uint(be(take(reader, 4)?)),
-        M::U64 => Number::Uint(be(take(reader, 8)?)),
-        M::I8 => Number::Int(be(take(reader, 1)?) as u8 as i8 as i64),
-        M::I16 => Number::Int(be(take(reader, 2)?) as u16 as i16 as i64),
-        M::I32 => Number::Int(be(take(reader, 4)?) as u32 as i32 as i64),
-        M::I64 => Number::Int(be(take(reader, 8)?) as i64),
-        M::F32 => Number::Float(f32::from_bits(be(take(reader, 4)?) as u32) as f64),
-        M::F64 => Number::Float(f64::from_bits(be(take(reader, 8)?))),
+        M::U8 => Number::Uint(u64::from(u8::from_be_bytes(number_bytes(reader)?))),
+        M::U16 => Number::Uint(u64::from(u16::from_be_bytes(number_bytes(reader)?))),
+        M::U32 => Number::Uint(u64::from(u32::from_be_bytes(number_bytes(reader)?))),
+        M::U64 => Number::Uint(u64::from_be_bytes(number_bytes(reader)?)),
+        M::I8 => Number::Int(i64::from(i8::from_be_bytes(number_bytes(reader)?))),
+        M::I16 => Number::Int(i64::from(i16::from_be_bytes(number_bytes(reader)?))),
+        M::I32 => Number::Int(i64::from(i32::from_be_bytes(number_bytes(reader)?))),
+        M::I64 => Number::Int(i64::from_be_bytes(number_bytes(reader)?)),
+        M::F32 => Number::Float(f64::from(f32::from_be_bytes(number_bytes(reader)?))),
+        M::F64 => Number::Float(f64::from_be_bytes(number_bytes(reader)?)),
         other => return Err(describe(other)),
     })
+}
+
+/// The `N` bytes after a number's marker, and the reader moved past both.
+fn number_bytes<const N: usize>(reader: &mut &[u8]) -> Result<[u8; N], String> {
+    let bytes = reader
+        .get(1..=N)
+        .and_then(|b| <[u8; N]>::try_from(b).ok())
+        .ok_or_else(|| "a truncated number".to_owned())?;
+    *reader = &reader[1 + N..];
+    Ok(bytes)
 }
 
 fn describe(marker: rmp::Marker) -> String {
@@ -517,6 +529,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("is not a uint8 element"), "{err}");
+        let odd = rmpv::Value::Array(vec![
+            rmpv::Value::Array(vec![1.0.into(), 2.0.into()]),
+            rmpv::Value::Array(vec![3.0.into(), "x".into()]),
+        ]);
+        let err = decode_into(&mp(odd), DType::F32, &[2, 2], &mut out).unwrap_err();
+        assert!(
+            err.starts_with("input[1][1]: expected a float32 element, got a string;"),
+            "{err}"
+        );
+        // A float64 whose last byte is missing.
+        let mut cut = mp(rmpv::Value::Array(vec![0.5.into(), 0.25.into()]));
+        cut.pop();
+        let err = decode_into(&cut, DType::F32, &[2], &mut out).unwrap_err();
+        assert!(
+            err.starts_with("input[1]: expected a float32 element, got a truncated number;"),
+            "{err}"
+        );
         assert_eq!(out, [1.0]);
     }
 
