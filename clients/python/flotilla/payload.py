@@ -9,6 +9,7 @@ scalars become lists and numbers, bytes stay bytes, tuples become lists.
 import msgpack
 
 from .errors import PayloadError
+from .ndarray import pack_ndarray
 
 __all__ = ["encode_input", "encode_params", "decode_output", "NO_PARAMS"]
 
@@ -39,7 +40,15 @@ def _pack(value, what):
 
 
 def encode_input(value):
-    """The msgpack bytes of a servable input (``None`` is sent as nil)."""
+    """The msgpack bytes of a servable input (``None`` is sent as nil).
+
+    A numpy array given as the whole input is written by numpy
+    (:func:`flotilla.ndarray.pack_ndarray`): the same nested lists, without
+    a Python object per element.
+    """
+    packed = pack_ndarray(value)
+    if packed is not None:
+        return packed
     return _pack(value, "this input")
 
 

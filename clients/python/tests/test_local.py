@@ -60,6 +60,52 @@ def test_numpy_values_are_sent_as_lists_and_numbers():
     assert decode_output(sent) == {"image": [[0.0, 1.0], [2.0, 3.0]], "n": 3}
 
 
+def test_an_array_input_is_written_by_numpy_and_received_as_the_same_lists():
+    numpy = pytest.importorskip("numpy")
+    import msgpack
+    from flotilla.ndarray import pack_ndarray
+
+    rng = numpy.random.default_rng(7)
+    arrays = [
+        rng.random((32, 32, 3), dtype=numpy.float32),
+        rng.random((3, 17), dtype=numpy.float32).astype(numpy.float16),
+        rng.standard_normal((4, 5)),
+        rng.standard_normal((2, 3)).astype(">f8"),  # not the machine's byte order
+        rng.standard_normal((6, 4))[::2, ::-1],  # not contiguous
+        rng.integers(-(2**63), 2**63 - 1, (2, 9), dtype=numpy.int64),
+        rng.integers(-128, 127, 20, dtype=numpy.int8),
+        rng.integers(-(2**15), 2**15 - 1, (2, 2, 2), dtype=numpy.int16),
+        rng.integers(-(2**31), 2**31 - 1, 5, dtype=numpy.int32),
+        rng.integers(0, 255, (70000,), dtype=numpy.uint8),  # a 32-bit list length
+        rng.integers(0, 2**16 - 1, (1, 300), dtype=numpy.uint16),  # a 16-bit one
+        rng.integers(0, 2**32 - 1, 3, dtype=numpy.uint32),
+        rng.integers(0, 2**64 - 1, 3, dtype=numpy.uint64),
+        rng.random((3, 3)) > 0.5,
+        numpy.array([numpy.nan, numpy.inf, -numpy.inf, -0.0], dtype=numpy.float32),
+    ]
+    for array in arrays:
+        fast = encode_input(array)
+        assert pack_ndarray(array) == fast
+        as_lists = msgpack.packb(array.tolist(), use_bin_type=True)
+        got, want = decode_output(fast), decode_output(as_lists)
+        # Compared as text, so NaN equals NaN and -0.0 differs from 0.0.
+        assert repr(got) == repr(want), array.dtype
+    # What it does not write, the lists do, as before.
+    for other in [
+        numpy.float64(2.5),
+        numpy.zeros((0, 3)),
+        numpy.array(["a", "b"]),
+        numpy.array([1 + 2j]),
+        numpy.ma.masked_array([1.0, 2.0], mask=[False, True]),
+    ]:
+        assert pack_ndarray(other) is None
+    assert decode_output(encode_input(numpy.zeros((0, 3)))) == []
+    assert decode_output(encode_input(numpy.ma.masked_array([1.0, 2.0], mask=[0, 1]))) == [
+        1.0,
+        None,
+    ]
+
+
 class FakeDaemon:
     """A REP socket on ``<dir>/api.sock`` that answers from a script.
 
