@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use crate::args::{MemoCmd, PoolCmd};
+use crate::follow::Follower;
 use crate::{Failure, connect, output};
 
 /// How long one `events --follow` poll waits for new events.
@@ -33,11 +34,11 @@ pub fn memo(command: MemoCmd) -> Result<(), Failure> {
 
 /// `flotilla events`: the events so far, then new ones with `--follow`.
 pub fn events(follow: bool, json: bool) -> Result<(), Failure> {
-    let client = connect()?;
+    let mut daemon = Follower::connect(follow)?;
     let mut after = 0;
     loop {
         let wait = follow.then_some(FOLLOW_POLL);
-        let events = client.events(after, wait).map_err(Failure::from_client)?;
+        let events = daemon.call(|client| client.events(after, wait))?;
         let mut text = String::new();
         for e in &events {
             after = after.max(e.seq);

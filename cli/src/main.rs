@@ -10,6 +10,7 @@ mod config_cmd;
 mod daemon_cmd;
 mod demo;
 mod failure;
+mod follow;
 mod ids;
 mod input;
 mod log_file;

@@ -17,6 +17,7 @@ use flotilla_protocol::task::{TaskState, TaskView};
 use flotilla_protocol::watch::{TaskEventFilter, TaskEventView, TaskQuery};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::follow::Follower;
 use crate::{Failure, connect, output, task_cmd, task_ids};
 
 /// How long `wait` waits when no `--timeout` is given: in effect, until
@@ -287,13 +288,11 @@ pub(crate) fn task_events(
         servable,
         ids: task_ids::ranges(ids).map_err(|e| Failure::Usage(e.into()))?,
     };
-    let client = connect()?;
+    let mut daemon = Follower::connect(follow)?;
     let mut after = 0;
     loop {
         let wait = follow.then_some(FOLLOW_POLL);
-        let (events, last) = client
-            .task_events(after, wait, &filter)
-            .map_err(Failure::from_client)?;
+        let (events, last) = daemon.call(|client| client.task_events(after, wait, &filter))?;
         after = last;
         let text: String = events
             .iter()

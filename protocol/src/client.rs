@@ -42,6 +42,8 @@ pub enum ClientCall {
     /// `wait_ms`, held until there is one or the wait passes.
     Events {
         /// Last sequence number already seen (0: from the oldest kept).
+        /// Numbers keep growing across daemon restarts; one the daemon has
+        /// not given out yet (seen before a restart) counts as 0.
         after: u64,
         /// Longest to hold the request when there is nothing new.
         wait_ms: Option<u64>,
@@ -153,6 +155,8 @@ pub enum ClientCall {
     /// passes.
     TaskEvents {
         /// Last sequence number already seen (0: from the oldest kept).
+        /// Numbers keep growing across daemon restarts; one the daemon has
+        /// not given out yet (seen before a restart) counts as 0.
         after: u64,
         /// Longest to hold the request when there is nothing new.
         wait_ms: Option<u64>,

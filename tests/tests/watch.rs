@@ -13,6 +13,7 @@ use flotilla_client::json_to_payload;
 use flotilla_protocol::client::TaskRequest;
 use flotilla_protocol::launch::HOME_ENV;
 use flotilla_protocol::task::TaskState;
+use flotilla_protocol::watch::TaskEventFilter;
 use flotilla_protocol::{Payload, TaskId};
 use flotilla_tests::{
     Flotilla, bin, noop_tasks, ok, python_bin, sleep_tasks, test_config, wait_until, workspace,
@@ -278,4 +279,98 @@ fn a_retried_task_shows_in_the_task_events() {
     );
     let other = ok(&f.cli(&["events", "--tasks", "--servable", "echo"]));
     assert!(other.is_empty(), "filtered out: {other}");
+}
+
+/// A task id and an event's kind, as the follower printed them.
+type Printed = (u64, String);
+
+#[test]
+fn a_task_events_reader_from_before_a_restart_gets_the_new_daemon_s_events() {
+    let mut f = Flotilla::start(&test_config());
+    f.spawn_worker(&["--slots", "1"]);
+    let client = f.client();
+    let before = client.submit(noop_tasks(20)).unwrap();
+    let views = client.results(&before, Some(LONG)).unwrap();
+    assert!(views.iter().all(|v| v.state == TaskState::Completed));
+    // A user's `flotilla events --tasks --follow`, started before the
+    // restart, printing each event as a JSON line.
+    let mut follow = Command::new(bin("flotilla"))
+        .args(["events", "--tasks", "--follow", "--json"])
+        .env(HOME_ENV, f.home())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<Printed>();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let event: Value = serde_json::from_str(&line).unwrap();
+            let kind = event["kind"].as_str().unwrap().to_owned();
+            if lines_tx
+                .send((event["task"].as_u64().unwrap(), kind))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut printed: Vec<Printed> = Vec::new();
+    let finished = |printed: &[Printed]| printed.iter().filter(|e| e.1 == "finished").count();
+    let read_until = |printed: &mut Vec<Printed>, done: &dyn Fn(&[Printed]) -> bool| {
+        let deadline = std::time::Instant::now() + LONG;
+        while !done(printed) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(event) => printed.push(event),
+                Err(e) => panic!("the follower stopped printing ({e}): {printed:?}"),
+            }
+        }
+    };
+    // It has caught up before the daemon goes.
+    read_until(&mut printed, &|p| finished(p) == before.len());
+    let everything = TaskEventFilter::default();
+    let mut seen = 0;
+    loop {
+        let (events, last) = client.task_events(seen, None, &everything).unwrap();
+        seen = last;
+        if events.is_empty() {
+            break;
+        }
+    }
+    f.kill_daemon();
+    f.start_daemon();
+    f.spawn_worker(&["--slots", "1"]);
+    let client = f.client();
+    let after = client.submit(noop_tasks(1)).unwrap();
+    let views = client.results(&after, Some(LONG)).unwrap();
+    assert_eq!(views[0].state, TaskState::Completed);
+    // Asking on after the last number seen before the restart: the new
+    // daemon's events come back (its log is new, its numbers are higher).
+    let (events, last) = client
+        .task_events(seen, Some(Duration::from_secs(30)), &everything)
+        .unwrap();
+    assert!(last > seen, "{last} after {seen}");
+    let kinds: Vec<(TaskId, &str)> = events.iter().map(|e| (e.task, e.kind.as_str())).collect();
+    assert!(kinds.contains(&(after[0], "accepted")), "{kinds:?}");
+    assert!(kinds.contains(&(after[0], "finished")), "{kinds:?}");
+    // The follower went on through the restart and printed the new task's
+    // events too, and every task's end once.
+    let new_end = (after[0].0, "finished".to_owned());
+    read_until(&mut printed, &|p| p.contains(&new_end));
+    assert_eq!(finished(&printed), before.len() + 1, "{printed:?}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut stderr).unwrap();
+    // Whether its poll was in flight when the daemon died is up to timing
+    // (one made while the daemon is down waits for the new one); a loss
+    // it noticed is followed by the note that the daemon is back.
+    assert_eq!(
+        stderr.contains("lost the daemon"),
+        stderr.contains("the daemon is back"),
+        "{stderr}"
+    );
 }

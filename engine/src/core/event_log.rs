@@ -37,6 +37,17 @@ pub(super) struct EventLog {
 }
 
 impl EventLog {
+    /// An empty log whose events are numbered after `base`, the daemon's
+    /// start time in microseconds: numbers keep growing across restarts, so
+    /// a reader that follows the log from before one is not left waiting
+    /// for numbers the new log would take long to reach.
+    pub(super) fn starting_after(base: u64) -> Self {
+        EventLog {
+            last_seq: base,
+            ..EventLog::default()
+        }
+    }
+
     /// Appends an event and answers every reader waiting for one.
     pub(super) fn push(
         &mut self,
@@ -86,6 +97,9 @@ impl EventLog {
         now: u64,
         out: &mut Vec<Action>,
     ) {
+        // A number this log has not given out was seen in an earlier
+        // daemon's log (its clock ran ahead): that reader gets all kept.
+        let after = if after > self.last_seq { 0 } else { after };
         let events = self.after(after);
         match wait_us {
             Some(wait) if events.is_empty() => self.waits.push(EventWait {
@@ -174,5 +188,53 @@ mod tests {
         assert!(out.is_empty());
         log.expire(9, &mut out);
         assert_eq!(events_in(&out), [Vec::<u64>::new()]);
+    }
+
+    #[test]
+    fn a_reader_from_before_a_restart_misses_nothing_after_it() {
+        let started = 1_700_000_000_000_000;
+        let mut before = EventLog::starting_after(started);
+        let mut out = Vec::new();
+        for at in 0..3 {
+            before.push(
+                started + at,
+                "block-submitted",
+                Subject::default(),
+                String::new(),
+                &mut out,
+            );
+        }
+        let seen = before.all().last().map(|e| e.seq).unwrap();
+        assert_eq!(seen, started + 3);
+        // The daemon restarts a second later; the reader asks on, after
+        // the last number it saw, and is held until the next event.
+        let mut after = EventLog::starting_after(started + 1_000_000);
+        after.query(
+            ReplyTo(1),
+            seen,
+            Some(5_000_000),
+            started + 1_000_001,
+            &mut out,
+        );
+        assert!(out.is_empty(), "held");
+        after.push(
+            started + 1_000_002,
+            "worker-joined",
+            Subject::default(),
+            String::new(),
+            &mut out,
+        );
+        assert_eq!(events_in(&out), [vec![started + 1_000_001]]);
+        // A number this log never gave (the earlier daemon's clock was
+        // ahead) is from an earlier log: everything kept comes back.
+        out.clear();
+        after.query(
+            ReplyTo(2),
+            started + 5_000_000,
+            Some(5),
+            started + 1_000_003,
+            &mut out,
+        );
+        assert_eq!(events_in(&out), [vec![started + 1_000_001]]);
     }
 }

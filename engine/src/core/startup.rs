@@ -18,6 +18,7 @@ use super::queues::BatchRule;
 use super::records::{Recovered, StoreOp, StoredResult, StoredTask};
 use super::scheduling::Scheduling;
 use super::tally::End;
+use super::task_events::TaskEventLog;
 use super::tasks::{Task, TaskTable};
 use super::worker_table::WorkerTable;
 use super::workers::REFUSALS_LOGGED_PER_SECOND;
@@ -45,8 +46,8 @@ impl Core {
             fleet: Fleet {
                 pools: Pools::new(cfg.pools.clone(), recovered.next_block),
                 placement: cfg.pools.clone(),
-                events: EventLog::default(),
-                task_events: Default::default(),
+                events: EventLog::starting_after(now_us),
+                task_events: TaskEventLog::starting_after(now_us),
             },
             recovery: Recovery {
                 adopt,

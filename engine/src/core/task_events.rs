@@ -76,6 +76,15 @@ pub(super) struct Query {
 }
 
 impl TaskEventLog {
+    /// An empty log whose events are numbered after `base`, the daemon's
+    /// start time in microseconds, as [`super::event_log::EventLog`]'s.
+    pub(super) fn starting_after(base: u64) -> Self {
+        TaskEventLog {
+            last_seq: base,
+            ..TaskEventLog::default()
+        }
+    }
+
     /// Appends what happened to tasks at `now` and answers each waiting
     /// reader that now has an event passing its filter.
     pub(super) fn push(&mut self, now: u64, notes: Vec<TaskNote>, out: &mut Vec<Action>) {
@@ -148,6 +157,12 @@ impl TaskEventLog {
         now: u64,
         out: &mut Vec<Action>,
     ) {
+        let mut query = query;
+        // A number this log has not given out was seen in an earlier
+        // daemon's log (its clock ran ahead): that reader gets all kept.
+        if query.after > self.last_seq {
+            query.after = 0;
+        }
         let (events, last) = self.after(&query);
         match wait_us {
             Some(wait) if events.is_empty() => self.readers.push(Reader {
@@ -305,5 +320,51 @@ mod tests {
         out.clear();
         log.query(ReplyTo(1), query, None, 2, &mut out);
         assert_eq!(replies(&out)[0].0[0].0, 5 + MAX_REPLY as u64);
+    }
+
+    #[test]
+    fn a_reader_from_before_a_restart_misses_nothing_after_it() {
+        let started = 1_700_000_000_000_000;
+        let mut before = TaskEventLog::starting_after(started);
+        let mut out = Vec::new();
+        before.push(started, vec![note(1, 7, "a@1", "accepted")], &mut out);
+        before.query(
+            ReplyTo(1),
+            everything(0, TaskScope::All),
+            None,
+            started,
+            &mut out,
+        );
+        let seen = replies(&out)[0].1;
+        assert_eq!(seen, started + 1);
+        // A second later a new daemon numbers its events after its start:
+        // the reader, asking on after what it saw, gets them.
+        out.clear();
+        let mut after = TaskEventLog::starting_after(started + 1_000_000);
+        after.push(
+            started + 1_000_001,
+            vec![note(2, 7, "a@1", "accepted")],
+            &mut out,
+        );
+        after.query(
+            ReplyTo(2),
+            everything(seen, TaskScope::All),
+            Some(10),
+            started + 1_000_002,
+            &mut out,
+        );
+        assert_eq!(
+            replies(&out),
+            [(vec![(2, "accepted".into())], started + 1_000_001)]
+        );
+        // A number this log never gave is from an earlier log (whose clock
+        // was ahead): the reader gets everything kept.
+        out.clear();
+        let ahead = everything(started + 9_000_000, TaskScope::All);
+        after.query(ReplyTo(3), ahead, Some(10), started + 1_000_003, &mut out);
+        assert_eq!(
+            replies(&out),
+            [(vec![(2, "accepted".into())], started + 1_000_001)]
+        );
     }
 }
