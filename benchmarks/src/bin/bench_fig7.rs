@@ -616,9 +616,12 @@ fn run() -> Result<(), String> {
             "setup": "release build; daemon + 1 worker with 1 slot (one ONNX Runtime session of 2 threads); Python runtime: onnxruntime in a batched Python servable (2 threads); floor: session.run in one Python process (2 threads); Ray Serve: one replica, @serve.batch(max_batch_size = the servable's), called through a deployment handle; all sessions with idle threads sleeping (allow_spinning 0); images packed float32; memo off; no batching delay; 'b at once' = b requests submitted together, time / b, median of repetitions; batch 1 = p50 of single requests one after another; the systems take turns, each figure the median over rounds",
             "onnxruntime": versions,
             // Where the library lies in the workspace, not on this machine.
-            "onnxruntime_library": Path::new(&library)
-                .strip_prefix(workspace())
-                .map_or_else(|_| library.clone(), |p| p.display().to_string()),
+            // (`workspace()` ends in `tests/..`, so both sides are resolved.)
+            "onnxruntime_library": std::fs::canonicalize(&library)
+                .ok()
+                .zip(std::fs::canonicalize(workspace()).ok())
+                .and_then(|(lib, root)| lib.strip_prefix(root).ok().map(|p| p.display().to_string()))
+                .unwrap_or_else(|| library.clone()),
             "ray": ray_version,
             "noop_round_trip": noop.json(),
             "models": report,
