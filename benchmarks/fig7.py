@@ -7,6 +7,7 @@ default, idle threads sleeping instead of spinning).
 
     fig7.py floor MODEL SIDE --batches 1,8,64 [--threads 2] [--singles N] [--reps R]
     fig7.py ray   MODEL SIDE --batches 1,8,64 --max-batch 64 [...]
+    fig7.py client SERVABLE,SERVABLE SIDE --home STATE_DIR --batches 64 [...]
 
 Prints one JSON object: ``batch1_ms`` (p50 of single calls one after
 another; for Ray a request through a deployment handle) and ``per_request_ms``
@@ -14,6 +15,9 @@ for each batch size b (the median time of b requests at once, divided by
 b: one session.run of b images for the floor, b concurrent handle calls
 for Ray, which its ``@serve.batch`` gathers into model calls of up to
 ``--max-batch``). Inputs are random float32 images, channels last.
+``client`` instead calls Flotilla servables of a running daemon through
+this repository's Python client with numpy images, as a user would, and
+prints those figures per servable.
 """
 
 import argparse
@@ -102,9 +106,46 @@ def ray_serve(args):
     return batch1, per_request
 
 
+def python_client(args):
+    """Both Flotilla servables through the Python client, as a user calls
+    them with numpy images: ``run`` one after another (batch 1), and
+    ``map`` over b images at once. The servables take turns."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, "..", "clients", "python"))
+    from flotilla import Client
+
+    names = args.model.split(",")
+    batch1 = {n: [] for n in names}
+    per_request = {n: {b: [] for b in args.batches} for n in names}
+    with Client(args.home) as client:
+        one = images(1, args.side)[0]
+        for name in names:
+            list(client.map(name, images(8, args.side)))
+        for rep in range(args.reps):
+            for name in names[:: 1 if rep % 2 == 0 else -1]:
+                batch1[name].append(timed(lambda: client.run(name, one), args.singles // args.reps))
+                for b in args.batches:
+                    xs = list(images(b, args.side, seed=b))
+                    t = time.perf_counter()
+                    outputs = list(client.map(name, xs))
+                    per_request[name][b].append((time.perf_counter() - t) / b)
+                    assert len(outputs) == b
+    return {
+        name: {
+            "batch1_ms": statistics.median(batch1[name]) * 1e3,
+            "per_request_ms": {
+                str(b): statistics.median(per_request[name][b]) * 1e3 for b in args.batches
+            },
+        }
+        for name in names
+    }
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("system", choices=["floor", "ray"])
+    p.add_argument("system", choices=["floor", "ray", "client"])
     p.add_argument("model")
     p.add_argument("side", type=int)
     p.add_argument("--batches", default="1,8,64")
@@ -112,9 +153,14 @@ def main():
     p.add_argument("--singles", type=int, default=100)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--home", help="client: the daemon's state directory")
     args = p.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     versions = {"onnxruntime": ort.__version__, "numpy": np.__version__}
+    if args.system == "client":
+        json.dump({"system": "client", "servables": python_client(args)}, sys.stdout)
+        print()
+        return
     if args.system == "ray":
         import ray
 

@@ -22,7 +22,10 @@
 //! requests submitted together and waited for together (which the daemon
 //! makes one model call of up to `max_batch_size`), time ÷ b, median of
 //! repetitions. The Flotilla `noop` round trip is measured in the same run
-//! for the batch-1 target.
+//! for the batch-1 target. For CIFAR-10 both Flotilla runtimes are also
+//! measured with 64 images as nested lists, and through the Python client
+//! with numpy images (`benchmarks/fig7.py client`, which sends them as
+//! nested lists), the way a Python user calls them.
 //!
 //! Usage: `bench-fig7 [--quick] [--no-ray]`; writes
 //! `benchmarks/results/fig7.{json,png}`.
@@ -297,6 +300,44 @@ fn fig7_py(system: &str, model: &Path, m: &Model) -> Result<Value, String> {
     serde_json::from_str(line).map_err(|e| format!("fig7.py {system}: {e}: {text}"))
 }
 
+/// `fig7.py client`: `servables` of the daemon at `home` through the
+/// Python client with numpy images (which it sends as nested lists):
+/// per servable, the batch-1 p50 and ms per request at 64 at once.
+fn python_client(home: &Path, servables: &[&str], m: &Model) -> Result<Vec<(f64, f64)>, String> {
+    let out = Command::new(python())
+        .arg(workspace().join("benchmarks/fig7.py"))
+        .arg("client")
+        .arg(servables.join(","))
+        .arg(m.side.to_string())
+        .args(["--batches", "64"])
+        .args(["--singles", &m.singles.to_string()])
+        .args(["--reps", &m.reps.to_string()])
+        .arg("--home")
+        .arg(home)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "fig7.py client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    let v: Value =
+        serde_json::from_str(line).map_err(|e| format!("fig7.py client: {e}: {text}"))?;
+    Ok(servables
+        .iter()
+        .map(|s| {
+            let row = &v["servables"][*s];
+            (
+                row["batch1_ms"].as_f64().unwrap_or(f64::NAN),
+                row["per_request_ms"]["64"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect())
+}
+
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -404,6 +445,9 @@ fn run() -> Result<(), String> {
         let mut noops = Vec::new();
         let mut carrieds = Vec::new();
         let mut nested: Vec<(String, Vec<f64>)> = Vec::new();
+        // Through the Python client: (batch 1, 64 at once) per round, for
+        // the ONNX servable and the Python one.
+        let mut via_python: Vec<[(f64, f64); 2]> = Vec::new();
         let nested_inputs: Vec<Payload> = if m.side <= 32 {
             (0..64u64).map(|i| nested_image(m.side, i + 1)).collect()
         } else {
@@ -431,6 +475,10 @@ fn run() -> Result<(), String> {
                     }
                 }
                 measured.push((system, one, per));
+            }
+            if !nested_inputs.is_empty() {
+                let both = python_client(f.home(), &[m.example, py_name.as_str()], m)?;
+                via_python.push([both[0], both[1]]);
             }
             for (system, which) in &pythons {
                 let v = match fig7_py(which, &model, m) {
@@ -518,6 +566,17 @@ fn run() -> Result<(), String> {
                 m.name, system, ms
             );
         }
+        let via_python: Vec<Value> = (0..via_python.first().map_or(0, |r| r.len()))
+            .map(|i| {
+                let one = median(&via_python.iter().map(|r| r[i].0).collect::<Vec<_>>());
+                let at_64 = median(&via_python.iter().map(|r| r[i].1).collect::<Vec<_>>());
+                println!(
+                    "  {:<20} {:<32} through the Python client (numpy images): batch 1 p50 {one:.3} ms, 64 at once {at_64:.3} ms per request",
+                    m.name, systems[i]
+                );
+                json!({ "system": systems[i], "batch1_p50_ms": one, "ms_per_request_64": at_64 })
+            })
+            .collect();
         let find = |s: &str| rows.iter().find(|r| r.0 == s);
         let at = |row: Option<&(String, f64, Vec<f64>)>, b: usize| {
             let i = m.batches.iter().position(|x| *x == b)?;
@@ -562,6 +621,7 @@ fn run() -> Result<(), String> {
                 "batches": m.batches,
                 "rounds": rounds,
                 "nested_lists_64_at_once_ms_per_request": nested.iter().map(|(s, ms)| json!({ "system": s, "ms": ms })).collect::<Vec<_>>(),
+                "python_client_numpy_images": via_python,
                 "systems": rows.iter().map(|r| json!({
                     "system": r.0,
                     "batch1_p50_ms": r.1,
