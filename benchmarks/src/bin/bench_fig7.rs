@@ -275,18 +275,15 @@ validate_input = true
     .map_err(|e| e.to_string())
 }
 
-/// `fig7.py SYSTEM` for `m`: its JSON.
-fn fig7_py(system: &str, model: &Path, m: &Model) -> Result<Value, String> {
-    let batches: Vec<String> = m.batches.iter().map(ToString::to_string).collect();
+/// Runs `fig7.py` with `args` (the system first) and returns the JSON
+/// object it prints last.
+fn run_fig7_py(args: &[std::ffi::OsString]) -> Result<Value, String> {
+    let system = args
+        .first()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
     let out = Command::new(python())
         .arg(workspace().join("benchmarks/fig7.py"))
-        .arg(system)
-        .arg(model)
-        .arg(m.side.to_string())
-        .args(["--batches", &batches.join(",")])
-        .args(["--singles", &m.singles.to_string()])
-        .args(["--reps", &m.reps.to_string()])
-        .args(["--max-batch", &m.max_batch.to_string()])
+        .args(args)
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
@@ -300,32 +297,41 @@ fn fig7_py(system: &str, model: &Path, m: &Model) -> Result<Value, String> {
     serde_json::from_str(line).map_err(|e| format!("fig7.py {system}: {e}: {text}"))
 }
 
+/// `fig7.py SYSTEM` for `m`: its JSON.
+fn fig7_py(system: &str, model: &Path, m: &Model) -> Result<Value, String> {
+    let batches: Vec<String> = m.batches.iter().map(ToString::to_string).collect();
+    run_fig7_py(&[
+        system.into(),
+        model.into(),
+        m.side.to_string().into(),
+        "--batches".into(),
+        batches.join(",").into(),
+        "--singles".into(),
+        m.singles.to_string().into(),
+        "--reps".into(),
+        m.reps.to_string().into(),
+        "--max-batch".into(),
+        m.max_batch.to_string().into(),
+    ])
+}
+
 /// `fig7.py client`: `servables` of the daemon at `home` through the
 /// Python client with numpy images (which it sends as nested lists):
 /// per servable, the batch-1 p50 and ms per request at 64 at once.
 fn python_client(home: &Path, servables: &[&str], m: &Model) -> Result<Vec<(f64, f64)>, String> {
-    let out = Command::new(python())
-        .arg(workspace().join("benchmarks/fig7.py"))
-        .arg("client")
-        .arg(servables.join(","))
-        .arg(m.side.to_string())
-        .args(["--batches", "64"])
-        .args(["--singles", &m.singles.to_string()])
-        .args(["--reps", &m.reps.to_string()])
-        .arg("--home")
-        .arg(home)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "fig7.py client: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
-    let v: Value =
-        serde_json::from_str(line).map_err(|e| format!("fig7.py client: {e}: {text}"))?;
+    let v = run_fig7_py(&[
+        "client".into(),
+        servables.join(",").into(),
+        m.side.to_string().into(),
+        "--batches".into(),
+        "64".into(),
+        "--singles".into(),
+        m.singles.to_string().into(),
+        "--reps".into(),
+        m.reps.to_string().into(),
+        "--home".into(),
+        home.into(),
+    ])?;
     Ok(servables
         .iter()
         .map(|s| {
