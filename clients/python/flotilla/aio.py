@@ -358,9 +358,18 @@ class AsyncClient:
     async def follow_task_events(self, servable=None, ids=(), after=0, poll=30.0):
         """Yields each :class:`~flotilla.views.TaskEvent` of your tasks
         as it happens (those already kept first, after ``after``), for as
-        long as it is iterated."""
+        long as it is iterated. Following outlives a daemon restart as waits
+        do: a daemon that goes away is tried again for
+        :attr:`reconnect_patience` seconds, and the new daemon's events
+        follow (they are numbered after the old one's)."""
+        loop = asyncio.get_running_loop()
         while True:
-            events, after = await self.task_events(after, poll, servable, ids)
+            started = loop.time()
+            try:
+                events, after = await self.task_events(after, poll, servable, ids)
+            except (ConnectionLost, ShuttingDown) as exc:
+                await self._reach_again(_Outage(exc, started), None)
+                continue
             for event in events:
                 yield event
 

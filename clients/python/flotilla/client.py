@@ -158,10 +158,22 @@ class Client:
         """Yields each :class:`~flotilla.views.TaskEvent` of your tasks
         as it happens (accepted, dispatched, retried, finished, failed,
         cancelled), those already kept first, for as long as it is
-        iterated: ``for event in client.follow_task_events(ids=[(5, 10)])``."""
-        while True:
-            events, after = self.task_events(after, poll, servable, ids)
-            yield from events
+        iterated: ``for event in client.follow_task_events(ids=[(5, 10)])``.
+        Following outlives a daemon restart within the client's
+        ``reconnect_patience``, as waits do."""
+        events = self._core.follow_task_events(servable, ids, after, poll)
+
+        async def next_event():
+            return await events.__anext__()
+
+        try:
+            while True:
+                yield self._run(next_event())
+        finally:
+            try:
+                self._run(events.aclose())
+            except FlotillaError:  # the client is closed, and the stream with it
+                pass
 
     def status(self, task_id):
         """The task's :class:`~flotilla.views.TaskView`: state, attempts,

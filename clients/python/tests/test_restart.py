@@ -117,3 +117,42 @@ def test_a_wait_gives_up_after_its_patience_when_the_daemon_stays_away(home):
             assert patience <= tried < patience + 5
     finally:
         stop_daemon(d)
+
+
+def test_following_task_events_goes_on_after_a_daemon_restart(home):
+    d = start(home)
+    try:
+        with Client(home) as client:
+            first = [client.submit("echo", i) for i in range(3)]
+            assert [f.result(timeout=60) for f in first] == [0, 1, 2]
+            seen, failures = [], []
+
+            def follow():
+                try:
+                    for event in client.follow_task_events(poll=2.0):
+                        seen.append(event)
+                except BaseException as exc:  # reported by the test's thread
+                    failures.append(exc)
+
+            def ended():
+                return {e.task_id for e in seen if e.kind == "finished"}
+
+            follower = threading.Thread(target=follow, daemon=True)
+            follower.start()
+            wait_until(
+                "the follower to see the first tasks end",
+                lambda: {f.task_id for f in first} <= ended(),
+            )
+            go_away(d, "kill")
+            d = start(home)
+            later = client.submit("echo", "after")
+            assert later.result(timeout=120) == "after"
+            # The new daemon's log is empty but numbered after the old one's:
+            # the follower, asking after the last number it saw, gets it.
+            wait_until("the follower to see the new task end", lambda: later.task_id in ended())
+            assert failures == []
+            kinds = [e.kind for e in seen if e.task_id == later.task_id]
+            assert kinds == ["accepted", "dispatched", "finished"], kinds
+            assert all(a.seq < b.seq for a, b in zip(seen, seen[1:]))
+    finally:
+        stop_daemon(d)
