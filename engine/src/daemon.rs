@@ -87,9 +87,22 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
     move |source| DaemonError::Io { what, source }
 }
 
+/// Most threads the daemon checks a large submission's inputs with
+/// (rayon's pool, `servable::first_mismatch`): a login node's cores are
+/// shared by many users, and 8 check 64 images as nested lists in about
+/// 0.1 ms.
+const MAX_CHECK_THREADS: usize = 8;
+
 /// Runs a daemon until it is stopped (SIGTERM, SIGINT or `flotilla stop`).
 /// Blocks the calling thread.
 pub fn run(config: Config) -> Result<(), DaemonError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Fails only when the pool is already set up (a second daemon in one
+    // process, as some tests run), which then serves as it is.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.min(MAX_CHECK_THREADS))
+        .thread_name(|i| format!("flotilla-check-{i}"))
+        .build_global();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
