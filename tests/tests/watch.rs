@@ -34,20 +34,26 @@ fn range(ids: &[TaskId]) -> String {
     format!("{}-{}", ids[0], ids[ids.len() - 1])
 }
 
+/// `flotilla ARGS` against `f`'s daemon, running on, its stdout and stderr
+/// piped.
+fn spawn_cli(f: &Flotilla, args: &[&str]) -> std::process::Child {
+    Command::new(bin("flotilla"))
+        .args(args)
+        .env(HOME_ENV, f.home())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_range_wait_streams_one_json_line_per_task_in_completion_order() {
     let mut f = Flotilla::start(&test_config());
     let ids = f.client().submit(noop_tasks(10_000)).unwrap();
     assert_eq!(ids.last().unwrap().0 - ids[0].0, 9_999, "consecutive ids");
     // The wait starts before any worker: it streams as results come.
-    let mut wait = Command::new(bin("flotilla"))
-        .args(["wait", &range(&ids), "--stream"])
-        .env(HOME_ENV, f.home())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut wait = spawn_cli(&f, &["wait", &range(&ids), "--stream"]);
     f.spawn_worker(&["--slots", "2"]);
     let stdout = wait.stdout.take().unwrap();
     let lines: Vec<Value> = BufReader::new(stdout)
@@ -294,14 +300,7 @@ fn a_task_events_reader_from_before_a_restart_gets_the_new_daemon_s_events() {
     assert!(views.iter().all(|v| v.state == TaskState::Completed));
     // A user's `flotilla events --tasks --follow`, started before the
     // restart, printing each event as a JSON line.
-    let mut follow = Command::new(bin("flotilla"))
-        .args(["events", "--tasks", "--follow", "--json"])
-        .env(HOME_ENV, f.home())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut follow = spawn_cli(&f, &["events", "--tasks", "--follow", "--json"]);
     let (lines_tx, lines) = std::sync::mpsc::channel::<Printed>();
     let stdout = follow.stdout.take().unwrap();
     std::thread::spawn(move || {
