@@ -23,6 +23,7 @@
 //! bounded by entries and by bytes; the least recently used entries go
 //! first. Only completed results enter it: failures are never memoised.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -78,11 +79,12 @@ impl MemoScope {
 pub fn key(scope: MemoScope, servable: &str, input: &[u8], params: &[u8]) -> MemoKey {
     let mut h = blake3::Hasher::new();
     h.update(b"flotilla-memo-v2\0");
+    let (input, params) = (canonical(input), canonical(params));
     for part in [
         &scope.bytes()[..],
         servable.as_bytes(),
-        &canonical(input),
-        &canonical(params),
+        &input[..],
+        &params[..],
     ] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
@@ -92,17 +94,126 @@ pub fn key(scope: MemoScope, servable: &str, input: &[u8], params: &[u8]) -> Mem
 
 /// The canonical msgpack of `bytes`: map entries sorted by their encoded
 /// keys, every value re-encoded in its shortest form. Bytes that are not a
-/// single msgpack value are returned as they are.
-pub fn canonical(bytes: &[u8]) -> Vec<u8> {
+/// single msgpack value are returned as they are, and so are bytes already
+/// in that form (what clients send but for maps), found without decoding
+/// them into a value tree.
+pub fn canonical(bytes: &[u8]) -> Cow<'_, [u8]> {
+    if already_canonical(bytes) {
+        return Cow::Borrowed(bytes);
+    }
+    canonical_by_value(bytes)
+}
+
+/// [`canonical`] through a value tree: what bytes that are not already
+/// canonical take.
+fn canonical_by_value(bytes: &[u8]) -> Cow<'_, [u8]> {
     let mut reader = bytes;
     match rmpv::decode::read_value(&mut reader) {
         Ok(value) if reader.is_empty() => {
             let mut out = Vec::with_capacity(bytes.len());
             write_canonical(&mut out, &value);
-            out
+            Cow::Owned(out)
         }
-        _ => bytes.to_vec(),
+        _ => Cow::Borrowed(bytes),
     }
+}
+
+/// Whether `bytes` is exactly one msgpack value with no map, extension or
+/// reserved marker in it, and every integer, string, binary and list header
+/// in the shortest form (strings valid UTF-8): bytes [`canonical`] would
+/// write out again unchanged. `false` means "not sure".
+fn already_canonical(bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    // Values still to read; each takes at least one byte, so a list that
+    // claims more items than there are bytes ends the loop when they do.
+    let mut pending: usize = 1;
+    while pending > 0 {
+        pending -= 1;
+        let Some((&marker, tail)) = rest.split_first() else {
+            return false;
+        };
+        rest = tail;
+        let be = |rest: &[u8], n: usize| -> Option<u64> {
+            let b = rest.get(..n)?;
+            Some(b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+        };
+        // (bytes after the marker, of which the last `payload` are a
+        // string's, items that follow)
+        let (skip, text, items) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0, 0),
+            0x90..=0x9f => (0, 0, usize::from(marker & 0x0f)),
+            0xa0..=0xbf => {
+                let n = usize::from(marker & 0x1f);
+                (n, n, 0)
+            }
+            0xca => (4, 0, 0),
+            0xcb => (8, 0, 0),
+            0xcc..=0xcf => {
+                let width = 1usize << (marker - 0xcc);
+                // Unsigned: shortest only when it needs this width.
+                let Some(v) = be(rest, width) else {
+                    return false;
+                };
+                let least = [0x80, 0x100, 0x1_0000, 0x1_0000_0000][usize::from(marker - 0xcc)];
+                if v < least {
+                    return false;
+                }
+                (width, 0, 0)
+            }
+            0xd0..=0xd3 => {
+                let width = 1usize << (marker - 0xd0);
+                let Some(raw) = be(rest, width) else {
+                    return false;
+                };
+                // Sign-extend, then: shortest only for a negative number
+                // below what the next narrower form holds.
+                let shift = 64 - 8 * width as u32;
+                let v = ((raw << shift) as i64) >> shift;
+                let above: i64 = [-32, -128, -32_768, -2_147_483_648][usize::from(marker - 0xd0)];
+                if v >= above {
+                    return false;
+                }
+                (width, 0, 0)
+            }
+            0xd9..=0xdb | 0xc4..=0xc6 | 0xdc | 0xdd => {
+                let (width, least, is_text, is_list) = match marker {
+                    0xd9 => (1, 32, true, false),
+                    0xda => (2, 0x100, true, false),
+                    0xdb => (4, 0x1_0000, true, false),
+                    0xc4 => (1, 0, false, false),
+                    0xc5 => (2, 0x100, false, false),
+                    0xc6 => (4, 0x1_0000, false, false),
+                    0xdc => (2, 16, false, true),
+                    _ => (4, 0x1_0000, false, true),
+                };
+                let Some(n) = be(rest, width).and_then(|n| usize::try_from(n).ok()) else {
+                    return false;
+                };
+                if n < least {
+                    return false;
+                }
+                match (is_list, is_text) {
+                    (true, _) => (width, 0, n),
+                    (false, true) => (width + n, n, 0),
+                    (false, false) => (width + n, 0, 0),
+                }
+            }
+            // Maps (their keys are sorted), extensions, the reserved marker.
+            _ => return false,
+        };
+        let Some(after) = rest.get(skip..) else {
+            return false;
+        };
+        if text > 0 && std::str::from_utf8(&rest[skip - text..skip]).is_err() {
+            return false;
+        }
+        rest = after;
+        let Some(more) = pending.checked_add(items) else {
+            return false;
+        };
+        pending = more;
+    }
+    rest.is_empty()
 }
 
 fn encoded(v: &rmpv::Value) -> Vec<u8> {
@@ -314,6 +425,88 @@ mod tests {
             key(ME, "m@1.0.0", &[0xcd, 0x00, 0x01], &[]),
             key(ME, "m@1.0.0", &[0x01], &[])
         );
+    }
+
+    /// Every wide or odd form of each kind of value, and values as any
+    /// client writes them: bytes taken as canonical are exactly what the
+    /// value tree writes, and every form of one value has one key.
+    #[test]
+    fn bytes_already_canonical_are_hashed_as_they_are_and_only_those() {
+        use rmpv::Value as V;
+        let image = V::Array(vec![
+            V::Array(vec![V::F32(0.5), V::F64(-1.25), V::from(3)]);
+            20
+        ]);
+        let shortest = [
+            mp(V::Nil),
+            mp(V::from(true)),
+            mp(V::from(127)),
+            mp(V::from(128)),
+            mp(V::from(70_000)),
+            mp(V::from(u64::MAX)),
+            mp(V::from(-32)),
+            mp(V::from(-33)),
+            mp(V::from(-40_000)),
+            mp(V::from(i64::MIN)),
+            mp(V::from("x".repeat(31))),
+            mp(V::from("é".repeat(40))),
+            mp(V::from("y".repeat(300))),
+            mp(V::Binary(vec![7; 300])),
+            mp(V::Array(vec![V::Nil; 15])),
+            mp(V::Array(vec![V::Nil; 16])),
+            mp(V::Array(vec![V::Nil; 70_000])),
+            mp(image),
+        ];
+        for bytes in &shortest {
+            assert!(
+                already_canonical(bytes),
+                "{:x?}",
+                &bytes[..bytes.len().min(8)]
+            );
+            assert_eq!(canonical_by_value(bytes), &bytes[..]);
+        }
+        // (a wide or odd form, the value's shortest form)
+        let wide: [(&[u8], Vec<u8>); 12] = [
+            (&[0xcc, 0x05], mp(V::from(5))),
+            (&[0xcd, 0x00, 0x80], mp(V::from(128))),
+            (&[0xd0, 0x05], mp(V::from(5))),
+            (&[0xd0, 0xff], mp(V::from(-1))),
+            (&[0xd1, 0xff, 0x80], mp(V::from(-128))),
+            (
+                &[0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x80, 0x00],
+                mp(V::from(-32_768)),
+            ),
+            (&[0xd9, 0x01, b'a'], mp(V::from("a"))),
+            (&[0xc5, 0x00, 0x01, 0x07], mp(V::Binary(vec![7]))),
+            (&[0xdc, 0x00, 0x01, 0xc0], mp(V::Array(vec![V::Nil]))),
+            (
+                &[0xdd, 0x00, 0x00, 0x00, 0x01, 0xc0],
+                mp(V::Array(vec![V::Nil])),
+            ),
+            // Invalid UTF-8 in a string: the tree writes it as binary.
+            (&[0xa1, 0xff], mp(V::Binary(vec![0xff]))),
+            // The reserved marker reads as nil.
+            (&[0xc1], mp(V::Nil)),
+        ];
+        for (odd, short) in &wide {
+            assert!(!already_canonical(odd), "{odd:x?}");
+            assert_eq!(canonical(odd), &short[..], "{odd:x?}");
+            assert_eq!(key(ME, "m@1.0.0", odd, &[]), key(ME, "m@1.0.0", short, &[]));
+        }
+        // Maps and extensions go through the tree; bytes that are not one
+        // value come back as they are.
+        let map = mp(V::Map(vec![(V::from("k"), V::from(1))]));
+        assert!(!already_canonical(&map));
+        assert!(!already_canonical(&mp(V::Ext(1, vec![1, 2]))));
+        for odd in [
+            &[0x92, 0x01][..],
+            &[0x01, 0x02],
+            &[0xdd, 0xff, 0xff, 0xff, 0xff],
+            &[],
+        ] {
+            assert!(!already_canonical(odd), "{odd:x?}");
+            assert_eq!(canonical(odd), odd);
+        }
     }
 
     #[test]
