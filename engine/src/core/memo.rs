@@ -123,92 +123,71 @@ fn canonical_by_value(bytes: &[u8]) -> Cow<'_, [u8]> {
 /// in the shortest form (strings valid UTF-8): bytes [`canonical`] would
 /// write out again unchanged. `false` means "not sure".
 fn already_canonical(bytes: &[u8]) -> bool {
+    use flotilla_protocol::servable::quick_check::{big_endian, field_width, sign_extend};
+    use rmp::Marker as M;
     let mut rest = bytes;
     // Values still to read; each takes at least one byte, so a list that
     // claims more items than there are bytes ends the loop when they do.
     let mut pending: usize = 1;
     while pending > 0 {
         pending -= 1;
-        let Some((&marker, tail)) = rest.split_first() else {
+        let Some((&byte, tail)) = rest.split_first() else {
             return false;
         };
-        rest = tail;
-        let be = |rest: &[u8], n: usize| -> Option<u64> {
-            let b = rest.get(..n)?;
-            Some(b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+        let marker = M::from_u8(byte);
+        let width = field_width(marker);
+        let Some(field) = tail.get(..width) else {
+            return false;
         };
-        // (bytes after the marker, of which the last `payload` are a
-        // string's, items that follow)
-        let (skip, text, items) = match marker {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0, 0),
-            0x90..=0x9f => (0, 0, usize::from(marker & 0x0f)),
-            0xa0..=0xbf => {
-                let n = usize::from(marker & 0x1f);
-                (n, n, 0)
+        rest = &tail[width..];
+        // The field holds the number, or the length or count.
+        let n = big_endian(field);
+        // The least `n` this marker is the shortest form for (as rmp
+        // writes), and what follows the field: bytes (a string's, which
+        // must be UTF-8, or a binary's) or items.
+        let (least, body, text, items) = match marker {
+            M::FixPos(_) | M::FixNeg(_) | M::Null | M::True | M::False | M::F32 | M::F64 => {
+                (0, 0, false, 0)
             }
-            0xca => (4, 0, 0),
-            0xcb => (8, 0, 0),
-            0xcc..=0xcf => {
-                let width = 1usize << (marker - 0xcc);
-                // Unsigned: shortest only when it needs this width.
-                let Some(v) = be(rest, width) else {
-                    return false;
-                };
-                let least = [0x80, 0x100, 0x1_0000, 0x1_0000_0000][usize::from(marker - 0xcc)];
-                if v < least {
+            M::FixArray(k) => (0, 0, false, u64::from(k)),
+            M::FixStr(k) => (0, u64::from(k), true, 0),
+            M::U8 => (0x80, 0, false, 0),
+            M::U16 => (0x100, 0, false, 0),
+            M::U32 => (0x1_0000, 0, false, 0),
+            M::U64 => (0x1_0000_0000, 0, false, 0),
+            M::I8 | M::I16 | M::I32 | M::I64 => {
+                // Shortest only below what the next narrower form holds.
+                let above = [-32, -128, -32_768, -2_147_483_648][width.trailing_zeros() as usize];
+                if sign_extend(n, width) >= above {
                     return false;
                 }
-                (width, 0, 0)
+                (0, 0, false, 0)
             }
-            0xd0..=0xd3 => {
-                let width = 1usize << (marker - 0xd0);
-                let Some(raw) = be(rest, width) else {
-                    return false;
-                };
-                // Sign-extend, then: shortest only for a negative number
-                // below what the next narrower form holds.
-                let shift = 64 - 8 * width as u32;
-                let v = ((raw << shift) as i64) >> shift;
-                let above: i64 = [-32, -128, -32_768, -2_147_483_648][usize::from(marker - 0xd0)];
-                if v >= above {
-                    return false;
-                }
-                (width, 0, 0)
-            }
-            0xd9..=0xdb | 0xc4..=0xc6 | 0xdc | 0xdd => {
-                let (width, least, is_text, is_list) = match marker {
-                    0xd9 => (1, 32, true, false),
-                    0xda => (2, 0x100, true, false),
-                    0xdb => (4, 0x1_0000, true, false),
-                    0xc4 => (1, 0, false, false),
-                    0xc5 => (2, 0x100, false, false),
-                    0xc6 => (4, 0x1_0000, false, false),
-                    0xdc => (2, 16, false, true),
-                    _ => (4, 0x1_0000, false, true),
-                };
-                let Some(n) = be(rest, width).and_then(|n| usize::try_from(n).ok()) else {
-                    return false;
-                };
-                if n < least {
-                    return false;
-                }
-                match (is_list, is_text) {
-                    (true, _) => (width, 0, n),
-                    (false, true) => (width + n, n, 0),
-                    (false, false) => (width + n, 0, 0),
-                }
-            }
+            M::Str8 => (32, n, true, 0),
+            M::Str16 => (0x100, n, true, 0),
+            M::Str32 => (0x1_0000, n, true, 0),
+            M::Bin8 => (0, n, false, 0),
+            M::Bin16 => (0x100, n, false, 0),
+            M::Bin32 => (0x1_0000, n, false, 0),
+            M::Array16 => (16, 0, false, n),
+            M::Array32 => (0x1_0000, 0, false, n),
             // Maps (their keys are sorted), extensions, the reserved marker.
             _ => return false,
         };
-        let Some(after) = rest.get(skip..) else {
-            return false;
-        };
-        if text > 0 && std::str::from_utf8(&rest[skip - text..skip]).is_err() {
+        if n < least {
             return false;
         }
-        rest = after;
-        let Some(more) = pending.checked_add(items) else {
+        let Some(body) = usize::try_from(body).ok().and_then(|b| rest.get(..b)) else {
+            return false;
+        };
+        if text && std::str::from_utf8(body).is_err() {
+            return false;
+        }
+        rest = &rest[body.len()..];
+        let Some(more) = usize::try_from(items)
+            .ok()
+            .and_then(|i| pending.checked_add(i))
+        else {
             return false;
         };
         pending = more;

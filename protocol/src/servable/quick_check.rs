@@ -93,110 +93,62 @@ impl<'a> Cursor<'a> {
         Some(taken)
     }
 
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
+    /// The big-endian number in the next `width` bytes.
+    fn uint(&mut self, width: usize) -> Option<u64> {
+        Some(big_endian(self.take(width)?))
     }
 
-    fn len8(&mut self) -> Option<usize> {
-        Some(usize::from(self.array::<1>()?[0]))
-    }
-
-    fn len16(&mut self) -> Option<usize> {
-        Some(usize::from(u16::from_be_bytes(self.array()?)))
-    }
-
-    fn len32(&mut self) -> Option<usize> {
-        usize::try_from(u32::from_be_bytes(self.array()?)).ok()
+    /// A length in the next `width` bytes.
+    fn len(&mut self, width: usize) -> Option<usize> {
+        usize::try_from(self.uint(width)?).ok()
     }
 
     /// Reads one value's head; a string's, binary's or extension's bytes
     /// are read with it.
     fn head(&mut self) -> Option<Head<'a>> {
-        let marker = self.array::<1>()?[0];
+        use rmp::Marker as M;
+        let marker = M::from_u8(*self.take(1)?.first()?);
+        let width = field_width(marker);
         Some(match marker {
-            0x00..=0x7f | 0xcc..=0xcf => {
-                let width = match marker {
-                    0xcc => 1,
-                    0xcd => 2,
-                    0xce => 4,
-                    0xcf => 8,
-                    _ => 0,
-                };
+            M::FixPos(_) => Head::NonNegative,
+            M::FixNeg(_) => Head::Negative,
+            M::U8 | M::U16 | M::U32 | M::U64 => {
                 self.take(width)?;
                 Head::NonNegative
             }
-            0x80..=0x8f => Head::Map(usize::from(marker & 0x0f)),
-            0x90..=0x9f => Head::Array(usize::from(marker & 0x0f)),
-            0xa0..=0xbf => Head::Str(self.take(usize::from(marker & 0x1f))?),
-            0xc0 => Head::Nil,
-            // Reserved: the tree decoder reads it as nil; not followed here.
-            0xc1 => return None,
-            0xc2 | 0xc3 => Head::Bool,
-            0xc4 => {
-                let n = self.len8()?;
+            M::I8 | M::I16 | M::I32 | M::I64 => signed(sign_extend(self.uint(width)?, width)),
+            M::Null => Head::Nil,
+            M::True | M::False => Head::Bool,
+            M::F32 => {
+                self.take(width)?;
+                Head::F32
+            }
+            M::F64 => Head::F64(f64::from_bits(self.uint(width)?)),
+            M::FixStr(n) => Head::Str(self.take(usize::from(n))?),
+            M::Str8 | M::Str16 | M::Str32 => {
+                let n = self.len(width)?;
+                Head::Str(self.take(n)?)
+            }
+            M::Bin8 | M::Bin16 | M::Bin32 => {
+                let n = self.len(width)?;
                 Head::Bin(self.take(n)?)
             }
-            0xc5 => {
-                let n = self.len16()?;
-                Head::Bin(self.take(n)?)
-            }
-            0xc6 => {
-                let n = self.len32()?;
-                Head::Bin(self.take(n)?)
-            }
-            0xc7..=0xc9 => {
-                let n = match marker {
-                    0xc7 => self.len8()?,
-                    0xc8 => self.len16()?,
-                    _ => self.len32()?,
-                };
+            M::FixArray(n) => Head::Array(usize::from(n)),
+            M::Array16 | M::Array32 => Head::Array(self.len(width)?),
+            M::FixMap(n) => Head::Map(usize::from(n)),
+            M::Map16 | M::Map32 => Head::Map(self.len(width)?),
+            M::FixExt1 | M::FixExt2 | M::FixExt4 | M::FixExt8 | M::FixExt16 => {
                 // The type byte, then the data.
+                self.take(1 + width)?;
+                Head::Ext
+            }
+            M::Ext8 | M::Ext16 | M::Ext32 => {
+                let n = self.len(width)?;
                 self.take(n.checked_add(1)?)?;
                 Head::Ext
             }
-            0xca => {
-                self.take(4)?;
-                Head::F32
-            }
-            0xcb => Head::F64(f64::from_be_bytes(self.array()?)),
-            0xd0 => {
-                let n = i8::from_be_bytes(self.array()?);
-                signed(i64::from(n))
-            }
-            0xd1 => {
-                let n = i16::from_be_bytes(self.array()?);
-                signed(i64::from(n))
-            }
-            0xd2 => {
-                let n = i32::from_be_bytes(self.array()?);
-                signed(i64::from(n))
-            }
-            0xd3 => {
-                let n = i64::from_be_bytes(self.array()?);
-                signed(n)
-            }
-            0xd4..=0xd8 => {
-                // fixext 1, 2, 4, 8, 16: the type byte, then the data.
-                self.take(1 + (1 << (marker - 0xd4)))?;
-                Head::Ext
-            }
-            0xd9 => {
-                let n = self.len8()?;
-                Head::Str(self.take(n)?)
-            }
-            0xda => {
-                let n = self.len16()?;
-                Head::Str(self.take(n)?)
-            }
-            0xdb => {
-                let n = self.len32()?;
-                Head::Str(self.take(n)?)
-            }
-            0xdc => Head::Array(self.len16()?),
-            0xdd => Head::Array(self.len32()?),
-            0xde => Head::Map(self.len16()?),
-            0xdf => Head::Map(self.len32()?),
-            0xe0..=0xff => Head::Negative,
+            // Reserved: the tree decoder reads it as nil; not followed here.
+            M::Reserved => return None,
         })
     }
 
@@ -304,6 +256,33 @@ impl<'a> Cursor<'a> {
         }
         (0..n).try_for_each(|_| self.ndarray(element, rest, depth + 1))
     }
+}
+
+/// How many bytes after `marker` hold its number or its length (for a
+/// fixext, its data), per the msgpack spec; 0 for markers that hold
+/// their value themselves.
+pub fn field_width(marker: rmp::Marker) -> usize {
+    use rmp::Marker as M;
+    match marker {
+        M::U8 | M::I8 | M::Str8 | M::Bin8 | M::Ext8 | M::FixExt1 => 1,
+        M::U16 | M::I16 | M::Str16 | M::Bin16 | M::Array16 | M::Map16 | M::Ext16 | M::FixExt2 => 2,
+        M::U32 | M::I32 | M::Str32 | M::Bin32 | M::Array32 | M::Map32 | M::Ext32 => 4,
+        M::F32 | M::FixExt4 => 4,
+        M::U64 | M::I64 | M::F64 | M::FixExt8 => 8,
+        M::FixExt16 => 16,
+        _ => 0,
+    }
+}
+
+/// The unsigned number `bytes` hold, big-endian (at most 8 of them).
+pub fn big_endian(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0, |n, &b| (n << 8) | u64::from(b))
+}
+
+/// The signed number of `width` bytes whose bits `raw` holds.
+pub fn sign_extend(raw: u64, width: usize) -> i64 {
+    let shift = 64 - 8 * width as u32;
+    ((raw << shift) as i64) >> shift
 }
 
 /// An integer read from a signed marker, as the tree decoder files it.
