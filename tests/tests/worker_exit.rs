@@ -1,6 +1,7 @@
 //! A worker that ends, whichever way it is asked to, takes its private
 //! directory (servable files, scratch space) with it: a node's temporary
-//! directory does not fill up with the leftovers of cancelled jobs.
+//! directory does not fill up with the leftovers of cancelled jobs. One
+//! killed outright cannot; the next worker on its host removes it.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use flotilla_protocol::Payload;
 use flotilla_protocol::launch::{EXIT_WITH_PID_ENV, flag};
 use flotilla_protocol::task::NIL;
-use flotilla_tests::{Flotilla, test_config};
+use flotilla_tests::{Flotilla, test_config, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -66,4 +67,37 @@ fn a_worker_whose_daemon_died_cleans_up() {
     let status = f.wait_worker(pid, LONG);
     assert_eq!(status.code(), Some(0), "{}", f.worker_log(0));
     assert_eq!(entries(tmp.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_killed_worker_s_directory_goes_with_the_next_worker_on_its_host_and_a_live_one_s_stays() {
+    let mut f = Flotilla::start(&test_config());
+    let tmp = tempfile::tempdir().unwrap();
+    let killed = busy_worker(&mut f, tmp.path());
+    let left = entries(tmp.path());
+    f.kill_worker(killed);
+    assert_eq!(entries(tmp.path()), left, "SIGKILL leaves it behind");
+
+    let tmp_env = || [("TMPDIR", tmp.path().into())];
+    f.spawn_worker_env(&[flag::SLOTS, "1"], &tmp_env());
+    let second = wait_until(LONG, "the dead worker's directory to go", || {
+        let now = entries(tmp.path());
+        (now.len() == 1 && now != left).then_some(now)
+    });
+    assert!(
+        f.worker_log(1)
+            .contains("removed the private directories of workers that died on this host"),
+        "{}",
+        f.worker_log(1)
+    );
+
+    f.spawn_worker_env(&[flag::SLOTS, "1"], &tmp_env());
+    let both = wait_until(LONG, "the third worker's directory", || {
+        let now = entries(tmp.path());
+        (now.len() == 2).then_some(now)
+    });
+    assert!(
+        both.contains(&second[0]),
+        "a live worker's directory went: {both:?}"
+    );
 }

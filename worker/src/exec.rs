@@ -27,7 +27,6 @@ use flotilla_protocol::stdio::Reply;
 use flotilla_protocol::task::Outcome;
 
 use flotilla_launchers::Container;
-use tempfile::TempDir;
 
 use crate::cache::NodeCache;
 use crate::environment::{Environments, Prepared};
@@ -35,6 +34,7 @@ use crate::fetch::{ObjectSource, fetch_into};
 use crate::onnx::OnnxRuntime;
 use crate::process::WarmProcess;
 use crate::verified::Verified;
+use crate::work_dir::WorkDir;
 
 /// How a worker that cannot read the object store gets servable files.
 struct Fetcher {
@@ -65,7 +65,7 @@ pub struct ExecRuntime {
     environments: Option<Environments>,
     /// Removed (with everything in it) when the runtime is dropped, after
     /// its processes.
-    work_dir: TempDir,
+    work_dir: WorkDir,
     records: Mutex<HashMap<String, Arc<ServableRecord>>>,
     /// Signalled when a record is learned, for a slot whose batch came in
     /// ahead of the batch that carried its servable's record.
@@ -224,33 +224,6 @@ fn failure(kind: FailureKind, message: String) -> Result<Vec<Outcome>, BatchFail
     Err(BatchFailure { kind, message })
 }
 
-/// A new private directory for a worker's servable files under `parent`
-/// (the system's temporary directory): created with `mkdtemp` semantics,
-/// under a name no one can guess, mode 0700, so no other user can have
-/// made it first or look into it. A directory that exists is never used.
-pub fn private_work_dir(parent: &Path, worker_id: &str) -> std::io::Result<TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    let id: String = worker_id
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("flotilla-worker-{id}-"))
-        .rand_bytes(12)
-        .permissions(fs::Permissions::from_mode(0o700))
-        .tempdir_in(parent)?;
-    // The umask can take bits away, never add any; make it exactly 0700.
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
-}
-
 impl ExecRuntime {
     /// Removes the private directory (servable files, scratch space) now,
     /// for a worker about to exit while slot threads still hold the runtime.
@@ -262,10 +235,10 @@ impl ExecRuntime {
     }
 
     /// A runtime taking files from `objects` and materialising them under
-    /// `work_dir` (see [`private_work_dir`]; removed on drop); servables
+    /// `work_dir` (removed on drop); servables
     /// that name an image run in it through `containers` when the site has
     /// a runtime.
-    pub fn new(objects: Option<PathBuf>, work_dir: TempDir, containers: Option<Container>) -> Self {
+    pub fn new(objects: Option<PathBuf>, work_dir: WorkDir, containers: Option<Container>) -> Self {
         ExecRuntime {
             objects,
             fetcher: None,
@@ -882,7 +855,7 @@ pub(crate) mod tests {
     #[test]
     fn a_batch_ahead_of_its_servables_record_waits_for_it() {
         let root = tempfile::tempdir().unwrap();
-        let work = private_work_dir(root.path(), "w").unwrap();
+        let work = WorkDir::create(root.path(), "w", "h").unwrap();
         let runtime = ExecRuntime::new(None, work, None);
         let record = record("00");
         let id = record.id();
@@ -909,7 +882,7 @@ pub(crate) mod tests {
         fs::write(objects.join(&hash), content).unwrap();
         let record = record(&hash);
         for round in 0..20 {
-            let work = private_work_dir(root.path(), &format!("w{round}")).unwrap();
+            let work = WorkDir::create(root.path(), &format!("w{round}"), "h").unwrap();
             let runtime = ExecRuntime::new(Some(objects.clone()), work, None);
             std::thread::scope(|s| {
                 for _ in 0..4 {
@@ -925,34 +898,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// Another user could pre-create the old, predictable name
-    /// (`flotilla-worker-<pid>-<id>`) open to everyone; the directory is
-    /// never that one, nor any that exists, and it is private.
-    #[test]
-    fn the_work_dir_is_private_and_never_one_that_existed() {
-        use std::os::unix::fs::PermissionsExt;
-        let parent = tempfile::tempdir().unwrap();
-        let planted = parent
-            .path()
-            .join(format!("flotilla-worker-{}-w", std::process::id()));
-        fs::create_dir(&planted).unwrap();
-        fs::set_permissions(&planted, fs::Permissions::from_mode(0o777)).unwrap();
-        // Kept alive together: each must be new while the others exist.
-        let mut kept: Vec<TempDir> = Vec::new();
-        for _ in 0..20 {
-            let dir = private_work_dir(parent.path(), "w").unwrap();
-            assert_ne!(dir.path(), planted);
-            assert!(
-                kept.iter().all(|k| k.path() != dir.path()),
-                "a directory was reused"
-            );
-            let mode = fs::metadata(dir.path()).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o700, "{}", dir.path().display());
-            kept.push(dir);
-        }
-        assert!(fs::read_dir(&planted).unwrap().next().is_none());
-    }
-
     /// A file that failed its check is checked again by the next batch:
     /// once the object store holds the right bytes again, the servable
     /// runs.
@@ -964,7 +909,7 @@ pub(crate) mod tests {
         let content = b"print('hi')";
         let hash = blake3::hash(content).to_hex().to_string();
         fs::write(objects.join(&hash), b"tampered").unwrap();
-        let work = private_work_dir(root.path(), "w").unwrap();
+        let work = WorkDir::create(root.path(), "w", "h").unwrap();
         let runtime = ExecRuntime::new(Some(objects.clone()), work, None);
         let record = record(&hash);
         let (kind, e) = runtime.prepare(&record).unwrap_err();
@@ -988,7 +933,7 @@ pub(crate) mod tests {
         let record = record(&hash);
         let cache = root.path().join("node-cache");
         for worker in 0..2 {
-            let work = private_work_dir(root.path(), &format!("w{worker}")).unwrap();
+            let work = WorkDir::create(root.path(), &format!("w{worker}"), "h").unwrap();
             let runtime = ExecRuntime::new(Some(root.path().join("no-such-store")), work, None)
                 .with_fetcher(source.clone(), cache.clone(), 4);
             let dir = runtime.prepare(&record).unwrap();
@@ -1000,7 +945,7 @@ pub(crate) mod tests {
             "11 bytes in chunks of 4, fetched once"
         );
         // Without a fetcher, the missing file is named.
-        let work = private_work_dir(root.path(), "w").unwrap();
+        let work = WorkDir::create(root.path(), "w", "h").unwrap();
         let runtime = ExecRuntime::new(None, work, None);
         let (kind, e) = runtime.prepare(&record).unwrap_err();
         assert_eq!(kind, FailureKind::Unrunnable);
@@ -1015,7 +960,7 @@ pub(crate) mod tests {
         use flotilla_protocol::TaskId;
         use flotilla_protocol::interchange::{BatchId, WorkItem};
         let root = tempfile::tempdir().unwrap();
-        let work = private_work_dir(root.path(), "w").unwrap();
+        let work = WorkDir::create(root.path(), "w", "h").unwrap();
         let with_gpu = SlotPlacement {
             devices: vec!["3".into()],
             ..SlotPlacement::default()

@@ -25,6 +25,7 @@ pub mod shell;
 pub mod stop_signal;
 mod template;
 pub mod verified;
+pub mod work_dir;
 
 /// Builtin servables this worker runs; it also runs any published
 /// servable whose record the daemon sends it.

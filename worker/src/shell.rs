@@ -272,8 +272,11 @@ pub fn run(
     })?;
     let done_link = link.clone();
     let warmth_link = link.clone();
-    let work_dir = crate::exec::private_work_dir(&std::env::temp_dir(), &cfg.session.worker_id)
-        .context("cannot create the worker's private directory")?;
+    let temp = std::env::temp_dir();
+    report_sweep(&crate::work_dir::sweep_abandoned(&temp, &cfg.session.host));
+    let work_dir =
+        crate::work_dir::WorkDir::create(&temp, &cfg.session.worker_id, &cfg.session.host)
+            .context("cannot create the worker's private directory")?;
     let max_frame = cfg.session.max_frame_bytes;
     let fetch_channel = Arc::new(crate::fetch::ChannelSlot::default());
     let source = crate::fetch::InterchangeSource::new(&socket, FETCH_TIMEOUT, max_frame)
@@ -348,6 +351,20 @@ pub fn run(
         tracing::warn!(error = %e, "cannot remove the worker's private directory");
     }
     Ok(ending)
+}
+
+/// Logs the directories of dead workers a sweep removed or could not.
+fn report_sweep(swept: &crate::work_dir::Swept) {
+    if let Some(first) = swept.removed.first() {
+        tracing::info!(
+            count = swept.removed.len(),
+            first = %first.display(),
+            "removed the private directories of workers that died on this host"
+        );
+    }
+    for (dir, error) in &swept.failed {
+        tracing::warn!(dir = %dir.display(), error = %error, "cannot remove a dead worker's private directory");
+    }
 }
 
 /// Whether `result` is a failure to leave unreported because the worker
