@@ -73,31 +73,29 @@ fn a_worker_whose_daemon_died_cleans_up() {
 fn a_killed_worker_s_directory_goes_with_the_next_worker_on_its_host_and_a_live_one_s_stays() {
     let mut f = Flotilla::start(&test_config());
     let tmp = tempfile::tempdir().unwrap();
-    let killed = busy_worker(&mut f, tmp.path());
-    let left = entries(tmp.path());
-    f.kill_worker(killed);
-    assert_eq!(entries(tmp.path()), left, "SIGKILL leaves it behind");
-
     let tmp_env = || [("TMPDIR", tmp.path().into())];
+    let killed = busy_worker(&mut f, tmp.path());
+    let dead = entries(tmp.path());
     f.spawn_worker_env(&[flag::SLOTS, "1"], &tmp_env());
-    let second = wait_until(LONG, "the dead worker's directory to go", || {
+    let live: Vec<String> = wait_until(LONG, "the second worker's directory", || {
         let now = entries(tmp.path());
-        (now.len() == 1 && now != left).then_some(now)
+        (now.len() == 2).then(|| now.into_iter().filter(|e| !dead.contains(e)).collect())
     });
-    assert!(
-        f.worker_log(1)
-            .contains("removed the private directories of workers that died on this host"),
-        "{}",
-        f.worker_log(1)
-    );
+    f.kill_worker(killed);
+    let mut left = entries(tmp.path());
+    left.sort();
+    let mut both = [dead.clone(), live.clone()].concat();
+    both.sort();
+    assert_eq!(left, both, "SIGKILL leaves its directory behind");
 
     f.spawn_worker_env(&[flag::SLOTS, "1"], &tmp_env());
-    let both = wait_until(LONG, "the third worker's directory", || {
-        let now = entries(tmp.path());
-        (now.len() == 2).then_some(now)
+    // The sweep runs on a thread of its own and says when it is done.
+    wait_until(LONG, "the third worker's sweep", || {
+        f.worker_log(2)
+            .contains("removed the private directories of workers that died on this host")
+            .then_some(())
     });
-    assert!(
-        both.contains(&second[0]),
-        "a live worker's directory went: {both:?}"
-    );
+    let now = entries(tmp.path());
+    assert!(!now.contains(&dead[0]), "the dead worker's stayed: {now:?}");
+    assert!(now.contains(&live[0]), "the live worker's went: {now:?}");
 }

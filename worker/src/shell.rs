@@ -273,7 +273,7 @@ pub fn run(
     let done_link = link.clone();
     let warmth_link = link.clone();
     let temp = std::env::temp_dir();
-    report_sweep(&crate::work_dir::sweep_abandoned(&temp, &cfg.session.host));
+    sweep_in_background(temp.clone(), cfg.session.host.clone());
     let work_dir =
         crate::work_dir::WorkDir::create(&temp, &cfg.session.worker_id, &cfg.session.host)
             .context("cannot create the worker's private directory")?;
@@ -351,6 +351,17 @@ pub fn run(
         tracing::warn!(error = %e, "cannot remove the worker's private directory");
     }
     Ok(ending)
+}
+
+/// Removes dead workers' directories from `temp` on a thread of its own:
+/// thousands of them must not hold up this worker's start.
+fn sweep_in_background(temp: std::path::PathBuf, host: String) {
+    let spawned = std::thread::Builder::new()
+        .name("sweep-temp".into())
+        .spawn(move || report_sweep(&crate::work_dir::sweep_abandoned(&temp, &host)));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the thread that removes dead workers' directories");
+    }
 }
 
 /// Logs the directories of dead workers a sweep removed or could not.
