@@ -141,7 +141,7 @@ pub fn sweep_abandoned(parent: &Path, host: &str) -> Swept {
         };
         // The lock is held while the directory goes, so a second worker
         // sweeping at once passes it by.
-        match fs::remove_dir_all(&path) {
+        match remove_owner_last(&path) {
             Ok(()) => swept.removed.push(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => swept.failed.push((path, e.to_string())),
@@ -149,6 +149,25 @@ pub fn sweep_abandoned(parent: &Path, host: &str) -> Swept {
         drop(lock);
     }
     swept
+}
+
+/// Removes `dir` with its owner file last, so a sweep cut short (its
+/// worker killed, a file it may not remove) leaves a directory the next
+/// sweep still recognises.
+fn remove_owner_last(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == OWNER {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        } else {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    fs::remove_file(dir.join(OWNER))?;
+    fs::remove_dir(dir)
 }
 
 /// The owner lock of the directory `dir`, taken, if the directory is this
@@ -261,6 +280,53 @@ mod tests {
             assert!(kept.exists(), "{} was removed", kept.display());
         }
         assert!(fs::symlink_metadata(&link).is_ok());
+    }
+
+    /// A sweep that cannot finish leaves the owner file for the next one,
+    /// even where the file it cannot remove is listed after the owner file.
+    #[test]
+    fn a_directory_that_cannot_be_removed_keeps_its_owner_file() {
+        let parent = tempfile::tempdir().unwrap();
+        let dead = killed(WorkDir::create(parent.path(), "dead", "node1").unwrap());
+        // Files the directory lists after its owner file, which a walk in
+        // listing order would reach only after removing the owner file.
+        let mut files: Vec<PathBuf> = Vec::new();
+        for i in 0..200 {
+            fs::write(dead.join(format!("part-{i}")), b"weights").unwrap();
+            let listed: Vec<PathBuf> = fs::read_dir(&dead)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            let owner_at = listed.iter().position(|p| p.ends_with(OWNER)).unwrap();
+            files = listed[owner_at + 1..].to_vec();
+            if !files.is_empty() {
+                break;
+            }
+        }
+        assert!(!files.is_empty(), "no file listed after the owner file");
+        // Root may remove files from a directory it may not write, but not
+        // immutable ones.
+        let root = nix::unistd::geteuid().is_root();
+        let pin = |on: bool| {
+            if root {
+                let flag = if on { "+i" } else { "-i" };
+                let status = std::process::Command::new("chattr")
+                    .arg(flag)
+                    .args(&files)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "chattr {flag}");
+            } else {
+                let mode = if on { 0o500 } else { 0o700 };
+                fs::set_permissions(&dead, fs::Permissions::from_mode(mode)).unwrap();
+            }
+        };
+        pin(true);
+        let swept = sweep_abandoned(parent.path(), "node1");
+        pin(false);
+        assert_eq!(swept.failed.len(), 1, "{swept:?}");
+        assert!(dead.join(OWNER).exists());
+        assert_eq!(sweep_abandoned(parent.path(), "node1").removed, vec![dead]);
     }
 
     #[test]
