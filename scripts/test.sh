@@ -69,6 +69,12 @@ eval "$(tests/infra/kube-up.sh)"
 # End-to-end tests run the flotilla and flotilla-worker executables; build
 # them explicitly so a partial run (`cargo test -p flotilla-tests`) never
 # meets stale ones.
+# A clean build of the suite takes about 3 GB under target/; a disk that
+# fills up mid-link shows only as the linker dying of SIGBUS, so say so first.
+free_gb=$(df -P -k . | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "${free_gb:-0}" -lt 4 ]; then
+    echo "warning: ${free_gb} GB free here; a clean build of the tests needs about 3 GB (a linker killed by SIGBUS means the disk filled)" >&2
+fi
 cargo build --workspace --bins
 cargo test --workspace "$@"
 
