@@ -235,9 +235,8 @@ impl ExecRuntime {
     }
 
     /// A runtime taking files from `objects` and materialising them under
-    /// `work_dir` (removed on drop); servables
-    /// that name an image run in it through `containers` when the site has
-    /// a runtime.
+    /// `work_dir` (removed on drop); servables that name an image run in it
+    /// through `containers` when the site has a runtime.
     pub fn new(objects: Option<PathBuf>, work_dir: WorkDir, containers: Option<Container>) -> Self {
         ExecRuntime {
             objects,

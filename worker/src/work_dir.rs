@@ -203,6 +203,9 @@ mod tests {
         path
     }
 
+    /// Another user could pre-create the old, predictable name
+    /// (`flotilla-worker-<pid>-<id>`) open to everyone; the directory is
+    /// never that one, nor any that exists, and it is private.
     #[test]
     fn the_work_dir_is_private_and_never_one_that_existed() {
         let parent = tempfile::tempdir().unwrap();
