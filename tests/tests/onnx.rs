@@ -279,6 +279,46 @@ fn slots_sharing_one_session_give_onnxruntimes_results() {
     assert_eq!(log.matches("onnx model loaded").count(), 1, "{log}");
 }
 
+/// Each slot of a worker on a node of two NVIDIA GPUs asks for a session
+/// on its GPU. The library here is the CPU-only wheel's (and the GPUs are
+/// only named: this machine has none), so the model runs on the CPU, gives
+/// the same results, and the worker says why.
+#[test]
+fn a_slot_s_gpu_the_library_cannot_use_leaves_the_model_on_the_cpu_saying_why() {
+    let f = start_with(&["--accelerators", "0,1", "--accelerator-kind", "nvidia"]);
+    publish(&f, &example("cifar10-onnx"));
+    let model = object(&f, "cifar10-onnx", "model.onnx");
+    let images = images(8, 5);
+    let want = reference(&model, &images, 10, f.home());
+    let tasks = images
+        .chunks(IMAGE)
+        .map(|image| TaskRequest {
+            servable: "cifar10-onnx".into(),
+            input: request(image, true),
+            params: Payload::new(),
+        })
+        .collect();
+    let client = f.client();
+    let ids = client.submit(tasks).unwrap();
+    let views = client.results(&ids, Some(LONG)).unwrap();
+    for (i, (view, want)) in views.iter().zip(&want).enumerate() {
+        match &view.outcome {
+            Some(Outcome::Output(p)) => assert_close(
+                &floats(&payload_to_json(p).unwrap()),
+                want,
+                &format!("request {i}"),
+            ),
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+    let log = f.worker_log(0);
+    assert!(
+        log.contains("the onnx model runs on the cpu, not on the slot's gpu")
+            && log.contains("this ONNX Runtime library has no CUDA execution provider"),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_misshapen_input_fails_alone_naming_the_shape_expected() {
     let f = start();

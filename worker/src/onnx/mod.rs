@@ -15,6 +15,7 @@
 //! carries no native library and runs where none is installed; only ONNX
 //! servables need one.
 
+pub mod device;
 pub mod library;
 mod model;
 pub mod tensor;
@@ -28,7 +29,7 @@ use flotilla_protocol::placement::SlotPlacement;
 use flotilla_protocol::servable::ServableRecord;
 use flotilla_protocol::task::Outcome;
 
-pub use model::{LoadError, Model, RunTimes};
+pub use model::{Device, LoadError, Model, RunTimes};
 
 /// How a worker lays out its ONNX Runtime sessions (`[worker]
 /// onnx_session`).
@@ -150,6 +151,34 @@ impl OnnxRuntime {
         Ok(outcomes)
     }
 
+    /// The CUDA device a session for `slot` runs on: its slot's first
+    /// NVIDIA device ([`device::cuda_device`]); none for a shared session,
+    /// which serves slots of different devices.
+    fn cuda_device(
+        &self,
+        servable: &str,
+        slot: usize,
+        placement: &SlotPlacement,
+        shared: bool,
+    ) -> Option<i32> {
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        match device::cuda_device(placement, visible.as_deref()) {
+            Ok(Some(_)) if shared => {
+                tracing::warn!(
+                    servable,
+                    slot,
+                    "a session shared by the worker's slots runs on the cpu; set [worker] onnx_session = \"slot\" for one on each slot's gpu"
+                );
+                None
+            }
+            Ok(device) => device,
+            Err(why) => {
+                tracing::warn!(servable, slot, reason = %why, "the onnx model runs on the cpu, not on the slot's gpu");
+                None
+            }
+        }
+    }
+
     /// The model slot `slot` runs `record` with, loaded if it is not yet.
     fn model(
         &self,
@@ -177,8 +206,9 @@ impl OnnxRuntime {
             })?;
         }
         let threads = self.threads(placement);
+        let cuda = self.cuda_device(&id, slot, placement, shared);
         let started = std::time::Instant::now();
-        let model = Model::load(record, dir, threads).map_err(|e| {
+        let model = Model::load(record, dir, threads, cuda).map_err(|e| {
             tracing::error!(servable = %id, slot, error = %e, "cannot load the onnx model");
             // Every cause is in the node's software or the published
             // files: trying again here cannot help.
@@ -187,11 +217,18 @@ impl OnnxRuntime {
                 message: format!("{id}: {e}"),
             }
         })?;
+        if let Device::Cpu {
+            instead_of_gpu: Some(why),
+        } = model.device()
+        {
+            tracing::warn!(servable = %id, slot, reason = %why, "the onnx model runs on the cpu, not on the slot's gpu");
+        }
         tracing::info!(
             servable = %id,
             slot,
             threads,
             shared,
+            device = %model.device(),
             load_ms = started.elapsed().as_millis() as u64,
             "onnx model loaded"
         );

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use flotilla_protocol::Payload;
 use flotilla_protocol::servable::{Runtime, ServableRecord, TypeSpec};
 use flotilla_protocol::task::Outcome;
-use ort::session::Session;
+use ort::ep::{CUDA, ExecutionProvider};
+use ort::session::{Session, builder::SessionBuilder};
 use ort::value::{TensorRef, ValueType};
 
 use super::library;
@@ -44,6 +45,30 @@ pub struct Model {
     output_dtype: DType,
     /// One request's output dims (empty: a single number).
     output_dims: Vec<usize>,
+    /// Where the session runs.
+    device: Device,
+}
+
+/// Where a session runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// On the CPU execution provider (for the reason given, where a GPU
+    /// was asked for).
+    Cpu {
+        /// Why not on the GPU asked for; none: none was.
+        instead_of_gpu: Option<String>,
+    },
+    /// On CUDA device number N (as the worker numbers them).
+    Cuda(i32),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu { .. } => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -52,6 +77,43 @@ impl std::fmt::Debug for Model {
             .field("input", &self.input)
             .field("output", &self.output)
             .finish_non_exhaustive()
+    }
+}
+
+/// `builder` with CUDA device `cuda` registered, if one is asked for and
+/// the library can; otherwise unchanged, on the CPU, with the reason.
+fn on_device(builder: SessionBuilder, cuda: Option<i32>) -> (SessionBuilder, Device) {
+    let Some(n) = cuda else {
+        return (
+            builder,
+            Device::Cpu {
+                instead_of_gpu: None,
+            },
+        );
+    };
+    let cpu = |why: String| Device::Cpu {
+        instead_of_gpu: Some(why),
+    };
+    match CUDA::is_available() {
+        Ok(true) => {}
+        Ok(false) => {
+            let why = "this ONNX Runtime library has no CUDA execution provider (the onnxruntime-gpu wheel's library has one)";
+            return (builder, cpu(why.into()));
+        }
+        Err(e) => {
+            return (
+                builder,
+                cpu(format!("cannot ask ONNX Runtime for its providers: {e}")),
+            );
+        }
+    }
+    let cuda = CUDA::default().with_device_id(n).build().error_on_failure();
+    match builder.with_execution_providers([cuda]) {
+        Ok(builder) => (builder, Device::Cuda(n)),
+        Err(e) => {
+            let why = format!("CUDA device {n} refused the session: {e}");
+            (e.recover(), cpu(why))
+        }
     }
 }
 
@@ -108,9 +170,15 @@ fn check_dims(kind: &str, name: &str, model: &[i64], dims: &[usize]) -> Result<(
 
 impl Model {
     /// Loads `record`'s model from `dir` (its verified files) into a
-    /// session of `threads` threads, and checks it against the declared
-    /// input and output.
-    pub fn load(record: &ServableRecord, dir: &Path, threads: usize) -> Result<Model, LoadError> {
+    /// session of `threads` threads, on CUDA device `cuda` if one is given
+    /// and the library offers CUDA (else on the CPU, saying why), and
+    /// checks it against the declared input and output.
+    pub fn load(
+        record: &ServableRecord,
+        dir: &Path,
+        threads: usize,
+        cuda: Option<i32>,
+    ) -> Result<Model, LoadError> {
         let Runtime::Onnx {
             model: file,
             input,
@@ -127,7 +195,7 @@ impl Model {
             file: file.clone(),
             message,
         };
-        let session = Session::builder(env)
+        let builder = Session::builder(env)
             .map_err(|e| refused(e.to_string()))?
             .with_intra_threads(threads)
             .map_err(|e| refused(e.to_string()))?
@@ -136,7 +204,9 @@ impl Model {
             // Threads that wait spin by default: on a node whose cores the
             // slots share with the worker and each other, they sleep.
             .with_config_entry("session.intra_op.allow_spinning", "0")
-            .map_err(|e| refused(e.to_string()))?
+            .map_err(|e| refused(e.to_string()))?;
+        let (mut builder, device) = on_device(builder, cuda);
+        let session = builder
             .commit_from_file(dir.join(file))
             .map_err(|e| refused(e.to_string()))?;
         let input_names: Vec<String> = session
@@ -230,7 +300,13 @@ impl Model {
             output: output_name,
             output_dtype,
             output_dims: out_dims,
+            device,
         })
+    }
+
+    /// Where the session runs.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Runs a batch: one outcome per input, in order, and where the time
