@@ -167,6 +167,36 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
 }
 
 /// The published object of `servable`'s file `path` in the state directory.
+/// One `cifar10-onnx` request per image of `images`, packed where
+/// `packed(i)` says so, else as nested lists.
+fn cifar_tasks(images: &[f32], packed: impl Fn(usize) -> bool) -> Vec<TaskRequest> {
+    images
+        .chunks(IMAGE)
+        .enumerate()
+        .map(|(i, image)| TaskRequest {
+            servable: "cifar10-onnx".into(),
+            input: request(image, packed(i)),
+            params: Payload::new(),
+        })
+        .collect()
+}
+
+/// Asserts that each view's output is close to `want`'s, in order;
+/// `what` names the batch in a failure.
+fn assert_outputs(views: &[flotilla_protocol::task::TaskView], want: &[Vec<f32>], what: &str) {
+    assert_eq!(views.len(), want.len(), "{what}");
+    for (i, (view, want)) in views.iter().zip(want).enumerate() {
+        match &view.outcome {
+            Some(Outcome::Output(p)) => assert_close(
+                &floats(&payload_to_json(p).unwrap()),
+                want,
+                &format!("{what}, request {i}"),
+            ),
+            other => panic!("{what}, request {i}: {other:?}"),
+        }
+    }
+}
+
 fn object(f: &Flotilla, servable: &str, path: &str) -> PathBuf {
     let shown = json_of(&f.cli(&["servable", "show", servable, "--json"]));
     let file = shown["files"]
@@ -196,29 +226,10 @@ fn an_onnx_servable_is_published_found_and_gives_onnxruntimes_results_in_batches
     for (round, n) in [1usize, 2, 7, 64, 256].into_iter().enumerate() {
         let images = images(n, 17 + round as u64);
         let want = reference(&model, &images, 10, f.home());
-        let tasks = images
-            .chunks(IMAGE)
-            .enumerate()
-            .map(|(i, image)| TaskRequest {
-                servable: "cifar10-onnx".into(),
-                // Both spellings of an ndarray, mixed in one batch.
-                input: request(image, i % 3 != 1),
-                params: Payload::new(),
-            })
-            .collect();
-        let ids = client.submit(tasks).unwrap();
+        // Both spellings of an ndarray, mixed in one batch.
+        let ids = client.submit(cifar_tasks(&images, |i| i % 3 != 1)).unwrap();
         let views = client.results(&ids, Some(LONG)).unwrap();
-        assert_eq!(views.len(), n);
-        for (i, (view, want)) in views.iter().zip(&want).enumerate() {
-            match &view.outcome {
-                Some(Outcome::Output(p)) => assert_close(
-                    &floats(&payload_to_json(p).unwrap()),
-                    want,
-                    &format!("batch of {n}, request {i}"),
-                ),
-                other => panic!("batch of {n}, request {i}: {other:?}"),
-            }
-        }
+        assert_outputs(&views, &want, &format!("batch of {n}"));
     }
     // The worker ran them in its own process: no servable process started.
     let log = f.worker_log(0);
@@ -241,14 +252,7 @@ fn slots_sharing_one_session_give_onnxruntimes_results() {
                     let mut done = Vec::new();
                     for round in 0..3u64 {
                         let images = images(40, 100 + 10 * t + round);
-                        let tasks = images
-                            .chunks(IMAGE)
-                            .map(|image| TaskRequest {
-                                servable: "cifar10-onnx".into(),
-                                input: request(image, true),
-                                params: Payload::new(),
-                            })
-                            .collect();
+                        let tasks = cifar_tasks(&images, |_| true);
                         done.push((images, client.submit(tasks).unwrap()));
                     }
                     done
@@ -263,16 +267,7 @@ fn slots_sharing_one_session_give_onnxruntimes_results() {
     for (r, (images, ids)) in rounds.iter().enumerate() {
         let want = reference(&model, images, 10, f.home());
         let views = client.results(ids, Some(LONG)).unwrap();
-        for (i, (view, want)) in views.iter().zip(&want).enumerate() {
-            match &view.outcome {
-                Some(Outcome::Output(p)) => assert_close(
-                    &floats(&payload_to_json(p).unwrap()),
-                    want,
-                    &format!("submit {r}, request {i}"),
-                ),
-                other => panic!("submit {r}, request {i}: {other:?}"),
-            }
-        }
+        assert_outputs(&views, &want, &format!("submit {r}"));
     }
     // One session for the worker, loaded once whichever slot came first.
     let log = f.worker_log(0);
@@ -290,27 +285,10 @@ fn a_slot_s_gpu_the_library_cannot_use_leaves_the_model_on_the_cpu_saying_why() 
     let model = object(&f, "cifar10-onnx", "model.onnx");
     let images = images(8, 5);
     let want = reference(&model, &images, 10, f.home());
-    let tasks = images
-        .chunks(IMAGE)
-        .map(|image| TaskRequest {
-            servable: "cifar10-onnx".into(),
-            input: request(image, true),
-            params: Payload::new(),
-        })
-        .collect();
     let client = f.client();
-    let ids = client.submit(tasks).unwrap();
+    let ids = client.submit(cifar_tasks(&images, |_| true)).unwrap();
     let views = client.results(&ids, Some(LONG)).unwrap();
-    for (i, (view, want)) in views.iter().zip(&want).enumerate() {
-        match &view.outcome {
-            Some(Outcome::Output(p)) => assert_close(
-                &floats(&payload_to_json(p).unwrap()),
-                want,
-                &format!("request {i}"),
-            ),
-            other => panic!("request {i}: {other:?}"),
-        }
-    }
+    assert_outputs(&views, &want, "8 images");
     let log = f.worker_log(0);
     assert!(
         log.contains("the onnx model runs on the cpu, not on the slot's gpu")
