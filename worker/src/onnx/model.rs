@@ -195,20 +195,35 @@ impl Model {
             file: file.clone(),
             message,
         };
-        let builder = Session::builder(env)
-            .map_err(|e| refused(e.to_string()))?
-            .with_intra_threads(threads)
-            .map_err(|e| refused(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| refused(e.to_string()))?
-            // Threads that wait spin by default: on a node whose cores the
-            // slots share with the worker and each other, they sleep.
-            .with_config_entry("session.intra_op.allow_spinning", "0")
-            .map_err(|e| refused(e.to_string()))?;
-        let (mut builder, device) = on_device(builder, cuda);
-        let session = builder
-            .commit_from_file(dir.join(file))
-            .map_err(|e| refused(e.to_string()))?;
+        let cpu_builder = || {
+            Session::builder(env)
+                .map_err(|e| refused(e.to_string()))?
+                .with_intra_threads(threads)
+                .map_err(|e| refused(e.to_string()))?
+                .with_inter_threads(1)
+                .map_err(|e| refused(e.to_string()))?
+                // Threads that wait spin by default: on a node whose cores
+                // the slots share with the worker and each other, they sleep.
+                .with_config_entry("session.intra_op.allow_spinning", "0")
+                .map_err(|e| refused(e.to_string()))
+        };
+        let path = dir.join(file);
+        let (mut builder, mut device) = on_device(cpu_builder()?, cuda);
+        let session = match builder.commit_from_file(&path) {
+            Ok(session) => session,
+            // The provider registered but the session did not start on
+            // the device (its memory, a library it loads late): the CPU
+            // still runs the model.
+            Err(e) if matches!(device, Device::Cuda(_)) => {
+                device = Device::Cpu {
+                    instead_of_gpu: Some(format!("the session did not start on {device}: {e}")),
+                };
+                cpu_builder()?
+                    .commit_from_file(&path)
+                    .map_err(|e| refused(e.to_string()))?
+            }
+            Err(e) => return Err(refused(e.to_string())),
+        };
         let input_names: Vec<String> = session
             .inputs()
             .iter()
