@@ -87,6 +87,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Says that `servable`'s model runs on the CPU in `slot` although the
+/// slot was given a GPU, and `why`.
+fn warn_on_cpu(servable: &str, slot: usize, why: &str) {
+    tracing::warn!(
+        servable,
+        slot,
+        reason = why,
+        "the onnx model runs on the cpu, not on the slot's gpu"
+    );
+}
+
 /// The cores this worker may use.
 fn worker_cores() -> usize {
     crate::affinity::available_cpus()
@@ -173,7 +184,7 @@ impl OnnxRuntime {
             }
             Ok(device) => device,
             Err(why) => {
-                tracing::warn!(servable, slot, reason = %why, "the onnx model runs on the cpu, not on the slot's gpu");
+                warn_on_cpu(servable, slot, &why);
                 None
             }
         }
@@ -221,7 +232,7 @@ impl OnnxRuntime {
             instead_of_gpu: Some(why),
         } = model.device()
         {
-            tracing::warn!(servable = %id, slot, reason = %why, "the onnx model runs on the cpu, not on the slot's gpu");
+            warn_on_cpu(&id, slot, why);
         }
         tracing::info!(
             servable = %id,
