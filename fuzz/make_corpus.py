@@ -122,7 +122,7 @@ def worker_message():
         [[7, [11, 12]]],
     ]
     write("worker_message", "hello", frame({"Hello": hello}))
-    write("worker_message", "probe", frame({"Probe": [b"\x02" * 32, b"\x05" * 32]}))
+    write("worker_message", "probe", frame({"Probe": [b"\x02" * 32, b"\x05" * 32, ["aes-256-gcm", "chacha20-poly1305"]]}))
     write("worker_message", "leave", frame({"Leave": ["wall time nearly over"]}))
     write("worker_message", "pull-wait", frame({"Pull": [[], True]}))
     result = [
@@ -138,7 +138,7 @@ def worker_message():
 
 
 def daemon_message():
-    write("daemon_message", "probe-ok", frame({"ProbeOk": [b"\x03" * 32, b"\x06" * 32, b"\x04" * 32]}))
+    write("daemon_message", "probe-ok", frame({"ProbeOk": [b"\x03" * 32, b"\x06" * 32, b"\x04" * 32, "aes-256-gcm"]}))
     write("daemon_message", "welcome", frame({"Welcome": [500, 3000]}))
     write("daemon_message", "refused", frame({"Refused": ["wrong secret"]}))
     write("daemon_message", "reregister", frame("Reregister"))

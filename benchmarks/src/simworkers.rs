@@ -369,6 +369,8 @@ impl SimWorkers {
                     secret: cfg.secret.clone(),
                     nonce_seed: sim_seed(index),
                     max_frame_bytes: flotilla_protocol::DEFAULT_MAX_FRAME_BYTES,
+                    // What a real worker on this machine offers.
+                    ciphers: flotilla_protocol::secure::Cipher::fast_here(),
                     worker_id: format!("{}-{index}", cfg.id_prefix),
                     block_id: None,
                     host: host.clone(),

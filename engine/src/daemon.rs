@@ -627,6 +627,7 @@ fn core_config(
         recovery_grace_us: micros(config.daemon.recovery_grace_s),
         secret,
         handshake_seed,
+        ciphers: flotilla_protocol::secure::Cipher::fast_here(),
         max_frame_bytes: config.daemon.max_frame_bytes,
         pools: config
             .pool_configs()

@@ -160,7 +160,15 @@ impl ClientHandshake {
         if !key.check_daemon(&transcript, proof) {
             return Err(ClientAuthError::WrongDaemon);
         }
-        let keys = secure::session_keys(&key, &transcript, &self.ephemeral, &daemon_public)?;
+        // The client API keeps the default cipher: clients in other
+        // languages implement it.
+        let keys = secure::session_keys(
+            &key,
+            &transcript,
+            &self.ephemeral,
+            &daemon_public,
+            secure::Cipher::default(),
+        )?;
         let hello = GateCall::Hello {
             challenge: Payload::copy_from_slice(&daemon_nonce),
             proof: Payload::copy_from_slice(&key.client_proof(&transcript)),
@@ -223,6 +231,7 @@ impl DaemonHandshake {
             &self.transcript,
             &self.ephemeral,
             &self.transcript.worker_public,
+            secure::Cipher::default(),
         ))
     }
 }

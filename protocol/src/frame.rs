@@ -16,7 +16,7 @@ use crate::Payload;
 
 /// Version of every message family in this crate. Bump it whenever an encoded
 /// message changes shape; peers with another version are refused by name.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Default cap on one frame: 64 MiB (`[daemon] max_frame_bytes` overrides it).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 20;

@@ -141,6 +141,10 @@ pub enum WorkerMessage {
         /// ([`crate::handshake::PUBLIC_LEN`] bytes), for the connection's
         /// keys (see [`crate::secure`]).
         public: Payload,
+        /// The ciphers the worker seals fast, best first
+        /// ([`crate::secure::Cipher::fast_here`]); the daemon picks one.
+        #[serde(default)]
+        ciphers: Vec<crate::secure::Cipher>,
     },
     /// The worker is leaving on its own (its job's wall time is nearly
     /// over) with nothing running: not a loss.
@@ -253,6 +257,12 @@ pub enum DaemonMessage {
         /// MAC over both nonces and both public keys (see
         /// [`crate::handshake`]).
         proof: Payload,
+        /// The cipher of the connection's sealed frames, of those the
+        /// probe offered ([`crate::secure::Cipher::agree`]). Bound into the
+        /// connection's keys, so an altered answer makes a connection that
+        /// opens nothing.
+        #[serde(default)]
+        cipher: crate::secure::Cipher,
     },
     /// Registration accepted.
     Welcome {
@@ -343,6 +353,35 @@ pub struct WorkItem {
 mod tests {
     use super::*;
     use crate::frame::{decode, encode};
+
+    #[test]
+    fn ciphers_travel_by_name_and_a_probe_without_them_offers_none() {
+        use crate::secure::Cipher;
+        let probe = WorkerMessage::Probe {
+            nonce: Payload::from(vec![2u8; 32]),
+            public: Payload::from(vec![5u8; 32]),
+            ciphers: vec![Cipher::Aes256Gcm, Cipher::Chacha20Poly1305],
+        };
+        let bytes = encode(&probe).unwrap();
+        assert!(bytes.windows(11).any(|w| w == b"aes-256-gcm"));
+        assert!(bytes.windows(17).any(|w| w == b"chacha20-poly1305"));
+        assert_eq!(decode::<WorkerMessage>(&bytes, 1 << 20).unwrap(), probe);
+        // The probe's two older fields alone: it offers nothing, and the
+        // daemon answers with the default cipher.
+        let bare = (
+            crate::PROTOCOL_VERSION,
+            std::collections::BTreeMap::from([(
+                "Probe",
+                (Payload::from(vec![2u8; 32]), Payload::from(vec![5u8; 32])),
+            )]),
+        );
+        let bare = rmp_serde::to_vec(&bare).unwrap();
+        let Ok(WorkerMessage::Probe { ciphers, .. }) = decode::<WorkerMessage>(&bare, 1 << 20)
+        else {
+            panic!("a probe without ciphers does not decode");
+        };
+        assert!(ciphers.is_empty());
+    }
 
     #[test]
     fn payloads_travel_as_msgpack_bin() {

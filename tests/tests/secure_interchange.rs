@@ -324,6 +324,11 @@ fn the_relayed_interchange_shows_nothing_and_takes_no_injected_frame() {
         f.worker_log(0)
     );
 
+    // Sealed with the cipher this machine seals fast (AES-256-GCM where
+    // the CPU has AES instructions), which both ends offered.
+    let cipher = secure::Cipher::fast_here()[0];
+    assert!(f.log().contains(&format!("cipher={cipher}")), "{}", f.log());
+
     let seen = relay.bytes();
     assert!(seen.len() > 2 * large.len(), "the relay saw the traffic");
     let hex = flotilla_protocol::secret::to_hex(&secret);

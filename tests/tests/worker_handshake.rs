@@ -102,6 +102,7 @@ impl Fake {
                             nonce: Payload::from(vec![7u8; 32]),
                             public: Payload::from(vec![9u8; 32]),
                             proof: Payload::from(vec![0u8; 32]),
+                            cipher: Default::default(),
                         }
                     }
                     (_, Some(WorkerMessage::Hello(_))) => DaemonMessage::Welcome {

@@ -18,7 +18,7 @@ use flotilla_protocol::address::Endpoint;
 use flotilla_protocol::handshake::{self, HandshakeKey, Nonce, NonceSource, Transcript};
 use flotilla_protocol::interchange::{DaemonMessage, WorkerMessage};
 use flotilla_protocol::peer_text::shown;
-use flotilla_protocol::secure::{self, Ephemeral, SessionKeys};
+use flotilla_protocol::secure::{self, Cipher, Ephemeral, SessionKeys};
 use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, FrameError, Payload, decode, encode};
 use nng::options::{Options, RecvTimeout, SendTimeout};
 use nng::{Protocol, Socket};
@@ -80,11 +80,12 @@ impl std::fmt::Display for Unreachable {
 }
 
 /// Tries every endpoint at once for at most `timeout`; `socket` makes a
-/// fresh, configured socket. Probe nonces come from `nonces`.
+/// fresh, configured socket. Probe nonces come from `nonces`; each probe
+/// offers `ciphers` (this machine's fast ones, best first).
 pub fn connect(
     endpoints: &[Endpoint],
     default_port: u16,
-    secret: &[u8],
+    (secret, ciphers): (&[u8], &[Cipher]),
     nonces: &mut NonceSource,
     timeout: Duration,
     socket: impl Fn() -> anyhow::Result<Socket>,
@@ -103,11 +104,12 @@ pub fn connect(
         let nonce = nonces.next_nonce();
         let ephemeral = Ephemeral::from_random(nonces.next_nonce());
         let made = socket().map_err(|e| format!("{e:#}"));
+        let ciphers = ciphers.to_vec();
         let spawned = std::thread::Builder::new()
             .name(format!("probe-{i}"))
             .spawn(move || {
-                let outcome =
-                    made.and_then(|s| probe(s, &address, &key, (nonce, ephemeral), deadline));
+                let outcome = made
+                    .and_then(|s| probe(s, &address, &key, (nonce, ephemeral, ciphers), deadline));
                 // The receiver is gone once a winner is chosen; dropping the
                 // socket here closes a losing connection.
                 let _ = thread_tx.send((i, outcome));
@@ -171,8 +173,9 @@ pub fn connect(
 }
 
 /// Dials `address`, then asks the daemon there to prove that it knows our
-/// secret (the probe carries `nonce` and the public half of `ephemeral`;
-/// the answer must carry a valid proof).
+/// secret (the probe carries `nonce`, the public half of `ephemeral` and
+/// the `ciphers` offered; the answer must carry a valid proof, and names
+/// the cipher the keys are for).
 ///
 /// The dial is nng's own: a bare TCP check first would cost the daemon's
 /// listener a pause per probe (it backs off after a connection that closes
@@ -183,7 +186,7 @@ fn probe(
     socket: Socket,
     address: &str,
     key: &HandshakeKey,
-    (nonce, ephemeral): (Nonce, Ephemeral),
+    (nonce, ephemeral, ciphers): (Nonce, Ephemeral, Vec<Cipher>),
     deadline: Instant,
 ) -> Result<Connected, String> {
     let left = || deadline.saturating_duration_since(Instant::now());
@@ -215,6 +218,7 @@ fn probe(
     let message = encode(&WorkerMessage::Probe {
         nonce: Payload::copy_from_slice(&nonce),
         public: Payload::copy_from_slice(&ephemeral.public()),
+        ciphers,
     })
     .map_err(|e| e.to_string())?;
     socket.send(&message[..]).map_err(|(_, e)| match e {
@@ -231,6 +235,7 @@ fn probe(
             nonce: daemon_nonce,
             public,
             proof,
+            cipher,
         }) => {
             let (Some(daemon_nonce), Some(daemon_public)) = (
                 handshake::nonce(&daemon_nonce),
@@ -247,7 +252,7 @@ fn probe(
             if !key.check_daemon(&transcript, &proof) {
                 return Err(UNPROVEN.to_owned());
             }
-            let keys = secure::session_keys(key, &transcript, &ephemeral, &daemon_public)
+            let keys = secure::session_keys(key, &transcript, &ephemeral, &daemon_public, cipher)
                 .map_err(|e| format!("{UNPROVEN} ({e})"))?;
             Proven {
                 transcript,
@@ -377,7 +382,12 @@ mod tests {
     /// A daemon that knows `secret`: answers probes with a valid proof.
     fn proving_daemon(secret: &'static [u8]) -> (Socket, u16) {
         answering(move |request| {
-            let Ok(WorkerMessage::Probe { nonce, public }) = decode(request, 1 << 20) else {
+            let Ok(WorkerMessage::Probe {
+                nonce,
+                public,
+                ciphers,
+            }) = decode(request, 1 << 20)
+            else {
                 panic!("not a probe");
             };
             let daemon_nonce = [9u8; 32];
@@ -392,6 +402,7 @@ mod tests {
                 nonce: Payload::copy_from_slice(&daemon_nonce),
                 public: Payload::copy_from_slice(&daemon_public),
                 proof: Payload::copy_from_slice(&proof),
+                cipher: Cipher::agree(&ciphers, &Cipher::fast_here()),
             })
             .unwrap()
         })
@@ -423,7 +434,7 @@ mod tests {
                 ep("127.0.0.1"),
             ],
             port,
-            b"s",
+            (b"s", &Cipher::fast_here()),
             &mut nonces(),
             Duration::from_secs(10),
             worker_socket,
@@ -466,7 +477,7 @@ mod tests {
                 ep(&format!("127.0.0.1:{eager_port}")),
             ],
             1,
-            b"s",
+            (b"s", &Cipher::fast_here()),
             &mut nonces(),
             Duration::from_millis(1500),
             worker_socket,

@@ -31,6 +31,7 @@ use flotilla_protocol::launch::{
 use flotilla_protocol::placement::{
     self, AcceleratorKind, CpuAffinity, NodeResources, SlotPlacement, format_cpu_list,
 };
+use flotilla_protocol::secure::Cipher;
 use flotilla_protocol::{DEFAULT_MAX_FRAME_BYTES, MIN_FRAME_BYTES, paths, secret};
 use flotilla_worker::session::{Ending, SessionConfig};
 use flotilla_worker::shell::WorkerConfig;
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
     let connected = match connect::connect(
         &endpoints,
         port,
-        &cfg.session.secret,
+        (&cfg.session.secret, &cfg.session.ciphers),
         &mut nonces,
         timeout,
         || connect::worker_socket_with_cap(cap),
@@ -314,6 +315,7 @@ fn worker_config(args: &WorkerArgs) -> anyhow::Result<Settings> {
     let session = SessionConfig {
         nonce_seed: random_seed()?,
         max_frame_bytes,
+        ciphers: Cipher::fast_here(),
         job_end_unix_s: args.job_end,
         walltime_margin,
         node: args.node.clone(),

@@ -29,7 +29,8 @@
 //!
 //! The probe and its answer carry ephemeral X25519 keys, and both proofs
 //! cover them: once the daemon proved itself, the session knows the
-//! connection's keys (see [`flotilla_protocol::secure`]). Its hello goes
+//! connection's keys (see [`flotilla_protocol::secure`]), for the cipher
+//! the answer picked from those the probe offered. Its hello goes
 //! in clear (it proves the secret itself), and from the answer to it on,
 //! every frame is sealed both ways: the session says which [`Channel`]
 //! seals each request ([`Action::Send`], whose channel the caller also
@@ -53,7 +54,7 @@ use flotilla_protocol::interchange::{
 };
 use flotilla_protocol::launch::{MAX_FRAME_BYTES_ENV, flag};
 use flotilla_protocol::peer_text::shown;
-use flotilla_protocol::secure::{self, Channel, Ephemeral, Role, SessionKeys};
+use flotilla_protocol::secure::{self, Channel, Cipher, Ephemeral, Role, SessionKeys};
 use flotilla_protocol::{FrameError, Payload, TaskId, decode, decode_shared};
 
 /// How long a request may wait for its reply before the daemon says how
@@ -99,6 +100,10 @@ pub struct SessionConfig {
     /// The largest frame this worker accepts (its socket's cap), announced
     /// in the hello so that the daemon sends nothing larger.
     pub max_frame_bytes: usize,
+    /// The ciphers this machine seals fast, best first
+    /// ([`flotilla_protocol::secure::Cipher::fast_here`]): the probe offers
+    /// them and the daemon's answer picks one.
+    pub ciphers: Vec<Cipher>,
     /// This worker's id.
     pub worker_id: String,
     /// Block it belongs to.
@@ -677,6 +682,7 @@ impl Session {
                 let probe = WorkerMessage::Probe {
                     nonce: Payload::copy_from_slice(&nonce),
                     public: Payload::copy_from_slice(&ephemeral.public()),
+                    ciphers: self.cfg.ciphers.clone(),
                 };
                 self.registration = Registration::Probing(nonce);
                 self.probing_key = Some(ephemeral);
@@ -722,13 +728,13 @@ impl Session {
         hello
     }
 
-    /// Checks the daemon's answer (`nonce`, `public`, `proof`) to the probe
-    /// carrying `worker_nonce`.
+    /// Checks the daemon's answer (`nonce`, `public`, `proof`, `cipher`) to
+    /// the probe carrying `worker_nonce`.
     fn on_probe_answer(
         &mut self,
         worker_nonce: Nonce,
         pipe: Option<u64>,
-        (nonce, public, proof): (&[u8], &[u8], &[u8]),
+        (nonce, public, proof, cipher): (&[u8], &[u8], &[u8], Cipher),
         out: &mut Vec<Action>,
     ) {
         let ephemeral = self.probing_key.take();
@@ -744,8 +750,10 @@ impl Session {
                     worker_public: ephemeral.public(),
                     daemon_public,
                 };
+                // The cipher is bound into the keys: an answer altered on
+                // the way makes keys that open nothing of the daemon's.
                 if self.key.check_daemon(&transcript, proof) {
-                    secure::session_keys(&self.key, &transcript, &ephemeral, &daemon_public)
+                    secure::session_keys(&self.key, &transcript, &ephemeral, &daemon_public, cipher)
                         .ok()
                         .map(|keys| (transcript, keys))
                 } else {
@@ -917,7 +925,13 @@ impl Session {
                     nonce,
                     public,
                     proof,
-                } => self.on_probe_answer(worker_nonce, pipe, (&nonce, &public, &proof), out),
+                    cipher,
+                } => self.on_probe_answer(
+                    worker_nonce,
+                    pipe,
+                    (&nonce, &public, &proof, cipher),
+                    out,
+                ),
                 DaemonMessage::Refused { reason } => self.finish(refused(&reason), out),
                 other => self.distrust(
                     &format!(

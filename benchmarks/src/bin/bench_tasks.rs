@@ -85,6 +85,7 @@ fn config() -> CoreConfig {
         recovery_grace_us: 0,
         secret: vec![0; 32],
         handshake_seed: [0; 32],
+        ciphers: flotilla_protocol::secure::Cipher::fast_here(),
         max_frame_bytes: flotilla_protocol::DEFAULT_MAX_FRAME_BYTES,
         pools: vec![BlockPolicy::no_blocks()],
         pid: std::process::id(),

@@ -63,7 +63,7 @@ __all__ = [
 #: Version of the message family; the daemon refuses other versions by name.
 #: Must equal ``PROTOCOL_VERSION`` in ``protocol/src/frame.rs`` (the shared
 #: test vectors check it).
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 
 #: The daemon's default cap on one message (``[daemon] max_frame_bytes``).
 DEFAULT_MAX_FRAME_BYTES = 64 << 20

@@ -18,7 +18,7 @@ use flotilla_protocol::handshake::{
     self, HandshakeKey, Nonce, NonceSource, Proof, PublicKey, Transcript,
 };
 use flotilla_protocol::interchange::Hello;
-use flotilla_protocol::secure::{self, Ephemeral, SessionKeys};
+use flotilla_protocol::secure::{self, Cipher, Ephemeral, SessionKeys};
 
 /// How long a probe's nonce stays good for its hello (µs).
 pub(super) const CHALLENGE_TTL_US: u64 = 30_000_000;
@@ -73,7 +73,22 @@ struct Challenge {
     worker_public: PublicKey,
     /// The daemon's ephemeral key for this handshake.
     ephemeral: Ephemeral,
+    /// The cipher the answer named.
+    cipher: Cipher,
     issued_us: u64,
+}
+
+/// The daemon's answer to a probe.
+#[derive(Debug)]
+pub(super) struct Answer {
+    /// A fresh nonce, for the worker's hello.
+    pub nonce: Nonce,
+    /// The daemon's fresh ephemeral public key.
+    pub public: PublicKey,
+    /// The daemon's proof over the transcript.
+    pub proof: Proof,
+    /// The cipher of the connection's sealed frames.
+    pub cipher: Cipher,
 }
 
 /// Outstanding challenges, and what makes new ones.
@@ -84,33 +99,39 @@ pub(super) struct Handshakes {
     /// Where the ephemeral keys' secret halves come from.
     keys: NonceSource,
     outstanding: HashMap<Nonce, Challenge>,
+    /// The ciphers this machine seals fast, best first.
+    ciphers: Vec<Cipher>,
     /// Issue order, for expiry; entries already used are skipped.
     order: VecDeque<(u64, Nonce)>,
     max_outstanding: usize,
 }
 
 impl Handshakes {
-    /// A table for the daemon's `secret`, its nonces drawn from `seed`.
-    pub(super) fn new(secret: &[u8], seed: &[u8; 32]) -> Handshakes {
+    /// A table for the daemon's `secret`, its nonces drawn from `seed`,
+    /// on a machine that seals fast with `ciphers` (best first).
+    pub(super) fn new(secret: &[u8], seed: &[u8; 32], ciphers: Vec<Cipher>) -> Handshakes {
         Handshakes {
             key: HandshakeKey::from_secret(secret),
             nonces: NonceSource::new(seed, "daemon challenges"),
             keys: NonceSource::new(seed, "daemon ephemeral keys"),
             outstanding: HashMap::new(),
+            ciphers,
             order: VecDeque::new(),
             max_outstanding: MAX_OUTSTANDING,
         }
     }
 
-    /// Answers a probe carrying `worker_nonce` and `worker_public`: a fresh
-    /// nonce and ephemeral public key of the daemon's, and the proof over
-    /// the transcript.
+    /// Answers a probe carrying `worker_nonce`, `worker_public` and the
+    /// ciphers the worker `offered`: a fresh nonce and ephemeral public key
+    /// of the daemon's, the proof over the transcript, and the cipher
+    /// ([`Cipher::agree`]).
     pub(super) fn probe(
         &mut self,
         worker_nonce: &[u8],
         worker_public: &[u8],
+        offered: &[Cipher],
         now: u64,
-    ) -> Result<(Nonce, PublicKey, Proof), HandshakeError> {
+    ) -> Result<Answer, HandshakeError> {
         let worker_nonce =
             handshake::nonce(worker_nonce).ok_or(HandshakeError::BadNonce(worker_nonce.len()))?;
         let worker_public = handshake::public_key(worker_public)
@@ -128,17 +149,24 @@ impl Handshakes {
             daemon_public: ephemeral.public(),
         };
         let proof = self.key.daemon_proof(&transcript);
+        let cipher = Cipher::agree(offered, &self.ciphers);
         self.outstanding.insert(
             daemon_nonce,
             Challenge {
                 worker_nonce,
                 worker_public,
                 ephemeral,
+                cipher,
                 issued_us: now,
             },
         );
         self.order.push_back((now, daemon_nonce));
-        Ok((daemon_nonce, transcript.daemon_public, proof))
+        Ok(Answer {
+            nonce: daemon_nonce,
+            public: transcript.daemon_public,
+            proof,
+            cipher,
+        })
     }
 
     /// Checks `hello`'s proof against the challenge it names, which is used
@@ -173,6 +201,7 @@ impl Handshakes {
             &transcript,
             &challenge.ephemeral,
             &challenge.worker_public,
+            challenge.cipher,
         )?)
     }
 
@@ -214,6 +243,11 @@ mod tests {
     use super::*;
     use flotilla_protocol::Payload;
 
+    /// Both ciphers, AES-256-GCM first: a machine with AES instructions.
+    fn both() -> Vec<Cipher> {
+        vec![Cipher::Aes256Gcm, Cipher::Chacha20Poly1305]
+    }
+
     fn hello() -> Hello {
         Hello {
             worker_id: "w".into(),
@@ -242,14 +276,17 @@ mod tests {
     /// worker's transcript too.
     fn answer_with(t: &mut Handshakes, worker_nonce: Nonce, now: u64) -> (Hello, Transcript) {
         let mine = worker_key(worker_nonce);
-        let (dn, dp, proof) = t.probe(&worker_nonce, &mine.public(), now).unwrap();
+        let answer = t
+            .probe(&worker_nonce, &mine.public(), &both(), now)
+            .unwrap();
+        let dn = answer.nonce;
         let transcript = Transcript {
             worker_nonce,
             daemon_nonce: dn,
             worker_public: mine.public(),
-            daemon_public: dp,
+            daemon_public: answer.public,
         };
-        assert!(t.key().check_daemon(&transcript, &proof));
+        assert!(t.key().check_daemon(&transcript, &answer.proof));
         let mut h = hello();
         h.challenge = Payload::copy_from_slice(&dn);
         h.proof = Payload::copy_from_slice(&t.key().worker_proof(&transcript, &h));
@@ -263,7 +300,7 @@ mod tests {
     #[test]
     fn a_signed_hello_is_taken_once_and_both_ends_get_the_same_keys() {
         use flotilla_protocol::secure::{Channel, Role};
-        let mut t = Handshakes::new(b"secret", &[1; 32]);
+        let mut t = Handshakes::new(b"secret", &[1; 32], both());
         let (h, transcript) = answer_with(&mut t, [5; 32], 100);
         let daemon_keys = t.redeem(&h, 200).unwrap();
         assert_eq!(
@@ -277,6 +314,7 @@ mod tests {
             &transcript,
             &worker_key([5; 32]),
             &transcript.daemon_public,
+            Cipher::Aes256Gcm,
         )
         .unwrap();
         let worker = Channel::new(&worker_keys, Role::Worker);
@@ -286,7 +324,7 @@ mod tests {
 
     #[test]
     fn wrong_proofs_nonces_and_late_hellos_are_refused() {
-        let mut t = Handshakes::new(b"secret", &[1; 32]);
+        let mut t = Handshakes::new(b"secret", &[1; 32], both());
         // Signed with another secret.
         let (mut h, transcript) = answer_with(&mut t, [5; 32], 0);
         let other = HandshakeKey::from_secret(b"other");
@@ -305,46 +343,101 @@ mod tests {
         // A probe with a short nonce, or without a public key (an older
         // worker's).
         assert_eq!(
-            t.probe(&[1; 8], &[1; 32], 0).unwrap_err(),
+            t.probe(&[1; 8], &[1; 32], &[], 0).unwrap_err(),
             HandshakeError::BadNonce(8)
         );
         assert_eq!(
-            t.probe(&[1; 32], &[], 0).unwrap_err(),
+            t.probe(&[1; 32], &[], &[], 0).unwrap_err(),
             HandshakeError::BadPublic(0)
         );
     }
 
     #[test]
     fn outstanding_challenges_are_bounded_and_expire() {
-        let mut t = Handshakes::new(b"secret", &[1; 32]);
+        let mut t = Handshakes::new(b"secret", &[1; 32], both());
         t.max_outstanding = 3;
         let first = answer(&mut t, [1; 32], 0);
         let public = worker_key([9; 32]).public();
         for n in 2..=3u8 {
-            t.probe(&[n; 32], &public, 0).unwrap();
+            t.probe(&[n; 32], &public, &[], 0).unwrap();
         }
         assert_eq!(
-            t.probe(&[4; 32], &public, 10).unwrap_err(),
+            t.probe(&[4; 32], &public, &[], 10).unwrap_err(),
             HandshakeError::TooMany(3)
         );
         // Using one makes room.
         assert!(t.redeem(&first, 10).is_ok());
-        t.probe(&[4; 32], &public, 10).unwrap();
+        t.probe(&[4; 32], &public, &[], 10).unwrap();
         assert_eq!(t.outstanding(), 3);
         // Once they expire, the table empties as new probes come.
-        t.probe(&[5; 32], &public, CHALLENGE_TTL_US + 11).unwrap();
+        t.probe(&[5; 32], &public, &[], CHALLENGE_TTL_US + 11)
+            .unwrap();
         assert_eq!(t.outstanding(), 1);
     }
 
     #[test]
     fn nonces_are_fresh_per_probe_and_seed() {
-        let mut a = Handshakes::new(b"secret", &[1; 32]);
-        let mut b = Handshakes::new(b"secret", &[2; 32]);
+        let mut a = Handshakes::new(b"secret", &[1; 32], both());
+        let mut b = Handshakes::new(b"secret", &[2; 32], both());
         let public = worker_key([9; 32]).public();
-        let (n1, p1, _) = a.probe(&[0; 32], &public, 0).unwrap();
-        let (n2, p2, _) = a.probe(&[0; 32], &public, 0).unwrap();
-        let (m1, q1, _) = b.probe(&[0; 32], &public, 0).unwrap();
-        assert!(n1 != n2 && n1 != m1);
-        assert!(p1 != p2 && p1 != q1, "a fresh ephemeral key per probe");
+        let first = a.probe(&[0; 32], &public, &[], 0).unwrap();
+        let second = a.probe(&[0; 32], &public, &[], 0).unwrap();
+        let other = b.probe(&[0; 32], &public, &[], 0).unwrap();
+        assert!(first.nonce != second.nonce && first.nonce != other.nonce);
+        assert!(
+            first.public != second.public && first.public != other.public,
+            "a fresh ephemeral key per probe"
+        );
+    }
+
+    #[test]
+    fn the_answer_names_the_cipher_both_ends_seal_fast_and_the_keys_are_for_it() {
+        use flotilla_protocol::secure::{Channel, Role};
+        let public = worker_key([9; 32]).public();
+        let aes = [Cipher::Aes256Gcm, Cipher::Chacha20Poly1305];
+        let chacha = [Cipher::Chacha20Poly1305];
+        // A daemon with AES instructions: AES-256-GCM for a worker that
+        // offers it, ChaCha20-Poly1305 for one that does not (or is too old
+        // to say).
+        let mut t = Handshakes::new(b"secret", &[1; 32], aes.to_vec());
+        assert_eq!(
+            t.probe(&[1; 32], &public, &aes, 0).unwrap().cipher,
+            Cipher::Aes256Gcm
+        );
+        assert_eq!(
+            t.probe(&[2; 32], &public, &chacha, 0).unwrap().cipher,
+            Cipher::Chacha20Poly1305
+        );
+        assert_eq!(
+            t.probe(&[3; 32], &public, &[], 0).unwrap().cipher,
+            Cipher::Chacha20Poly1305
+        );
+        // A daemon without: ChaCha20-Poly1305 whatever the worker offers.
+        let mut without = Handshakes::new(b"secret", &[1; 32], chacha.to_vec());
+        assert_eq!(
+            without.probe(&[1; 32], &public, &aes, 0).unwrap().cipher,
+            Cipher::Chacha20Poly1305
+        );
+        // The redeemed keys are for the cipher the answer named: a worker
+        // that derives them for it talks to the daemon, one told another
+        // cipher does not.
+        let (h, transcript) = answer_with(&mut t, [5; 32], 100);
+        let daemon = Channel::new(&t.redeem(&h, 200).unwrap(), Role::Daemon);
+        assert_eq!(daemon.cipher(), Cipher::Aes256Gcm);
+        let worker_for = |cipher| {
+            let keys = secure::session_keys(
+                t.key(),
+                &transcript,
+                &worker_key([5; 32]),
+                &transcript.daemon_public,
+                cipher,
+            )
+            .unwrap();
+            Channel::new(&keys, Role::Worker)
+        };
+        let right = worker_for(Cipher::Aes256Gcm);
+        assert_eq!(daemon.open(&right.seal(b"hi").unwrap()).unwrap(), b"hi");
+        let told_otherwise = worker_for(Cipher::Chacha20Poly1305);
+        assert!(daemon.open(&told_otherwise.seal(b"hi").unwrap()).is_err());
     }
 }

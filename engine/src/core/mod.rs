@@ -126,6 +126,10 @@ pub struct CoreConfig {
     /// Random bytes, fresh at each start, from which the daemon's handshake
     /// nonces are drawn (the core itself has no source of randomness).
     pub handshake_seed: [u8; 32],
+    /// The ciphers this machine seals fast, best first
+    /// ([`flotilla_protocol::secure::Cipher::fast_here`]): a worker's
+    /// connection is sealed with the first it offers that is among them.
+    pub ciphers: Vec<flotilla_protocol::secure::Cipher>,
     /// `[daemon] max_frame_bytes`: the largest frame any worker can be
     /// sent, so an input that makes a larger one is refused at submission.
     pub max_frame_bytes: usize,

@@ -56,7 +56,7 @@ impl Core {
                 suspects: VecDeque::new(),
             },
             admission: Admission {
-                handshakes: Handshakes::new(&cfg.secret, &cfg.handshake_seed),
+                handshakes: Handshakes::new(&cfg.secret, &cfg.handshake_seed, cfg.ciphers.clone()),
                 refusal_log: RateLimit::new(REFUSALS_LOGGED_PER_SECOND),
             },
             cfg,

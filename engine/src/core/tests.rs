@@ -7,6 +7,7 @@ use flotilla_protocol::client::{ApiError, ApiErrorKind, ClientCall, TaskRequest}
 use flotilla_protocol::interchange::{
     BatchId, BatchResult, DaemonMessage, Hello, WorkBatch, WorkerMessage,
 };
+use flotilla_protocol::secure::Cipher;
 use flotilla_protocol::task::{NIL, Outcome, TaskState, TaskTimings, TaskView};
 use flotilla_protocol::{Payload, TaskId};
 
@@ -28,6 +29,7 @@ fn config() -> CoreConfig {
         recovery_grace_us: 5 * SEC,
         secret: SECRET.to_vec(),
         handshake_seed: [9; 32],
+        ciphers: vec![Cipher::Aes256Gcm, Cipher::Chacha20Poly1305],
         max_frame_bytes: 1 << 20,
         pools: vec![policy(0, 0, 1)],
         pid: 1,
@@ -132,6 +134,7 @@ impl Harness {
         let probe = WorkerMessage::Probe {
             nonce: Payload::copy_from_slice(&worker_nonce),
             public: Payload::copy_from_slice(&worker_public),
+            ciphers: vec![Cipher::Aes256Gcm, Cipher::Chacha20Poly1305],
         };
         self.core.handle(
             Event::Worker {
@@ -147,7 +150,9 @@ impl Harness {
                 nonce: daemon_nonce,
                 public,
                 proof,
+                cipher,
             }) => {
+                assert_eq!(cipher, Cipher::Aes256Gcm, "both ends offer AES-256-GCM");
                 let transcript = Transcript {
                     worker_nonce,
                     daemon_nonce: nonce(&daemon_nonce).unwrap(),
@@ -633,6 +638,7 @@ fn probes_prove_the_daemon_knows_the_secret_and_register_nothing() {
         message: WorkerMessage::Probe {
             nonce: Payload::from_static(b"short"),
             public: Payload::from(vec![9u8; 32]),
+            ciphers: vec![],
         },
     });
     assert!(refusal(&out).contains("not 32"), "{out:?}");
@@ -646,16 +652,17 @@ fn a_replayed_or_late_or_unasked_hello_is_refused() {
     let mut h = Harness::new();
     let hi = h.signed(PipeId(1), hello("w1", 1), SECRET);
     let out = send_hello(&mut h, 1, hi.clone());
-    // The connection is sealed from the welcome on.
+    // The connection is sealed from the welcome on, with the cipher the
+    // probe's answer named.
     assert!(matches!(
         out.as_slice(),
         [
-            Action::Secure { .. },
+            Action::Secure { keys, .. },
             Action::ReplyWorker {
                 message: DaemonMessage::Welcome { .. },
                 ..
             }
-        ]
+        ] if keys.cipher() == Cipher::Aes256Gcm
     ));
     // The same hello again, on another connection: its challenge is used.
     let reason = refusal(&send_hello(&mut h, 2, hi));
@@ -690,6 +697,7 @@ fn outstanding_challenges_are_bounded() {
         message: WorkerMessage::Probe {
             nonce: Payload::from(vec![1u8; 32]),
             public: Payload::from(vec![9u8; 32]),
+            ciphers: vec![],
         },
     });
     assert!(refusal(&out).contains("too many workers are registering"));

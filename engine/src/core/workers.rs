@@ -8,6 +8,7 @@ use flotilla_protocol::interchange::{
 };
 use flotilla_protocol::launch::{SECRET_ENV, flag};
 use flotilla_protocol::peer_text::{check_field, shown};
+use flotilla_protocol::secure::Cipher;
 use flotilla_protocol::servable::ServableRef;
 use flotilla_protocol::task::Outcome;
 use flotilla_protocol::{MIN_FRAME_BYTES, Payload, TaskId};
@@ -129,8 +130,12 @@ impl Core {
     ) {
         match message {
             WorkerMessage::Hello(hello) => self.on_hello(from, pipe, *hello, now, out),
-            WorkerMessage::Probe { nonce, public } => {
-                self.on_probe(from, pipe, (&nonce, &public), now, out);
+            WorkerMessage::Probe {
+                nonce,
+                public,
+                ciphers,
+            } => {
+                self.on_probe(from, pipe, (&nonce, &public, &ciphers), now, out);
             }
             WorkerMessage::Leave { reason } => self.on_leave(from, pipe, &reason, now, out),
             WorkerMessage::Pull { results, wait } => {
@@ -157,15 +162,16 @@ impl Core {
         &mut self,
         from: ReplyTo,
         pipe: PipeId,
-        (nonce, public): (&[u8], &[u8]),
+        (nonce, public, ciphers): (&[u8], &[u8], &[Cipher]),
         now: u64,
         out: &mut Vec<Action>,
     ) {
-        let message = match self.admission.handshakes.probe(nonce, public, now) {
-            Ok((nonce, public, proof)) => DaemonMessage::ProbeOk {
-                nonce: Payload::copy_from_slice(&nonce),
-                public: Payload::copy_from_slice(&public),
-                proof: Payload::copy_from_slice(&proof),
+        let message = match self.admission.handshakes.probe(nonce, public, ciphers, now) {
+            Ok(answer) => DaemonMessage::ProbeOk {
+                nonce: Payload::copy_from_slice(&answer.nonce),
+                public: Payload::copy_from_slice(&answer.public),
+                proof: Payload::copy_from_slice(&answer.proof),
+                cipher: answer.cipher,
             },
             Err(e) => {
                 let reason = e.to_string();
@@ -268,6 +274,7 @@ impl Core {
                 return;
             }
         };
+        let cipher = keys.cipher();
         // From the answer to this hello on, the connection is sealed.
         out.push(Action::Secure {
             to: from,
@@ -291,10 +298,10 @@ impl Core {
                 if let Some(w) = self.workers.get_mut(key) {
                     w.about.max_frame_bytes = frame_limit(hello.max_frame_bytes);
                 }
-                tracing::info!(worker = %shown(&hello.worker_id), pipe = pipe.0, "worker reconnected");
+                tracing::info!(worker = %shown(&hello.worker_id), pipe = pipe.0, %cipher, "worker reconnected");
                 key
             }
-            None => self.register(hello, pipe, now, out),
+            None => self.register(hello, pipe, cipher, now, out),
         };
         self.claim_running(key, running, now);
         if let Some(old_key) = self.workers.bind_pipe(pipe, key) {
@@ -316,6 +323,7 @@ impl Core {
         &mut self,
         hello: Hello,
         pipe: PipeId,
+        cipher: Cipher,
         now: u64,
         out: &mut Vec<Action>,
     ) -> WorkerKey {
@@ -330,6 +338,7 @@ impl Core {
             node = ?hello.node.as_deref().map(shown),
             max_frame_bytes = hello.max_frame_bytes,
             pipe = pipe.0,
+            %cipher,
             "worker registered"
         );
         let block = hello.block_id.map(BlockId);

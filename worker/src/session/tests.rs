@@ -5,7 +5,7 @@
 use super::*;
 use flotilla_protocol::handshake::{self, HandshakeKey};
 use flotilla_protocol::interchange::WorkItem;
-use flotilla_protocol::secure::{Channel, Ephemeral, Role};
+use flotilla_protocol::secure::{Channel, Cipher, Ephemeral, Role};
 use flotilla_protocol::task::{NIL, Outcome};
 use flotilla_protocol::{PROTOCOL_VERSION, Payload, encode};
 
@@ -30,6 +30,7 @@ fn config() -> SessionConfig {
         secret: SECRET.to_vec(),
         nonce_seed: [4; 32],
         max_frame_bytes: 1 << 20,
+        ciphers: vec![Cipher::Aes256Gcm, Cipher::Chacha20Poly1305],
         worker_id: "w1".into(),
         block_id: Some(3),
         host: "node1".into(),
@@ -137,10 +138,15 @@ impl Harness {
     /// Answers the probe among `actions` as the daemon does (over `pipe`,
     /// knowing `secret`); returns what the session does next.
     fn prove_with(&mut self, actions: &[Action], pipe: Option<u64>, secret: &[u8]) -> Vec<Action> {
-        let Some((nonce, public)) = actions.iter().find_map(|a| match a {
-            send!(Lane::Report, WorkerMessage::Probe { nonce, public }) => {
-                Some((nonce.clone(), public.clone()))
-            }
+        let Some((nonce, public, offered)) = actions.iter().find_map(|a| match a {
+            send!(
+                Lane::Report,
+                WorkerMessage::Probe {
+                    nonce,
+                    public,
+                    ciphers
+                }
+            ) => Some((nonce.clone(), public.clone(), ciphers.clone())),
             _ => None,
         }) else {
             panic!("no probe in {actions:?}");
@@ -154,14 +160,23 @@ impl Harness {
         };
         let key = HandshakeKey::from_secret(secret);
         let proof = key.daemon_proof(&transcript);
-        let keys =
-            secure::session_keys(&key, &transcript, &ephemeral, &transcript.worker_public).unwrap();
+        // The daemon's machine has AES instructions.
+        let cipher = Cipher::agree(&offered, &[Cipher::Aes256Gcm, Cipher::Chacha20Poly1305]);
+        let keys = secure::session_keys(
+            &key,
+            &transcript,
+            &ephemeral,
+            &transcript.worker_public,
+            cipher,
+        )
+        .unwrap();
         self.transcript = Some(transcript);
         self.daemon = Some(Channel::new(&keys, Role::Daemon));
         let answer = DaemonMessage::ProbeOk {
             nonce: Payload::copy_from_slice(&transcript.daemon_nonce),
             public: Payload::copy_from_slice(&transcript.daemon_public),
             proof: Payload::copy_from_slice(&proof),
+            cipher,
         };
         self.reply_on(Lane::Report, pipe, &answer)
     }
@@ -674,6 +689,7 @@ fn a_peer_that_answers_the_probe_with_anything_but_a_proof_is_not_trusted() {
         nonce: Payload::from_static(b"short"),
         public: Payload::new(),
         proof: Payload::new(),
+        cipher: Cipher::default(),
     };
     assert!(untrusted(&h.reply(Lane::Report, &bad)).contains("without a valid proof"));
 }
@@ -750,6 +766,7 @@ fn a_session_whose_daemon_proved_itself_while_connecting_says_hello_at_once() {
         &transcript,
         &Ephemeral::from_random([3; 32]),
         &transcript.daemon_public,
+        Cipher::default(),
     )
     .unwrap();
     h.session = Session::new(config(), h.now()).proven(transcript, keys, Some(5));
@@ -980,4 +997,38 @@ fn a_stopping_worker_ends_at_once_if_it_is_not_registered_or_its_goodbye_fails()
         }),
         [Action::End(Ending::Signalled(1))]
     );
+}
+
+#[test]
+fn the_probe_offers_the_worker_s_ciphers_and_the_session_seals_with_the_one_answered() {
+    for (offered, agreed) in [
+        (
+            vec![Cipher::Aes256Gcm, Cipher::Chacha20Poly1305],
+            Cipher::Aes256Gcm,
+        ),
+        // A node without AES instructions.
+        (vec![Cipher::Chacha20Poly1305], Cipher::Chacha20Poly1305),
+    ] {
+        let mut h = Harness::with(SessionConfig {
+            ciphers: offered.clone(),
+            ..config()
+        });
+        let probe = h.tick();
+        let [send!(Lane::Report, WorkerMessage::Probe { ciphers, .. })] = &probe[..] else {
+            panic!("{probe:?}");
+        };
+        assert_eq!(ciphers, &offered);
+        h.prove(&probe);
+        let channel = h.session.channel.clone().unwrap();
+        assert_eq!(channel.cipher(), agreed);
+        // The daemon's sealed welcome opens, and work follows.
+        let welcomed = h.reply(Lane::Report, &welcome());
+        assert!(
+            matches!(
+                welcomed.first(),
+                Some(Action::Notify(Notice::Registered { .. }))
+            ),
+            "{welcomed:?}"
+        );
+    }
 }
