@@ -830,6 +830,34 @@ mod tests {
     }
 
     #[test]
+    fn each_cipher_seals_with_its_own_algorithm() {
+        // A frame sealed by a channel opens with the named algorithm of
+        // `ring` under the same key, nonce and header, and with no other.
+        for (cipher, other) in [
+            (Cipher::Aes256Gcm, &CHACHA20_POLY1305),
+            (Cipher::Chacha20Poly1305, &AES_256_GCM),
+        ] {
+            let keys = SessionKeys {
+                id: [1; ID_LEN],
+                cipher,
+                worker_to_daemon: [2; 32],
+                daemon_to_worker: [3; 32],
+            };
+            let sealed = Channel::new(&keys, Role::Worker)
+                .seal(b"which cipher")
+                .unwrap();
+            let (header, body) = sealed.split_at(HEADER_BYTES);
+            let open_with = |algorithm| {
+                let key = LessSafeKey::new(UnboundKey::new(algorithm, &[2; 32]).unwrap());
+                key.open_in_place(nonce(1), Aad::from(header), &mut body.to_vec())
+                    .map(|clear| clear.to_vec())
+            };
+            assert_eq!(open_with(cipher.algorithm()).unwrap(), b"which cipher");
+            assert!(open_with(other).is_err(), "{cipher}");
+        }
+    }
+
+    #[test]
     fn ends_told_different_ciphers_share_no_connection() {
         // The same handshake, one end told AES-256-GCM and the other the
         // default (an answer altered on the way): neither opens the other.
