@@ -67,7 +67,7 @@ impl AcceleratorKind {
     pub fn env(self, devices: &[String]) -> Vec<(String, String)> {
         let joined = devices.join(",");
         match self {
-            AcceleratorKind::Nvidia => vec![("CUDA_VISIBLE_DEVICES".into(), joined)],
+            AcceleratorKind::Nvidia => vec![(CUDA_VISIBLE_DEVICES.into(), joined)],
             AcceleratorKind::Amd => {
                 let local: Vec<String> = (0..devices.len()).map(|i| i.to_string()).collect();
                 vec![
@@ -85,6 +85,10 @@ impl fmt::Display for AcceleratorKind {
         f.write_str(self.name())
     }
 }
+
+/// The variable that names the NVIDIA devices a process sees (and numbers
+/// them for the CUDA runtime in the order given).
+pub const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 
 /// How a node's cores are shared among a worker's slots.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

@@ -9,10 +9,7 @@
 //! worker's own `CUDA_VISIBLE_DEVICES` when the job set one, else the
 //! device's own number.
 
-use flotilla_protocol::placement::SlotPlacement;
-
-/// The variable through which a slot's NVIDIA devices are named.
-const CUDA_VISIBLE: &str = "CUDA_VISIBLE_DEVICES";
+use flotilla_protocol::placement::{CUDA_VISIBLE_DEVICES, SlotPlacement};
 
 /// The CUDA device number a session of the slot placed as `placement`
 /// runs on, in a worker whose own `CUDA_VISIBLE_DEVICES` is
@@ -22,7 +19,11 @@ pub fn cuda_device(
     placement: &SlotPlacement,
     worker_visible: Option<&str>,
 ) -> Result<Option<i32>, String> {
-    let Some((_, devices)) = placement.env.iter().find(|(k, _)| k == CUDA_VISIBLE) else {
+    let Some((_, devices)) = placement
+        .env
+        .iter()
+        .find(|(k, _)| k == CUDA_VISIBLE_DEVICES)
+    else {
         return Ok(None);
     };
     let Some(device) = devices.split(',').map(str::trim).find(|d| !d.is_empty()) else {
@@ -37,12 +38,12 @@ pub fn cuda_device(
             .map(Some)
             .ok_or_else(|| {
                 format!(
-                    "the slot's GPU {device} is not among the worker's ({CUDA_VISIBLE}={visible})"
+                    "the slot's GPU {device} is not among the worker's ({CUDA_VISIBLE_DEVICES}={visible})"
                 )
             }),
         None => device.parse::<i32>().map(Some).map_err(|_| {
             format!(
-                "the slot's GPU `{device}` is not a device number, and the worker has no {CUDA_VISIBLE} to find it in"
+                "the slot's GPU `{device}` is not a device number, and the worker has no {CUDA_VISIBLE_DEVICES} to find it in"
             )
         }),
     }
@@ -71,7 +72,7 @@ mod tests {
             Ok(None)
         );
         assert_eq!(
-            cuda_device(&slot(&[(CUDA_VISIBLE, "")]), Some("0")),
+            cuda_device(&slot(&[(CUDA_VISIBLE_DEVICES, "")]), Some("0")),
             Ok(None)
         );
     }
@@ -80,22 +81,22 @@ mod tests {
     fn the_device_is_numbered_as_the_worker_sees_it() {
         // No job-wide list: the node's numbers are the CUDA runtime's.
         assert_eq!(
-            cuda_device(&slot(&[(CUDA_VISIBLE, "3")]), None),
+            cuda_device(&slot(&[(CUDA_VISIBLE_DEVICES, "3")]), None),
             Ok(Some(3))
         );
         // A slot of two devices runs its session on the first.
         assert_eq!(
-            cuda_device(&slot(&[(CUDA_VISIBLE, "2,3")]), None),
+            cuda_device(&slot(&[(CUDA_VISIBLE_DEVICES, "2,3")]), None),
             Ok(Some(2))
         );
         // The job gave the worker devices 2 and 3: device 3 is its second.
         assert_eq!(
-            cuda_device(&slot(&[(CUDA_VISIBLE, "3")]), Some("2,3")),
+            cuda_device(&slot(&[(CUDA_VISIBLE_DEVICES, "3")]), Some("2,3")),
             Ok(Some(1))
         );
         assert_eq!(
             cuda_device(
-                &slot(&[(CUDA_VISIBLE, "GPU-5e1f")]),
+                &slot(&[(CUDA_VISIBLE_DEVICES, "GPU-5e1f")]),
                 Some("GPU-aa, GPU-5e1f")
             ),
             Ok(Some(1))
@@ -104,12 +105,12 @@ mod tests {
 
     #[test]
     fn a_device_the_worker_cannot_number_is_an_error_naming_it() {
-        let e = cuda_device(&slot(&[(CUDA_VISIBLE, "1")]), Some("2,3")).unwrap_err();
+        let e = cuda_device(&slot(&[(CUDA_VISIBLE_DEVICES, "1")]), Some("2,3")).unwrap_err();
         assert!(
             e.contains("GPU 1") && e.contains("CUDA_VISIBLE_DEVICES=2,3"),
             "{e}"
         );
-        let e = cuda_device(&slot(&[(CUDA_VISIBLE, "MIG-7b2c")]), None).unwrap_err();
+        let e = cuda_device(&slot(&[(CUDA_VISIBLE_DEVICES, "MIG-7b2c")]), None).unwrap_err();
         assert!(e.contains("`MIG-7b2c`"), "{e}");
     }
 }

@@ -172,7 +172,7 @@ impl OnnxRuntime {
         placement: &SlotPlacement,
         shared: bool,
     ) -> Option<i32> {
-        let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        let visible = std::env::var(flotilla_protocol::placement::CUDA_VISIBLE_DEVICES).ok();
         match device::cuda_device(placement, visible.as_deref()) {
             Ok(Some(_)) if shared => {
                 tracing::warn!(
